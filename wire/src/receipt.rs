@@ -1,0 +1,139 @@
+//! Receipts and delivery reports: what travels back to a sender.
+//!
+//! Both are ordinary signed envelopes, routed and held in custody like documents, so they are as
+//! durable and as verifiable as what they acknowledge.
+//!
+//! * A **receipt** (kind `receipt`) is signed by the recipient unit with its own key: non-repudiation
+//!   of receipt. Metadata `receipt.for` names the message id, `receipt.type` says what happened
+//!   (`signed-for` = 签收). It is addressed to the original sender; its payload is empty.
+//! * A **delivery report** (kind `delivery-report`) is signed by the recipients' home node with its node
+//!   key, from the node's own address `<node-id>/_node`, when a message lands in inboxes. Its JSON payload
+//!   lists the recipients delivered and the hops the message took, so the sender's node can show where
+//!   the message has been without asking every node.
+
+use serde::{Deserialize, Serialize};
+
+use crate::address::{NodeId, UnitAddress};
+use crate::envelope::{Envelope, EnvelopeError, Kind, MessageId, Priority};
+
+/// Metadata key naming the message a receipt or report is about.
+pub const META_RECEIPT_FOR: &str = "receipt.for";
+/// Metadata key naming the receipt type.
+pub const META_RECEIPT_TYPE: &str = "receipt.type";
+/// Metadata key naming the message a delivery report is about.
+pub const META_REPORT_FOR: &str = "report.for";
+
+/// What a recipient says about a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReceiptType {
+    /// 签收: the recipient has taken the message.
+    SignedFor,
+}
+
+impl ReceiptType {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ReceiptType::SignedFor => "signed-for",
+        }
+    }
+}
+
+/// The receipt facts read from a receipt envelope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    pub for_message: MessageId,
+    pub receipt_type: ReceiptType,
+}
+
+/// Builds the (unsigned) 签收 receipt a recipient signs for `message_id` from `original_sender`.
+pub fn signed_for(
+    recipient: UnitAddress,
+    original_sender: UnitAddress,
+    message_id: MessageId,
+    priority: Priority,
+) -> Envelope {
+    let mut e = Envelope::new(Kind::Receipt, recipient, vec![original_sender], vec![], priority, b"");
+    e.metadata.insert(META_RECEIPT_FOR.into(), message_id.to_hex());
+    e.metadata.insert(META_RECEIPT_TYPE.into(), ReceiptType::SignedFor.as_str().into());
+    e
+}
+
+impl Receipt {
+    /// Reads the receipt facts from an envelope of kind `receipt`.
+    pub fn from_envelope(e: &Envelope) -> Result<Receipt, EnvelopeError> {
+        let bad = |m: &str| EnvelopeError::Malformed(format!("receipt: {m}"));
+        if e.kind != Kind::Receipt {
+            return Err(bad("envelope kind is not receipt"));
+        }
+        let for_message = e
+            .metadata
+            .get(META_RECEIPT_FOR)
+            .ok_or_else(|| bad("metadata receipt.for (the message id) is missing"))?
+            .parse()
+            .map_err(|m: String| bad(&m))?;
+        let receipt_type = match e.metadata.get(META_RECEIPT_TYPE).map(String::as_str) {
+            Some("signed-for") => ReceiptType::SignedFor,
+            Some(other) => return Err(bad(&format!("receipt.type {other:?} is unknown; use signed-for"))),
+            None => return Err(bad("metadata receipt.type is missing")),
+        };
+        if e.to.len() != 1 || !e.cc.is_empty() {
+            return Err(bad("a receipt goes to exactly one unit, the original sender"));
+        }
+        Ok(Receipt { for_message, receipt_type })
+    }
+}
+
+/// One custody hop of a message: the node that committed it, and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hop {
+    pub node: NodeId,
+    pub at_ms: u64,
+}
+
+/// A recipient whose inbox received the message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivered {
+    pub unit: UnitAddress,
+    pub at_ms: u64,
+}
+
+/// The payload of a delivery report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryReport {
+    pub message_id: MessageId,
+    /// The node that delivered.
+    pub node: NodeId,
+    pub delivered: Vec<Delivered>,
+    /// Custody hops from the ingress node to the delivering node, in order.
+    pub hops: Vec<Hop>,
+}
+
+impl DeliveryReport {
+    /// The (unsigned) report envelope from `node` to the original sender; sign it with the node key.
+    pub fn envelope(&self, original_sender: UnitAddress, priority: Priority) -> (Envelope, Vec<u8>) {
+        let payload = serde_json::to_vec(self).expect("a report serialises");
+        let mut e = Envelope::new(
+            Kind::DeliveryReport,
+            UnitAddress::of_node(&self.node),
+            vec![original_sender],
+            vec![],
+            priority,
+            &payload,
+        );
+        e.metadata.insert(META_REPORT_FOR.into(), self.message_id.to_hex());
+        (e, payload)
+    }
+
+    /// Reads a report from its envelope and payload (the payload digest must already be checked).
+    pub fn from_envelope(e: &Envelope, payload: &[u8]) -> Result<DeliveryReport, EnvelopeError> {
+        let bad = |m: String| EnvelopeError::Malformed(format!("delivery report: {m}"));
+        if e.kind != Kind::DeliveryReport {
+            return Err(bad("envelope kind is not delivery-report".into()));
+        }
+        let r: DeliveryReport = serde_json::from_slice(payload).map_err(|x| bad(x.to_string()))?;
+        if UnitAddress::of_node(&r.node) != e.sender {
+            return Err(bad(format!("signed by {} but reports for node {}", e.sender, r.node)));
+        }
+        Ok(r)
+    }
+}
