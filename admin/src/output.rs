@@ -1,0 +1,264 @@
+//! Human output: UTC times, terminal-width-aware tables, and writing to stdout.
+//!
+//! Kept free of I/O (except `emit`) so the formatting can be unit-tested. No chrono or unicode-width:
+//! the CLI needs one time format and an approximate width for CJK text, and both fit in a few lines.
+
+use std::io::Write;
+
+/// Formats milliseconds since the Unix epoch as UTC `YYYY-MM-DD HH:MM:SS.mmm`.
+///
+/// Times are always shown in UTC so that output from operators in different places (and the nodes'
+/// logs) can be compared without converting.
+pub fn format_ms(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (y, m, d) = civil_from_days(secs / 86_400);
+    let sod = secs % 86_400;
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{:03}",
+        sod / 3600,
+        sod % 3600 / 60,
+        sod % 60,
+        ms % 1000
+    )
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian (year, month, day); Howard Hinnant's algorithm,
+/// restricted to non-negative days since wire times are unsigned.
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + u64::from(m <= 2);
+    (y, m, d)
+}
+
+/// The first characters of a message id: enough to tell messages apart in a table. Commands that
+/// take an id accept the full one (see `--json` output).
+pub fn short_id(hex: &str) -> &str {
+    &hex[..hex.len().min(12)]
+}
+
+/// Approximate terminal columns of a character: 2 for East Asian wide characters (Chinese titles are
+/// the norm here), 0 for combining marks, 1 otherwise.
+fn char_width(c: char) -> usize {
+    let c = c as u32;
+    const WIDE: &[(u32, u32)] = &[
+        (0x1100, 0x115F),
+        (0x2E80, 0x303E),
+        (0x3041, 0x33FF),
+        (0x3400, 0x4DBF),
+        (0x4E00, 0x9FFF),
+        (0xA000, 0xA4CF),
+        (0xAC00, 0xD7A3),
+        (0xF900, 0xFAFF),
+        (0xFE30, 0xFE4F),
+        (0xFF00, 0xFF60),
+        (0xFFE0, 0xFFE6),
+        (0x1F300, 0x1F64F),
+        (0x1F900, 0x1F9FF),
+        (0x20000, 0x3FFFD),
+    ];
+    if (0x0300..=0x036F).contains(&c) || c == 0x200B {
+        0
+    } else if WIDE.iter().any(|&(lo, hi)| (lo..=hi).contains(&c)) {
+        2
+    } else {
+        1
+    }
+}
+
+/// Terminal columns a string takes.
+pub fn display_width(s: &str) -> usize {
+    s.chars().map(char_width).sum()
+}
+
+/// Makes text from the network safe to print: metadata such as titles is written by other units, and a
+/// hostile one could otherwise move the cursor, rewrite earlier lines or reverse text with control and
+/// bidirectional-override characters.
+pub fn sanitize(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            let bidi = matches!(c as u32, 0x202A..=0x202E | 0x2066..=0x2069 | 0x200E | 0x200F);
+            if c.is_control() || bidi {
+                '\u{FFFD}'
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+/// Shortens `s` to at most `max` columns, marking the cut with `…`.
+pub fn truncate(s: &str, max: usize) -> String {
+    if display_width(s) <= max {
+        return s.to_owned();
+    }
+    let mut out = String::new();
+    let mut w = 0;
+    for c in s.chars() {
+        let cw = char_width(c);
+        if w + cw + 1 > max {
+            break;
+        }
+        out.push(c);
+        w += cw;
+    }
+    out.push('…');
+    out
+}
+
+/// A plain text table: a header row and left-aligned columns two spaces apart.
+pub struct Table {
+    header: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn new(header: &[&str]) -> Table {
+        Table {
+            header: header.iter().map(|h| h.to_string()).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    /// Adds a row; cells are sanitized, missing cells are left empty.
+    pub fn push(&mut self, row: Vec<String>) {
+        self.rows.push(row.iter().map(|c| sanitize(c)).collect());
+    }
+
+    /// Renders the table, one line per row, each ending in a newline, with no trailing spaces.
+    pub fn render(&self) -> String {
+        let cols = self.header.len();
+        let mut widths: Vec<usize> = self.header.iter().map(|h| display_width(h)).collect();
+        for row in &self.rows {
+            for (i, cell) in row.iter().take(cols).enumerate() {
+                widths[i] = widths[i].max(display_width(cell));
+            }
+        }
+        let mut out = String::new();
+        for row in std::iter::once(&self.header).chain(self.rows.iter()) {
+            let mut line = String::new();
+            for (i, w) in widths.iter().enumerate() {
+                let cell = row.get(i).map(String::as_str).unwrap_or("");
+                if i > 0 {
+                    line.push_str("  ");
+                }
+                line.push_str(cell);
+                line.extend(std::iter::repeat_n(' ', w - display_width(cell)));
+            }
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// Writes to stdout. A closed pipe (`exchange-admin inbox | head`) is not an error worth reporting.
+pub fn emit(text: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+/// Writes a value as pretty JSON on stdout, for `--json`.
+pub fn emit_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+    let mut text = serde_json::to_string_pretty(value)?;
+    text.push('\n');
+    emit(&text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_utc_times() {
+        assert_eq!(format_ms(0), "1970-01-01 00:00:00.000");
+        assert_eq!(format_ms(951_782_400_000), "2000-02-29 00:00:00.000");
+        assert_eq!(format_ms(1_700_000_000_123), "2023-11-14 22:13:20.123");
+        assert_eq!(format_ms(1_709_164_800_007), "2024-02-29 00:00:00.007");
+        assert_eq!(format_ms(4_102_444_799_999), "2099-12-31 23:59:59.999");
+        assert_eq!(format_ms(253_402_300_799_000), "9999-12-31 23:59:59.000");
+    }
+
+    #[test]
+    fn every_day_follows_the_previous_one() {
+        // Walks 1970..2100 day by day: dates must increase by exactly one calendar day.
+        let mut prev = civil_from_days(0);
+        assert_eq!(prev, (1970, 1, 1));
+        for day in 1..47_482 {
+            let cur = civil_from_days(day);
+            let next_in_month = (prev.0, prev.1, prev.2 + 1);
+            let next_month = if prev.1 == 12 {
+                (prev.0 + 1, 1, 1)
+            } else {
+                (prev.0, prev.1 + 1, 1)
+            };
+            assert!(
+                cur == next_in_month || cur == next_month,
+                "{prev:?} -> {cur:?}"
+            );
+            prev = cur;
+        }
+        assert_eq!(prev, (2099, 12, 31));
+    }
+
+    #[test]
+    fn widths_count_cjk_as_two_columns() {
+        assert_eq!(display_width("abc"), 3);
+        assert_eq!(display_width("通知"), 4);
+        assert_eq!(display_width("关于2025年"), 10);
+        assert_eq!(display_width("（一）"), 6);
+    }
+
+    #[test]
+    fn truncates_by_columns() {
+        assert_eq!(truncate("short", 10), "short");
+        assert_eq!(truncate("abcdefghijk", 5), "abcd…");
+        assert_eq!(truncate("关于做好防汛工作的通知", 9), "关于做好…");
+        assert!(display_width(&truncate("关于做好防汛工作的通知", 10)) <= 10);
+    }
+
+    #[test]
+    fn sanitizes_terminal_escapes() {
+        assert_eq!(sanitize("ok\x1b[2Jtitle"), "ok\u{FFFD}[2Jtitle");
+        assert_eq!(sanitize("a\u{202E}b\nc"), "a\u{FFFD}b\u{FFFD}c");
+        assert_eq!(sanitize("关于通知"), "关于通知");
+    }
+
+    #[test]
+    fn renders_aligned_tables() {
+        let mut t = Table::new(&["SEQ", "TITLE", "STATE"]);
+        t.push(vec!["1".into(), "关于通知".into(), "delivered".into()]);
+        t.push(vec!["12".into(), "x".into(), "signed-for".into()]);
+        t.push(vec!["3".into()]);
+        let expected = "\
+SEQ  TITLE     STATE
+1    关于通知  delivered
+12   x         signed-for
+3
+";
+        assert_eq!(t.render(), expected);
+    }
+
+    #[test]
+    fn table_cells_are_sanitized() {
+        let mut t = Table::new(&["A"]);
+        t.push(vec!["\x1b]0;pwned\x07".into()]);
+        assert!(!t.render().contains('\x1b'));
+    }
+
+    #[test]
+    fn short_ids() {
+        let id = "ab".repeat(32);
+        assert_eq!(short_id(&id), "abababababab");
+        assert_eq!(short_id("abc"), "abc");
+    }
+}
