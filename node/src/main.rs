@@ -1,1 +1,66 @@
-fn main(){}
+//! `exchange-node`: runs a node, generates node keys, runs the demo and the benchmark.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Exchange node for the government exchange network (city and district nodes run this same binary).
+#[derive(Parser)]
+#[command(name = "exchange-node", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node from its configuration file (environment EXCHANGE__SECTION__KEY overrides it).
+    Run {
+        #[arg(long, short, env = "EXCHANGE_CONFIG")]
+        config: PathBuf,
+    },
+    /// Generate a node key file (mode 0600) and print its public key and libp2p peer id.
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Start a city node and two district nodes on loopback, send a document across the tiers, and
+    /// print the hop-by-hop timeline and the verified receipts.
+    Demo(exchange_node::demo::DemoArgs),
+    /// Measure throughput and latency district → city → district with real node processes.
+    Bench(exchange_node::bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run { config } => run(config),
+        Command::Keygen { out } => keygen(out),
+        Command::Demo(args) => exchange_node::demo::run(args),
+        Command::Bench(args) => exchange_node::bench::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(config: PathBuf) -> anyhow::Result<()> {
+    let cfg = exchange_node::config::NodeConfig::load(&config)?;
+    exchange_node::node::init_logging(&cfg);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(exchange_node::node::run(cfg))
+}
+
+fn keygen(out: PathBuf) -> anyhow::Result<()> {
+    let key = exchange_wire::keys::generate();
+    exchange_wire::keys::write_new(&out, &key, "node key")?;
+    let public = exchange_wire::PublicKey(key.verifying_key());
+    println!("public_key = \"{public}\"");
+    println!("peer_id    = \"{}\"", exchange_node::directory::peer_id_of(&public));
+    Ok(())
+}

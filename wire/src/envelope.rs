@@ -243,6 +243,14 @@ impl Envelope {
                 return Err(EnvelopeError::DuplicateRecipient(r.to_string()));
             }
         }
+        // The limit every node applies when it decodes canonical bytes: refuse here what a later hop
+        // would refuse, rather than accept a message that can never leave this node.
+        let header = self.canonical_bytes().len();
+        if header > MAX_HEADER_BYTES {
+            return Err(EnvelopeError::Malformed(format!(
+                "header is {header} bytes, more than the limit of {MAX_HEADER_BYTES}: shorten the metadata"
+            )));
+        }
         Ok(())
     }
 
@@ -384,19 +392,60 @@ impl SignedEnvelope {
     }
 }
 
-/// Verifies many (envelope, key) pairs at once. Returns one result per item, in order: the batch is
-/// checked in one go (about twice as fast per signature), and only when it fails are the items
-/// checked one by one to find the culprits.
+/// Verifies many (envelope, key) pairs at once. Returns one result per item, in order, the same as
+/// [`SignedEnvelope::verify`] gives for each. The items are checked in one batch (about twice as fast
+/// per signature), and only when the batch fails are they checked one by one to find the culprits.
+///
+/// Batch verification checks one random combination of the verification equations on points, so it
+/// accepts signatures that strict verification refuses: an R or a key of small order, an R that is not
+/// canonically encoded. Such items are never batched; they go to strict verification on their own. One
+/// difference remains, inherent to batching cofactorless Ed25519: a signer who deliberately adds a
+/// small-order component to R (R = rB + T, R itself not of small order) gets a signature that strict
+/// verification refuses and a batch accepts for some coefficients. Only the holder of the signing key
+/// can make one; no conforming signer does (docs/protocol.md, "Signatures").
 pub fn verify_batch(items: &[(&SignedEnvelope, &VerifyingKey)]) -> Vec<Result<(), EnvelopeError>> {
-    if items.len() >= 2 {
-        let msgs: Vec<&[u8]> = items.iter().map(|(e, _)| e.bytes.as_slice()).collect();
-        let sigs: Vec<Signature> = items.iter().map(|(e, _)| Signature::from_bytes(&e.signature)).collect();
-        let keys: Vec<VerifyingKey> = items.iter().map(|(_, k)| **k).collect();
+    let mut verdicts: Vec<Option<Result<(), EnvelopeError>>> = vec![None; items.len()];
+    let batch: Vec<usize> = (0..items.len()).filter(|&i| batch_safe(items[i].0, items[i].1)).collect();
+    if batch.len() >= 2 {
+        let msgs: Vec<&[u8]> = batch.iter().map(|&i| items[i].0.bytes.as_slice()).collect();
+        let sigs: Vec<Signature> = batch.iter().map(|&i| Signature::from_bytes(&items[i].0.signature)).collect();
+        let keys: Vec<VerifyingKey> = batch.iter().map(|&i| *items[i].1).collect();
         if ed25519_dalek::verify_batch(&msgs, &sigs, &keys).is_ok() {
-            return vec![Ok(()); items.len()];
+            for &i in &batch {
+                verdicts[i] = Some(Ok(()));
+            }
         }
     }
-    items.iter().map(|(e, k)| e.verify(k)).collect()
+    items.iter().zip(verdicts).map(|((e, k), v)| v.unwrap_or_else(|| e.verify(k))).collect()
+}
+
+/// The y coordinates (sign bit clear, little-endian) of the eight points of small order: 0 (order 4),
+/// 1 (the identity), -1 (order 2) and the two of the points of order 8.
+const SMALL_ORDER_Y: [[u8; 32]; 5] = [
+    [0; 32],
+    [1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+    [
+        0xec, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f,
+    ],
+    [
+        0x26, 0xe8, 0x95, 0x8f, 0xc2, 0xb2, 0x27, 0xb0, 0x45, 0xc3, 0xf4, 0x89, 0xf2, 0xef, 0x98, 0xf0, 0xd5, 0xdf,
+        0xac, 0x05, 0xd3, 0xc6, 0x33, 0x39, 0xb1, 0x38, 0x02, 0x88, 0x6d, 0x53, 0xfc, 0x05,
+    ],
+    [
+        0xc7, 0x17, 0x6a, 0x70, 0x3d, 0x4d, 0xd8, 0x4f, 0xba, 0x3c, 0x0b, 0x76, 0x0d, 0x10, 0x67, 0x0f, 0x2a, 0x20,
+        0x53, 0xfa, 0x2c, 0x39, 0xcc, 0xc6, 0x4e, 0xc7, 0xfd, 0x77, 0x92, 0xac, 0x03, 0x7a,
+    ],
+];
+
+/// Whether the batch equation judges this item as strict verification does: the key is not weak, and R
+/// is canonically encoded (y < p) and not of small order. Byte checks only, so batching stays cheap.
+fn batch_safe(e: &SignedEnvelope, key: &VerifyingKey) -> bool {
+    let mut y = [0u8; 32];
+    y.copy_from_slice(&e.signature[..32]);
+    y[31] &= 0x7f;
+    let at_least_p = y[31] == 0x7f && y[1..31].iter().all(|&b| b == 0xff) && y[0] >= 0xed;
+    !key.is_weak() && !at_least_p && !SMALL_ORDER_Y.contains(&y)
 }
 
 fn put_str(b: &mut Vec<u8>, s: &str) {
@@ -494,6 +543,41 @@ mod tests {
         let vk = k.verifying_key();
         let res = verify_batch(&[(&good, &vk), (&bad, &vk), (&good, &vk)]);
         assert_eq!(res, vec![Ok(()), Err(EnvelopeError::BadSignature), Ok(())]);
+    }
+
+    #[test]
+    fn small_order_list_is_exactly_the_torsion_points() {
+        // An order-8 point, and its multiples: all eight points of small order.
+        let mut enc = SMALL_ORDER_Y[3];
+        let p8 = VerifyingKey::from_bytes(&enc).unwrap().to_edwards();
+        let mut q = p8;
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..8 {
+            assert!(q.is_small_order());
+            let mut y = q.compress().to_bytes();
+            seen.insert(y);
+            y[31] &= 0x7f;
+            assert!(SMALL_ORDER_Y.contains(&y), "{} missing", hex::encode(y));
+            q += p8;
+        }
+        assert_eq!(seen.len(), 8);
+        for y in SMALL_ORDER_Y {
+            for sign in [0u8, 0x80] {
+                enc = y;
+                enc[31] |= sign;
+                if let Ok(k) = VerifyingKey::from_bytes(&enc) {
+                    assert!(k.is_weak());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn oversized_header_is_refused_before_acceptance() {
+        let mut e = sample();
+        e.metadata.insert("note".into(), "x".repeat(MAX_HEADER_BYTES));
+        assert!(matches!(e.check_shape(), Err(EnvelopeError::Malformed(_))));
+        assert!(Envelope::from_canonical_bytes(&e.canonical_bytes()).is_err());
     }
 
     #[test]

@@ -28,7 +28,7 @@ pub enum KeyError {
     Format { path: String },
     #[error("{0:?} is not an ed25519 public key: expected 64 hex characters")]
     PublicFormat(String),
-    #[error("public key {0} is a weak (small-order) key and is refused")]
+    #[error("public key {0} is a weak key (it has a small-order component) and is refused")]
     WeakKey(String),
 }
 
@@ -82,7 +82,8 @@ pub fn read(path: &Path) -> Result<SigningKey, KeyError> {
     Ok(SigningKey::from_bytes(&seed))
 }
 
-/// An ed25519 public key, written as 64 hex characters. Weak keys are refused on parse.
+/// An ed25519 public key, written as 64 hex characters. Weak keys (of small order, or with a small-order
+/// component) are refused on parse.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct PublicKey(pub VerifyingKey);
 
@@ -109,7 +110,10 @@ impl FromStr for PublicKey {
         let mut b = [0u8; 32];
         hex::decode_to_slice(s.trim(), &mut b).map_err(|_| KeyError::PublicFormat(s.to_owned()))?;
         let k = VerifyingKey::from_bytes(&b).map_err(|_| KeyError::PublicFormat(s.to_owned()))?;
-        if k.is_weak() {
+        // No honest key has a small-order component; one that has lets its holder make signatures that
+        // batch and single verification judge differently. The check costs one scalar multiplication,
+        // once per key.
+        if k.is_weak() || !k.to_edwards().is_torsion_free() {
             return Err(KeyError::WeakKey(s.to_owned()));
         }
         Ok(PublicKey(k))

@@ -1,0 +1,76 @@
+-- Custody store of one node. Every message this node has held is kept by id, so a re-sent message is
+-- recognised and never delivered twice.
+CREATE TABLE messages (
+    id             BLOB PRIMARY KEY,      -- SHA-256 of the canonical header
+    header         BLOB NOT NULL,         -- canonical bytes, exactly as signed
+    signature      BLOB NOT NULL,
+    payload        BLOB NOT NULL,
+    kind           TEXT NOT NULL,
+    sender         TEXT NOT NULL,
+    priority       INTEGER NOT NULL,      -- 0 urgent, 1 express, 2 routine
+    created_at_ms  INTEGER NOT NULL,
+    received_at_ms INTEGER NOT NULL,
+    received_from  TEXT,                  -- peer node, or NULL when an agency handed it over
+    hops           TEXT NOT NULL          -- JSON list of custody hops up to and including this node
+) WITHOUT ROWID;
+
+-- What still has to be handed to a neighbour. A row leaves only when the neighbour acknowledged a
+-- durable commit (or refused it for good: then dead_reason is set and the row stays for operators).
+CREATE TABLE outbox (
+    seq            INTEGER PRIMARY KEY AUTOINCREMENT,
+    message_id     BLOB NOT NULL,
+    next_hop       TEXT NOT NULL,
+    recipients     TEXT NOT NULL,         -- JSON list of the recipients this hop carries
+    priority       INTEGER NOT NULL,
+    enqueued_at_ms INTEGER NOT NULL,
+    attempts       INTEGER NOT NULL DEFAULT 0,
+    dead_reason    TEXT,
+    UNIQUE (message_id, next_hop)
+);
+CREATE INDEX outbox_by_hop ON outbox (next_hop, priority, seq) WHERE dead_reason IS NULL;
+
+-- Inboxes of the units this node hosts.
+CREATE TABLE inbox (
+    seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+    unit            TEXT NOT NULL,
+    message_id      BLOB NOT NULL,
+    delivered_at_ms INTEGER NOT NULL,
+    state           TEXT NOT NULL,        -- delivered | signed-for
+    receipt_id      BLOB,
+    UNIQUE (unit, message_id)
+);
+CREATE INDEX inbox_by_unit ON inbox (unit, seq);
+
+-- Per-recipient status of messages sent by units of this node.
+CREATE TABLE tracking (
+    message_id  BLOB NOT NULL,
+    recipient   TEXT NOT NULL,
+    state_rank  INTEGER NOT NULL,         -- accepted 0, in-transit 1, delivered 2, signed-for 3, failed 4
+    state       TEXT NOT NULL,
+    node        TEXT NOT NULL,
+    at_ms       INTEGER NOT NULL,
+    detail      TEXT,
+    receipt_id  BLOB,
+    PRIMARY KEY (message_id, recipient)
+) WITHOUT ROWID;
+
+-- Custody facts recorded by this node, for tracing a message hop by hop.
+CREATE TABLE events (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    message_id BLOB NOT NULL,
+    at_ms      INTEGER NOT NULL,
+    event      TEXT NOT NULL,
+    unit       TEXT,
+    peer       TEXT,
+    detail     TEXT
+);
+CREATE INDEX events_by_message ON events (message_id, seq);
+
+-- Refused input and administrative actions.
+CREATE TABLE audit (
+    seq      INTEGER PRIMARY KEY AUTOINCREMENT,
+    at_ms    INTEGER NOT NULL,
+    category TEXT NOT NULL,
+    source   TEXT NOT NULL,
+    detail   TEXT NOT NULL
+);

@@ -1,0 +1,171 @@
+//! Node configuration: a TOML file plus `EXCHANGE__…` environment overrides (via the `config` crate).
+//!
+//! Every node runs the same binary; this file is what makes one the city node and another a district
+//! node. Paths that are relative are taken relative to the configuration file's folder, so a folder of
+//! configs can be moved as a whole. See the configuration reference in the README.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use exchange_wire::NodeId;
+use serde::{Deserialize, Serialize};
+
+/// The whole node configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// This node's id in the directory, e.g. `gz` or `gz.yuexiu`.
+    pub node_id: NodeId,
+    /// The node's ed25519 key file (mode 0600): signs delivery reports and is its libp2p identity.
+    pub key_file: PathBuf,
+    /// Folder for the node's database (created if missing).
+    pub data_dir: PathBuf,
+    /// The directory: nodes, units and their public keys (a static file until signed segments land).
+    pub directory_file: PathBuf,
+    #[serde(default)]
+    pub p2p: P2pConfig,
+    #[serde(default)]
+    pub api: ApiConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub relay: RelayConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// libp2p settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct P2pConfig {
+    /// Multiaddress to listen on for other nodes.
+    pub listen: String,
+    /// How long a link may sit idle before it closes; parent/child links are meant to stay up.
+    pub idle_timeout_secs: u64,
+    /// How long to wait for a peer to acknowledge a batch before retrying it.
+    pub request_timeout_secs: u64,
+}
+
+impl Default for P2pConfig {
+    fn default() -> Self {
+        P2pConfig { listen: "/ip4/0.0.0.0/tcp/7400".into(), idle_timeout_secs: 3600, request_timeout_secs: 60 }
+    }
+}
+
+/// The agency HTTP API (also serves `/metrics` and `/healthz`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    pub listen: SocketAddr,
+    /// Upper bound on a long-poll wait.
+    pub max_wait_ms: u64,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig { listen: "127.0.0.1:8080".parse().unwrap(), max_wait_ms: 60_000 }
+    }
+}
+
+/// The admin API used by `exchange-admin` (loopback by default).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig { listen: "127.0.0.1:9080".parse().unwrap() }
+    }
+}
+
+/// Input limits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Largest payload accepted from an agency or a peer, in bytes.
+    pub max_payload_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_payload_bytes: 8 * 1024 * 1024 }
+    }
+}
+
+/// Store-and-forward tuning.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayConfig {
+    /// Most messages in one batch to a peer.
+    pub batch_max_messages: usize,
+    /// Most payload bytes in one batch to a peer.
+    pub batch_max_bytes: usize,
+    /// First retry delay after a failed send; doubles up to `retry_max_ms`, with full jitter.
+    pub retry_initial_ms: u64,
+    pub retry_max_ms: u64,
+    /// Most write requests folded into one storage transaction (group commit).
+    pub commit_max_requests: usize,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            batch_max_messages: 512,
+            batch_max_bytes: 16 * 1024 * 1024,
+            retry_initial_ms: 200,
+            retry_max_ms: 10_000,
+            commit_max_requests: 256,
+        }
+    }
+}
+
+/// Logging.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `human` or `json`.
+    pub format: String,
+    /// A tracing filter such as `info` or `exchange_node=debug,info`; `RUST_LOG` wins if set.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { format: "human".into(), level: "info".into() }
+    }
+}
+
+impl NodeConfig {
+    /// Loads `path`, applies `EXCHANGE__SECTION__KEY` environment overrides, and resolves relative
+    /// paths against the file's folder.
+    pub fn load(path: &Path) -> anyhow::Result<NodeConfig> {
+        use anyhow::Context as _;
+        let raw = config::Config::builder()
+            .add_source(config::File::from(path).format(config::FileFormat::Toml))
+            .add_source(config::Environment::with_prefix("EXCHANGE").separator("__").try_parsing(true))
+            .build()
+            .with_context(|| format!("cannot read configuration {}", path.display()))?;
+        let mut cfg: NodeConfig = raw
+            .try_deserialize()
+            .with_context(|| format!("configuration {} is invalid", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [&mut cfg.key_file, &mut cfg.data_dir, &mut cfg.directory_file] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        if cfg.log.format != "human" && cfg.log.format != "json" {
+            anyhow::bail!("log.format must be \"human\" or \"json\", not {:?}", cfg.log.format);
+        }
+        Ok(cfg)
+    }
+
+    /// The SQLite database file.
+    pub fn database_path(&self) -> PathBuf {
+        self.data_dir.join("node.db")
+    }
+}

@@ -1,0 +1,24 @@
+//! The exchange node. One binary runs at every level of the tree; configuration and the directory
+//! give it its place. The modules follow the architecture:
+//!
+//! * [`config`]: the TOML configuration and its environment overrides.
+//! * [`directory`]: nodes, units and keys; [`routing`]: where a message goes next (pure functions).
+//! * [`storage`]: durable custody behind one trait (SQLite by default).
+//! * [`network`]: libp2p links to parent and children, owned by one task.
+//! * [`relay`]: the engine: verification, custody, delivery, receipts, forwarders, group commit.
+//! * [`api`]: the agency and admin HTTP interfaces; [`metrics`]: Prometheus.
+//! * [`node`]: wiring it all together; [`launcher`], [`demo`], [`bench`]: local networks of real
+//!   node processes for the demo, the benchmark and the tests.
+
+pub mod api;
+pub mod bench;
+pub mod config;
+pub mod demo;
+pub mod directory;
+pub mod launcher;
+pub mod metrics;
+pub mod network;
+pub mod node;
+pub mod relay;
+pub mod routing;
+pub mod storage;

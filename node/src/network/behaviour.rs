@@ -1,0 +1,32 @@
+//! The composed libp2p behaviour: an allow list that admits only directory nodes, and custody transfer
+//! as request/response.
+
+use std::time::Duration;
+
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::{StreamProtocol, allow_block_list, request_response};
+
+use super::protocol::{RELAY_PROTOCOL, TransferRequest, TransferResponse};
+
+/// Everything the node speaks to other nodes.
+#[derive(NetworkBehaviour)]
+pub struct Behaviour {
+    /// Connections from or to peers not on the list are refused before any protocol runs.
+    pub allowed: allow_block_list::Behaviour<allow_block_list::AllowedPeers>,
+    pub relay: request_response::cbor::Behaviour<TransferRequest, TransferResponse>,
+}
+
+impl Behaviour {
+    /// `max_request_bytes` bounds an incoming batch; the default codec limit (1 MiB) is too small.
+    pub fn new(max_request_bytes: u64, request_timeout: Duration) -> Behaviour {
+        let codec = request_response::cbor::codec::Codec::default()
+            .set_request_size_maximum(max_request_bytes)
+            .set_response_size_maximum(16 * 1024 * 1024);
+        let relay = request_response::Behaviour::with_codec(
+            codec,
+            [(StreamProtocol::new(RELAY_PROTOCOL), request_response::ProtocolSupport::Full)],
+            request_response::Config::default().with_request_timeout(request_timeout).with_max_concurrent_streams(64),
+        );
+        Behaviour { allowed: allow_block_list::Behaviour::default(), relay }
+    }
+}

@@ -1,0 +1,250 @@
+//! The libp2p side of the node, after rust-libp2p's file-sharing example: [`new`] returns a cloneable
+//! [`Client`], a stream of [`NetworkEvent`]s and an [`EventLoop`] that alone owns the swarm. Nothing
+//! here awaits storage or verifies signatures: the event loop only moves bytes, so a slow disk can
+//! never stall the links.
+
+pub mod behaviour;
+pub mod protocol;
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use futures::StreamExt;
+use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
+use libp2p::swarm::SwarmEvent;
+use libp2p::swarm::dial_opts::DialOpts;
+use libp2p::{Multiaddr, PeerId, Swarm, identity, noise, tcp, yamux};
+use tokio::sync::{mpsc, oneshot};
+
+use behaviour::{Behaviour, BehaviourEvent};
+use protocol::{TransferRequest, TransferResponse};
+
+/// A transfer that did not get an answer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum NetError {
+    #[error("no answer from {peer}: {reason}")]
+    Failed { peer: PeerId, reason: String },
+    #[error("the network task has stopped")]
+    Stopped,
+}
+
+/// A neighbour to keep a link with.
+#[derive(Debug, Clone)]
+pub struct Neighbour {
+    pub peer: PeerId,
+    pub addresses: Vec<Multiaddr>,
+}
+
+/// What the network reports to the node.
+pub enum NetworkEvent {
+    /// A neighbour handed over a batch; answer it with [`Client::respond`] after committing.
+    Inbound { peer: PeerId, request: TransferRequest, channel: ResponseChannel<TransferResponse> },
+    PeerUp(PeerId),
+    PeerDown(PeerId),
+}
+
+enum Command {
+    Transfer { peer: PeerId, request: TransferRequest, reply: oneshot::Sender<Result<TransferResponse, NetError>> },
+    Respond { channel: ResponseChannel<TransferResponse>, response: TransferResponse },
+    SetPeers { allowed: Vec<PeerId>, neighbours: Vec<Neighbour> },
+    Connected { reply: oneshot::Sender<Vec<PeerId>> },
+}
+
+/// Cloneable handle to the network task.
+#[derive(Clone)]
+pub struct Client {
+    commands: mpsc::Sender<Command>,
+}
+
+impl Client {
+    /// Hands a batch to `peer` and waits for its answer (sent after the peer committed).
+    pub async fn transfer(&self, peer: PeerId, request: TransferRequest) -> Result<TransferResponse, NetError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands.send(Command::Transfer { peer, request, reply }).await.map_err(|_| NetError::Stopped)?;
+        rx.await.map_err(|_| NetError::Stopped)?
+    }
+
+    /// Answers an inbound batch.
+    pub async fn respond(&self, channel: ResponseChannel<TransferResponse>, response: TransferResponse) {
+        let _ = self.commands.send(Command::Respond { channel, response }).await;
+    }
+
+    /// Sets which peers may connect (directory nodes) and which neighbours to keep dialled.
+    pub async fn set_peers(&self, allowed: Vec<PeerId>, neighbours: Vec<Neighbour>) {
+        let _ = self.commands.send(Command::SetPeers { allowed, neighbours }).await;
+    }
+
+    /// Peers connected now.
+    pub async fn connected(&self) -> Vec<PeerId> {
+        let (reply, rx) = oneshot::channel();
+        if self.commands.send(Command::Connected { reply }).await.is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+}
+
+/// Network settings.
+pub struct NetworkConfig {
+    pub listen: Multiaddr,
+    pub idle_timeout: Duration,
+    pub request_timeout: Duration,
+    pub max_request_bytes: u64,
+}
+
+/// Builds the swarm and starts listening.
+pub fn new(
+    keypair: identity::Keypair,
+    cfg: NetworkConfig,
+) -> anyhow::Result<(Client, mpsc::Receiver<NetworkEvent>, EventLoop)> {
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)?
+        .with_behaviour(|_| Behaviour::new(cfg.max_request_bytes, cfg.request_timeout))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(cfg.idle_timeout))
+        .build();
+    swarm
+        .listen_on(cfg.listen.clone())
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen))?;
+    let (commands, command_rx) = mpsc::channel(256);
+    let (event_tx, events) = mpsc::channel(1024);
+    let lp = EventLoop {
+        swarm,
+        commands: command_rx,
+        events: event_tx,
+        pending: HashMap::new(),
+        neighbours: Vec::new(),
+        dialing: HashSet::new(),
+    };
+    Ok((Client { commands }, events, lp))
+}
+
+/// Owns the swarm; run it with [`EventLoop::run`].
+pub struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    commands: mpsc::Receiver<Command>,
+    events: mpsc::Sender<NetworkEvent>,
+    pending: HashMap<OutboundRequestId, (PeerId, oneshot::Sender<Result<TransferResponse, NetError>>)>,
+    neighbours: Vec<Neighbour>,
+    dialing: HashSet<PeerId>,
+}
+
+impl EventLoop {
+    /// Runs until every [`Client`] is dropped.
+    pub async fn run(mut self) {
+        // A failed dial makes libp2p forget the peer: re-dial neighbours ourselves, on a timer.
+        let mut redial = tokio::time::interval(Duration::from_millis(500));
+        redial.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                command = self.commands.recv() => match command {
+                    Some(c) => self.on_command(c),
+                    None => return,
+                },
+                _ = redial.tick() => self.dial_neighbours(),
+            }
+        }
+    }
+
+    fn dial_neighbours(&mut self) {
+        for n in &self.neighbours {
+            if n.addresses.is_empty() || self.swarm.is_connected(&n.peer) || self.dialing.contains(&n.peer) {
+                continue;
+            }
+            let opts = DialOpts::peer_id(n.peer).addresses(n.addresses.clone()).build();
+            if self.swarm.dial(opts).is_ok() {
+                self.dialing.insert(n.peer);
+            }
+        }
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Transfer { peer, request, reply } => {
+                let id = self.swarm.behaviour_mut().relay.send_request(&peer, request);
+                self.pending.insert(id, (peer, reply));
+            }
+            Command::Respond { channel, response } => {
+                // Fails only if the connection closed; the sender will retry and see a duplicate.
+                let _ = self.swarm.behaviour_mut().relay.send_response(channel, response);
+            }
+            Command::SetPeers { allowed, neighbours } => {
+                let keep: HashSet<PeerId> = allowed.iter().copied().collect();
+                let old: Vec<PeerId> = self.swarm.behaviour().allowed.allowed_peers().iter().copied().collect();
+                for p in old.into_iter().filter(|p| !keep.contains(p)) {
+                    self.swarm.behaviour_mut().allowed.disallow_peer(p);
+                }
+                for p in allowed {
+                    self.swarm.behaviour_mut().allowed.allow_peer(p);
+                }
+                for n in &neighbours {
+                    for a in &n.addresses {
+                        self.swarm.add_peer_address(n.peer, a.clone());
+                    }
+                }
+                self.neighbours = neighbours;
+                self.dial_neighbours();
+            }
+            Command::Connected { reply } => {
+                let _ = reply.send(self.swarm.connected_peers().copied().collect());
+            }
+        }
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::Behaviour(BehaviourEvent::Relay(e)) => self.on_relay_event(e),
+            SwarmEvent::ConnectionEstablished { peer_id, num_established, endpoint, .. } => {
+                self.dialing.remove(&peer_id);
+                if num_established.get() == 1 {
+                    tracing::info!(peer = %peer_id, address = %endpoint.get_remote_address(), "link up");
+                    let _ = self.events.try_send(NetworkEvent::PeerUp(peer_id));
+                }
+            }
+            SwarmEvent::ConnectionClosed { peer_id, num_established, cause, .. } => {
+                if num_established == 0 {
+                    tracing::info!(peer = %peer_id, cause = ?cause, "link down");
+                    let _ = self.events.try_send(NetworkEvent::PeerDown(peer_id));
+                }
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. } => {
+                self.dialing.remove(&peer);
+                tracing::debug!(%peer, %error, "dial failed");
+            }
+            SwarmEvent::NewListenAddr { address, .. } => tracing::info!(%address, "listening for nodes"),
+            SwarmEvent::IncomingConnectionError { send_back_addr, error, .. } => {
+                tracing::warn!(from = %send_back_addr, %error, "refused an incoming connection");
+            }
+            _ => {}
+        }
+    }
+
+    fn on_relay_event(&mut self, event: request_response::Event<TransferRequest, TransferResponse>) {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request { request, channel, .. } => {
+                    // Back-pressure: when the node is saturated the request goes unanswered and the
+                    // sender retries later; nothing is lost because nothing was acknowledged.
+                    if self.events.try_send(NetworkEvent::Inbound { peer, request, channel }).is_err() {
+                        tracing::warn!(%peer, "inbound queue full; the batch will be retried by the sender");
+                    }
+                }
+                request_response::Message::Response { request_id, response } => {
+                    if let Some((_, reply)) = self.pending.remove(&request_id) {
+                        let _ = reply.send(Ok(response));
+                    }
+                }
+            },
+            request_response::Event::OutboundFailure { request_id, error, peer, .. } => {
+                if let Some((_, reply)) = self.pending.remove(&request_id) {
+                    let _ = reply.send(Err(NetError::Failed { peer, reason: error.to_string() }));
+                }
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, %error, "inbound transfer failed");
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+}

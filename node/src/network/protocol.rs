@@ -1,0 +1,50 @@
+//! The node-to-node relay protocol: a batch of parcels handed over for custody, answered with one
+//! result per parcel after the receiver's commit.
+//!
+//! The envelope travels as its canonical bytes, exactly as the sender unit signed them, so no hop can
+//! change a signed field without breaking the signature, and no re-encoding can drift.
+
+use exchange_wire::UnitAddress;
+use exchange_wire::receipt::Hop;
+use serde::{Deserialize, Serialize};
+
+/// The libp2p protocol name of custody transfer.
+pub const RELAY_PROTOCOL: &str = "/gov-exchange/relay/1";
+
+/// One message handed to the next node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Parcel {
+    /// Canonical envelope bytes.
+    #[serde(with = "serde_bytes")]
+    pub header: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub signature: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub payload: Vec<u8>,
+    /// The recipients the receiving node becomes responsible for (a subset of the envelope's).
+    pub recipients: Vec<UnitAddress>,
+    /// Custody hops so far, ingress node first.
+    pub hops: Vec<Hop>,
+}
+
+/// A batch of parcels.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TransferRequest {
+    pub parcels: Vec<Parcel>,
+}
+
+/// What the receiver did with one parcel. `Stored` and `Duplicate` both mean the receiver holds it
+/// durably: the sender may drop it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub enum ParcelResult {
+    Stored,
+    Duplicate,
+    /// Refused for good (a forged signature, an unknown unit): retrying cannot help.
+    Refused { code: String, reason: String },
+}
+
+/// The answer to a batch, one result per parcel in order. Sent only after the commit.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TransferResponse {
+    pub results: Vec<ParcelResult>,
+}

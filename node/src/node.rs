@@ -1,0 +1,114 @@
+//! Wiring: load the configuration, key and directory, open storage, start the network, the engine and
+//! the HTTP listeners, and stop cleanly on SIGTERM or Ctrl-C.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use crate::config::NodeConfig;
+use crate::directory::{Directory, DirectoryHandle};
+use crate::metrics::Metrics;
+use crate::network::{self, NetworkConfig};
+use crate::relay::Engine;
+use crate::storage::{SqliteStore, Store};
+
+/// Sets up logging as configured (`RUST_LOG` overrides the level).
+pub fn init_logging(cfg: &NodeConfig) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log.level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if cfg.log.format == "json" { builder.json().try_init() } else { builder.try_init() };
+}
+
+/// Runs a node until it is told to stop.
+pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
+    let node_key = exchange_wire::keys::read(&cfg.key_file)?;
+    let dir = Directory::load_file(&cfg.directory_file)?;
+    let me = dir.node(&cfg.node_id).with_context(|| {
+        format!("node {} is not in the directory {}; add it there first", cfg.node_id, cfg.directory_file.display())
+    })?;
+    if me.public_key.0 != node_key.verifying_key() {
+        anyhow::bail!(
+            "the key in {} is not the key the directory lists for node {} (expected public key {})",
+            cfg.key_file.display(),
+            cfg.node_id,
+            me.public_key
+        );
+    }
+    std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("cannot create data_dir {}", cfg.data_dir.display()))?;
+    let store: Arc<dyn Store> = Arc::new(
+        SqliteStore::open(&cfg.database_path())
+            .await
+            .with_context(|| format!("cannot open the database {}", cfg.database_path().display()))?,
+    );
+    let metrics = Arc::new(Metrics::new(cfg.node_id.as_str()));
+
+    let keypair = libp2p::identity::Keypair::ed25519_from_bytes(node_key.to_bytes()).context("node key")?;
+    let listen = cfg.p2p.listen.parse().with_context(|| format!("p2p.listen {:?} is not a multiaddress", cfg.p2p.listen))?;
+    let (net, mut net_events, event_loop) = network::new(
+        keypair,
+        NetworkConfig {
+            listen,
+            idle_timeout: Duration::from_secs(cfg.p2p.idle_timeout_secs),
+            request_timeout: Duration::from_secs(cfg.p2p.request_timeout_secs),
+            // A full batch plus framing.
+            max_request_bytes: (cfg.relay.batch_max_bytes as u64).max(cfg.limits.max_payload_bytes) * 2 + 1024 * 1024,
+        },
+    )?;
+    tokio::spawn(event_loop.run());
+
+    let engine = Engine::new(&cfg, DirectoryHandle::new(dir), store, metrics, net, node_key);
+    engine.start().await?;
+    {
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            while let Some(event) = net_events.recv().await {
+                engine.on_network_event(event).await;
+            }
+        });
+    }
+
+    let agency = tokio::net::TcpListener::bind(cfg.api.listen)
+        .await
+        .with_context(|| format!("cannot listen on api.listen {}", cfg.api.listen))?;
+    let admin = tokio::net::TcpListener::bind(cfg.admin.listen)
+        .await
+        .with_context(|| format!("cannot listen on admin.listen {}", cfg.admin.listen))?;
+    tracing::info!(node = %cfg.node_id, peer_id = %engine.peer_id, api = %cfg.api.listen, admin = %cfg.admin.listen, "node started");
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let serve = |listener, router: axum::Router| {
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+        })
+    };
+    let a = serve(agency, crate::api::agency_router(engine.clone()));
+    let b = serve(admin, crate::api::admin_router(engine.clone()));
+
+    shutdown_signal().await;
+    tracing::info!("stopping: no new requests; what is committed stays committed");
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        let _ = a.await;
+        let _ = b.await;
+    })
+    .await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+        tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,77 @@
+//! Group commit: one task owns all writes and folds every request waiting in its queue into one
+//! transaction, so a burst of submissions and transfers costs one fsync, not one each. Callers wait
+//! for their reply, which comes only after the commit: that is the custody rule.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::metrics::Metrics;
+use crate::storage::{JobOutcome, Store, StorageError, WriteJob};
+
+struct Request {
+    jobs: Vec<WriteJob>,
+    /// How many jobs this request brought (its jobs are moved into the shared transaction).
+    n: usize,
+    reply: oneshot::Sender<Result<Vec<JobOutcome>, Arc<StorageError>>>,
+}
+
+/// Handle to the committer task.
+#[derive(Clone)]
+pub struct Committer {
+    tx: mpsc::Sender<Request>,
+}
+
+impl Committer {
+    /// Starts the task. `max_requests` bounds how many requests one transaction folds together.
+    pub fn spawn(store: Arc<dyn Store>, metrics: Arc<Metrics>, max_requests: usize) -> Committer {
+        // Bounded: when storage falls behind, callers wait here instead of piling up memory.
+        let (tx, mut rx) = mpsc::channel::<Request>(max_requests.max(1) * 2);
+        tokio::spawn(async move {
+            let mut batch: Vec<Request> = Vec::with_capacity(max_requests);
+            while rx.recv_many(&mut batch, max_requests.max(1)).await > 0 {
+                let jobs: Vec<WriteJob> = batch.iter_mut().flat_map(|r| std::mem::take(&mut r.jobs)).collect();
+                let started = Instant::now();
+                let result = store.commit(&jobs).await;
+                metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
+                metrics.commit_jobs.observe(jobs.len() as f64);
+                match result {
+                    Ok(outcomes) => {
+                        let mut outcomes = outcomes.into_iter();
+                        for r in batch.drain(..) {
+                            let mine: Vec<JobOutcome> = outcomes.by_ref().take(r.n).collect();
+                            let _ = r.reply.send(Ok(mine));
+                        }
+                    }
+                    Err(e) if batch.len() > 1 => {
+                        // One bad request must not sink the others: retry each on its own.
+                        tracing::warn!(error = %e, "group commit failed; retrying requests one by one");
+                        let mut rest = jobs.into_iter();
+                        for r in batch.drain(..) {
+                            let mine: Vec<WriteJob> = rest.by_ref().take(r.n).collect();
+                            let res = store.commit(&mine).await.map_err(Arc::new);
+                            let _ = r.reply.send(res);
+                        }
+                    }
+                    Err(e) => {
+                        let e = Arc::new(e);
+                        for r in batch.drain(..) {
+                            let _ = r.reply.send(Err(e.clone()));
+                        }
+                    }
+                }
+            }
+        });
+        Committer { tx }
+    }
+
+    /// Commits `jobs` (together with whatever else is waiting) and returns their outcomes in order.
+    pub async fn commit(&self, jobs: Vec<WriteJob>) -> Result<Vec<JobOutcome>, Arc<StorageError>> {
+        let n = jobs.len();
+        let (reply, rx) = oneshot::channel();
+        let stopped = || Arc::new(StorageError::Corrupt("the storage writer has stopped".into()));
+        self.tx.send(Request { jobs, n, reply }).await.map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+}

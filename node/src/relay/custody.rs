@@ -1,0 +1,204 @@
+//! Custody rules as plain functions: given a verified message and the recipients this node is now
+//! responsible for, decide every row that must be committed together: the message, outbox entries per
+//! next hop, inbox deliveries, status facts and follow-up messages (delivery reports). No I/O here, so
+//! the rules are testable without storage or network.
+
+use std::collections::BTreeSet;
+
+use ed25519_dalek::SigningKey;
+use exchange_wire::api::RecipientState;
+use exchange_wire::receipt::{Delivered, DeliveryReport, Hop, Receipt};
+use exchange_wire::{Kind, NodeId, SignedEnvelope, UnitAddress};
+
+use super::refusal::Refusal;
+use crate::directory::Directory;
+use crate::routing::{self, NextHop};
+use crate::storage::{Custody, EventRow, InboxRow, MessageRow, OutboxRow, TrackingRow};
+
+/// A verified message arriving at this node.
+pub struct Incoming {
+    pub signed: SignedEnvelope,
+    pub payload: Vec<u8>,
+    /// The recipients this node becomes responsible for.
+    pub recipients: Vec<UnitAddress>,
+    /// The neighbour that handed it over, or `None` for an agency (or this node itself).
+    pub from: Option<NodeId>,
+    /// Custody hops before this node.
+    pub hops: Vec<Hop>,
+}
+
+/// What the node needs to know about its own work.
+pub struct Context<'a> {
+    pub here: &'a NodeId,
+    pub dir: &'a Directory,
+    pub node_key: &'a SigningKey,
+    pub now_ms: u64,
+}
+
+/// Facts about a custody decision, used after the commit for wake-ups and metrics.
+#[derive(Debug, Default)]
+pub struct Summary {
+    /// Neighbours that got new outbox work, with how many entries.
+    pub next_hops: BTreeSet<NodeId>,
+    /// Inbox deliveries by kind.
+    pub delivered: Vec<Kind>,
+    /// Creation-to-delivery latencies of deliveries here, in milliseconds.
+    pub latencies_ms: Vec<u64>,
+    /// Receipts that reached their original sender here.
+    pub receipts_returned: usize,
+}
+
+impl Summary {
+    fn merge(&mut self, other: Summary) {
+        self.next_hops.extend(other.next_hops);
+        self.delivered.extend(other.delivered);
+        self.latencies_ms.extend(other.latencies_ms);
+        self.receipts_returned += other.receipts_returned;
+    }
+}
+
+/// A custody event row.
+pub fn event(id: [u8; 32], at_ms: u64, event: &'static str, unit: Option<&UnitAddress>, peer: Option<&NodeId>, detail: Option<String>) -> EventRow {
+    EventRow {
+        message_id: id,
+        at_ms: at_ms as i64,
+        event,
+        unit: unit.map(|u| u.to_string()),
+        peer: peer.map(|p| p.to_string()),
+        detail,
+    }
+}
+
+fn tracking(id: [u8; 32], unit: &UnitAddress, state: RecipientState, node: &NodeId, at_ms: u64) -> TrackingRow {
+    TrackingRow {
+        message_id: id,
+        recipient: unit.to_string(),
+        state,
+        node: node.to_string(),
+        at_ms: at_ms as i64,
+        detail: None,
+        receipt_id: None,
+    }
+}
+
+/// Decides everything that taking custody of `m` commits.
+pub fn take(ctx: &Context, m: Incoming) -> Result<(Custody, Summary), Refusal> {
+    let env = &m.signed.envelope;
+    let id = m.signed.id.0;
+    let here = ctx.here;
+    let now = ctx.now_ms;
+    let mut hops = m.hops.clone();
+    hops.push(Hop { node: here.clone(), at_ms: now });
+    let plan = routing::plan(ctx.dir, here, &m.recipients)?;
+    let origin = m.from.is_none();
+
+    let mut c = Custody {
+        message: Some(MessageRow {
+            id,
+            header: m.signed.bytes.clone(),
+            signature: m.signed.signature,
+            payload: m.payload.clone(),
+            kind: env.kind.as_str().to_string(),
+            sender: env.sender.to_string(),
+            priority: env.priority.rank(),
+            created_at_ms: env.created_at_ms as i64,
+            received_at_ms: now as i64,
+            received_from: m.from.as_ref().map(|f| f.to_string()),
+            hops: serde_json::to_string(&hops).expect("hops serialise"),
+        }),
+        ..Default::default()
+    };
+    let mut summary = Summary::default();
+    c.events.push(event(id, now, if origin { "accepted" } else { "received" }, None, m.from.as_ref(), None));
+
+    for (hop, units) in plan {
+        match hop {
+            NextHop::Node(next) => {
+                if origin && env.kind == Kind::Document {
+                    c.tracking.extend(units.iter().map(|u| tracking(id, u, RecipientState::Accepted, here, now)));
+                }
+                c.outbox.push(OutboxRow {
+                    message_id: id,
+                    next_hop: next.to_string(),
+                    recipients: serde_json::to_string(&units).expect("units serialise"),
+                    priority: env.priority.rank(),
+                    enqueued_at_ms: now as i64,
+                });
+                summary.next_hops.insert(next);
+            }
+            NextHop::Local => deliver_here(ctx, &m, &units, &hops, &mut c, &mut summary)?,
+        }
+    }
+    Ok((c, summary))
+}
+
+/// The rules for recipients whose home is this node, by kind.
+fn deliver_here(
+    ctx: &Context,
+    m: &Incoming,
+    units: &[UnitAddress],
+    hops: &[Hop],
+    c: &mut Custody,
+    summary: &mut Summary,
+) -> Result<(), Refusal> {
+    let env = &m.signed.envelope;
+    let id = m.signed.id.0;
+    let (here, now) = (ctx.here, ctx.now_ms);
+    match env.kind {
+        Kind::Document => {
+            for u in units {
+                c.inbox.push(InboxRow { unit: u.to_string(), message_id: id, delivered_at_ms: now as i64 });
+                c.events.push(event(id, now, "delivered", Some(u), None, None));
+                summary.delivered.push(Kind::Document);
+                summary.latencies_ms.push(now.saturating_sub(env.created_at_ms));
+            }
+            if m.from.is_none() {
+                // Sender and recipients share this node: the status is known right here.
+                c.tracking.extend(units.iter().map(|u| tracking(id, u, RecipientState::Delivered, here, now)));
+            } else {
+                let report = DeliveryReport {
+                    message_id: m.signed.id,
+                    node: here.clone(),
+                    delivered: units.iter().map(|u| Delivered { unit: u.clone(), at_ms: now }).collect(),
+                    hops: hops.to_vec(),
+                };
+                let (envelope, payload) = report.envelope(env.sender.clone(), env.priority);
+                let signed = envelope.sign(ctx.node_key);
+                let follow = Incoming { signed, payload, recipients: vec![env.sender.clone()], from: None, hops: vec![] };
+                match take(ctx, follow) {
+                    Ok((f, s)) => {
+                        c.follow_ups.push(f);
+                        summary.merge(s);
+                    }
+                    // The sender left the directory meanwhile: deliver anyway, say so in the log.
+                    Err(r) => tracing::warn!(message = %m.signed.id, reason = %r.message, "cannot route a delivery report"),
+                }
+            }
+        }
+        Kind::Receipt => {
+            let receipt = Receipt::from_envelope(env)?;
+            let signer_home = ctx.dir.home_of(&env.sender).unwrap_or_else(|| here.clone());
+            for u in units {
+                c.inbox.push(InboxRow { unit: u.to_string(), message_id: id, delivered_at_ms: now as i64 });
+                summary.delivered.push(Kind::Receipt);
+            }
+            let mut t = tracking(receipt.for_message.0, &env.sender, RecipientState::SignedFor, &signer_home, env.created_at_ms);
+            t.receipt_id = Some(id);
+            c.tracking.push(t);
+            c.events.push(event(receipt.for_message.0, now, "receipt", Some(&env.sender), None, Some(m.signed.id.to_hex())));
+            summary.receipts_returned += 1;
+        }
+        Kind::DeliveryReport => {
+            let report = DeliveryReport::from_envelope(env, &m.payload)?;
+            let orig = report.message_id.0;
+            for d in &report.delivered {
+                c.tracking.push(tracking(orig, &d.unit, RecipientState::Delivered, &report.node, d.at_ms));
+                c.events.push(event(orig, now, "delivery-reported", Some(&d.unit), Some(&report.node), None));
+            }
+            for h in &report.hops {
+                c.events.push(event(orig, h.at_ms, "hop", None, Some(&h.node), None));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,174 @@
+//! One forwarder per neighbour: takes the oldest, most urgent outbox entries for that neighbour, hands
+//! them over as one batch, and removes them only when the neighbour has answered after its commit.
+//! While the neighbour is down it retries with capped exponential backoff and full jitter, and starts
+//! again at once when the link comes back.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use exchange_wire::api::RecipientState;
+use exchange_wire::receipt::Hop;
+use exchange_wire::{Envelope, Kind, NodeId, UnitAddress};
+use tokio::sync::Notify;
+
+use super::Engine;
+use super::custody::event;
+use crate::network::protocol::{Parcel, ParcelResult, TransferRequest};
+use crate::storage::{OutboxItem, Record, TrackingRow, WriteJob};
+
+/// Wake-up signals for one forwarder.
+#[derive(Default)]
+pub struct Signals {
+    /// New outbox entries were committed for this neighbour.
+    pub work: Notify,
+    /// The link to this neighbour came up.
+    pub link_up: Notify,
+}
+
+/// Capped exponential backoff with full jitter.
+pub struct Backoff {
+    initial: Duration,
+    max: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    pub fn new(initial: Duration, max: Duration) -> Backoff {
+        Backoff { initial, max, attempt: 0 }
+    }
+
+    /// The next delay: uniformly random in [0, min(max, initial * 2^attempt)].
+    pub fn next_delay(&mut self) -> Duration {
+        let ceiling = self.initial.saturating_mul(1u32 << self.attempt.min(20)).min(self.max);
+        self.attempt = self.attempt.saturating_add(1);
+        let r = getrandom::u64().unwrap_or(u64::MAX / 2);
+        ceiling.mul_f64((r as f64) / (u64::MAX as f64)).max(Duration::from_millis(10))
+    }
+
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+
+    pub fn attempts(&self) -> u32 {
+        self.attempt
+    }
+}
+
+/// Runs the forwarder for `hop` until the process ends.
+pub async fn run(engine: Arc<Engine>, hop: NodeId, signals: Arc<Signals>) {
+    let cfg = &engine.relay_cfg;
+    let mut backoff = Backoff::new(Duration::from_millis(cfg.retry_initial_ms), Duration::from_millis(cfg.retry_max_ms));
+    loop {
+        let Some(peer) = engine.dir.current().node(&hop).map(|n| n.peer_id) else {
+            tracing::warn!(%hop, "next hop is not in the directory; its outbox waits");
+            tokio::select! { _ = signals.work.notified() => {}, _ = tokio::time::sleep(Duration::from_secs(5)) => {} }
+            continue;
+        };
+        let items = match engine.store.outbox_batch(hop.as_str(), cfg.batch_max_messages, cfg.batch_max_bytes).await {
+            Ok(items) => items,
+            Err(e) => {
+                tracing::error!(%hop, error = %e, "cannot read the outbox");
+                tokio::time::sleep(backoff.next_delay()).await;
+                continue;
+            }
+        };
+        if items.is_empty() {
+            // The periodic look is a safety net; wake-ups normally come from the committer.
+            tokio::select! { _ = signals.work.notified() => {}, _ = tokio::time::sleep(Duration::from_secs(5)) => {} }
+            continue;
+        }
+        let (request, sent) = to_request(items);
+        match engine.net.transfer(peer, request).await {
+            Ok(resp) if resp.results.len() == sent.len() => {
+                backoff.reset();
+                // Loop until the acknowledgement is recorded: resending before that would only make
+                // duplicates (harmless, but wasted work).
+                let record = acknowledged(&engine.here, &hop, &sent, &resp.results);
+                loop {
+                    match engine.committer.commit(vec![WriteJob::Record(record.clone())]).await {
+                        Ok(_) => break,
+                        Err(e) => {
+                            tracing::error!(%hop, error = %e, "cannot record an acknowledgement; retrying");
+                            tokio::time::sleep(backoff.next_delay()).await;
+                        }
+                    }
+                }
+                engine.after_acknowledged(&hop, &record);
+            }
+            outcome => {
+                engine.metrics.send_failures.with_label_values(&[hop.as_str()]).inc();
+                let delay = backoff.next_delay();
+                let reason = match outcome {
+                    Ok(resp) => format!("answer has {} results for {} parcels", resp.results.len(), sent.len()),
+                    Err(e) => e.to_string(),
+                };
+                if backoff.attempts() == 1 || backoff.attempts() % 20 == 0 {
+                    tracing::warn!(%hop, attempts = backoff.attempts(), %reason, retry_in_ms = delay.as_millis() as u64, "handover failed; will retry");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = signals.link_up.notified() => backoff.reset(),
+                }
+            }
+        }
+    }
+}
+
+/// What was sent in a batch, to match against the answer.
+pub struct Sent {
+    pub seq: i64,
+    pub message_id: [u8; 32],
+    pub recipients: Vec<UnitAddress>,
+    /// Kind, when this node is where the message entered the network (its status is tracked here).
+    pub origin_kind: Option<Kind>,
+}
+
+fn to_request(items: Vec<OutboxItem>) -> (TransferRequest, Vec<Sent>) {
+    let mut parcels = Vec::with_capacity(items.len());
+    let mut sent = Vec::with_capacity(items.len());
+    for i in items {
+        let recipients: Vec<UnitAddress> = serde_json::from_str(&i.recipients).unwrap_or_default();
+        let hops: Vec<Hop> = serde_json::from_str(&i.hops).unwrap_or_default();
+        let origin_kind = (hops.len() == 1).then(|| Envelope::from_canonical_bytes(&i.header).ok().map(|e| e.kind)).flatten();
+        sent.push(Sent { seq: i.seq, message_id: i.message_id, recipients: recipients.clone(), origin_kind });
+        parcels.push(Parcel { header: i.header, signature: i.signature, payload: i.payload, recipients, hops });
+    }
+    (TransferRequest { parcels }, sent)
+}
+
+/// The facts an answer establishes: entries handed over (removed), refused (dead letters), and for
+/// documents that entered here, the recipients' new state.
+pub fn acknowledged(here: &NodeId, hop: &NodeId, sent: &[Sent], results: &[ParcelResult]) -> Record {
+    let now = exchange_wire::now_ms();
+    let mut r = Record::default();
+    for (s, res) in sent.iter().zip(results) {
+        let (state, detail) = match res {
+            ParcelResult::Stored | ParcelResult::Duplicate => {
+                r.outbox_done.push(s.seq);
+                r.events.push(event(s.message_id, now, "forwarded", None, Some(hop), None));
+                (RecipientState::InTransit, None)
+            }
+            ParcelResult::Refused { code, reason } => {
+                tracing::error!(%hop, message = %hex::encode(s.message_id), %code, %reason, "next hop refused a message for good; kept as a dead letter");
+                let why = format!("{hop} refused it ({code}): {reason}");
+                r.outbox_dead.push((s.seq, why.clone()));
+                r.events.push(event(s.message_id, now, "failed", None, Some(hop), Some(why.clone())));
+                (RecipientState::Failed, Some(why))
+            }
+        };
+        if s.origin_kind == Some(Kind::Document) {
+            for u in &s.recipients {
+                r.tracking.push(TrackingRow {
+                    message_id: s.message_id,
+                    recipient: u.to_string(),
+                    state,
+                    node: if state == RecipientState::InTransit { hop.to_string() } else { here.to_string() },
+                    at_ms: now as i64,
+                    detail: detail.clone(),
+                    receipt_id: None,
+                });
+            }
+        }
+    }
+    r
+}

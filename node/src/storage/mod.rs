@@ -1,0 +1,224 @@
+//! Durable custody storage behind one trait.
+//!
+//! Writes arrive as [`WriteJob`]s and are applied many at a time in one transaction by the group
+//! committer (`relay::committer`): that is where throughput comes from, and nothing is acknowledged
+//! before its transaction commits. Reads serve the forwarders, the inbox and the status API.
+//! SQLite (WAL) is the embedded default; the trait keeps room for PostgreSQL.
+
+pub mod sqlite;
+
+use exchange_wire::api::RecipientState;
+use futures::future::BoxFuture;
+
+pub use sqlite::SqliteStore;
+
+/// A storage failure. Nothing was committed when this is returned.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// A message row.
+#[derive(Debug, Clone)]
+pub struct MessageRow {
+    pub id: [u8; 32],
+    pub header: Vec<u8>,
+    pub signature: [u8; 64],
+    pub payload: Vec<u8>,
+    pub kind: String,
+    pub sender: String,
+    pub priority: u8,
+    pub created_at_ms: i64,
+    pub received_at_ms: i64,
+    pub received_from: Option<String>,
+    /// JSON list of custody hops.
+    pub hops: String,
+}
+
+/// Work for a neighbour.
+#[derive(Debug, Clone)]
+pub struct OutboxRow {
+    pub message_id: [u8; 32],
+    pub next_hop: String,
+    /// JSON list of recipients.
+    pub recipients: String,
+    pub priority: u8,
+    pub enqueued_at_ms: i64,
+}
+
+/// A message landing in a unit's inbox.
+#[derive(Debug, Clone)]
+pub struct InboxRow {
+    pub unit: String,
+    pub message_id: [u8; 32],
+    pub delivered_at_ms: i64,
+}
+
+/// A per-recipient status fact (applied only if it moves the state forward).
+#[derive(Debug, Clone)]
+pub struct TrackingRow {
+    pub message_id: [u8; 32],
+    pub recipient: String,
+    pub state: RecipientState,
+    pub node: String,
+    pub at_ms: i64,
+    pub detail: Option<String>,
+    pub receipt_id: Option<[u8; 32]>,
+}
+
+/// A custody fact for tracing.
+#[derive(Debug, Clone)]
+pub struct EventRow {
+    pub message_id: [u8; 32],
+    pub at_ms: i64,
+    pub event: &'static str,
+    pub unit: Option<String>,
+    pub peer: Option<String>,
+    pub detail: Option<String>,
+}
+
+/// An audit entry.
+#[derive(Debug, Clone)]
+pub struct AuditRow {
+    pub at_ms: i64,
+    pub category: &'static str,
+    pub source: String,
+    pub detail: String,
+}
+
+/// Taking custody of one message: stored only if its id is new, together with everything that follows
+/// from it. If the id is already held, nothing of this is written (the duplicate is recognised).
+#[derive(Debug, Clone, Default)]
+pub struct Custody {
+    pub message: Option<MessageRow>,
+    pub outbox: Vec<OutboxRow>,
+    pub inbox: Vec<InboxRow>,
+    pub tracking: Vec<TrackingRow>,
+    pub events: Vec<EventRow>,
+    /// Messages born of this one (a delivery report), stored only when this one is new.
+    pub follow_ups: Vec<Custody>,
+}
+
+/// Facts recorded unconditionally (acknowledgements from a neighbour, audit entries).
+#[derive(Debug, Clone, Default)]
+pub struct Record {
+    /// Outbox rows the neighbour acknowledged (by outbox seq): removed.
+    pub outbox_done: Vec<i64>,
+    /// Outbox rows refused for good: kept as dead letters with the reason.
+    pub outbox_dead: Vec<(i64, String)>,
+    /// Outbox rows whose send failed: attempt counter bumped.
+    pub outbox_failed: Vec<i64>,
+    pub tracking: Vec<TrackingRow>,
+    pub events: Vec<EventRow>,
+    pub audit: Vec<AuditRow>,
+}
+
+/// One unit of work for the group committer.
+#[derive(Debug, Clone)]
+pub enum WriteJob {
+    Custody(Custody),
+    /// 签收: flip the inbox entry to signed-for and take custody of the receipt, atomically.
+    SignFor { unit: String, message_id: [u8; 32], receipt: Custody },
+    Record(Record),
+}
+
+/// What became of one job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobOutcome {
+    Stored,
+    /// The message id was already held; nothing was written.
+    Duplicate,
+    /// The job could not apply (for a sign-for: why).
+    Conflict(String),
+}
+
+/// Outbox entry joined with its message, ready to send.
+#[derive(Debug, Clone)]
+pub struct OutboxItem {
+    pub seq: i64,
+    pub message_id: [u8; 32],
+    pub recipients: String,
+    pub header: Vec<u8>,
+    pub signature: Vec<u8>,
+    pub payload: Vec<u8>,
+    pub hops: String,
+}
+
+/// An inbox entry with its message.
+#[derive(Debug, Clone)]
+pub struct InboxRecord {
+    pub seq: i64,
+    pub message_id: [u8; 32],
+    pub delivered_at_ms: i64,
+    pub state: String,
+    pub header: Vec<u8>,
+    pub signature: Vec<u8>,
+    pub payload: Vec<u8>,
+}
+
+/// A stored message.
+#[derive(Debug, Clone)]
+pub struct StoredMessage {
+    pub header: Vec<u8>,
+    pub signature: Vec<u8>,
+    pub payload: Vec<u8>,
+    pub hops: String,
+}
+
+/// A tracking row as read.
+#[derive(Debug, Clone)]
+pub struct TrackingRecord {
+    pub recipient: String,
+    pub state: String,
+    pub node: String,
+    pub at_ms: i64,
+    pub detail: Option<String>,
+    pub receipt_id: Option<Vec<u8>>,
+}
+
+/// An event as read.
+#[derive(Debug, Clone)]
+pub struct EventRecord {
+    pub at_ms: i64,
+    pub event: String,
+    pub unit: Option<String>,
+    pub peer: Option<String>,
+    pub detail: Option<String>,
+}
+
+/// The storage interface. Every method is a single transaction.
+pub trait Store: Send + Sync + 'static {
+    /// Applies jobs in one transaction, in order; returns one outcome per job. Returns an error (and
+    /// commits nothing) if the transaction fails.
+    fn commit<'a>(&'a self, jobs: &'a [WriteJob]) -> BoxFuture<'a, Result<Vec<JobOutcome>, StorageError>>;
+    /// Up to `max_messages` (and about `max_bytes`) live outbox entries for `hop`, urgent first.
+    fn outbox_batch<'a>(&'a self, hop: &'a str, max_messages: usize, max_bytes: usize)
+        -> BoxFuture<'a, Result<Vec<OutboxItem>, StorageError>>;
+    /// Live outbox depth per next hop.
+    fn outbox_depths(&self) -> BoxFuture<'_, Result<Vec<(String, i64)>, StorageError>>;
+    /// A unit's inbox after `after`.
+    fn inbox<'a>(&'a self, unit: &'a str, after: i64, limit: u32) -> BoxFuture<'a, Result<Vec<InboxRecord>, StorageError>>;
+    /// One inbox entry.
+    fn inbox_entry<'a>(&'a self, unit: &'a str, id: &'a [u8; 32]) -> BoxFuture<'a, Result<Option<InboxRecord>, StorageError>>;
+    fn message<'a>(&'a self, id: &'a [u8; 32]) -> BoxFuture<'a, Result<Option<StoredMessage>, StorageError>>;
+    fn tracking<'a>(&'a self, id: &'a [u8; 32]) -> BoxFuture<'a, Result<Vec<TrackingRecord>, StorageError>>;
+    fn events<'a>(&'a self, id: &'a [u8; 32]) -> BoxFuture<'a, Result<Vec<EventRecord>, StorageError>>;
+    /// Highest inbox sequence number (0 when empty).
+    fn inbox_head(&self) -> BoxFuture<'_, Result<i64, StorageError>>;
+}
+
+/// Rank of a state: tracking only ever moves forward.
+pub fn state_rank(s: RecipientState) -> i64 {
+    match s {
+        RecipientState::Accepted => 0,
+        RecipientState::InTransit => 1,
+        RecipientState::Delivered => 2,
+        RecipientState::SignedFor => 3,
+        RecipientState::Failed => 4,
+    }
+}

@@ -1,0 +1,457 @@
+//! SQLite (WAL) implementation of [`Store`]: one writer connection fed by the group committer, a
+//! separate pool of readers. Multi-row `INSERT … VALUES` statements carry a whole batch: on SQLite the
+//! cost is per statement, not per row.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
+
+use super::*;
+
+/// Rows per multi-row statement, well under SQLite's bound on bound variables.
+const ROWS_PER_STATEMENT: usize = 400;
+
+/// The embedded store.
+pub struct SqliteStore {
+    writer: SqlitePool,
+    readers: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path`, in WAL mode, and runs the embedded migrations.
+    pub async fn open(path: &Path) -> Result<SqliteStore, StorageError> {
+        let base = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: a commit is on disk before anything is acknowledged, even across a power cut.
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(30))
+            .foreign_keys(false);
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(base.clone().create_if_missing(true))
+            .await?;
+        sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
+        let readers = SqlitePoolOptions::new()
+            .max_connections(4)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(base.read_only(true))
+            .await?;
+        Ok(SqliteStore { writer, readers })
+    }
+}
+
+fn collect_ids(c: &Custody, out: &mut Vec<[u8; 32]>) {
+    if let Some(m) = &c.message {
+        out.push(m.id);
+    }
+    for f in &c.follow_ups {
+        collect_ids(f, out);
+    }
+}
+
+/// Rows gathered from all jobs of one transaction.
+#[derive(Default)]
+struct Rows<'a> {
+    messages: Vec<&'a MessageRow>,
+    outbox: Vec<&'a OutboxRow>,
+    inbox: Vec<&'a InboxRow>,
+    tracking: Vec<&'a TrackingRow>,
+    events: Vec<&'a EventRow>,
+    audit: Vec<&'a AuditRow>,
+}
+
+impl<'a> Rows<'a> {
+    /// Adds a custody job unless its id is held already; returns whether it was added.
+    fn add_custody(&mut self, c: &'a Custody, held: &mut HashSet<[u8; 32]>) -> bool {
+        if let Some(m) = &c.message {
+            if !held.insert(m.id) {
+                return false;
+            }
+            self.messages.push(m);
+        }
+        self.outbox.extend(&c.outbox);
+        self.inbox.extend(&c.inbox);
+        self.tracking.extend(&c.tracking);
+        self.events.extend(&c.events);
+        for f in &c.follow_ups {
+            self.add_custody(f, held);
+        }
+        true
+    }
+
+    fn add_record(&mut self, r: &'a Record) {
+        self.tracking.extend(&r.tracking);
+        self.events.extend(&r.events);
+        self.audit.extend(&r.audit);
+    }
+}
+
+async fn existing_ids(tx: &mut Transaction<'_, Sqlite>, ids: &[[u8; 32]]) -> Result<HashSet<[u8; 32]>, sqlx::Error> {
+    let mut held = HashSet::new();
+    for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+        let mut q = QueryBuilder::<Sqlite>::new("SELECT id FROM messages WHERE id IN (");
+        let mut sep = q.separated(", ");
+        for id in chunk {
+            sep.push_bind(id.as_slice());
+        }
+        q.push(")");
+        for row in q.build().fetch_all(&mut **tx).await? {
+            let id: Vec<u8> = row.get(0);
+            if let Ok(id) = <[u8; 32]>::try_from(id.as_slice()) {
+                held.insert(id);
+            }
+        }
+    }
+    Ok(held)
+}
+
+async fn insert_rows(tx: &mut Transaction<'_, Sqlite>, rows: &Rows<'_>) -> Result<(), sqlx::Error> {
+    for chunk in rows.messages.chunks(ROWS_PER_STATEMENT / 4) {
+        QueryBuilder::<Sqlite>::new(
+            "INSERT INTO messages (id, header, signature, payload, kind, sender, priority, created_at_ms, received_at_ms, received_from, hops) ",
+        )
+        .push_values(chunk, |mut b, m| {
+            b.push_bind(m.id.as_slice())
+                .push_bind(m.header.as_slice())
+                .push_bind(m.signature.as_slice())
+                .push_bind(m.payload.as_slice())
+                .push_bind(m.kind.as_str())
+                .push_bind(m.sender.as_str())
+                .push_bind(m.priority as i64)
+                .push_bind(m.created_at_ms)
+                .push_bind(m.received_at_ms)
+                .push_bind(m.received_from.as_deref())
+                .push_bind(m.hops.as_str());
+        })
+        .build()
+        .execute(&mut **tx)
+        .await?;
+    }
+    for chunk in rows.outbox.chunks(ROWS_PER_STATEMENT / 2) {
+        let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO outbox (message_id, next_hop, recipients, priority, enqueued_at_ms) ");
+        q.push_values(chunk, |mut b, o| {
+            b.push_bind(o.message_id.as_slice())
+                .push_bind(o.next_hop.as_str())
+                .push_bind(o.recipients.as_str())
+                .push_bind(o.priority as i64)
+                .push_bind(o.enqueued_at_ms);
+        });
+        q.push(" ON CONFLICT (message_id, next_hop) DO NOTHING");
+        q.build().execute(&mut **tx).await?;
+    }
+    for chunk in rows.inbox.chunks(ROWS_PER_STATEMENT / 2) {
+        let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO inbox (unit, message_id, delivered_at_ms, state) ");
+        q.push_values(chunk, |mut b, i| {
+            b.push_bind(i.unit.as_str()).push_bind(i.message_id.as_slice()).push_bind(i.delivered_at_ms).push_bind("delivered");
+        });
+        q.push(" ON CONFLICT (unit, message_id) DO NOTHING");
+        q.build().execute(&mut **tx).await?;
+    }
+    for chunk in rows.tracking.chunks(ROWS_PER_STATEMENT / 2) {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO tracking (message_id, recipient, state_rank, state, node, at_ms, detail, receipt_id) ",
+        );
+        q.push_values(chunk, |mut b, t| {
+            b.push_bind(t.message_id.as_slice())
+                .push_bind(t.recipient.as_str())
+                .push_bind(state_rank(t.state))
+                .push_bind(t.state.as_str())
+                .push_bind(t.node.as_str())
+                .push_bind(t.at_ms)
+                .push_bind(t.detail.as_deref())
+                .push_bind(t.receipt_id.as_ref().map(|r| r.as_slice()));
+        });
+        // `WHERE true` keeps SQLite's parser from reading ON CONFLICT as a join constraint.
+        q.push(
+            " ON CONFLICT (message_id, recipient) DO UPDATE SET state_rank = excluded.state_rank, \
+             state = excluded.state, node = excluded.node, at_ms = excluded.at_ms, detail = excluded.detail, \
+             receipt_id = COALESCE(excluded.receipt_id, tracking.receipt_id) \
+             WHERE excluded.state_rank > tracking.state_rank",
+        );
+        q.build().execute(&mut **tx).await?;
+    }
+    for chunk in rows.events.chunks(ROWS_PER_STATEMENT / 2) {
+        QueryBuilder::<Sqlite>::new("INSERT INTO events (message_id, at_ms, event, unit, peer, detail) ")
+            .push_values(chunk, |mut b, e| {
+                b.push_bind(e.message_id.as_slice())
+                    .push_bind(e.at_ms)
+                    .push_bind(e.event)
+                    .push_bind(e.unit.as_deref())
+                    .push_bind(e.peer.as_deref())
+                    .push_bind(e.detail.as_deref());
+            })
+            .build()
+            .execute(&mut **tx)
+            .await?;
+    }
+    for chunk in rows.audit.chunks(ROWS_PER_STATEMENT / 2) {
+        QueryBuilder::<Sqlite>::new("INSERT INTO audit (at_ms, category, source, detail) ")
+            .push_values(chunk, |mut b, a| {
+                b.push_bind(a.at_ms).push_bind(a.category).push_bind(a.source.as_str()).push_bind(a.detail.as_str());
+            })
+            .build()
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
+async fn apply_outbox_record(tx: &mut Transaction<'_, Sqlite>, r: &Record) -> Result<(), sqlx::Error> {
+    for chunk in r.outbox_done.chunks(ROWS_PER_STATEMENT) {
+        let mut q = QueryBuilder::<Sqlite>::new("DELETE FROM outbox WHERE seq IN (");
+        let mut sep = q.separated(", ");
+        for s in chunk {
+            sep.push_bind(*s);
+        }
+        q.push(")");
+        q.build().execute(&mut **tx).await?;
+    }
+    for chunk in r.outbox_failed.chunks(ROWS_PER_STATEMENT) {
+        let mut q = QueryBuilder::<Sqlite>::new("UPDATE outbox SET attempts = attempts + 1 WHERE seq IN (");
+        let mut sep = q.separated(", ");
+        for s in chunk {
+            sep.push_bind(*s);
+        }
+        q.push(")");
+        q.build().execute(&mut **tx).await?;
+    }
+    for (seq, reason) in &r.outbox_dead {
+        sqlx::query("UPDATE outbox SET dead_reason = $1, attempts = attempts + 1 WHERE seq = $2")
+            .bind(reason.as_str())
+            .bind(*seq)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
+/// The sign-for state change; `Ok(None)` when it applied, `Ok(Some(outcome))` when it did not.
+async fn sign_for(
+    tx: &mut Transaction<'_, Sqlite>,
+    unit: &str,
+    message_id: &[u8; 32],
+    receipt_id: &[u8; 32],
+) -> Result<Option<JobOutcome>, sqlx::Error> {
+    let changed = sqlx::query(
+        "UPDATE inbox SET state = 'signed-for', receipt_id = $1 WHERE unit = $2 AND message_id = $3 AND state = 'delivered'",
+    )
+    .bind(receipt_id.as_slice())
+    .bind(unit)
+    .bind(message_id.as_slice())
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    if changed == 1 {
+        return Ok(None);
+    }
+    let row = sqlx::query("SELECT state, receipt_id FROM inbox WHERE unit = $1 AND message_id = $2")
+        .bind(unit)
+        .bind(message_id.as_slice())
+        .fetch_optional(&mut **tx)
+        .await?;
+    Ok(Some(match row {
+        None => JobOutcome::Conflict(format!("message {} is not in the inbox of {unit}", hex::encode(message_id))),
+        Some(r) => {
+            let existing: Option<Vec<u8>> = r.get(1);
+            if existing.as_deref() == Some(receipt_id.as_slice()) {
+                JobOutcome::Duplicate
+            } else {
+                JobOutcome::Conflict(format!(
+                    "{unit} already signed for message {} with receipt {}",
+                    hex::encode(message_id),
+                    existing.map(hex::encode).unwrap_or_default()
+                ))
+            }
+        }
+    }))
+}
+
+fn to_id(v: Vec<u8>) -> Result<[u8; 32], StorageError> {
+    <[u8; 32]>::try_from(v.as_slice()).map_err(|_| StorageError::Corrupt("a message id is not 32 bytes".into()))
+}
+
+fn inbox_record(r: sqlx::sqlite::SqliteRow) -> Result<InboxRecord, StorageError> {
+    Ok(InboxRecord {
+        seq: r.get(0),
+        message_id: to_id(r.get(1))?,
+        delivered_at_ms: r.get(2),
+        state: r.get(3),
+        header: r.get(4),
+        signature: r.get(5),
+        payload: r.get(6),
+    })
+}
+
+const INBOX_SELECT: &str = "SELECT i.seq, i.message_id, i.delivered_at_ms, i.state, m.header, m.signature, m.payload \
+     FROM inbox i JOIN messages m ON m.id = i.message_id ";
+
+impl Store for SqliteStore {
+    fn commit<'a>(&'a self, jobs: &'a [WriteJob]) -> BoxFuture<'a, Result<Vec<JobOutcome>, StorageError>> {
+        Box::pin(async move {
+            let mut tx = self.writer.begin().await?;
+            let mut ids = Vec::new();
+            for j in jobs {
+                match j {
+                    WriteJob::Custody(c) | WriteJob::SignFor { receipt: c, .. } => collect_ids(c, &mut ids),
+                    WriteJob::Record(_) => {}
+                }
+            }
+            let mut held = existing_ids(&mut tx, &ids).await?;
+            let mut rows = Rows::default();
+            let mut outcomes = Vec::with_capacity(jobs.len());
+            for j in jobs {
+                let outcome = match j {
+                    WriteJob::Custody(c) => {
+                        if rows.add_custody(c, &mut held) { JobOutcome::Stored } else { JobOutcome::Duplicate }
+                    }
+                    WriteJob::SignFor { unit, message_id, receipt } => {
+                        let receipt_id = receipt.message.as_ref().map(|m| m.id).unwrap_or([0; 32]);
+                        match sign_for(&mut tx, unit, message_id, &receipt_id).await? {
+                            None => {
+                                rows.add_custody(receipt, &mut held);
+                                JobOutcome::Stored
+                            }
+                            Some(o) => o,
+                        }
+                    }
+                    WriteJob::Record(r) => {
+                        apply_outbox_record(&mut tx, r).await?;
+                        rows.add_record(r);
+                        JobOutcome::Stored
+                    }
+                };
+                outcomes.push(outcome);
+            }
+            insert_rows(&mut tx, &rows).await?;
+            tx.commit().await?;
+            Ok(outcomes)
+        })
+    }
+
+    fn outbox_batch<'a>(&'a self, hop: &'a str, max_messages: usize, max_bytes: usize)
+        -> BoxFuture<'a, Result<Vec<OutboxItem>, StorageError>> {
+        Box::pin(async move {
+            let rows = sqlx::query(
+                "SELECT o.seq, o.message_id, o.recipients, m.header, m.signature, m.payload, m.hops \
+                 FROM outbox o JOIN messages m ON m.id = o.message_id \
+                 WHERE o.next_hop = $1 AND o.dead_reason IS NULL ORDER BY o.priority, o.seq LIMIT $2",
+            )
+            .bind(hop)
+            .bind(max_messages as i64)
+            .fetch_all(&self.readers)
+            .await?;
+            let mut out = Vec::with_capacity(rows.len());
+            let mut bytes = 0usize;
+            for r in rows {
+                let payload: Vec<u8> = r.get(5);
+                if !out.is_empty() && bytes + payload.len() > max_bytes {
+                    break;
+                }
+                bytes += payload.len();
+                out.push(OutboxItem {
+                    seq: r.get(0),
+                    message_id: to_id(r.get(1))?,
+                    recipients: r.get(2),
+                    header: r.get(3),
+                    signature: r.get(4),
+                    payload,
+                    hops: r.get(6),
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    fn outbox_depths(&self) -> BoxFuture<'_, Result<Vec<(String, i64)>, StorageError>> {
+        Box::pin(async move {
+            let rows = sqlx::query("SELECT next_hop, COUNT(*) FROM outbox WHERE dead_reason IS NULL GROUP BY next_hop")
+                .fetch_all(&self.readers)
+                .await?;
+            Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+        })
+    }
+
+    fn inbox<'a>(&'a self, unit: &'a str, after: i64, limit: u32) -> BoxFuture<'a, Result<Vec<InboxRecord>, StorageError>> {
+        Box::pin(async move {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(format!("{INBOX_SELECT} WHERE i.unit = $1 AND i.seq > $2 ORDER BY i.seq LIMIT $3")))
+                .bind(unit)
+                .bind(after)
+                .bind(limit as i64)
+                .fetch_all(&self.readers)
+                .await?;
+            rows.into_iter().map(inbox_record).collect()
+        })
+    }
+
+    fn inbox_entry<'a>(&'a self, unit: &'a str, id: &'a [u8; 32]) -> BoxFuture<'a, Result<Option<InboxRecord>, StorageError>> {
+        Box::pin(async move {
+            let row = sqlx::query(sqlx::AssertSqlSafe(format!("{INBOX_SELECT} WHERE i.unit = $1 AND i.message_id = $2")))
+                .bind(unit)
+                .bind(id.as_slice())
+                .fetch_optional(&self.readers)
+                .await?;
+            row.map(inbox_record).transpose()
+        })
+    }
+
+    fn message<'a>(&'a self, id: &'a [u8; 32]) -> BoxFuture<'a, Result<Option<StoredMessage>, StorageError>> {
+        Box::pin(async move {
+            let row = sqlx::query("SELECT header, signature, payload, hops FROM messages WHERE id = $1")
+                .bind(id.as_slice())
+                .fetch_optional(&self.readers)
+                .await?;
+            Ok(row.map(|r| StoredMessage { header: r.get(0), signature: r.get(1), payload: r.get(2), hops: r.get(3) }))
+        })
+    }
+
+    fn tracking<'a>(&'a self, id: &'a [u8; 32]) -> BoxFuture<'a, Result<Vec<TrackingRecord>, StorageError>> {
+        Box::pin(async move {
+            let rows = sqlx::query(
+                "SELECT recipient, state, node, at_ms, detail, receipt_id FROM tracking WHERE message_id = $1 ORDER BY recipient",
+            )
+            .bind(id.as_slice())
+            .fetch_all(&self.readers)
+            .await?;
+            Ok(rows
+                .into_iter()
+                .map(|r| TrackingRecord {
+                    recipient: r.get(0),
+                    state: r.get(1),
+                    node: r.get(2),
+                    at_ms: r.get(3),
+                    detail: r.get(4),
+                    receipt_id: r.get(5),
+                })
+                .collect())
+        })
+    }
+
+    fn events<'a>(&'a self, id: &'a [u8; 32]) -> BoxFuture<'a, Result<Vec<EventRecord>, StorageError>> {
+        Box::pin(async move {
+            let rows = sqlx::query("SELECT at_ms, event, unit, peer, detail FROM events WHERE message_id = $1 ORDER BY seq")
+                .bind(id.as_slice())
+                .fetch_all(&self.readers)
+                .await?;
+            Ok(rows
+                .into_iter()
+                .map(|r| EventRecord { at_ms: r.get(0), event: r.get(1), unit: r.get(2), peer: r.get(3), detail: r.get(4) })
+                .collect())
+        })
+    }
+
+    fn inbox_head(&self) -> BoxFuture<'_, Result<i64, StorageError>> {
+        Box::pin(async move {
+            let head: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM inbox").fetch_one(&self.readers).await?;
+            Ok(head.unwrap_or(0))
+        })
+    }
+}
