@@ -197,6 +197,7 @@ fn plain() -> (Envelope, Vec<u8>) {
 // (curve25519-dalek is not a direct dependency, so its types are only ever inferred, never named).
 // Only the vectors that show what a strict verifier must refuse need this.
 fn scalar_from_le<S: Copy + Add<Output = S> + Sub<Output = S> + Mul<Output = S>>(one: S, le: &[u8]) -> S {
+    #[allow(clippy::eq_op)] // zero, without naming the type
     let zero = one - one;
     let mut small = vec![zero];
     for i in 1..=256 {
@@ -437,6 +438,17 @@ fn generate() -> VectorFile {
     let mixed_key = (sender.verifying_key().to_edwards() + t).compress().to_bytes();
     assert!(!VerifyingKey::from_bytes(&mixed_key).unwrap().is_weak());
 
+    // A non-canonical encoding of a point: y + p instead of y (for a y below 19 whose point exists).
+    let non_canonical_key = (2u8..19)
+        .map(|y| {
+            let mut b = [0xffu8; 32];
+            b[0] = 0xed + y;
+            b[31] = 0x7f;
+            b
+        })
+        .find(|b| VerifyingKey::from_bytes(b).is_ok_and(|k| !k.is_weak()))
+        .expect("a non-canonical encoding of a point of large order");
+
     let invalid = vec![
         invalid_parse("trailing-byte", "Vector \"document-no-cc-no-metadata\" with one 00 byte appended.", &trailing),
         invalid_parse("truncated", "Vector \"document-no-cc-no-metadata\" with its last byte removed.", &truncated),
@@ -510,6 +522,16 @@ fn generate() -> VectorFile {
                 .into(),
             canonical_bytes_hex: String::new(),
             public_key_hex: Some(hex::encode(mixed_key)),
+            signature_hex: None,
+            expect: "bad-key".into(),
+        },
+        InvalidVector {
+            name: "non-canonical-public-key".into(),
+            description: "A public key whose y coordinate is encoded as y + p (not below p). Must be refused \
+                          as a key. (Every point with such an encoding has a small-order component.)"
+                .into(),
+            canonical_bytes_hex: String::new(),
+            public_key_hex: Some(hex::encode(non_canonical_key)),
             signature_hex: None,
             expect: "bad-key".into(),
         },
