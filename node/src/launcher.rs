@@ -1,1 +1,308 @@
-//! placeholder
+//! A local network of real node processes on loopback, for the demo, the benchmark and the tests.
+//!
+//! It takes nodes and units from the Guangzhou topology (`configs/guangzhou.toml`), generates a node
+//! key per node and a unit key per unit, writes one shared static directory and one configuration per
+//! node, probes free ports, and starts, stops or kills `exchange-node run` processes. Dropping it
+//! kills every process it started.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use ed25519_dalek::SigningKey;
+use exchange_wire::client::ApiClient;
+use exchange_wire::{NodeId, PublicKey, UnitAddress};
+use serde::Deserialize;
+
+/// The real topology of Guangzhou's exchange network, shipped with the project.
+pub const GUANGZHOU: &str = include_str!("../../configs/guangzhou.toml");
+
+/// A topology file: nodes of the tree and the units they host.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Topology {
+    #[serde(rename = "node")]
+    pub nodes: Vec<TopologyNode>,
+    #[serde(rename = "unit")]
+    pub units: Vec<TopologyUnit>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct TopologyNode {
+    pub id: NodeId,
+    pub name: String,
+    pub tier: String,
+    pub parent: Option<NodeId>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct TopologyUnit {
+    pub address: UnitAddress,
+    pub name: String,
+    pub kind: String,
+}
+
+impl Topology {
+    pub fn guangzhou() -> Topology {
+        toml::from_str(GUANGZHOU).expect("configs/guangzhou.toml parses")
+    }
+}
+
+/// One node process of the local network.
+pub struct LocalNode {
+    pub id: NodeId,
+    pub config_path: PathBuf,
+    pub data_dir: PathBuf,
+    pub log_path: PathBuf,
+    pub api_url: String,
+    pub admin_url: String,
+    pub p2p_port: u16,
+    child: Option<Child>,
+}
+
+impl LocalNode {
+    /// The agency API client.
+    pub fn client(&self) -> ApiClient {
+        ApiClient::new(&self.api_url)
+    }
+
+    /// The admin API client.
+    pub fn admin(&self) -> ApiClient {
+        ApiClient::new(&self.admin_url)
+    }
+
+    /// The process id while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    pub fn database_path(&self) -> PathBuf {
+        self.data_dir.join("node.db")
+    }
+}
+
+/// A set of node processes sharing one directory.
+pub struct LocalNetwork {
+    pub root: PathBuf,
+    pub nodes: BTreeMap<NodeId, LocalNode>,
+    pub unit_keys: BTreeMap<UnitAddress, SigningKey>,
+    pub topology: Topology,
+    binary: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+/// Probes a free TCP port on 127.0.0.1.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn write_key(path: &Path, key: &SigningKey, label: &str) -> anyhow::Result<()> {
+    exchange_wire::keys::write_new(path, key, label)?;
+    Ok(())
+}
+
+impl LocalNetwork {
+    /// Lays out a network of `node_ids` (and their units) under `root`, or under a new temporary
+    /// folder that is removed on drop. `extra_config` is appended to every node's configuration
+    /// (for example a `[relay]` section).
+    pub fn create(binary: &Path, root: Option<&Path>, node_ids: &[&str], extra_config: &str) -> anyhow::Result<LocalNetwork> {
+        let topology = Topology::guangzhou();
+        let (root, tmp) = match root {
+            Some(r) => {
+                std::fs::create_dir_all(r)?;
+                (r.to_path_buf(), None)
+            }
+            None => {
+                let t = tempfile::Builder::new().prefix("exchange-net-").tempdir()?;
+                (t.path().to_path_buf(), Some(t))
+            }
+        };
+        let wanted: Vec<NodeId> = node_ids.iter().map(|s| s.parse()).collect::<Result<_, _>>()?;
+        let mut directory = String::from("# Static directory written by the local network launcher.\n\n");
+        let mut nodes = BTreeMap::new();
+        for id in &wanted {
+            let t = topology.nodes.iter().find(|n| &n.id == id).with_context(|| format!("node {id} is not in the topology"))?;
+            let key = exchange_wire::keys::generate();
+            let key_path = root.join(format!("{id}.key"));
+            write_key(&key_path, &key, &format!("node {id}"))?;
+            let (p2p, api, admin) = (free_port()?, free_port()?, free_port()?);
+            // Keep the tree connected within the chosen nodes.
+            let parent = t.parent.as_ref().filter(|p| wanted.contains(p));
+            directory.push_str(&format!(
+                "[[node]]\nid = \"{id}\"\nname = \"{}\"\ntier = \"{}\"\n{}public_key = \"{}\"\naddresses = [\"/ip4/127.0.0.1/tcp/{p2p}\"]\n\n",
+                t.name,
+                t.tier,
+                parent.map(|p| format!("parent = \"{p}\"\n")).unwrap_or_default(),
+                PublicKey(key.verifying_key()),
+            ));
+            let data_dir = root.join(id.as_str());
+            let config_path = root.join(format!("{id}.toml"));
+            let config = format!(
+                "node_id = \"{id}\"\nkey_file = \"{id}.key\"\ndata_dir = \"{id}\"\ndirectory_file = \"directory.toml\"\n\n\
+                 [p2p]\nlisten = \"/ip4/127.0.0.1/tcp/{p2p}\"\nidle_timeout_secs = 3600\nrequest_timeout_secs = 30\n\n\
+                 [api]\nlisten = \"127.0.0.1:{api}\"\nmax_wait_ms = 60000\n\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\n{extra_config}\n"
+            );
+            std::fs::write(&config_path, config)?;
+            nodes.insert(
+                id.clone(),
+                LocalNode {
+                    id: id.clone(),
+                    config_path,
+                    data_dir,
+                    log_path: root.join(format!("{id}.log")),
+                    api_url: format!("http://127.0.0.1:{api}"),
+                    admin_url: format!("http://127.0.0.1:{admin}"),
+                    p2p_port: p2p,
+                    child: None,
+                },
+            );
+        }
+        let mut unit_keys = BTreeMap::new();
+        for u in topology.units.iter().filter(|u| wanted.iter().any(|n| n.as_str() == u.address.node_part())) {
+            let key = exchange_wire::keys::generate();
+            directory.push_str(&format!(
+                "[[unit]]\naddress = \"{}\"\nname = \"{}\"\nkind = \"{}\"\npublic_key = \"{}\"\n\n",
+                u.address,
+                u.name,
+                u.kind,
+                PublicKey(key.verifying_key())
+            ));
+            unit_keys.insert(u.address.clone(), key);
+        }
+        std::fs::write(root.join("directory.toml"), directory)?;
+        Ok(LocalNetwork { root, nodes, unit_keys, topology, binary: binary.to_path_buf(), _tmp: tmp })
+    }
+
+    /// Writes a unit's key to a 0600 key file under the network's folder (for CLI use) and returns its path.
+    pub fn unit_key_file(&self, unit: &UnitAddress) -> anyhow::Result<PathBuf> {
+        let key = self.unit_keys.get(unit).with_context(|| format!("no key for {unit}"))?;
+        let path = self.root.join(format!("{}.unit.key", unit.as_str().replace('/', "_")));
+        if !path.exists() {
+            write_key(&path, key, unit.as_str())?;
+        }
+        Ok(path)
+    }
+
+    pub fn node(&self, id: &str) -> &LocalNode {
+        self.nodes.values().find(|n| n.id.as_str() == id).unwrap_or_else(|| panic!("node {id} is not in this network"))
+    }
+
+    fn node_mut(&mut self, id: &str) -> anyhow::Result<&mut LocalNode> {
+        self.nodes.values_mut().find(|n| n.id.as_str() == id).with_context(|| format!("node {id} is not in this network"))
+    }
+
+    /// Starts a node process (its output goes to its log file) and waits until it answers `/healthz`.
+    pub fn start(&mut self, id: &str) -> anyhow::Result<()> {
+        let binary = self.binary.clone();
+        let node = self.node_mut(id)?;
+        if node.child.is_some() {
+            bail!("node {id} is already running");
+        }
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log_path)?;
+        let child = Command::new(&binary)
+            .arg("run")
+            .arg("--config")
+            .arg(&node.config_path)
+            .env_remove("EXCHANGE_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start {}", binary.display()))?;
+        node.child = Some(child);
+        self.wait_healthy(id, Duration::from_secs(30))
+    }
+
+    /// Starts every node, parents first.
+    pub fn start_all(&mut self) -> anyhow::Result<()> {
+        let ids: Vec<String> = self.nodes.keys().map(|k| k.to_string()).collect();
+        for id in ids {
+            self.start(&id)?;
+        }
+        Ok(())
+    }
+
+    fn wait_healthy(&mut self, id: &str, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        let node = self.node_mut(id)?;
+        let client = node.client();
+        loop {
+            if let Some(child) = node.child.as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    node.child = None;
+                    bail!("node {id} exited during start-up ({status}); see {}", node.log_path.display());
+                }
+            }
+            if client.health().is_ok() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("node {id} did not answer /healthz within {timeout:?}; see {}", node.log_path.display());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops a node cleanly (SIGTERM), killing it if it does not stop within 10 s.
+    pub fn stop(&mut self, id: &str) -> anyhow::Result<()> {
+        let node = self.node_mut(id)?;
+        if let Some(mut child) = node.child.take() {
+            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while child.try_wait()?.is_none() {
+                if Instant::now() > deadline {
+                    child.kill()?;
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.wait();
+        }
+        Ok(())
+    }
+
+    /// Kills a node at once (SIGKILL): a crash, with no chance to flush anything.
+    pub fn kill(&mut self, id: &str) -> anyhow::Result<()> {
+        let node = self.node_mut(id)?;
+        if let Some(mut child) = node.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Stops every node.
+    pub fn stop_all(&mut self) {
+        let ids: Vec<String> = self.nodes.keys().map(|k| k.to_string()).collect();
+        for id in ids.iter().rev() {
+            let _ = self.stop(id);
+        }
+    }
+
+    /// The last `lines` lines of a node's log, for error reports.
+    pub fn log_tail(&self, id: &str, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.node(id).log_path).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Keeps the network's folder after drop (for inspection).
+    pub fn keep_files(&mut self) -> PathBuf {
+        if let Some(t) = self._tmp.take() {
+            let _ = t.keep();
+        }
+        self.root.clone()
+    }
+}
+
+impl Drop for LocalNetwork {
+    fn drop(&mut self) {
+        for node in self.nodes.values_mut() {
+            if let Some(mut c) = node.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}

@@ -397,10 +397,9 @@ impl Engine {
             }
         }
         let verdicts = Self::verify(dir, &ok).await;
-        let here = self.here.clone();
         let extra = |_: &Candidate, c: &mut crate::storage::Custody| {
             if let Some((_, _, unit, id)) = &sign_for {
-                c.events.push(custody::event(id.0, exchange_wire::now_ms(), "signed-for", Some(unit), Some(&here), None));
+                c.events.push(custody::event(id.0, exchange_wire::now_ms(), "signed-for", Some(unit), None, None));
             }
         };
         let taken = self
