@@ -38,7 +38,7 @@ pub struct NodeConfig {
 
 /// libp2p settings.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct P2pConfig {
     /// Multiaddress to listen on for other nodes.
     pub listen: String,
@@ -56,7 +56,7 @@ impl Default for P2pConfig {
 
 /// The agency HTTP API (also serves `/metrics` and `/healthz`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct ApiConfig {
     pub listen: SocketAddr,
     /// Upper bound on a long-poll wait.
@@ -71,7 +71,7 @@ impl Default for ApiConfig {
 
 /// The admin API used by `exchange-admin` (loopback by default).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
 }
@@ -84,7 +84,7 @@ impl Default for AdminConfig {
 
 /// Input limits.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct Limits {
     /// Largest payload accepted from an agency or a peer, in bytes.
     pub max_payload_bytes: u64,
@@ -98,7 +98,7 @@ impl Default for Limits {
 
 /// Store-and-forward tuning.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct RelayConfig {
     /// Most messages in one batch to a peer.
     pub batch_max_messages: usize,
@@ -125,7 +125,7 @@ impl Default for RelayConfig {
 
 /// Logging.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
     /// `human` or `json`.
     pub format: String,

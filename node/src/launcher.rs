@@ -231,7 +231,13 @@ impl LocalNetwork {
             if let Some(child) = node.child.as_mut() {
                 if let Some(status) = child.try_wait()? {
                     node.child = None;
-                    bail!("node {id} exited during start-up ({status}); see {}", node.log_path.display());
+                    let log = std::fs::read_to_string(&node.log_path).unwrap_or_default();
+                    let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                    bail!(
+                        "node {id} exited during start-up ({status}); see {}:\n{}",
+                        node.log_path.display(),
+                        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                    );
                 }
             }
             if client.health().is_ok() {

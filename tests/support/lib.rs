@@ -1,1 +1,191 @@
+//! Shared helpers for the end-to-end tests: the node binaries (built once), local networks of real
+//! node processes, waiting on conditions with deadlines, reading metrics, and looking into a node's
+//! SQLite file the way an auditor would.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use ed25519_dalek::SigningKey;
+use exchange_node::launcher::LocalNetwork;
+use exchange_wire::api::{InboxItem, SignedMessage};
+use exchange_wire::client::ApiClient;
+use exchange_wire::{Envelope, Kind, MessageId, Priority, SignedEnvelope, UnitAddress};
+
+/// The folder holding the built binaries (`target/debug`), building them once per test process.
+/// Integration tests of this crate do not trigger a build of other packages' binaries, so the first
+/// caller runs `cargo build --workspace --bins` (quick when nothing changed).
+pub fn bin_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = std::process::Command::new(cargo)
+            .args(["build", "--workspace", "--bins", "--quiet"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("cannot run cargo to build the node binaries");
+        assert!(status.success(), "building the node binaries failed");
+        // target/debug/deps/<test> -> target/debug
+        let exe = std::env::current_exe().expect("test executable path");
+        exe.parent().and_then(Path::parent).expect("target folder").to_path_buf()
+    })
+}
+
+/// The `exchange-node` binary.
+pub fn node_binary() -> PathBuf {
+    bin_dir().join("exchange-node")
+}
+
+/// The `exchange-admin` binary.
+pub fn admin_binary() -> PathBuf {
+    bin_dir().join("exchange-admin")
+}
+
+/// Relay settings that make retries quick in tests (backoff capped at one second).
+pub const FAST_RETRY: &str = "[relay]\nretry_initial_ms = 50\nretry_max_ms = 1000\n";
+
+/// A started network of the city node and two district nodes (越秀, 海珠).
+pub fn three_nodes(extra_config: &str) -> LocalNetwork {
+    let mut net = LocalNetwork::create(&node_binary(), None, &["gz", "gz.yuexiu", "gz.haizhu"], extra_config)
+        .expect("lay out the network");
+    net.start_all().expect("start the nodes");
+    net
+}
+
+pub fn unit(s: &str) -> UnitAddress {
+    s.parse().expect("valid unit address")
+}
+
+/// A signed document.
+pub fn document(key: &SigningKey, from: &str, to: &[&str], cc: &[&str], payload: &[u8], title: &str) -> SignedEnvelope {
+    let mut e = Envelope::new(
+        Kind::Document,
+        unit(from),
+        to.iter().map(|u| unit(u)).collect(),
+        cc.iter().map(|u| unit(u)).collect(),
+        Priority::Routine,
+        payload,
+    );
+    e.metadata.insert("title".into(), title.into());
+    e.sign(key)
+}
+
+/// Waits until `check` returns `Some`, polling every 20 ms, or panics with `what` after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Reads a whole inbox (every page) without waiting.
+pub fn read_inbox(client: &ApiClient, unit: &UnitAddress) -> Vec<InboxItem> {
+    let mut all = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = client.inbox(unit, after, 1000, Duration::ZERO).expect("read inbox");
+        if page.items.is_empty() {
+            return all;
+        }
+        after = page.next_after;
+        all.extend(page.items);
+    }
+}
+
+/// The value of one Prometheus sample, e.g. `exchange_messages_rejected_total{reason="bad-signature"}`,
+/// matching every label given (0 when absent).
+pub fn metric(client: &ApiClient, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let text = client.metrics_text().expect("read /metrics");
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Row counts of the custody tables in a node's SQLite file, read directly from the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredCounts {
+    pub messages: i64,
+    pub outbox: i64,
+    pub inbox: i64,
+    pub tracking: i64,
+    pub events: i64,
+}
+
+/// Reads [`StoredCounts`] from the database at `path` (read-only; the node may be running).
+pub fn stored_counts(path: &Path) -> StoredCounts {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        use sqlx::ConnectOptions;
+        let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(path).read_only(true);
+        let mut conn = opts.connect().await.expect("open the node database");
+        let mut count = async |table: &str| -> i64 {
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
+                .fetch_one(&mut conn)
+                .await
+                .expect("count rows")
+        };
+        StoredCounts {
+            messages: count("messages").await,
+            outbox: count("outbox").await,
+            inbox: count("inbox").await,
+            tracking: count("tracking").await,
+            events: count("events").await,
+        }
+    })
+}
+
+/// Signs for an inbox item as its recipient.
+pub fn sign_for(client: &ApiClient, key: &SigningKey, recipient: &UnitAddress, item: &InboxItem) {
+    let env = &item.message.envelope;
+    let receipt = exchange_wire::receipt::signed_for(recipient.clone(), env.sender.clone(), item.id, env.priority).sign(key);
+    client.sign_for(recipient, &item.id, &receipt).expect("sign for");
+}
+
+/// Decodes an inbox item and verifies the sender's signature offline.
+pub fn verify_item(item: &InboxItem, sender_key: &SigningKey) -> (SignedEnvelope, Vec<u8>) {
+    let (signed, payload) = item.message.decode().expect("inbox item decodes");
+    signed.verify(&sender_key.verifying_key()).expect("sender signature verifies");
+    assert_eq!(signed.id, item.id, "inbox id is the content-derived id");
+    (signed, payload)
+}
+
+/// POSTs a raw body (for malformed-input tests) over a fresh HTTP/1.1 connection; returns the status
+/// and the body as JSON (or as a JSON string when it is not JSON).
+pub fn post_raw(url: &str, body: &[u8]) -> (u16, serde_json::Value) {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").expect("http url");
+    let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/".into()));
+    let mut s = std::net::TcpStream::connect(host).expect("connect");
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    // The server may answer and close before reading an oversized body: ignore write errors.
+    let _ = s.write_all(body);
+    let mut resp = Vec::new();
+    let _ = s.read_to_end(&mut resp);
+    let text = String::from_utf8_lossy(&resp);
+    let status: u16 = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).expect("HTTP status");
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    let json = serde_json::from_str(body).unwrap_or(serde_json::Value::String(body.to_string()));
+    (status, json)
+}
+
+/// A message id's short form for messages.
+pub fn short(id: &MessageId) -> String {
+    id.to_hex()[..12].to_string()
+}
+
+/// Turns a signed envelope into the JSON submission.
+pub fn submission(signed: &SignedEnvelope, payload: &[u8]) -> SignedMessage {
+    SignedMessage::new(signed, payload)
+}
 
