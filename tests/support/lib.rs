@@ -2,8 +2,10 @@
 //! node processes, waiting on conditions with deadlines, reading metrics, and looking into a node's
 //! SQLite file the way an auditor would.
 
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
@@ -116,6 +118,7 @@ pub struct StoredCounts {
     pub inbox: i64,
     pub tracking: i64,
     pub events: i64,
+    pub audit: i64,
 }
 
 /// Reads [`StoredCounts`] from the database at `path` (read-only; the node may be running).
@@ -137,6 +140,7 @@ pub fn stored_counts(path: &Path) -> StoredCounts {
             inbox: count("inbox").await,
             tracking: count("tracking").await,
             events: count("events").await,
+            audit: count("audit").await,
         }
     })
 }
@@ -189,3 +193,62 @@ pub fn submission(signed: &SignedEnvelope, payload: &[u8]) -> SignedMessage {
     SignedMessage::new(signed, payload)
 }
 
+
+/// An agency system reading one unit's inbox in the background: it long-polls, verifies each
+/// sender's signature offline, signs for every document, and counts how often it saw each id.
+pub struct Receiver {
+    stop: Arc<AtomicBool>,
+    handle: Option<std::thread::JoinHandle<HashMap<MessageId, usize>>>,
+}
+
+impl Receiver {
+    /// Starts reading `unit`'s inbox at `api_url`. Transport errors (a node down) are retried, and a
+    /// receipt whose answer was lost is re-sent unchanged, so it is recognised as a duplicate.
+    pub fn spawn(api_url: &str, unit: UnitAddress, key: SigningKey, sender_keys: Arc<BTreeMap<UnitAddress, SigningKey>>) -> Receiver {
+        let stop = Arc::new(AtomicBool::new(false));
+        let client = ApiClient::new(api_url);
+        let flag = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let mut seen: HashMap<MessageId, usize> = HashMap::new();
+            let mut after = 0;
+            while !flag.load(Ordering::Relaxed) {
+                let page = match client.inbox(&unit, after, 500, Duration::from_millis(500)) {
+                    Ok(p) => p,
+                    Err(_) => {
+                        std::thread::sleep(Duration::from_millis(100));
+                        continue;
+                    }
+                };
+                for item in &page.items {
+                    *seen.entry(item.id).or_default() += 1;
+                    let sender = &item.message.envelope.sender;
+                    verify_item(item, &sender_keys[sender]);
+                    let env = &item.message.envelope;
+                    let receipt = exchange_wire::receipt::signed_for(unit.clone(), env.sender.clone(), item.id, env.priority).sign(&key);
+                    loop {
+                        match client.sign_for(&unit, &item.id, &receipt) {
+                            Ok(_) => break,
+                            Err(e) if e.code().is_none() => std::thread::sleep(Duration::from_millis(100)),
+                            Err(e) => panic!("sign-for of {} by {unit} refused: {e}", item.id),
+                        }
+                    }
+                }
+                after = page.next_after;
+            }
+            seen
+        });
+        Receiver { stop, handle: Some(handle) }
+    }
+
+    /// Stops reading and returns how often each id was seen.
+    pub fn finish(mut self) -> HashMap<MessageId, usize> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.take().unwrap().join().expect("receiver thread")
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
