@@ -169,3 +169,49 @@ impl NodeConfig {
         self.data_dir.join("node.db")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn configs() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs")
+    }
+
+    /// The example configurations in `configs/` are what operators copy: they must load as shipped.
+    #[test]
+    fn example_configs_load() {
+        for name in ["city.toml", "district-yuexiu.toml", "district-haizhu.toml"] {
+            let cfg = NodeConfig::load(&configs().join(name)).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+            assert!(cfg.key_file.is_absolute() || cfg.key_file.starts_with(configs()), "{name}: paths resolve against the file");
+        }
+        let city = NodeConfig::load(&configs().join("city.toml")).unwrap();
+        assert_eq!(city.node_id.as_str(), "gz");
+        assert_eq!(city.relay.batch_max_messages, RelayConfig::default().batch_max_messages);
+        let dir = crate::directory::Directory::load_file(&configs().join("directory.example.toml")).unwrap();
+        assert_eq!(dir.nodes().count(), 3);
+        for id in ["gz", "gz.yuexiu", "gz.haizhu"] {
+            let cfg_name = if id == "gz" { "city.toml".to_string() } else { format!("district-{}.toml", &id[3..]) };
+            let cfg = NodeConfig::load(&configs().join(&cfg_name)).unwrap();
+            assert!(dir.node(&cfg.node_id).is_some(), "{cfg_name} names a node of the example directory");
+        }
+    }
+
+    #[test]
+    fn environment_overrides_and_unknown_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("n.toml");
+        std::fs::write(&path, "node_id = \"gz\"\nkey_file = \"k\"\ndata_dir = \"d\"\ndirectory_file = \"dir.toml\"\n[relay]\nretry_max_ms = 5\n").unwrap();
+        // SAFETY: no other test reads or writes this variable.
+        unsafe { std::env::set_var("EXCHANGE__API__MAX_WAIT_MS", "1234") };
+        let cfg = NodeConfig::load(&path).unwrap();
+        unsafe { std::env::remove_var("EXCHANGE__API__MAX_WAIT_MS") };
+        assert_eq!(cfg.api.max_wait_ms, 1234, "EXCHANGE__API__MAX_WAIT_MS overrides the file");
+        assert_eq!(cfg.relay.retry_max_ms, 5);
+        assert_eq!(cfg.relay.retry_initial_ms, RelayConfig::default().retry_initial_ms, "a partial section keeps the other defaults");
+        assert_eq!(cfg.data_dir, dir.path().join("d"));
+        std::fs::write(&path, "node_id = \"gz\"\nkey_file = \"k\"\ndata_dir = \"d\"\ndirectory_file = \"x\"\n[relay]\nretry_maximum = 5\n").unwrap();
+        let err = format!("{:#}", NodeConfig::load(&path).unwrap_err());
+        assert!(err.contains("retry_maximum"), "a misspelt key is named: {err}");
+    }
+}

@@ -151,36 +151,51 @@ impl Engine {
     }
 
     /// Verifies candidates' signatures against the directory, in one batch where possible.
+    ///
+    /// Receipts, and senders with more than one valid key (a rotation in progress), are checked one by
+    /// one with strict verification: a receipt must verify offline exactly as it did here, and batch
+    /// verification is not bit-for-bit the same check (see docs/protocol.md).
     async fn verify(dir: &Arc<Directory>, candidates: &[Candidate]) -> Vec<Result<(), Refusal>> {
-        let keys: Vec<Option<ed25519_dalek::VerifyingKey>> =
-            candidates.iter().map(|c| dir.signing_keys(&c.signed.envelope.sender).first().map(|k| k.0)).collect();
-        let mut out: Vec<Result<(), Refusal>> = keys
+        let keys: Vec<Vec<ed25519_dalek::VerifyingKey>> = candidates
             .iter()
-            .zip(candidates)
-            .map(|(k, c)| match k {
-                Some(_) => Ok(()),
-                None => Err(Refusal::new(
-                    "unknown-sender",
-                    403,
-                    format!("sender {} is not in the directory, so its signature cannot be checked", c.signed.envelope.sender),
-                )),
-            })
+            .map(|c| dir.signing_keys(&c.signed.envelope.sender).into_iter().map(|k| k.0).collect())
             .collect();
-        let idx: Vec<usize> = (0..candidates.len()).filter(|&i| out[i].is_ok()).collect();
-        let pairs: Vec<(SignedEnvelope, ed25519_dalek::VerifyingKey)> =
-            idx.iter().map(|&i| (candidates[i].signed.clone(), keys[i].expect("checked"))).collect();
+        let work: Vec<(SignedEnvelope, Vec<ed25519_dalek::VerifyingKey>)> =
+            candidates.iter().zip(&keys).map(|(c, k)| (c.signed.clone(), k.clone())).collect();
         // Signature checks are CPU work: keep them off the async workers when there are many.
-        let check = move || {
-            let refs: Vec<(&SignedEnvelope, &ed25519_dalek::VerifyingKey)> = pairs.iter().map(|(s, k)| (s, k)).collect();
-            verify_batch(&refs)
-        };
-        let results = if idx.len() > 8 { tokio::task::spawn_blocking(check).await.expect("verify task") } else { check() };
-        for (&i, r) in idx.iter().zip(results) {
-            if let Err(e) = r {
-                out[i] = Err(Refusal::from(e));
+        let check = move || -> Vec<Result<(), exchange_wire::EnvelopeError>> {
+            let batchable: Vec<usize> =
+                (0..work.len()).filter(|&i| work[i].1.len() == 1 && work[i].0.envelope.kind != Kind::Receipt).collect();
+            let refs: Vec<(&SignedEnvelope, &ed25519_dalek::VerifyingKey)> = batchable.iter().map(|&i| (&work[i].0, &work[i].1[0])).collect();
+            let mut out: Vec<Option<Result<(), exchange_wire::EnvelopeError>>> = vec![None; work.len()];
+            for (&i, r) in batchable.iter().zip(verify_batch(&refs)) {
+                out[i] = Some(r);
             }
-        }
-        out
+            out.into_iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    r.unwrap_or_else(|| {
+                        let (signed, keys) = &work[i];
+                        keys.iter().find_map(|k| signed.verify(k).ok()).ok_or(exchange_wire::EnvelopeError::BadSignature)
+                    })
+                })
+                .collect()
+        };
+        let results = if candidates.len() > 8 { tokio::task::spawn_blocking(check).await.expect("verify task") } else { check() };
+        results
+            .into_iter()
+            .zip(candidates.iter().zip(&keys))
+            .map(|(r, (c, k))| {
+                if k.is_empty() {
+                    return Err(Refusal::new(
+                        "unknown-sender",
+                        403,
+                        format!("sender {} is not in the directory, so its signature cannot be checked", c.signed.envelope.sender),
+                    ));
+                }
+                r.map_err(Refusal::from)
+            })
+            .collect()
     }
 
     /// Records refusals: a metric, an audit entry and a log line for each.
