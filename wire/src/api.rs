@@ -187,7 +187,11 @@ pub struct SignForResponse {
 pub struct CustodyEvent {
     pub node: NodeId,
     pub at_ms: u64,
-    /// accepted, received, forwarded, delivered, signed-for, receipt, report, failed.
+    /// What happened, in the order the node recorded it: `accepted` (from an agency), `received` (from
+    /// `peer`), `forwarded` (acknowledged by `peer`), `delivered` (into `unit`'s inbox), `signed-for`
+    /// (by `unit`), `receipt` (a receipt from `unit` reached the sender's node), `delivery-reported`
+    /// (node `peer` reported delivery to `unit`), `hop` (a custody hop at `peer`, from a delivery
+    /// report; one per report, so hops shared by several reports repeat), `failed` (refused for good).
     pub event: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unit: Option<UnitAddress>,

@@ -65,6 +65,9 @@ impl Receipt {
         if e.kind != Kind::Receipt {
             return Err(bad("envelope kind is not receipt"));
         }
+        if e.payload_size != 0 {
+            return Err(bad("a receipt carries no payload (payload_size must be 0)"));
+        }
         let for_message = e
             .metadata
             .get(META_RECEIPT_FOR)
@@ -133,6 +136,9 @@ impl DeliveryReport {
         let r: DeliveryReport = serde_json::from_slice(payload).map_err(|x| bad(x.to_string()))?;
         if UnitAddress::of_node(&r.node) != e.sender {
             return Err(bad(format!("signed by {} but reports for node {}", e.sender, r.node)));
+        }
+        if e.metadata.get(META_REPORT_FOR) != Some(&r.message_id.to_hex()) {
+            return Err(bad("metadata report.for does not name the message in the payload".into()));
         }
         Ok(r)
     }

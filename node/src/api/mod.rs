@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -58,12 +58,25 @@ async fn parse_body<T: DeserializeOwned>(engine: &Engine, body: Result<Bytes, By
     Err(refusal)
 }
 
-fn parse_id(s: &str) -> Result<MessageId, Refusal> {
-    s.parse().map_err(|e: String| Refusal::malformed(e))
+/// Parses a message id from a path; a bad one is counted and audited like any refused input.
+async fn parse_id(engine: &Engine, s: &str) -> Result<MessageId, Refusal> {
+    match s.parse() {
+        Ok(id) => Ok(id),
+        Err(e) => Err(refuse(engine, Refusal::malformed(e)).await),
+    }
 }
 
-fn parse_unit(node: &str, unit: &str) -> Result<UnitAddress, Refusal> {
-    format!("{node}/{unit}").parse().map_err(|e: exchange_wire::AddressError| Refusal::malformed(e.to_string()))
+/// Parses a unit address from the `{node}/{unit}` path segments.
+async fn parse_unit(engine: &Engine, node: &str, unit: &str) -> Result<UnitAddress, Refusal> {
+    match format!("{node}/{unit}").parse() {
+        Ok(u) => Ok(u),
+        Err(e) => Err(refuse(engine, Refusal::malformed(format!("{e}"))).await),
+    }
+}
+
+async fn refuse(engine: &Engine, r: Refusal) -> Refusal {
+    engine.refused_input(&r).await;
+    r
 }
 
 async fn submit(State(engine): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
@@ -111,7 +124,7 @@ async fn submit_batch(State(engine): State<AppState>, body: Result<Bytes, BytesR
 }
 
 async fn status(State(engine): State<AppState>, Path(id): Path<String>) -> Response {
-    match parse_id(&id) {
+    match parse_id(&engine, &id).await {
         Ok(id) => match engine.status(&id).await {
             Ok(s) => json(StatusCode::OK, &s),
             Err(r) => r.into_response(),
@@ -137,11 +150,18 @@ fn default_limit() -> u32 {
 async fn inbox(
     State(engine): State<AppState>,
     Path((node, unit)): Path<(String, String)>,
-    Query(q): Query<InboxQuery>,
+    query: Result<Query<InboxQuery>, QueryRejection>,
 ) -> Response {
-    let unit = match parse_unit(&node, &unit) {
+    let unit = match parse_unit(&engine, &node, &unit).await {
         Ok(u) => u,
         Err(r) => return r.into_response(),
+    };
+    let q = match query {
+        Ok(Query(q)) => q,
+        Err(e) => {
+            let r = Refusal::malformed(format!("query parameters are invalid ({}): use after=<seq>, limit=1..1000, wait_ms=<ms>", e.body_text()));
+            return refuse(&engine, r).await.into_response();
+        }
     };
     let wait = Duration::from_millis(q.wait_ms.min(engine.api_max_wait_ms));
     match engine.inbox(&unit, q.after, q.limit, wait).await {
@@ -158,9 +178,13 @@ async fn sign_for(
     Path((node, unit, id)): Path<(String, String, String)>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let (unit, id) = match (parse_unit(&node, &unit), parse_id(&id)) {
-        (Ok(u), Ok(i)) => (u, i),
-        (Err(r), _) | (_, Err(r)) => return r.into_response(),
+    let unit = match parse_unit(&engine, &node, &unit).await {
+        Ok(u) => u,
+        Err(r) => return r.into_response(),
+    };
+    let id = match parse_id(&engine, &id).await {
+        Ok(i) => i,
+        Err(r) => return r.into_response(),
     };
     let receipt: SignedMessage = match parse_body(&engine, body).await {
         Ok(m) => m,
@@ -181,7 +205,7 @@ async fn metrics(State(engine): State<AppState>) -> Response {
 }
 
 async fn events(State(engine): State<AppState>, Path(id): Path<String>) -> Response {
-    let id = match parse_id(&id) {
+    let id = match parse_id(&engine, &id).await {
         Ok(i) => i,
         Err(r) => return r.into_response(),
     };
@@ -193,6 +217,10 @@ async fn events(State(engine): State<AppState>, Path(id): Path<String>) -> Respo
 
 async fn not_found() -> Response {
     Refusal::new("not-found", 404, "no such endpoint; see docs/openapi.yaml").into_response()
+}
+
+async fn method_not_allowed() -> Response {
+    Refusal::new("method-not-allowed", 405, "this endpoint does not take that HTTP method; see docs/openapi.yaml").into_response()
 }
 
 /// The agency API.
@@ -208,6 +236,7 @@ pub fn agency_router(engine: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit.max(16 * 1024 * 1024)))
         .with_state(engine)
 }
@@ -219,5 +248,6 @@ pub fn admin_router(engine: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(engine)
 }

@@ -536,6 +536,13 @@ impl Engine {
             tracing::error!(error = %e, "a stored header does not parse");
             Refusal::new("storage", 500, "stored message is unreadable")
         })?;
+        if original.kind != Kind::Document {
+            return Err(Refusal::new(
+                "unsupported-kind",
+                400,
+                format!("message {message_id} is a {}; only documents are signed for", original.kind),
+            ));
+        }
         if env.to != [original.sender.clone()] {
             return Err(Refusal::malformed(format!("a receipt for this message goes to its sender {}", original.sender)));
         }
