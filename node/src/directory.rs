@@ -225,3 +225,53 @@ impl DirectoryHandle {
         *self.0.write().expect("directory lock") = Arc::new(dir);
     }
 }
+
+/// A three-level test tree: province `gd` → city `gz` → districts `gz.yuexiu`, `gz.haizhu`, with units
+/// on each. Node and unit keys come from fixed seeds: [`test_key`] gives the secret key of each.
+#[cfg(test)]
+pub(crate) fn test_tree() -> Directory {
+    let key = |seed: u8| PublicKey(test_key(seed).verifying_key());
+    let text = format!(
+        r#"
+        [[node]]
+        id = "gd"
+        public_key = "{}"
+        [[node]]
+        id = "gz"
+        parent = "gd"
+        public_key = "{}"
+        [[node]]
+        id = "gz.yuexiu"
+        parent = "gz"
+        public_key = "{}"
+        [[node]]
+        id = "gz.haizhu"
+        parent = "gz"
+        public_key = "{}"
+        [[unit]]
+        address = "gd/gov"
+        public_key = "{}"
+        [[unit]]
+        address = "gz/civil-affairs"
+        public_key = "{}"
+        [[unit]]
+        address = "gz.yuexiu/liurong-street"
+        public_key = "{}"
+        [[unit]]
+        address = "gz.haizhu/civil-affairs"
+        public_key = "{}"
+        [[unit]]
+        address = "gz.haizhu/chigang-street"
+        public_key = "{}"
+        "#,
+        key(1), key(2), key(3), key(4), key(5), key(6), key(7), key(8), key(9)
+    );
+    Directory::from_toml(&text).unwrap()
+}
+
+/// The secret key behind seed `seed` of [`test_tree`]: nodes gd=1, gz=2, gz.yuexiu=3, gz.haizhu=4;
+/// units gd/gov=5, gz/civil-affairs=6, liurong-street=7, haizhu civil-affairs=8, chigang-street=9.
+#[cfg(test)]
+pub(crate) fn test_key(seed: u8) -> ed25519_dalek::SigningKey {
+    ed25519_dalek::SigningKey::from_bytes(&[seed; 32])
+}

@@ -72,49 +72,7 @@ pub fn plan<'a>(
 mod tests {
     use super::*;
 
-    /// A three-level tree: province → city → two districts, with one unit on each node.
-    fn tree() -> Directory {
-        let key = |seed: u8| {
-            let k = ed25519_dalek::SigningKey::from_bytes(&[seed; 32]);
-            hex::encode(k.verifying_key().as_bytes())
-        };
-        let text = format!(
-            r#"
-            [[node]]
-            id = "gd"
-            public_key = "{}"
-            [[node]]
-            id = "gz"
-            parent = "gd"
-            public_key = "{}"
-            [[node]]
-            id = "gz.yuexiu"
-            parent = "gz"
-            public_key = "{}"
-            [[node]]
-            id = "gz.haizhu"
-            parent = "gz"
-            public_key = "{}"
-            [[unit]]
-            address = "gd/gov"
-            public_key = "{}"
-            [[unit]]
-            address = "gz/civil-affairs"
-            public_key = "{}"
-            [[unit]]
-            address = "gz.yuexiu/liurong-street"
-            public_key = "{}"
-            [[unit]]
-            address = "gz.haizhu/civil-affairs"
-            public_key = "{}"
-            [[unit]]
-            address = "gz.haizhu/chigang-street"
-            public_key = "{}"
-            "#,
-            key(1), key(2), key(3), key(4), key(5), key(6), key(7), key(8), key(9)
-        );
-        Directory::from_toml(&text).unwrap()
-    }
+    use crate::directory::test_tree as tree;
 
     fn n(s: &str) -> NodeId {
         s.parse().unwrap()

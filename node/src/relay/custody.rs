@@ -202,3 +202,116 @@ fn deliver_here(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::directory::{test_key, test_tree};
+    use exchange_wire::{Envelope, Priority};
+
+    fn n(s: &str) -> NodeId {
+        s.parse().unwrap()
+    }
+    fn u(s: &str) -> UnitAddress {
+        s.parse().unwrap()
+    }
+
+    /// 六榕街道 (key 7) to 海珠区民政局 (主送) and 广州市民政局 (抄送).
+    fn document() -> SignedEnvelope {
+        Envelope::new(
+            Kind::Document,
+            u("gz.yuexiu/liurong-street"),
+            vec![u("gz.haizhu/civil-affairs")],
+            vec![u("gz/civil-affairs")],
+            Priority::Express,
+            b"notice",
+        )
+        .sign(&test_key(7))
+    }
+
+    fn at<'a>(dir: &'a crate::directory::Directory, here: &'a NodeId, key: &'a SigningKey) -> Context<'a> {
+        Context { here, dir, node_key: key, now_ms: 1_000 }
+    }
+
+    fn incoming(signed: SignedEnvelope, payload: &[u8], recipients: Vec<UnitAddress>, from: Option<&str>) -> Incoming {
+        Incoming { signed, payload: payload.to_vec(), recipients, from: from.map(n), hops: vec![] }
+    }
+
+    #[test]
+    fn at_the_ingress_node_one_copy_goes_up_and_every_recipient_is_tracked() {
+        let (dir, here, key) = (test_tree(), n("gz.yuexiu"), test_key(3));
+        let doc = document();
+        let all = doc.envelope.recipients().cloned().collect();
+        let (c, s) = take(&at(&dir, &here, &key), incoming(doc, b"notice", all, None)).unwrap();
+        assert_eq!(c.outbox.len(), 1, "one copy for both recipients");
+        assert_eq!(c.outbox[0].next_hop, "gz");
+        assert!(c.inbox.is_empty() && c.follow_ups.is_empty());
+        assert_eq!(c.tracking.len(), 2);
+        assert!(c.tracking.iter().all(|t| t.state == RecipientState::Accepted));
+        assert_eq!(s.next_hops.into_iter().collect::<Vec<_>>(), vec![n("gz")]);
+    }
+
+    #[test]
+    fn at_the_city_it_delivers_the_copy_and_passes_one_copy_down() {
+        let (dir, here, key) = (test_tree(), n("gz"), test_key(2));
+        let doc = document();
+        let all = doc.envelope.recipients().cloned().collect();
+        let (c, s) = take(&at(&dir, &here, &key), incoming(doc.clone(), b"notice", all, Some("gz.yuexiu"))).unwrap();
+        assert_eq!(c.inbox.len(), 1);
+        assert_eq!(c.inbox[0].unit, "gz/civil-affairs");
+        assert_eq!(c.outbox.len(), 1);
+        assert_eq!(c.outbox[0].next_hop, "gz.haizhu");
+        assert!(c.tracking.is_empty(), "status is kept at the sender's node only");
+        // A delivery report, signed by this node, goes back toward the sender.
+        assert_eq!(c.follow_ups.len(), 1);
+        let report = c.follow_ups[0].message.as_ref().unwrap();
+        let env = Envelope::from_canonical_bytes(&report.header).unwrap();
+        assert_eq!(env.kind, Kind::DeliveryReport);
+        assert_eq!(env.sender, UnitAddress::of_node(&here));
+        assert_eq!(env.to, vec![u("gz.yuexiu/liurong-street")]);
+        let signed = SignedEnvelope::from_canonical(report.header.clone(), report.signature).unwrap();
+        signed.verify(&key.verifying_key()).unwrap();
+        assert_eq!(c.follow_ups[0].outbox[0].next_hop, "gz.yuexiu");
+        assert_eq!(s.delivered, vec![Kind::Document]);
+        assert!(s.next_hops.contains(&n("gz.haizhu")) && s.next_hops.contains(&n("gz.yuexiu")));
+    }
+
+    #[test]
+    fn back_at_the_sender_reports_and_receipts_move_the_status_forward() {
+        let (dir, here, key) = (test_tree(), n("gz.yuexiu"), test_key(3));
+        let doc = document();
+        // The delivery report from 海珠.
+        let report = DeliveryReport {
+            message_id: doc.id,
+            node: n("gz.haizhu"),
+            delivered: vec![Delivered { unit: u("gz.haizhu/civil-affairs"), at_ms: 900 }],
+            hops: vec![Hop { node: n("gz.yuexiu"), at_ms: 100 }, Hop { node: n("gz"), at_ms: 200 }, Hop { node: n("gz.haizhu"), at_ms: 300 }],
+        };
+        let (env, payload) = report.envelope(u("gz.yuexiu/liurong-street"), Priority::Express);
+        let signed = env.sign(&test_key(4));
+        let (c, _) = take(&at(&dir, &here, &key), incoming(signed, &payload, vec![u("gz.yuexiu/liurong-street")], Some("gz"))).unwrap();
+        assert!(c.inbox.is_empty(), "reports are for the node, not the agency's inbox");
+        assert_eq!(c.tracking.len(), 1);
+        assert_eq!((c.tracking[0].state, c.tracking[0].node.as_str()), (RecipientState::Delivered, "gz.haizhu"));
+        assert_eq!(c.events.iter().filter(|e| e.event == "hop").count(), 3);
+
+        // The recipient's signed receipt.
+        let receipt = exchange_wire::receipt::signed_for(u("gz.haizhu/civil-affairs"), u("gz.yuexiu/liurong-street"), doc.id, Priority::Express)
+            .sign(&test_key(8));
+        let rid = receipt.id;
+        let (c, s) = take(&at(&dir, &here, &key), incoming(receipt, b"", vec![u("gz.yuexiu/liurong-street")], Some("gz"))).unwrap();
+        assert_eq!(c.inbox.len(), 1, "the sender can read the receipt");
+        assert_eq!(c.tracking[0].state, RecipientState::SignedFor);
+        assert_eq!(c.tracking[0].message_id, doc.id.0);
+        assert_eq!(c.tracking[0].receipt_id, Some(rid.0));
+        assert_eq!(s.receipts_returned, 1);
+    }
+
+    #[test]
+    fn an_unknown_recipient_is_refused_before_anything_is_decided() {
+        let (dir, here, key) = (test_tree(), n("gz"), test_key(2));
+        let doc = document();
+        let err = take(&at(&dir, &here, &key), incoming(doc, b"notice", vec![u("gz.haizhu/nobody")], Some("gz.yuexiu")));
+        assert_eq!(err.err().map(|r| r.code), Some("unknown-unit"));
+    }
+}
