@@ -4,76 +4,17 @@
 //! signed envelopes, never a key. Each command talks to the node through `exchange_wire::client`, the
 //! same client the tests drive, so what works here works for any agency client.
 
-use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use exchange_wire::api::{InboxItem, RecipientStatus};
-use exchange_wire::client::{ApiClient, ClientError};
-use exchange_wire::{Envelope, Kind, PublicKey, UnitAddress, keys, receipt};
+use exchange_wire::{Envelope, Kind, MessageId, PublicKey, UnitAddress, keys, receipt};
 
+use crate::endpoint::{Ctx, Endpoint};
 use crate::output::{Table, emit, emit_json, format_ms, sanitize, short_id, truncate};
 use crate::parse::{self, IdPattern, META_DOC_NUMBER, META_FILE_NAME, META_TITLE};
-use crate::{InboxArgs, KeygenArgs, PubkeyArgs, SendArgs, SignForArgs, StatusArgs};
-
-/// The node gave no usable answer: not running, wrong address, or not an exchange node. Kept apart
-/// from other errors because it maps to exit code 2, which scripts use to retry later.
-#[derive(Debug)]
-pub struct NodeUnreachable(String);
-
-impl fmt::Display for NodeUnreachable {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for NodeUnreachable {}
-
-/// Global options every command sees.
-pub struct Ctx {
-    /// Base URL of the node's agency API.
-    pub node: String,
-    /// Print JSON instead of tables.
-    pub json: bool,
-}
-
-impl Ctx {
-    /// A client for the node. Made per command, so `keygen` and `pubkey` never look at `--node`.
-    fn client(&self) -> Result<ApiClient> {
-        if !(self.node.starts_with("http://") || self.node.starts_with("https://")) {
-            bail!(
-                "--node {:?} is not a URL: give the node's agency API address, such as http://127.0.0.1:8080",
-                self.node
-            );
-        }
-        Ok(ApiClient::new(&self.node))
-    }
-
-    /// Turns a client error into one a person can act on, keeping "no answer" recognisable for the
-    /// exit code.
-    fn api<T>(&self, client: &ApiClient, r: Result<T, ClientError>) -> Result<T> {
-        let base = client.base_url();
-        r.map_err(|e| match e {
-            // The client reports an answer it cannot decode as a transport failure; say what that
-            // usually means instead of "cannot reach".
-            ClientError::Transport { reason, .. } if reason.starts_with("unexpected answer") => {
-                anyhow!(NodeUnreachable(format!(
-                    "the node at {base} gave an answer exchange-admin does not understand ({reason}); check that \
-                     --node is the node's agency API address and that exchange-admin and exchange-node are the same release"
-                )))
-            }
-            ClientError::Transport { reason, .. } => anyhow!(NodeUnreachable(format!(
-                "cannot reach the node at {base}: {reason}; is exchange-node running? set --node or EXCHANGE_NODE"
-            ))),
-            ClientError::Refused { status, body } => anyhow!(
-                "the node refused: {} [{}, HTTP {status}]",
-                sanitize(&body.message),
-                sanitize(&body.error)
-            ),
-        })
-    }
-}
+use crate::{InboxArgs, KeygenArgs, PubkeyArgs, SendArgs, SignForArgs};
 
 /// The longest inbox long-poll: the client gives up on any answer after 120 s, so the node must get
 /// to answer well before that.
@@ -134,12 +75,12 @@ fn document_envelope(a: &SendArgs, payload: &[u8]) -> Result<Envelope> {
 
 /// `send`: reads the file, signs a document envelope with the unit key and hands it to the node.
 pub fn send(ctx: &Ctx, a: &SendArgs) -> Result<()> {
-    let client = ctx.client()?;
+    let node = ctx.agency()?;
     let key = keys::read(&a.key)?;
     let payload = std::fs::read(&a.file)
         .with_context(|| format!("cannot read the document {}", a.file.display()))?;
     let signed = document_envelope(a, &payload)?.sign(&key);
-    let answer = ctx.api(&client, client.submit(&signed, &payload))?;
+    let answer = node.call(|c| c.submit(&signed, &payload))?;
     if ctx.json {
         return emit_json(&answer);
     }
@@ -224,11 +165,8 @@ fn save_payloads(dir: &Path, items: &[InboxItem]) -> Result<()> {
 
 /// `inbox`: one page of a unit's inbox, optionally waiting for new messages and saving payloads.
 pub fn inbox(ctx: &Ctx, a: &InboxArgs) -> Result<()> {
-    let client = ctx.client()?;
-    let page = ctx.api(
-        &client,
-        client.inbox(&a.unit, a.after, a.limit, Duration::from_secs(a.wait)),
-    )?;
+    let node = ctx.agency()?;
+    let page = node.call(|c| c.inbox(&a.unit, a.after, a.limit, Duration::from_secs(a.wait)))?;
     if let Some(dir) = &a.save {
         save_payloads(dir, &page.items)?;
         eprintln!("saved {} payload(s) to {}", page.items.len(), dir.display());
@@ -249,20 +187,12 @@ pub fn inbox(ctx: &Ctx, a: &InboxArgs) -> Result<()> {
 
 /// Finds a message in a unit's inbox, paging from the start. A full id stops at the first match; a
 /// prefix reads the whole inbox so that an ambiguous prefix is refused rather than guessed.
-fn find_in_inbox(
-    ctx: &Ctx,
-    client: &ApiClient,
-    unit: &UnitAddress,
-    wanted: &IdPattern,
-) -> Result<InboxItem> {
+fn find_in_inbox(node: &Endpoint, unit: &UnitAddress, wanted: &IdPattern) -> Result<InboxItem> {
     let mut after = 0;
     let mut seen = 0usize;
     let mut found: Vec<InboxItem> = Vec::new();
     loop {
-        let page = ctx.api(
-            client,
-            client.inbox(unit, after, SEARCH_PAGE, Duration::ZERO),
-        )?;
+        let page = node.call(|c| c.inbox(unit, after, SEARCH_PAGE, Duration::ZERO))?;
         if page.items.is_empty() {
             break;
         }
@@ -285,7 +215,7 @@ fn find_in_inbox(
         0 => bail!(
             "message {shown} is not in the inbox of {unit} at {} ({seen} message(s) looked at); check the id and \
              --unit, or whether it has been delivered yet (exchange-admin status ID at the sender's node)",
-            client.base_url()
+            node.base_url()
         ),
         1 => Ok(found.remove(0)),
         _ => {
@@ -301,10 +231,10 @@ fn find_in_inbox(
 
 /// `sign-for`: 签收 a document in the unit's inbox with a receipt signed by the unit's key.
 pub fn sign_for(ctx: &Ctx, a: &SignForArgs) -> Result<()> {
-    let client = ctx.client()?;
+    let node = ctx.agency()?;
     // Read the key first: a bad key file should fail before any network work.
     let key = keys::read(&a.key)?;
-    let item = find_in_inbox(ctx, &client, &a.unit, &a.message)?;
+    let item = find_in_inbox(&node, &a.unit, &a.message)?;
     let e = &item.message.envelope;
     if e.kind != Kind::Document {
         bail!(
@@ -315,7 +245,7 @@ pub fn sign_for(ctx: &Ctx, a: &SignForArgs) -> Result<()> {
     }
     let signed =
         receipt::signed_for(a.unit.clone(), e.sender.clone(), item.id, e.priority).sign(&key);
-    let answer = ctx.api(&client, client.sign_for(&a.unit, &item.id, &signed))?;
+    let answer = node.call(|c| c.sign_for(&a.unit, &item.id, &signed))?;
     if ctx.json {
         return emit_json(&answer);
     }
@@ -360,10 +290,10 @@ fn recipients_table(recipients: &[RecipientStatus]) -> Table {
     t
 }
 
-/// `status`: where a message is, per recipient, and the hops it took.
-pub fn status(ctx: &Ctx, a: &StatusArgs) -> Result<()> {
-    let client = ctx.client()?;
-    let st = ctx.api(&client, client.status(&a.message))?;
+/// `status MESSAGE_ID`: where a message is, per recipient, and the hops it took.
+pub fn status(ctx: &Ctx, id: &MessageId) -> Result<()> {
+    let node = ctx.agency()?;
+    let st = node.call(|c| c.status(id))?;
     if ctx.json {
         return emit_json(&st);
     }

@@ -1,4 +1,4 @@
-//! Human output: UTC times, terminal-width-aware tables, and writing to stdout.
+//! Human output: UTC times, durations, byte counts, terminal-width-aware tables, and writing to stdout.
 //!
 //! Kept free of I/O (except `emit`) so the formatting can be unit-tested. No chrono or unicode-width:
 //! the CLI needs one time format and an approximate width for CJK text, and both fit in a few lines.
@@ -35,6 +35,59 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + u64::from(m <= 2);
     (y, m, d)
+}
+
+/// Formats a duration given in milliseconds compactly, with at most two units: `850ms`, `42s`,
+/// `5m03s`, `2h07m`, `3d04h`. Used for ages ("last seen 42s ago") and uptimes.
+pub fn format_duration_ms(ms: u64) -> String {
+    let secs = ms / 1000;
+    match secs {
+        0 => format!("{ms}ms"),
+        1..60 => format!("{secs}s"),
+        60..3600 => format!("{}m{:02}s", secs / 60, secs % 60),
+        3600..86_400 => format!("{}h{:02}m", secs / 3600, secs % 3600 / 60),
+        _ => format!("{}d{:02}h", secs / 86_400, secs % 86_400 / 3600),
+    }
+}
+
+/// How long ago `then_ms` was at `now_ms`. A time slightly in the future (the clocks of the node and
+/// of this machine differ) counts as now.
+pub fn format_age(now_ms: u64, then_ms: u64) -> String {
+    format_duration_ms(now_ms.saturating_sub(then_ms))
+}
+
+/// Formats a byte count with binary units and one decimal: `0 B`, `1023 B`, `1.5 KiB`, `2.0 GiB`.
+pub fn format_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    // Move up a unit when one decimal would round to 1024.0 (so 1048575 B is 1.0 MiB, not 1024.0 KiB).
+    while value >= 1023.95 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+/// Labelled lines with the values aligned, for one record (a node's status, a verification result):
+/// `label  value`, sanitized, each ending in a newline.
+pub fn fields(rows: &[(&str, String)]) -> String {
+    let width = rows
+        .iter()
+        .map(|(k, _)| display_width(k))
+        .max()
+        .unwrap_or(0);
+    let mut out = String::new();
+    for (k, v) in rows {
+        out.push_str(k);
+        out.extend(std::iter::repeat_n(' ', width - display_width(k) + 2));
+        out.push_str(sanitize(v).trim_end());
+        out.push('\n');
+    }
+    out
 }
 
 /// The first characters of a message id: enough to tell messages apart in a table. Commands that
@@ -160,10 +213,17 @@ impl Table {
 
 /// Writes to stdout. A closed pipe (`exchange-admin inbox | head`) is not an error worth reporting.
 pub fn emit(text: &str) -> anyhow::Result<()> {
+    emit_more(text).map(|_| ())
+}
+
+/// Writes to stdout, for output produced piece by piece: returns `false` once stdout is closed
+/// (`exchange-admin audit export | head`), so the caller can stop producing.
+pub fn emit_more(text: &str) -> anyhow::Result<bool> {
     let mut out = std::io::stdout().lock();
     match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
-        _ => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(e.into()),
+        Ok(()) => Ok(true),
     }
 }
 
@@ -253,6 +313,53 @@ SEQ  TITLE     STATE
         let mut t = Table::new(&["A"]);
         t.push(vec!["\x1b]0;pwned\x07".into()]);
         assert!(!t.render().contains('\x1b'));
+    }
+
+    #[test]
+    fn durations_use_at_most_two_units() {
+        assert_eq!(format_duration_ms(0), "0ms");
+        assert_eq!(format_duration_ms(850), "850ms");
+        assert_eq!(format_duration_ms(1_000), "1s");
+        assert_eq!(format_duration_ms(59_999), "59s");
+        assert_eq!(format_duration_ms(60_000), "1m00s");
+        assert_eq!(format_duration_ms(303_000), "5m03s");
+        assert_eq!(format_duration_ms(3_599_999), "59m59s");
+        assert_eq!(format_duration_ms(3_600_000), "1h00m");
+        assert_eq!(format_duration_ms(7_620_000), "2h07m");
+        assert_eq!(format_duration_ms(86_400_000), "1d00h");
+        assert_eq!(format_duration_ms(273_600_000), "3d04h");
+        assert_eq!(format_duration_ms(400 * 86_400_000), "400d00h");
+    }
+
+    #[test]
+    fn ages_tolerate_clock_skew() {
+        assert_eq!(format_age(10_000, 7_500), "2s");
+        assert_eq!(format_age(10_000, 10_250), "0ms");
+    }
+
+    #[test]
+    fn bytes_in_binary_units() {
+        assert_eq!(format_bytes(0), "0 B");
+        assert_eq!(format_bytes(1023), "1023 B");
+        assert_eq!(format_bytes(1024), "1.0 KiB");
+        assert_eq!(format_bytes(1536), "1.5 KiB");
+        assert_eq!(format_bytes(1_048_575), "1.0 MiB");
+        assert_eq!(format_bytes(5 * 1024 * 1024 + 300 * 1024), "5.3 MiB");
+        assert_eq!(format_bytes(1 << 30), "1.0 GiB");
+        assert_eq!(format_bytes(u64::MAX), "16.0 EiB");
+    }
+
+    #[test]
+    fn fields_align_values() {
+        let text = fields(&[
+            ("node", "gz.yuexiu".into()),
+            ("directory", "version 7".into()),
+            ("x", "a\x1bb".into()),
+        ]);
+        assert_eq!(
+            text,
+            "node       gz.yuexiu\ndirectory  version 7\nx          a\u{FFFD}b\n"
+        );
     }
 
     #[test]

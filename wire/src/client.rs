@@ -1,5 +1,8 @@
-//! A small blocking client for the agency API, used by `exchange-admin`, the demo, the benchmark and
-//! the tests, so all of them drive the real HTTP interface.
+//! A small blocking client for the agency API and the admin API, used by `exchange-admin`, the demo,
+//! the benchmark and the tests, so all of them drive the real HTTP interface.
+//!
+//! One `ApiClient` talks to one listener: make one on the node's agency address for the agency calls
+//! and one on its admin address (`admin.listen`) for the calls documented as admin API.
 
 use std::time::Duration;
 
@@ -10,11 +13,16 @@ use crate::api::*;
 use crate::address::UnitAddress;
 use crate::envelope::{MessageId, SignedEnvelope};
 
-/// Why a call failed: the node's own error answer, or no answer at all.
+/// Why a call failed: the node's own error answer, an answer that could not be decoded, or no answer
+/// at all.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("node refused the request ({status} {}): {}", body.error, body.message)]
     Refused { status: u16, body: ErrorBody },
+    /// Something answered, but not with what this API promises for that status: another service on
+    /// that address, the wrong listener (agency instead of admin), or a node of another release.
+    #[error("unexpected answer from {url} (HTTP {status}): {reason}")]
+    Protocol { url: String, status: u16, reason: String },
     #[error("cannot reach the node at {url}: {reason}")]
     Transport { url: String, reason: String },
 }
@@ -24,7 +32,7 @@ impl ClientError {
     pub fn code(&self) -> Option<&str> {
         match self {
             ClientError::Refused { body, .. } => Some(&body.error),
-            ClientError::Transport { .. } => None,
+            ClientError::Protocol { .. } | ClientError::Transport { .. } => None,
         }
     }
 }
@@ -55,12 +63,22 @@ impl ApiClient {
         url: &str,
         r: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
     ) -> Result<T, ClientError> {
+        self.finish_accepting(url, r, &[])
+    }
+
+    /// Decodes a 2xx answer, or one of the `also_ok` statuses, as `T`; any other status as a refusal.
+    fn finish_accepting<T: DeserializeOwned>(
+        &self,
+        url: &str,
+        r: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+        also_ok: &[u16],
+    ) -> Result<T, ClientError> {
         let transport = |reason: String| ClientError::Transport { url: url.to_owned(), reason };
         let mut resp = r.map_err(|e| transport(e.to_string()))?;
         let status = resp.status().as_u16();
         let body = resp.body_mut().with_config().limit(1 << 30).read_to_vec().map_err(|e| transport(e.to_string()))?;
-        if (200..300).contains(&status) {
-            serde_json::from_slice(&body).map_err(|e| transport(format!("unexpected answer: {e}")))
+        if (200..300).contains(&status) || also_ok.contains(&status) {
+            serde_json::from_slice(&body).map_err(|e| ClientError::Protocol { url: url.to_owned(), status, reason: e.to_string() })
         } else {
             let body = serde_json::from_slice(&body).unwrap_or_else(|_| ErrorBody {
                 error: "http".into(),
@@ -70,7 +88,8 @@ impl ApiClient {
         }
     }
 
-    fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {
+    /// POST with a JSON body.
+    pub fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {
         let url = format!("{}{}", self.base, path);
         let r = self.agent.post(&url).send_json(body);
         self.finish(&url, r)
@@ -138,8 +157,79 @@ impl ApiClient {
         resp.body_mut().read_to_string().map_err(|e| ClientError::Transport { url, reason: e.to_string() })
     }
 
-    /// A node's custody events for a message (admin API: use a client on the admin address).
+    // ---- Admin API: use a client on the node's admin address (`admin.listen`) ----
+
+    /// A node's custody events for a message, as this node alone recorded them (admin API).
     pub fn events(&self, id: &MessageId) -> Result<EventsResponse, ClientError> {
         self.get(&format!("/admin/v1/messages/{id}/events"), &[])
+    }
+
+    /// What the node is and how it stands: tier, neighbours, directory version, uptime, build (admin API).
+    /// (`status` is the agency call for a message's status.)
+    pub fn node_status(&self) -> Result<NodeStatus, ClientError> {
+        self.get("/admin/v1/status", &[])
+    }
+
+    /// The node's links to its parent and children (admin API).
+    pub fn peers(&self) -> Result<PeersResponse, ClientError> {
+        self.get("/admin/v1/peers", &[])
+    }
+
+    /// The outbox toward each next hop (admin API).
+    pub fn queues(&self) -> Result<QueuesResponse, ClientError> {
+        self.get("/admin/v1/queues", &[])
+    }
+
+    /// A message's custody events from every node it crossed, gathered by this node (admin API).
+    pub fn trace(&self, id: &MessageId) -> Result<TraceResponse, ClientError> {
+        self.get(&format!("/admin/v1/messages/{id}/trace"), &[])
+    }
+
+    /// Outbox entries the neighbours refused for good (admin API).
+    pub fn dead_letters(&self) -> Result<DeadLettersResponse, ClientError> {
+        self.get("/admin/v1/dead-letters", &[])
+    }
+
+    /// Queues the selected dead letters for another attempt (admin API).
+    pub fn resend_dead_letters(&self, selection: &DeadLetterSelection) -> Result<AdminActionResponse, ClientError> {
+        self.post("/admin/v1/dead-letters:resend", selection)
+    }
+
+    /// Deletes the selected dead letters for good (admin API). Irreversible.
+    pub fn purge_dead_letters(&self, selection: &DeadLetterSelection) -> Result<AdminActionResponse, ClientError> {
+        self.post("/admin/v1/dead-letters:purge", selection)
+    }
+
+    /// Wakes every forwarder to retry now instead of waiting out its back-off (admin API).
+    pub fn retry_now(&self) -> Result<AdminActionResponse, ClientError> {
+        self.post("/admin/v1/retry", &serde_json::Map::new())
+    }
+
+    /// Drops payloads and inbox entries of settled messages older than `older_than_days` (admin API).
+    pub fn retention_purge(&self, older_than_days: u32) -> Result<AdminActionResponse, ClientError> {
+        self.post("/admin/v1/retention:purge", &RetentionRequest { older_than_days })
+    }
+
+    /// A page of the audit log: up to `limit` entries after sequence number `after` (admin API).
+    pub fn audit_page(&self, after: i64, limit: u32) -> Result<AuditPage, ClientError> {
+        self.get("/admin/v1/audit", &[("after", after.to_string()), ("limit", limit.to_string())])
+    }
+
+    /// Re-computes the audit log's hash chain on the node (admin API).
+    pub fn audit_verify(&self) -> Result<AuditVerification, ClientError> {
+        self.get("/admin/v1/audit:verify", &[])
+    }
+
+    /// The node's readiness checks (admin listener). A node that is not ready answers 503 with the same
+    /// body, which is returned here as `Ok` with `ready: false`, not as an error.
+    pub fn readiness(&self) -> Result<Readiness, ClientError> {
+        let url = format!("{}/readyz", self.base);
+        let r = self.agent.get(&url).call();
+        self.finish_accepting(&url, r, &[503])
+    }
+
+    /// The node's liveness answer (admin listener).
+    pub fn liveness(&self) -> Result<Health, ClientError> {
+        self.get("/livez", &[])
     }
 }
