@@ -50,6 +50,7 @@ pub struct UnitEntry {
 /// An immutable snapshot of the directory.
 #[derive(Debug, Default)]
 pub struct Directory {
+    version: u64,
     nodes: HashMap<NodeId, NodeEntry>,
     units: HashMap<UnitAddress, UnitEntry>,
     by_peer: HashMap<PeerId, NodeId>,
@@ -58,6 +59,9 @@ pub struct Directory {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileDirectory {
+    /// Raised by the operator on every change.
+    #[serde(default)]
+    version: u64,
     #[serde(default, rename = "node")]
     nodes: Vec<FileNode>,
     #[serde(default, rename = "unit")]
@@ -106,7 +110,7 @@ impl Directory {
     /// Parses and checks a directory in the static file format.
     pub fn from_toml(text: &str) -> Result<Directory, String> {
         let file: FileDirectory = toml::from_str(text).map_err(|e| e.to_string())?;
-        let mut dir = Directory::default();
+        let mut dir = Directory { version: file.version, ..Directory::default() };
         for n in file.nodes {
             let addresses = n
                 .addresses
@@ -146,6 +150,18 @@ impl Directory {
             }
         }
         Ok(dir)
+    }
+
+    /// The directory's version.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// The nodes whose parent is `id`.
+    pub fn children(&self, id: &NodeId) -> Vec<&NodeEntry> {
+        let mut c: Vec<&NodeEntry> = self.nodes.values().filter(|n| n.parent.as_ref() == Some(id)).collect();
+        c.sort_by(|a, b| a.id.cmp(&b.id));
+        c
     }
 
     pub fn node(&self, id: &NodeId) -> Option<&NodeEntry> {

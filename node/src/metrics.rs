@@ -1,80 +1,109 @@
-//! Prometheus metrics, all prefixed `exchange_`. One registry per node, rendered at `/metrics`.
+//! Prometheus metrics, all prefixed `exchange_` and labelled with the node id. One registry per node,
+//! rendered at `/metrics`. `docs/metrics.md` documents every series; `deploy/` builds on them.
 
-use prometheus::{Encoder, Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
 
 /// Every metric the node exports.
 pub struct Metrics {
     registry: Registry,
     /// Messages this node took custody of, by kind and by source (`agency` or `peer`).
     pub accepted: IntCounterVec,
-    /// Messages a neighbour acknowledged, by peer node.
+    /// Messages a neighbour acknowledged, by peer node and kind.
     pub forwarded: IntCounterVec,
     /// Messages placed in inboxes here, by kind.
     pub delivered: IntCounterVec,
-    /// Refused input, by reason code.
+    /// Refused input, by reason code and kind (`unknown` when the envelope did not decode).
     pub rejected: IntCounterVec,
-    /// Receipts recorded, by type and by where (`issued` here by a recipient, `returned` to a sender here).
+    /// Receipts recorded, by type and direction (`issued` here by a recipient, `returned` to a sender here).
     pub receipts: IntCounterVec,
-    /// Live outbox entries per next hop.
+    /// Live outbox entries, payload bytes and age of the oldest entry, per next hop.
     pub outbox_depth: IntGaugeVec,
-    /// 1 while the link to a neighbour is up.
+    pub outbox_bytes: IntGaugeVec,
+    pub outbox_oldest_age: GaugeVec,
+    /// Dead letters (entries a neighbour refused for good) per next hop, and how many were made.
+    pub dead_letters: IntGaugeVec,
+    pub dead_letters_total: IntCounterVec,
+    /// 1 while the link to a neighbour is up; last ping round trip.
     pub peer_up: IntGaugeVec,
+    pub peer_rtt: GaugeVec,
     /// Creation (signing) to inbox delivery, measured at the delivering node.
     pub delivery_latency: Histogram,
-    /// Group-commit transactions: duration and jobs per transaction.
+    /// Entering this node's outbox to the neighbour's acknowledgement, per next hop.
+    pub hop_latency: HistogramVec,
+    /// Group-commit transactions: duration and jobs per transaction; storage failures.
     pub commit_seconds: Histogram,
     pub commit_jobs: Histogram,
-    /// Failed sends to a neighbour, by peer.
+    pub storage_errors: IntCounterVec,
+    /// Batches a neighbour did not acknowledge, by peer.
     pub send_failures: IntCounterVec,
-    /// Signature checks that failed, by where (`agency`, `peer`).
+    /// Signatures that did not verify, by where (`agency`, `peer`).
     pub signature_failures: IntCounterVec,
+    /// Version of the directory in force.
+    pub directory_version: IntGauge,
     pub build_info: IntGaugeVec,
+    pub start_time: Gauge,
 }
 
 impl Metrics {
     pub fn new(node: &str) -> Metrics {
         let registry = Registry::new_custom(None, Some([("node".to_string(), node.to_string())].into())).expect("registry");
-        let counter = |name: &str, help: &str, labels: &[&str]| {
-            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("metric");
-            registry.register(Box::new(c.clone())).expect("register");
-            c
-        };
-        let gauge = |name: &str, help: &str, labels: &[&str]| {
-            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("metric");
-            registry.register(Box::new(g.clone())).expect("register");
-            g
-        };
-        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
-            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).expect("metric");
-            registry.register(Box::new(h.clone())).expect("register");
-            h
-        };
-        let latency = vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+        macro_rules! register {
+            ($m:expr) => {{
+                let m = $m.expect("metric definition");
+                registry.register(Box::new(m.clone())).expect("register metric");
+                m
+            }};
+        }
+        let counter = |name: &str, help: &str, labels: &[&str]| register!(IntCounterVec::new(Opts::new(name, help), labels));
+        let int_gauge = |name: &str, help: &str, labels: &[&str]| register!(IntGaugeVec::new(Opts::new(name, help), labels));
+        let gauge = |name: &str, help: &str, labels: &[&str]| register!(GaugeVec::new(Opts::new(name, help), labels));
+        let latency = vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
         let m = Metrics {
             accepted: counter("exchange_messages_accepted_total", "Messages taken into custody.", &["kind", "source"]),
-            forwarded: counter("exchange_messages_forwarded_total", "Messages acknowledged by the next hop.", &["peer"]),
+            forwarded: counter("exchange_messages_forwarded_total", "Messages acknowledged by the next hop.", &["peer", "kind"]),
             delivered: counter("exchange_messages_delivered_total", "Messages delivered into inboxes on this node.", &["kind"]),
-            rejected: counter("exchange_messages_rejected_total", "Refused input, by reason.", &["reason"]),
+            rejected: counter("exchange_messages_rejected_total", "Refused input, by reason and kind.", &["reason", "kind"]),
             receipts: counter("exchange_receipts_total", "Receipts recorded, by type and direction.", &["type", "direction"]),
-            outbox_depth: gauge("exchange_outbox_depth", "Outbox entries waiting for a next hop.", &["peer"]),
-            peer_up: gauge("exchange_peer_up", "1 while the link to a neighbour node is up.", &["peer"]),
-            delivery_latency: histogram(
-                "exchange_delivery_latency_seconds",
-                "From envelope creation to inbox delivery, at the delivering node.",
-                latency.clone(),
+            outbox_depth: int_gauge("exchange_outbox_depth", "Outbox entries waiting for a next hop.", &["peer"]),
+            outbox_bytes: int_gauge("exchange_outbox_bytes", "Payload bytes waiting for a next hop.", &["peer"]),
+            outbox_oldest_age: gauge(
+                "exchange_outbox_oldest_age_seconds",
+                "Age of the oldest outbox entry waiting for a next hop (0 when empty).",
+                &["peer"],
             ),
-            commit_seconds: histogram("exchange_storage_commit_seconds", "Duration of one group commit.", latency),
-            commit_jobs: histogram(
-                "exchange_storage_commit_jobs",
-                "Write jobs folded into one group commit.",
-                vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0],
-            ),
+            dead_letters: int_gauge("exchange_dead_letters", "Outbox entries a next hop refused for good, kept for operators.", &["peer"]),
+            dead_letters_total: counter("exchange_dead_letters_total", "Messages a next hop refused for good.", &["peer"]),
+            peer_up: int_gauge("exchange_peer_up", "1 while the link to a neighbour node is up.", &["peer"]),
+            peer_rtt: gauge("exchange_peer_rtt_seconds", "Last ping round-trip time to a neighbour.", &["peer"]),
+            delivery_latency: register!(Histogram::with_opts(
+                HistogramOpts::new("exchange_delivery_latency_seconds", "From envelope creation to inbox delivery, at the delivering node.")
+                    .buckets(latency.clone())
+            )),
+            hop_latency: register!(HistogramVec::new(
+                HistogramOpts::new("exchange_hop_latency_seconds", "From entering this node's outbox to the next hop's acknowledgement.")
+                    .buckets(latency.clone()),
+                &["peer"]
+            )),
+            commit_seconds: register!(Histogram::with_opts(
+                HistogramOpts::new("exchange_storage_commit_seconds", "Duration of one group commit.").buckets(latency)
+            )),
+            commit_jobs: register!(Histogram::with_opts(
+                HistogramOpts::new("exchange_storage_commit_jobs", "Write jobs folded into one group commit.")
+                    .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0])
+            )),
+            storage_errors: counter("exchange_storage_errors_total", "Storage operations that failed.", &["operation"]),
             send_failures: counter("exchange_send_failures_total", "Batches a neighbour did not acknowledge.", &["peer"]),
             signature_failures: counter("exchange_signature_failures_total", "Signatures that did not verify.", &["source"]),
-            build_info: gauge("exchange_build_info", "Build of this node.", &["version"]),
+            directory_version: register!(IntGauge::new("exchange_directory_version", "Version of the directory in force.")),
+            build_info: int_gauge("exchange_build_info", "Build of this node (always 1).", &["version"]),
+            start_time: register!(Gauge::new("exchange_start_time_seconds", "When this node process started (Unix time).")),
             registry,
         };
         m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        m.start_time.set(exchange_wire::now_ms() as f64 / 1000.0);
         m
     }
 
@@ -85,4 +114,3 @@ impl Metrics {
         String::from_utf8(buf).expect("metrics are UTF-8")
     }
 }
-

@@ -88,8 +88,8 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
                 .await
         })
     };
-    let a = serve(agency, crate::api::agency_router(engine.clone()));
-    let b = serve(admin, crate::api::admin_router(engine.clone()));
+    let a = serve(agency, crate::api::agency::router(engine.clone()));
+    let b = serve(admin, crate::api::admin::router(engine.clone()));
 
     shutdown_signal().await;
     tracing::info!("stopping: no new requests; what is committed stays committed");

@@ -117,7 +117,9 @@ pub struct StoredCounts {
     pub outbox: i64,
     pub inbox: i64,
     pub tracking: i64,
+    /// Custody entries of the audit log.
     pub events: i64,
+    /// Other audit-log entries (refusals, admin actions).
     pub audit: i64,
 }
 
@@ -128,8 +130,8 @@ pub fn stored_counts(path: &Path) -> StoredCounts {
         use sqlx::ConnectOptions;
         let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(path).read_only(true);
         let mut conn = opts.connect().await.expect("open the node database");
-        let mut count = async |table: &str| -> i64 {
-            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
+        let mut count = async |from: &str| -> i64 {
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {from}")))
                 .fetch_one(&mut conn)
                 .await
                 .expect("count rows")
@@ -139,8 +141,8 @@ pub fn stored_counts(path: &Path) -> StoredCounts {
             outbox: count("outbox").await,
             inbox: count("inbox").await,
             tracking: count("tracking").await,
-            events: count("events").await,
-            audit: count("audit").await,
+            events: count("audit_log WHERE category = 'custody'").await,
+            audit: count("audit_log WHERE category <> 'custody'").await,
         }
     })
 }

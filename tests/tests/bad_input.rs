@@ -4,7 +4,7 @@
 //! and changes no custody state: the node's SQLite file is compared before and after.
 
 use exchange_tests::*;
-use exchange_wire::api::{SignedMessage, b64_encode};
+use exchange_wire::api::{RecipientState, SignedMessage, b64_encode};
 use exchange_wire::client::ApiClient;
 
 /// Submits a body, then checks status, error code, a phrase of the message, the metric, the audit
@@ -43,8 +43,12 @@ fn bad_input_is_refused_clearly_counted_and_changes_nothing() {
     // A good document first, so the node has state that must stay as it is.
     let good = document(key, sender, &["gz.haizhu/civil-affairs"], &[], b"ok", "good");
     net.node("gz.yuexiu").client().submit(&good, b"ok").unwrap();
-    wait_for("the good document forwarded", std::time::Duration::from_secs(20), || {
-        (stored_counts(&net.node("gz.yuexiu").database_path()).outbox == 0).then_some(())
+    // Wait until it has settled (delivered, and the delivery report back), so nothing else changes
+    // the node's state while the bad input arrives.
+    let yuexiu = net.node("gz.yuexiu").client();
+    wait_for("the good document delivered and reported", std::time::Duration::from_secs(20), || {
+        let delivered = yuexiu.status(&good.id).ok()?.recipients.iter().all(|r| r.state == RecipientState::Delivered);
+        (delivered && stored_counts(&net.node("gz.yuexiu").database_path()).outbox == 0).then_some(())
     });
 
     // Forged: signed with another unit's key, claiming to be liurong-street.

@@ -54,23 +54,18 @@ CREATE TABLE tracking (
     PRIMARY KEY (message_id, recipient)
 ) WITHOUT ROWID;
 
--- Custody facts recorded by this node, for tracing a message hop by hop.
-CREATE TABLE events (
+-- The node's audit log: every custody event, every refused input and every administrative action,
+-- append-only and hash-chained: each entry's hash covers the previous entry's hash and its own fields
+-- (see docs/operations.md), so an edited or deleted entry breaks the chain from that point on.
+CREATE TABLE audit_log (
     seq        INTEGER PRIMARY KEY AUTOINCREMENT,
-    message_id BLOB NOT NULL,
     at_ms      INTEGER NOT NULL,
+    category   TEXT NOT NULL,             -- custody | refusal | admin
+    message_id BLOB,
     event      TEXT NOT NULL,
     unit       TEXT,
     peer       TEXT,
-    detail     TEXT
+    detail     TEXT,
+    hash       BLOB NOT NULL
 );
-CREATE INDEX events_by_message ON events (message_id, seq);
-
--- Refused input and administrative actions.
-CREATE TABLE audit (
-    seq      INTEGER PRIMARY KEY AUTOINCREMENT,
-    at_ms    INTEGER NOT NULL,
-    category TEXT NOT NULL,
-    source   TEXT NOT NULL,
-    detail   TEXT NOT NULL
-);
+CREATE INDEX audit_log_by_message ON audit_log (message_id, seq) WHERE message_id IS NOT NULL;

@@ -1,12 +1,12 @@
-//! The composed libp2p behaviour: an allow list that admits only directory nodes, and custody transfer
-//! as request/response.
+//! The composed libp2p behaviour: an allow list that admits only directory nodes, custody transfer and
+//! message tracing as request/response, and ping for round-trip times (which also keeps links warm).
 
 use std::time::Duration;
 
 use libp2p::swarm::NetworkBehaviour;
-use libp2p::{StreamProtocol, allow_block_list, request_response};
+use libp2p::{StreamProtocol, allow_block_list, ping, request_response};
 
-use super::protocol::{RELAY_PROTOCOL, TransferRequest, TransferResponse};
+use super::protocol::{RELAY_PROTOCOL, TRACE_PROTOCOL, TraceRequest, TraceResponse, TransferRequest, TransferResponse};
 
 /// Everything the node speaks to other nodes.
 #[derive(NetworkBehaviour)]
@@ -14,6 +14,8 @@ pub struct Behaviour {
     /// Connections from or to peers not on the list are refused before any protocol runs.
     pub allowed: allow_block_list::Behaviour<allow_block_list::AllowedPeers>,
     pub relay: request_response::cbor::Behaviour<TransferRequest, TransferResponse>,
+    pub trace: request_response::cbor::Behaviour<TraceRequest, TraceResponse>,
+    pub ping: ping::Behaviour,
 }
 
 impl Behaviour {
@@ -27,6 +29,11 @@ impl Behaviour {
             [(StreamProtocol::new(RELAY_PROTOCOL), request_response::ProtocolSupport::Full)],
             request_response::Config::default().with_request_timeout(request_timeout).with_max_concurrent_streams(64),
         );
-        Behaviour { allowed: allow_block_list::Behaviour::default(), relay }
+        let trace = request_response::cbor::Behaviour::new(
+            [(StreamProtocol::new(TRACE_PROTOCOL), request_response::ProtocolSupport::Full)],
+            request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
+        );
+        let ping = ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(5)));
+        Behaviour { allowed: allow_block_list::Behaviour::default(), relay, trace, ping }
     }
 }

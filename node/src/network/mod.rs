@@ -13,11 +13,11 @@ use futures::StreamExt;
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::SwarmEvent;
 use libp2p::swarm::dial_opts::DialOpts;
-use libp2p::{Multiaddr, PeerId, Swarm, identity, noise, tcp, yamux};
+use libp2p::{Multiaddr, PeerId, Swarm, identity, noise, ping, tcp, yamux};
 use tokio::sync::{mpsc, oneshot};
 
 use behaviour::{Behaviour, BehaviourEvent};
-use protocol::{TransferRequest, TransferResponse};
+use protocol::{TraceRequest, TraceResponse, TransferRequest, TransferResponse};
 
 /// A transfer that did not get an answer.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -39,13 +39,19 @@ pub struct Neighbour {
 pub enum NetworkEvent {
     /// A neighbour handed over a batch; answer it with [`Client::respond`] after committing.
     Inbound { peer: PeerId, request: TransferRequest, channel: ResponseChannel<TransferResponse> },
+    /// A neighbour asks for this node's custody events about a message.
+    Trace { peer: PeerId, request: TraceRequest, channel: ResponseChannel<TraceResponse> },
     PeerUp(PeerId),
     PeerDown(PeerId),
+    /// A ping answered: the link works and this is its round-trip time.
+    PeerRtt(PeerId, Duration),
 }
 
 enum Command {
     Transfer { peer: PeerId, request: TransferRequest, reply: oneshot::Sender<Result<TransferResponse, NetError>> },
     Respond { channel: ResponseChannel<TransferResponse>, response: TransferResponse },
+    Trace { peer: PeerId, request: TraceRequest, reply: oneshot::Sender<Result<TraceResponse, NetError>> },
+    RespondTrace { channel: ResponseChannel<TraceResponse>, response: TraceResponse },
     SetPeers { allowed: Vec<PeerId>, neighbours: Vec<Neighbour> },
     Connected { reply: oneshot::Sender<Vec<PeerId>> },
 }
@@ -67,6 +73,18 @@ impl Client {
     /// Answers an inbound batch.
     pub async fn respond(&self, channel: ResponseChannel<TransferResponse>, response: TransferResponse) {
         let _ = self.commands.send(Command::Respond { channel, response }).await;
+    }
+
+    /// Asks `peer` for its custody events about a message.
+    pub async fn trace(&self, peer: PeerId, request: TraceRequest) -> Result<TraceResponse, NetError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands.send(Command::Trace { peer, request, reply }).await.map_err(|_| NetError::Stopped)?;
+        rx.await.map_err(|_| NetError::Stopped)?
+    }
+
+    /// Answers a trace request.
+    pub async fn respond_trace(&self, channel: ResponseChannel<TraceResponse>, response: TraceResponse) {
+        let _ = self.commands.send(Command::RespondTrace { channel, response }).await;
     }
 
     /// Sets which peers may connect (directory nodes) and which neighbours to keep dialled.
@@ -113,6 +131,7 @@ pub fn new(
         commands: command_rx,
         events: event_tx,
         pending: HashMap::new(),
+        pending_traces: HashMap::new(),
         neighbours: Vec::new(),
         dialing: HashSet::new(),
     };
@@ -125,6 +144,7 @@ pub struct EventLoop {
     commands: mpsc::Receiver<Command>,
     events: mpsc::Sender<NetworkEvent>,
     pending: HashMap<OutboundRequestId, (PeerId, oneshot::Sender<Result<TransferResponse, NetError>>)>,
+    pending_traces: HashMap<OutboundRequestId, oneshot::Sender<Result<TraceResponse, NetError>>>,
     neighbours: Vec<Neighbour>,
     dialing: HashSet<PeerId>,
 }
@@ -169,6 +189,13 @@ impl EventLoop {
                 // Fails only if the connection closed; the sender will retry and see a duplicate.
                 let _ = self.swarm.behaviour_mut().relay.send_response(channel, response);
             }
+            Command::Trace { peer, request, reply } => {
+                let id = self.swarm.behaviour_mut().trace.send_request(&peer, request);
+                self.pending_traces.insert(id, reply);
+            }
+            Command::RespondTrace { channel, response } => {
+                let _ = self.swarm.behaviour_mut().trace.send_response(channel, response);
+            }
             Command::SetPeers { allowed, neighbours } => {
                 let keep: HashSet<PeerId> = allowed.iter().copied().collect();
                 let old: Vec<PeerId> = self.swarm.behaviour().allowed.allowed_peers().iter().copied().collect();
@@ -195,6 +222,10 @@ impl EventLoop {
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
             SwarmEvent::Behaviour(BehaviourEvent::Relay(e)) => self.on_relay_event(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Trace(e)) => self.on_trace_event(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event { peer, result: Ok(rtt), .. })) => {
+                let _ = self.events.try_send(NetworkEvent::PeerRtt(peer, rtt));
+            }
             SwarmEvent::ConnectionEstablished { peer_id, num_established, endpoint, .. } => {
                 self.dialing.remove(&peer_id);
                 if num_established.get() == 1 {
@@ -215,6 +246,27 @@ impl EventLoop {
             SwarmEvent::NewListenAddr { address, .. } => tracing::info!(%address, "listening for nodes"),
             SwarmEvent::IncomingConnectionError { send_back_addr, error, .. } => {
                 tracing::warn!(from = %send_back_addr, %error, "refused an incoming connection");
+            }
+            _ => {}
+        }
+    }
+
+    fn on_trace_event(&mut self, event: request_response::Event<TraceRequest, TraceResponse>) {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request { request, channel, .. } => {
+                    let _ = self.events.try_send(NetworkEvent::Trace { peer, request, channel });
+                }
+                request_response::Message::Response { request_id, response } => {
+                    if let Some(reply) = self.pending_traces.remove(&request_id) {
+                        let _ = reply.send(Ok(response));
+                    }
+                }
+            },
+            request_response::Event::OutboundFailure { request_id, error, peer, .. } => {
+                if let Some(reply) = self.pending_traces.remove(&request_id) {
+                    let _ = reply.send(Err(NetError::Failed { peer, reason: error.to_string() }));
+                }
             }
             _ => {}
         }

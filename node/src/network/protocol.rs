@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 
 /// The libp2p protocol name of custody transfer.
 pub const RELAY_PROTOCOL: &str = "/gov-exchange/relay/1";
+/// The libp2p protocol name of message tracing (operators' `trace`).
+pub const TRACE_PROTOCOL: &str = "/gov-exchange/trace/1";
 
 /// One message handed to the next node.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -47,4 +49,20 @@ pub enum ParcelResult {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TransferResponse {
     pub results: Vec<ParcelResult>,
+}
+
+/// Asks a neighbour for the custody events it holds about one message.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TraceRequest {
+    #[serde(with = "serde_bytes")]
+    pub message_id: Vec<u8>,
+}
+
+/// The custody events for the message held by the asked node and, recursively, by the nodes it
+/// handed the message to or received it from (except the asker): the trace follows the tree.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TraceResponse {
+    pub events: Vec<exchange_wire::api::CustodyEvent>,
+    /// Nodes on the message's path that could not be asked.
+    pub unreachable: Vec<exchange_wire::NodeId>,
 }

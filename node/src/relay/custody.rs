@@ -57,11 +57,12 @@ impl Summary {
     }
 }
 
-/// A custody event row.
+/// A custody entry for the audit log.
 pub fn event(id: [u8; 32], at_ms: u64, event: &'static str, unit: Option<&UnitAddress>, peer: Option<&NodeId>, detail: Option<String>) -> EventRow {
     EventRow {
-        message_id: id,
         at_ms: at_ms as i64,
+        category: "custody",
+        message_id: Some(id),
         event,
         unit: unit.map(|u| u.to_string()),
         peer: peer.map(|p| p.to_string()),

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use exchange_wire::api::RecipientState;
 use exchange_wire::receipt::Hop;
-use exchange_wire::{Envelope, Kind, NodeId, UnitAddress};
+use exchange_wire::{Kind, NodeId, UnitAddress};
 use tokio::sync::Notify;
 
 use super::Engine;
@@ -93,7 +93,7 @@ pub async fn run(engine: Arc<Engine>, hop: NodeId, signals: Arc<Signals>) {
                         }
                     }
                 }
-                engine.after_acknowledged(&hop, &record);
+                engine.after_acknowledged(&hop, &sent, &record);
             }
             outcome => {
                 engine.metrics.send_failures.with_label_values(&[hop.as_str()]).inc();
@@ -118,6 +118,8 @@ pub async fn run(engine: Arc<Engine>, hop: NodeId, signals: Arc<Signals>) {
 pub struct Sent {
     pub seq: i64,
     pub message_id: [u8; 32],
+    pub kind: String,
+    pub enqueued_at_ms: i64,
     pub recipients: Vec<UnitAddress>,
     /// Kind, when this node is where the message entered the network (its status is tracked here).
     pub origin_kind: Option<Kind>,
@@ -129,8 +131,15 @@ fn to_request(items: Vec<OutboxItem>) -> (TransferRequest, Vec<Sent>) {
     for i in items {
         let recipients: Vec<UnitAddress> = serde_json::from_str(&i.recipients).unwrap_or_default();
         let hops: Vec<Hop> = serde_json::from_str(&i.hops).unwrap_or_default();
-        let origin_kind = (hops.len() == 1).then(|| Envelope::from_canonical_bytes(&i.header).ok().map(|e| e.kind)).flatten();
-        sent.push(Sent { seq: i.seq, message_id: i.message_id, recipients: recipients.clone(), origin_kind });
+        let origin_kind = if hops.len() == 1 { i.kind.parse().ok() } else { None };
+        sent.push(Sent {
+            seq: i.seq,
+            message_id: i.message_id,
+            kind: i.kind,
+            enqueued_at_ms: i.enqueued_at_ms,
+            recipients: recipients.clone(),
+            origin_kind,
+        });
         parcels.push(Parcel { header: i.header, signature: i.signature, payload: i.payload, recipients, hops });
     }
     (TransferRequest { parcels }, sent)

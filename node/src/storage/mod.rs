@@ -71,24 +71,49 @@ pub struct TrackingRow {
     pub receipt_id: Option<[u8; 32]>,
 }
 
-/// A custody fact for tracing.
+/// An entry for the hash-chained audit log: a custody fact (for tracing), a refusal or an admin action.
 #[derive(Debug, Clone)]
 pub struct EventRow {
-    pub message_id: [u8; 32],
     pub at_ms: i64,
+    /// `custody`, `refusal` or `admin`.
+    pub category: &'static str,
+    pub message_id: Option<[u8; 32]>,
     pub event: &'static str,
     pub unit: Option<String>,
     pub peer: Option<String>,
     pub detail: Option<String>,
 }
 
-/// An audit entry.
-#[derive(Debug, Clone)]
-pub struct AuditRow {
-    pub at_ms: i64,
-    pub category: &'static str,
-    pub source: String,
-    pub detail: String,
+impl EventRow {
+    /// The entry's hash: SHA-256 over the previous entry's hash and this entry's fields, each
+    /// length-prefixed (absent optional fields are a single 0 byte; present ones a 1 byte first).
+    pub fn chain_hash(&self, prev: &[u8; 32]) -> [u8; 32] {
+        self.chain_hash_with(prev, self.category, self.event)
+    }
+
+    /// [`Self::chain_hash`] with `category` and `event` given separately (as read back from storage).
+    pub fn chain_hash_with(&self, prev: &[u8; 32], category: &str, event: &str) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(b"GOVX-AUDIT-V1\0");
+        h.update(prev);
+        h.update(self.at_ms.to_be_bytes());
+        let mut put = |s: Option<&[u8]>| match s {
+            None => h.update([0u8]),
+            Some(b) => {
+                h.update([1u8]);
+                h.update((b.len() as u32).to_be_bytes());
+                h.update(b);
+            }
+        };
+        put(Some(category.as_bytes()));
+        put(self.message_id.as_ref().map(|m| m.as_slice()));
+        put(Some(event.as_bytes()));
+        put(self.unit.as_deref().map(str::as_bytes));
+        put(self.peer.as_deref().map(str::as_bytes));
+        put(self.detail.as_deref().map(str::as_bytes));
+        h.finalize().into()
+    }
 }
 
 /// Taking custody of one message: stored only if its id is new, together with everything that follows
@@ -111,11 +136,19 @@ pub struct Record {
     pub outbox_done: Vec<i64>,
     /// Outbox rows refused for good: kept as dead letters with the reason.
     pub outbox_dead: Vec<(i64, String)>,
-    /// Outbox rows whose send failed: attempt counter bumped.
-    pub outbox_failed: Vec<i64>,
     pub tracking: Vec<TrackingRow>,
     pub events: Vec<EventRow>,
-    pub audit: Vec<AuditRow>,
+}
+
+/// An operator's action on stored state; always recorded in the audit log with its `events`.
+#[derive(Debug, Clone)]
+pub enum AdminOp {
+    /// Put dead letters back in their queue (`None`: all of them).
+    ResendDead(Option<Vec<i64>>),
+    /// Delete dead letters for good (`None`: all of them).
+    PurgeDead(Option<Vec<i64>>),
+    /// Drop payloads and signed-for inbox entries of settled messages received before this time.
+    Retention { before_ms: i64 },
 }
 
 /// One unit of work for the group committer.
@@ -125,12 +158,15 @@ pub enum WriteJob {
     /// 签收: flip the inbox entry to signed-for and take custody of the receipt, atomically.
     SignFor { unit: String, message_id: [u8; 32], receipt: Custody },
     Record(Record),
+    Admin { op: AdminOp, events: Vec<EventRow> },
 }
 
 /// What became of one job.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JobOutcome {
     Stored,
+    /// An admin action changed this many items.
+    Affected(u64),
     /// The message id was already held; nothing was written.
     Duplicate,
     /// The job could not apply (for a sign-for: why).
@@ -142,6 +178,8 @@ pub enum JobOutcome {
 pub struct OutboxItem {
     pub seq: i64,
     pub message_id: [u8; 32],
+    pub kind: String,
+    pub enqueued_at_ms: i64,
     pub recipients: String,
     pub header: Vec<u8>,
     pub signature: Vec<u8>,
@@ -181,14 +219,50 @@ pub struct TrackingRecord {
     pub receipt_id: Option<Vec<u8>>,
 }
 
-/// An event as read.
+/// An audit-log entry as read.
 #[derive(Debug, Clone)]
 pub struct EventRecord {
+    pub seq: i64,
     pub at_ms: i64,
+    pub category: String,
+    pub message_id: Option<Vec<u8>>,
     pub event: String,
     pub unit: Option<String>,
     pub peer: Option<String>,
     pub detail: Option<String>,
+    pub hash: Vec<u8>,
+}
+
+/// The outbox toward one next hop.
+#[derive(Debug, Clone, Default)]
+pub struct QueueStat {
+    pub hop: String,
+    pub depth: i64,
+    pub bytes: i64,
+    pub oldest_enqueued_ms: Option<i64>,
+    pub dead: i64,
+}
+
+/// A dead letter as read.
+#[derive(Debug, Clone)]
+pub struct DeadLetterRecord {
+    pub seq: i64,
+    pub message_id: Vec<u8>,
+    pub hop: String,
+    pub recipients: String,
+    pub reason: String,
+    pub enqueued_at_ms: i64,
+    pub attempts: i64,
+}
+
+/// The result of re-computing the audit chain.
+#[derive(Debug, Clone)]
+pub struct ChainCheck {
+    pub entries: u64,
+    pub head_seq: i64,
+    pub head_hash: [u8; 32],
+    /// The first entry that does not follow, and why.
+    pub first_break: Option<(i64, String)>,
 }
 
 /// The storage interface. Every method is a single transaction.
@@ -199,15 +273,24 @@ pub trait Store: Send + Sync + 'static {
     /// Up to `max_messages` (and about `max_bytes`) live outbox entries for `hop`, urgent first.
     fn outbox_batch<'a>(&'a self, hop: &'a str, max_messages: usize, max_bytes: usize)
         -> BoxFuture<'a, Result<Vec<OutboxItem>, StorageError>>;
-    /// Live outbox depth per next hop.
-    fn outbox_depths(&self) -> BoxFuture<'_, Result<Vec<(String, i64)>, StorageError>>;
     /// A unit's inbox after `after`.
     fn inbox<'a>(&'a self, unit: &'a str, after: i64, limit: u32) -> BoxFuture<'a, Result<Vec<InboxRecord>, StorageError>>;
     /// One inbox entry.
     fn inbox_entry<'a>(&'a self, unit: &'a str, id: &'a [u8; 32]) -> BoxFuture<'a, Result<Option<InboxRecord>, StorageError>>;
     fn message<'a>(&'a self, id: &'a [u8; 32]) -> BoxFuture<'a, Result<Option<StoredMessage>, StorageError>>;
     fn tracking<'a>(&'a self, id: &'a [u8; 32]) -> BoxFuture<'a, Result<Vec<TrackingRecord>, StorageError>>;
+    /// Audit-log entries about one message (its custody events), in order.
     fn events<'a>(&'a self, id: &'a [u8; 32]) -> BoxFuture<'a, Result<Vec<EventRecord>, StorageError>>;
+    /// A page of the audit log after `after`.
+    fn audit_page(&self, after: i64, limit: u32) -> BoxFuture<'_, Result<Vec<EventRecord>, StorageError>>;
+    /// Re-computes the whole audit chain.
+    fn audit_verify(&self) -> BoxFuture<'_, Result<ChainCheck, StorageError>>;
+    /// Outbox statistics per next hop (live entries and dead letters).
+    fn queue_stats(&self) -> BoxFuture<'_, Result<Vec<QueueStat>, StorageError>>;
+    /// All dead letters.
+    fn dead_letters(&self) -> BoxFuture<'_, Result<Vec<DeadLetterRecord>, StorageError>>;
+    /// Proves the database takes writes now (takes the write lock and lets go), writing nothing.
+    fn check_writable(&self) -> BoxFuture<'_, Result<(), StorageError>>;
     /// Highest inbox sequence number (0 when empty).
     fn inbox_head(&self) -> BoxFuture<'_, Result<i64, StorageError>>;
 }

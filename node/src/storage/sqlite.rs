@@ -20,6 +20,8 @@ const ROWS_PER_STATEMENT: usize = 400;
 pub struct SqliteStore {
     writer: SqlitePool,
     readers: SqlitePool,
+    /// Hash of the last audit-log entry; only the committer writes, so this is the chain's head.
+    chain_head: std::sync::Mutex<[u8; 32]>,
 }
 
 impl SqliteStore {
@@ -45,7 +47,14 @@ impl SqliteStore {
             .max_lifetime(None)
             .connect_with(base.read_only(true))
             .await?;
-        Ok(SqliteStore { writer, readers })
+        let head: Option<Vec<u8>> = sqlx::query_scalar("SELECT hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&writer)
+            .await?;
+        let head = match head {
+            Some(h) => <[u8; 32]>::try_from(h.as_slice()).map_err(|_| StorageError::Corrupt("an audit hash is not 32 bytes".into()))?,
+            None => [0; 32],
+        };
+        Ok(SqliteStore { writer, readers, chain_head: std::sync::Mutex::new(head) })
     }
 }
 
@@ -66,7 +75,6 @@ struct Rows<'a> {
     inbox: Vec<&'a InboxRow>,
     tracking: Vec<&'a TrackingRow>,
     events: Vec<&'a EventRow>,
-    audit: Vec<&'a AuditRow>,
 }
 
 impl<'a> Rows<'a> {
@@ -91,7 +99,6 @@ impl<'a> Rows<'a> {
     fn add_record(&mut self, r: &'a Record) {
         self.tracking.extend(&r.tracking);
         self.events.extend(&r.events);
-        self.audit.extend(&r.audit);
     }
 }
 
@@ -179,44 +186,41 @@ async fn insert_rows(tx: &mut Transaction<'_, Sqlite>, rows: &Rows<'_>) -> Resul
         );
         q.build().execute(&mut **tx).await?;
     }
-    for chunk in rows.events.chunks(ROWS_PER_STATEMENT / 2) {
-        QueryBuilder::<Sqlite>::new("INSERT INTO events (message_id, at_ms, event, unit, peer, detail) ")
-            .push_values(chunk, |mut b, e| {
-                b.push_bind(e.message_id.as_slice())
-                    .push_bind(e.at_ms)
+    Ok(())
+}
+
+/// Appends audit-log entries, chaining each to the one before; returns the new head hash.
+async fn append_audit(tx: &mut Transaction<'_, Sqlite>, events: &[&EventRow], mut head: [u8; 32]) -> Result<[u8; 32], sqlx::Error> {
+    let hashes: Vec<[u8; 32]> = events
+        .iter()
+        .map(|e| {
+            head = e.chain_hash(&head);
+            head
+        })
+        .collect();
+    let rows: Vec<(&&EventRow, &[u8; 32])> = events.iter().zip(&hashes).collect();
+    for chunk in rows.chunks(ROWS_PER_STATEMENT / 2) {
+        QueryBuilder::<Sqlite>::new("INSERT INTO audit_log (at_ms, category, message_id, event, unit, peer, detail, hash) ")
+            .push_values(chunk, |mut b, (e, hash)| {
+                b.push_bind(e.at_ms)
+                    .push_bind(e.category)
+                    .push_bind(e.message_id.as_ref().map(|m| m.as_slice()))
                     .push_bind(e.event)
                     .push_bind(e.unit.as_deref())
                     .push_bind(e.peer.as_deref())
-                    .push_bind(e.detail.as_deref());
+                    .push_bind(e.detail.as_deref())
+                    .push_bind(hash.as_slice());
             })
             .build()
             .execute(&mut **tx)
             .await?;
     }
-    for chunk in rows.audit.chunks(ROWS_PER_STATEMENT / 2) {
-        QueryBuilder::<Sqlite>::new("INSERT INTO audit (at_ms, category, source, detail) ")
-            .push_values(chunk, |mut b, a| {
-                b.push_bind(a.at_ms).push_bind(a.category).push_bind(a.source.as_str()).push_bind(a.detail.as_str());
-            })
-            .build()
-            .execute(&mut **tx)
-            .await?;
-    }
-    Ok(())
+    Ok(head)
 }
 
 async fn apply_outbox_record(tx: &mut Transaction<'_, Sqlite>, r: &Record) -> Result<(), sqlx::Error> {
     for chunk in r.outbox_done.chunks(ROWS_PER_STATEMENT) {
         let mut q = QueryBuilder::<Sqlite>::new("DELETE FROM outbox WHERE seq IN (");
-        let mut sep = q.separated(", ");
-        for s in chunk {
-            sep.push_bind(*s);
-        }
-        q.push(")");
-        q.build().execute(&mut **tx).await?;
-    }
-    for chunk in r.outbox_failed.chunks(ROWS_PER_STATEMENT) {
-        let mut q = QueryBuilder::<Sqlite>::new("UPDATE outbox SET attempts = attempts + 1 WHERE seq IN (");
         let mut sep = q.separated(", ");
         for s in chunk {
             sep.push_bind(*s);
@@ -232,6 +236,53 @@ async fn apply_outbox_record(tx: &mut Transaction<'_, Sqlite>, r: &Record) -> Re
             .await?;
     }
     Ok(())
+}
+
+/// `WHERE seq IN (...)` for a selection, or nothing for all.
+fn push_selection(q: &mut QueryBuilder<Sqlite>, seqs: &Option<Vec<i64>>) {
+    if let Some(seqs) = seqs {
+        q.push(" AND seq IN (");
+        let mut sep = q.separated(", ");
+        for s in seqs {
+            sep.push_bind(*s);
+        }
+        sep.push_unseparated(")");
+    }
+}
+
+async fn apply_admin(tx: &mut Transaction<'_, Sqlite>, op: &AdminOp) -> Result<u64, sqlx::Error> {
+    Ok(match op {
+        AdminOp::ResendDead(seqs) | AdminOp::PurgeDead(seqs) if seqs.as_ref().is_some_and(|s| s.is_empty()) => 0,
+        AdminOp::ResendDead(seqs) => {
+            let mut q = QueryBuilder::<Sqlite>::new("UPDATE outbox SET dead_reason = NULL, attempts = 0 WHERE dead_reason IS NOT NULL");
+            push_selection(&mut q, seqs);
+            q.build().execute(&mut **tx).await?.rows_affected()
+        }
+        AdminOp::PurgeDead(seqs) => {
+            let mut q = QueryBuilder::<Sqlite>::new("DELETE FROM outbox WHERE dead_reason IS NOT NULL");
+            push_selection(&mut q, seqs);
+            q.build().execute(&mut **tx).await?.rows_affected()
+        }
+        AdminOp::Retention { before_ms } => {
+            // Settled: signed for (or never delivered here) and not waiting in any outbox. The id row
+            // stays, so a late re-send is still recognised as a duplicate.
+            let inbox = sqlx::query("DELETE FROM inbox WHERE delivered_at_ms < $1 AND state = 'signed-for'")
+                .bind(*before_ms)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected();
+            let payloads = sqlx::query(
+                "UPDATE messages SET payload = x'' WHERE received_at_ms < $1 AND length(payload) > 0 \
+                 AND id NOT IN (SELECT message_id FROM outbox) \
+                 AND id NOT IN (SELECT message_id FROM inbox)",
+            )
+            .bind(*before_ms)
+            .execute(&mut **tx)
+            .await?
+            .rows_affected();
+            inbox + payloads
+        }
+    })
 }
 
 /// The sign-for state change; `Ok(None)` when it applied, `Ok(Some(outcome))` when it did not.
@@ -291,6 +342,44 @@ fn inbox_record(r: sqlx::sqlite::SqliteRow) -> Result<InboxRecord, StorageError>
     })
 }
 
+const AUDIT_SELECT: &str = "SELECT seq, at_ms, category, message_id, event, unit, peer, detail, hash FROM audit_log ";
+
+fn event_record(r: sqlx::sqlite::SqliteRow) -> EventRecord {
+    EventRecord {
+        seq: r.get(0),
+        at_ms: r.get(1),
+        category: r.get(2),
+        message_id: r.get(3),
+        event: r.get(4),
+        unit: r.get(5),
+        peer: r.get(6),
+        detail: r.get(7),
+        hash: r.get(8),
+    }
+}
+
+/// Why entry `e` does not follow from the previous hash, if it does not.
+fn chain_mismatch(e: &EventRecord, prev: &[u8; 32]) -> Option<String> {
+    let message_id = match e.message_id.as_deref().map(<[u8; 32]>::try_from) {
+        None => None,
+        Some(Ok(id)) => Some(id),
+        Some(Err(_)) => return Some("its message id is not 32 bytes: the entry was altered".into()),
+    };
+    // The static strings of a live entry are owned here; leak-free by hashing through a borrowed row.
+    let row = EventRow {
+        at_ms: e.at_ms,
+        category: "",
+        message_id,
+        event: "",
+        unit: e.unit.clone(),
+        peer: e.peer.clone(),
+        detail: e.detail.clone(),
+    };
+    let expected = row.chain_hash_with(prev, &e.category, &e.event);
+    (expected.as_slice() != e.hash.as_slice())
+        .then(|| "its hash does not follow from its content and the previous entry: this entry (or the one before it) was altered, or an entry was removed".to_string())
+}
+
 const INBOX_SELECT: &str = "SELECT i.seq, i.message_id, i.delivered_at_ms, i.state, m.header, m.signature, m.payload \
      FROM inbox i JOIN messages m ON m.id = i.message_id ";
 
@@ -302,7 +391,7 @@ impl Store for SqliteStore {
             for j in jobs {
                 match j {
                     WriteJob::Custody(c) | WriteJob::SignFor { receipt: c, .. } => collect_ids(c, &mut ids),
-                    WriteJob::Record(_) => {}
+                    WriteJob::Record(_) | WriteJob::Admin { .. } => {}
                 }
             }
             let mut held = existing_ids(&mut tx, &ids).await?;
@@ -328,11 +417,19 @@ impl Store for SqliteStore {
                         rows.add_record(r);
                         JobOutcome::Stored
                     }
+                    WriteJob::Admin { op, events } => {
+                        let n = apply_admin(&mut tx, op).await?;
+                        rows.events.extend(events);
+                        JobOutcome::Affected(n)
+                    }
                 };
                 outcomes.push(outcome);
             }
             insert_rows(&mut tx, &rows).await?;
+            let head = *self.chain_head.lock().expect("chain head lock");
+            let new_head = append_audit(&mut tx, &rows.events, head).await?;
             tx.commit().await?;
+            *self.chain_head.lock().expect("chain head lock") = new_head;
             Ok(outcomes)
         })
     }
@@ -341,7 +438,7 @@ impl Store for SqliteStore {
         -> BoxFuture<'a, Result<Vec<OutboxItem>, StorageError>> {
         Box::pin(async move {
             let rows = sqlx::query(
-                "SELECT o.seq, o.message_id, o.recipients, m.header, m.signature, m.payload, m.hops \
+                "SELECT o.seq, o.message_id, o.recipients, m.header, m.signature, m.payload, m.hops, m.kind, o.enqueued_at_ms \
                  FROM outbox o JOIN messages m ON m.id = o.message_id \
                  WHERE o.next_hop = $1 AND o.dead_reason IS NULL ORDER BY o.priority, o.seq LIMIT $2",
             )
@@ -365,18 +462,11 @@ impl Store for SqliteStore {
                     signature: r.get(4),
                     payload,
                     hops: r.get(6),
+                    kind: r.get(7),
+                    enqueued_at_ms: r.get(8),
                 });
             }
             Ok(out)
-        })
-    }
-
-    fn outbox_depths(&self) -> BoxFuture<'_, Result<Vec<(String, i64)>, StorageError>> {
-        Box::pin(async move {
-            let rows = sqlx::query("SELECT next_hop, COUNT(*) FROM outbox WHERE dead_reason IS NULL GROUP BY next_hop")
-                .fetch_all(&self.readers)
-                .await?;
-            Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
         })
     }
 
@@ -437,14 +527,102 @@ impl Store for SqliteStore {
 
     fn events<'a>(&'a self, id: &'a [u8; 32]) -> BoxFuture<'a, Result<Vec<EventRecord>, StorageError>> {
         Box::pin(async move {
-            let rows = sqlx::query("SELECT at_ms, event, unit, peer, detail FROM events WHERE message_id = $1 ORDER BY seq")
+            let rows = sqlx::query(sqlx::AssertSqlSafe(format!("{AUDIT_SELECT} WHERE message_id = $1 ORDER BY seq")))
                 .bind(id.as_slice())
                 .fetch_all(&self.readers)
                 .await?;
+            Ok(rows.into_iter().map(event_record).collect())
+        })
+    }
+
+    fn audit_page(&self, after: i64, limit: u32) -> BoxFuture<'_, Result<Vec<EventRecord>, StorageError>> {
+        Box::pin(async move {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(format!("{AUDIT_SELECT} WHERE seq > $1 ORDER BY seq LIMIT $2")))
+                .bind(after)
+                .bind(limit as i64)
+                .fetch_all(&self.readers)
+                .await?;
+            Ok(rows.into_iter().map(event_record).collect())
+        })
+    }
+
+    fn audit_verify(&self) -> BoxFuture<'_, Result<ChainCheck, StorageError>> {
+        Box::pin(async move {
+            let mut check = ChainCheck { entries: 0, head_seq: 0, head_hash: [0; 32], first_break: None };
+            let mut prev_seq = 0i64;
+            loop {
+                let page = self.audit_page(prev_seq, 5000).await?;
+                if page.is_empty() {
+                    return Ok(check);
+                }
+                for e in page {
+                    check.entries += 1;
+                    if check.first_break.is_none() {
+                        if e.seq != prev_seq + 1 {
+                            check.first_break = Some((
+                                e.seq,
+                                format!("entries {} to {} are missing: deleted from the log", prev_seq + 1, e.seq - 1),
+                            ));
+                        } else if let Some(why) = chain_mismatch(&e, &check.head_hash) {
+                            check.first_break = Some((e.seq, why));
+                        }
+                    }
+                    prev_seq = e.seq;
+                    check.head_seq = e.seq;
+                    check.head_hash = <[u8; 32]>::try_from(e.hash.as_slice()).unwrap_or([0; 32]);
+                }
+            }
+        })
+    }
+
+    fn queue_stats(&self) -> BoxFuture<'_, Result<Vec<QueueStat>, StorageError>> {
+        Box::pin(async move {
+            let rows = sqlx::query(
+                "SELECT o.next_hop, \
+                        SUM(o.dead_reason IS NULL), \
+                        COALESCE(SUM(CASE WHEN o.dead_reason IS NULL THEN length(m.payload) ELSE 0 END), 0), \
+                        MIN(CASE WHEN o.dead_reason IS NULL THEN o.enqueued_at_ms END), \
+                        SUM(o.dead_reason IS NOT NULL) \
+                 FROM outbox o JOIN messages m ON m.id = o.message_id GROUP BY o.next_hop",
+            )
+            .fetch_all(&self.readers)
+            .await?;
             Ok(rows
                 .into_iter()
-                .map(|r| EventRecord { at_ms: r.get(0), event: r.get(1), unit: r.get(2), peer: r.get(3), detail: r.get(4) })
+                .map(|r| QueueStat { hop: r.get(0), depth: r.get(1), bytes: r.get(2), oldest_enqueued_ms: r.get(3), dead: r.get(4) })
                 .collect())
+        })
+    }
+
+    fn dead_letters(&self) -> BoxFuture<'_, Result<Vec<DeadLetterRecord>, StorageError>> {
+        Box::pin(async move {
+            let rows = sqlx::query(
+                "SELECT seq, message_id, next_hop, recipients, dead_reason, enqueued_at_ms, attempts FROM outbox \
+                 WHERE dead_reason IS NOT NULL ORDER BY seq",
+            )
+            .fetch_all(&self.readers)
+            .await?;
+            Ok(rows
+                .into_iter()
+                .map(|r| DeadLetterRecord {
+                    seq: r.get(0),
+                    message_id: r.get(1),
+                    hop: r.get(2),
+                    recipients: r.get(3),
+                    reason: r.get(4),
+                    enqueued_at_ms: r.get(5),
+                    attempts: r.get(6),
+                })
+                .collect())
+        })
+    }
+
+    fn check_writable(&self) -> BoxFuture<'_, Result<(), StorageError>> {
+        Box::pin(async move {
+            let mut conn = self.writer.acquire().await?;
+            sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+            sqlx::query("ROLLBACK").execute(&mut *conn).await?;
+            Ok(())
         })
     }
 

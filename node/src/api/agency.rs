@@ -1,0 +1,149 @@
+//! The agency API: documents in, inboxes out, receipts, status.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use exchange_wire::api::{BatchItemResult, BatchSubmitRequest, BatchSubmitResponse, InboxResponse, SignedMessage};
+use serde::Deserialize;
+
+use super::{AppState, json, parse_body, parse_id, parse_unit, refuse, with_health};
+use crate::relay::Refusal;
+
+async fn submit(State(engine): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
+    let msg: SignedMessage = match parse_body(&engine, body).await {
+        Ok(m) => m,
+        Err(r) => return r.into_response(),
+    };
+    match engine.submit(vec![msg]).await.pop() {
+        Some(BatchItemResult::Accepted(ok)) => {
+            json(if ok.duplicate { StatusCode::OK } else { StatusCode::ACCEPTED }, &ok)
+        }
+        Some(BatchItemResult::Refused(body)) => {
+            let status = refusal_status(&body.error);
+            json(status, &body)
+        }
+        None => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+/// The HTTP status of a refusal code (used where only the body survived a batch).
+fn refusal_status(code: &str) -> StatusCode {
+    match code {
+        "bad-signature" | "unknown-sender" | "wrong-node" | "wrong-signer" => StatusCode::FORBIDDEN,
+        "unknown-unit" | "no-route" => StatusCode::UNPROCESSABLE_ENTITY,
+        "payload-too-large" => StatusCode::PAYLOAD_TOO_LARGE,
+        "not-found" => StatusCode::NOT_FOUND,
+        "conflict" => StatusCode::CONFLICT,
+        "storage" => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::BAD_REQUEST,
+    }
+}
+
+async fn submit_batch(State(engine): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
+    let req: BatchSubmitRequest = match parse_body(&engine, body).await {
+        Ok(m) => m,
+        Err(r) => return r.into_response(),
+    };
+    if req.messages.len() > 1000 {
+        let r = Refusal::malformed(format!("a batch holds at most 1000 messages, not {}", req.messages.len()));
+        engine.refused_input(&r).await;
+        return r.into_response();
+    }
+    let results = engine.submit(req.messages).await;
+    json(StatusCode::OK, &BatchSubmitResponse { results })
+}
+
+async fn status(State(engine): State<AppState>, Path(id): Path<String>) -> Response {
+    match parse_id(&engine, &id).await {
+        Ok(id) => match engine.status(&id).await {
+            Ok(s) => json(StatusCode::OK, &s),
+            Err(r) => r.into_response(),
+        },
+        Err(r) => r.into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct InboxQuery {
+    #[serde(default)]
+    after: i64,
+    #[serde(default = "default_limit")]
+    limit: u32,
+    #[serde(default)]
+    wait_ms: u64,
+}
+
+fn default_limit() -> u32 {
+    100
+}
+
+async fn inbox(
+    State(engine): State<AppState>,
+    Path((node, unit)): Path<(String, String)>,
+    query: Result<Query<InboxQuery>, QueryRejection>,
+) -> Response {
+    let unit = match parse_unit(&engine, &node, &unit).await {
+        Ok(u) => u,
+        Err(r) => return r.into_response(),
+    };
+    let q = match query {
+        Ok(Query(q)) => q,
+        Err(e) => {
+            let r = Refusal::malformed(format!("query parameters are invalid ({}): use after=<seq>, limit=1..1000, wait_ms=<ms>", e.body_text()));
+            return refuse(&engine, r).await.into_response();
+        }
+    };
+    let wait = Duration::from_millis(q.wait_ms.min(engine.api_max_wait_ms));
+    match engine.inbox(&unit, q.after, q.limit, wait).await {
+        Ok(items) => {
+            let next_after = items.last().map(|i| i.seq).unwrap_or(q.after);
+            json(StatusCode::OK, &InboxResponse { unit, items, next_after })
+        }
+        Err(r) => r.into_response(),
+    }
+}
+
+async fn sign_for(
+    State(engine): State<AppState>,
+    Path((node, unit, id)): Path<(String, String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let unit = match parse_unit(&engine, &node, &unit).await {
+        Ok(u) => u,
+        Err(r) => return r.into_response(),
+    };
+    let id = match parse_id(&engine, &id).await {
+        Ok(i) => i,
+        Err(r) => return r.into_response(),
+    };
+    let receipt: SignedMessage = match parse_body(&engine, body).await {
+        Ok(m) => m,
+        Err(r) => return r.into_response(),
+    };
+    match engine.sign_for(&unit, &id, receipt).await {
+        Ok(ok) => json(if ok.duplicate { StatusCode::OK } else { StatusCode::ACCEPTED }, &ok),
+        Err(r) => r.into_response(),
+    }
+}
+
+/// The agency API.
+pub fn router(engine: AppState) -> Router {
+    // Base64 inflates payloads by 4/3; leave room for the envelope and a batch of small messages.
+    let body_limit = (engine.limits.max_payload_bytes as usize) / 3 * 4 + 1024 * 1024;
+    with_health(Router::new()
+        .route("/v1/messages", post(submit))
+        .route("/v1/messages:batch", post(submit_batch))
+        .route("/v1/messages/{id}", get(status))
+        .route("/v1/units/{node}/{unit}/inbox", get(inbox))
+        .route("/v1/units/{node}/{unit}/inbox/{id}/sign-for", post(sign_for))
+        .layer(DefaultBodyLimit::max(body_limit.max(16 * 1024 * 1024)))
+        )
+        .with_state(engine)
+}
+

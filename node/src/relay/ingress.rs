@@ -1,0 +1,363 @@
+//! Messages handed to this node: documents from agencies, batches from neighbours, and 签收 receipts.
+//! Each is decoded, checked against the directory, verified (in batches), decided by the custody
+//! rules and committed; the answer goes out only after the commit.
+
+use std::sync::Arc;
+
+use exchange_wire::api::{BatchItemResult, SignForResponse, SignedMessage, SubmitResponse};
+use exchange_wire::envelope::verify_batch;
+use exchange_wire::receipt::{Hop, Receipt};
+use exchange_wire::{Envelope, EnvelopeError, Kind, MessageId, NodeId, SignedEnvelope, UnitAddress};
+use libp2p::PeerId;
+use libp2p::request_response::ResponseChannel;
+
+use super::custody::{self, Incoming};
+use super::{Engine, Refusal, Refused};
+use crate::directory::Directory;
+use crate::network::protocol::{Parcel, ParcelResult, TransferRequest, TransferResponse};
+use crate::storage::{JobOutcome, WriteJob};
+
+/// A decoded message, not yet verified.
+pub(crate) struct Candidate {
+    signed: SignedEnvelope,
+    payload: Vec<u8>,
+    /// The recipients this node becomes responsible for.
+    recipients: Vec<UnitAddress>,
+    hops: Vec<Hop>,
+}
+
+/// A 签收 in progress: whose inbox, which message.
+struct SignFor {
+    unit: UnitAddress,
+    message_id: MessageId,
+}
+
+fn storage_refusal() -> Refusal {
+    Refusal {
+        code: "storage",
+        message: "the node could not store the message; nothing was accepted, try again later".into(),
+        status: 503,
+        transient: true,
+    }
+}
+
+/// Collects the refusals among `results` for [`Engine::refused`].
+fn refusals<'a, T>(results: &'a [Result<T, Refusal>], ids: &[(Option<MessageId>, Option<Kind>)]) -> Vec<Refused<'a>> {
+    results
+        .iter()
+        .zip(ids)
+        .filter_map(|(r, (id, kind))| r.as_ref().err().map(|refusal| Refused { id: *id, kind: *kind, refusal }))
+        .collect()
+}
+
+impl Engine {
+    /// Submissions from agencies: verify, take custody, answer after the commit.
+    pub async fn submit(self: &Arc<Self>, messages: Vec<SignedMessage>) -> Vec<BatchItemResult> {
+        let dir = self.dir.current();
+        let ids: Vec<(Option<MessageId>, Option<Kind>)> =
+            messages.iter().map(|m| (Some(m.envelope.message_id()), Some(m.envelope.kind))).collect();
+        let decoded: Vec<Result<Candidate, Refusal>> = messages.iter().map(|m| self.decode_submission(&dir, m)).collect();
+        drop(messages);
+        let results = self.verify_and_take(&dir, None, decoded, None).await;
+        self.refused("agency", &refusals(&results, &ids)).await;
+        let now = exchange_wire::now_ms();
+        results
+            .into_iter()
+            .zip(ids)
+            .map(|(r, (id, _))| match r {
+                Ok(outcome) => BatchItemResult::Accepted(SubmitResponse {
+                    id: id.expect("every submission has an id"),
+                    duplicate: outcome == JobOutcome::Duplicate,
+                    accepted_at_ms: now,
+                }),
+                Err(e) => BatchItemResult::Refused(e.body()),
+            })
+            .collect()
+    }
+
+    /// Checks a submission from an agency up to (not including) the signature.
+    fn decode_submission(&self, dir: &Directory, m: &SignedMessage) -> Result<Candidate, Refusal> {
+        let env = &m.envelope;
+        if env.kind != Kind::Document {
+            return Err(Refusal::new(
+                "unsupported-kind",
+                400,
+                format!("agencies submit documents here; a {} is sent through its own endpoint", env.kind),
+            ));
+        }
+        self.check_size(env.payload_size)?;
+        match dir.home_of(&env.sender) {
+            Some(home) if home == self.here => {}
+            None => return Err(Refusal::new("unknown-sender", 403, format!("sender {} is not in the directory", env.sender))),
+            Some(home) => {
+                return Err(Refusal::new(
+                    "wrong-node",
+                    403,
+                    format!("sender {} belongs to node {home}; submit through that node", env.sender),
+                ));
+            }
+        }
+        let (signed, payload) = m.decode()?;
+        // Unknown recipients are refused here, at ingress, never dropped further on.
+        crate::routing::plan(dir, &self.here, signed.envelope.recipients())?;
+        let recipients = signed.envelope.recipients().cloned().collect();
+        Ok(Candidate { signed, payload, recipients, hops: vec![] })
+    }
+
+    fn check_size(&self, size: u64) -> Result<(), Refusal> {
+        if size > self.limits.max_payload_bytes {
+            return Err(Refusal::new(
+                "payload-too-large",
+                413,
+                format!(
+                    "payload is {size} bytes; this node accepts at most {} bytes (limits.max_payload_bytes)",
+                    self.limits.max_payload_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A batch handed over by a neighbour: verify each parcel, commit, answer after the commit.
+    pub(crate) async fn inbound(self: Arc<Self>, peer: PeerId, request: TransferRequest, channel: ResponseChannel<TransferResponse>) {
+        let dir = self.dir.current();
+        let Some(from) = dir.node_by_peer(&peer).map(|n| n.id.clone()) else {
+            // The allow list should have stopped it; refuse everything without storing anything.
+            let r = Refusal::new("unknown-peer", 403, format!("peer {peer} is not a node in the directory"));
+            self.refused(&peer.to_string(), &[Refused { id: None, kind: None, refusal: &r }]).await;
+            let results = request.parcels.iter().map(|_| ParcelResult::Refused { code: r.code.into(), reason: r.message.clone() }).collect();
+            self.net.respond(channel, TransferResponse { results }).await;
+            return;
+        };
+        let ids: Vec<(Option<MessageId>, Option<Kind>)> = request
+            .parcels
+            .iter()
+            .map(|p| match Envelope::from_canonical_bytes(&p.header) {
+                Ok(e) => (Some(e.message_id()), Some(e.kind)),
+                Err(_) => (None, None),
+            })
+            .collect();
+        let decoded: Vec<Result<Candidate, Refusal>> = request.parcels.into_iter().map(|p| self.decode_parcel(p)).collect();
+        let results = self.verify_and_take(&dir, Some(&from), decoded, None).await;
+        self.refused(from.as_str(), &refusals(&results, &ids)).await;
+        if results.iter().any(|r| matches!(r, Err(e) if e.transient)) {
+            // Storage trouble: say nothing, so the neighbour keeps custody and retries.
+            return;
+        }
+        let results = results
+            .into_iter()
+            .map(|r| match r {
+                Ok(JobOutcome::Duplicate) => ParcelResult::Duplicate,
+                Ok(_) => ParcelResult::Stored,
+                Err(e) => ParcelResult::Refused { code: e.code.into(), reason: e.message },
+            })
+            .collect();
+        self.net.respond(channel, TransferResponse { results }).await;
+    }
+
+    fn decode_parcel(&self, p: Parcel) -> Result<Candidate, Refusal> {
+        let sig: [u8; 64] = p.signature.as_slice().try_into().map_err(|_| Refusal::malformed("signature is not 64 bytes"))?;
+        let signed = SignedEnvelope::from_canonical(p.header, sig)?;
+        let env = &signed.envelope;
+        env.check_shape()?;
+        self.check_size(env.payload_size)?;
+        env.check_payload(&p.payload)?;
+        if p.recipients.is_empty() || !p.recipients.iter().all(|r| env.recipients().any(|e| e == r)) {
+            return Err(Refusal::malformed("parcel names recipients that the envelope does not"));
+        }
+        Ok(Candidate { signed, payload: p.payload, recipients: p.recipients, hops: p.hops })
+    }
+
+    /// 签收: a recipient signs for a message in its inbox with a receipt signed by its own key.
+    pub async fn sign_for(
+        self: &Arc<Self>,
+        unit: &UnitAddress,
+        message_id: &MessageId,
+        receipt: SignedMessage,
+    ) -> Result<SignForResponse, Refusal> {
+        let dir = self.dir.current();
+        let receipt_id = receipt.envelope.message_id();
+        let refuse = |r: Refusal| async move {
+            self.refused("agency", &[Refused { id: Some(receipt_id), kind: Some(Kind::Receipt), refusal: &r }]).await;
+            Err(r)
+        };
+        let candidate = match self.check_sign_for(&dir, unit, message_id, &receipt).await {
+            Ok(c) => c,
+            Err(r) => return refuse(r).await,
+        };
+        let sign_for = SignFor { unit: unit.clone(), message_id: *message_id };
+        let result = self.verify_and_take(&dir, None, vec![Ok(candidate)], Some(sign_for)).await.pop().expect("one result");
+        match result {
+            Ok(JobOutcome::Duplicate) => Ok(SignForResponse { message_id: *message_id, receipt_id, duplicate: true }),
+            Ok(JobOutcome::Conflict(reason)) => refuse(Refusal::new("conflict", 409, reason)).await,
+            Ok(_) => {
+                self.metrics.receipts.with_label_values(&["signed-for", "issued"]).inc();
+                Ok(SignForResponse { message_id: *message_id, receipt_id, duplicate: false })
+            }
+            Err(r) => refuse(r).await,
+        }
+    }
+
+    async fn check_sign_for(
+        &self,
+        dir: &Directory,
+        unit: &UnitAddress,
+        message_id: &MessageId,
+        receipt: &SignedMessage,
+    ) -> Result<Candidate, Refusal> {
+        if dir.home_of(unit).as_ref() != Some(&self.here) {
+            return Err(Refusal::new("not-found", 404, format!("unit {unit} is not hosted on node {}", self.here)));
+        }
+        let env = &receipt.envelope;
+        let facts = Receipt::from_envelope(env)?;
+        if &env.sender != unit {
+            return Err(Refusal::new("wrong-signer", 403, format!("the receipt is from {} but the inbox is {unit}'s", env.sender)));
+        }
+        if &facts.for_message != message_id {
+            return Err(Refusal::malformed(format!("the receipt is for message {}, not {message_id}", facts.for_message)));
+        }
+        let entry = self
+            .store
+            .inbox_entry(unit.as_str(), &message_id.0)
+            .await?
+            .ok_or_else(|| Refusal::new("not-found", 404, format!("message {message_id} is not in the inbox of {unit}")))?;
+        let original = Envelope::from_canonical_bytes(&entry.header).map_err(|e| {
+            tracing::error!(error = %e, "a stored header does not parse");
+            Refusal::new("storage", 500, "stored message is unreadable")
+        })?;
+        if original.kind != Kind::Document {
+            return Err(Refusal::new(
+                "unsupported-kind",
+                400,
+                format!("message {message_id} is a {}; only documents are signed for", original.kind),
+            ));
+        }
+        if env.to != [original.sender.clone()] {
+            return Err(Refusal::malformed(format!("a receipt for this message goes to its sender {}", original.sender)));
+        }
+        let (signed, payload) = receipt.decode()?;
+        Ok(Candidate { signed, payload, recipients: vec![original.sender], hops: vec![] })
+    }
+
+    /// Verifies, decides and commits decoded candidates together. One result per input, in order.
+    async fn verify_and_take(
+        self: &Arc<Self>,
+        dir: &Arc<Directory>,
+        from: Option<&NodeId>,
+        decoded: Vec<Result<Candidate, Refusal>>,
+        sign_for: Option<SignFor>,
+    ) -> Vec<Result<JobOutcome, Refusal>> {
+        let mut results: Vec<Option<Result<JobOutcome, Refusal>>> = Vec::with_capacity(decoded.len());
+        let mut candidates = Vec::new();
+        let mut positions = Vec::new();
+        for (i, d) in decoded.into_iter().enumerate() {
+            match d {
+                Ok(c) => {
+                    candidates.push(c);
+                    positions.push(i);
+                    results.push(None);
+                }
+                Err(r) => results.push(Some(Err(r))),
+            }
+        }
+        let verdicts = verify(dir, &candidates).await;
+
+        let ctx = self.context(dir);
+        let mut jobs = Vec::new();
+        let mut job_positions = Vec::new();
+        let mut summaries = Vec::new();
+        for ((cand, verdict), i) in candidates.into_iter().zip(verdicts).zip(positions) {
+            if let Err(r) = verdict {
+                results[i] = Some(Err(r));
+                continue;
+            }
+            let kind = cand.signed.envelope.kind;
+            let incoming = Incoming { signed: cand.signed, payload: cand.payload, recipients: cand.recipients, from: from.cloned(), hops: cand.hops };
+            match custody::take(&ctx, incoming) {
+                Ok((mut c, summary)) => {
+                    let job = match &sign_for {
+                        Some(s) => {
+                            c.events.push(custody::event(s.message_id.0, ctx.now_ms, "signed-for", Some(&s.unit), None, None));
+                            WriteJob::SignFor { unit: s.unit.to_string(), message_id: s.message_id.0, receipt: c }
+                        }
+                        None => WriteJob::Custody(c),
+                    };
+                    jobs.push(job);
+                    job_positions.push(i);
+                    summaries.push((summary, kind));
+                }
+                Err(r) => results[i] = Some(Err(r)),
+            }
+        }
+        if !jobs.is_empty() {
+            match self.committer.commit(jobs).await {
+                Ok(outcomes) => {
+                    let source = if from.is_some() { "peer" } else { "agency" };
+                    for ((outcome, i), (summary, kind)) in outcomes.into_iter().zip(job_positions).zip(summaries) {
+                        if outcome == JobOutcome::Stored {
+                            self.metrics.accepted.with_label_values(&[kind.as_str(), source]).inc();
+                            self.after_commit(&summary);
+                        }
+                        results[i] = Some(Ok(outcome));
+                    }
+                }
+                Err(e) => {
+                    self.metrics.storage_errors.with_label_values(&["commit"]).inc();
+                    tracing::error!(error = %e, "commit failed; nothing was accepted");
+                    for i in job_positions {
+                        results[i] = Some(Err(storage_refusal()));
+                    }
+                }
+            }
+        }
+        results.into_iter().map(|r| r.expect("every input has a result")).collect()
+    }
+}
+
+/// Verifies candidates' signatures against the directory, in one batch where possible.
+///
+/// Receipts, and senders with more than one valid key (a rotation in progress), are checked one by one
+/// with strict verification: a receipt must verify offline exactly as it did here, and batch
+/// verification is not bit-for-bit the same check (see docs/protocol.md).
+async fn verify(dir: &Arc<Directory>, candidates: &[Candidate]) -> Vec<Result<(), Refusal>> {
+    let keys: Vec<Vec<ed25519_dalek::VerifyingKey>> = candidates
+        .iter()
+        .map(|c| dir.signing_keys(&c.signed.envelope.sender).into_iter().map(|k| k.0).collect())
+        .collect();
+    let work: Vec<(SignedEnvelope, Vec<ed25519_dalek::VerifyingKey>)> =
+        candidates.iter().zip(&keys).map(|(c, k)| (c.signed.clone(), k.clone())).collect();
+    let check = move || -> Vec<Result<(), EnvelopeError>> {
+        let batchable: Vec<usize> =
+            (0..work.len()).filter(|&i| work[i].1.len() == 1 && work[i].0.envelope.kind != Kind::Receipt).collect();
+        let refs: Vec<(&SignedEnvelope, &ed25519_dalek::VerifyingKey)> = batchable.iter().map(|&i| (&work[i].0, &work[i].1[0])).collect();
+        let mut out: Vec<Option<Result<(), EnvelopeError>>> = vec![None; work.len()];
+        for (&i, r) in batchable.iter().zip(verify_batch(&refs)) {
+            out[i] = Some(r);
+        }
+        out.into_iter()
+            .enumerate()
+            .map(|(i, r)| {
+                r.unwrap_or_else(|| {
+                    let (signed, keys) = &work[i];
+                    keys.iter().find_map(|k| signed.verify(k).ok()).ok_or(EnvelopeError::BadSignature)
+                })
+            })
+            .collect()
+    };
+    // Signature checks are CPU work: keep them off the async workers when there are many.
+    let results = if candidates.len() > 8 { tokio::task::spawn_blocking(check).await.expect("verify task") } else { check() };
+    results
+        .into_iter()
+        .zip(candidates.iter().zip(&keys))
+        .map(|(r, (c, k))| {
+            if k.is_empty() {
+                return Err(Refusal::new(
+                    "unknown-sender",
+                    403,
+                    format!("sender {} is not in the directory, so its signature cannot be checked", c.signed.envelope.sender),
+                ));
+            }
+            r.map_err(Refusal::from)
+        })
+        .collect()
+}

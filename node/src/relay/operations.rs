@@ -1,0 +1,312 @@
+//! What operators ask of a node: its status, links, queues, a message's trace across the network,
+//! dead letters, retries, retention, the audit chain and readiness. Every change is recorded in the
+//! audit log in the same transaction as the change itself.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use exchange_wire::api::{
+    AdminActionResponse, AuditBreak, AuditEntry, AuditPage, AuditVerification, Check, CustodyEvent, DeadLetter,
+    DeadLetterSelection, NodeStatus, PeerInfo, QueueInfo, Readiness, TraceResponse,
+};
+use exchange_wire::{Digest, MessageId, NodeId};
+use libp2p::PeerId;
+use libp2p::request_response::ResponseChannel;
+
+use super::{Engine, Refusal};
+use crate::network::protocol::{TraceRequest, TraceResponse as WireTrace};
+use crate::storage::{AdminOp, EventRow, JobOutcome, WriteJob};
+
+impl Engine {
+    /// `exchange-admin status`.
+    pub fn node_status(&self) -> NodeStatus {
+        let dir = self.dir.current();
+        let me = dir.node(&self.here);
+        let now = exchange_wire::now_ms();
+        NodeStatus {
+            node: self.here.clone(),
+            name: me.map(|n| n.name.clone()).unwrap_or_default(),
+            tier: me.map(|n| n.tier.clone()).unwrap_or_default(),
+            parent: me.and_then(|n| n.parent.clone()),
+            children: dir.children(&self.here).into_iter().map(|n| n.id.clone()).collect(),
+            peer_id: self.peer_id.to_string(),
+            directory_version: dir.version(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            started_at_ms: self.started_at_ms,
+            uptime_secs: now.saturating_sub(self.started_at_ms) / 1000,
+        }
+    }
+
+    /// `exchange-admin peers`: parent and children with their link state.
+    pub fn peer_infos(&self) -> Vec<PeerInfo> {
+        let dir = self.dir.current();
+        let peers = self.peers.lock().expect("peers lock");
+        let parent = dir.node(&self.here).and_then(|n| n.parent.clone());
+        let mut out: Vec<PeerInfo> = dir
+            .neighbours(&self.here)
+            .into_iter()
+            .map(|n| {
+                let state = peers.get(&n.id).cloned().unwrap_or_default();
+                PeerInfo {
+                    node: n.id.clone(),
+                    role: if Some(&n.id) == parent.as_ref() { "parent" } else { "child" }.into(),
+                    peer_id: n.peer_id.to_string(),
+                    connected: state.connected,
+                    last_seen_ms: state.last_seen_ms,
+                    rtt_ms: state.rtt.map(|d| d.as_secs_f64() * 1000.0),
+                    addresses: n.addresses.iter().map(|a| a.to_string()).collect(),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| (a.role != "parent", &a.node).cmp(&(b.role != "parent", &b.node)));
+        out
+    }
+
+    /// `exchange-admin queues`: every next hop with waiting work or dead letters, and every neighbour.
+    pub async fn queues(&self) -> Result<Vec<QueueInfo>, Refusal> {
+        let now = exchange_wire::now_ms() as i64;
+        let mut out: Vec<QueueInfo> = self
+            .store
+            .queue_stats()
+            .await?
+            .into_iter()
+            .filter_map(|q| {
+                Some(QueueInfo {
+                    peer: q.hop.parse().ok()?,
+                    depth: q.depth.max(0) as u64,
+                    bytes: q.bytes.max(0) as u64,
+                    oldest_age_ms: q.oldest_enqueued_ms.map(|t| (now - t).max(0) as u64),
+                    dead_letters: q.dead.max(0) as u64,
+                })
+            })
+            .collect();
+        for n in self.dir.current().neighbours(&self.here) {
+            if !out.iter().any(|q| q.peer == n.id) {
+                out.push(QueueInfo { peer: n.id.clone(), depth: 0, bytes: 0, oldest_age_ms: None, dead_letters: 0 });
+            }
+        }
+        out.sort_by(|a, b| a.peer.cmp(&b.peer));
+        Ok(out)
+    }
+
+    /// `exchange-admin trace`: this node's events for a message and, following the message from
+    /// neighbour to neighbour, those of every node it crossed.
+    pub async fn trace(self: &Arc<Self>, id: &MessageId) -> Result<TraceResponse, Refusal> {
+        let (mut events, unreachable) = self.gather_trace(id, None).await?;
+        events.sort_by_key(|e| e.at_ms);
+        let nodes: BTreeSet<NodeId> = events.iter().map(|e| e.node.clone()).collect();
+        Ok(TraceResponse { id: *id, events, nodes: nodes.into_iter().collect(), unreachable })
+    }
+
+    /// Local events plus those of the neighbours the message came from or went to (except `asker`).
+    async fn gather_trace(self: &Arc<Self>, id: &MessageId, asker: Option<&NodeId>) -> Result<(Vec<CustodyEvent>, Vec<NodeId>), Refusal> {
+        let mut events = self.events(id).await?;
+        let onward: BTreeSet<NodeId> = events
+            .iter()
+            .filter(|e| e.event == "received" || e.event == "forwarded")
+            .filter_map(|e| e.peer.clone())
+            .filter(|p| Some(p) != asker && p != &self.here)
+            .collect();
+        let mut unreachable = Vec::new();
+        let dir = self.dir.current();
+        for node in onward {
+            let Some(peer) = dir.node(&node).map(|n| n.peer_id) else {
+                unreachable.push(node);
+                continue;
+            };
+            match self.net.trace(peer, TraceRequest { message_id: id.0.to_vec() }).await {
+                Ok(r) => {
+                    events.extend(r.events);
+                    unreachable.extend(r.unreachable);
+                }
+                Err(e) => {
+                    tracing::warn!(%node, error = %e, "cannot ask a neighbour for its part of a trace");
+                    unreachable.push(node);
+                }
+            }
+        }
+        Ok((events, unreachable))
+    }
+
+    /// Answers a neighbour's trace request (and asks onward, away from the asker).
+    pub(crate) async fn answer_trace(self: Arc<Self>, peer: PeerId, request: TraceRequest, channel: ResponseChannel<WireTrace>) {
+        let asker = self.dir.current().node_by_peer(&peer).map(|n| n.id.clone());
+        let response = match <[u8; 32]>::try_from(request.message_id.as_slice()) {
+            Ok(id) => match self.gather_trace(&Digest(id), asker.as_ref()).await {
+                Ok((events, unreachable)) => WireTrace { events, unreachable },
+                Err(_) => WireTrace { events: vec![], unreachable: vec![self.here.clone()] },
+            },
+            Err(_) => WireTrace { events: vec![], unreachable: vec![] },
+        };
+        self.net.respond_trace(channel, response).await;
+    }
+
+    /// `exchange-admin dead-letters list`.
+    pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>, Refusal> {
+        Ok(self
+            .store
+            .dead_letters()
+            .await?
+            .into_iter()
+            .filter_map(|d| {
+                Some(DeadLetter {
+                    seq: d.seq,
+                    message_id: Digest(d.message_id.as_slice().try_into().ok()?),
+                    peer: d.hop.parse().ok()?,
+                    recipients: serde_json::from_str(&d.recipients).unwrap_or_default(),
+                    reason: d.reason,
+                    enqueued_at_ms: d.enqueued_at_ms.max(0) as u64,
+                    attempts: d.attempts.max(0) as u64,
+                })
+            })
+            .collect())
+    }
+
+    /// Runs an admin action on stored state and records it in the audit log, in one transaction.
+    async fn admin_action(&self, op: AdminOp, event: &'static str, detail: String) -> Result<u64, Refusal> {
+        let row = EventRow {
+            at_ms: exchange_wire::now_ms() as i64,
+            category: "admin",
+            message_id: None,
+            event,
+            unit: None,
+            peer: None,
+            detail: Some(detail),
+        };
+        match self.committer.commit(vec![WriteJob::Admin { op, events: vec![row] }]).await {
+            Ok(outcomes) => match outcomes.first() {
+                Some(JobOutcome::Affected(n)) => Ok(*n),
+                _ => Ok(0),
+            },
+            Err(e) => {
+                self.metrics.storage_errors.with_label_values(&["commit"]).inc();
+                tracing::error!(error = %e, "admin action failed");
+                Err(Refusal { code: "storage", message: "the node could not apply the change; nothing changed".into(), status: 503, transient: true })
+            }
+        }
+    }
+
+    fn selection(sel: &DeadLetterSelection) -> Result<(Option<Vec<i64>>, String), Refusal> {
+        match (sel.all, sel.seqs.is_empty()) {
+            (true, true) => Ok((None, "all".into())),
+            (false, false) => Ok((Some(sel.seqs.clone()), format!("seqs {:?}", sel.seqs))),
+            (true, false) => Err(Refusal::malformed("give either all or a list of seqs, not both")),
+            (false, true) => Err(Refusal::malformed("give the dead letters to act on (seqs), or all: true")),
+        }
+    }
+
+    /// `exchange-admin dead-letters resend`: back into their queues, retried at once.
+    pub async fn resend_dead_letters(self: &Arc<Self>, sel: &DeadLetterSelection) -> Result<AdminActionResponse, Refusal> {
+        let (seqs, what) = Self::selection(sel)?;
+        let n = self.admin_action(AdminOp::ResendDead(seqs), "dead-letters-resend", what).await?;
+        self.wake_all_forwarders();
+        Ok(AdminActionResponse { affected: n, message: format!("{n} dead letters queued again") })
+    }
+
+    /// `exchange-admin dead-letters purge`: deleted for good.
+    pub async fn purge_dead_letters(&self, sel: &DeadLetterSelection) -> Result<AdminActionResponse, Refusal> {
+        let (seqs, what) = Self::selection(sel)?;
+        let n = self.admin_action(AdminOp::PurgeDead(seqs), "dead-letters-purge", what).await?;
+        Ok(AdminActionResponse { affected: n, message: format!("{n} dead letters purged") })
+    }
+
+    /// `exchange-admin retry`: every forwarder retries now, whatever its backoff.
+    pub async fn retry_now(self: &Arc<Self>) -> Result<AdminActionResponse, Refusal> {
+        let n = self.wake_all_forwarders();
+        self.admin_action(AdminOp::ResendDead(Some(vec![])), "retry", format!("{n} forwarders woken")).await?;
+        Ok(AdminActionResponse { affected: n as u64, message: format!("{n} forwarders retrying now") })
+    }
+
+    fn wake_all_forwarders(&self) -> usize {
+        let map = self.forwarders.lock().expect("forwarders lock");
+        for s in map.values() {
+            s.link_up.notify_one();
+            s.work.notify_one();
+        }
+        map.len()
+    }
+
+    /// `exchange-admin purge --older-than DAYS`.
+    pub async fn retention_purge(&self, days: u32) -> Result<AdminActionResponse, Refusal> {
+        if days == 0 {
+            return Err(Refusal::malformed("older_than_days must be at least 1"));
+        }
+        let before_ms = exchange_wire::now_ms() as i64 - i64::from(days) * 86_400_000;
+        let n = self.admin_action(AdminOp::Retention { before_ms }, "retention-purge", format!("older than {days} days")).await?;
+        Ok(AdminActionResponse {
+            affected: n,
+            message: format!("{n} settled inbox entries and payloads older than {days} days removed; ids and the audit log are kept"),
+        })
+    }
+
+    /// `exchange-admin audit export`: a page of the audit log.
+    pub async fn audit_page(&self, after: i64, limit: u32) -> Result<AuditPage, Refusal> {
+        let rows = self.store.audit_page(after, limit.clamp(1, 10_000)).await?;
+        let next_after = rows.last().map(|r| r.seq).unwrap_or(after);
+        let entries = rows
+            .into_iter()
+            .map(|r| AuditEntry {
+                seq: r.seq,
+                at_ms: r.at_ms.max(0) as u64,
+                category: r.category,
+                message_id: r.message_id.and_then(|m| <[u8; 32]>::try_from(m.as_slice()).ok()).map(Digest),
+                event: r.event,
+                unit: r.unit,
+                peer: r.peer,
+                detail: r.detail,
+                hash: hex::encode(&r.hash),
+            })
+            .collect();
+        Ok(AuditPage { entries, next_after })
+    }
+
+    /// `exchange-admin audit verify`.
+    pub async fn audit_verify(&self) -> Result<AuditVerification, Refusal> {
+        let c = self.store.audit_verify().await?;
+        Ok(AuditVerification {
+            ok: c.first_break.is_none(),
+            entries: c.entries,
+            head_seq: c.head_seq,
+            head_hash: hex::encode(c.head_hash),
+            first_break: c.first_break.map(|(seq, reason)| AuditBreak { seq, reason }),
+        })
+    }
+
+    /// `/readyz`: storage takes writes, the parent link is up (if there is a parent), the directory
+    /// is loaded.
+    pub async fn readiness(&self) -> Readiness {
+        let mut checks = Vec::new();
+        let storage = self.store.check_writable().await;
+        checks.push(Check {
+            name: "storage".into(),
+            ok: storage.is_ok(),
+            detail: match storage {
+                Ok(()) => "database takes writes".into(),
+                Err(e) => format!("database does not take writes: {e}"),
+            },
+        });
+        let dir = self.dir.current();
+        match dir.node(&self.here).and_then(|n| n.parent.clone()) {
+            Some(parent) => {
+                let up = self.peers.lock().expect("peers lock").get(&parent).is_some_and(|p| p.connected);
+                checks.push(Check {
+                    name: "parent".into(),
+                    ok: up,
+                    detail: if up { format!("link to {parent} is up") } else { format!("no link to parent {parent}; messages up the tree wait") },
+                });
+            }
+            None => checks.push(Check { name: "parent".into(), ok: true, detail: "root node: no parent".into() }),
+        }
+        let listed = dir.node(&self.here).is_some();
+        checks.push(Check {
+            name: "directory".into(),
+            ok: listed,
+            detail: if listed {
+                format!("directory version {} lists this node", dir.version())
+            } else {
+                "the directory does not list this node".into()
+            },
+        });
+        Readiness { ready: checks.iter().all(|c| c.ok), checks }
+    }
+}

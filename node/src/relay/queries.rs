@@ -1,0 +1,121 @@
+//! What agencies and operators read: a message's per-recipient status at the sender's node, inboxes
+//! (with long-poll), and this node's custody events for a message.
+
+use exchange_wire::api::{CustodyEvent, InboxItem, ReceiptView, RecipientState, RecipientStatus, SignedMessage, StatusResponse};
+use exchange_wire::receipt::Hop;
+use exchange_wire::{Digest, Envelope, MessageId, SignedEnvelope, UnitAddress};
+
+use super::{Engine, Refusal};
+use crate::storage::{EventRecord, InboxRecord};
+
+fn unreadable() -> Refusal {
+    Refusal::new("storage", 500, "a stored message is unreadable")
+}
+
+impl Engine {
+    /// Per-recipient status of a message sent from a unit of this node.
+    pub async fn status(&self, id: &MessageId) -> Result<StatusResponse, Refusal> {
+        let not_here = || {
+            Refusal::new("not-found", 404, format!("message {id} was not sent from a unit of node {}; ask the sender's node", self.here))
+        };
+        let tracking = self.store.tracking(&id.0).await?;
+        if tracking.is_empty() {
+            return Err(not_here());
+        }
+        let stored = self.store.message(&id.0).await?.ok_or_else(not_here)?;
+        let env = Envelope::from_canonical_bytes(&stored.header).map_err(|_| unreadable())?;
+        let mut recipients = Vec::with_capacity(tracking.len());
+        for t in tracking {
+            let receipt = match &t.receipt_id {
+                Some(rid) => self.receipt_view(rid).await?,
+                None => None,
+            };
+            recipients.push(RecipientStatus {
+                unit: t.recipient.parse().map_err(|_| unreadable())?,
+                state: parse_state(&t.state),
+                node: t.node.parse().unwrap_or_else(|_| self.here.clone()),
+                at_ms: t.at_ms as u64,
+                detail: t.detail,
+                receipt,
+            });
+        }
+        // Hops: ours first, then those delivering nodes reported back, earliest sighting of each node.
+        let mut hops: Vec<Hop> = serde_json::from_str(&stored.hops).unwrap_or_default();
+        for e in self.store.events(&id.0).await? {
+            if e.event == "hop" {
+                if let Some(node) = e.peer.and_then(|p| p.parse().ok()) {
+                    if !hops.iter().any(|h| h.node == node) {
+                        hops.push(Hop { node, at_ms: e.at_ms as u64 });
+                    }
+                }
+            }
+        }
+        hops.sort_by_key(|h| h.at_ms);
+        Ok(StatusResponse { id: *id, kind: env.kind, sender: env.sender, created_at_ms: env.created_at_ms, recipients, hops })
+    }
+
+    async fn receipt_view(&self, rid: &[u8]) -> Result<Option<ReceiptView>, Refusal> {
+        let Ok(rid) = <[u8; 32]>::try_from(rid) else { return Ok(None) };
+        let Some(m) = self.store.message(&rid).await? else { return Ok(None) };
+        let Ok(sig) = <[u8; 64]>::try_from(m.signature.as_slice()) else { return Ok(None) };
+        let Ok(signed) = SignedEnvelope::from_canonical(m.header, sig) else { return Ok(None) };
+        Ok(Some(ReceiptView { id: Digest(rid), envelope: signed.envelope, signature: hex::encode(sig) }))
+    }
+
+    /// A unit's inbox after `after`, waiting up to `wait` for news when it is empty (long-poll).
+    pub async fn inbox(&self, unit: &UnitAddress, after: i64, limit: u32, wait: std::time::Duration) -> Result<Vec<InboxItem>, Refusal> {
+        if self.dir.current().home_of(unit).as_ref() != Some(&self.here) {
+            return Err(Refusal::new("not-found", 404, format!("unit {unit} is not hosted on node {}", self.here)));
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut changes = self.inbox_changes.subscribe();
+        loop {
+            changes.borrow_and_update();
+            let records = self.store.inbox(unit.as_str(), after, limit.clamp(1, 1000)).await?;
+            if !records.is_empty() || tokio::time::Instant::now() >= deadline {
+                return records.into_iter().map(inbox_item).collect();
+            }
+            if tokio::time::timeout_at(deadline, changes.changed()).await.is_err() {
+                return Ok(Vec::new());
+            }
+        }
+    }
+
+    /// Custody events this node recorded for a message.
+    pub async fn events(&self, id: &MessageId) -> Result<Vec<CustodyEvent>, Refusal> {
+        Ok(self.store.events(&id.0).await?.into_iter().map(|e| self.custody_event(e)).collect())
+    }
+
+    pub(crate) fn custody_event(&self, e: EventRecord) -> CustodyEvent {
+        CustodyEvent {
+            node: self.here.clone(),
+            at_ms: e.at_ms as u64,
+            event: e.event,
+            unit: e.unit.and_then(|u| u.parse().ok()),
+            peer: e.peer.and_then(|p| p.parse().ok()),
+            detail: e.detail,
+        }
+    }
+}
+
+fn inbox_item(r: InboxRecord) -> Result<InboxItem, Refusal> {
+    let sig: [u8; 64] = r.signature.as_slice().try_into().map_err(|_| unreadable())?;
+    let signed = SignedEnvelope::from_canonical(r.header, sig).map_err(|_| unreadable())?;
+    Ok(InboxItem {
+        seq: r.seq,
+        id: Digest(r.message_id),
+        delivered_at_ms: r.delivered_at_ms as u64,
+        state: parse_state(&r.state),
+        message: SignedMessage::new(&signed, &r.payload),
+    })
+}
+
+pub(crate) fn parse_state(s: &str) -> RecipientState {
+    match s {
+        "accepted" => RecipientState::Accepted,
+        "in-transit" => RecipientState::InTransit,
+        "delivered" => RecipientState::Delivered,
+        "signed-for" => RecipientState::SignedFor,
+        _ => RecipientState::Failed,
+    }
+}
