@@ -110,7 +110,20 @@ impl Engine {
         for n in dir.neighbours(&self.here) {
             self.forwarder(&n.id);
             self.peers.lock().expect("peers lock").entry(n.id.clone()).or_default();
-            self.metrics.peer_up.with_label_values(&[n.id.as_str()]).set(0);
+            // Series for every neighbour exist from the start, so dashboards and alerts see zeros,
+            // not gaps.
+            let peer = [n.id.as_str()];
+            self.metrics.peer_up.with_label_values(&peer).set(0);
+            self.metrics.send_failures.with_label_values(&peer).inc_by(0);
+            self.metrics.dead_letters_total.with_label_values(&peer).inc_by(0);
+            self.metrics.hop_latency.with_label_values(&peer);
+            for g in [&self.metrics.outbox_depth, &self.metrics.outbox_bytes, &self.metrics.dead_letters] {
+                g.with_label_values(&peer).set(0);
+            }
+            self.metrics.outbox_oldest_age.with_label_values(&peer).set(0.0);
+        }
+        for op in ["commit", "read"] {
+            self.metrics.storage_errors.with_label_values(&[op]).inc_by(0);
         }
         for q in self.store.queue_stats().await? {
             if let Ok(id) = q.hop.parse() {

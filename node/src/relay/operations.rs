@@ -15,7 +15,7 @@ use libp2p::request_response::ResponseChannel;
 
 use super::{Engine, Refusal};
 use crate::network::protocol::{TraceRequest, TraceResponse as WireTrace};
-use crate::storage::{AdminOp, EventRow, JobOutcome, WriteJob};
+use crate::storage::{AdminOp, EventRow, JobOutcome, Record, WriteJob};
 
 impl Engine {
     /// `exchange-admin status`.
@@ -162,8 +162,9 @@ impl Engine {
             .collect())
     }
 
-    /// Runs an admin action on stored state and records it in the audit log, in one transaction.
-    async fn admin_action(&self, op: AdminOp, event: &'static str, detail: String) -> Result<u64, Refusal> {
+    /// Runs an admin action on stored state (if any) and records it in the audit log, in one
+    /// transaction.
+    async fn admin_action(&self, op: Option<AdminOp>, event: &'static str, detail: String) -> Result<u64, Refusal> {
         let row = EventRow {
             at_ms: exchange_wire::now_ms() as i64,
             category: "admin",
@@ -173,7 +174,11 @@ impl Engine {
             peer: None,
             detail: Some(detail),
         };
-        match self.committer.commit(vec![WriteJob::Admin { op, events: vec![row] }]).await {
+        let job = match op {
+            Some(op) => WriteJob::Admin { op, events: vec![row] },
+            None => WriteJob::Record(Record { events: vec![row], ..Default::default() }),
+        };
+        match self.committer.commit(vec![job]).await {
             Ok(outcomes) => match outcomes.first() {
                 Some(JobOutcome::Affected(n)) => Ok(*n),
                 _ => Ok(0),
@@ -198,7 +203,7 @@ impl Engine {
     /// `exchange-admin dead-letters resend`: back into their queues, retried at once.
     pub async fn resend_dead_letters(self: &Arc<Self>, sel: &DeadLetterSelection) -> Result<AdminActionResponse, Refusal> {
         let (seqs, what) = Self::selection(sel)?;
-        let n = self.admin_action(AdminOp::ResendDead(seqs), "dead-letters-resend", what).await?;
+        let n = self.admin_action(Some(AdminOp::ResendDead(seqs)), "dead-letters-resend", what).await?;
         self.wake_all_forwarders();
         Ok(AdminActionResponse { affected: n, message: format!("{n} dead letters queued again") })
     }
@@ -206,14 +211,14 @@ impl Engine {
     /// `exchange-admin dead-letters purge`: deleted for good.
     pub async fn purge_dead_letters(&self, sel: &DeadLetterSelection) -> Result<AdminActionResponse, Refusal> {
         let (seqs, what) = Self::selection(sel)?;
-        let n = self.admin_action(AdminOp::PurgeDead(seqs), "dead-letters-purge", what).await?;
+        let n = self.admin_action(Some(AdminOp::PurgeDead(seqs)), "dead-letters-purge", what).await?;
         Ok(AdminActionResponse { affected: n, message: format!("{n} dead letters purged") })
     }
 
     /// `exchange-admin retry`: every forwarder retries now, whatever its backoff.
     pub async fn retry_now(self: &Arc<Self>) -> Result<AdminActionResponse, Refusal> {
         let n = self.wake_all_forwarders();
-        self.admin_action(AdminOp::ResendDead(Some(vec![])), "retry", format!("{n} forwarders woken")).await?;
+        self.admin_action(None, "retry", format!("{n} forwarders woken")).await?;
         Ok(AdminActionResponse { affected: n as u64, message: format!("{n} forwarders retrying now") })
     }
 
@@ -232,7 +237,7 @@ impl Engine {
             return Err(Refusal::malformed("older_than_days must be at least 1"));
         }
         let before_ms = exchange_wire::now_ms() as i64 - i64::from(days) * 86_400_000;
-        let n = self.admin_action(AdminOp::Retention { before_ms }, "retention-purge", format!("older than {days} days")).await?;
+        let n = self.admin_action(Some(AdminOp::Retention { before_ms }), "retention-purge", format!("older than {days} days")).await?;
         Ok(AdminActionResponse {
             affected: n,
             message: format!("{n} settled inbox entries and payloads older than {days} days removed; ids and the audit log are kept"),

@@ -252,7 +252,6 @@ fn push_selection(q: &mut QueryBuilder<Sqlite>, seqs: &Option<Vec<i64>>) {
 
 async fn apply_admin(tx: &mut Transaction<'_, Sqlite>, op: &AdminOp) -> Result<u64, sqlx::Error> {
     Ok(match op {
-        AdminOp::ResendDead(seqs) | AdminOp::PurgeDead(seqs) if seqs.as_ref().is_some_and(|s| s.is_empty()) => 0,
         AdminOp::ResendDead(seqs) => {
             let mut q = QueryBuilder::<Sqlite>::new("UPDATE outbox SET dead_reason = NULL, attempts = 0 WHERE dead_reason IS NOT NULL");
             push_selection(&mut q, seqs);
