@@ -37,6 +37,24 @@ pub(crate) fn json<T: serde::Serialize>(status: StatusCode, body: &T) -> Respons
 }
 
 /// Parses a JSON body; refusals are counted and audited like any other bad input.
+/// serde's messages quote offending values (`invalid type: string "…"`); those may be document
+/// content, which must not reach logs or the audit log. Keeps the message, drops quoted values.
+fn redact_values(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut quoted = false;
+    for c in message.chars() {
+        if c == '"' {
+            if !quoted {
+                out.push_str("\"…\"");
+            }
+            quoted = !quoted;
+        } else if !quoted {
+            out.push(c);
+        }
+    }
+    out
+}
+
 pub(crate) async fn parse_body<T: DeserializeOwned>(engine: &Engine, body: Result<Bytes, BytesRejection>) -> Result<T, Refusal> {
     let refusal = match body {
         Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Refusal::new(
@@ -50,7 +68,7 @@ pub(crate) async fn parse_body<T: DeserializeOwned>(engine: &Engine, body: Resul
         Err(e) => Refusal::malformed(format!("cannot read the request body: {e}")),
         Ok(bytes) => match serde_json::from_slice::<T>(&bytes) {
             Ok(v) => return Ok(v),
-            Err(e) => Refusal::malformed(format!("request body is not the expected JSON: {e}")),
+            Err(e) => Refusal::malformed(format!("request body is not the expected JSON: {}", redact_values(&e.to_string()))),
         },
     };
     engine.refused_input(&refusal).await;
@@ -109,4 +127,19 @@ pub(crate) fn with_health(router: Router<AppState>) -> Router<AppState> {
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn json_errors_keep_their_shape_but_not_the_values() {
+        let e = serde_json::from_str::<exchange_wire::api::SignedMessage>(r#"{"envelope": "机密内容", "signature": "", "payload": ""}"#)
+            .unwrap_err()
+            .to_string();
+        let r = super::redact_values(&e);
+        assert!(!r.contains("机密内容"), "{r}");
+        assert!(r.contains("invalid type"), "{r}");
+        let missing = super::redact_values(&serde_json::from_str::<exchange_wire::api::SignedMessage>("{}").unwrap_err().to_string());
+        assert!(missing.contains("missing field `envelope`"), "{missing}");
+    }
 }
