@@ -15,7 +15,8 @@
 //!    work and is reported on its own.
 //! 4. Timed phase: K sender threads submit batches of B through `POST /v1/messages:batch` (optionally
 //!    paced open-loop at `--rate` messages per second); one receiver thread per 海珠 unit long-polls
-//!    that unit's inbox; a pool of sign-for threads signs a 签收 receipt per message and posts it. The
+//!    that unit's inbox and signs for each page it reads in one request (`inbox:sign-for`), each 签收
+//!    receipt signed with the recipient's own key. The
 //!    phase ends when every message was delivered exactly once and (with receipts) the 越秀 node
 //!    counts N receipts returned.
 //! 5. CPU time of each node process (from `/proc/<pid>/stat`) over the timed phase, group-commit sizes
@@ -27,12 +28,12 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use ed25519_dalek::SigningKey;
-use exchange_wire::api::{BatchItemResult, SignedMessage};
+use exchange_wire::api::{BatchItemResult, SignForResult, SignedMessage};
 use exchange_wire::client::{ApiClient, ClientError};
 use exchange_wire::envelope::verify_batch;
 use exchange_wire::receipt::signed_for;
@@ -74,9 +75,6 @@ pub struct BenchArgs {
     /// Skip receipts: only measure delivery.
     #[arg(long = "no-sign-for", overrides_with = "sign_for_flag")]
     pub no_sign_for: bool,
-    /// Threads posting signed receipts (one HTTP request per receipt).
-    #[arg(long, default_value_t = 16)]
-    pub sign_for_threads: usize,
     /// Extra TOML appended to every node's configuration (e.g. "[relay]\ncommit_max_requests = 512").
     #[arg(long, default_value = "")]
     pub node_config: String,
@@ -103,8 +101,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.batch == 0 || args.batch > 1000 {
         bail!("--batch must be between 1 and 1000 (the node accepts at most 1000 messages per batch)");
     }
-    if args.senders == 0 || args.sign_for_threads == 0 {
-        bail!("--senders and --sign-for-threads must be at least 1");
+    if args.senders == 0 {
+        bail!("--senders must be at least 1");
     }
     if let Some(r) = args.rate
         && !(r > 0.0 && r.is_finite())
@@ -528,7 +526,7 @@ fn sender_thread(shared: Arc<Shared>, plan: Arc<Plan>, client: ApiClient, next_b
     }
 }
 
-fn receiver_thread(shared: Arc<Shared>, plan: Arc<Plan>, client: ApiClient, r: usize, sign_tx: Option<mpsc::SyncSender<usize>>) {
+fn receiver_thread(shared: Arc<Shared>, plan: Arc<Plan>, client: ApiClient, r: usize, sign_for: bool) {
     let unit = &plan.recipients[r];
     let mut after = 0i64;
     let mut last_round = false;
@@ -550,6 +548,7 @@ fn receiver_thread(shared: Arc<Shared>, plan: Arc<Plan>, client: ApiClient, r: u
         };
         let now = shared.now_ns();
         after = page.next_after;
+        let mut to_sign = Vec::with_capacity(page.items.len());
         for item in page.items {
             let Some(&i) = plan.index.get(&item.id) else {
                 shared.unexpected.fetch_add(1, Ordering::Relaxed);
@@ -573,34 +572,39 @@ fn receiver_thread(shared: Arc<Shared>, plan: Arc<Plan>, client: ApiClient, r: u
                 Err(e) => shared.fail(format!("message {i} arrived altered: {e}")),
             }
             shared.delivered.fetch_add(1, Ordering::SeqCst);
-            if let Some(tx) = &sign_tx
-                && tx.send(i).is_err()
-            {
-                return;
-            }
+            to_sign.push(i);
+        }
+        if sign_for && !to_sign.is_empty() && !shared.stopped() {
+            sign_page(&shared, &plan, &client, r, &to_sign);
         }
     }
 }
 
-fn sign_for_thread(shared: Arc<Shared>, plan: Arc<Plan>, client: ApiClient, rx: Arc<Mutex<mpsc::Receiver<usize>>>) {
-    loop {
-        let next = rx.lock().expect("queue lock").recv();
-        let Ok(i) = next else { return };
-        if shared.stopped() {
-            continue;
-        }
-        let r = plan.recipient_of(i);
-        let signed = &plan.signed[i];
-        let recipient = &plan.recipients[r];
-        // The recipient signs with its own key, as its own system would after reading the document.
-        let receipt = signed_for(recipient.clone(), signed.envelope.sender.clone(), signed.id, signed.envelope.priority).sign(&plan.recipient_keys[r]);
-        match with_retries(&shared, &shared.sign_for_retries, 20, |_| client.sign_for(recipient, &signed.id, &receipt)) {
-            Ok(resp) if resp.message_id == signed.id => {
-                shared.receipts_posted.fetch_add(1, Ordering::SeqCst);
+/// Signs for one page of an inbox in one request, as a recipient's system does after reading it: each
+/// receipt signed with the recipient's own key.
+fn sign_page(shared: &Shared, plan: &Plan, client: &ApiClient, r: usize, indices: &[usize]) {
+    let recipient = &plan.recipients[r];
+    let receipts: Vec<_> = indices
+        .iter()
+        .map(|&i| {
+            let signed = &plan.signed[i];
+            signed_for(recipient.clone(), signed.envelope.sender.clone(), signed.id, signed.envelope.priority).sign(&plan.recipient_keys[r])
+        })
+        .collect();
+    match with_retries(shared, &shared.sign_for_retries, 20, |_| client.sign_for_batch(recipient, &receipts)) {
+        Ok(resp) if resp.results.len() == indices.len() => {
+            for (res, &i) in resp.results.iter().zip(indices) {
+                match res {
+                    SignForResult::SignedFor(ok) if ok.message_id == plan.signed[i].id => {
+                        shared.receipts_posted.fetch_add(1, Ordering::SeqCst);
+                    }
+                    SignForResult::SignedFor(_) => shared.fail(format!("signing for message {i} answered about another message")),
+                    SignForResult::Refused(e) => shared.fail(format!("signing for message {i} refused: {}: {}", e.error, e.message)),
+                }
             }
-            Ok(_) => shared.fail(format!("signing for message {i} answered about another message")),
-            Err(e) => shared.fail(format!("signing for message {i} at {EGRESS} failed: {e}")),
         }
+        Ok(resp) => shared.fail(format!("{} results for {} receipts", resp.results.len(), indices.len())),
+        Err(e) => shared.fail(format!("signing for {} messages at {EGRESS} failed: {e}", indices.len())),
     }
 }
 
@@ -681,22 +685,11 @@ fn run_on(net: &LocalNetwork, args: &BenchArgs, floor: &Floor, counts: &FloorCou
     });
     let ingress = net.node(INGRESS).client();
     let egress = net.node(EGRESS).client();
-    let mut threads = Vec::new();
-    let (sign_tx, sign_rx) = mpsc::sync_channel::<usize>(8192);
-    let sign_rx = Arc::new(Mutex::new(sign_rx));
-    if sign_for {
-        for _ in 0..args.sign_for_threads {
-            let (s, p, c, rx) = (shared.clone(), plan.clone(), ApiClient::new(egress.base_url()), sign_rx.clone());
-            threads.push(std::thread::spawn(move || sign_for_thread(s, p, c, rx)));
-        }
-    }
     let mut receivers = Vec::new();
     for r in 0..plan.recipients.len() {
         let (s, p, c) = (shared.clone(), plan.clone(), ApiClient::new(egress.base_url()));
-        let tx = sign_for.then(|| sign_tx.clone());
-        receivers.push(std::thread::spawn(move || receiver_thread(s, p, c, r, tx)));
+        receivers.push(std::thread::spawn(move || receiver_thread(s, p, c, r, sign_for)));
     }
-    drop(sign_tx);
     let next_batch = Arc::new(AtomicUsize::new(0));
     let mut sender_threads = Vec::new();
     for _ in 0..args.senders {
@@ -742,9 +735,6 @@ fn run_on(net: &LocalNetwork, args: &BenchArgs, floor: &Floor, counts: &FloorCou
     std::thread::sleep(Duration::from_millis(300));
     shared.stop.store(true, Ordering::SeqCst);
     for t in receivers {
-        let _ = t.join();
-    }
-    for t in threads {
         let _ = t.join();
     }
     let returned_final = if sign_for {
@@ -898,7 +888,7 @@ fn run_on(net: &LocalNetwork, args: &BenchArgs, floor: &Floor, counts: &FloorCou
         "machine": { "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), "clock_ticks_per_second": ticks },
         "args": {
             "messages": n, "size": args.size, "senders": args.senders, "batch": args.batch, "rate": args.rate,
-            "sign_for": sign_for, "sign_for_threads": args.sign_for_threads, "node_config": args.node_config,
+            "sign_for": sign_for, "node_config": args.node_config,
         },
         "topology": {
             "path": NODES, "sender_units": plan.senders.len(), "recipient_units": plan.recipients.len(),

@@ -182,6 +182,32 @@ pub struct SignForResponse {
     pub duplicate: bool,
 }
 
+/// One receipt in a batch sign-for.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SignForItem {
+    pub message_id: MessageId,
+    pub receipt: SignedMessage,
+}
+
+/// `POST /v1/units/{node}/{unit}/inbox:sign-for`: up to 1000 receipts by one unit in one request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BatchSignForRequest {
+    pub receipts: Vec<SignForItem>,
+}
+
+/// One result per receipt, in order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BatchSignForResponse {
+    pub results: Vec<SignForResult>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum SignForResult {
+    SignedFor(SignForResponse),
+    Refused(ErrorBody),
+}
+
 /// One custody fact recorded by one node (admin API), for tracing a message hop by hop.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CustodyEvent {

@@ -145,6 +145,18 @@ impl ApiClient {
         self.post(&format!("/v1/units/{unit}/inbox/{message}/sign-for"), &SignedMessage::new(receipt, b""))
     }
 
+    /// Signs for several messages in `unit`'s inbox in one request (one result each, in order).
+    pub fn sign_for_batch(&self, unit: &UnitAddress, receipts: &[SignedEnvelope]) -> Result<BatchSignForResponse, ClientError> {
+        let receipts = receipts
+            .iter()
+            .filter_map(|r| {
+                let for_message = crate::receipt::Receipt::from_envelope(&r.envelope).ok()?.for_message;
+                Some(SignForItem { message_id: for_message, receipt: SignedMessage::new(r, b"") })
+            })
+            .collect();
+        self.post(&format!("/v1/units/{unit}/inbox:sign-for"), &BatchSignForRequest { receipts })
+    }
+
     /// The node's health answer.
     pub fn health(&self) -> Result<Health, ClientError> {
         self.get("/healthz", &[])

@@ -1,7 +1,9 @@
 -- Custody store of one node. Every message this node has held is kept by id, so a re-sent message is
 -- recognised and never delivered twice.
 CREATE TABLE messages (
-    id             BLOB PRIMARY KEY,      -- SHA-256 of the canonical header
+    seq            INTEGER PRIMARY KEY,   -- rows are appended in arrival order (a random key would
+                                          -- scatter payloads across the file)
+    id             BLOB NOT NULL UNIQUE,  -- SHA-256 of the canonical header
     header         BLOB NOT NULL,         -- canonical bytes, exactly as signed
     signature      BLOB NOT NULL,
     payload        BLOB NOT NULL,
@@ -12,7 +14,7 @@ CREATE TABLE messages (
     received_at_ms INTEGER NOT NULL,
     received_from  TEXT,                  -- peer node, or NULL when an agency handed it over
     hops           TEXT NOT NULL          -- JSON list of custody hops up to and including this node
-) WITHOUT ROWID;
+);
 
 -- What still has to be handed to a neighbour. A row leaves only when the neighbour acknowledged a
 -- durable commit (or refused it for good: then dead_reason is set and the row stays for operators).

@@ -14,10 +14,12 @@ use serde::Deserialize;
 use super::{AppState, json, parse_body, parse_id, refuse, with_health};
 use crate::relay::Refusal;
 
-fn answer<T: serde::Serialize>(r: Result<T, Refusal>) -> Response {
+/// The answer to an admin call; a refused request is counted and audited like any bad input.
+async fn answer<T: serde::Serialize>(engine: &AppState, r: Result<T, Refusal>) -> Response {
     match r {
         Ok(v) => json(StatusCode::OK, &v),
-        Err(r) => r.into_response(),
+        Err(r) if r.transient => r.into_response(),
+        Err(r) => refuse(engine, r).await.into_response(),
     }
 }
 
@@ -30,7 +32,7 @@ async fn peers(State(engine): State<AppState>) -> Response {
 }
 
 async fn queues(State(engine): State<AppState>) -> Response {
-    answer(engine.queues().await.map(|queues| QueuesResponse { queues }))
+    answer(&engine, engine.queues().await.map(|queues| QueuesResponse { queues })).await
 }
 
 async fn events(State(engine): State<AppState>, Path(id): Path<String>) -> Response {
@@ -38,41 +40,41 @@ async fn events(State(engine): State<AppState>, Path(id): Path<String>) -> Respo
         Ok(i) => i,
         Err(r) => return r.into_response(),
     };
-    answer(engine.events(&id).await.map(|events| EventsResponse { id, events }))
+    answer(&engine, engine.events(&id).await.map(|events| EventsResponse { id, events })).await
 }
 
 async fn trace(State(engine): State<AppState>, Path(id): Path<String>) -> Response {
     match parse_id(&engine, &id).await {
-        Ok(id) => answer(engine.trace(&id).await),
+        Ok(id) => answer(&engine, engine.trace(&id).await).await,
         Err(r) => r.into_response(),
     }
 }
 
 async fn dead_letters(State(engine): State<AppState>) -> Response {
-    answer(engine.dead_letters().await.map(|dead_letters| DeadLettersResponse { dead_letters }))
+    answer(&engine, engine.dead_letters().await.map(|dead_letters| DeadLettersResponse { dead_letters })).await
 }
 
 async fn resend(State(engine): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
     match parse_body::<DeadLetterSelection>(&engine, body).await {
-        Ok(sel) => answer(engine.resend_dead_letters(&sel).await),
+        Ok(sel) => answer(&engine, engine.resend_dead_letters(&sel).await).await,
         Err(r) => r.into_response(),
     }
 }
 
 async fn purge(State(engine): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
     match parse_body::<DeadLetterSelection>(&engine, body).await {
-        Ok(sel) => answer(engine.purge_dead_letters(&sel).await),
+        Ok(sel) => answer(&engine, engine.purge_dead_letters(&sel).await).await,
         Err(r) => r.into_response(),
     }
 }
 
 async fn retry(State(engine): State<AppState>) -> Response {
-    answer(engine.retry_now().await)
+    answer(&engine, engine.retry_now().await).await
 }
 
 async fn retention(State(engine): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
     match parse_body::<RetentionRequest>(&engine, body).await {
-        Ok(req) => answer(engine.retention_purge(req.older_than_days).await),
+        Ok(req) => answer(&engine, engine.retention_purge(req.older_than_days).await).await,
         Err(r) => r.into_response(),
     }
 }
@@ -91,7 +93,7 @@ fn default_page() -> u32 {
 
 async fn audit(State(engine): State<AppState>, query: Result<Query<AuditQuery>, QueryRejection>) -> Response {
     match query {
-        Ok(Query(q)) => answer(engine.audit_page(q.after, q.limit).await),
+        Ok(Query(q)) => answer(&engine, engine.audit_page(q.after, q.limit).await).await,
         Err(e) => refuse(&engine, Refusal::malformed(format!("query parameters are invalid ({}): use after=<seq>, limit=<n>", e.body_text())))
             .await
             .into_response(),
@@ -99,7 +101,7 @@ async fn audit(State(engine): State<AppState>, query: Result<Query<AuditQuery>, 
 }
 
 async fn audit_verify(State(engine): State<AppState>) -> Response {
-    answer(engine.audit_verify().await)
+    answer(&engine, engine.audit_verify().await).await
 }
 
 /// The admin API.

@@ -9,7 +9,10 @@ use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use exchange_wire::api::{BatchItemResult, BatchSubmitRequest, BatchSubmitResponse, InboxResponse, SignedMessage};
+use exchange_wire::api::{
+    BatchItemResult, BatchSignForRequest, BatchSignForResponse, BatchSubmitRequest, BatchSubmitResponse, InboxResponse,
+    SignForResult, SignedMessage,
+};
 use serde::Deserialize;
 
 use super::{AppState, json, parse_body, parse_id, parse_unit, refuse, with_health};
@@ -132,6 +135,36 @@ async fn sign_for(
     }
 }
 
+async fn sign_for_batch(
+    State(engine): State<AppState>,
+    Path((node, unit)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let unit = match parse_unit(&engine, &node, &unit).await {
+        Ok(u) => u,
+        Err(r) => return r.into_response(),
+    };
+    let req: BatchSignForRequest = match parse_body(&engine, body).await {
+        Ok(m) => m,
+        Err(r) => return r.into_response(),
+    };
+    if req.receipts.len() > 1000 {
+        let r = Refusal::malformed(format!("a batch holds at most 1000 receipts, not {}", req.receipts.len()));
+        return refuse(&engine, r).await.into_response();
+    }
+    let items = req.receipts.into_iter().map(|i| (i.message_id, i.receipt)).collect();
+    let results = engine
+        .sign_for_many(&unit, items)
+        .await
+        .into_iter()
+        .map(|r| match r {
+            Ok(ok) => SignForResult::SignedFor(ok),
+            Err(e) => SignForResult::Refused(e.body()),
+        })
+        .collect();
+    json(StatusCode::OK, &BatchSignForResponse { results })
+}
+
 /// The agency API.
 pub fn router(engine: AppState) -> Router {
     // Base64 inflates payloads by 4/3; leave room for the envelope and a batch of small messages.
@@ -142,6 +175,7 @@ pub fn router(engine: AppState) -> Router {
         .route("/v1/messages/{id}", get(status))
         .route("/v1/units/{node}/{unit}/inbox", get(inbox))
         .route("/v1/units/{node}/{unit}/inbox/{id}/sign-for", post(sign_for))
+        .route("/v1/units/{node}/{unit}/inbox:sign-for", post(sign_for_batch))
         .layer(DefaultBodyLimit::max(body_limit.max(16 * 1024 * 1024)))
         )
         .with_state(engine)

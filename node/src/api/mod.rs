@@ -37,19 +37,36 @@ pub(crate) fn json<T: serde::Serialize>(status: StatusCode, body: &T) -> Respons
 }
 
 /// Parses a JSON body; refusals are counted and audited like any other bad input.
-/// serde's messages quote offending values (`invalid type: string "…"`); those may be document
-/// content, which must not reach logs or the audit log. Keeps the message, drops quoted values.
+/// serde's messages quote offending values (`invalid type: string "…"`, ``unknown field `…` ``);
+/// those may be document content, which must not reach logs or the audit log. Keeps the shape of the
+/// message and our own field names (``missing field `envelope` ``), drops the values.
 fn redact_values(message: &str) -> String {
     let mut out = String::with_capacity(message.len());
-    let mut quoted = false;
-    for c in message.chars() {
-        if c == '"' {
-            if !quoted {
+    let mut chars = message.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => {
+                // A Debug-quoted string: skip to the closing quote, honouring backslash escapes.
+                while let Some(d) = chars.next() {
+                    match d {
+                        '\\' => {
+                            chars.next();
+                        }
+                        '"' => break,
+                        _ => {}
+                    }
+                }
                 out.push_str("\"…\"");
             }
-            quoted = !quoted;
-        } else if !quoted {
-            out.push(c);
+            '`' => {
+                // Names after "expected" and in "missing field" are ours; others came from the input.
+                let ours = out.ends_with("missing field ") || out.contains("expected");
+                let name: String = chars.by_ref().take_while(|&d| d != '`').collect();
+                out.push('`');
+                out.push_str(if ours { &name } else { "…" });
+                out.push('`');
+            }
+            _ => out.push(c),
         }
     }
     out
@@ -141,5 +158,10 @@ mod tests {
         assert!(r.contains("invalid type"), "{r}");
         let missing = super::redact_values(&serde_json::from_str::<exchange_wire::api::SignedMessage>("{}").unwrap_err().to_string());
         assert!(missing.contains("missing field `envelope`"), "{missing}");
+        // Escaped quotes inside a value, and values shown in backticks, are dropped too.
+        let r = super::redact_values(r#"invalid type: string "a\"秘密\"b", expected struct"#);
+        assert!(!r.contains("秘密"), "{r}");
+        let r = super::redact_values("unknown field `秘密字段`, expected one of `envelope`, `signature`");
+        assert!(!r.contains("秘密字段") && r.contains("`envelope`"), "{r}");
     }
 }

@@ -58,7 +58,8 @@ impl Engine {
             messages.iter().map(|m| (Some(m.envelope.message_id()), Some(m.envelope.kind))).collect();
         let decoded: Vec<Result<Candidate, Refusal>> = messages.iter().map(|m| self.decode_submission(&dir, m)).collect();
         drop(messages);
-        let results = self.verify_and_take(&dir, None, decoded, None).await;
+        let no_sign_fors = (0..decoded.len()).map(|_| None).collect();
+        let results = self.verify_and_take(&dir, None, decoded, no_sign_fors).await;
         self.refused("agency", &refusals(&results, &ids)).await;
         let now = exchange_wire::now_ms();
         results
@@ -138,7 +139,8 @@ impl Engine {
             })
             .collect();
         let decoded: Vec<Result<Candidate, Refusal>> = request.parcels.into_iter().map(|p| self.decode_parcel(p)).collect();
-        let results = self.verify_and_take(&dir, Some(&from), decoded, None).await;
+        let no_sign_fors = (0..decoded.len()).map(|_| None).collect();
+        let results = self.verify_and_take(&dir, Some(&from), decoded, no_sign_fors).await;
         self.refused(from.as_str(), &refusals(&results, &ids)).await;
         if results.iter().any(|r| matches!(r, Err(e) if e.transient)) {
             // Storage trouble: say nothing, so the neighbour keeps custody and retries.
@@ -175,27 +177,46 @@ impl Engine {
         message_id: &MessageId,
         receipt: SignedMessage,
     ) -> Result<SignForResponse, Refusal> {
+        self.sign_for_many(unit, vec![(*message_id, receipt)]).await.pop().expect("one result")
+    }
+
+    /// Several 签收 by one unit, verified in one batch and committed in one transaction; one result
+    /// per receipt, in order.
+    pub async fn sign_for_many(
+        self: &Arc<Self>,
+        unit: &UnitAddress,
+        receipts: Vec<(MessageId, SignedMessage)>,
+    ) -> Vec<Result<SignForResponse, Refusal>> {
         let dir = self.dir.current();
-        let receipt_id = receipt.envelope.message_id();
-        let refuse = |r: Refusal| async move {
-            self.refused("agency", &[Refused { id: Some(receipt_id), kind: Some(Kind::Receipt), refusal: &r }]).await;
-            Err(r)
-        };
-        let candidate = match self.check_sign_for(&dir, unit, message_id, &receipt).await {
-            Ok(c) => c,
-            Err(r) => return refuse(r).await,
-        };
-        let sign_for = SignFor { unit: unit.clone(), message_id: *message_id };
-        let result = self.verify_and_take(&dir, None, vec![Ok(candidate)], Some(sign_for)).await.pop().expect("one result");
-        match result {
-            Ok(JobOutcome::Duplicate) => Ok(SignForResponse { message_id: *message_id, receipt_id, duplicate: true }),
-            Ok(JobOutcome::Conflict(reason)) => refuse(Refusal::new("conflict", 409, reason)).await,
-            Ok(_) => {
-                self.metrics.receipts.with_label_values(&["signed-for", "issued"]).inc();
-                Ok(SignForResponse { message_id: *message_id, receipt_id, duplicate: false })
-            }
-            Err(r) => refuse(r).await,
+        let mut decoded = Vec::with_capacity(receipts.len());
+        let mut sign_fors = Vec::with_capacity(receipts.len());
+        let mut ids = Vec::with_capacity(receipts.len());
+        for (message_id, receipt) in &receipts {
+            decoded.push(self.check_sign_for(&dir, unit, message_id, receipt).await);
+            sign_fors.push(Some(SignFor { unit: unit.clone(), message_id: *message_id }));
+            ids.push((Some(receipt.envelope.message_id()), Some(Kind::Receipt)));
         }
+        let results: Vec<Result<SignForResponse, Refusal>> = self
+            .verify_and_take(&dir, None, decoded, sign_fors)
+            .await
+            .into_iter()
+            .zip(&receipts)
+            .zip(&ids)
+            .map(|((r, (message_id, _)), (receipt_id, _))| {
+                let receipt_id = receipt_id.expect("every receipt has an id");
+                match r {
+                    Ok(JobOutcome::Duplicate) => Ok(SignForResponse { message_id: *message_id, receipt_id, duplicate: true }),
+                    Ok(JobOutcome::Conflict(reason)) => Err(Refusal::new("conflict", 409, reason)),
+                    Ok(_) => {
+                        self.metrics.receipts.with_label_values(&["signed-for", "issued"]).inc();
+                        Ok(SignForResponse { message_id: *message_id, receipt_id, duplicate: false })
+                    }
+                    Err(r) => Err(r),
+                }
+            })
+            .collect();
+        self.refused("agency", &refusals(&results, &ids)).await;
+        results
     }
 
     async fn check_sign_for(
@@ -240,12 +261,13 @@ impl Engine {
     }
 
     /// Verifies, decides and commits decoded candidates together. One result per input, in order.
+    /// `sign_fors[i]` makes input `i` a 签收 receipt that flips its inbox entry in the same commit.
     async fn verify_and_take(
         self: &Arc<Self>,
         dir: &Arc<Directory>,
         from: Option<&NodeId>,
         decoded: Vec<Result<Candidate, Refusal>>,
-        sign_for: Option<SignFor>,
+        mut sign_fors: Vec<Option<SignFor>>,
     ) -> Vec<Result<JobOutcome, Refusal>> {
         let mut results: Vec<Option<Result<JobOutcome, Refusal>>> = Vec::with_capacity(decoded.len());
         let mut candidates = Vec::new();
@@ -275,7 +297,7 @@ impl Engine {
             let incoming = Incoming { signed: cand.signed, payload: cand.payload, recipients: cand.recipients, from: from.cloned(), hops: cand.hops };
             match custody::take(&ctx, incoming) {
                 Ok((mut c, summary)) => {
-                    let job = match &sign_for {
+                    let job = match sign_fors.get_mut(i).and_then(Option::take) {
                         Some(s) => {
                             c.events.push(custody::event(s.message_id.0, ctx.now_ms, "signed-for", Some(&s.unit), None, None));
                             WriteJob::SignFor { unit: s.unit.to_string(), message_id: s.message_id.0, receipt: c }

@@ -125,6 +125,9 @@ impl Engine {
         for op in ["commit", "read"] {
             self.metrics.storage_errors.with_label_values(&[op]).inc_by(0);
         }
+        for source in ["agency", "peer"] {
+            self.metrics.signature_failures.with_label_values(&[source]).inc_by(0);
+        }
         for q in self.store.queue_stats().await? {
             if let Ok(id) = q.hop.parse() {
                 self.forwarder(&id).work.notify_one();

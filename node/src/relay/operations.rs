@@ -95,7 +95,8 @@ impl Engine {
         let (mut events, unreachable) = self.gather_trace(id, None).await?;
         events.sort_by_key(|e| e.at_ms);
         let nodes: BTreeSet<NodeId> = events.iter().map(|e| e.node.clone()).collect();
-        Ok(TraceResponse { id: *id, events, nodes: nodes.into_iter().collect(), unreachable })
+        let unreachable: BTreeSet<NodeId> = unreachable.into_iter().collect();
+        Ok(TraceResponse { id: *id, events, nodes: nodes.into_iter().collect(), unreachable: unreachable.into_iter().collect() })
     }
 
     /// Local events plus those of the neighbours the message came from or went to (except `asker`).
@@ -103,7 +104,7 @@ impl Engine {
         let mut events = self.events(id).await?;
         let onward: BTreeSet<NodeId> = events
             .iter()
-            .filter(|e| e.event == "received" || e.event == "forwarded")
+            .filter(|e| matches!(e.event.as_str(), "received" | "forwarded" | "failed"))
             .filter_map(|e| e.peer.clone())
             .filter(|p| Some(p) != asker && p != &self.here)
             .collect();
@@ -217,8 +218,9 @@ impl Engine {
 
     /// `exchange-admin retry`: every forwarder retries now, whatever its backoff.
     pub async fn retry_now(self: &Arc<Self>) -> Result<AdminActionResponse, Refusal> {
-        let n = self.wake_all_forwarders();
+        let n = self.forwarders.lock().expect("forwarders lock").len();
         self.admin_action(None, "retry", format!("{n} forwarders woken")).await?;
+        self.wake_all_forwarders();
         Ok(AdminActionResponse { affected: n as u64, message: format!("{n} forwarders retrying now") })
     }
 

@@ -33,12 +33,14 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(30))
             .foreign_keys(false);
+        // The writer keeps the indexes it updates in memory (32 MiB page cache); readers use the
+        // default cache. Together they stay well within a node's memory budget.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
             .idle_timeout(None)
             .max_lifetime(None)
-            .connect_with(base.clone().create_if_missing(true))
+            .connect_with(base.clone().create_if_missing(true).pragma("cache_size", "-32768").pragma("temp_store", "memory"))
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
         let readers = SqlitePoolOptions::new()
