@@ -11,7 +11,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use exchange_wire::api::{InboxItem, RecipientStatus};
 use exchange_wire::{Envelope, Kind, MessageId, PublicKey, UnitAddress, keys, receipt};
 
-use crate::endpoint::{Ctx, Endpoint};
+use crate::endpoint::{ActingFor, Ctx, Endpoint};
 use crate::output::{Table, emit, emit_json, format_ms, sanitize, short_id, truncate};
 use crate::parse::{self, IdPattern, META_DOC_NUMBER, META_FILE_NAME, META_TITLE};
 use crate::{InboxArgs, KeygenArgs, PubkeyArgs, SendArgs, SignForArgs};
@@ -75,7 +75,7 @@ fn document_envelope(a: &SendArgs, payload: &[u8]) -> Result<Envelope> {
 
 /// `send`: reads the file, signs a document envelope with the unit key and hands it to the node.
 pub fn send(ctx: &Ctx, a: &SendArgs) -> Result<()> {
-    let node = ctx.agency()?;
+    let node = ctx.agency(ActingFor::Unit(&a.from))?;
     let key = keys::read(&a.key)?;
     let payload = std::fs::read(&a.file)
         .with_context(|| format!("cannot read the document {}", a.file.display()))?;
@@ -165,7 +165,7 @@ fn save_payloads(dir: &Path, items: &[InboxItem]) -> Result<()> {
 
 /// `inbox`: one page of a unit's inbox, optionally waiting for new messages and saving payloads.
 pub fn inbox(ctx: &Ctx, a: &InboxArgs) -> Result<()> {
-    let node = ctx.agency()?;
+    let node = ctx.agency(ActingFor::Unit(&a.unit))?;
     let page = node.call(|c| c.inbox(&a.unit, a.after, a.limit, Duration::from_secs(a.wait)))?;
     if let Some(dir) = &a.save {
         save_payloads(dir, &page.items)?;
@@ -231,7 +231,7 @@ fn find_in_inbox(node: &Endpoint, unit: &UnitAddress, wanted: &IdPattern) -> Res
 
 /// `sign-for`: 签收 a document in the unit's inbox with a receipt signed by the unit's key.
 pub fn sign_for(ctx: &Ctx, a: &SignForArgs) -> Result<()> {
-    let node = ctx.agency()?;
+    let node = ctx.agency(ActingFor::Unit(&a.unit))?;
     // Read the key first: a bad key file should fail before any network work.
     let key = keys::read(&a.key)?;
     let item = find_in_inbox(&node, &a.unit, &a.message)?;
@@ -292,7 +292,7 @@ fn recipients_table(recipients: &[RecipientStatus]) -> Table {
 
 /// `status MESSAGE_ID`: where a message is, per recipient, and the hops it took.
 pub fn status(ctx: &Ctx, id: &MessageId) -> Result<()> {
-    let node = ctx.agency()?;
+    let node = ctx.agency(ActingFor::SenderOf(id))?;
     let st = node.call(|c| c.status(id))?;
     if ctx.json {
         return emit_json(&st);

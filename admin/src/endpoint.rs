@@ -4,13 +4,19 @@
 //! A node has an agency API (`--node`, for agency systems) and an admin API on a separate listener
 //! (`--admin`, loopback by default, for operators). Errors name the option and environment variable
 //! that chose the address, so a wrong address is easy to fix.
+//!
+//! Agency calls carry the unit token given by `--token` / `EXCHANGE_TOKEN`; a refusal for want of a
+//! good token (`unauthenticated`, `forbidden`) says which unit's token the call needed. Admin calls
+//! never carry it: a unit token has no business on the operators' listener.
 
 use std::fmt;
 
 use anyhow::{Result, anyhow, bail};
+use exchange_wire::UnitAddress;
 use exchange_wire::client::{ApiClient, ClientError};
 
 use crate::output::sanitize;
+use crate::parse;
 
 /// The node gave no usable answer: not running, wrong address, or not an exchange node of this
 /// release. Kept apart from other errors because it maps to exit code 2, which scripts use to retry
@@ -32,6 +38,8 @@ pub struct Ctx {
     pub node: String,
     /// Base URL of the node's admin API.
     pub admin: String,
+    /// The unit token sent with agency calls (`--token`, `EXCHANGE_TOKEN`).
+    pub token: Option<String>,
     /// Print JSON instead of tables.
     pub json: bool,
 }
@@ -81,19 +89,75 @@ impl Api {
     }
 }
 
+/// The unit an agency call acts for: the node wants a token of that unit.
+#[derive(Debug, Clone, Copy)]
+pub enum ActingFor<'a> {
+    /// The unit named on the command line (`send --from`, `inbox --unit`, `sign-for --unit`).
+    Unit(&'a UnitAddress),
+    /// The unit that sent the message asked about (`status MESSAGE_ID`), unknown until the node says.
+    SenderOf(&'a exchange_wire::MessageId),
+}
+
+impl ActingFor<'_> {
+    fn describe(self) -> String {
+        match self {
+            ActingFor::Unit(u) => format!("unit {u}"),
+            ActingFor::SenderOf(id) => format!("the unit that sent message {id}"),
+        }
+    }
+
+    /// The value to pass to `tokens issue --unit`.
+    fn unit_arg(self) -> String {
+        match self {
+            ActingFor::Unit(u) => u.to_string(),
+            ActingFor::SenderOf(_) => "UNIT".into(),
+        }
+    }
+}
+
+/// What an agency call authenticated with, to explain a refusal of it.
+#[derive(Debug, Clone)]
+struct Auth {
+    /// Whom the call acts for, as a phrase (`unit gz/civil-affairs`).
+    acting_for: String,
+    /// The address to give `tokens issue --unit`.
+    unit_arg: String,
+    /// Whether a token was sent at all.
+    token_given: bool,
+}
+
 /// A client for one of the node's APIs, which explains its failures.
 pub struct Endpoint {
     client: ApiClient,
     api: Api,
+    auth: Option<Auth>,
 }
 
 impl Ctx {
-    /// The node's agency API. Made per command, so `keygen` and `pubkey` never look at `--node`.
-    pub fn agency(&self) -> Result<Endpoint> {
-        Endpoint::new(Api::Agency, &self.node)
+    /// The node's agency API, authenticating with the unit token if one was given. Made per command,
+    /// so `keygen` and `pubkey` never look at `--node` or `--token`.
+    /// An empty token (`EXCHANGE_TOKEN=`) counts as none; a malformed one is refused here, not when
+    /// the command line is parsed, so it never gets in the way of commands that do not use it.
+    pub fn agency(&self, acting_for: ActingFor<'_>) -> Result<Endpoint> {
+        let mut endpoint = Endpoint::new(Api::Agency, &self.node)?;
+        let token = match self.token.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(t) => {
+                Some(parse::token(t).map_err(|e| anyhow!("--token or EXCHANGE_TOKEN: {e}"))?)
+            }
+        };
+        endpoint.auth = Some(Auth {
+            acting_for: acting_for.describe(),
+            unit_arg: acting_for.unit_arg(),
+            token_given: token.is_some(),
+        });
+        if let Some(token) = token {
+            endpoint.client = endpoint.client.with_token(token);
+        }
+        Ok(endpoint)
     }
 
-    /// The node's admin API.
+    /// The node's admin API. It never carries the unit token.
     pub fn admin(&self) -> Result<Endpoint> {
         Endpoint::new(Api::Admin, &self.admin)
     }
@@ -113,6 +177,7 @@ impl Endpoint {
         Ok(Endpoint {
             client: ApiClient::new(url),
             api,
+            auth: None,
         })
     }
 
@@ -122,13 +187,44 @@ impl Endpoint {
 
     /// Makes one call and turns its error into one a person can act on.
     pub fn call<T>(&self, f: impl FnOnce(&ApiClient) -> Result<T, ClientError>) -> Result<T> {
-        f(&self.client).map_err(|e| explain(self.api, self.client.base_url(), e))
+        f(&self.client)
+            .map_err(|e| explain(self.api, self.client.base_url(), self.auth.as_ref(), e))
+    }
+}
+
+/// What to do about a refusal for want of a good unit token, if it is one: `unauthenticated` (401,
+/// no valid token) or `forbidden` (a valid token of another unit).
+fn token_hint(auth: &Auth, status: u16, code: &str) -> Option<String> {
+    let (who, unit) = (&auth.acting_for, &auth.unit_arg);
+    let issue = format!(
+        "an operator of the unit's node issues one with `exchange-admin tokens issue --unit {unit}`"
+    );
+    if code == "unauthenticated" || status == 401 {
+        Some(if auth.token_given {
+            format!(
+                "the token given (--token or EXCHANGE_TOKEN) was not accepted: mistyped, revoked, or issued by \
+                 another node? Set --token or EXCHANGE_TOKEN to a valid token of {who}; {issue}"
+            )
+        } else {
+            format!(
+                "the node requires a unit token: set --token or EXCHANGE_TOKEN to a token of {who}; {issue}"
+            )
+        })
+    } else if code == "forbidden" {
+        // Only this code: a node answers 403 for other reasons too (a bad signature, a suspended unit),
+        // and those have nothing to do with the token.
+        Some(format!(
+            "a token acts for one unit only: set --token or EXCHANGE_TOKEN to a token of {who}, not of another \
+             unit; {issue}"
+        ))
+    } else {
+        None
     }
 }
 
 /// A client error as the user should read it. "No usable answer" stays recognisable (as `NoAnswer`)
 /// for the exit code.
-fn explain(api: Api, base: &str, e: ClientError) -> anyhow::Error {
+fn explain(api: Api, base: &str, auth: Option<&Auth>, e: ClientError) -> anyhow::Error {
     let (option, env, name, setting) = (api.option(), api.env(), api.name(), api.setting());
     match e {
         ClientError::Protocol { status, reason, .. } => anyhow!(NoAnswer(format!(
@@ -141,11 +237,17 @@ fn explain(api: Api, base: &str, e: ClientError) -> anyhow::Error {
             "cannot reach the node's {name} at {base}: {reason}; is exchange-node running? set {option} or \
              {env} to its {setting} address"
         ))),
-        ClientError::Refused { status, body } => anyhow!(
-            "the node refused: {} [{}, HTTP {status} from {base}]",
-            sanitize(&body.message),
-            sanitize(&body.error)
-        ),
+        ClientError::Refused { status, body } => {
+            let hint = auth
+                .and_then(|a| token_hint(a, status, &body.error))
+                .map(|h| format!("\nhint: {h}"))
+                .unwrap_or_default();
+            anyhow!(
+                "the node refused: {} [{}, HTTP {status} from {base}]{hint}",
+                sanitize(&body.message),
+                sanitize(&body.error)
+            )
+        }
     }
 }
 
@@ -159,9 +261,15 @@ mod tests {
         let ctx = Ctx {
             node: "127.0.0.1:8080".into(),
             admin: "localhost".into(),
+            token: None,
             json: false,
         };
-        let err = ctx.agency().err().unwrap().to_string();
+        let unit: UnitAddress = "gz/civil-affairs".parse().unwrap();
+        let err = ctx
+            .agency(ActingFor::Unit(&unit))
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("--node") && err.contains("8080"), "{err}");
         let err = ctx.admin().err().unwrap().to_string();
         assert!(err.contains("--admin") && err.contains("9080"), "{err}");
@@ -172,6 +280,7 @@ mod tests {
         let e = explain(
             Api::Admin,
             "http://127.0.0.1:9080",
+            None,
             ClientError::Transport {
                 url: "x".into(),
                 reason: "connection refused".into(),
@@ -187,6 +296,7 @@ mod tests {
         let e = explain(
             Api::Agency,
             "http://127.0.0.1:8080",
+            None,
             ClientError::Protocol {
                 url: "x".into(),
                 status: 200,
@@ -202,6 +312,7 @@ mod tests {
         let e = explain(
             Api::Admin,
             "http://127.0.0.1:9080",
+            None,
             ClientError::Refused {
                 status: 404,
                 body: ErrorBody {
@@ -217,5 +328,151 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains('\x1b'));
+    }
+
+    fn refusal(status: u16, code: &str) -> ClientError {
+        ClientError::Refused {
+            status,
+            body: ErrorBody {
+                error: code.into(),
+                message: "refused".into(),
+            },
+        }
+    }
+
+    fn agency_auth(token_given: bool) -> Auth {
+        let unit: UnitAddress = "gz.yuexiu/liurong-street".parse().unwrap();
+        let acting = ActingFor::Unit(&unit);
+        Auth {
+            acting_for: acting.describe(),
+            unit_arg: acting.unit_arg(),
+            token_given,
+        }
+    }
+
+    #[test]
+    fn missing_tokens_say_what_to_set() {
+        let text = explain(
+            Api::Agency,
+            "http://n:8080",
+            Some(&agency_auth(false)),
+            refusal(401, "unauthenticated"),
+        )
+        .to_string();
+        assert!(text.contains("[unauthenticated, HTTP 401"), "{text}");
+        assert!(
+            text.contains(
+                "set --token or EXCHANGE_TOKEN to a token of unit gz.yuexiu/liurong-street"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("exchange-admin tokens issue --unit gz.yuexiu/liurong-street"),
+            "{text}"
+        );
+        let text = explain(
+            Api::Agency,
+            "http://n:8080",
+            Some(&agency_auth(true)),
+            refusal(401, "unauthenticated"),
+        )
+        .to_string();
+        assert!(text.contains("was not accepted"), "{text}");
+    }
+
+    #[test]
+    fn tokens_of_another_unit_say_which_unit() {
+        let text = explain(
+            Api::Agency,
+            "http://n:8080",
+            Some(&agency_auth(true)),
+            refusal(403, "forbidden"),
+        )
+        .to_string();
+        assert!(
+            text.contains("a token of unit gz.yuexiu/liurong-street, not of another unit"),
+            "{text}"
+        );
+        let id: exchange_wire::MessageId = "ab".repeat(32).parse().unwrap();
+        let acting = ActingFor::SenderOf(&id);
+        let auth = Auth {
+            acting_for: acting.describe(),
+            unit_arg: acting.unit_arg(),
+            token_given: true,
+        };
+        let text = token_hint(&auth, 403, "forbidden").unwrap();
+        assert!(
+            text.contains(&format!("the unit that sent message {id}")),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn other_refusals_and_admin_calls_get_no_token_hint() {
+        let text = explain(
+            Api::Agency,
+            "http://n:8080",
+            Some(&agency_auth(false)),
+            refusal(404, "not-found"),
+        )
+        .to_string();
+        assert!(!text.contains("hint"), "{text}");
+        let text = explain(
+            Api::Agency,
+            "http://n:8080",
+            Some(&agency_auth(true)),
+            refusal(403, "bad-signature"),
+        )
+        .to_string();
+        assert!(!text.contains("hint"), "403 for another reason: {text}");
+        let text = explain(
+            Api::Admin,
+            "http://n:9080",
+            None,
+            refusal(401, "unauthenticated"),
+        )
+        .to_string();
+        assert!(!text.contains("--token"), "{text}");
+    }
+
+    #[test]
+    fn only_agency_calls_carry_the_token() {
+        let ctx = Ctx {
+            node: "http://127.0.0.1:8080".into(),
+            admin: "http://127.0.0.1:9080".into(),
+            token: Some("secret".into()),
+            json: false,
+        };
+        let unit: UnitAddress = "gz/civil-affairs".parse().unwrap();
+        let agency = ctx.agency(ActingFor::Unit(&unit)).unwrap();
+        assert!(agency.auth.as_ref().is_some_and(|a| a.token_given));
+        assert!(ctx.admin().unwrap().auth.is_none());
+    }
+
+    #[test]
+    fn empty_tokens_count_as_none_and_bad_ones_are_refused_when_used() {
+        let mut ctx = Ctx {
+            node: "http://127.0.0.1:8080".into(),
+            admin: "http://127.0.0.1:9080".into(),
+            token: Some("  ".into()),
+            json: false,
+        };
+        let unit: UnitAddress = "gz/civil-affairs".parse().unwrap();
+        let agency = ctx.agency(ActingFor::Unit(&unit)).unwrap();
+        assert!(agency.auth.as_ref().is_some_and(|a| !a.token_given));
+        ctx.token = Some("two words".into());
+        let err = ctx
+            .agency(ActingFor::Unit(&unit))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("EXCHANGE_TOKEN") && !err.contains("two words"),
+            "{err}"
+        );
+        assert!(
+            ctx.admin().is_ok(),
+            "admin commands do not look at the token"
+        );
     }
 }

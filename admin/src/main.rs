@@ -1,20 +1,23 @@
 //! `exchange-admin`: the command line for agency systems and network operators.
 //!
 //! This file holds only the command-line definitions and the mapping from outcomes to exit codes; the
-//! agency commands live in `agency`, the operator commands in `ops`, the choice of node API and the
-//! meaning of its errors in `endpoint`, formatting in `output`, value parsing in `parse`.
+//! agency commands live in `agency`, the operator commands in `ops`, the signed directory (nodes and
+//! units) in `directory`, unit API tokens in `tokens`, the choice of node API and the meaning of its
+//! errors in `endpoint`, formatting in `output`, value parsing in `parse`.
 
 mod agency;
+mod directory;
 mod endpoint;
 mod ops;
 mod output;
 mod parse;
+mod tokens;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use exchange_wire::{MessageId, Priority, UnitAddress};
+use exchange_wire::{MessageId, NodeId, Priority, PublicKey, UnitAddress};
 
 use agency::MAX_WAIT_SECS;
 use endpoint::{Ctx, NoAnswer};
@@ -26,9 +29,17 @@ Agency commands (keygen, pubkey, send, inbox, sign-for, status MESSAGE_ID) talk 
 API, given by --node URL or EXCHANGE_NODE (default http://127.0.0.1:8080). Unit keys never leave this
 machine: documents and receipts are signed here and the node only receives signed envelopes.
 
-Operator commands (status, peers, queues, trace, dead-letters, retry, purge, audit, ready) talk to
-the node's admin API, given by --admin URL or EXCHANGE_ADMIN (default http://127.0.0.1:9080). The
-admin API listens on loopback by default (admin.listen): run them on the node's host.
+The node requires a unit token on agency calls: give it with --token TOKEN or EXCHANGE_TOKEN (prefer
+the variable: command lines are visible to other users of the machine). An operator of the unit's
+node issues it with `exchange-admin tokens issue --unit UNIT`. A token acts for its own unit only: the
+node answers 401 (unauthenticated) without a valid token, and 403 (forbidden) when the token's unit is
+not the unit acted for (send --from, inbox --unit, sign-for --unit, the sender for status).
+
+Operator commands (status, peers, queues, trace, dead-letters, retry, purge, audit, ready, directory,
+nodes, units, tokens) talk to the node's admin API, given by --admin URL or EXCHANGE_ADMIN (default
+http://127.0.0.1:9080). The admin API listens on loopback by default (admin.listen): run them on the
+node's host. The root node alone signs the node tree (nodes add/remove); each node signs its own units
+(units add/suspend/activate/revoke/rotate-key) and issues their tokens.
 
 `status` is both: `status MESSAGE_ID` shows where a message is, per recipient (agency API; ask the
 sender's node), and `status` alone shows the node itself (admin API).
@@ -40,11 +51,12 @@ notes and warnings go to stderr, so `id=$(exchange-admin send ...)` works.
 Exit codes:
   0  success; also `trace` when some nodes could not be asked (the trace may then be partial: a
      warning on stderr names them)
-  1  the node refused the request, a command-line value or local file is wrong, or a destructive
-     command was given without --yes
+  1  the node refused the request (including a missing or wrong --token), a command-line value or
+     local file is wrong, or a destructive command was given without --yes
   2  the node could not be reached or gave no usable answer (is exchange-node running? check --node
      for agency commands, --admin for operator commands)
-  4  audit verify: the audit chain is broken (the first broken entry is printed)
+  4  audit verify: the audit chain is broken (the first broken entry is printed); directory
+     verify: a directory segment fails verification (each failing segment is printed)
   5  ready: the node answered that it is not ready (each failing check is printed)";
 
 #[derive(Parser)]
@@ -71,6 +83,21 @@ struct Cli {
         help_heading = "Global options"
     )]
     admin: String,
+
+    /// The unit's API token for agency commands (send, inbox, sign-for, status MESSAGE_ID).
+    ///
+    /// Issued on the unit's node with `exchange-admin tokens issue --unit UNIT`. The node answers 401
+    /// without a valid token and 403 when the token is of another unit than the one acted for. Prefer
+    /// EXCHANGE_TOKEN to --token: command lines are visible to other users of the machine.
+    #[arg(
+        long,
+        global = true,
+        env = "EXCHANGE_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN",
+        help_heading = "Global options"
+    )]
+    token: Option<String>,
 
     /// Print machine-readable JSON instead of tables.
     #[arg(long, global = true, help_heading = "Global options")]
@@ -123,6 +150,18 @@ is still 0. With --json, they are listed in `unreachable`."
     Audit(AuditCommand),
     /// The node's readiness checks; exit code 5 when it is not ready.
     Ready,
+    /// The signed directory this node routes by: its segments, or their verification.
+    #[command(subcommand)]
+    Directory(DirectoryCommand),
+    /// The node tree: list nodes, or add and remove them (on the root node, which signs the tree).
+    #[command(subcommand)]
+    Nodes(NodesCommand),
+    /// The units of the directory: list, show, add, suspend, activate, revoke, rotate keys.
+    #[command(subcommand)]
+    Units(UnitsCommand),
+    /// Unit API tokens, with which agency systems authenticate: issue, list, revoke.
+    #[command(subcommand)]
+    Tokens(TokensCommand),
 }
 
 #[derive(Args)]
@@ -277,11 +316,189 @@ pub struct AuditExportArgs {
     pub after: i64,
 }
 
+#[derive(Subcommand)]
+pub enum DirectoryCommand {
+    /// The directory version, the pinned root key and each signed segment: owner, version, signer.
+    Show,
+    /// Re-verify every stored segment against the root key on the node; exit code 4 when one fails.
+    Verify,
+}
+
+#[derive(Subcommand)]
+pub enum NodesCommand {
+    /// List the nodes of the tree: id, name, tier, parent, public key, addresses.
+    List,
+    /// Add a node to the tree (or replace its record). Only the root node signs the tree: point
+    /// --admin at the root node's admin API.
+    Add(Box<NodeAddArgs>),
+    /// Remove a node from the tree (on the root node). Needs --yes.
+    Remove(NodeRemoveArgs),
+}
+
+#[derive(Args)]
+pub struct NodeAddArgs {
+    /// The node's id, such as gz.baiyun.
+    #[arg(long, value_name = "ID")]
+    pub id: NodeId,
+    /// The parent node's id, such as gz.
+    #[arg(long, value_name = "ID")]
+    pub parent: NodeId,
+    /// The node's tier: city, district, province, ...
+    #[arg(long, value_name = "TIER", value_parser = parse::word)]
+    pub tier: String,
+    /// The node's name, such as 白云区交换平台.
+    #[arg(long, value_name = "NAME", value_parser = parse::name)]
+    pub name: String,
+    /// The node's public key (64 hex characters), as `exchange-node keygen` printed it.
+    #[arg(long, value_name = "HEX")]
+    pub public_key: PublicKey,
+    /// A libp2p multiaddress where the node listens, such as /ip4/198.51.100.13/tcp/7403; may be
+    /// repeated.
+    #[arg(long = "address", value_name = "MULTIADDR", value_parser = parse::multiaddr)]
+    pub addresses: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct NodeRemoveArgs {
+    /// The node's id.
+    #[arg(value_name = "ID")]
+    pub id: NodeId,
+    /// Confirm: the removal is signed and spreads to every node; messages for its units can no
+    /// longer be routed.
+    #[arg(long)]
+    pub yes: bool,
+}
+
+#[derive(Subcommand)]
+pub enum UnitsCommand {
+    /// List the units (all, or those of NODE): address, name, kind, credit code, status, valid keys.
+    List(UnitsListArgs),
+    /// One unit: name, kind, credit code, status, and each key with its validity window.
+    Show(UnitArg),
+    /// Add a unit to the node asked (its home node, which signs its units).
+    Add(UnitAddArgs),
+    /// Bar a unit for now: its submissions and new messages to it are refused.
+    Suspend(UnitArg),
+    /// Lift a suspension.
+    Activate(UnitArg),
+    /// Revoke a unit for good, with its keys. Needs --yes.
+    Revoke(UnitRevokeArgs),
+    /// Give a unit a new public key, keeping the old one for an overlap or revoking it now.
+    RotateKey(RotateKeyArgs),
+}
+
+#[derive(Args)]
+pub struct UnitsListArgs {
+    /// Only the units of this node, such as gz.haizhu. (A positional argument: --node is the global
+    /// agency API address.)
+    #[arg(value_name = "NODE")]
+    pub node_id: Option<NodeId>,
+}
+
+#[derive(Args)]
+pub struct UnitArg {
+    /// The unit's address, such as gz.yuexiu/liurong-street.
+    #[arg(value_name = "ADDRESS")]
+    pub address: UnitAddress,
+}
+
+/// Where a unit's public key comes from: typed in hex, or read from its key file.
+#[derive(Args)]
+#[group(id = "key_source", required = true, multiple = false)]
+pub struct KeySourceArgs {
+    /// The unit's public key (64 hex characters), as `exchange-admin keygen` or `pubkey` printed it.
+    #[arg(long, value_name = "HEX")]
+    pub public_key: Option<PublicKey>,
+    /// Read the public key from the unit's key file (only the public half is sent).
+    #[arg(long, value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct UnitAddArgs {
+    /// The unit's address, <node-id>/<unit-id>; the node part must be the node asked.
+    #[arg(long, value_name = "ADDRESS")]
+    pub address: UnitAddress,
+    /// The unit's name, such as 越秀区六榕街道办事处.
+    #[arg(long, value_name = "NAME", value_parser = parse::name)]
+    pub name: String,
+    /// The unit's kind: department, bureau, street-office, ...
+    #[arg(long, value_name = "KIND", value_parser = parse::word)]
+    pub kind: String,
+    /// The unit's unified social credit code (统一社会信用代码, 18 characters); its check character
+    /// is verified.
+    #[arg(long, value_name = "CODE", value_parser = parse::uscc)]
+    pub uscc: Option<String>,
+    #[command(flatten)]
+    pub key: KeySourceArgs,
+}
+
+#[derive(Args)]
+pub struct UnitRevokeArgs {
+    /// The unit's address.
+    #[arg(value_name = "ADDRESS")]
+    pub address: UnitAddress,
+    /// Confirm: a revoked unit cannot send or receive again, and nothing signed with its keys from
+    /// now on verifies.
+    #[arg(long)]
+    pub yes: bool,
+}
+
+#[derive(Args)]
+pub struct RotateKeyArgs {
+    /// The unit's address.
+    #[arg(value_name = "ADDRESS")]
+    pub address: UnitAddress,
+    #[command(flatten)]
+    pub key: KeySourceArgs,
+    /// Keep the old key valid this many seconds beside the new one (default 0: it ends now).
+    #[arg(long, value_name = "N")]
+    pub overlap_secs: Option<u64>,
+    /// Revoke the old key now (it was stolen or lost): nothing signed with it from now on verifies.
+    #[arg(long, conflicts_with = "overlap_secs")]
+    pub revoke_old: bool,
+}
+
+#[derive(Subcommand)]
+pub enum TokensCommand {
+    /// Issue an API token for a unit of this node. The token alone is printed on stdout, this once.
+    Issue(TokenIssueArgs),
+    /// List the tokens this node issued (their ids, never the tokens).
+    List(TokensListArgs),
+    /// Revoke a token by its id: agency calls with it are refused from now on.
+    Revoke(TokenRevokeArgs),
+}
+
+#[derive(Args)]
+pub struct TokenIssueArgs {
+    /// The unit the token acts for.
+    #[arg(long, value_name = "UNIT")]
+    pub unit: UnitAddress,
+    /// A note to tell the unit's tokens apart, such as the system or host that uses it.
+    #[arg(long, value_name = "L")]
+    pub label: Option<String>,
+}
+
+#[derive(Args)]
+pub struct TokensListArgs {
+    /// Only the tokens of this unit.
+    #[arg(long, value_name = "UNIT")]
+    pub unit: Option<UnitAddress>,
+}
+
+#[derive(Args)]
+pub struct TokenRevokeArgs {
+    /// The token's id, as `tokens list` and `tokens issue --json` show it.
+    #[arg(value_name = "ID", value_parser = parse::token_id)]
+    pub id: String,
+}
+
 /// How a command ended, beyond success or error: each maps to its own exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Done,
     AuditBroken,
+    DirectoryBroken,
     NotReady,
 }
 
@@ -289,7 +506,7 @@ impl Outcome {
     fn exit_code(self) -> ExitCode {
         match self {
             Outcome::Done => ExitCode::SUCCESS,
-            Outcome::AuditBroken => ExitCode::from(4),
+            Outcome::AuditBroken | Outcome::DirectoryBroken => ExitCode::from(4),
             Outcome::NotReady => ExitCode::from(5),
         }
     }
@@ -299,6 +516,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
     let ctx = Ctx {
         node: cli.node,
         admin: cli.admin,
+        token: cli.token,
         json: cli.json,
     };
     let done = |r: anyhow::Result<()>| r.map(|()| Outcome::Done);
@@ -325,6 +543,25 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Audit(AuditCommand::Verify) => ops::audit_verify(&ctx),
         Command::Audit(AuditCommand::Export(a)) => done(ops::audit_export(&ctx, a)),
         Command::Ready => ops::ready(&ctx),
+        Command::Directory(DirectoryCommand::Show) => done(directory::show(&ctx)),
+        Command::Directory(DirectoryCommand::Verify) => directory::verify(&ctx),
+        Command::Nodes(NodesCommand::List) => done(directory::nodes_list(&ctx)),
+        Command::Nodes(NodesCommand::Add(a)) => done(directory::nodes_add(&ctx, a)),
+        Command::Nodes(NodesCommand::Remove(a)) => done(directory::nodes_remove(&ctx, a)),
+        Command::Units(UnitsCommand::List(a)) => done(directory::units_list(&ctx, a)),
+        Command::Units(UnitsCommand::Show(a)) => done(directory::units_show(&ctx, &a.address)),
+        Command::Units(UnitsCommand::Add(a)) => done(directory::units_add(&ctx, a)),
+        Command::Units(UnitsCommand::Suspend(a)) => {
+            done(directory::units_suspend(&ctx, &a.address))
+        }
+        Command::Units(UnitsCommand::Activate(a)) => {
+            done(directory::units_activate(&ctx, &a.address))
+        }
+        Command::Units(UnitsCommand::Revoke(a)) => done(directory::units_revoke(&ctx, a)),
+        Command::Units(UnitsCommand::RotateKey(a)) => done(directory::units_rotate_key(&ctx, a)),
+        Command::Tokens(TokensCommand::Issue(a)) => done(tokens::issue(&ctx, a)),
+        Command::Tokens(TokensCommand::List(a)) => done(tokens::list(&ctx, a)),
+        Command::Tokens(TokensCommand::Revoke(a)) => done(tokens::revoke(&ctx, a)),
     }
 }
 
@@ -475,5 +712,245 @@ mod tests {
             assert!(help.contains(line), "missing {line:?} in:\n{help}");
         }
         assert!(help.contains("EXCHANGE_ADMIN"));
+    }
+
+    #[test]
+    fn token_is_global_and_hidden_from_help() {
+        let cli = parse(&["inbox", "--unit", "gz/a", "--token", "t0k"]).unwrap();
+        assert_eq!(cli.token.as_deref(), Some("t0k"));
+        let cli = parse(&["--token", "t0k", "units", "list"]).unwrap();
+        assert_eq!(cli.token.as_deref(), Some("t0k"));
+        let arg = Cli::command()
+            .get_arguments()
+            .find(|a| a.get_id() == "token")
+            .cloned()
+            .unwrap();
+        assert_eq!(arg.get_env(), Some(std::ffi::OsStr::new("EXCHANGE_TOKEN")));
+        assert!(
+            arg.is_hide_env_values_set(),
+            "the token must not be printed by --help"
+        );
+        let help = Cli::command().render_long_help().to_string();
+        assert!(
+            help.contains("exchange-admin tokens issue --unit UNIT"),
+            "{help}"
+        );
+        assert!(help.contains("401") && help.contains("403"), "{help}");
+    }
+
+    #[test]
+    fn directory_and_nodes_verbs() {
+        assert!(matches!(
+            parse(&["directory", "show"]).unwrap().command,
+            Command::Directory(DirectoryCommand::Show)
+        ));
+        assert!(matches!(
+            parse(&["directory", "verify", "--json"]).unwrap().command,
+            Command::Directory(DirectoryCommand::Verify)
+        ));
+        assert!(parse(&["directory"]).is_err());
+        let key =
+            exchange_wire::PublicKey(exchange_wire::keys::generate().verifying_key()).to_hex();
+        let cli = parse(&[
+            "nodes",
+            "add",
+            "--id",
+            "gz.baiyun",
+            "--parent",
+            "gz",
+            "--tier",
+            "district",
+            "--name",
+            "白云区交换平台",
+            "--public-key",
+            &key,
+            "--address",
+            "/ip4/198.51.100.13/tcp/7403",
+            "--address",
+            "/dns4/baiyun.example/tcp/7403",
+        ])
+        .unwrap();
+        let Command::Nodes(NodesCommand::Add(a)) = cli.command else {
+            panic!("nodes add")
+        };
+        assert_eq!(a.addresses.len(), 2);
+        assert_eq!(a.public_key.to_hex(), key);
+        let without = |flag: &str| {
+            let mut args = vec![
+                "nodes",
+                "add",
+                "--id",
+                "gz.baiyun",
+                "--parent",
+                "gz",
+                "--tier",
+                "district",
+                "--name",
+                "白云",
+                "--public-key",
+                &key,
+            ];
+            let at = args.iter().position(|a| *a == flag).unwrap();
+            args.drain(at..at + 2);
+            parse(&args)
+        };
+        for flag in ["--id", "--parent", "--tier", "--name", "--public-key"] {
+            assert!(without(flag).is_err(), "{flag} is required");
+        }
+        assert!(
+            parse(&[
+                "nodes",
+                "add",
+                "--id",
+                "gz.baiyun",
+                "--parent",
+                "gz",
+                "--tier",
+                "District",
+                "--name",
+                "x",
+                "--public-key",
+                &key
+            ])
+            .is_err()
+        );
+        assert!(
+            parse(&[
+                "nodes",
+                "add",
+                "--id",
+                "gz.baiyun",
+                "--parent",
+                "gz",
+                "--tier",
+                "district",
+                "--name",
+                "x",
+                "--public-key",
+                "abcd"
+            ])
+            .is_err()
+        );
+        let cli = parse(&["nodes", "remove", "gz.baiyun", "--yes"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Nodes(NodesCommand::Remove(NodeRemoveArgs { yes: true, .. }))
+        ));
+        assert!(parse(&["nodes", "remove", "GZ"]).is_err());
+    }
+
+    #[test]
+    fn units_verbs_take_one_key_source() {
+        let key =
+            exchange_wire::PublicKey(exchange_wire::keys::generate().verifying_key()).to_hex();
+        let base = [
+            "units",
+            "add",
+            "--address",
+            "gz.yuexiu/liurong-street",
+            "--name",
+            "越秀区六榕街道办事处",
+            "--kind",
+            "street-office",
+        ];
+        let with = |extra: &[&str]| {
+            parse(
+                &base
+                    .iter()
+                    .copied()
+                    .chain(extra.iter().copied())
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let cli = with(&["--public-key", &key, "--uscc", "9144030071526726xg"]).unwrap();
+        let Command::Units(UnitsCommand::Add(a)) = cli.command else {
+            panic!("units add")
+        };
+        assert_eq!(a.uscc.as_deref(), Some("9144030071526726XG"));
+        assert!(a.key.public_key.is_some() && a.key.key_file.is_none());
+        assert!(with(&["--key-file", "unit.key"]).is_ok());
+        assert!(with(&[]).is_err(), "a key is required");
+        assert!(
+            with(&["--public-key", &key, "--key-file", "unit.key"]).is_err(),
+            "only one key source"
+        );
+        assert!(
+            with(&["--public-key", &key, "--uscc", "9144030071526726XA"]).is_err(),
+            "bad check character"
+        );
+
+        let cli = parse(&["units", "list", "gz.haizhu"]).unwrap();
+        let Command::Units(UnitsCommand::List(a)) = cli.command else {
+            panic!("units list")
+        };
+        assert_eq!(a.node_id.unwrap().as_str(), "gz.haizhu");
+        let cli = parse(&["units", "list", "--node", "http://h:8080"]).unwrap();
+        assert_eq!(
+            cli.node, "http://h:8080",
+            "--node stays the global agency address"
+        );
+        for verb in ["show", "suspend", "activate", "revoke"] {
+            assert!(
+                parse(&["units", verb, "gz/civil-affairs"]).is_ok(),
+                "{verb}"
+            );
+            assert!(parse(&["units", verb, "civil-affairs"]).is_err(), "{verb}");
+        }
+
+        let rotate = |extra: &[&str]| {
+            parse(
+                &["units", "rotate-key", "gz/civil-affairs"]
+                    .iter()
+                    .copied()
+                    .chain(extra.iter().copied())
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let cli = rotate(&["--key-file", "new.key", "--overlap-secs", "3600"]).unwrap();
+        let Command::Units(UnitsCommand::RotateKey(a)) = cli.command else {
+            panic!("rotate-key")
+        };
+        assert_eq!((a.overlap_secs, a.revoke_old), (Some(3600), false));
+        assert!(rotate(&["--public-key", &key, "--revoke-old"]).is_ok());
+        assert!(rotate(&["--public-key", &key, "--revoke-old", "--overlap-secs", "60"]).is_err());
+        assert!(
+            rotate(&["--overlap-secs", "60"]).is_err(),
+            "a new key is required"
+        );
+    }
+
+    #[test]
+    fn tokens_verbs() {
+        let cli = parse(&[
+            "tokens",
+            "issue",
+            "--unit",
+            "gz/civil-affairs",
+            "--label",
+            "民政业务系统",
+        ])
+        .unwrap();
+        let Command::Tokens(TokensCommand::Issue(a)) = cli.command else {
+            panic!("tokens issue")
+        };
+        assert_eq!(a.unit.as_str(), "gz/civil-affairs");
+        assert_eq!(a.label.as_deref(), Some("民政业务系统"));
+        assert!(parse(&["tokens", "issue"]).is_err());
+        let cli = parse(&["tokens", "list", "--unit", "gz/civil-affairs"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Tokens(TokensCommand::List(TokensListArgs { unit: Some(_) }))
+        ));
+        let cli = parse(&["tokens", "revoke", "0123456789ABCDEF"]).unwrap();
+        let Command::Tokens(TokensCommand::Revoke(a)) = cli.command else {
+            panic!("tokens revoke")
+        };
+        assert_eq!(a.id, "0123456789abcdef");
+        assert!(parse(&["tokens", "revoke", "../nodes"]).is_err());
+    }
+
+    #[test]
+    fn broken_directory_exits_4() {
+        assert_eq!(Outcome::DirectoryBroken.exit_code(), ExitCode::from(4));
     }
 }

@@ -16,8 +16,8 @@ use exchange_wire::api::{
 
 use crate::endpoint::Ctx;
 use crate::output::{
-    Table, emit, emit_json, emit_more, fields, format_age, format_bytes, format_duration_ms,
-    format_ms, sanitize, short_id, truncate,
+    Table, action_line, emit, emit_json, emit_more, fields, format_age, format_bytes,
+    format_duration_ms, format_ms, sanitize, short_id, truncate,
 };
 use crate::{
     AuditExportArgs, DeadLetterPurgeArgs, DeadLetterSelectionArgs, Outcome, RetentionArgs,
@@ -264,21 +264,11 @@ fn selection(a: &DeadLetterSelectionArgs) -> DeadLetterSelection {
 }
 
 /// Refuses a destructive command unless `--yes` was given, explaining what it would destroy.
-fn confirmed(yes: bool, what: &str) -> Result<()> {
+pub fn confirmed(yes: bool, what: &str) -> Result<()> {
     if !yes {
         bail!("refusing without --yes: {what}");
     }
     Ok(())
-}
-
-/// The line printed for an administrative action.
-fn action_line(answer: &AdminActionResponse) -> String {
-    let message = sanitize(answer.message.trim());
-    if message.is_empty() {
-        format!("{} affected\n", answer.affected)
-    } else {
-        format!("{message} ({} affected)\n", answer.affected)
-    }
 }
 
 /// Prints an action's answer, warning when fewer dead letters were changed than were named.
@@ -639,19 +629,6 @@ mod tests {
         let e = confirmed(false, "purging is irreversible").unwrap_err();
         assert!(e.to_string().contains("--yes"));
         assert!(e.to_string().contains("irreversible"));
-    }
-
-    #[test]
-    fn action_lines() {
-        let answer = |message: &str| AdminActionResponse {
-            affected: 3,
-            message: message.into(),
-        };
-        assert_eq!(
-            action_line(&answer("3 dead letters queued")),
-            "3 dead letters queued (3 affected)\n"
-        );
-        assert_eq!(action_line(&answer(" ")), "3 affected\n");
     }
 
     fn verification(ok: bool, first_break: Option<AuditBreak>) -> AuditVerification {

@@ -90,6 +90,16 @@ pub fn fields(rows: &[(&str, String)]) -> String {
     out
 }
 
+/// The line printed for an administrative action: the node's message and how many things it changed.
+pub fn action_line(answer: &exchange_wire::api::AdminActionResponse) -> String {
+    let message = sanitize(answer.message.trim());
+    if message.is_empty() {
+        format!("{} affected\n", answer.affected)
+    } else {
+        format!("{message} ({} affected)\n", answer.affected)
+    }
+}
+
 /// The first characters of a message id: enough to tell messages apart in a table. Commands that
 /// take an id accept the full one (see `--json` output).
 pub fn short_id(hex: &str) -> &str {
@@ -360,6 +370,19 @@ SEQ  TITLE     STATE
             text,
             "node       gz.yuexiu\ndirectory  version 7\nx          a\u{FFFD}b\n"
         );
+    }
+
+    #[test]
+    fn action_lines() {
+        let answer = |message: &str| exchange_wire::api::AdminActionResponse {
+            affected: 3,
+            message: message.into(),
+        };
+        assert_eq!(
+            action_line(&answer("3 dead letters queued")),
+            "3 dead letters queued (3 affected)\n"
+        );
+        assert_eq!(action_line(&answer(" ")), "3 affected\n");
     }
 
     #[test]

@@ -140,6 +140,140 @@ pub fn full_id(s: &str) -> Result<MessageId, String> {
     s.parse()
 }
 
+/// The longest unit token accepted on the command line; real ones are far shorter.
+const MAX_TOKEN_LEN: usize = 512;
+
+/// A unit token (`--token`, `EXCHANGE_TOKEN`): printable ASCII without spaces, as it goes into an
+/// `Authorization: Bearer` header. Checked here so a stray newline from a file or a script fails with
+/// a clear message instead of as a transport error. The value is never echoed back.
+pub fn token(s: &str) -> Result<String, String> {
+    let t = s.trim();
+    if t.is_empty() {
+        return Err(
+            "the token is empty: give the token printed by `exchange-admin tokens issue`".into(),
+        );
+    }
+    if t.len() > MAX_TOKEN_LEN || !t.chars().all(|c| c.is_ascii_graphic()) {
+        return Err(
+            "the token holds spaces, control or non-ASCII characters, or is too long: give the token exactly \
+             as `exchange-admin tokens issue` printed it"
+                .into(),
+        );
+    }
+    Ok(t.to_owned())
+}
+
+/// A token id as `tokens list` shows it (hex; the node uses the first 16 characters of the token's
+/// SHA-256). Lower-cased; refused unless hex, so it is safe to put in a URL path.
+pub fn token_id(s: &str) -> Result<String, String> {
+    let id = s.trim().to_ascii_lowercase();
+    if (8..=64).contains(&id.len()) && id.chars().all(|c| c.is_ascii_hexdigit()) {
+        Ok(id)
+    } else {
+        Err(format!(
+            "{s:?} is not a token id: give the ID column of `exchange-admin tokens list` (hex), not the token itself"
+        ))
+    }
+}
+
+/// A lowercase word such as a node tier (`city`, `district`) or a unit kind (`department`, `bureau`,
+/// `street-office`): a-z, 0-9 and '-'.
+pub fn word(s: &str) -> Result<String, String> {
+    let w = s.trim();
+    if !w.is_empty()
+        && w.len() <= 64
+        && w.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    {
+        Ok(w.to_owned())
+    } else {
+        Err(format!(
+            "{s:?}: use a lowercase word of a-z, 0-9 and '-', such as district or street-office"
+        ))
+    }
+}
+
+/// A display name (a node's or a unit's, usually Chinese): non-empty, no control characters.
+pub fn name(s: &str) -> Result<String, String> {
+    let n = s.trim();
+    if n.is_empty() {
+        return Err("the name is empty".into());
+    }
+    if n.chars().any(char::is_control) || n.chars().count() > 200 {
+        return Err("the name holds control characters or is longer than 200 characters".into());
+    }
+    Ok(n.to_owned())
+}
+
+/// A libp2p multiaddress where a node listens, such as `/ip4/198.51.100.11/tcp/7401`. Only the shape
+/// is checked here (the node parses it fully).
+pub fn multiaddr(s: &str) -> Result<String, String> {
+    let a = s.trim();
+    let parts: Vec<&str> = a.split('/').collect();
+    if a.starts_with('/')
+        && parts.len() >= 3
+        && parts[1..].iter().all(|p| !p.is_empty())
+        && !a.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        Ok(a.to_owned())
+    } else {
+        Err(format!(
+            "{s:?} is not a multiaddress: give one such as /ip4/198.51.100.11/tcp/7401"
+        ))
+    }
+}
+
+/// The 31 characters of a unified social credit code (统一社会信用代码, GB 32100-2015): digits and
+/// capital letters without I, O, S, V and Z.
+const USCC_CHARS: &str = "0123456789ABCDEFGHJKLMNPQRTUWXY";
+
+/// Weights of the first 17 characters in the check character's sum (3^i mod 31).
+const USCC_WEIGHTS: [u32; 17] = [
+    1, 3, 9, 27, 19, 26, 16, 17, 20, 29, 25, 13, 8, 24, 10, 30, 28,
+];
+
+/// A unified social credit code (统一社会信用代码): 18 characters whose last is a check character
+/// over the first 17 (GB 32100-2015). Upper-cased; a mistyped code is refused with the reason.
+pub fn uscc(s: &str) -> Result<String, String> {
+    let code = s.trim().to_ascii_uppercase();
+    let bad = |why: String| {
+        Err(format!(
+            "{s:?} is not a unified social credit code (统一社会信用代码): {why}"
+        ))
+    };
+    if code.chars().count() != 18 {
+        return bad(format!(
+            "it has {} characters, not 18",
+            code.chars().count()
+        ));
+    }
+    let mut values = Vec::with_capacity(18);
+    for c in code.chars() {
+        match USCC_CHARS.find(c) {
+            Some(v) => values.push(v as u32),
+            None => {
+                return bad(format!(
+                    "{c:?} is not used in these codes (digits and capitals except I, O, S, V, Z)"
+                ));
+            }
+        }
+    }
+    let sum: u32 = values[..17]
+        .iter()
+        .zip(USCC_WEIGHTS)
+        .map(|(v, w)| v * w)
+        .sum();
+    let check = (31 - sum % 31) % 31;
+    if values[17] != check {
+        let expected = USCC_CHARS.as_bytes()[check as usize] as char;
+        return bad(format!(
+            "its check character is {}, but the first 17 give {expected}; is it mistyped?",
+            &code[17..]
+        ));
+    }
+    Ok(code)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,5 +378,66 @@ mod tests {
         assert!("xyzxyzxyz".parse::<IdPattern>().is_err());
         assert_eq!(full_id(&hex), Ok(id));
         assert!(full_id("0123456789ab").unwrap_err().contains("64"));
+    }
+
+    #[test]
+    fn tokens_are_header_safe() {
+        assert_eq!(token("  abc.DEF_123-x\n").unwrap(), "abc.DEF_123-x");
+        assert!(token("").is_err());
+        assert!(token("   ").is_err());
+        assert!(token("ab cd").is_err());
+        assert!(token("ab\ncd").is_err());
+        assert!(token("令牌").is_err());
+        assert!(token(&"a".repeat(513)).is_err());
+        let e = token("ab cd").unwrap_err();
+        assert!(!e.contains("ab cd"), "the token is not echoed: {e}");
+    }
+
+    #[test]
+    fn token_ids_are_hex() {
+        assert_eq!(token_id("0123456789ABCDEF").unwrap(), "0123456789abcdef");
+        assert!(token_id("0123").is_err());
+        assert!(token_id("../../admin").is_err());
+        assert!(token_id("0123456789abcdeg").is_err());
+    }
+
+    #[test]
+    fn words_names_and_multiaddrs() {
+        assert_eq!(word("street-office").unwrap(), "street-office");
+        assert!(word("District").is_err());
+        assert!(word("").is_err());
+        assert!(word("a b").is_err());
+        assert_eq!(name(" 越秀区交换平台 ").unwrap(), "越秀区交换平台");
+        assert!(name(" ").is_err());
+        assert!(name("a\x1b[2J").is_err());
+        assert_eq!(
+            multiaddr("/ip4/198.51.100.11/tcp/7401").unwrap(),
+            "/ip4/198.51.100.11/tcp/7401"
+        );
+        assert!(multiaddr("198.51.100.11:7401").is_err());
+        assert!(multiaddr("/ip4//tcp/1").is_err());
+        assert!(multiaddr("/ip4").is_err());
+        assert!(multiaddr("/ip4/1.2.3.4/tcp/1 /x").is_err());
+    }
+
+    #[test]
+    fn unified_social_credit_codes() {
+        // Published codes of well-known companies.
+        for code in [
+            "91350100M000100Y43",
+            "9144030071526726XG",
+            "914403001922038216",
+        ] {
+            assert_eq!(uscc(code).unwrap(), code);
+        }
+        assert_eq!(uscc("9144030071526726xg").unwrap(), "9144030071526726XG");
+        let e = uscc("91350100M000100Y44").unwrap_err();
+        assert!(e.contains("give 3"), "{e}");
+        assert!(
+            uscc("91350100M000100Y4")
+                .unwrap_err()
+                .contains("17 characters")
+        );
+        assert!(uscc("91350100M000I00Y43").unwrap_err().contains("'I'"));
     }
 }

@@ -10,7 +10,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::api::*;
-use crate::address::UnitAddress;
+use crate::address::{NodeId, UnitAddress};
+use crate::directory::{NodeRecord, UnitRecord};
 use crate::envelope::{MessageId, SignedEnvelope};
 
 /// Why a call failed: the node's own error answer, an answer that could not be decoded, or no answer
@@ -42,6 +43,8 @@ impl ClientError {
 pub struct ApiClient {
     base: String,
     agent: ureq::Agent,
+    /// The unit's API token, sent as `Authorization: Bearer …` on every request.
+    token: Option<String>,
 }
 
 impl ApiClient {
@@ -51,7 +54,21 @@ impl ApiClient {
             .timeout_global(Some(Duration::from_secs(120)))
             .build()
             .into();
-        ApiClient { base: base_url.trim_end_matches('/').to_owned(), agent }
+        ApiClient { base: base_url.trim_end_matches('/').to_owned(), agent, token: None }
+    }
+
+    /// The same client, authenticating as the unit that owns `token` (issued with
+    /// `exchange-admin tokens issue`).
+    pub fn with_token(mut self, token: impl Into<String>) -> ApiClient {
+        self.token = Some(token.into());
+        self
+    }
+
+    fn authorised<B>(&self, req: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+        match &self.token {
+            Some(t) => req.header("Authorization", format!("Bearer {t}")),
+            None => req,
+        }
     }
 
     pub fn base_url(&self) -> &str {
@@ -91,14 +108,14 @@ impl ApiClient {
     /// POST with a JSON body.
     pub fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {
         let url = format!("{}{}", self.base, path);
-        let r = self.agent.post(&url).send_json(body);
+        let r = self.authorised(self.agent.post(&url)).send_json(body);
         self.finish(&url, r)
     }
 
     /// GET with query parameters.
     pub fn get<T: DeserializeOwned>(&self, path: &str, query: &[(&str, String)]) -> Result<T, ClientError> {
         let url = format!("{}{}", self.base, path);
-        let mut req = self.agent.get(&url);
+        let mut req = self.authorised(self.agent.get(&url));
         for (k, v) in query {
             req = req.query(*k, v);
         }
@@ -230,6 +247,93 @@ impl ApiClient {
     /// Re-computes the audit log's hash chain on the node (admin API).
     pub fn audit_verify(&self) -> Result<AuditVerification, ClientError> {
         self.get("/admin/v1/audit:verify", &[])
+    }
+
+    // ---- Admin API: the signed directory, nodes, units and unit tokens ----
+
+    /// What the node routes by: the directory version, the pinned root key and each stored segment
+    /// (admin API).
+    pub fn directory(&self) -> Result<DirectoryView, ClientError> {
+        self.get("/admin/v1/directory", &[])
+    }
+
+    /// Every stored directory segment re-verified against the pinned root key (admin API).
+    pub fn directory_verify(&self) -> Result<DirectoryVerification, ClientError> {
+        self.get("/admin/v1/directory:verify", &[])
+    }
+
+    /// The node tree as this node holds it (admin API).
+    pub fn nodes(&self) -> Result<NodesResponse, ClientError> {
+        self.get("/admin/v1/nodes", &[])
+    }
+
+    /// Adds a node to the tree, or replaces its record (admin API of the root node, which alone signs
+    /// the tree).
+    pub fn add_node(&self, node: &NodeRecord) -> Result<AdminActionResponse, ClientError> {
+        self.post("/admin/v1/nodes", node)
+    }
+
+    /// Removes a node from the tree (admin API of the root node).
+    pub fn remove_node(&self, node: &NodeId) -> Result<AdminActionResponse, ClientError> {
+        self.post(&format!("/admin/v1/nodes/{node}:remove"), &serde_json::Map::new())
+    }
+
+    /// The units in the directory, or only those of `node` (admin API).
+    pub fn units(&self, node: Option<&NodeId>) -> Result<UnitsResponse, ClientError> {
+        let query: Vec<(&str, String)> = node.map(|n| ("node", n.to_string())).into_iter().collect();
+        self.get("/admin/v1/units", &query)
+    }
+
+    /// One unit's directory record: status and keys with their validity windows (admin API).
+    pub fn unit(&self, unit: &UnitAddress) -> Result<UnitRecord, ClientError> {
+        self.get(&format!("/admin/v1/units/{unit}"), &[])
+    }
+
+    /// Adds a unit to the segment of the node asked, which must be its home node (admin API).
+    pub fn add_unit(&self, unit: &NewUnit) -> Result<AdminActionResponse, ClientError> {
+        self.post("/admin/v1/units", unit)
+    }
+
+    /// Bars a unit for now: its submissions and new messages to it are refused (admin API of its node).
+    pub fn suspend_unit(&self, unit: &UnitAddress) -> Result<AdminActionResponse, ClientError> {
+        self.unit_action(unit, "suspend")
+    }
+
+    /// Lifts a suspension (admin API of the unit's node).
+    pub fn activate_unit(&self, unit: &UnitAddress) -> Result<AdminActionResponse, ClientError> {
+        self.unit_action(unit, "activate")
+    }
+
+    /// Revokes a unit for good, with its keys (admin API of the unit's node). Irreversible.
+    pub fn revoke_unit(&self, unit: &UnitAddress) -> Result<AdminActionResponse, ClientError> {
+        self.unit_action(unit, "revoke")
+    }
+
+    /// Gives a unit a new public key, keeping the old one valid for an overlap or revoking it now
+    /// (admin API of the unit's node).
+    pub fn rotate_unit_key(&self, unit: &UnitAddress, rotate: &RotateKey) -> Result<AdminActionResponse, ClientError> {
+        self.post(&format!("/admin/v1/units/{unit}:rotate-key"), rotate)
+    }
+
+    fn unit_action(&self, unit: &UnitAddress, action: &str) -> Result<AdminActionResponse, ClientError> {
+        self.post(&format!("/admin/v1/units/{unit}:{action}"), &serde_json::Map::new())
+    }
+
+    /// Issues an API token for a unit of this node; the answer holds the token, shown this once
+    /// (admin API).
+    pub fn issue_token(&self, request: &IssueToken) -> Result<IssuedToken, ClientError> {
+        self.post("/admin/v1/tokens", request)
+    }
+
+    /// The tokens this node issued, or only those of `unit` (admin API). Never the tokens themselves.
+    pub fn tokens(&self, unit: Option<&UnitAddress>) -> Result<TokensResponse, ClientError> {
+        let query: Vec<(&str, String)> = unit.map(|u| ("unit", u.to_string())).into_iter().collect();
+        self.get("/admin/v1/tokens", &query)
+    }
+
+    /// Revokes a token by its id, as `tokens` lists it (admin API).
+    pub fn revoke_token(&self, id: &str) -> Result<AdminActionResponse, ClientError> {
+        self.post(&format!("/admin/v1/tokens/{id}:revoke"), &serde_json::Map::new())
     }
 
     /// The node's readiness checks (admin listener). A node that is not ready answers 503 with the same
