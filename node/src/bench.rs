@@ -329,7 +329,10 @@ fn make_payload(i: usize, size: usize) -> Vec<u8> {
 /// Who sends and who receives what.
 struct Plan {
     senders: Vec<UnitAddress>,
+    /// Each unit's API token, by position in `senders` / `recipients`.
+    sender_tokens: Vec<String>,
     recipients: Vec<UnitAddress>,
+    recipient_tokens: Vec<String>,
     recipient_keys: Vec<SigningKey>,
     /// Pre-signed envelopes, index = message number; payloads are regenerated from the index.
     signed: Vec<SignedEnvelope>,
@@ -486,6 +489,7 @@ fn sender_thread(shared: Arc<Shared>, plan: Arc<Plan>, client: ApiClient, next_b
             }
         }
         let build = || -> Vec<SignedMessage> { (start..end).map(|i| SignedMessage::new(&plan.signed[i], &make_payload(i, args.size))).collect() };
+        let client = client.clone().with_token(plan.sender_tokens[b % plan.sender_tokens.len()].clone());
         let messages = build();
         // Open loop: count from the scheduled time, so falling behind shows as latency.
         let at = match scheduled {
@@ -641,8 +645,9 @@ fn run_on(net: &LocalNetwork, args: &BenchArgs, floor: &Floor, counts: &FloorCou
     let sign_started = Instant::now();
     let mut signed = Vec::with_capacity(n);
     for i in 0..n {
-        // Round-robin: message i goes from sender unit i mod 24 to recipient unit i mod 13.
-        let (s, r) = (&senders[i % senders.len()], &recipients[i % recipients.len()]);
+        // Each batch comes from one sender unit (an agency system batches its own documents), the
+        // batches round-robin over the 越秀 units; recipients round-robin over the 海珠 units.
+        let (s, r) = (&senders[(i / args.batch) % senders.len()], &recipients[i % recipients.len()]);
         let payload = make_payload(i, args.size);
         let mut e = Envelope::new(Kind::Document, s.clone(), vec![r.clone()], vec![], Priority::Routine, &payload);
         e.metadata.insert("title".into(), format!("benchmark document {i}"));
@@ -659,7 +664,10 @@ fn run_on(net: &LocalNetwork, args: &BenchArgs, floor: &Floor, counts: &FloorCou
         signing_s,
         signing_s * 1e6 / n as f64
     );
-    let plan = Arc::new(Plan { senders, recipients, recipient_keys, signed, index });
+    let token = |u: &UnitAddress| net.unit_tokens.get(u).cloned().with_context(|| format!("no API token for {u}"));
+    let sender_tokens = senders.iter().map(token).collect::<anyhow::Result<_>>()?;
+    let recipient_tokens = recipients.iter().map(token).collect::<anyhow::Result<_>>()?;
+    let plan = Arc::new(Plan { senders, sender_tokens, recipients, recipient_tokens, recipient_keys, signed, index });
 
     // 4. Timed phase.
     let ticks = clock_ticks_per_second();
@@ -687,13 +695,13 @@ fn run_on(net: &LocalNetwork, args: &BenchArgs, floor: &Floor, counts: &FloorCou
     let egress = net.node(EGRESS).client();
     let mut receivers = Vec::new();
     for r in 0..plan.recipients.len() {
-        let (s, p, c) = (shared.clone(), plan.clone(), ApiClient::new(egress.base_url()));
+        let (s, p, c) = (shared.clone(), plan.clone(), ApiClient::new(egress.base_url()).with_token(plan.recipient_tokens[r].clone()));
         receivers.push(std::thread::spawn(move || receiver_thread(s, p, c, r, sign_for)));
     }
     let next_batch = Arc::new(AtomicUsize::new(0));
     let mut sender_threads = Vec::new();
     for _ in 0..args.senders {
-        let (s, p, c, nb, a) = (shared.clone(), plan.clone(), ApiClient::new(ingress.base_url()), next_batch.clone(), args.clone());
+        let (s, p, c, nb, a) = (shared.clone(), plan.clone(), ingress.clone(), next_batch.clone(), args.clone());
         sender_threads.push(std::thread::spawn(move || sender_thread(s, p, c, nb, a)));
     }
 

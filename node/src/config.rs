@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use exchange_wire::NodeId;
+use exchange_wire::{NodeId, PublicKey};
 use serde::{Deserialize, Serialize};
 
 /// The whole node configuration.
@@ -20,8 +20,14 @@ pub struct NodeConfig {
     pub key_file: PathBuf,
     /// Folder for the node's database (created if missing).
     pub data_dir: PathBuf,
-    /// The directory: nodes, units and their public keys (a static file until signed segments land).
-    pub directory_file: PathBuf,
+    /// The root node's public key: the trust anchor every directory segment is checked against.
+    pub root_key: PublicKey,
+    /// The parent's libp2p address, ending in `/p2p/<peer-id>` (absent on the root node). The rest of
+    /// the network is learnt from the directory.
+    #[serde(default)]
+    pub parent_address: Option<String>,
+    #[serde(default)]
+    pub directory: DirectoryConfig,
     #[serde(default)]
     pub p2p: P2pConfig,
     #[serde(default)]
@@ -34,6 +40,58 @@ pub struct NodeConfig {
     pub relay: RelayConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub policy: PolicyConfig,
+}
+
+/// Seeds for a new network's directory: signed by this node on its first start only, when it holds
+/// no segment of its own yet. Afterwards the directory changes through `exchange-admin`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DirectoryConfig {
+    /// Root node only: the node tree (`[[node]]` entries) to sign as version 1.
+    pub tree_seed: Option<PathBuf>,
+    /// The units this node hosts (`[[unit]]` entries) to sign as version 1 of its unit segment.
+    pub units_seed: Option<PathBuf>,
+}
+
+/// Who may send which kinds of message to whom. Rules are tried in order; the first that matches
+/// decides; when none matches, `default` does.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// `allow` or `deny`.
+    pub default: String,
+    pub rules: Vec<PolicyRule>,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig { default: "allow".into(), rules: Vec::new() }
+    }
+}
+
+/// One access rule. Patterns match unit addresses, with `*` standing for any run of characters
+/// (`gz.*/*-street`, `gz/general-office`); unset fields match everything.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyRule {
+    /// Named in refusals, so a sender knows which rule stopped it.
+    pub name: String,
+    #[serde(default)]
+    pub from: Option<String>,
+    /// The sender's unit kind in the directory (`department`, `bureau`, `street-office`, ...).
+    #[serde(default)]
+    pub from_kind: Option<String>,
+    #[serde(default)]
+    pub to: Option<String>,
+    #[serde(default)]
+    pub to_kind: Option<String>,
+    /// Message kinds the rule covers (`document`); empty: all.
+    #[serde(default)]
+    pub kinds: Vec<String>,
+    /// `allow` or `deny`.
+    pub action: String,
 }
 
 /// libp2p settings.
@@ -61,11 +119,14 @@ pub struct ApiConfig {
     pub listen: SocketAddr,
     /// Upper bound on a long-poll wait.
     pub max_wait_ms: u64,
+    /// Every agency request must carry a unit token (`Authorization: Bearer …`). Turn off only on a
+    /// closed test bench.
+    pub require_auth: bool,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig { listen: "127.0.0.1:8080".parse().unwrap(), max_wait_ms: 60_000 }
+        ApiConfig { listen: "127.0.0.1:8080".parse().unwrap(), max_wait_ms: 60_000, require_auth: true }
     }
 }
 
@@ -88,11 +149,15 @@ impl Default for AdminConfig {
 pub struct Limits {
     /// Largest payload accepted from an agency or a peer, in bytes.
     pub max_payload_bytes: u64,
+    /// How far an envelope's `created_at_ms` may be from the ingress node's clock, in seconds. Older
+    /// envelopes are refused at ingress: a stolen key cannot backdate a message to before its
+    /// revocation.
+    pub clock_skew_secs: u64,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_payload_bytes: 8 * 1024 * 1024 }
+        Limits { max_payload_bytes: 8 * 1024 * 1024, clock_skew_secs: 300 }
     }
 }
 
@@ -153,9 +218,17 @@ impl NodeConfig {
             .try_deserialize()
             .with_context(|| format!("configuration {} is invalid", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
-        for p in [&mut cfg.key_file, &mut cfg.data_dir, &mut cfg.directory_file] {
+        let seeds = [cfg.directory.tree_seed.as_mut(), cfg.directory.units_seed.as_mut()];
+        for p in [Some(&mut cfg.key_file), Some(&mut cfg.data_dir)].into_iter().chain(seeds).flatten() {
             if p.is_relative() {
                 *p = base.join(&*p);
+            }
+        }
+        for (what, action) in
+            std::iter::once(("policy.default", &cfg.policy.default)).chain(cfg.policy.rules.iter().map(|r| (r.name.as_str(), &r.action)))
+        {
+            if action != "allow" && action != "deny" {
+                anyhow::bail!("{what}: action must be \"allow\" or \"deny\", not {action:?}");
             }
         }
         if cfg.log.format != "human" && cfg.log.format != "json" {
@@ -188,20 +261,29 @@ mod tests {
         let city = NodeConfig::load(&configs().join("city.toml")).unwrap();
         assert_eq!(city.node_id.as_str(), "gz");
         assert_eq!(city.relay.batch_max_messages, RelayConfig::default().batch_max_messages);
-        let dir = crate::directory::Directory::load_file(&configs().join("directory.example.toml")).unwrap();
-        assert_eq!(dir.nodes().count(), 3);
-        for id in ["gz", "gz.yuexiu", "gz.haizhu"] {
-            let cfg_name = if id == "gz" { "city.toml".to_string() } else { format!("district-{}.toml", &id[3..]) };
-            let cfg = NodeConfig::load(&configs().join(&cfg_name)).unwrap();
-            assert!(dir.node(&cfg.node_id).is_some(), "{cfg_name} names a node of the example directory");
+        // The seeds are what the nodes sign on first start: they must hold together.
+        let tree = crate::directory::segments::tree_from_seed(city.directory.tree_seed.as_ref().unwrap()).unwrap();
+        let root = tree.nodes.iter().find(|n| n.parent.is_none()).unwrap();
+        assert_eq!(root.public_key, city.root_key, "city.toml pins the key of the tree's root");
+        for name in ["district-yuexiu.toml", "district-haizhu.toml"] {
+            let cfg = NodeConfig::load(&configs().join(name)).unwrap();
+            assert_eq!(cfg.root_key, city.root_key, "{name}: same trust anchor");
+            let me = tree.nodes.iter().find(|n| n.id == cfg.node_id).unwrap_or_else(|| panic!("{name}: node in the tree seed"));
+            assert_eq!(me.parent.as_ref(), Some(&city.node_id));
+            let parent_peer = crate::directory::peer_id_of(&root.public_key).to_string();
+            assert!(cfg.parent_address.as_ref().unwrap().ends_with(&format!("/p2p/{parent_peer}")), "{name}: parent_address names gz's peer id");
+            let units = crate::directory::segments::units_from_seed(cfg.directory.units_seed.as_ref().unwrap(), &cfg.node_id).unwrap();
+            assert!(!units.units.is_empty());
         }
     }
+
+    const KEY: &str = "3ada911031d8e6e77892d1d56134bd88883e74603eda778a55260d4a99671aa5";
 
     #[test]
     fn environment_overrides_and_unknown_keys() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("n.toml");
-        std::fs::write(&path, "node_id = \"gz\"\nkey_file = \"k\"\ndata_dir = \"d\"\ndirectory_file = \"dir.toml\"\n[relay]\nretry_max_ms = 5\n").unwrap();
+        std::fs::write(&path, &format!("node_id = \"gz\"\nkey_file = \"k\"\ndata_dir = \"d\"\nroot_key = \"{KEY}\"\n[relay]\nretry_max_ms = 5\n")).unwrap();
         // SAFETY: no other test reads or writes this variable.
         unsafe { std::env::set_var("EXCHANGE__API__MAX_WAIT_MS", "1234") };
         let cfg = NodeConfig::load(&path).unwrap();
@@ -210,7 +292,7 @@ mod tests {
         assert_eq!(cfg.relay.retry_max_ms, 5);
         assert_eq!(cfg.relay.retry_initial_ms, RelayConfig::default().retry_initial_ms, "a partial section keeps the other defaults");
         assert_eq!(cfg.data_dir, dir.path().join("d"));
-        std::fs::write(&path, "node_id = \"gz\"\nkey_file = \"k\"\ndata_dir = \"d\"\ndirectory_file = \"x\"\n[relay]\nretry_maximum = 5\n").unwrap();
+        std::fs::write(&path, &format!("node_id = \"gz\"\nkey_file = \"k\"\ndata_dir = \"d\"\nroot_key = \"{KEY}\"\n[relay]\nretry_maximum = 5\n")).unwrap();
         let err = format!("{:#}", NodeConfig::load(&path).unwrap_err());
         assert!(err.contains("retry_maximum"), "a misspelt key is named: {err}");
     }

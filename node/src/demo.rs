@@ -86,7 +86,7 @@ fn steps(net: &mut LocalNetwork) -> anyhow::Result<()> {
     let signed = envelope.sign(&net.unit_keys[&sender]);
     let id = signed.id;
     let t0 = exchange_wire::now_ms();
-    let accepted = net.node("gz.yuexiu").client().submit(&signed, &payload)?;
+    let accepted = net.client_for(&sender).submit(&signed, &payload)?;
     println!("\n-> {} ({}) sends 《{}》 [加急]", sender, unit_name(net, &sender), signed.envelope.metadata["title"]);
     println!("   主送 {} ({}), 抄送 {} ({})", to, unit_name(net, &to), cc, unit_name(net, &cc));
     println!("   message id {}  accepted by gz.yuexiu", accepted.id);
@@ -101,7 +101,7 @@ fn steps(net: &mut LocalNetwork) -> anyhow::Result<()> {
         }
         println!("<- delivered to {recipient} at node {node}; sender's signature verified offline");
         let receipt = signed_for(recipient.clone(), sender.clone(), id, got.envelope.priority).sign(&net.unit_keys[recipient]);
-        let r = net.node(node).client().sign_for(recipient, &id, &receipt)?;
+        let r = net.client_for(recipient).sign_for(recipient, &id, &receipt)?;
         println!("   {recipient} signs for it (签收): receipt {}", r.receipt_id);
     }
 
@@ -154,7 +154,7 @@ fn steps(net: &mut LocalNetwork) -> anyhow::Result<()> {
 }
 
 fn wait_in_inbox(net: &LocalNetwork, node: &str, unit: &UnitAddress, id: &MessageId) -> anyhow::Result<exchange_wire::api::InboxItem> {
-    let client = net.node(node).client();
+    let client = net.client_for(unit);
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut after = 0;
     while Instant::now() < deadline {
@@ -168,7 +168,7 @@ fn wait_in_inbox(net: &LocalNetwork, node: &str, unit: &UnitAddress, id: &Messag
 }
 
 fn wait_signed_for(net: &LocalNetwork, id: &MessageId) -> anyhow::Result<exchange_wire::api::StatusResponse> {
-    let client = net.node("gz.yuexiu").client();
+    let client = net.client_for(&unit(SENDER));
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let status = client.status(id)?;

@@ -1,9 +1,10 @@
 //! A local network of real node processes on loopback, for the demo, the benchmark and the tests.
 //!
 //! It takes nodes and units from the Guangzhou topology (`configs/guangzhou.toml`), generates a node
-//! key per node and a unit key per unit, writes one shared static directory and one configuration per
-//! node, probes free ports, and starts, stops or kills `exchange-node run` processes. Dropping it
-//! kills every process it started.
+//! key per node and a unit key per unit, writes the root's tree seed, each node's units seed and
+//! configuration, probes free ports, starts, stops or kills `exchange-node run` processes, waits for
+//! the signed directory to reach every node and issues unit API tokens. Dropping it kills every
+//! process it started.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -87,6 +88,8 @@ pub struct LocalNetwork {
     pub root: PathBuf,
     pub nodes: BTreeMap<NodeId, LocalNode>,
     pub unit_keys: BTreeMap<UnitAddress, SigningKey>,
+    /// API tokens issued by [`LocalNetwork::converge`].
+    pub unit_tokens: BTreeMap<UnitAddress, String>,
     pub topology: Topology,
     binary: PathBuf,
     _tmp: Option<tempfile::TempDir>,
@@ -106,6 +109,10 @@ impl LocalNetwork {
     /// Lays out a network of `node_ids` (and their units) under `root`, or under a new temporary
     /// folder that is removed on drop. `extra_config` is appended to every node's configuration
     /// (for example a `[relay]` section).
+    ///
+    /// Every node gets its own key, the root's public key and its parent's address, nothing more:
+    /// the root signs the node tree from `tree-seed.toml` on its first start, each node signs its
+    /// units from `<node>.units.toml`, and the directory spreads along the tree.
     pub fn create(binary: &Path, root: Option<&Path>, node_ids: &[&str], extra_config: &str) -> anyhow::Result<LocalNetwork> {
         let topology = Topology::guangzhou();
         let (root, tmp) = match root {
@@ -119,37 +126,81 @@ impl LocalNetwork {
             }
         };
         let wanted: Vec<NodeId> = node_ids.iter().map(|s| s.parse()).collect::<Result<_, _>>()?;
-        let mut directory = String::from("# Static directory written by the local network launcher.\n\n");
-        let mut nodes = BTreeMap::new();
+        struct Planned {
+            key: SigningKey,
+            parent: Option<NodeId>,
+            ports: (u16, u16, u16),
+        }
+        let mut planned = BTreeMap::new();
         for id in &wanted {
             let t = topology.nodes.iter().find(|n| &n.id == id).with_context(|| format!("node {id} is not in the topology"))?;
-            let key = exchange_wire::keys::generate();
-            let key_path = root.join(format!("{id}.key"));
-            write_key(&key_path, &key, &format!("node {id}"))?;
-            let (p2p, api, admin) = (free_port()?, free_port()?, free_port()?);
             // Keep the tree connected within the chosen nodes.
-            let parent = t.parent.as_ref().filter(|p| wanted.contains(p));
-            directory.push_str(&format!(
-                "[[node]]\nid = \"{id}\"\nname = \"{}\"\ntier = \"{}\"\n{}public_key = \"{}\"\naddresses = [\"/ip4/127.0.0.1/tcp/{p2p}\"]\n\n",
+            let parent = t.parent.clone().filter(|p| wanted.contains(p));
+            planned.insert(id.clone(), Planned { key: exchange_wire::keys::generate(), parent, ports: (free_port()?, free_port()?, free_port()?) });
+        }
+        let roots: Vec<&NodeId> = planned.iter().filter(|(_, p)| p.parent.is_none()).map(|(id, _)| id).collect();
+        let [root_id] = roots.as_slice() else { bail!("the chosen nodes must form one tree (roots: {roots:?})") };
+        let root_id = (*root_id).clone();
+        let root_key = PublicKey(planned[&root_id].key.verifying_key());
+
+        let mut tree_seed = String::from("# The node tree the root signs on its first start (written by the launcher).\n\n");
+        for (id, p) in &planned {
+            let t = topology.nodes.iter().find(|n| &n.id == id).expect("checked");
+            tree_seed.push_str(&format!(
+                "[[node]]\nid = \"{id}\"\nname = \"{}\"\ntier = \"{}\"\n{}public_key = \"{}\"\naddresses = [\"/ip4/127.0.0.1/tcp/{}\"]\n\n",
                 t.name,
                 t.tier,
-                parent.map(|p| format!("parent = \"{p}\"\n")).unwrap_or_default(),
-                PublicKey(key.verifying_key()),
+                p.parent.as_ref().map(|p| format!("parent = \"{p}\"\n")).unwrap_or_default(),
+                PublicKey(p.key.verifying_key()),
+                p.ports.0,
             ));
-            let data_dir = root.join(id.as_str());
-            let config_path = root.join(format!("{id}.toml"));
+        }
+        std::fs::write(root.join("tree-seed.toml"), tree_seed)?;
+
+        let mut unit_keys = BTreeMap::new();
+        let mut nodes = BTreeMap::new();
+        for (id, p) in &planned {
+            write_key(&root.join(format!("{id}.key")), &p.key, &format!("node {id}"))?;
+            let mut units_seed = format!("# The units node {id} signs on its first start (written by the launcher).\n\n");
+            for u in topology.units.iter().filter(|u| u.address.node_part() == id.as_str()) {
+                let key = exchange_wire::keys::generate();
+                units_seed.push_str(&format!(
+                    "[[unit]]\naddress = \"{}\"\nname = \"{}\"\nkind = \"{}\"\npublic_key = \"{}\"\n\n",
+                    u.address,
+                    u.name,
+                    u.kind,
+                    PublicKey(key.verifying_key())
+                ));
+                unit_keys.insert(u.address.clone(), key);
+            }
+            std::fs::write(root.join(format!("{id}.units.toml")), units_seed)?;
+            let (p2p, api, admin) = p.ports;
+            let parent_address = match &p.parent {
+                Some(parent) => {
+                    let pp = &planned[parent];
+                    format!(
+                        "parent_address = \"/ip4/127.0.0.1/tcp/{}/p2p/{}\"\n",
+                        pp.ports.0,
+                        crate::directory::peer_id_of(&PublicKey(pp.key.verifying_key()))
+                    )
+                }
+                None => String::new(),
+            };
+            let tree_line = if *id == root_id { "tree_seed = \"tree-seed.toml\"\n" } else { "" };
             let config = format!(
-                "node_id = \"{id}\"\nkey_file = \"{id}.key\"\ndata_dir = \"{id}\"\ndirectory_file = \"directory.toml\"\n\n\
+                "node_id = \"{id}\"\nkey_file = \"{id}.key\"\ndata_dir = \"{id}\"\nroot_key = \"{root_key}\"\n{parent_address}\n\
+                 [directory]\n{tree_line}units_seed = \"{id}.units.toml\"\n\n\
                  [p2p]\nlisten = \"/ip4/127.0.0.1/tcp/{p2p}\"\nidle_timeout_secs = 3600\nrequest_timeout_secs = 30\n\n\
                  [api]\nlisten = \"127.0.0.1:{api}\"\nmax_wait_ms = 60000\n\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\n{extra_config}\n"
             );
+            let config_path = root.join(format!("{id}.toml"));
             std::fs::write(&config_path, config)?;
             nodes.insert(
                 id.clone(),
                 LocalNode {
                     id: id.clone(),
                     config_path,
-                    data_dir,
+                    data_dir: root.join(id.as_str()),
                     log_path: root.join(format!("{id}.log")),
                     api_url: format!("http://127.0.0.1:{api}"),
                     admin_url: format!("http://127.0.0.1:{admin}"),
@@ -158,20 +209,65 @@ impl LocalNetwork {
                 },
             );
         }
-        let mut unit_keys = BTreeMap::new();
-        for u in topology.units.iter().filter(|u| wanted.iter().any(|n| n.as_str() == u.address.node_part())) {
-            let key = exchange_wire::keys::generate();
-            directory.push_str(&format!(
-                "[[unit]]\naddress = \"{}\"\nname = \"{}\"\nkind = \"{}\"\npublic_key = \"{}\"\n\n",
-                u.address,
-                u.name,
-                u.kind,
-                PublicKey(key.verifying_key())
-            ));
-            unit_keys.insert(u.address.clone(), key);
+        Ok(LocalNetwork {
+            root,
+            nodes,
+            unit_keys,
+            unit_tokens: BTreeMap::new(),
+            topology,
+            binary: binary.to_path_buf(),
+            _tmp: tmp,
+        })
+    }
+
+    /// The agency API client of `unit`'s home node, authenticated with the unit's token.
+    pub fn client_for(&self, unit: &UnitAddress) -> ApiClient {
+        let client = self.node(unit.node_part()).client();
+        match self.unit_tokens.get(unit) {
+            Some(t) => client.with_token(t.clone()),
+            None => client,
         }
-        std::fs::write(root.join("directory.toml"), directory)?;
-        Ok(LocalNetwork { root, nodes, unit_keys, topology, binary: binary.to_path_buf(), _tmp: tmp })
+    }
+
+    /// Waits until every running node holds the same directory, with the tree and a unit segment
+    /// for every node in it, then issues an API token for every unit of every running node.
+    pub fn converge(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        let running: Vec<&LocalNode> = self.nodes.values().filter(|n| n.child.is_some()).collect();
+        loop {
+            let views: Vec<Option<exchange_wire::api::DirectoryView>> = running.iter().map(|n| n.admin().directory().ok()).collect();
+            let complete = views.iter().all(|v| {
+                v.as_ref().is_some_and(|v| {
+                    let tree = v.segments.iter().find(|s| s.owner == "tree");
+                    tree.is_some_and(|t| v.segments.len() as u64 == t.entries + 1) && Some(v.version) == views[0].as_ref().map(|f| f.version)
+                })
+            });
+            if complete {
+                break;
+            }
+            if Instant::now() > deadline {
+                let versions: Vec<String> = running
+                    .iter()
+                    .zip(&views)
+                    .map(|(n, v)| format!("{} at {}", n.id, v.as_ref().map(|v| v.version.to_string()).unwrap_or("?".into())))
+                    .collect();
+                bail!("the directory did not reach every node within {timeout:?}: {}", versions.join(", "));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for n in running {
+            let admin = n.admin();
+            for unit in self.unit_keys.keys().filter(|u| u.node_part() == n.id.as_str()) {
+                if self.unit_tokens.contains_key(unit) {
+                    continue;
+                }
+                let issued = admin
+                    .issue_token(&exchange_wire::api::IssueToken { unit: unit.clone(), label: "launcher".into() })
+                    .with_context(|| format!("cannot issue a token for {unit}"))?;
+                self.unit_tokens.insert(unit.clone(), issued.token);
+            }
+        }
+        Ok(())
     }
 
     /// Writes a unit's key to a 0600 key file under the network's folder (for CLI use) and returns its path.
@@ -214,13 +310,13 @@ impl LocalNetwork {
         self.wait_healthy(id, Duration::from_secs(30))
     }
 
-    /// Starts every node, parents first.
+    /// Starts every node, waits for the directory to reach all of them, and issues unit tokens.
     pub fn start_all(&mut self) -> anyhow::Result<()> {
         let ids: Vec<String> = self.nodes.keys().map(|k| k.to_string()).collect();
         for id in ids {
             self.start(&id)?;
         }
-        Ok(())
+        self.converge(Duration::from_secs(30))
     }
 
     fn wait_healthy(&mut self, id: &str, timeout: Duration) -> anyhow::Result<()> {

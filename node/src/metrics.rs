@@ -43,6 +43,10 @@ pub struct Metrics {
     pub signature_failures: IntCounterVec,
     /// Version of the directory in force.
     pub directory_version: IntGauge,
+    /// Directory segments refused, by reason.
+    pub directory_rejections: IntCounterVec,
+    /// Connections refused because the peer is not a node of the directory.
+    pub connections_refused: IntCounterVec,
     pub build_info: IntGaugeVec,
     pub start_time: Gauge,
 }
@@ -98,6 +102,12 @@ impl Metrics {
             send_failures: counter("exchange_send_failures_total", "Batches a neighbour did not acknowledge.", &["peer"]),
             signature_failures: counter("exchange_signature_failures_total", "Signatures that did not verify.", &["source"]),
             directory_version: register!(IntGauge::new("exchange_directory_version", "Version of the directory in force.")),
+            directory_rejections: counter("exchange_directory_rejections_total", "Directory segments refused, by reason.", &["reason"]),
+            connections_refused: counter(
+                "exchange_connections_refused_total",
+                "Connections refused because the peer is not a node of the directory.",
+                &["direction"],
+            ),
             build_info: int_gauge("exchange_build_info", "Build of this node (always 1).", &["version"]),
             start_time: register!(Gauge::new("exchange_start_time_seconds", "When this node process started (Unix time).")),
             registry,

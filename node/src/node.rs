@@ -7,7 +7,6 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use crate::config::NodeConfig;
-use crate::directory::{Directory, DirectoryHandle};
 use crate::metrics::Metrics;
 use crate::network::{self, NetworkConfig};
 use crate::relay::Engine;
@@ -24,18 +23,7 @@ pub fn init_logging(cfg: &NodeConfig) {
 /// Runs a node until it is told to stop.
 pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let node_key = exchange_wire::keys::read(&cfg.key_file)?;
-    let dir = Directory::load_file(&cfg.directory_file)?;
-    let me = dir.node(&cfg.node_id).with_context(|| {
-        format!("node {} is not in the directory {}; add it there first", cfg.node_id, cfg.directory_file.display())
-    })?;
-    if me.public_key.0 != node_key.verifying_key() {
-        anyhow::bail!(
-            "the key in {} is not the key the directory lists for node {} (expected public key {})",
-            cfg.key_file.display(),
-            cfg.node_id,
-            me.public_key
-        );
-    }
+    let parent_hint = cfg.parent_address.as_deref().map(parse_parent_address).transpose()?;
     std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("cannot create data_dir {}", cfg.data_dir.display()))?;
     let store: Arc<dyn Store> = Arc::new(
         SqliteStore::open(&cfg.database_path())
@@ -58,8 +46,18 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     )?;
     tokio::spawn(event_loop.run());
 
-    let engine = Engine::new(&cfg, DirectoryHandle::new(dir), store, metrics, net, node_key);
+    let engine = Engine::new(&cfg, store, metrics, net, node_key, parent_hint);
     engine.start().await?;
+    match engine.dir.current().node(&cfg.node_id) {
+        Some(me) if me.public_key.0 != exchange_wire::keys::read(&cfg.key_file)?.verifying_key() => anyhow::bail!(
+            "the key in {} is not the key the node tree lists for node {} (expected public key {})",
+            cfg.key_file.display(),
+            cfg.node_id,
+            me.public_key
+        ),
+        Some(_) => {}
+        None => tracing::warn!(node = %cfg.node_id, "this node is not in the node tree yet: it waits for the tree from its parent"),
+    }
     {
         let engine = engine.clone();
         tokio::spawn(async move {
@@ -111,4 +109,17 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+/// Splits `parent_address` into the parent's peer id and the address to dial.
+fn parse_parent_address(text: &str) -> anyhow::Result<(libp2p::PeerId, libp2p::Multiaddr)> {
+    use libp2p::multiaddr::Protocol;
+    let mut addr: libp2p::Multiaddr =
+        text.parse().with_context(|| format!("parent_address {text:?} is not a multiaddress"))?;
+    match addr.pop() {
+        Some(Protocol::P2p(peer)) => Ok((peer, addr)),
+        _ => anyhow::bail!(
+            "parent_address {text:?} must end in /p2p/<peer-id> (the parent's peer id, printed by its exchange-node keygen)"
+        ),
+    }
 }

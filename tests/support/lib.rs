@@ -162,15 +162,16 @@ pub fn verify_item(item: &InboxItem, sender_key: &SigningKey) -> (SignedEnvelope
     (signed, payload)
 }
 
-/// POSTs a raw body (for malformed-input tests) over a fresh HTTP/1.1 connection; returns the status
-/// and the body as JSON (or as a JSON string when it is not JSON).
-pub fn post_raw(url: &str, body: &[u8]) -> (u16, serde_json::Value) {
+/// POSTs a raw body (for malformed-input tests) over a fresh HTTP/1.1 connection, with a unit's
+/// token if given; returns the status and the body as JSON (or as a JSON string when it is not JSON).
+pub fn post_raw(url: &str, body: &[u8], token: Option<&str>) -> (u16, serde_json::Value) {
     use std::io::{Read, Write};
     let rest = url.strip_prefix("http://").expect("http url");
     let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/".into()));
     let mut s = std::net::TcpStream::connect(host).expect("connect");
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
     let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
     s.write_all(head.as_bytes()).unwrap();
@@ -204,11 +205,11 @@ pub struct Receiver {
 }
 
 impl Receiver {
-    /// Starts reading `unit`'s inbox at `api_url`. Transport errors (a node down) are retried, and a
+    /// Starts reading `unit`'s inbox with `client` (its home node, with the unit's token). Transport
+    /// errors (a node down) are retried, and a
     /// receipt whose answer was lost is re-sent unchanged, so it is recognised as a duplicate.
-    pub fn spawn(api_url: &str, unit: UnitAddress, key: SigningKey, sender_keys: Arc<BTreeMap<UnitAddress, SigningKey>>) -> Receiver {
+    pub fn spawn(client: ApiClient, unit: UnitAddress, key: SigningKey, sender_keys: Arc<BTreeMap<UnitAddress, SigningKey>>) -> Receiver {
         let stop = Arc::new(AtomicBool::new(false));
-        let client = ApiClient::new(api_url);
         let flag = stop.clone();
         let handle = std::thread::spawn(move || {
             let mut seen: HashMap<MessageId, usize> = HashMap::new();

@@ -1,5 +1,5 @@
-//! (d) Bad input at the agency API: a forged signature, an altered payload, an unknown unit, a
-//! sender from another node, malformed JSON and oversized payloads. Each gets a clear error naming
+//! (d) Bad input at the agency API: a forged signature, an altered payload, an unknown unit, no or
+//! someone else's token, malformed JSON and oversized payloads. Each gets a clear error naming
 //! what was wrong, is counted in `exchange_messages_rejected_total` and written to the audit table,
 //! and changes no custody state: the node's SQLite file is compared before and after.
 
@@ -10,11 +10,17 @@ use exchange_wire::client::ApiClient;
 /// Submits a body, then checks status, error code, a phrase of the message, the metric, the audit
 /// entry and that no custody table changed.
 fn expect_refused(net: &exchange_node::launcher::LocalNetwork, body: &[u8], status: u16, code: &str, phrase: &str) {
+    let token = net.unit_tokens[&unit("gz.yuexiu/liurong-street")].clone();
+    expect_refused_as(net, Some(&token), body, status, code, phrase);
+}
+
+/// [`expect_refused`] with the given token (or none).
+fn expect_refused_as(net: &exchange_node::launcher::LocalNetwork, token: Option<&str>, body: &[u8], status: u16, code: &str, phrase: &str) {
     let node = net.node("gz.yuexiu");
     let client: ApiClient = node.client();
     let metric_before = metric(&client, "exchange_messages_rejected_total", &[("reason", code)]);
     let before = stored_counts(&node.database_path());
-    let (got_status, got) = post_raw(&format!("{}/v1/messages", node.api_url), body);
+    let (got_status, got) = post_raw(&format!("{}/v1/messages", node.api_url), body, token);
     assert_eq!(got_status, status, "HTTP status for {code}: {got}");
     assert_eq!(got["error"], code, "error code: {got}");
     let message = got["message"].as_str().unwrap_or_default();
@@ -42,10 +48,10 @@ fn bad_input_is_refused_clearly_counted_and_changes_nothing() {
 
     // A good document first, so the node has state that must stay as it is.
     let good = document(key, sender, &["gz.haizhu/civil-affairs"], &[], b"ok", "good");
-    net.node("gz.yuexiu").client().submit(&good, b"ok").unwrap();
+    let yuexiu = net.client_for(&unit(sender));
+    yuexiu.submit(&good, b"ok").unwrap();
     // Wait until it has settled (delivered, and the delivery report back), so nothing else changes
     // the node's state while the bad input arrives.
-    let yuexiu = net.node("gz.yuexiu").client();
     wait_for("the good document delivered and reported", std::time::Duration::from_secs(20), || {
         let delivered = yuexiu.status(&good.id).ok()?.recipients.iter().all(|r| r.state == RecipientState::Delivered);
         (delivered && stored_counts(&net.node("gz.yuexiu").database_path()).outbox == 0).then_some(())
@@ -65,10 +71,13 @@ fn bad_input_is_refused_clearly_counted_and_changes_nothing() {
     let lost = document(key, sender, &["gz.haizhu/no-such-office"], &[], b"x", "t");
     expect_refused(&net, &json(&submission(&lost, b"x")), 422, "unknown-unit", "gz.haizhu/no-such-office");
 
-    // A unit of another node submitting here.
+    // No token, a token this node never issued, and liurong-street's token used for beijing-street.
     let haizhu_unit = "gz.haizhu/civil-affairs";
-    let elsewhere = document(&net.unit_keys[&unit(haizhu_unit)], haizhu_unit, &["gz/civil-affairs"], &[], b"x", "t");
-    expect_refused(&net, &json(&submission(&elsewhere, b"x")), 403, "wrong-node", "gz.haizhu");
+    let fine = json(&submission(&doc, b"original"));
+    expect_refused_as(&net, None, &fine, 401, "unauthenticated", "token");
+    expect_refused_as(&net, Some("govx_not-a-token"), &fine, 401, "unauthenticated", "not one this node issued");
+    let beijing = document(other_key, "gz.yuexiu/beijing-street", &["gz/civil-affairs"], &[], b"x", "t");
+    expect_refused(&net, &json(&submission(&beijing, b"x")), 403, "forbidden", "cannot act for gz.yuexiu/beijing-street");
 
     // Malformed JSON, and JSON of the wrong shape.
     expect_refused(&net, b"{\"envelope\": {", 400, "malformed", "JSON");
@@ -82,7 +91,7 @@ fn bad_input_is_refused_clearly_counted_and_changes_nothing() {
     expect_refused(&net, &huge, 413, "payload-too-large", "larger than this node accepts");
 
     // Signing for something that is not in the inbox.
-    let haizhu = net.node("gz.haizhu").client();
+    let haizhu = net.client_for(&unit(haizhu_unit));
     let receipt = exchange_wire::receipt::signed_for(unit(haizhu_unit), unit(sender), forged.id, forged.envelope.priority)
         .sign(&net.unit_keys[&unit(haizhu_unit)]);
     let err = haizhu.sign_for(&unit(haizhu_unit), &forged.id, &receipt).unwrap_err();

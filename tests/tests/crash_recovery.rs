@@ -22,16 +22,19 @@ fn city_killed_mid_stream_loses_nothing_and_delivers_nothing_twice() {
     let (senders, haizhu, city) = (units("gz.yuexiu"), units("gz.haizhu"), units("gz"));
     let keys = Arc::new(net.unit_keys.clone());
 
-    // Pre-sign the stream: message i goes to one 海珠 unit; every tenth is also copied to a city unit.
+    // Pre-sign the stream in batches of 50, each from one 越秀 unit: message i goes to one 海珠 unit;
+    // every tenth is also copied to a city unit.
     let mut expected: BTreeMap<UnitAddress, Vec<MessageId>> = BTreeMap::new();
+    let mut sender_of: HashMap<MessageId, UnitAddress> = HashMap::new();
     let mut stream = Vec::with_capacity(MESSAGES);
     for i in 0..MESSAGES {
-        let from = &senders[i % senders.len()];
+        let from = &senders[(i / 50) % senders.len()];
         let to = haizhu[i % haizhu.len()].clone();
         let cc: Vec<&str> = if i % 10 == 0 { vec![city[i % city.len()].as_str()] } else { vec![] };
         let payload = format!("第{i}号文件：关于做好防汛工作的通知").into_bytes();
         let doc = document(&keys[from], from.as_str(), &[to.as_str()], &cc, &payload, &format!("通知 {i}"));
         expected.entry(to).or_default().push(doc.id);
+        sender_of.insert(doc.id, from.clone());
         for c in &cc {
             expected.entry(unit(c)).or_default().push(doc.id);
         }
@@ -42,15 +45,15 @@ fn city_killed_mid_stream_loses_nothing_and_delivers_nothing_twice() {
     let receivers: Vec<(UnitAddress, Receiver)> = expected
         .keys()
         .map(|u| {
-            let url = net.node(u.node_part()).api_url.clone();
-            (u.clone(), Receiver::spawn(&url, u.clone(), keys[u].clone(), keys.clone()))
+            (u.clone(), Receiver::spawn(net.client_for(u), u.clone(), keys[u].clone(), keys.clone()))
         })
         .collect();
 
     let yuexiu = net.node("gz.yuexiu").client();
     let mut accepted = 0;
     for (n, batch) in stream.chunks(50).enumerate() {
-        let answer = yuexiu.submit_batch(batch.to_vec()).expect("submit a batch");
+        let from = &senders[n % senders.len()];
+        let answer = net.client_for(from).submit_batch(batch.to_vec()).expect("submit a batch");
         for r in answer.results {
             match r {
                 BatchItemResult::Accepted(_) => accepted += 1,
@@ -79,7 +82,7 @@ fn city_killed_mid_stream_loses_nothing_and_delivers_nothing_twice() {
 
     // Reconcile what was sent against what arrived.
     for (u, ids) in &expected {
-        let inbox = read_inbox(&net.node(u.node_part()).client(), u);
+        let inbox = read_inbox(&net.client_for(u), u);
         let mut copies: HashMap<MessageId, usize> = HashMap::new();
         for item in &inbox {
             *copies.entry(item.id).or_default() += 1;
@@ -95,7 +98,7 @@ fn city_killed_mid_stream_loses_nothing_and_delivers_nothing_twice() {
     assert_eq!(returned, receipts_expected, "each receipt recorded once at the sender's node");
     for ids in expected.values() {
         for id in ids.iter().step_by(7) {
-            let status = yuexiu.status(id).unwrap();
+            let status = net.client_for(&sender_of[id]).status(id).unwrap();
             assert!(status.recipients.iter().all(|r| r.state == RecipientState::SignedFor && r.receipt.is_some()));
         }
     }

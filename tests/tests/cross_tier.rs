@@ -24,14 +24,13 @@ fn document_crosses_tiers_and_receipts_come_back() {
         &payload,
         "关于开展2005年度人口抽样调查的通知",
     );
-    let yuexiu = net.node("gz.yuexiu").client();
+    let yuexiu = net.client_for(&sender);
     let accepted = yuexiu.submit(&doc, &payload).expect("submit");
     assert_eq!(accepted.id, doc.id);
     assert!(!accepted.duplicate);
 
     for r in &recipients {
-        let node = net.node(r.node_part());
-        let client = node.client();
+        let client = net.client_for(r);
         let item = wait_for(&format!("{} in the inbox of {r}", short(&doc.id)), Duration::from_secs(30), || {
             read_inbox(&client, r).into_iter().find(|i| i.id == doc.id)
         });
@@ -77,7 +76,7 @@ fn document_crosses_tiers_and_receipts_come_back() {
     assert_eq!((after.messages, after.outbox, after.tracking), (before.messages, before.outbox, before.tracking));
     assert_eq!(after.outbox, 0, "nothing left to forward");
     for r in &recipients {
-        let client = net.node(r.node_part()).client();
+        let client = net.client_for(r);
         let copies = read_inbox(&client, r).into_iter().filter(|i| i.id == doc.id).count();
         assert_eq!(copies, 1, "{r} has the document exactly once");
     }
@@ -89,13 +88,13 @@ fn local_delivery_within_one_district() {
     let sender = unit("gz.haizhu/civil-affairs");
     let to = unit("gz.haizhu/chigang-street");
     let doc = document(&net.unit_keys[&sender], sender.as_str(), &[to.as_str()], &[], b"local notice", "本区通知");
-    let haizhu = net.node("gz.haizhu").client();
-    haizhu.submit(&doc, b"local notice").unwrap();
-    let item = wait_for("local delivery", Duration::from_secs(10), || read_inbox(&haizhu, &to).into_iter().next());
+    let (from_client, to_client) = (net.client_for(&sender), net.client_for(&to));
+    from_client.submit(&doc, b"local notice").unwrap();
+    let item = wait_for("local delivery", Duration::from_secs(10), || read_inbox(&to_client, &to).into_iter().next());
     verify_item(&item, &net.unit_keys[&sender]);
-    sign_for(&haizhu, &net.unit_keys[&to], &to, &item);
+    sign_for(&to_client, &net.unit_keys[&to], &to, &item);
     wait_for("receipt", Duration::from_secs(10), || {
-        let s = haizhu.status(&doc.id).unwrap();
+        let s = from_client.status(&doc.id).unwrap();
         (s.recipients[0].state == RecipientState::SignedFor).then_some(())
     });
     // Nothing went up to the city.

@@ -25,7 +25,7 @@ fn queued_messages_drain_when_a_district_returns() {
         let to = &recipients[i % recipients.len()];
         let payload = format!("海珠停机期间的第{i}份文件").into_bytes();
         let doc = document(&keys[&sender], sender.as_str(), &[to.as_str()], &[], &payload, "停机测试");
-        assert!(!yuexiu.submit(&doc, &payload).expect("submit while 海珠 is down").duplicate);
+        assert!(!net.client_for(&sender).submit(&doc, &payload).expect("submit while 海珠 is down").duplicate);
         sent.entry(to.clone()).or_default().push(doc.id);
     }
 
@@ -41,7 +41,7 @@ fn queued_messages_drain_when_a_district_returns() {
     net.start("gz.haizhu").expect("restart 海珠");
     let receivers: Vec<(UnitAddress, Receiver)> = recipients
         .iter()
-        .map(|u| (u.clone(), Receiver::spawn(&net.node("gz.haizhu").api_url, u.clone(), keys[u].clone(), keys.clone())))
+        .map(|u| (u.clone(), Receiver::spawn(net.client_for(u), u.clone(), keys[u].clone(), keys.clone())))
         .collect();
 
     wait_for("every receipt back at 越秀", Duration::from_secs(60), || {

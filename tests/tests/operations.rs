@@ -1,5 +1,6 @@
 //! The operator verbs of `exchange-admin` against real nodes: status, peers, queues, a trace across
-//! three nodes, dead letters (made by a city whose directory lacks a unit), resend after the fix,
+//! three nodes, dead letters (made by a city that accepts smaller payloads than 越秀), resend after
+//! the fix,
 //! purge, retry, retention, readiness, and the audit chain: intact, then broken by editing and by
 //! deleting rows in the database file.
 
@@ -37,20 +38,17 @@ fn tamper(db: &Path, sql: &'static str) {
 #[test]
 fn operators_answer_where_is_it_what_is_stuck_and_was_anything_altered() {
     let mut net = exchange_node::launcher::LocalNetwork::create(&node_binary(), None, &["gz", "gz.yuexiu", "gz.haizhu"], FAST_RETRY).unwrap();
-    // The city starts with a directory that lacks one 海珠 street office, so it refuses messages for it.
-    let full = std::fs::read_to_string(net.root.join("directory.toml")).unwrap();
+    // The city is misconfigured to take payloads of at most 1 KiB: it refuses larger ones for good.
     let missing = "gz.haizhu/chigang-street";
-    let block = full.split("[[unit]]").find(|b| b.contains(&format!("\"{missing}\""))).unwrap();
-    std::fs::write(net.root.join("directory-gz.toml"), full.replace(&format!("[[unit]]{block}"), "")).unwrap();
     let city_cfg = net.node("gz").config_path.clone();
     let cfg = std::fs::read_to_string(&city_cfg).unwrap();
-    std::fs::write(&city_cfg, cfg.replace("directory_file = \"directory.toml\"", "directory_file = \"directory-gz.toml\"")).unwrap();
+    std::fs::write(&city_cfg, format!("{cfg}\n[limits]\nmax_payload_bytes = 1024\n")).unwrap();
     net.start_all().unwrap();
 
     let keys = Arc::new(net.unit_keys.clone());
     let (yuexiu_admin, city_admin) = (net.node("gz.yuexiu").admin_url.clone(), net.node("gz").admin_url.clone());
     let sender = unit("gz.yuexiu/liurong-street");
-    let yuexiu = net.node("gz.yuexiu").client();
+    let yuexiu = net.client_for(&sender);
 
     // status and peers.
     let status = ok_json(&yuexiu_admin, &["status"]);
@@ -68,7 +66,7 @@ fn operators_answer_where_is_it_what_is_stuck_and_was_anything_altered() {
     let doc = document(&keys[&sender], sender.as_str(), &["gz.haizhu/civil-affairs"], &[], b"trace me", "追踪");
     yuexiu.submit(&doc, b"trace me").unwrap();
     let recipient = unit("gz.haizhu/civil-affairs");
-    let r = Receiver::spawn(&net.node("gz.haizhu").api_url, recipient.clone(), keys[&recipient].clone(), keys.clone());
+    let r = Receiver::spawn(net.client_for(&recipient), recipient.clone(), keys[&recipient].clone(), keys.clone());
     wait_for("signed for", Duration::from_secs(20), || {
         yuexiu.status(&doc.id).ok()?.recipients.iter().all(|r| r.state == exchange_wire::api::RecipientState::SignedFor).then_some(())
     });
@@ -89,8 +87,9 @@ fn operators_answer_where_is_it_what_is_stuck_and_was_anything_altered() {
     // Two documents the city refuses for good: dead letters at 越秀, visible in queues and metrics.
     let stuck: Vec<_> = (0..2)
         .map(|i| {
-            let d = document(&keys[&sender], sender.as_str(), &[missing], &[], format!("stuck {i}").as_bytes(), "stuck");
-            yuexiu.submit(&d, format!("stuck {i}").as_bytes()).unwrap();
+            let payload = format!("stuck {i} ").repeat(300).into_bytes();
+            let d = document(&keys[&sender], sender.as_str(), &[missing], &[], &payload, "stuck");
+            yuexiu.submit(&d, &payload).unwrap();
             d
         })
         .collect();
@@ -98,7 +97,7 @@ fn operators_answer_where_is_it_what_is_stuck_and_was_anything_altered() {
         let d = ok_json(&yuexiu_admin, &["dead-letters", "list"]);
         (d["dead_letters"].as_array()?.len() == 2).then_some(d)
     });
-    assert!(dead["dead_letters"][0]["reason"].as_str().unwrap().contains("unknown-unit"), "{dead}");
+    assert!(dead["dead_letters"][0]["reason"].as_str().unwrap().contains("payload-too-large"), "{dead}");
     let queues = wait_for("queues show the dead letters", Duration::from_secs(10), || {
         let q = ok_json(&yuexiu_admin, &["queues"]);
         (q["queues"][0]["dead_letters"] == 2).then_some(q)
@@ -106,7 +105,7 @@ fn operators_answer_where_is_it_what_is_stuck_and_was_anything_altered() {
     assert_eq!((queues["queues"][0]["peer"].as_str(), queues["queues"][0]["depth"].as_u64()), (Some("gz"), Some(0)));
     assert_eq!(metric(&yuexiu, "exchange_dead_letters_total", &[("peer", "gz")]), 2.0);
 
-    // The fix: the city gets the full directory. Resend one dead letter, purge the other.
+    // The fix: the city gets its normal limit back. Resend one dead letter, purge the other.
     net.stop("gz").unwrap();
     std::fs::write(&city_cfg, cfg).unwrap();
     net.start("gz").unwrap();
@@ -117,7 +116,7 @@ fn operators_answer_where_is_it_what_is_stuck_and_was_anything_altered() {
     let refused = admin(&yuexiu_admin, &["dead-letters", "purge", &seqs[1]]);
     assert_eq!(refused.status.code(), Some(1), "purge needs --yes");
     assert_eq!(ok_json(&yuexiu_admin, &["dead-letters", "purge", &seqs[1], "--yes"])["affected"], 1);
-    let chigang = net.node("gz.haizhu").client();
+    let chigang = net.client_for(&unit(missing));
     let delivered = wait_for("the resent document delivered", Duration::from_secs(20), || {
         let inbox = read_inbox(&chigang, &unit(missing));
         (!inbox.is_empty()).then_some(inbox)

@@ -11,7 +11,7 @@
 //! ```text
 //! "GOVX-ENVELOPE-V1\0"           17 bytes, domain separation
 //! version         u16            = 1
-//! kind            str            document | receipt | delivery-report
+//! kind            str            document | receipt | delivery-report | directory-segment
 //! sender          str            unit address
 //! to              list<str>      main recipients (主送)
 //! cc              list<str>      copy recipients (抄送)
@@ -71,6 +71,9 @@ pub enum Kind {
     Receipt,
     /// A report from a recipient's home node, signed by the node, that a message reached inboxes.
     DeliveryReport,
+    /// A signed directory segment (the node tree, or the units one node hosts). Travels between
+    /// nodes on the directory protocol, never through inboxes.
+    DirectorySegment,
 }
 
 /// Urgency, which orders queues at every hop: 特急 before 加急 before 平件.
@@ -115,7 +118,7 @@ macro_rules! wire_enum {
         }
     };
 }
-wire_enum!(Kind, "kind", Document => "document", Receipt => "receipt", DeliveryReport => "delivery-report");
+wire_enum!(Kind, "kind", Document => "document", Receipt => "receipt", DeliveryReport => "delivery-report", DirectorySegment => "directory-segment");
 wire_enum!(Priority, "priority", Urgent => "urgent", Express => "express", Routine => "routine");
 
 impl Priority {

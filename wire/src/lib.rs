@@ -11,6 +11,7 @@ pub mod address;
 pub mod api;
 #[cfg(feature = "client")]
 pub mod client;
+pub mod directory;
 pub mod envelope;
 pub mod keys;
 pub mod receipt;

@@ -71,3 +71,24 @@ CREATE TABLE audit_log (
     hash       BLOB NOT NULL
 );
 CREATE INDEX audit_log_by_message ON audit_log (message_id, seq) WHERE message_id IS NOT NULL;
+
+-- The directory segments this node holds: the newest version of the node tree ('tree') and of each
+-- node's unit segment (owner = node id), exactly as signed.
+CREATE TABLE directory_segments (
+    owner        TEXT PRIMARY KEY,
+    version      INTEGER NOT NULL,
+    header       BLOB NOT NULL,
+    signature    BLOB NOT NULL,
+    payload      BLOB NOT NULL,
+    stored_at_ms INTEGER NOT NULL
+);
+
+-- API tokens of the units hosted here. Only the SHA-256 of a token is kept.
+CREATE TABLE unit_tokens (
+    id            TEXT PRIMARY KEY,
+    hash          BLOB NOT NULL UNIQUE,
+    unit          TEXT NOT NULL,
+    label         TEXT NOT NULL,
+    issued_at_ms  INTEGER NOT NULL,
+    revoked_at_ms INTEGER
+);

@@ -8,10 +8,15 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use exchange_wire::api::{DeadLetterSelection, DeadLettersResponse, EventsResponse, PeersResponse, QueuesResponse, RetentionRequest};
+use exchange_wire::api::{
+    DeadLetterSelection, DeadLettersResponse, EventsResponse, IssueToken, NewUnit, NodesResponse, PeersResponse, QueuesResponse,
+    RetentionRequest, RotateKey, TokensResponse, UnitsResponse,
+};
+use exchange_wire::directory::{NodeRecord, UnitStatus};
+use exchange_wire::{NodeId, UnitAddress};
 use serde::Deserialize;
 
-use super::{AppState, json, parse_body, parse_id, refuse, with_health};
+use super::{AppState, json, parse_body, parse_id, parse_unit, refuse, with_health};
 use crate::relay::Refusal;
 
 /// The answer to an admin call; a refused request is counted and audited like any bad input.
@@ -104,6 +109,123 @@ async fn audit_verify(State(engine): State<AppState>) -> Response {
     answer(&engine, engine.audit_verify().await).await
 }
 
+async fn directory(State(engine): State<AppState>) -> Response {
+    json(StatusCode::OK, &engine.directory_view().await)
+}
+
+async fn directory_verify(State(engine): State<AppState>) -> Response {
+    json(StatusCode::OK, &engine.directory_verify().await)
+}
+
+async fn nodes(State(engine): State<AppState>) -> Response {
+    json(StatusCode::OK, &NodesResponse { nodes: engine.node_records().await })
+}
+
+async fn add_node(State(engine): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
+    match parse_body::<NodeRecord>(&engine, body).await {
+        Ok(n) => answer(&engine, engine.add_node(n).await).await,
+        Err(r) => r.into_response(),
+    }
+}
+
+/// `POST /admin/v1/nodes/{id}:remove` (axum takes one parameter per path segment, so the action
+/// is split off here).
+async fn remove_node(State(engine): State<AppState>, Path(id_action): Path<String>) -> Response {
+    let Some(id) = id_action.strip_suffix(":remove") else {
+        return refuse(&engine, Refusal::new("not-found", 404, "use POST /admin/v1/nodes/{id}:remove")).await.into_response();
+    };
+    match id.parse::<NodeId>() {
+        Ok(id) => answer(&engine, engine.remove_node(&id).await).await,
+        Err(e) => refuse(&engine, Refusal::malformed(e.to_string())).await.into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct UnitsQuery {
+    node: Option<NodeId>,
+}
+
+async fn units(State(engine): State<AppState>, query: Result<Query<UnitsQuery>, QueryRejection>) -> Response {
+    match query {
+        Ok(Query(q)) => json(StatusCode::OK, &UnitsResponse { units: engine.unit_records(q.node.as_ref()).await }),
+        Err(e) => refuse(&engine, Refusal::malformed(format!("query parameters are invalid ({}): use node=<node-id>", e.body_text())))
+            .await
+            .into_response(),
+    }
+}
+
+async fn unit(State(engine): State<AppState>, Path((node, unit)): Path<(String, String)>) -> Response {
+    let address = match parse_unit(&engine, &node, &unit).await {
+        Ok(a) => a,
+        Err(r) => return r.into_response(),
+    };
+    let found = engine.unit_records(None).await.into_iter().find(|u| u.address == address);
+    answer(&engine, found.ok_or_else(|| Refusal::new("not-found", 404, format!("unit {address} is not in the directory")))).await
+}
+
+async fn add_unit(State(engine): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
+    match parse_body::<NewUnit>(&engine, body).await {
+        Ok(u) => answer(&engine, engine.add_unit(u).await).await,
+        Err(r) => r.into_response(),
+    }
+}
+
+/// `POST /admin/v1/units/{node}/{unit_action}` where the last segment is `<unit>:<action>`.
+async fn unit_action(
+    State(engine): State<AppState>,
+    Path((node, unit_action)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let Some((unit, action)) = unit_action.split_once(':') else {
+        return refuse(&engine, Refusal::new("not-found", 404, "use /admin/v1/units/{node}/{unit}:suspend, :activate, :revoke or :rotate-key"))
+            .await
+            .into_response();
+    };
+    let address = match parse_unit(&engine, &node, unit).await {
+        Ok(a) => a,
+        Err(r) => return r.into_response(),
+    };
+    let result = match action {
+        "suspend" => engine.set_unit_status(&address, UnitStatus::Suspended).await,
+        "activate" => engine.set_unit_status(&address, UnitStatus::Active).await,
+        "revoke" => engine.set_unit_status(&address, UnitStatus::Revoked).await,
+        "rotate-key" => match parse_body::<RotateKey>(&engine, body).await {
+            Ok(r) => engine.rotate_key(&address, r).await,
+            Err(r) => return r.into_response(),
+        },
+        other => Err(Refusal::new("not-found", 404, format!("unknown unit action {other:?}: use suspend, activate, revoke or rotate-key"))),
+    };
+    answer(&engine, result).await
+}
+
+async fn issue_token(State(engine): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
+    match parse_body::<IssueToken>(&engine, body).await {
+        Ok(req) => answer(&engine, engine.issue_token(req).await).await,
+        Err(r) => r.into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct TokensQuery {
+    unit: Option<UnitAddress>,
+}
+
+async fn tokens(State(engine): State<AppState>, query: Result<Query<TokensQuery>, QueryRejection>) -> Response {
+    match query {
+        Ok(Query(q)) => answer(&engine, engine.token_infos(q.unit.as_ref()).await.map(|tokens| TokensResponse { tokens })).await,
+        Err(e) => refuse(&engine, Refusal::malformed(format!("query parameters are invalid ({}): use unit=<address>", e.body_text())))
+            .await
+            .into_response(),
+    }
+}
+
+async fn revoke_token(State(engine): State<AppState>, Path(id_action): Path<String>) -> Response {
+    match id_action.strip_suffix(":revoke") {
+        Some(id) => answer(&engine, engine.revoke_token(id).await).await,
+        None => refuse(&engine, Refusal::new("not-found", 404, "use POST /admin/v1/tokens/{id}:revoke")).await.into_response(),
+    }
+}
+
 /// The admin API.
 pub fn router(engine: AppState) -> Router {
     with_health(
@@ -119,7 +241,15 @@ pub fn router(engine: AppState) -> Router {
             .route("/admin/v1/retry", post(retry))
             .route("/admin/v1/retention:purge", post(retention))
             .route("/admin/v1/audit", get(audit))
-            .route("/admin/v1/audit:verify", get(audit_verify)),
+            .route("/admin/v1/audit:verify", get(audit_verify))
+            .route("/admin/v1/directory", get(directory))
+            .route("/admin/v1/directory:verify", get(directory_verify))
+            .route("/admin/v1/nodes", get(nodes).post(add_node))
+            .route("/admin/v1/nodes/{id}", post(remove_node))
+            .route("/admin/v1/units", get(units).post(add_unit))
+            .route("/admin/v1/units/{node}/{unit}", get(unit).post(unit_action))
+            .route("/admin/v1/tokens", get(tokens).post(issue_token))
+            .route("/admin/v1/tokens/{id}", post(revoke_token)),
     )
     .with_state(engine)
 }

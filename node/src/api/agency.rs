@@ -6,7 +6,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use exchange_wire::api::{
@@ -17,13 +17,27 @@ use serde::Deserialize;
 
 use super::{AppState, json, parse_body, parse_id, parse_unit, refuse, with_health};
 use crate::relay::Refusal;
+use crate::relay::access::Caller;
 
-async fn submit(State(engine): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
+/// The unit calling, from its token; an unauthenticated call is refused, counted and audited.
+async fn caller(engine: &AppState, headers: &HeaderMap) -> Result<Caller, Response> {
+    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    match engine.authenticate(authorization) {
+        Ok(c) => Ok(c),
+        Err(r) => Err(refuse(engine, r).await.into_response()),
+    }
+}
+
+async fn submit(State(engine): State<AppState>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+    let caller = match caller(&engine, &headers).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
     let msg: SignedMessage = match parse_body(&engine, body).await {
         Ok(m) => m,
         Err(r) => return r.into_response(),
     };
-    match engine.submit(vec![msg]).await.pop() {
+    match engine.submit(&caller, vec![msg]).await.pop() {
         Some(BatchItemResult::Accepted(ok)) => {
             json(if ok.duplicate { StatusCode::OK } else { StatusCode::ACCEPTED }, &ok)
         }
@@ -38,8 +52,10 @@ async fn submit(State(engine): State<AppState>, body: Result<Bytes, BytesRejecti
 /// The HTTP status of a refusal code (used where only the body survived a batch).
 fn refusal_status(code: &str) -> StatusCode {
     match code {
-        "bad-signature" | "unknown-sender" | "wrong-node" | "wrong-signer" => StatusCode::FORBIDDEN,
-        "unknown-unit" | "no-route" => StatusCode::UNPROCESSABLE_ENTITY,
+        "bad-signature" | "unknown-sender" | "wrong-node" | "wrong-signer" | "forbidden" | "policy-denied" | "key-not-valid"
+        | "unit-suspended" => StatusCode::FORBIDDEN,
+        "unauthenticated" => StatusCode::UNAUTHORIZED,
+        "unknown-unit" | "no-route" | "recipient-unavailable" => StatusCode::UNPROCESSABLE_ENTITY,
         "payload-too-large" => StatusCode::PAYLOAD_TOO_LARGE,
         "not-found" => StatusCode::NOT_FOUND,
         "conflict" => StatusCode::CONFLICT,
@@ -48,7 +64,11 @@ fn refusal_status(code: &str) -> StatusCode {
     }
 }
 
-async fn submit_batch(State(engine): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
+async fn submit_batch(State(engine): State<AppState>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+    let caller = match caller(&engine, &headers).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
     let req: BatchSubmitRequest = match parse_body(&engine, body).await {
         Ok(m) => m,
         Err(r) => return r.into_response(),
@@ -58,13 +78,17 @@ async fn submit_batch(State(engine): State<AppState>, body: Result<Bytes, BytesR
         engine.refused_input(&r).await;
         return r.into_response();
     }
-    let results = engine.submit(req.messages).await;
+    let results = engine.submit(&caller, req.messages).await;
     json(StatusCode::OK, &BatchSubmitResponse { results })
 }
 
-async fn status(State(engine): State<AppState>, Path(id): Path<String>) -> Response {
+async fn status(State(engine): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    let caller = match caller(&engine, &headers).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
     match parse_id(&engine, &id).await {
-        Ok(id) => match engine.status(&id).await {
+        Ok(id) => match engine.status(&caller, &id).await {
             Ok(s) => json(StatusCode::OK, &s),
             Err(r) => r.into_response(),
         },
@@ -88,6 +112,7 @@ fn default_limit() -> u32 {
 
 async fn inbox(
     State(engine): State<AppState>,
+    headers: HeaderMap,
     Path((node, unit)): Path<(String, String)>,
     query: Result<Query<InboxQuery>, QueryRejection>,
 ) -> Response {
@@ -103,7 +128,11 @@ async fn inbox(
         }
     };
     let wait = Duration::from_millis(q.wait_ms.min(engine.api_max_wait_ms));
-    match engine.inbox(&unit, q.after, q.limit, wait).await {
+    let caller = match caller(&engine, &headers).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    match engine.inbox(&caller, &unit, q.after, q.limit, wait).await {
         Ok(items) => {
             let next_after = items.last().map(|i| i.seq).unwrap_or(q.after);
             json(StatusCode::OK, &InboxResponse { unit, items, next_after })
@@ -114,6 +143,7 @@ async fn inbox(
 
 async fn sign_for(
     State(engine): State<AppState>,
+    headers: HeaderMap,
     Path((node, unit, id)): Path<(String, String, String)>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
@@ -129,7 +159,11 @@ async fn sign_for(
         Ok(m) => m,
         Err(r) => return r.into_response(),
     };
-    match engine.sign_for(&unit, &id, receipt).await {
+    let caller = match caller(&engine, &headers).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    match engine.sign_for(&caller, &unit, &id, receipt).await {
         Ok(ok) => json(if ok.duplicate { StatusCode::OK } else { StatusCode::ACCEPTED }, &ok),
         Err(r) => r.into_response(),
     }
@@ -137,6 +171,7 @@ async fn sign_for(
 
 async fn sign_for_batch(
     State(engine): State<AppState>,
+    headers: HeaderMap,
     Path((node, unit)): Path<(String, String)>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
@@ -152,9 +187,13 @@ async fn sign_for_batch(
         let r = Refusal::malformed(format!("a batch holds at most 1000 receipts, not {}", req.receipts.len()));
         return refuse(&engine, r).await.into_response();
     }
+    let caller = match caller(&engine, &headers).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
     let items = req.receipts.into_iter().map(|i| (i.message_id, i.receipt)).collect();
     let results = engine
-        .sign_for_many(&unit, items)
+        .sign_for_many(&caller, &unit, items)
         .await
         .into_iter()
         .map(|r| match r {

@@ -6,7 +6,10 @@ use std::time::Duration;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{StreamProtocol, allow_block_list, ping, request_response};
 
-use super::protocol::{RELAY_PROTOCOL, TRACE_PROTOCOL, TraceRequest, TraceResponse, TransferRequest, TransferResponse};
+use super::protocol::{
+    DIRECTORY_PROTOCOL, DirectoryAck, DirectoryPush, RELAY_PROTOCOL, TRACE_PROTOCOL, TraceRequest, TraceResponse, TransferRequest,
+    TransferResponse,
+};
 
 /// Everything the node speaks to other nodes.
 #[derive(NetworkBehaviour)]
@@ -15,6 +18,7 @@ pub struct Behaviour {
     pub allowed: allow_block_list::Behaviour<allow_block_list::AllowedPeers>,
     pub relay: request_response::cbor::Behaviour<TransferRequest, TransferResponse>,
     pub trace: request_response::cbor::Behaviour<TraceRequest, TraceResponse>,
+    pub directory: request_response::cbor::Behaviour<DirectoryPush, DirectoryAck>,
     pub ping: ping::Behaviour,
 }
 
@@ -33,7 +37,14 @@ impl Behaviour {
             [(StreamProtocol::new(TRACE_PROTOCOL), request_response::ProtocolSupport::Full)],
             request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
         );
+        let directory = request_response::Behaviour::with_codec(
+            request_response::cbor::codec::Codec::default()
+                .set_request_size_maximum(64 * 1024 * 1024)
+                .set_response_size_maximum(1024 * 1024),
+            [(StreamProtocol::new(DIRECTORY_PROTOCOL), request_response::ProtocolSupport::Full)],
+            request_response::Config::default().with_request_timeout(Duration::from_secs(30)),
+        );
         let ping = ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(5)));
-        Behaviour { allowed: allow_block_list::Behaviour::default(), relay, trace, ping }
+        Behaviour { allowed: allow_block_list::Behaviour::default(), relay, trace, directory, ping }
     }
 }

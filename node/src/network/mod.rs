@@ -17,7 +17,7 @@ use libp2p::{Multiaddr, PeerId, Swarm, identity, noise, ping, tcp, yamux};
 use tokio::sync::{mpsc, oneshot};
 
 use behaviour::{Behaviour, BehaviourEvent};
-use protocol::{TraceRequest, TraceResponse, TransferRequest, TransferResponse};
+use protocol::{DirectoryAck, DirectoryPush, TraceRequest, TraceResponse, TransferRequest, TransferResponse};
 
 /// A transfer that did not get an answer.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -39,6 +39,10 @@ pub struct Neighbour {
 pub enum NetworkEvent {
     /// A neighbour handed over a batch; answer it with [`Client::respond`] after committing.
     Inbound { peer: PeerId, request: TransferRequest, channel: ResponseChannel<TransferResponse> },
+    /// A neighbour pushes directory segments; answer with [`Client::respond_directory`].
+    Directory { peer: PeerId, request: DirectoryPush, channel: ResponseChannel<DirectoryAck> },
+    /// A connection was refused because the peer is not in the directory.
+    Refused { peer: Option<PeerId>, inbound: bool },
     /// A neighbour asks for this node's custody events about a message.
     Trace { peer: PeerId, request: TraceRequest, channel: ResponseChannel<TraceResponse> },
     PeerUp(PeerId),
@@ -52,6 +56,8 @@ enum Command {
     Respond { channel: ResponseChannel<TransferResponse>, response: TransferResponse },
     Trace { peer: PeerId, request: TraceRequest, reply: oneshot::Sender<Result<TraceResponse, NetError>> },
     RespondTrace { channel: ResponseChannel<TraceResponse>, response: TraceResponse },
+    PushDirectory { peer: PeerId, request: DirectoryPush, reply: oneshot::Sender<Result<DirectoryAck, NetError>> },
+    RespondDirectory { channel: ResponseChannel<DirectoryAck>, response: DirectoryAck },
     SetPeers { allowed: Vec<PeerId>, neighbours: Vec<Neighbour> },
     Connected { reply: oneshot::Sender<Vec<PeerId>> },
 }
@@ -85,6 +91,18 @@ impl Client {
     /// Answers a trace request.
     pub async fn respond_trace(&self, channel: ResponseChannel<TraceResponse>, response: TraceResponse) {
         let _ = self.commands.send(Command::RespondTrace { channel, response }).await;
+    }
+
+    /// Pushes directory segments to `peer`.
+    pub async fn push_directory(&self, peer: PeerId, request: DirectoryPush) -> Result<DirectoryAck, NetError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands.send(Command::PushDirectory { peer, request, reply }).await.map_err(|_| NetError::Stopped)?;
+        rx.await.map_err(|_| NetError::Stopped)?
+    }
+
+    /// Answers a directory push.
+    pub async fn respond_directory(&self, channel: ResponseChannel<DirectoryAck>, response: DirectoryAck) {
+        let _ = self.commands.send(Command::RespondDirectory { channel, response }).await;
     }
 
     /// Sets which peers may connect (directory nodes) and which neighbours to keep dialled.
@@ -132,6 +150,7 @@ pub fn new(
         events: event_tx,
         pending: HashMap::new(),
         pending_traces: HashMap::new(),
+        pending_pushes: HashMap::new(),
         neighbours: Vec::new(),
         dialing: HashSet::new(),
     };
@@ -145,6 +164,7 @@ pub struct EventLoop {
     events: mpsc::Sender<NetworkEvent>,
     pending: HashMap<OutboundRequestId, (PeerId, oneshot::Sender<Result<TransferResponse, NetError>>)>,
     pending_traces: HashMap<OutboundRequestId, oneshot::Sender<Result<TraceResponse, NetError>>>,
+    pending_pushes: HashMap<OutboundRequestId, oneshot::Sender<Result<DirectoryAck, NetError>>>,
     neighbours: Vec<Neighbour>,
     dialing: HashSet<PeerId>,
 }
@@ -196,6 +216,13 @@ impl EventLoop {
             Command::RespondTrace { channel, response } => {
                 let _ = self.swarm.behaviour_mut().trace.send_response(channel, response);
             }
+            Command::PushDirectory { peer, request, reply } => {
+                let id = self.swarm.behaviour_mut().directory.send_request(&peer, request);
+                self.pending_pushes.insert(id, reply);
+            }
+            Command::RespondDirectory { channel, response } => {
+                let _ = self.swarm.behaviour_mut().directory.send_response(channel, response);
+            }
             Command::SetPeers { allowed, neighbours } => {
                 let keep: HashSet<PeerId> = allowed.iter().copied().collect();
                 let old: Vec<PeerId> = self.swarm.behaviour().allowed.allowed_peers().iter().copied().collect();
@@ -223,6 +250,7 @@ impl EventLoop {
         match event {
             SwarmEvent::Behaviour(BehaviourEvent::Relay(e)) => self.on_relay_event(e),
             SwarmEvent::Behaviour(BehaviourEvent::Trace(e)) => self.on_trace_event(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Directory(e)) => self.on_directory_event(e),
             SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event { peer, result: Ok(rtt), .. })) => {
                 let _ = self.events.try_send(NetworkEvent::PeerRtt(peer, rtt));
             }
@@ -239,13 +267,42 @@ impl EventLoop {
                     let _ = self.events.try_send(NetworkEvent::PeerDown(peer_id));
                 }
             }
-            SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. } => {
-                self.dialing.remove(&peer);
-                tracing::debug!(%peer, %error, "dial failed");
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                if let Some(peer) = peer_id {
+                    self.dialing.remove(&peer);
+                }
+                if matches!(error, libp2p::swarm::DialError::Denied { .. }) {
+                    let _ = self.events.try_send(NetworkEvent::Refused { peer: peer_id, inbound: false });
+                }
+                tracing::debug!(peer = ?peer_id, %error, "dial failed");
             }
             SwarmEvent::NewListenAddr { address, .. } => tracing::info!(%address, "listening for nodes"),
-            SwarmEvent::IncomingConnectionError { send_back_addr, error, .. } => {
-                tracing::warn!(from = %send_back_addr, %error, "refused an incoming connection");
+            SwarmEvent::IncomingConnectionError { send_back_addr, error, peer_id, .. } => {
+                if matches!(error, libp2p::swarm::ListenError::Denied { .. }) {
+                    let _ = self.events.try_send(NetworkEvent::Refused { peer: peer_id, inbound: true });
+                }
+                tracing::warn!(from = %send_back_addr, peer = ?peer_id, %error, "refused an incoming connection");
+            }
+            _ => {}
+        }
+    }
+
+    fn on_directory_event(&mut self, event: request_response::Event<DirectoryPush, DirectoryAck>) {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request { request, channel, .. } => {
+                    let _ = self.events.try_send(NetworkEvent::Directory { peer, request, channel });
+                }
+                request_response::Message::Response { request_id, response } => {
+                    if let Some(reply) = self.pending_pushes.remove(&request_id) {
+                        let _ = reply.send(Ok(response));
+                    }
+                }
+            },
+            request_response::Event::OutboundFailure { request_id, error, peer, .. } => {
+                if let Some(reply) = self.pending_pushes.remove(&request_id) {
+                    let _ = reply.send(Err(NetError::Failed { peer, reason: error.to_string() }));
+                }
             }
             _ => {}
         }

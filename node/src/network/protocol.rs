@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 
 /// The libp2p protocol name of custody transfer.
 pub const RELAY_PROTOCOL: &str = "/gov-exchange/relay/1";
+/// The libp2p protocol name of directory propagation.
+pub const DIRECTORY_PROTOCOL: &str = "/gov-exchange/directory/1";
 /// The libp2p protocol name of message tracing (operators' `trace`).
 pub const TRACE_PROTOCOL: &str = "/gov-exchange/trace/1";
 
@@ -65,4 +67,27 @@ pub struct TraceResponse {
     pub events: Vec<exchange_wire::api::CustodyEvent>,
     /// Nodes on the message's path that could not be asked.
     pub unreachable: Vec<exchange_wire::NodeId>,
+}
+
+/// A signed directory segment exactly as its signer made it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SegmentParcel {
+    #[serde(with = "serde_bytes")]
+    pub header: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub signature: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub payload: Vec<u8>,
+}
+
+/// Segments pushed to a neighbour: all of them when a link comes up, the changed ones afterwards.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DirectoryPush {
+    pub segments: Vec<SegmentParcel>,
+}
+
+/// What the neighbour did with each segment: `new`, `known`, or `refused: <code>: <reason>`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DirectoryAck {
+    pub results: Vec<String>,
 }

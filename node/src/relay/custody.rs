@@ -189,6 +189,9 @@ fn deliver_here(
             c.events.push(event(receipt.for_message.0, now, "receipt", Some(&env.sender), None, Some(m.signed.id.to_hex())));
             summary.receipts_returned += 1;
         }
+        Kind::DirectorySegment => {
+            return Err(Refusal::new("unsupported-kind", 400, "directory segments travel on the directory protocol, not as messages"));
+        }
         Kind::DeliveryReport => {
             let report = DeliveryReport::from_envelope(env, &m.payload)?;
             let orig = report.message_id.0;

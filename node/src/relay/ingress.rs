@@ -11,6 +11,7 @@ use exchange_wire::{Envelope, EnvelopeError, Kind, MessageId, NodeId, SignedEnve
 use libp2p::PeerId;
 use libp2p::request_response::ResponseChannel;
 
+use super::access::Caller;
 use super::custody::{self, Incoming};
 use super::{Engine, Refusal, Refused};
 use crate::directory::Directory;
@@ -52,11 +53,11 @@ fn refusals<'a, T>(results: &'a [Result<T, Refusal>], ids: &[(Option<MessageId>,
 
 impl Engine {
     /// Submissions from agencies: verify, take custody, answer after the commit.
-    pub async fn submit(self: &Arc<Self>, messages: Vec<SignedMessage>) -> Vec<BatchItemResult> {
+    pub async fn submit(self: &Arc<Self>, caller: &Caller, messages: Vec<SignedMessage>) -> Vec<BatchItemResult> {
         let dir = self.dir.current();
         let ids: Vec<(Option<MessageId>, Option<Kind>)> =
             messages.iter().map(|m| (Some(m.envelope.message_id()), Some(m.envelope.kind))).collect();
-        let decoded: Vec<Result<Candidate, Refusal>> = messages.iter().map(|m| self.decode_submission(&dir, m)).collect();
+        let decoded: Vec<Result<Candidate, Refusal>> = messages.iter().map(|m| self.decode_submission(&dir, caller, m)).collect();
         drop(messages);
         let no_sign_fors = (0..decoded.len()).map(|_| None).collect();
         let results = self.verify_and_take(&dir, None, decoded, no_sign_fors).await;
@@ -77,8 +78,9 @@ impl Engine {
     }
 
     /// Checks a submission from an agency up to (not including) the signature.
-    fn decode_submission(&self, dir: &Directory, m: &SignedMessage) -> Result<Candidate, Refusal> {
+    fn decode_submission(&self, dir: &Directory, caller: &Caller, m: &SignedMessage) -> Result<Candidate, Refusal> {
         let env = &m.envelope;
+        caller.may_act_for(&env.sender)?;
         if env.kind != Kind::Document {
             return Err(Refusal::new(
                 "unsupported-kind",
@@ -98,11 +100,56 @@ impl Engine {
                 ));
             }
         }
+        self.check_fresh(env.created_at_ms)?;
+        self.check_active(dir, &env.sender)?;
         let (signed, payload) = m.decode()?;
-        // Unknown recipients are refused here, at ingress, never dropped further on.
+        // Unknown, suspended or forbidden recipients are refused here, at ingress, never dropped
+        // further on.
         crate::routing::plan(dir, &self.here, signed.envelope.recipients())?;
+        for r in signed.envelope.recipients() {
+            if !dir.is_active(r) {
+                return Err(Refusal::new("recipient-unavailable", 422, format!("recipient {r} is suspended or revoked; it cannot receive")));
+            }
+            self.policy_check(dir, &env.sender, r, env.kind)?;
+        }
         let recipients = signed.envelope.recipients().cloned().collect();
         Ok(Candidate { signed, payload, recipients, hops: vec![] })
+    }
+
+    /// Replay window: an envelope must be signed close to now when it enters the network.
+    fn check_fresh(&self, created_at_ms: u64) -> Result<(), Refusal> {
+        let now = exchange_wire::now_ms();
+        let skew_ms = self.limits.clock_skew_secs * 1000;
+        if created_at_ms + skew_ms < now {
+            return Err(Refusal::new(
+                "stale-envelope",
+                400,
+                format!(
+                    "the envelope was created {} s ago; this node accepts envelopes created within {} s (limits.clock_skew_secs): sign it again",
+                    (now - created_at_ms) / 1000,
+                    self.limits.clock_skew_secs
+                ),
+            ));
+        }
+        if created_at_ms > now + skew_ms {
+            return Err(Refusal::new(
+                "future-envelope",
+                400,
+                format!("the envelope is dated {} s in the future; check the sending system's clock", (created_at_ms - now) / 1000),
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_active(&self, dir: &Directory, unit: &UnitAddress) -> Result<(), Refusal> {
+        match dir.unit(unit) {
+            Some(u) if !dir.is_active(unit) => Err(Refusal::new(
+                "unit-suspended",
+                403,
+                format!("unit {unit} is {:?} in the directory; it cannot send or sign for anything", u.status).to_lowercase(),
+            )),
+            _ => Ok(()),
+        }
     }
 
     fn check_size(&self, size: u64) -> Result<(), Refusal> {
@@ -173,17 +220,19 @@ impl Engine {
     /// 签收: a recipient signs for a message in its inbox with a receipt signed by its own key.
     pub async fn sign_for(
         self: &Arc<Self>,
+        caller: &Caller,
         unit: &UnitAddress,
         message_id: &MessageId,
         receipt: SignedMessage,
     ) -> Result<SignForResponse, Refusal> {
-        self.sign_for_many(unit, vec![(*message_id, receipt)]).await.pop().expect("one result")
+        self.sign_for_many(caller, unit, vec![(*message_id, receipt)]).await.pop().expect("one result")
     }
 
     /// Several 签收 by one unit, verified in one batch and committed in one transaction; one result
     /// per receipt, in order.
     pub async fn sign_for_many(
         self: &Arc<Self>,
+        caller: &Caller,
         unit: &UnitAddress,
         receipts: Vec<(MessageId, SignedMessage)>,
     ) -> Vec<Result<SignForResponse, Refusal>> {
@@ -192,7 +241,11 @@ impl Engine {
         let mut sign_fors = Vec::with_capacity(receipts.len());
         let mut ids = Vec::with_capacity(receipts.len());
         for (message_id, receipt) in &receipts {
-            decoded.push(self.check_sign_for(&dir, unit, message_id, receipt).await);
+            let checked = match caller.may_act_for(unit) {
+                Ok(()) => self.check_sign_for(&dir, unit, message_id, receipt).await,
+                Err(r) => Err(r),
+            };
+            decoded.push(checked);
             sign_fors.push(Some(SignFor { unit: unit.clone(), message_id: *message_id }));
             ids.push((Some(receipt.envelope.message_id()), Some(Kind::Receipt)));
         }
@@ -231,6 +284,8 @@ impl Engine {
         }
         let env = &receipt.envelope;
         let facts = Receipt::from_envelope(env)?;
+        self.check_fresh(env.created_at_ms)?;
+        self.check_active(dir, unit)?;
         if &env.sender != unit {
             return Err(Refusal::new("wrong-signer", 403, format!("the receipt is from {} but the inbox is {unit}'s", env.sender)));
         }
@@ -282,7 +337,7 @@ impl Engine {
                 Err(r) => results.push(Some(Err(r))),
             }
         }
-        let verdicts = verify(dir, &candidates).await;
+        let verdicts = verify(dir, &candidates, from.is_none()).await;
 
         let ctx = self.context(dir);
         let mut jobs = Vec::new();
@@ -338,13 +393,22 @@ impl Engine {
 
 /// Verifies candidates' signatures against the directory, in one batch where possible.
 ///
+/// The key must have been valid when the envelope was created; at ingress (`at_ingress`) it must
+/// also be valid now, so a revoked or expired key is refused at once, while what was accepted before
+/// a revocation still travels and delivers (see docs/protocol.md).
+///
 /// Receipts, and senders with more than one valid key (a rotation in progress), are checked one by one
 /// with strict verification: a receipt must verify offline exactly as it did here, and batch
 /// verification is not bit-for-bit the same check (see docs/protocol.md).
-async fn verify(dir: &Arc<Directory>, candidates: &[Candidate]) -> Vec<Result<(), Refusal>> {
+async fn verify(dir: &Arc<Directory>, candidates: &[Candidate], at_ingress: bool) -> Vec<Result<(), Refusal>> {
+    let now = exchange_wire::now_ms();
     let keys: Vec<Vec<ed25519_dalek::VerifyingKey>> = candidates
         .iter()
-        .map(|c| dir.signing_keys(&c.signed.envelope.sender).into_iter().map(|k| k.0).collect())
+        .map(|c| {
+            let created = c.signed.envelope.created_at_ms;
+            let times: &[u64] = if at_ingress { &[created, now] } else { &[created] };
+            dir.signing_keys(&c.signed.envelope.sender, times).into_iter().map(|k| k.0).collect()
+        })
         .collect();
     let work: Vec<(SignedEnvelope, Vec<ed25519_dalek::VerifyingKey>)> =
         candidates.iter().zip(&keys).map(|(c, k)| (c.signed.clone(), k.clone())).collect();
@@ -373,11 +437,16 @@ async fn verify(dir: &Arc<Directory>, candidates: &[Candidate]) -> Vec<Result<()
         .zip(candidates.iter().zip(&keys))
         .map(|(r, (c, k))| {
             if k.is_empty() {
-                return Err(Refusal::new(
-                    "unknown-sender",
-                    403,
-                    format!("sender {} is not in the directory, so its signature cannot be checked", c.signed.envelope.sender),
-                ));
+                let sender = &c.signed.envelope.sender;
+                return Err(if dir.home_of(sender).is_none() {
+                    Refusal::new("unknown-sender", 403, format!("sender {sender} is not in the directory, so its signature cannot be checked"))
+                } else {
+                    Refusal::new(
+                        "key-not-valid",
+                        403,
+                        format!("no key of {sender} is valid for this envelope: the key was revoked or has expired; sign with the unit's current key"),
+                    )
+                });
             }
             r.map_err(Refusal::from)
         })

@@ -6,8 +6,10 @@
 //! by who asks: [`ingress`] (agencies and neighbours handing messages over), [`queries`] (status,
 //! inboxes, events) and [`operations`] (operators).
 
+pub mod access;
 pub mod committer;
 pub mod custody;
+pub mod directory_sync;
 pub mod forwarder;
 pub mod ingress;
 pub mod operations;
@@ -15,18 +17,19 @@ pub mod queries;
 pub mod refusal;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
-use exchange_wire::{Kind, MessageId, NodeId};
-use libp2p::PeerId;
+use exchange_wire::{Kind, MessageId, NodeId, PublicKey};
+use libp2p::{Multiaddr, PeerId};
 use tokio::sync::watch;
 
-use crate::config::{Limits, NodeConfig, RelayConfig};
+use crate::config::{DirectoryConfig, Limits, NodeConfig, PolicyConfig, RelayConfig};
+use crate::directory::segments::SegmentSet;
 use crate::directory::{Directory, DirectoryHandle};
 use crate::metrics::Metrics;
-use crate::network::{self, Neighbour};
+use crate::network;
 use crate::storage::{EventRow, Record, Store, WriteJob};
 use committer::Committer;
 use custody::{Context, Summary};
@@ -55,6 +58,17 @@ pub struct Engine {
     pub api_max_wait_ms: u64,
     pub peer_id: PeerId,
     pub started_at_ms: u64,
+    /// The pinned root key: the trust anchor of the directory.
+    pub root_key: PublicKey,
+    /// The configured parent (peer id and address), the way into the network before the tree is known.
+    parent_hint: Option<(PeerId, Multiaddr)>,
+    directory_cfg: DirectoryConfig,
+    /// The directory segments held; changes are serialised through this lock.
+    segments: tokio::sync::Mutex<SegmentSet>,
+    /// Hashes of the unit tokens issued here.
+    tokens: RwLock<HashMap<[u8; 32], access::TokenEntry>>,
+    require_auth: bool,
+    policy: PolicyConfig,
     node_key: SigningKey,
     forwarders: Mutex<HashMap<NodeId, Arc<Signals>>>,
     peers: Mutex<HashMap<NodeId, PeerState>>,
@@ -70,19 +84,20 @@ pub struct Refused<'a> {
 }
 
 impl Engine {
+    /// `parent_hint` is the configured parent's peer id and address (`parent_address`).
     pub fn new(
         cfg: &NodeConfig,
-        dir: DirectoryHandle,
         store: Arc<dyn Store>,
         metrics: Arc<Metrics>,
         net: network::Client,
         node_key: SigningKey,
+        parent_hint: Option<(PeerId, Multiaddr)>,
     ) -> Arc<Engine> {
         let committer = Committer::spawn(store.clone(), metrics.clone(), cfg.relay.commit_max_requests);
         let peer_id = crate::directory::peer_id_of(&exchange_wire::PublicKey(node_key.verifying_key()));
         Arc::new(Engine {
             here: cfg.node_id.clone(),
-            dir,
+            dir: DirectoryHandle::new(Directory::default()),
             store,
             committer,
             metrics,
@@ -92,6 +107,13 @@ impl Engine {
             api_max_wait_ms: cfg.api.max_wait_ms,
             peer_id,
             started_at_ms: exchange_wire::now_ms(),
+            root_key: cfg.root_key,
+            parent_hint,
+            directory_cfg: cfg.directory.clone(),
+            segments: tokio::sync::Mutex::new(SegmentSet::default()),
+            tokens: RwLock::new(HashMap::new()),
+            require_auth: cfg.api.require_auth,
+            policy: cfg.policy.clone(),
             node_key,
             forwarders: Mutex::new(HashMap::new()),
             peers: Mutex::new(HashMap::new()),
@@ -99,20 +121,42 @@ impl Engine {
         })
     }
 
-    /// Starts forwarders for every neighbour and every hop with queued work, tells the network which
-    /// peers to admit and dial, and starts refreshing the queue gauges.
+    /// Loads the directory and tokens, starts forwarders for every neighbour and every hop with
+    /// queued work, and starts refreshing the queue gauges.
     pub async fn start(self: &Arc<Self>) -> anyhow::Result<()> {
-        let dir = self.dir.current();
-        self.metrics.directory_version.set(dir.version() as i64);
-        let allowed: Vec<PeerId> = dir.nodes().filter(|n| n.id != self.here).map(|n| n.peer_id).collect();
-        let neighbours: Vec<Neighbour> =
-            dir.neighbours(&self.here).into_iter().map(|n| Neighbour { peer: n.peer_id, addresses: n.addresses.clone() }).collect();
-        for n in dir.neighbours(&self.here) {
-            self.forwarder(&n.id);
-            self.peers.lock().expect("peers lock").entry(n.id.clone()).or_default();
-            // Series for every neighbour exist from the start, so dashboards and alerts see zeros,
-            // not gaps.
-            let peer = [n.id.as_str()];
+        for op in ["commit", "read"] {
+            self.metrics.storage_errors.with_label_values(&[op]).inc_by(0);
+        }
+        for source in ["agency", "peer"] {
+            self.metrics.signature_failures.with_label_values(&[source]).inc_by(0);
+        }
+        for direction in ["inbound", "outbound"] {
+            self.metrics.connections_refused.with_label_values(&[direction]).inc_by(0);
+        }
+        self.load_tokens().await?;
+        self.load_directory().await?;
+        for q in self.store.queue_stats().await? {
+            if let Ok(id) = q.hop.parse() {
+                self.forwarder(&id).work.notify_one();
+            }
+        }
+        let engine = self.clone();
+        tokio::spawn(async move { engine.refresh_queue_gauges().await });
+        Ok(())
+    }
+
+    /// Keeps a link with neighbour `id`: its forwarder, its peer state and its metric series (zeros
+    /// from the start, so dashboards and alerts see zeros, not gaps).
+    fn watch_neighbour(self: &Arc<Self>, id: &NodeId) {
+        let new = {
+            let mut peers = self.peers.lock().expect("peers lock");
+            let new = !peers.contains_key(id);
+            peers.entry(id.clone()).or_default();
+            new
+        };
+        self.forwarder(id);
+        if new {
+            let peer = [id.as_str()];
             self.metrics.peer_up.with_label_values(&peer).set(0);
             self.metrics.send_failures.with_label_values(&peer).inc_by(0);
             self.metrics.dead_letters_total.with_label_values(&peer).inc_by(0);
@@ -122,21 +166,6 @@ impl Engine {
             }
             self.metrics.outbox_oldest_age.with_label_values(&peer).set(0.0);
         }
-        for op in ["commit", "read"] {
-            self.metrics.storage_errors.with_label_values(&[op]).inc_by(0);
-        }
-        for source in ["agency", "peer"] {
-            self.metrics.signature_failures.with_label_values(&[source]).inc_by(0);
-        }
-        for q in self.store.queue_stats().await? {
-            if let Ok(id) = q.hop.parse() {
-                self.forwarder(&id).work.notify_one();
-            }
-        }
-        self.net.set_peers(allowed, neighbours).await;
-        let engine = self.clone();
-        tokio::spawn(async move { engine.refresh_queue_gauges().await });
-        Ok(())
     }
 
     /// Keeps the outbox gauges true to storage (once a second).
@@ -191,7 +220,17 @@ impl Engine {
     pub async fn on_network_event(self: &Arc<Self>, event: network::NetworkEvent) {
         use network::NetworkEvent as E;
         let peer = match &event {
-            E::Inbound { peer, .. } | E::Trace { peer, .. } | E::PeerUp(peer) | E::PeerDown(peer) | E::PeerRtt(peer, _) => *peer,
+            E::Inbound { peer, .. }
+            | E::Trace { peer, .. }
+            | E::Directory { peer, .. }
+            | E::PeerUp(peer)
+            | E::PeerDown(peer)
+            | E::PeerRtt(peer, _) => *peer,
+            E::Refused { peer, inbound } => {
+                self.metrics.connections_refused.with_label_values(&[if *inbound { "inbound" } else { "outbound" }]).inc();
+                tracing::warn!(peer = ?peer, inbound, "connection refused: the peer is not a node of the directory");
+                return;
+            }
         };
         let node = self.dir.current().node_by_peer(&peer).map(|n| n.id.clone());
         if let Some(node) = &node {
@@ -219,8 +258,16 @@ impl Engine {
                 let engine = self.clone();
                 tokio::spawn(async move { engine.answer_trace(peer, request, channel).await });
             }
+            E::Directory { peer, request, channel } => {
+                let engine = self.clone();
+                tokio::spawn(async move { engine.answer_directory(peer, request, channel).await });
+            }
             E::PeerUp(_) | E::PeerDown(_) => {
                 let up = matches!(event, E::PeerUp(_));
+                if up {
+                    let engine = self.clone();
+                    tokio::spawn(async move { engine.push_all_segments(peer).await });
+                }
                 if let Some(node) = node {
                     self.metrics.peer_up.with_label_values(&[node.as_str()]).set(up as i64);
                     if up {
@@ -228,7 +275,7 @@ impl Engine {
                     }
                 }
             }
-            E::PeerRtt(..) => {}
+            E::PeerRtt(..) | E::Refused { .. } => {}
         }
     }
 

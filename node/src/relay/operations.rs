@@ -192,6 +192,11 @@ impl Engine {
         }
     }
 
+    /// Records an operator's action that changed nothing else in storage.
+    pub(crate) async fn admin_record(&self, event: &'static str, detail: String) -> Result<(), Refusal> {
+        self.admin_action(None, event, detail).await.map(|_| ())
+    }
+
     fn selection(sel: &DeadLetterSelection) -> Result<(Option<Vec<i64>>, String), Refusal> {
         match (sel.all, sel.seqs.is_empty()) {
             (true, true) => Ok((None, "all".into())),

@@ -5,6 +5,7 @@ use exchange_wire::api::{CustodyEvent, InboxItem, ReceiptView, RecipientState, R
 use exchange_wire::receipt::Hop;
 use exchange_wire::{Digest, Envelope, MessageId, SignedEnvelope, UnitAddress};
 
+use super::access::Caller;
 use super::{Engine, Refusal};
 use crate::storage::{EventRecord, InboxRecord};
 
@@ -14,7 +15,7 @@ fn unreadable() -> Refusal {
 
 impl Engine {
     /// Per-recipient status of a message sent from a unit of this node.
-    pub async fn status(&self, id: &MessageId) -> Result<StatusResponse, Refusal> {
+    pub async fn status(&self, caller: &Caller, id: &MessageId) -> Result<StatusResponse, Refusal> {
         let not_here = || {
             Refusal::new("not-found", 404, format!("message {id} was not sent from a unit of node {}; ask the sender's node", self.here))
         };
@@ -24,6 +25,7 @@ impl Engine {
         }
         let stored = self.store.message(&id.0).await?.ok_or_else(not_here)?;
         let env = Envelope::from_canonical_bytes(&stored.header).map_err(|_| unreadable())?;
+        caller.may_act_for(&env.sender)?;
         let mut recipients = Vec::with_capacity(tracking.len());
         for t in tracking {
             let receipt = match &t.receipt_id {
@@ -63,7 +65,15 @@ impl Engine {
     }
 
     /// A unit's inbox after `after`, waiting up to `wait` for news when it is empty (long-poll).
-    pub async fn inbox(&self, unit: &UnitAddress, after: i64, limit: u32, wait: std::time::Duration) -> Result<Vec<InboxItem>, Refusal> {
+    pub async fn inbox(
+        &self,
+        caller: &Caller,
+        unit: &UnitAddress,
+        after: i64,
+        limit: u32,
+        wait: std::time::Duration,
+    ) -> Result<Vec<InboxItem>, Refusal> {
+        caller.may_act_for(unit)?;
         if self.dir.current().home_of(unit).as_ref() != Some(&self.here) {
             return Err(Refusal::new("not-found", 404, format!("unit {unit} is not hosted on node {}", self.here)));
         }

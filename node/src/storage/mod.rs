@@ -140,15 +140,44 @@ pub struct Record {
     pub events: Vec<EventRow>,
 }
 
-/// An operator's action on stored state; always recorded in the audit log with its `events`.
+/// A change to node state outside custody (operators' actions, directory segments, tokens); always
+/// recorded in the audit log with its `events`.
 #[derive(Debug, Clone)]
 pub enum AdminOp {
+    /// Store (replace) the held version of a directory segment.
+    PutSegment(SegmentRow),
+    /// Store a new unit token (its hash only).
+    IssueToken(TokenRow),
+    /// Revoke a unit token by id.
+    RevokeToken { id: String, at_ms: i64 },
     /// Put dead letters back in their queue (`None`: all of them).
     ResendDead(Option<Vec<i64>>),
     /// Delete dead letters for good (`None`: all of them).
     PurgeDead(Option<Vec<i64>>),
     /// Drop payloads and signed-for inbox entries of settled messages received before this time.
     Retention { before_ms: i64 },
+}
+
+/// A directory segment as stored.
+#[derive(Debug, Clone)]
+pub struct SegmentRow {
+    /// `tree`, or the node id whose units it lists.
+    pub owner: String,
+    pub version: i64,
+    pub header: Vec<u8>,
+    pub signature: Vec<u8>,
+    pub payload: Vec<u8>,
+}
+
+/// A unit token as stored (hash only).
+#[derive(Debug, Clone)]
+pub struct TokenRow {
+    pub id: String,
+    pub hash: [u8; 32],
+    pub unit: String,
+    pub label: String,
+    pub issued_at_ms: i64,
+    pub revoked_at_ms: Option<i64>,
 }
 
 /// One unit of work for the group committer.
@@ -289,6 +318,10 @@ pub trait Store: Send + Sync + 'static {
     fn queue_stats(&self) -> BoxFuture<'_, Result<Vec<QueueStat>, StorageError>>;
     /// All dead letters.
     fn dead_letters(&self) -> BoxFuture<'_, Result<Vec<DeadLetterRecord>, StorageError>>;
+    /// Every directory segment held.
+    fn segments(&self) -> BoxFuture<'_, Result<Vec<SegmentRow>, StorageError>>;
+    /// Every unit token (hashes), revoked ones included.
+    fn tokens(&self) -> BoxFuture<'_, Result<Vec<TokenRow>, StorageError>>;
     /// Proves the database takes writes now (takes the write lock and lets go), writing nothing.
     fn check_writable(&self) -> BoxFuture<'_, Result<(), StorageError>>;
     /// Highest inbox sequence number (0 when empty).

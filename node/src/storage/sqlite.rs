@@ -254,6 +254,37 @@ fn push_selection(q: &mut QueryBuilder<Sqlite>, seqs: &Option<Vec<i64>>) {
 
 async fn apply_admin(tx: &mut Transaction<'_, Sqlite>, op: &AdminOp) -> Result<u64, sqlx::Error> {
     Ok(match op {
+        AdminOp::PutSegment(seg) => sqlx::query(
+            "INSERT INTO directory_segments (owner, version, header, signature, payload, stored_at_ms) VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (owner) DO UPDATE SET version = excluded.version, header = excluded.header, signature = excluded.signature, \
+             payload = excluded.payload, stored_at_ms = excluded.stored_at_ms WHERE excluded.version > directory_segments.version",
+        )
+        .bind(seg.owner.as_str())
+        .bind(seg.version)
+        .bind(seg.header.as_slice())
+        .bind(seg.signature.as_slice())
+        .bind(seg.payload.as_slice())
+        .bind(exchange_wire::now_ms() as i64)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected(),
+        AdminOp::IssueToken(t) => sqlx::query(
+            "INSERT INTO unit_tokens (id, hash, unit, label, issued_at_ms, revoked_at_ms) VALUES ($1, $2, $3, $4, $5, NULL)",
+        )
+        .bind(t.id.as_str())
+        .bind(t.hash.as_slice())
+        .bind(t.unit.as_str())
+        .bind(t.label.as_str())
+        .bind(t.issued_at_ms)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected(),
+        AdminOp::RevokeToken { id, at_ms } => sqlx::query("UPDATE unit_tokens SET revoked_at_ms = $1 WHERE id = $2 AND revoked_at_ms IS NULL")
+            .bind(*at_ms)
+            .bind(id.as_str())
+            .execute(&mut **tx)
+            .await?
+            .rows_affected(),
         AdminOp::ResendDead(seqs) => {
             let mut q = QueryBuilder::<Sqlite>::new("UPDATE outbox SET dead_reason = NULL, attempts = 0 WHERE dead_reason IS NOT NULL");
             push_selection(&mut q, seqs);
@@ -615,6 +646,38 @@ impl Store for SqliteStore {
                     attempts: r.get(6),
                 })
                 .collect())
+        })
+    }
+
+    fn segments(&self) -> BoxFuture<'_, Result<Vec<SegmentRow>, StorageError>> {
+        Box::pin(async move {
+            let rows = sqlx::query("SELECT owner, version, header, signature, payload FROM directory_segments ORDER BY owner")
+                .fetch_all(&self.readers)
+                .await?;
+            Ok(rows
+                .into_iter()
+                .map(|r| SegmentRow { owner: r.get(0), version: r.get(1), header: r.get(2), signature: r.get(3), payload: r.get(4) })
+                .collect())
+        })
+    }
+
+    fn tokens(&self) -> BoxFuture<'_, Result<Vec<TokenRow>, StorageError>> {
+        Box::pin(async move {
+            let rows = sqlx::query("SELECT id, hash, unit, label, issued_at_ms, revoked_at_ms FROM unit_tokens ORDER BY issued_at_ms")
+                .fetch_all(&self.readers)
+                .await?;
+            rows.into_iter()
+                .map(|r| {
+                    Ok(TokenRow {
+                        id: r.get(0),
+                        hash: to_id(r.get(1))?,
+                        unit: r.get(2),
+                        label: r.get(3),
+                        issued_at_ms: r.get(4),
+                        revoked_at_ms: r.get(5),
+                    })
+                })
+                .collect()
         })
     }
 

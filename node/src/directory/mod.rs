@@ -1,26 +1,18 @@
 //! The directory: which nodes exist and how they form a tree, which units each node hosts, and the
-//! public keys of both.
+//! public keys of both, with their validity.
 //!
-//! The rest of the node reads the directory only through [`DirectoryHandle::current`], an immutable
-//! snapshot, so the source can change without touching routing or custody: today a static TOML file
-//! shared by all nodes, later signed segments propagated along the tree.
+//! The directory is made of signed segments ([`segments`]): the node tree signed by the root, and one
+//! unit segment per node signed by that node. The rest of the node reads it only through
+//! [`DirectoryHandle::current`], an immutable snapshot rebuilt whenever a newer segment is accepted.
+
+pub mod segments;
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::{Arc, RwLock};
 
+use exchange_wire::directory::{KeyRecord, NodeTree, UnitSegment, UnitStatus};
 use exchange_wire::{NodeId, PublicKey, UnitAddress};
 use libp2p::PeerId;
-use serde::Deserialize;
-
-/// Why a directory could not be loaded.
-#[derive(Debug, thiserror::Error)]
-pub enum DirectoryError {
-    #[error("cannot read directory {path}: {source}")]
-    Read { path: String, source: std::io::Error },
-    #[error("directory {path} is not valid: {reason}")]
-    Invalid { path: String, reason: String },
-}
 
 /// A node as the directory lists it.
 #[derive(Debug, Clone)]
@@ -43,8 +35,9 @@ pub struct UnitEntry {
     pub kind: String,
     /// The node that hosts the unit's inbox.
     pub home: NodeId,
-    /// Keys the unit may sign with.
-    pub keys: Vec<PublicKey>,
+    pub status: UnitStatus,
+    /// Keys the unit signs with, with their validity windows.
+    pub keys: Vec<KeyRecord>,
 }
 
 /// An immutable snapshot of the directory.
@@ -56,43 +49,6 @@ pub struct Directory {
     by_peer: HashMap<PeerId, NodeId>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileDirectory {
-    /// Raised by the operator on every change.
-    #[serde(default)]
-    version: u64,
-    #[serde(default, rename = "node")]
-    nodes: Vec<FileNode>,
-    #[serde(default, rename = "unit")]
-    units: Vec<FileUnit>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileNode {
-    id: NodeId,
-    #[serde(default)]
-    name: String,
-    #[serde(default)]
-    tier: String,
-    parent: Option<NodeId>,
-    public_key: PublicKey,
-    #[serde(default)]
-    addresses: Vec<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileUnit {
-    address: UnitAddress,
-    #[serde(default)]
-    name: String,
-    #[serde(default)]
-    kind: String,
-    public_key: PublicKey,
-}
-
 /// The libp2p peer id that belongs to an ed25519 node key.
 pub fn peer_id_of(key: &PublicKey) -> PeerId {
     let pk = libp2p::identity::ed25519::PublicKey::try_from_bytes(key.0.as_bytes()).expect("valid ed25519 key");
@@ -100,18 +56,15 @@ pub fn peer_id_of(key: &PublicKey) -> PeerId {
 }
 
 impl Directory {
-    /// Loads the static directory file.
-    pub fn load_file(path: &Path) -> Result<Directory, DirectoryError> {
-        let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| DirectoryError::Read { path: shown.clone(), source: e })?;
-        Self::from_toml(&text).map_err(|reason| DirectoryError::Invalid { path: shown, reason })
-    }
-
-    /// Parses and checks a directory in the static file format.
-    pub fn from_toml(text: &str) -> Result<Directory, String> {
-        let file: FileDirectory = toml::from_str(text).map_err(|e| e.to_string())?;
-        let mut dir = Directory { version: file.version, ..Directory::default() };
-        for n in file.nodes {
+    /// Builds the snapshot from the node tree and the unit segments. Unit segments of nodes the tree
+    /// does not list are ignored (they come back into force if the node is listed again). Its
+    /// version is the sum of the segments' versions, so it rises with every accepted change and is
+    /// equal on nodes that hold the same segments.
+    pub fn build<'a>(tree: Option<&NodeTree>, units: impl IntoIterator<Item = &'a UnitSegment>) -> Result<Directory, String> {
+        let mut dir = Directory::default();
+        let Some(tree) = tree else { return Ok(dir) };
+        dir.version = tree.version;
+        for n in &tree.nodes {
             let addresses = n
                 .addresses
                 .iter()
@@ -121,7 +74,15 @@ impl Directory {
             if dir.by_peer.insert(peer_id, n.id.clone()).is_some() {
                 return Err(format!("node {}: its key is also another node's key", n.id));
             }
-            let entry = NodeEntry { id: n.id.clone(), name: n.name, tier: n.tier, parent: n.parent, public_key: n.public_key, peer_id, addresses };
+            let entry = NodeEntry {
+                id: n.id.clone(),
+                name: n.name.clone(),
+                tier: n.tier.clone(),
+                parent: n.parent.clone(),
+                public_key: n.public_key,
+                peer_id,
+                addresses,
+            };
             if dir.nodes.insert(n.id.clone(), entry).is_some() {
                 return Err(format!("node {} is listed twice", n.id));
             }
@@ -136,17 +97,29 @@ impl Directory {
                 return Err(format!("node {} has a parent cycle or a tree deeper than 64", n.id));
             }
         }
-        for u in file.units {
-            let home: NodeId = u.address.node_part().parse().map_err(|e| format!("unit {}: {e}", u.address))?;
-            if !dir.nodes.contains_key(&home) {
-                return Err(format!("unit {} belongs to node {home}, which is not listed", u.address));
+        if dir.nodes.values().filter(|n| n.parent.is_none()).count() != 1 {
+            return Err("the tree must have exactly one root (one node without a parent)".into());
+        }
+        for seg in units {
+            if !dir.nodes.contains_key(&seg.node) {
+                continue;
             }
-            if u.address.is_node() {
-                return Err(format!("unit {}: the unit id _node is reserved for nodes", u.address));
-            }
-            let entry = UnitEntry { address: u.address.clone(), name: u.name, kind: u.kind, home, keys: vec![u.public_key] };
-            if dir.units.insert(u.address.clone(), entry).is_some() {
-                return Err(format!("unit {} is listed twice", u.address));
+            dir.version += seg.version;
+            for u in &seg.units {
+                if u.address.node_part() != seg.node.as_str() || u.address.is_node() {
+                    return Err(format!("unit {} cannot be listed by node {}", u.address, seg.node));
+                }
+                let entry = UnitEntry {
+                    address: u.address.clone(),
+                    name: u.name.clone(),
+                    kind: u.kind.clone(),
+                    home: seg.node.clone(),
+                    status: u.status,
+                    keys: u.keys.clone(),
+                };
+                if dir.units.insert(u.address.clone(), entry).is_some() {
+                    return Err(format!("unit {} is listed twice", u.address));
+                }
             }
         }
         Ok(dir)
@@ -155,6 +128,11 @@ impl Directory {
     /// The directory's version.
     pub fn version(&self) -> u64 {
         self.version
+    }
+
+    /// The root of the tree, if a tree is known.
+    pub fn root(&self) -> Option<&NodeEntry> {
+        self.nodes.values().find(|n| n.parent.is_none())
     }
 
     /// The nodes whose parent is `id`.
@@ -170,6 +148,10 @@ impl Directory {
 
     pub fn unit(&self, address: &UnitAddress) -> Option<&UnitEntry> {
         self.units.get(address)
+    }
+
+    pub fn units(&self) -> impl Iterator<Item = &UnitEntry> {
+        self.units.values()
     }
 
     pub fn node_by_peer(&self, peer: &PeerId) -> Option<&NodeEntry> {
@@ -189,13 +171,24 @@ impl Directory {
         self.units.get(address).map(|u| u.home.clone())
     }
 
-    /// The keys that may sign as `address`: a unit's keys, or a node's key for `<node>/_node`.
-    pub fn signing_keys(&self, address: &UnitAddress) -> Vec<PublicKey> {
+    /// Whether `address` may send and receive now (a listed node, or an active unit).
+    pub fn is_active(&self, address: &UnitAddress) -> bool {
+        address.is_node() && self.home_of(address).is_some()
+            || self.units.get(address).is_some_and(|u| u.status == UnitStatus::Active)
+    }
+
+    /// The keys that may have signed as `address` at every one of the times `at_ms`: a unit's keys
+    /// whose validity window covers those times (and that were not revoked before them), or the
+    /// node's key for `<node>/_node`.
+    pub fn signing_keys(&self, address: &UnitAddress, at_ms: &[u64]) -> Vec<PublicKey> {
         if address.is_node() {
             let id: Option<NodeId> = address.node_part().parse().ok();
             return id.and_then(|id| self.nodes.get(&id)).map(|n| vec![n.public_key]).unwrap_or_default();
         }
-        self.units.get(address).map(|u| u.keys.clone()).unwrap_or_default()
+        self.units
+            .get(address)
+            .map(|u| u.keys.iter().filter(|k| at_ms.iter().all(|t| k.valid_at(*t))).map(|k| k.public_key).collect())
+            .unwrap_or_default()
     }
 
     /// `id`, its parent, its parent's parent, ... up to the root (bounded against cycles).
@@ -246,43 +239,42 @@ impl DirectoryHandle {
 /// on each. Node and unit keys come from fixed seeds: [`test_key`] gives the secret key of each.
 #[cfg(test)]
 pub(crate) fn test_tree() -> Directory {
+    let (tree, units) = test_segments();
+    Directory::build(Some(&tree), &units).unwrap()
+}
+
+/// The segments behind [`test_tree`].
+#[cfg(test)]
+pub(crate) fn test_segments() -> (NodeTree, Vec<UnitSegment>) {
     let key = |seed: u8| PublicKey(test_key(seed).verifying_key());
-    let text = format!(
-        r#"
-        [[node]]
-        id = "gd"
-        public_key = "{}"
-        [[node]]
-        id = "gz"
-        parent = "gd"
-        public_key = "{}"
-        [[node]]
-        id = "gz.yuexiu"
-        parent = "gz"
-        public_key = "{}"
-        [[node]]
-        id = "gz.haizhu"
-        parent = "gz"
-        public_key = "{}"
-        [[unit]]
-        address = "gd/gov"
-        public_key = "{}"
-        [[unit]]
-        address = "gz/civil-affairs"
-        public_key = "{}"
-        [[unit]]
-        address = "gz.yuexiu/liurong-street"
-        public_key = "{}"
-        [[unit]]
-        address = "gz.haizhu/civil-affairs"
-        public_key = "{}"
-        [[unit]]
-        address = "gz.haizhu/chigang-street"
-        public_key = "{}"
-        "#,
-        key(1), key(2), key(3), key(4), key(5), key(6), key(7), key(8), key(9)
-    );
-    Directory::from_toml(&text).unwrap()
+    let node = |id: &str, parent: Option<&str>, seed: u8| exchange_wire::directory::NodeRecord {
+        id: id.parse().unwrap(),
+        name: String::new(),
+        tier: String::new(),
+        parent: parent.map(|p| p.parse().unwrap()),
+        public_key: key(seed),
+        addresses: vec![],
+    };
+    let tree = NodeTree {
+        version: 1,
+        nodes: vec![node("gd", None, 1), node("gz", Some("gd"), 2), node("gz.yuexiu", Some("gz"), 3), node("gz.haizhu", Some("gz"), 4)],
+    };
+    let unit = |address: &str, seed: u8| exchange_wire::directory::UnitRecord {
+        address: address.parse().unwrap(),
+        name: String::new(),
+        kind: String::new(),
+        uscc: None,
+        status: UnitStatus::Active,
+        keys: vec![KeyRecord { public_key: key(seed), not_before_ms: 0, not_after_ms: None, revoked_at_ms: None }],
+    };
+    let seg = |node: &str, units: Vec<exchange_wire::directory::UnitRecord>| UnitSegment { node: node.parse().unwrap(), version: 1, units };
+    let units = vec![
+        seg("gd", vec![unit("gd/gov", 5)]),
+        seg("gz", vec![unit("gz/civil-affairs", 6)]),
+        seg("gz.yuexiu", vec![unit("gz.yuexiu/liurong-street", 7)]),
+        seg("gz.haizhu", vec![unit("gz.haizhu/civil-affairs", 8), unit("gz.haizhu/chigang-street", 9)]),
+    ];
+    (tree, units)
 }
 
 /// The secret key behind seed `seed` of [`test_tree`]: nodes gd=1, gz=2, gz.yuexiu=3, gz.haizhu=4;

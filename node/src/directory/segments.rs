@@ -1,0 +1,280 @@
+//! The rules for directory segments, as plain functions: which segment a node accepts, which it
+//! refuses and why, how a node makes a new version of its own segment, and the seed files that
+//! start a network.
+//!
+//! * The node tree must verify against the pinned root key, and the tree must make that key's node
+//!   its root.
+//! * A unit segment must be signed by the key the tree lists for its node, and list only that node's
+//!   units.
+//! * A segment replaces the one held only if its version is higher. The same version with other
+//!   content is a conflict: both were signed by the same key, so the signer is misbehaving.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use ed25519_dalek::SigningKey;
+use exchange_wire::directory::{KeyRecord, NodeRecord, NodeTree, Segment, UnitRecord, UnitSegment, UnitStatus};
+use exchange_wire::{NodeId, PublicKey, SignedEnvelope, UnitAddress};
+use serde::Deserialize;
+
+use super::Directory;
+
+/// A segment with the exact signed bytes it arrived in, so it can be passed on unchanged.
+#[derive(Debug, Clone)]
+pub struct Held {
+    pub segment: Segment,
+    pub signed: SignedEnvelope,
+    pub payload: Vec<u8>,
+}
+
+/// Why a segment was refused. `code` labels the metric and the audit entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentRefusal {
+    pub code: &'static str,
+    pub reason: String,
+}
+
+fn refuse(code: &'static str, reason: impl Into<String>) -> SegmentRefusal {
+    SegmentRefusal { code, reason: reason.into() }
+}
+
+/// What to do with an incoming segment that passed every check.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Newer than what is held: store it, apply it, pass it on.
+    Newer,
+    /// Exactly what is held already.
+    Known,
+}
+
+/// Every segment a node holds: the newest version of each.
+#[derive(Debug, Clone, Default)]
+pub struct SegmentSet {
+    pub tree: Option<Held>,
+    pub units: BTreeMap<NodeId, Held>,
+}
+
+impl SegmentSet {
+    pub fn tree(&self) -> Option<&NodeTree> {
+        match &self.tree {
+            Some(Held { segment: Segment::Tree(t), .. }) => Some(t),
+            _ => None,
+        }
+    }
+
+    pub fn unit_segment(&self, node: &NodeId) -> Option<&UnitSegment> {
+        match self.units.get(node) {
+            Some(Held { segment: Segment::Units(u), .. }) => Some(u),
+            _ => None,
+        }
+    }
+
+    /// The directory these segments make.
+    pub fn directory(&self) -> Result<Directory, String> {
+        Directory::build(self.tree(), self.units.values().filter_map(|h| match &h.segment {
+            Segment::Units(u) => Some(u),
+            Segment::Tree(_) => None,
+        }))
+    }
+
+    /// Every held segment, tree first.
+    pub fn all(&self) -> impl Iterator<Item = &Held> {
+        self.tree.iter().chain(self.units.values())
+    }
+
+    fn held(&self, segment: &Segment) -> Option<&Held> {
+        match segment {
+            Segment::Tree(_) => self.tree.as_ref(),
+            Segment::Units(u) => self.units.get(&u.node),
+        }
+    }
+
+    /// Checks an incoming segment against the root key and what is held.
+    pub fn check(&self, root_key: &PublicKey, signed: &SignedEnvelope, payload: &[u8]) -> Result<(Segment, Verdict), SegmentRefusal> {
+        let segment = Segment::from_envelope(signed, payload).map_err(|e| refuse("malformed-segment", e.to_string()))?;
+        match &segment {
+            Segment::Tree(tree) => {
+                signed
+                    .verify(&root_key.0)
+                    .map_err(|_| refuse("segment-signature", "the node tree is not signed by the root key this node pins"))?;
+                let root = tree.nodes.iter().find(|n| n.parent.is_none());
+                if root.map(|r| r.public_key) != Some(*root_key) {
+                    return Err(refuse("malformed-segment", "the node tree's root is not the node of the pinned root key"));
+                }
+                Directory::build(Some(tree), std::iter::empty()).map_err(|e| refuse("malformed-segment", format!("node tree: {e}")))?;
+            }
+            Segment::Units(units) => {
+                let tree = self.tree().ok_or_else(|| refuse("unknown-node", "no node tree yet to check unit segments against"))?;
+                let node = tree
+                    .nodes
+                    .iter()
+                    .find(|n| n.id == units.node)
+                    .ok_or_else(|| refuse("unknown-node", format!("node {} is not in the node tree", units.node)))?;
+                signed
+                    .verify(&node.public_key.0)
+                    .map_err(|_| refuse("segment-signature", format!("the units of {} are not signed by that node's key", units.node)))?;
+                if let Some(u) = units.units.iter().find(|u| u.address.node_part() != units.node.as_str() || u.address.is_node()) {
+                    return Err(refuse("foreign-unit", format!("node {} lists unit {}, which is not its own", units.node, u.address)));
+                }
+            }
+        }
+        match self.held(&segment) {
+            Some(h) if h.signed.id == signed.id => Ok((segment, Verdict::Known)),
+            Some(h) if h.segment.version() > segment.version() => Err(refuse(
+                "stale-segment",
+                format!("version {} of {} is older than the version {} held", segment.version(), segment.owner(), h.segment.version()),
+            )),
+            Some(h) if h.segment.version() == segment.version() => Err(refuse(
+                "conflicting-segment",
+                format!("a different version {} of {} is already held: its signer issued two", segment.version(), segment.owner()),
+            )),
+            _ => Ok((segment, Verdict::Newer)),
+        }
+    }
+
+    /// Takes a segment that passed [`Self::check`] as [`Verdict::Newer`].
+    pub fn insert(&mut self, held: Held) {
+        match &held.segment {
+            Segment::Tree(_) => self.tree = Some(held),
+            Segment::Units(u) => {
+                self.units.insert(u.node.clone(), held);
+            }
+        }
+    }
+}
+
+/// Signs `segment` as `signer` with `key`.
+pub fn sign(segment: Segment, signer: &NodeId, key: &SigningKey) -> Held {
+    let (envelope, payload) = segment.envelope(signer);
+    Held { segment, signed: envelope.sign(key), payload }
+}
+
+/// A tree seed file: the nodes of a new network, signed by the root on its first start.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TreeSeed {
+    #[serde(rename = "node")]
+    nodes: Vec<NodeRecord>,
+}
+
+/// A units seed file: the units a node hosts when it first starts.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UnitsSeed {
+    #[serde(default, rename = "unit")]
+    units: Vec<SeedUnit>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SeedUnit {
+    address: UnitAddress,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    kind: String,
+    #[serde(default)]
+    uscc: Option<String>,
+    public_key: PublicKey,
+}
+
+fn read_seed(path: &Path) -> Result<String, String> {
+    std::fs::read_to_string(path).map_err(|e| format!("cannot read seed file {}: {e}", path.display()))
+}
+
+/// Reads a tree seed file (`[[node]]` entries) as version 1 of the node tree.
+pub fn tree_from_seed(path: &Path) -> Result<NodeTree, String> {
+    let seed: TreeSeed = toml::from_str(&read_seed(path)?).map_err(|e| format!("tree seed {}: {e}", path.display()))?;
+    let tree = NodeTree { version: 1, nodes: seed.nodes };
+    Directory::build(Some(&tree), std::iter::empty()).map_err(|e| format!("tree seed {}: {e}", path.display()))?;
+    Ok(tree)
+}
+
+/// Reads a units seed file (`[[unit]]` entries) as version 1 of `node`'s unit segment.
+pub fn units_from_seed(path: &Path, node: &NodeId) -> Result<UnitSegment, String> {
+    let seed: UnitsSeed = toml::from_str(&read_seed(path)?).map_err(|e| format!("units seed {}: {e}", path.display()))?;
+    let mut units = Vec::with_capacity(seed.units.len());
+    for u in seed.units {
+        if u.address.node_part() != node.as_str() {
+            return Err(format!("units seed {}: unit {} is not hosted by node {node}", path.display(), u.address));
+        }
+        units.push(UnitRecord {
+            address: u.address,
+            name: u.name,
+            kind: u.kind,
+            uscc: u.uscc,
+            status: UnitStatus::Active,
+            keys: vec![KeyRecord { public_key: u.public_key, not_before_ms: 0, not_after_ms: None, revoked_at_ms: None }],
+        });
+    }
+    Ok(UnitSegment { node: node.clone(), version: 1, units })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::directory::{test_key, test_segments};
+
+    fn root() -> NodeId {
+        "gd".parse().unwrap()
+    }
+
+    fn signed_set() -> (SegmentSet, PublicKey) {
+        let (tree, units) = test_segments();
+        let mut set = SegmentSet::default();
+        set.insert(sign(Segment::Tree(tree), &root(), &test_key(1)));
+        let seeds = [("gd", 1), ("gz", 2), ("gz.yuexiu", 3), ("gz.haizhu", 4)];
+        for u in units {
+            let seed = seeds.iter().find(|(n, _)| *n == u.node.as_str()).unwrap().1;
+            let node = u.node.clone();
+            set.insert(sign(Segment::Units(u), &node, &test_key(seed)));
+        }
+        (set, PublicKey(test_key(1).verifying_key()))
+    }
+
+    #[test]
+    fn a_newer_tree_from_the_root_is_taken_an_older_or_forged_one_is_not() {
+        let (set, root_key) = signed_set();
+        let mut tree = set.tree().unwrap().clone();
+        tree.version = 2;
+        let newer = sign(Segment::Tree(tree.clone()), &root(), &test_key(1));
+        assert_eq!(set.check(&root_key, &newer.signed, &newer.payload).unwrap().1, Verdict::Newer);
+        let same = set.tree.clone().unwrap();
+        assert_eq!(set.check(&root_key, &same.signed, &same.payload).unwrap().1, Verdict::Known);
+
+        // Signed by the city's key instead of the root's.
+        let forged = sign(Segment::Tree(tree.clone()), &root(), &test_key(2));
+        assert_eq!(set.check(&root_key, &forged.signed, &forged.payload).unwrap_err().code, "segment-signature");
+
+        let mut set2 = set.clone();
+        set2.insert(newer);
+        let old = set.tree.clone().unwrap();
+        assert_eq!(set2.check(&root_key, &old.signed, &old.payload).unwrap_err().code, "stale-segment");
+        tree.nodes.pop();
+        let conflicting = sign(Segment::Tree(tree), &root(), &test_key(1));
+        assert_eq!(set2.check(&root_key, &conflicting.signed, &conflicting.payload).unwrap_err().code, "conflicting-segment");
+    }
+
+    #[test]
+    fn unit_segments_must_come_from_their_own_node() {
+        let (set, root_key) = signed_set();
+        let mut haizhu = set.unit_segment(&"gz.haizhu".parse().unwrap()).unwrap().clone();
+        haizhu.version = 2;
+        let by_yuexiu = sign(Segment::Units(haizhu.clone()), &"gz.haizhu".parse().unwrap(), &test_key(3));
+        assert_eq!(set.check(&root_key, &by_yuexiu.signed, &by_yuexiu.payload).unwrap_err().code, "segment-signature");
+        let mut grab = haizhu.clone();
+        grab.units.push(UnitRecord {
+            address: "gz/civil-affairs".parse().unwrap(),
+            name: String::new(),
+            kind: String::new(),
+            uscc: None,
+            status: UnitStatus::Active,
+            keys: vec![],
+        });
+        let grabbed = sign(Segment::Units(grab), &"gz.haizhu".parse().unwrap(), &test_key(4));
+        assert_eq!(set.check(&root_key, &grabbed.signed, &grabbed.payload).unwrap_err().code, "foreign-unit");
+        let good = sign(Segment::Units(haizhu), &"gz.haizhu".parse().unwrap(), &test_key(4));
+        assert_eq!(set.check(&root_key, &good.signed, &good.payload).unwrap().1, Verdict::Newer);
+        assert_eq!(set.directory().unwrap().version(), 1 + 4);
+    }
+}

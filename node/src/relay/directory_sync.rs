@@ -1,0 +1,482 @@
+//! The engine's side of the signed directory: load the segments held, sign seeds and operators'
+//! changes, check and take segments from neighbours, pass new ones on along the tree, and rebuild the
+//! directory snapshot (and the links and allow list that follow from it) after every change.
+
+use std::sync::Arc;
+
+use exchange_wire::api::{AdminActionResponse, DirectoryVerification, DirectoryView, NewUnit, RotateKey, SegmentCheck, SegmentInfo};
+use exchange_wire::directory::{KeyRecord, NodeRecord, NodeTree, Segment, UnitRecord, UnitSegment, UnitStatus};
+use exchange_wire::{NodeId, SignedEnvelope, UnitAddress};
+use libp2p::PeerId;
+use libp2p::request_response::ResponseChannel;
+
+use super::{Engine, Refusal};
+use crate::directory::segments::{self, Held, SegmentRefusal, SegmentSet, Verdict};
+use crate::network::Neighbour;
+use crate::network::protocol::{DirectoryAck, DirectoryPush, SegmentParcel};
+use crate::storage::{AdminOp, EventRow, SegmentRow, WriteJob};
+
+fn parcel(h: &Held) -> SegmentParcel {
+    SegmentParcel { header: h.signed.bytes.clone(), signature: h.signed.signature.to_vec(), payload: h.payload.clone() }
+}
+
+fn unparcel(p: SegmentParcel) -> Result<(SignedEnvelope, Vec<u8>), SegmentRefusal> {
+    let bad = |reason: String| SegmentRefusal { code: "malformed-segment", reason };
+    let sig: [u8; 64] = p.signature.as_slice().try_into().map_err(|_| bad("signature is not 64 bytes".into()))?;
+    let signed = SignedEnvelope::from_canonical(p.header, sig).map_err(|e| bad(e.to_string()))?;
+    Ok((signed, p.payload))
+}
+
+impl Engine {
+    /// Loads the segments held in storage (re-checking each), signs this node's seeds if it holds no
+    /// segment of its own yet, and builds the directory.
+    pub(crate) async fn load_directory(self: &Arc<Self>) -> anyhow::Result<()> {
+        let mut rows = self.store.segments().await?;
+        // The tree first: unit segments are checked against it.
+        rows.sort_by_key(|r| r.owner != "tree");
+        let mut set = SegmentSet::default();
+        for r in rows {
+            let checked = unparcel(SegmentParcel { header: r.header, signature: r.signature, payload: r.payload })
+                .and_then(|(signed, payload)| set.check(&self.root_key, &signed, &payload).map(|(segment, _)| Held { segment, signed, payload }));
+            match checked {
+                Ok(held) => set.insert(held),
+                Err(e) => tracing::error!(owner = %r.owner, code = e.code, reason = %e.reason, "a stored directory segment does not verify; ignored"),
+            }
+        }
+        self.apply_directory(&set).await;
+        *self.segments.lock().await = set;
+
+        if let Some(path) = &self.directory_cfg.tree_seed {
+            if self.segments.lock().await.tree.is_none() {
+                if !self.is_root() {
+                    anyhow::bail!("directory.tree_seed is for the root node only: this node's key is not the pinned root_key");
+                }
+                let tree = segments::tree_from_seed(path).map_err(anyhow::Error::msg)?;
+                let results = self.publish(Segment::Tree(tree)).await;
+                if let Some(Err(e)) = results.first() {
+                    anyhow::bail!("cannot sign the tree seed {}: {}", path.display(), e.reason);
+                }
+            }
+        }
+        self.publish_units_seed().await?;
+        Ok(())
+    }
+
+    /// Signs this node's units seed as version 1 once the tree is known and no own segment exists.
+    async fn publish_units_seed(self: &Arc<Self>) -> anyhow::Result<()> {
+        let Some(path) = &self.directory_cfg.units_seed else { return Ok(()) };
+        {
+            let set = self.segments.lock().await;
+            if set.tree.is_none() || set.units.contains_key(&self.here) {
+                return Ok(());
+            }
+        }
+        let units = segments::units_from_seed(path, &self.here).map_err(anyhow::Error::msg)?;
+        if let Some(Err(e)) = self.publish(Segment::Units(units)).await.first() {
+            anyhow::bail!("cannot sign the units seed {}: {}", path.display(), e.reason);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn is_root(&self) -> bool {
+        self.root_key.0 == self.node_key.verifying_key()
+    }
+
+    /// Signs a segment made here and takes it like any other.
+    async fn publish(self: &Arc<Self>, segment: Segment) -> Vec<Result<Verdict, SegmentRefusal>> {
+        let held = segments::sign(segment, &self.here, &self.node_key);
+        self.accept_segments(None, vec![(held.signed, held.payload)]).await
+    }
+
+    /// Checks segments (from neighbour `from`, or made here), stores and applies the newer ones, and
+    /// passes them on to the other neighbours. One result per segment.
+    pub(crate) async fn accept_segments(
+        self: &Arc<Self>,
+        from: Option<NodeId>,
+        incoming: Vec<(SignedEnvelope, Vec<u8>)>,
+    ) -> Vec<Result<Verdict, SegmentRefusal>> {
+        let mut set = self.segments.lock().await;
+        let mut results = Vec::with_capacity(incoming.len());
+        let mut taken = Vec::new();
+        let source = from.as_ref().map(|f| f.to_string());
+        for (signed, payload) in incoming {
+            match set.check(&self.root_key, &signed, &payload) {
+                Ok((segment, Verdict::Newer)) => {
+                    let row = SegmentRow {
+                        owner: segment.owner(),
+                        version: segment.version() as i64,
+                        header: signed.bytes.clone(),
+                        signature: signed.signature.to_vec(),
+                        payload: payload.clone(),
+                    };
+                    let event = EventRow {
+                        at_ms: exchange_wire::now_ms() as i64,
+                        category: "directory",
+                        message_id: Some(signed.id.0),
+                        event: "segment-accepted",
+                        unit: None,
+                        peer: source.clone(),
+                        detail: Some(format!("{} version {}", segment.owner(), segment.version())),
+                    };
+                    if let Err(e) = self.committer.commit(vec![WriteJob::Admin { op: AdminOp::PutSegment(row), events: vec![event] }]).await {
+                        self.metrics.storage_errors.with_label_values(&["commit"]).inc();
+                        results.push(Err(SegmentRefusal { code: "storage", reason: format!("cannot store the segment: {e}") }));
+                        continue;
+                    }
+                    tracing::info!(owner = %segment.owner(), version = segment.version(), from = ?source, "directory segment accepted");
+                    let held = Held { segment, signed, payload };
+                    set.insert(held.clone());
+                    taken.push(held);
+                    results.push(Ok(Verdict::Newer));
+                }
+                Ok((_, Verdict::Known)) => results.push(Ok(Verdict::Known)),
+                Err(refusal) => {
+                    self.metrics.directory_rejections.with_label_values(&[refusal.code]).inc();
+                    tracing::warn!(from = ?source, code = refusal.code, reason = %refusal.reason, "directory segment refused");
+                    let r = Refusal::new(refusal.code, 403, refusal.reason.clone());
+                    self.refused(source.as_deref().unwrap_or("this node"), &[super::Refused { id: Some(signed.id), kind: Some(signed.envelope.kind), refusal: &r }])
+                        .await;
+                    results.push(Err(refusal));
+                }
+            }
+        }
+        if !taken.is_empty() {
+            self.apply_directory(&set).await;
+            let tree_came = taken.iter().any(|h| matches!(h.segment, Segment::Tree(_)));
+            drop(set);
+            self.push_segments(taken, from.as_ref());
+            if tree_came {
+                if let Err(e) = Box::pin(self.publish_units_seed()).await {
+                    tracing::error!(error = %e, "cannot publish this node's units");
+                }
+            }
+        }
+        results
+    }
+
+    /// Rebuilds the directory snapshot from `set`, then the allow list, the links to keep and the
+    /// forwarders that follow from it.
+    async fn apply_directory(self: &Arc<Self>, set: &SegmentSet) {
+        let dir = match set.directory() {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(error = %e, "the directory segments held do not form a directory; keeping the previous one");
+                return;
+            }
+        };
+        if let Some(me) = dir.node(&self.here) {
+            if me.public_key.0 != self.node_key.verifying_key() {
+                tracing::error!(node = %self.here, "the node tree lists another key for this node; check key_file");
+            }
+        }
+        self.metrics.directory_version.set(dir.version() as i64);
+        let mut allowed: Vec<PeerId> = dir.nodes().filter(|n| n.id != self.here).map(|n| n.peer_id).collect();
+        let mut neighbours: Vec<(Option<NodeId>, Neighbour)> = dir
+            .neighbours(&self.here)
+            .into_iter()
+            .map(|n| (Some(n.id.clone()), Neighbour { peer: n.peer_id, addresses: n.addresses.clone() }))
+            .collect();
+        if let Some((peer, address)) = &self.parent_hint {
+            // Until the tree says otherwise, the configured parent is the way into the network.
+            if !allowed.contains(peer) {
+                allowed.push(*peer);
+            }
+            match neighbours.iter_mut().find(|(_, n)| n.peer == *peer) {
+                Some((_, n)) => n.addresses.push(address.clone()),
+                None => neighbours.push((None, Neighbour { peer: *peer, addresses: vec![address.clone()] })),
+            }
+        }
+        self.dir.replace(dir);
+        for id in neighbours.iter().filter_map(|(id, _)| id.clone()) {
+            self.watch_neighbour(&id);
+        }
+        self.net.set_peers(allowed, neighbours.into_iter().map(|(_, n)| n).collect()).await;
+    }
+
+    /// Sends segments to every neighbour except `except`; a neighbour that misses them gets all
+    /// segments when its link comes up again.
+    fn push_segments(self: &Arc<Self>, held: Vec<Held>, except: Option<&NodeId>) {
+        let dir = self.dir.current();
+        let mut peers: Vec<PeerId> = dir.neighbours(&self.here).into_iter().filter(|n| Some(&n.id) != except).map(|n| n.peer_id).collect();
+        if let Some((peer, _)) = &self.parent_hint {
+            if !peers.contains(peer) && dir.node_by_peer(peer).map(|n| &n.id) != except {
+                peers.push(*peer);
+            }
+        }
+        let segments: Vec<SegmentParcel> = held.iter().map(parcel).collect();
+        for peer in peers {
+            let (net, request) = (self.net.clone(), DirectoryPush { segments: segments.clone() });
+            tokio::spawn(async move {
+                if let Err(e) = net.push_directory(peer, request).await {
+                    tracing::debug!(%peer, error = %e, "directory push not delivered; it is repeated when the link comes up");
+                }
+            });
+        }
+    }
+
+    /// A link came up: give the neighbour everything held.
+    pub(crate) async fn push_all_segments(self: &Arc<Self>, peer: PeerId) {
+        let segments: Vec<SegmentParcel> = self.segments.lock().await.all().map(parcel).collect();
+        if segments.is_empty() {
+            return;
+        }
+        if let Err(e) = self.net.push_directory(peer, DirectoryPush { segments }).await {
+            tracing::debug!(%peer, error = %e, "directory push on link-up failed");
+        }
+    }
+
+    /// A neighbour pushed segments.
+    pub(crate) async fn answer_directory(self: Arc<Self>, peer: PeerId, request: DirectoryPush, channel: ResponseChannel<DirectoryAck>) {
+        let from = self.dir.current().node_by_peer(&peer).map(|n| n.id.clone());
+        let mut decoded = Vec::new();
+        let mut results: Vec<Option<String>> = Vec::new();
+        for p in request.segments {
+            match unparcel(p) {
+                Ok(d) => {
+                    decoded.push(d);
+                    results.push(None);
+                }
+                Err(e) => results.push(Some(format!("refused: {}: {}", e.code, e.reason))),
+            }
+        }
+        let mut taken = self.accept_segments(from, decoded).await.into_iter();
+        let results = results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| match taken.next() {
+                    Some(Ok(Verdict::Newer)) => "new".into(),
+                    Some(Ok(Verdict::Known)) => "known".into(),
+                    Some(Err(e)) => format!("refused: {}: {}", e.code, e.reason),
+                    None => "refused: internal".into(),
+                })
+            })
+            .collect();
+        self.net.respond_directory(channel, DirectoryAck { results }).await;
+    }
+
+    // ---- Operators' changes ----
+
+    async fn admin_segment_change(self: &Arc<Self>, segment: Segment, event: &'static str, detail: String) -> Result<AdminActionResponse, Refusal> {
+        let version = segment.version();
+        let owner = segment.owner();
+        match self.publish(segment).await.pop() {
+            Some(Ok(_)) => {
+                self.admin_record(event, detail.clone()).await?;
+                Ok(AdminActionResponse { affected: 1, message: format!("{detail}: {owner} is now at version {version}, passed on to the network") })
+            }
+            Some(Err(e)) => Err(Refusal::new(if e.code == "storage" { "storage" } else { "conflict" }, 409, e.reason)),
+            None => Err(Refusal::new("storage", 503, "nothing was signed")),
+        }
+    }
+
+    fn current_tree(&self, set: &SegmentSet) -> Result<NodeTree, Refusal> {
+        if !self.is_root() {
+            return Err(Refusal::new("not-root", 403, "only the root node signs the node tree; run this on the root node"));
+        }
+        Ok(set.tree().cloned().unwrap_or(NodeTree { version: 0, nodes: vec![] }))
+    }
+
+    /// `exchange-admin nodes add` (root only).
+    pub async fn add_node(self: &Arc<Self>, record: NodeRecord) -> Result<AdminActionResponse, Refusal> {
+        let mut tree = self.current_tree(&*self.segments.lock().await)?;
+        if tree.nodes.iter().any(|n| n.id == record.id) {
+            return Err(Refusal::new("conflict", 409, format!("node {} is already in the tree", record.id)));
+        }
+        if record.parent.as_ref().is_none_or(|p| !tree.nodes.iter().any(|n| &n.id == p)) {
+            return Err(Refusal::malformed(format!("node {} needs a parent that is in the tree", record.id)));
+        }
+        for a in &record.addresses {
+            a.parse::<libp2p::Multiaddr>().map_err(|e| Refusal::malformed(format!("address {a:?} is not a multiaddress: {e}")))?;
+        }
+        let detail = format!("node {} added under {}", record.id, record.parent.as_ref().map(|p| p.as_str()).unwrap_or(""));
+        tree.nodes.push(record);
+        tree.version += 1;
+        self.admin_segment_change(Segment::Tree(tree), "nodes-add", detail).await
+    }
+
+    /// `exchange-admin nodes remove` (root only; a node with children stays).
+    pub async fn remove_node(self: &Arc<Self>, id: &NodeId) -> Result<AdminActionResponse, Refusal> {
+        let mut tree = self.current_tree(&*self.segments.lock().await)?;
+        if tree.nodes.iter().any(|n| n.parent.as_ref() == Some(id)) {
+            return Err(Refusal::new("conflict", 409, format!("node {id} still has children; remove or move them first")));
+        }
+        if tree.nodes.iter().any(|n| &n.id == id && n.parent.is_none()) {
+            return Err(Refusal::new("conflict", 409, "the root node cannot be removed"));
+        }
+        let before = tree.nodes.len();
+        tree.nodes.retain(|n| &n.id != id);
+        if tree.nodes.len() == before {
+            return Err(Refusal::new("not-found", 404, format!("node {id} is not in the tree")));
+        }
+        tree.version += 1;
+        self.admin_segment_change(Segment::Tree(tree), "nodes-remove", format!("node {id} removed")).await
+    }
+
+    /// This node's unit segment, to change; refuses units of other nodes.
+    async fn own_units(&self, address: Option<&UnitAddress>) -> Result<UnitSegment, Refusal> {
+        if let Some(a) = address {
+            if a.node_part() != self.here.as_str() {
+                return Err(Refusal::new(
+                    "wrong-node",
+                    403,
+                    format!("unit {a} is hosted by node {}; change it there", a.node_part()),
+                ));
+            }
+        }
+        let set = self.segments.lock().await;
+        if set.tree().is_none_or(|t| !t.nodes.iter().any(|n| n.id == self.here)) {
+            return Err(Refusal::new("not-ready", 503, "this node is not in the node tree yet; it cannot sign units"));
+        }
+        Ok(set.unit_segment(&self.here).cloned().unwrap_or(UnitSegment { node: self.here.clone(), version: 0, units: vec![] }))
+    }
+
+    /// `exchange-admin units add`.
+    pub async fn add_unit(self: &Arc<Self>, u: NewUnit) -> Result<AdminActionResponse, Refusal> {
+        let mut seg = self.own_units(Some(&u.address)).await?;
+        if seg.units.iter().any(|x| x.address == u.address) {
+            return Err(Refusal::new("conflict", 409, format!("unit {} is already registered", u.address)));
+        }
+        seg.units.push(UnitRecord {
+            address: u.address.clone(),
+            name: u.name,
+            kind: u.kind,
+            uscc: u.uscc,
+            status: UnitStatus::Active,
+            keys: vec![KeyRecord { public_key: u.public_key, not_before_ms: 0, not_after_ms: None, revoked_at_ms: None }],
+        });
+        seg.version += 1;
+        self.admin_segment_change(Segment::Units(seg), "units-add", format!("unit {} added", u.address)).await
+    }
+
+    /// Changes one unit of this node with `change`.
+    async fn change_unit(
+        self: &Arc<Self>,
+        address: &UnitAddress,
+        event: &'static str,
+        detail: String,
+        change: impl FnOnce(&mut UnitRecord) -> Result<(), Refusal>,
+    ) -> Result<AdminActionResponse, Refusal> {
+        let mut seg = self.own_units(Some(address)).await?;
+        let unit = seg
+            .units
+            .iter_mut()
+            .find(|x| &x.address == address)
+            .ok_or_else(|| Refusal::new("not-found", 404, format!("unit {address} is not registered on node {}", self.here)))?;
+        change(unit)?;
+        seg.version += 1;
+        self.admin_segment_change(Segment::Units(seg), event, detail).await
+    }
+
+    /// `exchange-admin units suspend|activate|revoke`.
+    pub async fn set_unit_status(self: &Arc<Self>, address: &UnitAddress, status: UnitStatus) -> Result<AdminActionResponse, Refusal> {
+        let (event, word) = match status {
+            UnitStatus::Active => ("units-activate", "activated"),
+            UnitStatus::Suspended => ("units-suspend", "suspended"),
+            UnitStatus::Revoked => ("units-revoke", "revoked"),
+        };
+        let now = exchange_wire::now_ms();
+        self.change_unit(address, event, format!("unit {address} {word}"), |u| {
+            if u.status == UnitStatus::Revoked && status != UnitStatus::Revoked {
+                return Err(Refusal::new("conflict", 409, format!("unit {} is revoked for good; register a new unit instead", u.address)));
+            }
+            u.status = status;
+            if status == UnitStatus::Revoked {
+                for k in u.keys.iter_mut().filter(|k| k.revoked_at_ms.is_none()) {
+                    k.revoked_at_ms = Some(now);
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// `exchange-admin units rotate-key`.
+    pub async fn rotate_key(self: &Arc<Self>, address: &UnitAddress, r: RotateKey) -> Result<AdminActionResponse, Refusal> {
+        let now = exchange_wire::now_ms();
+        let detail = format!(
+            "unit {address}: new key {}{}",
+            r.public_key,
+            if r.revoke_old { ", old keys revoked".to_string() } else { format!(", old keys valid {} s more", r.overlap_secs) }
+        );
+        self.change_unit(address, "units-rotate-key", detail, |u| {
+            if u.keys.iter().any(|k| k.public_key == r.public_key) {
+                return Err(Refusal::new("conflict", 409, "that key is already one of the unit's keys"));
+            }
+            for k in u.keys.iter_mut().filter(|k| k.valid_at(now)) {
+                if r.revoke_old {
+                    k.revoked_at_ms = Some(now);
+                } else {
+                    let end = now + r.overlap_secs * 1000;
+                    k.not_after_ms = Some(k.not_after_ms.map_or(end, |e| e.min(end)));
+                }
+            }
+            u.keys.push(KeyRecord { public_key: r.public_key, not_before_ms: now, not_after_ms: None, revoked_at_ms: None });
+            Ok(())
+        })
+        .await
+    }
+
+    /// `exchange-admin nodes list`.
+    pub async fn node_records(&self) -> Vec<NodeRecord> {
+        self.segments.lock().await.tree().map(|t| t.nodes.clone()).unwrap_or_default()
+    }
+
+    /// `exchange-admin units list|show`.
+    pub async fn unit_records(&self, node: Option<&NodeId>) -> Vec<UnitRecord> {
+        let set = self.segments.lock().await;
+        let mut out: Vec<UnitRecord> = set
+            .units
+            .values()
+            .filter_map(|h| match &h.segment {
+                Segment::Units(u) if node.is_none_or(|n| n == &u.node) => Some(u.units.clone()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        out.sort_by(|a, b| a.address.cmp(&b.address));
+        out
+    }
+
+    /// `exchange-admin directory show`.
+    pub async fn directory_view(&self) -> DirectoryView {
+        let set = self.segments.lock().await;
+        let segments = set
+            .all()
+            .map(|h| SegmentInfo {
+                owner: h.segment.owner(),
+                kind: h.signed.envelope.metadata.get(exchange_wire::directory::META_SEGMENT_TYPE).cloned().unwrap_or_default(),
+                version: h.segment.version(),
+                signer: h.signed.envelope.sender.node_part().parse().unwrap_or_else(|_| self.here.clone()),
+                signed_at_ms: h.signed.envelope.created_at_ms,
+                entries: match &h.segment {
+                    Segment::Tree(t) => t.nodes.len() as u64,
+                    Segment::Units(u) => u.units.len() as u64,
+                },
+            })
+            .collect();
+        DirectoryView { version: self.dir.current().version(), root_key: self.root_key.to_hex(), segments }
+    }
+
+    /// `exchange-admin directory verify`: every segment held, re-checked from scratch.
+    pub async fn directory_verify(&self) -> DirectoryVerification {
+        let set = self.segments.lock().await;
+        let mut fresh = SegmentSet::default();
+        let mut checks = Vec::new();
+        for h in set.all() {
+            let result = fresh.check(&self.root_key, &h.signed, &h.payload);
+            checks.push(SegmentCheck {
+                owner: h.segment.owner(),
+                version: h.segment.version(),
+                ok: result.is_ok(),
+                detail: match &result {
+                    Ok(_) => format!("signed by {}; signature verifies", h.signed.envelope.sender.node_part()),
+                    Err(e) => format!("{}: {}", e.code, e.reason),
+                },
+            });
+            if result.is_ok() {
+                fresh.insert(h.clone());
+            }
+        }
+        DirectoryVerification { ok: checks.iter().all(|c| c.ok), checks }
+    }
+}
