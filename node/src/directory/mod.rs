@@ -44,6 +44,9 @@ pub struct UnitEntry {
 #[derive(Debug, Default)]
 pub struct Directory {
     version: u64,
+    tree_version: u64,
+    /// Version of each node's unit segment.
+    unit_versions: HashMap<NodeId, u64>,
     nodes: HashMap<NodeId, NodeEntry>,
     units: HashMap<UnitAddress, UnitEntry>,
     by_peer: HashMap<PeerId, NodeId>,
@@ -64,6 +67,7 @@ impl Directory {
         let mut dir = Directory::default();
         let Some(tree) = tree else { return Ok(dir) };
         dir.version = tree.version;
+        dir.tree_version = tree.version;
         for n in &tree.nodes {
             let addresses = n
                 .addresses
@@ -105,6 +109,7 @@ impl Directory {
                 continue;
             }
             dir.version += seg.version;
+            dir.unit_versions.insert(seg.node.clone(), seg.version);
             for u in &seg.units {
                 if u.address.node_part() != seg.node.as_str() || u.address.is_node() {
                     return Err(format!("unit {} cannot be listed by node {}", u.address, seg.node));
@@ -128,6 +133,15 @@ impl Directory {
     /// The directory's version.
     pub fn version(&self) -> u64 {
         self.version
+    }
+
+    /// The version of the segment that lists `address`'s keys: the node tree for `<node>/_node`,
+    /// else the unit segment of the unit's node (0 when none is held).
+    pub fn key_segment_version(&self, address: &UnitAddress) -> u64 {
+        if address.is_node() {
+            return self.tree_version;
+        }
+        address.node_part().parse().ok().and_then(|n: NodeId| self.unit_versions.get(&n).copied()).unwrap_or(0)
     }
 
     /// The root of the tree, if a tree is known.
@@ -179,7 +193,7 @@ impl Directory {
 
     /// The keys that may have signed as `address` at every one of the times `at_ms`: a unit's keys
     /// whose validity window covers those times (and that were not revoked before them), or the
-    /// node's key for `<node>/_node`.
+    /// node's key for `<node>/_node`. With no times, every key the unit ever had.
     pub fn signing_keys(&self, address: &UnitAddress, at_ms: &[u64]) -> Vec<PublicKey> {
         if address.is_node() {
             let id: Option<NodeId> = address.node_part().parse().ok();

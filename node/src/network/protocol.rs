@@ -29,6 +29,11 @@ pub struct Parcel {
     pub recipients: Vec<UnitAddress>,
     /// Custody hops so far, ingress node first.
     pub hops: Vec<Hop>,
+    /// The version of the directory segment holding the sender's keys (its node's unit segment, or
+    /// the node tree for a node's own messages) at the handing node. A receiver holding an older
+    /// version answers [`ParcelResult::Retry`] instead of judging the signature by stale keys.
+    #[serde(default)]
+    pub sender_segment_version: u64,
 }
 
 /// A batch of parcels.
@@ -45,6 +50,8 @@ pub enum ParcelResult {
     Duplicate,
     /// Refused for good (a forged signature, an unknown unit): retrying cannot help.
     Refused { code: String, reason: String },
+    /// Not taken now, nothing stored: try again shortly (the receiver's directory is behind).
+    Retry { reason: String },
 }
 
 /// The answer to a batch, one result per parcel in order. Sent only after the commit.

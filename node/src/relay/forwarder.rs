@@ -77,7 +77,7 @@ pub async fn run(engine: Arc<Engine>, hop: NodeId, signals: Arc<Signals>) {
             tokio::select! { _ = signals.work.notified() => {}, _ = tokio::time::sleep(Duration::from_secs(5)) => {} }
             continue;
         }
-        let (request, sent) = to_request(items);
+        let (request, sent) = to_request(&engine.dir.current(), items);
         match engine.net.transfer(peer, request).await {
             Ok(resp) if resp.results.len() == sent.len() => {
                 backoff.reset();
@@ -94,6 +94,10 @@ pub async fn run(engine: Arc<Engine>, hop: NodeId, signals: Arc<Signals>) {
                     }
                 }
                 engine.after_acknowledged(&hop, &sent, &record);
+                if resp.results.iter().any(|r| matches!(r, ParcelResult::Retry { .. })) {
+                    // The neighbour is catching up with the directory (pushed on link-up): soon.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
             }
             outcome => {
                 engine.metrics.send_failures.with_label_values(&[hop.as_str()]).inc();
@@ -125,7 +129,7 @@ pub struct Sent {
     pub origin_kind: Option<Kind>,
 }
 
-fn to_request(items: Vec<OutboxItem>) -> (TransferRequest, Vec<Sent>) {
+fn to_request(dir: &crate::directory::Directory, items: Vec<OutboxItem>) -> (TransferRequest, Vec<Sent>) {
     let mut parcels = Vec::with_capacity(items.len());
     let mut sent = Vec::with_capacity(items.len());
     for i in items {
@@ -140,7 +144,8 @@ fn to_request(items: Vec<OutboxItem>) -> (TransferRequest, Vec<Sent>) {
             recipients: recipients.clone(),
             origin_kind,
         });
-        parcels.push(Parcel { header: i.header, signature: i.signature, payload: i.payload, recipients, hops });
+        let sender_segment_version = i.sender.parse().map(|s| dir.key_segment_version(&s)).unwrap_or(0);
+        parcels.push(Parcel { header: i.header, signature: i.signature, payload: i.payload, recipients, hops, sender_segment_version });
     }
     (TransferRequest { parcels }, sent)
 }
@@ -156,6 +161,10 @@ pub fn acknowledged(here: &NodeId, hop: &NodeId, sent: &[Sent], results: &[Parce
                 r.outbox_done.push(s.seq);
                 r.events.push(event(s.message_id, now, "forwarded", None, Some(hop), None));
                 (RecipientState::InTransit, None)
+            }
+            ParcelResult::Retry { reason } => {
+                tracing::debug!(%hop, message = %hex::encode(s.message_id), %reason, "next hop asked to retry");
+                continue;
             }
             ParcelResult::Refused { code, reason } => {
                 tracing::error!(%hop, message = %hex::encode(s.message_id), %code, %reason, "next hop refused a message for good; kept as a dead letter");

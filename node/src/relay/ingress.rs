@@ -33,6 +33,16 @@ struct SignFor {
     message_id: MessageId,
 }
 
+/// This node's copy of the sender's directory segment is older than the handing node's.
+fn directory_behind() -> Refusal {
+    Refusal {
+        code: "directory-behind",
+        message: "this node's directory is older than the sender's keys; retry shortly".into(),
+        status: 503,
+        transient: true,
+    }
+}
+
 fn storage_refusal() -> Refusal {
     Refusal {
         code: "storage",
@@ -185,11 +195,29 @@ impl Engine {
                 Err(_) => (None, None),
             })
             .collect();
-        let decoded: Vec<Result<Candidate, Refusal>> = request.parcels.into_iter().map(|p| self.decode_parcel(p)).collect();
+        // Parcels whose sender's keys this node knows only in an older version wait for the directory.
+        let behind: Vec<bool> = request
+            .parcels
+            .iter()
+            .map(|p| {
+                Envelope::from_canonical_bytes(&p.header)
+                    .map(|e| dir.key_segment_version(&e.sender) < p.sender_segment_version)
+                    .unwrap_or(false)
+            })
+            .collect();
+        let decoded: Vec<Result<Candidate, Refusal>> = request
+            .parcels
+            .into_iter()
+            .zip(&behind)
+            .map(|(p, &behind)| if behind { Err(directory_behind()) } else { self.decode_parcel(p) })
+            .collect();
         let no_sign_fors = (0..decoded.len()).map(|_| None).collect();
         let results = self.verify_and_take(&dir, Some(&from), decoded, no_sign_fors).await;
-        self.refused(from.as_str(), &refusals(&results, &ids)).await;
-        if results.iter().any(|r| matches!(r, Err(e) if e.transient)) {
+        // Waiting for the directory is not bad input: it is neither counted nor audited.
+        let mut refused = refusals(&results, &ids);
+        refused.retain(|r| r.refusal.code != "directory-behind");
+        self.refused(from.as_str(), &refused).await;
+        if results.iter().any(|r| matches!(r, Err(e) if e.transient && e.code != "directory-behind")) {
             // Storage trouble: say nothing, so the neighbour keeps custody and retries.
             return;
         }
@@ -198,6 +226,7 @@ impl Engine {
             .map(|r| match r {
                 Ok(JobOutcome::Duplicate) => ParcelResult::Duplicate,
                 Ok(_) => ParcelResult::Stored,
+                Err(e) if e.code == "directory-behind" => ParcelResult::Retry { reason: e.message },
                 Err(e) => ParcelResult::Refused { code: e.code.into(), reason: e.message },
             })
             .collect();
@@ -448,7 +477,19 @@ async fn verify(dir: &Arc<Directory>, candidates: &[Candidate], at_ingress: bool
                     )
                 });
             }
-            r.map_err(Refusal::from)
+            r.map_err(|e| {
+                // Signed with a key the unit had, but not one valid for this envelope: say so.
+                let sender = &c.signed.envelope.sender;
+                if dir.signing_keys(sender, &[]).iter().any(|k| c.signed.verify(&k.0).is_ok()) {
+                    Refusal::new(
+                        "key-not-valid",
+                        403,
+                        format!("the envelope is signed with a key of {sender} that was revoked or has expired; sign with the unit's current key"),
+                    )
+                } else {
+                    Refusal::from(e)
+                }
+            })
         })
         .collect()
 }

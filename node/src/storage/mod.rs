@@ -208,6 +208,7 @@ pub struct OutboxItem {
     pub seq: i64,
     pub message_id: [u8; 32],
     pub kind: String,
+    pub sender: String,
     pub enqueued_at_ms: i64,
     pub recipients: String,
     pub header: Vec<u8>,

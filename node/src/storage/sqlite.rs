@@ -470,7 +470,7 @@ impl Store for SqliteStore {
         -> BoxFuture<'a, Result<Vec<OutboxItem>, StorageError>> {
         Box::pin(async move {
             let rows = sqlx::query(
-                "SELECT o.seq, o.message_id, o.recipients, m.header, m.signature, m.payload, m.hops, m.kind, o.enqueued_at_ms \
+                "SELECT o.seq, o.message_id, o.recipients, m.header, m.signature, m.payload, m.hops, m.kind, o.enqueued_at_ms, m.sender \
                  FROM outbox o JOIN messages m ON m.id = o.message_id \
                  WHERE o.next_hop = $1 AND o.dead_reason IS NULL ORDER BY o.priority, o.seq LIMIT $2",
             )
@@ -496,6 +496,7 @@ impl Store for SqliteStore {
                     hops: r.get(6),
                     kind: r.get(7),
                     enqueued_at_ms: r.get(8),
+                    sender: r.get(9),
                 });
             }
             Ok(out)
