@@ -187,8 +187,16 @@ impl Engine {
             }
         }
         self.dir.replace(dir);
-        for id in neighbours.iter().filter_map(|(id, _)| id.clone()) {
-            self.watch_neighbour(&id);
+        // A link may have come up before the tree said whose it is (the parent, at start-up).
+        let connected = self.net.connected().await;
+        for (id, n) in &neighbours {
+            if let Some(id) = id {
+                self.watch_neighbour(id);
+                if connected.contains(&n.peer) {
+                    self.mark_link(id, true);
+                    self.forwarder(id).link_up.notify_one();
+                }
+            }
         }
         self.net.set_peers(allowed, neighbours.into_iter().map(|(_, n)| n).collect()).await;
     }

@@ -234,20 +234,12 @@ impl Engine {
         };
         let node = self.dir.current().node_by_peer(&peer).map(|n| n.id.clone());
         if let Some(node) = &node {
-            let mut peers = self.peers.lock().expect("peers lock");
-            let state = peers.entry(node.clone()).or_default();
-            match &event {
-                E::PeerDown(_) => state.connected = false,
-                E::PeerRtt(_, rtt) => {
-                    state.rtt = Some(*rtt);
-                    self.metrics.peer_rtt.with_label_values(&[node.as_str()]).set(rtt.as_secs_f64());
-                }
-                _ => {}
+            if let E::PeerRtt(_, rtt) = &event {
+                self.peers.lock().expect("peers lock").entry(node.clone()).or_default().rtt = Some(*rtt);
+                self.metrics.peer_rtt.with_label_values(&[node.as_str()]).set(rtt.as_secs_f64());
             }
-            if !matches!(event, E::PeerDown(_)) {
-                state.connected = true;
-                state.last_seen_ms = Some(exchange_wire::now_ms());
-            }
+            // Anything heard from a peer means its link is up.
+            self.mark_link(node, !matches!(event, E::PeerDown(_)));
         }
         match event {
             E::Inbound { peer, request, channel } => {
@@ -262,21 +254,27 @@ impl Engine {
                 let engine = self.clone();
                 tokio::spawn(async move { engine.answer_directory(peer, request, channel).await });
             }
-            E::PeerUp(_) | E::PeerDown(_) => {
-                let up = matches!(event, E::PeerUp(_));
-                if up {
-                    let engine = self.clone();
-                    tokio::spawn(async move { engine.push_all_segments(peer).await });
-                }
+            E::PeerUp(_) => {
+                let engine = self.clone();
+                tokio::spawn(async move { engine.push_all_segments(peer).await });
                 if let Some(node) = node {
-                    self.metrics.peer_up.with_label_values(&[node.as_str()]).set(up as i64);
-                    if up {
-                        self.forwarder(&node).link_up.notify_one();
-                    }
+                    self.forwarder(&node).link_up.notify_one();
                 }
             }
+            E::PeerDown(_) => {}
             E::PeerRtt(..) | E::Refused { .. } => {}
         }
+    }
+
+    /// Records that the link to neighbour `node` is up (or down): peer state and `exchange_peer_up`.
+    pub(crate) fn mark_link(&self, node: &NodeId, up: bool) {
+        let mut peers = self.peers.lock().expect("peers lock");
+        let state = peers.entry(node.clone()).or_default();
+        state.connected = up;
+        if up {
+            state.last_seen_ms = Some(exchange_wire::now_ms());
+        }
+        self.metrics.peer_up.with_label_values(&[node.as_str()]).set(up as i64);
     }
 
     fn context<'a>(&'a self, dir: &'a Directory) -> Context<'a> {
