@@ -6,7 +6,9 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use exchange_wire::api::{
@@ -19,20 +21,21 @@ use super::{AppState, json, parse_body, parse_id, parse_unit, refuse, with_healt
 use crate::relay::Refusal;
 use crate::relay::access::Caller;
 
-/// The unit calling, from its token; an unauthenticated call is refused, counted and audited.
-async fn caller(engine: &AppState, headers: &HeaderMap) -> Result<Caller, Response> {
-    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    match engine.authenticate(authorization) {
-        Ok(c) => Ok(c),
-        Err(r) => Err(refuse(engine, r).await.into_response()),
+/// The unit calling, from its token (`Authorization: Bearer …`); an unauthenticated call is
+/// refused, counted and audited before its body is even read.
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, engine: &AppState) -> Result<Caller, Response> {
+        let authorization = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        match engine.authenticate(authorization) {
+            Ok(c) => Ok(c),
+            Err(r) => Err(refuse(engine, r).await.into_response()),
+        }
     }
 }
 
-async fn submit(State(engine): State<AppState>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
-    let caller = match caller(&engine, &headers).await {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
+async fn submit(State(engine): State<AppState>, caller: Caller, body: Result<Bytes, BytesRejection>) -> Response {
     let msg: SignedMessage = match parse_body(&engine, body).await {
         Ok(m) => m,
         Err(r) => return r.into_response(),
@@ -64,11 +67,7 @@ fn refusal_status(code: &str) -> StatusCode {
     }
 }
 
-async fn submit_batch(State(engine): State<AppState>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
-    let caller = match caller(&engine, &headers).await {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
+async fn submit_batch(State(engine): State<AppState>, caller: Caller, body: Result<Bytes, BytesRejection>) -> Response {
     let req: BatchSubmitRequest = match parse_body(&engine, body).await {
         Ok(m) => m,
         Err(r) => return r.into_response(),
@@ -82,11 +81,7 @@ async fn submit_batch(State(engine): State<AppState>, headers: HeaderMap, body: 
     json(StatusCode::OK, &BatchSubmitResponse { results })
 }
 
-async fn status(State(engine): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    let caller = match caller(&engine, &headers).await {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
+async fn status(State(engine): State<AppState>, caller: Caller, Path(id): Path<String>) -> Response {
     match parse_id(&engine, &id).await {
         Ok(id) => match engine.status(&caller, &id).await {
             Ok(s) => json(StatusCode::OK, &s),
@@ -112,7 +107,7 @@ fn default_limit() -> u32 {
 
 async fn inbox(
     State(engine): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Path((node, unit)): Path<(String, String)>,
     query: Result<Query<InboxQuery>, QueryRejection>,
 ) -> Response {
@@ -128,10 +123,6 @@ async fn inbox(
         }
     };
     let wait = Duration::from_millis(q.wait_ms.min(engine.api_max_wait_ms));
-    let caller = match caller(&engine, &headers).await {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
     match engine.inbox(&caller, &unit, q.after, q.limit, wait).await {
         Ok(items) => {
             let next_after = items.last().map(|i| i.seq).unwrap_or(q.after);
@@ -143,7 +134,7 @@ async fn inbox(
 
 async fn sign_for(
     State(engine): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Path((node, unit, id)): Path<(String, String, String)>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
@@ -159,10 +150,6 @@ async fn sign_for(
         Ok(m) => m,
         Err(r) => return r.into_response(),
     };
-    let caller = match caller(&engine, &headers).await {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
     match engine.sign_for(&caller, &unit, &id, receipt).await {
         Ok(ok) => json(if ok.duplicate { StatusCode::OK } else { StatusCode::ACCEPTED }, &ok),
         Err(r) => r.into_response(),
@@ -171,7 +158,7 @@ async fn sign_for(
 
 async fn sign_for_batch(
     State(engine): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Path((node, unit)): Path<(String, String)>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
@@ -187,10 +174,6 @@ async fn sign_for_batch(
         let r = Refusal::malformed(format!("a batch holds at most 1000 receipts, not {}", req.receipts.len()));
         return refuse(&engine, r).await.into_response();
     }
-    let caller = match caller(&engine, &headers).await {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
     let items = req.receipts.into_iter().map(|i| (i.message_id, i.receipt)).collect();
     let results = engine
         .sign_for_many(&caller, &unit, items)

@@ -162,7 +162,7 @@ pub struct EventLoop {
     swarm: Swarm<Behaviour>,
     commands: mpsc::Receiver<Command>,
     events: mpsc::Sender<NetworkEvent>,
-    pending: HashMap<OutboundRequestId, (PeerId, oneshot::Sender<Result<TransferResponse, NetError>>)>,
+    pending: HashMap<OutboundRequestId, oneshot::Sender<Result<TransferResponse, NetError>>>,
     pending_traces: HashMap<OutboundRequestId, oneshot::Sender<Result<TraceResponse, NetError>>>,
     pending_pushes: HashMap<OutboundRequestId, oneshot::Sender<Result<DirectoryAck, NetError>>>,
     neighbours: Vec<Neighbour>,
@@ -203,7 +203,7 @@ impl EventLoop {
         match command {
             Command::Transfer { peer, request, reply } => {
                 let id = self.swarm.behaviour_mut().relay.send_request(&peer, request);
-                self.pending.insert(id, (peer, reply));
+                self.pending.insert(id, reply);
             }
             Command::Respond { channel, response } => {
                 // Fails only if the connection closed; the sender will retry and see a duplicate.
@@ -288,72 +288,55 @@ impl EventLoop {
     }
 
     fn on_directory_event(&mut self, event: request_response::Event<DirectoryPush, DirectoryAck>) {
-        match event {
-            request_response::Event::Message { peer, message, .. } => match message {
-                request_response::Message::Request { request, channel, .. } => {
-                    let _ = self.events.try_send(NetworkEvent::Directory { peer, request, channel });
-                }
-                request_response::Message::Response { request_id, response } => {
-                    if let Some(reply) = self.pending_pushes.remove(&request_id) {
-                        let _ = reply.send(Ok(response));
-                    }
-                }
-            },
-            request_response::Event::OutboundFailure { request_id, error, peer, .. } => {
-                if let Some(reply) = self.pending_pushes.remove(&request_id) {
-                    let _ = reply.send(Err(NetError::Failed { peer, reason: error.to_string() }));
-                }
-            }
-            _ => {}
-        }
+        let events = self.events.clone();
+        answer_or_deliver(event, &mut self.pending_pushes, |peer, request, channel| {
+            let _ = events.try_send(NetworkEvent::Directory { peer, request, channel });
+        });
     }
 
     fn on_trace_event(&mut self, event: request_response::Event<TraceRequest, TraceResponse>) {
-        match event {
-            request_response::Event::Message { peer, message, .. } => match message {
-                request_response::Message::Request { request, channel, .. } => {
-                    let _ = self.events.try_send(NetworkEvent::Trace { peer, request, channel });
-                }
-                request_response::Message::Response { request_id, response } => {
-                    if let Some(reply) = self.pending_traces.remove(&request_id) {
-                        let _ = reply.send(Ok(response));
-                    }
-                }
-            },
-            request_response::Event::OutboundFailure { request_id, error, peer, .. } => {
-                if let Some(reply) = self.pending_traces.remove(&request_id) {
-                    let _ = reply.send(Err(NetError::Failed { peer, reason: error.to_string() }));
-                }
-            }
-            _ => {}
-        }
+        let events = self.events.clone();
+        answer_or_deliver(event, &mut self.pending_traces, |peer, request, channel| {
+            let _ = events.try_send(NetworkEvent::Trace { peer, request, channel });
+        });
     }
 
     fn on_relay_event(&mut self, event: request_response::Event<TransferRequest, TransferResponse>) {
-        match event {
-            request_response::Event::Message { peer, message, .. } => match message {
-                request_response::Message::Request { request, channel, .. } => {
-                    // Back-pressure: when the node is saturated the request goes unanswered and the
-                    // sender retries later; nothing is lost because nothing was acknowledged.
-                    if self.events.try_send(NetworkEvent::Inbound { peer, request, channel }).is_err() {
-                        tracing::warn!(%peer, "inbound queue full; the batch will be retried by the sender");
-                    }
-                }
-                request_response::Message::Response { request_id, response } => {
-                    if let Some((_, reply)) = self.pending.remove(&request_id) {
-                        let _ = reply.send(Ok(response));
-                    }
-                }
-            },
-            request_response::Event::OutboundFailure { request_id, error, peer, .. } => {
-                if let Some((_, reply)) = self.pending.remove(&request_id) {
-                    let _ = reply.send(Err(NetError::Failed { peer, reason: error.to_string() }));
+        let events = self.events.clone();
+        answer_or_deliver(event, &mut self.pending, |peer, request, channel| {
+            // Back-pressure: when the node is saturated the request goes unanswered and the sender
+            // retries later; nothing is lost because nothing was acknowledged.
+            if events.try_send(NetworkEvent::Inbound { peer, request, channel }).is_err() {
+                tracing::warn!(%peer, "inbound queue full; the batch will be retried by the sender");
+            }
+        });
+    }
+}
+
+/// The common handling of a request/response event: an incoming request goes to `on_request`; an
+/// answer or a failure goes to whoever waits for it in `pending`.
+fn answer_or_deliver<Req, Resp>(
+    event: request_response::Event<Req, Resp>,
+    pending: &mut HashMap<OutboundRequestId, oneshot::Sender<Result<Resp, NetError>>>,
+    on_request: impl FnOnce(PeerId, Req, ResponseChannel<Resp>),
+) {
+    match event {
+        request_response::Event::Message { peer, message, .. } => match message {
+            request_response::Message::Request { request, channel, .. } => on_request(peer, request, channel),
+            request_response::Message::Response { request_id, response } => {
+                if let Some(reply) = pending.remove(&request_id) {
+                    let _ = reply.send(Ok(response));
                 }
             }
-            request_response::Event::InboundFailure { peer, error, .. } => {
-                tracing::debug!(%peer, %error, "inbound transfer failed");
+        },
+        request_response::Event::OutboundFailure { request_id, error, peer, .. } => {
+            if let Some(reply) = pending.remove(&request_id) {
+                let _ = reply.send(Err(NetError::Failed { peer, reason: error.to_string() }));
             }
-            request_response::Event::ResponseSent { .. } => {}
         }
+        request_response::Event::InboundFailure { peer, error, .. } => {
+            tracing::debug!(%peer, %error, "an inbound request failed");
+        }
+        request_response::Event::ResponseSent { .. } => {}
     }
 }
