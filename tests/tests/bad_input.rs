@@ -67,6 +67,19 @@ fn bad_input_is_refused_clearly_counted_and_changes_nothing() {
     altered.payload = b64_encode(b"altered!");
     expect_refused(&net, &json(&altered), 400, "payload-mismatch", "payload");
 
+    // Classified: 机密 documents never travel on this network.
+    let mut secret = exchange_wire::Envelope::new(
+        exchange_wire::Kind::Document,
+        unit(sender),
+        vec![unit("gz.haizhu/civil-affairs")],
+        vec![],
+        exchange_wire::Priority::Urgent,
+        b"secret",
+    );
+    secret.metadata.insert("classification".into(), "机密".into());
+    let secret = secret.sign(key);
+    expect_refused(&net, &json(&submission(&secret, b"secret")), 403, "classified", "classified documents");
+
     // Unknown recipient.
     let lost = document(key, sender, &["gz.haizhu/no-such-office"], &[], b"x", "t");
     expect_refused(&net, &json(&submission(&lost, b"x")), 422, "unknown-unit", "gz.haizhu/no-such-office");

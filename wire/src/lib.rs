@@ -12,6 +12,7 @@ pub mod api;
 #[cfg(feature = "client")]
 pub mod client;
 pub mod directory;
+pub mod document;
 pub mod envelope;
 pub mod keys;
 pub mod receipt;

@@ -56,7 +56,7 @@ async fn submit(State(engine): State<AppState>, caller: Caller, body: Result<Byt
 fn refusal_status(code: &str) -> StatusCode {
     match code {
         "bad-signature" | "unknown-sender" | "wrong-node" | "wrong-signer" | "forbidden" | "policy-denied" | "key-not-valid"
-        | "unit-suspended" => StatusCode::FORBIDDEN,
+        | "unit-suspended" | "classified" => StatusCode::FORBIDDEN,
         "unauthenticated" => StatusCode::UNAUTHORIZED,
         "unknown-unit" | "no-route" | "recipient-unavailable" => StatusCode::UNPROCESSABLE_ENTITY,
         "payload-too-large" => StatusCode::PAYLOAD_TOO_LARGE,

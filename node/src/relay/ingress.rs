@@ -112,6 +112,10 @@ impl Engine {
         }
         self.check_fresh(env.created_at_ms)?;
         self.check_active(dir, &env.sender)?;
+        exchange_wire::document::check(env).map_err(|e| {
+            let code = if matches!(e, exchange_wire::document::DocumentError::Classified(_)) { "classified" } else { "malformed" };
+            Refusal::new(code, if code == "classified" { 403 } else { 400 }, e.to_string())
+        })?;
         let (signed, payload) = m.decode()?;
         // Unknown, suspended or forbidden recipients are refused here, at ingress, never dropped
         // further on.

@@ -1,0 +1,121 @@
+//! The official document (公文) carried in an envelope of kind `document`: its GB/T 9704 fields are
+//! envelope metadata, so they are signed with the rest of the header and readable without the
+//! payload. The payload is the document body.
+//!
+//! Documents marked 秘密, 机密 or 绝密 never travel on this network: they are refused at ingress.
+
+use crate::envelope::Envelope;
+
+/// 发文字号, e.g. `越六榕〔2005〕12号`.
+pub const DOC_NUMBER: &str = "doc-number";
+/// 标题.
+pub const TITLE: &str = "title";
+/// 发文机关 (the issuing organ's name as printed).
+pub const ISSUER: &str = "issuer";
+/// 签发人.
+pub const SIGNER: &str = "signer";
+/// 成文日期, `YYYY-MM-DD`.
+pub const DOC_DATE: &str = "doc-date";
+/// 文种: 通知, 通报, 请示, 批复, 函, 意见, 决定, 报告, 纪要, ...
+pub const DOC_TYPE: &str = "doc-type";
+/// 办件 (`action`: to be handled) or 阅件 (`information`: to be read).
+pub const HANDLING: &str = "handling";
+/// 办理时限, `YYYY-MM-DD` (for 办件).
+pub const DEADLINE: &str = "deadline";
+/// 密级. Absent or `none` for unclassified documents; anything classified is refused.
+pub const CLASSIFICATION: &str = "classification";
+
+/// The classification marks that keep a document off this network, in Chinese and in English.
+pub const CLASSIFIED_MARKS: [&str; 6] = ["秘密", "机密", "绝密", "secret", "confidential", "top-secret"];
+
+/// Why a document's fields were refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DocumentError {
+    #[error(
+        "the document is marked {0}: classified documents (秘密, 机密, 绝密) do not travel on this network; send it through the classified channel"
+    )]
+    Classified(String),
+    #[error("metadata {key} must be a date as YYYY-MM-DD, not {value:?}")]
+    BadDate { key: &'static str, value: String },
+    #[error("metadata handling must be \"action\" (办件) or \"information\" (阅件), not {0:?}")]
+    BadHandling(String),
+    #[error("metadata classification {0:?} is not a known mark: leave it out or use \"none\" for unclassified documents")]
+    UnknownClassification(String),
+}
+
+/// Checks the GB/T 9704 fields a document carries (all optional, but well-formed when present).
+pub fn check(envelope: &Envelope) -> Result<(), DocumentError> {
+    let meta = &envelope.metadata;
+    if let Some(mark) = meta.get(CLASSIFICATION) {
+        let m = mark.trim();
+        if CLASSIFIED_MARKS.iter().any(|c| m.eq_ignore_ascii_case(c)) || m.contains("秘密") || m.contains("机密") || m.contains("绝密") {
+            return Err(DocumentError::Classified(mark.clone()));
+        }
+        if !(m.is_empty() || m.eq_ignore_ascii_case("none") || m == "公开" || m == "内部") {
+            return Err(DocumentError::UnknownClassification(mark.clone()));
+        }
+    }
+    for key in [DOC_DATE, DEADLINE] {
+        if let Some(v) = meta.get(key) {
+            if !is_date(v) {
+                return Err(DocumentError::BadDate { key, value: v.clone() });
+            }
+        }
+    }
+    if let Some(h) = meta.get(HANDLING) {
+        if h != "action" && h != "information" {
+            return Err(DocumentError::BadHandling(h.clone()));
+        }
+    }
+    Ok(())
+}
+
+/// `YYYY-MM-DD` with a plausible month and day.
+fn is_date(s: &str) -> bool {
+    let b = s.as_bytes();
+    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
+        return false;
+    }
+    let num = |r: std::ops::Range<usize>| s.get(r).and_then(|x| x.parse::<u32>().ok());
+    matches!((num(0..4), num(5..7), num(8..10)), (Some(y), Some(m), Some(d)) if y >= 1900 && (1..=12).contains(&m) && (1..=31).contains(&d))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::{Kind, Priority};
+
+    fn doc(meta: &[(&str, &str)]) -> Envelope {
+        let mut e = Envelope::new(
+            Kind::Document,
+            "gz.yuexiu/liurong-street".parse().unwrap(),
+            vec!["gz/civil-affairs".parse().unwrap()],
+            vec![],
+            Priority::Routine,
+            b"x",
+        );
+        for (k, v) in meta {
+            e.metadata.insert((*k).into(), (*v).into());
+        }
+        e
+    }
+
+    #[test]
+    fn classified_documents_are_refused() {
+        for mark in ["秘密", "机密", "绝密", "机密★10年", "SECRET", "top-secret"] {
+            assert!(matches!(check(&doc(&[(CLASSIFICATION, mark)])), Err(DocumentError::Classified(_))), "{mark}");
+        }
+        for ok in ["none", "公开", "内部", ""] {
+            assert!(check(&doc(&[(CLASSIFICATION, ok)])).is_ok(), "{ok}");
+        }
+        assert!(matches!(check(&doc(&[(CLASSIFICATION, "hush")])), Err(DocumentError::UnknownClassification(_))));
+    }
+
+    #[test]
+    fn dates_and_handling_are_checked() {
+        assert!(check(&doc(&[(DOC_DATE, "2005-05-20"), (DEADLINE, "2005-06-01"), (HANDLING, "action")])).is_ok());
+        assert!(matches!(check(&doc(&[(DOC_DATE, "2005/05/20")])), Err(DocumentError::BadDate { .. })));
+        assert!(matches!(check(&doc(&[(DEADLINE, "2005-13-01")])), Err(DocumentError::BadDate { .. })));
+        assert!(matches!(check(&doc(&[(HANDLING, "办件")])), Err(DocumentError::BadHandling(_))));
+    }
+}
