@@ -103,6 +103,8 @@ pub enum RecipientState {
     Delivered,
     /// The recipient signed for it (签收), with a verified signed receipt.
     SignedFor,
+    /// The recipient returned it (退回), with a signed receipt giving the reason (in `detail`).
+    Returned,
     /// A node refused it for good; `detail` says why.
     Failed,
 }
@@ -114,6 +116,7 @@ impl RecipientState {
             RecipientState::InTransit => "in-transit",
             RecipientState::Delivered => "delivered",
             RecipientState::SignedFor => "signed-for",
+            RecipientState::Returned => "returned",
             RecipientState::Failed => "failed",
         }
     }
@@ -160,7 +163,7 @@ pub struct InboxItem {
     pub seq: i64,
     pub id: MessageId,
     pub delivered_at_ms: u64,
-    /// `delivered` or `signed-for`.
+    /// `delivered`, `signed-for` or `returned`.
     pub state: RecipientState,
     pub message: SignedMessage,
 }

@@ -162,6 +162,17 @@ impl ApiClient {
         self.post(&format!("/v1/units/{unit}/inbox/{message}/sign-for"), &SignedMessage::new(receipt, b""))
     }
 
+    /// Returns (退回) a message in `unit`'s inbox with a 退回 receipt the unit signed.
+    pub fn return_message(&self, unit: &UnitAddress, message: &MessageId, receipt: &SignedEnvelope) -> Result<SignForResponse, ClientError> {
+        self.post(&format!("/v1/units/{unit}/inbox/{message}/return"), &SignedMessage::new(receipt, b""))
+    }
+
+    /// A unit's directory record (status, public keys with validity), to verify its signatures
+    /// offline.
+    pub fn directory_unit(&self, unit: &UnitAddress) -> Result<crate::directory::UnitRecord, ClientError> {
+        self.get(&format!("/v1/directory/units/{unit}"), &[])
+    }
+
     /// Signs for several messages in `unit`'s inbox in one request (one result each, in order).
     pub fn sign_for_batch(&self, unit: &UnitAddress, receipts: &[SignedEnvelope]) -> Result<BatchSignForResponse, ClientError> {
         let receipts = receipts

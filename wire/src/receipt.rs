@@ -20,6 +20,8 @@ use crate::envelope::{Envelope, EnvelopeError, Kind, MessageId, Priority};
 pub const META_RECEIPT_FOR: &str = "receipt.for";
 /// Metadata key naming the receipt type.
 pub const META_RECEIPT_TYPE: &str = "receipt.type";
+/// Metadata key giving the reason of a 退回 (return).
+pub const META_RECEIPT_REASON: &str = "receipt.reason";
 /// Metadata key naming the message a delivery report is about.
 pub const META_REPORT_FOR: &str = "report.for";
 
@@ -28,12 +30,15 @@ pub const META_REPORT_FOR: &str = "report.for";
 pub enum ReceiptType {
     /// 签收: the recipient has taken the message.
     SignedFor,
+    /// 退回: the recipient sends the message back, with a reason.
+    Returned,
 }
 
 impl ReceiptType {
     pub fn as_str(&self) -> &'static str {
         match self {
             ReceiptType::SignedFor => "signed-for",
+            ReceiptType::Returned => "returned",
         }
     }
 }
@@ -43,6 +48,8 @@ impl ReceiptType {
 pub struct Receipt {
     pub for_message: MessageId,
     pub receipt_type: ReceiptType,
+    /// Why a message was returned (退回); none for 签收.
+    pub reason: Option<String>,
 }
 
 /// Builds the (unsigned) 签收 receipt a recipient signs for `message_id` from `original_sender`.
@@ -55,6 +62,20 @@ pub fn signed_for(
     let mut e = Envelope::new(Kind::Receipt, recipient, vec![original_sender], vec![], priority, b"");
     e.metadata.insert(META_RECEIPT_FOR.into(), message_id.to_hex());
     e.metadata.insert(META_RECEIPT_TYPE.into(), ReceiptType::SignedFor.as_str().into());
+    e
+}
+
+/// Builds the (unsigned) 退回 receipt with which a recipient returns `message_id` to its sender.
+pub fn returned(
+    recipient: UnitAddress,
+    original_sender: UnitAddress,
+    message_id: MessageId,
+    priority: Priority,
+    reason: &str,
+) -> Envelope {
+    let mut e = signed_for(recipient, original_sender, message_id, priority);
+    e.metadata.insert(META_RECEIPT_TYPE.into(), ReceiptType::Returned.as_str().into());
+    e.metadata.insert(META_RECEIPT_REASON.into(), reason.into());
     e
 }
 
@@ -76,13 +97,18 @@ impl Receipt {
             .map_err(|m: String| bad(&m))?;
         let receipt_type = match e.metadata.get(META_RECEIPT_TYPE).map(String::as_str) {
             Some("signed-for") => ReceiptType::SignedFor,
-            Some(other) => return Err(bad(&format!("receipt.type {other:?} is unknown; use signed-for"))),
+            Some("returned") => ReceiptType::Returned,
+            Some(other) => return Err(bad(&format!("receipt.type {other:?} is unknown; use signed-for or returned"))),
             None => return Err(bad("metadata receipt.type is missing")),
         };
+        let reason = e.metadata.get(META_RECEIPT_REASON).cloned();
+        if receipt_type == ReceiptType::Returned && reason.as_deref().is_none_or(|r| r.trim().is_empty()) {
+            return Err(bad("a return (退回) must give its reason in metadata receipt.reason"));
+        }
         if e.to.len() != 1 || !e.cc.is_empty() {
             return Err(bad("a receipt goes to exactly one unit, the original sender"));
         }
-        Ok(Receipt { for_message, receipt_type })
+        Ok(Receipt { for_message, receipt_type, reason })
     }
 }
 

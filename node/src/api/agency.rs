@@ -20,6 +20,7 @@ use serde::Deserialize;
 use super::{AppState, json, parse_body, parse_id, parse_unit, refuse, with_health};
 use crate::relay::Refusal;
 use crate::relay::access::Caller;
+use exchange_wire::receipt::ReceiptType;
 
 /// The unit calling, from its token (`Authorization: Bearer …`); an unauthenticated call is
 /// refused, counted and audited before its body is even read.
@@ -132,11 +133,26 @@ async fn inbox(
     }
 }
 
-async fn sign_for(
+async fn sign_for(state: State<AppState>, caller: Caller, path: Path<(String, String, String)>, body: Result<Bytes, BytesRejection>) -> Response {
+    settle(state, caller, path, body, ReceiptType::SignedFor).await
+}
+
+async fn return_message(
+    state: State<AppState>,
+    caller: Caller,
+    path: Path<(String, String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    settle(state, caller, path, body, ReceiptType::Returned).await
+}
+
+/// 签收 or 退回 of one message.
+async fn settle(
     State(engine): State<AppState>,
     caller: Caller,
     Path((node, unit, id)): Path<(String, String, String)>,
     body: Result<Bytes, BytesRejection>,
+    kind: ReceiptType,
 ) -> Response {
     let unit = match parse_unit(&engine, &node, &unit).await {
         Ok(u) => u,
@@ -150,9 +166,26 @@ async fn sign_for(
         Ok(m) => m,
         Err(r) => return r.into_response(),
     };
-    match engine.sign_for(&caller, &unit, &id, receipt).await {
+    let result = match kind {
+        ReceiptType::SignedFor => engine.sign_for(&caller, &unit, &id, receipt).await,
+        ReceiptType::Returned => engine.return_message(&caller, &unit, &id, receipt).await,
+    };
+    match result {
         Ok(ok) => json(if ok.duplicate { StatusCode::OK } else { StatusCode::ACCEPTED }, &ok),
         Err(r) => r.into_response(),
+    }
+}
+
+/// `GET /v1/directory/units/{node}/{unit}`: a unit's directory record (name, status, public keys with
+/// their validity), so an agency can verify signatures offline.
+async fn directory_unit(State(engine): State<AppState>, _caller: Caller, Path((node, unit)): Path<(String, String)>) -> Response {
+    let address = match parse_unit(&engine, &node, &unit).await {
+        Ok(a) => a,
+        Err(r) => return r.into_response(),
+    };
+    match engine.unit_records(None).await.into_iter().find(|u| u.address == address) {
+        Some(record) => json(StatusCode::OK, &record),
+        None => Refusal::new("not-found", 404, format!("unit {address} is not in the directory")).into_response(),
     }
 }
 
@@ -198,6 +231,8 @@ pub fn router(engine: AppState) -> Router {
         .route("/v1/units/{node}/{unit}/inbox", get(inbox))
         .route("/v1/units/{node}/{unit}/inbox/{id}/sign-for", post(sign_for))
         .route("/v1/units/{node}/{unit}/inbox:sign-for", post(sign_for_batch))
+        .route("/v1/units/{node}/{unit}/inbox/{id}/return", post(return_message))
+        .route("/v1/directory/units/{node}/{unit}", get(directory_unit))
         .layer(DefaultBodyLimit::max(body_limit.max(16 * 1024 * 1024)))
         )
         .with_state(engine)

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 
 use ed25519_dalek::SigningKey;
 use exchange_wire::api::RecipientState;
-use exchange_wire::receipt::{Delivered, DeliveryReport, Hop, Receipt};
+use exchange_wire::receipt::{Delivered, DeliveryReport, Hop, Receipt, ReceiptType};
 use exchange_wire::{Kind, NodeId, SignedEnvelope, UnitAddress};
 
 use super::refusal::Refusal;
@@ -44,8 +44,8 @@ pub struct Summary {
     pub delivered: Vec<Kind>,
     /// Creation-to-delivery latencies of deliveries here, in milliseconds.
     pub latencies_ms: Vec<u64>,
-    /// Receipts that reached their original sender here.
-    pub receipts_returned: usize,
+    /// Receipts that reached their original sender here, by type.
+    pub receipts_returned: Vec<ReceiptType>,
 }
 
 impl Summary {
@@ -53,7 +53,7 @@ impl Summary {
         self.next_hops.extend(other.next_hops);
         self.delivered.extend(other.delivered);
         self.latencies_ms.extend(other.latencies_ms);
-        self.receipts_returned += other.receipts_returned;
+        self.receipts_returned.extend(other.receipts_returned);
     }
 }
 
@@ -183,11 +183,16 @@ fn deliver_here(
                 c.inbox.push(InboxRow { unit: u.to_string(), message_id: id, delivered_at_ms: now as i64 });
                 summary.delivered.push(Kind::Receipt);
             }
-            let mut t = tracking(receipt.for_message.0, &env.sender, RecipientState::SignedFor, &signer_home, env.created_at_ms);
+            let state = match receipt.receipt_type {
+                ReceiptType::SignedFor => RecipientState::SignedFor,
+                ReceiptType::Returned => RecipientState::Returned,
+            };
+            let mut t = tracking(receipt.for_message.0, &env.sender, state, &signer_home, env.created_at_ms);
             t.receipt_id = Some(id);
+            t.detail = receipt.reason.clone();
             c.tracking.push(t);
             c.events.push(event(receipt.for_message.0, now, "receipt", Some(&env.sender), None, Some(m.signed.id.to_hex())));
-            summary.receipts_returned += 1;
+            summary.receipts_returned.push(receipt.receipt_type);
         }
         Kind::DirectorySegment => {
             return Err(Refusal::new("unsupported-kind", 400, "directory segments travel on the directory protocol, not as messages"));
@@ -308,7 +313,7 @@ mod tests {
         assert_eq!(c.tracking[0].state, RecipientState::SignedFor);
         assert_eq!(c.tracking[0].message_id, doc.id.0);
         assert_eq!(c.tracking[0].receipt_id, Some(rid.0));
-        assert_eq!(s.receipts_returned, 1);
+        assert_eq!(s.receipts_returned, vec![ReceiptType::SignedFor]);
     }
 
     #[test]

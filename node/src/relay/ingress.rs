@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use exchange_wire::api::{BatchItemResult, SignForResponse, SignedMessage, SubmitResponse};
 use exchange_wire::envelope::verify_batch;
-use exchange_wire::receipt::{Hop, Receipt};
+use exchange_wire::receipt::{Hop, Receipt, ReceiptType};
 use exchange_wire::{Envelope, EnvelopeError, Kind, MessageId, NodeId, SignedEnvelope, UnitAddress};
 use libp2p::PeerId;
 use libp2p::request_response::ResponseChannel;
@@ -31,6 +31,8 @@ pub(crate) struct Candidate {
 struct SignFor {
     unit: UnitAddress,
     message_id: MessageId,
+    /// The inbox state the receipt settles the message in: `signed-for` or `returned`.
+    state: &'static str,
 }
 
 /// This node's copy of the sender's directory segment is older than the handing node's.
@@ -258,7 +260,19 @@ impl Engine {
         message_id: &MessageId,
         receipt: SignedMessage,
     ) -> Result<SignForResponse, Refusal> {
-        self.sign_for_many(caller, unit, vec![(*message_id, receipt)]).await.pop().expect("one result")
+        self.settle_many(caller, unit, vec![(*message_id, receipt)], ReceiptType::SignedFor).await.pop().expect("one result")
+    }
+
+    /// 退回: a recipient returns a message in its inbox to its sender, with a signed receipt giving
+    /// the reason. A message is either signed for or returned, never both.
+    pub async fn return_message(
+        self: &Arc<Self>,
+        caller: &Caller,
+        unit: &UnitAddress,
+        message_id: &MessageId,
+        receipt: SignedMessage,
+    ) -> Result<SignForResponse, Refusal> {
+        self.settle_many(caller, unit, vec![(*message_id, receipt)], ReceiptType::Returned).await.pop().expect("one result")
     }
 
     /// Several 签收 by one unit, verified in one batch and committed in one transaction; one result
@@ -269,17 +283,28 @@ impl Engine {
         unit: &UnitAddress,
         receipts: Vec<(MessageId, SignedMessage)>,
     ) -> Vec<Result<SignForResponse, Refusal>> {
+        self.settle_many(caller, unit, receipts, ReceiptType::SignedFor).await
+    }
+
+    /// Settles messages in `unit`'s inbox with receipts of type `expected`.
+    async fn settle_many(
+        self: &Arc<Self>,
+        caller: &Caller,
+        unit: &UnitAddress,
+        receipts: Vec<(MessageId, SignedMessage)>,
+        expected: ReceiptType,
+    ) -> Vec<Result<SignForResponse, Refusal>> {
         let dir = self.dir.current();
         let mut decoded = Vec::with_capacity(receipts.len());
         let mut sign_fors = Vec::with_capacity(receipts.len());
         let mut ids = Vec::with_capacity(receipts.len());
         for (message_id, receipt) in &receipts {
             let checked = match caller.may_act_for(unit) {
-                Ok(()) => self.check_sign_for(&dir, unit, message_id, receipt).await,
+                Ok(()) => self.check_sign_for(&dir, unit, message_id, receipt, expected).await,
                 Err(r) => Err(r),
             };
             decoded.push(checked);
-            sign_fors.push(Some(SignFor { unit: unit.clone(), message_id: *message_id }));
+            sign_fors.push(Some(SignFor { unit: unit.clone(), message_id: *message_id, state: expected.as_str() }));
             ids.push((Some(receipt.envelope.message_id()), Some(Kind::Receipt)));
         }
         let results: Vec<Result<SignForResponse, Refusal>> = self
@@ -294,7 +319,7 @@ impl Engine {
                     Ok(JobOutcome::Duplicate) => Ok(SignForResponse { message_id: *message_id, receipt_id, duplicate: true }),
                     Ok(JobOutcome::Conflict(reason)) => Err(Refusal::new("conflict", 409, reason)),
                     Ok(_) => {
-                        self.metrics.receipts.with_label_values(&["signed-for", "issued"]).inc();
+                        self.metrics.receipts.with_label_values(&[expected.as_str(), "issued"]).inc();
                         Ok(SignForResponse { message_id: *message_id, receipt_id, duplicate: false })
                     }
                     Err(r) => Err(r),
@@ -311,12 +336,20 @@ impl Engine {
         unit: &UnitAddress,
         message_id: &MessageId,
         receipt: &SignedMessage,
+        expected: ReceiptType,
     ) -> Result<Candidate, Refusal> {
         if dir.home_of(unit).as_ref() != Some(&self.here) {
             return Err(Refusal::new("not-found", 404, format!("unit {unit} is not hosted on node {}", self.here)));
         }
         let env = &receipt.envelope;
         let facts = Receipt::from_envelope(env)?;
+        if facts.receipt_type != expected {
+            return Err(Refusal::malformed(format!(
+                "this endpoint takes {} receipts, not {}: sign for at …/sign-for, return at …/return",
+                expected.as_str(),
+                facts.receipt_type.as_str()
+            )));
+        }
         self.check_fresh(env.created_at_ms)?;
         self.check_active(dir, unit)?;
         if &env.sender != unit {
@@ -387,8 +420,9 @@ impl Engine {
                 Ok((mut c, summary)) => {
                     let job = match sign_fors.get_mut(i).and_then(Option::take) {
                         Some(s) => {
-                            c.events.push(custody::event(s.message_id.0, ctx.now_ms, "signed-for", Some(&s.unit), None, None));
-                            WriteJob::SignFor { unit: s.unit.to_string(), message_id: s.message_id.0, receipt: c }
+                            let event = if s.state == "returned" { "returned" } else { "signed-for" };
+                            c.events.push(custody::event(s.message_id.0, ctx.now_ms, event, Some(&s.unit), None, None));
+                            WriteJob::SignFor { unit: s.unit.to_string(), message_id: s.message_id.0, state: s.state, receipt: c }
                         }
                         None => WriteJob::Custody(c),
                     };

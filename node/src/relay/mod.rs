@@ -332,8 +332,8 @@ impl Engine {
         for ms in &summary.latencies_ms {
             self.metrics.delivery_latency.observe(*ms as f64 / 1000.0);
         }
-        if summary.receipts_returned > 0 {
-            self.metrics.receipts.with_label_values(&["signed-for", "returned"]).inc_by(summary.receipts_returned as u64);
+        for t in &summary.receipts_returned {
+            self.metrics.receipts.with_label_values(&[t.as_str(), "returned"]).inc();
         }
     }
 

@@ -126,6 +126,7 @@ pub(crate) fn parse_state(s: &str) -> RecipientState {
         "in-transit" => RecipientState::InTransit,
         "delivered" => RecipientState::Delivered,
         "signed-for" => RecipientState::SignedFor,
+        "returned" => RecipientState::Returned,
         _ => RecipientState::Failed,
     }
 }

@@ -184,8 +184,9 @@ pub struct TokenRow {
 #[derive(Debug, Clone)]
 pub enum WriteJob {
     Custody(Custody),
-    /// 签收: flip the inbox entry to signed-for and take custody of the receipt, atomically.
-    SignFor { unit: String, message_id: [u8; 32], receipt: Custody },
+    /// 签收 or 退回: flip the inbox entry from delivered to `state` (`signed-for` or `returned`) and
+    /// take custody of the receipt, atomically. Only one of them can ever apply to an entry.
+    SignFor { unit: String, message_id: [u8; 32], state: &'static str, receipt: Custody },
     Record(Record),
     Admin { op: AdminOp, events: Vec<EventRow> },
 }
@@ -335,7 +336,7 @@ pub fn state_rank(s: RecipientState) -> i64 {
         RecipientState::Accepted => 0,
         RecipientState::InTransit => 1,
         RecipientState::Delivered => 2,
-        RecipientState::SignedFor => 3,
+        RecipientState::SignedFor | RecipientState::Returned => 3,
         RecipientState::Failed => 4,
     }
 }

@@ -322,11 +322,13 @@ async fn sign_for(
     tx: &mut Transaction<'_, Sqlite>,
     unit: &str,
     message_id: &[u8; 32],
+    state: &str,
     receipt_id: &[u8; 32],
 ) -> Result<Option<JobOutcome>, sqlx::Error> {
     let changed = sqlx::query(
-        "UPDATE inbox SET state = 'signed-for', receipt_id = $1 WHERE unit = $2 AND message_id = $3 AND state = 'delivered'",
+        "UPDATE inbox SET state = $1, receipt_id = $2 WHERE unit = $3 AND message_id = $4 AND state = 'delivered'",
     )
+    .bind(state)
     .bind(receipt_id.as_slice())
     .bind(unit)
     .bind(message_id.as_slice())
@@ -344,12 +346,13 @@ async fn sign_for(
     Ok(Some(match row {
         None => JobOutcome::Conflict(format!("message {} is not in the inbox of {unit}", hex::encode(message_id))),
         Some(r) => {
+            let settled: String = r.get(0);
             let existing: Option<Vec<u8>> = r.get(1);
             if existing.as_deref() == Some(receipt_id.as_slice()) {
                 JobOutcome::Duplicate
             } else {
                 JobOutcome::Conflict(format!(
-                    "{unit} already signed for message {} with receipt {}",
+                    "{unit} has already settled message {} ({settled}, receipt {})",
                     hex::encode(message_id),
                     existing.map(hex::encode).unwrap_or_default()
                 ))
@@ -434,9 +437,9 @@ impl Store for SqliteStore {
                     WriteJob::Custody(c) => {
                         if rows.add_custody(c, &mut held) { JobOutcome::Stored } else { JobOutcome::Duplicate }
                     }
-                    WriteJob::SignFor { unit, message_id, receipt } => {
+                    WriteJob::SignFor { unit, message_id, state, receipt } => {
                         let receipt_id = receipt.message.as_ref().map(|m| m.id).unwrap_or([0; 32]);
-                        match sign_for(&mut tx, unit, message_id, &receipt_id).await? {
+                        match sign_for(&mut tx, unit, message_id, state, &receipt_id).await? {
                             None => {
                                 rows.add_custody(receipt, &mut held);
                                 JobOutcome::Stored
