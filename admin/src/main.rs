@@ -328,7 +328,7 @@ pub enum DirectoryCommand {
 pub enum NodesCommand {
     /// List the nodes of the tree: id, name, tier, parent, public key, addresses.
     List,
-    /// Add a node to the tree (or replace its record). Only the root node signs the tree: point
+    /// Add a node to the tree. Only the root node signs the tree: point
     /// --admin at the root node's admin API.
     Add(Box<NodeAddArgs>),
     /// Remove a node from the tree (on the root node). Needs --yes.

@@ -118,3 +118,23 @@ fn replay_window_suspension_and_key_revocation() {
     });
     assert_eq!(status.recipients[0].unit, recipient);
 }
+
+#[test]
+fn a_message_resent_after_its_window_is_still_recognised_not_refused() {
+    let net = three_nodes(&format!("{FAST_RETRY}\n[limits]\nclock_skew_secs = 1\n"));
+    let sender = unit("gz.yuexiu/liurong-street");
+    let client = net.client_for(&sender);
+    let mut e = Envelope::new(Kind::Document, sender.clone(), vec![unit("gz.haizhu/civil-affairs")], vec![], Priority::Routine, b"once");
+    e.created_at_ms -= 800;
+    let signed = e.sign(&net.unit_keys[&sender]);
+    assert!(!client.submit(&signed, b"once").unwrap().duplicate);
+    // Once the window has passed, the same message is answered as held, so the sender does not sign
+    // it again (which would make a second message); a new one that old is refused.
+    wait_for("the replay window to pass", Duration::from_secs(5), || {
+        (exchange_wire::now_ms() > signed.envelope.created_at_ms + 1500).then_some(())
+    });
+    assert!(client.submit(&signed, b"once").unwrap().duplicate);
+    let mut stale = Envelope::new(Kind::Document, sender.clone(), vec![unit("gz.haizhu/civil-affairs")], vec![], Priority::Routine, b"new");
+    stale.created_at_ms -= 5_000;
+    assert_eq!(client.submit(&stale.sign(&net.unit_keys[&sender]), b"new").unwrap_err().code(), Some("stale-envelope"));
+}

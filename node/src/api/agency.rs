@@ -22,6 +22,12 @@ use crate::relay::Refusal;
 use crate::relay::access::Caller;
 use exchange_wire::receipt::ReceiptType;
 
+/// A refused read: `forbidden` is counted and audited like a refused write; a plain miss or storage
+/// trouble is answered without.
+async fn audited(engine: &AppState, r: Refusal) -> Response {
+    if r.code == "forbidden" { refuse(engine, r).await.into_response() } else { r.into_response() }
+}
+
 /// The unit calling, from its token (`Authorization: Bearer …`); an unauthenticated call is
 /// refused, counted and audited before its body is even read.
 impl FromRequestParts<AppState> for Caller {
@@ -86,7 +92,7 @@ async fn status(State(engine): State<AppState>, caller: Caller, Path(id): Path<S
     match parse_id(&engine, &id).await {
         Ok(id) => match engine.status(&caller, &id).await {
             Ok(s) => json(StatusCode::OK, &s),
-            Err(r) => r.into_response(),
+            Err(r) => audited(&engine, r).await,
         },
         Err(r) => r.into_response(),
     }
@@ -124,12 +130,13 @@ async fn inbox(
         }
     };
     let wait = Duration::from_millis(q.wait_ms.min(engine.api_max_wait_ms));
-    match engine.inbox(&caller, &unit, q.after, q.limit, wait).await {
+    let result = engine.inbox(&caller, &unit, q.after, q.limit, wait).await;
+    match result {
         Ok(items) => {
             let next_after = items.last().map(|i| i.seq).unwrap_or(q.after);
             json(StatusCode::OK, &InboxResponse { unit, items, next_after })
         }
-        Err(r) => r.into_response(),
+        Err(r) => audited(&engine, r).await,
     }
 }
 

@@ -116,10 +116,16 @@ impl SegmentSet {
                 if let Some(u) = units.units.iter().find(|u| u.address.node_part() != units.node.as_str() || u.address.is_node()) {
                     return Err(refuse("foreign-unit", format!("node {} lists unit {}, which is not its own", units.node, u.address)));
                 }
+                let mut seen = std::collections::HashSet::new();
+                if let Some(u) = units.units.iter().find(|u| !seen.insert(&u.address)) {
+                    return Err(refuse("malformed-segment", format!("node {} lists unit {} twice", units.node, u.address)));
+                }
             }
         }
         match self.held(&segment) {
-            Some(h) if h.signed.id == signed.id => Ok((segment, Verdict::Known)),
+            // The same content signed again (a node that lost its database re-signs its seed) is
+            // the same segment.
+            Some(h) if h.signed.id == signed.id || h.segment == segment => Ok((segment, Verdict::Known)),
             Some(h) if h.segment.version() > segment.version() => Err(refuse(
                 "stale-segment",
                 format!("version {} of {} is older than the version {} held", segment.version(), segment.owner(), h.segment.version()),

@@ -80,7 +80,9 @@ pub async fn run(engine: Arc<Engine>, hop: NodeId, signals: Arc<Signals>) {
         let (request, sent) = to_request(&engine.dir.current(), items);
         match engine.net.transfer(peer, request).await {
             Ok(resp) if resp.results.len() == sent.len() => {
-                backoff.reset();
+                if !resp.results.iter().any(|r| matches!(r, ParcelResult::Retry { .. })) {
+                    backoff.reset();
+                }
                 // Loop until the acknowledgement is recorded: resending before that would only make
                 // duplicates (harmless, but wasted work).
                 let record = acknowledged(&engine.here, &hop, &sent, &resp.results);
@@ -95,8 +97,9 @@ pub async fn run(engine: Arc<Engine>, hop: NodeId, signals: Arc<Signals>) {
                 }
                 engine.after_acknowledged(&hop, &sent, &record);
                 if resp.results.iter().any(|r| matches!(r, ParcelResult::Retry { .. })) {
-                    // The neighbour is catching up with the directory (pushed on link-up): soon.
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    // The neighbour is catching up with the directory (pushed on link-up): usually
+                    // within moments, but back off in case it stays behind.
+                    tokio::time::sleep(backoff.next_delay()).await;
                 }
             }
             outcome => {

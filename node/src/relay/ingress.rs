@@ -69,10 +69,27 @@ impl Engine {
         let dir = self.dir.current();
         let ids: Vec<(Option<MessageId>, Option<Kind>)> =
             messages.iter().map(|m| (Some(m.envelope.message_id()), Some(m.envelope.kind))).collect();
-        let decoded: Vec<Result<Candidate, Refusal>> = messages.iter().map(|m| self.decode_submission(&dir, caller, m)).collect();
+        let mut decoded: Vec<Result<Candidate, Refusal>> = messages.iter().map(|m| self.decode_submission(&dir, caller, m)).collect();
+        // A re-sent message already held is a duplicate, whatever a check would say of it today
+        // (its window may have passed, its key been rotated): re-signing it would make a second
+        // message, so the sender must learn that the first one is in custody.
+        let mut held = Vec::new();
+        for (i, (d, m)) in decoded.iter().zip(&messages).enumerate() {
+            if let Err(r) = d {
+                if r.code != "forbidden" && r.code != "malformed" && self.is_held(&m.envelope, &m.signature).await {
+                    held.push(i);
+                }
+            }
+        }
+        for &i in &held {
+            decoded[i] = Err(Refusal::new("held", 200, String::new()));
+        }
         drop(messages);
         let no_sign_fors = (0..decoded.len()).map(|_| None).collect();
-        let results = self.verify_and_take(&dir, None, decoded, no_sign_fors).await;
+        let mut results = self.verify_and_take(&dir, None, decoded, no_sign_fors).await;
+        for &i in &held {
+            results[i] = Ok(JobOutcome::Duplicate);
+        }
         self.refused("agency", &refusals(&results, &ids)).await;
         let now = exchange_wire::now_ms();
         results
@@ -87,6 +104,16 @@ impl Engine {
                 Err(e) => BatchItemResult::Refused(e.body()),
             })
             .collect()
+    }
+
+    /// Whether this node already holds the message `envelope` (with exactly this signature) from an
+    /// agency of its own.
+    async fn is_held(&self, envelope: &Envelope, signature: &str) -> bool {
+        let id = envelope.message_id();
+        match self.store.message(&id.0).await {
+            Ok(Some(m)) => hex::encode(&m.signature) == signature.to_ascii_lowercase(),
+            _ => false,
+        }
     }
 
     /// Checks a submission from an agency up to (not including) the signature.
@@ -136,7 +163,7 @@ impl Engine {
     fn check_fresh(&self, created_at_ms: u64) -> Result<(), Refusal> {
         let now = exchange_wire::now_ms();
         let skew_ms = self.limits.clock_skew_secs * 1000;
-        if created_at_ms + skew_ms < now {
+        if created_at_ms.saturating_add(skew_ms) < now {
             return Err(Refusal::new(
                 "stale-envelope",
                 400,
@@ -147,7 +174,7 @@ impl Engine {
                 ),
             ));
         }
-        if created_at_ms > now + skew_ms {
+        if created_at_ms > now.saturating_add(skew_ms) {
             return Err(Refusal::new(
                 "future-envelope",
                 400,

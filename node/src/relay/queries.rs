@@ -25,7 +25,8 @@ impl Engine {
         }
         let stored = self.store.message(&id.0).await?.ok_or_else(not_here)?;
         let env = Envelope::from_canonical_bytes(&stored.header).map_err(|_| unreadable())?;
-        caller.may_act_for(&env.sender)?;
+        // Another unit learns nothing, not even that the message exists.
+        caller.may_act_for(&env.sender).map_err(|_| not_here())?;
         let mut recipients = Vec::with_capacity(tracking.len());
         for t in tracking {
             let receipt = match &t.receipt_id {
