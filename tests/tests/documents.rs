@@ -68,3 +68,69 @@ fn sign_for_or_return_each_recipient_once() {
     let yuexiu = net.node("gz.yuexiu").client();
     assert_eq!(metric(&yuexiu, "exchange_receipts_total", &[("type", "returned"), ("direction", "returned")]), 1.0);
 }
+
+#[test]
+fn urgent_documents_overtake_a_backlog() {
+    let mut net = three_nodes(FAST_RETRY);
+    let sender = unit("gz.yuexiu/civil-affairs");
+    let to = unit("gz.haizhu/civil-affairs");
+    // 海珠 is down: a backlog of routine documents builds up at the city, then urgent ones join it.
+    net.stop("gz.haizhu").unwrap();
+    let client = net.client_for(&sender);
+    let send = |priority: exchange_wire::Priority, i: usize| {
+        let mut e = exchange_wire::Envelope::new(exchange_wire::Kind::Document, sender.clone(), vec![to.clone()], vec![], priority, format!("{i}").as_bytes());
+        e.metadata.insert("title".into(), format!("{priority} {i}"));
+        let s = e.sign(&net.unit_keys[&sender]);
+        client.submit(&s, format!("{i}").as_bytes()).unwrap();
+        s.id
+    };
+    let routine: Vec<_> = (0..30).map(|i| send(exchange_wire::Priority::Routine, i)).collect();
+    let express: Vec<_> = (30..40).map(|i| send(exchange_wire::Priority::Express, i)).collect();
+    let urgent: Vec<_> = (40..45).map(|i| send(exchange_wire::Priority::Urgent, i)).collect();
+    let city = net.node("gz").client();
+    wait_for("the backlog at the city", Duration::from_secs(20), || {
+        (metric(&city, "exchange_outbox_depth", &[("peer", "gz.haizhu")]) == 45.0).then_some(())
+    });
+    net.start("gz.haizhu").unwrap();
+    let inbox = wait_for("the backlog delivered", Duration::from_secs(30), || {
+        let items = read_inbox(&net.client_for(&to), &to);
+        (items.len() == 45).then_some(items)
+    });
+    // Inbox order is delivery order: 特急 first, then 加急, then 平件, each in sending order.
+    let order: Vec<_> = inbox.iter().map(|i| i.id).collect();
+    let expected: Vec<_> = urgent.iter().chain(&express).chain(&routine).copied().collect();
+    assert_eq!(order, expected);
+}
+
+#[test]
+fn status_of_a_document_to_more_than_eighty_units() {
+    let net = exchange_node::launcher::LocalNetwork::create(&node_binary(), None, &["gz", "gz.yuexiu", "gz.haizhu", "gz.tianhe", "gz.baiyun"], FAST_RETRY)
+        .and_then(|mut n| n.start_all().map(|_| n))
+        .unwrap();
+    let sender = unit("gz/general-office");
+    let recipients: Vec<exchange_wire::UnitAddress> = net.unit_keys.keys().filter(|u| **u != sender).cloned().collect();
+    assert!(recipients.len() >= 80, "{} recipients", recipients.len());
+    let to: Vec<&str> = recipients.iter().map(|u| u.as_str()).collect();
+    let doc = document(&net.unit_keys[&sender], sender.as_str(), &to, &[], b"notice to all", "关于全市统一部署的通知");
+    net.client_for(&sender).submit(&doc, b"notice to all").unwrap();
+    // Every recipient signs for it, except every tenth, which returns it.
+    for (i, r) in recipients.iter().enumerate() {
+        let client = net.client_for(r);
+        let item = wait_for(&format!("delivery to {r}"), Duration::from_secs(30), || read_inbox(&client, r).into_iter().find(|x| x.id == doc.id));
+        let env = &item.message.envelope;
+        if i % 10 == 0 {
+            let back = returned(r.clone(), env.sender.clone(), doc.id, env.priority, "不属本单位职责").sign(&net.unit_keys[r]);
+            client.return_message(r, &doc.id, &back).unwrap();
+        } else {
+            sign_for(&client, &net.unit_keys[r], r, &item);
+        }
+    }
+    let status = wait_for("every outcome at the sender's node", Duration::from_secs(30), || {
+        let s = net.client_for(&sender).status(&doc.id).ok()?;
+        s.recipients.iter().all(|r| matches!(r.state, RecipientState::SignedFor | RecipientState::Returned)).then_some(s)
+    });
+    assert_eq!(status.recipients.len(), recipients.len());
+    let returned_count = status.recipients.iter().filter(|r| r.state == RecipientState::Returned).count();
+    assert_eq!(returned_count, recipients.len().div_ceil(10));
+    assert!(status.recipients.iter().all(|r| r.receipt.is_some()), "every outcome carries its signed receipt");
+}
