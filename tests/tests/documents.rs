@@ -134,3 +134,30 @@ fn status_of_a_document_to_more_than_eighty_units() {
     assert_eq!(returned_count, recipients.len().div_ceil(10));
     assert!(status.recipients.iter().all(|r| r.receipt.is_some()), "every outcome carries its signed receipt");
 }
+
+#[test]
+fn overdue_documents_are_listed_by_deadline_until_settled() {
+    let net = three_nodes(FAST_RETRY);
+    let sender = unit("gz/general-office");
+    let to = unit("gz.haizhu/civil-affairs");
+    let send = |title: &str, handling: &str, deadline: &str| {
+        let mut e = exchange_wire::Envelope::new(exchange_wire::Kind::Document, sender.clone(), vec![to.clone()], vec![], exchange_wire::Priority::Routine, title.as_bytes());
+        for (k, v) in [("title", title), ("handling", handling), ("deadline", deadline)] {
+            e.metadata.insert(k.into(), v.into());
+        }
+        let s = e.sign(&net.unit_keys[&sender]);
+        net.client_for(&sender).submit(&s, title.as_bytes()).unwrap();
+        s
+    };
+    let later = send("两周前到期", "action", "2005-06-15");
+    let earlier = send("一月到期", "action", "2005-01-10");
+    send("阅件不计", "information", "2005-01-01");
+    send("尚未到期", "action", "2999-12-31");
+    let client = net.client_for(&to);
+    wait_for("four documents delivered", Duration::from_secs(20), || (read_inbox(&client, &to).len() == 4).then_some(()));
+    let overdue: Vec<_> = client.overdue(&to).unwrap().items.into_iter().map(|i| i.id).collect();
+    assert_eq!(overdue, vec![earlier.id, later.id], "办件 past their deadline, earliest first");
+    let item = read_inbox(&client, &to).into_iter().find(|i| i.id == earlier.id).unwrap();
+    sign_for(&client, &net.unit_keys[&to], &to, &item);
+    assert_eq!(client.overdue(&to).unwrap().items.into_iter().map(|i| i.id).collect::<Vec<_>>(), vec![later.id], "a settled document is no longer overdue");
+}

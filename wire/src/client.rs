@@ -167,6 +167,11 @@ impl ApiClient {
         self.post(&format!("/v1/units/{unit}/inbox/{message}/return"), &SignedMessage::new(receipt, b""))
     }
 
+    /// The unit's 办件 past their deadline and not yet settled, earliest deadline first.
+    pub fn overdue(&self, unit: &UnitAddress) -> Result<InboxResponse, ClientError> {
+        self.get(&format!("/v1/units/{unit}/overdue"), &[])
+    }
+
     /// A unit's directory record (status, public keys with validity), to verify its signatures
     /// offline.
     pub fn directory_unit(&self, unit: &UnitAddress) -> Result<crate::directory::UnitRecord, ClientError> {

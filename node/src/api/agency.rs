@@ -183,6 +183,18 @@ async fn settle(
     }
 }
 
+/// `GET /v1/units/{node}/{unit}/overdue`: the unit's 办件 past their deadline, earliest first.
+async fn overdue(State(engine): State<AppState>, caller: Caller, Path((node, unit)): Path<(String, String)>) -> Response {
+    let unit = match parse_unit(&engine, &node, &unit).await {
+        Ok(u) => u,
+        Err(r) => return r.into_response(),
+    };
+    match engine.overdue(&caller, &unit).await {
+        Ok(items) => json(StatusCode::OK, &InboxResponse { unit, items, next_after: 0 }),
+        Err(r) => audited(&engine, r).await,
+    }
+}
+
 /// `GET /v1/directory/units/{node}/{unit}`: a unit's directory record (name, status, public keys with
 /// their validity), so an agency can verify signatures offline.
 async fn directory_unit(State(engine): State<AppState>, _caller: Caller, Path((node, unit)): Path<(String, String)>) -> Response {
@@ -240,6 +252,7 @@ pub fn router(engine: AppState) -> Router {
         .route("/v1/units/{node}/{unit}/inbox:sign-for", post(sign_for_batch))
         .route("/v1/units/{node}/{unit}/inbox/{id}/return", post(return_message))
         .route("/v1/directory/units/{node}/{unit}", get(directory_unit))
+        .route("/v1/units/{node}/{unit}/overdue", get(overdue))
         .layer(DefaultBodyLimit::max(body_limit.max(16 * 1024 * 1024)))
         )
         .with_state(engine)

@@ -3,7 +3,7 @@
 
 use exchange_wire::api::{CustodyEvent, InboxItem, ReceiptView, RecipientState, RecipientStatus, SignedMessage, StatusResponse};
 use exchange_wire::receipt::Hop;
-use exchange_wire::{Digest, Envelope, MessageId, SignedEnvelope, UnitAddress};
+use exchange_wire::{Digest, Envelope, MessageId, SignedEnvelope, UnitAddress, document};
 
 use super::access::Caller;
 use super::{Engine, Refusal};
@@ -92,6 +92,29 @@ impl Engine {
         }
     }
 
+    /// A unit's 办件 whose 办理时限 (deadline) has passed and that it has neither signed for nor
+    /// returned, earliest deadline first. Deadlines are dates in China Standard Time.
+    pub async fn overdue(&self, caller: &Caller, unit: &UnitAddress) -> Result<Vec<InboxItem>, Refusal> {
+        caller.may_act_for(unit)?;
+        if self.dir.current().home_of(unit).as_ref() != Some(&self.here) {
+            return Err(Refusal::new("not-found", 404, format!("unit {unit} is not hosted on node {}", self.here)));
+        }
+        let today = china_date(exchange_wire::now_ms());
+        let mut items: Vec<(String, InboxItem)> = Vec::new();
+        for r in self.store.inbox_unsettled(unit.as_str()).await? {
+            let item = inbox_item(r)?;
+            let meta = &item.message.envelope.metadata;
+            let action = meta.get(document::HANDLING).map(String::as_str) == Some("action");
+            if let (true, Some(deadline)) = (action, meta.get(document::DEADLINE)) {
+                if deadline.as_str() < today.as_str() {
+                    items.push((deadline.clone(), item));
+                }
+            }
+        }
+        items.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.seq.cmp(&b.1.seq)));
+        Ok(items.into_iter().map(|(_, i)| i).collect())
+    }
+
     /// Custody events this node recorded for a message.
     pub async fn events(&self, id: &MessageId) -> Result<Vec<CustodyEvent>, Refusal> {
         Ok(self.store.events(&id.0).await?.into_iter().map(|e| self.custody_event(e)).collect())
@@ -121,6 +144,22 @@ fn inbox_item(r: InboxRecord) -> Result<InboxItem, Refusal> {
     })
 }
 
+/// The calendar date (`YYYY-MM-DD`) in China Standard Time (UTC+8, no daylight saving) at `ms`.
+pub fn china_date(ms: u64) -> String {
+    let days = ((ms / 1000 + 8 * 3600) / 86_400) as i64;
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
 pub(crate) fn parse_state(s: &str) -> RecipientState {
     match s {
         "accepted" => RecipientState::Accepted,
@@ -129,5 +168,17 @@ pub(crate) fn parse_state(s: &str) -> RecipientState {
         "signed-for" => RecipientState::SignedFor,
         "returned" => RecipientState::Returned,
         _ => RecipientState::Failed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn china_dates() {
+        assert_eq!(super::china_date(0), "1970-01-01");
+        // 2005-05-20 16:00 UTC is already 2005-05-21 in Guangzhou.
+        assert_eq!(super::china_date(1_116_604_800_000), "2005-05-21");
+        assert_eq!(super::china_date(1_116_604_800_000 - 1), "2005-05-20");
+        assert_eq!(super::china_date(951_782_400_000), "2000-02-29");
     }
 }

@@ -306,6 +306,8 @@ pub trait Store: Send + Sync + 'static {
         -> BoxFuture<'a, Result<Vec<OutboxItem>, StorageError>>;
     /// A unit's inbox after `after`.
     fn inbox<'a>(&'a self, unit: &'a str, after: i64, limit: u32) -> BoxFuture<'a, Result<Vec<InboxRecord>, StorageError>>;
+    /// A unit's inbox entries still waiting to be settled (delivered, neither signed for nor returned).
+    fn inbox_unsettled<'a>(&'a self, unit: &'a str) -> BoxFuture<'a, Result<Vec<InboxRecord>, StorageError>>;
     /// One inbox entry.
     fn inbox_entry<'a>(&'a self, unit: &'a str, id: &'a [u8; 32]) -> BoxFuture<'a, Result<Option<InboxRecord>, StorageError>>;
     fn message<'a>(&'a self, id: &'a [u8; 32]) -> BoxFuture<'a, Result<Option<StoredMessage>, StorageError>>;

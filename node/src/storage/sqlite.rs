@@ -518,6 +518,16 @@ impl Store for SqliteStore {
         })
     }
 
+    fn inbox_unsettled<'a>(&'a self, unit: &'a str) -> BoxFuture<'a, Result<Vec<InboxRecord>, StorageError>> {
+        Box::pin(async move {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(format!("{INBOX_SELECT} WHERE i.unit = $1 AND i.state = 'delivered' ORDER BY i.seq")))
+                .bind(unit)
+                .fetch_all(&self.readers)
+                .await?;
+            rows.into_iter().map(inbox_record).collect()
+        })
+    }
+
     fn inbox_entry<'a>(&'a self, unit: &'a str, id: &'a [u8; 32]) -> BoxFuture<'a, Result<Option<InboxRecord>, StorageError>> {
         Box::pin(async move {
             let row = sqlx::query(sqlx::AssertSqlSafe(format!("{INBOX_SELECT} WHERE i.unit = $1 AND i.message_id = $2")))
