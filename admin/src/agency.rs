@@ -1,20 +1,23 @@
-//! Agency commands: keys, sending documents, reading an inbox, signing for (签收) and tracing.
+//! Agency commands: keys, sending documents, reading (and verifying) an inbox, signing for (签收),
+//! returning (退回) and tracing.
 //!
 //! Everything that needs a unit key happens here, on the agency's machine: the node only ever sees
 //! signed envelopes, never a key. Each command talks to the node through `exchange_wire::client`, the
 //! same client the tests drive, so what works here works for any agency client.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
-use exchange_wire::api::{InboxItem, RecipientStatus};
-use exchange_wire::{Envelope, Kind, MessageId, PublicKey, UnitAddress, keys, receipt};
+use exchange_wire::api::{InboxItem, RecipientState, RecipientStatus};
+use exchange_wire::directory::UnitRecord;
+use exchange_wire::{Envelope, Kind, MessageId, PublicKey, UnitAddress, document, keys, receipt};
 
 use crate::endpoint::{ActingFor, Ctx, Endpoint};
 use crate::output::{Table, emit, emit_json, format_ms, sanitize, short_id, truncate};
-use crate::parse::{self, IdPattern, META_DOC_NUMBER, META_FILE_NAME, META_TITLE};
-use crate::{InboxArgs, KeygenArgs, PubkeyArgs, SendArgs, SignForArgs};
+use crate::parse::{self, IdPattern, META_FILE_NAME};
+use crate::{InboxArgs, KeygenArgs, PubkeyArgs, ReturnArgs, SendArgs, SignForArgs};
 
 /// The longest inbox long-poll: the client gives up on any answer after 120 s, so the node must get
 /// to answer well before that.
@@ -55,14 +58,25 @@ pub fn pubkey(ctx: &Ctx, a: &PubkeyArgs) -> Result<()> {
 }
 
 /// Builds the (unsigned) document envelope for `send`. Separate from the I/O so it can be tested.
+/// The GB/T 9704 fields are checked as the node checks them at ingress (`document::check`), so a
+/// document the node would refuse, a classified one above all, is refused here before it is signed.
 fn document_envelope(a: &SendArgs, payload: &[u8]) -> Result<Envelope> {
     let (to, cc) = parse::recipients(&a.to, &a.cc).map_err(anyhow::Error::msg)?;
     let mut metadata = parse::metadata(&a.meta).map_err(anyhow::Error::msg)?;
-    if let Some(title) = &a.title {
-        metadata.insert(META_TITLE.into(), title.clone());
-    }
-    if let Some(number) = &a.doc_number {
-        metadata.insert(META_DOC_NUMBER.into(), number.clone());
+    let fields = [
+        (document::TITLE, a.title.as_deref()),
+        (document::DOC_NUMBER, a.doc_number.as_deref()),
+        (document::ISSUER, a.issuer.as_deref()),
+        (document::SIGNER, a.signer.as_deref()),
+        (document::DOC_DATE, a.doc_date.as_deref()),
+        (document::DOC_TYPE, a.doc_type.as_deref()),
+        (document::HANDLING, a.handling.map(parse::Handling::as_str)),
+        (document::DEADLINE, a.deadline.as_deref()),
+    ];
+    for (key, value) in fields {
+        if let Some(v) = value {
+            metadata.insert(key.into(), v.to_owned());
+        }
     }
     if let Some(name) = a.file.file_name() {
         metadata.insert(META_FILE_NAME.into(), name.to_string_lossy().into_owned());
@@ -70,6 +84,8 @@ fn document_envelope(a: &SendArgs, payload: &[u8]) -> Result<Envelope> {
     let mut envelope = Envelope::new(Kind::Document, a.from.clone(), to, cc, a.priority, payload);
     envelope.metadata = metadata;
     envelope.check_shape()?;
+    document::check(&envelope)
+        .map_err(|e| anyhow!("{e} (checked before signing: nothing was sent)"))?;
     Ok(envelope)
 }
 
@@ -102,15 +118,18 @@ pub fn send(ctx: &Ctx, a: &SendArgs) -> Result<()> {
 /// The title shown for a message: its `title` metadata, else its file name, else `-`.
 fn title_of(e: &Envelope) -> String {
     e.metadata
-        .get(META_TITLE)
+        .get(document::TITLE)
         .or_else(|| e.metadata.get(META_FILE_NAME))
         .cloned()
         .unwrap_or_else(|| "-".into())
 }
 
-/// The inbox table for people.
-fn inbox_table(items: &[InboxItem]) -> Table {
-    let mut t = Table::new(&[
+/// Whether a message's signature verified (`inbox --verify`), or why not.
+type Verdict = Result<(), String>;
+
+/// The inbox table for people; with verdicts (one per item), a VERIFIED column.
+fn inbox_table(items: &[InboxItem], verdicts: Option<&[Verdict]>) -> Table {
+    let mut header = vec![
         "SEQ",
         "ID",
         "FROM",
@@ -119,10 +138,14 @@ fn inbox_table(items: &[InboxItem]) -> Table {
         "TITLE",
         "STATE",
         "DELIVERED (UTC)",
-    ]);
-    for item in items {
+    ];
+    if verdicts.is_some() {
+        header.push("VERIFIED");
+    }
+    let mut t = Table::new(&header);
+    for (i, item) in items.iter().enumerate() {
         let e = &item.message.envelope;
-        t.push(vec![
+        let mut row = vec![
             item.seq.to_string(),
             short_id(&item.id.to_hex()).to_owned(),
             e.sender.to_string(),
@@ -131,9 +154,120 @@ fn inbox_table(items: &[InboxItem]) -> Table {
             truncate(&sanitize(&title_of(e)), TITLE_COLUMNS),
             item.state.as_str().to_owned(),
             format_ms(item.delivered_at_ms),
-        ]);
+        ];
+        if let Some(v) = verdicts {
+            let ok = v.get(i).is_some_and(Result::is_ok);
+            row.push(if ok { "yes" } else { "NO" }.to_owned());
+        }
+        t.push(row);
     }
     t
+}
+
+/// A sender's directory record as the node gave it, or why there is none.
+type SenderRecord = Result<UnitRecord, String>;
+
+/// Verifies one inbox item offline: its envelope must hash to its id, its payload match the signed
+/// digest, and its signature verify against one of the sender's keys that was valid when the
+/// envelope was created (`KeyRecord::valid_at`): a key not yet valid, expired or revoked by then does
+/// not count.
+fn verify_item(item: &InboxItem, sender: &SenderRecord) -> Verdict {
+    let claimed = &item.message.envelope.sender;
+    let record = sender.as_ref().map_err(Clone::clone)?;
+    if &record.address != claimed {
+        return Err(format!(
+            "the directory answered for {}, not for the sender {claimed}",
+            record.address
+        ));
+    }
+    let (signed, _payload) = item
+        .message
+        .decode()
+        .map_err(|e| format!("the message does not decode: {e}"))?;
+    if signed.id != item.id {
+        return Err(format!(
+            "its envelope hashes to {}, not to its id",
+            signed.id
+        ));
+    }
+    let created = signed.envelope.created_at_ms;
+    let valid: Vec<_> = record.keys.iter().filter(|k| k.valid_at(created)).collect();
+    if valid.is_empty() {
+        return Err(format!(
+            "none of the {} key(s) of {claimed} in the directory was valid when it was created ({} UTC)",
+            record.keys.len(),
+            format_ms(created)
+        ));
+    }
+    if valid.iter().any(|k| signed.verify(&k.public_key.0).is_ok()) {
+        Ok(())
+    } else {
+        Err(format!(
+            "the signature does not verify against the {} key(s) of {claimed} valid when it was created \
+             ({} UTC): forged or altered",
+            valid.len(),
+            format_ms(created)
+        ))
+    }
+}
+
+/// The directory record of each sender in `items`, asked of the node once per sender. A sender the
+/// directory does not list is recorded as such (its messages fail verification); any other failure
+/// stops the command.
+fn sender_records(
+    node: &Endpoint,
+    items: &[InboxItem],
+) -> Result<HashMap<UnitAddress, SenderRecord>> {
+    let mut records = HashMap::new();
+    for item in items {
+        let sender = &item.message.envelope.sender;
+        if records.contains_key(sender) {
+            continue;
+        }
+        let record = node
+            .call_found(|c| c.directory_unit(sender))?
+            .ok_or_else(|| {
+                format!(
+                    "{sender} is not in the directory of the node at {}",
+                    node.base_url()
+                )
+            });
+        records.insert(sender.clone(), record);
+    }
+    Ok(records)
+}
+
+/// Verifies every item against the records of its sender (one verdict per item, in order).
+fn verify_items(items: &[InboxItem], records: &HashMap<UnitAddress, SenderRecord>) -> Vec<Verdict> {
+    items
+        .iter()
+        .map(|item| {
+            let sender = &item.message.envelope.sender;
+            match records.get(sender) {
+                Some(record) => verify_item(item, record),
+                None => Err(format!("no directory record was asked for {sender}")),
+            }
+        })
+        .collect()
+}
+
+/// The inbox page as JSON, each item with `verified` and, when it failed, `verify_error`.
+fn inbox_json(
+    page: &exchange_wire::api::InboxResponse,
+    verdicts: &[Verdict],
+) -> Result<serde_json::Value> {
+    let mut value = serde_json::to_value(page)?;
+    if let Some(items) = value.get_mut("items").and_then(|v| v.as_array_mut()) {
+        for (item, verdict) in items.iter_mut().zip(verdicts) {
+            if let Some(obj) = item.as_object_mut() {
+                obj.insert("verified".into(), verdict.is_ok().into());
+                if let Err(why) = verdict {
+                    obj.insert("verify_error".into(), why.clone().into());
+                }
+            }
+        }
+    }
+    Ok(value)
 }
 
 /// Writes each payload to `dir/<message id>`. The file is named by the id, never by the sender's
@@ -163,24 +297,75 @@ fn save_payloads(dir: &Path, items: &[InboxItem]) -> Result<()> {
     Ok(())
 }
 
-/// `inbox`: one page of a unit's inbox, optionally waiting for new messages and saving payloads.
+/// `inbox`: one page of a unit's inbox, optionally waiting for new messages, verifying signatures
+/// and saving payloads. With `--verify`, only verified payloads are saved, and the command fails
+/// (exit code 1) after printing the page when any message does not verify.
 pub fn inbox(ctx: &Ctx, a: &InboxArgs) -> Result<()> {
     let node = ctx.agency(ActingFor::Unit(&a.unit))?;
     let page = node.call(|c| c.inbox(&a.unit, a.after, a.limit, Duration::from_secs(a.wait)))?;
+    let verdicts = if a.verify {
+        let records = sender_records(&node, &page.items)?;
+        Some(verify_items(&page.items, &records))
+    } else {
+        None
+    };
     if let Some(dir) = &a.save {
-        save_payloads(dir, &page.items)?;
-        eprintln!("saved {} payload(s) to {}", page.items.len(), dir.display());
+        let keep: Vec<InboxItem> = match &verdicts {
+            Some(v) => page
+                .items
+                .iter()
+                .zip(v)
+                .filter(|(_, verdict)| verdict.is_ok())
+                .map(|(item, _)| item.clone())
+                .collect(),
+            None => page.items.clone(),
+        };
+        save_payloads(dir, &keep)?;
+        eprintln!("saved {} payload(s) to {}", keep.len(), dir.display());
+        if keep.len() < page.items.len() {
+            eprintln!(
+                "{} payload(s) not saved: their signatures did not verify",
+                page.items.len() - keep.len()
+            );
+        }
     }
+    let failed: Vec<(&InboxItem, &String)> = match &verdicts {
+        Some(v) => page
+            .items
+            .iter()
+            .zip(v)
+            .filter_map(|(item, verdict)| verdict.as_ref().err().map(|why| (item, why)))
+            .collect(),
+        None => Vec::new(),
+    };
     if ctx.json {
-        return emit_json(&page);
-    }
-    if page.items.is_empty() {
+        match &verdicts {
+            Some(v) => emit_json(&inbox_json(&page, v)?)?,
+            None => emit_json(&page)?,
+        }
+    } else if page.items.is_empty() {
         eprintln!("no messages for {} after seq {}", page.unit, a.after);
-        return Ok(());
+    } else {
+        emit(&inbox_table(&page.items, verdicts.as_deref()).render())?;
+        if page.items.len() as u32 >= a.limit {
+            eprintln!("more may follow: --after {}", page.next_after);
+        }
     }
-    emit(&inbox_table(&page.items).render())?;
-    if page.items.len() as u32 >= a.limit {
-        eprintln!("more may follow: --after {}", page.next_after);
+    for (item, why) in &failed {
+        eprintln!(
+            "NOT VERIFIED: message {} (seq {}) from {}: {}",
+            item.id,
+            item.seq,
+            item.message.envelope.sender,
+            sanitize(why)
+        );
+    }
+    if !failed.is_empty() {
+        bail!(
+            "{} of {} message(s) failed signature verification; do not act on them",
+            failed.len(),
+            page.items.len()
+        );
     }
     Ok(())
 }
@@ -236,13 +421,7 @@ pub fn sign_for(ctx: &Ctx, a: &SignForArgs) -> Result<()> {
     let key = keys::read(&a.key)?;
     let item = find_in_inbox(&node, &a.unit, &a.message)?;
     let e = &item.message.envelope;
-    if e.kind != Kind::Document {
-        bail!(
-            "message {} is a {}, not a document; only documents are signed for",
-            item.id,
-            e.kind
-        );
-    }
+    require_document(&item, "signed for")?;
     let signed =
         receipt::signed_for(a.unit.clone(), e.sender.clone(), item.id, e.priority).sign(&key);
     let answer = node.call(|c| c.sign_for(&a.unit, &item.id, &signed))?;
@@ -258,6 +437,72 @@ pub fn sign_for(ctx: &Ctx, a: &SignForArgs) -> Result<()> {
         eprintln!(
             "signed for {} from {}; receipt:",
             answer.message_id, e.sender
+        );
+    }
+    emit(&format!("{}\n", answer.receipt_id))
+}
+
+/// Refuses a message that is not a document: receipts are not settled.
+fn require_document(item: &InboxItem, verb: &str) -> Result<()> {
+    let kind = item.message.envelope.kind;
+    if kind != Kind::Document {
+        bail!(
+            "message {} is a {kind}, not a document; only documents are {verb}",
+            item.id
+        );
+    }
+    Ok(())
+}
+
+/// Builds the (unsigned) 退回 receipt for `item` in `unit`'s inbox. Refuses what the node would
+/// refuse: a non-document, a document already settled (签收 or 退回; a document is settled once), an
+/// empty reason, a reason too long for an envelope header.
+fn return_receipt(unit: &UnitAddress, item: &InboxItem, reason: &str) -> Result<Envelope> {
+    require_document(item, "returned")?;
+    match item.state {
+        RecipientState::SignedFor => bail!(
+            "message {} was already signed for (签收) by {unit}; a document is settled once, so it can no \
+             longer be returned",
+            item.id
+        ),
+        RecipientState::Returned => bail!(
+            "message {} was already returned (退回) by {unit}; the sender's node has the first receipt \
+             (exchange-admin status ID there shows it)",
+            item.id
+        ),
+        _ => {}
+    }
+    let reason = parse::reason(reason).map_err(anyhow::Error::msg)?;
+    let e = &item.message.envelope;
+    let envelope = receipt::returned(unit.clone(), e.sender.clone(), item.id, e.priority, &reason);
+    envelope
+        .check_shape()
+        .context("the reason cannot be sent")?;
+    Ok(envelope)
+}
+
+/// `return`: 退回 a document in the unit's inbox to its sender, with a reason, in a receipt signed by
+/// the unit's key.
+pub fn return_message(ctx: &Ctx, a: &ReturnArgs) -> Result<()> {
+    let node = ctx.agency(ActingFor::Unit(&a.unit))?;
+    // Read the key first: a bad key file should fail before any network work.
+    let key = keys::read(&a.key)?;
+    let item = find_in_inbox(&node, &a.unit, &a.message)?;
+    let signed = return_receipt(&a.unit, &item, &a.reason)?.sign(&key);
+    let answer = node.call(|c| c.return_message(&a.unit, &item.id, &signed))?;
+    if ctx.json {
+        return emit_json(&answer);
+    }
+    let sender = &item.message.envelope.sender;
+    if answer.duplicate {
+        eprintln!(
+            "{} was already returned with this receipt; the node keeps the first",
+            answer.message_id
+        );
+    } else {
+        eprintln!(
+            "returned (退回) {} to {sender}; its node will show it as returned with the reason; receipt:",
+            answer.message_id
         );
     }
     emit(&format!("{}\n", answer.receipt_id))
@@ -326,7 +571,8 @@ pub fn status(ctx: &Ctx, id: &MessageId) -> Result<()> {
 mod tests {
     use super::*;
     use exchange_wire::Priority;
-    use exchange_wire::api::{RecipientState, SignedMessage};
+    use exchange_wire::api::SignedMessage;
+    use exchange_wire::directory::{KeyRecord, UnitStatus};
     use std::path::PathBuf;
 
     fn send_args() -> SendArgs {
@@ -338,6 +584,12 @@ mod tests {
             priority: Priority::Express,
             title: Some("关于做好防汛工作的通知".into()),
             doc_number: Some("越府〔2025〕12号".into()),
+            issuer: None,
+            signer: None,
+            doc_date: None,
+            doc_type: None,
+            handling: None,
+            deadline: None,
             meta: vec!["category=notice".into()],
             file: PathBuf::from("/tmp/some/dir/通知.pdf"),
         }
@@ -381,7 +633,7 @@ mod tests {
             state: RecipientState::Delivered,
             message: SignedMessage::new(&signed, b"x"),
         };
-        let text = inbox_table(&[item]).render();
+        let text = inbox_table(&[item], None).render();
         let row = text.lines().nth(1).unwrap();
         assert!(row.starts_with("7    "));
         assert!(row.contains(short_id(&signed.id.to_hex())));
@@ -389,5 +641,320 @@ mod tests {
         assert!(row.contains("express"));
         assert!(row.contains("关于做好防汛工作的通知"));
         assert!(row.ends_with("2023-11-14 22:13:20.123"));
+    }
+
+    #[test]
+    fn document_envelope_carries_the_gbt_9704_fields() {
+        let mut a = send_args();
+        a.issuer = Some("越秀区六榕街道办事处".into());
+        a.signer = Some("张三".into());
+        a.doc_date = Some("2025-05-20".into());
+        a.doc_type = Some("通知".into());
+        a.handling = Some(parse::Handling::Action);
+        a.deadline = Some("2025-06-01".into());
+        let e = document_envelope(&a, b"payload").unwrap();
+        let m = &e.metadata;
+        assert_eq!(m[document::TITLE], "关于做好防汛工作的通知");
+        assert_eq!(m[document::DOC_NUMBER], "越府〔2025〕12号");
+        assert_eq!(m[document::ISSUER], "越秀区六榕街道办事处");
+        assert_eq!(m[document::SIGNER], "张三");
+        assert_eq!(m[document::DOC_DATE], "2025-05-20");
+        assert_eq!(m[document::DOC_TYPE], "通知");
+        assert_eq!(m[document::HANDLING], "action");
+        assert_eq!(m[document::DEADLINE], "2025-06-01");
+        a.handling = Some(parse::Handling::Information);
+        let e = document_envelope(&a, b"payload").unwrap();
+        assert_eq!(e.metadata[document::HANDLING], "information");
+        document::check(&e).unwrap();
+    }
+
+    #[test]
+    fn classified_documents_are_refused_before_signing() {
+        for mark in ["机密", "秘密★1年", "top-secret"] {
+            let mut a = send_args();
+            a.meta = vec![format!("classification={mark}")];
+            let err = document_envelope(&a, b"x").unwrap_err().to_string();
+            let node_says = document::DocumentError::Classified(mark.into()).to_string();
+            assert!(err.starts_with(&node_says), "{err}");
+            assert!(err.contains("nothing was sent"), "{err}");
+        }
+        let mut a = send_args();
+        a.meta = vec!["classification=内部".into()];
+        assert!(document_envelope(&a, b"x").is_ok());
+        a.meta = vec!["classification=hush".into()];
+        let err = document_envelope(&a, b"x").unwrap_err().to_string();
+        assert!(err.contains("not a known mark"), "{err}");
+    }
+
+    /// The document of `send_args`, with payload `x`, signed with `$key`, in an inbox in `$state`.
+    /// (A macro: the signing key's type is not exported by the wire crate.)
+    macro_rules! inbox_item {
+        ($key:expr, $state:expr) => {
+            inbox_item(
+                &document_envelope(&send_args(), b"x").unwrap().sign(&$key),
+                $state,
+            )
+        };
+    }
+
+    /// The public half of a signing key.
+    macro_rules! public {
+        ($key:expr) => {
+            PublicKey($key.verifying_key())
+        };
+    }
+
+    fn inbox_item(signed: &exchange_wire::SignedEnvelope, state: RecipientState) -> InboxItem {
+        InboxItem {
+            seq: 3,
+            id: signed.id,
+            delivered_at_ms: 1_700_000_000_123,
+            state,
+            message: SignedMessage::new(signed, b"x"),
+        }
+    }
+
+    fn record(keys: Vec<KeyRecord>) -> SenderRecord {
+        Ok(UnitRecord {
+            address: "gz.yuexiu/liurong-street".parse().unwrap(),
+            name: "越秀区六榕街道办事处".into(),
+            kind: "street-office".into(),
+            uscc: None,
+            status: UnitStatus::Active,
+            keys,
+        })
+    }
+
+    fn key_record(
+        public_key: PublicKey,
+        not_before_ms: u64,
+        not_after_ms: Option<u64>,
+        revoked_at_ms: Option<u64>,
+    ) -> KeyRecord {
+        KeyRecord {
+            public_key,
+            not_before_ms,
+            not_after_ms,
+            revoked_at_ms,
+        }
+    }
+
+    #[test]
+    fn inbox_table_shows_returned_and_verified() {
+        let key = keys::generate();
+        let items = [
+            inbox_item!(key, RecipientState::Returned),
+            inbox_item!(key, RecipientState::SignedFor),
+        ];
+        let text = inbox_table(&items, None).render();
+        assert!(!text.contains("VERIFIED"));
+        assert!(
+            text.lines().nth(1).unwrap().contains(" returned "),
+            "{text}"
+        );
+        assert!(
+            text.lines().nth(2).unwrap().contains(" signed-for "),
+            "{text}"
+        );
+        let verdicts = [Ok(()), Err("forged".to_string())];
+        let text = inbox_table(&items, Some(&verdicts)).render();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].ends_with("VERIFIED"), "{text}");
+        assert!(lines[1].ends_with(" yes"), "{text}");
+        assert!(lines[2].ends_with(" NO"), "{text}");
+    }
+
+    #[test]
+    fn verification_uses_the_keys_valid_when_created() {
+        let key = keys::generate();
+        let other = keys::generate();
+        let item = inbox_item!(key, RecipientState::Delivered);
+        let created = item.message.envelope.created_at_ms;
+
+        assert_eq!(
+            verify_item(
+                &item,
+                &record(vec![key_record(public!(key), 0, None, None)])
+            ),
+            Ok(())
+        );
+        // The right key among others, one of them not valid then.
+        let keys = vec![
+            key_record(public!(other), 0, Some(created), None),
+            key_record(public!(key), created, Some(created + 1), None),
+        ];
+        assert_eq!(verify_item(&item, &record(keys)), Ok(()));
+
+        let cases = [
+            (
+                vec![key_record(public!(other), 0, None, None)],
+                "does not verify",
+            ),
+            (
+                vec![key_record(public!(key), created + 1, None, None)],
+                "was valid",
+            ),
+            (
+                vec![key_record(public!(key), 0, Some(created), None)],
+                "was valid",
+            ),
+            (
+                vec![key_record(public!(key), 0, None, Some(created))],
+                "was valid",
+            ),
+            (vec![], "none of the 0 key(s)"),
+        ];
+        for (keys, expected) in cases {
+            let why = verify_item(&item, &record(keys)).unwrap_err();
+            assert!(why.contains(expected), "{why}");
+        }
+        // Revoked after it was created: it was signed while the key was good.
+        let keys = vec![key_record(public!(key), 0, None, Some(created + 1))];
+        assert_eq!(verify_item(&item, &record(keys)), Ok(()));
+
+        let missing: SenderRecord = Err("gz.yuexiu/liurong-street is not in the directory".into());
+        assert!(
+            verify_item(&item, &missing)
+                .unwrap_err()
+                .contains("not in the directory")
+        );
+
+        let mut wrong_unit = record(vec![key_record(public!(key), 0, None, None)]).unwrap();
+        wrong_unit.address = "gz/civil-affairs".parse().unwrap();
+        assert!(
+            verify_item(&item, &Ok(wrong_unit))
+                .unwrap_err()
+                .contains("not for the sender")
+        );
+    }
+
+    #[test]
+    fn verification_catches_altered_messages() {
+        let key = keys::generate();
+        let good = record(vec![key_record(public!(key), 0, None, None)]);
+
+        let mut altered = inbox_item!(key, RecipientState::Delivered);
+        altered
+            .message
+            .envelope
+            .metadata
+            .insert(document::TITLE.into(), "改过的标题".into());
+        let why = verify_item(&altered, &good).unwrap_err();
+        assert!(why.contains("hashes to"), "{why}");
+
+        // Altered and its id recomputed to match: the signature no longer fits.
+        let mut forged = inbox_item!(key, RecipientState::Delivered);
+        forged
+            .message
+            .envelope
+            .metadata
+            .insert(document::TITLE.into(), "改过的标题".into());
+        forged.id = forged.message.envelope.message_id();
+        let why = verify_item(&forged, &good).unwrap_err();
+        assert!(why.contains("does not verify"), "{why}");
+
+        let mut payload = inbox_item!(key, RecipientState::Delivered);
+        payload.message.payload = SignedMessage::new(
+            &document_envelope(&send_args(), b"y").unwrap().sign(&key),
+            b"y",
+        )
+        .payload;
+        assert!(
+            verify_item(&payload, &good)
+                .unwrap_err()
+                .contains("does not decode")
+        );
+    }
+
+    #[test]
+    fn verdicts_follow_each_sender_and_go_into_json() {
+        let key = keys::generate();
+        let items = vec![
+            inbox_item!(key, RecipientState::Delivered),
+            inbox_item!(keys::generate(), RecipientState::Delivered),
+        ];
+        let mut records = HashMap::new();
+        records.insert(
+            "gz.yuexiu/liurong-street".parse().unwrap(),
+            record(vec![key_record(public!(key), 0, None, None)]),
+        );
+        let verdicts = verify_items(&items, &records);
+        assert!(verdicts[0].is_ok());
+        assert!(verdicts[1].is_err());
+        let page = exchange_wire::api::InboxResponse {
+            unit: "gz/civil-affairs".parse().unwrap(),
+            items,
+            next_after: 3,
+        };
+        let json = inbox_json(&page, &verdicts).unwrap();
+        assert_eq!(json["items"][0]["verified"], true);
+        assert!(json["items"][0].get("verify_error").is_none());
+        assert_eq!(json["items"][1]["verified"], false);
+        assert!(
+            json["items"][1]["verify_error"]
+                .as_str()
+                .unwrap()
+                .contains("does not verify")
+        );
+        assert_eq!(json["next_after"], 3);
+
+        let none: HashMap<UnitAddress, SenderRecord> = HashMap::new();
+        assert!(verify_items(&page.items, &none).iter().all(Result::is_err));
+    }
+
+    #[test]
+    fn return_receipts() {
+        let key = keys::generate();
+        let unit: UnitAddress = "gz/civil-affairs".parse().unwrap();
+        let item = inbox_item!(key, RecipientState::Delivered);
+        let e = return_receipt(&unit, &item, " 发文字号有误 ").unwrap();
+        assert_eq!(e.kind, Kind::Receipt);
+        assert_eq!(e.sender, unit);
+        assert_eq!(e.to, std::slice::from_ref(&item.message.envelope.sender));
+        assert_eq!(e.priority, Priority::Express);
+        let facts = receipt::Receipt::from_envelope(&e).unwrap();
+        assert_eq!(facts.for_message, item.id);
+        assert_eq!(facts.receipt_type, receipt::ReceiptType::Returned);
+        assert_eq!(facts.reason.as_deref(), Some("发文字号有误"));
+
+        assert!(
+            return_receipt(&unit, &item, "  ")
+                .unwrap_err()
+                .to_string()
+                .contains("empty")
+        );
+        let long = "理".repeat(exchange_wire::envelope::MAX_HEADER_BYTES);
+        assert!(
+            return_receipt(&unit, &item, &long)
+                .unwrap_err()
+                .to_string()
+                .contains("cannot be sent")
+        );
+
+        let signed = inbox_item!(key, RecipientState::SignedFor);
+        let err = return_receipt(&unit, &signed, "x").unwrap_err().to_string();
+        assert!(err.contains("already signed for"), "{err}");
+        let returned = inbox_item!(key, RecipientState::Returned);
+        let err = return_receipt(&unit, &returned, "x")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("already returned"), "{err}");
+
+        let receipt = receipt::signed_for(
+            unit.clone(),
+            item.message.envelope.sender.clone(),
+            item.id,
+            Priority::Routine,
+        )
+        .sign(&key);
+        let not_a_document = InboxItem {
+            id: receipt.id,
+            message: SignedMessage::new(&receipt, b""),
+            ..inbox_item!(key, RecipientState::Delivered)
+        };
+        let err = return_receipt(&unit, &not_a_document, "x")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a document"), "{err}");
     }
 }

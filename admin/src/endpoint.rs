@@ -92,7 +92,8 @@ impl Api {
 /// The unit an agency call acts for: the node wants a token of that unit.
 #[derive(Debug, Clone, Copy)]
 pub enum ActingFor<'a> {
-    /// The unit named on the command line (`send --from`, `inbox --unit`, `sign-for --unit`).
+    /// The unit named on the command line (`send --from`, `inbox --unit`, `sign-for --unit`,
+    /// `return --unit`).
     Unit(&'a UnitAddress),
     /// The unit that sent the message asked about (`status MESSAGE_ID`), unknown until the node says.
     SenderOf(&'a exchange_wire::MessageId),
@@ -190,6 +191,29 @@ impl Endpoint {
         f(&self.client)
             .map_err(|e| explain(self.api, self.client.base_url(), self.auth.as_ref(), e))
     }
+
+    /// As [`Endpoint::call`], but a `not-found` answer (HTTP 404) is `None` rather than an error, for
+    /// look-ups whose absence the command reports itself.
+    pub fn call_found<T>(
+        &self,
+        f: impl FnOnce(&ApiClient) -> Result<T, ClientError>,
+    ) -> Result<Option<T>> {
+        match f(&self.client) {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(explain(
+                self.api,
+                self.client.base_url(),
+                self.auth.as_ref(),
+                e,
+            )),
+        }
+    }
+}
+
+/// Whether the node answered that what was asked for does not exist.
+fn is_not_found(e: &ClientError) -> bool {
+    matches!(e, ClientError::Refused { status: 404, body } if body.error == "not-found")
 }
 
 /// What to do about a refusal for want of a good unit token, if it is one: `unauthenticated` (401,
@@ -305,6 +329,25 @@ mod tests {
         );
         assert!(e.downcast_ref::<NoAnswer>().is_some());
         assert!(e.to_string().contains("does not understand"), "{e}");
+    }
+
+    #[test]
+    fn only_not_found_refusals_are_absent() {
+        let refused = |status, code: &str| ClientError::Refused {
+            status,
+            body: ErrorBody {
+                error: code.into(),
+                message: "x".into(),
+            },
+        };
+        assert!(is_not_found(&refused(404, "not-found")));
+        assert!(!is_not_found(&refused(404, "no-route")));
+        assert!(!is_not_found(&refused(403, "not-found")));
+        assert!(!is_not_found(&ClientError::Protocol {
+            url: "x".into(),
+            status: 404,
+            reason: "not json".into(),
+        }));
     }
 
     #[test]

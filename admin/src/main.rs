@@ -25,15 +25,18 @@ use endpoint::{Ctx, NoAnswer};
 const LONG_ABOUT: &str = "\
 Command line for agency systems and operators of the exchange network.
 
-Agency commands (keygen, pubkey, send, inbox, sign-for, status MESSAGE_ID) talk to a node's agency
-API, given by --node URL or EXCHANGE_NODE (default http://127.0.0.1:8080). Unit keys never leave this
-machine: documents and receipts are signed here and the node only receives signed envelopes.
+Agency commands (keygen, pubkey, send, inbox, sign-for, return, status MESSAGE_ID) talk to a node's
+agency API, given by --node URL or EXCHANGE_NODE (default http://127.0.0.1:8080). Unit keys never leave
+this machine: documents and receipts (签收 with sign-for, 退回 with return) are signed here and the
+node only receives signed envelopes. `inbox --verify` checks each message's signature here too,
+against the sender's keys that the node's directory lists.
 
 The node requires a unit token on agency calls: give it with --token TOKEN or EXCHANGE_TOKEN (prefer
 the variable: command lines are visible to other users of the machine). An operator of the unit's
 node issues it with `exchange-admin tokens issue --unit UNIT`. A token acts for its own unit only: the
 node answers 401 (unauthenticated) without a valid token, and 403 (forbidden) when the token's unit is
-not the unit acted for (send --from, inbox --unit, sign-for --unit, the sender for status).
+not the unit acted for (send --from, inbox --unit, sign-for --unit, return --unit, the sender for
+status).
 
 Operator commands (status, peers, queues, trace, dead-letters, retry, purge, audit, ready, directory,
 nodes, units, tokens) talk to the node's admin API, given by --admin URL or EXCHANGE_ADMIN (default
@@ -52,12 +55,48 @@ Exit codes:
   0  success; also `trace` when some nodes could not be asked (the trace may then be partial: a
      warning on stderr names them)
   1  the node refused the request (including a missing or wrong --token), a command-line value or
-     local file is wrong, or a destructive command was given without --yes
+     local file is wrong (send: a document field, or a classified document), a destructive command
+     was given without --yes, or inbox --verify: a message's signature does not verify
   2  the node could not be reached or gave no usable answer (is exchange-node running? check --node
      for agency commands, --admin for operator commands)
   4  audit verify: the audit chain is broken (the first broken entry is printed); directory
      verify: a directory segment fails verification (each failing segment is printed)
   5  ready: the node answered that it is not ready (each failing check is printed)";
+
+const SEND_ABOUT: &str = "\
+Sign a file as an official document (公文) and hand it to the node.
+
+The GB/T 9704 fields given as options (--title, --doc-number, --issuer, --signer, --doc-date,
+--doc-type, --handling, --deadline) become envelope metadata: they are signed with the envelope and
+every recipient reads them without opening the payload. Other fields go in with --meta KEY=VALUE, such
+as --meta classification=内部 (密级). The fields are checked here before anything is signed, as the
+node checks them: dates as YYYY-MM-DD, handling as action (办件) or information (阅件), and documents
+marked 秘密, 机密 or 绝密 are refused: classified documents do not travel on this network.
+
+The message id is printed on stdout; follow the message with `exchange-admin status ID`.";
+
+const INBOX_ABOUT: &str = "\
+List a unit's inbox: documents and the receipts for documents it sent. STATE is delivered, signed-for
+(签收) or returned (退回).
+
+With --verify, each message's signature is checked here: the sender's directory record is asked of
+the node once per sender (GET /v1/directory/units/...), and the signature must verify against one of
+the sender's keys that was valid when the message was created (not before its start, not after its
+end or revocation). A VERIFIED column shows yes or NO, each failure is explained on stderr, and the
+exit code is 1 when any message fails. With --save, only messages that verified are saved.
+
+The keys come from the node's directory, so --verify catches a message altered after it was signed
+or signed with a key that was not the sender's at the time; it trusts the node for the directory
+itself (`exchange-admin directory verify` re-checks that on the node).";
+
+const RETURN_ABOUT: &str = "\
+Return (退回) a document in a unit's inbox to its sender, with a reason, instead of signing for it.
+
+The message is looked up in the unit's inbox by its id or a unique prefix of it (as `inbox` shows
+it). A 退回 receipt naming the reason is signed here with the unit's key and handed to the node,
+which sends it back to the sender's node: there `status MESSAGE_ID` shows the recipient as returned,
+with the reason as its detail and the signed receipt. A document is settled once: one already signed
+for or returned is refused (the node answers 409 conflict). The receipt id is printed on stdout.";
 
 #[derive(Parser)]
 #[command(name = "exchange-admin", version, about = "Command line for the exchange network", long_about = LONG_ABOUT)]
@@ -84,7 +123,7 @@ struct Cli {
     )]
     admin: String,
 
-    /// The unit's API token for agency commands (send, inbox, sign-for, status MESSAGE_ID).
+    /// The unit's API token for agency commands (send, inbox, sign-for, return, status MESSAGE_ID).
     ///
     /// Issued on the unit's node with `exchange-admin tokens issue --unit UNIT`. The node answers 401
     /// without a valid token and 403 when the token is of another unit than the one acted for. Prefer
@@ -113,12 +152,17 @@ enum Command {
     Keygen(KeygenArgs),
     /// Print the public key of a key file.
     Pubkey(PubkeyArgs),
-    /// Sign a file as an official document and hand it to the node.
+    /// Sign a file as an official document (公文) and hand it to the node.
+    #[command(long_about = SEND_ABOUT)]
     Send(SendArgs),
-    /// List a unit's inbox, optionally waiting for new messages and saving their payloads.
+    /// List a unit's inbox, optionally waiting for new messages, verifying signatures, saving payloads.
+    #[command(long_about = INBOX_ABOUT)]
     Inbox(InboxArgs),
     /// Sign for (签收) a document in a unit's inbox with a receipt signed by the unit's key.
     SignFor(SignForArgs),
+    /// Return (退回) a document in a unit's inbox to its sender, with a signed reason.
+    #[command(long_about = RETURN_ABOUT)]
+    Return(ReturnArgs),
     /// With MESSAGE_ID: a message's status per recipient; without: the node's own status.
     #[command(
         long_about = "With MESSAGE_ID: where a message is, per recipient, and the hops it took. This asks the agency \
@@ -204,7 +248,25 @@ pub struct SendArgs {
     /// The document number (发文字号), such as 越府〔2025〕12号.
     #[arg(long, value_name = "NUMBER")]
     pub doc_number: Option<String>,
-    /// Further metadata as key=value; may be repeated.
+    /// The issuing organ as printed (发文机关署名), such as 越秀区六榕街道办事处.
+    #[arg(long, value_name = "NAME")]
+    pub issuer: Option<String>,
+    /// Who signed the document off (签发人).
+    #[arg(long, value_name = "NAME")]
+    pub signer: Option<String>,
+    /// The date of the document (成文日期), YYYY-MM-DD.
+    #[arg(long, value_name = "YYYY-MM-DD", value_parser = parse::date)]
+    pub doc_date: Option<String>,
+    /// The kind of document (文种): 通知, 通报, 请示, 批复, 函, 意见, 决定, 报告, 纪要, ...
+    #[arg(long, value_name = "TYPE")]
+    pub doc_type: Option<String>,
+    /// action (办件: to be handled) or information (阅件: to be read).
+    #[arg(long, value_name = "action|information", value_parser = parse::handling)]
+    pub handling: Option<parse::Handling>,
+    /// The date by which recipients are to have handled it (办理时限), YYYY-MM-DD.
+    #[arg(long, value_name = "YYYY-MM-DD", value_parser = parse::date)]
+    pub deadline: Option<String>,
+    /// Further metadata as key=value, such as classification=内部 (密级); may be repeated.
     #[arg(long, value_name = "KEY=VALUE")]
     pub meta: Vec<String>,
     /// The file to send as the payload; its base name is recorded as file-name.
@@ -230,6 +292,10 @@ pub struct InboxArgs {
     /// Write each payload, checked against its signed digest, to DIR/<message id>.
     #[arg(long, value_name = "DIR")]
     pub save: Option<PathBuf>,
+    /// Verify each message's signature here against the sender's keys valid when it was created
+    /// (asked of the node's directory): a VERIFIED column, exit code 1 if any fails.
+    #[arg(long)]
+    pub verify: bool,
 }
 
 #[derive(Args)]
@@ -240,6 +306,22 @@ pub struct SignForArgs {
     /// The unit signing for the message (a recipient).
     #[arg(long, value_name = "UNIT")]
     pub unit: UnitAddress,
+    /// The message id, or at least its first 8 hex characters.
+    #[arg(value_name = "MESSAGE_ID")]
+    pub message: parse::IdPattern,
+}
+
+#[derive(Args)]
+pub struct ReturnArgs {
+    /// The returning unit's key file.
+    #[arg(long, value_name = "FILE")]
+    pub key: PathBuf,
+    /// The unit returning the message (a recipient).
+    #[arg(long, value_name = "UNIT")]
+    pub unit: UnitAddress,
+    /// Why the document is returned (退回理由), for the sender; required.
+    #[arg(long, value_name = "TEXT", value_parser = parse::reason)]
+    pub reason: String,
     /// The message id, or at least its first 8 hex characters.
     #[arg(value_name = "MESSAGE_ID")]
     pub message: parse::IdPattern,
@@ -526,6 +608,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Send(a) => done(agency::send(&ctx, a)),
         Command::Inbox(a) => done(agency::inbox(&ctx, a)),
         Command::SignFor(a) => done(agency::sign_for(&ctx, a)),
+        Command::Return(a) => done(agency::return_message(&ctx, a)),
         Command::Status(StatusArgs { message: Some(id) }) => done(agency::status(&ctx, id)),
         Command::Status(StatusArgs { message: None }) => done(ops::node_status(&ctx)),
         Command::Peers => done(ops::peers(&ctx)),
@@ -947,6 +1030,122 @@ mod tests {
         };
         assert_eq!(a.id, "0123456789abcdef");
         assert!(parse(&["tokens", "revoke", "../nodes"]).is_err());
+    }
+
+    #[test]
+    fn return_needs_a_reason() {
+        let id = "ab".repeat(32);
+        let cli = parse(&[
+            "return",
+            "--key",
+            "unit.key",
+            "--unit",
+            "gz.haizhu/civil-affairs",
+            "--reason",
+            " 发文字号有误 ",
+            "abababab",
+        ])
+        .unwrap();
+        let Command::Return(a) = cli.command else {
+            panic!("return")
+        };
+        assert_eq!(a.reason, "发文字号有误");
+        assert_eq!(a.unit.as_str(), "gz.haizhu/civil-affairs");
+        assert!(matches!(a.message, parse::IdPattern::Prefix(_)));
+        let base = ["return", "--key", "k", "--unit", "gz/a"];
+        let with = |extra: &[&str]| {
+            parse(
+                &base
+                    .iter()
+                    .copied()
+                    .chain(extra.iter().copied())
+                    .collect::<Vec<_>>(),
+            )
+        };
+        assert!(with(&[&id]).is_err(), "--reason is required");
+        let e = with(&["--reason", "  ", &id]).err().unwrap().to_string();
+        assert!(e.contains("empty"), "{e}");
+        assert!(
+            with(&["--reason", "x", "abab"]).is_err(),
+            "prefix too short"
+        );
+        assert!(with(&["--reason", "x", &id]).is_ok());
+    }
+
+    #[test]
+    fn send_takes_the_document_fields() {
+        let base = [
+            "send",
+            "--key",
+            "k",
+            "--from",
+            "gz.yuexiu/liurong-street",
+            "--to",
+            "gz/civil-affairs",
+        ];
+        let with = |extra: &[&str]| {
+            parse(
+                &base
+                    .iter()
+                    .copied()
+                    .chain(extra.iter().copied())
+                    .chain(["doc.pdf"])
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let cli = with(&[
+            "--issuer",
+            "越秀区六榕街道办事处",
+            "--signer",
+            "张三",
+            "--doc-date",
+            "2025-05-20",
+            "--doc-type",
+            "通知",
+            "--handling",
+            "办件",
+            "--deadline",
+            "2025-06-01",
+        ])
+        .unwrap();
+        let Command::Send(a) = cli.command else {
+            panic!("send")
+        };
+        assert_eq!(a.handling, Some(parse::Handling::Action));
+        assert_eq!(a.doc_date.as_deref(), Some("2025-05-20"));
+        assert_eq!(a.deadline.as_deref(), Some("2025-06-01"));
+        assert_eq!(a.doc_type.as_deref(), Some("通知"));
+        let Command::Send(a) = with(&["--handling", "阅件"]).unwrap().command else {
+            panic!("send")
+        };
+        assert_eq!(a.handling, Some(parse::Handling::Information));
+        assert!(with(&["--handling", "urgent"]).is_err());
+        assert!(with(&["--doc-date", "2025/05/20"]).is_err());
+        assert!(with(&["--deadline", "2025-02-30"]).is_err());
+    }
+
+    #[test]
+    fn inbox_verify_flag() {
+        let cli = parse(&["inbox", "--unit", "gz/a", "--verify"]).unwrap();
+        let Command::Inbox(a) = cli.command else {
+            panic!("inbox")
+        };
+        assert!(a.verify);
+        let Command::Inbox(a) = parse(&["inbox", "--unit", "gz/a"]).unwrap().command else {
+            panic!("inbox")
+        };
+        assert!(!a.verify);
+    }
+
+    #[test]
+    fn help_describes_return_and_verify() {
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains("return --unit"), "{help}");
+        assert!(help.contains("inbox --verify"), "{help}");
+        let mut cmd = Cli::command();
+        let ret = cmd.find_subcommand_mut("return").unwrap();
+        let text = ret.render_long_help().to_string();
+        assert!(text.contains("退回") && text.contains("--reason"), "{text}");
     }
 
     #[test]

@@ -5,12 +5,20 @@
 use std::collections::BTreeMap;
 use std::str::FromStr;
 
+use exchange_wire::document::{
+    DEADLINE, DOC_DATE, DOC_NUMBER, DOC_TYPE, HANDLING, ISSUER, SIGNER, TITLE,
+};
 use exchange_wire::{MessageId, Priority, UnitAddress};
 
-/// Metadata keys the `send` command fills from its own flags.
-pub const META_TITLE: &str = "title";
-pub const META_DOC_NUMBER: &str = "doc-number";
+/// Metadata key for the payload's file name, which `send` takes from its FILE argument. (Not a
+/// GB/T 9704 field, so not in `exchange_wire::document`.)
 pub const META_FILE_NAME: &str = "file-name";
+
+/// The GB/T 9704 metadata keys `send` fills from options of the same name (`--title`, `--doc-date`,
+/// ...). `--meta` may not set them, so each has one way in, checked by its own parser.
+pub const FLAG_KEYS: [&str; 8] = [
+    TITLE, DOC_NUMBER, ISSUER, SIGNER, DOC_DATE, DOC_TYPE, HANDLING, DEADLINE,
+];
 
 /// Parses recipient flags: each value may hold several addresses separated by commas, and the flag
 /// may be repeated (`--to a,b --to c`). Empty items (a trailing comma from a script) are skipped; a
@@ -66,8 +74,13 @@ pub fn metadata(pairs: &[String]) -> Result<BTreeMap<String, String>, String> {
             ));
         }
         match key {
-            META_TITLE | META_DOC_NUMBER | META_FILE_NAME => {
-                return Err(format!("set {key} with --{key}, not with --meta"));
+            k if FLAG_KEYS.contains(&k) => {
+                return Err(format!("set {k} with --{k}, not with --meta"));
+            }
+            META_FILE_NAME => {
+                return Err(format!(
+                    "{META_FILE_NAME} is taken from the name of the FILE sent, not set with --meta"
+                ));
             }
             k if k.starts_with("receipt.") || k.starts_with("report.") => {
                 return Err(format!(
@@ -91,6 +104,96 @@ pub fn priority(s: &str) -> Result<Priority, String> {
         "平件" => Ok(Priority::Routine),
         other => other.to_ascii_lowercase().parse(),
     }
+}
+
+/// 办件 or 阅件: whether the recipients are to act on the document or only to read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handling {
+    /// 办件: to be handled, usually by a deadline.
+    Action,
+    /// 阅件: for information.
+    Information,
+}
+
+impl Handling {
+    /// The value of the `handling` metadata, as the node checks it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Handling::Action => "action",
+            Handling::Information => "information",
+        }
+    }
+}
+
+/// Parses `--handling`: `action` or `information`, or the Chinese terms 办件 and 阅件.
+pub fn handling(s: &str) -> Result<Handling, String> {
+    match s.trim() {
+        "办件" => Ok(Handling::Action),
+        "阅件" => Ok(Handling::Information),
+        other => match other.to_ascii_lowercase().as_str() {
+            "action" => Ok(Handling::Action),
+            "information" => Ok(Handling::Information),
+            _ => Err(format!(
+                "{s:?}: give action (办件, to be handled) or information (阅件, to be read)"
+            )),
+        },
+    }
+}
+
+/// A calendar date as `YYYY-MM-DD` (成文日期, 办理时限): a real day of a year from 1900 on.
+pub fn date(s: &str) -> Result<String, String> {
+    let d = s.trim();
+    let bad = || {
+        Err(format!(
+            "{s:?} is not a date as YYYY-MM-DD, such as 2025-05-20"
+        ))
+    };
+    let b = d.as_bytes();
+    if b.len() != 10
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !b
+            .iter()
+            .enumerate()
+            .all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit())
+    {
+        return bad();
+    }
+    let (Ok(year), Ok(month), Ok(day)) = (
+        d[0..4].parse::<u32>(),
+        d[5..7].parse::<u32>(),
+        d[8..10].parse::<u32>(),
+    ) else {
+        return bad();
+    };
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let days = match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return bad(),
+    };
+    if year < 1900 || day == 0 || day > days {
+        return bad();
+    }
+    Ok(d.to_owned())
+}
+
+/// The reason of a 退回 (`return --reason`): required, so the sender learns what to fix. Trimmed;
+/// line breaks and tabs are kept, other control characters (terminal escapes) are refused.
+pub fn reason(s: &str) -> Result<String, String> {
+    let r = s.trim();
+    if r.is_empty() {
+        return Err(
+            "the reason is empty: a return (退回) must tell the sender why, such as --reason \"发文字号有误，请核对后重发\""
+                .into(),
+        );
+    }
+    if r.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+        return Err("the reason holds control characters; give plain text".into());
+    }
+    Ok(r.to_owned())
 }
 
 /// A message id as typed: the full 64 hex characters, or (where a command can search) a prefix such
@@ -350,6 +453,20 @@ mod tests {
                 .unwrap_err()
                 .contains("--title")
         );
+        for key in FLAG_KEYS {
+            let e = metadata(&strings(&[&format!("{key}=x")])).unwrap_err();
+            assert!(e.contains(&format!("--{key}")), "{e}");
+        }
+        assert!(
+            metadata(&strings(&["file-name=x.pdf"]))
+                .unwrap_err()
+                .contains("FILE")
+        );
+        assert_eq!(
+            metadata(&strings(&["classification=none"])).unwrap()["classification"],
+            "none",
+            "the node's check decides about classification"
+        );
         assert!(
             metadata(&strings(&["receipt.for=x"]))
                 .unwrap_err()
@@ -364,6 +481,52 @@ mod tests {
         assert_eq!(priority("平件"), Ok(Priority::Routine));
         assert_eq!(priority("特急"), Ok(Priority::Urgent));
         assert!(priority("asap").is_err());
+    }
+
+    #[test]
+    fn handling_in_both_languages() {
+        assert_eq!(handling("action"), Ok(Handling::Action));
+        assert_eq!(handling(" Information "), Ok(Handling::Information));
+        assert_eq!(handling("办件"), Ok(Handling::Action));
+        assert_eq!(handling("阅件"), Ok(Handling::Information));
+        assert_eq!(Handling::Action.as_str(), "action");
+        assert_eq!(Handling::Information.as_str(), "information");
+        assert!(handling("read").unwrap_err().contains("阅件"));
+    }
+
+    #[test]
+    fn dates_are_real_days() {
+        assert_eq!(date(" 2025-05-20 ").unwrap(), "2025-05-20");
+        assert_eq!(date("2024-02-29").unwrap(), "2024-02-29");
+        assert_eq!(date("2000-02-29").unwrap(), "2000-02-29");
+        for bad in [
+            "2025/05/20",
+            "2025-5-20",
+            "20250520",
+            "2025-13-01",
+            "2025-00-10",
+            "2025-04-31",
+            "2025-02-29",
+            "1900-02-29",
+            "1899-12-31",
+            "2025-05-00",
+            "+025-05-20",
+            "２０２５-05-20",
+            "",
+        ] {
+            assert!(date(bad).unwrap_err().contains("YYYY-MM-DD"), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn reasons_are_required_plain_text() {
+        assert_eq!(
+            reason("  发文字号有误\n请核对后重发 ").unwrap(),
+            "发文字号有误\n请核对后重发"
+        );
+        assert!(reason("").unwrap_err().contains("empty"));
+        assert!(reason(" \n\t ").unwrap_err().contains("empty"));
+        assert!(reason("a\x1b[2Jb").is_err());
     }
 
     #[test]
