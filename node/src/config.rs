@@ -283,7 +283,7 @@ mod tests {
     fn environment_overrides_and_unknown_keys() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("n.toml");
-        std::fs::write(&path, &format!("node_id = \"gz\"\nkey_file = \"k\"\ndata_dir = \"d\"\nroot_key = \"{KEY}\"\n[relay]\nretry_max_ms = 5\n")).unwrap();
+        std::fs::write(&path, format!("node_id = \"gz\"\nkey_file = \"k\"\ndata_dir = \"d\"\nroot_key = \"{KEY}\"\n[relay]\nretry_max_ms = 5\n")).unwrap();
         // SAFETY: no other test reads or writes this variable.
         unsafe { std::env::set_var("EXCHANGE__API__MAX_WAIT_MS", "1234") };
         let cfg = NodeConfig::load(&path).unwrap();
@@ -292,7 +292,7 @@ mod tests {
         assert_eq!(cfg.relay.retry_max_ms, 5);
         assert_eq!(cfg.relay.retry_initial_ms, RelayConfig::default().retry_initial_ms, "a partial section keeps the other defaults");
         assert_eq!(cfg.data_dir, dir.path().join("d"));
-        std::fs::write(&path, &format!("node_id = \"gz\"\nkey_file = \"k\"\ndata_dir = \"d\"\nroot_key = \"{KEY}\"\n[relay]\nretry_maximum = 5\n")).unwrap();
+        std::fs::write(&path, format!("node_id = \"gz\"\nkey_file = \"k\"\ndata_dir = \"d\"\nroot_key = \"{KEY}\"\n[relay]\nretry_maximum = 5\n")).unwrap();
         let err = format!("{:#}", NodeConfig::load(&path).unwrap_err());
         assert!(err.contains("retry_maximum"), "a misspelt key is named: {err}");
     }

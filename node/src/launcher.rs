@@ -324,8 +324,8 @@ impl LocalNetwork {
         let node = self.node_mut(id)?;
         let client = node.client();
         loop {
-            if let Some(child) = node.child.as_mut() {
-                if let Some(status) = child.try_wait()? {
+            if let Some(child) = node.child.as_mut()
+                && let Some(status) = child.try_wait()? {
                     node.child = None;
                     let log = std::fs::read_to_string(&node.log_path).unwrap_or_default();
                     let tail: Vec<&str> = log.lines().rev().take(5).collect();
@@ -335,7 +335,6 @@ impl LocalNetwork {
                         tail.into_iter().rev().collect::<Vec<_>>().join("\n")
                     );
                 }
-            }
             if client.health().is_ok() {
                 return Ok(());
             }

@@ -166,11 +166,10 @@ impl Segment {
         if !e.sender.is_node() {
             return Err(bad(format!("signed by {}, not by a node", e.sender)));
         }
-        if let Segment::Units(u) = &segment {
-            if UnitAddress::of_node(&u.node) != e.sender {
+        if let Segment::Units(u) = &segment
+            && UnitAddress::of_node(&u.node) != e.sender {
                 return Err(bad(format!("units of {} signed by {}", u.node, e.sender)));
             }
-        }
         Ok(segment)
     }
 }

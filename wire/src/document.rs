@@ -56,17 +56,15 @@ pub fn check(envelope: &Envelope) -> Result<(), DocumentError> {
         }
     }
     for key in [DOC_DATE, DEADLINE] {
-        if let Some(v) = meta.get(key) {
-            if !is_date(v) {
+        if let Some(v) = meta.get(key)
+            && !is_date(v) {
                 return Err(DocumentError::BadDate { key, value: v.clone() });
             }
-        }
     }
-    if let Some(h) = meta.get(HANDLING) {
-        if h != "action" && h != "information" {
+    if let Some(h) = meta.get(HANDLING)
+        && h != "action" && h != "information" {
             return Err(DocumentError::BadHandling(h.clone()));
         }
-    }
     Ok(())
 }
 

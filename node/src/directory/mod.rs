@@ -92,11 +92,10 @@ impl Directory {
             }
         }
         for n in dir.nodes.values() {
-            if let Some(p) = &n.parent {
-                if !dir.nodes.contains_key(p) {
+            if let Some(p) = &n.parent
+                && !dir.nodes.contains_key(p) {
                     return Err(format!("node {} names parent {p}, which is not listed", n.id));
                 }
-            }
             if dir.ancestors(&n.id).count() > 64 {
                 return Err(format!("node {} has a parent cycle or a tree deeper than 64", n.id));
             }

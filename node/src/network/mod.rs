@@ -261,11 +261,9 @@ impl EventLoop {
                     let _ = self.events.try_send(NetworkEvent::PeerUp(peer_id));
                 }
             }
-            SwarmEvent::ConnectionClosed { peer_id, num_established, cause, .. } => {
-                if num_established == 0 {
-                    tracing::info!(peer = %peer_id, cause = ?cause, "link down");
-                    let _ = self.events.try_send(NetworkEvent::PeerDown(peer_id));
-                }
+            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, cause, .. } => {
+                tracing::info!(peer = %peer_id, cause = ?cause, "link down");
+                let _ = self.events.try_send(NetworkEvent::PeerDown(peer_id));
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 if let Some(peer) = peer_id {

@@ -46,8 +46,8 @@ impl Engine {
         self.apply_directory(&set).await;
         *self.segments.lock().await = set;
 
-        if let Some(path) = &self.directory_cfg.tree_seed {
-            if self.segments.lock().await.tree.is_none() {
+        if let Some(path) = &self.directory_cfg.tree_seed
+            && self.segments.lock().await.tree.is_none() {
                 if !self.is_root() {
                     anyhow::bail!("directory.tree_seed is for the root node only: this node's key is not the pinned root_key");
                 }
@@ -57,7 +57,6 @@ impl Engine {
                     anyhow::bail!("cannot sign the tree seed {}: {}", path.display(), e.reason);
                 }
             }
-        }
         self.publish_units_seed().await?;
         Ok(())
     }
@@ -145,11 +144,10 @@ impl Engine {
             let tree_came = taken.iter().any(|h| matches!(h.segment, Segment::Tree(_)));
             drop(set);
             self.push_segments(taken, from.as_ref());
-            if tree_came {
-                if let Err(e) = Box::pin(self.publish_units_seed()).await {
+            if tree_came
+                && let Err(e) = Box::pin(self.publish_units_seed()).await {
                     tracing::error!(error = %e, "cannot publish this node's units");
                 }
-            }
         }
         results
     }
@@ -164,11 +162,10 @@ impl Engine {
                 return;
             }
         };
-        if let Some(me) = dir.node(&self.here) {
-            if me.public_key.0 != self.node_key.verifying_key() {
+        if let Some(me) = dir.node(&self.here)
+            && me.public_key.0 != self.node_key.verifying_key() {
                 tracing::error!(node = %self.here, "the node tree lists another key for this node; check key_file");
             }
-        }
         self.metrics.directory_version.set(dir.version() as i64);
         let mut allowed: Vec<PeerId> = dir.nodes().filter(|n| n.id != self.here).map(|n| n.peer_id).collect();
         let mut neighbours: Vec<(Option<NodeId>, Neighbour)> = dir
@@ -206,11 +203,10 @@ impl Engine {
     fn push_segments(self: &Arc<Self>, held: Vec<Held>, except: Option<&NodeId>) {
         let dir = self.dir.current();
         let mut peers: Vec<PeerId> = dir.neighbours(&self.here).into_iter().filter(|n| Some(&n.id) != except).map(|n| n.peer_id).collect();
-        if let Some((peer, _)) = &self.parent_hint {
-            if !peers.contains(peer) && dir.node_by_peer(peer).map(|n| &n.id) != except {
+        if let Some((peer, _)) = &self.parent_hint
+            && !peers.contains(peer) && dir.node_by_peer(peer).map(|n| &n.id) != except {
                 peers.push(*peer);
             }
-        }
         let segments: Vec<SegmentParcel> = held.iter().map(parcel).collect();
         for peer in peers {
             let (net, request) = (self.net.clone(), DirectoryPush { segments: segments.clone() });
@@ -322,15 +318,14 @@ impl Engine {
 
     /// This node's unit segment, to change; refuses units of other nodes.
     async fn own_units(&self, address: Option<&UnitAddress>) -> Result<UnitSegment, Refusal> {
-        if let Some(a) = address {
-            if a.node_part() != self.here.as_str() {
+        if let Some(a) = address
+            && a.node_part() != self.here.as_str() {
                 return Err(Refusal::new(
                     "wrong-node",
                     403,
                     format!("unit {a} is hosted by node {}; change it there", a.node_part()),
                 ));
             }
-        }
         let set = self.segments.lock().await;
         if set.tree().is_none_or(|t| !t.nodes.iter().any(|n| n.id == self.here)) {
             return Err(Refusal::new("not-ready", 503, "this node is not in the node tree yet; it cannot sign units"));

@@ -109,7 +109,7 @@ pub async fn run(engine: Arc<Engine>, hop: NodeId, signals: Arc<Signals>) {
                     Ok(resp) => format!("answer has {} results for {} parcels", resp.results.len(), sent.len()),
                     Err(e) => e.to_string(),
                 };
-                if backoff.attempts() == 1 || backoff.attempts() % 20 == 0 {
+                if backoff.attempts() == 1 || backoff.attempts().is_multiple_of(20) {
                     tracing::warn!(%hop, attempts = backoff.attempts(), %reason, retry_in_ms = delay.as_millis() as u64, "handover failed; will retry");
                 }
                 tokio::select! {

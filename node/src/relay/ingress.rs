@@ -75,11 +75,10 @@ impl Engine {
         // message, so the sender must learn that the first one is in custody.
         let mut held = Vec::new();
         for (i, (d, m)) in decoded.iter().zip(&messages).enumerate() {
-            if let Err(r) = d {
-                if r.code != "forbidden" && r.code != "malformed" && self.is_held(&m.envelope, &m.signature).await {
+            if let Err(r) = d
+                && r.code != "forbidden" && r.code != "malformed" && self.is_held(&m.envelope, &m.signature).await {
                     held.push(i);
                 }
-            }
         }
         for &i in &held {
             decoded[i] = Err(Refusal::new("held", 200, String::new()));

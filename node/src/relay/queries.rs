@@ -45,13 +45,11 @@ impl Engine {
         // Hops: ours first, then those delivering nodes reported back, earliest sighting of each node.
         let mut hops: Vec<Hop> = serde_json::from_str(&stored.hops).unwrap_or_default();
         for e in self.store.events(&id.0).await? {
-            if e.event == "hop" {
-                if let Some(node) = e.peer.and_then(|p| p.parse().ok()) {
-                    if !hops.iter().any(|h| h.node == node) {
+            if e.event == "hop"
+                && let Some(node) = e.peer.and_then(|p| p.parse().ok())
+                    && !hops.iter().any(|h| h.node == node) {
                         hops.push(Hop { node, at_ms: e.at_ms as u64 });
                     }
-                }
-            }
         }
         hops.sort_by_key(|h| h.at_ms);
         Ok(StatusResponse { id: *id, kind: env.kind, sender: env.sender, created_at_ms: env.created_at_ms, recipients, hops })
@@ -105,11 +103,10 @@ impl Engine {
             let item = inbox_item(r)?;
             let meta = &item.message.envelope.metadata;
             let action = meta.get(document::HANDLING).map(String::as_str) == Some("action");
-            if let (true, Some(deadline)) = (action, meta.get(document::DEADLINE)) {
-                if deadline.as_str() < today.as_str() {
+            if let (true, Some(deadline)) = (action, meta.get(document::DEADLINE))
+                && deadline.as_str() < today.as_str() {
                     items.push((deadline.clone(), item));
                 }
-            }
         }
         items.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.seq.cmp(&b.1.seq)));
         Ok(items.into_iter().map(|(_, i)| i).collect())
