@@ -328,8 +328,6 @@ pub trait Store: Send + Sync + 'static {
     fn tokens(&self) -> BoxFuture<'_, Result<Vec<TokenRow>, StorageError>>;
     /// Proves the database takes writes now (takes the write lock and lets go), writing nothing.
     fn check_writable(&self) -> BoxFuture<'_, Result<(), StorageError>>;
-    /// Highest inbox sequence number (0 when empty).
-    fn inbox_head(&self) -> BoxFuture<'_, Result<i64, StorageError>>;
 }
 
 /// Rank of a state: tracking only ever moves forward.

@@ -703,11 +703,4 @@ impl Store for SqliteStore {
             Ok(())
         })
     }
-
-    fn inbox_head(&self) -> BoxFuture<'_, Result<i64, StorageError>> {
-        Box::pin(async move {
-            let head: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM inbox").fetch_one(&self.readers).await?;
-            Ok(head.unwrap_or(0))
-        })
-    }
 }
