@@ -16,6 +16,7 @@ pub mod document;
 pub mod envelope;
 pub mod keys;
 pub mod receipt;
+pub mod time;
 
 pub use address::{AddressError, NodeId, UnitAddress};
 pub use envelope::{

@@ -97,7 +97,7 @@ impl Engine {
         if self.dir.current().home_of(unit).as_ref() != Some(&self.here) {
             return Err(Refusal::new("not-found", 404, format!("unit {unit} is not hosted on node {}", self.here)));
         }
-        let today = china_date(exchange_wire::now_ms());
+        let today = exchange_wire::time::china_date(exchange_wire::now_ms());
         let mut items: Vec<(String, InboxItem)> = Vec::new();
         for r in self.store.inbox_unsettled(unit.as_str()).await? {
             let item = inbox_item(r)?;
@@ -141,22 +141,6 @@ fn inbox_item(r: InboxRecord) -> Result<InboxItem, Refusal> {
     })
 }
 
-/// The calendar date (`YYYY-MM-DD`) in China Standard Time (UTC+8, no daylight saving) at `ms`.
-pub fn china_date(ms: u64) -> String {
-    let days = ((ms / 1000 + 8 * 3600) / 86_400) as i64;
-    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}")
-}
-
 pub(crate) fn parse_state(s: &str) -> RecipientState {
     match s {
         "accepted" => RecipientState::Accepted,
@@ -165,17 +149,5 @@ pub(crate) fn parse_state(s: &str) -> RecipientState {
         "signed-for" => RecipientState::SignedFor,
         "returned" => RecipientState::Returned,
         _ => RecipientState::Failed,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn china_dates() {
-        assert_eq!(super::china_date(0), "1970-01-01");
-        // 2005-05-20 16:00 UTC is already 2005-05-21 in Guangzhou.
-        assert_eq!(super::china_date(1_116_604_800_000), "2005-05-21");
-        assert_eq!(super::china_date(1_116_604_800_000 - 1), "2005-05-20");
-        assert_eq!(super::china_date(951_782_400_000), "2000-02-29");
     }
 }
