@@ -25,18 +25,18 @@ use endpoint::{Ctx, NoAnswer};
 const LONG_ABOUT: &str = "\
 Command line for agency systems and operators of the exchange network.
 
-Agency commands (keygen, pubkey, send, inbox, sign-for, return, status MESSAGE_ID) talk to a node's
-agency API, given by --node URL or EXCHANGE_NODE (default http://127.0.0.1:8080). Unit keys never leave
-this machine: documents and receipts (签收 with sign-for, 退回 with return) are signed here and the
-node only receives signed envelopes. `inbox --verify` checks each message's signature here too,
-against the sender's keys that the node's directory lists.
+Agency commands (keygen, pubkey, send, inbox, overdue, sign-for, return, status MESSAGE_ID) talk to
+a node's agency API, given by --node URL or EXCHANGE_NODE (default http://127.0.0.1:8080). Unit keys
+never leave this machine: documents and receipts (签收 with sign-for, 退回 with return) are signed
+here and the node only receives signed envelopes. `inbox --verify` checks each message's signature
+here too, against the sender's keys that the node's directory lists.
 
 The node requires a unit token on agency calls: give it with --token TOKEN or EXCHANGE_TOKEN (prefer
 the variable: command lines are visible to other users of the machine). An operator of the unit's
 node issues it with `exchange-admin tokens issue --unit UNIT`. A token acts for its own unit only: the
 node answers 401 (unauthenticated) without a valid token, and 403 (forbidden) when the token's unit is
-not the unit acted for (send --from, inbox --unit, sign-for --unit, return --unit, the sender for
-status).
+not the unit acted for (send --from, inbox --unit, overdue --unit, sign-for --unit, return --unit, the
+sender for status).
 
 Operator commands (status, peers, queues, trace, dead-letters, retry, purge, audit, ready, directory,
 nodes, units, tokens) talk to the node's admin API, given by --admin URL or EXCHANGE_ADMIN (default
@@ -53,7 +53,7 @@ notes and warnings go to stderr, so `id=$(exchange-admin send ...)` works.
 
 Exit codes:
   0  success; also `trace` when some nodes could not be asked (the trace may then be partial: a
-     warning on stderr names them)
+     warning on stderr names them), and `overdue` whether or not anything is overdue
   1  the node refused the request (including a missing or wrong --token), a command-line value or
      local file is wrong (send: a document field, or a classified document), a destructive command
      was given without --yes, or inbox --verify: a message's signature does not verify
@@ -89,6 +89,18 @@ The keys come from the node's directory, so --verify catches a message altered a
 or signed with a key that was not the sender's at the time; it trusts the node for the directory
 itself (`exchange-admin directory verify` re-checks that on the node).";
 
+const OVERDUE_ABOUT: &str = "\
+List a unit's overdue 办件: documents to be handled (handling action) whose deadline (办理时限, a
+date in China Standard Time) has passed and that the unit has neither signed for (签收) nor returned
+(退回), earliest deadline first. The node picks and orders them (GET /v1/units/{node}/{unit}/overdue).
+
+DAYS OVERDUE counts whole days since the deadline, from today in China Standard Time (UTC+8) on this
+machine: 1 the day after the deadline. --json prints the node's answer as it is.
+
+The exit code is 0 whether or not anything is overdue; when nothing is, \"nothing overdue\" is
+printed on stderr and the table is left out (with --json, the answer has no items). Exit codes 1 and
+2 mean as for every agency command: refused (such as a token of another unit), or no usable answer.";
+
 const RETURN_ABOUT: &str = "\
 Return (退回) a document in a unit's inbox to its sender, with a reason, instead of signing for it.
 
@@ -123,7 +135,8 @@ struct Cli {
     )]
     admin: String,
 
-    /// The unit's API token for agency commands (send, inbox, sign-for, return, status MESSAGE_ID).
+    /// The unit's API token for agency commands (send, inbox, overdue, sign-for, return, status
+    /// MESSAGE_ID).
     ///
     /// Issued on the unit's node with `exchange-admin tokens issue --unit UNIT`. The node answers 401
     /// without a valid token and 403 when the token is of another unit than the one acted for. Prefer
@@ -158,6 +171,9 @@ enum Command {
     /// List a unit's inbox, optionally waiting for new messages, verifying signatures, saving payloads.
     #[command(long_about = INBOX_ABOUT)]
     Inbox(InboxArgs),
+    /// A unit's overdue 办件: past their deadline, not signed for nor returned, earliest first.
+    #[command(long_about = OVERDUE_ABOUT)]
+    Overdue(OverdueArgs),
     /// Sign for (签收) a document in a unit's inbox with a receipt signed by the unit's key.
     SignFor(SignForArgs),
     /// Return (退回) a document in a unit's inbox to its sender, with a signed reason.
@@ -296,6 +312,13 @@ pub struct InboxArgs {
     /// (asked of the node's directory): a VERIFIED column, exit code 1 if any fails.
     #[arg(long)]
     pub verify: bool,
+}
+
+#[derive(Args)]
+pub struct OverdueArgs {
+    /// The unit whose overdue 办件 to list.
+    #[arg(long, value_name = "UNIT")]
+    pub unit: UnitAddress,
 }
 
 #[derive(Args)]
@@ -607,6 +630,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Pubkey(a) => done(agency::pubkey(&ctx, a)),
         Command::Send(a) => done(agency::send(&ctx, a)),
         Command::Inbox(a) => done(agency::inbox(&ctx, a)),
+        Command::Overdue(a) => done(agency::overdue(&ctx, a)),
         Command::SignFor(a) => done(agency::sign_for(&ctx, a)),
         Command::Return(a) => done(agency::return_message(&ctx, a)),
         Command::Status(StatusArgs { message: Some(id) }) => done(agency::status(&ctx, id)),
@@ -1146,6 +1170,46 @@ mod tests {
         let ret = cmd.find_subcommand_mut("return").unwrap();
         let text = ret.render_long_help().to_string();
         assert!(text.contains("退回") && text.contains("--reason"), "{text}");
+    }
+
+    #[test]
+    fn overdue_takes_a_unit() {
+        let cli = parse(&["overdue", "--unit", "gz.haizhu/civil-affairs", "--json"]).unwrap();
+        assert!(cli.json);
+        let Command::Overdue(a) = cli.command else {
+            panic!("overdue")
+        };
+        assert_eq!(a.unit.as_str(), "gz.haizhu/civil-affairs");
+        assert!(parse(&["overdue"]).is_err(), "--unit is required");
+        assert!(parse(&["overdue", "--unit", "civil-affairs"]).is_err());
+        let cli = parse(&[
+            "--node",
+            "http://h:8082",
+            "--token",
+            "t0k",
+            "overdue",
+            "--unit",
+            "gz/a",
+        ])
+        .unwrap();
+        assert_eq!(
+            (cli.node.as_str(), cli.token.as_deref()),
+            ("http://h:8082", Some("t0k"))
+        );
+        let mut cmd = Cli::command();
+        let text = cmd
+            .find_subcommand_mut("overdue")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        assert!(text.contains("China Standard Time"), "{text}");
+        assert!(text.contains("exit code is 0 whether or not"), "{text}");
+        assert!(text.contains("nothing overdue"), "{text}");
+        let help = Cli::command().render_long_help().to_string();
+        assert!(
+            help.contains("`overdue` whether or not anything is overdue"),
+            "{help}"
+        );
     }
 
     #[test]

@@ -5,6 +5,8 @@
 
 use std::io::Write;
 
+use exchange_wire::time::{CHINA_OFFSET_SECS, civil_from_days};
+
 /// Formats milliseconds since the Unix epoch as UTC `YYYY-MM-DD HH:MM:SS.mmm`.
 ///
 /// Times are always shown in UTC so that output from operators in different places (and the nodes'
@@ -22,19 +24,26 @@ pub fn format_ms(ms: u64) -> String {
     )
 }
 
-/// Days since 1970-01-01 to a proleptic Gregorian (year, month, day); Howard Hinnant's algorithm,
-/// restricted to non-negative days since wire times are unsigned.
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + u64::from(m <= 2);
-    (y, m, d)
+/// The calendar day in China Standard Time at `ms` since the Unix epoch, as days since 1970-01-01.
+/// Deadlines (办理时限) are dates in China Standard Time, so "today" for them is this day.
+pub fn china_day(ms: u64) -> i64 {
+    ((ms / 1000 + CHINA_OFFSET_SECS) / 86_400) as i64
+}
+
+/// A `YYYY-MM-DD` date as days since 1970-01-01 (negative before), or `None` when it is not a real
+/// calendar day. Howard Hinnant's `days_from_civil`, the inverse of
+/// `exchange_wire::time::civil_from_days`.
+pub fn date_days(date: &str) -> Option<i64> {
+    let date = crate::parse::date(date).ok()?;
+    let num = |r: std::ops::Range<usize>| date[r].parse::<i64>().ok();
+    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = if m > 2 { m - 3 } else { m + 9 };
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    Some(era * 146_097 + doe - 719_468)
 }
 
 /// Formats a duration given in milliseconds compactly, with at most two units: `850ms`, `42s`,
@@ -278,6 +287,37 @@ mod tests {
             prev = cur;
         }
         assert_eq!(prev, (2099, 12, 31));
+    }
+
+    #[test]
+    fn dates_to_days_and_back() {
+        assert_eq!(date_days("1970-01-01"), Some(0));
+        assert_eq!(date_days("1969-12-31"), Some(-1));
+        assert_eq!(date_days("2000-02-29"), Some(11_016));
+        assert_eq!(date_days(" 2000-03-01 "), Some(11_017));
+        for day in [0u64, 11_016, 19_999, 20_240, 47_481] {
+            let (y, m, d) = civil_from_days(day);
+            assert_eq!(
+                date_days(&format!("{y:04}-{m:02}-{d:02}")),
+                Some(day as i64)
+            );
+        }
+        for bad in ["2025-02-29", "2025-13-01", "2025/06/01", "", "-"] {
+            assert_eq!(date_days(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn china_days_start_at_utc_16_00() {
+        // 2005-05-21 00:00 in China is 2005-05-20 16:00 UTC.
+        let midnight_cst = 1_116_604_800_000;
+        assert_eq!(china_day(midnight_cst), date_days("2005-05-21").unwrap());
+        assert_eq!(
+            china_day(midnight_cst - 1),
+            date_days("2005-05-20").unwrap()
+        );
+        assert_eq!(china_day(0), 0);
+        assert_eq!(china_day(16 * 3600 * 1000), 1);
     }
 
     #[test]
