@@ -316,7 +316,7 @@ impl LocalNetwork {
         for id in ids {
             self.start(&id)?;
         }
-        self.converge(Duration::from_secs(30))
+        self.converge(Duration::from_secs(60))
     }
 
     fn wait_healthy(&mut self, id: &str, timeout: Duration) -> anyhow::Result<()> {

@@ -81,6 +81,8 @@ fn replay_window_suspension_and_key_revocation() {
     yuexiu_admin
         .rotate_unit_key(&sender, &RotateKey { public_key: PublicKey(new_key.verifying_key()), overlap_secs: 0, revoke_old: true })
         .unwrap();
+    // The document accepted before the revocation, re-sent, is recognised as held, not refused.
+    assert!(client.submit(&before, b"before").unwrap().duplicate);
     let after = document(&old_key, sender.as_str(), &[recipient.as_str()], &[], b"after", "吊销后");
     let err = client.submit(&after, b"after").unwrap_err();
     assert_eq!(err.code(), Some("key-not-valid"), "{err}");

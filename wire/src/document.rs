@@ -68,14 +68,23 @@ pub fn check(envelope: &Envelope) -> Result<(), DocumentError> {
     Ok(())
 }
 
-/// `YYYY-MM-DD` with a plausible month and day.
+/// `YYYY-MM-DD`, digits only, a real calendar day.
 fn is_date(s: &str) -> bool {
     let b = s.as_bytes();
-    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
+    let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
+    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' || !digits(0..4) || !digits(5..7) || !digits(8..10) {
         return false;
     }
-    let num = |r: std::ops::Range<usize>| s.get(r).and_then(|x| x.parse::<u32>().ok());
-    matches!((num(0..4), num(5..7), num(8..10)), (Some(y), Some(m), Some(d)) if y >= 1900 && (1..=12).contains(&m) && (1..=31).contains(&d))
+    let (y, m, d): (u32, u32, u32) = (s[0..4].parse().unwrap_or(0), s[5..7].parse().unwrap_or(0), s[8..10].parse().unwrap_or(0));
+    let leap = y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
+    let days = match m {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return false,
+    };
+    y >= 1900 && (1..=days).contains(&d)
 }
 
 #[cfg(test)]
@@ -114,6 +123,9 @@ mod tests {
         assert!(check(&doc(&[(DOC_DATE, "2005-05-20"), (DEADLINE, "2005-06-01"), (HANDLING, "action")])).is_ok());
         assert!(matches!(check(&doc(&[(DOC_DATE, "2005/05/20")])), Err(DocumentError::BadDate { .. })));
         assert!(matches!(check(&doc(&[(DEADLINE, "2005-13-01")])), Err(DocumentError::BadDate { .. })));
+        assert!(matches!(check(&doc(&[(DEADLINE, "2025-02-29")])), Err(DocumentError::BadDate { .. })));
+        assert!(matches!(check(&doc(&[(DEADLINE, "2025-+7-01")])), Err(DocumentError::BadDate { .. })));
+        assert!(check(&doc(&[(DEADLINE, "2024-02-29")])).is_ok());
         assert!(matches!(check(&doc(&[(HANDLING, "办件")])), Err(DocumentError::BadHandling(_))));
     }
 }

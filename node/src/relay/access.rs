@@ -69,7 +69,7 @@ impl Engine {
         }
         let hint = "send Authorization: Bearer <token>, with a token issued for your unit by this node's operator (exchange-admin tokens issue); in the CLI, --token or EXCHANGE_TOKEN";
         let token = authorization
-            .and_then(|h| h.split_once(' '))
+            .and_then(|h| h.trim().split_once(char::is_whitespace))
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
             .map(|(_, t)| t.trim())
             .filter(|t| !t.is_empty())

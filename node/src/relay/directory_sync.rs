@@ -211,10 +211,33 @@ impl Engine {
         for peer in peers {
             let (net, request) = (self.net.clone(), DirectoryPush { segments: segments.clone() });
             tokio::spawn(async move {
-                if let Err(e) = net.push_directory(peer, request).await {
-                    tracing::debug!(%peer, error = %e, "directory push not delivered; it is repeated when the link comes up");
+                // A few quick retries for a hiccup; beyond that the link-up push and the periodic
+                // resynchronisation catch the neighbour up.
+                for delay_ms in [500, 1000, 2000, 0] {
+                    match net.push_directory(peer, request.clone()).await {
+                        Ok(_) => return,
+                        Err(e) if delay_ms > 0 => {
+                            tracing::debug!(%peer, error = %e, "directory push not delivered; retrying");
+                            tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
+                        }
+                        Err(e) => tracing::debug!(%peer, error = %e, "directory push not delivered; the next resynchronisation carries it"),
+                    }
                 }
             });
+        }
+    }
+
+    /// Anti-entropy: every `every`, give each neighbour everything held (it answers `known` for
+    /// what it has), so no change can stay behind for long, whatever was lost on the way.
+    pub(crate) async fn resynchronise_directory(self: Arc<Self>, every: std::time::Duration) {
+        let mut tick = tokio::time::interval(every);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let peers: Vec<PeerId> = self.dir.current().neighbours(&self.here).into_iter().map(|n| n.peer_id).collect();
+            for peer in peers {
+                self.push_all_segments(peer).await;
+            }
         }
     }
 

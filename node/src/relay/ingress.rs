@@ -69,26 +69,19 @@ impl Engine {
         let dir = self.dir.current();
         let ids: Vec<(Option<MessageId>, Option<Kind>)> =
             messages.iter().map(|m| (Some(m.envelope.message_id()), Some(m.envelope.kind))).collect();
-        let mut decoded: Vec<Result<Candidate, Refusal>> = messages.iter().map(|m| self.decode_submission(&dir, caller, m)).collect();
-        // A re-sent message already held is a duplicate, whatever a check would say of it today
-        // (its window may have passed, its key been rotated): re-signing it would make a second
-        // message, so the sender must learn that the first one is in custody.
-        let mut held = Vec::new();
-        for (i, (d, m)) in decoded.iter().zip(&messages).enumerate() {
-            if let Err(r) = d
-                && r.code != "forbidden" && r.code != "malformed" && self.is_held(&m.envelope, &m.signature).await {
-                    held.push(i);
-                }
-        }
-        for &i in &held {
-            decoded[i] = Err(Refusal::new("held", 200, String::new()));
-        }
-        drop(messages);
+        let decoded: Vec<Result<Candidate, Refusal>> = messages.iter().map(|m| self.decode_submission(&dir, caller, m)).collect();
         let no_sign_fors = (0..decoded.len()).map(|_| None).collect();
         let mut results = self.verify_and_take(&dir, None, decoded, no_sign_fors).await;
-        for &i in &held {
-            results[i] = Ok(JobOutcome::Duplicate);
+        // A re-sent message already held is a duplicate, whatever a check would say of it today
+        // (its window may have passed, its key been rotated, its sender been suspended): re-signing
+        // it would make a second message, so the sender must learn that the first is in custody.
+        for (r, m) in results.iter_mut().zip(&messages) {
+            let recheck = matches!(r, Err(e) if !matches!(e.code, "forbidden" | "malformed" | "payload-mismatch" | "storage"));
+            if recheck && self.is_held(m).await {
+                *r = Ok(JobOutcome::Duplicate);
+            }
         }
+        drop(messages);
         self.refused("agency", &refusals(&results, &ids)).await;
         let now = exchange_wire::now_ms();
         results
@@ -105,12 +98,14 @@ impl Engine {
             .collect()
     }
 
-    /// Whether this node already holds the message `envelope` (with exactly this signature) from an
-    /// agency of its own.
-    async fn is_held(&self, envelope: &Envelope, signature: &str) -> bool {
-        let id = envelope.message_id();
-        match self.store.message(&id.0).await {
-            Ok(Some(m)) => hex::encode(&m.signature) == signature.to_ascii_lowercase(),
+    /// Whether this node already holds exactly this submission: the same id (so the same signed
+    /// header), the same signature, and a payload that matches the header.
+    async fn is_held(&self, m: &SignedMessage) -> bool {
+        if m.decode().is_err() {
+            return false;
+        }
+        match self.store.message(&m.envelope.message_id().0).await {
+            Ok(Some(held)) => hex::encode(&held.signature) == m.signature.to_ascii_lowercase(),
             _ => false,
         }
     }

@@ -142,6 +142,7 @@ impl Engine {
         }
         let engine = self.clone();
         tokio::spawn(async move { engine.refresh_queue_gauges().await });
+        tokio::spawn(self.clone().resynchronise_directory(Duration::from_secs(30)));
         Ok(())
     }
 

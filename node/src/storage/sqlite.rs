@@ -298,7 +298,7 @@ async fn apply_admin(tx: &mut Transaction<'_, Sqlite>, op: &AdminOp) -> Result<u
         AdminOp::Retention { before_ms } => {
             // Settled: signed for (or never delivered here) and not waiting in any outbox. The id row
             // stays, so a late re-send is still recognised as a duplicate.
-            let inbox = sqlx::query("DELETE FROM inbox WHERE delivered_at_ms < $1 AND state = 'signed-for'")
+            let inbox = sqlx::query("DELETE FROM inbox WHERE delivered_at_ms < $1 AND state IN ('signed-for', 'returned')")
                 .bind(*before_ms)
                 .execute(&mut **tx)
                 .await?
