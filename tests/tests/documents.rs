@@ -161,3 +161,94 @@ fn overdue_documents_are_listed_by_deadline_until_settled() {
     sign_for(&client, &net.unit_keys[&to], &to, &item);
     assert_eq!(client.overdue(&to).unwrap().items.into_iter().map(|i| i.id).collect::<Vec<_>>(), vec![later.id], "a settled document is no longer overdue");
 }
+
+#[test]
+fn recall_withdraws_what_is_not_settled_and_both_sides_agree() {
+    use exchange_wire::receipt::recall;
+    let net = three_nodes(FAST_RETRY);
+    let sender = unit("gz.yuexiu/liurong-street");
+    let recipients: Vec<exchange_wire::UnitAddress> =
+        net.unit_keys.keys().filter(|u| u.node_part() == "gz.haizhu").take(8).cloned().collect();
+    let sender_client = net.client_for(&sender);
+    let key = &net.unit_keys[&sender];
+
+    // One document to eight 海珠 units. The first signs for it, then the sender recalls it from all.
+    let to: Vec<&str> = recipients.iter().map(|u| u.as_str()).collect();
+    let doc = document(key, sender.as_str(), &to, &[], b"draft", "有误的通知");
+    sender_client.submit(&doc, b"draft").unwrap();
+    let first = &recipients[0];
+    let item = wait_for("delivered", Duration::from_secs(20), || read_inbox(&net.client_for(first), first).into_iter().next());
+    for r in &recipients[1..] {
+        wait_for("delivered", Duration::from_secs(20), || read_inbox(&net.client_for(r), r).into_iter().next());
+    }
+    sign_for(&net.client_for(first), &net.unit_keys[first], first, &item);
+    let withdraw = recall(sender.clone(), recipients.clone(), doc.id, doc.envelope.priority, "发文字号有误，重新印发").sign(key);
+    sender_client.recall(&doc.id, &withdraw).unwrap();
+
+    let status = wait_for("every recipient settled or recalled", Duration::from_secs(20), || {
+        let s = sender_client.status(&doc.id).ok()?;
+        s.recipients.iter().all(|r| matches!(r.state, RecipientState::SignedFor | RecipientState::Recalled)).then_some(s)
+    });
+    for r in &status.recipients {
+        let expected = if &r.unit == first { RecipientState::SignedFor } else { RecipientState::Recalled };
+        assert_eq!(r.state, expected, "{}", r.unit);
+        // The recipient's side says the same.
+        let inbox = read_inbox(&net.client_for(&r.unit), &r.unit);
+        assert_eq!(inbox[0].state, expected, "{} sees the same outcome", r.unit);
+    }
+    // A recalled document can no longer be signed for.
+    let late = &recipients[1];
+    let receipt = exchange_wire::receipt::signed_for(late.clone(), sender.clone(), doc.id, doc.envelope.priority).sign(&net.unit_keys[late]);
+    assert_eq!(net.client_for(late).sign_for(late, &doc.id, &receipt).unwrap_err().code(), Some("conflict"));
+    // Only the sender can recall.
+    let other = unit("gz.yuexiu/beijing-street");
+    let forged = recall(other.clone(), recipients.clone(), doc.id, doc.envelope.priority, "x").sign(&net.unit_keys[&other]);
+    assert_eq!(net.client_for(&other).recall(&doc.id, &forged).unwrap_err().code(), Some("not-found"));
+}
+
+#[test]
+fn a_recall_racing_sign_fors_ends_with_one_outcome_per_recipient() {
+    use exchange_wire::receipt::recall;
+    let net = three_nodes(FAST_RETRY);
+    let sender = unit("gz/general-office");
+    let recipients: Vec<exchange_wire::UnitAddress> =
+        net.unit_keys.keys().filter(|u| u.node_part() == "gz.haizhu").take(10).cloned().collect();
+    let key = net.unit_keys[&sender].clone();
+    let to: Vec<&str> = recipients.iter().map(|u| u.as_str()).collect();
+    let doc = document(&key, sender.as_str(), &to, &[], b"race", "竞争测试");
+    net.client_for(&sender).submit(&doc, b"race").unwrap();
+    let items: Vec<_> = recipients
+        .iter()
+        .map(|r| wait_for("delivered", Duration::from_secs(20), || read_inbox(&net.client_for(r), r).into_iter().next()))
+        .collect();
+    // Every recipient signs for at the same moment the sender recalls.
+    let signers: Vec<_> = recipients
+        .iter()
+        .zip(items)
+        .map(|(r, item)| {
+            let (client, k, r) = (net.client_for(r), net.unit_keys[r].clone(), r.clone());
+            std::thread::spawn(move || {
+                let env = &item.message.envelope;
+                let receipt = exchange_wire::receipt::signed_for(r.clone(), env.sender.clone(), item.id, env.priority).sign(&k);
+                client.sign_for(&r, &item.id, &receipt).is_ok()
+            })
+        })
+        .collect();
+    let withdraw = recall(sender.clone(), recipients.clone(), doc.id, doc.envelope.priority, "撤回").sign(&key);
+    net.client_for(&sender).recall(&doc.id, &withdraw).unwrap();
+    let signed_ok: Vec<bool> = signers.into_iter().map(|t| t.join().unwrap()).collect();
+
+    let status = wait_for("one outcome per recipient at the sender", Duration::from_secs(20), || {
+        let s = net.client_for(&sender).status(&doc.id).ok()?;
+        let all = s.recipients.iter().all(|r| matches!(r.state, RecipientState::SignedFor | RecipientState::Recalled));
+        // Wait for every recall report too, so a sign-for that lost shows as recalled.
+        let reported = net.node("gz").admin().events(&doc.id).ok()?.events.iter().filter(|e| e.event == "recalled" || e.event == "recall-too-late").count();
+        (all && reported == recipients.len()).then_some(s)
+    });
+    for (r, ok) in recipients.iter().zip(signed_ok) {
+        let at_sender = status.recipients.iter().find(|x| &x.unit == r).unwrap().state;
+        let at_recipient = read_inbox(&net.client_for(r), r)[0].state;
+        assert_eq!(at_sender, at_recipient, "{r}: sender and recipient agree");
+        assert_eq!(ok, at_sender == RecipientState::SignedFor, "{r}: the sign-for succeeded exactly when it won");
+    }
+}

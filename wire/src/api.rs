@@ -105,6 +105,8 @@ pub enum RecipientState {
     SignedFor,
     /// The recipient returned it (退回), with a signed receipt giving the reason (in `detail`).
     Returned,
+    /// The sender withdrew it (撤回) before the recipient settled it.
+    Recalled,
     /// A node refused it for good; `detail` says why.
     Failed,
 }
@@ -117,6 +119,7 @@ impl RecipientState {
             RecipientState::Delivered => "delivered",
             RecipientState::SignedFor => "signed-for",
             RecipientState::Returned => "returned",
+            RecipientState::Recalled => "recalled",
             RecipientState::Failed => "failed",
         }
     }
@@ -163,7 +166,7 @@ pub struct InboxItem {
     pub seq: i64,
     pub id: MessageId,
     pub delivered_at_ms: u64,
-    /// `delivered`, `signed-for` or `returned`.
+    /// `delivered`, `signed-for`, `returned` or `recalled`.
     pub state: RecipientState,
     pub message: SignedMessage,
 }

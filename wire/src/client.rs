@@ -167,6 +167,11 @@ impl ApiClient {
         self.post(&format!("/v1/units/{unit}/inbox/{message}/return"), &SignedMessage::new(receipt, b""))
     }
 
+    /// 撤回: withdraws document `message` with a recall its sender signed (`receipt::recall`).
+    pub fn recall(&self, message: &MessageId, recall: &SignedEnvelope) -> Result<SubmitResponse, ClientError> {
+        self.post(&format!("/v1/messages/{message}/recall"), &SignedMessage::new(recall, b""))
+    }
+
     /// The unit's 办件 past their deadline and not yet settled, earliest deadline first.
     pub fn overdue(&self, unit: &UnitAddress) -> Result<InboxResponse, ClientError> {
         self.get(&format!("/v1/units/{unit}/overdue"), &[])

@@ -74,6 +74,8 @@ pub enum Kind {
     /// A signed directory segment (the node tree, or the units one node hosts). Travels between
     /// nodes on the directory protocol, never through inboxes.
     DirectorySegment,
+    /// 撤回: the sender of a document withdraws it from recipients who have not settled it yet.
+    Recall,
 }
 
 /// Urgency, which orders queues at every hop: 特急 before 加急 before 平件.
@@ -118,7 +120,7 @@ macro_rules! wire_enum {
         }
     };
 }
-wire_enum!(Kind, "kind", Document => "document", Receipt => "receipt", DeliveryReport => "delivery-report", DirectorySegment => "directory-segment");
+wire_enum!(Kind, "kind", Document => "document", Receipt => "receipt", DeliveryReport => "delivery-report", DirectorySegment => "directory-segment", Recall => "recall");
 wire_enum!(Priority, "priority", Urgent => "urgent", Express => "express", Routine => "routine");
 
 impl Priority {

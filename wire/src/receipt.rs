@@ -112,6 +112,82 @@ impl Receipt {
     }
 }
 
+/// Metadata key naming the document a recall (撤回) withdraws.
+pub const META_RECALL_FOR: &str = "recall.for";
+/// Metadata key giving the reason of a recall.
+pub const META_RECALL_REASON: &str = "recall.reason";
+/// Metadata key saying what a node report is about: `delivery` (default) or `recall`.
+pub const META_REPORT_TYPE: &str = "report.type";
+
+/// Builds the (unsigned) 撤回 of `message_id` that its sender signs, addressed to the recipients
+/// to withdraw it from.
+pub fn recall(sender: UnitAddress, recipients: Vec<UnitAddress>, message_id: MessageId, priority: Priority, reason: &str) -> Envelope {
+    let mut e = Envelope::new(Kind::Recall, sender, recipients, vec![], priority, b"");
+    e.metadata.insert(META_RECALL_FOR.into(), message_id.to_hex());
+    e.metadata.insert(META_RECALL_REASON.into(), reason.into());
+    e
+}
+
+/// The document a recall envelope withdraws (checking the recall's shape).
+pub fn recalled_message(e: &Envelope) -> Result<MessageId, EnvelopeError> {
+    let bad = |m: &str| EnvelopeError::Malformed(format!("recall: {m}"));
+    if e.kind != Kind::Recall {
+        return Err(bad("envelope kind is not recall"));
+    }
+    if e.payload_size != 0 {
+        return Err(bad("a recall carries no payload"));
+    }
+    if e.metadata.get(META_RECALL_REASON).is_none_or(|r| r.trim().is_empty()) {
+        return Err(bad("metadata recall.reason is missing: say why the document is withdrawn"));
+    }
+    e.metadata
+        .get(META_RECALL_FOR)
+        .ok_or_else(|| bad("metadata recall.for (the document id) is missing"))?
+        .parse()
+        .map_err(|m: String| bad(&m))
+}
+
+/// What a recall achieved for one recipient, decided at the recipient's home node in the same
+/// transaction order as its 签收 or 退回, so sender and recipient always agree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecallOutcome {
+    pub unit: UnitAddress,
+    /// `recalled`, or the state that was there first: `signed-for` or `returned`.
+    pub outcome: String,
+}
+
+/// The payload of a node's report on a recall (kind `delivery-report`, `report.type = recall`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecallReport {
+    /// The recall envelope's id.
+    pub recall_id: MessageId,
+    /// The document withdrawn.
+    pub message_id: MessageId,
+    pub node: NodeId,
+    pub outcomes: Vec<RecallOutcome>,
+}
+
+impl RecallReport {
+    /// The (unsigned) report envelope from `node` to the document's sender; sign it with the node key.
+    pub fn envelope(&self, original_sender: UnitAddress, priority: Priority) -> (Envelope, Vec<u8>) {
+        let payload = serde_json::to_vec(self).expect("a report serialises");
+        let mut e = Envelope::new(Kind::DeliveryReport, UnitAddress::of_node(&self.node), vec![original_sender], vec![], priority, &payload);
+        e.metadata.insert(META_REPORT_FOR.into(), self.message_id.to_hex());
+        e.metadata.insert(META_REPORT_TYPE.into(), "recall".into());
+        (e, payload)
+    }
+
+    /// Reads a recall report (the payload digest must already be checked).
+    pub fn from_envelope(e: &Envelope, payload: &[u8]) -> Result<RecallReport, EnvelopeError> {
+        let bad = |m: String| EnvelopeError::Malformed(format!("recall report: {m}"));
+        let r: RecallReport = serde_json::from_slice(payload).map_err(|x| bad(x.to_string()))?;
+        if UnitAddress::of_node(&r.node) != e.sender {
+            return Err(bad(format!("signed by {} but reports for node {}", e.sender, r.node)));
+        }
+        Ok(r)
+    }
+}
+
 /// One custody hop of a message: the node that committed it, and when.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hop {

@@ -92,3 +92,16 @@ CREATE TABLE unit_tokens (
     issued_at_ms  INTEGER NOT NULL,
     revoked_at_ms INTEGER
 );
+
+-- 撤回 decided here, for the units hosted here: one row per recall and unit, kept until the node's
+-- signed report on it has been committed (reported = 1), so a crash in between loses no report.
+CREATE TABLE recall_outcomes (
+    recall_id       BLOB NOT NULL,
+    message_id      BLOB NOT NULL,
+    unit            TEXT NOT NULL,
+    outcome         TEXT NOT NULL,        -- recalled | signed-for | returned
+    original_sender TEXT NOT NULL,
+    priority        INTEGER NOT NULL,
+    reported        INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (recall_id, unit)
+) WITHOUT ROWID;

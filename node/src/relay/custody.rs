@@ -7,13 +7,15 @@ use std::collections::BTreeSet;
 
 use ed25519_dalek::SigningKey;
 use exchange_wire::api::RecipientState;
-use exchange_wire::receipt::{Delivered, DeliveryReport, Hop, Receipt, ReceiptType};
+use exchange_wire::receipt::{
+    Delivered, DeliveryReport, Hop, META_REPORT_TYPE, Receipt, ReceiptType, RecallReport, recalled_message,
+};
 use exchange_wire::{Kind, NodeId, SignedEnvelope, UnitAddress};
 
 use super::refusal::Refusal;
 use crate::directory::Directory;
 use crate::routing::{self, NextHop};
-use crate::storage::{Custody, EventRow, InboxRow, MessageRow, OutboxRow, TrackingRow};
+use crate::storage::{Custody, EventRow, InboxRow, MessageRow, OutboxRow, RecallRow, TrackingRow};
 
 /// A verified message arriving at this node.
 pub struct Incoming {
@@ -46,6 +48,8 @@ pub struct Summary {
     pub latencies_ms: Vec<u64>,
     /// Receipts that reached their original sender here, by type.
     pub receipts_returned: Vec<ReceiptType>,
+    /// Recalls to decide here (their reports follow the commit).
+    pub recalls: usize,
 }
 
 impl Summary {
@@ -54,6 +58,7 @@ impl Summary {
         self.delivered.extend(other.delivered);
         self.latencies_ms.extend(other.latencies_ms);
         self.receipts_returned.extend(other.receipts_returned);
+        self.recalls += other.recalls;
     }
 }
 
@@ -196,6 +201,37 @@ fn deliver_here(
         }
         Kind::DirectorySegment => {
             return Err(Refusal::new("unsupported-kind", 400, "directory segments travel on the directory protocol, not as messages"));
+        }
+        Kind::Recall => {
+            // Decided in the commit, in order with any 签收 or 退回 of the same entry.
+            let recalled = recalled_message(env)?;
+            for u in units {
+                c.recalls.push(RecallRow {
+                    recall_id: id,
+                    message_id: recalled.0,
+                    unit: u.to_string(),
+                    original_sender: env.sender.to_string(),
+                    priority: env.priority.rank(),
+                    at_ms: now as i64,
+                });
+                c.events.push(event(recalled.0, now, "recall", Some(u), None, Some(m.signed.id.to_hex())));
+            }
+            summary.recalls += units.len();
+        }
+        Kind::DeliveryReport if env.metadata.get(META_REPORT_TYPE).map(String::as_str) == Some("recall") => {
+            let report = RecallReport::from_envelope(env, &m.payload)?;
+            let orig = report.message_id.0;
+            for o in &report.outcomes {
+                if o.outcome == "recalled" {
+                    let mut t = tracking(orig, &o.unit, RecipientState::Recalled, &report.node, now);
+                    t.detail = Some("recalled before it was settled".into());
+                    c.tracking.push(t);
+                    c.events.push(event(orig, now, "recalled", Some(&o.unit), Some(&report.node), None));
+                } else {
+                    // Settled first: the 签收 or 退回 receipt tells the rest.
+                    c.events.push(event(orig, now, "recall-too-late", Some(&o.unit), Some(&report.node), Some(o.outcome.clone())));
+                }
+            }
         }
         Kind::DeliveryReport => {
             let report = DeliveryReport::from_envelope(env, &m.payload)?;

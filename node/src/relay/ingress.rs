@@ -98,6 +98,43 @@ impl Engine {
             .collect()
     }
 
+    /// 撤回: the sender of document `message_id` withdraws it from recipients who have not settled it.
+    /// Each recipient's home node decides, in order with any 签收 or 退回, and reports back.
+    pub async fn recall(self: &Arc<Self>, caller: &Caller, message_id: &MessageId, recall: SignedMessage) -> Result<SubmitResponse, Refusal> {
+        let dir = self.dir.current();
+        let recall_id = recall.envelope.message_id();
+        let checked = self.check_recall(&dir, caller, message_id, &recall).await;
+        let mut results = self.verify_and_take(&dir, None, vec![checked], vec![None]).await;
+        let result = results.pop().expect("one result");
+        if let Err(r) = &result {
+            self.refused("agency", &[Refused { id: Some(recall_id), kind: Some(Kind::Recall), refusal: r }]).await;
+        }
+        result.map(|outcome| SubmitResponse { id: recall_id, duplicate: outcome == JobOutcome::Duplicate, accepted_at_ms: exchange_wire::now_ms() })
+    }
+
+    async fn check_recall(&self, dir: &Directory, caller: &Caller, message_id: &MessageId, m: &SignedMessage) -> Result<Candidate, Refusal> {
+        let env = &m.envelope;
+        caller.may_act_for(&env.sender)?;
+        let target = exchange_wire::receipt::recalled_message(env)?;
+        if &target != message_id {
+            return Err(Refusal::malformed(format!("the recall is for message {target}, not {message_id}")));
+        }
+        let not_here = || Refusal::new("not-found", 404, format!("message {message_id} was not sent from a unit of node {}", self.here));
+        let stored = self.store.message(&message_id.0).await?.ok_or_else(not_here)?;
+        let original = Envelope::from_canonical_bytes(&stored.header).map_err(|_| Refusal::new("storage", 500, "stored message is unreadable"))?;
+        if original.kind != Kind::Document || original.sender != env.sender || self.store.tracking(&message_id.0).await?.is_empty() {
+            return Err(not_here());
+        }
+        if let Some(r) = env.recipients().find(|r| !original.recipients().any(|o| o == *r)) {
+            return Err(Refusal::malformed(format!("{r} is not a recipient of message {message_id}")));
+        }
+        self.check_fresh(env.created_at_ms)?;
+        self.check_active(dir, &env.sender)?;
+        let (signed, payload) = m.decode()?;
+        let recipients = signed.envelope.recipients().cloned().collect();
+        Ok(Candidate { signed, payload, recipients, hops: vec![] })
+    }
+
     /// Whether this node already holds exactly this submission: the same id (so the same signed
     /// header), the same signature, and a payload that matches the header.
     async fn is_held(&self, m: &SignedMessage) -> bool {

@@ -71,6 +71,8 @@ pub struct Engine {
     policy: PolicyConfig,
     node_key: SigningKey,
     forwarders: Mutex<HashMap<NodeId, Arc<Signals>>>,
+    /// Serialises recall reporting, so each decided recall is reported once.
+    recall_reports: tokio::sync::Mutex<()>,
     peers: Mutex<HashMap<NodeId, PeerState>>,
     /// Bumped after every commit that put something into an inbox (long-poll wake-up).
     inbox_changes: watch::Sender<u64>,
@@ -116,6 +118,7 @@ impl Engine {
             policy: cfg.policy.clone(),
             node_key,
             forwarders: Mutex::new(HashMap::new()),
+            recall_reports: tokio::sync::Mutex::new(()),
             peers: Mutex::new(HashMap::new()),
             inbox_changes: watch::channel(0).0,
         })
@@ -142,6 +145,8 @@ impl Engine {
         }
         let engine = self.clone();
         tokio::spawn(async move { engine.refresh_queue_gauges().await });
+        let engine = self.clone();
+        tokio::spawn(async move { engine.report_recalls().await });
         tokio::spawn(self.clone().resynchronise_directory(Duration::from_secs(30)));
         Ok(())
     }
@@ -336,6 +341,67 @@ impl Engine {
         for t in &summary.receipts_returned {
             self.metrics.receipts.with_label_values(&[t.as_str(), "returned"]).inc();
         }
+        if summary.recalls > 0 {
+            let engine = self.clone();
+            tokio::spawn(async move { engine.report_recalls().await });
+        }
+    }
+
+    /// Sends the senders of recalled documents this node's signed report on every recall decided
+    /// here and not yet reported. Runs after each commit that decided recalls, and at start-up (a
+    /// crash between the decision and its report loses nothing).
+    pub(crate) async fn report_recalls(self: &Arc<Self>) {
+        let _one_at_a_time = self.recall_reports.lock().await;
+        let rows = match self.store.unreported_recalls().await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read decided recalls");
+                return;
+            }
+        };
+        let mut by_recall: std::collections::BTreeMap<[u8; 32], Vec<crate::storage::RecallOutcomeRow>> = Default::default();
+        for r in rows {
+            by_recall.entry(r.recall_id).or_default().push(r);
+        }
+        let dir = self.dir.current();
+        let ctx = self.context(&dir);
+        let mut jobs = Vec::new();
+        let mut summaries = Vec::new();
+        for (recall_id, rows) in by_recall {
+            let Some(first) = rows.first() else { continue };
+            let (Ok(sender), Ok(priority)) = (first.original_sender.parse(), priority_of(first.priority)) else { continue };
+            let report = exchange_wire::receipt::RecallReport {
+                recall_id: exchange_wire::Digest(recall_id),
+                message_id: exchange_wire::Digest(first.message_id),
+                node: self.here.clone(),
+                outcomes: rows
+                    .iter()
+                    .filter_map(|r| Some(exchange_wire::receipt::RecallOutcome { unit: r.unit.parse().ok()?, outcome: r.outcome.clone() }))
+                    .collect(),
+            };
+            let (envelope, payload) = report.envelope(sender, priority);
+            let signed = envelope.sign(&self.node_key);
+            let recipients = vec![signed.envelope.to[0].clone()];
+            match custody::take(&ctx, custody::Incoming { signed, payload, recipients, from: None, hops: vec![] }) {
+                Ok((mut c, s)) => {
+                    c.recalls_reported.push(recall_id);
+                    jobs.push(WriteJob::Custody(c));
+                    summaries.push(s);
+                }
+                Err(r) => tracing::warn!(reason = %r.message, "cannot route a recall report"),
+            }
+        }
+        if jobs.is_empty() {
+            return;
+        }
+        match self.committer.commit(jobs).await {
+            Ok(_) => {
+                for s in &summaries {
+                    self.after_commit(s);
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot store recall reports; retried at the next recall or restart"),
+        }
     }
 
     /// After a neighbour's answer was recorded.
@@ -349,5 +415,15 @@ impl Engine {
         if !record.outbox_dead.is_empty() {
             self.metrics.dead_letters_total.with_label_values(&[hop.as_str()]).inc_by(record.outbox_dead.len() as u64);
         }
+    }
+}
+
+/// The priority with queue rank `rank`.
+fn priority_of(rank: u8) -> Result<exchange_wire::Priority, ()> {
+    match rank {
+        0 => Ok(exchange_wire::Priority::Urgent),
+        1 => Ok(exchange_wire::Priority::Express),
+        2 => Ok(exchange_wire::Priority::Routine),
+        _ => Err(()),
     }
 }

@@ -148,6 +148,7 @@ pub(crate) fn parse_state(s: &str) -> RecipientState {
         "delivered" => RecipientState::Delivered,
         "signed-for" => RecipientState::SignedFor,
         "returned" => RecipientState::Returned,
+        "recalled" => RecipientState::Recalled,
         _ => RecipientState::Failed,
     }
 }

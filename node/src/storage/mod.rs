@@ -127,6 +127,32 @@ pub struct Custody {
     pub events: Vec<EventRow>,
     /// Messages born of this one (a delivery report), stored only when this one is new.
     pub follow_ups: Vec<Custody>,
+    /// 撤回 to decide for units hosted here (a recall that is new).
+    pub recalls: Vec<RecallRow>,
+    /// Recalls whose report this job carries: their outcomes are marked reported.
+    pub recalls_reported: Vec<[u8; 32]>,
+}
+
+/// A recall to decide for one unit hosted here.
+#[derive(Debug, Clone)]
+pub struct RecallRow {
+    pub recall_id: [u8; 32],
+    pub message_id: [u8; 32],
+    pub unit: String,
+    pub original_sender: String,
+    pub priority: u8,
+    pub at_ms: i64,
+}
+
+/// A decided recall whose report is still to be sent.
+#[derive(Debug, Clone)]
+pub struct RecallOutcomeRow {
+    pub recall_id: [u8; 32],
+    pub message_id: [u8; 32],
+    pub unit: String,
+    pub outcome: String,
+    pub original_sender: String,
+    pub priority: u8,
 }
 
 /// Facts recorded unconditionally (acknowledgements from a neighbour, audit entries).
@@ -322,6 +348,8 @@ pub trait Store: Send + Sync + 'static {
     fn queue_stats(&self) -> BoxFuture<'_, Result<Vec<QueueStat>, StorageError>>;
     /// All dead letters.
     fn dead_letters(&self) -> BoxFuture<'_, Result<Vec<DeadLetterRecord>, StorageError>>;
+    /// Decided recalls not yet reported to their senders.
+    fn unreported_recalls(&self) -> BoxFuture<'_, Result<Vec<RecallOutcomeRow>, StorageError>>;
     /// Every directory segment held.
     fn segments(&self) -> BoxFuture<'_, Result<Vec<SegmentRow>, StorageError>>;
     /// Every unit token (hashes), revoked ones included.
@@ -336,7 +364,7 @@ pub fn state_rank(s: RecipientState) -> i64 {
         RecipientState::Accepted => 0,
         RecipientState::InTransit => 1,
         RecipientState::Delivered => 2,
-        RecipientState::SignedFor | RecipientState::Returned => 3,
+        RecipientState::SignedFor | RecipientState::Returned | RecipientState::Recalled => 3,
         RecipientState::Failed => 4,
     }
 }

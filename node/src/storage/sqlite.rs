@@ -77,6 +77,8 @@ struct Rows<'a> {
     inbox: Vec<&'a InboxRow>,
     tracking: Vec<&'a TrackingRow>,
     events: Vec<&'a EventRow>,
+    recalls: Vec<&'a RecallRow>,
+    recalls_reported: Vec<&'a [u8; 32]>,
 }
 
 impl<'a> Rows<'a> {
@@ -92,6 +94,8 @@ impl<'a> Rows<'a> {
         self.inbox.extend(&c.inbox);
         self.tracking.extend(&c.tracking);
         self.events.extend(&c.events);
+        self.recalls.extend(&c.recalls);
+        self.recalls_reported.extend(&c.recalls_reported);
         for f in &c.follow_ups {
             self.add_custody(f, held);
         }
@@ -236,6 +240,44 @@ async fn apply_outbox_record(tx: &mut Transaction<'_, Sqlite>, r: &Record) -> Re
             .bind(*seq)
             .execute(&mut **tx)
             .await?;
+    }
+    Ok(())
+}
+
+/// Decides recalls: an inbox entry still `delivered` (or not there yet) becomes `recalled`; one
+/// already signed for or returned stays so. The outcome is whatever the entry holds afterwards, so it
+/// agrees with every 签收 or 退回 ordered before it by the single writer.
+async fn apply_recalls(tx: &mut Transaction<'_, Sqlite>, recalls: &[&RecallRow], reported: &[&[u8; 32]]) -> Result<(), sqlx::Error> {
+    for r in recalls {
+        sqlx::query(
+            "INSERT INTO inbox (unit, message_id, delivered_at_ms, state) VALUES ($1, $2, $3, 'recalled') \
+             ON CONFLICT (unit, message_id) DO UPDATE SET state = 'recalled' WHERE inbox.state = 'delivered'",
+        )
+        .bind(r.unit.as_str())
+        .bind(r.message_id.as_slice())
+        .bind(r.at_ms)
+        .execute(&mut **tx)
+        .await?;
+        let outcome: String = sqlx::query_scalar("SELECT state FROM inbox WHERE unit = $1 AND message_id = $2")
+            .bind(r.unit.as_str())
+            .bind(r.message_id.as_slice())
+            .fetch_one(&mut **tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO recall_outcomes (recall_id, message_id, unit, outcome, original_sender, priority) VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (recall_id, unit) DO NOTHING",
+        )
+        .bind(r.recall_id.as_slice())
+        .bind(r.message_id.as_slice())
+        .bind(r.unit.as_str())
+        .bind(outcome)
+        .bind(r.original_sender.as_str())
+        .bind(r.priority as i64)
+        .execute(&mut **tx)
+        .await?;
+    }
+    for id in reported {
+        sqlx::query("UPDATE recall_outcomes SET reported = 1 WHERE recall_id = $1").bind(id.as_slice()).execute(&mut **tx).await?;
     }
     Ok(())
 }
@@ -461,6 +503,8 @@ impl Store for SqliteStore {
                 outcomes.push(outcome);
             }
             insert_rows(&mut tx, &rows).await?;
+            // After the inbox rows: a recall may arrive in the same batch as its document.
+            apply_recalls(&mut tx, &rows.recalls, &rows.recalls_reported).await?;
             let head = *self.chain_head.lock().expect("chain head lock");
             let new_head = append_audit(&mut tx, &rows.events, head).await?;
             tx.commit().await?;
@@ -660,6 +704,28 @@ impl Store for SqliteStore {
                     attempts: r.get(6),
                 })
                 .collect())
+        })
+    }
+
+    fn unreported_recalls(&self) -> BoxFuture<'_, Result<Vec<RecallOutcomeRow>, StorageError>> {
+        Box::pin(async move {
+            let rows = sqlx::query(
+                "SELECT recall_id, message_id, unit, outcome, original_sender, priority FROM recall_outcomes WHERE reported = 0 ORDER BY recall_id, unit",
+            )
+            .fetch_all(&self.readers)
+            .await?;
+            rows.into_iter()
+                .map(|r| {
+                    Ok(RecallOutcomeRow {
+                        recall_id: to_id(r.get(0))?,
+                        message_id: to_id(r.get(1))?,
+                        unit: r.get(2),
+                        outcome: r.get(3),
+                        original_sender: r.get(4),
+                        priority: r.get::<i64, _>(5) as u8,
+                    })
+                })
+                .collect()
         })
     }
 
