@@ -252,3 +252,47 @@ fn a_recall_racing_sign_fors_ends_with_one_outcome_per_recipient() {
         assert_eq!(ok, at_sender == RecipientState::SignedFor, "{r}: the sign-for succeeded exactly when it won");
     }
 }
+
+#[test]
+fn a_resend_reaches_the_recipients_the_document_missed() {
+    let net = three_nodes(FAST_RETRY);
+    let sender = unit("gz/general-office");
+    let (first, forgotten) = (unit("gz.yuexiu/civil-affairs"), unit("gz.haizhu/civil-affairs"));
+    let key = &net.unit_keys[&sender];
+    let doc = document(key, sender.as_str(), &[first.as_str()], &[], b"the body", "关于防汛的通知");
+    let client = net.client_for(&sender);
+    client.submit(&doc, b"the body").unwrap();
+
+    // 补发 to the unit that was forgotten: same body, resend.of naming the original.
+    let mut again = exchange_wire::Envelope::new(
+        exchange_wire::Kind::Document,
+        sender.clone(),
+        vec![forgotten.clone()],
+        vec![],
+        doc.envelope.priority,
+        b"the body",
+    );
+    again.metadata = doc.envelope.metadata.clone();
+    again.metadata.insert("resend.of".into(), doc.id.to_hex());
+    let again = again.sign(key);
+    client.resend(&doc.id, &again, b"the body").unwrap();
+    let item = wait_for("the 补发 delivered", Duration::from_secs(20), || read_inbox(&net.client_for(&forgotten), &forgotten).into_iter().next());
+    assert_eq!(item.message.envelope.metadata["resend.of"], doc.id.to_hex());
+    sign_for(&net.client_for(&forgotten), &net.unit_keys[&forgotten], &forgotten, &item);
+
+    // The original's status lists both recipients.
+    let status = wait_for("the 补发 signed for, in the original's status", Duration::from_secs(20), || {
+        let s = client.status(&doc.id).ok()?;
+        s.recipients.iter().any(|r| r.unit == forgotten && r.state == RecipientState::SignedFor).then_some(s)
+    });
+    assert_eq!(status.recipients.len(), 2);
+    assert!(status.recipients.iter().find(|r| r.unit == forgotten).unwrap().detail.as_deref().unwrap().contains(&again.id.to_hex()));
+
+    // Not to someone who already has it, not with another body.
+    let mut dup = exchange_wire::Envelope::new(exchange_wire::Kind::Document, sender.clone(), vec![first.clone()], vec![], doc.envelope.priority, b"the body");
+    dup.metadata.insert("resend.of".into(), doc.id.to_hex());
+    assert_eq!(client.resend(&doc.id, &dup.sign(key), b"the body").unwrap_err().code(), Some("malformed"));
+    let mut other = exchange_wire::Envelope::new(exchange_wire::Kind::Document, sender.clone(), vec![unit("gz/civil-affairs")], vec![], doc.envelope.priority, b"another body");
+    other.metadata.insert("resend.of".into(), doc.id.to_hex());
+    assert_eq!(client.resend(&doc.id, &other.sign(key), b"another body").unwrap_err().code(), Some("malformed"));
+}

@@ -172,6 +172,12 @@ impl ApiClient {
         self.post(&format!("/v1/messages/{message}/recall"), &SignedMessage::new(recall, b""))
     }
 
+    /// 补发: re-sends document `message` to recipients it missed, as a new document whose metadata
+    /// `resend.of` names the original (same sender, same payload).
+    pub fn resend(&self, message: &MessageId, resend: &SignedEnvelope, payload: &[u8]) -> Result<SubmitResponse, ClientError> {
+        self.post(&format!("/v1/messages/{message}/resend"), &SignedMessage::new(resend, payload))
+    }
+
     /// The unit's 办件 past their deadline and not yet settled, earliest deadline first.
     pub fn overdue(&self, unit: &UnitAddress) -> Result<InboxResponse, ClientError> {
         self.get(&format!("/v1/units/{unit}/overdue"), &[])

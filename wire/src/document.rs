@@ -24,6 +24,8 @@ pub const HANDLING: &str = "handling";
 pub const DEADLINE: &str = "deadline";
 /// 密级. Absent or `none` for unclassified documents; anything classified is refused.
 pub const CLASSIFICATION: &str = "classification";
+/// 补发: the id of the document this one re-sends, with the same body, to recipients it missed.
+pub const RESEND_OF: &str = "resend.of";
 
 /// The classification marks that keep a document off this network, in Chinese and in English.
 pub const CLASSIFIED_MARKS: [&str; 6] = ["秘密", "机密", "绝密", "secret", "confidential", "top-secret"];

@@ -199,6 +199,22 @@ async fn recall(State(engine): State<AppState>, caller: Caller, Path(id): Path<S
     }
 }
 
+/// `POST /v1/messages/{id}/resend`: 补发, the same document to recipients it missed.
+async fn resend(State(engine): State<AppState>, caller: Caller, Path(id): Path<String>, body: Result<Bytes, BytesRejection>) -> Response {
+    let id = match parse_id(&engine, &id).await {
+        Ok(i) => i,
+        Err(r) => return r.into_response(),
+    };
+    let msg: SignedMessage = match parse_body(&engine, body).await {
+        Ok(m) => m,
+        Err(r) => return r.into_response(),
+    };
+    match engine.resend(&caller, &id, msg).await {
+        Ok(ok) => json(if ok.duplicate { StatusCode::OK } else { StatusCode::ACCEPTED }, &ok),
+        Err(r) => r.into_response(),
+    }
+}
+
 /// `GET /v1/units/{node}/{unit}/overdue`: the unit's 办件 past their deadline, earliest first.
 async fn overdue(State(engine): State<AppState>, caller: Caller, Path((node, unit)): Path<(String, String)>) -> Response {
     let unit = match parse_unit(&engine, &node, &unit).await {
@@ -270,6 +286,7 @@ pub fn router(engine: AppState) -> Router {
         .route("/v1/directory/units/{node}/{unit}", get(directory_unit))
         .route("/v1/units/{node}/{unit}/overdue", get(overdue))
         .route("/v1/messages/{id}/recall", post(recall))
+        .route("/v1/messages/{id}/resend", post(resend))
         .layer(DefaultBodyLimit::max(body_limit.max(16 * 1024 * 1024)))
         )
         .with_state(engine)

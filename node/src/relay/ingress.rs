@@ -66,6 +66,18 @@ fn refusals<'a, T>(results: &'a [Result<T, Refusal>], ids: &[(Option<MessageId>,
 impl Engine {
     /// Submissions from agencies: verify, take custody, answer after the commit.
     pub async fn submit(self: &Arc<Self>, caller: &Caller, messages: Vec<SignedMessage>) -> Vec<BatchItemResult> {
+        self.take_submissions(caller, messages)
+            .await
+            .into_iter()
+            .map(|r| match r {
+                Ok(ok) => BatchItemResult::Accepted(ok),
+                Err(e) => BatchItemResult::Refused(e.body()),
+            })
+            .collect()
+    }
+
+    /// [`Engine::submit`] with the refusals themselves (already counted and audited).
+    async fn take_submissions(self: &Arc<Self>, caller: &Caller, messages: Vec<SignedMessage>) -> Vec<Result<SubmitResponse, Refusal>> {
         let dir = self.dir.current();
         let ids: Vec<(Option<MessageId>, Option<Kind>)> =
             messages.iter().map(|m| (Some(m.envelope.message_id()), Some(m.envelope.kind))).collect();
@@ -87,13 +99,12 @@ impl Engine {
         results
             .into_iter()
             .zip(ids)
-            .map(|(r, (id, _))| match r {
-                Ok(outcome) => BatchItemResult::Accepted(SubmitResponse {
+            .map(|(r, (id, _))| {
+                r.map(|outcome| SubmitResponse {
                     id: id.expect("every submission has an id"),
                     duplicate: outcome == JobOutcome::Duplicate,
                     accepted_at_ms: now,
-                }),
-                Err(e) => BatchItemResult::Refused(e.body()),
+                })
             })
             .collect()
     }
@@ -133,6 +144,52 @@ impl Engine {
         let (signed, payload) = m.decode()?;
         let recipients = signed.envelope.recipients().cloned().collect();
         Ok(Candidate { signed, payload, recipients, hops: vec![] })
+    }
+
+    /// 补发: re-sends document `message_id` (same body) to recipients it did not reach. The re-send is a
+    /// document of its own, signed by the same sender, with `resend.of` naming the original; the
+    /// original's status lists its recipients too.
+    pub async fn resend(self: &Arc<Self>, caller: &Caller, message_id: &MessageId, m: SignedMessage) -> Result<SubmitResponse, Refusal> {
+        let env = &m.envelope;
+        let resend_id = env.message_id();
+        let refuse = |r: Refusal| async move {
+            self.refused("agency", &[Refused { id: Some(resend_id), kind: Some(Kind::Document), refusal: &r }]).await;
+            Err(r)
+        };
+        if let Err(r) = caller.may_act_for(&env.sender) {
+            return refuse(r).await;
+        }
+        if env.metadata.get(exchange_wire::document::RESEND_OF) != Some(&message_id.to_hex()) {
+            return refuse(Refusal::malformed(format!("a 补发 carries metadata resend.of = {message_id}"))).await;
+        }
+        let status = match self.status(caller, message_id).await {
+            Ok(s) => s,
+            Err(r) => return refuse(r).await,
+        };
+        let original = match self.store.message(&message_id.0).await {
+            Ok(Some(o)) => Envelope::from_canonical_bytes(&o.header).map_err(|_| Refusal::new("storage", 500, "stored message is unreadable")),
+            Ok(None) => Err(Refusal::new("not-found", 404, format!("message {message_id} is not held here"))),
+            Err(e) => Err(e.into()),
+        };
+        let original = match original {
+            Ok(o) => o,
+            Err(r) => return refuse(r).await,
+        };
+        if original.sender != env.sender || original.payload_digest != env.payload_digest {
+            return refuse(Refusal::malformed("a 补发 comes from the original sender with the original body (same payload digest)")).await;
+        }
+        if let Some(r) = env.recipients().find(|r| status.recipients.iter().any(|s| &s.unit == *r)) {
+            return refuse(Refusal::malformed(format!("{r} already received message {message_id}; a 补发 goes only to recipients it missed"))).await;
+        }
+        let ok = self.take_submissions(caller, vec![m]).await.pop().expect("one result")?;
+        if !ok.duplicate {
+            let link = custody::event(message_id.0, exchange_wire::now_ms(), "resent", None, None, Some(ok.id.to_hex()));
+            let record = crate::storage::Record { events: vec![link], ..Default::default() };
+            if let Err(e) = self.committer.commit(vec![WriteJob::Record(record)]).await {
+                tracing::error!(error = %e, "cannot link a 补发 to its original");
+            }
+        }
+        Ok(ok)
     }
 
     /// Whether this node already holds exactly this submission: the same id (so the same signed

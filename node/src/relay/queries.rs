@@ -42,9 +42,28 @@ impl Engine {
                 receipt,
             });
         }
+        // 补发: the recipients of re-sends of this document, each with the re-send's id in detail.
+        let events = self.store.events(&id.0).await?;
+        for e in events.iter().filter(|e| e.event == "resent") {
+            let Some(resend) = e.detail.as_deref().and_then(|d| d.parse::<MessageId>().ok()) else { continue };
+            for t in self.store.tracking(&resend.0).await? {
+                let receipt = match &t.receipt_id {
+                    Some(rid) => self.receipt_view(rid).await?,
+                    None => None,
+                };
+                recipients.push(RecipientStatus {
+                    unit: t.recipient.parse().map_err(|_| unreadable())?,
+                    state: parse_state(&t.state),
+                    node: t.node.parse().unwrap_or_else(|_| self.here.clone()),
+                    at_ms: t.at_ms as u64,
+                    detail: Some(format!("补发 as message {resend}{}", t.detail.map(|d| format!(": {d}")).unwrap_or_default())),
+                    receipt,
+                });
+            }
+        }
         // Hops: ours first, then those delivering nodes reported back, earliest sighting of each node.
         let mut hops: Vec<Hop> = serde_json::from_str(&stored.hops).unwrap_or_default();
-        for e in self.store.events(&id.0).await? {
+        for e in events {
             if e.event == "hop"
                 && let Some(node) = e.peer.and_then(|p| p.parse().ok())
                     && !hops.iter().any(|h| h.node == node) {
