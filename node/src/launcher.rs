@@ -95,9 +95,25 @@ pub struct LocalNetwork {
     _tmp: Option<tempfile::TempDir>,
 }
 
-/// Probes a free TCP port on 127.0.0.1.
+/// Probes a free TCP port on 127.0.0.1 for a node to listen on.
+///
+/// Ports come from below the kernel's ephemeral range (outgoing connections and `bind(0)` take theirs
+/// from that range, so they cannot grab a port between this probe and the node's bind), and each is
+/// handed out once per process, so networks started side by side by parallel tests never collide.
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Start at a different place in every process, so concurrent test binaries rarely meet.
+    let _ = NEXT.compare_exchange(0, 1 + (std::process::id() * 7919) % SPAN, Ordering::SeqCst, Ordering::SeqCst);
+    for _ in 0..SPAN {
+        let port = (FIRST + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    anyhow::bail!("no free TCP port between {FIRST} and {}", FIRST + SPAN)
 }
 
 fn write_key(path: &Path, key: &SigningKey, label: &str) -> anyhow::Result<()> {
