@@ -1,5 +1,5 @@
 //! Agency commands: keys, sending documents, reading (and verifying) an inbox, listing overdue 办件,
-//! signing for (签收), returning (退回) and tracing.
+//! signing for (签收), returning (退回), recalling (撤回), re-sending (补发) and tracing.
 //!
 //! Everything that needs a unit key happens here, on the agency's machine: the node only ever sees
 //! signed envelopes, never a key. Each command talks to the node through `exchange_wire::client`, the
@@ -10,8 +10,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
-use exchange_wire::api::{InboxItem, InboxResponse, RecipientState, RecipientStatus};
-use exchange_wire::directory::UnitRecord;
+use exchange_wire::api::{
+    InboxItem, InboxResponse, RecipientState, RecipientStatus, StatusResponse,
+};
+use exchange_wire::directory::{UnitRecord, UnitStatus};
 use exchange_wire::{Envelope, Kind, MessageId, PublicKey, UnitAddress, document, keys, receipt};
 
 use crate::endpoint::{ActingFor, Ctx, Endpoint};
@@ -19,7 +21,10 @@ use crate::output::{
     Table, china_day, date_days, emit, emit_json, format_ms, sanitize, short_id, truncate,
 };
 use crate::parse::{self, IdPattern, META_FILE_NAME};
-use crate::{InboxArgs, KeygenArgs, OverdueArgs, PubkeyArgs, ReturnArgs, SendArgs, SignForArgs};
+use crate::{
+    DocumentFields, InboxArgs, KeygenArgs, OverdueArgs, PubkeyArgs, RecallArgs, ResendArgs,
+    ReturnArgs, SendArgs, SignForArgs,
+};
 
 /// The longest inbox long-poll: the client gives up on any answer after 120 s, so the node must get
 /// to answer well before that.
@@ -63,27 +68,40 @@ pub fn pubkey(ctx: &Ctx, a: &PubkeyArgs) -> Result<()> {
 /// The GB/T 9704 fields are checked as the node checks them at ingress (`document::check`), so a
 /// document the node would refuse, a classified one above all, is refused here before it is signed.
 fn document_envelope(a: &SendArgs, payload: &[u8]) -> Result<Envelope> {
-    let (to, cc) = parse::recipients(&a.to, &a.cc).map_err(anyhow::Error::msg)?;
-    let mut metadata = parse::metadata(&a.meta).map_err(anyhow::Error::msg)?;
+    build_document(&a.from, &a.to, &a.cc, &a.doc, &a.file, payload)
+}
+
+/// The (unsigned) document envelope from `from` with the fields of `send` and `resend`, checked as
+/// [`document_envelope`] says.
+fn build_document(
+    from: &UnitAddress,
+    to: &[String],
+    cc: &[String],
+    d: &DocumentFields,
+    file: &Path,
+    payload: &[u8],
+) -> Result<Envelope> {
+    let (to, cc) = parse::recipients(to, cc).map_err(anyhow::Error::msg)?;
+    let mut metadata = parse::metadata(&d.meta).map_err(anyhow::Error::msg)?;
     let fields = [
-        (document::TITLE, a.title.as_deref()),
-        (document::DOC_NUMBER, a.doc_number.as_deref()),
-        (document::ISSUER, a.issuer.as_deref()),
-        (document::SIGNER, a.signer.as_deref()),
-        (document::DOC_DATE, a.doc_date.as_deref()),
-        (document::DOC_TYPE, a.doc_type.as_deref()),
-        (document::HANDLING, a.handling.map(parse::Handling::as_str)),
-        (document::DEADLINE, a.deadline.as_deref()),
+        (document::TITLE, d.title.as_deref()),
+        (document::DOC_NUMBER, d.doc_number.as_deref()),
+        (document::ISSUER, d.issuer.as_deref()),
+        (document::SIGNER, d.signer.as_deref()),
+        (document::DOC_DATE, d.doc_date.as_deref()),
+        (document::DOC_TYPE, d.doc_type.as_deref()),
+        (document::HANDLING, d.handling.map(parse::Handling::as_str)),
+        (document::DEADLINE, d.deadline.as_deref()),
     ];
     for (key, value) in fields {
         if let Some(v) = value {
             metadata.insert(key.into(), v.to_owned());
         }
     }
-    if let Some(name) = a.file.file_name() {
+    if let Some(name) = file.file_name() {
         metadata.insert(META_FILE_NAME.into(), name.to_string_lossy().into_owned());
     }
-    let mut envelope = Envelope::new(Kind::Document, a.from.clone(), to, cc, a.priority, payload);
+    let mut envelope = Envelope::new(Kind::Document, from.clone(), to, cc, d.priority, payload);
     envelope.metadata = metadata;
     envelope.check_shape()?;
     document::check(&envelope)
@@ -481,6 +499,7 @@ pub fn sign_for(ctx: &Ctx, a: &SignForArgs) -> Result<()> {
     let item = find_in_inbox(&node, &a.unit, &a.message)?;
     let e = &item.message.envelope;
     require_document(&item, "signed for")?;
+    require_not_recalled(&item, &a.unit, "signed for")?;
     let signed =
         receipt::signed_for(a.unit.clone(), e.sender.clone(), item.id, e.priority).sign(&key);
     let answer = node.call(|c| c.sign_for(&a.unit, &item.id, &signed))?;
@@ -513,6 +532,19 @@ fn require_document(item: &InboxItem, verb: &str) -> Result<()> {
     Ok(())
 }
 
+/// Refuses a document its sender recalled (撤回) from `unit`: it is settled, and the node refuses
+/// any 签收 or 退回 of it.
+fn require_not_recalled(item: &InboxItem, unit: &UnitAddress, verb: &str) -> Result<()> {
+    if item.state == RecipientState::Recalled {
+        bail!(
+            "message {} was recalled (撤回) from {unit} by its sender {}; a recalled document can no longer be {verb}",
+            item.id,
+            item.message.envelope.sender
+        );
+    }
+    Ok(())
+}
+
 /// Builds the (unsigned) 退回 receipt for `item` in `unit`'s inbox. Refuses what the node would
 /// refuse: a non-document, a document already settled (签收 or 退回; a document is settled once), an
 /// empty reason, a reason too long for an envelope header.
@@ -531,6 +563,7 @@ fn return_receipt(unit: &UnitAddress, item: &InboxItem, reason: &str) -> Result<
         ),
         _ => {}
     }
+    require_not_recalled(item, unit, "returned")?;
     let reason = parse::reason(reason).map_err(anyhow::Error::msg)?;
     let e = &item.message.envelope;
     let envelope = receipt::returned(unit.clone(), e.sender.clone(), item.id, e.priority, &reason);
@@ -567,6 +600,333 @@ pub fn return_message(ctx: &Ctx, a: &ReturnArgs) -> Result<()> {
     emit(&format!("{}\n", answer.receipt_id))
 }
 
+/// How the sender's node marks, in `detail`, the recipients of a 补发 listed in the original's
+/// status: `补发 as message <id>`, maybe followed by `: <detail of that recipient>`.
+const RESENT_AS: &str = "补发 as message ";
+
+/// The 补发 through which a recipient in a document's status was reached, if it was one.
+fn resent_as(r: &RecipientStatus) -> Option<MessageId> {
+    r.detail
+        .as_deref()?
+        .strip_prefix(RESENT_AS)?
+        .get(..64)?
+        .parse()
+        .ok()
+}
+
+/// Whether nothing is left to recall from a recipient in this state: it settled the document (签收,
+/// 退回, or an earlier 撤回), or a node refused the document for good so it never got it.
+fn is_final(state: RecipientState) -> bool {
+    matches!(
+        state,
+        RecipientState::SignedFor
+            | RecipientState::Returned
+            | RecipientState::Recalled
+            | RecipientState::Failed
+    )
+}
+
+/// What a final state means, after the recipient's address.
+fn final_as(state: RecipientState) -> &'static str {
+    match state {
+        RecipientState::SignedFor => "signed for it (签收)",
+        RecipientState::Returned => "returned it (退回)",
+        RecipientState::Recalled => "has had it recalled (撤回) already",
+        RecipientState::Failed => "never got it: a node refused it for good",
+        _ => "has not settled it",
+    }
+}
+
+/// The recipients a 撤回 of the document in `st` goes to. With `only` empty, every recipient of the
+/// document whose state is still open (accepted, in-transit, delivered); else exactly those, each of
+/// which must be such a recipient. Recipients reached by a 补发 are another message's, recalled by
+/// that message's id. Refuses when nobody is left to recall, saying why.
+fn recall_targets(st: &StatusResponse, only: &[UnitAddress]) -> Result<Vec<UnitAddress>> {
+    if st.kind != Kind::Document {
+        bail!(
+            "message {} is a {}, not a document; only documents are recalled",
+            st.id,
+            st.kind
+        );
+    }
+    let resent: Vec<(&RecipientStatus, MessageId)> = st
+        .recipients
+        .iter()
+        .filter_map(|r| resent_as(r).map(|m| (r, m)))
+        .collect();
+    if only.is_empty() {
+        let open: Vec<UnitAddress> = st
+            .recipients
+            .iter()
+            .filter(|r| resent_as(r).is_none() && !is_final(r.state))
+            .map(|r| r.unit.clone())
+            .collect();
+        if !open.is_empty() {
+            return Ok(open);
+        }
+        let mut counts: std::collections::BTreeMap<RecipientState, usize> = Default::default();
+        for r in st.recipients.iter().filter(|r| resent_as(r).is_none()) {
+            *counts.entry(r.state).or_default() += 1;
+        }
+        let counts: Vec<String> = counts
+            .iter()
+            .map(|(state, n)| format!("{n} {}", state.as_str()))
+            .collect();
+        let mut why = format!(
+            "nobody left to recall message {} from: every recipient has settled it or cannot get it ({}); a recall \
+             only withdraws a document not yet signed for or returned",
+            st.id,
+            if counts.is_empty() {
+                "none listed".to_owned()
+            } else {
+                counts.join(", ")
+            }
+        );
+        let mut open_resends: Vec<String> = resent
+            .iter()
+            .filter(|(r, _)| !is_final(r.state))
+            .map(|(_, m)| m.to_hex())
+            .collect();
+        open_resends.sort_unstable();
+        open_resends.dedup();
+        if !open_resends.is_empty() {
+            why.push_str(&format!(
+                "; recipients reached by a 补发 are recalled by the 补发's own id: {}",
+                open_resends.join(", ")
+            ));
+        }
+        bail!(why);
+    }
+    let mut out = Vec::new();
+    for unit in only {
+        let Some(r) = st.recipients.iter().find(|r| &r.unit == unit) else {
+            bail!(
+                "{unit} is not a recipient of message {}; `exchange-admin status {}` lists them",
+                st.id,
+                st.id
+            );
+        };
+        if let Some(m) = resent_as(r) {
+            bail!(
+                "{unit} got this document by a 补发, message {m}, not by message {}: recall that one \
+                 (exchange-admin recall ... {m})",
+                st.id
+            );
+        }
+        if is_final(r.state) {
+            bail!(
+                "{unit} {}: nothing is left to recall there (state {})",
+                final_as(r.state),
+                r.state.as_str()
+            );
+        }
+        out.push(unit.clone());
+    }
+    Ok(out)
+}
+
+/// The (unsigned) 撤回 of the document in `st` from `targets`, which its sender signs. Refuses an
+/// empty reason and one too long for an envelope header, as the node would.
+fn recall_envelope(
+    st: &StatusResponse,
+    targets: Vec<UnitAddress>,
+    priority: exchange_wire::Priority,
+    reason: &str,
+) -> Result<Envelope> {
+    let reason = parse::recall_reason(reason).map_err(anyhow::Error::msg)?;
+    let envelope = receipt::recall(st.sender.clone(), targets, st.id, priority, &reason);
+    envelope
+        .check_shape()
+        .context("the recall cannot be sent")?;
+    receipt::recalled_message(&envelope)?;
+    Ok(envelope)
+}
+
+/// The (unsigned) 补发 of the document in `st`: a document of its own from the same sender, with the
+/// fields given and `resend.of` naming the original, to recipients the original does not list yet
+/// (the node refuses any it lists, whatever their state).
+fn resend_envelope(a: &ResendArgs, st: &StatusResponse, payload: &[u8]) -> Result<Envelope> {
+    if st.kind != Kind::Document {
+        bail!(
+            "message {} is a {}, not a document; only documents are re-sent (补发)",
+            st.id,
+            st.kind
+        );
+    }
+    let mut envelope = build_document(&st.sender, &a.to, &a.cc, &a.doc, &a.file, payload)?;
+    let listed = envelope
+        .recipients()
+        .find_map(|u| st.recipients.iter().find(|r| &r.unit == u));
+    if let Some(r) = listed {
+        let how = match resent_as(r) {
+            Some(m) => format!("by 补发 as message {m}, "),
+            None => String::new(),
+        };
+        bail!(
+            "{} is already a recipient of message {} ({how}state {}); a 补发 goes only to recipients the document \
+             missed",
+            r.unit,
+            st.id,
+            r.state.as_str()
+        );
+    }
+    envelope
+        .metadata
+        .insert(document::RESEND_OF.into(), st.id.to_hex());
+    envelope.check_shape()?;
+    Ok(envelope)
+}
+
+/// The directory record of `unit`, as the node's directory lists it.
+fn unit_record(node: &Endpoint, unit: &UnitAddress) -> Result<UnitRecord> {
+    node.call_found(|c| c.directory_unit(unit))?.ok_or_else(|| {
+        anyhow!(
+            "{unit} is not in the directory of the node at {}",
+            node.base_url()
+        )
+    })
+}
+
+/// Checks, before anything is signed, that `key` (read from `file`) is one of the keys the directory
+/// lists for `unit`, the sender, valid at `at_ms`, and that the unit is active: the node refuses what
+/// is signed otherwise.
+fn check_sender_key(
+    record: &UnitRecord,
+    unit: &UnitAddress,
+    key: &PublicKey,
+    file: &Path,
+    at_ms: u64,
+) -> Result<()> {
+    if &record.address != unit {
+        bail!(
+            "the directory answered for {}, not for the sender {unit}",
+            record.address
+        );
+    }
+    match record.status {
+        UnitStatus::Active => {}
+        UnitStatus::Suspended => bail!(
+            "{unit} is suspended in the directory: its node refuses what it signs until an operator activates it"
+        ),
+        UnitStatus::Revoked => {
+            bail!("{unit} is revoked in the directory: it can no longer sign anything")
+        }
+    }
+    let mine: Vec<_> = record
+        .keys
+        .iter()
+        .filter(|k| &k.public_key == key)
+        .collect();
+    if mine.is_empty() {
+        bail!(
+            "the key in {} (public key {key}) is not one of the {} key(s) of {unit} in the directory; the document's \
+             sender signs here: give --key the key file of {unit}",
+            file.display(),
+            record.keys.len()
+        );
+    }
+    if !mine.iter().any(|k| k.valid_at(at_ms)) {
+        bail!(
+            "the key in {} is a key of {unit}, but the directory says it is not valid now (not yet valid, expired \
+             or revoked): use the unit's current key",
+            file.display()
+        );
+    }
+    Ok(())
+}
+
+/// `recall MESSAGE_ID`: 撤回 a document this unit sent from recipients who have not settled it, with a
+/// reason, in a recall signed by the unit's key. The sender, the recipients and their states come
+/// from the document's status at the sender's node.
+pub fn recall(ctx: &Ctx, a: &RecallArgs) -> Result<()> {
+    let only = parse::unit_list(&a.to).map_err(anyhow::Error::msg)?;
+    let node = ctx.agency(ActingFor::SenderOf(&a.message))?;
+    // Read the key first: a bad key file should fail before any network work.
+    let key = keys::read(&a.key)?;
+    let st = node.call(|c| c.status(&a.message))?;
+    let targets = recall_targets(&st, &only)?;
+    let envelope = recall_envelope(&st, targets, a.priority, &a.reason)?;
+    let record = unit_record(&node, &st.sender)?;
+    let public = PublicKey(key.verifying_key());
+    check_sender_key(&record, &st.sender, &public, &a.key, envelope.created_at_ms)?;
+    let signed = envelope.sign(&key);
+    let answer = node.call(|c| c.recall(&a.message, &signed))?;
+    let recipients = &signed.envelope.to;
+    if ctx.json {
+        let mut value = serde_json::to_value(&answer)?;
+        if let Some(obj) = value.as_object_mut() {
+            obj.insert("message_id".into(), st.id.to_hex().into());
+            obj.insert("recipients".into(), serde_json::to_value(recipients)?);
+        }
+        return emit_json(&value);
+    }
+    if answer.duplicate {
+        eprintln!(
+            "duplicate: the node already held this recall (accepted {} UTC)",
+            format_ms(answer.accepted_at_ms)
+        );
+    } else {
+        let names: Vec<String> = recipients.iter().map(ToString::to_string).collect();
+        eprintln!(
+            "recall (撤回) of {} accepted {} UTC for {} recipient(s): {}",
+            st.id,
+            format_ms(answer.accepted_at_ms),
+            names.len(),
+            names.join(", ")
+        );
+        eprintln!(
+            "each recipient's node decides in order with any 签收 or 退回 it received; `exchange-admin status {}` \
+             shows each as recalled, or as signed-for or returned if it settled first. Recall id:",
+            st.id
+        );
+    }
+    emit(&format!("{}\n", answer.id))
+}
+
+/// `resend MESSAGE_ID FILE`: 补发 a document this unit sent, same body, to recipients it missed, as a
+/// new document signed by the unit's key with `resend.of` naming the original.
+pub fn resend(ctx: &Ctx, a: &ResendArgs) -> Result<()> {
+    // The recipients and --meta are checked before any network work; the rest of the document's
+    // fields once the sender is known (`resend_envelope`), still before anything is signed.
+    parse::recipients(&a.to, &a.cc).map_err(anyhow::Error::msg)?;
+    parse::metadata(&a.doc.meta).map_err(anyhow::Error::msg)?;
+    let node = ctx.agency(ActingFor::SenderOf(&a.message))?;
+    // Read the key and the file first: bad ones should fail before any network work.
+    let key = keys::read(&a.key)?;
+    let payload = std::fs::read(&a.file)
+        .with_context(|| format!("cannot read the document {}", a.file.display()))?;
+    let st = node.call(|c| c.status(&a.message))?;
+    let envelope = resend_envelope(a, &st, &payload)?;
+    let record = unit_record(&node, &st.sender)?;
+    let public = PublicKey(key.verifying_key());
+    check_sender_key(&record, &st.sender, &public, &a.key, envelope.created_at_ms)?;
+    let signed = envelope.sign(&key);
+    let answer = node.call(|c| c.resend(&a.message, &signed, &payload))?;
+    if ctx.json {
+        let mut value = serde_json::to_value(&answer)?;
+        if let Some(obj) = value.as_object_mut() {
+            obj.insert("resend_of".into(), st.id.to_hex().into());
+        }
+        return emit_json(&value);
+    }
+    if answer.duplicate {
+        eprintln!(
+            "duplicate: the node already held this 补发 (accepted {} UTC); it will not be delivered twice",
+            format_ms(answer.accepted_at_ms)
+        );
+    } else {
+        eprintln!(
+            "补发 of {} accepted {} UTC; `exchange-admin status {}` lists its recipients with the original's, \
+             `exchange-admin status {}` follows the 补发 alone. New message id:",
+            st.id,
+            format_ms(answer.accepted_at_ms),
+            st.id,
+            answer.id
+        );
+    }
+    emit(&format!("{}\n", answer.id))
+}
+
 /// The per-recipient table of `status`.
 fn recipients_table(recipients: &[RecipientStatus]) -> Table {
     let with_detail = recipients.iter().any(|r| r.detail.is_some());
@@ -587,7 +947,9 @@ fn recipients_table(recipients: &[RecipientStatus]) -> Table {
                 .unwrap_or_else(|| "-".into()),
         ];
         if with_detail {
-            row.push(r.detail.clone().unwrap_or_default());
+            // A return's reason may span lines; a table row may not.
+            let detail = r.detail.as_deref().unwrap_or_default();
+            row.push(sanitize(&detail.replace(['\n', '\t'], " ")));
         }
         t.push(row);
     }
@@ -631,7 +993,7 @@ mod tests {
     use super::*;
     use exchange_wire::Priority;
     use exchange_wire::api::SignedMessage;
-    use exchange_wire::directory::{KeyRecord, UnitStatus};
+    use exchange_wire::directory::KeyRecord;
     use std::path::PathBuf;
 
     fn send_args() -> SendArgs {
@@ -640,16 +1002,18 @@ mod tests {
             from: "gz.yuexiu/liurong-street".parse().unwrap(),
             to: vec!["gz/civil-affairs,gz.haizhu/civil-affairs".into()],
             cc: vec!["gz.tianhe/civil-affairs".into()],
-            priority: Priority::Express,
-            title: Some("关于做好防汛工作的通知".into()),
-            doc_number: Some("越府〔2025〕12号".into()),
-            issuer: None,
-            signer: None,
-            doc_date: None,
-            doc_type: None,
-            handling: None,
-            deadline: None,
-            meta: vec!["category=notice".into()],
+            doc: DocumentFields {
+                priority: Priority::Express,
+                title: Some("关于做好防汛工作的通知".into()),
+                doc_number: Some("越府〔2025〕12号".into()),
+                issuer: None,
+                signer: None,
+                doc_date: None,
+                doc_type: None,
+                handling: None,
+                deadline: None,
+                meta: vec!["category=notice".into()],
+            },
             file: PathBuf::from("/tmp/some/dir/通知.pdf"),
         }
     }
@@ -705,12 +1069,12 @@ mod tests {
     #[test]
     fn document_envelope_carries_the_gbt_9704_fields() {
         let mut a = send_args();
-        a.issuer = Some("越秀区六榕街道办事处".into());
-        a.signer = Some("张三".into());
-        a.doc_date = Some("2025-05-20".into());
-        a.doc_type = Some("通知".into());
-        a.handling = Some(parse::Handling::Action);
-        a.deadline = Some("2025-06-01".into());
+        a.doc.issuer = Some("越秀区六榕街道办事处".into());
+        a.doc.signer = Some("张三".into());
+        a.doc.doc_date = Some("2025-05-20".into());
+        a.doc.doc_type = Some("通知".into());
+        a.doc.handling = Some(parse::Handling::Action);
+        a.doc.deadline = Some("2025-06-01".into());
         let e = document_envelope(&a, b"payload").unwrap();
         let m = &e.metadata;
         assert_eq!(m[document::TITLE], "关于做好防汛工作的通知");
@@ -721,7 +1085,7 @@ mod tests {
         assert_eq!(m[document::DOC_TYPE], "通知");
         assert_eq!(m[document::HANDLING], "action");
         assert_eq!(m[document::DEADLINE], "2025-06-01");
-        a.handling = Some(parse::Handling::Information);
+        a.doc.handling = Some(parse::Handling::Information);
         let e = document_envelope(&a, b"payload").unwrap();
         assert_eq!(e.metadata[document::HANDLING], "information");
         document::check(&e).unwrap();
@@ -731,16 +1095,16 @@ mod tests {
     fn classified_documents_are_refused_before_signing() {
         for mark in ["机密", "秘密★1年", "top-secret"] {
             let mut a = send_args();
-            a.meta = vec![format!("classification={mark}")];
+            a.doc.meta = vec![format!("classification={mark}")];
             let err = document_envelope(&a, b"x").unwrap_err().to_string();
             let node_says = document::DocumentError::Classified(mark.into()).to_string();
             assert!(err.starts_with(&node_says), "{err}");
             assert!(err.contains("nothing was sent"), "{err}");
         }
         let mut a = send_args();
-        a.meta = vec!["classification=内部".into()];
+        a.doc.meta = vec!["classification=内部".into()];
         assert!(document_envelope(&a, b"x").is_ok());
-        a.meta = vec!["classification=hush".into()];
+        a.doc.meta = vec!["classification=hush".into()];
         let err = document_envelope(&a, b"x").unwrap_err().to_string();
         assert!(err.contains("not a known mark"), "{err}");
     }
@@ -999,8 +1363,8 @@ mod tests {
     fn overdue_table_shows_deadlines_and_days() {
         let key = keys::generate();
         let mut a = send_args();
-        a.handling = Some(parse::Handling::Action);
-        a.deadline = Some("2025-06-01".into());
+        a.doc.handling = Some(parse::Handling::Action);
+        a.doc.deadline = Some("2025-06-01".into());
         let signed = document_envelope(&a, b"x").unwrap().sign(&key);
         let with_deadline = inbox_item(&signed, RecipientState::Delivered);
         let mut bare = inbox_item!(key, RecipientState::Delivered);
@@ -1081,5 +1445,332 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("not a document"), "{err}");
+    }
+
+    fn unit(s: &str) -> UnitAddress {
+        s.parse().unwrap()
+    }
+
+    fn row(u: &str, state: RecipientState, detail: Option<String>) -> RecipientStatus {
+        RecipientStatus {
+            unit: unit(u),
+            state,
+            node: "gz".parse().unwrap(),
+            at_ms: 1_700_000_000_123,
+            detail,
+            receipt: None,
+        }
+    }
+
+    /// The status of a document from 六榕街道 with `rows` as its recipients.
+    fn doc_status(rows: Vec<RecipientStatus>) -> StatusResponse {
+        StatusResponse {
+            id: "ab".repeat(32).parse().unwrap(),
+            kind: Kind::Document,
+            sender: unit("gz.yuexiu/liurong-street"),
+            created_at_ms: 1_700_000_000_000,
+            recipients: rows,
+            hops: vec![],
+        }
+    }
+
+    fn resend_id() -> MessageId {
+        "cd".repeat(32).parse().unwrap()
+    }
+
+    /// A status row of a recipient reached by the 补发 `resend_id()`, as the sender's node writes it.
+    fn resent_row(u: &str, state: RecipientState, detail: Option<&str>) -> RecipientStatus {
+        let d = detail.map(|d| format!(": {d}")).unwrap_or_default();
+        row(
+            u,
+            state,
+            Some(format!("补发 as message {}{d}", resend_id())),
+        )
+    }
+
+    fn mixed_status() -> StatusResponse {
+        doc_status(vec![
+            row("gz.haizhu/civil-affairs", RecipientState::Delivered, None),
+            row("gz.tianhe/civil-affairs", RecipientState::InTransit, None),
+            row("gz/civil-affairs", RecipientState::SignedFor, None),
+            row(
+                "gz/finance",
+                RecipientState::Returned,
+                Some("发文字号有误".into()),
+            ),
+            row(
+                "gz/housing",
+                RecipientState::Recalled,
+                Some("recalled before it was settled".into()),
+            ),
+            row(
+                "gz/transport",
+                RecipientState::Failed,
+                Some("unit suspended".into()),
+            ),
+            row("gz/health", RecipientState::Accepted, None),
+            resent_row("gz/education", RecipientState::Delivered, None),
+        ])
+    }
+
+    #[test]
+    fn resent_rows_name_their_resend() {
+        assert_eq!(
+            resent_as(&resent_row("gz/a", RecipientState::Delivered, None)),
+            Some(resend_id())
+        );
+        assert_eq!(
+            resent_as(&resent_row("gz/a", RecipientState::Returned, Some("重复"))),
+            Some(resend_id())
+        );
+        assert_eq!(
+            resent_as(&row("gz/a", RecipientState::Delivered, None)),
+            None
+        );
+        let odd = row(
+            "gz/a",
+            RecipientState::Returned,
+            Some("补发 as message 12".into()),
+        );
+        assert_eq!(resent_as(&odd), None);
+    }
+
+    #[test]
+    fn recall_goes_to_the_open_recipients_by_default() {
+        let st = mixed_status();
+        let targets = recall_targets(&st, &[]).unwrap();
+        let names: Vec<&str> = targets.iter().map(UnitAddress::as_str).collect();
+        assert_eq!(
+            names,
+            [
+                "gz.haizhu/civil-affairs",
+                "gz.tianhe/civil-affairs",
+                "gz/health"
+            ],
+            "settled, failed and 补发 recipients are left out"
+        );
+    }
+
+    #[test]
+    fn recall_to_checks_each_named_recipient() {
+        let st = mixed_status();
+        let only = [unit("gz.tianhe/civil-affairs")];
+        assert_eq!(recall_targets(&st, &only).unwrap(), only);
+        let cases = [
+            ("gz/civil-affairs", "signed for it (签收)"),
+            ("gz/finance", "returned it (退回)"),
+            ("gz/housing", "recalled (撤回) already"),
+            ("gz/transport", "refused it for good"),
+            ("gz/planning", "not a recipient"),
+        ];
+        for (u, expected) in cases {
+            let only = [unit("gz.haizhu/civil-affairs"), unit(u)];
+            let e = recall_targets(&st, &only).unwrap_err().to_string();
+            assert!(e.contains(expected), "{u}: {e}");
+            assert!(e.contains(u), "{e}");
+        }
+        let e = recall_targets(&st, &[unit("gz/education")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("补发") && e.contains(&resend_id().to_hex()),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn recall_says_when_nobody_is_left() {
+        let st = doc_status(vec![
+            row("gz/a", RecipientState::SignedFor, None),
+            row("gz/b", RecipientState::SignedFor, None),
+            row("gz/c", RecipientState::Returned, Some("x".into())),
+            resent_row("gz/d", RecipientState::Delivered, None),
+        ]);
+        let e = recall_targets(&st, &[]).unwrap_err().to_string();
+        assert!(e.starts_with("nobody left to recall"), "{e}");
+        assert!(e.contains("2 signed-for, 1 returned"), "{e}");
+        assert!(
+            e.contains(&resend_id().to_hex()),
+            "an open 补发 is pointed to: {e}"
+        );
+
+        let st = doc_status(vec![resent_row("gz/d", RecipientState::SignedFor, None)]);
+        let e = recall_targets(&st, &[]).unwrap_err().to_string();
+        assert!(e.contains("none listed") && !e.contains("补发"), "{e}");
+
+        let mut receipt = mixed_status();
+        receipt.kind = Kind::Receipt;
+        let e = recall_targets(&receipt, &[]).unwrap_err().to_string();
+        assert!(e.contains("not a document"), "{e}");
+    }
+
+    #[test]
+    fn recall_envelopes() {
+        let st = mixed_status();
+        let targets = recall_targets(&st, &[]).unwrap();
+        let e = recall_envelope(&st, targets.clone(), Priority::Urgent, " 发文字号有误 ").unwrap();
+        assert_eq!(e.kind, Kind::Recall);
+        assert_eq!(e.sender, st.sender);
+        assert_eq!(e.to, targets);
+        assert_eq!(e.priority, Priority::Urgent);
+        assert_eq!(e.payload_size, 0);
+        assert_eq!(e.metadata[receipt::META_RECALL_REASON], "发文字号有误");
+        assert_eq!(receipt::recalled_message(&e).unwrap(), st.id);
+
+        let e = recall_envelope(&st, targets.clone(), Priority::Routine, " \n").unwrap_err();
+        assert!(e.to_string().contains("empty"), "{e}");
+        let long = "理".repeat(exchange_wire::envelope::MAX_HEADER_BYTES);
+        let e = recall_envelope(&st, targets, Priority::Routine, &long).unwrap_err();
+        assert!(e.to_string().contains("cannot be sent"), "{e}");
+    }
+
+    fn resend_args() -> ResendArgs {
+        let s = send_args();
+        ResendArgs {
+            key: s.key,
+            to: vec!["gz/planning".into()],
+            cc: vec![],
+            doc: s.doc,
+            message: "ab".repeat(32).parse().unwrap(),
+            file: s.file,
+        }
+    }
+
+    #[test]
+    fn resend_envelopes_name_the_original() {
+        let st = mixed_status();
+        let e = resend_envelope(&resend_args(), &st, b"the body").unwrap();
+        assert_eq!(e.kind, Kind::Document);
+        assert_eq!(e.sender, st.sender, "the sender is the original's");
+        assert_eq!(e.to, [unit("gz/planning")]);
+        assert_eq!(e.metadata[document::RESEND_OF], st.id.to_hex());
+        assert_eq!(e.metadata[document::TITLE], "关于做好防汛工作的通知");
+        assert_eq!(e.metadata[META_FILE_NAME], "通知.pdf");
+        assert_eq!(e.priority, Priority::Express);
+        e.check_payload(b"the body").unwrap();
+        document::check(&e).unwrap();
+    }
+
+    #[test]
+    fn resend_refuses_recipients_already_listed() {
+        let st = mixed_status();
+        for (u, expected) in [
+            ("gz/civil-affairs", "state signed-for"),
+            ("gz/transport", "state failed"),
+            ("gz/education", "by 补发 as message"),
+        ] {
+            let mut a = resend_args();
+            a.cc = vec![u.into()];
+            let e = resend_envelope(&a, &st, b"x").unwrap_err().to_string();
+            assert!(e.contains(u) && e.contains(expected), "{e}");
+            assert!(e.contains("missed"), "{e}");
+        }
+        let mut a = resend_args();
+        a.doc.meta = vec!["classification=机密".into()];
+        assert!(
+            resend_envelope(&a, &st, b"x").is_err(),
+            "checked as send checks"
+        );
+        let mut receipt = mixed_status();
+        receipt.kind = Kind::Receipt;
+        let e = resend_envelope(&resend_args(), &receipt, b"x").unwrap_err();
+        assert!(e.to_string().contains("not a document"), "{e}");
+    }
+
+    #[test]
+    fn the_signing_key_must_be_the_senders() {
+        let key = keys::generate();
+        let other = keys::generate();
+        let sender = unit("gz.yuexiu/liurong-street");
+        let file = Path::new("liurong.key");
+        let now = 1_700_000_000_000;
+        let good = record(vec![
+            key_record(public!(other), 0, Some(now), None),
+            key_record(public!(key), 0, None, None),
+        ])
+        .unwrap();
+        check_sender_key(&good, &sender, &public!(key), file, now).unwrap();
+
+        let e = check_sender_key(&good, &sender, &public!(keys::generate()), file, now)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("not one of the 2 key(s)") && e.contains("liurong.key"),
+            "{e}"
+        );
+        let e = check_sender_key(&good, &sender, &public!(other), file, now)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not valid now"), "{e}");
+        let revoked = record(vec![key_record(public!(key), 0, None, Some(now))]).unwrap();
+        let e = check_sender_key(&revoked, &sender, &public!(key), file, now)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not valid now"), "{e}");
+
+        let mut suspended = good.clone();
+        suspended.status = UnitStatus::Suspended;
+        let e = check_sender_key(&suspended, &sender, &public!(key), file, now)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("suspended"), "{e}");
+        let e = check_sender_key(&good, &unit("gz/civil-affairs"), &public!(key), file, now)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not for the sender"), "{e}");
+    }
+
+    #[test]
+    fn status_table_shows_recalls_and_resends() {
+        let st = mixed_status();
+        let text = recipients_table(&st.recipients).render();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].ends_with("DETAIL"), "{text}");
+        let housing = lines.iter().find(|l| l.starts_with("gz/housing ")).unwrap();
+        assert!(
+            housing.contains(" recalled ") && housing.ends_with("recalled before it was settled"),
+            "{text}"
+        );
+        let education = lines
+            .iter()
+            .find(|l| l.starts_with("gz/education "))
+            .unwrap();
+        assert!(
+            education.ends_with(&format!("补发 as message {}", resend_id())),
+            "{text}"
+        );
+        let multi_line = [row(
+            "gz/a",
+            RecipientState::Returned,
+            Some("第一行\n第二行\x1b[2J".into()),
+        )];
+        let text = recipients_table(&multi_line).render();
+        assert_eq!(text.lines().count(), 2, "{text}");
+        assert!(text.contains("第一行 第二行\u{FFFD}[2J"), "{text}");
+
+        let plain = [row("gz/a", RecipientState::Recalled, None)];
+        let text = recipients_table(&plain).render();
+        assert!(
+            !text.contains("DETAIL") && text.contains(" recalled "),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn recalled_documents_are_not_settled_again() {
+        let key = keys::generate();
+        let u = unit("gz/civil-affairs");
+        let item = inbox_item!(key, RecipientState::Recalled);
+        let e = return_receipt(&u, &item, "x").unwrap_err().to_string();
+        assert!(
+            e.contains("recalled (撤回)") && e.contains("returned"),
+            "{e}"
+        );
+        let e = require_not_recalled(&item, &u, "signed for")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("can no longer be signed for"), "{e}");
+        let item = inbox_item!(key, RecipientState::Delivered);
+        assert!(require_not_recalled(&item, &u, "signed for").is_ok());
     }
 }

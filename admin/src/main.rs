@@ -25,10 +25,11 @@ use endpoint::{Ctx, NoAnswer};
 const LONG_ABOUT: &str = "\
 Command line for agency systems and operators of the exchange network.
 
-Agency commands (keygen, pubkey, send, inbox, overdue, sign-for, return, status MESSAGE_ID) talk to
-a node's agency API, given by --node URL or EXCHANGE_NODE (default http://127.0.0.1:8080). Unit keys
-never leave this machine: documents and receipts (签收 with sign-for, 退回 with return) are signed
-here and the node only receives signed envelopes. `inbox --verify` checks each message's signature
+Agency commands (keygen, pubkey, send, inbox, overdue, sign-for, return, recall, resend, status
+MESSAGE_ID) talk to a node's agency API, given by --node URL or EXCHANGE_NODE (default
+http://127.0.0.1:8080). Unit keys never leave this machine: documents, receipts (签收 with sign-for,
+退回 with return), recalls (撤回 with recall) and re-sends (补发 with resend) are signed here and the
+node only receives signed envelopes. `inbox --verify` checks each message's signature
 here too, against the sender's keys that the node's directory lists.
 
 The node requires a unit token on agency calls: give it with --token TOKEN or EXCHANGE_TOKEN (prefer
@@ -36,7 +37,7 @@ the variable: command lines are visible to other users of the machine). An opera
 node issues it with `exchange-admin tokens issue --unit UNIT`. A token acts for its own unit only: the
 node answers 401 (unauthenticated) without a valid token, and 403 (forbidden) when the token's unit is
 not the unit acted for (send --from, inbox --unit, overdue --unit, sign-for --unit, return --unit, the
-sender for status).
+sender for status, recall and resend).
 
 Operator commands (status, peers, queues, trace, dead-letters, retry, purge, audit, ready, directory,
 nodes, units, tokens) talk to the node's admin API, given by --admin URL or EXCHANGE_ADMIN (default
@@ -56,7 +57,10 @@ Exit codes:
      warning on stderr names them), and `overdue` whether or not anything is overdue
   1  the node refused the request (including a missing or wrong --token), a command-line value or
      local file is wrong (send: a document field, or a classified document), a destructive command
-     was given without --yes, or inbox --verify: a message's signature does not verify
+     was given without --yes, inbox --verify: a message's signature does not verify, or recall and
+     resend refused what the node would refuse (checked against the document's status and the
+     sender's directory record before signing: nobody left to recall, a recipient already reached,
+     a key that is not the sender's)
   2  the node could not be reached or gave no usable answer (is exchange-node running? check --node
      for agency commands, --admin for operator commands)
   4  audit verify: the audit chain is broken (the first broken entry is printed); directory
@@ -77,7 +81,7 @@ The message id is printed on stdout; follow the message with `exchange-admin sta
 
 const INBOX_ABOUT: &str = "\
 List a unit's inbox: documents and the receipts for documents it sent. STATE is delivered, signed-for
-(签收) or returned (退回).
+(签收), returned (退回) or recalled (撤回 by the sender before the unit settled it).
 
 With --verify, each message's signature is checked here: the sender's directory record is asked of
 the node once per sender (GET /v1/directory/units/...), and the signature must verify against one of
@@ -100,6 +104,45 @@ machine: 1 the day after the deadline. --json prints the node's answer as it is.
 The exit code is 0 whether or not anything is overdue; when nothing is, \"nothing overdue\" is
 printed on stderr and the table is left out (with --json, the answer has no items). Exit codes 1 and
 2 mean as for every agency command: refused (such as a token of another unit), or no usable answer.";
+
+const RECALL_ABOUT: &str = "\
+Recall (撤回) a document you sent from recipients who have not settled it yet.
+
+The document's status is asked of the sender's node (--node, with the sender's --token, as for
+`status MESSAGE_ID`). The recall goes to every recipient whose state is still open (accepted,
+in-transit or delivered), or with --to to the recipients named, each of which must be an open
+recipient of the document itself. Recipients that signed for it (签收), returned it (退回), were
+already recalled, or that a node refused it for good are left out: nothing is left to withdraw there.
+Recipients reached by a 补发 got another message: recall that one by its own id.
+
+The recall names the document and the reason (--reason, required) and is signed here with the unit
+key (--key), which is first checked against the sender's keys in the directory (GET
+/v1/directory/units/...). The recall id is printed on stdout.
+
+Each recipient's home node decides in order with any 签收 or 退回 it received, and reports back:
+`exchange-admin status MESSAGE_ID` then shows each recipient as recalled, or as signed-for or returned
+when the recipient settled it first. Both sides always agree on which happened.
+
+Exit code 1 when the node refuses the recall or it is refused here (no recipient left to recall, a
+--to unit that is not an open recipient, an empty reason, a key that is not the sender's); 2 when the
+node gives no usable answer.";
+
+const RESEND_ABOUT: &str = "\
+Re-send (补发) a document you sent to recipients it missed, with the same body.
+
+The 补发 is a document of its own, signed here with the sender's key, whose metadata resend.of names
+the original. Its fields are given as for `send` (--title, --doc-number, ..., --meta; they are not
+copied from the original, which the node does not hand back), and FILE must be the original's body,
+byte for byte: the node compares the payload digest and refuses a different body. The sender is the
+original's, read from its status (no --from): the status is asked of the sender's node (--node, with
+the sender's --token), and --to/--cc recipients it already lists are refused here, as the node would.
+The key is checked against the sender's keys in the directory before anything is signed.
+
+The new message's id is printed on stdout. `exchange-admin status MESSAGE_ID` of the original lists
+the 补发's recipients too, each with the detail \"补发 as message ID\"; `status` of the new id follows
+the 补发 alone. To withdraw a 补发, recall it by its own id.
+
+Exit codes as for `send`: 1 refused (here or by the node), 2 no usable answer.";
 
 const RETURN_ABOUT: &str = "\
 Return (退回) a document in a unit's inbox to its sender, with a reason, instead of signing for it.
@@ -135,8 +178,8 @@ struct Cli {
     )]
     admin: String,
 
-    /// The unit's API token for agency commands (send, inbox, overdue, sign-for, return, status
-    /// MESSAGE_ID).
+    /// The unit's API token for agency commands (send, inbox, overdue, sign-for, return, recall,
+    /// resend, status MESSAGE_ID).
     ///
     /// Issued on the unit's node with `exchange-admin tokens issue --unit UNIT`. The node answers 401
     /// without a valid token and 403 when the token is of another unit than the one acted for. Prefer
@@ -179,11 +222,20 @@ enum Command {
     /// Return (退回) a document in a unit's inbox to its sender, with a signed reason.
     #[command(long_about = RETURN_ABOUT)]
     Return(ReturnArgs),
+    /// Recall (撤回) a document you sent from recipients who have not settled it, with a reason.
+    #[command(long_about = RECALL_ABOUT)]
+    Recall(RecallArgs),
+    /// Re-send (补发) a document you sent, same body, to recipients it missed.
+    #[command(long_about = RESEND_ABOUT)]
+    Resend(ResendArgs),
     /// With MESSAGE_ID: a message's status per recipient; without: the node's own status.
     #[command(
         long_about = "With MESSAGE_ID: where a message is, per recipient, and the hops it took. This asks the agency \
-API (--node) of the sender's node.\n\nWithout MESSAGE_ID: the node's own status from its admin API (--admin): its \
-name and tier, parent and children, directory version, uptime and build."
+API (--node) of the sender's node. STATE per recipient is accepted, in-transit, delivered, signed-for (签收), \
+returned (退回), recalled (撤回) or failed. A DETAIL column appears when any recipient has one: a return's reason, \
+why a node refused it for good, or \"补发 as message ID\" for recipients reached by a 补发 (`resend`).\n\n\
+Without MESSAGE_ID: the node's own status from its admin API (--admin): its name and tier, parent and children, \
+directory version, uptime and build."
     )]
     Status(StatusArgs),
     /// The node's links to its parent and children: connected, last seen, round-trip time.
@@ -255,6 +307,16 @@ pub struct SendArgs {
     /// Copy recipients (抄送), comma-separated; may be repeated.
     #[arg(long, value_name = "UNIT[,UNIT...]")]
     pub cc: Vec<String>,
+    #[command(flatten)]
+    pub doc: DocumentFields,
+    /// The file to send as the payload; its base name is recorded as file-name.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+}
+
+/// The urgency and GB/T 9704 fields of a document, as `send` and `resend` take them.
+#[derive(Args)]
+pub struct DocumentFields {
     /// Urgency: urgent (特急), express (加急) or routine (平件).
     #[arg(long, value_name = "LEVEL", default_value = "routine", value_parser = parse::priority)]
     pub priority: Priority,
@@ -285,7 +347,46 @@ pub struct SendArgs {
     /// Further metadata as key=value, such as classification=内部 (密级); may be repeated.
     #[arg(long, value_name = "KEY=VALUE")]
     pub meta: Vec<String>,
-    /// The file to send as the payload; its base name is recorded as file-name.
+}
+
+#[derive(Args)]
+pub struct RecallArgs {
+    /// The sending unit's key file: the document's sender signs the recall.
+    #[arg(long, value_name = "FILE")]
+    pub key: PathBuf,
+    /// Recall from these recipients only, comma-separated; may be repeated. Default: every recipient
+    /// that has not yet settled the document.
+    #[arg(long, value_name = "UNIT[,UNIT...]")]
+    pub to: Vec<String>,
+    /// Why the document is withdrawn (撤回理由); required, signed into the recall.
+    #[arg(long, value_name = "TEXT", value_parser = parse::recall_reason)]
+    pub reason: String,
+    /// Urgency of the recall: urgent (特急, the default, so it overtakes queued documents), express
+    /// (加急) or routine (平件).
+    #[arg(long, value_name = "LEVEL", default_value = "urgent", value_parser = parse::priority)]
+    pub priority: Priority,
+    /// The document's id (64 hex characters), as `send` printed it.
+    #[arg(value_name = "MESSAGE_ID", value_parser = parse::full_id)]
+    pub message: MessageId,
+}
+
+#[derive(Args)]
+pub struct ResendArgs {
+    /// The sending unit's key file: the original document's sender signs the 补发.
+    #[arg(long, value_name = "FILE")]
+    pub key: PathBuf,
+    /// Main recipients (主送) the document missed, comma-separated; may be repeated.
+    #[arg(long, value_name = "UNIT[,UNIT...]", required = true)]
+    pub to: Vec<String>,
+    /// Copy recipients (抄送) the document missed, comma-separated; may be repeated.
+    #[arg(long, value_name = "UNIT[,UNIT...]")]
+    pub cc: Vec<String>,
+    #[command(flatten)]
+    pub doc: DocumentFields,
+    /// The original document's id (64 hex characters), as `send` printed it.
+    #[arg(value_name = "MESSAGE_ID", value_parser = parse::full_id)]
+    pub message: MessageId,
+    /// The original document's file: the same body, byte for byte (the node compares its digest).
     #[arg(value_name = "FILE")]
     pub file: PathBuf,
 }
@@ -633,6 +734,8 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Overdue(a) => done(agency::overdue(&ctx, a)),
         Command::SignFor(a) => done(agency::sign_for(&ctx, a)),
         Command::Return(a) => done(agency::return_message(&ctx, a)),
+        Command::Recall(a) => done(agency::recall(&ctx, a)),
+        Command::Resend(a) => done(agency::resend(&ctx, a)),
         Command::Status(StatusArgs { message: Some(id) }) => done(agency::status(&ctx, id)),
         Command::Status(StatusArgs { message: None }) => done(ops::node_status(&ctx)),
         Command::Peers => done(ops::peers(&ctx)),
@@ -1135,14 +1238,14 @@ mod tests {
         let Command::Send(a) = cli.command else {
             panic!("send")
         };
-        assert_eq!(a.handling, Some(parse::Handling::Action));
-        assert_eq!(a.doc_date.as_deref(), Some("2025-05-20"));
-        assert_eq!(a.deadline.as_deref(), Some("2025-06-01"));
-        assert_eq!(a.doc_type.as_deref(), Some("通知"));
+        assert_eq!(a.doc.handling, Some(parse::Handling::Action));
+        assert_eq!(a.doc.doc_date.as_deref(), Some("2025-05-20"));
+        assert_eq!(a.doc.deadline.as_deref(), Some("2025-06-01"));
+        assert_eq!(a.doc.doc_type.as_deref(), Some("通知"));
         let Command::Send(a) = with(&["--handling", "阅件"]).unwrap().command else {
             panic!("send")
         };
-        assert_eq!(a.handling, Some(parse::Handling::Information));
+        assert_eq!(a.doc.handling, Some(parse::Handling::Information));
         assert!(with(&["--handling", "urgent"]).is_err());
         assert!(with(&["--doc-date", "2025/05/20"]).is_err());
         assert!(with(&["--deadline", "2025-02-30"]).is_err());
@@ -1209,6 +1312,164 @@ mod tests {
         assert!(
             help.contains("`overdue` whether or not anything is overdue"),
             "{help}"
+        );
+    }
+
+    #[test]
+    fn recall_takes_a_reason_and_a_full_id() {
+        let id = "ab".repeat(32);
+        let cli = parse(&[
+            "recall",
+            "--key",
+            "liurong.key",
+            "--reason",
+            " 发文字号有误，重新印发 ",
+            &id,
+        ])
+        .unwrap();
+        let Command::Recall(a) = cli.command else {
+            panic!("recall")
+        };
+        assert_eq!(a.reason, "发文字号有误，重新印发");
+        assert_eq!(a.message.to_hex(), id);
+        assert!(a.to.is_empty(), "default: every open recipient");
+        assert_eq!(a.priority, Priority::Urgent);
+        let cli = parse(&[
+            "recall",
+            "--key",
+            "k",
+            "--reason",
+            "x",
+            "--to",
+            "gz/a,gz/b",
+            "--to",
+            "gz/c",
+            "--priority",
+            "平件",
+            &id,
+        ])
+        .unwrap();
+        let Command::Recall(a) = cli.command else {
+            panic!("recall")
+        };
+        assert_eq!(a.to.len(), 2);
+        assert_eq!(a.priority, Priority::Routine);
+        let e = parse(&["recall", "--key", "k", "--reason", " ", &id])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("empty") && e.contains("撤回"), "{e}");
+        assert!(
+            parse(&["recall", "--key", "k", &id]).is_err(),
+            "--reason is required"
+        );
+        assert!(
+            parse(&["recall", "--reason", "x", &id]).is_err(),
+            "--key is required"
+        );
+        assert!(
+            parse(&["recall", "--key", "k", "--reason", "x", "abababab"]).is_err(),
+            "a shortened id is refused"
+        );
+    }
+
+    #[test]
+    fn resend_takes_the_original_id_then_the_file() {
+        let id = "ab".repeat(32);
+        let cli = parse(&[
+            "resend",
+            "--key",
+            "liurong.key",
+            "--to",
+            "gz/planning",
+            "--cc",
+            "gz/finance",
+            "--title",
+            "关于做好防汛工作的通知",
+            "--priority",
+            "加急",
+            &id,
+            "notice.pdf",
+        ])
+        .unwrap();
+        let Command::Resend(a) = cli.command else {
+            panic!("resend")
+        };
+        assert_eq!(a.message.to_hex(), id);
+        assert_eq!(a.file, PathBuf::from("notice.pdf"));
+        assert_eq!((a.to.len(), a.cc.len()), (1, 1));
+        assert_eq!(a.doc.priority, Priority::Express);
+        assert_eq!(a.doc.title.as_deref(), Some("关于做好防汛工作的通知"));
+        let base = ["resend", "--key", "k", "--to", "gz/a"];
+        let with = |extra: &[&str]| {
+            parse(
+                &base
+                    .iter()
+                    .copied()
+                    .chain(extra.iter().copied())
+                    .collect::<Vec<_>>(),
+            )
+        };
+        assert!(with(&[&id]).is_err(), "FILE is required");
+        assert!(
+            with(&["notice.pdf", &id]).is_err(),
+            "MESSAGE_ID comes first"
+        );
+        assert!(
+            with(&["--from", "gz/b", &id, "f"]).is_err(),
+            "the sender is the original's"
+        );
+        assert!(with(&["--deadline", "2025-02-30", &id, "f"]).is_err());
+        assert!(
+            parse(&["resend", "--key", "k", &id, "f"]).is_err(),
+            "--to is required"
+        );
+    }
+
+    #[test]
+    fn help_describes_recall_and_resend() {
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains("recalls (撤回 with recall)"), "{help}");
+        assert!(help.contains("re-sends (补发 with resend)"), "{help}");
+        assert!(help.contains("nobody left to recall"), "{help}");
+        let mut cmd = Cli::command();
+        let text = cmd
+            .find_subcommand_mut("recall")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        for s in [
+            "撤回",
+            "--reason",
+            "recalled",
+            "signed-for or returned",
+            "status MESSAGE_ID",
+            "Exit code 1",
+        ] {
+            assert!(text.contains(s), "missing {s:?} in:\n{text}");
+        }
+        let text = cmd
+            .find_subcommand_mut("resend")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        for s in [
+            "补发",
+            "resend.of",
+            "byte for byte",
+            "补发 as message ID",
+            "<MESSAGE_ID> <FILE>",
+        ] {
+            assert!(text.contains(s), "missing {s:?} in:\n{text}");
+        }
+        let text = cmd
+            .find_subcommand_mut("status")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        assert!(
+            text.contains("recalled (撤回)") && text.contains("DETAIL"),
+            "{text}"
         );
     }
 

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::str::FromStr;
 
 use exchange_wire::document::{
-    DEADLINE, DOC_DATE, DOC_NUMBER, DOC_TYPE, HANDLING, ISSUER, SIGNER, TITLE,
+    DEADLINE, DOC_DATE, DOC_NUMBER, DOC_TYPE, HANDLING, ISSUER, RESEND_OF, SIGNER, TITLE,
 };
 use exchange_wire::{MessageId, Priority, UnitAddress};
 
@@ -58,9 +58,9 @@ pub fn recipients(
     Ok((to, cc))
 }
 
-/// Parses `--meta key=value` pairs. Keys that `send` sets from its own flags, and the `receipt.` and
-/// `report.` keys that mark receipts and delivery reports, are refused so a document cannot be made to
-/// look like something else.
+/// Parses `--meta key=value` pairs. Keys that `send` sets from its own flags, `resend.of` (which only
+/// `resend` sets), and the `receipt.` and `report.` keys that mark receipts and delivery reports, are
+/// refused so a document cannot be made to look like something else.
 pub fn metadata(pairs: &[String]) -> Result<BTreeMap<String, String>, String> {
     let mut out = BTreeMap::new();
     for pair in pairs {
@@ -80,6 +80,11 @@ pub fn metadata(pairs: &[String]) -> Result<BTreeMap<String, String>, String> {
             META_FILE_NAME => {
                 return Err(format!(
                     "{META_FILE_NAME} is taken from the name of the FILE sent, not set with --meta"
+                ));
+            }
+            RESEND_OF => {
+                return Err(format!(
+                    "{RESEND_OF} is set by `exchange-admin resend MESSAGE_ID` (补发), not with --meta"
                 ));
             }
             k if k.starts_with("receipt.") || k.starts_with("report.") => {
@@ -183,12 +188,26 @@ pub fn date(s: &str) -> Result<String, String> {
 /// The reason of a 退回 (`return --reason`): required, so the sender learns what to fix. Trimmed;
 /// line breaks and tabs are kept, other control characters (terminal escapes) are refused.
 pub fn reason(s: &str) -> Result<String, String> {
+    plain_reason(
+        s,
+        "the reason is empty: a return (退回) must tell the sender why, such as --reason \"发文字号有误，请核对后重发\"",
+    )
+}
+
+/// The reason of a 撤回 (`recall --reason`): required, as the node requires it, so the recipients'
+/// records say why the document was withdrawn. Checked as [`reason`].
+pub fn recall_reason(s: &str) -> Result<String, String> {
+    plain_reason(
+        s,
+        "the reason is empty: a recall (撤回) must say why the document is withdrawn, such as --reason \"发文字号有误，重新印发\"",
+    )
+}
+
+/// Trimmed, non-empty plain text (`empty` is the complaint when it is empty).
+fn plain_reason(s: &str, empty: &str) -> Result<String, String> {
     let r = s.trim();
     if r.is_empty() {
-        return Err(
-            "the reason is empty: a return (退回) must tell the sender why, such as --reason \"发文字号有误，请核对后重发\""
-                .into(),
-        );
+        return Err(empty.into());
     }
     if r.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
         return Err("the reason holds control characters; give plain text".into());
@@ -472,6 +491,8 @@ mod tests {
                 .unwrap_err()
                 .contains("reserved")
         );
+        let e = metadata(&strings(&[&format!("resend.of={}", "ab".repeat(32))])).unwrap_err();
+        assert!(e.contains("exchange-admin resend"), "{e}");
     }
 
     #[test]
@@ -527,6 +548,11 @@ mod tests {
         assert!(reason("").unwrap_err().contains("empty"));
         assert!(reason(" \n\t ").unwrap_err().contains("empty"));
         assert!(reason("a\x1b[2Jb").is_err());
+        assert!(reason("").unwrap_err().contains("退回"));
+        assert_eq!(recall_reason(" 发文字号有误 ").unwrap(), "发文字号有误");
+        let e = recall_reason(" \n ").unwrap_err();
+        assert!(e.contains("empty") && e.contains("撤回"), "{e}");
+        assert!(recall_reason("a\x1b[2Jb").is_err());
     }
 
     #[test]
