@@ -47,6 +47,8 @@ pub struct Metrics {
     pub directory_rejections: IntCounterVec,
     /// Connections refused because the peer is not a node of the directory.
     pub connections_refused: IntCounterVec,
+    /// Webhook pushes, by outcome (`ok`, `failed`).
+    pub webhook_pushes: IntCounterVec,
     pub build_info: IntGaugeVec,
     pub start_time: Gauge,
 }
@@ -103,6 +105,7 @@ impl Metrics {
             signature_failures: counter("exchange_signature_failures_total", "Signatures that did not verify.", &["source"]),
             directory_version: register!(IntGauge::new("exchange_directory_version", "Version of the directory in force.")),
             directory_rejections: counter("exchange_directory_rejections_total", "Directory segments refused, by reason.", &["reason"]),
+            webhook_pushes: counter("exchange_webhook_pushes_total", "Webhook pushes, by outcome.", &["outcome"]),
             connections_refused: counter(
                 "exchange_connections_refused_total",
                 "Connections refused because the peer is not a node of the directory.",

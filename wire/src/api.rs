@@ -535,3 +535,35 @@ pub struct TokenInfo {
 pub struct TokensResponse {
     pub tokens: Vec<TokenInfo>,
 }
+
+// ---- Push delivery (webhooks) ----
+
+/// Body of `PUT /v1/units/{node}/{unit}/webhook`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WebhookRequest {
+    /// `http://` or `https://` URL the node POSTs new inbox items to.
+    pub url: String,
+    /// Push what the inbox already holds too (default: only what arrives from now on).
+    #[serde(default)]
+    pub from_start: bool,
+}
+
+/// A unit's webhook as the node holds it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WebhookInfo {
+    pub unit: UnitAddress,
+    pub url: String,
+    /// Inbox position pushed so far: every item up to it was acknowledged (2xx) by the webhook.
+    pub pushed_seq: i64,
+}
+
+/// What the node POSTs to a webhook: new items of the unit's inbox, in order. The body is signed by
+/// the node: header `X-Exchange-Signature` is the hex ed25519 signature of the exact body bytes by
+/// the node key named in `X-Exchange-Node` (its public key is in the node tree). Delivery is at least
+/// once: acknowledge with any 2xx; items are identified by `id`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WebhookDelivery {
+    pub node: NodeId,
+    pub unit: UnitAddress,
+    pub items: Vec<InboxItem>,
+}

@@ -178,6 +178,25 @@ impl ApiClient {
         self.post(&format!("/v1/messages/{message}/resend"), &SignedMessage::new(resend, payload))
     }
 
+    /// Registers (or replaces) `unit`'s webhook.
+    pub fn set_webhook(&self, unit: &UnitAddress, request: &WebhookRequest) -> Result<WebhookInfo, ClientError> {
+        let url = format!("{}/v1/units/{unit}/webhook", self.base);
+        let r = self.authorised(self.agent.put(&url)).send_json(request);
+        self.finish(&url, r)
+    }
+
+    /// `unit`'s webhook, and how far its inbox has been pushed.
+    pub fn webhook(&self, unit: &UnitAddress) -> Result<WebhookInfo, ClientError> {
+        self.get(&format!("/v1/units/{unit}/webhook"), &[])
+    }
+
+    /// Removes `unit`'s webhook (the inbox keeps everything).
+    pub fn remove_webhook(&self, unit: &UnitAddress) -> Result<AdminActionResponse, ClientError> {
+        let url = format!("{}/v1/units/{unit}/webhook", self.base);
+        let r = self.authorised(self.agent.delete(&url)).call();
+        self.finish(&url, r)
+    }
+
     /// The unit's 办件 past their deadline and not yet settled, earliest deadline first.
     pub fn overdue(&self, unit: &UnitAddress) -> Result<InboxResponse, ClientError> {
         self.get(&format!("/v1/units/{unit}/overdue"), &[])

@@ -105,3 +105,12 @@ CREATE TABLE recall_outcomes (
     reported        INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (recall_id, unit)
 ) WITHOUT ROWID;
+
+-- Push delivery: a unit's webhook, and how far its inbox has been pushed (inbox seq). The inbox
+-- keeps everything; the webhook is told of it, at least once, in order.
+CREATE TABLE webhooks (
+    unit             TEXT PRIMARY KEY,
+    url              TEXT NOT NULL,
+    registered_at_ms INTEGER NOT NULL,
+    pushed_seq       INTEGER NOT NULL DEFAULT 0
+);

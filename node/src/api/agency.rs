@@ -12,6 +12,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use exchange_wire::api::{
+    WebhookRequest,
     BatchItemResult, BatchSignForRequest, BatchSignForResponse, BatchSubmitRequest, BatchSubmitResponse, InboxResponse,
     SignForResult, SignedMessage,
 };
@@ -183,6 +184,43 @@ async fn settle(
     }
 }
 
+async fn set_webhook(State(engine): State<AppState>, caller: Caller, Path((node, unit)): Path<(String, String)>, body: Result<Bytes, BytesRejection>) -> Response {
+    let unit = match parse_unit(&engine, &node, &unit).await {
+        Ok(u) => u,
+        Err(r) => return r.into_response(),
+    };
+    let req: WebhookRequest = match parse_body(&engine, body).await {
+        Ok(m) => m,
+        Err(r) => return r.into_response(),
+    };
+    match engine.set_webhook(&caller, &unit, req).await {
+        Ok(info) => json(StatusCode::OK, &info),
+        Err(r) => audited(&engine, r).await,
+    }
+}
+
+async fn get_webhook(State(engine): State<AppState>, caller: Caller, Path((node, unit)): Path<(String, String)>) -> Response {
+    let unit = match parse_unit(&engine, &node, &unit).await {
+        Ok(u) => u,
+        Err(r) => return r.into_response(),
+    };
+    match engine.webhook(&caller, &unit).await {
+        Ok(info) => json(StatusCode::OK, &info),
+        Err(r) => audited(&engine, r).await,
+    }
+}
+
+async fn remove_webhook(State(engine): State<AppState>, caller: Caller, Path((node, unit)): Path<(String, String)>) -> Response {
+    let unit = match parse_unit(&engine, &node, &unit).await {
+        Ok(u) => u,
+        Err(r) => return r.into_response(),
+    };
+    match engine.remove_webhook(&caller, &unit).await {
+        Ok(ok) => json(StatusCode::OK, &ok),
+        Err(r) => audited(&engine, r).await,
+    }
+}
+
 /// `POST /v1/messages/{id}/recall`: 撤回, signed by the document's sender.
 async fn recall(State(engine): State<AppState>, caller: Caller, Path(id): Path<String>, body: Result<Bytes, BytesRejection>) -> Response {
     let id = match parse_id(&engine, &id).await {
@@ -287,6 +325,7 @@ pub fn router(engine: AppState) -> Router {
         .route("/v1/units/{node}/{unit}/overdue", get(overdue))
         .route("/v1/messages/{id}/recall", post(recall))
         .route("/v1/messages/{id}/resend", post(resend))
+        .route("/v1/units/{node}/{unit}/webhook", get(get_webhook).put(set_webhook).delete(remove_webhook))
         .layer(DefaultBodyLimit::max(body_limit.max(16 * 1024 * 1024)))
         )
         .with_state(engine)

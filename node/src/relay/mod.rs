@@ -13,6 +13,7 @@ pub mod directory_sync;
 pub mod forwarder;
 pub mod ingress;
 pub mod operations;
+pub mod push;
 pub mod queries;
 pub mod refusal;
 
@@ -71,6 +72,8 @@ pub struct Engine {
     policy: PolicyConfig,
     node_key: SigningKey,
     forwarders: Mutex<HashMap<NodeId, Arc<Signals>>>,
+    /// Units whose webhook pusher runs.
+    pushers: Mutex<HashSet<exchange_wire::UnitAddress>>,
     /// Serialises recall reporting, so each decided recall is reported once.
     recall_reports: tokio::sync::Mutex<()>,
     peers: Mutex<HashMap<NodeId, PeerState>>,
@@ -119,6 +122,7 @@ impl Engine {
             node_key,
             forwarders: Mutex::new(HashMap::new()),
             recall_reports: tokio::sync::Mutex::new(()),
+            pushers: Mutex::new(HashSet::new()),
             peers: Mutex::new(HashMap::new()),
             inbox_changes: watch::channel(0).0,
         })
@@ -132,6 +136,9 @@ impl Engine {
         }
         for source in ["agency", "peer"] {
             self.metrics.signature_failures.with_label_values(&[source]).inc_by(0);
+        }
+        for outcome in ["ok", "failed"] {
+            self.metrics.webhook_pushes.with_label_values(&[outcome]).inc_by(0);
         }
         for direction in ["inbound", "outbound"] {
             self.metrics.connections_refused.with_label_values(&[direction]).inc_by(0);
@@ -147,6 +154,7 @@ impl Engine {
         tokio::spawn(async move { engine.refresh_queue_gauges().await });
         let engine = self.clone();
         tokio::spawn(async move { engine.report_recalls().await });
+        self.start_pushers().await?;
         tokio::spawn(self.clone().resynchronise_directory(Duration::from_secs(30)));
         Ok(())
     }

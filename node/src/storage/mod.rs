@@ -176,6 +176,12 @@ pub enum AdminOp {
     IssueToken(TokenRow),
     /// Revoke a unit token by id.
     RevokeToken { id: String, at_ms: i64 },
+    /// Register (or replace) a unit's webhook; pushing starts after what the inbox holds now.
+    SetWebhook { unit: String, url: String, from_seq: i64 },
+    /// Remove a unit's webhook.
+    RemoveWebhook { unit: String },
+    /// The webhook acknowledged the inbox up to `seq`.
+    AdvanceWebhook { unit: String, seq: i64 },
     /// Put dead letters back in their queue (`None`: all of them).
     ResendDead(Option<Vec<i64>>),
     /// Delete dead letters for good (`None`: all of them).
@@ -350,6 +356,10 @@ pub trait Store: Send + Sync + 'static {
     fn dead_letters(&self) -> BoxFuture<'_, Result<Vec<DeadLetterRecord>, StorageError>>;
     /// Decided recalls not yet reported to their senders.
     fn unreported_recalls(&self) -> BoxFuture<'_, Result<Vec<RecallOutcomeRow>, StorageError>>;
+    /// The last inbox position of a unit (0 when its inbox is empty).
+    fn inbox_last_seq<'a>(&'a self, unit: &'a str) -> BoxFuture<'a, Result<i64, StorageError>>;
+    /// Every registered webhook: (unit, url, pushed seq).
+    fn webhooks(&self) -> BoxFuture<'_, Result<Vec<(String, String, i64)>, StorageError>>;
     /// Every directory segment held.
     fn segments(&self) -> BoxFuture<'_, Result<Vec<SegmentRow>, StorageError>>;
     /// Every unit token (hashes), revoked ones included.

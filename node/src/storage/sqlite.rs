@@ -327,6 +327,26 @@ async fn apply_admin(tx: &mut Transaction<'_, Sqlite>, op: &AdminOp) -> Result<u
             .execute(&mut **tx)
             .await?
             .rows_affected(),
+        AdminOp::SetWebhook { unit, url, from_seq } => sqlx::query(
+            "INSERT INTO webhooks (unit, url, registered_at_ms, pushed_seq) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (unit) DO UPDATE SET url = excluded.url, registered_at_ms = excluded.registered_at_ms",
+        )
+        .bind(unit.as_str())
+        .bind(url.as_str())
+        .bind(exchange_wire::now_ms() as i64)
+        .bind(*from_seq)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected(),
+        AdminOp::RemoveWebhook { unit } => {
+            sqlx::query("DELETE FROM webhooks WHERE unit = $1").bind(unit.as_str()).execute(&mut **tx).await?.rows_affected()
+        }
+        AdminOp::AdvanceWebhook { unit, seq } => sqlx::query("UPDATE webhooks SET pushed_seq = $1 WHERE unit = $2 AND pushed_seq < $1")
+            .bind(*seq)
+            .bind(unit.as_str())
+            .execute(&mut **tx)
+            .await?
+            .rows_affected(),
         AdminOp::ResendDead(seqs) => {
             let mut q = QueryBuilder::<Sqlite>::new("UPDATE outbox SET dead_reason = NULL, attempts = 0 WHERE dead_reason IS NOT NULL");
             push_selection(&mut q, seqs);
@@ -726,6 +746,20 @@ impl Store for SqliteStore {
                     })
                 })
                 .collect()
+        })
+    }
+
+    fn inbox_last_seq<'a>(&'a self, unit: &'a str) -> BoxFuture<'a, Result<i64, StorageError>> {
+        Box::pin(async move {
+            let last: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM inbox WHERE unit = $1").bind(unit).fetch_one(&self.readers).await?;
+            Ok(last.unwrap_or(0))
+        })
+    }
+
+    fn webhooks(&self) -> BoxFuture<'_, Result<Vec<(String, String, i64)>, StorageError>> {
+        Box::pin(async move {
+            let rows = sqlx::query("SELECT unit, url, pushed_seq FROM webhooks ORDER BY unit").fetch_all(&self.readers).await?;
+            Ok(rows.into_iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
         })
     }
 
