@@ -50,8 +50,8 @@ impl Engine {
             .webhooks()
             .await?
             .into_iter()
-            .find(|(u, _, _)| u == unit.as_str())
-            .map(|(_, url, pushed_seq)| WebhookInfo { unit: unit.clone(), url, pushed_seq })
+            .find(|w| w.unit == unit.as_str())
+            .map(|w| WebhookInfo { unit: unit.clone(), url: w.url, pushed_seq: w.pushed_seq })
             .ok_or_else(|| Refusal::new("not-found", 404, format!("{unit} has no webhook; read its inbox, or register one")))
     }
 
@@ -68,8 +68,8 @@ impl Engine {
 
     /// Starts the pushers of every registered webhook (at start-up).
     pub(crate) async fn start_pushers(self: &Arc<Self>) -> anyhow::Result<()> {
-        for (unit, _, _) in self.store.webhooks().await? {
-            if let Ok(u) = unit.parse() {
+        for w in self.store.webhooks().await? {
+            if let Ok(u) = w.unit.parse() {
                 self.start_pusher(u);
             }
         }
@@ -89,14 +89,14 @@ impl Engine {
         let mut changes = self.inbox_changes.subscribe();
         loop {
             let hook = match self.store.webhooks().await {
-                Ok(all) => all.into_iter().find(|(u, _, _)| u == unit.as_str()),
+                Ok(all) => all.into_iter().find(|w| w.unit == unit.as_str()),
                 Err(e) => {
                     tracing::error!(error = %e, "cannot read webhooks");
                     tokio::time::sleep(backoff.next_delay()).await;
                     continue;
                 }
             };
-            let Some((_, url, pushed)) = hook else {
+            let Some(crate::storage::WebhookRow { url, pushed_seq: pushed, .. }) = hook else {
                 self.pushers.lock().expect("pushers lock").remove(&unit);
                 return;
             };
@@ -150,7 +150,7 @@ impl Engine {
                         Ok(Err(e)) => e.to_string(),
                         Err(e) => e.to_string(),
                     };
-                    if backoff.attempts() == 1 || backoff.attempts() % 20 == 0 {
+                    if backoff.attempts() == 1 || backoff.attempts().is_multiple_of(20) {
                         tracing::warn!(%unit, %url, %reason, retry_in_ms = delay.as_millis() as u64, "webhook push failed; the inbox keeps the items");
                     }
                     tokio::time::sleep(delay).await;

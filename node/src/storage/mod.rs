@@ -306,6 +306,14 @@ pub struct QueueStat {
     pub dead: i64,
 }
 
+/// A unit's webhook as stored: where to push, and how far its inbox was acknowledged.
+#[derive(Debug, Clone)]
+pub struct WebhookRow {
+    pub unit: String,
+    pub url: String,
+    pub pushed_seq: i64,
+}
+
 /// A dead letter as read.
 #[derive(Debug, Clone)]
 pub struct DeadLetterRecord {
@@ -358,8 +366,8 @@ pub trait Store: Send + Sync + 'static {
     fn unreported_recalls(&self) -> BoxFuture<'_, Result<Vec<RecallOutcomeRow>, StorageError>>;
     /// The last inbox position of a unit (0 when its inbox is empty).
     fn inbox_last_seq<'a>(&'a self, unit: &'a str) -> BoxFuture<'a, Result<i64, StorageError>>;
-    /// Every registered webhook: (unit, url, pushed seq).
-    fn webhooks(&self) -> BoxFuture<'_, Result<Vec<(String, String, i64)>, StorageError>>;
+    /// Every registered webhook.
+    fn webhooks(&self) -> BoxFuture<'_, Result<Vec<WebhookRow>, StorageError>>;
     /// Every directory segment held.
     fn segments(&self) -> BoxFuture<'_, Result<Vec<SegmentRow>, StorageError>>;
     /// Every unit token (hashes), revoked ones included.

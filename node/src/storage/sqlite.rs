@@ -756,10 +756,10 @@ impl Store for SqliteStore {
         })
     }
 
-    fn webhooks(&self) -> BoxFuture<'_, Result<Vec<(String, String, i64)>, StorageError>> {
+    fn webhooks(&self) -> BoxFuture<'_, Result<Vec<WebhookRow>, StorageError>> {
         Box::pin(async move {
             let rows = sqlx::query("SELECT unit, url, pushed_seq FROM webhooks ORDER BY unit").fetch_all(&self.readers).await?;
-            Ok(rows.into_iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+            Ok(rows.into_iter().map(|r| WebhookRow { unit: r.get(0), url: r.get(1), pushed_seq: r.get(2) }).collect())
         })
     }
 
