@@ -12,12 +12,14 @@ use ed25519_dalek::{Signature, Verifier};
 use exchange_tests::*;
 use exchange_wire::api::{WebhookDelivery, WebhookRequest};
 
-/// A webhook receiver: records every delivery (node header, signature header, body) and answers 200
-/// while `up`, 503 otherwise.
+/// One delivery received: the `X-Exchange-Node` and `X-Exchange-Signature` headers and the body.
+type Received = (String, String, Vec<u8>);
+
+/// A webhook receiver: records every delivery and answers 200 while `up`, 503 otherwise.
 struct Hook {
     url: String,
     up: Arc<AtomicBool>,
-    got: Arc<Mutex<Vec<(String, String, Vec<u8>)>>>,
+    got: Arc<Mutex<Vec<Received>>>,
 }
 
 fn hook() -> Hook {
