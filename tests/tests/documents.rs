@@ -276,6 +276,8 @@ fn a_resend_reaches_the_recipients_the_document_missed() {
     again.metadata.insert("resend.of".into(), doc.id.to_hex());
     let again = again.sign(key);
     client.resend(&doc.id, &again, b"the body").unwrap();
+    assert!(client.resend(&doc.id, &again, b"the body").unwrap().duplicate, "a retried 补发 is recognised");
+    assert_eq!(client.submit(&again, b"the body").unwrap_err().code(), Some("malformed"), "a 补发 goes through its own route");
     let item = wait_for("the 补发 delivered", Duration::from_secs(20), || read_inbox(&net.client_for(&forgotten), &forgotten).into_iter().next());
     assert_eq!(item.message.envelope.metadata["resend.of"], doc.id.to_hex());
     sign_for(&net.client_for(&forgotten), &net.unit_keys[&forgotten], &forgotten, &item);

@@ -180,9 +180,15 @@ impl RecallReport {
     /// Reads a recall report (the payload digest must already be checked).
     pub fn from_envelope(e: &Envelope, payload: &[u8]) -> Result<RecallReport, EnvelopeError> {
         let bad = |m: String| EnvelopeError::Malformed(format!("recall report: {m}"));
+        if e.kind != Kind::DeliveryReport || e.metadata.get(META_REPORT_TYPE).map(String::as_str) != Some("recall") {
+            return Err(bad("envelope is not a delivery-report of type recall".into()));
+        }
         let r: RecallReport = serde_json::from_slice(payload).map_err(|x| bad(x.to_string()))?;
         if UnitAddress::of_node(&r.node) != e.sender {
             return Err(bad(format!("signed by {} but reports for node {}", e.sender, r.node)));
+        }
+        if e.metadata.get(META_REPORT_FOR) != Some(&r.message_id.to_hex()) {
+            return Err(bad("metadata report.for does not name the message in the payload".into()));
         }
         Ok(r)
     }

@@ -47,7 +47,7 @@ CREATE INDEX inbox_by_unit ON inbox (unit, seq);
 CREATE TABLE tracking (
     message_id  BLOB NOT NULL,
     recipient   TEXT NOT NULL,
-    state_rank  INTEGER NOT NULL,         -- accepted 0, in-transit 1, delivered 2, signed-for 3, failed 4
+    state_rank  INTEGER NOT NULL,         -- accepted 0, in-transit 1, failed 2, delivered 3, settled 4
     state       TEXT NOT NULL,
     node        TEXT NOT NULL,
     at_ms       INTEGER NOT NULL,

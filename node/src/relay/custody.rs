@@ -116,6 +116,12 @@ pub fn take(ctx: &Context, m: Incoming) -> Result<(Custody, Summary), Refusal> {
     };
     let mut summary = Summary::default();
     c.events.push(event(id, now, if origin { "accepted" } else { "received" }, None, m.from.as_ref(), None));
+    // 补发: link the re-send to its original in the same commit, for the original's status.
+    if let (true, Kind::Document, Some(original)) =
+        (origin, env.kind, env.metadata.get(exchange_wire::document::RESEND_OF).and_then(|o| o.parse::<exchange_wire::MessageId>().ok()))
+    {
+        c.events.push(event(original.0, now, "resent", None, None, Some(m.signed.id.to_hex())));
+    }
 
     for (hop, units) in plan {
         match hop {

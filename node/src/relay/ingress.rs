@@ -66,7 +66,7 @@ fn refusals<'a, T>(results: &'a [Result<T, Refusal>], ids: &[(Option<MessageId>,
 impl Engine {
     /// Submissions from agencies: verify, take custody, answer after the commit.
     pub async fn submit(self: &Arc<Self>, caller: &Caller, messages: Vec<SignedMessage>) -> Vec<BatchItemResult> {
-        self.take_submissions(caller, messages)
+        self.take_submissions(caller, messages, false)
             .await
             .into_iter()
             .map(|r| match r {
@@ -77,11 +77,24 @@ impl Engine {
     }
 
     /// [`Engine::submit`] with the refusals themselves (already counted and audited).
-    async fn take_submissions(self: &Arc<Self>, caller: &Caller, messages: Vec<SignedMessage>) -> Vec<Result<SubmitResponse, Refusal>> {
+    async fn take_submissions(
+        self: &Arc<Self>,
+        caller: &Caller,
+        messages: Vec<SignedMessage>,
+        resend: bool,
+    ) -> Vec<Result<SubmitResponse, Refusal>> {
         let dir = self.dir.current();
         let ids: Vec<(Option<MessageId>, Option<Kind>)> =
             messages.iter().map(|m| (Some(m.envelope.message_id()), Some(m.envelope.kind))).collect();
-        let decoded: Vec<Result<Candidate, Refusal>> = messages.iter().map(|m| self.decode_submission(&dir, caller, m)).collect();
+        let decoded: Vec<Result<Candidate, Refusal>> = messages
+            .iter()
+            .map(|m| {
+                if !resend && m.envelope.metadata.contains_key(exchange_wire::document::RESEND_OF) {
+                    return Err(Refusal::malformed("a 补发 (metadata resend.of) is submitted to /v1/messages/{id}/resend"));
+                }
+                self.decode_submission(&dir, caller, m)
+            })
+            .collect();
         let no_sign_fors = (0..decoded.len()).map(|_| None).collect();
         let mut results = self.verify_and_take(&dir, None, decoded, no_sign_fors).await;
         // A re-sent message already held is a duplicate, whatever a check would say of it today
@@ -162,6 +175,9 @@ impl Engine {
         if env.metadata.get(exchange_wire::document::RESEND_OF) != Some(&message_id.to_hex()) {
             return refuse(Refusal::malformed(format!("a 补发 carries metadata resend.of = {message_id}"))).await;
         }
+        if self.is_held(&m).await {
+            return Ok(SubmitResponse { id: resend_id, duplicate: true, accepted_at_ms: exchange_wire::now_ms() });
+        }
         let status = match self.status(caller, message_id).await {
             Ok(s) => s,
             Err(r) => return refuse(r).await,
@@ -181,21 +197,13 @@ impl Engine {
         if let Some(r) = env.recipients().find(|r| status.recipients.iter().any(|s| &s.unit == *r)) {
             return refuse(Refusal::malformed(format!("{r} already received message {message_id}; a 补发 goes only to recipients it missed"))).await;
         }
-        let ok = self.take_submissions(caller, vec![m]).await.pop().expect("one result")?;
-        if !ok.duplicate {
-            let link = custody::event(message_id.0, exchange_wire::now_ms(), "resent", None, None, Some(ok.id.to_hex()));
-            let record = crate::storage::Record { events: vec![link], ..Default::default() };
-            if let Err(e) = self.committer.commit(vec![WriteJob::Record(record)]).await {
-                tracing::error!(error = %e, "cannot link a 补发 to its original");
-            }
-        }
-        Ok(ok)
+        self.take_submissions(caller, vec![m], true).await.pop().expect("one result")
     }
 
     /// Whether this node already holds exactly this submission: the same id (so the same signed
     /// header), the same signature, and a payload that matches the header.
     async fn is_held(&self, m: &SignedMessage) -> bool {
-        if m.decode().is_err() {
+        if m.envelope.kind != Kind::Document || m.decode().is_err() {
             return false;
         }
         match self.store.message(&m.envelope.message_id().0).await {

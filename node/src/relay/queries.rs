@@ -121,7 +121,8 @@ impl Engine {
         for r in self.store.inbox_unsettled(unit.as_str()).await? {
             let item = inbox_item(r)?;
             let meta = &item.message.envelope.metadata;
-            let action = meta.get(document::HANDLING).map(String::as_str) == Some("action");
+            let action = item.message.envelope.kind == exchange_wire::Kind::Document
+                && meta.get(document::HANDLING).map(String::as_str) == Some("action");
             if let (true, Some(deadline)) = (action, meta.get(document::DEADLINE))
                 && deadline.as_str() < today.as_str() {
                     items.push((deadline.clone(), item));

@@ -376,13 +376,14 @@ pub trait Store: Send + Sync + 'static {
     fn check_writable(&self) -> BoxFuture<'_, Result<(), StorageError>>;
 }
 
-/// Rank of a state: tracking only ever moves forward.
+/// Rank of a state: tracking only ever moves forward. `failed` ranks below `delivered`, so a dead
+/// letter resent by an operator and delivered after all shows as delivered.
 pub fn state_rank(s: RecipientState) -> i64 {
     match s {
         RecipientState::Accepted => 0,
         RecipientState::InTransit => 1,
-        RecipientState::Delivered => 2,
-        RecipientState::SignedFor | RecipientState::Returned | RecipientState::Recalled => 3,
-        RecipientState::Failed => 4,
+        RecipientState::Failed => 2,
+        RecipientState::Delivered => 3,
+        RecipientState::SignedFor | RecipientState::Returned | RecipientState::Recalled => 4,
     }
 }

@@ -249,6 +249,25 @@ async fn apply_outbox_record(tx: &mut Transaction<'_, Sqlite>, r: &Record) -> Re
 /// agrees with every 签收 or 退回 ordered before it by the single writer.
 async fn apply_recalls(tx: &mut Transaction<'_, Sqlite>, recalls: &[&RecallRow], reported: &[&[u8; 32]]) -> Result<(), sqlx::Error> {
     for r in recalls {
+        // Only the document's sender may withdraw it (checked at its ingress too).
+        let sender: Option<String> = sqlx::query_scalar("SELECT sender FROM messages WHERE id = $1")
+            .bind(r.message_id.as_slice())
+            .fetch_optional(&mut **tx)
+            .await?;
+        if sender.as_ref().is_some_and(|s| s != &r.original_sender) {
+            sqlx::query(
+                "INSERT INTO recall_outcomes (recall_id, message_id, unit, outcome, original_sender, priority) VALUES ($1, $2, $3, 'not-sender', $4, $5) \
+                 ON CONFLICT (recall_id, unit) DO NOTHING",
+            )
+            .bind(r.recall_id.as_slice())
+            .bind(r.message_id.as_slice())
+            .bind(r.unit.as_str())
+            .bind(r.original_sender.as_str())
+            .bind(r.priority as i64)
+            .execute(&mut **tx)
+            .await?;
+            continue;
+        }
         sqlx::query(
             "INSERT INTO inbox (unit, message_id, delivered_at_ms, state) VALUES ($1, $2, $3, 'recalled') \
              ON CONFLICT (unit, message_id) DO UPDATE SET state = 'recalled' WHERE inbox.state = 'delivered'",
@@ -410,14 +429,10 @@ async fn sign_for(
         Some(r) => {
             let settled: String = r.get(0);
             let existing: Option<Vec<u8>> = r.get(1);
-            if existing.as_deref() == Some(receipt_id.as_slice()) {
-                JobOutcome::Duplicate
-            } else {
-                JobOutcome::Conflict(format!(
-                    "{unit} has already settled message {} ({settled}, receipt {})",
-                    hex::encode(message_id),
-                    existing.map(hex::encode).unwrap_or_default()
-                ))
+            match existing {
+                Some(e) if e == receipt_id.as_slice() => JobOutcome::Duplicate,
+                Some(e) => JobOutcome::Conflict(format!("{unit} has already settled message {} ({settled}, receipt {})", hex::encode(message_id), hex::encode(e))),
+                None => JobOutcome::Conflict(format!("message {} is {settled} for {unit}: it can no longer be settled", hex::encode(message_id))),
             }
         }
     }))
