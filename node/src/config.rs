@@ -122,11 +122,14 @@ pub struct ApiConfig {
     /// Every agency request must carry a unit token (`Authorization: Bearer …`). Turn off only on a
     /// closed test bench.
     pub require_auth: bool,
+    /// Let webhooks point at loopback addresses (`localhost`, 127.0.0.0/8, ::1). Off by default: a
+    /// webhook must never reach the node's own admin API or other local services.
+    pub webhooks_to_loopback: bool,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig { listen: "127.0.0.1:8080".parse().unwrap(), max_wait_ms: 60_000, require_auth: true }
+        ApiConfig { listen: "127.0.0.1:8080".parse().unwrap(), max_wait_ms: 60_000, require_auth: true, webhooks_to_loopback: false }
     }
 }
 

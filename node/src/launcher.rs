@@ -207,7 +207,7 @@ impl LocalNetwork {
                 "node_id = \"{id}\"\nkey_file = \"{id}.key\"\ndata_dir = \"{id}\"\nroot_key = \"{root_key}\"\n{parent_address}\n\
                  [directory]\n{tree_line}units_seed = \"{id}.units.toml\"\n\n\
                  [p2p]\nlisten = \"/ip4/127.0.0.1/tcp/{p2p}\"\nidle_timeout_secs = 3600\nrequest_timeout_secs = 30\n\n\
-                 [api]\nlisten = \"127.0.0.1:{api}\"\nmax_wait_ms = 60000\n\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\n{extra_config}\n"
+                 [api]\nlisten = \"127.0.0.1:{api}\"\nmax_wait_ms = 60000\nwebhooks_to_loopback = true\n\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\n{extra_config}\n"
             );
             let config_path = root.join(format!("{id}.toml"));
             std::fs::write(&config_path, config)?;

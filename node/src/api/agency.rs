@@ -195,7 +195,8 @@ async fn set_webhook(State(engine): State<AppState>, caller: Caller, Path((node,
     };
     match engine.set_webhook(&caller, &unit, req).await {
         Ok(info) => json(StatusCode::OK, &info),
-        Err(r) => audited(&engine, r).await,
+        Err(r) if r.transient => r.into_response(),
+        Err(r) => refuse(&engine, r).await.into_response(),
     }
 }
 
@@ -206,7 +207,8 @@ async fn get_webhook(State(engine): State<AppState>, caller: Caller, Path((node,
     };
     match engine.webhook(&caller, &unit).await {
         Ok(info) => json(StatusCode::OK, &info),
-        Err(r) => audited(&engine, r).await,
+        Err(r) if r.transient => r.into_response(),
+        Err(r) => refuse(&engine, r).await.into_response(),
     }
 }
 
@@ -217,7 +219,8 @@ async fn remove_webhook(State(engine): State<AppState>, caller: Caller, Path((no
     };
     match engine.remove_webhook(&caller, &unit).await {
         Ok(ok) => json(StatusCode::OK, &ok),
-        Err(r) => audited(&engine, r).await,
+        Err(r) if r.transient => r.into_response(),
+        Err(r) => refuse(&engine, r).await.into_response(),
     }
 }
 

@@ -233,6 +233,8 @@ fn deliver_here(
                     t.detail = Some("recalled before it was settled".into());
                     c.tracking.push(t);
                     c.events.push(event(orig, now, "recalled", Some(&o.unit), Some(&report.node), None));
+                } else if o.outcome == "not-sender" {
+                    c.events.push(event(orig, now, "recall-refused", Some(&o.unit), Some(&report.node), Some("only the document's sender may recall it".into())));
                 } else {
                     // Settled first: the 签收 or 退回 receipt tells the rest.
                     c.events.push(event(orig, now, "recall-too-late", Some(&o.unit), Some(&report.node), Some(o.outcome.clone())));

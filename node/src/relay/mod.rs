@@ -69,6 +69,7 @@ pub struct Engine {
     /// Hashes of the unit tokens issued here.
     tokens: RwLock<HashMap<[u8; 32], access::TokenEntry>>,
     require_auth: bool,
+    webhooks_to_loopback: bool,
     policy: PolicyConfig,
     node_key: SigningKey,
     forwarders: Mutex<HashMap<NodeId, Arc<Signals>>>,
@@ -118,6 +119,7 @@ impl Engine {
             segments: tokio::sync::Mutex::new(SegmentSet::default()),
             tokens: RwLock::new(HashMap::new()),
             require_auth: cfg.api.require_auth,
+            webhooks_to_loopback: cfg.api.webhooks_to_loopback,
             policy: cfg.policy.clone(),
             node_key,
             forwarders: Mutex::new(HashMap::new()),

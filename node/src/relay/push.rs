@@ -19,6 +19,42 @@ use crate::storage::{AdminOp, EventRow, WriteJob};
 /// Items per POST.
 const PUSH_BATCH: u32 = 100;
 
+/// A webhook URL must be http(s), and (unless allowed) must not point at this machine: a webhook may
+/// never reach the node's own admin API or other local services.
+fn check_webhook_url(url: &str, loopback_allowed: bool) -> Result<(), Refusal> {
+    let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"));
+    let Some(rest) = rest.filter(|_| url.len() <= 2048) else {
+        return Err(Refusal::malformed(format!("webhook url {:?} must be an http:// or https:// URL", redact_credentials(url))));
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host_port = authority.rsplit_once('@').map(|(_, h)| h).unwrap_or(authority);
+    let host = match host_port.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host_port.rsplit_once(':').map(|(h, _)| h).unwrap_or(host_port),
+    };
+    if host.is_empty() {
+        return Err(Refusal::malformed("webhook url has no host"));
+    }
+    let local = host.eq_ignore_ascii_case("localhost")
+        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback() || ip.is_unspecified());
+    if local && !loopback_allowed {
+        return Err(Refusal::new(
+            "forbidden",
+            403,
+            format!("webhook host {host} is this machine; webhooks go to the agency's own system (api.webhooks_to_loopback allows it on a test bench)"),
+        ));
+    }
+    Ok(())
+}
+
+/// A URL with any `user:password@` replaced, for logs and the audit log.
+fn redact_credentials(url: &str) -> String {
+    match (url.find("://"), url.find('@')) {
+        (Some(s), Some(at)) if at > s && !url[s + 3..at].contains('/') => format!("{}://…@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_string(),
+    }
+}
+
 impl Engine {
     /// `PUT /v1/units/{node}/{unit}/webhook`.
     pub async fn set_webhook(self: &Arc<Self>, caller: &Caller, unit: &UnitAddress, req: WebhookRequest) -> Result<WebhookInfo, Refusal> {
@@ -26,14 +62,12 @@ impl Engine {
         if self.dir.current().home_of(unit).as_ref() != Some(&self.here) {
             return Err(Refusal::new("not-found", 404, format!("unit {unit} is not hosted on node {}", self.here)));
         }
-        if !(req.url.starts_with("http://") || req.url.starts_with("https://")) || req.url.len() > 2048 {
-            return Err(Refusal::malformed(format!("webhook url {:?} must be an http:// or https:// URL", req.url)));
-        }
+        check_webhook_url(&req.url, self.webhooks_to_loopback)?;
         let from_seq = if req.from_start { 0 } else { self.store.inbox_last_seq(unit.as_str()).await? };
-        let op = AdminOp::SetWebhook { unit: unit.to_string(), url: req.url.clone(), from_seq };
-        self.commit_webhook_change(op, "webhook-set", format!("{unit} -> {}", req.url)).await?;
+        let op = AdminOp::SetWebhook { unit: unit.to_string(), url: req.url.clone(), from_seq, restart: req.from_start };
+        self.commit_webhook_change(op, "webhook-set", format!("{unit} -> {}", redact_credentials(&req.url))).await?;
         self.start_pusher(unit.clone());
-        Ok(WebhookInfo { unit: unit.clone(), url: req.url, pushed_seq: from_seq })
+        self.webhook(&Caller::Anyone, unit).await
     }
 
     /// `DELETE /v1/units/{node}/{unit}/webhook`.
@@ -157,5 +191,23 @@ impl Engine {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn webhook_urls_may_not_point_at_this_machine() {
+        for bad in ["http://127.0.0.1:9080/admin/v1/tokens", "http://localhost/x", "http://[::1]:80/", "http://0.0.0.0:9080/", "https://u:p@127.0.0.1/"] {
+            assert_eq!(check_webhook_url(bad, false).unwrap_err().code, "forbidden", "{bad}");
+            assert!(check_webhook_url(bad, true).is_ok(), "{bad} with loopback allowed");
+        }
+        for good in ["https://oa.yuexiu.gov.example/exchange/hook", "http://198.51.100.7:8443/hook"] {
+            assert!(check_webhook_url(good, false).is_ok(), "{good}");
+        }
+        assert_eq!(check_webhook_url("ftp://x/", false).unwrap_err().code, "malformed");
+        assert_eq!(redact_credentials("https://user:secret@host/p"), "https://…@host/p");
     }
 }

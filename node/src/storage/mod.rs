@@ -176,8 +176,9 @@ pub enum AdminOp {
     IssueToken(TokenRow),
     /// Revoke a unit token by id.
     RevokeToken { id: String, at_ms: i64 },
-    /// Register (or replace) a unit's webhook; pushing starts after what the inbox holds now.
-    SetWebhook { unit: String, url: String, from_seq: i64 },
+    /// Register (or replace) a unit's webhook. A new registration starts after `from_seq`; a
+    /// replacement keeps its position unless `restart` (then it starts after `from_seq` again).
+    SetWebhook { unit: String, url: String, from_seq: i64, restart: bool },
     /// Remove a unit's webhook.
     RemoveWebhook { unit: String },
     /// The webhook acknowledged the inbox up to `seq`.

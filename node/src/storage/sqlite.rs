@@ -346,14 +346,16 @@ async fn apply_admin(tx: &mut Transaction<'_, Sqlite>, op: &AdminOp) -> Result<u
             .execute(&mut **tx)
             .await?
             .rows_affected(),
-        AdminOp::SetWebhook { unit, url, from_seq } => sqlx::query(
+        AdminOp::SetWebhook { unit, url, from_seq, restart } => sqlx::query(
             "INSERT INTO webhooks (unit, url, registered_at_ms, pushed_seq) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (unit) DO UPDATE SET url = excluded.url, registered_at_ms = excluded.registered_at_ms",
+             ON CONFLICT (unit) DO UPDATE SET url = excluded.url, registered_at_ms = excluded.registered_at_ms, \
+             pushed_seq = CASE WHEN $5 THEN excluded.pushed_seq ELSE webhooks.pushed_seq END",
         )
         .bind(unit.as_str())
         .bind(url.as_str())
         .bind(exchange_wire::now_ms() as i64)
         .bind(*from_seq)
+        .bind(*restart)
         .execute(&mut **tx)
         .await?
         .rows_affected(),
