@@ -29,6 +29,15 @@ async fn audited(engine: &AppState, r: Refusal) -> Response {
     if r.code == "forbidden" { refuse(engine, r).await.into_response() } else { r.into_response() }
 }
 
+/// 200 with the answer, or the refusal (counted and audited unless it is storage trouble).
+async fn answered<T: serde::Serialize>(engine: &AppState, result: Result<T, Refusal>) -> Response {
+    match result {
+        Ok(v) => json(StatusCode::OK, &v),
+        Err(r) if r.transient => r.into_response(),
+        Err(r) => refuse(engine, r).await.into_response(),
+    }
+}
+
 /// The unit calling, from its token (`Authorization: Bearer …`); an unauthenticated call is
 /// refused, counted and audited before its body is even read.
 impl FromRequestParts<AppState> for Caller {
@@ -193,11 +202,7 @@ async fn set_webhook(State(engine): State<AppState>, caller: Caller, Path((node,
         Ok(m) => m,
         Err(r) => return r.into_response(),
     };
-    match engine.set_webhook(&caller, &unit, req).await {
-        Ok(info) => json(StatusCode::OK, &info),
-        Err(r) if r.transient => r.into_response(),
-        Err(r) => refuse(&engine, r).await.into_response(),
-    }
+    answered(&engine, engine.set_webhook(&caller, &unit, req).await).await
 }
 
 async fn get_webhook(State(engine): State<AppState>, caller: Caller, Path((node, unit)): Path<(String, String)>) -> Response {
@@ -205,11 +210,7 @@ async fn get_webhook(State(engine): State<AppState>, caller: Caller, Path((node,
         Ok(u) => u,
         Err(r) => return r.into_response(),
     };
-    match engine.webhook(&caller, &unit).await {
-        Ok(info) => json(StatusCode::OK, &info),
-        Err(r) if r.transient => r.into_response(),
-        Err(r) => refuse(&engine, r).await.into_response(),
-    }
+    answered(&engine, engine.webhook(&caller, &unit).await).await
 }
 
 async fn remove_webhook(State(engine): State<AppState>, caller: Caller, Path((node, unit)): Path<(String, String)>) -> Response {
@@ -217,11 +218,7 @@ async fn remove_webhook(State(engine): State<AppState>, caller: Caller, Path((no
         Ok(u) => u,
         Err(r) => return r.into_response(),
     };
-    match engine.remove_webhook(&caller, &unit).await {
-        Ok(ok) => json(StatusCode::OK, &ok),
-        Err(r) if r.transient => r.into_response(),
-        Err(r) => refuse(&engine, r).await.into_response(),
-    }
+    answered(&engine, engine.remove_webhook(&caller, &unit).await).await
 }
 
 /// `POST /v1/messages/{id}/recall`: 撤回, signed by the document's sender.

@@ -29,36 +29,16 @@ impl Engine {
         caller.may_act_for(&env.sender).map_err(|_| not_here())?;
         let mut recipients = Vec::with_capacity(tracking.len());
         for t in tracking {
-            let receipt = match &t.receipt_id {
-                Some(rid) => self.receipt_view(rid).await?,
-                None => None,
-            };
-            recipients.push(RecipientStatus {
-                unit: t.recipient.parse().map_err(|_| unreadable())?,
-                state: parse_state(&t.state),
-                node: t.node.parse().unwrap_or_else(|_| self.here.clone()),
-                at_ms: t.at_ms as u64,
-                detail: t.detail,
-                receipt,
-            });
+            let detail = t.detail.clone();
+            recipients.push(self.recipient_status(t, detail).await?);
         }
         // 补发: the recipients of re-sends of this document, each with the re-send's id in detail.
         let events = self.store.events(&id.0).await?;
         for e in events.iter().filter(|e| e.event == "resent") {
             let Some(resend) = e.detail.as_deref().and_then(|d| d.parse::<MessageId>().ok()) else { continue };
             for t in self.store.tracking(&resend.0).await? {
-                let receipt = match &t.receipt_id {
-                    Some(rid) => self.receipt_view(rid).await?,
-                    None => None,
-                };
-                recipients.push(RecipientStatus {
-                    unit: t.recipient.parse().map_err(|_| unreadable())?,
-                    state: parse_state(&t.state),
-                    node: t.node.parse().unwrap_or_else(|_| self.here.clone()),
-                    at_ms: t.at_ms as u64,
-                    detail: Some(format!("补发 as message {resend}{}", t.detail.map(|d| format!(": {d}")).unwrap_or_default())),
-                    receipt,
-                });
+                let detail = format!("补发 as message {resend}{}", t.detail.as_deref().map(|d| format!(": {d}")).unwrap_or_default());
+                recipients.push(self.recipient_status(t, Some(detail)).await?);
             }
         }
         // Hops: ours first, then those delivering nodes reported back, earliest sighting of each node.
@@ -72,6 +52,22 @@ impl Engine {
         }
         hops.sort_by_key(|h| h.at_ms);
         Ok(StatusResponse { id: *id, kind: env.kind, sender: env.sender, created_at_ms: env.created_at_ms, recipients, hops })
+    }
+
+    /// One recipient's line of a status, with its signed receipt when there is one.
+    async fn recipient_status(&self, t: crate::storage::TrackingRecord, detail: Option<String>) -> Result<RecipientStatus, Refusal> {
+        let receipt = match &t.receipt_id {
+            Some(rid) => self.receipt_view(rid).await?,
+            None => None,
+        };
+        Ok(RecipientStatus {
+            unit: t.recipient.parse().map_err(|_| unreadable())?,
+            state: parse_state(&t.state),
+            node: t.node.parse().unwrap_or_else(|_| self.here.clone()),
+            at_ms: t.at_ms as u64,
+            detail,
+            receipt,
+        })
     }
 
     async fn receipt_view(&self, rid: &[u8]) -> Result<Option<ReceiptView>, Refusal> {
