@@ -298,3 +298,27 @@ fn a_resend_reaches_the_recipients_the_document_missed() {
     other.metadata.insert("resend.of".into(), doc.id.to_hex());
     assert_eq!(client.resend(&doc.id, &other.sign(key), b"another body").unwrap_err().code(), Some("malformed"));
 }
+
+#[test]
+fn a_refusal_further_on_is_reported_to_the_sender() {
+    // 海珠 takes payloads of at most 1 KiB; the city forwards a larger one and 海珠 refuses it for good.
+    let mut net = exchange_node::launcher::LocalNetwork::create(&node_binary(), None, &["gz", "gz.yuexiu", "gz.haizhu"], FAST_RETRY).unwrap();
+    let cfg_path = net.node("gz.haizhu").config_path.clone();
+    let cfg = std::fs::read_to_string(&cfg_path).unwrap();
+    std::fs::write(&cfg_path, format!("{cfg}\n[limits]\nmax_payload_bytes = 1024\n")).unwrap();
+    net.start_all().unwrap();
+    let sender = unit("gz.yuexiu/liurong-street");
+    let to = unit("gz.haizhu/civil-affairs");
+    let body = "大".repeat(1000).into_bytes();
+    let doc = document(&net.unit_keys[&sender], sender.as_str(), &[to.as_str()], &[], &body, "过大的文件");
+    net.client_for(&sender).submit(&doc, &body).unwrap();
+    // The dead letter sits at the city; the sender's node learns it from the city's signed report.
+    let status = wait_for("the failure reported to 越秀", Duration::from_secs(20), || {
+        let s = net.client_for(&sender).status(&doc.id).ok()?;
+        (s.recipients[0].state == RecipientState::Failed).then_some(s)
+    });
+    assert_eq!(status.recipients[0].node.as_str(), "gz");
+    let detail = status.recipients[0].detail.clone().unwrap();
+    assert!(detail.contains("gz.haizhu") && detail.contains("payload-too-large"), "{detail}");
+    assert_eq!(net.node("gz").admin().dead_letters().unwrap().dead_letters.len(), 1);
+}

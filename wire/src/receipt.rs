@@ -194,6 +194,45 @@ impl RecallReport {
     }
 }
 
+/// The payload of a node's report that a next hop refused a document for good (kind
+/// `delivery-report`, `report.type = failed`): the sender learns it, never a silent drop.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailureReport {
+    pub message_id: MessageId,
+    /// The node holding the document as a dead letter.
+    pub node: NodeId,
+    /// The recipients it could not be carried to.
+    pub units: Vec<UnitAddress>,
+    pub reason: String,
+}
+
+impl FailureReport {
+    /// The (unsigned) report envelope from `node` to the document's sender; sign it with the node key.
+    pub fn envelope(&self, original_sender: UnitAddress, priority: Priority) -> (Envelope, Vec<u8>) {
+        let payload = serde_json::to_vec(self).expect("a report serialises");
+        let mut e = Envelope::new(Kind::DeliveryReport, UnitAddress::of_node(&self.node), vec![original_sender], vec![], priority, &payload);
+        e.metadata.insert(META_REPORT_FOR.into(), self.message_id.to_hex());
+        e.metadata.insert(META_REPORT_TYPE.into(), "failed".into());
+        (e, payload)
+    }
+
+    /// Reads a failure report (the payload digest must already be checked).
+    pub fn from_envelope(e: &Envelope, payload: &[u8]) -> Result<FailureReport, EnvelopeError> {
+        let bad = |m: String| EnvelopeError::Malformed(format!("failure report: {m}"));
+        if e.kind != Kind::DeliveryReport || e.metadata.get(META_REPORT_TYPE).map(String::as_str) != Some("failed") {
+            return Err(bad("envelope is not a delivery-report of type failed".into()));
+        }
+        let r: FailureReport = serde_json::from_slice(payload).map_err(|x| bad(x.to_string()))?;
+        if UnitAddress::of_node(&r.node) != e.sender {
+            return Err(bad(format!("signed by {} but reports for node {}", e.sender, r.node)));
+        }
+        if e.metadata.get(META_REPORT_FOR) != Some(&r.message_id.to_hex()) {
+            return Err(bad("metadata report.for does not name the message in the payload".into()));
+        }
+        Ok(r)
+    }
+}
+
 /// One custody hop of a message: the node that committed it, and when.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hop {

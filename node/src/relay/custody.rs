@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use ed25519_dalek::SigningKey;
 use exchange_wire::api::RecipientState;
 use exchange_wire::receipt::{
-    Delivered, DeliveryReport, Hop, META_REPORT_TYPE, Receipt, ReceiptType, RecallReport, recalled_message,
+    Delivered, DeliveryReport, FailureReport, Hop, META_REPORT_TYPE, Receipt, ReceiptType, RecallReport, recalled_message,
 };
 use exchange_wire::{Kind, NodeId, SignedEnvelope, UnitAddress};
 
@@ -223,6 +223,16 @@ fn deliver_here(
                 c.events.push(event(recalled.0, now, "recall", Some(u), None, Some(m.signed.id.to_hex())));
             }
             summary.recalls += units.len();
+        }
+        Kind::DeliveryReport if env.metadata.get(META_REPORT_TYPE).map(String::as_str) == Some("failed") => {
+            let report = FailureReport::from_envelope(env, &m.payload)?;
+            let orig = report.message_id.0;
+            for u in &report.units {
+                let mut t = tracking(orig, u, RecipientState::Failed, &report.node, now);
+                t.detail = Some(report.reason.clone());
+                c.tracking.push(t);
+                c.events.push(event(orig, now, "failure-reported", Some(u), Some(&report.node), Some(report.reason.clone())));
+            }
         }
         Kind::DeliveryReport if env.metadata.get(META_REPORT_TYPE).map(String::as_str) == Some("recall") => {
             let report = RecallReport::from_envelope(env, &m.payload)?;

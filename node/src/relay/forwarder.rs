@@ -86,9 +86,19 @@ pub async fn run(engine: Arc<Engine>, hop: NodeId, signals: Arc<Signals>) {
                 // Loop until the acknowledgement is recorded: resending before that would only make
                 // duplicates (harmless, but wasted work).
                 let record = acknowledged(&engine.here, &hop, &sent, &resp.results);
+                // Documents refused for good further on are reported to their senders, in the same
+                // commit as the dead letters: never a silent drop.
+                let (reports, summaries) = engine.failure_reports(&hop, &sent, &resp.results);
+                let mut jobs = vec![WriteJob::Record(record.clone())];
+                jobs.extend(reports.into_iter().map(WriteJob::Custody));
                 loop {
-                    match engine.committer.commit(vec![WriteJob::Record(record.clone())]).await {
-                        Ok(_) => break,
+                    match engine.committer.commit(jobs.clone()).await {
+                        Ok(_) => {
+                            for s in &summaries {
+                                engine.after_commit(s);
+                            }
+                            break;
+                        }
                         Err(e) => {
                             tracing::error!(%hop, error = %e, "cannot record an acknowledgement; retrying");
                             tokio::time::sleep(backoff.next_delay()).await;
@@ -130,6 +140,8 @@ pub struct Sent {
     pub recipients: Vec<UnitAddress>,
     /// Kind, when this node is where the message entered the network (its status is tracked here).
     pub origin_kind: Option<Kind>,
+    /// The canonical header, to report a refusal back to the sender.
+    pub header: Vec<u8>,
 }
 
 fn to_request(dir: &crate::directory::Directory, items: Vec<OutboxItem>) -> (TransferRequest, Vec<Sent>) {
@@ -146,6 +158,7 @@ fn to_request(dir: &crate::directory::Directory, items: Vec<OutboxItem>) -> (Tra
             enqueued_at_ms: i.enqueued_at_ms,
             recipients: recipients.clone(),
             origin_kind,
+            header: i.header.clone(),
         });
         let sender_segment_version = i.sender.parse().map(|s| dir.key_segment_version(&s)).unwrap_or(0);
         parcels.push(Parcel { header: i.header, signature: i.signature, payload: i.payload, recipients, hops, sender_segment_version });

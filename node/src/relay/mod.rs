@@ -335,7 +335,7 @@ impl Engine {
     }
 
     /// After a commit: wake forwarders, wake inbox long-polls, count.
-    fn after_commit(self: &Arc<Self>, summary: &Summary) {
+    pub(crate) fn after_commit(self: &Arc<Self>, summary: &Summary) {
         for hop in &summary.next_hops {
             self.forwarder(hop).work.notify_one();
         }
@@ -412,6 +412,42 @@ impl Engine {
             }
             Err(e) => tracing::error!(error = %e, "cannot store recall reports; retried at the next recall or restart"),
         }
+    }
+
+    /// Signed failure reports for the documents `hop` refused for good that did not enter the network
+    /// here (where they did, the sender's status is updated directly).
+    pub(crate) fn failure_reports(
+        self: &Arc<Self>,
+        hop: &NodeId,
+        sent: &[forwarder::Sent],
+        results: &[crate::network::protocol::ParcelResult],
+    ) -> (Vec<crate::storage::Custody>, Vec<Summary>) {
+        let dir = self.dir.current();
+        let ctx = self.context(&dir);
+        let mut out = (Vec::new(), Vec::new());
+        for (s, r) in sent.iter().zip(results) {
+            let crate::network::protocol::ParcelResult::Refused { code, reason } = r else { continue };
+            let Ok(env) = exchange_wire::Envelope::from_canonical_bytes(&s.header) else { continue };
+            if s.origin_kind.is_some() || env.kind != Kind::Document {
+                continue;
+            }
+            let report = exchange_wire::receipt::FailureReport {
+                message_id: exchange_wire::Digest(s.message_id),
+                node: self.here.clone(),
+                units: s.recipients.clone(),
+                reason: format!("{hop} refused it ({code}): {reason}"),
+            };
+            let (envelope, payload) = report.envelope(env.sender.clone(), env.priority);
+            let signed = envelope.sign(&self.node_key);
+            match custody::take(&ctx, custody::Incoming { signed, payload, recipients: vec![env.sender.clone()], from: None, hops: vec![] }) {
+                Ok((c, summary)) => {
+                    out.0.push(c);
+                    out.1.push(summary);
+                }
+                Err(e) => tracing::warn!(reason = %e.message, "cannot route a failure report"),
+            }
+        }
+        out
     }
 
     /// After a neighbour's answer was recorded.
