@@ -22,22 +22,13 @@ const PUSH_BATCH: u32 = 100;
 /// A webhook URL must be http(s), and (unless allowed) must not point at this machine: a webhook may
 /// never reach the node's own admin API or other local services.
 fn check_webhook_url(url: &str, loopback_allowed: bool) -> Result<(), Refusal> {
-    let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"));
-    let Some(rest) = rest.filter(|_| url.len() <= 2048) else {
+    let Some(host) = url_host(url).filter(|_| url.len() <= 2048) else {
         return Err(Refusal::malformed(format!("webhook url {:?} must be an http:// or https:// URL", redact_credentials(url))));
-    };
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    let host_port = authority.rsplit_once('@').map(|(_, h)| h).unwrap_or(authority);
-    let host = match host_port.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or(""),
-        None => host_port.rsplit_once(':').map(|(h, _)| h).unwrap_or(host_port),
     };
     if host.is_empty() {
         return Err(Refusal::malformed("webhook url has no host"));
     }
-    let local = host.eq_ignore_ascii_case("localhost")
-        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback() || ip.is_unspecified());
-    if local && !loopback_allowed {
+    if !loopback_allowed && is_this_machine(host) {
         return Err(Refusal::new(
             "forbidden",
             403,
@@ -45,6 +36,42 @@ fn check_webhook_url(url: &str, loopback_allowed: bool) -> Result<(), Refusal> {
         ));
     }
     Ok(())
+}
+
+/// Whether `host` names this machine: `localhost`, or any address it resolves to (short forms like
+/// `127.1` and IPv4-mapped IPv6 included) is loopback or unspecified. Checked at registration and
+/// again before every push, since a name can resolve differently later.
+fn is_this_machine(host: &str) -> bool {
+    use std::net::{IpAddr, ToSocketAddrs};
+    let local = |ip: IpAddr| {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
+            v4 => v4,
+        };
+        ip.is_loopback() || ip.is_unspecified()
+    };
+    if host.eq_ignore_ascii_case("localhost") || host.to_ascii_lowercase().ends_with(".localhost") {
+        return true;
+    }
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return local(ip);
+    }
+    match (host, 0u16).to_socket_addrs() {
+        Ok(addrs) => addrs.into_iter().any(|a| local(a.ip())),
+        // Unresolvable now: the push will fail and be retried; it cannot reach this machine.
+        Err(_) => false,
+    }
+}
+
+/// The host part of an http(s) URL.
+fn url_host(url: &str) -> Option<&str> {
+    let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"))?;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let host_port = authority.rsplit_once('@').map(|(_, h)| h).unwrap_or(authority);
+    Some(match host_port.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host_port.rsplit_once(':').map(|(h, _)| h).unwrap_or(host_port),
+    })
 }
 
 /// A URL with any `user:password@` replaced, for logs and the audit log.
@@ -152,9 +179,15 @@ impl Engine {
             let signature = hex::encode(self.node_key.sign(&body).to_bytes());
             let node = self.here.to_string();
             let target = url.clone();
+            let loopback_allowed = self.webhooks_to_loopback;
             let sent = tokio::task::spawn_blocking(move || {
+                if !loopback_allowed && url_host(&target).is_none_or(is_this_machine) {
+                    return Ok(403);
+                }
+                // No redirects: a webhook answers for itself, and may not send the node elsewhere.
                 let agent: ureq::Agent = ureq::Agent::config_builder()
                     .http_status_as_error(false)
+                    .max_redirects(0)
                     .timeout_global(Some(Duration::from_secs(30)))
                     .build()
                     .into();
@@ -185,6 +218,7 @@ impl Engine {
                         Err(e) => e.to_string(),
                     };
                     if backoff.attempts() == 1 || backoff.attempts().is_multiple_of(20) {
+                        let url = redact_credentials(&url);
                         tracing::warn!(%unit, %url, %reason, retry_in_ms = delay.as_millis() as u64, "webhook push failed; the inbox keeps the items");
                     }
                     tokio::time::sleep(delay).await;
@@ -200,7 +234,16 @@ mod tests {
 
     #[test]
     fn webhook_urls_may_not_point_at_this_machine() {
-        for bad in ["http://127.0.0.1:9080/admin/v1/tokens", "http://localhost/x", "http://[::1]:80/", "http://0.0.0.0:9080/", "https://u:p@127.0.0.1/"] {
+        for bad in [
+            "http://127.0.0.1:9080/admin/v1/tokens",
+            "http://localhost/x",
+            "http://[::1]:80/",
+            "http://0.0.0.0:9080/",
+            "https://u:p@127.0.0.1/",
+            "http://127.1:9080/",
+            "http://[::ffff:127.0.0.1]:9080/",
+            "http://admin.localhost/",
+        ] {
             assert_eq!(check_webhook_url(bad, false).unwrap_err().code, "forbidden", "{bad}");
             assert!(check_webhook_url(bad, true).is_ok(), "{bad} with loopback allowed");
         }
