@@ -167,30 +167,13 @@ pub struct RecallReport {
     pub outcomes: Vec<RecallOutcome>,
 }
 
-impl RecallReport {
-    /// The (unsigned) report envelope from `node` to the document's sender; sign it with the node key.
-    pub fn envelope(&self, original_sender: UnitAddress, priority: Priority) -> (Envelope, Vec<u8>) {
-        let payload = serde_json::to_vec(self).expect("a report serialises");
-        let mut e = Envelope::new(Kind::DeliveryReport, UnitAddress::of_node(&self.node), vec![original_sender], vec![], priority, &payload);
-        e.metadata.insert(META_REPORT_FOR.into(), self.message_id.to_hex());
-        e.metadata.insert(META_REPORT_TYPE.into(), "recall".into());
-        (e, payload)
+impl NodeReport for RecallReport {
+    const TYPE: &'static str = "recall";
+    fn node(&self) -> &NodeId {
+        &self.node
     }
-
-    /// Reads a recall report (the payload digest must already be checked).
-    pub fn from_envelope(e: &Envelope, payload: &[u8]) -> Result<RecallReport, EnvelopeError> {
-        let bad = |m: String| EnvelopeError::Malformed(format!("recall report: {m}"));
-        if e.kind != Kind::DeliveryReport || e.metadata.get(META_REPORT_TYPE).map(String::as_str) != Some("recall") {
-            return Err(bad("envelope is not a delivery-report of type recall".into()));
-        }
-        let r: RecallReport = serde_json::from_slice(payload).map_err(|x| bad(x.to_string()))?;
-        if UnitAddress::of_node(&r.node) != e.sender {
-            return Err(bad(format!("signed by {} but reports for node {}", e.sender, r.node)));
-        }
-        if e.metadata.get(META_REPORT_FOR) != Some(&r.message_id.to_hex()) {
-            return Err(bad("metadata report.for does not name the message in the payload".into()));
-        }
-        Ok(r)
+    fn message_id(&self) -> MessageId {
+        self.message_id
     }
 }
 
@@ -206,27 +189,48 @@ pub struct FailureReport {
     pub reason: String,
 }
 
-impl FailureReport {
-    /// The (unsigned) report envelope from `node` to the document's sender; sign it with the node key.
-    pub fn envelope(&self, original_sender: UnitAddress, priority: Priority) -> (Envelope, Vec<u8>) {
+impl NodeReport for FailureReport {
+    const TYPE: &'static str = "failed";
+    fn node(&self) -> &NodeId {
+        &self.node
+    }
+    fn message_id(&self) -> MessageId {
+        self.message_id
+    }
+}
+
+/// A node's signed report to a document's sender about that document (a recall's outcomes, a
+/// refusal further on): an envelope of kind `delivery-report` from `<node>/_node`, metadata
+/// `report.for` (the document) and `report.type`, the report's JSON as payload.
+pub trait NodeReport: Serialize + serde::de::DeserializeOwned {
+    /// The `report.type` metadata value.
+    const TYPE: &'static str;
+    /// The reporting node.
+    fn node(&self) -> &NodeId;
+    /// The document reported on.
+    fn message_id(&self) -> MessageId;
+
+    /// The (unsigned) report envelope to the document's sender; sign it with the node key.
+    fn envelope(&self, original_sender: UnitAddress, priority: Priority) -> (Envelope, Vec<u8>) {
         let payload = serde_json::to_vec(self).expect("a report serialises");
-        let mut e = Envelope::new(Kind::DeliveryReport, UnitAddress::of_node(&self.node), vec![original_sender], vec![], priority, &payload);
-        e.metadata.insert(META_REPORT_FOR.into(), self.message_id.to_hex());
-        e.metadata.insert(META_REPORT_TYPE.into(), "failed".into());
+        let mut e = Envelope::new(Kind::DeliveryReport, UnitAddress::of_node(self.node()), vec![original_sender], vec![], priority, &payload);
+        e.metadata.insert(META_REPORT_FOR.into(), self.message_id().to_hex());
+        e.metadata.insert(META_REPORT_TYPE.into(), Self::TYPE.into());
         (e, payload)
     }
 
-    /// Reads a failure report (the payload digest must already be checked).
-    pub fn from_envelope(e: &Envelope, payload: &[u8]) -> Result<FailureReport, EnvelopeError> {
-        let bad = |m: String| EnvelopeError::Malformed(format!("failure report: {m}"));
-        if e.kind != Kind::DeliveryReport || e.metadata.get(META_REPORT_TYPE).map(String::as_str) != Some("failed") {
-            return Err(bad("envelope is not a delivery-report of type failed".into()));
+    /// Reads a report (the payload digest must already be checked), checking that envelope and
+    /// payload agree on type, node and document.
+    fn from_envelope(e: &Envelope, payload: &[u8]) -> Result<Self, EnvelopeError> {
+        let bad = |m: String| EnvelopeError::Malformed(format!("{} report: {m}", Self::TYPE));
+        if e.kind != Kind::DeliveryReport || e.metadata.get(META_REPORT_TYPE).map(String::as_str) != Some(Self::TYPE) {
+            return Err(bad(format!("envelope is not a delivery-report of type {}", Self::TYPE)));
         }
-        let r: FailureReport = serde_json::from_slice(payload).map_err(|x| bad(x.to_string()))?;
-        if UnitAddress::of_node(&r.node) != e.sender {
-            return Err(bad(format!("signed by {} but reports for node {}", e.sender, r.node)));
+        let r: Self = serde_json::from_slice(payload).map_err(|x| bad(x.to_string()))?;
+        if UnitAddress::of_node(r.node()) != e.sender {
+            return Err(bad(format!("signed by {} but reports for node {}", e.sender, r.node())));
         }
-        if e.metadata.get(META_REPORT_FOR) != Some(&r.message_id.to_hex()) {
+        if e.metadata.get(META_REPORT_FOR) != Some(&r.message_id().to_hex()) {
             return Err(bad("metadata report.for does not name the message in the payload".into()));
         }
         Ok(r)

@@ -183,11 +183,7 @@ async fn settle(
         Ok(m) => m,
         Err(r) => return r.into_response(),
     };
-    let result = match kind {
-        ReceiptType::SignedFor => engine.sign_for(&caller, &unit, &id, receipt).await,
-        ReceiptType::Returned => engine.return_message(&caller, &unit, &id, receipt).await,
-    };
-    match result {
+    match engine.settle(&caller, &unit, &id, receipt, kind).await {
         Ok(ok) => json(if ok.duplicate { StatusCode::OK } else { StatusCode::ACCEPTED }, &ok),
         Err(r) => r.into_response(),
     }
@@ -222,23 +218,23 @@ async fn remove_webhook(State(engine): State<AppState>, caller: Caller, Path((no
 }
 
 /// `POST /v1/messages/{id}/recall`: 撤回, signed by the document's sender.
-async fn recall(State(engine): State<AppState>, caller: Caller, Path(id): Path<String>, body: Result<Bytes, BytesRejection>) -> Response {
-    let id = match parse_id(&engine, &id).await {
-        Ok(i) => i,
-        Err(r) => return r.into_response(),
-    };
-    let msg: SignedMessage = match parse_body(&engine, body).await {
-        Ok(m) => m,
-        Err(r) => return r.into_response(),
-    };
-    match engine.recall(&caller, &id, msg).await {
-        Ok(ok) => json(if ok.duplicate { StatusCode::OK } else { StatusCode::ACCEPTED }, &ok),
-        Err(r) => r.into_response(),
-    }
+async fn recall(state: State<AppState>, caller: Caller, id: Path<String>, body: Result<Bytes, BytesRejection>) -> Response {
+    sender_action(state, caller, id, body, false).await
 }
 
 /// `POST /v1/messages/{id}/resend`: 补发, the same document to recipients it missed.
-async fn resend(State(engine): State<AppState>, caller: Caller, Path(id): Path<String>, body: Result<Bytes, BytesRejection>) -> Response {
+async fn resend(state: State<AppState>, caller: Caller, id: Path<String>, body: Result<Bytes, BytesRejection>) -> Response {
+    sender_action(state, caller, id, body, true).await
+}
+
+/// A sender's follow-up on its document `id`: a recall, or (`resend`) a 补发.
+async fn sender_action(
+    State(engine): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+    resend: bool,
+) -> Response {
     let id = match parse_id(&engine, &id).await {
         Ok(i) => i,
         Err(r) => return r.into_response(),
@@ -247,7 +243,8 @@ async fn resend(State(engine): State<AppState>, caller: Caller, Path(id): Path<S
         Ok(m) => m,
         Err(r) => return r.into_response(),
     };
-    match engine.resend(&caller, &id, msg).await {
+    let result = if resend { engine.resend(&caller, &id, msg).await } else { engine.recall(&caller, &id, msg).await };
+    match result {
         Ok(ok) => json(if ok.duplicate { StatusCode::OK } else { StatusCode::ACCEPTED }, &ok),
         Err(r) => r.into_response(),
     }

@@ -8,7 +8,8 @@ use std::collections::BTreeSet;
 use ed25519_dalek::SigningKey;
 use exchange_wire::api::RecipientState;
 use exchange_wire::receipt::{
-    Delivered, DeliveryReport, FailureReport, Hop, META_REPORT_TYPE, Receipt, ReceiptType, RecallReport, recalled_message,
+    Delivered, DeliveryReport, FailureReport, Hop, META_REPORT_TYPE, NodeReport, Receipt, ReceiptType, RecallReport,
+    recalled_message,
 };
 use exchange_wire::{Kind, NodeId, SignedEnvelope, UnitAddress};
 

@@ -375,27 +375,17 @@ impl Engine {
         Ok(Candidate { signed, payload: p.payload, recipients: p.recipients, hops: p.hops })
     }
 
-    /// 签收: a recipient signs for a message in its inbox with a receipt signed by its own key.
-    pub async fn sign_for(
+    /// 签收 (`kind` signed-for) or 退回 (returned, with a signed reason): a recipient settles a
+    /// message in its inbox with a receipt signed by its own key. A message is settled once.
+    pub async fn settle(
         self: &Arc<Self>,
         caller: &Caller,
         unit: &UnitAddress,
         message_id: &MessageId,
         receipt: SignedMessage,
+        kind: ReceiptType,
     ) -> Result<SignForResponse, Refusal> {
-        self.settle_many(caller, unit, vec![(*message_id, receipt)], ReceiptType::SignedFor).await.pop().expect("one result")
-    }
-
-    /// 退回: a recipient returns a message in its inbox to its sender, with a signed receipt giving
-    /// the reason. A message is either signed for or returned, never both.
-    pub async fn return_message(
-        self: &Arc<Self>,
-        caller: &Caller,
-        unit: &UnitAddress,
-        message_id: &MessageId,
-        receipt: SignedMessage,
-    ) -> Result<SignForResponse, Refusal> {
-        self.settle_many(caller, unit, vec![(*message_id, receipt)], ReceiptType::Returned).await.pop().expect("one result")
+        self.settle_many(caller, unit, vec![(*message_id, receipt)], kind).await.pop().expect("one result")
     }
 
     /// Several 签收 by one unit, verified in one batch and committed in one transaction; one result

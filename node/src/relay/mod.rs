@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
+use exchange_wire::receipt::NodeReport;
 use exchange_wire::{Kind, MessageId, NodeId, PublicKey};
 use libp2p::{Multiaddr, PeerId};
 use tokio::sync::watch;
