@@ -145,44 +145,15 @@ pub fn handling(s: &str) -> Result<Handling, String> {
     }
 }
 
-/// A calendar date as `YYYY-MM-DD` (成文日期, 办理时限): a real day of a year from 1900 on.
+/// A calendar date as `YYYY-MM-DD` (成文日期, 办理时限): a real day of a year from 1900 on, by the
+/// same rule the node applies (`exchange_wire::document::is_date`).
 pub fn date(s: &str) -> Result<String, String> {
     let d = s.trim();
-    let bad = || {
-        Err(format!(
-            "{s:?} is not a date as YYYY-MM-DD, such as 2025-05-20"
-        ))
-    };
-    let b = d.as_bytes();
-    if b.len() != 10
-        || b[4] != b'-'
-        || b[7] != b'-'
-        || !b
-            .iter()
-            .enumerate()
-            .all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit())
-    {
-        return bad();
+    if exchange_wire::document::is_date(d) {
+        Ok(d.to_owned())
+    } else {
+        Err(format!("{s:?} is not a date as YYYY-MM-DD, such as 2025-05-20"))
     }
-    let (Ok(year), Ok(month), Ok(day)) = (
-        d[0..4].parse::<u32>(),
-        d[5..7].parse::<u32>(),
-        d[8..10].parse::<u32>(),
-    ) else {
-        return bad();
-    };
-    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
-    let days = match month {
-        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
-        4 | 6 | 9 | 11 => 30,
-        2 if leap => 29,
-        2 => 28,
-        _ => return bad(),
-    };
-    if year < 1900 || day == 0 || day > days {
-        return bad();
-    }
-    Ok(d.to_owned())
 }
 
 /// The reason of a 退回 (`return --reason`): required, so the sender learns what to fix. Trimmed;

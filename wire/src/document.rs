@@ -70,8 +70,8 @@ pub fn check(envelope: &Envelope) -> Result<(), DocumentError> {
     Ok(())
 }
 
-/// `YYYY-MM-DD`, digits only, a real calendar day.
-fn is_date(s: &str) -> bool {
+/// `YYYY-MM-DD`, digits only, a real calendar day (year 1900 or later).
+pub fn is_date(s: &str) -> bool {
     let b = s.as_bytes();
     let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
     if b.len() != 10 || b[4] != b'-' || b[7] != b'-' || !digits(0..4) || !digits(5..7) || !digits(8..10) {
