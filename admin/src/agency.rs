@@ -6,7 +6,7 @@
 //! same client the tests drive, so what works here works for any agency client.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -14,6 +14,7 @@ use exchange_wire::api::{
     InboxItem, InboxResponse, RecipientState, RecipientStatus, StatusResponse,
 };
 use exchange_wire::directory::{UnitRecord, UnitStatus};
+use exchange_wire::document::Attachment;
 use exchange_wire::{Envelope, Kind, MessageId, PublicKey, UnitAddress, document, keys, receipt};
 
 use crate::endpoint::{ActingFor, Ctx, Endpoint};
@@ -67,8 +68,8 @@ pub fn pubkey(ctx: &Ctx, a: &PubkeyArgs) -> Result<()> {
 /// Builds the (unsigned) document envelope for `send`. Separate from the I/O so it can be tested.
 /// The GB/T 9704 fields are checked as the node checks them at ingress (`document::check`), so a
 /// document the node would refuse, a classified one above all, is refused here before it is signed.
-fn document_envelope(a: &SendArgs, payload: &[u8]) -> Result<Envelope> {
-    build_document(&a.from, &a.to, &a.cc, &a.doc, &a.file, payload)
+fn document_envelope(a: &SendArgs, payload: &[u8], attachments: &[Attachment]) -> Result<Envelope> {
+    build_document(&a.from, &a.to, &a.cc, &a.doc, &a.file, payload, attachments)
 }
 
 /// The (unsigned) document envelope from `from` with the fields of `send` and `resend`, checked as
@@ -80,6 +81,7 @@ fn build_document(
     d: &DocumentFields,
     file: &Path,
     payload: &[u8],
+    attachments: &[Attachment],
 ) -> Result<Envelope> {
     let (to, cc) = parse::recipients(to, cc).map_err(anyhow::Error::msg)?;
     let mut metadata = parse::metadata(&d.meta).map_err(anyhow::Error::msg)?;
@@ -101,6 +103,9 @@ fn build_document(
     if let Some(name) = file.file_name() {
         metadata.insert(META_FILE_NAME.into(), name.to_string_lossy().into_owned());
     }
+    for (i, a) in attachments.iter().enumerate() {
+        a.describe(i + 1, &mut metadata);
+    }
     let mut envelope = Envelope::new(Kind::Document, from.clone(), to, cc, d.priority, payload);
     envelope.metadata = metadata;
     envelope.check_shape()?;
@@ -109,13 +114,71 @@ fn build_document(
     Ok(envelope)
 }
 
+/// The media type recorded for an attachment, from its file name's extension.
+fn media_type(path: &Path) -> &'static str {
+    let ext = path.extension().map(|e| e.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
+    match ext.as_str() {
+        "pdf" => "application/pdf",
+        "ofd" => "application/ofd",
+        "doc" => "application/msword",
+        "docx" => "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+        "xls" => "application/vnd.ms-excel",
+        "xlsx" => "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+        "wps" => "application/vnd.ms-works",
+        "txt" => "text/plain",
+        "jpg" | "jpeg" => "image/jpeg",
+        "png" => "image/png",
+        "tif" | "tiff" => "image/tiff",
+        "zip" => "application/zip",
+        _ => "application/octet-stream",
+    }
+}
+
+/// Reads each `--attach` file once to describe it (size, SHA-256), in pieces.
+fn describe_attachments(paths: &[PathBuf]) -> Result<Vec<(PathBuf, Attachment)>> {
+    if paths.len() > document::MAX_ATTACHMENTS {
+        bail!("{} attachments given; a document carries at most {}", paths.len(), document::MAX_ATTACHMENTS);
+    }
+    paths
+        .iter()
+        .map(|p| {
+            let a = Attachment::of_file(p, media_type(p)).with_context(|| format!("cannot read the attachment {}", p.display()))?;
+            Ok((p.clone(), a))
+        })
+        .collect()
+}
+
+/// Uploads each attachment to the node, resuming from the node's last committed chunk after an
+/// interruption (a few attempts, then the command fails; running it again resumes too).
+fn upload_attachments(node: &Endpoint, attachments: &[(PathBuf, Attachment)]) -> Result<()> {
+    for (path, a) in attachments {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match node.call(|c| c.upload_attachment(path, a)) {
+                Ok(s) if s.complete => break,
+                Ok(s) if attempt < 5 => eprintln!("upload of {} interrupted at byte {}; resuming", a.name, s.committed_bytes),
+                Ok(s) => bail!("upload of {} stopped at byte {} of {}; run the command again to resume", a.name, s.committed_bytes, a.size),
+                Err(e) if attempt < 5 => eprintln!("upload of {} interrupted ({e:#}); resuming", a.name),
+                Err(e) => return Err(e.context(format!("upload of {} failed; run the command again to resume", a.name))),
+            }
+            std::thread::sleep(Duration::from_millis(500 * attempt));
+        }
+        eprintln!("attachment {} uploaded ({} bytes, SHA-256 {})", a.name, a.size, a.sha256);
+    }
+    Ok(())
+}
+
 /// `send`: reads the file, signs a document envelope with the unit key and hands it to the node.
 pub fn send(ctx: &Ctx, a: &SendArgs) -> Result<()> {
     let node = ctx.agency(ActingFor::Unit(&a.from))?;
     let key = keys::read(&a.key)?;
     let payload = std::fs::read(&a.file)
         .with_context(|| format!("cannot read the document {}", a.file.display()))?;
-    let signed = document_envelope(a, &payload)?.sign(&key);
+    let attachments = describe_attachments(&a.doc.attach)?;
+    let described: Vec<Attachment> = attachments.iter().map(|(_, a)| a.clone()).collect();
+    let signed = document_envelope(a, &payload, &described)?.sign(&key);
+    upload_attachments(&node, &attachments)?;
     let answer = node.call(|c| c.submit(&signed, &payload))?;
     if ctx.json {
         return emit_json(&answer);
@@ -290,11 +353,13 @@ fn inbox_json(
     Ok(value)
 }
 
-/// Writes each payload to `dir/<message id>`. The file is named by the id, never by the sender's
-/// `file-name`, which another unit chose and could point anywhere. The payload is checked against the
-/// signed envelope's digest first, and written under a temporary name then renamed, so a file that
-/// exists is always complete.
-fn save_payloads(dir: &Path, items: &[InboxItem]) -> Result<()> {
+/// Writes each payload to `dir/<message id>` and each attachment to `dir/<message id>.<n>.<name>`.
+/// Files are named by the id, never by the sender's `file-name` alone, which another unit chose and
+/// could point anywhere (attachment names are plain file names: the node refuses any other). The
+/// payload is checked against the signed envelope's digest, each attachment against its signed
+/// SHA-256, and both are written under a temporary name then renamed, so a file that exists is always
+/// complete. An interrupted attachment download resumes when the command runs again.
+fn save_payloads(node: &Endpoint, dir: &Path, items: &[InboxItem]) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     for item in items {
         let (signed, payload) = item
@@ -313,6 +378,15 @@ fn save_payloads(dir: &Path, items: &[InboxItem]) -> Result<()> {
         std::fs::write(&part, &payload)
             .and_then(|_| std::fs::rename(&part, &path))
             .with_context(|| format!("cannot write {}", path.display()))?;
+        let attachments = document::attachments(&signed.envelope)
+            .map_err(|e| anyhow!("the attachments of message {} were not saved: {e}", item.id))?;
+        for (i, a) in attachments.iter().enumerate() {
+            let dest = dir.join(format!("{}.{}.{}", item.id, i + 1, a.name));
+            if !dest.exists() {
+                node.call(|c| c.download_attachment(&item.id, i + 1, a, &dest))
+                    .with_context(|| format!("attachment {} of message {} was not saved", a.name, item.id))?;
+            }
+        }
     }
     Ok(())
 }
@@ -340,7 +414,7 @@ pub fn inbox(ctx: &Ctx, a: &InboxArgs) -> Result<()> {
                 .collect(),
             None => page.items.clone(),
         };
-        save_payloads(dir, &keep)?;
+        save_payloads(&node, dir, &keep)?;
         eprintln!("saved {} payload(s) to {}", keep.len(), dir.display());
         if keep.len() < page.items.len() {
             eprintln!(
@@ -745,7 +819,7 @@ fn recall_envelope(
 /// The (unsigned) 补发 of the document in `st`: a document of its own from the same sender, with the
 /// fields given and `resend.of` naming the original, to recipients the original does not list yet
 /// (the node refuses any it lists, whatever their state).
-fn resend_envelope(a: &ResendArgs, st: &StatusResponse, payload: &[u8]) -> Result<Envelope> {
+fn resend_envelope(a: &ResendArgs, st: &StatusResponse, payload: &[u8], attachments: &[Attachment]) -> Result<Envelope> {
     if st.kind != Kind::Document {
         bail!(
             "message {} is a {}, not a document; only documents are re-sent (补发)",
@@ -753,7 +827,7 @@ fn resend_envelope(a: &ResendArgs, st: &StatusResponse, payload: &[u8]) -> Resul
             st.kind
         );
     }
-    let mut envelope = build_document(&st.sender, &a.to, &a.cc, &a.doc, &a.file, payload)?;
+    let mut envelope = build_document(&st.sender, &a.to, &a.cc, &a.doc, &a.file, payload, attachments)?;
     let listed = envelope
         .recipients()
         .find_map(|u| st.recipients.iter().find(|r| &r.unit == u));
@@ -896,11 +970,14 @@ pub fn resend(ctx: &Ctx, a: &ResendArgs) -> Result<()> {
     let payload = std::fs::read(&a.file)
         .with_context(|| format!("cannot read the document {}", a.file.display()))?;
     let st = node.call(|c| c.status(&a.message))?;
-    let envelope = resend_envelope(a, &st, &payload)?;
+    let attachments = describe_attachments(&a.doc.attach)?;
+    let described: Vec<Attachment> = attachments.iter().map(|(_, a)| a.clone()).collect();
+    let envelope = resend_envelope(a, &st, &payload, &described)?;
     let record = unit_record(&node, &st.sender)?;
     let public = PublicKey(key.verifying_key());
     check_sender_key(&record, &st.sender, &public, &a.key, envelope.created_at_ms)?;
     let signed = envelope.sign(&key);
+    upload_attachments(&node, &attachments)?;
     let answer = node.call(|c| c.resend(&a.message, &signed, &payload))?;
     if ctx.json {
         let mut value = serde_json::to_value(&answer)?;
@@ -1013,6 +1090,7 @@ mod tests {
                 handling: None,
                 deadline: None,
                 meta: vec!["category=notice".into()],
+                attach: vec![],
             },
             file: PathBuf::from("/tmp/some/dir/通知.pdf"),
         }
@@ -1020,7 +1098,7 @@ mod tests {
 
     #[test]
     fn document_envelope_carries_flags_as_metadata() {
-        let e = document_envelope(&send_args(), b"payload").unwrap();
+        let e = document_envelope(&send_args(), b"payload", &[]).unwrap();
         assert_eq!(e.kind, Kind::Document);
         assert_eq!(e.to.len(), 2);
         assert_eq!(e.cc.len(), 1);
@@ -1037,7 +1115,7 @@ mod tests {
         let mut a = send_args();
         a.cc = vec!["gz/civil-affairs".into()];
         assert!(
-            document_envelope(&a, b"")
+            document_envelope(&a, b"", &[])
                 .unwrap_err()
                 .to_string()
                 .contains("both")
@@ -1047,7 +1125,7 @@ mod tests {
     #[test]
     fn inbox_table_shows_short_ids_and_titles() {
         let key = keys::generate();
-        let e = document_envelope(&send_args(), b"x").unwrap();
+        let e = document_envelope(&send_args(), b"x", &[]).unwrap();
         let signed = e.sign(&key);
         let item = InboxItem {
             seq: 7,
@@ -1075,7 +1153,7 @@ mod tests {
         a.doc.doc_type = Some("通知".into());
         a.doc.handling = Some(parse::Handling::Action);
         a.doc.deadline = Some("2025-06-01".into());
-        let e = document_envelope(&a, b"payload").unwrap();
+        let e = document_envelope(&a, b"payload", &[]).unwrap();
         let m = &e.metadata;
         assert_eq!(m[document::TITLE], "关于做好防汛工作的通知");
         assert_eq!(m[document::DOC_NUMBER], "越府〔2025〕12号");
@@ -1086,7 +1164,7 @@ mod tests {
         assert_eq!(m[document::HANDLING], "action");
         assert_eq!(m[document::DEADLINE], "2025-06-01");
         a.doc.handling = Some(parse::Handling::Information);
-        let e = document_envelope(&a, b"payload").unwrap();
+        let e = document_envelope(&a, b"payload", &[]).unwrap();
         assert_eq!(e.metadata[document::HANDLING], "information");
         document::check(&e).unwrap();
     }
@@ -1096,16 +1174,16 @@ mod tests {
         for mark in ["机密", "秘密★1年", "top-secret"] {
             let mut a = send_args();
             a.doc.meta = vec![format!("classification={mark}")];
-            let err = document_envelope(&a, b"x").unwrap_err().to_string();
+            let err = document_envelope(&a, b"x", &[]).unwrap_err().to_string();
             let node_says = document::DocumentError::Classified(mark.into()).to_string();
             assert!(err.starts_with(&node_says), "{err}");
             assert!(err.contains("nothing was sent"), "{err}");
         }
         let mut a = send_args();
         a.doc.meta = vec!["classification=内部".into()];
-        assert!(document_envelope(&a, b"x").is_ok());
+        assert!(document_envelope(&a, b"x", &[]).is_ok());
         a.doc.meta = vec!["classification=hush".into()];
-        let err = document_envelope(&a, b"x").unwrap_err().to_string();
+        let err = document_envelope(&a, b"x", &[]).unwrap_err().to_string();
         assert!(err.contains("not a known mark"), "{err}");
     }
 
@@ -1114,7 +1192,7 @@ mod tests {
     macro_rules! inbox_item {
         ($key:expr, $state:expr) => {
             inbox_item(
-                &document_envelope(&send_args(), b"x").unwrap().sign(&$key),
+                &document_envelope(&send_args(), b"x", &[]).unwrap().sign(&$key),
                 $state,
             )
         };
@@ -1278,7 +1356,7 @@ mod tests {
 
         let mut payload = inbox_item!(key, RecipientState::Delivered);
         payload.message.payload = SignedMessage::new(
-            &document_envelope(&send_args(), b"y").unwrap().sign(&key),
+            &document_envelope(&send_args(), b"y", &[]).unwrap().sign(&key),
             b"y",
         )
         .payload;
@@ -1365,7 +1443,7 @@ mod tests {
         let mut a = send_args();
         a.doc.handling = Some(parse::Handling::Action);
         a.doc.deadline = Some("2025-06-01".into());
-        let signed = document_envelope(&a, b"x").unwrap().sign(&key);
+        let signed = document_envelope(&a, b"x", &[]).unwrap().sign(&key);
         let with_deadline = inbox_item(&signed, RecipientState::Delivered);
         let mut bare = inbox_item!(key, RecipientState::Delivered);
         bare.message.envelope.metadata.remove(document::DOC_NUMBER);
@@ -1639,7 +1717,7 @@ mod tests {
     #[test]
     fn resend_envelopes_name_the_original() {
         let st = mixed_status();
-        let e = resend_envelope(&resend_args(), &st, b"the body").unwrap();
+        let e = resend_envelope(&resend_args(), &st, b"the body", &[]).unwrap();
         assert_eq!(e.kind, Kind::Document);
         assert_eq!(e.sender, st.sender, "the sender is the original's");
         assert_eq!(e.to, [unit("gz/planning")]);
@@ -1661,19 +1739,19 @@ mod tests {
         ] {
             let mut a = resend_args();
             a.cc = vec![u.into()];
-            let e = resend_envelope(&a, &st, b"x").unwrap_err().to_string();
+            let e = resend_envelope(&a, &st, b"x", &[]).unwrap_err().to_string();
             assert!(e.contains(u) && e.contains(expected), "{e}");
             assert!(e.contains("missed"), "{e}");
         }
         let mut a = resend_args();
         a.doc.meta = vec!["classification=机密".into()];
         assert!(
-            resend_envelope(&a, &st, b"x").is_err(),
+            resend_envelope(&a, &st, b"x", &[]).is_err(),
             "checked as send checks"
         );
         let mut receipt = mixed_status();
         receipt.kind = Kind::Receipt;
-        let e = resend_envelope(&resend_args(), &receipt, b"x").unwrap_err();
+        let e = resend_envelope(&resend_args(), &receipt, b"x", &[]).unwrap_err();
         assert!(e.to_string().contains("not a document"), "{e}");
     }
 

@@ -347,6 +347,10 @@ pub struct DocumentFields {
     /// Further metadata as key=value, such as classification=内部 (密级); may be repeated.
     #[arg(long, value_name = "KEY=VALUE")]
     pub meta: Vec<String>,
+    /// A file to attach (附件), such as a scan of any size: uploaded in chunks, resumed after an
+    /// interruption, its SHA-256 signed with the document; may be repeated.
+    #[arg(long, value_name = "FILE")]
+    pub attach: Vec<PathBuf>,
 }
 
 #[derive(Args)]

@@ -152,6 +152,9 @@ impl Default for AdminConfig {
 pub struct Limits {
     /// Largest payload accepted from an agency or a peer, in bytes.
     pub max_payload_bytes: u64,
+    /// Largest attachment accepted, in bytes. Attachments travel in chunks beside the document and
+    /// never sit in memory whole, so this bounds disk use, not memory.
+    pub max_attachment_bytes: u64,
     /// How far an envelope's `created_at_ms` may be from the ingress node's clock, in seconds. Older
     /// envelopes are refused at ingress: a stolen key cannot backdate a message to before its
     /// revocation.
@@ -160,7 +163,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_payload_bytes: 8 * 1024 * 1024, clock_skew_secs: 300 }
+        Limits { max_payload_bytes: 8 * 1024 * 1024, max_attachment_bytes: 4 * 1024 * 1024 * 1024, clock_skew_secs: 300 }
     }
 }
 
@@ -243,6 +246,11 @@ impl NodeConfig {
     /// The SQLite database file.
     pub fn database_path(&self) -> PathBuf {
         self.data_dir.join("node.db")
+    }
+
+    /// Where attachment files are kept.
+    pub fn attachments_dir(&self) -> PathBuf {
+        self.data_dir.join("attachments")
     }
 }
 

@@ -49,6 +49,12 @@ pub struct Metrics {
     pub connections_refused: IntCounterVec,
     /// Webhook pushes, by outcome (`ok`, `failed`).
     pub webhook_pushes: IntCounterVec,
+    /// Attachment bytes sent to a neighbour, by peer.
+    pub attachment_bytes_sent: IntCounterVec,
+    /// Attachment bytes committed here, by source (a peer, or `agency`).
+    pub attachment_bytes_received: IntCounterVec,
+    /// Attachment transfers to a neighbour that resumed from its last committed chunk, by peer.
+    pub attachment_resumes: IntCounterVec,
     pub build_info: IntGaugeVec,
     pub start_time: Gauge,
 }
@@ -106,6 +112,17 @@ impl Metrics {
             directory_version: register!(IntGauge::new("exchange_directory_version", "Version of the directory in force.")),
             directory_rejections: counter("exchange_directory_rejections_total", "Directory segments refused, by reason.", &["reason"]),
             webhook_pushes: counter("exchange_webhook_pushes_total", "Webhook pushes, by outcome.", &["outcome"]),
+            attachment_bytes_sent: counter("exchange_attachment_bytes_sent_total", "Attachment bytes sent to a neighbour.", &["peer"]),
+            attachment_bytes_received: counter(
+                "exchange_attachment_bytes_received_total",
+                "Attachment bytes committed here, by source (a peer, or agency).",
+                &["source"],
+            ),
+            attachment_resumes: counter(
+                "exchange_attachment_resumes_total",
+                "Attachment transfers to a neighbour that resumed from its last committed chunk.",
+                &["peer"],
+            ),
             connections_refused: counter(
                 "exchange_connections_refused_total",
                 "Connections refused because the peer is not a node of the directory.",

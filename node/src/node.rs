@@ -46,7 +46,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     )?;
     tokio::spawn(event_loop.run());
 
-    let engine = Engine::new(&cfg, store, metrics, net, node_key, parent_hint);
+    let engine = Engine::new(&cfg, store, metrics, net, node_key, parent_hint)?;
     engine.start().await?;
     match engine.dir.current().node(&cfg.node_id) {
         Some(me) if me.public_key.0 != exchange_wire::keys::read(&cfg.key_file)?.verifying_key() => anyhow::bail!(

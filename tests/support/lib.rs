@@ -14,22 +14,29 @@ use exchange_wire::api::{InboxItem, SignedMessage};
 use exchange_wire::client::ApiClient;
 use exchange_wire::{Envelope, Kind, MessageId, Priority, SignedEnvelope, UnitAddress};
 
-/// The folder holding the built binaries (`target/debug`), building them once per test process.
+/// The folder holding the built binaries (`target/debug`, or `target/release` under `cargo test --release`),
+/// building them once per test process.
 /// Integration tests of this crate do not trigger a build of other packages' binaries, so the first
 /// caller runs `cargo build --workspace --bins` (quick when nothing changed).
 pub fn bin_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
+        // target/<profile>/deps/<test> -> target/<profile>: build the binaries with the same profile
+        // as the tests (`cargo test --release` runs them against release binaries).
+        let exe = std::env::current_exe().expect("test executable path");
+        let dir = exe.parent().and_then(Path::parent).expect("target folder").to_path_buf();
+        let mut args = vec!["build", "--workspace", "--bins", "--quiet"];
+        if dir.file_name().is_some_and(|n| n == "release") {
+            args.push("--release");
+        }
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = std::process::Command::new(cargo)
-            .args(["build", "--workspace", "--bins", "--quiet"])
+            .args(&args)
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
             .expect("cannot run cargo to build the node binaries");
         assert!(status.success(), "building the node binaries failed");
-        // target/debug/deps/<test> -> target/debug
-        let exe = std::env::current_exe().expect("test executable path");
-        exe.parent().and_then(Path::parent).expect("target folder").to_path_buf()
+        dir
     })
 }
 

@@ -567,3 +567,14 @@ pub struct WebhookDelivery {
     pub unit: UnitAddress,
     pub items: Vec<InboxItem>,
 }
+
+/// How much of an attachment a node holds: the answer to an upload and to
+/// `GET /v1/attachments/{sha256}`. An interrupted upload resumes at `committed_bytes`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachmentStatus {
+    pub sha256: crate::envelope::Digest,
+    /// Bytes held durably from the start (the whole size once complete).
+    pub committed_bytes: u64,
+    /// Every byte is there and matches the SHA-256.
+    pub complete: bool,
+}

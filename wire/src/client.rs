@@ -178,6 +178,120 @@ impl ApiClient {
         self.post(&format!("/v1/messages/{message}/resend"), &SignedMessage::new(resend, payload))
     }
 
+    /// How much of attachment `sha256` the node holds.
+    pub fn attachment_status(&self, sha256: &crate::Digest) -> Result<AttachmentStatus, ClientError> {
+        self.get(&format!("/v1/attachments/{sha256}"), &[])
+    }
+
+    /// Uploads an attachment file, streamed, resuming from what the node already holds: after an
+    /// interruption, calling this again sends only the bytes past the node's last committed chunk.
+    /// The file must still have the attachment's size and digest (the node checks the digest when
+    /// the last byte arrives).
+    pub fn upload_attachment(&self, file: &std::path::Path, a: &crate::document::Attachment) -> Result<AttachmentStatus, ClientError> {
+        use std::io::{Read, Seek};
+        let url = format!("{}/v1/attachments/{}", self.base, a.sha256);
+        let io = |e: std::io::Error| ClientError::Transport { url: url.clone(), reason: format!("cannot read {}: {e}", file.display()) };
+        let status = self.attachment_status(&a.sha256)?;
+        if status.complete {
+            return Ok(status);
+        }
+        let mut f = std::fs::File::open(file).map_err(io)?;
+        f.seek(std::io::SeekFrom::Start(status.committed_bytes)).map_err(io)?;
+        let mut body = f.take(a.size - status.committed_bytes.min(a.size));
+        let req = self
+            .authorised(self.agent.put(&url))
+            .query("size", a.size.to_string())
+            .query("offset", status.committed_bytes.to_string())
+            .header("Content-Type", "application/octet-stream")
+            .config()
+            .timeout_global(None)
+            .build();
+        let r = req.send(ureq::SendBody::from_reader(&mut body));
+        self.finish(&url, r)
+    }
+
+    /// Downloads attachment `n` (from 1) of message `id` into `dest`, streamed, checking its SHA-256
+    /// against `a` (the signed description). Bytes already in `dest.part` from an interrupted
+    /// download are kept and the rest is asked for with `Range`; `dest` appears only when complete
+    /// and verified.
+    pub fn download_attachment(
+        &self,
+        id: &MessageId,
+        n: usize,
+        a: &crate::document::Attachment,
+        dest: &std::path::Path,
+    ) -> Result<(), ClientError> {
+        use sha2::Digest as _;
+        use std::io::{Read, Write};
+        let url = format!("{}/v1/messages/{id}/attachments/{n}", self.base);
+        let part = dest.with_file_name(format!("{}.part", dest.file_name().map(|f| f.to_string_lossy()).unwrap_or_default()));
+        let io = |what: &str, e: std::io::Error| ClientError::Transport { url: url.clone(), reason: format!("{what}: {e}") };
+        let mut hasher = sha2::Sha256::new();
+        let mut have = 0u64;
+        if let Ok(mut old) = std::fs::File::open(&part) {
+            let mut buf = vec![0u8; 256 * 1024];
+            loop {
+                let k = old.read(&mut buf).map_err(|e| io("cannot read the partial download", e))?;
+                if k == 0 {
+                    break;
+                }
+                hasher.update(&buf[..k]);
+                have += k as u64;
+            }
+        }
+        if have > a.size {
+            std::fs::remove_file(&part).map_err(|e| io("cannot remove a bad partial download", e))?;
+            return self.download_attachment(id, n, a, dest);
+        }
+        let mut out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&part)
+            .map_err(|e| io(&format!("cannot write {}", part.display()), e))?;
+        if have < a.size {
+            let mut req = self.authorised(self.agent.get(&url)).config().timeout_global(None).build();
+            if have > 0 {
+                req = req.header("Range", format!("bytes={have}-"));
+            }
+            let mut resp = req.call().map_err(|e| ClientError::Transport { url: url.clone(), reason: e.to_string() })?;
+            let status = resp.status().as_u16();
+            if status != 200 && status != 206 {
+                return self.finish::<serde::de::IgnoredAny>(&url, Ok(resp)).and_then(|_| {
+                    Err(ClientError::Protocol { url: url.clone(), status, reason: "not an attachment".into() })
+                });
+            }
+            if status == 200 && have > 0 {
+                return Err(ClientError::Protocol { url: url.clone(), status, reason: "the node ignored the Range of a resumed download".into() });
+            }
+            let mut body = resp.body_mut().as_reader();
+            let mut buf = vec![0u8; 256 * 1024];
+            loop {
+                let k = body.read(&mut buf).map_err(|e| io("the download was interrupted (run it again to resume)", e))?;
+                if k == 0 {
+                    break;
+                }
+                out.write_all(&buf[..k]).map_err(|e| io(&format!("cannot write {}", part.display()), e))?;
+                hasher.update(&buf[..k]);
+                have += k as u64;
+            }
+        }
+        out.sync_all().map_err(|e| io(&format!("cannot write {}", part.display()), e))?;
+        let digest = crate::Digest(hasher.finalize().into());
+        if have != a.size || digest != a.sha256 {
+            let _ = std::fs::remove_file(&part);
+            return Err(ClientError::Protocol {
+                url,
+                status: 200,
+                reason: format!(
+                    "attachment {} arrived as {have} bytes with SHA-256 {digest}, but the signed document describes {} bytes with SHA-256 {}: discarded",
+                    a.name, a.size, a.sha256
+                ),
+            });
+        }
+        std::fs::rename(&part, dest).map_err(|e| io(&format!("cannot write {}", dest.display()), e))?;
+        Ok(())
+    }
+
     /// Registers (or replaces) `unit`'s webhook.
     pub fn set_webhook(&self, unit: &UnitAddress, request: &WebhookRequest) -> Result<WebhookInfo, ClientError> {
         let url = format!("{}/v1/units/{unit}/webhook", self.base);

@@ -27,6 +27,93 @@ pub const CLASSIFICATION: &str = "classification";
 /// 补发: the id of the document this one re-sends, with the same body, to recipients it missed.
 pub const RESEND_OF: &str = "resend.of";
 
+/// Bound on the attachments of one document.
+pub const MAX_ATTACHMENTS: usize = 64;
+
+/// An attachment (附件) of a document. Its description (`attachment.<n>.name`, `.type`, `.size`,
+/// `.sha256`, numbered from 1) is signed metadata; its bytes travel beside the envelope in chunks and
+/// are bound to the sender's signature by the SHA-256, checked at every hop and by the recipient.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Attachment {
+    /// File name as the recipient should save it (no directories).
+    pub name: String,
+    /// Media type, e.g. `application/pdf`.
+    #[serde(rename = "type")]
+    pub media_type: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// SHA-256 of the bytes.
+    pub sha256: crate::Digest,
+}
+
+impl Attachment {
+    /// Describes a file as an attachment: its base name, `media_type`, size and SHA-256, read in
+    /// pieces so a large scan is never in memory whole.
+    pub fn of_file(path: &std::path::Path, media_type: &str) -> std::io::Result<Attachment> {
+        use sha2::Digest as _;
+        use std::io::Read;
+        let mut f = std::fs::File::open(path)?;
+        let mut hasher = sha2::Sha256::new();
+        let mut buf = vec![0u8; 1024 * 1024];
+        let mut size = 0u64;
+        loop {
+            let n = f.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            size += n as u64;
+        }
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "attachment".into());
+        Ok(Attachment { name, media_type: media_type.to_owned(), size, sha256: crate::Digest(hasher.finalize().into()) })
+    }
+
+    /// Writes this attachment's description into `metadata` as attachment number `n` (from 1).
+    pub fn describe(&self, n: usize, metadata: &mut std::collections::BTreeMap<String, String>) {
+        metadata.insert(format!("attachment.{n}.name"), self.name.clone());
+        metadata.insert(format!("attachment.{n}.type"), self.media_type.clone());
+        metadata.insert(format!("attachment.{n}.size"), self.size.to_string());
+        metadata.insert(format!("attachment.{n}.sha256"), self.sha256.to_hex());
+    }
+}
+
+/// The attachments an envelope describes, in order. Well-formed when numbered 1, 2, … without gaps,
+/// each with all four fields, a plain file name, a decimal size and a hex SHA-256.
+pub fn attachments(envelope: &Envelope) -> Result<Vec<Attachment>, DocumentError> {
+    let meta = &envelope.metadata;
+    let mut out = Vec::new();
+    let mut numbers = std::collections::BTreeSet::new();
+    for key in meta.keys() {
+        if let Some(rest) = key.strip_prefix("attachment.") {
+            let (n, field) = rest.split_once('.').ok_or_else(|| DocumentError::BadAttachment(format!("metadata key {key:?} is not attachment.<n>.<field>")))?;
+            let n: usize = n.parse().ok().filter(|n| (1..=MAX_ATTACHMENTS).contains(n)).ok_or_else(|| {
+                DocumentError::BadAttachment(format!("metadata key {key:?}: attachments are numbered 1 to {MAX_ATTACHMENTS}"))
+            })?;
+            if !["name", "type", "size", "sha256"].contains(&field) {
+                return Err(DocumentError::BadAttachment(format!("metadata key {key:?}: the fields are name, type, size and sha256")));
+            }
+            numbers.insert(n);
+        }
+    }
+    for (i, n) in numbers.into_iter().enumerate() {
+        if n != i + 1 {
+            return Err(DocumentError::BadAttachment(format!("attachment {} is missing: number attachments 1, 2, 3, … without gaps", i + 1)));
+        }
+        let get = |field: &str| {
+            meta.get(&format!("attachment.{n}.{field}"))
+                .ok_or_else(|| DocumentError::BadAttachment(format!("attachment {n} has no {field}")))
+        };
+        let name = get("name")?.clone();
+        if name.is_empty() || name.contains(['/', '\\', '\0']) || name == "." || name == ".." {
+            return Err(DocumentError::BadAttachment(format!("attachment {n} name {name:?} must be a plain file name, without directories")));
+        }
+        let size = get("size")?.parse().map_err(|_| DocumentError::BadAttachment(format!("attachment {n} size must be a number of bytes")))?;
+        let sha256 = get("sha256")?.parse().map_err(|e| DocumentError::BadAttachment(format!("attachment {n} sha256: {e}")))?;
+        out.push(Attachment { name, media_type: get("type")?.clone(), size, sha256 });
+    }
+    Ok(out)
+}
+
 /// The classification marks that keep a document off this network, in Chinese and in English.
 pub const CLASSIFIED_MARKS: [&str; 6] = ["秘密", "机密", "绝密", "secret", "confidential", "top-secret"];
 
@@ -41,6 +128,8 @@ pub enum DocumentError {
     BadDate { key: &'static str, value: String },
     #[error("metadata handling must be \"action\" (办件) or \"information\" (阅件), not {0:?}")]
     BadHandling(String),
+    #[error("attachment metadata is malformed: {0}")]
+    BadAttachment(String),
     #[error("metadata classification {0:?} is not a known mark: leave it out or use \"none\" for unclassified documents")]
     UnknownClassification(String),
 }
@@ -67,6 +156,7 @@ pub fn check(envelope: &Envelope) -> Result<(), DocumentError> {
         && h != "action" && h != "information" {
             return Err(DocumentError::BadHandling(h.clone()));
         }
+    attachments(envelope)?;
     Ok(())
 }
 
@@ -118,6 +208,28 @@ mod tests {
             assert!(check(&doc(&[(CLASSIFICATION, ok)])).is_ok(), "{ok}");
         }
         assert!(matches!(check(&doc(&[(CLASSIFICATION, "hush")])), Err(DocumentError::UnknownClassification(_))));
+    }
+
+    #[test]
+    fn attachments_round_trip_and_malformed_ones_are_refused() {
+        let a = Attachment { name: "scan.pdf".into(), media_type: "application/pdf".into(), size: 42, sha256: crate::digest_payload(b"x") };
+        let mut e = doc(&[]);
+        a.describe(1, &mut e.metadata);
+        a.describe(2, &mut e.metadata);
+        assert_eq!(attachments(&e).unwrap(), vec![a.clone(), a.clone()]);
+        assert!(check(&e).is_ok());
+        let mut gap = doc(&[]);
+        a.describe(2, &mut gap.metadata);
+        assert!(matches!(check(&gap), Err(DocumentError::BadAttachment(m)) if m.contains("attachment 1 is missing")));
+        let mut bad = e.clone();
+        bad.metadata.insert("attachment.1.name".into(), "../etc/passwd".into());
+        assert!(matches!(check(&bad), Err(DocumentError::BadAttachment(_))));
+        let mut bad = e.clone();
+        bad.metadata.remove("attachment.2.sha256");
+        assert!(matches!(check(&bad), Err(DocumentError::BadAttachment(m)) if m.contains("no sha256")));
+        let mut bad = e;
+        bad.metadata.insert("attachment.1.size".into(), "big".into());
+        assert!(matches!(check(&bad), Err(DocumentError::BadAttachment(_))));
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The composed libp2p behaviour: an allow list that admits only directory nodes, custody transfer and
-//! message tracing as request/response, and ping for round-trip times (which also keeps links warm).
+//! message tracing and attachment chunks as request/response, and ping for round-trip times (which also keeps links warm).
 
 use std::time::Duration;
 
@@ -7,7 +7,7 @@ use libp2p::swarm::NetworkBehaviour;
 use libp2p::{StreamProtocol, allow_block_list, ping, request_response};
 
 use super::protocol::{
-    DIRECTORY_PROTOCOL, DirectoryAck, DirectoryPush, RELAY_PROTOCOL, TRACE_PROTOCOL, TraceRequest, TraceResponse, TransferRequest,
+    ATTACHMENT_PROTOCOL, AttachmentRequest, AttachmentResponse, DIRECTORY_PROTOCOL, DirectoryAck, DirectoryPush, RELAY_PROTOCOL, TRACE_PROTOCOL, TraceRequest, TraceResponse, TransferRequest,
     TransferResponse,
 };
 
@@ -19,6 +19,7 @@ pub struct Behaviour {
     pub relay: request_response::cbor::Behaviour<TransferRequest, TransferResponse>,
     pub trace: request_response::cbor::Behaviour<TraceRequest, TraceResponse>,
     pub directory: request_response::cbor::Behaviour<DirectoryPush, DirectoryAck>,
+    pub attachment: request_response::cbor::Behaviour<AttachmentRequest, AttachmentResponse>,
     pub ping: ping::Behaviour,
 }
 
@@ -44,7 +45,15 @@ impl Behaviour {
             [(StreamProtocol::new(DIRECTORY_PROTOCOL), request_response::ProtocolSupport::Full)],
             request_response::Config::default().with_request_timeout(Duration::from_secs(30)),
         );
+        // One chunk per request, so a request is bounded by the chunk size, whatever the attachment's.
+        let attachment = request_response::Behaviour::with_codec(
+            request_response::cbor::codec::Codec::default()
+                .set_request_size_maximum(crate::storage::attachments::CHUNK_BYTES + 64 * 1024)
+                .set_response_size_maximum(64 * 1024),
+            [(StreamProtocol::new(ATTACHMENT_PROTOCOL), request_response::ProtocolSupport::Full)],
+            request_response::Config::default().with_request_timeout(Duration::from_secs(60)),
+        );
         let ping = ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(5)));
-        Behaviour { allowed: allow_block_list::Behaviour::default(), relay, trace, directory, ping }
+        Behaviour { allowed: allow_block_list::Behaviour::default(), relay, trace, directory, attachment, ping }
     }
 }

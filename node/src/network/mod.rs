@@ -17,7 +17,7 @@ use libp2p::{Multiaddr, PeerId, Swarm, identity, noise, ping, tcp, yamux};
 use tokio::sync::{mpsc, oneshot};
 
 use behaviour::{Behaviour, BehaviourEvent};
-use protocol::{DirectoryAck, DirectoryPush, TraceRequest, TraceResponse, TransferRequest, TransferResponse};
+use protocol::{AttachmentRequest, AttachmentResponse, DirectoryAck, DirectoryPush, TraceRequest, TraceResponse, TransferRequest, TransferResponse};
 
 /// A transfer that did not get an answer.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -41,6 +41,8 @@ pub enum NetworkEvent {
     Inbound { peer: PeerId, request: TransferRequest, channel: ResponseChannel<TransferResponse> },
     /// A neighbour pushes directory segments; answer with [`Client::respond_directory`].
     Directory { peer: PeerId, request: DirectoryPush, channel: ResponseChannel<DirectoryAck> },
+    /// A neighbour offers or sends attachment bytes; answer with [`Client::respond_attachment`].
+    Attachment { peer: PeerId, request: AttachmentRequest, channel: ResponseChannel<AttachmentResponse> },
     /// A connection was refused because the peer is not in the directory.
     Refused { peer: Option<PeerId>, inbound: bool },
     /// A neighbour asks for this node's custody events about a message.
@@ -58,6 +60,8 @@ enum Command {
     RespondTrace { channel: ResponseChannel<TraceResponse>, response: TraceResponse },
     PushDirectory { peer: PeerId, request: DirectoryPush, reply: oneshot::Sender<Result<DirectoryAck, NetError>> },
     RespondDirectory { channel: ResponseChannel<DirectoryAck>, response: DirectoryAck },
+    Attachment { peer: PeerId, request: AttachmentRequest, reply: oneshot::Sender<Result<AttachmentResponse, NetError>> },
+    RespondAttachment { channel: ResponseChannel<AttachmentResponse>, response: AttachmentResponse },
     SetPeers { allowed: Vec<PeerId>, neighbours: Vec<Neighbour> },
     Connected { reply: oneshot::Sender<Vec<PeerId>> },
 }
@@ -103,6 +107,18 @@ impl Client {
     /// Answers a directory push.
     pub async fn respond_directory(&self, channel: ResponseChannel<DirectoryAck>, response: DirectoryAck) {
         let _ = self.commands.send(Command::RespondDirectory { channel, response }).await;
+    }
+
+    /// Sends an attachment offer or chunk to `peer` and waits for its answer (after its commit).
+    pub async fn attachment(&self, peer: PeerId, request: AttachmentRequest) -> Result<AttachmentResponse, NetError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands.send(Command::Attachment { peer, request, reply }).await.map_err(|_| NetError::Stopped)?;
+        rx.await.map_err(|_| NetError::Stopped)?
+    }
+
+    /// Answers an attachment offer or chunk.
+    pub async fn respond_attachment(&self, channel: ResponseChannel<AttachmentResponse>, response: AttachmentResponse) {
+        let _ = self.commands.send(Command::RespondAttachment { channel, response }).await;
     }
 
     /// Sets which peers may connect (directory nodes) and which neighbours to keep dialled.
@@ -151,6 +167,7 @@ pub fn new(
         pending: HashMap::new(),
         pending_traces: HashMap::new(),
         pending_pushes: HashMap::new(),
+        pending_attachments: HashMap::new(),
         neighbours: Vec::new(),
         dialing: HashSet::new(),
     };
@@ -165,6 +182,7 @@ pub struct EventLoop {
     pending: HashMap<OutboundRequestId, oneshot::Sender<Result<TransferResponse, NetError>>>,
     pending_traces: HashMap<OutboundRequestId, oneshot::Sender<Result<TraceResponse, NetError>>>,
     pending_pushes: HashMap<OutboundRequestId, oneshot::Sender<Result<DirectoryAck, NetError>>>,
+    pending_attachments: HashMap<OutboundRequestId, oneshot::Sender<Result<AttachmentResponse, NetError>>>,
     neighbours: Vec<Neighbour>,
     dialing: HashSet<PeerId>,
 }
@@ -223,6 +241,13 @@ impl EventLoop {
             Command::RespondDirectory { channel, response } => {
                 let _ = self.swarm.behaviour_mut().directory.send_response(channel, response);
             }
+            Command::Attachment { peer, request, reply } => {
+                let id = self.swarm.behaviour_mut().attachment.send_request(&peer, request);
+                self.pending_attachments.insert(id, reply);
+            }
+            Command::RespondAttachment { channel, response } => {
+                let _ = self.swarm.behaviour_mut().attachment.send_response(channel, response);
+            }
             Command::SetPeers { allowed, neighbours } => {
                 let keep: HashSet<PeerId> = allowed.iter().copied().collect();
                 let old: Vec<PeerId> = self.swarm.behaviour().allowed.allowed_peers().iter().copied().collect();
@@ -251,6 +276,7 @@ impl EventLoop {
             SwarmEvent::Behaviour(BehaviourEvent::Relay(e)) => self.on_relay_event(e),
             SwarmEvent::Behaviour(BehaviourEvent::Trace(e)) => self.on_trace_event(e),
             SwarmEvent::Behaviour(BehaviourEvent::Directory(e)) => self.on_directory_event(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Attachment(e)) => self.on_attachment_event(e),
             SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event { peer, result: Ok(rtt), .. })) => {
                 let _ = self.events.try_send(NetworkEvent::PeerRtt(peer, rtt));
             }
@@ -289,6 +315,14 @@ impl EventLoop {
         let events = self.events.clone();
         answer_or_deliver(event, &mut self.pending_pushes, |peer, request, channel| {
             let _ = events.try_send(NetworkEvent::Directory { peer, request, channel });
+        });
+    }
+
+    fn on_attachment_event(&mut self, event: request_response::Event<AttachmentRequest, AttachmentResponse>) {
+        let events = self.events.clone();
+        answer_or_deliver(event, &mut self.pending_attachments, |peer, request, channel| {
+            // Unanswered when the node is saturated: the sender times out and offers again.
+            let _ = events.try_send(NetworkEvent::Attachment { peer, request, channel });
         });
     }
 

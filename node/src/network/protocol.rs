@@ -14,6 +14,8 @@ pub const RELAY_PROTOCOL: &str = "/gov-exchange/relay/1";
 pub const DIRECTORY_PROTOCOL: &str = "/gov-exchange/directory/1";
 /// The libp2p protocol name of message tracing (operators' `trace`).
 pub const TRACE_PROTOCOL: &str = "/gov-exchange/trace/1";
+/// The libp2p protocol name of attachment transfer (chunks, each acknowledged after its commit).
+pub const ATTACHMENT_PROTOCOL: &str = "/gov-exchange/attachment/1";
 
 /// One message handed to the next node.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -97,4 +99,29 @@ pub struct DirectoryPush {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DirectoryAck {
     pub results: Vec<String>,
+}
+
+/// Attachment transfer, driven by the node that holds the attachment and is about to hand over the
+/// document describing it: it asks how much the neighbour holds, then sends the rest chunk by chunk.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum AttachmentRequest {
+    /// How much of this attachment do you hold?
+    Offer { sha256: exchange_wire::Digest, size: u64 },
+    /// The bytes from `offset` (one chunk; the receiver's committed length).
+    Chunk {
+        sha256: exchange_wire::Digest,
+        size: u64,
+        offset: u64,
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
+    },
+}
+
+/// The receiver's answer, sent after the chunk is durable.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub enum AttachmentResponse {
+    /// Bytes held durably from the start; `complete` once every byte is there and verified.
+    Held { committed: u64, complete: bool },
+    /// Not taken (wrong offset, digest mismatch, storage trouble): the sender asks again.
+    Refused { reason: String },
 }

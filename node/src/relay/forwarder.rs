@@ -19,10 +19,12 @@ use crate::storage::{OutboxItem, Record, TrackingRow, WriteJob};
 /// Wake-up signals for one forwarder.
 #[derive(Default)]
 pub struct Signals {
-    /// New outbox entries were committed for this neighbour.
+    /// New outbox entries were committed for this neighbour (or an attachment reached it).
     pub work: Notify,
     /// The link to this neighbour came up.
     pub link_up: Notify,
+    /// Held by the attachment transfer to this neighbour that has its turn: one at a time.
+    pub attachment_turn: tokio::sync::Mutex<()>,
 }
 
 /// Capped exponential backoff with full jitter.
@@ -77,6 +79,13 @@ pub async fn run(engine: Arc<Engine>, hop: NodeId, signals: Arc<Signals>) {
             tokio::select! { _ = signals.work.notified() => {}, _ = tokio::time::sleep(Duration::from_secs(5)) => {} }
             continue;
         }
+        // Documents whose attachments the neighbour does not hold yet wait; their transfer runs
+        // beside this loop.
+        let items: Vec<OutboxItem> = items.into_iter().filter(|i| engine.attachments_at(&hop, &signals, &i.header)).collect();
+        if items.is_empty() {
+            tokio::select! { _ = signals.work.notified() => {}, _ = tokio::time::sleep(Duration::from_secs(1)) => {} }
+            continue;
+        }
         let (request, sent) = to_request(&engine.dir.current(), items);
         match engine.net.transfer(peer, request).await {
             Ok(resp) if resp.results.len() == sent.len() => {
@@ -106,6 +115,12 @@ pub async fn run(engine: Arc<Engine>, hop: NodeId, signals: Arc<Signals>) {
                     }
                 }
                 engine.after_acknowledged(&hop, &sent, &record);
+                for (s, r) in sent.iter().zip(&resp.results) {
+                    if matches!(r, ParcelResult::Retry { .. }) {
+                        // Perhaps the neighbour lost an attachment we thought it held: offer again.
+                        engine.forget_attachments_at(&hop, &s.header);
+                    }
+                }
                 if resp.results.iter().any(|r| matches!(r, ParcelResult::Retry { .. })) {
                     // The neighbour is catching up with the directory (pushed on link-up): usually
                     // within moments, but back off in case it stays behind.

@@ -45,6 +45,22 @@ fn directory_behind() -> Refusal {
     }
 }
 
+/// A neighbour handed over a document before this node holds all its attachments (say, after losing
+/// one): it offers the attachments again and retries.
+fn attachment_not_here(a: &exchange_wire::document::Attachment) -> Refusal {
+    Refusal {
+        code: "attachment-missing",
+        message: format!("attachment {} (SHA-256 {}) is not complete at this node yet; send it first", a.name, a.sha256),
+        status: 503,
+        transient: true,
+    }
+}
+
+/// Parcels a neighbour should hand over again shortly: not bad input, neither counted nor audited.
+fn waits(r: &Refusal) -> bool {
+    matches!(r.code, "directory-behind" | "attachment-missing")
+}
+
 fn storage_refusal() -> Refusal {
     Refusal {
         code: "storage",
@@ -241,6 +257,16 @@ impl Engine {
             let code = if matches!(e, exchange_wire::document::DocumentError::Classified(_)) { "classified" } else { "malformed" };
             Refusal::new(code, if code == "classified" { 403 } else { 400 }, e.to_string())
         })?;
+        if let Some(a) = self.missing_attachments(env)?.first() {
+            return Err(Refusal::new(
+                "attachment-missing",
+                409,
+                format!(
+                    "attachment {} ({} bytes, SHA-256 {}) has not been uploaded to this node: upload it with PUT /v1/attachments/{} first (exchange-admin send --attach does this), then submit the document",
+                    a.name, a.size, a.sha256, a.sha256
+                ),
+            ));
+        }
         let (signed, payload) = m.decode()?;
         // Unknown, suspended or forbidden recipients are refused here, at ingress, never dropped
         // further on.
@@ -344,9 +370,9 @@ impl Engine {
         let results = self.verify_and_take(&dir, Some(&from), decoded, no_sign_fors).await;
         // Waiting for the directory is not bad input: it is neither counted nor audited.
         let mut refused = refusals(&results, &ids);
-        refused.retain(|r| r.refusal.code != "directory-behind");
+        refused.retain(|r| !waits(r.refusal));
         self.refused(from.as_str(), &refused).await;
-        if results.iter().any(|r| matches!(r, Err(e) if e.transient && e.code != "directory-behind")) {
+        if results.iter().any(|r| matches!(r, Err(e) if e.transient && !waits(e))) {
             // Storage trouble: say nothing, so the neighbour keeps custody and retries.
             return;
         }
@@ -355,7 +381,7 @@ impl Engine {
             .map(|r| match r {
                 Ok(JobOutcome::Duplicate) => ParcelResult::Duplicate,
                 Ok(_) => ParcelResult::Stored,
-                Err(e) if e.code == "directory-behind" => ParcelResult::Retry { reason: e.message },
+                Err(e) if waits(&e) => ParcelResult::Retry { reason: e.message },
                 Err(e) => ParcelResult::Refused { code: e.code.into(), reason: e.message },
             })
             .collect();
@@ -369,6 +395,9 @@ impl Engine {
         env.check_shape()?;
         self.check_size(env.payload_size)?;
         env.check_payload(&p.payload)?;
+        if let Some(a) = self.missing_attachments(env)?.first() {
+            return Err(attachment_not_here(a));
+        }
         if p.recipients.is_empty() || !p.recipients.iter().all(|r| env.recipients().any(|e| e == r)) {
             return Err(Refusal::malformed("parcel names recipients that the envelope does not"));
         }

@@ -7,6 +7,7 @@
 //! inboxes, events) and [`operations`] (operators).
 
 pub mod access;
+pub mod attachments;
 pub mod committer;
 pub mod custody;
 pub mod directory_sync;
@@ -74,6 +75,10 @@ pub struct Engine {
     policy: PolicyConfig,
     node_key: SigningKey,
     forwarders: Mutex<HashMap<NodeId, Arc<Signals>>>,
+    /// Attachment files (see [`attachments`]).
+    pub attachments: Arc<crate::storage::attachments::AttachmentStore>,
+    /// Which neighbours hold which attachments, and the transfers under way.
+    attachment_transfers: Mutex<AttachmentTransfers>,
     /// Units whose webhook pusher runs.
     pushers: Mutex<HashSet<exchange_wire::UnitAddress>>,
     /// Serialises recall reporting, so each decided recall is reported once.
@@ -81,6 +86,13 @@ pub struct Engine {
     peers: Mutex<HashMap<NodeId, PeerState>>,
     /// Bumped after every commit that put something into an inbox (long-poll wake-up).
     inbox_changes: watch::Sender<u64>,
+}
+
+/// Attachments known to be complete at a neighbour, and transfers running (by neighbour and SHA-256).
+#[derive(Default)]
+struct AttachmentTransfers {
+    done: HashSet<(NodeId, exchange_wire::Digest)>,
+    running: HashSet<(NodeId, exchange_wire::Digest)>,
 }
 
 /// A refused input, for the metric, the log and the audit entry.
@@ -99,10 +111,13 @@ impl Engine {
         net: network::Client,
         node_key: SigningKey,
         parent_hint: Option<(PeerId, Multiaddr)>,
-    ) -> Arc<Engine> {
+    ) -> anyhow::Result<Arc<Engine>> {
+        let attachments = crate::storage::attachments::AttachmentStore::open(&cfg.attachments_dir()).map_err(|e| {
+            anyhow::anyhow!("cannot open the attachment store {}: {e}", cfg.attachments_dir().display())
+        })?;
         let committer = Committer::spawn(store.clone(), metrics.clone(), cfg.relay.commit_max_requests);
         let peer_id = crate::directory::peer_id_of(&exchange_wire::PublicKey(node_key.verifying_key()));
-        Arc::new(Engine {
+        Ok(Arc::new(Engine {
             here: cfg.node_id.clone(),
             dir: DirectoryHandle::new(Directory::default()),
             store,
@@ -128,7 +143,9 @@ impl Engine {
             pushers: Mutex::new(HashSet::new()),
             peers: Mutex::new(HashMap::new()),
             inbox_changes: watch::channel(0).0,
-        })
+            attachments: Arc::new(attachments),
+            attachment_transfers: Mutex::new(AttachmentTransfers::default()),
+        }))
     }
 
     /// Loads the directory and tokens, starts forwarders for every neighbour and every hop with
@@ -176,6 +193,9 @@ impl Engine {
             let peer = [id.as_str()];
             self.metrics.peer_up.with_label_values(&peer).set(0);
             self.metrics.send_failures.with_label_values(&peer).inc_by(0);
+            self.metrics.attachment_bytes_sent.with_label_values(&peer).inc_by(0);
+            self.metrics.attachment_bytes_received.with_label_values(&peer).inc_by(0);
+            self.metrics.attachment_resumes.with_label_values(&peer).inc_by(0);
             self.metrics.dead_letters_total.with_label_values(&peer).inc_by(0);
             self.metrics.hop_latency.with_label_values(&peer);
             for g in [&self.metrics.outbox_depth, &self.metrics.outbox_bytes, &self.metrics.dead_letters] {
@@ -240,6 +260,7 @@ impl Engine {
             E::Inbound { peer, .. }
             | E::Trace { peer, .. }
             | E::Directory { peer, .. }
+            | E::Attachment { peer, .. }
             | E::PeerUp(peer)
             | E::PeerDown(peer)
             | E::PeerRtt(peer, _) => *peer,
@@ -270,6 +291,9 @@ impl Engine {
             E::Directory { peer, request, channel } => {
                 let engine = self.clone();
                 tokio::spawn(async move { engine.answer_directory(peer, request, channel).await });
+            }
+            E::Attachment { peer, request, channel } => {
+                tokio::spawn(self.clone().answer_attachment(peer, request, channel));
             }
             E::PeerUp(_) => {
                 let engine = self.clone();

@@ -5,6 +5,7 @@
 //! before its transaction commits. Reads serve the forwarders, the inbox and the status API.
 //! SQLite (WAL) is the embedded default; the trait keeps room for PostgreSQL.
 
+pub mod attachments;
 pub mod sqlite;
 
 use exchange_wire::api::RecipientState;

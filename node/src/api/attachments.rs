@@ -1,0 +1,266 @@
+//! Attachments over HTTP, streamed both ways so neither side holds a whole file in memory:
+//!
+//! - `PUT /v1/attachments/{sha256}?size=N&offset=M` uploads bytes from `offset` (the node's committed
+//!   length, 0 at first); each 1 MiB chunk is durable before the next is read. An interrupted upload
+//!   is resumed from `committed_bytes`, which `GET /v1/attachments/{sha256}` tells.
+//! - `GET /v1/messages/{id}/attachments/{n}` downloads attachment `n` of a document to its sender or
+//!   a recipient here; `Range: bytes=N-` resumes an interrupted download.
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use exchange_wire::api::AttachmentStatus;
+use exchange_wire::{Digest, Envelope};
+use futures::StreamExt;
+use serde::Deserialize;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+use super::{AppState, json, parse_id, refuse};
+use crate::relay::Refusal;
+use crate::relay::access::Caller;
+use crate::storage::attachments::{AttachmentError, CHUNK_BYTES, Held};
+
+/// The attachment routes; uploads are bounded by `limits.max_attachment_bytes`, not by the body
+/// limit of the other routes.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/attachments/{sha256}", get(status).put(upload))
+        .route("/v1/messages/{id}/attachments/{n}", get(download))
+        .layer(DefaultBodyLimit::disable())
+}
+
+async fn parse_digest(engine: &AppState, s: &str) -> Result<Digest, Refusal> {
+    match s.parse() {
+        Ok(d) => Ok(d),
+        Err(e) => Err(refuse(engine, Refusal::malformed(format!("attachment path: {e}"))).await),
+    }
+}
+
+fn status_of(sha256: Digest, held: Held, size: Option<u64>) -> AttachmentStatus {
+    match held {
+        Held::Complete => AttachmentStatus { sha256, committed_bytes: size.unwrap_or(0), complete: true },
+        Held::Partial(n) => AttachmentStatus { sha256, committed_bytes: n, complete: false },
+    }
+}
+
+fn storage_trouble(e: impl std::fmt::Display) -> Response {
+    tracing::error!(error = %e, "attachment store failed");
+    Refusal { code: "storage", message: "the node could not use its attachment store; try again later".into(), status: 503, transient: true }
+        .into_response()
+}
+
+async fn held_with_size(engine: &AppState, sha256: Digest) -> std::io::Result<AttachmentStatus> {
+    let held = engine.attachment_held(sha256).await?;
+    let size = match held {
+        Held::Complete => engine.attachments.open_complete(&sha256)?.map(|(_, len)| len),
+        Held::Partial(_) => None,
+    };
+    Ok(status_of(sha256, held, size))
+}
+
+async fn status(State(engine): State<AppState>, _caller: Caller, Path(sha256): Path<String>) -> Response {
+    let sha256 = match parse_digest(&engine, &sha256).await {
+        Ok(d) => d,
+        Err(r) => return r.into_response(),
+    };
+    match held_with_size(&engine, sha256).await {
+        Ok(s) => json(StatusCode::OK, &s),
+        Err(e) => storage_trouble(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct UploadQuery {
+    size: u64,
+    #[serde(default)]
+    offset: u64,
+}
+
+async fn upload(
+    State(engine): State<AppState>,
+    _caller: Caller,
+    Path(sha256): Path<String>,
+    query: Result<Query<UploadQuery>, QueryRejection>,
+    body: Body,
+) -> Response {
+    let sha256 = match parse_digest(&engine, &sha256).await {
+        Ok(d) => d,
+        Err(r) => return r.into_response(),
+    };
+    let Ok(Query(UploadQuery { size, offset })) = query else {
+        let r = Refusal::malformed("give the attachment's size in bytes and where this upload starts: ?size=<bytes>&offset=<committed bytes, 0 at first>");
+        return refuse(&engine, r).await.into_response();
+    };
+    if size > engine.limits.max_attachment_bytes {
+        let r = Refusal::new(
+            "payload-too-large",
+            413,
+            format!("the attachment is {size} bytes; this node accepts attachments up to {} bytes (limits.max_attachment_bytes)", engine.limits.max_attachment_bytes),
+        );
+        return refuse(&engine, r).await.into_response();
+    }
+    let mut committed = match engine.attachment_held(sha256).await {
+        Ok(Held::Complete) => return json(StatusCode::OK, &AttachmentStatus { sha256, committed_bytes: size, complete: true }),
+        Ok(Held::Partial(n)) => n,
+        Err(e) => return storage_trouble(e),
+    };
+    if offset != committed {
+        return wrong_offset(offset, committed);
+    }
+    // Bytes are gathered into whole chunks; a chunk is written (and fsync'ed) before more is read,
+    // so memory stays at one chunk whatever the attachment's size.
+    let mut pending: Vec<u8> = Vec::with_capacity(CHUNK_BYTES as usize);
+    let mut frames = body.into_data_stream();
+    let mut ended = false;
+    loop {
+        let frame: Option<Bytes> = if ended {
+            None
+        } else {
+            match frames.next().await {
+                Some(Ok(b)) => Some(b),
+                Some(Err(e)) => {
+                    // The agency went away mid-upload: what is committed stays; it resumes from there.
+                    tracing::info!(%sha256, committed, error = %e, "attachment upload interrupted");
+                    return json(StatusCode::ACCEPTED, &AttachmentStatus { sha256, committed_bytes: committed, complete: false });
+                }
+                None => {
+                    ended = true;
+                    None
+                }
+            }
+        };
+        if let Some(b) = frame {
+            pending.extend_from_slice(&b);
+            if committed + (pending.len() as u64) > size {
+                let r = Refusal::malformed(format!("more than the declared {size} bytes were sent for attachment {sha256}"));
+                return refuse(&engine, r).await.into_response();
+            }
+        }
+        let last = committed + pending.len() as u64 == size;
+        while pending.len() as u64 >= CHUNK_BYTES || (last && !pending.is_empty()) {
+            let take = pending.len().min(CHUNK_BYTES as usize);
+            let rest = pending.split_off(take);
+            let chunk = std::mem::replace(&mut pending, rest);
+            let len = chunk.len() as u64;
+            match engine.store_attachment_chunk("agency", sha256, size, committed, chunk).await {
+                Ok(Held::Complete) => {
+                    return json(StatusCode::OK, &AttachmentStatus { sha256, committed_bytes: size, complete: true });
+                }
+                Ok(Held::Partial(n)) => committed = n.max(committed + len),
+                Err(AttachmentError::WrongOffset { offset, committed }) => return wrong_offset(offset, committed),
+                Err(AttachmentError::Io(e)) => return storage_trouble(e),
+                Err(e) => {
+                    let code = if matches!(e, AttachmentError::DigestMismatch { .. }) { "attachment-mismatch" } else { "malformed" };
+                    return refuse(&engine, Refusal::new(code, 422, e.to_string())).await.into_response();
+                }
+            }
+        }
+        if ended {
+            // The body ended before the declared size: keep what is whole, resume later.
+            return json(StatusCode::ACCEPTED, &AttachmentStatus { sha256, committed_bytes: committed, complete: false });
+        }
+    }
+}
+
+/// Another upload of the same attachment moved on, or the client lost count: it must resume from
+/// what is committed. Not bad input, so neither counted nor audited.
+fn wrong_offset(offset: u64, committed: u64) -> Response {
+    Refusal::new(
+        "conflict",
+        409,
+        format!("this node holds the first {committed} bytes of the attachment: upload from offset={committed}, not {offset}"),
+    )
+    .into_response()
+}
+
+async fn download(State(engine): State<AppState>, caller: Caller, Path((id, n)): Path<(String, usize)>, headers: HeaderMap) -> Response {
+    let id = match parse_id(&engine, &id).await {
+        Ok(id) => id,
+        Err(r) => return r.into_response(),
+    };
+    let not_here = || Refusal::new("not-found", 404, format!("no attachment {n} of message {id} for this unit on node {}", engine.here));
+    let stored = match engine.store.message(&id.0).await {
+        Ok(Some(m)) => m,
+        Ok(None) => return not_here().into_response(),
+        Err(e) => return storage_trouble(e),
+    };
+    let Ok(env) = Envelope::from_canonical_bytes(&stored.header) else { return not_here().into_response() };
+    // The sender, or a recipient whose inbox holds the document (and was not recalled from it).
+    let allowed = match &caller {
+        Caller::Anyone => true,
+        Caller::Unit(u) if *u == env.sender => engine.dir.current().home_of(u).as_ref() == Some(&engine.here),
+        Caller::Unit(u) => matches!(
+            engine.store.inbox_entry(&u.to_string(), &id.0).await,
+            Ok(Some(entry)) if entry.state != "recalled"
+        ),
+    };
+    if !allowed {
+        return not_here().into_response();
+    }
+    let Some(a) = exchange_wire::document::attachments(&env).ok().and_then(|all| all.into_iter().nth(n.wrapping_sub(1))) else {
+        return not_here().into_response();
+    };
+    let from = match range_start(&headers) {
+        Ok(f) => f.unwrap_or(0),
+        Err(r) => return r.into_response(),
+    };
+    let file = match engine.attachments.open_complete(&a.sha256) {
+        Ok(Some((f, len))) if len == a.size => f,
+        Ok(_) => return not_here().into_response(),
+        Err(e) => return storage_trouble(e),
+    };
+    if from > a.size {
+        return (StatusCode::RANGE_NOT_SATISFIABLE, [(header::CONTENT_RANGE, format!("bytes */{}", a.size))]).into_response();
+    }
+    let mut file = tokio::fs::File::from_std(file);
+    if let Err(e) = file.seek(std::io::SeekFrom::Start(from)).await {
+        return storage_trouble(e);
+    }
+    let stream = futures::stream::unfold((file, a.size - from), |(mut file, left)| async move {
+        if left == 0 {
+            return None;
+        }
+        let n = left.min(256 * 1024);
+        let mut buf = vec![0u8; n as usize];
+        match file.read_exact(&mut buf).await {
+            Ok(_) => Some((Ok::<_, std::io::Error>(Bytes::from(buf)), (file, left - n))),
+            Err(e) => Some((Err(e), (file, 0))),
+        }
+    });
+    let disposition = format!("attachment; filename*=UTF-8''{}", percent_encode(&a.name));
+    let mut response = Response::new(Body::from_stream(stream));
+    let h = response.headers_mut();
+    let text = |s: String| header::HeaderValue::from_str(&s).unwrap_or(header::HeaderValue::from_static("application/octet-stream"));
+    h.insert(header::CONTENT_TYPE, text(a.media_type.clone()));
+    h.insert(header::CONTENT_LENGTH, (a.size - from).into());
+    h.insert(header::CONTENT_DISPOSITION, text(disposition));
+    h.insert("x-attachment-sha256", text(a.sha256.to_hex()));
+    if from > 0 {
+        h.insert(header::CONTENT_RANGE, text(format!("bytes {from}-{}/{}", a.size.saturating_sub(1), a.size)));
+        *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+    }
+    response
+}
+
+/// `Range: bytes=N-` (the only form a resuming download needs).
+fn range_start(headers: &HeaderMap) -> Result<Option<u64>, Refusal> {
+    let Some(v) = headers.get(header::RANGE) else { return Ok(None) };
+    v.to_str()
+        .ok()
+        .and_then(|s| s.strip_prefix("bytes="))
+        .and_then(|s| s.strip_suffix('-'))
+        .and_then(|s| s.parse().ok())
+        .map(Some)
+        .ok_or_else(|| Refusal::malformed("only Range: bytes=<start>- is supported (resume a download from byte <start>)"))
+}
+
+/// RFC 5987 encoding of a file name for `Content-Disposition`.
+fn percent_encode(name: &str) -> String {
+    name.bytes()
+        .map(|b| if b.is_ascii_alphanumeric() || b"-._~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect()
+}

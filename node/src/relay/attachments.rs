@@ -1,0 +1,217 @@
+//! Attachments in custody. A document is taken into custody only when every attachment it describes
+//! is complete and verified here, so custody of a document always includes its attachments.
+//!
+//! Before a forwarder hands a document with attachments to a neighbour, the attachments go first,
+//! on their own protocol and in their own task per neighbour: the task asks how much the neighbour
+//! holds and sends the rest chunk by chunk, each chunk acknowledged after the neighbour's `fsync`.
+//! An interrupted link resumes from the last committed chunk. Meanwhile the forwarder keeps handing
+//! over everything else, so a 1 GiB scan never holds up an urgent notice.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use exchange_wire::document::{self, Attachment};
+use exchange_wire::{Digest, Envelope, Kind, NodeId};
+use libp2p::PeerId;
+use libp2p::request_response::ResponseChannel;
+
+use super::forwarder::{Backoff, Signals};
+use super::{Engine, Refusal, Refused};
+use crate::network::protocol::{AttachmentRequest, AttachmentResponse};
+use crate::storage::attachments::{AttachmentError, Held};
+
+impl Engine {
+    /// The attachments `env` describes that are not complete here yet. Refuses malformed
+    /// descriptions, oversized attachments and sizes that contradict a stored copy.
+    pub(crate) fn missing_attachments(&self, env: &Envelope) -> Result<Vec<Attachment>, Refusal> {
+        if env.kind != Kind::Document {
+            return Ok(Vec::new());
+        }
+        let described = document::attachments(env).map_err(|e| Refusal::malformed(e.to_string()))?;
+        let mut missing = Vec::new();
+        for a in described {
+            if a.size > self.limits.max_attachment_bytes {
+                return Err(Refusal::new(
+                    "payload-too-large",
+                    413,
+                    format!(
+                        "attachment {} is {} bytes; this node accepts attachments up to {} bytes (limits.max_attachment_bytes)",
+                        a.name, a.size, self.limits.max_attachment_bytes
+                    ),
+                ));
+            }
+            match self.attachments.open_complete(&a.sha256) {
+                Ok(Some((_, len))) if len == a.size => {}
+                Ok(Some((_, len))) => {
+                    return Err(Refusal::malformed(format!(
+                        "attachment {} is described as {} bytes, but the bytes with SHA-256 {} are {len} bytes long",
+                        a.name, a.size, a.sha256
+                    )));
+                }
+                Ok(None) => missing.push(a),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the attachment store");
+                    return Err(Refusal { code: "storage", message: "the node could not read its attachment store; try again later".into(), status: 503, transient: true });
+                }
+            }
+        }
+        Ok(missing)
+    }
+
+    /// Appends bytes to an attachment on a blocking thread and counts them.
+    pub(crate) async fn store_attachment_chunk(
+        self: &Arc<Self>,
+        from: &str,
+        sha256: Digest,
+        size: u64,
+        offset: u64,
+        bytes: Vec<u8>,
+    ) -> Result<Held, AttachmentError> {
+        if size > self.limits.max_attachment_bytes {
+            return Err(AttachmentError::TooLong { size: self.limits.max_attachment_bytes });
+        }
+        let store = self.attachments.clone();
+        let len = bytes.len() as u64;
+        let held = tokio::task::spawn_blocking(move || store.append(&sha256, size, offset, &bytes))
+            .await
+            .unwrap_or_else(|e| Err(AttachmentError::Io(std::io::Error::other(e))));
+        match &held {
+            Ok(h) => {
+                self.metrics.attachment_bytes_received.with_label_values(&[from]).inc_by(len);
+                if *h == Held::Complete {
+                    tracing::info!(%sha256, size, %from, "attachment complete and verified");
+                }
+            }
+            Err(AttachmentError::Io(e)) => {
+                self.metrics.storage_errors.with_label_values(&["commit"]).inc();
+                tracing::error!(error = %e, %sha256, "cannot write an attachment chunk");
+            }
+            Err(_) => {}
+        }
+        held
+    }
+
+    /// How much of `sha256` is held here.
+    pub(crate) async fn attachment_held(&self, sha256: Digest) -> std::io::Result<Held> {
+        let store = self.attachments.clone();
+        tokio::task::spawn_blocking(move || store.held(&sha256)).await.map_err(std::io::Error::other)?
+    }
+
+    /// Answers a neighbour's offer or chunk, after the chunk is durable.
+    pub(crate) async fn answer_attachment(self: Arc<Self>, peer: PeerId, request: AttachmentRequest, channel: ResponseChannel<AttachmentResponse>) {
+        let Some(from) = self.dir.current().node_by_peer(&peer).map(|n| n.id.clone()) else {
+            let reason = format!("peer {peer} is not a node in the directory");
+            return self.net.respond_attachment(channel, AttachmentResponse::Refused { reason }).await;
+        };
+        let held = match request {
+            AttachmentRequest::Offer { sha256, .. } => self.attachment_held(sha256).await.map_err(AttachmentError::Io),
+            AttachmentRequest::Chunk { sha256, size, offset, bytes } => {
+                self.store_attachment_chunk(from.as_str(), sha256, size, offset, bytes).await
+            }
+        };
+        if let Err(e @ AttachmentError::DigestMismatch { .. }) = &held {
+            // A neighbour's bytes that do not match the signed digest: corrupt storage or worse.
+            let r = Refusal::new("attachment-mismatch", 422, e.to_string());
+            self.refused(from.as_str(), &[Refused { id: None, kind: Some(Kind::Document), refusal: &r }]).await;
+        }
+        let response = match held {
+            Ok(Held::Complete) => AttachmentResponse::Held { committed: 0, complete: true },
+            Ok(Held::Partial(committed)) => AttachmentResponse::Held { committed, complete: false },
+            Err(e) => AttachmentResponse::Refused { reason: e.to_string() },
+        };
+        self.net.respond_attachment(channel, response).await;
+    }
+
+    /// Whether neighbour `hop` holds every attachment of the document with canonical `header`. Starts
+    /// the transfer of those it may lack; the forwarder is woken when one completes.
+    pub(crate) fn attachments_at(self: &Arc<Self>, hop: &NodeId, signals: &Arc<Signals>, header: &[u8]) -> bool {
+        let Ok(env) = Envelope::from_canonical_bytes(header) else { return true };
+        if env.kind != Kind::Document {
+            return true;
+        }
+        let Ok(described) = document::attachments(&env) else { return true };
+        let mut ready = true;
+        let mut state = self.attachment_transfers.lock().expect("attachment transfers lock");
+        for a in described {
+            let key = (hop.clone(), a.sha256);
+            if state.done.contains(&key) {
+                continue;
+            }
+            ready = false;
+            if state.running.insert(key) {
+                tokio::spawn(self.clone().send_attachment(hop.clone(), signals.clone(), a));
+            }
+        }
+        ready
+    }
+
+    /// Forgets that `hop` holds the attachments of a document it asked to be retried.
+    pub(crate) fn forget_attachments_at(&self, hop: &NodeId, header: &[u8]) {
+        let Ok(env) = Envelope::from_canonical_bytes(header) else { return };
+        let Ok(described) = document::attachments(&env) else { return };
+        let mut state = self.attachment_transfers.lock().expect("attachment transfers lock");
+        for a in described {
+            state.done.remove(&(hop.clone(), a.sha256));
+        }
+    }
+
+    /// Sends one attachment to `hop` until the neighbour holds all of it, resuming after failures
+    /// from what the neighbour has committed. One attachment at a time per neighbour.
+    async fn send_attachment(self: Arc<Self>, hop: NodeId, signals: Arc<Signals>, a: Attachment) {
+        let _turn = signals.attachment_turn.lock().await;
+        let cfg = &self.relay_cfg;
+        let mut backoff = Backoff::new(Duration::from_millis(cfg.retry_initial_ms), Duration::from_millis(cfg.retry_max_ms));
+        loop {
+            match self.try_send_attachment(&hop, &a).await {
+                Ok(()) => break,
+                Err(reason) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(%hop, attachment = %a.sha256, %reason, retry_in_ms = delay.as_millis() as u64, "attachment transfer interrupted; will resume");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = signals.link_up.notified() => {}
+                    }
+                }
+            }
+        }
+        {
+            let mut state = self.attachment_transfers.lock().expect("attachment transfers lock");
+            let key = (hop.clone(), a.sha256);
+            state.running.remove(&key);
+            state.done.insert(key);
+        }
+        signals.work.notify_one();
+    }
+
+    async fn try_send_attachment(&self, hop: &NodeId, a: &Attachment) -> Result<(), String> {
+        let peer = self.dir.current().node(hop).map(|n| n.peer_id).ok_or_else(|| format!("{hop} is not in the directory"))?;
+        let ask = |request| async move {
+            match self.net.attachment(peer, request).await.map_err(|e| e.to_string())? {
+                AttachmentResponse::Held { complete: true, .. } => Ok(None),
+                AttachmentResponse::Held { committed, .. } => Ok(Some(committed)),
+                AttachmentResponse::Refused { reason } => Err(format!("{hop} refused: {reason}")),
+            }
+        };
+        let Some(mut offset) = ask(AttachmentRequest::Offer { sha256: a.sha256, size: a.size }).await? else { return Ok(()) };
+        if offset > 0 {
+            self.metrics.attachment_resumes.with_label_values(&[hop.as_str()]).inc();
+            tracing::info!(%hop, attachment = %a.sha256, offset, size = a.size, "resuming an attachment transfer from the neighbour's last committed chunk");
+        }
+        loop {
+            let store = self.attachments.clone();
+            let sha256 = a.sha256;
+            let bytes = tokio::task::spawn_blocking(move || store.read_chunk(&sha256, offset))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("cannot read attachment {sha256} here: {e}"))?;
+            let len = bytes.len() as u64;
+            let next = ask(AttachmentRequest::Chunk { sha256, size: a.size, offset, bytes }).await?;
+            self.metrics.attachment_bytes_sent.with_label_values(&[hop.as_str()]).inc_by(len);
+            match next {
+                None => return Ok(()),
+                Some(committed) if committed > offset => offset = committed,
+                Some(committed) => return Err(format!("{hop} holds {committed} bytes after a chunk at {offset}")),
+            }
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! The attachment store: attachment bytes as files under `<data_dir>/attachments/`, apart from the
+//! custody database, so a 1 GiB scan never passes through a transaction or sits in memory.
+//!
+//! An attachment is written in chunks of [`CHUNK_BYTES`]; each append is made durable (`fsync`)
+//! before it is acknowledged, so an interrupted transfer resumes from the last committed chunk. The
+//! file is `<sha256>.part` while it grows and is renamed to `<sha256>` once every byte is there and
+//! the SHA-256 matches: a complete attachment is verified and immutable. A document is taken into
+//! custody only when all its attachments are complete here (see `relay::attachments`).
+//!
+//! All methods block on the file system: call them from `tokio::task::spawn_blocking`.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use exchange_wire::Digest;
+use sha2::{Digest as _, Sha256};
+
+/// The unit of transfer and of durability: every append but the last is exactly this long.
+pub const CHUNK_BYTES: u64 = 1024 * 1024;
+
+/// How much of an attachment this node holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Held {
+    /// Every byte, verified against the digest.
+    Complete,
+    /// The first `n` bytes, durably (0: nothing yet).
+    Partial(u64),
+}
+
+/// Why an append was not taken. Nothing beyond the last committed chunk was kept.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachmentError {
+    #[error("this node holds the first {committed} bytes of the attachment; send the bytes from offset {committed}, not {offset}")]
+    WrongOffset { offset: u64, committed: u64 },
+    #[error("the attachment is declared as {size} bytes but more bytes were sent")]
+    TooLong { size: u64 },
+    #[error(
+        "a chunk must be {CHUNK_BYTES} bytes except the last one; this one is {len} bytes and ends at {end} of {size}"
+    )]
+    ShortChunk { len: u64, end: u64, size: u64 },
+    #[error("the {size} bytes received do not have SHA-256 {digest}: the file is not the one described (altered or truncated); upload it again from the start")]
+    DigestMismatch { digest: Digest, size: u64 },
+    #[error("attachment storage failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// An attachment being written: the open file and the digest of its committed bytes so far.
+struct Growing {
+    file: File,
+    committed: u64,
+    hasher: Sha256,
+}
+
+/// Attachment files of one node.
+pub struct AttachmentStore {
+    dir: PathBuf,
+    /// Attachments being written. The per-attachment lock serialises appends to the same file (from
+    /// an agency and a neighbour at once, say); different attachments are written in parallel.
+    growing: Mutex<HashMap<Digest, Arc<Mutex<Option<Growing>>>>>,
+}
+
+impl AttachmentStore {
+    /// Opens (and creates) the store in `dir`.
+    pub fn open(dir: &Path) -> std::io::Result<AttachmentStore> {
+        fs::create_dir_all(dir)?;
+        Ok(AttachmentStore { dir: dir.to_path_buf(), growing: Mutex::new(HashMap::new()) })
+    }
+
+    fn complete_path(&self, digest: &Digest) -> PathBuf {
+        self.dir.join(digest.to_hex())
+    }
+
+    fn part_path(&self, digest: &Digest) -> PathBuf {
+        self.dir.join(format!("{}.part", digest.to_hex()))
+    }
+
+    /// How much of `digest` is held.
+    pub fn held(&self, digest: &Digest) -> std::io::Result<Held> {
+        if self.complete_path(digest).exists() {
+            return Ok(Held::Complete);
+        }
+        let slot = self.slot(digest);
+        let guard = slot.lock().expect("attachment lock");
+        if let Some(g) = guard.as_ref() {
+            return Ok(Held::Partial(g.committed));
+        }
+        match fs::metadata(self.part_path(digest)) {
+            Ok(m) => Ok(Held::Partial(m.len() / CHUNK_BYTES * CHUNK_BYTES)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Held::Partial(0)),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn slot(&self, digest: &Digest) -> Arc<Mutex<Option<Growing>>> {
+        self.growing.lock().expect("attachments lock").entry(*digest).or_default().clone()
+    }
+
+    /// Appends `bytes` at `offset` to the attachment `digest` of `size` bytes, durably, and returns
+    /// what is held afterwards. `offset` must be the committed length ([`Held::Partial`]); when the
+    /// last byte arrives the digest is checked and the attachment becomes [`Held::Complete`] (on a
+    /// mismatch the partial file is discarded).
+    pub fn append(&self, digest: &Digest, size: u64, offset: u64, bytes: &[u8]) -> Result<Held, AttachmentError> {
+        if self.complete_path(digest).exists() {
+            return Ok(Held::Complete);
+        }
+        let slot = self.slot(digest);
+        let mut guard = slot.lock().expect("attachment lock");
+        if guard.is_none() {
+            *guard = Some(self.resume(digest)?);
+        }
+        let g = guard.as_mut().expect("just set");
+        if offset != g.committed {
+            return Err(AttachmentError::WrongOffset { offset, committed: g.committed });
+        }
+        let end = offset + bytes.len() as u64;
+        if end > size {
+            return Err(AttachmentError::TooLong { size });
+        }
+        if end < size && bytes.len() as u64 != CHUNK_BYTES {
+            return Err(AttachmentError::ShortChunk { len: bytes.len() as u64, end, size });
+        }
+        let written = g.file.write_all(bytes).and_then(|_| g.file.sync_data());
+        if let Err(e) = written {
+            // The file may hold part of this chunk: start again from what is known to be committed.
+            *guard = None;
+            return Err(e.into());
+        }
+        g.hasher.update(bytes);
+        g.committed = end;
+        if end < size {
+            return Ok(Held::Partial(end));
+        }
+        let actual = Digest(g.hasher.clone().finalize().into());
+        *guard = None;
+        self.growing.lock().expect("attachments lock").remove(digest);
+        if actual != *digest {
+            let _ = fs::remove_file(self.part_path(digest));
+            return Err(AttachmentError::DigestMismatch { digest: *digest, size });
+        }
+        fs::rename(self.part_path(digest), self.complete_path(digest))?;
+        File::open(&self.dir)?.sync_all()?;
+        Ok(Held::Complete)
+    }
+
+    /// Opens the partial file after a restart (or a failed write): drops any bytes past the last whole
+    /// chunk and digests what is kept, so the final check covers every byte.
+    fn resume(&self, digest: &Digest) -> std::io::Result<Growing> {
+        let mut file = OpenOptions::new().create(true).read(true).write(true).truncate(false).open(self.part_path(digest))?;
+        let committed = file.metadata()?.len() / CHUNK_BYTES * CHUNK_BYTES;
+        file.set_len(committed)?;
+        file.seek(SeekFrom::Start(0))?;
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut left = committed;
+        while left > 0 {
+            let want = left.min(buf.len() as u64) as usize;
+            let n = file.read(&mut buf[..want])?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            left -= n as u64;
+        }
+        file.seek(SeekFrom::Start(committed))?;
+        Ok(Growing { file, committed, hasher })
+    }
+
+    /// Opens a complete attachment for reading, with its size; `None` if it is not complete here.
+    pub fn open_complete(&self, digest: &Digest) -> std::io::Result<Option<(File, u64)>> {
+        match File::open(self.complete_path(digest)) {
+            Ok(f) => {
+                let len = f.metadata()?.len();
+                Ok(Some((f, len)))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Reads up to [`CHUNK_BYTES`] of a complete attachment from `offset`.
+    pub fn read_chunk(&self, digest: &Digest, offset: u64) -> std::io::Result<Vec<u8>> {
+        let (mut f, len) = self
+            .open_complete(digest)?
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, format!("attachment {digest} is not complete here")))?;
+        let n = len.saturating_sub(offset).min(CHUNK_BYTES) as usize;
+        let mut buf = vec![0u8; n];
+        f.seek(SeekFrom::Start(offset))?;
+        f.read_exact(&mut buf)?;
+        Ok(buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i * 31 % 251) as u8).collect()
+    }
+
+    #[test]
+    fn written_in_chunks_resumed_after_a_restart_and_verified() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = bytes(2 * CHUNK_BYTES as usize + 1000);
+        let digest = exchange_wire::digest_payload(&data);
+        let size = data.len() as u64;
+        let c = CHUNK_BYTES as usize;
+        {
+            let store = AttachmentStore::open(dir.path()).unwrap();
+            assert_eq!(store.held(&digest).unwrap(), Held::Partial(0));
+            assert_eq!(store.append(&digest, size, 0, &data[..c]).unwrap(), Held::Partial(CHUNK_BYTES));
+            assert!(matches!(store.append(&digest, size, 0, &data[..c]), Err(AttachmentError::WrongOffset { committed, .. }) if committed == CHUNK_BYTES));
+            assert!(matches!(store.append(&digest, size, CHUNK_BYTES, &data[c..c + 10]), Err(AttachmentError::ShortChunk { .. })));
+        }
+        // A torn write past the last chunk (a crash mid-append) is dropped on reopening.
+        let mut f = OpenOptions::new().append(true).open(dir.path().join(format!("{digest}.part"))).unwrap();
+        f.write_all(&[0xFF; 777]).unwrap();
+        let store = AttachmentStore::open(dir.path()).unwrap();
+        assert_eq!(store.held(&digest).unwrap(), Held::Partial(CHUNK_BYTES));
+        assert_eq!(store.append(&digest, size, CHUNK_BYTES, &data[c..2 * c]).unwrap(), Held::Partial(2 * CHUNK_BYTES));
+        assert_eq!(store.append(&digest, size, 2 * CHUNK_BYTES, &data[2 * c..]).unwrap(), Held::Complete);
+        assert_eq!(store.held(&digest).unwrap(), Held::Complete);
+        assert_eq!(store.read_chunk(&digest, 2 * CHUNK_BYTES).unwrap(), &data[2 * c..]);
+        assert_eq!(store.open_complete(&digest).unwrap().unwrap().1, size);
+    }
+
+    #[test]
+    fn bytes_that_do_not_match_the_digest_are_discarded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = AttachmentStore::open(dir.path()).unwrap();
+        let digest = exchange_wire::digest_payload(b"the real scan");
+        assert!(matches!(store.append(&digest, 13, 0, b"a forged scan"), Err(AttachmentError::DigestMismatch { .. })));
+        assert_eq!(store.held(&digest).unwrap(), Held::Partial(0));
+        assert!(matches!(store.append(&digest, 5, 0, b"too long"), Err(AttachmentError::TooLong { .. })));
+        assert_eq!(store.append(&digest, 13, 0, b"the real scan").unwrap(), Held::Complete);
+    }
+}
