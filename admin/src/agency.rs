@@ -254,7 +254,7 @@ type SenderRecord = Result<UnitRecord, String>;
 /// digest, and its signature verify against one of the sender's keys that was valid when the
 /// envelope was created (`KeyRecord::valid_at`): a key not yet valid, expired or revoked by then does
 /// not count.
-fn verify_item(item: &InboxItem, sender: &SenderRecord) -> Verdict {
+pub(crate) fn verify_item(item: &InboxItem, sender: &SenderRecord) -> Verdict {
     let claimed = &item.message.envelope.sender;
     let record = sender.as_ref().map_err(Clone::clone)?;
     if &record.address != claimed {
@@ -523,7 +523,7 @@ pub fn overdue(ctx: &Ctx, a: &OverdueArgs) -> Result<()> {
 
 /// Finds a message in a unit's inbox, paging from the start. A full id stops at the first match; a
 /// prefix reads the whole inbox so that an ambiguous prefix is refused rather than guessed.
-fn find_in_inbox(node: &Endpoint, unit: &UnitAddress, wanted: &IdPattern) -> Result<InboxItem> {
+pub(crate) fn find_in_inbox(node: &Endpoint, unit: &UnitAddress, wanted: &IdPattern) -> Result<InboxItem> {
     let mut after = 0;
     let mut seen = 0usize;
     let mut found: Vec<InboxItem> = Vec::new();
@@ -852,7 +852,7 @@ fn resend_envelope(a: &ResendArgs, st: &StatusResponse, payload: &[u8], attachme
 }
 
 /// The directory record of `unit`, as the node's directory lists it.
-fn unit_record(node: &Endpoint, unit: &UnitAddress) -> Result<UnitRecord> {
+pub(crate) fn unit_record(node: &Endpoint, unit: &UnitAddress) -> Result<UnitRecord> {
     node.call_found(|c| c.directory_unit(unit))?.ok_or_else(|| {
         anyhow!(
             "{unit} is not in the directory of the node at {}",

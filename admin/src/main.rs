@@ -6,6 +6,7 @@
 //! errors in `endpoint`, formatting in `output`, value parsing in `parse`.
 
 mod agency;
+mod asking;
 mod directory;
 mod endpoint;
 mod ops;
@@ -25,10 +26,11 @@ use endpoint::{Ctx, NoAnswer};
 const LONG_ABOUT: &str = "\
 Command line for agency systems and operators of the exchange network.
 
-Agency commands (keygen, pubkey, send, inbox, overdue, sign-for, return, recall, resend, status
-MESSAGE_ID) talk to a node's agency API, given by --node URL or EXCHANGE_NODE (default
+Agency commands (keygen, pubkey, send, inbox, overdue, sign-for, return, recall, resend, ask, answer,
+status MESSAGE_ID) talk to a node's agency API, given by --node URL or EXCHANGE_NODE (default
 http://127.0.0.1:8080). Unit keys never leave this machine: documents, receipts (签收 with sign-for,
-退回 with return), recalls (撤回 with recall) and re-sends (补发 with resend) are signed here and the
+退回 with return), recalls (撤回 with recall), re-sends (补发 with resend), queries (ask) and answers
+(answer) are signed here and the
 node only receives signed envelopes. `inbox --verify` checks each message's signature
 here too, against the sender's keys that the node's directory lists.
 
@@ -63,6 +65,7 @@ Exit codes:
      a key that is not the sender's)
   2  the node could not be reached or gave no usable answer (is exchange-node running? check --node
      for agency commands, --admin for operator commands)
+  3  ask: no answer reached the asking unit's node by the query's deadline (the query timed out)
   4  audit verify: the audit chain is broken (the first broken entry is printed); directory
      verify: a directory segment fails verification (each failing segment is printed)
   5  ready: the node answered that it is not ready (each failing check is printed)";
@@ -228,6 +231,11 @@ enum Command {
     /// Re-send (补发) a document you sent, same body, to recipients it missed.
     #[command(long_about = RESEND_ABOUT)]
     Resend(ResendArgs),
+    /// Ask an authoritative unit a question (查询核验) and wait for its signed answer or the deadline.
+    #[command(long_about = ASK_ABOUT)]
+    Ask(AskArgs),
+    /// Answer a query in a unit's inbox, signed with the unit's key.
+    Answer(AnswerArgs),
     /// With MESSAGE_ID: a message's status per recipient; without: the node's own status.
     #[command(
         long_about = "With MESSAGE_ID: where a message is, per recipient, and the hops it took. This asks the agency \
@@ -424,6 +432,52 @@ pub struct OverdueArgs {
     /// The unit whose overdue 办件 to list.
     #[arg(long, value_name = "UNIT")]
     pub unit: UnitAddress,
+}
+
+const ASK_ABOUT: &str = "\
+Ask an authoritative unit a question (查询核验), such as whether a person is alive or a company
+registered, and wait for the answer. The query is signed with the asking unit's key and carried hop by
+hop to the asked unit, which answers from its inbox (`answer`) with an answer signed by its own key. The
+answer's signature is verified here against the answering unit's keys from the directory before it is
+printed. If no answer reaches the asking unit's node by the deadline (--within seconds from now), the
+node records the query as timed out and this command says so with exit code 3: never silence.";
+
+#[derive(Args)]
+pub struct AskArgs {
+    /// The asking unit's key file.
+    #[arg(long, value_name = "FILE")]
+    pub key: PathBuf,
+    /// The asking unit.
+    #[arg(long, value_name = "UNIT")]
+    pub from: UnitAddress,
+    /// The authoritative unit asked.
+    #[arg(long, value_name = "UNIT")]
+    pub to: UnitAddress,
+    /// What is asked, such as person.alive or legal-person.registered.
+    #[arg(long, value_name = "TOPIC")]
+    pub topic: String,
+    /// Seconds from now until the deadline (at most the node's limits.max_query_secs).
+    #[arg(long, value_name = "SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub within: u64,
+    /// The question, such as '{"id_number":"440104198001011234"}', or @FILE for a file's contents.
+    #[arg(value_name = "QUESTION")]
+    pub question: String,
+}
+
+#[derive(Args)]
+pub struct AnswerArgs {
+    /// The answering unit's key file.
+    #[arg(long, value_name = "FILE")]
+    pub key: PathBuf,
+    /// The unit asked (the query is in its inbox).
+    #[arg(long, value_name = "UNIT")]
+    pub unit: UnitAddress,
+    /// The query's id, or at least its first 8 hex characters.
+    #[arg(value_name = "QUERY_ID")]
+    pub query: parse::IdPattern,
+    /// The answer, such as '{"alive":false,"death_date":"2026-11-20"}', or @FILE for a file's contents.
+    #[arg(value_name = "ANSWER")]
+    pub answer: String,
 }
 
 #[derive(Args)]
@@ -707,6 +761,8 @@ pub struct TokenRevokeArgs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Done,
+    /// `ask`: no answer by the deadline.
+    TimedOut,
     AuditBroken,
     DirectoryBroken,
     NotReady,
@@ -716,6 +772,7 @@ impl Outcome {
     fn exit_code(self) -> ExitCode {
         match self {
             Outcome::Done => ExitCode::SUCCESS,
+            Outcome::TimedOut => ExitCode::from(3),
             Outcome::AuditBroken | Outcome::DirectoryBroken => ExitCode::from(4),
             Outcome::NotReady => ExitCode::from(5),
         }
@@ -737,6 +794,8 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Inbox(a) => done(agency::inbox(&ctx, a)),
         Command::Overdue(a) => done(agency::overdue(&ctx, a)),
         Command::SignFor(a) => done(agency::sign_for(&ctx, a)),
+        Command::Ask(a) => asking::ask(&ctx, a),
+        Command::Answer(a) => done(asking::answer(&ctx, a)),
         Command::Return(a) => done(agency::return_message(&ctx, a)),
         Command::Recall(a) => done(agency::recall(&ctx, a)),
         Command::Resend(a) => done(agency::resend(&ctx, a)),

@@ -155,6 +155,9 @@ pub struct Limits {
     /// Largest attachment accepted, in bytes. Attachments travel in chunks beside the document and
     /// never sit in memory whole, so this bounds disk use, not memory.
     pub max_attachment_bytes: u64,
+    /// Longest a query may wait for its answer (its deadline at most this far ahead), in seconds.
+    /// Questions that can wait longer are documents.
+    pub max_query_secs: u64,
     /// How far an envelope's `created_at_ms` may be from the ingress node's clock, in seconds. Older
     /// envelopes are refused at ingress: a stolen key cannot backdate a message to before its
     /// revocation.
@@ -163,7 +166,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_payload_bytes: 8 * 1024 * 1024, max_attachment_bytes: 4 * 1024 * 1024 * 1024, clock_skew_secs: 300 }
+        Limits { max_payload_bytes: 8 * 1024 * 1024, max_attachment_bytes: 4 * 1024 * 1024 * 1024, max_query_secs: 3600, clock_skew_secs: 300 }
     }
 }
 

@@ -49,6 +49,8 @@ pub struct Metrics {
     pub connections_refused: IntCounterVec,
     /// Webhook pushes, by outcome (`ok`, `failed`).
     pub webhook_pushes: IntCounterVec,
+    /// Outcomes of queries asked from this node (`answered`, `timed-out`).
+    pub queries: IntCounterVec,
     /// Attachment bytes sent to a neighbour, by peer.
     pub attachment_bytes_sent: IntCounterVec,
     /// Attachment bytes committed here, by source (a peer, or `agency`).
@@ -112,6 +114,7 @@ impl Metrics {
             directory_version: register!(IntGauge::new("exchange_directory_version", "Version of the directory in force.")),
             directory_rejections: counter("exchange_directory_rejections_total", "Directory segments refused, by reason.", &["reason"]),
             webhook_pushes: counter("exchange_webhook_pushes_total", "Webhook pushes, by outcome.", &["outcome"]),
+            queries: counter("exchange_queries_total", "Outcomes of queries asked from this node's units.", &["outcome"]),
             attachment_bytes_sent: counter("exchange_attachment_bytes_sent_total", "Attachment bytes sent to a neighbour.", &["peer"]),
             attachment_bytes_received: counter(
                 "exchange_attachment_bytes_received_total",

@@ -109,6 +109,10 @@ pub enum RecipientState {
     Recalled,
     /// A node refused it for good; `detail` says why.
     Failed,
+    /// (Queries) the asked unit's signed answer reached the asker's node by the deadline.
+    Answered,
+    /// (Queries) no answer reached the asker's node by the deadline.
+    TimedOut,
 }
 
 impl RecipientState {
@@ -121,6 +125,8 @@ impl RecipientState {
             RecipientState::Returned => "returned",
             RecipientState::Recalled => "recalled",
             RecipientState::Failed => "failed",
+            RecipientState::Answered => "answered",
+            RecipientState::TimedOut => "timed-out",
         }
     }
 }
@@ -577,4 +583,25 @@ pub struct AttachmentStatus {
     pub committed_bytes: u64,
     /// Every byte is there and matches the SHA-256.
     pub complete: bool,
+}
+
+/// A query asked from a unit of this node (`GET /v1/queries/{id}`): where it is, and its outcome —
+/// the asked unit's signed answer, or a timeout at the deadline.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QueryStatus {
+    pub id: MessageId,
+    /// The unit asked.
+    pub asked: UnitAddress,
+    pub topic: String,
+    pub deadline_ms: u64,
+    /// accepted, in-transit, delivered, then answered, timed-out or failed.
+    pub state: RecipientState,
+    /// The node that recorded the state.
+    pub node: NodeId,
+    pub at_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// The answer exactly as the asked unit signed it, with its payload (when `answered`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer: Option<SignedMessage>,
 }

@@ -178,6 +178,23 @@ impl ApiClient {
         self.post(&format!("/v1/messages/{message}/resend"), &SignedMessage::new(resend, payload))
     }
 
+    /// Asks a query (`exchange_wire::query::question`, signed by the asking unit).
+    pub fn ask(&self, query: &SignedEnvelope, payload: &[u8]) -> Result<SubmitResponse, ClientError> {
+        self.post("/v1/queries", &SignedMessage::new(query, payload))
+    }
+
+    /// The state of a query asked from this node, waiting up to `wait` for its outcome (answered,
+    /// timed out or failed).
+    pub fn query_status(&self, id: &MessageId, wait: Duration) -> Result<QueryStatus, ClientError> {
+        self.get(&format!("/v1/queries/{id}"), &[("wait_ms", wait.as_millis().to_string())])
+    }
+
+    /// Answers query `query` in `unit`'s inbox with an answer the unit signed
+    /// (`exchange_wire::query::answer`).
+    pub fn answer(&self, unit: &UnitAddress, query: &MessageId, answer: &SignedEnvelope, payload: &[u8]) -> Result<SubmitResponse, ClientError> {
+        self.post(&format!("/v1/units/{unit}/inbox/{query}/answer"), &SignedMessage::new(answer, payload))
+    }
+
     /// How much of attachment `sha256` the node holds.
     pub fn attachment_status(&self, sha256: &crate::Digest) -> Result<AttachmentStatus, ClientError> {
         self.get(&format!("/v1/attachments/{sha256}"), &[])

@@ -76,6 +76,10 @@ pub enum Kind {
     DirectorySegment,
     /// 撤回: the sender of a document withdraws it from recipients who have not settled it yet.
     Recall,
+    /// 查询: a question to an authoritative unit, answered by a deadline (see `query`).
+    Query,
+    /// The answer to a query, signed by the asked unit.
+    Answer,
 }
 
 /// Urgency, which orders queues at every hop: 特急 before 加急 before 平件.
@@ -120,7 +124,7 @@ macro_rules! wire_enum {
         }
     };
 }
-wire_enum!(Kind, "kind", Document => "document", Receipt => "receipt", DeliveryReport => "delivery-report", DirectorySegment => "directory-segment", Recall => "recall");
+wire_enum!(Kind, "kind", Document => "document", Receipt => "receipt", DeliveryReport => "delivery-report", DirectorySegment => "directory-segment", Recall => "recall", Query => "query", Answer => "answer");
 wire_enum!(Priority, "priority", Urgent => "urgent", Express => "express", Routine => "routine");
 
 impl Priority {

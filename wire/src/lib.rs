@@ -15,6 +15,7 @@ pub mod directory;
 pub mod document;
 pub mod envelope;
 pub mod keys;
+pub mod query;
 pub mod receipt;
 pub mod time;
 

@@ -21,6 +21,14 @@ pub fn civil_from_days(days: u64) -> (u64, u64, u64) {
     (y, m, d)
 }
 
+/// `YYYY-MM-DD HH:MM:SS` in UTC at `ms`.
+pub fn format_utc_ms(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (y, m, d) = civil_from_days(secs / 86_400);
+    let t = secs % 86_400;
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", t / 3600, t / 60 % 60, t % 60)
+}
+
 /// The calendar date (`YYYY-MM-DD`) in China Standard Time at `ms`.
 pub fn china_date(ms: u64) -> String {
     let (y, m, d) = civil_from_days((ms / 1000 + CHINA_OFFSET_SECS) / 86_400);

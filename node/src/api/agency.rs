@@ -78,7 +78,7 @@ fn refusal_status(code: &str) -> StatusCode {
         "unknown-unit" | "no-route" | "recipient-unavailable" => StatusCode::UNPROCESSABLE_ENTITY,
         "payload-too-large" => StatusCode::PAYLOAD_TOO_LARGE,
         "not-found" => StatusCode::NOT_FOUND,
-        "conflict" | "attachment-missing" => StatusCode::CONFLICT,
+        "conflict" | "attachment-missing" | "deadline-passed" => StatusCode::CONFLICT,
         "storage" => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::BAD_REQUEST,
     }
@@ -323,6 +323,7 @@ pub fn router(engine: AppState) -> Router {
         .route("/v1/messages/{id}/recall", post(recall))
         .route("/v1/messages/{id}/resend", post(resend))
         .route("/v1/units/{node}/{unit}/webhook", get(get_webhook).put(set_webhook).delete(remove_webhook))
+        .merge(super::asking::routes())
         .layer(DefaultBodyLimit::max(body_limit.max(16 * 1024 * 1024)))
         .merge(super::attachments::routes())
         )

@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod agency;
+pub mod asking;
 pub mod attachments;
 
 use std::sync::Arc;

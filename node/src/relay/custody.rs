@@ -51,6 +51,8 @@ pub struct Summary {
     pub receipts_returned: Vec<ReceiptType>,
     /// Recalls to decide here (their reports follow the commit).
     pub recalls: usize,
+    /// Answers to queries asked here that arrived (each may still be too late to count).
+    pub answers: usize,
 }
 
 impl Summary {
@@ -60,6 +62,7 @@ impl Summary {
         self.latencies_ms.extend(other.latencies_ms);
         self.receipts_returned.extend(other.receipts_returned);
         self.recalls += other.recalls;
+        self.answers += other.answers;
     }
 }
 
@@ -127,7 +130,7 @@ pub fn take(ctx: &Context, m: Incoming) -> Result<(Custody, Summary), Refusal> {
     for (hop, units) in plan {
         match hop {
             NextHop::Node(next) => {
-                if origin && env.kind == Kind::Document {
+                if origin && matches!(env.kind, Kind::Document | Kind::Query) {
                     c.tracking.extend(units.iter().map(|u| tracking(id, u, RecipientState::Accepted, here, now)));
                 }
                 c.outbox.push(OutboxRow {
@@ -158,11 +161,12 @@ fn deliver_here(
     let id = m.signed.id.0;
     let (here, now) = (ctx.here, ctx.now_ms);
     match env.kind {
-        Kind::Document => {
+        // A query is delivered like a document; its asker's node learns of it from the report.
+        Kind::Document | Kind::Query => {
             for u in units {
                 c.inbox.push(InboxRow { unit: u.to_string(), message_id: id, delivered_at_ms: now as i64 });
                 c.events.push(event(id, now, "delivered", Some(u), None, None));
-                summary.delivered.push(Kind::Document);
+                summary.delivered.push(env.kind);
                 summary.latencies_ms.push(now.saturating_sub(env.created_at_ms));
             }
             if m.from.is_none() {
@@ -205,6 +209,21 @@ fn deliver_here(
             c.tracking.push(t);
             c.events.push(event(receipt.for_message.0, now, "receipt", Some(&env.sender), None, Some(m.signed.id.to_hex())));
             summary.receipts_returned.push(receipt.receipt_type);
+        }
+        Kind::Answer => {
+            // The asker's node: the answer settles the query unless its deadline was recorded first
+            // (the tracking row moves forward only); either way the asker can read it.
+            let query = exchange_wire::query::answered(env).map_err(|e| Refusal::malformed(e.to_string()))?;
+            let signer_home = ctx.dir.home_of(&env.sender).unwrap_or_else(|| here.clone());
+            for u in units {
+                c.inbox.push(InboxRow { unit: u.to_string(), message_id: id, delivered_at_ms: now as i64 });
+                summary.delivered.push(Kind::Answer);
+            }
+            let mut t = tracking(query.0, &env.sender, RecipientState::Answered, &signer_home, now);
+            t.receipt_id = Some(id);
+            c.tracking.push(t);
+            c.events.push(event(query.0, now, "answer", Some(&env.sender), None, Some(m.signed.id.to_hex())));
+            summary.answers += 1;
         }
         Kind::DirectorySegment => {
             return Err(Refusal::new("unsupported-kind", 400, "directory segments travel on the directory protocol, not as messages"));

@@ -205,7 +205,7 @@ pub fn acknowledged(here: &NodeId, hop: &NodeId, sent: &[Sent], results: &[Parce
                 (RecipientState::Failed, Some(why))
             }
         };
-        if s.origin_kind == Some(Kind::Document) {
+        if matches!(s.origin_kind, Some(Kind::Document | Kind::Query)) {
             for u in &s.recipients {
                 r.tracking.push(TrackingRow {
                     message_id: s.message_id,

@@ -20,19 +20,19 @@ use crate::storage::{JobOutcome, WriteJob};
 
 /// A decoded message, not yet verified.
 pub(crate) struct Candidate {
-    signed: SignedEnvelope,
-    payload: Vec<u8>,
+    pub(super) signed: SignedEnvelope,
+    pub(super) payload: Vec<u8>,
     /// The recipients this node becomes responsible for.
-    recipients: Vec<UnitAddress>,
-    hops: Vec<Hop>,
+    pub(super) recipients: Vec<UnitAddress>,
+    pub(super) hops: Vec<Hop>,
 }
 
 /// A 签收 in progress: whose inbox, which message.
-struct SignFor {
-    unit: UnitAddress,
-    message_id: MessageId,
+pub(super) struct SignFor {
+    pub(super) unit: UnitAddress,
+    pub(super) message_id: MessageId,
     /// The inbox state the receipt settles the message in: `signed-for` or `returned`.
-    state: &'static str,
+    pub(super) state: &'static str,
 }
 
 /// This node's copy of the sender's directory segment is older than the handing node's.
@@ -240,19 +240,7 @@ impl Engine {
             ));
         }
         self.check_size(env.payload_size)?;
-        match dir.home_of(&env.sender) {
-            Some(home) if home == self.here => {}
-            None => return Err(Refusal::new("unknown-sender", 403, format!("sender {} is not in the directory", env.sender))),
-            Some(home) => {
-                return Err(Refusal::new(
-                    "wrong-node",
-                    403,
-                    format!("sender {} belongs to node {home}; submit through that node", env.sender),
-                ));
-            }
-        }
-        self.check_fresh(env.created_at_ms)?;
-        self.check_active(dir, &env.sender)?;
+        self.check_sender(dir, caller, env)?;
         exchange_wire::document::check(env).map_err(|e| {
             let code = if matches!(e, exchange_wire::document::DocumentError::Classified(_)) { "classified" } else { "malformed" };
             Refusal::new(code, if code == "classified" { 403 } else { 400 }, e.to_string())
@@ -281,8 +269,27 @@ impl Engine {
         Ok(Candidate { signed, payload, recipients, hops: vec![] })
     }
 
+    /// The sender of an agency's submission: the caller's own unit, hosted here, active, and the
+    /// envelope signed close to now.
+    pub(super) fn check_sender(&self, dir: &Directory, caller: &Caller, env: &Envelope) -> Result<(), Refusal> {
+        caller.may_act_for(&env.sender)?;
+        match dir.home_of(&env.sender) {
+            Some(home) if home == self.here => {}
+            None => return Err(Refusal::new("unknown-sender", 403, format!("sender {} is not in the directory", env.sender))),
+            Some(home) => {
+                return Err(Refusal::new(
+                    "wrong-node",
+                    403,
+                    format!("sender {} belongs to node {home}; submit through that node", env.sender),
+                ));
+            }
+        }
+        self.check_fresh(env.created_at_ms)?;
+        self.check_active(dir, &env.sender)
+    }
+
     /// Replay window: an envelope must be signed close to now when it enters the network.
-    fn check_fresh(&self, created_at_ms: u64) -> Result<(), Refusal> {
+    pub(super) fn check_fresh(&self, created_at_ms: u64) -> Result<(), Refusal> {
         let now = exchange_wire::now_ms();
         let skew_ms = self.limits.clock_skew_secs * 1000;
         if created_at_ms.saturating_add(skew_ms) < now {
@@ -306,7 +313,7 @@ impl Engine {
         Ok(())
     }
 
-    fn check_active(&self, dir: &Directory, unit: &UnitAddress) -> Result<(), Refusal> {
+    pub(super) fn check_active(&self, dir: &Directory, unit: &UnitAddress) -> Result<(), Refusal> {
         match dir.unit(unit) {
             Some(u) if !dir.is_active(unit) => Err(Refusal::new(
                 "unit-suspended",
@@ -317,7 +324,7 @@ impl Engine {
         }
     }
 
-    fn check_size(&self, size: u64) -> Result<(), Refusal> {
+    pub(super) fn check_size(&self, size: u64) -> Result<(), Refusal> {
         if size > self.limits.max_payload_bytes {
             return Err(Refusal::new(
                 "payload-too-large",
@@ -525,7 +532,7 @@ impl Engine {
 
     /// Verifies, decides and commits decoded candidates together. One result per input, in order.
     /// `sign_fors[i]` makes input `i` a 签收 receipt that flips its inbox entry in the same commit.
-    async fn verify_and_take(
+    pub(super) async fn verify_and_take(
         self: &Arc<Self>,
         dir: &Arc<Directory>,
         from: Option<&NodeId>,

@@ -7,6 +7,7 @@
 //! inboxes, events) and [`operations`] (operators).
 
 pub mod access;
+pub mod asking;
 pub mod attachments;
 pub mod committer;
 pub mod custody;
@@ -75,6 +76,8 @@ pub struct Engine {
     policy: PolicyConfig,
     node_key: SigningKey,
     forwarders: Mutex<HashMap<NodeId, Arc<Signals>>>,
+    /// Deadlines of the queries asked here that have no outcome yet (see [`asking`]).
+    deadlines: asking::Deadlines,
     /// Attachment files (see [`attachments`]).
     pub attachments: Arc<crate::storage::attachments::AttachmentStore>,
     /// Which neighbours hold which attachments, and the transfers under way.
@@ -144,6 +147,7 @@ impl Engine {
             peers: Mutex::new(HashMap::new()),
             inbox_changes: watch::channel(0).0,
             attachments: Arc::new(attachments),
+            deadlines: asking::Deadlines::default(),
             attachment_transfers: Mutex::new(AttachmentTransfers::default()),
         }))
     }
@@ -159,6 +163,9 @@ impl Engine {
         }
         for outcome in ["ok", "failed"] {
             self.metrics.webhook_pushes.with_label_values(&[outcome]).inc_by(0);
+        }
+        for outcome in ["answered", "timed-out"] {
+            self.metrics.queries.with_label_values(&[outcome]).inc_by(0);
         }
         for direction in ["inbound", "outbound"] {
             self.metrics.connections_refused.with_label_values(&[direction]).inc_by(0);
@@ -176,6 +183,7 @@ impl Engine {
         tokio::spawn(async move { engine.report_recalls().await });
         self.start_pushers().await?;
         tokio::spawn(self.clone().resynchronise_directory(Duration::from_secs(30)));
+        tokio::spawn(self.clone().watch_query_deadlines());
         Ok(())
     }
 
@@ -375,6 +383,9 @@ impl Engine {
         }
         for t in &summary.receipts_returned {
             self.metrics.receipts.with_label_values(&[t.as_str(), "returned"]).inc();
+        }
+        if summary.answers > 0 {
+            self.metrics.queries.with_label_values(&["answered"]).inc_by(summary.answers as u64);
         }
         if summary.recalls > 0 {
             let engine = self.clone();

@@ -165,6 +165,8 @@ pub(crate) fn parse_state(s: &str) -> RecipientState {
         "signed-for" => RecipientState::SignedFor,
         "returned" => RecipientState::Returned,
         "recalled" => RecipientState::Recalled,
+        "answered" => RecipientState::Answered,
+        "timed-out" => RecipientState::TimedOut,
         _ => RecipientState::Failed,
     }
 }

@@ -366,6 +366,9 @@ pub trait Store: Send + Sync + 'static {
     fn dead_letters(&self) -> BoxFuture<'_, Result<Vec<DeadLetterRecord>, StorageError>>;
     /// Decided recalls not yet reported to their senders.
     fn unreported_recalls(&self) -> BoxFuture<'_, Result<Vec<RecallOutcomeRow>, StorageError>>;
+    /// Queries asked from units of this node with no outcome yet (id and canonical header), so their
+    /// deadlines are watched again after a restart.
+    fn open_queries(&self) -> BoxFuture<'_, Result<Vec<([u8; 32], Vec<u8>)>, StorageError>>;
     /// The last inbox position of a unit (0 when its inbox is empty).
     fn inbox_last_seq<'a>(&'a self, unit: &'a str) -> BoxFuture<'a, Result<i64, StorageError>>;
     /// Every registered webhook.
@@ -386,6 +389,10 @@ pub fn state_rank(s: RecipientState) -> i64 {
         RecipientState::InTransit => 1,
         RecipientState::Failed => 2,
         RecipientState::Delivered => 3,
-        RecipientState::SignedFor | RecipientState::Returned | RecipientState::Recalled => 4,
+        RecipientState::SignedFor
+        | RecipientState::Returned
+        | RecipientState::Recalled
+        | RecipientState::Answered
+        | RecipientState::TimedOut => 4,
     }
 }

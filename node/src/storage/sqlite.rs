@@ -766,6 +766,19 @@ impl Store for SqliteStore {
         })
     }
 
+    fn open_queries(&self) -> BoxFuture<'_, Result<Vec<([u8; 32], Vec<u8>)>, StorageError>> {
+        Box::pin(async move {
+            // Ranks 0, 1 and 3: accepted, in transit, delivered (failed and settled are outcomes).
+            let rows = sqlx::query(
+                "SELECT DISTINCT m.id, m.header FROM tracking t JOIN messages m ON m.id = t.message_id \
+                 WHERE t.state_rank IN (0, 1, 3) AND m.kind = 'query'",
+            )
+            .fetch_all(&self.readers)
+            .await?;
+            rows.into_iter().map(|r| Ok((to_id(r.get(0))?, r.get(1)))).collect()
+        })
+    }
+
     fn inbox_last_seq<'a>(&'a self, unit: &'a str) -> BoxFuture<'a, Result<i64, StorageError>> {
         Box::pin(async move {
             let last: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM inbox WHERE unit = $1").bind(unit).fetch_one(&self.readers).await?;
