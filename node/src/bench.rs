@@ -81,6 +81,11 @@ pub struct BenchArgs {
     /// Give up after this many seconds of timed phase (default: 120 + messages/1000).
     #[arg(long)]
     pub deadline_secs: Option<u64>,
+    /// Instead of many small documents: relay one document with an attachment of this many MiB and
+    /// report the throughput of each hop against a peer (SHA-256 plus durable chunked writes) and
+    /// every node's peak resident memory.
+    #[arg(long, value_name = "MIB")]
+    pub attachment_mib: Option<u64>,
 }
 
 impl BenchArgs {
@@ -89,12 +94,15 @@ impl BenchArgs {
     }
 }
 
-const NODES: [&str; 3] = ["gz", "gz.yuexiu", "gz.haizhu"];
+pub(crate) const NODES: [&str; 3] = ["gz", "gz.yuexiu", "gz.haizhu"];
 const INGRESS: &str = "gz.yuexiu";
 const EGRESS: &str = "gz.haizhu";
 
 /// Runs the benchmark.
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if let Some(mib) = args.attachment_mib {
+        return crate::bench_attachment::run(&args, mib);
+    }
     if args.messages == 0 {
         bail!("--messages must be at least 1");
     }
@@ -376,7 +384,7 @@ fn cpu_ticks(pid: &str) -> anyhow::Result<u64> {
 }
 
 /// Sum of the samples of metric `name` whose label text contains every string in `labels`.
-fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
+pub(crate) fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| {
@@ -391,7 +399,7 @@ fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
 }
 
 /// Waits until every node sees its links up.
-fn wait_links(net: &LocalNetwork) -> anyhow::Result<()> {
+pub(crate) fn wait_links(net: &LocalNetwork) -> anyhow::Result<()> {
     let want = [("gz", "gz.yuexiu"), ("gz", "gz.haizhu"), ("gz.yuexiu", "gz"), ("gz.haizhu", "gz")];
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

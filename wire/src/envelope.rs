@@ -11,7 +11,8 @@
 //! ```text
 //! "GOVX-ENVELOPE-V1\0"           17 bytes, domain separation
 //! version         u16            = 1
-//! kind            str            document | receipt | delivery-report | directory-segment
+//! kind            str            document | receipt | delivery-report | directory-segment | recall |
+//!                                query | answer
 //! sender          str            unit address
 //! to              list<str>      main recipients (主送)
 //! cc              list<str>      copy recipients (抄送)
