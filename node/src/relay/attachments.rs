@@ -18,7 +18,12 @@ use libp2p::request_response::ResponseChannel;
 use super::forwarder::{Backoff, Signals};
 use super::{Engine, Refusal, Refused};
 use crate::network::protocol::{AttachmentRequest, AttachmentResponse};
-use crate::storage::attachments::{AttachmentError, Held};
+use crate::storage::attachments::{AttachmentError, CHUNK_BYTES, Held};
+
+/// Chunks sent to a neighbour before the first of them is acknowledged.
+const CHUNKS_IN_FLIGHT: usize = 4;
+/// How long a chunk that arrived ahead of its predecessor waits for it.
+const REORDER_WAIT: Duration = Duration::from_secs(30);
 
 impl Engine {
     /// The attachments `env` describes that are not complete here yet. Refuses malformed
@@ -91,6 +96,40 @@ impl Engine {
         held
     }
 
+    /// Chunks of one attachment may arrive out of order (several are in flight on their own
+    /// streams): one that starts past the committed length waits, briefly, for the chunks before it.
+    async fn wait_for_predecessor(&self, sha256: Digest, offset: u64) {
+        let mut progress = {
+            let mut map = self.attachment_progress.lock().expect("attachment progress lock");
+            map.entry(sha256).or_insert_with(|| tokio::sync::watch::channel(0).0).subscribe()
+        };
+        if *progress.borrow() == offset || offset < CHUNK_BYTES {
+            return;
+        }
+        if let Ok(Held::Partial(n)) = self.attachment_held(sha256).await
+            && n >= offset
+        {
+            return;
+        }
+        let _ = tokio::time::timeout(REORDER_WAIT, progress.wait_for(|&c| c >= offset)).await;
+    }
+
+    /// Publishes an attachment's new committed length to chunks waiting for it.
+    fn chunk_committed(&self, sha256: Digest, held: &Result<Held, AttachmentError>) {
+        let mut map = self.attachment_progress.lock().expect("attachment progress lock");
+        match held {
+            Ok(Held::Partial(n)) => {
+                map.entry(sha256).or_insert_with(|| tokio::sync::watch::channel(0).0).send_replace(*n);
+            }
+            // Complete (nothing more to wait for) or refused (the sender offers again).
+            _ => {
+                if let Some(tx) = map.remove(&sha256) {
+                    tx.send_replace(u64::MAX);
+                }
+            }
+        }
+    }
+
     /// How much of `sha256` is held here.
     pub(crate) async fn attachment_held(&self, sha256: Digest) -> std::io::Result<Held> {
         let store = self.attachments.clone();
@@ -106,7 +145,10 @@ impl Engine {
         let held = match request {
             AttachmentRequest::Offer { sha256, .. } => self.attachment_held(sha256).await.map_err(AttachmentError::Io),
             AttachmentRequest::Chunk { sha256, size, offset, bytes } => {
-                self.store_attachment_chunk(from.as_str(), sha256, size, offset, bytes).await
+                self.wait_for_predecessor(sha256, offset).await;
+                let held = self.store_attachment_chunk(from.as_str(), sha256, size, offset, bytes).await;
+                self.chunk_committed(sha256, &held);
+                held
             }
         };
         if let Err(e @ AttachmentError::DigestMismatch { .. }) = &held {
@@ -184,6 +226,7 @@ impl Engine {
     }
 
     async fn try_send_attachment(&self, hop: &NodeId, a: &Attachment) -> Result<(), String> {
+        use futures::StreamExt;
         let peer = self.dir.current().node(hop).map(|n| n.peer_id).ok_or_else(|| format!("{hop} is not in the directory"))?;
         let ask = |request| async move {
             match self.net.attachment(peer, request).await.map_err(|e| e.to_string())? {
@@ -192,25 +235,33 @@ impl Engine {
                 AttachmentResponse::Refused { reason } => Err(format!("{hop} refused: {reason}")),
             }
         };
-        let Some(mut offset) = ask(AttachmentRequest::Offer { sha256: a.sha256, size: a.size }).await? else { return Ok(()) };
+        let Some(offset) = ask(AttachmentRequest::Offer { sha256: a.sha256, size: a.size }).await? else { return Ok(()) };
         if offset > 0 {
             self.metrics.attachment_resumes.with_label_values(&[hop.as_str()]).inc();
             tracing::info!(%hop, attachment = %a.sha256, offset, size = a.size, "resuming an attachment transfer from the neighbour's last committed chunk");
         }
+        // A window of chunks in flight, so the link carries the next chunks while the neighbour
+        // writes one to disk; the neighbour appends them in order (see `answer_attachment`).
+        let mut in_flight = futures::stream::FuturesOrdered::new();
+        let mut next = offset;
         loop {
-            let store = self.attachments.clone();
-            let sha256 = a.sha256;
-            let bytes = tokio::task::spawn_blocking(move || store.read_chunk(&sha256, offset))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| format!("cannot read attachment {sha256} here: {e}"))?;
-            let len = bytes.len() as u64;
-            let next = ask(AttachmentRequest::Chunk { sha256, size: a.size, offset, bytes }).await?;
-            self.metrics.attachment_bytes_sent.with_label_values(&[hop.as_str()]).inc_by(len);
-            match next {
-                None => return Ok(()),
-                Some(committed) if committed > offset => offset = committed,
-                Some(committed) => return Err(format!("{hop} holds {committed} bytes after a chunk at {offset}")),
+            while in_flight.len() < CHUNKS_IN_FLIGHT && next < a.size {
+                let store = self.attachments.clone();
+                let (sha256, at) = (a.sha256, next);
+                let bytes = tokio::task::spawn_blocking(move || store.read_chunk(&sha256, at))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| format!("cannot read attachment {sha256} here: {e}"))?;
+                let len = bytes.len() as u64;
+                next += len;
+                in_flight.push_back(ask(AttachmentRequest::Chunk { sha256, size: a.size, offset: at, bytes }));
+                self.metrics.attachment_bytes_sent.with_label_values(&[hop.as_str()]).inc_by(len);
+            }
+            match in_flight.next().await {
+                None => return Err(format!("{hop} did not report the attachment complete after its last chunk")),
+                Some(Ok(None)) => return Ok(()),
+                Some(Ok(Some(_))) => {}
+                Some(Err(e)) => return Err(e),
             }
         }
     }

@@ -82,6 +82,8 @@ pub struct Engine {
     pub attachments: Arc<crate::storage::attachments::AttachmentStore>,
     /// Which neighbours hold which attachments, and the transfers under way.
     attachment_transfers: Mutex<AttachmentTransfers>,
+    /// Committed length of attachments being received from neighbours, for chunks arriving early.
+    attachment_progress: Mutex<HashMap<exchange_wire::Digest, watch::Sender<u64>>>,
     /// Units whose webhook pusher runs.
     pushers: Mutex<HashSet<exchange_wire::UnitAddress>>,
     /// Serialises recall reporting, so each decided recall is reported once.
@@ -149,6 +151,7 @@ impl Engine {
             attachments: Arc::new(attachments),
             deadlines: asking::Deadlines::default(),
             attachment_transfers: Mutex::new(AttachmentTransfers::default()),
+            attachment_progress: Mutex::new(HashMap::new()),
         }))
     }
 
