@@ -200,11 +200,17 @@ pub fn send(ctx: &Ctx, a: &SendArgs) -> Result<()> {
 
 /// The title shown for a message: its `title` metadata, else its file name, else `-`.
 fn title_of(e: &Envelope) -> String {
-    e.metadata
+    let title = e
+        .metadata
         .get(document::TITLE)
         .or_else(|| e.metadata.get(META_FILE_NAME))
         .cloned()
-        .unwrap_or_else(|| "-".into())
+        .unwrap_or_else(|| "-".into());
+    // Attachments first, so truncating a long title never hides them.
+    match document::attachments(e).map(|a| a.len()) {
+        Ok(n) if n > 0 => format!("[附件 {n}] {title}"),
+        _ => title,
+    }
 }
 
 /// Whether a message's signature verified (`inbox --verify`), or why not.

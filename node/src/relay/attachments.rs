@@ -20,6 +20,8 @@ use super::{Engine, Refusal, Refused};
 use crate::network::protocol::{AttachmentRequest, AttachmentResponse};
 use crate::storage::attachments::{AttachmentError, CHUNK_BYTES, Held};
 
+/// Every attachment description has this metadata key (canonical bytes hold keys verbatim).
+const ATTACHMENT_KEY: &[u8] = b"attachment.1.sha256";
 /// Chunks sent to a neighbour before the first of them is acknowledged.
 const CHUNKS_IN_FLIGHT: usize = 4;
 /// How long a chunk that arrived ahead of its predecessor waits for it.
@@ -167,6 +169,10 @@ impl Engine {
     /// Whether neighbour `hop` holds every attachment of the document with canonical `header`. Starts
     /// the transfer of those it may lack; the forwarder is woken when one completes.
     pub(crate) fn attachments_at(self: &Arc<Self>, hop: &NodeId, signals: &Arc<Signals>, header: &[u8]) -> bool {
+        // The hot path: most documents have no attachment; skip parsing their headers.
+        if !header.windows(ATTACHMENT_KEY.len()).any(|w| w == ATTACHMENT_KEY) {
+            return true;
+        }
         let Ok(env) = Envelope::from_canonical_bytes(header) else { return true };
         if env.kind != Kind::Document {
             return true;
