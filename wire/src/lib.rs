@@ -16,6 +16,7 @@ pub mod document;
 pub mod envelope;
 pub mod keys;
 pub mod receipt;
+pub mod sharing;
 pub mod time;
 
 pub use address::{AddressError, NodeId, UnitAddress};

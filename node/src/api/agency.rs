@@ -323,6 +323,7 @@ pub fn router(engine: AppState) -> Router {
         .route("/v1/messages/{id}/recall", post(recall))
         .route("/v1/messages/{id}/resend", post(resend))
         .route("/v1/units/{node}/{unit}/webhook", get(get_webhook).put(set_webhook).delete(remove_webhook))
+        .merge(super::sharing::agency_routes())
         .layer(DefaultBodyLimit::max(body_limit.max(16 * 1024 * 1024)))
         )
         .with_state(engine)

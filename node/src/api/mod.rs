@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod agency;
+pub mod sharing;
 
 use std::sync::Arc;
 

@@ -51,6 +51,10 @@ pub struct Summary {
     pub receipts_returned: Vec<ReceiptType>,
     /// Recalls to decide here (their reports follow the commit).
     pub recalls: usize,
+    /// Subscription requests that reached their owner here (decided after the commit).
+    pub sharing_requests: usize,
+    /// Topics of base-data records delivered to subscribers here, one per subscriber.
+    pub data_delivered: Vec<String>,
 }
 
 impl Summary {
@@ -60,6 +64,8 @@ impl Summary {
         self.latencies_ms.extend(other.latencies_ms);
         self.receipts_returned.extend(other.receipts_returned);
         self.recalls += other.recalls;
+        self.sharing_requests += other.sharing_requests;
+        self.data_delivered.extend(other.data_delivered);
     }
 }
 
@@ -208,6 +214,16 @@ fn deliver_here(
         }
         Kind::DirectorySegment => {
             return Err(Refusal::new("unsupported-kind", 400, "directory segments travel on the directory protocol, not as messages"));
+        }
+        Kind::DataRecord => {
+            return Err(Refusal::new(
+                "unsupported-kind",
+                400,
+                "a data-record travels inside its owner node's data-delivery; publish it at POST /v1/records",
+            ));
+        }
+        Kind::DataDelivery | Kind::SubscriptionRequest | Kind::SubscriptionDecision => {
+            crate::relay::sharing::deliver_here(ctx, m, units, c, summary)?;
         }
         Kind::Recall => {
             // Decided in the commit, in order with any 签收 or 退回 of the same entry.

@@ -256,7 +256,7 @@ impl Engine {
     }
 
     /// Replay window: an envelope must be signed close to now when it enters the network.
-    fn check_fresh(&self, created_at_ms: u64) -> Result<(), Refusal> {
+    pub(super) fn check_fresh(&self, created_at_ms: u64) -> Result<(), Refusal> {
         let now = exchange_wire::now_ms();
         let skew_ms = self.limits.clock_skew_secs * 1000;
         if created_at_ms.saturating_add(skew_ms) < now {
@@ -280,7 +280,7 @@ impl Engine {
         Ok(())
     }
 
-    fn check_active(&self, dir: &Directory, unit: &UnitAddress) -> Result<(), Refusal> {
+    pub(super) fn check_active(&self, dir: &Directory, unit: &UnitAddress) -> Result<(), Refusal> {
         match dir.unit(unit) {
             Some(u) if !dir.is_active(unit) => Err(Refusal::new(
                 "unit-suspended",
@@ -291,7 +291,7 @@ impl Engine {
         }
     }
 
-    fn check_size(&self, size: u64) -> Result<(), Refusal> {
+    pub(super) fn check_size(&self, size: u64) -> Result<(), Refusal> {
         if size > self.limits.max_payload_bytes {
             return Err(Refusal::new(
                 "payload-too-large",

@@ -16,6 +16,7 @@ pub mod operations;
 pub mod push;
 pub mod queries;
 pub mod refusal;
+pub mod sharing;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
@@ -81,6 +82,10 @@ pub struct Engine {
     peers: Mutex<HashMap<NodeId, PeerState>>,
     /// Bumped after every commit that put something into an inbox (long-poll wake-up).
     inbox_changes: watch::Sender<u64>,
+    /// The data-sharing catalog in force, its schemas compiled.
+    catalog: crate::sharing::CatalogHandle,
+    /// Serialises the numbering of published records and subscription decisions at this node.
+    sharing_lock: tokio::sync::Mutex<()>,
 }
 
 /// A refused input, for the metric, the log and the audit entry.
@@ -128,6 +133,8 @@ impl Engine {
             pushers: Mutex::new(HashSet::new()),
             peers: Mutex::new(HashMap::new()),
             inbox_changes: watch::channel(0).0,
+            catalog: Default::default(),
+            sharing_lock: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -146,6 +153,9 @@ impl Engine {
         for direction in ["inbound", "outbound"] {
             self.metrics.connections_refused.with_label_values(&[direction]).inc_by(0);
         }
+        for decision in ["granted", "refused"] {
+            self.metrics.subscription_decisions.with_label_values(&[decision]).inc_by(0);
+        }
         self.load_tokens().await?;
         self.load_directory().await?;
         for q in self.store.queue_stats().await? {
@@ -158,6 +168,8 @@ impl Engine {
         let engine = self.clone();
         tokio::spawn(async move { engine.report_recalls().await });
         self.start_pushers().await?;
+        let engine = self.clone();
+        tokio::spawn(async move { engine.process_subscription_requests().await });
         tokio::spawn(self.clone().resynchronise_directory(Duration::from_secs(30)));
         Ok(())
     }
@@ -351,6 +363,13 @@ impl Engine {
         }
         for t in &summary.receipts_returned {
             self.metrics.receipts.with_label_values(&[t.as_str(), "returned"]).inc();
+        }
+        for topic in &summary.data_delivered {
+            self.metrics.data_delivered.with_label_values(&[topic.as_str()]).inc();
+        }
+        if summary.sharing_requests > 0 {
+            let engine = self.clone();
+            tokio::spawn(async move { engine.process_subscription_requests().await });
         }
         if summary.recalls > 0 {
             let engine = self.clone();
