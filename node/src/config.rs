@@ -272,6 +272,8 @@ mod tests {
         let tree = crate::directory::segments::tree_from_seed(city.directory.tree_seed.as_ref().unwrap()).unwrap();
         let root = tree.nodes.iter().find(|n| n.parent.is_none()).unwrap();
         assert_eq!(root.public_key, city.root_key, "city.toml pins the key of the tree's root");
+        let catalog = crate::sharing::catalog_from_file(city.directory.catalog_seed.as_ref().unwrap()).unwrap();
+        assert!(catalog.topic("person.death").is_some(), "city.toml signs the example catalog");
         for name in ["district-yuexiu.toml", "district-haizhu.toml"] {
             let cfg = NodeConfig::load(&configs().join(name)).unwrap();
             assert_eq!(cfg.root_key, city.root_key, "{name}: same trust anchor");

@@ -448,3 +448,90 @@ fn bad_records_are_refused_with_the_reason_and_change_nothing() {
     let haizhu_audit = net.node("gz.haizhu").admin().audit_page(0, 1000).unwrap();
     assert!(haizhu_audit.entries.iter().any(|e| e.category == "refusal" && e.event == "not-owner"), "refused and audited at the intruder's own node");
 }
+
+/// Runs `exchange-admin` against a node's agency API as a unit (its token in `EXCHANGE_TOKEN`).
+fn cli(node_url: &str, token: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(admin_binary())
+        .arg("--node")
+        .arg(node_url)
+        .args(args)
+        .env("EXCHANGE_TOKEN", token)
+        .output()
+        .expect("run exchange-admin")
+}
+
+/// Runs `exchange-admin` against a node's admin API.
+fn cli_admin(admin_url: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(admin_binary()).arg("--admin").arg(admin_url).args(args).env_remove("EXCHANGE_TOKEN").output().expect("run exchange-admin")
+}
+
+fn ok(o: std::process::Output) -> String {
+    assert!(o.status.success(), "exchange-admin failed ({}): {}", o.status, String::from_utf8_lossy(&o.stderr));
+    String::from_utf8(o.stdout).unwrap()
+}
+
+#[test]
+fn the_cli_publishes_subscribes_decides_reads_and_acknowledges() {
+    let net = three_nodes(FAST_RETRY);
+    let (city, yuexiu) = (net.node("gz"), net.node("gz.yuexiu"));
+    let catalog_file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/catalog.toml");
+    ok(cli_admin(&city.admin_url, &["catalog", "publish", catalog_file.to_str().unwrap()]));
+    // Only the root signs the catalog.
+    assert_eq!(cli_admin(&yuexiu.admin_url, &["catalog", "publish", catalog_file.to_str().unwrap()]).status.code(), Some(1));
+
+    let owner = unit("gz.yuexiu/civil-affairs");
+    let subscriber = unit("gz/labour-social-security");
+    let (owner_token, sub_token) = (net.unit_tokens[&owner].clone(), net.unit_tokens[&subscriber].clone());
+    let (owner_key, sub_key) = (net.unit_key_file(&owner).unwrap(), net.unit_key_file(&subscriber).unwrap());
+    let table = wait_for("the catalog at the city", Duration::from_secs(20), || {
+        let o = cli(&city.api_url, &sub_token, &["catalog", "show", "--unit", subscriber.as_str()]);
+        o.status.success().then(|| String::from_utf8(o.stdout).unwrap())
+    });
+    assert!(table.contains("person.death") && table.contains("gz.yuexiu/civil-affairs") && table.contains("approval"), "{table}");
+
+    // Subscribe to an approval topic; the owner sees the request and grants it.
+    ok(cli(&city.api_url, &sub_token, &[
+        "data", "subscribe", "--key", sub_key.to_str().unwrap(), "--unit", subscriber.as_str(), "--topic", MARRIAGE, "--purpose", "社保待遇核定",
+    ]));
+    wait_for("the request at the owner's node", Duration::from_secs(30), || {
+        let out = ok(cli(&yuexiu.api_url, &owner_token, &["--json", "data", "subscribers", "--unit", owner.as_str()]));
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["subscriptions"].as_array().unwrap().iter().any(|s| s["state"] == "pending").then_some(())
+    });
+    // Refusing needs a reason.
+    let no_reason = cli(&yuexiu.api_url, &owner_token, &["data", "refuse", "--owner", owner.as_str(), "--topic", MARRIAGE, "--subscriber", subscriber.as_str()]);
+    assert_eq!(no_reason.status.code(), Some(1));
+    ok(cli(&yuexiu.api_url, &owner_token, &["data", "grant", "--owner", owner.as_str(), "--topic", MARRIAGE, "--subscriber", subscriber.as_str()]));
+
+    // Publish a record from a JSON file; the record id is printed on stdout.
+    let (a, b) = (citizen(21), citizen(22));
+    let file = net.root.join("marriage.json");
+    std::fs::write(&file, serde_json::json!({"id_number": a, "spouse_id_number": b, "registered_on": "2026-11-24", "certificate_no": "J440104-2026-021"}).to_string()).unwrap();
+    let id = ok(cli(&yuexiu.api_url, &owner_token, &[
+        "data", "publish", "--key", owner_key.to_str().unwrap(), "--from", owner.as_str(), "--topic", MARRIAGE, "--subject", &a, file.to_str().unwrap(),
+    ]));
+    assert_eq!(id.trim().len(), 64, "record id on stdout: {id}");
+    // A bad record is refused with the field and the rule, exit code 1.
+    std::fs::write(&file, serde_json::json!({"id_number": a, "spouse_id_number": b, "registered_on": "2026-02-30", "certificate_no": "x"}).to_string()).unwrap();
+    let bad = cli(&yuexiu.api_url, &owner_token, &[
+        "data", "publish", "--key", owner_key.to_str().unwrap(), "--from", owner.as_str(), "--topic", MARRIAGE, "--subject", &a, file.to_str().unwrap(),
+    ]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("/registered_on"), "{}", String::from_utf8_lossy(&bad.stderr));
+
+    // Read it at the subscriber's node, acknowledge it, and find nothing more from the cursor.
+    let page = wait_for("the record at the subscriber", Duration::from_secs(30), || {
+        let out = ok(cli(&city.api_url, &sub_token, &["--json", "data", "records", "--unit", subscriber.as_str(), "--topic", MARRIAGE, "--wait", "2"]));
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        (!v["items"].as_array().unwrap().is_empty()).then_some(v)
+    });
+    assert_eq!(page["items"][0]["seq"], 1);
+    assert_eq!(page["items"][0]["subject"], a.as_str());
+    ok(cli(&city.api_url, &sub_token, &["data", "ack", "--unit", subscriber.as_str(), "--topic", MARRIAGE, "--seq", "1"]));
+    let table = ok(cli(&city.api_url, &sub_token, &["data", "subscriptions", "--unit", subscriber.as_str()]));
+    assert!(table.contains(MARRIAGE) && table.contains("granted"), "{table}");
+    let out = ok(cli(&city.api_url, &sub_token, &["--json", "data", "records", "--unit", subscriber.as_str(), "--topic", MARRIAGE]));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(v["items"].as_array().unwrap().is_empty(), "nothing after the cursor: {v}");
+    assert_eq!(v["cursor"], 1);
+}

@@ -780,3 +780,60 @@ fn data_item(r: DataInboxRow) -> Result<DataItem, Refusal> {
         record,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::directory::{test_key, test_tree};
+    use exchange_wire::NodeId;
+
+    fn u(s: &str) -> UnitAddress {
+        s.parse().unwrap()
+    }
+
+    /// A record of 六榕街道 (key 7, hosted on 越秀) signed with `signer`, delivered by node `by` (key
+    /// `node_seed`) to 海珠区民政局.
+    fn delivery(signer: u8, by: &str, node_seed: u8) -> Incoming {
+        let payload = br#"{"id_number":"440104195001010001"}"#;
+        let record = sharing_record(payload).sign(&test_key(signer));
+        let to = u("gz.haizhu/civil-affairs");
+        let d = Delivery {
+            topic: "person.death".into(),
+            seq: 3,
+            subject: "440104195001010001".into(),
+            published_at_ms: 900,
+            first_seq: [(to.clone(), 1)].into(),
+            record: SignedMessage::new(&record, payload),
+        };
+        let node: NodeId = by.parse().unwrap();
+        let (envelope, dpayload) = d.envelope(&node, vec![to.clone()]);
+        Incoming { signed: envelope.sign(&test_key(node_seed)), payload: dpayload, recipients: vec![to], from: Some("gz".parse().unwrap()), hops: vec![] }
+    }
+
+    fn sharing_record(payload: &[u8]) -> exchange_wire::Envelope {
+        exchange_wire::sharing::record(u("gz.yuexiu/liurong-street"), "person.death", "440104195001010001", payload)
+    }
+
+    fn take_at_haizhu(m: Incoming) -> Result<(Custody, Summary), Refusal> {
+        let (dir, here, key) = (test_tree(), "gz.haizhu".parse().unwrap(), test_key(4));
+        let ctx = Context { here: &here, dir: &dir, node_key: &key, now_ms: 1_000 };
+        custody::take(&ctx, m)
+    }
+
+    #[test]
+    fn a_delivery_from_the_publishers_node_with_its_signature_is_stored_by_sequence_number() {
+        let (c, s) = take_at_haizhu(delivery(7, "gz.yuexiu", 3)).unwrap();
+        let [SharingRow::Delivered(row)] = c.sharing.as_slice() else { panic!("one delivered row: {:?}", c.sharing) };
+        assert_eq!((row.unit.as_str(), row.topic.as_str(), row.seq, row.first_seq), ("gz.haizhu/civil-affairs", "person.death", 3, 1));
+        assert_eq!(s.data_delivered, vec!["person.death".to_string()]);
+        assert!(c.inbox.is_empty(), "records go to the subscriber's stream, not its inbox");
+    }
+
+    #[test]
+    fn a_record_relayed_by_another_node_or_not_signed_by_its_publisher_is_refused() {
+        // Signed by the city's node, which is not 六榕街道's home.
+        assert_eq!(take_at_haizhu(delivery(7, "gz", 2)).err().map(|r| r.code), Some("forged-delivery"));
+        // The right node, but the record is not signed by 六榕街道's key.
+        assert_eq!(take_at_haizhu(delivery(9, "gz.yuexiu", 3)).err().map(|r| r.code), Some("bad-signature"));
+    }
+}
