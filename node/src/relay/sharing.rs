@@ -690,15 +690,18 @@ impl Engine {
             let mut last = after.map(|a| a as i64).unwrap_or(sub.cursor);
             let mut held_back = 0;
             if let Some(first) = sub.first_seq {
+                // Only the run without gaps from the subscription's first record is handed out, also
+                // to a reader asking from further on: nothing past a missing record, ever.
+                let end = shared.data_contiguous_end(unit.as_str(), topic, first).await?;
                 last = last.max(first - 1);
                 for r in shared.data_records(unit.as_str(), topic, last, limit.clamp(1, 1000)).await? {
-                    if r.seq != last + 1 {
+                    if r.seq != last + 1 || r.seq > end {
                         break;
                     }
                     last = r.seq;
                     items.push(data_item(r)?);
                 }
-                held_back = shared.data_count_after(unit.as_str(), topic, last).await?;
+                held_back = shared.data_count_after(unit.as_str(), topic, end.max(first - 1)).await?;
             }
             if !items.is_empty() || tokio::time::Instant::now() >= deadline {
                 return Ok(RecordsResponse {

@@ -356,3 +356,44 @@ pub(super) fn job_parts(job: &SharingJob) -> (Vec<&crate::storage::Custody>, &[c
         SharingJob::Ack { events, .. } => (Vec::new(), events),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{Custody, Store, WriteJob};
+
+    fn delivered(seq: i64) -> SharingRow {
+        SharingRow::Delivered(DataInboxRow {
+            unit: "gz/civil-affairs".into(),
+            topic: "person.death".into(),
+            seq,
+            first_seq: 1,
+            delivery_id: [seq as u8; 32],
+            record_id: [100 + seq as u8; 32],
+            subject: "s".into(),
+            published_at_ms: seq,
+            delivered_at_ms: seq,
+            header: vec![],
+            signature: vec![],
+            payload: vec![],
+        })
+    }
+
+    #[tokio::test]
+    async fn a_record_whose_predecessor_is_missing_ends_the_run_until_it_arrives() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("node.db")).await.unwrap();
+        let job = |rows: Vec<SharingRow>| WriteJob::Custody(Custody { sharing: rows, ..Default::default() });
+        store.commit(&[job(vec![delivered(1), delivered(2), delivered(4), delivered(5)])]).await.unwrap();
+        let s = store.sharing();
+        assert_eq!(s.data_contiguous_end("gz/civil-affairs", "person.death", 1).await.unwrap(), 2);
+        assert_eq!(s.data_count_after("gz/civil-affairs", "person.death", 2).await.unwrap(), 2, "4 and 5 wait for 3");
+        // The same record delivered twice is stored once.
+        store.commit(&[job(vec![delivered(2), delivered(3)])]).await.unwrap();
+        assert_eq!(s.data_contiguous_end("gz/civil-affairs", "person.death", 1).await.unwrap(), 5);
+        let seqs: Vec<i64> = s.data_records("gz/civil-affairs", "person.death", 0, 100).await.unwrap().iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, vec![1, 2, 3, 4, 5]);
+        // Nothing yet from the first record on.
+        assert_eq!(s.data_contiguous_end("gz/other", "person.death", 1).await.unwrap(), 0);
+    }
+}
