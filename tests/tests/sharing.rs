@@ -169,6 +169,12 @@ fn a_death_reaches_every_subscriber_once_in_order_across_tiers() {
     assert_eq!(city_events.iter().filter(|e| e.event == "forwarded").count(), 1, "one copy toward 海珠: {city_events:?}");
     let same = read_all(&net, &police_hz, DEATH).into_iter().find(|i| i.seq == 3).unwrap();
     assert_eq!(same.delivery_id, live.delivery_id, "one delivery for every subscriber");
+    // An operator follows the delivery across the network like any message.
+    let trace = net.node("gz.yuexiu").admin().trace(&live.delivery_id).unwrap();
+    for n in ["gz.yuexiu", "gz", "gz.haizhu"] {
+        assert!(trace.nodes.iter().any(|t| t.as_str() == n), "the trace reaches {n}: {:?}", trace.nodes);
+    }
+    assert!(trace.events.iter().any(|e| e.event == "delivered"), "{:?}", trace.events);
 
     // Cursor: acknowledge up to 2; reading from the cursor gives 3 and 4; a replay gives all again.
     let c = net.client_for(&social);
