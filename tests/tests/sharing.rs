@@ -541,3 +541,43 @@ fn the_cli_publishes_subscribes_decides_reads_and_acknowledges() {
     assert!(v["items"].as_array().unwrap().is_empty(), "nothing after the cursor: {v}");
     assert_eq!(v["cursor"], 1);
 }
+
+#[test]
+fn a_long_history_is_backfilled_in_pages_while_publishing_goes_on() {
+    const HISTORY: u32 = 600;
+    let net = network();
+    let owner = unit("gz.yuexiu/civil-affairs");
+    let late = unit("gz.haizhu/public-security");
+    let client = net.client_for(&owner);
+    // A history longer than two backfill pages, published in parallel by four systems of the owner.
+    let mut ids: Vec<(u64, MessageId)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4u32)
+            .map(|t| {
+                let (net, owner, client) = (&net, &owner, &client);
+                s.spawn(move || {
+                    (0..HISTORY / 4)
+                        .map(|i| {
+                            let (subject, body) = death(1000 + t * HISTORY + i);
+                            let payload = serde_json::to_vec(&body).unwrap();
+                            let signed = sharing::record(owner.clone(), DEATH, &subject, &payload).sign(&net.unit_keys[owner]);
+                            (client.publish(&signed, &payload).unwrap().seq, signed.id)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    subscribe(&net, &late, DEATH, StartFrom::Beginning);
+    // Records published while the backlog is on its way come after it, in order.
+    for n in 0..5 {
+        let (subject, body) = death(9000 + n);
+        let (signed, seq) = publish(&net, &owner, DEATH, &subject, body);
+        ids.push((seq, signed.id));
+    }
+    ids.sort();
+    let expected: Vec<MessageId> = ids.iter().map(|(_, id)| *id).collect();
+    assert_eq!(ids.iter().map(|(s, _)| *s).collect::<Vec<_>>(), (1..=expected.len() as u64).collect::<Vec<_>>(), "numbered without gaps");
+    reconcile(&net, &late, DEATH, 1, &expected);
+    assert_eq!(count(&net, "gz.yuexiu", "sharing_subscriptions WHERE backfill_next IS NOT NULL"), 0, "the backlog is done");
+}

@@ -29,6 +29,9 @@ CREATE TABLE sharing_subscriptions (
     decided_at_ms   INTEGER,
     decided_by      TEXT,
     reason          TEXT,
+    -- A granted backlog still being sent, a page per commit: the next record and the last one.
+    backfill_next   INTEGER,
+    backfill_end    INTEGER,
     PRIMARY KEY (topic, subscriber)
 );
 

@@ -86,6 +86,8 @@ pub struct Engine {
     catalog: crate::sharing::CatalogHandle,
     /// Serialises the numbering of published records and subscription decisions at this node.
     sharing_lock: tokio::sync::Mutex<()>,
+    /// One task sends granted backlogs at a time.
+    backfill_running: tokio::sync::Mutex<()>,
 }
 
 /// A refused input, for the metric, the log and the audit entry.
@@ -135,6 +137,7 @@ impl Engine {
             inbox_changes: watch::channel(0).0,
             catalog: Default::default(),
             sharing_lock: tokio::sync::Mutex::new(()),
+            backfill_running: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -170,6 +173,8 @@ impl Engine {
         self.start_pushers().await?;
         let engine = self.clone();
         tokio::spawn(async move { engine.process_subscription_requests().await });
+        let engine = self.clone();
+        tokio::spawn(async move { engine.send_backlogs().await });
         tokio::spawn(self.clone().resynchronise_directory(Duration::from_secs(30)));
         Ok(())
     }

@@ -133,6 +133,7 @@ pub(crate) fn deliver_here(ctx: &Context, m: &Incoming, units: &[UnitAddress], c
                     decided_at_ms: None,
                     decided_by: None,
                     reason: None,
+                    backfill: None,
                 }));
                 c.events.push(custody::event(id, now, "subscription-requested", Some(u), None, Some(format!("{} by {}", facts.topic, env.sender))));
             }
@@ -457,6 +458,7 @@ impl Engine {
             decided_at_ms: None,
             decided_by: None,
             reason: None,
+            backfill: None,
         };
         c.sharing.push(SharingRow::LocalRequested(row.clone()));
         let outcome = self.committer.commit(vec![WriteJob::Custody(c)]).await.map_err(|e| {
@@ -539,6 +541,7 @@ impl Engine {
         let shared = self.store.sharing();
         let mut messages = Vec::new();
         let mut summaries = Vec::new();
+        let mut backfill = None;
         let first_seq = if grant {
             let head = shared.topic_head(&row.topic).await?;
             let first = match row.start.parse::<StartFrom>().unwrap_or_default() {
@@ -547,21 +550,14 @@ impl Engine {
                 StartFrom::Time(t) => shared.topic_seq_at(&row.topic, t as i64).await?.unwrap_or(head + 1),
                 StartFrom::Now => head + 1,
             };
-            for l in shared.topic_log(&row.topic, first, head).await? {
-                let (_, record) = signed_message(&l.header, &l.signature, &l.payload)?;
-                let d = Delivery {
-                    topic: l.topic.clone(),
-                    seq: l.seq as u64,
-                    subject: l.subject.clone(),
-                    published_at_ms: l.published_at_ms as u64,
-                    first_seq: [(subscriber.clone(), first as u64)].into(),
-                    record,
-                };
-                let (envelope, payload) = d.envelope(&self.here, vec![subscriber.clone()]);
-                let signed = envelope.sign(&self.node_key);
-                let (c, s) = custody::take(&ctx, Incoming { signed, payload, recipients: vec![subscriber.clone()], from: None, hops: vec![] })?;
-                messages.push(c);
-                summaries.push(s);
+            // The first page of the backlog goes with the grant; the rest follows a page per commit
+            // (`send_backlogs`), so a long history never holds the numbering lock for long.
+            if first <= head {
+                let last = head.min(first + BACKFILL_PAGE - 1);
+                let (m, ss) = self.backlog_page(&ctx, &row.topic, &subscriber, first, first, last).await?;
+                messages.extend(m);
+                summaries.extend(ss);
+                backfill = (last < head).then_some((last + 1, head));
             }
             Some(first)
         } else {
@@ -599,6 +595,7 @@ impl Engine {
             decided_by: decided_by.into(),
             reason: reason.clone(),
             at_ms: now,
+            backfill,
             messages,
             events,
         };
@@ -613,6 +610,10 @@ impl Engine {
                 for s in &summaries {
                     self.after_commit(s);
                 }
+                if backfill.is_some() {
+                    let engine = self.clone();
+                    tokio::spawn(async move { engine.send_backlogs().await });
+                }
                 let mut decided = row.clone();
                 decided.state = state.into();
                 decided.first_seq = first_seq;
@@ -623,6 +624,80 @@ impl Engine {
             }
             Some(JobOutcome::Conflict(reason)) => Err(Refusal::new("conflict", 409, reason)),
             _ => Err(Refusal::new("storage", 500, "unexpected outcome of a decision")),
+        }
+    }
+
+    /// Deliveries of records `from..=to` of `topic` to `subscriber` alone, whose subscription
+    /// starts at `first`.
+    async fn backlog_page(
+        &self,
+        ctx: &Context<'_>,
+        topic: &str,
+        subscriber: &UnitAddress,
+        first: i64,
+        from: i64,
+        to: i64,
+    ) -> Result<(Vec<Custody>, Vec<Summary>), Refusal> {
+        let mut messages = Vec::new();
+        let mut summaries = Vec::new();
+        for l in self.store.sharing().topic_log(topic, from, to).await? {
+            let (_, record) = signed_message(&l.header, &l.signature, &l.payload)?;
+            let d = Delivery {
+                topic: l.topic.clone(),
+                seq: l.seq as u64,
+                subject: l.subject.clone(),
+                published_at_ms: l.published_at_ms as u64,
+                first_seq: [(subscriber.clone(), first as u64)].into(),
+                record,
+            };
+            let (envelope, payload) = d.envelope(&self.here, vec![subscriber.clone()]);
+            let signed = envelope.sign(&self.node_key);
+            let (c, s) = custody::take(ctx, Incoming { signed, payload, recipients: vec![subscriber.clone()], from: None, hops: vec![] })?;
+            messages.push(c);
+            summaries.push(s);
+        }
+        Ok((messages, summaries))
+    }
+
+    /// Sends what is left of granted backlogs, a page per commit, taking the numbering lock for each
+    /// page only (publishing goes on in between). Runs after a grant with a long backlog and at start.
+    pub(crate) async fn send_backlogs(self: &Arc<Self>) {
+        let _one_sender = self.backfill_running.lock().await;
+        loop {
+            let _numbering = self.sharing_lock.lock().await;
+            let rows = match self.store.sharing().owner_subscriptions(None).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read subscriptions to backfill");
+                    return;
+                }
+            };
+            let Some((row, (next, end))) = rows.iter().find_map(|r| Some((r, r.backfill?))) else { return };
+            let (Ok(subscriber), Some(first)) = (row.subscriber.parse::<UnitAddress>(), row.first_seq) else { return };
+            let dir = self.dir.current();
+            let ctx = self.context(&dir);
+            let last = end.min(next + BACKFILL_PAGE - 1);
+            let (messages, summaries) = match self.backlog_page(&ctx, &row.topic, &subscriber, first, next, last).await {
+                Ok(p) => p,
+                Err(r) => {
+                    tracing::warn!(topic = %row.topic, subscriber = %row.subscriber, reason = %r.message, "cannot send a backlog page; retried at the next start");
+                    return;
+                }
+            };
+            let left = (last < end).then_some((last + 1, end));
+            let job = SharingJob::Backfill { topic: row.topic.clone(), subscriber: row.subscriber.clone(), left, messages };
+            match self.committer.commit(vec![WriteJob::Sharing(job)]).await {
+                Ok(_) => {
+                    for s in &summaries {
+                        self.after_commit(s);
+                    }
+                }
+                Err(e) => {
+                    self.metrics.storage_errors.with_label_values(&["commit"]).inc();
+                    tracing::error!(error = %e, "cannot store a backlog page; retried at the next start");
+                    return;
+                }
+            }
         }
     }
 
@@ -751,6 +826,9 @@ impl Engine {
         view(&after, Some(end))
     }
 }
+
+/// Records of a backlog sent per commit.
+const BACKFILL_PAGE: i64 = 256;
 
 fn view(r: &SubscriptionRow, received_up_to: Option<i64>) -> Result<SubscriptionView, Refusal> {
     let local = r.state == "requested" || received_up_to.is_some();

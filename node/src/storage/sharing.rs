@@ -39,6 +39,8 @@ pub struct SubscriptionRow {
     pub decided_at_ms: Option<i64>,
     pub decided_by: Option<String>,
     pub reason: Option<String>,
+    /// Owner side: the backlog still to send, `(next, end)`, while a grant's backfill is under way.
+    pub backfill: Option<(i64, i64)>,
 }
 
 /// Subscriber side: a record delivered to one unit.
@@ -88,9 +90,13 @@ pub enum SharingJob {
         decided_by: String,
         reason: Option<String>,
         at_ms: i64,
+        /// The backlog left after the first page, `(next, end)`.
+        backfill: Option<(i64, i64)>,
         messages: Vec<Custody>,
         events: Vec<EventRow>,
     },
+    /// Owner side: one more page of a grant's backlog, and what is left after it.
+    Backfill { topic: String, subscriber: String, left: Option<(i64, i64)>, messages: Vec<Custody> },
     /// Subscriber side: move a cursor forward (never back).
     Ack { unit: String, topic: String, seq: i64, events: Vec<EventRow> },
 }

@@ -129,10 +129,10 @@ pub(super) async fn apply_job(tx: &mut Transaction<'_, Sqlite>, job: &SharingJob
             .await?;
             Ok(JobOutcome::Stored)
         }
-        SharingJob::Decide { topic, subscriber, state, first_seq, decided_by, reason, at_ms, .. } => {
+        SharingJob::Decide { topic, subscriber, state, first_seq, decided_by, reason, at_ms, backfill, .. } => {
             let done = sqlx::query(
-                "UPDATE sharing_subscriptions SET state = $3, first_seq = $4, decided_by = $5, reason = $6, decided_at_ms = $7 \
-                 WHERE topic = $1 AND subscriber = $2 AND state = 'pending'",
+                "UPDATE sharing_subscriptions SET state = $3, first_seq = $4, decided_by = $5, reason = $6, decided_at_ms = $7, \
+                 backfill_next = $8, backfill_end = $9 WHERE topic = $1 AND subscriber = $2 AND state = 'pending'",
             )
             .bind(topic)
             .bind(subscriber)
@@ -141,12 +141,31 @@ pub(super) async fn apply_job(tx: &mut Transaction<'_, Sqlite>, job: &SharingJob
             .bind(decided_by)
             .bind(reason)
             .bind(at_ms)
+            .bind(backfill.map(|b| b.0))
+            .bind(backfill.map(|b| b.1))
             .execute(&mut **tx)
             .await?;
             Ok(if done.rows_affected() == 1 {
                 JobOutcome::Stored
             } else {
                 JobOutcome::Conflict(format!("the subscription of {subscriber} to {topic} is not pending; it was decided already"))
+            })
+        }
+        SharingJob::Backfill { topic, subscriber, left, .. } => {
+            let done = sqlx::query(
+                "UPDATE sharing_subscriptions SET backfill_next = $3, backfill_end = $4 \
+                 WHERE topic = $1 AND subscriber = $2 AND state = 'granted' AND backfill_next IS NOT NULL",
+            )
+            .bind(topic)
+            .bind(subscriber)
+            .bind(left.map(|b| b.0))
+            .bind(left.map(|b| b.1))
+            .execute(&mut **tx)
+            .await?;
+            Ok(if done.rows_affected() == 1 {
+                JobOutcome::Stored
+            } else {
+                JobOutcome::Conflict(format!("no backfill of {topic} for {subscriber} is under way"))
             })
         }
         SharingJob::Ack { unit, topic, seq, .. } => {
@@ -179,11 +198,15 @@ fn subscription(r: sqlx::sqlite::SqliteRow) -> Result<SubscriptionRow, StorageEr
         decided_at_ms: r.get("decided_at_ms"),
         decided_by: r.get("decided_by"),
         reason: r.get("reason"),
+        backfill: match (r.get::<Option<i64>, _>("backfill_next"), r.get::<Option<i64>, _>("backfill_end")) {
+            (Some(n), Some(e)) => Some((n, e)),
+            _ => None,
+        },
     })
 }
 
 const OWNER_SELECT: &str = "SELECT topic, subscriber, owner, state, start, first_seq, 0 AS cursor, request_id, requested_at_ms, \
-     decided_at_ms, decided_by, reason FROM sharing_subscriptions ";
+     decided_at_ms, decided_by, reason, backfill_next, backfill_end FROM sharing_subscriptions ";
 
 impl SharingStore for SqliteStore {
     fn topic_head<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<i64, StorageError>> {
@@ -267,7 +290,7 @@ impl SharingStore for SqliteStore {
         Box::pin(async move {
             let rows = sqlx::query(
                 "SELECT topic, unit AS subscriber, owner, state, start, first_seq, cursor, request_id, requested_at_ms, decided_at_ms, \
-                 decided_by, reason FROM data_subscriptions WHERE unit = $1 ORDER BY topic",
+                 decided_by, reason, NULL AS backfill_next, NULL AS backfill_end FROM data_subscriptions WHERE unit = $1 ORDER BY topic",
             )
             .bind(unit)
             .fetch_all(&self.readers)
@@ -353,6 +376,7 @@ pub(super) fn job_parts(job: &SharingJob) -> (Vec<&crate::storage::Custody>, &[c
     match job {
         SharingJob::Publish { delivery, events, .. } => (delivery.iter().collect(), events),
         SharingJob::Decide { messages, events, .. } => (messages.iter().collect(), events),
+        SharingJob::Backfill { messages, .. } => (messages.iter().collect(), &[]),
         SharingJob::Ack { events, .. } => (Vec::new(), events),
     }
 }
