@@ -581,3 +581,49 @@ fn a_long_history_is_backfilled_in_pages_while_publishing_goes_on() {
     reconcile(&net, &late, DEATH, 1, &expected);
     assert_eq!(count(&net, "gz.yuexiu", "sharing_subscriptions WHERE backfill_next IS NOT NULL"), 0, "the backlog is done");
 }
+
+#[test]
+fn a_batch_of_records_is_numbered_in_order_each_checked_on_its_own() {
+    let net = network();
+    let owner = unit("gz.yuexiu/civil-affairs");
+    let subscriber = unit("gz/labour-social-security");
+    subscribe(&net, &subscriber, DEATH, StartFrom::Now);
+    wait_state(&net, &subscriber, DEATH, "granted");
+    let sign = |n: u32, body: serde_json::Value| {
+        let payload = serde_json::to_vec(&body).unwrap();
+        let signed = sharing::record(owner.clone(), DEATH, &citizen(n), &payload).sign(&net.unit_keys[&owner]);
+        (signed, payload)
+    };
+    let mut batch = Vec::new();
+    let mut expected = Vec::new();
+    for n in 0..300 {
+        let (signed, payload) = sign(n, death(n).1);
+        expected.push(signed.id);
+        batch.push(exchange_wire::api::SignedMessage::new(&signed, &payload));
+    }
+    // The same record twice, and a record that breaks the schema, in the middle of the batch.
+    batch.insert(150, batch[10].clone());
+    let (bad, bad_payload) = sign(999, serde_json::json!({"id_number": citizen(999), "name": "王五", "death_date": "2026-02-30"}));
+    batch.insert(200, exchange_wire::api::SignedMessage::new(&bad, &bad_payload));
+    let first = batch[0].clone();
+    let results = net.client_for(&owner).publish_batch(batch).expect("batch").results;
+    assert_eq!(results.len(), 302);
+    let mut seqs = Vec::new();
+    for (i, r) in results.iter().enumerate() {
+        match (i, r) {
+            (150, sharing::PublishResult::Published(p)) => assert!(p.duplicate && p.seq == 11, "the repeat is a duplicate of #11: {p:?}"),
+            (200, sharing::PublishResult::Refused(e)) => assert!(e.error == "schema-violation" && e.message.contains("/death_date"), "{e:?}"),
+            (_, sharing::PublishResult::Published(p)) => {
+                assert!(!p.duplicate);
+                assert_eq!(p.subscribers, 1);
+                seqs.push(p.seq);
+            }
+            (i, other) => panic!("record {i}: {other:?}"),
+        }
+    }
+    assert_eq!(seqs, (1..=300).collect::<Vec<u64>>(), "numbered in the order of the batch, without gaps");
+    // The same signed record in a later batch is recognised too.
+    let again = net.client_for(&owner).publish_batch(vec![first]).unwrap();
+    assert!(matches!(&again.results[0], sharing::PublishResult::Published(p) if p.duplicate && p.seq == 1));
+    reconcile(&net, &subscriber, DEATH, 1, &expected);
+}

@@ -401,6 +401,26 @@ pub struct PublishResponse {
     pub subscribers: u64,
 }
 
+/// Several records in one request (`POST /v1/records:batch`, at most 1000).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BatchPublishRequest {
+    pub records: Vec<SignedMessage>,
+}
+
+/// One result per record of a batch, in order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BatchPublishResponse {
+    pub results: Vec<PublishResult>,
+}
+
+/// A record of a batch: published (or a duplicate), or refused with the reason.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum PublishResult {
+    Published(PublishResponse),
+    Refused(crate::api::ErrorBody),
+}
+
 /// A subscription as its subscriber's home node or its owner's home node sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SubscriptionView {
@@ -501,6 +521,11 @@ mod client {
         /// `POST /v1/records`: publishes a record signed by the topic's owner.
         pub fn publish(&self, record: &SignedEnvelope, payload: &[u8]) -> Result<PublishResponse, ClientError> {
             self.post("/v1/records", &SignedMessage::new(record, payload))
+        }
+
+        /// `POST /v1/records:batch`: several records, numbered in order and committed together.
+        pub fn publish_batch(&self, records: Vec<SignedMessage>) -> Result<BatchPublishResponse, ClientError> {
+            self.post("/v1/records:batch", &BatchPublishRequest { records })
         }
 
         /// `POST /v1/subscriptions`: sends a subscription request signed by the subscriber.

@@ -11,7 +11,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use exchange_wire::api::SignedMessage;
-use exchange_wire::sharing::{AckRequest, Catalog, DecideRequest, check_topic_name};
+use exchange_wire::sharing::{AckRequest, BatchPublishRequest, BatchPublishResponse, Catalog, DecideRequest, PublishResult, check_topic_name};
 use serde::Deserialize;
 
 use super::{AppState, json, parse_body, parse_unit, refuse};
@@ -51,6 +51,27 @@ async fn publish(State(engine): State<AppState>, caller: Caller, body: Result<By
         Ok(ok) => json(if ok.duplicate { StatusCode::OK } else { StatusCode::ACCEPTED }, &ok),
         Err(r) => r.into_response(),
     }
+}
+
+async fn publish_batch(State(engine): State<AppState>, caller: Caller, body: Result<Bytes, BytesRejection>) -> Response {
+    let req: BatchPublishRequest = match parse_body(&engine, body).await {
+        Ok(m) => m,
+        Err(r) => return r.into_response(),
+    };
+    if req.records.len() > 1000 {
+        let r = Refusal::malformed(format!("a batch holds at most 1000 records, not {}", req.records.len()));
+        return refuse(&engine, r).await.into_response();
+    }
+    let results = engine
+        .publish_records(&caller, req.records)
+        .await
+        .into_iter()
+        .map(|r| match r {
+            Ok(ok) => PublishResult::Published(ok),
+            Err(e) => PublishResult::Refused(e.body()),
+        })
+        .collect();
+    json(StatusCode::OK, &BatchPublishResponse { results })
 }
 
 async fn subscribe(State(engine): State<AppState>, caller: Caller, body: Result<Bytes, BytesRejection>) -> Response {
@@ -157,6 +178,7 @@ pub fn agency_routes() -> Router<AppState> {
     Router::new()
         .route("/v1/catalog", get(catalog))
         .route("/v1/records", post(publish))
+        .route("/v1/records:batch", post(publish_batch))
         .route("/v1/subscriptions", post(subscribe))
         .route("/v1/units/{node}/{unit}/subscriptions", get(subscriptions))
         .route("/v1/units/{node}/{unit}/subscriptions/{topic}/records", get(records))
