@@ -276,6 +276,17 @@ fn a_marriage_waits_for_approval_and_a_refused_unit_gets_nothing() {
     // The decision reached the refused unit's inbox, signed by the owner's node.
     let inbox = read_inbox(&net.client_for(&other), &other);
     assert!(inbox.iter().any(|i| i.message.envelope.kind == exchange_wire::Kind::SubscriptionDecision));
+
+    // Refused, it may ask again; granted this time, it catches up from the beginning.
+    let again = subscribe(&net, &other, MARRIAGE, StartFrom::Beginning);
+    assert_eq!(again.state, "requested");
+    wait_for("the new request pending at 越秀", Duration::from_secs(30), || {
+        let s = owner_client.subscribers(&owner).ok()?.subscriptions;
+        s.iter().any(|s| s.subscriber == other && s.state == "pending").then_some(())
+    });
+    owner_client.decide(&owner, &DecideRequest { topic: MARRIAGE.into(), subscriber: other.clone(), grant: true, reason: None }).unwrap();
+    wait_state(&net, &other, MARRIAGE, "granted");
+    reconcile(&net, &other, MARRIAGE, 1, &[first.id, second.id]);
 }
 
 #[test]

@@ -145,6 +145,7 @@ pub(crate) fn deliver_here(ctx: &Context, m: &Incoming, units: &[UnitAddress], c
                 c.sharing.push(SharingRow::Decided {
                     unit: u.to_string(),
                     topic: d.topic.clone(),
+                    request_id: d.request_id.0,
                     state: d.decision.clone(),
                     first_seq: d.first_seq.map(|s| s as i64),
                     reason: d.reason.clone(),

@@ -68,8 +68,18 @@ pub enum SharingRow {
     Requested(SubscriptionRow),
     /// Subscriber side: the unit sent a request (replaces a refused one).
     LocalRequested(SubscriptionRow),
-    /// Subscriber side: the owner's node decided.
-    Decided { unit: String, topic: String, state: String, first_seq: Option<i64>, reason: Option<String>, decided_by: String, at_ms: i64 },
+    /// Subscriber side: the owner's node decided request `request_id` (a decision about an earlier
+    /// request, refused and asked again since, changes nothing).
+    Decided {
+        unit: String,
+        topic: String,
+        request_id: [u8; 32],
+        state: String,
+        first_seq: Option<i64>,
+        reason: Option<String>,
+        decided_by: String,
+        at_ms: i64,
+    },
     /// Subscriber side: a record arrived for a unit.
     Delivered(DataInboxRow),
 }

@@ -49,12 +49,12 @@ pub(super) async fn apply_rows(tx: &mut Transaction<'_, Sqlite>, rows: &[&Sharin
                 .execute(&mut **tx)
                 .await?;
             }
-            SharingRow::Decided { unit, topic, state, first_seq, reason, decided_by, at_ms } => {
+            SharingRow::Decided { unit, topic, request_id, state, first_seq, reason, decided_by, at_ms } => {
                 // The cursor starts just before the first record, so nothing before it is awaited.
                 sqlx::query(
                     "UPDATE data_subscriptions SET state = $3, first_seq = COALESCE(first_seq, $4), \
                      cursor = MAX(cursor, COALESCE($4, 1) - 1), reason = $5, decided_by = $6, decided_at_ms = $7 \
-                     WHERE unit = $1 AND topic = $2",
+                     WHERE unit = $1 AND topic = $2 AND request_id = $8",
                 )
                 .bind(unit)
                 .bind(topic)
@@ -63,6 +63,7 @@ pub(super) async fn apply_rows(tx: &mut Transaction<'_, Sqlite>, rows: &[&Sharin
                 .bind(reason)
                 .bind(decided_by)
                 .bind(at_ms)
+                .bind(request_id.as_slice())
                 .execute(&mut **tx)
                 .await?;
             }
