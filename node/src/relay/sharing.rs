@@ -419,7 +419,7 @@ impl Engine {
                 let (envelope, dpayload) = d.envelope(&self.here, recipients.clone());
                 let dsigned = envelope.sign(&self.node_key);
                 match custody::take(&ctx, Incoming { signed: dsigned, payload: dpayload, recipients: recipients.clone(), from: None, hops: vec![] }) {
-                    Ok((c, s)) => (Some(c), s),
+                    Ok((c, s)) => (Some(Box::new(c)), s),
                     Err(refusal) => {
                         answers.push(Some(Err(refusal)));
                         continue;

@@ -89,7 +89,7 @@ pub enum SharingRow {
 pub enum SharingJob {
     /// Owner side: append a record to its topic log with its delivery to the current subscribers.
     /// A record already in the log is a duplicate: nothing is written.
-    Publish { log: TopicLogRow, delivery: Option<Custody>, events: Vec<EventRow> },
+    Publish { log: TopicLogRow, delivery: Option<Box<Custody>>, events: Vec<EventRow> },
     /// Owner side: decide a pending subscription, with the decision and any backfill to send.
     /// Refused as a conflict unless the subscription is pending.
     Decide {
