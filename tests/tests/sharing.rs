@@ -556,7 +556,7 @@ fn the_cli_publishes_subscribes_decides_reads_and_acknowledges() {
 #[test]
 fn a_long_history_is_backfilled_in_pages_while_publishing_goes_on() {
     const HISTORY: u32 = 600;
-    let net = network();
+    let mut net = network();
     let owner = unit("gz.yuexiu/civil-affairs");
     let late = unit("gz.haizhu/public-security");
     let client = net.client_for(&owner);
@@ -580,6 +580,17 @@ fn a_long_history_is_backfilled_in_pages_while_publishing_goes_on() {
         handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
     });
     subscribe(&net, &late, DEATH, StartFrom::Beginning);
+    // The owner's node is killed as soon as it has granted, most likely with the backlog half sent:
+    // after a restart it carries on where it stopped.
+    let owner_admin = net.node("gz.yuexiu").admin();
+    wait_for("the grant at the owner's node", Duration::from_secs(30), || {
+        owner_admin.admin_subscriptions().ok()?.subscriptions.into_iter().find(|s| s.subscriber == late && s.state == "granted")
+    });
+    net.kill("gz.yuexiu").expect("kill 越秀");
+    let left = count(&net, "gz.yuexiu", "sharing_subscriptions WHERE backfill_next IS NOT NULL");
+    eprintln!("backlog still to send when the owner's node was killed: {left} subscription(s)");
+    net.start("gz.yuexiu").expect("restart 越秀");
+    net.converge(Duration::from_secs(30)).expect("directory again");
     // Records published while the backlog is on its way come after it, in order.
     for n in 0..5 {
         let (subject, body) = death(9000 + n);
