@@ -342,3 +342,47 @@ fn decide(ctx: &Ctx, a: &DecideArgs, grant: bool) -> Result<()> {
     };
     show_subscription(ctx, &view)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        data: DataCommand,
+    }
+
+    fn parse(args: &[&str]) -> Result<DataCommand, clap::Error> {
+        Cli::try_parse_from(std::iter::once("data").chain(args.iter().copied())).map(|c| c.data)
+    }
+
+    #[test]
+    fn subscribe_takes_every_kind_of_start_and_refuses_others() {
+        let base = ["subscribe", "--key", "k", "--unit", "gz/statistics", "--topic", "person.death"];
+        let with = |from: &str| parse(&[&base[..], &["--from", from]].concat());
+        for (text, want) in [("beginning", StartFrom::Beginning), ("now", StartFrom::Now), ("seq:5", StartFrom::Seq(5)), ("time:1700000000000", StartFrom::Time(1_700_000_000_000))] {
+            let Ok(DataCommand::Subscribe(a)) = with(text) else { panic!("{text} parses") };
+            assert_eq!(a.from, want);
+        }
+        assert!(with("yesterday").is_err());
+        let Ok(DataCommand::Subscribe(a)) = parse(&base) else { panic!("default start") };
+        assert_eq!(a.from, StartFrom::Beginning, "from the beginning by default");
+    }
+
+    #[test]
+    fn deciding_needs_an_owner_or_the_operator_flag() {
+        assert!(parse(&["grant", "--topic", "person.marriage", "--subscriber", "gz/statistics"]).is_err());
+        assert!(parse(&["grant", "--operator", "--topic", "person.marriage", "--subscriber", "gz/statistics"]).is_ok());
+        assert!(parse(&["refuse", "--owner", "gz.yuexiu/civil-affairs", "--topic", "person.marriage", "--subscriber", "gz/statistics", "--reason", "无需要"]).is_ok());
+    }
+
+    #[test]
+    fn the_example_catalog_reads_as_the_root_reads_it() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/catalog.toml");
+        let catalog = read_catalog(&path).unwrap();
+        assert_eq!(catalog.topics.len(), 9);
+        assert_eq!(catalog.topic("person.divorce").unwrap().sharing, exchange_wire::sharing::Sharing::NotShared);
+    }
+}
