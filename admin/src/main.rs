@@ -12,6 +12,7 @@ mod endpoint;
 mod ops;
 mod output;
 mod parse;
+mod sharing;
 mod tokens;
 
 use std::path::PathBuf;
@@ -156,6 +157,21 @@ which sends it back to the sender's node: there `status MESSAGE_ID` shows the re
 with the reason as its detail and the signed receipt. A document is settled once: one already signed
 for or returned is refused (the node answers 409 conflict). The receipt id is printed on stdout.";
 
+const DATA_ABOUT: &str = "\
+Base-data sharing (数据共享交换). Each topic of the catalog (`exchange-admin catalog show`) has one owner
+unit, the only one that may publish it (一数一源), a JSON Schema every record must match, and a sharing
+condition: open (granted at once), approval (the owner or an operator of its node decides), not-shared
+(refused).
+
+As the owner: `data publish` signs a JSON record with the unit key (--key) and hands it to the owner's
+node, which checks it, numbers it within its topic and sends it to every subscriber; `data subscribers`
+lists requests, `data grant` and `data refuse --reason` decide them (--operator: through the admin API).
+
+As a subscriber: `data subscribe --from beginning|now|seq:N|time:MS` sends a request signed with the
+unit key; `data subscriptions` shows its state; `data records` reads records in sequence order, from
+the durable cursor or --after N to replay; `data ack --seq N` moves the cursor. A record whose
+predecessor has not arrived yet is held back, never skipped.";
+
 #[derive(Parser)]
 #[command(name = "exchange-admin", version, about = "Command line for the exchange network", long_about = LONG_ABOUT)]
 struct Cli {
@@ -282,6 +298,12 @@ is still 0. With --json, they are listed in `unreachable`."
     /// Unit API tokens, with which agency systems authenticate: issue, list, revoke.
     #[command(subcommand)]
     Tokens(TokensCommand),
+    /// The data-sharing catalog (目录): show it, or publish a new version on the root node.
+    #[command(subcommand)]
+    Catalog(sharing::CatalogCommand),
+    /// Base-data sharing (数据共享): publish records, subscribe, decide requests, read and acknowledge.
+    #[command(subcommand, long_about = DATA_ABOUT)]
+    Data(sharing::DataCommand),
 }
 
 #[derive(Args)]
@@ -835,6 +857,8 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Tokens(TokensCommand::Issue(a)) => done(tokens::issue(&ctx, a)),
         Command::Tokens(TokensCommand::List(a)) => done(tokens::list(&ctx, a)),
         Command::Tokens(TokensCommand::Revoke(a)) => done(tokens::revoke(&ctx, a)),
+        Command::Catalog(c) => done(sharing::catalog(&ctx, c)),
+        Command::Data(c) => done(sharing::data(&ctx, c)),
     }
 }
 

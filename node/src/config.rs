@@ -53,6 +53,10 @@ pub struct DirectoryConfig {
     pub tree_seed: Option<PathBuf>,
     /// The units this node hosts (`[[unit]]` entries) to sign as version 1 of its unit segment.
     pub units_seed: Option<PathBuf>,
+    /// Root node only: the data-sharing catalog (`configs/catalog.toml`) to sign when the node
+    /// holds no catalog yet, or holds an older version than the file's.
+    #[serde(default)]
+    pub catalog_seed: Option<PathBuf>,
 }
 
 /// Who may send which kinds of message to whom. Rules are tried in order; the first that matches
@@ -227,7 +231,7 @@ impl NodeConfig {
             .try_deserialize()
             .with_context(|| format!("configuration {} is invalid", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
-        let seeds = [cfg.directory.tree_seed.as_mut(), cfg.directory.units_seed.as_mut()];
+        let seeds = [cfg.directory.tree_seed.as_mut(), cfg.directory.units_seed.as_mut(), cfg.directory.catalog_seed.as_mut()];
         for p in [Some(&mut cfg.key_file), Some(&mut cfg.data_dir)].into_iter().chain(seeds).flatten() {
             if p.is_relative() {
                 *p = base.join(&*p);
@@ -279,6 +283,8 @@ mod tests {
         let tree = crate::directory::segments::tree_from_seed(city.directory.tree_seed.as_ref().unwrap()).unwrap();
         let root = tree.nodes.iter().find(|n| n.parent.is_none()).unwrap();
         assert_eq!(root.public_key, city.root_key, "city.toml pins the key of the tree's root");
+        let catalog = crate::sharing::catalog_from_file(city.directory.catalog_seed.as_ref().unwrap()).unwrap();
+        assert!(catalog.topic("person.death").is_some(), "city.toml signs the example catalog");
         for name in ["district-yuexiu.toml", "district-haizhu.toml"] {
             let cfg = NodeConfig::load(&configs().join(name)).unwrap();
             assert_eq!(cfg.root_key, city.root_key, "{name}: same trust anchor");

@@ -255,7 +255,12 @@ impl LocalNetwork {
             let complete = views.iter().all(|v| {
                 v.as_ref().is_some_and(|v| {
                     let tree = v.segments.iter().find(|s| s.owner == "tree");
-                    tree.is_some_and(|t| v.segments.len() as u64 == t.entries + 1) && Some(v.version) == views[0].as_ref().map(|f| f.version)
+                    // The data-sharing catalog is a segment too, but not one per node.
+                    let catalog = |v: &exchange_wire::api::DirectoryView| v.segments.iter().find(|s| s.owner == "catalog").map(|s| s.version);
+                    let per_node = v.segments.iter().filter(|s| s.owner != "catalog").count() as u64;
+                    tree.is_some_and(|t| per_node == t.entries + 1)
+                        && Some(v.version) == views[0].as_ref().map(|f| f.version)
+                        && Some(catalog(v)) == views[0].as_ref().map(catalog)
                 })
             });
             if complete {

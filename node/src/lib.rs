@@ -22,4 +22,5 @@ pub mod network;
 pub mod node;
 pub mod relay;
 pub mod routing;
+pub mod sharing;
 pub mod storage;

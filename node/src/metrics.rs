@@ -59,6 +59,14 @@ pub struct Metrics {
     pub attachment_resumes: IntCounterVec,
     pub build_info: IntGaugeVec,
     pub start_time: Gauge,
+    /// Base-data records published here (numbered into a topic log), by topic.
+    pub data_published: IntCounterVec,
+    /// Base-data records delivered into subscribers' streams here, by topic.
+    pub data_delivered: IntCounterVec,
+    /// Subscription requests decided here, by decision (`granted`, `refused`).
+    pub subscription_decisions: IntCounterVec,
+    /// Version of the data-sharing catalog in force (0: none).
+    pub catalog_version: IntGauge,
 }
 
 impl Metrics {
@@ -133,6 +141,10 @@ impl Metrics {
             ),
             build_info: int_gauge("exchange_build_info", "Build of this node (always 1).", &["version"]),
             start_time: register!(Gauge::new("exchange_start_time_seconds", "When this node process started (Unix time).")),
+            data_published: counter("exchange_data_published_total", "Base-data records published here, by topic.", &["topic"]),
+            data_delivered: counter("exchange_data_delivered_total", "Base-data records delivered to subscribers here, by topic.", &["topic"]),
+            subscription_decisions: counter("exchange_subscription_decisions_total", "Subscription requests decided here.", &["decision"]),
+            catalog_version: register!(IntGauge::new("exchange_catalog_version", "Version of the data-sharing catalog in force.")),
             registry,
         };
         m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);

@@ -102,11 +102,13 @@ pub struct UnitSegment {
     pub units: Vec<UnitRecord>,
 }
 
-/// Either kind of segment.
+/// Any kind of segment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Segment {
     Tree(NodeTree),
     Units(UnitSegment),
+    /// The data-sharing catalog, signed by the root like the tree (`segment.type = catalog`).
+    Catalog(crate::sharing::Catalog),
 }
 
 impl Segment {
@@ -114,6 +116,7 @@ impl Segment {
         match self {
             Segment::Tree(t) => t.version,
             Segment::Units(u) => u.version,
+            Segment::Catalog(c) => c.version,
         }
     }
 
@@ -122,6 +125,7 @@ impl Segment {
         match self {
             Segment::Tree(_) => "tree".into(),
             Segment::Units(u) => u.node.to_string(),
+            Segment::Catalog(_) => "catalog".into(),
         }
     }
 
@@ -129,6 +133,7 @@ impl Segment {
         match self {
             Segment::Tree(_) => "node-tree",
             Segment::Units(_) => "units",
+            Segment::Catalog(_) => "catalog",
         }
     }
 
@@ -137,6 +142,7 @@ impl Segment {
         let payload = match self {
             Segment::Tree(t) => serde_json::to_vec(t),
             Segment::Units(u) => serde_json::to_vec(u),
+            Segment::Catalog(c) => serde_json::to_vec(c),
         }
         .expect("segments serialise");
         let me = UnitAddress::of_node(signer);
@@ -158,6 +164,7 @@ impl Segment {
         let segment = match e.metadata.get(META_SEGMENT_TYPE).map(String::as_str) {
             Some("node-tree") => Segment::Tree(serde_json::from_slice(payload).map_err(|x| bad(x.to_string()))?),
             Some("units") => Segment::Units(serde_json::from_slice(payload).map_err(|x| bad(x.to_string()))?),
+            Some("catalog") => Segment::Catalog(serde_json::from_slice(payload).map_err(|x| bad(x.to_string()))?),
             other => return Err(bad(format!("unknown segment.type {other:?}"))),
         };
         if e.metadata.get(META_SEGMENT_VERSION) != Some(&segment.version().to_string()) {

@@ -11,8 +11,9 @@
 //! ```text
 //! "GOVX-ENVELOPE-V1\0"           17 bytes, domain separation
 //! version         u16            = 1
-//! kind            str            document | receipt | delivery-report | directory-segment | recall |
-//!                                query | answer
+//! kind            str            document | receipt | delivery-report | directory-segment | recall
+//!                                | query | answer | data-record | data-delivery | subscription-request
+//!                                | subscription-decision
 //! sender          str            unit address
 //! to              list<str>      main recipients (主送)
 //! cc              list<str>      copy recipients (抄送)
@@ -81,6 +82,14 @@ pub enum Kind {
     Query,
     /// The answer to a query, signed by the asked unit.
     Answer,
+    /// A base-data record signed by the unit that owns its topic (see `sharing`).
+    DataRecord,
+    /// A record on its way to subscribers, wrapped and signed by the owner's home node.
+    DataDelivery,
+    /// A unit asks a topic's owner for a subscription.
+    SubscriptionRequest,
+    /// The owner's home node grants or refuses a subscription request.
+    SubscriptionDecision,
 }
 
 /// Urgency, which orders queues at every hop: 特急 before 加急 before 平件.
@@ -125,7 +134,10 @@ macro_rules! wire_enum {
         }
     };
 }
-wire_enum!(Kind, "kind", Document => "document", Receipt => "receipt", DeliveryReport => "delivery-report", DirectorySegment => "directory-segment", Recall => "recall", Query => "query", Answer => "answer");
+wire_enum!(Kind, "kind", Document => "document", Receipt => "receipt", DeliveryReport => "delivery-report", DirectorySegment => "directory-segment", Recall => "recall",
+    Query => "query", Answer => "answer",
+    DataRecord => "data-record", DataDelivery => "data-delivery", SubscriptionRequest => "subscription-request",
+    SubscriptionDecision => "subscription-decision");
 wire_enum!(Priority, "priority", Urgent => "urgent", Express => "express", Routine => "routine");
 
 impl Priority {

@@ -17,6 +17,7 @@ pub mod envelope;
 pub mod keys;
 pub mod query;
 pub mod receipt;
+pub mod sharing;
 pub mod time;
 
 pub use address::{AddressError, NodeId, UnitAddress};

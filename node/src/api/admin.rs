@@ -249,7 +249,8 @@ pub fn router(engine: AppState) -> Router {
             .route("/admin/v1/units", get(units).post(add_unit))
             .route("/admin/v1/units/{node}/{unit}", get(unit).post(unit_action))
             .route("/admin/v1/tokens", get(tokens).post(issue_token))
-            .route("/admin/v1/tokens/{id}", post(revoke_token)),
+            .route("/admin/v1/tokens/{id}", post(revoke_token))
+            .merge(super::sharing::admin_routes()),
     )
     .with_state(engine)
 }

@@ -324,6 +324,7 @@ pub fn router(engine: AppState) -> Router {
         .route("/v1/messages/{id}/resend", post(resend))
         .route("/v1/units/{node}/{unit}/webhook", get(get_webhook).put(set_webhook).delete(remove_webhook))
         .merge(super::asking::routes())
+        .merge(super::sharing::agency_routes())
         .layer(DefaultBodyLimit::max(body_limit.max(16 * 1024 * 1024)))
         .merge(super::attachments::routes())
         )

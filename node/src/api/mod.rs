@@ -9,6 +9,7 @@ pub mod admin;
 pub mod agency;
 pub mod asking;
 pub mod attachments;
+pub mod sharing;
 
 use std::sync::Arc;
 

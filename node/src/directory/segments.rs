@@ -52,6 +52,8 @@ pub enum Verdict {
 pub struct SegmentSet {
     pub tree: Option<Held>,
     pub units: BTreeMap<NodeId, Held>,
+    /// The data-sharing catalog, signed by the root.
+    pub catalog: Option<Held>,
 }
 
 impl SegmentSet {
@@ -73,19 +75,27 @@ impl SegmentSet {
     pub fn directory(&self) -> Result<Directory, String> {
         Directory::build(self.tree(), self.units.values().filter_map(|h| match &h.segment {
             Segment::Units(u) => Some(u),
-            Segment::Tree(_) => None,
+            Segment::Tree(_) | Segment::Catalog(_) => None,
         }))
     }
 
-    /// Every held segment, tree first.
+    pub fn catalog(&self) -> Option<&exchange_wire::sharing::Catalog> {
+        match &self.catalog {
+            Some(Held { segment: Segment::Catalog(c), .. }) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// Every held segment, tree first, the catalog last.
     pub fn all(&self) -> impl Iterator<Item = &Held> {
-        self.tree.iter().chain(self.units.values())
+        self.tree.iter().chain(self.units.values()).chain(self.catalog.iter())
     }
 
     fn held(&self, segment: &Segment) -> Option<&Held> {
         match segment {
             Segment::Tree(_) => self.tree.as_ref(),
             Segment::Units(u) => self.units.get(&u.node),
+            Segment::Catalog(_) => self.catalog.as_ref(),
         }
     }
 
@@ -121,6 +131,13 @@ impl SegmentSet {
                     return Err(refuse("malformed-segment", format!("node {} lists unit {} twice", units.node, u.address)));
                 }
             }
+            Segment::Catalog(catalog) => {
+                signed
+                    .verify(&root_key.0)
+                    .map_err(|_| refuse("segment-signature", "the catalog is not signed by the root key this node pins"))?;
+                // Every schema must compile here too, so no node holds a topic it cannot validate.
+                crate::sharing::CompiledCatalog::compile(catalog).map_err(|e| refuse("malformed-segment", format!("catalog: {e}")))?;
+            }
         }
         match self.held(&segment) {
             // The same content signed again (a node that lost its database re-signs its seed) is
@@ -145,6 +162,7 @@ impl SegmentSet {
             Segment::Units(u) => {
                 self.units.insert(u.node.clone(), held);
             }
+            Segment::Catalog(_) => self.catalog = Some(held),
         }
     }
 }

@@ -53,6 +53,10 @@ pub struct Summary {
     pub recalls: usize,
     /// Answers to queries asked here that arrived (each may still be too late to count).
     pub answers: usize,
+    /// Subscription requests that reached their owner here (decided after the commit).
+    pub sharing_requests: usize,
+    /// Topics of base-data records delivered to subscribers here, one per subscriber.
+    pub data_delivered: Vec<String>,
 }
 
 impl Summary {
@@ -63,6 +67,8 @@ impl Summary {
         self.receipts_returned.extend(other.receipts_returned);
         self.recalls += other.recalls;
         self.answers += other.answers;
+        self.sharing_requests += other.sharing_requests;
+        self.data_delivered.extend(other.data_delivered);
     }
 }
 
@@ -227,6 +233,16 @@ fn deliver_here(
         }
         Kind::DirectorySegment => {
             return Err(Refusal::new("unsupported-kind", 400, "directory segments travel on the directory protocol, not as messages"));
+        }
+        Kind::DataRecord => {
+            return Err(Refusal::new(
+                "unsupported-kind",
+                400,
+                "a data-record travels inside its owner node's data-delivery; publish it at POST /v1/records",
+            ));
+        }
+        Kind::DataDelivery | Kind::SubscriptionRequest | Kind::SubscriptionDecision => {
+            crate::relay::sharing::deliver_here(ctx, m, units, c, summary)?;
         }
         Kind::Recall => {
             // Decided in the commit, in order with any 签收 or 退回 of the same entry.

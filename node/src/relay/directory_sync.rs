@@ -58,6 +58,7 @@ impl Engine {
                 }
             }
         self.publish_units_seed().await?;
+        self.publish_catalog_seed().await?;
         Ok(())
     }
 
@@ -82,7 +83,7 @@ impl Engine {
     }
 
     /// Signs a segment made here and takes it like any other.
-    async fn publish(self: &Arc<Self>, segment: Segment) -> Vec<Result<Verdict, SegmentRefusal>> {
+    pub(super) async fn publish(self: &Arc<Self>, segment: Segment) -> Vec<Result<Verdict, SegmentRefusal>> {
         let held = segments::sign(segment, &self.here, &self.node_key);
         self.accept_segments(None, vec![(held.signed, held.payload)]).await
     }
@@ -184,6 +185,7 @@ impl Engine {
             }
         }
         self.dir.replace(dir);
+        self.apply_catalog(set);
         // A link may have come up before the tree said whose it is (the parent, at start-up).
         let connected = self.net.connected().await;
         for (id, n) in &neighbours {
@@ -477,6 +479,7 @@ impl Engine {
                 entries: match &h.segment {
                     Segment::Tree(t) => t.nodes.len() as u64,
                     Segment::Units(u) => u.units.len() as u64,
+                    Segment::Catalog(c) => c.topics.len() as u64,
                 },
             })
             .collect();

@@ -18,6 +18,7 @@ pub mod operations;
 pub mod push;
 pub mod queries;
 pub mod refusal;
+pub mod sharing;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
@@ -91,6 +92,12 @@ pub struct Engine {
     peers: Mutex<HashMap<NodeId, PeerState>>,
     /// Bumped after every commit that put something into an inbox (long-poll wake-up).
     inbox_changes: watch::Sender<u64>,
+    /// The data-sharing catalog in force, its schemas compiled.
+    catalog: crate::sharing::CatalogHandle,
+    /// Serialises the numbering of published records and subscription decisions at this node.
+    sharing_lock: tokio::sync::Mutex<()>,
+    /// One task sends granted backlogs at a time.
+    backfill_running: tokio::sync::Mutex<()>,
 }
 
 /// Attachments known to be complete at a neighbour, and transfers running (by neighbour and SHA-256).
@@ -152,6 +159,9 @@ impl Engine {
             deadlines: asking::Deadlines::default(),
             attachment_transfers: Mutex::new(AttachmentTransfers::default()),
             attachment_progress: Mutex::new(HashMap::new()),
+            catalog: Default::default(),
+            sharing_lock: tokio::sync::Mutex::new(()),
+            backfill_running: tokio::sync::Mutex::new(()),
         }))
     }
 
@@ -173,6 +183,9 @@ impl Engine {
         for direction in ["inbound", "outbound"] {
             self.metrics.connections_refused.with_label_values(&[direction]).inc_by(0);
         }
+        for decision in ["granted", "refused"] {
+            self.metrics.subscription_decisions.with_label_values(&[decision]).inc_by(0);
+        }
         self.load_tokens().await?;
         self.load_directory().await?;
         for q in self.store.queue_stats().await? {
@@ -185,6 +198,10 @@ impl Engine {
         let engine = self.clone();
         tokio::spawn(async move { engine.report_recalls().await });
         self.start_pushers().await?;
+        let engine = self.clone();
+        tokio::spawn(async move { engine.process_subscription_requests().await });
+        let engine = self.clone();
+        tokio::spawn(async move { engine.send_backlogs().await });
         tokio::spawn(self.clone().resynchronise_directory(Duration::from_secs(30)));
         tokio::spawn(self.clone().watch_query_deadlines());
         Ok(())
@@ -389,6 +406,13 @@ impl Engine {
         }
         if summary.answers > 0 {
             self.metrics.queries.with_label_values(&["answered"]).inc_by(summary.answers as u64);
+        }
+        for topic in &summary.data_delivered {
+            self.metrics.data_delivered.with_label_values(&[topic.as_str()]).inc();
+        }
+        if summary.sharing_requests > 0 {
+            let engine = self.clone();
+            tokio::spawn(async move { engine.process_subscription_requests().await });
         }
         if summary.recalls > 0 {
             let engine = self.clone();

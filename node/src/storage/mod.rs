@@ -6,6 +6,7 @@
 //! SQLite (WAL) is the embedded default; the trait keeps room for PostgreSQL.
 
 pub mod attachments;
+pub mod sharing;
 pub mod sqlite;
 
 use exchange_wire::api::RecipientState;
@@ -132,6 +133,8 @@ pub struct Custody {
     pub recalls: Vec<RecallRow>,
     /// Recalls whose report this job carries: their outcomes are marked reported.
     pub recalls_reported: Vec<[u8; 32]>,
+    /// Base-data sharing rows that follow from this message (see `storage::sharing`).
+    pub sharing: Vec<sharing::SharingRow>,
 }
 
 /// A recall to decide for one unit hosted here.
@@ -223,6 +226,8 @@ pub enum WriteJob {
     SignFor { unit: String, message_id: [u8; 32], state: &'static str, receipt: Custody },
     Record(Record),
     Admin { op: AdminOp, events: Vec<EventRow> },
+    /// Base-data sharing: publish, decide, acknowledge (see `storage::sharing`).
+    Sharing(sharing::SharingJob),
 }
 
 /// What became of one job.
@@ -379,6 +384,8 @@ pub trait Store: Send + Sync + 'static {
     fn tokens(&self) -> BoxFuture<'_, Result<Vec<TokenRow>, StorageError>>;
     /// Proves the database takes writes now (takes the write lock and lets go), writing nothing.
     fn check_writable(&self) -> BoxFuture<'_, Result<(), StorageError>>;
+    /// The reads of base-data sharing.
+    fn sharing(&self) -> &dyn sharing::SharingStore;
 }
 
 /// Rank of a state: tracking only ever moves forward. `failed` ranks below `delivered`, so a dead

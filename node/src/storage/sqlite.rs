@@ -16,6 +16,8 @@ use super::*;
 /// Rows per multi-row statement, well under SQLite's bound on bound variables.
 const ROWS_PER_STATEMENT: usize = 400;
 
+mod sharing;
+
 /// The embedded store.
 pub struct SqliteStore {
     writer: SqlitePool,
@@ -79,6 +81,7 @@ struct Rows<'a> {
     events: Vec<&'a EventRow>,
     recalls: Vec<&'a RecallRow>,
     recalls_reported: Vec<&'a [u8; 32]>,
+    sharing: Vec<&'a crate::storage::sharing::SharingRow>,
 }
 
 impl<'a> Rows<'a> {
@@ -96,6 +99,7 @@ impl<'a> Rows<'a> {
         self.events.extend(&c.events);
         self.recalls.extend(&c.recalls);
         self.recalls_reported.extend(&c.recalls_reported);
+        self.sharing.extend(&c.sharing);
         for f in &c.follow_ups {
             self.add_custody(f, held);
         }
@@ -505,7 +509,7 @@ impl Store for SqliteStore {
             for j in jobs {
                 match j {
                     WriteJob::Custody(c) | WriteJob::SignFor { receipt: c, .. } => collect_ids(c, &mut ids),
-                    WriteJob::Record(_) | WriteJob::Admin { .. } => {}
+                    WriteJob::Record(_) | WriteJob::Admin { .. } | WriteJob::Sharing(_) => {}
                 }
             }
             let mut held = existing_ids(&mut tx, &ids).await?;
@@ -536,12 +540,24 @@ impl Store for SqliteStore {
                         rows.events.extend(events);
                         JobOutcome::Affected(n)
                     }
+                    WriteJob::Sharing(job) => {
+                        let outcome = sharing::apply_job(&mut tx, job).await?;
+                        if matches!(outcome, JobOutcome::Stored | JobOutcome::Affected(_)) {
+                            let (messages, events) = sharing::job_parts(job);
+                            for c in messages {
+                                rows.add_custody(c, &mut held);
+                            }
+                            rows.events.extend(events);
+                        }
+                        outcome
+                    }
                 };
                 outcomes.push(outcome);
             }
             insert_rows(&mut tx, &rows).await?;
             // After the inbox rows: a recall may arrive in the same batch as its document.
             apply_recalls(&mut tx, &rows.recalls, &rows.recalls_reported).await?;
+            sharing::apply_rows(&mut tx, &rows.sharing).await?;
             let head = *self.chain_head.lock().expect("chain head lock");
             let new_head = append_audit(&mut tx, &rows.events, head).await?;
             tx.commit().await?;
@@ -832,5 +848,9 @@ impl Store for SqliteStore {
             sqlx::query("ROLLBACK").execute(&mut *conn).await?;
             Ok(())
         })
+    }
+
+    fn sharing(&self) -> &dyn crate::storage::sharing::SharingStore {
+        self
     }
 }
