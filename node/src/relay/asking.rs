@@ -195,7 +195,7 @@ impl Engine {
         caller.may_act_for(&env.sender).map_err(|_| not_here())?;
         let t = self.store.tracking(&id.0).await?.into_iter().next().ok_or_else(not_here)?;
         let (deadline_ms, topic) = query::facts(&env).map_err(|_| not_here())?;
-        let state = super::queries::parse_state(&t.state);
+        let state = super::reads::parse_state(&t.state);
         let answer = match (state, t.receipt_id) {
             (RecipientState::Answered, Some(answer_id)) => match self.store.message(&answer_id.as_slice().try_into().map_err(|_| not_here())?).await? {
                 Some(a) => {
@@ -256,7 +256,7 @@ impl Engine {
 
     /// Records that query `id` timed out at `due`, unless it has an outcome already.
     async fn time_out(&self, id: [u8; 32], due: u64) -> Result<(), String> {
-        let open: Vec<_> = self.store.tracking(&id).await.map_err(|e| e.to_string())?.into_iter().filter(|t| !is_outcome(super::queries::parse_state(&t.state))).collect();
+        let open: Vec<_> = self.store.tracking(&id).await.map_err(|e| e.to_string())?.into_iter().filter(|t| !is_outcome(super::reads::parse_state(&t.state))).collect();
         if open.is_empty() {
             return Ok(());
         }

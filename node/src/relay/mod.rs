@@ -3,8 +3,10 @@
 //!
 //! Every path follows one rule: verify, decide (plain functions in [`custody`]), commit through the
 //! group committer, and only then acknowledge, wake forwarders and count. The engine's work is split
-//! by who asks: [`ingress`] (agencies and neighbours handing messages over), [`queries`] (status,
-//! inboxes, events) and [`operations`] (operators).
+//! by who asks: [`ingress`] (agencies and neighbours handing messages over), [`reads`] (status,
+//! inboxes, events) and [`operations`] (operators). Beside documents: [`attachments`] (large files
+//! in chunks), [`asking`] (queries, 查询核验, answered by a deadline) and [`sharing`] (base-data
+//! publish/subscribe).
 
 pub mod access;
 pub mod asking;
@@ -16,7 +18,7 @@ pub mod forwarder;
 pub mod ingress;
 pub mod operations;
 pub mod push;
-pub mod queries;
+pub mod reads;
 pub mod refusal;
 pub mod sharing;
 
