@@ -100,7 +100,9 @@ fn webhook_pushes_signed_items_and_catches_up_after_an_outage() {
         let sig = Signature::from_bytes(&exchange_wire::api::signature_from_hex(sig).unwrap());
         node_key.verify(body, &sig).expect("the push is signed by the node");
     }
-    assert_eq!(client.webhook(&to).unwrap().pushed_seq, read_inbox(&client, &to).last().unwrap().seq);
+    // The node records the position after the webhook's 2xx answer: shortly after the hook saw it.
+    let last = read_inbox(&client, &to).last().unwrap().seq;
+    wait_for("the pushed position recorded", Duration::from_secs(10), || (client.webhook(&to).unwrap().pushed_seq == last).then_some(()));
     // Another unit cannot set or read this unit's webhook.
     let other = unit("gz.haizhu/chigang-street");
     let err = net.client_for(&other).set_webhook(&to, &WebhookRequest { url: hook.url.clone(), from_start: false }).unwrap_err();
