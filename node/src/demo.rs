@@ -12,6 +12,7 @@ use anyhow::{Context as _, bail};
 use exchange_wire::api::RecipientState;
 use exchange_wire::receipt::{Receipt, signed_for};
 use exchange_wire::{Envelope, Kind, MessageId, Priority, SignedEnvelope, UnitAddress};
+use exchange_wire::document::Attachment;
 
 use crate::launcher::LocalNetwork;
 
@@ -49,10 +50,15 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         println!("   files kept in {}", root.display());
     }
     match &result {
-        Ok(()) => println!("== Demo finished: the document crossed both tiers, both signed receipts verified, and the death reached both subscribers."),
+        Ok(()) => println!("== Demo finished: the document and its attachment crossed both tiers, both signed receipts verified, the death reached both subscribers, and the query was answered."),
         Err(_) => eprintln!("== Demo FAILED"),
     }
     result
+}
+
+/// Bytes standing in for a scan (each KiB differs).
+fn scan(size: usize) -> Vec<u8> {
+    (0..size).map(|i| ((i / 1024) as u8).wrapping_mul(31) ^ (i as u8)).collect()
 }
 
 fn unit(s: &str) -> UnitAddress {
@@ -84,12 +90,19 @@ fn steps(net: &mut LocalNetwork) -> anyhow::Result<()> {
     ] {
         envelope.metadata.insert(k.into(), v.into());
     }
+    // A scanned map as an attachment (附件): uploaded in chunks before the document, its SHA-256 signed.
+    let scan_path = net.root.join("防汛责任区划图.pdf");
+    std::fs::write(&scan_path, scan(3 * 1024 * 1024 + 4321))?;
+    let scan = Attachment::of_file(&scan_path, "application/pdf")?;
+    scan.describe(1, &mut envelope.metadata);
     let signed = envelope.sign(&net.unit_keys[&sender]);
     let id = signed.id;
     let t0 = exchange_wire::now_ms();
+    net.client_for(&sender).upload_attachment(&scan_path, &scan)?;
     let accepted = net.client_for(&sender).submit(&signed, &payload)?;
     println!("\n-> {} ({}) sends 《{}》 [加急]", sender, unit_name(net, &sender), signed.envelope.metadata["title"]);
     println!("   主送 {} ({}), 抄送 {} ({})", to, unit_name(net, &to), cc, unit_name(net, &cc));
+    println!("   附件 {} ({} bytes, SHA-256 {}…), uploaded in 1 MiB chunks", scan.name, scan.size, &scan.sha256.to_hex()[..16]);
     println!("   message id {}  accepted by gz.yuexiu", accepted.id);
 
     for (recipient, node) in [(&to, "gz.haizhu"), (&cc, "gz")] {
@@ -101,6 +114,9 @@ fn steps(net: &mut LocalNetwork) -> anyhow::Result<()> {
             bail!("payload delivered to {recipient} differs from what was sent");
         }
         println!("<- delivered to {recipient} at node {node}; sender's signature verified offline");
+        let saved = net.root.join(format!("{}.{}", recipient.as_str().replace('/', "_"), scan.name));
+        net.client_for(recipient).download_attachment(&id, 1, &scan, &saved)?;
+        println!("   {recipient} downloads the 附件: SHA-256 matches the signed description");
         let receipt = signed_for(recipient.clone(), sender.clone(), id, got.envelope.priority).sign(&net.unit_keys[recipient]);
         let r = net.client_for(recipient).sign_for(recipient, &id, &receipt)?;
         println!("   {recipient} signs for it (签收): receipt {}", r.receipt_id);
@@ -151,7 +167,8 @@ fn steps(net: &mut LocalNetwork) -> anyhow::Result<()> {
             &view.id.to_hex()[..16]
         );
     }
-    share_a_death(net)
+    share_a_death(net)?;
+    ask_a_question(net)
 }
 
 /// Base-data sharing: the root signs the example catalog; the city social-security bureau and 海珠's
@@ -231,4 +248,25 @@ fn wait_signed_for(net: &LocalNetwork, id: &MessageId) -> anyhow::Result<exchang
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// 查询核验: the district police ask civil affairs whether a person is alive and get a signed answer.
+fn ask_a_question(net: &LocalNetwork) -> anyhow::Result<()> {
+    let (asker, registry) = (unit("gz.haizhu/public-security"), unit("gz.yuexiu/civil-affairs"));
+    println!("\n== Queries (查询核验): {asker} asks {registry} whether a person is alive, due in 30 s");
+    let question = br#"{"id_number":"440104193001010011"}"#;
+    let deadline = exchange_wire::now_ms() + 30_000;
+    let query = exchange_wire::query::question(asker.clone(), registry.clone(), "person.alive", deadline, question).sign(&net.unit_keys[&asker]);
+    net.client_for(&asker).ask(&query, question)?;
+    // The registry's system finds the query in its inbox and answers it, signed with its own key.
+    let item = wait_in_inbox(net, "gz.yuexiu", &registry, &query.id)?;
+    let answer_body = br#"{"alive":false,"death_date":"2005-05-20"}"#;
+    let answer = exchange_wire::query::answer(registry.clone(), asker.clone(), item.id, answer_body).sign(&net.unit_keys[&registry]);
+    net.client_for(&registry).answer(&registry, &item.id, &answer, answer_body)?;
+    let status = net.client_for(&asker).query_status(&query.id, Duration::from_secs(30))?;
+    let got = status.answer.with_context(|| format!("the query ended {} without an answer", status.state.as_str()))?;
+    let (signed, body) = got.decode()?;
+    signed.verify(&net.unit_keys[&registry].verifying_key()).context("the answer's signature does not verify")?;
+    println!("<- answered by {} ({}): {} — signature verified offline", registry, unit_name(net, &registry), String::from_utf8_lossy(&body));
+    Ok(())
 }
