@@ -118,7 +118,8 @@ struct InboxQuery {
     wait_ms: u64,
 }
 
-fn default_limit() -> u32 {
+/// Page size of inbox and record reads when the query gives none.
+pub(super) fn default_limit() -> u32 {
     100
 }
 

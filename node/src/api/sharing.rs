@@ -117,14 +117,10 @@ async fn decide(State(engine): State<AppState>, caller: Caller, Path((node, unit
 #[derive(Deserialize)]
 struct RecordsQuery {
     after: Option<u64>,
-    #[serde(default = "default_limit")]
+    #[serde(default = "super::agency::default_limit")]
     limit: u32,
     #[serde(default)]
     wait_ms: u64,
-}
-
-fn default_limit() -> u32 {
-    100
 }
 
 async fn records(
