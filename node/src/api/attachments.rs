@@ -145,12 +145,11 @@ async fn upload(
             let take = pending.len().min(CHUNK_BYTES as usize);
             let rest = pending.split_off(take);
             let chunk = std::mem::replace(&mut pending, rest);
-            let len = chunk.len() as u64;
             match engine.store_attachment_chunk("agency", sha256, size, committed, chunk).await {
                 Ok(Held::Complete) => {
                     return json(StatusCode::OK, &AttachmentStatus { sha256, committed_bytes: size, complete: true });
                 }
-                Ok(Held::Partial(n)) => committed = n.max(committed + len),
+                Ok(Held::Partial(n)) => committed = n,
                 Err(AttachmentError::WrongOffset { offset, committed }) => return wrong_offset(offset, committed),
                 Err(AttachmentError::Io(e)) => return storage_trouble(e),
                 Err(e) => {

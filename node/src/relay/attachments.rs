@@ -75,7 +75,7 @@ impl Engine {
         bytes: Vec<u8>,
     ) -> Result<Held, AttachmentError> {
         if size > self.limits.max_attachment_bytes {
-            return Err(AttachmentError::TooLong { size: self.limits.max_attachment_bytes });
+            return Err(AttachmentError::TooLarge { size, limit: self.limits.max_attachment_bytes });
         }
         let store = self.attachments.clone();
         let len = bytes.len() as u64;

@@ -37,6 +37,8 @@ pub enum AttachmentError {
     WrongOffset { offset: u64, committed: u64 },
     #[error("the attachment is declared as {size} bytes but more bytes were sent")]
     TooLong { size: u64 },
+    #[error("the attachment is {size} bytes; this node accepts attachments up to {limit} bytes (limits.max_attachment_bytes)")]
+    TooLarge { size: u64, limit: u64 },
     #[error(
         "a chunk must be {CHUNK_BYTES} bytes except the last one; this one is {len} bytes and ends at {end} of {size}"
     )]
