@@ -212,3 +212,37 @@ fn put_raw(url: &str, body: &[u8], token: &str) -> (u16, serde_json::Value) {
     let status = resp.status().as_u16();
     (status, serde_json::from_slice(&resp.body_mut().read_to_vec().unwrap()).unwrap_or_default())
 }
+
+#[test]
+fn an_attachment_over_a_transit_nodes_limit_fails_back_to_the_sender_instead_of_waiting_forever() {
+    let mut net = exchange_node::launcher::LocalNetwork::create(&node_binary(), None, &["gz", "gz.yuexiu", "gz.haizhu"], FAST_RETRY).unwrap();
+    // The city takes attachments up to 2 MiB only; 越秀 takes the default 4 GiB.
+    let city_config = net.node("gz").config_path.clone();
+    let mut config = std::fs::read_to_string(&city_config).unwrap();
+    config.push_str("\n[limits]\nmax_attachment_bytes = 2097152\n");
+    std::fs::write(&city_config, config).unwrap();
+    net.start_all().unwrap();
+
+    let sender = unit("gz.yuexiu/liurong-street");
+    let recipient = unit("gz.haizhu/civil-affairs");
+    let scan = net.root.join("scan.pdf");
+    write_scan(&scan, 3 * MIB);
+    let a = Attachment::of_file(&scan, "application/pdf").unwrap();
+    let yuexiu = net.client_for(&sender);
+    yuexiu.upload_attachment(&scan, &a).unwrap();
+    let mut e = Envelope::new(Kind::Document, sender.clone(), vec![recipient.clone()], vec![], Priority::Routine, b"body");
+    a.describe(1, &mut e.metadata);
+    let signed = e.sign(&net.unit_keys[&sender]);
+    yuexiu.submit(&signed, b"body").unwrap();
+
+    // The city refuses the attachment for good; the document is refused at the city in turn, kept
+    // as a dead letter at 越秀, and its sender sees why.
+    let status = wait_for("the recipient failed with the city's reason", Duration::from_secs(60), || {
+        let s = yuexiu.status(&signed.id).ok()?;
+        let r = s.recipients.into_iter().find(|r| r.unit == recipient)?;
+        (r.state == exchange_wire::api::RecipientState::Failed).then_some(r)
+    });
+    let detail = status.detail.unwrap();
+    assert!(detail.contains("limits.max_attachment_bytes"), "{detail}");
+    assert!(read_inbox(&net.client_for(&recipient), &recipient).is_empty(), "nothing reached 海珠");
+}

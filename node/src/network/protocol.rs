@@ -122,6 +122,12 @@ pub enum AttachmentRequest {
 pub enum AttachmentResponse {
     /// Bytes held durably from the start; `complete` once every byte is there and verified.
     Held { committed: u64, complete: bool },
-    /// Not taken (wrong offset, digest mismatch, storage trouble): the sender asks again.
-    Refused { reason: String },
+    /// Not taken (wrong offset, digest mismatch, storage trouble): the sender asks again, unless
+    /// the refusal is permanent.
+    /// `permanent`: retrying cannot help (the attachment is over the receiver's size limit).
+    Refused {
+        reason: String,
+        #[serde(default)]
+        permanent: bool,
+    },
 }

@@ -27,6 +27,19 @@ const CHUNKS_IN_FLIGHT: usize = 4;
 /// How long a chunk that arrived ahead of its predecessor waits for it.
 const REORDER_WAIT: Duration = Duration::from_secs(30);
 
+/// Why an attachment transfer stopped before the neighbour held it all.
+struct Interrupted {
+    reason: String,
+    /// The neighbour refused it for good: retrying cannot help.
+    permanent: bool,
+}
+
+impl From<String> for Interrupted {
+    fn from(reason: String) -> Interrupted {
+        Interrupted { reason, permanent: false }
+    }
+}
+
 impl Engine {
     /// The attachments `env` describes that are not complete here yet. Refuses malformed
     /// descriptions, oversized attachments and sizes that contradict a stored copy.
@@ -142,7 +155,7 @@ impl Engine {
     pub(crate) async fn answer_attachment(self: Arc<Self>, peer: PeerId, request: AttachmentRequest, channel: ResponseChannel<AttachmentResponse>) {
         let Some(from) = self.dir.current().node_by_peer(&peer).map(|n| n.id.clone()) else {
             let reason = format!("peer {peer} is not a node in the directory");
-            return self.net.respond_attachment(channel, AttachmentResponse::Refused { reason }).await;
+            return self.net.respond_attachment(channel, AttachmentResponse::Refused { reason, permanent: false }).await;
         };
         let held = match request {
             AttachmentRequest::Offer { sha256, .. } => self.attachment_held(sha256).await.map_err(AttachmentError::Io),
@@ -161,7 +174,7 @@ impl Engine {
         let response = match held {
             Ok(Held::Complete) => AttachmentResponse::Held { committed: 0, complete: true },
             Ok(Held::Partial(committed)) => AttachmentResponse::Held { committed, complete: false },
-            Err(e) => AttachmentResponse::Refused { reason: e.to_string() },
+            Err(e) => AttachmentResponse::Refused { permanent: matches!(e, AttachmentError::TooLarge { .. }), reason: e.to_string() },
         };
         self.net.respond_attachment(channel, response).await;
     }
@@ -212,7 +225,13 @@ impl Engine {
         loop {
             match self.try_send_attachment(&hop, &a).await {
                 Ok(()) => break,
-                Err(reason) => {
+                Err(Interrupted { reason, permanent: true }) => {
+                    // The document goes on all the same: the neighbour refuses it for good, so it
+                    // becomes a dead letter here and its sender is told, instead of waiting forever.
+                    tracing::error!(%hop, attachment = %a.sha256, %reason, "neighbour refused an attachment for good; handing over its document to be refused");
+                    break;
+                }
+                Err(Interrupted { reason, .. }) => {
                     let delay = backoff.next_delay();
                     tracing::warn!(%hop, attachment = %a.sha256, %reason, retry_in_ms = delay.as_millis() as u64, "attachment transfer interrupted; will resume");
                     tokio::select! {
@@ -231,14 +250,14 @@ impl Engine {
         signals.work.notify_one();
     }
 
-    async fn try_send_attachment(&self, hop: &NodeId, a: &Attachment) -> Result<(), String> {
+    async fn try_send_attachment(&self, hop: &NodeId, a: &Attachment) -> Result<(), Interrupted> {
         use futures::StreamExt;
-        let peer = self.dir.current().node(hop).map(|n| n.peer_id).ok_or_else(|| format!("{hop} is not in the directory"))?;
+        let peer = self.dir.current().node(hop).map(|n| n.peer_id).ok_or_else(|| Interrupted::from(format!("{hop} is not in the directory")))?;
         let ask = |request| async move {
-            match self.net.attachment(peer, request).await.map_err(|e| e.to_string())? {
+            match self.net.attachment(peer, request).await.map_err(|e| Interrupted::from(e.to_string()))? {
                 AttachmentResponse::Held { complete: true, .. } => Ok(None),
                 AttachmentResponse::Held { committed, .. } => Ok(Some(committed)),
-                AttachmentResponse::Refused { reason } => Err(format!("{hop} refused: {reason}")),
+                AttachmentResponse::Refused { reason, permanent } => Err(Interrupted { reason: format!("{hop} refused: {reason}"), permanent }),
             }
         };
         let Some(offset) = ask(AttachmentRequest::Offer { sha256: a.sha256, size: a.size }).await? else { return Ok(()) };
@@ -256,15 +275,15 @@ impl Engine {
                 let (sha256, at) = (a.sha256, next);
                 let bytes = tokio::task::spawn_blocking(move || store.read_chunk(&sha256, at))
                     .await
-                    .map_err(|e| e.to_string())?
-                    .map_err(|e| format!("cannot read attachment {sha256} here: {e}"))?;
+                    .map_err(|e| Interrupted::from(e.to_string()))?
+                    .map_err(|e| Interrupted::from(format!("cannot read attachment {sha256} here: {e}")))?;
                 let len = bytes.len() as u64;
                 next += len;
                 in_flight.push_back(ask(AttachmentRequest::Chunk { sha256, size: a.size, offset: at, bytes }));
                 self.metrics.attachment_bytes_sent.with_label_values(&[hop.as_str()]).inc_by(len);
             }
             match in_flight.next().await {
-                None => return Err(format!("{hop} did not report the attachment complete after its last chunk")),
+                None => return Err(Interrupted::from(format!("{hop} did not report the attachment complete after its last chunk"))),
                 Some(Ok(None)) => return Ok(()),
                 Some(Ok(Some(_))) => {}
                 Some(Err(e)) => return Err(e),
