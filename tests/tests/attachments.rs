@@ -246,3 +246,70 @@ fn an_attachment_over_a_transit_nodes_limit_fails_back_to_the_sender_instead_of_
     assert!(detail.contains("limits.max_attachment_bytes"), "{detail}");
     assert!(read_inbox(&net.client_for(&recipient), &recipient).is_empty(), "nothing reached 海珠");
 }
+
+/// Sets a file's modification time `days` days back.
+fn age_file(path: &Path, days: u64) {
+    let then = std::time::SystemTime::now() - Duration::from_secs(days * 86_400);
+    std::fs::File::options().write(true).open(path).unwrap().set_modified(then).unwrap();
+}
+
+/// Moves a node's custody timestamps `days` days back, in its SQLite file (the node is stopped).
+fn age_database(db: &Path, days: i64) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        use sqlx::ConnectOptions;
+        let mut conn = sqlx::sqlite::SqliteConnectOptions::new().filename(db).connect().await.unwrap();
+        let shift = days * 86_400_000;
+        for sql in ["UPDATE messages SET received_at_ms = received_at_ms - $1", "UPDATE inbox SET delivered_at_ms = delivered_at_ms - $1"] {
+            sqlx::query(sql).bind(shift).execute(&mut conn).await.unwrap();
+        }
+    });
+}
+
+#[test]
+fn retention_removes_an_attachment_only_when_nothing_needs_it() {
+    let mut net = three_nodes(FAST_RETRY);
+    let sender = unit("gz.yuexiu/liurong-street");
+    let recipient = unit("gz.haizhu/civil-affairs");
+    let (yuexiu, haizhu) = (net.client_for(&sender), net.client_for(&recipient));
+    let send = |name: &str, size: u64| {
+        let path = net.root.join(name);
+        write_scan(&path, size);
+        std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(name.as_bytes()).unwrap();
+        let a = Attachment::of_file(&path, "application/pdf").unwrap();
+        yuexiu.upload_attachment(&path, &a).unwrap();
+        let mut e = Envelope::new(Kind::Document, sender.clone(), vec![recipient.clone()], vec![], Priority::Routine, name.as_bytes());
+        a.describe(1, &mut e.metadata);
+        let signed = e.sign(&net.unit_keys[&sender]);
+        yuexiu.submit(&signed, name.as_bytes()).unwrap();
+        (signed, a)
+    };
+    // A: signed for by the recipient. C: delivered, not settled yet.
+    let (doc_a, a) = send("a.pdf", 2 * MIB);
+    let (doc_c, c) = send("c.pdf", MIB);
+    for id in [doc_a.id, doc_c.id] {
+        wait_for("the document in 海珠's inbox", Duration::from_secs(60), || read_inbox(&haizhu, &recipient).into_iter().find(|i| i.id == id));
+    }
+    let item = read_inbox(&haizhu, &recipient).into_iter().find(|i| i.id == doc_a.id).unwrap();
+    sign_for(&haizhu, &net.unit_keys[&recipient], &recipient, &item);
+
+    // Ten days pass at 海珠.
+    net.stop("gz.haizhu").unwrap();
+    let dir = net.node("gz.haizhu").data_dir.join("attachments");
+    age_database(&net.node("gz.haizhu").database_path(), 10);
+    for x in [&a, &c] {
+        age_file(&dir.join(x.sha256.to_hex()), 10);
+    }
+    net.start("gz.haizhu").unwrap();
+
+    let out = Command::new(admin_binary())
+        .args(["--admin", &net.node("gz.haizhu").admin_url, "purge", "--older-than", "5", "--yes"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 attachment files"), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(!dir.join(a.sha256.to_hex()).exists(), "A was signed for long ago: its attachment is gone");
+    assert!(dir.join(c.sha256.to_hex()).exists(), "C is still in the inbox, unsettled: its attachment stays");
+    let saved = net.root.join("c-saved.pdf");
+    haizhu.download_attachment(&doc_c.id, 1, &c, &saved).expect("C's attachment can still be downloaded");
+}

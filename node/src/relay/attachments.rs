@@ -61,7 +61,12 @@ impl Engine {
                 ));
             }
             match self.attachments.open_complete(&a.sha256) {
-                Ok(Some((_, len))) if len == a.size => {}
+                Ok(Some((_, len))) if len == a.size => {
+                    // In use again: a retention sweep must not take it for an old file now.
+                    if let Err(e) = self.attachments.touch(&a.sha256) {
+                        tracing::warn!(error = %e, attachment = %a.sha256, "cannot mark an attachment as used");
+                    }
+                }
                 Ok(Some((_, len))) => {
                     return Err(Refusal::malformed(format!(
                         "attachment {} is described as {} bytes, but the bytes with SHA-256 {} are {len} bytes long",
@@ -204,6 +209,33 @@ impl Engine {
             }
         }
         ready
+    }
+
+    /// Retention: removes attachment files not written or used since `before_ms` that no message
+    /// still needs (see [`crate::storage::Store::attachment_in_use`]), and abandoned partial uploads
+    /// as old. Returns how many files were removed.
+    pub(crate) async fn sweep_attachments(&self, before_ms: i64) -> Result<u64, crate::storage::StorageError> {
+        let before = std::time::UNIX_EPOCH + Duration::from_millis(before_ms.max(0) as u64);
+        let store = self.attachments.clone();
+        let files = tokio::task::spawn_blocking(move || store.files())
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))
+            .and_then(|r| r)
+            .map_err(|e| crate::storage::StorageError::Corrupt(format!("cannot list the attachment store: {e}")))?;
+        let mut removed = 0;
+        for (digest, complete, modified) in files {
+            if modified >= before || (complete && self.store.attachment_in_use(&digest.to_hex(), before_ms).await?) {
+                continue;
+            }
+            let store = self.attachments.clone();
+            match tokio::task::spawn_blocking(move || store.remove_unused(&digest, complete, before)).await {
+                Ok(Ok(true)) => removed += 1,
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, attachment = %digest, "cannot remove an old attachment file"),
+                Err(e) => tracing::warn!(error = %e, "attachment sweep task failed"),
+            }
+        }
+        Ok(removed)
     }
 
     /// Forgets that `hop` holds the attachments of a document it asked to be retried.

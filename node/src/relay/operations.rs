@@ -245,9 +245,14 @@ impl Engine {
         }
         let before_ms = exchange_wire::now_ms() as i64 - i64::from(days) * 86_400_000;
         let n = self.admin_action(Some(AdminOp::Retention { before_ms }), "retention-purge", format!("older than {days} days")).await?;
+        // After the payloads: attachments of what was just purged are no longer needed either.
+        let files = self.sweep_attachments(before_ms).await?;
+        tracing::info!(entries = n, attachment_files = files, days, "retention purge done");
         Ok(AdminActionResponse {
-            affected: n,
-            message: format!("{n} settled inbox entries and payloads older than {days} days removed; ids and the audit log are kept"),
+            affected: n + files,
+            message: format!(
+                "{n} settled inbox entries and payloads and {files} attachment files older than {days} days removed; ids and the audit log are kept"
+            ),
         })
     }
 

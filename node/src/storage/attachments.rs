@@ -14,6 +14,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use exchange_wire::Digest;
 use sha2::{Digest as _, Sha256};
@@ -182,6 +183,48 @@ impl AttachmentStore {
         }
     }
 
+    /// Marks a complete attachment as just used (its modification time), so a retention sweep
+    /// running now does not take it for an old one.
+    pub fn touch(&self, digest: &Digest) -> std::io::Result<()> {
+        File::options().write(true).open(self.complete_path(digest))?.set_modified(SystemTime::now())
+    }
+
+    /// Every attachment file held: its digest, whether it is complete, and when it was last written
+    /// or used.
+    pub fn files(&self) -> std::io::Result<Vec<(Digest, bool, SystemTime)>> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let (hex, complete) = match name.strip_suffix(".part") {
+                Some(hex) => (hex.to_owned(), false),
+                None => (name, true),
+            };
+            if let Ok(digest) = hex.parse::<Digest>() {
+                out.push((digest, complete, entry.metadata()?.modified()?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes an attachment file (complete, or the partial one) if it was not written or used
+    /// since `before`; checked again here, just before removing. Returns whether it was removed.
+    pub fn remove_unused(&self, digest: &Digest, complete: bool, before: SystemTime) -> std::io::Result<bool> {
+        let path = if complete { self.complete_path(digest) } else { self.part_path(digest) };
+        let slot = self.slot(digest);
+        let mut guard = slot.lock().expect("attachment lock");
+        match fs::metadata(&path) {
+            Ok(m) if m.modified()? < before => {
+                *guard = None;
+                fs::remove_file(&path)?;
+                Ok(true)
+            }
+            Ok(_) => Ok(false),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Reads up to [`CHUNK_BYTES`] of a complete attachment from `offset`.
     pub fn read_chunk(&self, digest: &Digest, offset: u64) -> std::io::Result<Vec<u8>> {
         let (mut f, len) = self
@@ -227,6 +270,25 @@ mod tests {
         assert_eq!(store.held(&digest).unwrap(), Held::Complete);
         assert_eq!(store.read_chunk(&digest, 2 * CHUNK_BYTES).unwrap(), &data[2 * c..]);
         assert_eq!(store.open_complete(&digest).unwrap().unwrap().1, size);
+    }
+
+    #[test]
+    fn only_files_unused_since_the_cutoff_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = AttachmentStore::open(dir.path()).unwrap();
+        let digest = exchange_wire::digest_payload(b"scan");
+        store.append(&digest, 4, 0, b"scan").unwrap();
+        let files = store.files().unwrap();
+        assert_eq!(files.len(), 1);
+        assert!(files[0].1, "complete");
+        let earlier = SystemTime::now() - std::time::Duration::from_secs(3600);
+        assert!(!store.remove_unused(&digest, true, earlier).unwrap(), "used after the cutoff: kept");
+        File::options().write(true).open(dir.path().join(digest.to_hex())).unwrap().set_modified(earlier - std::time::Duration::from_secs(60)).unwrap();
+        store.touch(&digest).unwrap();
+        assert!(!store.remove_unused(&digest, true, earlier).unwrap(), "touched: kept");
+        File::options().write(true).open(dir.path().join(digest.to_hex())).unwrap().set_modified(earlier - std::time::Duration::from_secs(60)).unwrap();
+        assert!(store.remove_unused(&digest, true, earlier).unwrap());
+        assert_eq!(store.held(&digest).unwrap(), Held::Partial(0));
     }
 
     #[test]

@@ -374,6 +374,10 @@ pub trait Store: Send + Sync + 'static {
     /// Queries asked from units of this node with no outcome yet (id and canonical header), so their
     /// deadlines are watched again after a restart.
     fn open_queries(&self) -> BoxFuture<'_, Result<Vec<([u8; 32], Vec<u8>)>, StorageError>>;
+    /// Whether a message that describes the attachment with this SHA-256 (lower-case hex) is still
+    /// needed: received at or after `before_ms`, waiting in an outbox (dead letters included), or
+    /// in an inbox.
+    fn attachment_in_use<'a>(&'a self, sha256_hex: &'a str, before_ms: i64) -> BoxFuture<'a, Result<bool, StorageError>>;
     /// The last inbox position of a unit (0 when its inbox is empty).
     fn inbox_last_seq<'a>(&'a self, unit: &'a str) -> BoxFuture<'a, Result<i64, StorageError>>;
     /// Every registered webhook.

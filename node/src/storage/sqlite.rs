@@ -782,6 +782,21 @@ impl Store for SqliteStore {
         })
     }
 
+    fn attachment_in_use<'a>(&'a self, sha256_hex: &'a str, before_ms: i64) -> BoxFuture<'a, Result<bool, StorageError>> {
+        Box::pin(async move {
+            // The canonical header holds metadata values verbatim, so the digest's hex is in it.
+            let used: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM messages WHERE instr(header, $1) > 0 \
+                 AND (received_at_ms >= $2 OR id IN (SELECT message_id FROM outbox) OR id IN (SELECT message_id FROM inbox)))",
+            )
+            .bind(sha256_hex.as_bytes())
+            .bind(before_ms)
+            .fetch_one(&self.readers)
+            .await?;
+            Ok(used)
+        })
+    }
+
     fn open_queries(&self) -> BoxFuture<'_, Result<Vec<([u8; 32], Vec<u8>)>, StorageError>> {
         Box::pin(async move {
             // Ranks 0, 1 and 3: accepted, in transit, delivered (failed and settled are outcomes).
