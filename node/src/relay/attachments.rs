@@ -62,9 +62,12 @@ impl Engine {
             }
             match self.attachments.open_complete(&a.sha256) {
                 Ok(Some((_, len))) if len == a.size => {
-                    // In use again: a retention sweep must not take it for an old file now.
-                    if let Err(e) = self.attachments.touch(&a.sha256) {
-                        tracing::warn!(error = %e, attachment = %a.sha256, "cannot mark an attachment as used");
+                    // In use again: a retention sweep must not take it for an old file now. If a
+                    // sweep removed it in the meantime, it is missing after all.
+                    match self.attachments.touch(&a.sha256) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => missing.push(a),
+                        Err(e) => tracing::warn!(error = %e, attachment = %a.sha256, "cannot mark an attachment as used"),
                     }
                 }
                 Ok(Some((_, len))) => {

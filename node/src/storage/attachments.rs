@@ -185,7 +185,11 @@ impl AttachmentStore {
 
     /// Marks a complete attachment as just used (its modification time), so a retention sweep
     /// running now does not take it for an old one.
+    /// Fails with `NotFound` when a sweep removed the file first: the two are serialised by the
+    /// attachment's lock, so a file is either marked before the sweep looks or gone after.
     pub fn touch(&self, digest: &Digest) -> std::io::Result<()> {
+        let slot = self.slot(digest);
+        let _guard = slot.lock().expect("attachment lock");
         File::options().write(true).open(self.complete_path(digest))?.set_modified(SystemTime::now())
     }
 
