@@ -109,17 +109,6 @@ fn floor_mb_s(file: &Path, out: &Path) -> anyhow::Result<f64> {
     Ok(total as f64 / 1e6 / secs)
 }
 
-fn peak_rss_mib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .context("no VmHWM in /proc/<pid>/status")?;
-    Ok(kib / 1024)
-}
-
 fn received(net: &LocalNetwork, node: &str) -> f64 {
     let text = net.node(node).client().metrics_text().unwrap_or_default();
     super::bench::metric_sum(&text, "exchange_attachment_bytes_received_total", &[])
@@ -184,8 +173,7 @@ fn relay(net: &LocalNetwork, file: &Path, a: &Attachment, size: u64, floor: f64)
     let mut rss = serde_json::Map::new();
     println!("\n== Peak resident memory (VmHWM)");
     for id in super::bench::NODES {
-        let pid = net.node(id).pid().context("node not running")?;
-        let peak = peak_rss_mib(pid)?;
+        let peak = net.node(id).peak_resident_bytes()? / MIB;
         println!("   {id:<10} {peak:>4} MiB (bound {RSS_BOUND_MIB} MiB)");
         if peak >= RSS_BOUND_MIB {
             errors.push(format!("{id} peaked at {peak} MiB resident, over {RSS_BOUND_MIB} MiB"));

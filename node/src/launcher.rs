@@ -78,6 +78,19 @@ impl LocalNode {
         self.child.as_ref().map(|c| c.id())
     }
 
+    /// Peak resident memory of the running process (VmHWM), in bytes.
+    pub fn peak_resident_bytes(&self) -> anyhow::Result<u64> {
+        let pid = self.pid().context("the node is not running")?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .context("no VmHWM in /proc/<pid>/status")?;
+        Ok(kib * 1024)
+    }
+
     pub fn database_path(&self) -> PathBuf {
         self.data_dir.join("node.db")
     }

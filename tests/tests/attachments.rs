@@ -48,13 +48,6 @@ fn sha256_of(path: &Path) -> String {
     }
 }
 
-/// Peak resident memory of a process (VmHWM), in bytes.
-fn peak_rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).expect("VmHWM in /proc/<pid>/status");
-    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
-}
-
 #[test]
 fn a_1_gib_attachment_crosses_an_interrupted_link_resumes_and_arrives_verified() {
     let mut net = three_nodes(FAST_RETRY);
@@ -119,7 +112,7 @@ fn a_1_gib_attachment_crosses_an_interrupted_link_resumes_and_arrives_verified()
 
     // Memory: every node stayed within the bound while relaying (peak resident set size).
     for id in ["gz.yuexiu", "gz", "gz.haizhu"] {
-        let rss = peak_rss(net.node(id).pid().unwrap());
+        let rss = net.node(id).peak_resident_bytes().unwrap();
         eprintln!("peak resident memory of {id} while relaying 1 GiB: {} MiB", rss / MIB);
         assert!(rss < RSS_BOUND, "{id} peaked at {} MiB resident, over {} MiB", rss / MIB, RSS_BOUND / MIB);
     }

@@ -18,7 +18,7 @@ use exchange_wire::api::{
 };
 use serde::Deserialize;
 
-use super::{AppState, json, parse_body, parse_id, parse_unit, refuse, with_health};
+use super::{AppState, json, parse_body, parse_id, parse_inbox_call, parse_unit, refuse, taken, with_health};
 use crate::relay::Refusal;
 use crate::relay::access::Caller;
 use exchange_wire::receipt::ReceiptType;
@@ -58,9 +58,7 @@ async fn submit(State(engine): State<AppState>, caller: Caller, body: Result<Byt
         Err(r) => return r.into_response(),
     };
     match engine.submit(&caller, vec![msg]).await.pop() {
-        Some(BatchItemResult::Accepted(ok)) => {
-            json(if ok.duplicate { StatusCode::OK } else { StatusCode::ACCEPTED }, &ok)
-        }
+        Some(BatchItemResult::Accepted(ok)) => taken(ok.duplicate, &ok),
         Some(BatchItemResult::Refused(body)) => {
             let status = refusal_status(&body.error);
             json(status, &body)
@@ -172,20 +170,12 @@ async fn settle(
     body: Result<Bytes, BytesRejection>,
     kind: ReceiptType,
 ) -> Response {
-    let unit = match parse_unit(&engine, &node, &unit).await {
-        Ok(u) => u,
-        Err(r) => return r.into_response(),
-    };
-    let id = match parse_id(&engine, &id).await {
-        Ok(i) => i,
-        Err(r) => return r.into_response(),
-    };
-    let receipt: SignedMessage = match parse_body(&engine, body).await {
-        Ok(m) => m,
+    let (unit, id, receipt) = match parse_inbox_call(&engine, &node, &unit, &id, body).await {
+        Ok(parts) => parts,
         Err(r) => return r.into_response(),
     };
     match engine.settle(&caller, &unit, &id, receipt, kind).await {
-        Ok(ok) => json(if ok.duplicate { StatusCode::OK } else { StatusCode::ACCEPTED }, &ok),
+        Ok(ok) => taken(ok.duplicate, &ok),
         Err(r) => r.into_response(),
     }
 }
@@ -246,7 +236,7 @@ async fn sender_action(
     };
     let result = if resend { engine.resend(&caller, &id, msg).await } else { engine.recall(&caller, &id, msg).await };
     match result {
-        Ok(ok) => json(if ok.duplicate { StatusCode::OK } else { StatusCode::ACCEPTED }, &ok),
+        Ok(ok) => taken(ok.duplicate, &ok),
         Err(r) => r.into_response(),
     }
 }

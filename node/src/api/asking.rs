@@ -14,7 +14,7 @@ use axum::routing::{get, post};
 use exchange_wire::api::SignedMessage;
 use serde::Deserialize;
 
-use super::{AppState, json, parse_body, parse_id, parse_unit, refuse};
+use super::{AppState, json, parse_body, parse_id, parse_inbox_call, refuse, taken};
 use crate::relay::Refusal;
 use crate::relay::access::Caller;
 
@@ -28,7 +28,7 @@ pub fn routes() -> Router<AppState> {
 
 fn accepted(r: Result<exchange_wire::api::SubmitResponse, Refusal>) -> Response {
     match r {
-        Ok(ok) => json(if ok.duplicate { StatusCode::OK } else { StatusCode::ACCEPTED }, &ok),
+        Ok(ok) => taken(ok.duplicate, &ok),
         Err(r) => r.into_response(),
     }
 }
@@ -71,16 +71,8 @@ async fn answer(
     Path((node, unit, id)): Path<(String, String, String)>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let unit = match parse_unit(&engine, &node, &unit).await {
-        Ok(u) => u,
-        Err(r) => return r.into_response(),
-    };
-    let id = match parse_id(&engine, &id).await {
-        Ok(i) => i,
-        Err(r) => return r.into_response(),
-    };
-    match parse_body::<SignedMessage>(&engine, body).await {
-        Ok(m) => accepted(engine.answer(&caller, &unit, &id, m).await),
+    match parse_inbox_call(&engine, &node, &unit, &id, body).await {
+        Ok((unit, id, m)) => accepted(engine.answer(&caller, &unit, &id, m).await),
         Err(r) => r.into_response(),
     }
 }

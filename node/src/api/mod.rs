@@ -39,6 +39,26 @@ pub(crate) fn json<T: serde::Serialize>(status: StatusCode, body: &T) -> Respons
     (status, axum::Json(body)).into_response()
 }
 
+/// The answer to something taken into custody: 202, or 200 when the node already held it.
+pub(crate) fn taken<T: serde::Serialize>(duplicate: bool, body: &T) -> Response {
+    json(if duplicate { StatusCode::OK } else { StatusCode::ACCEPTED }, body)
+}
+
+/// The parts of a call on one message in a unit's inbox (`/v1/units/{node}/{unit}/inbox/{id}/…`):
+/// the unit, the message id and the signed body, each refused as other bad input is.
+pub(crate) async fn parse_inbox_call(
+    engine: &Engine,
+    node: &str,
+    unit: &str,
+    id: &str,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(UnitAddress, MessageId, exchange_wire::api::SignedMessage), Refusal> {
+    let unit = parse_unit(engine, node, unit).await?;
+    let id = parse_id(engine, id).await?;
+    let body = parse_body(engine, body).await?;
+    Ok((unit, id, body))
+}
+
 /// Parses a JSON body; refusals are counted and audited like any other bad input.
 /// serde's messages quote offending values (`invalid type: string "…"`, ``unknown field `…` ``);
 /// those may be document content, which must not reach logs or the audit log. Keeps the shape of the

@@ -48,7 +48,7 @@ async fn publish(State(engine): State<AppState>, caller: Caller, body: Result<By
         Err(r) => return r.into_response(),
     };
     match engine.publish_record(&caller, m).await {
-        Ok(ok) => json(if ok.duplicate { StatusCode::OK } else { StatusCode::ACCEPTED }, &ok),
+        Ok(ok) => super::taken(ok.duplicate, &ok),
         Err(r) => r.into_response(),
     }
 }

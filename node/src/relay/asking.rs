@@ -142,12 +142,7 @@ impl Engine {
         self.check_fresh(env.created_at_ms)?;
         self.check_active(dir, unit)?;
         self.check_size(env.payload_size)?;
-        let entry = self
-            .store
-            .inbox_entry(unit.as_str(), &query_id.0)
-            .await?
-            .ok_or_else(|| Refusal::new("not-found", 404, format!("query {query_id} is not in the inbox of {unit}")))?;
-        let original = Envelope::from_canonical_bytes(&entry.header).map_err(|_| Refusal::new("storage", 500, "stored message is unreadable"))?;
+        let original = self.inbox_original(unit, query_id, "query").await?;
         if original.kind != Kind::Query {
             return Err(Refusal::new("unsupported-kind", 400, format!("message {query_id} is a {}; only queries are answered", original.kind)));
         }

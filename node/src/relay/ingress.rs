@@ -507,15 +507,7 @@ impl Engine {
         if &facts.for_message != message_id {
             return Err(Refusal::malformed(format!("the receipt is for message {}, not {message_id}", facts.for_message)));
         }
-        let entry = self
-            .store
-            .inbox_entry(unit.as_str(), &message_id.0)
-            .await?
-            .ok_or_else(|| Refusal::new("not-found", 404, format!("message {message_id} is not in the inbox of {unit}")))?;
-        let original = Envelope::from_canonical_bytes(&entry.header).map_err(|e| {
-            tracing::error!(error = %e, "a stored header does not parse");
-            Refusal::new("storage", 500, "stored message is unreadable")
-        })?;
+        let original = self.inbox_original(unit, message_id, "message").await?;
         if original.kind != Kind::Document {
             return Err(Refusal::new(
                 "unsupported-kind",
@@ -528,6 +520,20 @@ impl Engine {
         }
         let (signed, payload) = receipt.decode()?;
         Ok(Candidate { signed, payload, recipients: vec![original.sender], hops: vec![] })
+    }
+
+    /// The envelope of message `id` in `unit`'s inbox (`what` names it in the refusal: "message",
+    /// "query").
+    pub(super) async fn inbox_original(&self, unit: &UnitAddress, id: &MessageId, what: &str) -> Result<Envelope, Refusal> {
+        let entry = self
+            .store
+            .inbox_entry(unit.as_str(), &id.0)
+            .await?
+            .ok_or_else(|| Refusal::new("not-found", 404, format!("{what} {id} is not in the inbox of {unit}")))?;
+        Envelope::from_canonical_bytes(&entry.header).map_err(|e| {
+            tracing::error!(error = %e, "a stored header does not parse");
+            Refusal::new("storage", 500, "stored message is unreadable")
+        })
     }
 
     /// Verifies, decides and commits decoded candidates together. One result per input, in order.
