@@ -39,6 +39,8 @@ pub struct NodeConfig {
     #[serde(default)]
     pub relay: RelayConfig,
     #[serde(default)]
+    pub storage: StorageConfig,
+    #[serde(default)]
     pub log: LogConfig,
     #[serde(default)]
     pub policy: PolicyConfig,
@@ -198,6 +200,26 @@ impl Default for RelayConfig {
             retry_max_ms: 10_000,
             commit_max_requests: 256,
         }
+    }
+}
+
+/// Storage safety margins (see docs/decisions.md, "Storage failure model").
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Space kept back on the data directory's filesystem for what the node already holds
+    /// (acknowledgements, receipts, reports). New documents are refused with 503 while less than
+    /// this is free; a ballast file of this size is kept in `data_dir` and released when the disk
+    /// fills anyway, so what the node holds keeps moving.
+    pub reserve_bytes: u64,
+    /// Time budget of the database check (`PRAGMA quick_check`) when the node starts; what it had no
+    /// time for is checked in the background right after start.
+    pub open_check_secs: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig { reserve_bytes: 64 * 1024 * 1024, open_check_secs: 30 }
     }
 }
 

@@ -37,6 +37,13 @@ pub struct Metrics {
     pub commit_seconds: Histogram,
     pub commit_jobs: Histogram,
     pub storage_errors: IntCounterVec,
+    /// Free space under the data directory, the reserve kept back, whether new work is taken, whether
+    /// the database is undamaged, and storage faults by kind (see `storage::health`).
+    pub storage_free_bytes: IntGauge,
+    pub storage_reserve_bytes: IntGauge,
+    pub storage_intake_open: IntGauge,
+    pub storage_healthy: IntGauge,
+    pub storage_faults: IntCounterVec,
     /// Batches a neighbour did not acknowledge, by peer.
     pub send_failures: IntCounterVec,
     /// Signatures that did not verify, by where (`agency`, `peer`).
@@ -117,6 +124,20 @@ impl Metrics {
                     .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0])
             )),
             storage_errors: counter("exchange_storage_errors_total", "Storage operations that failed.", &["operation"]),
+            storage_free_bytes: register!(IntGauge::new(
+                "exchange_storage_free_bytes",
+                "Free bytes on the filesystem holding the data directory."
+            )),
+            storage_reserve_bytes: register!(IntGauge::new(
+                "exchange_storage_reserve_bytes",
+                "Space kept back for what the node holds; new messages are refused below it."
+            )),
+            storage_intake_open: register!(IntGauge::new(
+                "exchange_storage_intake_open",
+                "1 while new messages are taken; 0 while refused for lack of space or a damaged database."
+            )),
+            storage_healthy: register!(IntGauge::new("exchange_storage_healthy", "0 once the database was found damaged.")),
+            storage_faults: counter("exchange_storage_faults_total", "Storage failures, by kind (full, corrupt, io, other).", &["kind"]),
             send_failures: counter("exchange_send_failures_total", "Batches a neighbour did not acknowledge.", &["peer"]),
             signature_failures: counter("exchange_signature_failures_total", "Signatures that did not verify.", &["source"]),
             directory_version: register!(IntGauge::new("exchange_directory_version", "Version of the directory in force.")),
@@ -150,6 +171,17 @@ impl Metrics {
         m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         m.start_time.set(exchange_wire::now_ms() as f64 / 1000.0);
         m
+    }
+
+    /// The metrics the storage health state keeps current.
+    pub fn storage_health(&self) -> crate::storage::health::HealthMetrics {
+        crate::storage::health::HealthMetrics {
+            free_bytes: self.storage_free_bytes.clone(),
+            reserve_bytes: self.storage_reserve_bytes.clone(),
+            intake_open: self.storage_intake_open.clone(),
+            healthy: self.storage_healthy.clone(),
+            faults: self.storage_faults.clone(),
+        }
     }
 
     /// The text exposition format.

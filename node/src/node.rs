@@ -10,7 +10,10 @@ use crate::config::NodeConfig;
 use crate::metrics::Metrics;
 use crate::network::{self, NetworkConfig};
 use crate::relay::Engine;
+use crate::storage::health::{Fault, StorageHealth};
+use crate::storage::sqlite::OpenCheck;
 use crate::storage::{SqliteStore, Store};
+use tokio_util::sync::CancellationToken;
 
 /// Sets up logging as configured (`RUST_LOG` overrides the level).
 pub fn init_logging(cfg: &NodeConfig) {
@@ -25,12 +28,16 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let node_key = exchange_wire::keys::read(&cfg.key_file)?;
     let parent_hint = cfg.parent_address.as_deref().map(parse_parent_address).transpose()?;
     std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("cannot create data_dir {}", cfg.data_dir.display()))?;
-    let store: Arc<dyn Store> = Arc::new(
-        SqliteStore::open(&cfg.database_path())
-            .await
-            .with_context(|| format!("cannot open the database {}", cfg.database_path().display()))?,
-    );
     let metrics = Arc::new(Metrics::new(cfg.node_id.as_str()));
+    let health = Arc::new(StorageHealth::new(&cfg.data_dir, cfg.storage.reserve_bytes, metrics.storage_health()));
+    let check = OpenCheck { budget: Duration::from_secs(cfg.storage.open_check_secs) };
+    let store: Arc<dyn Store> = match SqliteStore::open(&cfg.database_path(), health.clone(), check).await {
+        Ok(store) => Arc::new(store),
+        Err(e) if Fault::of(&e) == Fault::Corrupt => anyhow::bail!(damaged_database(&cfg.database_path(), &e)),
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("cannot open the database {}", cfg.database_path().display()))),
+    };
+    let stop = CancellationToken::new();
+    tokio::spawn(health.clone().run(stop.clone()));
 
     let keypair = libp2p::identity::Keypair::ed25519_from_bytes(node_key.to_bytes()).context("node key")?;
     let listen = cfg.p2p.listen.parse().with_context(|| format!("p2p.listen {:?} is not a multiaddress", cfg.p2p.listen))?;
@@ -46,7 +53,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     )?;
     tokio::spawn(event_loop.run());
 
-    let engine = Engine::new(&cfg, store, metrics, net, node_key, parent_hint)?;
+    let engine = Engine::new(&cfg, store, health, metrics, net, node_key, parent_hint)?;
     engine.start().await?;
     match engine.dir.current().node(&cfg.node_id) {
         Some(me) if me.public_key.0 != exchange_wire::keys::read(&cfg.key_file)?.verifying_key() => anyhow::bail!(
@@ -92,6 +99,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     shutdown_signal().await;
     tracing::info!("stopping: no new requests; what is committed stays committed");
     let _ = stop_tx.send(true);
+    stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), async {
         let _ = a.await;
         let _ = b.await;
@@ -109,6 +117,19 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+/// The refusal to start on a damaged database: what was found, and what the operator does next.
+fn damaged_database(db: &std::path::Path, e: &crate::storage::StorageError) -> String {
+    format!(
+        "refusing to start: the database {} is damaged: {e}.\n\
+         Nothing was changed. To recover (docs/operations.md, 'Recovering a damaged database'):\n  \
+         1. keep the damaged file for investigation (the node never deletes it);\n  \
+         2. restore the latest backup: exchange-node restore --config <this config> --from <backup folder>;\n  \
+         3. start the node: it reconciles with its neighbours, which send again what they handed over since the backup,\n     \
+         and lists what it had acknowledged since then (exchange-admin reconcile).",
+        db.display()
+    )
 }
 
 /// Splits `parent_address` into the parent's peer id and the address to dial.

@@ -9,6 +9,11 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
+
+mod small_fs;
+mod traffic;
+pub use small_fs::{SmallFs, is_root};
+pub use traffic::{Sent, Stream, http_status, receivers, reconcile, wait_ready};
 use exchange_node::launcher::LocalNetwork;
 use exchange_wire::api::{InboxItem, SignedMessage};
 use exchange_wire::client::ApiClient;

@@ -77,7 +77,7 @@ fn refusal_status(code: &str) -> StatusCode {
         "payload-too-large" => StatusCode::PAYLOAD_TOO_LARGE,
         "not-found" => StatusCode::NOT_FOUND,
         "conflict" | "attachment-missing" | "deadline-passed" => StatusCode::CONFLICT,
-        "storage" => StatusCode::SERVICE_UNAVAILABLE,
+        "storage" | "storage-full" | "storage-damaged" => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::BAD_REQUEST,
     }
 }

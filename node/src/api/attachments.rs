@@ -152,6 +152,7 @@ async fn upload(
                 Ok(Held::Partial(n)) => committed = n,
                 Err(AttachmentError::WrongOffset { offset, committed }) => return wrong_offset(offset, committed),
                 Err(AttachmentError::Io(e)) => return storage_trouble(e),
+                Err(AttachmentError::IntakeClosed(closed)) => return Refusal::storage_full(&closed).into_response(),
                 Err(e) => {
                     let code = if matches!(e, AttachmentError::DigestMismatch { .. }) { "attachment-mismatch" } else { "malformed" };
                     return refuse(&engine, Refusal::new(code, 422, e.to_string())).await.into_response();

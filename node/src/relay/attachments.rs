@@ -98,6 +98,7 @@ impl Engine {
         if size > self.limits.max_attachment_bytes {
             return Err(AttachmentError::TooLarge { size, limit: self.limits.max_attachment_bytes });
         }
+        self.health.intake().map_err(AttachmentError::IntakeClosed)?;
         let store = self.attachments.clone();
         let len = bytes.len() as u64;
         let held = tokio::task::spawn_blocking(move || store.append(&sha256, size, offset, &bytes))

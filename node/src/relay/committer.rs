@@ -28,7 +28,7 @@ impl Committer {
     pub fn spawn(store: Arc<dyn Store>, metrics: Arc<Metrics>, max_requests: usize) -> Committer {
         // Bounded: when storage falls behind, callers wait here instead of piling up memory.
         let (tx, mut rx) = mpsc::channel::<Request>(max_requests.max(1) * 2);
-        tokio::spawn(async move {
+        let writer = tokio::spawn(async move {
             let mut batch: Vec<Request> = Vec::with_capacity(max_requests);
             while rx.recv_many(&mut batch, max_requests.max(1)).await > 0 {
                 let jobs: Vec<WriteJob> = batch.iter_mut().flat_map(|r| std::mem::take(&mut r.jobs)).collect();
@@ -61,6 +61,17 @@ impl Committer {
                         }
                     }
                 }
+            }
+        });
+        // A writer that died would leave every later write failing while the node looks alive: end
+        // the process instead, so the service manager restarts it on a clean writer (nothing that was
+        // not committed was ever acknowledged).
+        tokio::spawn(async move {
+            if let Err(e) = writer.await
+                && e.is_panic()
+            {
+                tracing::error!("the storage writer task died ({e}); stopping the process so it is restarted");
+                std::process::exit(70);
             }
         });
         Committer { tx }

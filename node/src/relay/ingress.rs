@@ -58,7 +58,14 @@ fn attachment_not_here(a: &exchange_wire::document::Attachment) -> Refusal {
 
 /// Parcels a neighbour should hand over again shortly: not bad input, neither counted nor audited.
 fn waits(r: &Refusal) -> bool {
-    matches!(r.code, "directory-behind" | "attachment-missing")
+    matches!(r.code, "directory-behind" | "attachment-missing" | "storage-full" | "storage-damaged")
+}
+
+/// Kinds that bring new work (and bytes) to a node. While storage is short of space they are
+/// refused for now; receipts, reports, recalls, answers and decisions settle what is already held
+/// and are still taken, within the reserve (see `storage::health`).
+fn takes_space(kind: Kind) -> bool {
+    matches!(kind, Kind::Document | Kind::Query | Kind::DataRecord | Kind::DataDelivery | Kind::SubscriptionRequest)
 }
 
 fn storage_refusal() -> Refusal {
@@ -377,18 +384,17 @@ impl Engine {
         let results = self.verify_and_take(&dir, Some(&from), decoded, no_sign_fors).await;
         // Waiting for the directory is not bad input: it is neither counted nor audited.
         let mut refused = refusals(&results, &ids);
-        refused.retain(|r| !waits(r.refusal));
+        refused.retain(|r| !waits(r.refusal) && !r.refusal.transient);
         self.refused(from.as_str(), &refused).await;
-        if results.iter().any(|r| matches!(r, Err(e) if e.transient && !waits(e))) {
-            // Storage trouble: say nothing, so the neighbour keeps custody and retries.
-            return;
-        }
+        // Storage trouble is answered at once, parcel by parcel: the neighbour keeps custody of what
+        // was not stored and hands it over again after its backoff (a silent answer would hold it
+        // until its request timed out).
         let results = results
             .into_iter()
             .map(|r| match r {
                 Ok(JobOutcome::Duplicate) => ParcelResult::Duplicate,
                 Ok(_) => ParcelResult::Stored,
-                Err(e) if waits(&e) => ParcelResult::Retry { reason: e.message },
+                Err(e) if waits(&e) || e.transient => ParcelResult::Retry { reason: e.message },
                 Err(e) => ParcelResult::Refused { code: e.code.into(), reason: e.message },
             })
             .collect();
@@ -561,6 +567,7 @@ impl Engine {
         let verdicts = verify(dir, &candidates, from.is_none()).await;
 
         let ctx = self.context(dir);
+        let intake = self.health.intake();
         let mut jobs = Vec::new();
         let mut job_positions = Vec::new();
         let mut summaries = Vec::new();
@@ -570,6 +577,12 @@ impl Engine {
                 continue;
             }
             let kind = cand.signed.envelope.kind;
+            if let Err(closed) = &intake
+                && takes_space(kind)
+            {
+                results[i] = Some(Err(Refusal::storage_full(closed)));
+                continue;
+            }
             let incoming = Incoming { signed: cand.signed, payload: cand.payload, recipients: cand.recipients, from: from.cloned(), hops: cand.hops };
             match custody::take(&ctx, incoming) {
                 Ok((mut c, summary)) => {
@@ -603,8 +616,10 @@ impl Engine {
                 Err(e) => {
                     self.metrics.storage_errors.with_label_values(&["commit"]).inc();
                     tracing::error!(error = %e, "commit failed; nothing was accepted");
+                    // A commit that met a full disk closed intake (see `storage::health`): say so.
+                    let refusal = self.health.intake().err().map(|c| Refusal::storage_full(&c)).unwrap_or_else(storage_refusal);
                     for i in job_positions {
-                        results[i] = Some(Err(storage_refusal()));
+                        results[i] = Some(Err(refusal.clone()));
                     }
                 }
             }

@@ -37,6 +37,7 @@ use crate::directory::segments::SegmentSet;
 use crate::directory::{Directory, DirectoryHandle};
 use crate::metrics::Metrics;
 use crate::network;
+use crate::storage::health::StorageHealth;
 use crate::storage::{EventRow, Record, Store, WriteJob};
 use committer::Committer;
 use custody::{Context, Summary};
@@ -56,6 +57,8 @@ pub struct Engine {
     pub here: NodeId,
     pub dir: DirectoryHandle,
     pub store: Arc<dyn Store>,
+    /// Free space, intake and damage of the storage (see `storage::health`).
+    pub health: Arc<StorageHealth>,
     pub committer: Committer,
     pub metrics: Arc<Metrics>,
     pub net: network::Client,
@@ -121,6 +124,7 @@ impl Engine {
     pub fn new(
         cfg: &NodeConfig,
         store: Arc<dyn Store>,
+        health: Arc<StorageHealth>,
         metrics: Arc<Metrics>,
         net: network::Client,
         node_key: SigningKey,
@@ -135,6 +139,7 @@ impl Engine {
             here: cfg.node_id.clone(),
             dir: DirectoryHandle::new(Directory::default()),
             store,
+            health,
             committer,
             metrics,
             net,
@@ -367,6 +372,12 @@ impl Engine {
                 let from = if source == "agency" { "agency" } else { "peer" };
                 self.metrics.signature_failures.with_label_values(&[from]).inc();
             }
+            if r.refusal.transient {
+                // Not bad input but the node's own trouble (storage full, say): counted, and logged
+                // where the trouble is, not written once per request into a log that may have no room.
+                tracing::debug!(%source, code = r.refusal.code, "refused for now");
+                continue;
+            }
             tracing::warn!(%source, code = r.refusal.code, message = ?r.id.map(|i| i.to_hex()), reason = %r.refusal.message, "refused");
             events.push(EventRow {
                 at_ms: now,
@@ -377,6 +388,9 @@ impl Engine {
                 peer: (source != "agency").then(|| source.to_string()),
                 detail: Some(r.refusal.message.clone()),
             });
+        }
+        if events.is_empty() {
+            return;
         }
         if let Err(e) = self.committer.commit(vec![WriteJob::Record(Record { events, ..Default::default() })]).await {
             self.metrics.storage_errors.with_label_values(&["commit"]).inc();

@@ -289,19 +289,29 @@ impl Engine {
         })
     }
 
+    /// The storage part of readiness: a real write through the group committer (the path every
+    /// custody write takes, so a stuck or dead writer shows), the database undamaged, and room for
+    /// new work.
+    async fn storage_check(&self) -> Check {
+        let probe = self.committer.commit(vec![WriteJob::Probe { at_ms: exchange_wire::now_ms() as i64 }]);
+        let written = match tokio::time::timeout(std::time::Duration::from_secs(5), probe).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!("the database does not take writes: {e}")),
+            Err(_) => Err("a write through the storage writer did not finish within 5 s".to_string()),
+        };
+        let detail = match (written, self.health.intake()) {
+            (Err(e), _) => Err(e),
+            (Ok(()), Err(closed)) => Err(closed.to_string()),
+            (Ok(()), Ok(())) => Ok(format!("database takes writes; {} MiB free", self.health.free_bytes() / (1024 * 1024))),
+        };
+        Check { name: "storage".into(), ok: detail.is_ok(), detail: detail.unwrap_or_else(|e| e) }
+    }
+
     /// `/readyz`: storage takes writes, the parent link is up (if there is a parent), the directory
     /// is loaded.
     pub async fn readiness(&self) -> Readiness {
         let mut checks = Vec::new();
-        let storage = self.store.check_writable().await;
-        checks.push(Check {
-            name: "storage".into(),
-            ok: storage.is_ok(),
-            detail: match storage {
-                Ok(()) => "database takes writes".into(),
-                Err(e) => format!("database does not take writes: {e}"),
-            },
-        });
+        checks.push(self.storage_check().await);
         let dir = self.dir.current();
         match dir.node(&self.here).and_then(|n| n.parent.clone()) {
             Some(parent) => {

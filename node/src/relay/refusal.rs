@@ -5,6 +5,7 @@ use exchange_wire::api::ErrorBody;
 
 use crate::routing::RouteError;
 use crate::storage::StorageError;
+use crate::storage::health::IntakeClosed;
 
 /// A refused request or parcel. `code` is stable (used as the metric label and in the API's error
 /// body); `message` says what was wrong and what to do.
@@ -54,6 +55,17 @@ impl From<RouteError> for Refusal {
             RouteError::UnknownUnit(_) => Refusal::new("unknown-unit", 422, e.to_string()),
             RouteError::NoRoute(..) => Refusal::new("no-route", 422, e.to_string()),
         }
+    }
+}
+
+impl Refusal {
+    /// New work refused while the node's storage is short of space (or damaged): temporary, 503.
+    pub fn storage_full(closed: &IntakeClosed) -> Refusal {
+        let code = match closed {
+            IntakeClosed::LowSpace { .. } => "storage-full",
+            IntakeClosed::Damaged(_) => "storage-damaged",
+        };
+        Refusal { code, message: format!("{closed}; nothing was accepted, try again later"), status: 503, transient: true }
     }
 }
 

@@ -344,6 +344,9 @@ impl Engine {
         if records.is_empty() {
             return Vec::new();
         }
+        if let Err(closed) = self.health.intake() {
+            return records.iter().map(|_| Err(Refusal::storage_full(&closed))).collect();
+        }
         let storage = |e: crate::storage::StorageError| -> Refusal { e.into() };
         // The sequence numbers and the subscriber lists must not change between reading them and
         // committing.

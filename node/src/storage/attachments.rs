@@ -48,6 +48,9 @@ pub enum AttachmentError {
     DigestMismatch { digest: Digest, size: u64 },
     #[error("attachment storage failed: {0}")]
     Io(#[from] std::io::Error),
+    /// New bytes are refused while storage is short of space or damaged (see `storage::health`).
+    #[error("{0}")]
+    IntakeClosed(crate::storage::health::IntakeClosed),
 }
 
 /// An attachment being written: the open file and the digest of its committed bytes so far.

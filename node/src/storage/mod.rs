@@ -6,6 +6,7 @@
 //! SQLite (WAL) is the embedded default; the trait keeps room for PostgreSQL.
 
 pub mod attachments;
+pub mod health;
 pub mod sharing;
 pub mod sqlite;
 
@@ -23,6 +24,13 @@ pub enum StorageError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// The database holds fewer committed transactions than its commit mark records: acknowledged
+    /// writes were lost (a damaged or truncated WAL, or an older copy put in place).
+    #[error(
+        "the database has lost committed transactions: it holds {in_database} commits but {mark} records {marked}; \
+         its write-ahead log was damaged or truncated, or an older copy of the file was put in place"
+    )]
+    LostCommits { marked: u64, in_database: u64, mark: std::path::PathBuf },
 }
 
 /// A message row.
@@ -228,6 +236,8 @@ pub enum WriteJob {
     Admin { op: AdminOp, events: Vec<EventRow> },
     /// Base-data sharing: publish, decide, acknowledge (see `storage::sharing`).
     Sharing(sharing::SharingJob),
+    /// Writes nothing of consequence (a timestamp): readiness proves the write path with it.
+    Probe { at_ms: i64 },
 }
 
 /// What became of one job.
@@ -386,8 +396,6 @@ pub trait Store: Send + Sync + 'static {
     fn segments(&self) -> BoxFuture<'_, Result<Vec<SegmentRow>, StorageError>>;
     /// Every unit token (hashes), revoked ones included.
     fn tokens(&self) -> BoxFuture<'_, Result<Vec<TokenRow>, StorageError>>;
-    /// Proves the database takes writes now (takes the write lock and lets go), writing nothing.
-    fn check_writable(&self) -> BoxFuture<'_, Result<(), StorageError>>;
     /// The reads of base-data sharing.
     fn sharing(&self) -> &dyn sharing::SharingStore;
 }

@@ -3,7 +3,8 @@
 //! cost is per statement, not per row.
 
 use std::collections::HashSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -16,35 +17,64 @@ use super::*;
 /// Rows per multi-row statement, well under SQLite's bound on bound variables.
 const ROWS_PER_STATEMENT: usize = 400;
 
+mod integrity;
+mod mark;
 mod sharing;
+
+use super::health::StorageHealth;
 
 /// The embedded store.
 pub struct SqliteStore {
+    path: PathBuf,
     writer: SqlitePool,
     readers: SqlitePool,
     /// Hash of the last audit-log entry; only the committer writes, so this is the chain's head.
     chain_head: std::sync::Mutex<[u8; 32]>,
+    /// The commit count beside the database (see `mark`).
+    mark: mark::CommitMark,
+    health: Arc<StorageHealth>,
+}
+
+/// How the database is checked when it is opened.
+#[derive(Debug, Clone, Copy)]
+pub struct OpenCheck {
+    /// Time budget of `PRAGMA quick_check` at open; what is left runs in the background after start.
+    pub budget: Duration,
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database at `path`, in WAL mode, and runs the embedded migrations.
-    pub async fn open(path: &Path) -> Result<SqliteStore, StorageError> {
+    /// Opens (creating if needed) the database at `path`, in WAL mode: checks it (see [`OpenCheck`]
+    /// and `mark`), then runs the embedded migrations. A damaged file is refused with an error that
+    /// names it; the node does not start on it.
+    pub async fn open(path: &Path, health: Arc<StorageHealth>, check: OpenCheck) -> Result<SqliteStore, StorageError> {
         let base = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
             .journal_mode(SqliteJournalMode::Wal)
             // FULL: a commit is on disk before anything is acknowledged, even across a power cut.
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(30))
             .foreign_keys(false);
+        let existed = path.exists();
         // The writer keeps the indexes it updates in memory (32 MiB page cache); readers use the
-        // default cache. Together they stay well within a node's memory budget.
+        // default cache. Together they stay well within a node's memory budget. The WAL is cut back
+        // to 64 MiB after checkpoints, so a burst does not keep its disk space for good.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
             .idle_timeout(None)
             .max_lifetime(None)
-            .connect_with(base.clone().create_if_missing(true).pragma("cache_size", "-32768").pragma("temp_store", "memory"))
+            .connect_with(
+                base.clone()
+                    .create_if_missing(true)
+                    .pragma("cache_size", "-32768")
+                    .pragma("temp_store", "memory")
+                    .pragma("journal_size_limit", "67108864"),
+            )
             .await?;
+        let unfinished = if existed { integrity::quick_check(&writer, check.budget).await? } else { false };
         sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
+        let mark = mark::CommitMark::open(path)?;
+        let commits: i64 = sqlx::query_scalar("SELECT value FROM node_state WHERE key = 'commits'").fetch_one(&writer).await?;
+        mark.check(commits as u64)?;
         let readers = SqlitePoolOptions::new()
             .max_connections(4)
             .idle_timeout(None)
@@ -58,8 +88,153 @@ impl SqliteStore {
             Some(h) => <[u8; 32]>::try_from(h.as_slice()).map_err(|_| StorageError::Corrupt("an audit hash is not 32 bytes".into()))?,
             None => [0; 32],
         };
-        Ok(SqliteStore { writer, readers, chain_head: std::sync::Mutex::new(head) })
+        if unfinished {
+            integrity::finish_in_background(readers.clone(), health.clone(), path.to_path_buf());
+        }
+        Ok(SqliteStore { path: path.to_path_buf(), writer, readers, chain_head: std::sync::Mutex::new(head), mark, health })
     }
+
+    /// Opens a database outside a running node (tools, tests): no space reserve, metrics registered
+    /// nowhere, the whole file checked.
+    pub async fn open_standalone(path: &Path) -> Result<SqliteStore, StorageError> {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let health = Arc::new(StorageHealth::new(dir, 0, super::health::HealthMetrics::unregistered()));
+        SqliteStore::open(path, health, OpenCheck { budget: Duration::from_secs(3600) }).await
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs a storage operation, reporting its failure to the health state (a damaged page met by any
+    /// read marks the node not ready).
+    fn watched<'a, T: Send + 'a>(
+        &'a self,
+        op: impl std::future::Future<Output = Result<T, StorageError>> + Send + 'a,
+    ) -> BoxFuture<'a, Result<T, StorageError>> {
+        Box::pin(async move {
+            let result = op.await;
+            if let Err(e) = &result {
+                self.health.failed(e);
+            }
+            result
+        })
+    }
+
+    /// Applies `jobs` in one transaction on the writer connection. After any failure the connection
+    /// is closed (SQLite rolls back whatever it still had open) and a fresh one is opened for the next
+    /// transaction: a failed `COMMIT` can leave a transaction open, and later transactions on that
+    /// connection would only nest inside it as savepoints and never become durable.
+    async fn commit_jobs(&self, jobs: &[WriteJob]) -> Result<Vec<JobOutcome>, StorageError> {
+        let mut conn = self.writer.acquire().await?;
+        if !writer_in_autocommit(&mut conn).await? {
+            tracing::error!("the storage writer was left inside a transaction; reopening it");
+            conn.close().await?;
+            conn = self.writer.acquire().await?;
+            if !writer_in_autocommit(&mut conn).await? {
+                return Err(StorageError::Corrupt("a fresh writer connection is inside a transaction".into()));
+            }
+        }
+        match self.apply_jobs(&mut conn, jobs).await {
+            Ok((outcomes, commits)) => {
+                // The mark may lag the database (a crash right here), never lead it: it is written
+                // only after the commit is durable.
+                let mark = self.mark.clone();
+                if let Err(e) = tokio::task::spawn_blocking(move || mark.write(commits)).await.map_err(std::io::Error::other).and_then(|r| r) {
+                    tracing::warn!(error = %e, "cannot update the commit mark beside the database");
+                }
+                Ok(outcomes)
+            }
+            Err(e) => {
+                if let Err(close) = conn.close().await {
+                    tracing::error!(error = %close, "closing the storage writer after a failed commit failed");
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+impl SqliteStore {
+    /// The transaction itself: dedupe against held ids, gather every job's rows, write them as
+    /// multi-row statements, append the audit chain, count the commit. Returns the outcomes and the
+    /// new commit count.
+    async fn apply_jobs(&self, conn: &mut sqlx::pool::PoolConnection<Sqlite>, jobs: &[WriteJob]) -> Result<(Vec<JobOutcome>, u64), StorageError> {
+        let mut tx = sqlx::Connection::begin(&mut **conn).await?;
+        let mut ids = Vec::new();
+        for j in jobs {
+            match j {
+                WriteJob::Custody(c) | WriteJob::SignFor { receipt: c, .. } => collect_ids(c, &mut ids),
+                WriteJob::Record(_) | WriteJob::Admin { .. } | WriteJob::Sharing(_) | WriteJob::Probe { .. } => {}
+            }
+        }
+        let mut held = existing_ids(&mut tx, &ids).await?;
+        let mut rows = Rows::default();
+        let mut outcomes = Vec::with_capacity(jobs.len());
+        for j in jobs {
+            let outcome = match j {
+                WriteJob::Custody(c) => {
+                    if rows.add_custody(c, &mut held) { JobOutcome::Stored } else { JobOutcome::Duplicate }
+                }
+                WriteJob::SignFor { unit, message_id, state, receipt } => {
+                    let receipt_id = receipt.message.as_ref().map(|m| m.id).unwrap_or([0; 32]);
+                    match sign_for(&mut tx, unit, message_id, state, &receipt_id).await? {
+                        None => {
+                            rows.add_custody(receipt, &mut held);
+                            JobOutcome::Stored
+                        }
+                        Some(o) => o,
+                    }
+                }
+                WriteJob::Record(r) => {
+                    apply_outbox_record(&mut tx, r).await?;
+                    rows.add_record(r);
+                    JobOutcome::Stored
+                }
+                WriteJob::Admin { op, events } => {
+                    let n = apply_admin(&mut tx, op).await?;
+                    rows.events.extend(events);
+                    JobOutcome::Affected(n)
+                }
+                WriteJob::Sharing(job) => {
+                    let outcome = sharing::apply_job(&mut tx, job).await?;
+                    if matches!(outcome, JobOutcome::Stored | JobOutcome::Affected(_)) {
+                        let (messages, events) = sharing::job_parts(job);
+                        for c in messages {
+                            rows.add_custody(c, &mut held);
+                        }
+                        rows.events.extend(events);
+                    }
+                    outcome
+                }
+                WriteJob::Probe { at_ms } => {
+                    sqlx::query("UPDATE node_state SET value = $1 WHERE key = 'probe'").bind(at_ms).execute(&mut *tx).await?;
+                    JobOutcome::Stored
+                }
+            };
+            outcomes.push(outcome);
+        }
+        insert_rows(&mut tx, &rows).await?;
+        // After the inbox rows: a recall may arrive in the same batch as its document.
+        apply_recalls(&mut tx, &rows.recalls, &rows.recalls_reported).await?;
+        sharing::apply_rows(&mut tx, &rows.sharing).await?;
+        let head = *self.chain_head.lock().expect("chain head lock");
+        let new_head = append_audit(&mut tx, &rows.events, head).await?;
+        let commits: i64 = sqlx::query_scalar("UPDATE node_state SET value = value + 1 WHERE key = 'commits' RETURNING value")
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        *self.chain_head.lock().expect("chain head lock") = new_head;
+        Ok((outcomes, commits as u64))
+    }
+}
+
+/// Whether the writer connection is outside any transaction (SQLite's autocommit mode).
+async fn writer_in_autocommit(conn: &mut sqlx::pool::PoolConnection<Sqlite>) -> Result<bool, StorageError> {
+    let mut handle = conn.lock_handle().await?;
+    // SAFETY: the handle is a live connection, locked for the duration of this call.
+    Ok(unsafe { libsqlite3_sys::sqlite3_get_autocommit(handle.as_raw_handle().as_ptr()) } != 0)
 }
 
 fn collect_ids(c: &Custody, out: &mut Vec<[u8; 32]>) {
@@ -503,72 +678,12 @@ const INBOX_SELECT: &str = "SELECT i.seq, i.message_id, i.delivered_at_ms, i.sta
 
 impl Store for SqliteStore {
     fn commit<'a>(&'a self, jobs: &'a [WriteJob]) -> BoxFuture<'a, Result<Vec<JobOutcome>, StorageError>> {
-        Box::pin(async move {
-            let mut tx = self.writer.begin().await?;
-            let mut ids = Vec::new();
-            for j in jobs {
-                match j {
-                    WriteJob::Custody(c) | WriteJob::SignFor { receipt: c, .. } => collect_ids(c, &mut ids),
-                    WriteJob::Record(_) | WriteJob::Admin { .. } | WriteJob::Sharing(_) => {}
-                }
-            }
-            let mut held = existing_ids(&mut tx, &ids).await?;
-            let mut rows = Rows::default();
-            let mut outcomes = Vec::with_capacity(jobs.len());
-            for j in jobs {
-                let outcome = match j {
-                    WriteJob::Custody(c) => {
-                        if rows.add_custody(c, &mut held) { JobOutcome::Stored } else { JobOutcome::Duplicate }
-                    }
-                    WriteJob::SignFor { unit, message_id, state, receipt } => {
-                        let receipt_id = receipt.message.as_ref().map(|m| m.id).unwrap_or([0; 32]);
-                        match sign_for(&mut tx, unit, message_id, state, &receipt_id).await? {
-                            None => {
-                                rows.add_custody(receipt, &mut held);
-                                JobOutcome::Stored
-                            }
-                            Some(o) => o,
-                        }
-                    }
-                    WriteJob::Record(r) => {
-                        apply_outbox_record(&mut tx, r).await?;
-                        rows.add_record(r);
-                        JobOutcome::Stored
-                    }
-                    WriteJob::Admin { op, events } => {
-                        let n = apply_admin(&mut tx, op).await?;
-                        rows.events.extend(events);
-                        JobOutcome::Affected(n)
-                    }
-                    WriteJob::Sharing(job) => {
-                        let outcome = sharing::apply_job(&mut tx, job).await?;
-                        if matches!(outcome, JobOutcome::Stored | JobOutcome::Affected(_)) {
-                            let (messages, events) = sharing::job_parts(job);
-                            for c in messages {
-                                rows.add_custody(c, &mut held);
-                            }
-                            rows.events.extend(events);
-                        }
-                        outcome
-                    }
-                };
-                outcomes.push(outcome);
-            }
-            insert_rows(&mut tx, &rows).await?;
-            // After the inbox rows: a recall may arrive in the same batch as its document.
-            apply_recalls(&mut tx, &rows.recalls, &rows.recalls_reported).await?;
-            sharing::apply_rows(&mut tx, &rows.sharing).await?;
-            let head = *self.chain_head.lock().expect("chain head lock");
-            let new_head = append_audit(&mut tx, &rows.events, head).await?;
-            tx.commit().await?;
-            *self.chain_head.lock().expect("chain head lock") = new_head;
-            Ok(outcomes)
-        })
+        self.watched(self.commit_jobs(jobs))
     }
 
     fn outbox_batch<'a>(&'a self, hop: &'a str, max_messages: usize, max_bytes: usize)
         -> BoxFuture<'a, Result<Vec<OutboxItem>, StorageError>> {
-        Box::pin(async move {
+        self.watched(async move {
             let rows = sqlx::query(
                 "SELECT o.seq, o.message_id, o.recipients, m.header, m.signature, m.payload, m.hops, m.kind, o.enqueued_at_ms, m.sender \
                  FROM outbox o JOIN messages m ON m.id = o.message_id \
@@ -604,7 +719,7 @@ impl Store for SqliteStore {
     }
 
     fn inbox<'a>(&'a self, unit: &'a str, after: i64, limit: u32) -> BoxFuture<'a, Result<Vec<InboxRecord>, StorageError>> {
-        Box::pin(async move {
+        self.watched(async move {
             let rows = sqlx::query(sqlx::AssertSqlSafe(format!("{INBOX_SELECT} WHERE i.unit = $1 AND i.seq > $2 ORDER BY i.seq LIMIT $3")))
                 .bind(unit)
                 .bind(after)
@@ -616,7 +731,7 @@ impl Store for SqliteStore {
     }
 
     fn inbox_unsettled<'a>(&'a self, unit: &'a str) -> BoxFuture<'a, Result<Vec<InboxRecord>, StorageError>> {
-        Box::pin(async move {
+        self.watched(async move {
             let rows = sqlx::query(sqlx::AssertSqlSafe(format!("{INBOX_SELECT} WHERE i.unit = $1 AND i.state = 'delivered' ORDER BY i.seq")))
                 .bind(unit)
                 .fetch_all(&self.readers)
@@ -626,7 +741,7 @@ impl Store for SqliteStore {
     }
 
     fn inbox_entry<'a>(&'a self, unit: &'a str, id: &'a [u8; 32]) -> BoxFuture<'a, Result<Option<InboxRecord>, StorageError>> {
-        Box::pin(async move {
+        self.watched(async move {
             let row = sqlx::query(sqlx::AssertSqlSafe(format!("{INBOX_SELECT} WHERE i.unit = $1 AND i.message_id = $2")))
                 .bind(unit)
                 .bind(id.as_slice())
@@ -637,7 +752,7 @@ impl Store for SqliteStore {
     }
 
     fn message<'a>(&'a self, id: &'a [u8; 32]) -> BoxFuture<'a, Result<Option<StoredMessage>, StorageError>> {
-        Box::pin(async move {
+        self.watched(async move {
             let row = sqlx::query("SELECT header, signature, payload, hops FROM messages WHERE id = $1")
                 .bind(id.as_slice())
                 .fetch_optional(&self.readers)
@@ -647,7 +762,7 @@ impl Store for SqliteStore {
     }
 
     fn tracking<'a>(&'a self, id: &'a [u8; 32]) -> BoxFuture<'a, Result<Vec<TrackingRecord>, StorageError>> {
-        Box::pin(async move {
+        self.watched(async move {
             let rows = sqlx::query(
                 "SELECT recipient, state, node, at_ms, detail, receipt_id FROM tracking WHERE message_id = $1 ORDER BY recipient",
             )
@@ -669,7 +784,7 @@ impl Store for SqliteStore {
     }
 
     fn events<'a>(&'a self, id: &'a [u8; 32]) -> BoxFuture<'a, Result<Vec<EventRecord>, StorageError>> {
-        Box::pin(async move {
+        self.watched(async move {
             let rows = sqlx::query(sqlx::AssertSqlSafe(format!("{AUDIT_SELECT} WHERE message_id = $1 ORDER BY seq")))
                 .bind(id.as_slice())
                 .fetch_all(&self.readers)
@@ -679,7 +794,7 @@ impl Store for SqliteStore {
     }
 
     fn audit_page(&self, after: i64, limit: u32) -> BoxFuture<'_, Result<Vec<EventRecord>, StorageError>> {
-        Box::pin(async move {
+        self.watched(async move {
             let rows = sqlx::query(sqlx::AssertSqlSafe(format!("{AUDIT_SELECT} WHERE seq > $1 ORDER BY seq LIMIT $2")))
                 .bind(after)
                 .bind(limit as i64)
@@ -690,7 +805,7 @@ impl Store for SqliteStore {
     }
 
     fn audit_verify(&self) -> BoxFuture<'_, Result<ChainCheck, StorageError>> {
-        Box::pin(async move {
+        self.watched(async move {
             let mut check = ChainCheck { entries: 0, head_seq: 0, head_hash: [0; 32], first_break: None };
             let mut prev_seq = 0i64;
             loop {
@@ -719,7 +834,7 @@ impl Store for SqliteStore {
     }
 
     fn queue_stats(&self) -> BoxFuture<'_, Result<Vec<QueueStat>, StorageError>> {
-        Box::pin(async move {
+        self.watched(async move {
             let rows = sqlx::query(
                 "SELECT o.next_hop, \
                         SUM(o.dead_reason IS NULL), \
@@ -738,7 +853,7 @@ impl Store for SqliteStore {
     }
 
     fn dead_letters(&self) -> BoxFuture<'_, Result<Vec<DeadLetterRecord>, StorageError>> {
-        Box::pin(async move {
+        self.watched(async move {
             let rows = sqlx::query(
                 "SELECT seq, message_id, next_hop, recipients, dead_reason, enqueued_at_ms, attempts FROM outbox \
                  WHERE dead_reason IS NOT NULL ORDER BY seq",
@@ -761,7 +876,7 @@ impl Store for SqliteStore {
     }
 
     fn unreported_recalls(&self) -> BoxFuture<'_, Result<Vec<RecallOutcomeRow>, StorageError>> {
-        Box::pin(async move {
+        self.watched(async move {
             let rows = sqlx::query(
                 "SELECT recall_id, message_id, unit, outcome, original_sender, priority FROM recall_outcomes WHERE reported = 0 ORDER BY recall_id, unit",
             )
@@ -783,7 +898,7 @@ impl Store for SqliteStore {
     }
 
     fn attachment_in_use<'a>(&'a self, sha256_hex: &'a str, before_ms: i64) -> BoxFuture<'a, Result<bool, StorageError>> {
-        Box::pin(async move {
+        self.watched(async move {
             // The canonical header holds metadata values verbatim, so the digest's hex is in it.
             let used: bool = sqlx::query_scalar(
                 "SELECT EXISTS (SELECT 1 FROM messages WHERE instr(header, $1) > 0 \
@@ -798,7 +913,7 @@ impl Store for SqliteStore {
     }
 
     fn open_queries(&self) -> BoxFuture<'_, Result<Vec<([u8; 32], Vec<u8>)>, StorageError>> {
-        Box::pin(async move {
+        self.watched(async move {
             // Ranks 0, 1 and 3: accepted, in transit, delivered (failed and settled are outcomes).
             let rows = sqlx::query(
                 "SELECT DISTINCT m.id, m.header FROM tracking t JOIN messages m ON m.id = t.message_id \
@@ -811,21 +926,21 @@ impl Store for SqliteStore {
     }
 
     fn inbox_last_seq<'a>(&'a self, unit: &'a str) -> BoxFuture<'a, Result<i64, StorageError>> {
-        Box::pin(async move {
+        self.watched(async move {
             let last: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM inbox WHERE unit = $1").bind(unit).fetch_one(&self.readers).await?;
             Ok(last.unwrap_or(0))
         })
     }
 
     fn webhooks(&self) -> BoxFuture<'_, Result<Vec<WebhookRow>, StorageError>> {
-        Box::pin(async move {
+        self.watched(async move {
             let rows = sqlx::query("SELECT unit, url, pushed_seq FROM webhooks ORDER BY unit").fetch_all(&self.readers).await?;
             Ok(rows.into_iter().map(|r| WebhookRow { unit: r.get(0), url: r.get(1), pushed_seq: r.get(2) }).collect())
         })
     }
 
     fn segments(&self) -> BoxFuture<'_, Result<Vec<SegmentRow>, StorageError>> {
-        Box::pin(async move {
+        self.watched(async move {
             let rows = sqlx::query("SELECT owner, version, header, signature, payload FROM directory_segments ORDER BY owner")
                 .fetch_all(&self.readers)
                 .await?;
@@ -837,7 +952,7 @@ impl Store for SqliteStore {
     }
 
     fn tokens(&self) -> BoxFuture<'_, Result<Vec<TokenRow>, StorageError>> {
-        Box::pin(async move {
+        self.watched(async move {
             let rows = sqlx::query("SELECT id, hash, unit, label, issued_at_ms, revoked_at_ms FROM unit_tokens ORDER BY issued_at_ms")
                 .fetch_all(&self.readers)
                 .await?;
@@ -853,15 +968,6 @@ impl Store for SqliteStore {
                     })
                 })
                 .collect()
-        })
-    }
-
-    fn check_writable(&self) -> BoxFuture<'_, Result<(), StorageError>> {
-        Box::pin(async move {
-            let mut conn = self.writer.acquire().await?;
-            sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
-            sqlx::query("ROLLBACK").execute(&mut *conn).await?;
-            Ok(())
         })
     }
 

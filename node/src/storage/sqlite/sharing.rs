@@ -211,20 +211,20 @@ const OWNER_SELECT: &str = "SELECT topic, subscriber, owner, state, start, first
 
 impl SharingStore for SqliteStore {
     fn topic_head<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<i64, StorageError>> {
-        Box::pin(async move {
+        self.watched(async move {
             Ok(sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM topic_log WHERE topic = $1").bind(topic).fetch_one(&self.writer).await?)
         })
     }
 
     fn topic_record<'a>(&'a self, record_id: &'a [u8; 32]) -> BoxFuture<'a, Result<Option<(String, i64)>, StorageError>> {
-        Box::pin(async move {
+        self.watched(async move {
             let row = sqlx::query("SELECT topic, seq FROM topic_log WHERE record_id = $1").bind(record_id.as_slice()).fetch_optional(&self.writer).await?;
             Ok(row.map(|r| (r.get(0), r.get(1))))
         })
     }
 
     fn topic_log<'a>(&'a self, topic: &'a str, from: i64, to: i64) -> BoxFuture<'a, Result<Vec<TopicLogRow>, StorageError>> {
-        Box::pin(async move {
+        self.watched(async move {
             let rows = sqlx::query(
                 "SELECT topic, seq, record_id, subject, publisher, published_at_ms, header, signature, payload FROM topic_log \
                  WHERE topic = $1 AND seq >= $2 AND seq <= $3 ORDER BY seq",
@@ -253,7 +253,7 @@ impl SharingStore for SqliteStore {
     }
 
     fn topic_seq_at<'a>(&'a self, topic: &'a str, at_ms: i64) -> BoxFuture<'a, Result<Option<i64>, StorageError>> {
-        Box::pin(async move {
+        self.watched(async move {
             Ok(sqlx::query_scalar("SELECT MIN(seq) FROM topic_log WHERE topic = $1 AND published_at_ms >= $2")
                 .bind(topic)
                 .bind(at_ms)
@@ -263,7 +263,7 @@ impl SharingStore for SqliteStore {
     }
 
     fn owner_subscriptions<'a>(&'a self, owner: Option<&'a str>) -> BoxFuture<'a, Result<Vec<SubscriptionRow>, StorageError>> {
-        Box::pin(async move {
+        self.watched(async move {
             let rows = match owner {
                 Some(o) => {
                     sqlx::query(sqlx::AssertSqlSafe(format!("{OWNER_SELECT} WHERE owner = $1 ORDER BY topic, subscriber")))
@@ -278,7 +278,7 @@ impl SharingStore for SqliteStore {
     }
 
     fn granted_subscriptions<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<Vec<SubscriptionRow>, StorageError>> {
-        Box::pin(async move {
+        self.watched(async move {
             let rows = sqlx::query(sqlx::AssertSqlSafe(format!("{OWNER_SELECT} WHERE topic = $1 AND state = 'granted' ORDER BY subscriber")))
                 .bind(topic)
                 .fetch_all(&self.writer)
@@ -288,7 +288,7 @@ impl SharingStore for SqliteStore {
     }
 
     fn local_subscriptions<'a>(&'a self, unit: &'a str) -> BoxFuture<'a, Result<Vec<SubscriptionRow>, StorageError>> {
-        Box::pin(async move {
+        self.watched(async move {
             let rows = sqlx::query(
                 "SELECT topic, unit AS subscriber, owner, state, start, first_seq, cursor, request_id, requested_at_ms, decided_at_ms, \
                  decided_by, reason, NULL AS backfill_next, NULL AS backfill_end FROM data_subscriptions WHERE unit = $1 ORDER BY topic",
@@ -301,7 +301,7 @@ impl SharingStore for SqliteStore {
     }
 
     fn data_records<'a>(&'a self, unit: &'a str, topic: &'a str, after: i64, limit: u32) -> BoxFuture<'a, Result<Vec<DataInboxRow>, StorageError>> {
-        Box::pin(async move {
+        self.watched(async move {
             let rows = sqlx::query(
                 "SELECT d.unit, d.topic, d.seq, COALESCE(s.first_seq, d.seq), d.delivery_id, d.record_id, d.subject, d.published_at_ms, \
                  d.delivered_at_ms, d.header, d.signature, d.payload FROM data_inbox d \
@@ -336,7 +336,7 @@ impl SharingStore for SqliteStore {
     }
 
     fn data_contiguous_end<'a>(&'a self, unit: &'a str, topic: &'a str, first: i64) -> BoxFuture<'a, Result<i64, StorageError>> {
-        Box::pin(async move {
+        self.watched(async move {
             let has_first: Option<i64> = sqlx::query_scalar("SELECT seq FROM data_inbox WHERE unit = $1 AND topic = $2 AND seq = $3")
                 .bind(unit)
                 .bind(topic)
@@ -361,7 +361,7 @@ impl SharingStore for SqliteStore {
     }
 
     fn data_count_after<'a>(&'a self, unit: &'a str, topic: &'a str, seq: i64) -> BoxFuture<'a, Result<i64, StorageError>> {
-        Box::pin(async move {
+        self.watched(async move {
             Ok(sqlx::query_scalar("SELECT COUNT(*) FROM data_inbox WHERE unit = $1 AND topic = $2 AND seq > $3")
                 .bind(unit)
                 .bind(topic)
@@ -407,7 +407,7 @@ mod tests {
     #[tokio::test]
     async fn a_record_whose_predecessor_is_missing_ends_the_run_until_it_arrives() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("node.db")).await.unwrap();
+        let store = SqliteStore::open_standalone(&dir.path().join("node.db")).await.unwrap();
         let job = |rows: Vec<SharingRow>| WriteJob::Custody(Custody { sharing: rows, ..Default::default() });
         store.commit(&[job(vec![delivered(1), delivered(2), delivered(4), delivered(5)])]).await.unwrap();
         let s = store.sharing();
