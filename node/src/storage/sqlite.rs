@@ -53,7 +53,17 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(30))
             .foreign_keys(false);
-        let existed = path.exists();
+        // Checked before anything writes to the files: a refused database is left exactly as found.
+        let mark = mark::CommitMark::open(path)?;
+        let unfinished = if path.exists() {
+            let found = integrity::inspect(&base, check.budget).await?;
+            mark.check(found.commits)?;
+            found.unfinished
+        } else {
+            // No database but a mark that counts commits: the file was destroyed or moved away.
+            mark.check(0)?;
+            false
+        };
         // The writer keeps the indexes it updates in memory (32 MiB page cache); readers use the
         // default cache. Together they stay well within a node's memory budget. The WAL is cut back
         // to 64 MiB after checkpoints, so a burst does not keep its disk space for good.
@@ -70,11 +80,7 @@ impl SqliteStore {
                     .pragma("journal_size_limit", "67108864"),
             )
             .await?;
-        let unfinished = if existed { integrity::quick_check(&writer, check.budget).await? } else { false };
         sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
-        let mark = mark::CommitMark::open(path)?;
-        let commits: i64 = sqlx::query_scalar("SELECT value FROM node_state WHERE key = 'commits'").fetch_one(&writer).await?;
-        mark.check(commits as u64)?;
         let readers = SqlitePoolOptions::new()
             .max_connections(4)
             .idle_timeout(None)

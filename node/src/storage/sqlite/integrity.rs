@@ -1,4 +1,8 @@
-//! Checking a database file for damage when it is opened.
+//! Checking a database file for damage before the node uses it.
+//!
+//! The checks run on an inspection connection of their own that never checkpoints on close: if they
+//! fail, the files are left exactly as found (a checkpoint would write the shortened history of a
+//! damaged WAL into the database and delete the evidence), and the node refuses to start.
 //!
 //! `PRAGMA quick_check` reads every page and checks the b-tree structure (not index contents against
 //! tables, which `integrity_check` adds at several times the cost). On this machine kind it reads
@@ -14,23 +18,66 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use sqlx::SqlitePool;
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{ConnectOptions, Connection, SqliteConnection, SqlitePool};
 
 use crate::storage::StorageError;
 use crate::storage::health::StorageHealth;
 
+/// What the inspection of an existing database found (when it found no damage).
+pub struct Inspection {
+    /// The check ran out of its time budget before the end (nothing wrong found so far).
+    pub unfinished: bool,
+    /// Committed write transactions the database holds (see `mark`).
+    pub commits: u64,
+}
+
+/// Checks the existing database at `options` within `budget`, without changing it.
+pub async fn inspect(options: &SqliteConnectOptions, budget: Duration) -> Result<Inspection, StorageError> {
+    let mut conn = options.connect().await?;
+    {
+        let mut handle = conn.lock_handle().await?;
+        // SAFETY: a live, locked connection; NO_CKPT_ON_CLOSE takes an int and a nullable out-pointer.
+        let rc = unsafe {
+            libsqlite3_sys::sqlite3_db_config(
+                handle.as_raw_handle().as_ptr(),
+                libsqlite3_sys::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+                1,
+                std::ptr::null_mut::<i32>(),
+            )
+        };
+        if rc != libsqlite3_sys::SQLITE_OK {
+            return Err(StorageError::Corrupt(format!("cannot open the database without checkpointing it (SQLite code {rc})")));
+        }
+    }
+    let result = check(&mut conn, budget).await;
+    let _ = conn.close().await;
+    result
+}
+
+async fn check(conn: &mut SqliteConnection, budget: Duration) -> Result<Inspection, StorageError> {
+    let unfinished = quick_check(conn, budget).await?;
+    let has_state: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'node_state')")
+        .fetch_one(&mut *conn)
+        .await?;
+    let commits: i64 = if has_state {
+        sqlx::query_scalar("SELECT value FROM node_state WHERE key = 'commits'").fetch_optional(&mut *conn).await?.unwrap_or(0)
+    } else {
+        0
+    };
+    Ok(Inspection { unfinished, commits: commits as u64 })
+}
+
 /// Runs `quick_check` within `budget`. Returns `Ok(true)` when the budget ran out before the end
 /// (nothing wrong found so far), `Ok(false)` when the whole file checked clean, and an error naming
 /// the damage otherwise.
-pub async fn quick_check(pool: &SqlitePool, budget: Duration) -> Result<bool, StorageError> {
-    let mut conn = pool.acquire().await?;
+async fn quick_check(conn: &mut SqliteConnection, budget: Duration) -> Result<bool, StorageError> {
     let out_of_time = Arc::new(AtomicBool::new(false));
     {
         let started = Instant::now();
         let flag = out_of_time.clone();
-        let mut handle = conn.lock_handle().await?;
         // Called every 10,000 virtual-machine steps; returning false interrupts the check.
-        handle.set_progress_handler(10_000, move || {
+        conn.lock_handle().await?.set_progress_handler(10_000, move || {
             let over = started.elapsed() > budget;
             if over {
                 flag.store(true, Ordering::SeqCst);
@@ -50,6 +97,7 @@ pub async fn quick_check(pool: &SqlitePool, budget: Duration) -> Result<bool, St
 /// Checks the whole file in the background; damage marks the node not ready.
 pub fn finish_in_background(readers: SqlitePool, health: Arc<StorageHealth>, path: PathBuf) {
     tracing::warn!(db = %path.display(), "the database check at open ran out of time; checking the rest in the background");
+    // Owned by nobody on purpose: it ends by itself, and a node stopping meanwhile loses nothing.
     tokio::spawn(async move {
         let result = match sqlx::query_scalar::<_, String>("PRAGMA quick_check(20)").fetch_all(&readers).await {
             Ok(lines) => verdict(lines),
