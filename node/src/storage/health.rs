@@ -137,6 +137,10 @@ impl StorageHealth {
     pub fn new(dir: &Path, reserve: u64, metrics: HealthMetrics) -> StorageHealth {
         metrics.reserve_bytes.set(reserve as i64);
         metrics.healthy.set(1);
+        // Every kind exported from the start, so rates and alerts see the first fault.
+        for f in [Fault::Full, Fault::Corrupt, Fault::Io, Fault::Other] {
+            metrics.faults.with_label_values(&[f.label()]);
+        }
         let h = StorageHealth {
             dir: dir.to_path_buf(),
             reserve,
