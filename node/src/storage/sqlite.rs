@@ -981,3 +981,53 @@ impl Store for SqliteStore {
         self
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn probe(at_ms: i64) -> WriteJob {
+        WriteJob::Probe { at_ms }
+    }
+
+    async fn durable_probe(path: &Path) -> i64 {
+        use sqlx::ConnectOptions;
+        let mut fresh = SqliteConnectOptions::new().filename(path).read_only(true).connect().await.unwrap();
+        sqlx::query_scalar("SELECT value FROM node_state WHERE key = 'probe'").fetch_one(&mut fresh).await.unwrap()
+    }
+
+    /// A `COMMIT` that fails leaves SQLite's transaction open (here: a deferred foreign key, the
+    /// same as a disk that fills while the WAL is written). The next transaction must not nest inside
+    /// it as a savepoint that only looks committed: the store finds the writer outside autocommit,
+    /// reopens it, and what it reports committed is durable, as a fresh connection sees.
+    #[tokio::test]
+    async fn a_commit_after_a_failed_commit_is_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.db");
+        let store = SqliteStore::open_standalone(&path).await.unwrap();
+        store.commit(&[probe(1)]).await.unwrap();
+        {
+            let mut conn = store.writer.acquire().await.unwrap();
+            sqlx::query("PRAGMA foreign_keys = ON").execute(&mut *conn).await.unwrap();
+            sqlx::query("CREATE TABLE parent (id INTEGER PRIMARY KEY)").execute(&mut *conn).await.unwrap();
+            sqlx::query("CREATE TABLE child (p INTEGER REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED)")
+                .execute(&mut *conn)
+                .await
+                .unwrap();
+            let mut tx = sqlx::Connection::begin(&mut *conn).await.unwrap();
+            sqlx::query("INSERT INTO child VALUES (42)").execute(&mut *tx).await.unwrap();
+            assert!(tx.commit().await.is_err(), "the deferred constraint fails the COMMIT");
+        }
+        store.commit(&[probe(2)]).await.unwrap();
+        assert_eq!(durable_probe(&path).await, 2, "what the store reported committed is durable");
+
+        // A transaction begun behind sqlx's back (a raw BEGIN whose ROLLBACK never ran, as a cancelled
+        // readiness probe once left): the store must not limp on a writer that refuses every BEGIN.
+        {
+            let mut conn = store.writer.acquire().await.unwrap();
+            sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await.unwrap();
+        }
+        store.commit(&[probe(3)]).await.expect("the writer is reopened, not left inside the stray transaction");
+        assert_eq!(durable_probe(&path).await, 3);
+    }
+}
