@@ -198,7 +198,8 @@ impl StorageHealth {
         }
         let free = self.free.load(Ordering::SeqCst);
         if self.full.load(Ordering::SeqCst) || !self.ballast_laid.load(Ordering::SeqCst) || free < self.reserve {
-            return Err(IntakeClosed::LowSpace { free: free.min(self.measure().unwrap_or(free)), reserve: self.reserve, dir: self.dir.clone() });
+            // Measured now, not at the last tick: the refusal names the space there is.
+            return Err(IntakeClosed::LowSpace { free: self.measure().unwrap_or(free), reserve: self.reserve, dir: self.dir.clone() });
         }
         Ok(())
     }
