@@ -110,11 +110,15 @@ pub struct P2pConfig {
     pub idle_timeout_secs: u64,
     /// How long to wait for a peer to acknowledge a batch before retrying it.
     pub request_timeout_secs: u64,
+    /// How long bytes sent to a neighbour may stay unacknowledged by its host (TCP) before the link is
+    /// given up and re-dialled; also the limit for a dial and its handshake. After a partition heals,
+    /// the backlog moves again within about this long.
+    pub link_timeout_ms: u64,
 }
 
 impl Default for P2pConfig {
     fn default() -> Self {
-        P2pConfig { listen: "/ip4/0.0.0.0/tcp/7400".into(), idle_timeout_secs: 3600, request_timeout_secs: 60 }
+        P2pConfig { listen: "/ip4/0.0.0.0/tcp/7400".into(), idle_timeout_secs: 3600, request_timeout_secs: 60, link_timeout_ms: 2000 }
     }
 }
 
@@ -266,6 +270,9 @@ impl NodeConfig {
                 anyhow::bail!("{what}: action must be \"allow\" or \"deny\", not {action:?}");
             }
         }
+        if cfg.p2p.link_timeout_ms == 0 {
+            anyhow::bail!("p2p.link_timeout_ms must be above 0 (2000 is the default)");
+        }
         if cfg.log.format != "human" && cfg.log.format != "json" {
             anyhow::bail!("log.format must be \"human\" or \"json\", not {:?}", cfg.log.format);
         }
@@ -337,5 +344,8 @@ mod tests {
         std::fs::write(&path, format!("node_id = \"gz\"\nkey_file = \"k\"\ndata_dir = \"d\"\nroot_key = \"{KEY}\"\n[relay]\nretry_maximum = 5\n")).unwrap();
         let err = format!("{:#}", NodeConfig::load(&path).unwrap_err());
         assert!(err.contains("retry_maximum"), "a misspelt key is named: {err}");
+        std::fs::write(&path, format!("node_id = \"gz\"\nkey_file = \"k\"\ndata_dir = \"d\"\nroot_key = \"{KEY}\"\n[p2p]\nlink_timeout_ms = 0\n")).unwrap();
+        let err = format!("{:#}", NodeConfig::load(&path).unwrap_err());
+        assert!(err.contains("p2p.link_timeout_ms"), "a zero link timeout (TCP's default, minutes) is refused: {err}");
     }
 }

@@ -59,6 +59,10 @@ pub struct LocalNode {
     pub api_url: String,
     pub admin_url: String,
     pub p2p_port: u16,
+    /// Program and arguments the node's command line is appended to (for example
+    /// `ip netns exec NS`), empty for a plain process. The program must exec the node, so that
+    /// [`LocalNode::pid`] is the node's own.
+    pub command_prefix: Vec<String>,
     child: Option<Child>,
 }
 
@@ -94,6 +98,17 @@ impl LocalNode {
     pub fn database_path(&self) -> PathBuf {
         self.data_dir.join("node.db")
     }
+}
+
+/// Where a node of a [`LocalNetwork`] runs, when not as a plain process on loopback: tests of
+/// partitions run each node in its own network namespace.
+#[derive(Debug, Clone, Default)]
+pub struct Placement {
+    /// The address the node listens on for other nodes (and is listed at in the node tree);
+    /// loopback when `None`. Its agency and admin APIs stay on its own 127.0.0.1.
+    pub p2p_host: Option<std::net::Ipv4Addr>,
+    /// See [`LocalNode::command_prefix`].
+    pub command_prefix: Vec<String>,
 }
 
 /// A set of node processes sharing one directory.
@@ -143,6 +158,17 @@ impl LocalNetwork {
     /// the root signs the node tree from `tree-seed.toml` on its first start, each node signs its
     /// units from `<node>.units.toml`, and the directory spreads along the tree.
     pub fn create(binary: &Path, root: Option<&Path>, node_ids: &[&str], extra_config: &str) -> anyhow::Result<LocalNetwork> {
+        Self::create_placed(binary, root, node_ids, extra_config, |_| Placement::default())
+    }
+
+    /// [`LocalNetwork::create`], with each node placed as `placement` says.
+    pub fn create_placed(
+        binary: &Path,
+        root: Option<&Path>,
+        node_ids: &[&str],
+        extra_config: &str,
+        placement: impl Fn(&NodeId) -> Placement,
+    ) -> anyhow::Result<LocalNetwork> {
         let topology = Topology::guangzhou();
         let (root, tmp) = match root {
             Some(r) => {
@@ -159,28 +185,31 @@ impl LocalNetwork {
             key: SigningKey,
             parent: Option<NodeId>,
             ports: (u16, u16, u16),
+            place: Placement,
         }
         let mut planned = BTreeMap::new();
         for id in &wanted {
             let t = topology.nodes.iter().find(|n| &n.id == id).with_context(|| format!("node {id} is not in the topology"))?;
             // Keep the tree connected within the chosen nodes.
             let parent = t.parent.clone().filter(|p| wanted.contains(p));
-            planned.insert(id.clone(), Planned { key: exchange_wire::keys::generate(), parent, ports: (free_port()?, free_port()?, free_port()?) });
+            planned.insert(id.clone(), Planned { key: exchange_wire::keys::generate(), parent, ports: (free_port()?, free_port()?, free_port()?), place: placement(id) });
         }
         let roots: Vec<&NodeId> = planned.iter().filter(|(_, p)| p.parent.is_none()).map(|(id, _)| id).collect();
         let [root_id] = roots.as_slice() else { bail!("the chosen nodes must form one tree (roots: {roots:?})") };
         let root_id = (*root_id).clone();
         let root_key = PublicKey(planned[&root_id].key.verifying_key());
 
+        let p2p_host = |p: &Planned| p.place.p2p_host.unwrap_or(std::net::Ipv4Addr::LOCALHOST);
         let mut tree_seed = String::from("# The node tree the root signs on its first start (written by the launcher).\n\n");
         for (id, p) in &planned {
             let t = topology.nodes.iter().find(|n| &n.id == id).expect("checked");
             tree_seed.push_str(&format!(
-                "[[node]]\nid = \"{id}\"\nname = \"{}\"\ntier = \"{}\"\n{}public_key = \"{}\"\naddresses = [\"/ip4/127.0.0.1/tcp/{}\"]\n\n",
+                "[[node]]\nid = \"{id}\"\nname = \"{}\"\ntier = \"{}\"\n{}public_key = \"{}\"\naddresses = [\"/ip4/{}/tcp/{}\"]\n\n",
                 t.name,
                 t.tier,
                 p.parent.as_ref().map(|p| format!("parent = \"{p}\"\n")).unwrap_or_default(),
                 PublicKey(p.key.verifying_key()),
+                p2p_host(p),
                 p.ports.0,
             ));
         }
@@ -208,18 +237,20 @@ impl LocalNetwork {
                 Some(parent) => {
                     let pp = &planned[parent];
                     format!(
-                        "parent_address = \"/ip4/127.0.0.1/tcp/{}/p2p/{}\"\n",
+                        "parent_address = \"/ip4/{}/tcp/{}/p2p/{}\"\n",
+                        p2p_host(pp),
                         pp.ports.0,
                         crate::directory::peer_id_of(&PublicKey(pp.key.verifying_key()))
                     )
                 }
                 None => String::new(),
             };
+            let listen_host = p2p_host(p);
             let tree_line = if *id == root_id { "tree_seed = \"tree-seed.toml\"\n" } else { "" };
             let config = format!(
                 "node_id = \"{id}\"\nkey_file = \"{id}.key\"\ndata_dir = \"{id}\"\nroot_key = \"{root_key}\"\n{parent_address}\n\
                  [directory]\n{tree_line}units_seed = \"{id}.units.toml\"\n\n\
-                 [p2p]\nlisten = \"/ip4/127.0.0.1/tcp/{p2p}\"\nidle_timeout_secs = 3600\nrequest_timeout_secs = 30\n\n\
+                 [p2p]\nlisten = \"/ip4/{listen_host}/tcp/{p2p}\"\nidle_timeout_secs = 3600\nrequest_timeout_secs = 30\n\n\
                  [api]\nlisten = \"127.0.0.1:{api}\"\nmax_wait_ms = 60000\nwebhooks_to_loopback = true\n\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\n{extra_config}\n"
             );
             let config_path = root.join(format!("{id}.toml"));
@@ -234,6 +265,7 @@ impl LocalNetwork {
                     api_url: format!("http://127.0.0.1:{api}"),
                     admin_url: format!("http://127.0.0.1:{admin}"),
                     p2p_port: p2p,
+                    command_prefix: p.place.command_prefix.clone(),
                     child: None,
                 },
             );
@@ -330,7 +362,15 @@ impl LocalNetwork {
             bail!("node {id} is already running");
         }
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log_path)?;
-        let child = Command::new(&binary)
+        let mut command = match node.command_prefix.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(&binary);
+                c
+            }
+            None => Command::new(&binary),
+        };
+        let child = command
             .arg("run")
             .arg("--config")
             .arg(&node.config_path)

@@ -21,6 +21,10 @@ use exchange_wire::api::{InboxItem, SignedMessage};
 use exchange_wire::client::ApiClient;
 use exchange_wire::{Envelope, Kind, MessageId, Priority, SignedEnvelope, UnitAddress};
 
+pub mod load;
+pub mod netns;
+pub mod wal;
+
 /// The folder holding the built binaries (`target/debug`, or `target/release` under `cargo test --release`),
 /// building them once per test process.
 /// Integration tests of this crate do not trigger a build of other packages' binaries, so the first
@@ -37,9 +41,21 @@ pub fn bin_dir() -> &'static Path {
             args.push("--release");
         }
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = std::process::Command::new(cargo)
-            .args(&args)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
+        let mut command = std::process::Command::new(cargo);
+        command.args(&args).current_dir(env!("CARGO_MANIFEST_DIR"));
+        // `cargo test` gives this process the test crate's CARGO_PKG_*, CARGO_MANIFEST_* … variables.
+        // Passed on, they change ring's build fingerprint (its build script tracks them), so ring and
+        // everything above it would be rebuilt here, and again by the next `cargo test`.
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy();
+            if ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_CRATE_", "CARGO_BIN_", "CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR", "CARGO_RUSTC_CURRENT_DIR"]
+                .iter()
+                .any(|p| key.starts_with(p))
+            {
+                command.env_remove(&*key);
+            }
+        }
+        let status = command
             .status()
             .expect("cannot run cargo to build the node binaries");
         assert!(status.success(), "building the node binaries failed");
@@ -212,9 +228,11 @@ pub fn submission(signed: &SignedEnvelope, payload: &[u8]) -> SignedMessage {
 
 
 /// An agency system reading one unit's inbox in the background: it long-polls, verifies each
-/// sender's signature offline, signs for every document, and counts how often it saw each id.
+/// sender's signature offline, signs for every document, and counts how often it saw each id (and
+/// notes when it first saw it).
 pub struct Receiver {
     stop: Arc<AtomicBool>,
+    arrivals: Arc<std::sync::Mutex<HashMap<MessageId, Instant>>>,
     handle: Option<std::thread::JoinHandle<HashMap<MessageId, usize>>>,
 }
 
@@ -223,8 +241,21 @@ impl Receiver {
     /// errors (a node down) are retried, and a
     /// receipt whose answer was lost is re-sent unchanged, so it is recognised as a duplicate.
     pub fn spawn(client: ApiClient, unit: UnitAddress, key: SigningKey, sender_keys: Arc<BTreeMap<UnitAddress, SigningKey>>) -> Receiver {
+        Self::start(client, unit, key, sender_keys, false)
+    }
+
+    /// Like [`Receiver::spawn`], but signs for each page of the inbox in one request, as a system
+    /// working through a backlog would: it keeps up with thousands of documents, so when it first
+    /// sees a document measures the network, not the reader.
+    pub fn spawn_batched(client: ApiClient, unit: UnitAddress, key: SigningKey, sender_keys: Arc<BTreeMap<UnitAddress, SigningKey>>) -> Receiver {
+        Self::start(client, unit, key, sender_keys, true)
+    }
+
+    fn start(client: ApiClient, unit: UnitAddress, key: SigningKey, sender_keys: Arc<BTreeMap<UnitAddress, SigningKey>>, batched: bool) -> Receiver {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
+        let arrivals = Arc::new(std::sync::Mutex::new(HashMap::new()));
+        let arrived = arrivals.clone();
         let handle = std::thread::spawn(move || {
             let mut seen: HashMap<MessageId, usize> = HashMap::new();
             let mut after = 0;
@@ -236,31 +267,74 @@ impl Receiver {
                         continue;
                     }
                 };
+                let now = Instant::now();
+                {
+                    let mut first = arrived.lock().unwrap();
+                    for i in &page.items {
+                        first.entry(i.id).or_insert(now);
+                    }
+                }
+                let mut receipts = Vec::with_capacity(page.items.len());
                 for item in &page.items {
                     *seen.entry(item.id).or_default() += 1;
                     let sender = &item.message.envelope.sender;
                     verify_item(item, &sender_keys[sender]);
                     let env = &item.message.envelope;
-                    let receipt = exchange_wire::receipt::signed_for(unit.clone(), env.sender.clone(), item.id, env.priority).sign(&key);
-                    loop {
-                        match client.sign_for(&unit, &item.id, &receipt) {
-                            Ok(_) => break,
-                            Err(e) if e.code().is_none() => std::thread::sleep(Duration::from_millis(100)),
-                            Err(e) => panic!("sign-for of {} by {unit} refused: {e}", item.id),
-                        }
-                    }
+                    receipts.push((item.id, exchange_wire::receipt::signed_for(unit.clone(), env.sender.clone(), item.id, env.priority).sign(&key)));
                 }
+                sign_page(&client, &unit, &receipts, batched);
                 after = page.next_after;
             }
             seen
         });
-        Receiver { stop, handle: Some(handle) }
+        Receiver { stop, arrivals, handle: Some(handle) }
+    }
+
+    /// When the reader first saw `id` in the inbox, if it has.
+    pub fn arrived(&self, id: &MessageId) -> Option<Instant> {
+        self.arrivals.lock().unwrap().get(id).copied()
     }
 
     /// Stops reading and returns how often each id was seen.
     pub fn finish(mut self) -> HashMap<MessageId, usize> {
         self.stop.store(true, Ordering::Relaxed);
         self.handle.take().unwrap().join().expect("receiver thread")
+    }
+}
+
+/// Hands a page's receipts to the node, one request each or all in one, retrying transport errors
+/// with the same receipts (a retried receipt is recognised as a duplicate).
+fn sign_page(client: &ApiClient, unit: &UnitAddress, receipts: &[(MessageId, SignedEnvelope)], batched: bool) {
+    let retry = |e: exchange_wire::client::ClientError, what: &str| match e.code() {
+        None => std::thread::sleep(Duration::from_millis(100)),
+        Some(_) => panic!("sign-for of {what} by {unit} refused: {e}"),
+    };
+    if batched {
+        if receipts.is_empty() {
+            return;
+        }
+        let envelopes: Vec<SignedEnvelope> = receipts.iter().map(|(_, r)| r.clone()).collect();
+        loop {
+            match client.sign_for_batch(unit, &envelopes) {
+                Ok(answer) => {
+                    for (r, (id, _)) in answer.results.iter().zip(receipts) {
+                        if let exchange_wire::api::SignForResult::Refused(e) = r {
+                            panic!("sign-for of {id} by {unit} refused: {e:?}");
+                        }
+                    }
+                    return;
+                }
+                Err(e) => retry(e, &format!("{} documents", receipts.len())),
+            }
+        }
+    }
+    for (id, receipt) in receipts {
+        loop {
+            match client.sign_for(unit, id, receipt) {
+                Ok(_) => break,
+                Err(e) => retry(e, &id.to_string()),
+            }
+        }
     }
 }
 

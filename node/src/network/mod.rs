@@ -5,6 +5,7 @@
 
 pub mod behaviour;
 pub mod protocol;
+pub mod transport;
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -13,7 +14,7 @@ use futures::StreamExt;
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::SwarmEvent;
 use libp2p::swarm::dial_opts::DialOpts;
-use libp2p::{Multiaddr, PeerId, Swarm, identity, noise, ping, tcp, yamux};
+use libp2p::{Multiaddr, PeerId, Swarm, identity, ping};
 use tokio::sync::{mpsc, oneshot};
 
 use behaviour::{Behaviour, BehaviourEvent};
@@ -142,6 +143,9 @@ pub struct NetworkConfig {
     pub idle_timeout: Duration,
     pub request_timeout: Duration,
     pub max_request_bytes: u64,
+    /// Data a neighbour's host leaves unacknowledged this long ends the connection, and a dial with
+    /// its handshake must finish within it (see [`transport`]).
+    pub link_timeout: Duration,
 }
 
 /// Builds the swarm and starts listening.
@@ -149,11 +153,15 @@ pub fn new(
     keypair: identity::Keypair,
     cfg: NetworkConfig,
 ) -> anyhow::Result<(Client, mpsc::Receiver<NetworkEvent>, EventLoop)> {
+    let tcp = transport::build(&keypair, cfg.link_timeout)?;
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
-        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)?
+        .with_other_transport(|_| tcp)?
         .with_behaviour(|_| Behaviour::new(cfg.max_request_bytes, cfg.request_timeout))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(cfg.idle_timeout))
+        // A dial stuck on a link that is down (SYNs retransmitted at 1, 3, 7 s …) would otherwise
+        // hold off the next attempt long after the link is back.
+        .with_connection_timeout(cfg.link_timeout)
         .build();
     swarm
         .listen_on(cfg.listen.clone())
@@ -191,7 +199,9 @@ impl EventLoop {
     /// Runs until every [`Client`] is dropped.
     pub async fn run(mut self) {
         // A failed dial makes libp2p forget the peer: re-dial neighbours ourselves, on a timer.
-        let mut redial = tokio::time::interval(Duration::from_millis(500));
+        // Cheap while a link is down (a dial to an unreachable address fails at once or within
+        // the link timeout), and bounds how long a healed link waits for its next dial.
+        let mut redial = tokio::time::interval(Duration::from_millis(250));
         redial.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -290,6 +300,8 @@ impl EventLoop {
             SwarmEvent::ConnectionClosed { peer_id, num_established: 0, cause, .. } => {
                 tracing::info!(peer = %peer_id, cause = ?cause, "link down");
                 let _ = self.events.try_send(NetworkEvent::PeerDown(peer_id));
+                // Try again at once: the link may be back already, or the other end just restarted.
+                self.dial_neighbours();
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 if let Some(peer) = peer_id {
