@@ -183,6 +183,29 @@ fn spawn_submitter(batches: Vec<(ApiClient, Vec<SignedMessage>)>, progress: Arc<
     })
 }
 
+/// Waits until every document in `pending` is signed for by all its recipients with the receipt at
+/// the sender's node; returns what is still missing at the deadline, described (first ten).
+fn wait_for_receipts(net: &LocalNetwork, sender_of: &HashMap<MessageId, UnitAddress>, mut pending: Vec<MessageId>, timeout: Duration) -> Vec<String> {
+    let deadline = Instant::now() + timeout;
+    let done = |id: &MessageId| {
+        let status = net.client_for(&sender_of[id]).status(id);
+        status.is_ok_and(|s| s.recipients.iter().all(|r| r.state == RecipientState::SignedFor && r.receipt.is_some()))
+    };
+    while !pending.is_empty() && Instant::now() < deadline {
+        pending.retain(|id| !done(id));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    pending
+        .iter()
+        .take(10)
+        .map(|id| match net.client_for(&sender_of[id]).status(id) {
+            Ok(s) => format!("{}: {:?}", short(id), s.recipients.iter().map(|r| format!("{} {:?} at {}", r.unit, r.state, r.node)).collect::<Vec<_>>()),
+            Err(e) => format!("{}: {e}", short(id)),
+        })
+        .chain((pending.len() > 10).then(|| format!("and {} more", pending.len() - 10)))
+        .collect()
+}
+
 #[test]
 fn acknowledged_documents_survive_power_cuts_of_the_city_and_the_sending_district() {
     if skip("acknowledged_documents_survive_power_cuts_of_the_city_and_the_sending_district") {
@@ -243,14 +266,8 @@ fn acknowledged_documents_survive_power_cuts_of_the_city_and_the_sending_distric
 
     // Every receipt back at the sender's node, read from its durable status (not from a counter
     // that restarts with the node).
-    let mut pending: Vec<MessageId> = acked.iter().copied().collect();
-    wait_for("every receipt back at 越秀", Duration::from_secs(240), || {
-        pending.retain(|id| {
-            let status = rig.net.client_for(&sender_of[id]).status(id);
-            !status.is_ok_and(|s| s.recipients.iter().all(|r| r.state == RecipientState::SignedFor && r.receipt.is_some()))
-        });
-        pending.is_empty().then_some(())
-    });
+    let pending = wait_for_receipts(&rig.net, &sender_of, acked.iter().copied().collect(), Duration::from_secs(180));
+    assert!(pending.is_empty(), "{} acknowledged documents never completed (lost by a power cut?): {}", pending.len(), pending.join("; "));
     let seen: HashMap<UnitAddress, HashMap<MessageId, usize>> = receivers.into_iter().map(|(u, r)| (u, r.finish())).collect();
 
     for (u, ids) in &expected {
