@@ -76,7 +76,7 @@ impl Overlay {
         self.size = len;
         self.visible = self.visible.min(len);
         drop(self.pages.split_off(&len.div_ceil(PAGE)));
-        if len % PAGE != 0
+        if !len.is_multiple_of(PAGE)
             && let Some(page) = self.pages.get_mut(&(len / PAGE))
         {
             page[(len % PAGE) as usize..].fill(0);
