@@ -2,6 +2,8 @@
 //! node processes, waiting on conditions with deadlines, reading metrics, and looking into a node's
 //! SQLite file the way an auditor would.
 
+pub mod lazyfs;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};

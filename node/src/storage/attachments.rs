@@ -71,7 +71,13 @@ pub struct AttachmentStore {
 impl AttachmentStore {
     /// Opens (and creates) the store in `dir`.
     pub fn open(dir: &Path) -> std::io::Result<AttachmentStore> {
-        fs::create_dir_all(dir)?;
+        if !dir.is_dir() {
+            fs::create_dir_all(dir)?;
+            // Make the new folder's name durable before anything in it is acknowledged.
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                File::open(parent)?.sync_all()?;
+            }
+        }
         Ok(AttachmentStore { dir: dir.to_path_buf(), growing: Mutex::new(HashMap::new()) })
     }
 
@@ -154,7 +160,14 @@ impl AttachmentStore {
     /// Opens the partial file after a restart (or a failed write): drops any bytes past the last whole
     /// chunk and digests what is kept, so the final check covers every byte.
     fn resume(&self, digest: &Digest) -> std::io::Result<Growing> {
-        let mut file = OpenOptions::new().create(true).read(true).write(true).truncate(false).open(self.part_path(digest))?;
+        let path = self.part_path(digest);
+        let created = !path.exists();
+        let mut file = OpenOptions::new().create(true).read(true).write(true).truncate(false).open(&path)?;
+        if created {
+            // A chunk's fsync makes its bytes durable, not the new file's name: without this, a
+            // power cut could lose a file whose chunks were already acknowledged.
+            File::open(&self.dir)?.sync_all()?;
+        }
         let committed = file.metadata()?.len() / CHUNK_BYTES * CHUNK_BYTES;
         file.set_len(committed)?;
         file.seek(SeekFrom::Start(0))?;
