@@ -17,7 +17,7 @@ mod sqlite_file;
 mod traffic;
 pub use small_fs::{SmallFs, is_root};
 pub use sqlite_file::{flip_middle_page, flip_wal_frame, valid_wal_frames, wal_cut_after_first_commit};
-pub use traffic::{Sent, Stream, http_status, receivers, reconcile, wait_ready};
+pub use traffic::{Sent, Stream, http_status, reconcile, wait_ready};
 use exchange_node::launcher::LocalNetwork;
 use exchange_wire::api::{InboxItem, SignedMessage};
 use exchange_wire::client::ApiClient;

@@ -12,7 +12,7 @@ use exchange_node::launcher::LocalNetwork;
 use exchange_wire::api::RecipientState;
 use exchange_wire::{MessageId, UnitAddress};
 
-use crate::{Receiver, document, read_inbox, short, wait_for};
+use crate::{document, read_inbox, short, wait_for};
 
 /// What a stream sent: the acknowledged documents (with their sender and recipient), and how often
 /// each refusal code was answered.
@@ -95,15 +95,10 @@ impl Drop for Stream {
     }
 }
 
-/// Receivers (agency systems signing for everything) for every unit in `units`.
-pub fn receivers(net: &LocalNetwork, units: &[UnitAddress]) -> Vec<(UnitAddress, Receiver)> {
-    let keys = Arc::new(net.unit_keys.clone());
-    units.iter().map(|u| (u.clone(), Receiver::spawn(net.client_for(u), u.clone(), keys[u].clone(), keys.clone()))).collect()
-}
-
-/// Reconciles what was acknowledged against what arrived: waits (up to `timeout`) until every
-/// accepted document is signed for at its sender's node, then checks every recipient's inbox holds
-/// each of its documents exactly once and nothing else from this stream.
+/// Reconciles what was acknowledged against what arrived, through the agency API (so it can be
+/// repeated after restarts, unlike `load::reconcile`, which also consumes the receivers): waits (up to
+/// `timeout`) until every accepted document is signed for at its sender's node, then checks every
+/// recipient's inbox holds each of its documents exactly once.
 pub fn reconcile(net: &LocalNetwork, sent: &Sent, timeout: Duration) {
     assert!(!sent.accepted.is_empty(), "the stream must have had documents accepted, or nothing was tested");
     let by_sender: HashMap<MessageId, &UnitAddress> = sent.accepted.iter().map(|(id, from, _)| (*id, from)).collect();

@@ -11,6 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use exchange_tests::load::receivers;
 use exchange_tests::*;
 use exchange_wire::UnitAddress;
 use sha2::{Digest, Sha256};
