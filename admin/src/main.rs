@@ -213,6 +213,13 @@ struct Cli {
     )]
     token: Option<String>,
 
+    /// File holding the node's operator token, for operator commands (admin API).
+    ///
+    /// The node writes it with mode 0600 at first start to admin.token in its data_dir (admin.token_file
+    /// in its configuration); only its user can read it. Without it the admin API answers 401.
+    #[arg(long, global = true, env = "EXCHANGE_ADMIN_TOKEN_FILE", value_name = "PATH", help_heading = "Global options")]
+    admin_token_file: Option<std::path::PathBuf>,
+
     /// Print machine-readable JSON instead of tables.
     #[arg(long, global = true, help_heading = "Global options")]
     json: bool,
@@ -806,6 +813,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         node: cli.node,
         admin: cli.admin,
         token: cli.token,
+        admin_token_file: cli.admin_token_file,
         json: cli.json,
     };
     let done = |r: anyhow::Result<()>| r.map(|()| Outcome::Done);
