@@ -177,6 +177,10 @@ impl Metrics {
             registry,
         };
         m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        // Every reason exported from the start, at 0, so an alert on a rise needs no absent() case.
+        for reason in ["origin", "host", "no-token", "bad-token", "content-type"] {
+            m.admin_refusals.with_label_values(&[reason]);
+        }
         m.start_time.set(exchange_wire::now_ms() as f64 / 1000.0);
         m
     }

@@ -101,7 +101,7 @@ impl Doors {
         }
         let hint = "send Authorization: Bearer <operator token>, the token the node wrote to admin.token_file (default \
                     <data_dir>/admin.token) at first start; in exchange-admin, --admin-token-file or EXCHANGE_ADMIN_TOKEN_FILE";
-        let bearer = headers.get(header::AUTHORIZATION).and_then(|h| h.to_str().ok()).and_then(|h| h.strip_prefix("Bearer ")).map(str::trim);
+        let bearer = headers.get(header::AUTHORIZATION).and_then(|h| h.to_str().ok()).and_then(bearer_token);
         match bearer {
             None | Some("") => return stop("no-token", "unauthenticated", 401, format!("the admin API requires the operator token: {hint}")),
             Some(t) if <[u8; 32]>::from(Sha256::digest(t.as_bytes())) != self.token_hash => {
@@ -188,6 +188,13 @@ fn host_allowed(host: &str, allowed: &[String]) -> bool {
     !name.is_empty() && (name.parse::<IpAddr>().is_ok() || name == "localhost" || allowed.contains(&name))
 }
 
+/// The token of an `Authorization: Bearer <token>` value, as the agency API reads it: the scheme
+/// word in any ASCII case, then whitespace, then the token.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once([' ', '\t'])?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
 /// Whether the request says its body is JSON (`application/json`, parameters allowed).
 fn is_json(headers: &HeaderMap) -> bool {
     headers
@@ -267,6 +274,14 @@ mod tests {
             assert!(!host_allowed(bad, &[]), "{bad}");
         }
         assert!(host_allowed("ops.gz.gov:9080", &["ops.gz.gov"]));
+    }
+
+    #[test]
+    fn bearer_scheme_in_any_case() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token(" bearer\tabc "), Some("abc"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearer"), None);
     }
 
     #[test]
