@@ -7,7 +7,10 @@
 //!
 //! Agency calls carry the unit token given by `--token` / `EXCHANGE_TOKEN`; a refusal for want of a
 //! good token (`unauthenticated`, `forbidden`) says which unit's token the call needed. Admin calls
-//! never carry it: a unit token has no business on the operators' listener.
+//! never carry it: a unit token has no business on the operators' listener. They carry the node's
+//! operator token instead, read from the file given by `--admin-token-file` /
+//! `EXCHANGE_ADMIN_TOKEN_FILE` (the node writes it at first start to `admin.token` in its data
+//! directory).
 
 use std::fmt;
 
@@ -40,6 +43,9 @@ pub struct Ctx {
     pub admin: String,
     /// The unit token sent with agency calls (`--token`, `EXCHANGE_TOKEN`).
     pub token: Option<String>,
+    /// The file holding the node's operator token, sent with admin calls (`--admin-token-file`,
+    /// `EXCHANGE_ADMIN_TOKEN_FILE`).
+    pub admin_token_file: Option<std::path::PathBuf>,
     /// Print JSON instead of tables.
     pub json: bool,
 }
@@ -132,6 +138,8 @@ pub struct Endpoint {
     client: ApiClient,
     api: Api,
     auth: Option<Auth>,
+    /// For admin calls: the operator token file given, if any (to explain a 401).
+    operator: Option<Option<std::path::PathBuf>>,
 }
 
 impl Ctx {
@@ -158,9 +166,24 @@ impl Ctx {
         Ok(endpoint)
     }
 
-    /// The node's admin API. It never carries the unit token.
+    /// The node's admin API, with the operator token read from `--admin-token-file` if given. It
+    /// never carries the unit token.
     pub fn admin(&self) -> Result<Endpoint> {
-        Endpoint::new(Api::Admin, &self.admin)
+        let mut endpoint = Endpoint::new(Api::Admin, &self.admin)?;
+        let file = self.admin_token_file.clone().filter(|f| !f.as_os_str().is_empty());
+        if let Some(path) = &file {
+            let token = std::fs::read_to_string(path).map_err(|e| {
+                anyhow!(
+                    "cannot read the operator token file {} (--admin-token-file or EXCHANGE_ADMIN_TOKEN_FILE): {e}; \
+                     the node writes it at first start to admin.token in its data_dir (admin.token_file in its \
+                     configuration), readable only by the node's user: run exchange-admin as that user",
+                    path.display()
+                )
+            })?;
+            endpoint.client = endpoint.client.with_token(token.trim());
+        }
+        endpoint.operator = Some(file);
+        Ok(endpoint)
     }
 }
 
@@ -179,6 +202,7 @@ impl Endpoint {
             client: ApiClient::new(url),
             api,
             auth: None,
+            operator: None,
         })
     }
 
@@ -188,8 +212,7 @@ impl Endpoint {
 
     /// Makes one call and turns its error into one a person can act on.
     pub fn call<T>(&self, f: impl FnOnce(&ApiClient) -> Result<T, ClientError>) -> Result<T> {
-        f(&self.client)
-            .map_err(|e| explain(self.api, self.client.base_url(), self.auth.as_ref(), e))
+        f(&self.client).map_err(|e| self.explain(e))
     }
 
     /// As [`Endpoint::call`], but a `not-found` answer (HTTP 404) is `None` rather than an error, for
@@ -201,12 +224,35 @@ impl Endpoint {
         match f(&self.client) {
             Ok(v) => Ok(Some(v)),
             Err(e) if is_not_found(&e) => Ok(None),
-            Err(e) => Err(explain(
-                self.api,
-                self.client.base_url(),
-                self.auth.as_ref(),
-                e,
-            )),
+            Err(e) => Err(self.explain(e)),
+        }
+    }
+
+    /// A failed call as the user should read it; on the admin API, a 401 says where the operator
+    /// token comes from.
+    fn explain(&self, e: ClientError) -> anyhow::Error {
+        match (&self.operator, &e) {
+            (Some(file), ClientError::Refused { status: 401, body }) => {
+                let fix = match file {
+                    Some(path) => format!(
+                        "the operator token in {} is not this node's: give --admin-token-file (or EXCHANGE_ADMIN_TOKEN_FILE) \
+                         the admin.token of the node at {}, found in its data_dir (admin.token_file in its configuration)",
+                        path.display(),
+                        self.client.base_url()
+                    ),
+                    None => "the admin API requires the node's operator token: set --admin-token-file or \
+                             EXCHANGE_ADMIN_TOKEN_FILE to the file the node wrote at first start, admin.token in its \
+                             data_dir (admin.token_file in its configuration); run as the node's user, who alone may read it"
+                        .to_string(),
+                };
+                anyhow!(
+                    "the node refused: {} [{}, HTTP 401 from {}]\nhint: {fix}",
+                    sanitize(&body.message),
+                    sanitize(&body.error),
+                    self.client.base_url()
+                )
+            }
+            _ => explain(self.api, self.client.base_url(), self.auth.as_ref(), e),
         }
     }
 }
@@ -286,6 +332,7 @@ mod tests {
             node: "127.0.0.1:8080".into(),
             admin: "localhost".into(),
             token: None,
+            admin_token_file: None,
             json: false,
         };
         let unit: UnitAddress = "gz/civil-affairs".parse().unwrap();
@@ -484,6 +531,7 @@ mod tests {
             node: "http://127.0.0.1:8080".into(),
             admin: "http://127.0.0.1:9080".into(),
             token: Some("secret".into()),
+            admin_token_file: None,
             json: false,
         };
         let unit: UnitAddress = "gz/civil-affairs".parse().unwrap();
@@ -498,6 +546,7 @@ mod tests {
             node: "http://127.0.0.1:8080".into(),
             admin: "http://127.0.0.1:9080".into(),
             token: Some("  ".into()),
+            admin_token_file: None,
             json: false,
         };
         let unit: UnitAddress = "gz/civil-affairs".parse().unwrap();
@@ -517,5 +566,31 @@ mod tests {
             ctx.admin().is_ok(),
             "admin commands do not look at the token"
         );
+    }
+
+    #[test]
+    fn admin_calls_say_where_the_operator_token_comes_from() {
+        let mut ctx = Ctx {
+            node: "http://127.0.0.1:8080".into(),
+            admin: "http://127.0.0.1:9080".into(),
+            token: None,
+            admin_token_file: Some("/nonexistent/admin.token".into()),
+            json: false,
+        };
+        let err = ctx.admin().err().unwrap().to_string();
+        assert!(err.contains("/nonexistent/admin.token") && err.contains("--admin-token-file") && err.contains("data_dir"), "{err}");
+        let refused = || ClientError::Refused {
+            status: 401,
+            body: ErrorBody { error: "unauthenticated".into(), message: "the admin API requires the operator token".into() },
+        };
+        ctx.admin_token_file = None;
+        let text = ctx.admin().unwrap().explain(refused()).to_string();
+        assert!(text.contains("EXCHANGE_ADMIN_TOKEN_FILE") && text.contains("admin.token"), "{text}");
+        let file = std::env::temp_dir().join(format!("exchange-admin-test-{}.token", std::process::id()));
+        std::fs::write(&file, "govxop_wrong\n").unwrap();
+        ctx.admin_token_file = Some(file.clone());
+        let text = ctx.admin().unwrap().explain(refused()).to_string();
+        let _ = std::fs::remove_file(&file);
+        assert!(text.contains("is not this node's") && text.contains(&file.display().to_string()), "{text}");
     }
 }

@@ -45,7 +45,8 @@ sender for status, recall and resend).
 Operator commands (status, peers, queues, trace, dead-letters, retry, purge, audit, ready, directory,
 nodes, units, tokens) talk to the node's admin API, given by --admin URL or EXCHANGE_ADMIN (default
 http://127.0.0.1:9080). The admin API listens on loopback by default (admin.listen): run them on the
-node's host. The root node alone signs the node tree (nodes add/remove); each node signs its own units
+node's host, as the node's user, with --admin-token-file PATH or EXCHANGE_ADMIN_TOKEN_FILE naming the
+operator token the node wrote at first start (admin.token in its data_dir, mode 0600). The root node alone signs the node tree (nodes add/remove); each node signs its own units
 (units add/suspend/activate/revoke/rotate-key) and issues their tokens.
 
 `status` is both: `status MESSAGE_ID` shows where a message is, per recipient (agency API; ask the
@@ -58,7 +59,7 @@ notes and warnings go to stderr, so `id=$(exchange-admin send ...)` works.
 Exit codes:
   0  success; also `trace` when some nodes could not be asked (the trace may then be partial: a
      warning on stderr names them), and `overdue` whether or not anything is overdue
-  1  the node refused the request (including a missing or wrong --token), a command-line value or
+  1  the node refused the request (including a missing or wrong --token or operator token), a command-line value or
      local file is wrong (send: a document field, or a classified document), a destructive command
      was given without --yes, inbox --verify: a message's signature does not verify, or recall and
      resend refused what the node would refuse (checked against the document's status and the
@@ -212,6 +213,13 @@ struct Cli {
         help_heading = "Global options"
     )]
     token: Option<String>,
+
+    /// File holding the node's operator token, for operator commands (admin API).
+    ///
+    /// The node writes it with mode 0600 at first start to admin.token in its data_dir (admin.token_file
+    /// in its configuration); only its user can read it. Without it the admin API answers 401.
+    #[arg(long, global = true, env = "EXCHANGE_ADMIN_TOKEN_FILE", value_name = "PATH", help_heading = "Global options")]
+    admin_token_file: Option<std::path::PathBuf>,
 
     /// Print machine-readable JSON instead of tables.
     #[arg(long, global = true, help_heading = "Global options")]
@@ -806,6 +814,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         node: cli.node,
         admin: cli.admin,
         token: cli.token,
+        admin_token_file: cli.admin_token_file,
         json: cli.json,
     };
     let done = |r: anyhow::Result<()>| r.map(|()| Outcome::Done);

@@ -148,11 +148,20 @@ impl Default for ApiConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
+    /// The operator token every admin call must carry (`Authorization: Bearer …`). Created with mode
+    /// 0600 at first start; default `<data_dir>/admin.token`. See docs/security.md.
+    pub token_file: Option<PathBuf>,
+    /// Host names accepted in the `Host` header besides IP addresses and `localhost` (a name
+    /// anyone's DNS can point here is how a web page would reach this API: DNS rebinding).
+    pub allowed_hosts: Vec<String>,
+    /// Refused admin requests are audited as one entry per source and reason per this many seconds,
+    /// not one synced entry each.
+    pub refusal_audit_secs: u64,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig { listen: "127.0.0.1:9080".parse().unwrap() }
+        AdminConfig { listen: "127.0.0.1:9080".parse().unwrap(), token_file: None, allowed_hosts: Vec::new(), refusal_audit_secs: 60 }
     }
 }
 
@@ -257,7 +266,12 @@ impl NodeConfig {
             .try_deserialize()
             .with_context(|| format!("configuration {} is invalid", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
-        let seeds = [cfg.directory.tree_seed.as_mut(), cfg.directory.units_seed.as_mut(), cfg.directory.catalog_seed.as_mut()];
+        let seeds = [
+            cfg.directory.tree_seed.as_mut(),
+            cfg.directory.units_seed.as_mut(),
+            cfg.directory.catalog_seed.as_mut(),
+            cfg.admin.token_file.as_mut(),
+        ];
         for p in [Some(&mut cfg.key_file), Some(&mut cfg.data_dir)].into_iter().chain(seeds).flatten() {
             if p.is_relative() {
                 *p = base.join(&*p);
@@ -277,6 +291,11 @@ impl NodeConfig {
             anyhow::bail!("log.format must be \"human\" or \"json\", not {:?}", cfg.log.format);
         }
         Ok(cfg)
+    }
+
+    /// The operator token file of the admin API.
+    pub fn admin_token_file(&self) -> PathBuf {
+        self.admin.token_file.clone().unwrap_or_else(|| self.data_dir.join("admin.token"))
     }
 
     /// The SQLite database file.

@@ -72,9 +72,18 @@ impl LocalNode {
         ApiClient::new(&self.api_url)
     }
 
-    /// The admin API client.
+    /// The admin API client, with the operator token the node wrote at its first start (none before).
     pub fn admin(&self) -> ApiClient {
-        ApiClient::new(&self.admin_url)
+        let client = ApiClient::new(&self.admin_url);
+        match std::fs::read_to_string(self.admin_token_file()) {
+            Ok(token) => client.with_token(token.trim()),
+            Err(_) => client,
+        }
+    }
+
+    /// The operator token file of the admin API (the default, `<data_dir>/admin.token`).
+    pub fn admin_token_file(&self) -> PathBuf {
+        self.data_dir.join("admin.token")
     }
 
     /// The process id while running.

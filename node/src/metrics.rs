@@ -74,6 +74,9 @@ pub struct Metrics {
     pub subscription_decisions: IntCounterVec,
     /// Version of the data-sharing catalog in force (0: none).
     pub catalog_version: IntGauge,
+    /// Admin API requests refused at its doors (browser origin, foreign host, no or wrong operator
+    /// token, not JSON), by reason.
+    pub admin_refusals: IntCounterVec,
 }
 
 impl Metrics {
@@ -166,9 +169,18 @@ impl Metrics {
             data_delivered: counter("exchange_data_delivered_total", "Base-data records delivered to subscribers here, by topic.", &["topic"]),
             subscription_decisions: counter("exchange_subscription_decisions_total", "Subscription requests decided here.", &["decision"]),
             catalog_version: register!(IntGauge::new("exchange_catalog_version", "Version of the data-sharing catalog in force.")),
+            admin_refusals: counter(
+                "exchange_admin_refusals_total",
+                "Admin API requests refused before reaching a handler, by reason (origin, host, no-token, bad-token, content-type).",
+                &["reason"],
+            ),
             registry,
         };
         m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        // Every reason exported from the start, at 0, so an alert on a rise needs no absent() case.
+        for reason in ["origin", "host", "no-token", "bad-token", "content-type"] {
+            m.admin_refusals.with_label_values(&[reason]);
+        }
         m.start_time.set(exchange_wire::now_ms() as f64 / 1000.0);
         m
     }

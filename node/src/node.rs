@@ -75,6 +75,10 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         });
     }
 
+    // Before any listener: whoever waits for the node to answer may then read the token file.
+    let admin_doors = crate::api::admin_doors::Doors::open(&cfg, engine.clone())?;
+    tokio::spawn(admin_doors.clone().audit_refusals(stop.clone()));
+
     let agency = tokio::net::TcpListener::bind(cfg.api.listen)
         .await
         .with_context(|| format!("cannot listen on api.listen {}", cfg.api.listen))?;
@@ -87,7 +91,8 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let serve = |listener, router: axum::Router| {
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
-            axum::serve(listener, router)
+            // The peer address: refused admin requests are audited per source.
+            axum::serve(listener, router.into_make_service_with_connect_info::<std::net::SocketAddr>())
                 .with_graceful_shutdown(async move {
                     let _ = stop.wait_for(|s| *s).await;
                 })
@@ -95,7 +100,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         })
     };
     let a = serve(agency, crate::api::agency::router(engine.clone()));
-    let b = serve(admin, crate::api::admin::router(engine.clone()));
+    let b = serve(admin, crate::api::admin::router(engine.clone(), admin_doors));
 
     shutdown_signal().await;
     tracing::info!("stopping: no new requests; what is committed stays committed");

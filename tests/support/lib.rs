@@ -75,6 +75,27 @@ pub fn admin_binary() -> PathBuf {
     bin_dir().join("exchange-admin")
 }
 
+/// A node's admin API as `exchange-admin` reaches it: the address and the operator token file.
+#[derive(Debug, Clone)]
+pub struct AdminAt {
+    pub url: String,
+    pub token_file: PathBuf,
+}
+
+impl AdminAt {
+    pub fn of(node: &exchange_node::launcher::LocalNode) -> AdminAt {
+        AdminAt { url: node.admin_url.clone(), token_file: node.admin_token_file() }
+    }
+
+    /// `exchange-admin --admin URL` with the node's operator token (EXCHANGE_ADMIN_TOKEN_FILE) and no
+    /// unit token.
+    pub fn command(&self) -> std::process::Command {
+        let mut c = std::process::Command::new(admin_binary());
+        c.arg("--admin").arg(&self.url).env("EXCHANGE_ADMIN_TOKEN_FILE", &self.token_file).env_remove("EXCHANGE_TOKEN");
+        c
+    }
+}
+
 /// Relay settings that make retries quick in tests (backoff capped at one second).
 pub const FAST_RETRY: &str = "[relay]\nretry_initial_ms = 50\nretry_max_ms = 1000\n";
 

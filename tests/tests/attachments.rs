@@ -295,8 +295,9 @@ fn retention_removes_an_attachment_only_when_nothing_needs_it() {
     }
     net.start("gz.haizhu").unwrap();
 
-    let out = Command::new(admin_binary())
-        .args(["--admin", &net.node("gz.haizhu").admin_url, "purge", "--older-than", "5", "--yes"])
+    let out = AdminAt::of(net.node("gz.haizhu"))
+        .command()
+        .args(["purge", "--older-than", "5", "--yes"])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

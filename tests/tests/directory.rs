@@ -3,7 +3,6 @@
 //! operator registers a new street office on its own node and the others route to it; a node that
 //! presents a tree signed by the wrong key is refused, counted and audited.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use exchange_node::launcher::LocalNetwork;
@@ -11,8 +10,8 @@ use exchange_tests::*;
 use exchange_wire::api::{IssueToken, NewUnit};
 use exchange_wire::PublicKey;
 
-fn admin(url: &str, args: &[&str]) -> std::process::Output {
-    Command::new(admin_binary()).arg("--admin").arg(url).args(args).output().expect("run exchange-admin")
+fn admin(at: &AdminAt, args: &[&str]) -> std::process::Output {
+    at.command().args(args).output().expect("run exchange-admin")
 }
 
 /// Removes the `[[node]]` block of `id` from the launcher's tree seed (the node is then unknown).
@@ -44,7 +43,7 @@ fn a_new_district_and_a_new_street_office_reach_every_node() {
     let address = format!("/ip4/127.0.0.1/tcp/{}", net.node("gz.tianhe").p2p_port);
     let started = Instant::now();
     let out = admin(
-        &net.node("gz").admin_url,
+        &AdminAt::of(net.node("gz")),
         &["nodes", "add", "--id", "gz.tianhe", "--parent", "gz", "--tier", "district", "--name", "天河区交换平台", "--public-key", &public, "--address", &address],
     );
     assert!(out.status.success(), "nodes add: {}", String::from_utf8_lossy(&out.stderr));

@@ -5,18 +5,18 @@
 //! deleting rows in the database file.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::Arc;
 use std::time::Duration;
 
 use exchange_tests::*;
 use serde_json::Value;
 
-fn admin(url: &str, args: &[&str]) -> Output {
-    Command::new(admin_binary()).arg("--admin").arg(url).args(args).output().expect("run exchange-admin")
+fn admin(at: &AdminAt, args: &[&str]) -> Output {
+    at.command().args(args).output().expect("run exchange-admin")
 }
 
-fn ok_json(url: &str, args: &[&str]) -> Value {
+fn ok_json(url: &AdminAt, args: &[&str]) -> Value {
     let mut all = vec!["--json"];
     all.extend_from_slice(args);
     let o = admin(url, &all);
@@ -46,7 +46,7 @@ fn operators_answer_where_is_it_what_is_stuck_and_was_anything_altered() {
     net.start_all().unwrap();
 
     let keys = Arc::new(net.unit_keys.clone());
-    let (yuexiu_admin, city_admin) = (net.node("gz.yuexiu").admin_url.clone(), net.node("gz").admin_url.clone());
+    let (yuexiu_admin, city_admin) = (AdminAt::of(net.node("gz.yuexiu")), AdminAt::of(net.node("gz")));
     let sender = unit("gz.yuexiu/liurong-street");
     let yuexiu = net.client_for(&sender);
 
@@ -157,7 +157,7 @@ fn operators_answer_where_is_it_what_is_stuck_and_was_anything_altered() {
     assert!(text.contains("entry 3"), "names the first broken entry: {text}");
 
     // Deleting: remove an entry from 海珠's log; the break is reported where the gap is.
-    let haizhu_admin = net.node("gz.haizhu").admin_url.clone();
+    let haizhu_admin = AdminAt::of(net.node("gz.haizhu"));
     assert_eq!(ok_json(&haizhu_admin, &["audit", "verify"])["ok"], true);
     tamper(&net.node("gz.haizhu").database_path(), "DELETE FROM audit_log WHERE seq = 2");
     let verdict: Value = serde_json::from_slice(&admin(&haizhu_admin, &["--json", "audit", "verify"]).stdout).unwrap();

@@ -478,8 +478,8 @@ fn cli(node_url: &str, token: &str, args: &[&str]) -> std::process::Output {
 }
 
 /// Runs `exchange-admin` against a node's admin API.
-fn cli_admin(admin_url: &str, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(admin_binary()).arg("--admin").arg(admin_url).args(args).env_remove("EXCHANGE_TOKEN").output().expect("run exchange-admin")
+fn cli_admin(node: &exchange_node::launcher::LocalNode, args: &[&str]) -> std::process::Output {
+    AdminAt::of(node).command().args(args).output().expect("run exchange-admin")
 }
 
 fn ok(o: std::process::Output) -> String {
@@ -492,9 +492,9 @@ fn the_cli_publishes_subscribes_decides_reads_and_acknowledges() {
     let net = three_nodes(FAST_RETRY);
     let (city, yuexiu) = (net.node("gz"), net.node("gz.yuexiu"));
     let catalog_file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/catalog.toml");
-    ok(cli_admin(&city.admin_url, &["catalog", "publish", catalog_file.to_str().unwrap()]));
+    ok(cli_admin(city, &["catalog", "publish", catalog_file.to_str().unwrap()]));
     // Only the root signs the catalog.
-    assert_eq!(cli_admin(&yuexiu.admin_url, &["catalog", "publish", catalog_file.to_str().unwrap()]).status.code(), Some(1));
+    assert_eq!(cli_admin(yuexiu, &["catalog", "publish", catalog_file.to_str().unwrap()]).status.code(), Some(1));
 
     let owner = unit("gz.yuexiu/civil-affairs");
     let subscriber = unit("gz/labour-social-security");

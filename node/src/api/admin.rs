@@ -226,8 +226,9 @@ async fn revoke_token(State(engine): State<AppState>, Path(id_action): Path<Stri
     }
 }
 
-/// The admin API.
-pub fn router(engine: AppState) -> Router {
+/// The admin API. Every route but the health checks and `/metrics` is behind `doors` (operator
+/// token, no browsers, JSON bodies: see `admin_doors`).
+pub fn router(engine: AppState, doors: super::admin_doors::AdminDoors) -> Router {
     with_health(
         Router::new()
             .route("/admin/v1/status", get(status))
@@ -250,7 +251,8 @@ pub fn router(engine: AppState) -> Router {
             .route("/admin/v1/units/{node}/{unit}", get(unit).post(unit_action))
             .route("/admin/v1/tokens", get(tokens).post(issue_token))
             .route("/admin/v1/tokens/{id}", post(revoke_token))
-            .merge(super::sharing::admin_routes()),
+            .merge(super::sharing::admin_routes())
+            .route_layer(axum::middleware::from_fn_with_state(doors, super::admin_doors::guard)),
     )
     .with_state(engine)
 }

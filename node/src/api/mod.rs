@@ -6,6 +6,7 @@
 //! oversized body gets the same error shape, metric and audit entry as any other refusal.
 
 pub mod admin;
+pub mod admin_doors;
 pub mod agency;
 pub mod asking;
 pub mod attachments;
