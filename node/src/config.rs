@@ -207,7 +207,7 @@ impl Default for RelayConfig {
     fn default() -> Self {
         RelayConfig {
             batch_max_messages: 512,
-            batch_max_bytes: 16 * 1024 * 1024,
+            batch_max_bytes: 8 * 1024 * 1024,
             retry_initial_ms: 200,
             retry_max_ms: 10_000,
             commit_max_requests: 256,

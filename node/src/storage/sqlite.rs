@@ -675,13 +675,14 @@ impl Store for SqliteStore {
 
     fn queue_stats(&self) -> BoxFuture<'_, Result<Vec<QueueStat>, StorageError>> {
         Box::pin(async move {
+            // The sizes are taken row by row first (MATERIALIZED): grouped directly, SQLite would copy
+            // every payload into its GROUP BY sorter to take its length there (gigabytes, each second).
             let rows = sqlx::query(
-                "SELECT o.next_hop, \
-                        SUM(o.dead_reason IS NULL), \
-                        COALESCE(SUM(CASE WHEN o.dead_reason IS NULL THEN length(m.payload) ELSE 0 END), 0), \
-                        MIN(CASE WHEN o.dead_reason IS NULL THEN o.enqueued_at_ms END), \
-                        SUM(o.dead_reason IS NOT NULL) \
-                 FROM outbox o JOIN messages m ON m.id = o.message_id GROUP BY o.next_hop",
+                "WITH r AS MATERIALIZED (SELECT o.next_hop AS hop, o.dead_reason IS NULL AS live, length(m.payload) AS bytes, \
+                        o.enqueued_at_ms AS at FROM outbox o JOIN messages m ON m.id = o.message_id) \
+                 SELECT hop, SUM(live), COALESCE(SUM(CASE WHEN live THEN bytes ELSE 0 END), 0), MIN(CASE WHEN live THEN at END), \
+                        SUM(NOT live) \
+                 FROM r GROUP BY hop",
             )
             .fetch_all(&self.readers)
             .await?;
