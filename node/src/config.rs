@@ -181,11 +181,22 @@ pub struct Limits {
     /// envelopes are refused at ingress: a stolen key cannot backdate a message to before its
     /// revocation.
     pub clock_skew_secs: u64,
+    /// Most bytes of stored messages (headers, signatures, payloads) one page holds: a page of an
+    /// inbox or of a subscription's records, a webhook push, a page of a backlog sent to a new
+    /// subscriber. The first item always goes, so one large message still moves; a page may hold
+    /// fewer items than asked for. Bounds the node's memory per read, whatever the row counts.
+    pub page_max_bytes: u64,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_payload_bytes: 8 * 1024 * 1024, max_attachment_bytes: 4 * 1024 * 1024 * 1024, max_query_secs: 3600, clock_skew_secs: 300 }
+        Limits {
+            max_payload_bytes: 8 * 1024 * 1024,
+            max_attachment_bytes: 4 * 1024 * 1024 * 1024,
+            max_query_secs: 3600,
+            clock_skew_secs: 300,
+            page_max_bytes: 8 * 1024 * 1024,
+        }
     }
 }
 
@@ -195,7 +206,10 @@ impl Default for Limits {
 pub struct RelayConfig {
     /// Most messages in one batch to a peer.
     pub batch_max_messages: usize,
-    /// Most payload bytes in one batch to a peer.
+    /// Most bytes of one batch to a peer as encoded on the wire (headers, signatures, payloads,
+    /// recipients, hops and framing), except that a single message goes whatever its size. A peer
+    /// with the same settings reads up to `2 × max(batch_max_bytes, limits.max_payload_bytes) + 1 MiB`;
+    /// one with smaller settings answers `too_large` and the batch is split.
     pub batch_max_bytes: usize,
     /// First retry delay after a failed send; doubles up to `retry_max_ms`, with full jitter.
     pub retry_initial_ms: u64,
@@ -208,7 +222,7 @@ impl Default for RelayConfig {
     fn default() -> Self {
         RelayConfig {
             batch_max_messages: 512,
-            batch_max_bytes: 16 * 1024 * 1024,
+            batch_max_bytes: 8 * 1024 * 1024,
             retry_initial_ms: 200,
             retry_max_ms: 10_000,
             commit_max_requests: 256,
@@ -296,6 +310,15 @@ impl NodeConfig {
     /// The operator token file of the admin API.
     pub fn admin_token_file(&self) -> PathBuf {
         self.admin.token_file.clone().unwrap_or_else(|| self.data_dir.join("admin.token"))
+    }
+
+    /// The largest custody batch this node reads from a neighbour, in encoded bytes: twice the larger
+    /// of a full batch and the largest payload, plus 1 MiB. A neighbour with the same settings cuts
+    /// its batches at `relay.batch_max_bytes` and sends a single message of up to
+    /// `limits.max_payload_bytes` (plus its header) alone, both well below; a larger batch is drained,
+    /// answered `too_large` and split by its sender.
+    pub fn max_request_bytes(&self) -> u64 {
+        (self.relay.batch_max_bytes as u64).max(self.limits.max_payload_bytes) * 2 + 1024 * 1024
     }
 
     /// The SQLite database file.

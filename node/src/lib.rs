@@ -6,7 +6,8 @@
 //! * [`storage`]: durable custody behind one trait (SQLite by default).
 //! * [`network`]: libp2p links to parent and children, owned by one task.
 //! * [`relay`]: the engine: verification, custody, delivery, receipts, forwarders, group commit.
-//! * [`api`]: the agency and admin HTTP interfaces; [`metrics`]: Prometheus.
+//! * [`api`]: the agency and admin HTTP interfaces; [`metrics`]: Prometheus; [`memory`]: how the
+//!   process takes memory from the allocator.
 //! * [`node`]: wiring it all together; [`launcher`], [`demo`], [`bench`]: local networks of real
 //!   node processes for the demo, the benchmark and the tests.
 
@@ -17,6 +18,7 @@ pub mod config;
 pub mod demo;
 pub mod directory;
 pub mod launcher;
+pub mod memory;
 pub mod metrics;
 pub mod network;
 pub mod node;

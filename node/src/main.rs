@@ -52,6 +52,7 @@ fn main() -> ExitCode {
 fn run(config: PathBuf) -> anyhow::Result<()> {
     let cfg = exchange_node::config::NodeConfig::load(&config)?;
     exchange_node::node::init_logging(&cfg);
+    exchange_node::memory::return_large_buffers_to_the_system();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(exchange_node::node::run(cfg))
 }

@@ -46,6 +46,9 @@ pub struct Metrics {
     pub storage_faults: IntCounterVec,
     /// Batches a neighbour did not acknowledge, by peer.
     pub send_failures: IntCounterVec,
+    /// Times a forwarder halved its batch because the neighbour refused one as too large or the
+    /// handover broke off, by peer.
+    pub batch_splits: IntCounterVec,
     /// Signatures that did not verify, by where (`agency`, `peer`).
     pub signature_failures: IntCounterVec,
     /// Version of the directory in force.
@@ -142,6 +145,11 @@ impl Metrics {
             storage_healthy: register!(IntGauge::new("exchange_storage_healthy", "0 once the database was found damaged.")),
             storage_faults: counter("exchange_storage_faults_total", "Storage failures, by kind (full, corrupt, io, other).", &["kind"]),
             send_failures: counter("exchange_send_failures_total", "Batches a neighbour did not acknowledge.", &["peer"]),
+            batch_splits: counter(
+                "exchange_batch_splits_total",
+                "Times a forwarder halved its batch (refused as too large, or the handover broke off).",
+                &["peer"],
+            ),
             signature_failures: counter("exchange_signature_failures_total", "Signatures that did not verify.", &["source"]),
             directory_version: register!(IntGauge::new("exchange_directory_version", "Version of the directory in force.")),
             directory_rejections: counter("exchange_directory_rejections_total", "Directory segments refused, by reason.", &["reason"]),

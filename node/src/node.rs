@@ -48,8 +48,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
             idle_timeout: Duration::from_secs(cfg.p2p.idle_timeout_secs),
             request_timeout: Duration::from_secs(cfg.p2p.request_timeout_secs),
             link_timeout: Duration::from_millis(cfg.p2p.link_timeout_ms),
-            // A full batch plus framing.
-            max_request_bytes: (cfg.relay.batch_max_bytes as u64).max(cfg.limits.max_payload_bytes) * 2 + 1024 * 1024,
+            max_request_bytes: cfg.max_request_bytes(),
         },
     )?;
     tokio::spawn(event_loop.run());

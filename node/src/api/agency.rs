@@ -248,9 +248,44 @@ async fn overdue(State(engine): State<AppState>, caller: Caller, Path((node, uni
         Err(r) => return r.into_response(),
     };
     match engine.overdue(&caller, &unit).await {
-        Ok(items) => json(StatusCode::OK, &InboxResponse { unit, items, next_after: 0 }),
+        Ok(ids) => streamed_overdue(engine, unit, ids),
         Err(r) => audited(&engine, r).await,
     }
+}
+
+/// The overdue list as one `InboxResponse`, written item by item: each item is loaded when its turn
+/// comes, so the node holds one document at a time however long the list. An item settled in the
+/// meantime is left out. A storage failure half way cuts the answer off (the client sees a broken
+/// body, never a shorter list that looks whole).
+fn streamed_overdue(engine: AppState, unit: exchange_wire::UnitAddress, ids: Vec<exchange_wire::MessageId>) -> Response {
+    use futures::StreamExt as _;
+    let unit_json = serde_json::to_string(&unit).expect("serialises");
+    let head = futures::stream::once(async move { Ok(Bytes::from(format!("{{\"unit\":{unit_json},\"items\":["))) });
+    let mut first = true;
+    let items = futures::stream::iter(ids)
+        .then(move |id| {
+            let (engine, unit) = (engine.clone(), unit.clone());
+            async move { (id, engine.overdue_item(&unit, &id).await) }
+        })
+        .filter_map(move |(id, item)| {
+            let chunk = match item {
+                Ok(None) => None,
+                Ok(Some(item)) => {
+                    let mut bytes = if first { Vec::new() } else { vec![b','] };
+                    first = false;
+                    serde_json::to_writer(&mut bytes, &item).expect("serialises");
+                    Some(Ok(Bytes::from(bytes)))
+                }
+                Err(r) => {
+                    tracing::error!(message = %id, reason = %r.message, "cannot read an overdue item; the answer is cut off");
+                    Some(Err(std::io::Error::other(r.message)))
+                }
+            };
+            std::future::ready(chunk)
+        });
+    let tail = futures::stream::once(async { Ok(Bytes::from_static(b"],\"next_after\":0}")) });
+    let body = axum::body::Body::from_stream(head.chain(items).chain(tail));
+    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 /// `GET /v1/directory/units/{node}/{unit}`: a unit's directory record (name, status, public keys with

@@ -7,8 +7,7 @@ use libp2p::swarm::NetworkBehaviour;
 use libp2p::{StreamProtocol, allow_block_list, ping, request_response};
 
 use super::protocol::{
-    ATTACHMENT_PROTOCOL, AttachmentRequest, AttachmentResponse, DIRECTORY_PROTOCOL, DirectoryAck, DirectoryPush, RELAY_PROTOCOL, TRACE_PROTOCOL, TraceRequest, TraceResponse, TransferRequest,
-    TransferResponse,
+    ATTACHMENT_PROTOCOL, AttachmentRequest, AttachmentResponse, DIRECTORY_PROTOCOL, DirectoryAck, DirectoryPush, RELAY_PROTOCOL, TRACE_PROTOCOL, TraceRequest, TraceResponse,
 };
 
 /// Everything the node speaks to other nodes.
@@ -16,7 +15,7 @@ use super::protocol::{
 pub struct Behaviour {
     /// Connections from or to peers not on the list are refused before any protocol runs.
     pub allowed: allow_block_list::Behaviour<allow_block_list::AllowedPeers>,
-    pub relay: request_response::cbor::Behaviour<TransferRequest, TransferResponse>,
+    pub relay: request_response::Behaviour<super::codec::RelayCodec>,
     pub trace: request_response::cbor::Behaviour<TraceRequest, TraceResponse>,
     pub directory: request_response::cbor::Behaviour<DirectoryPush, DirectoryAck>,
     pub attachment: request_response::cbor::Behaviour<AttachmentRequest, AttachmentResponse>,
@@ -24,11 +23,9 @@ pub struct Behaviour {
 }
 
 impl Behaviour {
-    /// `max_request_bytes` bounds an incoming batch; the default codec limit (1 MiB) is too small.
+    /// `max_request_bytes` bounds an incoming batch; a larger one is answered `too_large`.
     pub fn new(max_request_bytes: u64, request_timeout: Duration) -> Behaviour {
-        let codec = request_response::cbor::codec::Codec::default()
-            .set_request_size_maximum(max_request_bytes)
-            .set_response_size_maximum(16 * 1024 * 1024);
+        let codec = super::codec::RelayCodec::new(max_request_bytes, 16 * 1024 * 1024);
         let relay = request_response::Behaviour::with_codec(
             codec,
             [(StreamProtocol::new(RELAY_PROTOCOL), request_response::ProtocolSupport::Full)],

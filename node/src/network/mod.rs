@@ -4,6 +4,7 @@
 //! never stall the links.
 
 pub mod behaviour;
+pub mod codec;
 pub mod protocol;
 pub mod transport;
 
@@ -18,15 +19,35 @@ use libp2p::{Multiaddr, PeerId, Swarm, identity, ping};
 use tokio::sync::{mpsc, oneshot};
 
 use behaviour::{Behaviour, BehaviourEvent};
-use protocol::{AttachmentRequest, AttachmentResponse, DirectoryAck, DirectoryPush, TraceRequest, TraceResponse, TransferRequest, TransferResponse};
+use protocol::{
+    AttachmentRequest, AttachmentResponse, DirectoryAck, DirectoryPush, RelayRequest, TraceRequest, TraceResponse, TransferRequest, TransferResponse,
+};
 
 /// A transfer that did not get an answer.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum NetError {
     #[error("no answer from {peer}: {reason}")]
-    Failed { peer: PeerId, reason: String },
+    Failed { peer: PeerId, reason: String, cause: FailureCause },
     #[error("the network task has stopped")]
     Stopped,
+}
+
+/// How a request failed, as far as the request itself is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureCause {
+    /// The peer could not be reached (dial failed, protocol not spoken): nothing was sent.
+    Unreachable,
+    /// The request went out and then the exchange broke off (the stream ended early, the
+    /// connection closed, no answer in time): the request itself may be the trouble, say too large
+    /// for the peer to read or to commit in time.
+    BrokenOff,
+}
+
+impl NetError {
+    /// Whether the request reached the peer and the exchange broke off (see [`FailureCause`]).
+    pub fn broke_off(&self) -> bool {
+        matches!(self, NetError::Failed { cause: FailureCause::BrokenOff, .. })
+    }
 }
 
 /// A neighbour to keep a link with.
@@ -55,7 +76,7 @@ pub enum NetworkEvent {
 }
 
 enum Command {
-    Transfer { peer: PeerId, request: TransferRequest, reply: oneshot::Sender<Result<TransferResponse, NetError>> },
+    Transfer { peer: PeerId, request: RelayRequest, reply: oneshot::Sender<Result<TransferResponse, NetError>> },
     Respond { channel: ResponseChannel<TransferResponse>, response: TransferResponse },
     Trace { peer: PeerId, request: TraceRequest, reply: oneshot::Sender<Result<TraceResponse, NetError>> },
     RespondTrace { channel: ResponseChannel<TraceResponse>, response: TraceResponse },
@@ -77,6 +98,7 @@ impl Client {
     /// Hands a batch to `peer` and waits for its answer (sent after the peer committed).
     pub async fn transfer(&self, peer: PeerId, request: TransferRequest) -> Result<TransferResponse, NetError> {
         let (reply, rx) = oneshot::channel();
+        let request = RelayRequest::Batch(request);
         self.commands.send(Command::Transfer { peer, request, reply }).await.map_err(|_| NetError::Stopped)?;
         rx.await.map_err(|_| NetError::Stopped)?
     }
@@ -345,15 +367,24 @@ impl EventLoop {
         });
     }
 
-    fn on_relay_event(&mut self, event: request_response::Event<TransferRequest, TransferResponse>) {
+    fn on_relay_event(&mut self, event: request_response::Event<RelayRequest, TransferResponse>) {
         let events = self.events.clone();
-        answer_or_deliver(event, &mut self.pending, |peer, request, channel| {
-            // Back-pressure: when the node is saturated the request goes unanswered and the sender
-            // retries later; nothing is lost because nothing was acknowledged.
-            if events.try_send(NetworkEvent::Inbound { peer, request, channel }).is_err() {
-                tracing::warn!(%peer, "inbound queue full; the batch will be retried by the sender");
+        let mut too_large = None;
+        answer_or_deliver(event, &mut self.pending, |peer, request, channel| match request {
+            RelayRequest::Batch(request) => {
+                // Back-pressure: when the node is saturated the request goes unanswered and the
+                // sender retries later; nothing is lost because nothing was acknowledged.
+                if events.try_send(NetworkEvent::Inbound { peer, request, channel }).is_err() {
+                    tracing::warn!(%peer, "inbound queue full; the batch will be retried by the sender");
+                }
             }
+            RelayRequest::Oversized { limit } => too_large = Some((peer, limit, channel)),
         });
+        if let Some((peer, limit, channel)) = too_large {
+            // Nothing of it was kept: tell the sender, which splits the batch.
+            tracing::warn!(%peer, limit_bytes = limit, "a batch was larger than this node reads (see relay.batch_max_bytes); answered too_large");
+            let _ = self.swarm.behaviour_mut().relay.send_response(channel, TransferResponse { results: Vec::new(), too_large: Some(limit) });
+        }
     }
 }
 
@@ -375,7 +406,13 @@ fn answer_or_deliver<Req, Resp>(
         },
         request_response::Event::OutboundFailure { request_id, error, peer, .. } => {
             if let Some(reply) = pending.remove(&request_id) {
-                let _ = reply.send(Err(NetError::Failed { peer, reason: error.to_string() }));
+                let cause = match error {
+                    request_response::OutboundFailure::DialFailure | request_response::OutboundFailure::UnsupportedProtocols => {
+                        FailureCause::Unreachable
+                    }
+                    _ => FailureCause::BrokenOff,
+                };
+                let _ = reply.send(Err(NetError::Failed { peer, reason: error.to_string(), cause }));
             }
         }
         request_response::Event::InboundFailure { peer, error, .. } => {

@@ -44,6 +44,14 @@ pub struct TransferRequest {
     pub parcels: Vec<Parcel>,
 }
 
+/// A custody-transfer request as the relay codec reads it: a batch, or the note that one arrived
+/// larger than this node accepts (its bytes were read and dropped, never held).
+#[derive(Debug, Clone)]
+pub enum RelayRequest {
+    Batch(TransferRequest),
+    Oversized { limit: u64 },
+}
+
 /// What the receiver did with one parcel. `Stored` and `Duplicate` both mean the receiver holds it
 /// durably: the sender may drop it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -60,6 +68,36 @@ pub enum ParcelResult {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TransferResponse {
     pub results: Vec<ParcelResult>,
+    /// Set (with `results` empty) when the receiver read nothing of the batch because its encoding
+    /// was larger than the receiver's limit, given here in bytes: the sender splits it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub too_large: Option<u64>,
+}
+
+impl TransferResponse {
+    /// The answer to a batch the receiver took in (or refused parcel by parcel).
+    pub fn results(results: Vec<ParcelResult>) -> TransferResponse {
+        TransferResponse { results, too_large: None }
+    }
+}
+
+/// What the CBOR encoding of one parcel costs besides its five variable parts: the field names
+/// (`header`, `signature`, `payload`, `recipients`, `hops`, `sender_segment_version`: 64 bytes with
+/// their heads), the map head, three byte-string heads (at most 9 bytes each), two array heads and the
+/// version number (at most 9 bytes each), rounded up.
+pub const PARCEL_OVERHEAD_BYTES: usize = 128;
+
+/// What the CBOR encoding of a request costs besides its parcels (map head, `parcels`, array head).
+pub const REQUEST_OVERHEAD_BYTES: usize = 32;
+
+/// An upper bound on the encoded size of a parcel, from the lengths of its parts: the header,
+/// signature and payload bytes, and the recipients and hops *as JSON* (as the outbox stores them).
+/// CBOR never takes more than JSON for these lists: a string's head (1 to 3 bytes for a unit address
+/// or node id) replaces its two quotes and separator, and a hop's two field names and number take
+/// fewer bytes than their JSON spelling. Storage computes the same sum in SQL before loading
+/// anything, so a batch is cut to size before its payloads are read.
+pub fn parcel_size_bound(header: usize, signature: usize, payload: usize, recipients_json: usize, hops_json: usize) -> usize {
+    header + signature + payload + recipients_json + hops_json + PARCEL_OVERHEAD_BYTES
 }
 
 /// Asks a neighbour for the custody events it holds about one message.

@@ -12,8 +12,9 @@ use exchange_wire::{Kind, NodeId, UnitAddress};
 use tokio::sync::Notify;
 
 use super::Engine;
+use super::batching::{BatchLimit, Handover, Next};
 use super::custody::event;
-use crate::network::protocol::{Parcel, ParcelResult, TransferRequest};
+use crate::network::protocol::{Parcel, ParcelResult, TransferRequest, parcel_size_bound};
 use crate::storage::{OutboxItem, Record, TrackingRow, WriteJob};
 
 /// Wake-up signals for one forwarder.
@@ -60,13 +61,15 @@ impl Backoff {
 pub async fn run(engine: Arc<Engine>, hop: NodeId, signals: Arc<Signals>) {
     let cfg = &engine.relay_cfg;
     let mut backoff = Backoff::new(Duration::from_millis(cfg.retry_initial_ms), Duration::from_millis(cfg.retry_max_ms));
+    let mut limit = BatchLimit::new(cfg.batch_max_messages, cfg.batch_max_bytes);
     loop {
         let Some(peer) = engine.dir.current().node(&hop).map(|n| n.peer_id) else {
             tracing::warn!(%hop, "next hop is not in the directory; its outbox waits");
             tokio::select! { _ = signals.work.notified() => {}, _ = tokio::time::sleep(Duration::from_secs(5)) => {} }
             continue;
         };
-        let items = match engine.store.outbox_batch(hop.as_str(), cfg.batch_max_messages, cfg.batch_max_bytes).await {
+        let (max_messages, max_bytes) = limit.current();
+        let items = match engine.store.outbox_batch(hop.as_str(), max_messages, max_bytes).await {
             Ok(items) => items,
             Err(e) => {
                 tracing::error!(%hop, error = %e, "cannot read the outbox");
@@ -86,48 +89,33 @@ pub async fn run(engine: Arc<Engine>, hop: NodeId, signals: Arc<Signals>) {
             tokio::select! { _ = signals.work.notified() => {}, _ = tokio::time::sleep(Duration::from_secs(1)) => {} }
             continue;
         }
-        let (request, sent) = to_request(&engine.dir.current(), items);
-        match engine.net.transfer(peer, request).await {
-            Ok(resp) if resp.results.len() == sent.len() => {
-                if !resp.results.iter().any(|r| matches!(r, ParcelResult::Retry { .. })) {
-                    backoff.reset();
-                }
-                // Loop until the acknowledgement is recorded: resending before that would only make
-                // duplicates (harmless, but wasted work).
-                let record = acknowledged(&engine.here, &hop, &sent, &resp.results);
-                // Documents refused for good further on are reported to their senders, in the same
-                // commit as the dead letters: never a silent drop.
-                let (reports, summaries) = engine.failure_reports(&hop, &sent, &resp.results);
-                let mut jobs = vec![WriteJob::Record(record.clone())];
-                jobs.extend(reports.into_iter().map(WriteJob::Custody));
-                loop {
-                    match engine.committer.commit(jobs.clone()).await {
-                        Ok(_) => {
-                            for s in &summaries {
-                                engine.after_commit(s);
-                            }
-                            break;
-                        }
-                        Err(e) => {
-                            tracing::error!(%hop, error = %e, "cannot record an acknowledgement; retrying");
-                            tokio::time::sleep(backoff.next_delay()).await;
-                        }
-                    }
-                }
-                engine.after_acknowledged(&hop, &sent, &record);
-                for (s, r) in sent.iter().zip(&resp.results) {
-                    if matches!(r, ParcelResult::Retry { .. }) {
-                        // Perhaps the neighbour lost an attachment we thought it held: offer again.
-                        engine.forget_attachments_at(&hop, &s.header);
-                    }
-                }
-                if resp.results.iter().any(|r| matches!(r, ParcelResult::Retry { .. })) {
-                    // The neighbour is catching up with the directory (pushed on link-up): usually
-                    // within moments, but back off in case it stays behind.
-                    tokio::time::sleep(backoff.next_delay()).await;
-                }
+        let (request, sent, bytes) = to_request(&engine.dir.current(), items);
+        let outcome = engine.net.transfer(peer, request).await;
+        let how = match &outcome {
+            Ok(resp) => match resp.too_large {
+                Some(limit) => Handover::TooLarge { limit },
+                None if resp.results.len() == sent.len() => Handover::Answered,
+                None => Handover::BrokenOff,
+            },
+            Err(e) if e.broke_off() => Handover::BrokenOff,
+            Err(_) => Handover::Unreachable,
+        };
+        let next = limit.after(sent.len(), bytes, how);
+        if matches!(how, Handover::TooLarge { .. } | Handover::BrokenOff) && sent.len() > 1 {
+            engine.metrics.batch_splits.with_label_values(&[hop.as_str()]).inc();
+        }
+        match (how, next, outcome) {
+            (Handover::Answered, _, Ok(resp)) => answered(&engine, &hop, &sent, &resp.results, &mut backoff).await,
+            (Handover::TooLarge { limit }, Next::GiveUp, _) => {
+                let reason = format!(
+                    "{hop} reads at most {limit} bytes in one handover and this message alone takes about {bytes}: it can never pass this link"
+                );
+                answered(&engine, &hop, &sent, &[ParcelResult::Refused { code: "too-large".into(), reason }], &mut backoff).await;
             }
-            outcome => {
+            (Handover::TooLarge { limit }, _, _) => {
+                tracing::info!(%hop, limit, messages = sent.len(), bytes, "the neighbour refused a batch as too large; splitting it");
+            }
+            (_, _, outcome) => {
                 engine.metrics.send_failures.with_label_values(&[hop.as_str()]).inc();
                 let delay = backoff.next_delay();
                 let reason = match outcome {
@@ -139,10 +127,56 @@ pub async fn run(engine: Arc<Engine>, hop: NodeId, signals: Arc<Signals>) {
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
-                    _ = signals.link_up.notified() => backoff.reset(),
+                    _ = signals.link_up.notified() => {
+                        backoff.reset();
+                        limit.link_up();
+                    }
                 }
             }
         }
+    }
+}
+
+/// Records a neighbour's answer to a batch: entries handed over leave the outbox, refused ones become
+/// dead letters (reported to their senders), those it asked to retry stay.
+async fn answered(engine: &Arc<Engine>, hop: &NodeId, sent: &[Sent], results: &[ParcelResult], backoff: &mut Backoff) {
+    let retry = results.iter().any(|r| matches!(r, ParcelResult::Retry { .. }));
+    if !retry {
+        backoff.reset();
+    }
+    // Loop until the acknowledgement is recorded: resending before that would only make duplicates
+    // (harmless, but wasted work).
+    let record = acknowledged(&engine.here, hop, sent, results);
+    // Documents refused for good further on are reported to their senders, in the same commit as
+    // the dead letters: never a silent drop.
+    let (reports, summaries) = engine.failure_reports(hop, sent, results);
+    let mut jobs = vec![WriteJob::Record(record.clone())];
+    jobs.extend(reports.into_iter().map(WriteJob::Custody));
+    loop {
+        match engine.committer.commit(jobs.clone()).await {
+            Ok(_) => {
+                for s in &summaries {
+                    engine.after_commit(s);
+                }
+                break;
+            }
+            Err(e) => {
+                tracing::error!(%hop, error = %e, "cannot record an acknowledgement; retrying");
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+        }
+    }
+    engine.after_acknowledged(hop, sent, &record);
+    for (s, r) in sent.iter().zip(results) {
+        if matches!(r, ParcelResult::Retry { .. }) {
+            // Perhaps the neighbour lost an attachment we thought it held: offer again.
+            engine.forget_attachments_at(hop, &s.header);
+        }
+    }
+    if retry {
+        // The neighbour is catching up with the directory (pushed on link-up): usually within
+        // moments, but back off in case it stays behind.
+        tokio::time::sleep(backoff.next_delay()).await;
     }
 }
 
@@ -159,10 +193,14 @@ pub struct Sent {
     pub header: Vec<u8>,
 }
 
-fn to_request(dir: &crate::directory::Directory, items: Vec<OutboxItem>) -> (TransferRequest, Vec<Sent>) {
+/// The request for `items`, what was sent, and the encoded size of its parcels (an upper bound; see
+/// [`parcel_size_bound`]).
+fn to_request(dir: &crate::directory::Directory, items: Vec<OutboxItem>) -> (TransferRequest, Vec<Sent>, usize) {
     let mut parcels = Vec::with_capacity(items.len());
     let mut sent = Vec::with_capacity(items.len());
+    let mut bytes = 0;
     for i in items {
+        bytes += parcel_size_bound(i.header.len(), i.signature.len(), i.payload.len(), i.recipients.len(), i.hops.len());
         let recipients: Vec<UnitAddress> = serde_json::from_str(&i.recipients).unwrap_or_default();
         let hops: Vec<Hop> = serde_json::from_str(&i.hops).unwrap_or_default();
         let origin_kind = if hops.len() == 1 { i.kind.parse().ok() } else { None };
@@ -178,7 +216,7 @@ fn to_request(dir: &crate::directory::Directory, items: Vec<OutboxItem>) -> (Tra
         let sender_segment_version = i.sender.parse().map(|s| dir.key_segment_version(&s)).unwrap_or(0);
         parcels.push(Parcel { header: i.header, signature: i.signature, payload: i.payload, recipients, hops, sender_segment_version });
     }
-    (TransferRequest { parcels }, sent)
+    (TransferRequest { parcels }, sent, bytes)
 }
 
 /// The facts an answer establishes: entries handed over (removed), refused (dead letters), and for

@@ -353,7 +353,7 @@ impl Engine {
             let r = Refusal::new("unknown-peer", 403, format!("peer {peer} is not a node in the directory"));
             self.refused(&peer.to_string(), &[Refused { id: None, kind: None, refusal: &r }]).await;
             let results = request.parcels.iter().map(|_| ParcelResult::Refused { code: r.code.into(), reason: r.message.clone() }).collect();
-            self.net.respond(channel, TransferResponse { results }).await;
+            self.net.respond(channel, TransferResponse::results(results)).await;
             return;
         };
         let ids: Vec<(Option<MessageId>, Option<Kind>)> = request
@@ -398,7 +398,7 @@ impl Engine {
                 Err(e) => ParcelResult::Refused { code: e.code.into(), reason: e.message },
             })
             .collect();
-        self.net.respond(channel, TransferResponse { results }).await;
+        self.net.respond(channel, TransferResponse::results(results)).await;
     }
 
     fn decode_parcel(&self, p: Parcel) -> Result<Candidate, Refusal> {

@@ -11,6 +11,7 @@
 pub mod access;
 pub mod asking;
 pub mod attachments;
+pub mod batching;
 pub mod committer;
 pub mod custody;
 pub mod directory_sync;
@@ -228,6 +229,7 @@ impl Engine {
             let peer = [id.as_str()];
             self.metrics.peer_up.with_label_values(&peer).set(0);
             self.metrics.send_failures.with_label_values(&peer).inc_by(0);
+            self.metrics.batch_splits.with_label_values(&peer).inc_by(0);
             self.metrics.attachment_bytes_sent.with_label_values(&peer).inc_by(0);
             self.metrics.attachment_bytes_received.with_label_values(&peer).inc_by(0);
             self.metrics.attachment_resumes.with_label_values(&peer).inc_by(0);

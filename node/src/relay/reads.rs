@@ -95,7 +95,7 @@ impl Engine {
         let mut changes = self.inbox_changes.subscribe();
         loop {
             changes.borrow_and_update();
-            let records = self.store.inbox(unit.as_str(), after, limit.clamp(1, 1000)).await?;
+            let records = self.store.inbox(unit.as_str(), after, limit.clamp(1, 1000), self.limits.page_max_bytes as usize).await?;
             if !records.is_empty() || tokio::time::Instant::now() >= deadline {
                 return records.into_iter().map(inbox_item).collect();
             }
@@ -106,26 +106,41 @@ impl Engine {
     }
 
     /// A unit's 办件 whose 办理时限 (deadline) has passed and that it has neither signed for nor
-    /// returned, earliest deadline first. Deadlines are dates in China Standard Time.
-    pub async fn overdue(&self, caller: &Caller, unit: &UnitAddress) -> Result<Vec<InboxItem>, Refusal> {
+    /// returned, earliest deadline first: their ids. Deadlines are dates in China Standard Time.
+    /// Only headers are read, a page at a time; the answer loads the items one by one as it is
+    /// written ([`Engine::overdue_item`]), so a long list of large documents never sits in memory.
+    pub async fn overdue(&self, caller: &Caller, unit: &UnitAddress) -> Result<Vec<MessageId>, Refusal> {
         caller.may_act_for(unit)?;
         if self.dir.current().home_of(unit).as_ref() != Some(&self.here) {
             return Err(Refusal::new("not-found", 404, format!("unit {unit} is not hosted on node {}", self.here)));
         }
         let today = exchange_wire::time::china_date(exchange_wire::now_ms());
-        let mut items: Vec<(String, InboxItem)> = Vec::new();
-        for r in self.store.inbox_unsettled(unit.as_str()).await? {
-            let item = inbox_item(r)?;
-            let meta = &item.message.envelope.metadata;
-            let action = item.message.envelope.kind == exchange_wire::Kind::Document
-                && meta.get(document::HANDLING).map(String::as_str) == Some("action");
-            if let (true, Some(deadline)) = (action, meta.get(document::DEADLINE))
-                && deadline.as_str() < today.as_str() {
-                    items.push((deadline.clone(), item));
-                }
+        let mut overdue: Vec<(String, i64, MessageId)> = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = self.store.inbox_unsettled(unit.as_str(), after, 500).await?;
+            let Some(last) = page.last().map(|h| h.seq) else { break };
+            after = last;
+            for h in page {
+                let env = Envelope::from_canonical_bytes(&h.header).map_err(|_| unreadable())?;
+                let action = env.kind == exchange_wire::Kind::Document && env.metadata.get(document::HANDLING).map(String::as_str) == Some("action");
+                if let (true, Some(deadline)) = (action, env.metadata.get(document::DEADLINE))
+                    && deadline.as_str() < today.as_str() {
+                        overdue.push((deadline.clone(), h.seq, Digest(h.message_id)));
+                    }
+            }
         }
-        items.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.seq.cmp(&b.1.seq)));
-        Ok(items.into_iter().map(|(_, i)| i).collect())
+        overdue.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+        Ok(overdue.into_iter().map(|(_, _, id)| id).collect())
+    }
+
+    /// One item of a unit's overdue list, loaded when the answer gets to it; `None` when it was
+    /// settled in the meantime.
+    pub async fn overdue_item(&self, unit: &UnitAddress, id: &MessageId) -> Result<Option<InboxItem>, Refusal> {
+        match self.store.inbox_entry(unit.as_str(), &id.0).await? {
+            Some(r) if r.state == "delivered" => inbox_item(r).map(Some),
+            _ => Ok(None),
+        }
     }
 
     /// Custody events this node recorded for a message.

@@ -658,7 +658,7 @@ impl Engine {
             // (`send_backlogs`), so a long history never holds the numbering lock for long.
             if first <= head {
                 let last = head.min(first + BACKFILL_PAGE - 1);
-                let (m, ss) = self.backlog_page(&ctx, &row.topic, &subscriber, first, first, last).await?;
+                let (m, ss, last) = self.backlog_page(&ctx, &row.topic, &subscriber, first, first, last).await?;
                 messages.extend(m);
                 summaries.extend(ss);
                 backfill = (last < head).then_some((last + 1, head));
@@ -732,7 +732,8 @@ impl Engine {
     }
 
     /// Deliveries of records `from..=to` of `topic` to `subscriber` alone, whose subscription
-    /// starts at `first`.
+    /// starts at `first`, as many as fit `limits.page_max_bytes` (at least one), and the last
+    /// record they cover (`to` when all of them fit).
     async fn backlog_page(
         &self,
         ctx: &Context<'_>,
@@ -741,10 +742,12 @@ impl Engine {
         first: i64,
         from: i64,
         to: i64,
-    ) -> Result<(Vec<Custody>, Vec<Summary>), Refusal> {
+    ) -> Result<(Vec<Custody>, Vec<Summary>, i64), Refusal> {
         let mut messages = Vec::new();
         let mut summaries = Vec::new();
-        for l in self.store.sharing().topic_log(topic, from, to).await? {
+        let log = self.store.sharing().topic_log(topic, from, to, self.limits.page_max_bytes as usize).await?;
+        let covered = if log.len() as i64 == to - from + 1 { to } else { log.last().map_or(to, |l| l.seq) };
+        for l in log {
             let (_, record) = signed_message(&l.header, &l.signature, &l.payload)?;
             let d = Delivery {
                 topic: l.topic.clone(),
@@ -760,7 +763,7 @@ impl Engine {
             messages.push(c);
             summaries.push(s);
         }
-        Ok((messages, summaries))
+        Ok((messages, summaries, covered))
     }
 
     /// Sends what is left of granted backlogs, a page per commit, taking the numbering lock for each
@@ -781,7 +784,7 @@ impl Engine {
             let dir = self.dir.current();
             let ctx = self.context(&dir);
             let last = end.min(next + BACKFILL_PAGE - 1);
-            let (messages, summaries) = match self.backlog_page(&ctx, &row.topic, &subscriber, first, next, last).await {
+            let (messages, summaries, last) = match self.backlog_page(&ctx, &row.topic, &subscriber, first, next, last).await {
                 Ok(p) => p,
                 Err(r) => {
                     tracing::warn!(topic = %row.topic, subscriber = %row.subscriber, reason = %r.message, "cannot send a backlog page; retried at the next start");
@@ -873,7 +876,8 @@ impl Engine {
                 // to a reader asking from further on: nothing past a missing record, ever.
                 let end = shared.data_contiguous_end(unit.as_str(), topic, first).await?;
                 last = last.max(first - 1);
-                for r in shared.data_records(unit.as_str(), topic, last, limit.clamp(1, 1000)).await? {
+                let page_bytes = self.limits.page_max_bytes as usize;
+                for r in shared.data_records(unit.as_str(), topic, last, limit.clamp(1, 1000), page_bytes).await? {
                     if r.seq != last + 1 || r.seq > end {
                         break;
                     }

@@ -279,6 +279,14 @@ pub struct InboxRecord {
     pub payload: Vec<u8>,
 }
 
+/// An inbox entry with its message's header only (no payload).
+#[derive(Debug, Clone)]
+pub struct InboxHeader {
+    pub seq: i64,
+    pub message_id: [u8; 32],
+    pub header: Vec<u8>,
+}
+
 /// A stored message.
 #[derive(Debug, Clone)]
 pub struct StoredMessage {
@@ -358,13 +366,18 @@ pub trait Store: Send + Sync + 'static {
     /// Applies jobs in one transaction, in order; returns one outcome per job. Returns an error (and
     /// commits nothing) if the transaction fails.
     fn commit<'a>(&'a self, jobs: &'a [WriteJob]) -> BoxFuture<'a, Result<Vec<JobOutcome>, StorageError>>;
-    /// Up to `max_messages` (and about `max_bytes`) live outbox entries for `hop`, urgent first.
+    /// Live outbox entries for `hop`, urgent first: at most `max_messages`, and at most `max_bytes`
+    /// of parcels as encoded on the wire (`network::protocol::parcel_size_bound`), except that the
+    /// first entry goes whatever its size. Cut to size before any payload is loaded.
     fn outbox_batch<'a>(&'a self, hop: &'a str, max_messages: usize, max_bytes: usize)
         -> BoxFuture<'a, Result<Vec<OutboxItem>, StorageError>>;
-    /// A unit's inbox after `after`.
-    fn inbox<'a>(&'a self, unit: &'a str, after: i64, limit: u32) -> BoxFuture<'a, Result<Vec<InboxRecord>, StorageError>>;
-    /// A unit's inbox entries still waiting to be settled (delivered, neither signed for nor returned).
-    fn inbox_unsettled<'a>(&'a self, unit: &'a str) -> BoxFuture<'a, Result<Vec<InboxRecord>, StorageError>>;
+    /// A unit's inbox after `after`: at most `limit` entries and `max_bytes` of stored messages
+    /// (header, signature, payload), the first entry whatever its size. Cut to size before any
+    /// payload is loaded, so a page may hold fewer than `limit` entries.
+    fn inbox<'a>(&'a self, unit: &'a str, after: i64, limit: u32, max_bytes: usize) -> BoxFuture<'a, Result<Vec<InboxRecord>, StorageError>>;
+    /// A page of a unit's inbox entries still waiting to be settled (delivered, neither signed for
+    /// nor returned) after `after`, at most `limit`, headers only (no payloads).
+    fn inbox_unsettled<'a>(&'a self, unit: &'a str, after: i64, limit: u32) -> BoxFuture<'a, Result<Vec<InboxHeader>, StorageError>>;
     /// One inbox entry.
     fn inbox_entry<'a>(&'a self, unit: &'a str, id: &'a [u8; 32]) -> BoxFuture<'a, Result<Option<InboxRecord>, StorageError>>;
     fn message<'a>(&'a self, id: &'a [u8; 32]) -> BoxFuture<'a, Result<Option<StoredMessage>, StorageError>>;

@@ -117,8 +117,9 @@ pub trait SharingStore: Send + Sync {
     fn topic_head<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<i64, StorageError>>;
     /// Topic and sequence number of a record already in a log.
     fn topic_record<'a>(&'a self, record_id: &'a [u8; 32]) -> BoxFuture<'a, Result<Option<(String, i64)>, StorageError>>;
-    /// Records of a topic with `from <= seq <= to`, in order.
-    fn topic_log<'a>(&'a self, topic: &'a str, from: i64, to: i64) -> BoxFuture<'a, Result<Vec<TopicLogRow>, StorageError>>;
+    /// Records of a topic with `from <= seq <= to`, in order, at most `max_bytes` of them (header,
+    /// signature, payload) except that the first goes whatever its size: cut before loading.
+    fn topic_log<'a>(&'a self, topic: &'a str, from: i64, to: i64, max_bytes: usize) -> BoxFuture<'a, Result<Vec<TopicLogRow>, StorageError>>;
     /// The first sequence number of a topic published at or after `at_ms`.
     fn topic_seq_at<'a>(&'a self, topic: &'a str, at_ms: i64) -> BoxFuture<'a, Result<Option<i64>, StorageError>>;
     /// Owner side: subscriptions to topics owned by `owner` (every one when `None`).
@@ -127,8 +128,10 @@ pub trait SharingStore: Send + Sync {
     fn granted_subscriptions<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<Vec<SubscriptionRow>, StorageError>>;
     /// Subscriber side: a unit's subscriptions.
     fn local_subscriptions<'a>(&'a self, unit: &'a str) -> BoxFuture<'a, Result<Vec<SubscriptionRow>, StorageError>>;
-    /// Subscriber side: records delivered to `unit` of `topic` with `seq > after`, in order.
-    fn data_records<'a>(&'a self, unit: &'a str, topic: &'a str, after: i64, limit: u32) -> BoxFuture<'a, Result<Vec<DataInboxRow>, StorageError>>;
+    /// Subscriber side: records delivered to `unit` of `topic` with `seq > after`, in order, at most
+    /// `limit` and `max_bytes` of them (the first whatever its size): cut before loading.
+    fn data_records<'a>(&'a self, unit: &'a str, topic: &'a str, after: i64, limit: u32, max_bytes: usize)
+        -> BoxFuture<'a, Result<Vec<DataInboxRow>, StorageError>>;
     /// Subscriber side: the end of the run of records without gaps that starts at `first`
     /// (`first - 1` when record `first` itself has not arrived).
     fn data_contiguous_end<'a>(&'a self, unit: &'a str, topic: &'a str, first: i64) -> BoxFuture<'a, Result<i64, StorageError>>;

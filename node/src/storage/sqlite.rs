@@ -19,6 +19,7 @@ const ROWS_PER_STATEMENT: usize = 400;
 
 mod integrity;
 mod mark;
+mod paging;
 mod sharing;
 
 use super::health::StorageHealth;
@@ -689,61 +690,15 @@ impl Store for SqliteStore {
 
     fn outbox_batch<'a>(&'a self, hop: &'a str, max_messages: usize, max_bytes: usize)
         -> BoxFuture<'a, Result<Vec<OutboxItem>, StorageError>> {
-        self.watched(async move {
-            let rows = sqlx::query(
-                "SELECT o.seq, o.message_id, o.recipients, m.header, m.signature, m.payload, m.hops, m.kind, o.enqueued_at_ms, m.sender \
-                 FROM outbox o JOIN messages m ON m.id = o.message_id \
-                 WHERE o.next_hop = $1 AND o.dead_reason IS NULL ORDER BY o.priority, o.seq LIMIT $2",
-            )
-            .bind(hop)
-            .bind(max_messages as i64)
-            .fetch_all(&self.readers)
-            .await?;
-            let mut out = Vec::with_capacity(rows.len());
-            let mut bytes = 0usize;
-            for r in rows {
-                let payload: Vec<u8> = r.get(5);
-                if !out.is_empty() && bytes + payload.len() > max_bytes {
-                    break;
-                }
-                bytes += payload.len();
-                out.push(OutboxItem {
-                    seq: r.get(0),
-                    message_id: to_id(r.get(1))?,
-                    recipients: r.get(2),
-                    header: r.get(3),
-                    signature: r.get(4),
-                    payload,
-                    hops: r.get(6),
-                    kind: r.get(7),
-                    enqueued_at_ms: r.get(8),
-                    sender: r.get(9),
-                });
-            }
-            Ok(out)
-        })
+        self.watched(paging::outbox_batch(&self.readers, hop, max_messages, max_bytes))
     }
 
-    fn inbox<'a>(&'a self, unit: &'a str, after: i64, limit: u32) -> BoxFuture<'a, Result<Vec<InboxRecord>, StorageError>> {
-        self.watched(async move {
-            let rows = sqlx::query(sqlx::AssertSqlSafe(format!("{INBOX_SELECT} WHERE i.unit = $1 AND i.seq > $2 ORDER BY i.seq LIMIT $3")))
-                .bind(unit)
-                .bind(after)
-                .bind(limit as i64)
-                .fetch_all(&self.readers)
-                .await?;
-            rows.into_iter().map(inbox_record).collect()
-        })
+    fn inbox<'a>(&'a self, unit: &'a str, after: i64, limit: u32, max_bytes: usize) -> BoxFuture<'a, Result<Vec<InboxRecord>, StorageError>> {
+        self.watched(paging::inbox(&self.readers, unit, after, limit, max_bytes))
     }
 
-    fn inbox_unsettled<'a>(&'a self, unit: &'a str) -> BoxFuture<'a, Result<Vec<InboxRecord>, StorageError>> {
-        self.watched(async move {
-            let rows = sqlx::query(sqlx::AssertSqlSafe(format!("{INBOX_SELECT} WHERE i.unit = $1 AND i.state = 'delivered' ORDER BY i.seq")))
-                .bind(unit)
-                .fetch_all(&self.readers)
-                .await?;
-            rows.into_iter().map(inbox_record).collect()
-        })
+    fn inbox_unsettled<'a>(&'a self, unit: &'a str, after: i64, limit: u32) -> BoxFuture<'a, Result<Vec<InboxHeader>, StorageError>> {
+        self.watched(paging::inbox_unsettled(&self.readers, unit, after, limit))
     }
 
     fn inbox_entry<'a>(&'a self, unit: &'a str, id: &'a [u8; 32]) -> BoxFuture<'a, Result<Option<InboxRecord>, StorageError>> {
@@ -841,13 +796,14 @@ impl Store for SqliteStore {
 
     fn queue_stats(&self) -> BoxFuture<'_, Result<Vec<QueueStat>, StorageError>> {
         self.watched(async move {
+            // The sizes are taken row by row first (MATERIALIZED): grouped directly, SQLite would copy
+            // every payload into its GROUP BY sorter to take its length there (gigabytes, each second).
             let rows = sqlx::query(
-                "SELECT o.next_hop, \
-                        SUM(o.dead_reason IS NULL), \
-                        COALESCE(SUM(CASE WHEN o.dead_reason IS NULL THEN length(m.payload) ELSE 0 END), 0), \
-                        MIN(CASE WHEN o.dead_reason IS NULL THEN o.enqueued_at_ms END), \
-                        SUM(o.dead_reason IS NOT NULL) \
-                 FROM outbox o JOIN messages m ON m.id = o.message_id GROUP BY o.next_hop",
+                "WITH r AS MATERIALIZED (SELECT o.next_hop AS hop, o.dead_reason IS NULL AS live, length(m.payload) AS bytes, \
+                        o.enqueued_at_ms AS at FROM outbox o JOIN messages m ON m.id = o.message_id) \
+                 SELECT hop, SUM(live), COALESCE(SUM(CASE WHEN live THEN bytes ELSE 0 END), 0), MIN(CASE WHEN live THEN at END), \
+                        SUM(NOT live) \
+                 FROM r GROUP BY hop",
             )
             .fetch_all(&self.readers)
             .await?;

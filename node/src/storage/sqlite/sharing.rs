@@ -223,8 +223,20 @@ impl SharingStore for SqliteStore {
         })
     }
 
-    fn topic_log<'a>(&'a self, topic: &'a str, from: i64, to: i64) -> BoxFuture<'a, Result<Vec<TopicLogRow>, StorageError>> {
+    fn topic_log<'a>(&'a self, topic: &'a str, from: i64, to: i64, max_bytes: usize) -> BoxFuture<'a, Result<Vec<TopicLogRow>, StorageError>> {
         self.watched(async move {
+            // The log only grows: the records chosen by size are exactly those up to the last one.
+            let sizes = sqlx::query(
+                "SELECT seq, length(header) + length(signature) + length(payload) FROM topic_log \
+                 WHERE topic = $1 AND seq >= $2 AND seq <= $3 ORDER BY seq",
+            )
+            .bind(topic)
+            .bind(from)
+            .bind(to)
+            .fetch_all(&self.writer)
+            .await?;
+            let n = super::paging::fitting(sizes.iter().map(|r| r.get::<i64, _>(1).max(0) as usize), max_bytes);
+            let Some(to) = n.checked_sub(1).map(|i| sizes[i].get::<i64, _>(0)) else { return Ok(Vec::new()) };
             let rows = sqlx::query(
                 "SELECT topic, seq, record_id, subject, publisher, published_at_ms, header, signature, payload FROM topic_log \
                  WHERE topic = $1 AND seq >= $2 AND seq <= $3 ORDER BY seq",
@@ -300,20 +312,35 @@ impl SharingStore for SqliteStore {
         })
     }
 
-    fn data_records<'a>(&'a self, unit: &'a str, topic: &'a str, after: i64, limit: u32) -> BoxFuture<'a, Result<Vec<DataInboxRow>, StorageError>> {
+    fn data_records<'a>(&'a self, unit: &'a str, topic: &'a str, after: i64, limit: u32, max_bytes: usize)
+        -> BoxFuture<'a, Result<Vec<DataInboxRow>, StorageError>> {
         self.watched(async move {
-            let rows = sqlx::query(
-                "SELECT d.unit, d.topic, d.seq, COALESCE(s.first_seq, d.seq), d.delivery_id, d.record_id, d.subject, d.published_at_ms, \
-                 d.delivered_at_ms, d.header, d.signature, d.payload FROM data_inbox d \
-                 LEFT JOIN data_subscriptions s ON s.unit = d.unit AND s.topic = d.topic \
-                 WHERE d.unit = $1 AND d.topic = $2 AND d.seq > $3 ORDER BY d.seq LIMIT $4",
+            let mut tx = self.readers.begin().await?;
+            let sizes = sqlx::query(
+                "SELECT seq, length(header) + length(signature) + length(payload) FROM data_inbox \
+                 WHERE unit = $1 AND topic = $2 AND seq > $3 ORDER BY seq LIMIT $4",
             )
             .bind(unit)
             .bind(topic)
             .bind(after)
             .bind(limit as i64)
-            .fetch_all(&self.readers)
+            .fetch_all(&mut *tx)
             .await?;
+            let n = super::paging::fitting(sizes.iter().map(|r| r.get::<i64, _>(1).max(0) as usize), max_bytes);
+            let Some(last) = n.checked_sub(1).map(|i| sizes[i].get::<i64, _>(0)) else { return Ok(Vec::new()) };
+            let rows = sqlx::query(
+                "SELECT d.unit, d.topic, d.seq, COALESCE(s.first_seq, d.seq), d.delivery_id, d.record_id, d.subject, d.published_at_ms, \
+                 d.delivered_at_ms, d.header, d.signature, d.payload FROM data_inbox d \
+                 LEFT JOIN data_subscriptions s ON s.unit = d.unit AND s.topic = d.topic \
+                 WHERE d.unit = $1 AND d.topic = $2 AND d.seq > $3 AND d.seq <= $4 ORDER BY d.seq",
+            )
+            .bind(unit)
+            .bind(topic)
+            .bind(after)
+            .bind(last)
+            .fetch_all(&mut *tx)
+            .await?;
+            tx.commit().await?;
             rows.into_iter()
                 .map(|r| {
                     Ok(DataInboxRow {
@@ -416,7 +443,7 @@ mod tests {
         // The same record delivered twice is stored once.
         store.commit(&[job(vec![delivered(2), delivered(3)])]).await.unwrap();
         assert_eq!(s.data_contiguous_end("gz/civil-affairs", "person.death", 1).await.unwrap(), 5);
-        let seqs: Vec<i64> = s.data_records("gz/civil-affairs", "person.death", 0, 100).await.unwrap().iter().map(|r| r.seq).collect();
+        let seqs: Vec<i64> = s.data_records("gz/civil-affairs", "person.death", 0, 100, usize::MAX).await.unwrap().iter().map(|r| r.seq).collect();
         assert_eq!(seqs, vec![1, 2, 3, 4, 5]);
         // Nothing yet from the first record on.
         assert_eq!(s.data_contiguous_end("gz/other", "person.death", 1).await.unwrap(), 0);
