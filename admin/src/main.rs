@@ -12,6 +12,7 @@ mod endpoint;
 mod ops;
 mod output;
 mod parse;
+mod recovery;
 mod sharing;
 mod tokens;
 
@@ -42,8 +43,8 @@ node answers 401 (unauthenticated) without a valid token, and 403 (forbidden) wh
 not the unit acted for (send --from, inbox --unit, overdue --unit, sign-for --unit, return --unit, the
 sender for status, recall and resend).
 
-Operator commands (status, peers, queues, trace, dead-letters, retry, purge, audit, ready, directory,
-nodes, units, tokens) talk to the node's admin API, given by --admin URL or EXCHANGE_ADMIN (default
+Operator commands (status, peers, queues, trace, dead-letters, retry, purge, audit, ready, backup,
+reconcile, directory, nodes, units, tokens) talk to the node's admin API, given by --admin URL or EXCHANGE_ADMIN (default
 http://127.0.0.1:9080). The admin API listens on loopback by default (admin.listen): run them on the
 node's host, as the node's user, with --admin-token-file PATH or EXCHANGE_ADMIN_TOKEN_FILE naming the
 operator token the node wrote at first start (admin.token in its data_dir, mode 0600). The root node alone signs the node tree (nodes add/remove); each node signs its own units
@@ -67,7 +68,8 @@ Exit codes:
      a key that is not the sender's)
   2  the node could not be reached or gave no usable answer (is exchange-node running? check --node
      for agency commands, --admin for operator commands)
-  3  ask: no answer reached the asking unit's node by the query's deadline (the query timed out)
+  3  ask: no answer reached the asking unit's node by the query's deadline (the query timed out);
+     reconcile: the reconciliation after a restore is still running
   4  audit verify: the audit chain is broken (the first broken entry is printed); directory
      verify: a directory segment fails verification (each failing segment is printed)
   5  ready: the node answered that it is not ready (each failing check is printed)";
@@ -172,6 +174,26 @@ As a subscriber: `data subscribe --from beginning|now|seq:N|time:MS` sends a req
 unit key; `data subscriptions` shows its state; `data records` reads records in sequence order, from
 the durable cursor or --after N to replay; `data ack --seq N` moves the cursor. A record whose
 predecessor has not arrived yet is held back, never skipped.";
+
+const BACKUP_ABOUT: &str = "\
+Back the running node up while it keeps working (POST /admin/v1/backup). The node writes, into DIR on
+its own host (new or empty; a relative DIR is taken from the current folder): node.db, a consistent
+copy of its database taken in one read transaction (SQLite VACUUM INTO) while commits go on;
+attachments/, the complete attachment files, hard-linked when DIR is on the node's file system
+(complete attachments never change) and copied otherwise; and manifest.json, written last, with the
+node id, the time the copy began, the database's SHA-256 and its high-water marks. Files are private
+(0600) and fsynced. Restore it on the stopped node with `exchange-node restore --config C --from DIR`.";
+
+const RECONCILE_ABOUT: &str = "\
+After `exchange-node restore`, the node asks its parent and children, at its next start, which messages
+they exchanged with it since the backup. What they had handed to it and it lost is queued again there
+and carried again (recovered); what it had handed on before the loss is listed as passed on; what the
+restored database holds is only counted (held). The report lists every message the node had
+acknowledged after the backup that a neighbour knows of, and says what no neighbour can know:
+documents its own units submitted after the backup that it had not passed on.
+
+--wait SECS waits for every neighbour to answer (a neighbour that is down is asked again until it
+does); exit code 3 if the reconciliation is still running.";
 
 #[derive(Parser)]
 #[command(name = "exchange-admin", version, about = "Command line for the exchange network", long_about = LONG_ABOUT)]
@@ -294,6 +316,13 @@ is still 0. With --json, they are listed in `unreachable`."
     Audit(AuditCommand),
     /// The node's readiness checks; exit code 5 when it is not ready.
     Ready,
+    /// Back the running node up into a folder on its host: database, attachments, manifest.
+    #[command(long_about = BACKUP_ABOUT)]
+    Backup(recovery::BackupArgs),
+    /// The reconciliation with the neighbours after a restore: what the node had acknowledged after
+    /// the backup; exit code 3 while it is still running.
+    #[command(long_about = RECONCILE_ABOUT)]
+    Reconcile(recovery::ReconcileArgs),
     /// The signed directory this node routes by: its segments, or their verification.
     #[command(subcommand)]
     Directory(DirectoryCommand),
@@ -847,6 +876,8 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Audit(AuditCommand::Verify) => ops::audit_verify(&ctx),
         Command::Audit(AuditCommand::Export(a)) => done(ops::audit_export(&ctx, a)),
         Command::Ready => ops::ready(&ctx),
+        Command::Backup(a) => done(recovery::backup(&ctx, a)),
+        Command::Reconcile(a) => recovery::reconcile(&ctx, a),
         Command::Directory(DirectoryCommand::Show) => done(directory::show(&ctx)),
         Command::Directory(DirectoryCommand::Verify) => directory::verify(&ctx),
         Command::Nodes(NodesCommand::List) => done(directory::nodes_list(&ctx)),

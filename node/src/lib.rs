@@ -8,10 +8,12 @@
 //! * [`relay`]: the engine: verification, custody, delivery, receipts, forwarders, group commit.
 //! * [`api`]: the agency and admin HTTP interfaces; [`metrics`]: Prometheus; [`memory`]: how the
 //!   process takes memory from the allocator.
+//! * [`backup`]: online backups, restores, and the reconciliation with the neighbours after one.
 //! * [`node`]: wiring it all together; [`launcher`], [`demo`], [`bench`]: local networks of real
 //!   node processes for the demo, the benchmark and the tests.
 
 pub mod api;
+pub mod backup;
 pub mod bench;
 pub mod bench_attachment;
 pub mod config;

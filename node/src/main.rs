@@ -20,6 +20,16 @@ enum Command {
         #[arg(long, short, env = "EXCHANGE_CONFIG")]
         config: PathBuf,
     },
+    /// Restore a stopped node from a backup folder written by `exchange-admin backup`: check it, move
+    /// the data it replaces aside (never deleting it), install it, and leave a reconciliation with the
+    /// neighbours due at the next start.
+    Restore {
+        #[arg(long, short, env = "EXCHANGE_CONFIG")]
+        config: PathBuf,
+        /// The backup folder.
+        #[arg(long, value_name = "DIR")]
+        from: PathBuf,
+    },
     /// Generate a node key file (mode 0600) and print its public key and libp2p peer id.
     Keygen {
         #[arg(long)]
@@ -36,6 +46,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run { config } => run(config),
+        Command::Restore { config, from } => exchange_node::backup::restore::run(&config, &from),
         Command::Keygen { out } => keygen(out),
         Command::Demo(args) => exchange_node::demo::run(args),
         Command::Bench(args) => exchange_node::bench::run(args),

@@ -80,6 +80,11 @@ pub struct Metrics {
     /// Admin API requests refused at its doors (browser origin, foreign host, no or wrong operator
     /// token, not JSON), by reason.
     pub admin_refusals: IntCounterVec,
+    /// Online backups taken, by outcome (`ok`, `failed`).
+    pub backups: IntCounterVec,
+    /// Messages reconciled after a restore, by outcome: `recovered`, `passed-on`, `held`,
+    /// `unrecoverable` at the restored node; `requeued` at a neighbour that queued them again.
+    pub reconciliation: IntCounterVec,
 }
 
 impl Metrics {
@@ -182,6 +187,12 @@ impl Metrics {
                 "Admin API requests refused before reaching a handler, by reason (origin, host, no-token, bad-token, content-type).",
                 &["reason"],
             ),
+            backups: counter("exchange_backups_total", "Online backups taken, by outcome.", &["outcome"]),
+            reconciliation: counter(
+                "exchange_reconciliation_messages_total",
+                "Messages reconciled after a restore from a backup, by outcome.",
+                &["outcome"],
+            ),
             registry,
         };
         m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
@@ -190,6 +201,13 @@ impl Metrics {
             m.admin_refusals.with_label_values(&[reason]);
         }
         m.start_time.set(exchange_wire::now_ms() as f64 / 1000.0);
+        // Zeros from the start, so alerts and dashboards see zeros, not gaps.
+        for outcome in ["ok", "failed"] {
+            m.backups.with_label_values(&[outcome]).inc_by(0);
+        }
+        for outcome in ["recovered", "passed-on", "held", "unrecoverable", "requeued"] {
+            m.reconciliation.with_label_values(&[outcome]).inc_by(0);
+        }
         m
     }
 

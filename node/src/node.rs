@@ -28,6 +28,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let node_key = exchange_wire::keys::read(&cfg.key_file)?;
     let parent_hint = cfg.parent_address.as_deref().map(parse_parent_address).transpose()?;
     std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("cannot create data_dir {}", cfg.data_dir.display()))?;
+    crate::backup::refuse_interrupted_restore(&cfg.data_dir)?;
     let metrics = Arc::new(Metrics::new(cfg.node_id.as_str()));
     let health = Arc::new(StorageHealth::new(&cfg.data_dir, cfg.storage.reserve_bytes, metrics.storage_health()));
     let check = OpenCheck { budget: Duration::from_secs(cfg.storage.open_check_secs) };
@@ -55,6 +56,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
 
     let engine = Engine::new(&cfg, store, health, metrics, net, node_key, parent_hint)?;
     engine.start().await?;
+    engine.start_reconciliation_if_due()?;
     match engine.dir.current().node(&cfg.node_id) {
         Some(me) if me.public_key.0 != exchange_wire::keys::read(&cfg.key_file)?.verifying_key() => anyhow::bail!(
             "the key in {} is not the key the node tree lists for node {} (expected public key {})",

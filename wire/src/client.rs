@@ -57,6 +57,13 @@ impl ApiClient {
         ApiClient { base: base_url.trim_end_matches('/').to_owned(), agent, token: None }
     }
 
+    /// The same client with another limit on each whole call (`None`: none), for long operations
+    /// such as a backup of a large node.
+    pub fn with_timeout(mut self, timeout: Option<Duration>) -> ApiClient {
+        self.agent = ureq::Agent::config_builder().http_status_as_error(false).timeout_global(timeout).build().into();
+        self
+    }
+
     /// The same client, authenticating as the unit that owns `token` (issued with
     /// `exchange-admin tokens issue`).
     pub fn with_token(mut self, token: impl Into<String>) -> ApiClient {

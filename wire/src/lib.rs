@@ -9,6 +9,7 @@
 
 pub mod address;
 pub mod api;
+pub mod backup;
 #[cfg(feature = "client")]
 pub mod client;
 pub mod directory;

@@ -252,6 +252,7 @@ pub fn router(engine: AppState, doors: super::admin_doors::AdminDoors) -> Router
             .route("/admin/v1/tokens", get(tokens).post(issue_token))
             .route("/admin/v1/tokens/{id}", post(revoke_token))
             .merge(super::sharing::admin_routes())
+            .merge(super::recovery::admin_routes())
             .route_layer(axum::middleware::from_fn_with_state(doors, super::admin_doors::guard)),
     )
     .with_state(engine)

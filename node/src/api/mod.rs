@@ -10,6 +10,7 @@ pub mod admin_doors;
 pub mod agency;
 pub mod asking;
 pub mod attachments;
+pub mod recovery;
 pub mod sharing;
 
 use std::sync::Arc;

@@ -9,6 +9,7 @@ use libp2p::{StreamProtocol, allow_block_list, ping, request_response};
 use super::protocol::{
     ATTACHMENT_PROTOCOL, AttachmentRequest, AttachmentResponse, DIRECTORY_PROTOCOL, DirectoryAck, DirectoryPush, RELAY_PROTOCOL, TRACE_PROTOCOL, TraceRequest, TraceResponse,
 };
+use super::reconcile::{RECONCILE_PROTOCOL, ReconcileRequest, ReconcileResponse};
 
 /// Everything the node speaks to other nodes.
 #[derive(NetworkBehaviour)]
@@ -19,6 +20,8 @@ pub struct Behaviour {
     pub trace: request_response::cbor::Behaviour<TraceRequest, TraceResponse>,
     pub directory: request_response::cbor::Behaviour<DirectoryPush, DirectoryAck>,
     pub attachment: request_response::cbor::Behaviour<AttachmentRequest, AttachmentResponse>,
+    /// Asked by a neighbour restored from a backup (see `network::reconcile`).
+    pub reconcile: request_response::cbor::Behaviour<ReconcileRequest, ReconcileResponse>,
     pub ping: ping::Behaviour,
 }
 
@@ -50,7 +53,12 @@ impl Behaviour {
             [(StreamProtocol::new(ATTACHMENT_PROTOCOL), request_response::ProtocolSupport::Full)],
             request_response::Config::default().with_request_timeout(Duration::from_secs(60)),
         );
+        // Pages of ids: well within the codec's default limits.
+        let reconcile = request_response::cbor::Behaviour::new(
+            [(StreamProtocol::new(RECONCILE_PROTOCOL), request_response::ProtocolSupport::Full)],
+            request_response::Config::default().with_request_timeout(Duration::from_secs(60)),
+        );
         let ping = ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(5)));
-        Behaviour { allowed: allow_block_list::Behaviour::default(), relay, trace, directory, attachment, ping }
+        Behaviour { allowed: allow_block_list::Behaviour::default(), relay, trace, directory, attachment, reconcile, ping }
     }
 }

@@ -6,6 +6,7 @@
 pub mod behaviour;
 pub mod codec;
 pub mod protocol;
+pub mod reconcile;
 pub mod transport;
 
 use std::collections::{HashMap, HashSet};
@@ -22,6 +23,7 @@ use behaviour::{Behaviour, BehaviourEvent};
 use protocol::{
     AttachmentRequest, AttachmentResponse, DirectoryAck, DirectoryPush, RelayRequest, TraceRequest, TraceResponse, TransferRequest, TransferResponse,
 };
+use reconcile::{ReconcileRequest, ReconcileResponse};
 
 /// A transfer that did not get an answer.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -69,6 +71,9 @@ pub enum NetworkEvent {
     Refused { peer: Option<PeerId>, inbound: bool },
     /// A neighbour asks for this node's custody events about a message.
     Trace { peer: PeerId, request: TraceRequest, channel: ResponseChannel<TraceResponse> },
+    /// A neighbour restored from a backup asks what was exchanged with it; answer with
+    /// [`Client::respond_reconcile`].
+    Reconcile { peer: PeerId, request: ReconcileRequest, channel: ResponseChannel<ReconcileResponse> },
     PeerUp(PeerId),
     PeerDown(PeerId),
     /// A ping answered: the link works and this is its round-trip time.
@@ -84,6 +89,8 @@ enum Command {
     RespondDirectory { channel: ResponseChannel<DirectoryAck>, response: DirectoryAck },
     Attachment { peer: PeerId, request: AttachmentRequest, reply: oneshot::Sender<Result<AttachmentResponse, NetError>> },
     RespondAttachment { channel: ResponseChannel<AttachmentResponse>, response: AttachmentResponse },
+    Reconcile { peer: PeerId, request: ReconcileRequest, reply: oneshot::Sender<Result<ReconcileResponse, NetError>> },
+    RespondReconcile { channel: ResponseChannel<ReconcileResponse>, response: ReconcileResponse },
     SetPeers { allowed: Vec<PeerId>, neighbours: Vec<Neighbour> },
     Connected { reply: oneshot::Sender<Vec<PeerId>> },
 }
@@ -144,6 +151,18 @@ impl Client {
         let _ = self.commands.send(Command::RespondAttachment { channel, response }).await;
     }
 
+    /// Asks neighbour `peer` about what it exchanged with this node (after a restore).
+    pub async fn reconcile(&self, peer: PeerId, request: ReconcileRequest) -> Result<ReconcileResponse, NetError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands.send(Command::Reconcile { peer, request, reply }).await.map_err(|_| NetError::Stopped)?;
+        rx.await.map_err(|_| NetError::Stopped)?
+    }
+
+    /// Answers a restored neighbour's question.
+    pub async fn respond_reconcile(&self, channel: ResponseChannel<ReconcileResponse>, response: ReconcileResponse) {
+        let _ = self.commands.send(Command::RespondReconcile { channel, response }).await;
+    }
+
     /// Sets which peers may connect (directory nodes) and which neighbours to keep dialled.
     pub async fn set_peers(&self, allowed: Vec<PeerId>, neighbours: Vec<Neighbour>) {
         let _ = self.commands.send(Command::SetPeers { allowed, neighbours }).await;
@@ -198,6 +217,7 @@ pub fn new(
         pending_traces: HashMap::new(),
         pending_pushes: HashMap::new(),
         pending_attachments: HashMap::new(),
+        pending_reconciles: HashMap::new(),
         neighbours: Vec::new(),
         dialing: HashSet::new(),
     };
@@ -213,6 +233,7 @@ pub struct EventLoop {
     pending_traces: HashMap<OutboundRequestId, oneshot::Sender<Result<TraceResponse, NetError>>>,
     pending_pushes: HashMap<OutboundRequestId, oneshot::Sender<Result<DirectoryAck, NetError>>>,
     pending_attachments: HashMap<OutboundRequestId, oneshot::Sender<Result<AttachmentResponse, NetError>>>,
+    pending_reconciles: HashMap<OutboundRequestId, oneshot::Sender<Result<ReconcileResponse, NetError>>>,
     neighbours: Vec<Neighbour>,
     dialing: HashSet<PeerId>,
 }
@@ -280,6 +301,13 @@ impl EventLoop {
             Command::RespondAttachment { channel, response } => {
                 let _ = self.swarm.behaviour_mut().attachment.send_response(channel, response);
             }
+            Command::Reconcile { peer, request, reply } => {
+                let id = self.swarm.behaviour_mut().reconcile.send_request(&peer, request);
+                self.pending_reconciles.insert(id, reply);
+            }
+            Command::RespondReconcile { channel, response } => {
+                let _ = self.swarm.behaviour_mut().reconcile.send_response(channel, response);
+            }
             Command::SetPeers { allowed, neighbours } => {
                 let keep: HashSet<PeerId> = allowed.iter().copied().collect();
                 let old: Vec<PeerId> = self.swarm.behaviour().allowed.allowed_peers().iter().copied().collect();
@@ -309,6 +337,7 @@ impl EventLoop {
             SwarmEvent::Behaviour(BehaviourEvent::Trace(e)) => self.on_trace_event(e),
             SwarmEvent::Behaviour(BehaviourEvent::Directory(e)) => self.on_directory_event(e),
             SwarmEvent::Behaviour(BehaviourEvent::Attachment(e)) => self.on_attachment_event(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Reconcile(e)) => self.on_reconcile_event(e),
             SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event { peer, result: Ok(rtt), .. })) => {
                 let _ = self.events.try_send(NetworkEvent::PeerRtt(peer, rtt));
             }
@@ -357,6 +386,14 @@ impl EventLoop {
         answer_or_deliver(event, &mut self.pending_attachments, |peer, request, channel| {
             // Unanswered when the node is saturated: the sender times out and offers again.
             let _ = events.try_send(NetworkEvent::Attachment { peer, request, channel });
+        });
+    }
+
+    fn on_reconcile_event(&mut self, event: request_response::Event<ReconcileRequest, ReconcileResponse>) {
+        let events = self.events.clone();
+        answer_or_deliver(event, &mut self.pending_reconciles, |peer, request, channel| {
+            // Unanswered when the node is saturated: the restored neighbour asks again.
+            let _ = events.try_send(NetworkEvent::Reconcile { peer, request, channel });
         });
     }
 

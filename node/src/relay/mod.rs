@@ -20,6 +20,8 @@ pub mod ingress;
 pub mod operations;
 pub mod push;
 pub mod reads;
+pub mod reconcile;
+pub mod reconcile_answer;
 pub mod refusal;
 pub mod sharing;
 
@@ -104,6 +106,8 @@ pub struct Engine {
     sharing_lock: tokio::sync::Mutex<()>,
     /// One task sends granted backlogs at a time.
     backfill_running: tokio::sync::Mutex<()>,
+    /// Backups and the reconciliation after a restore (see `backup`).
+    pub(crate) recovery: crate::backup::Recovery,
 }
 
 /// Attachments known to be complete at a neighbour, and transfers running (by neighbour and SHA-256).
@@ -170,6 +174,7 @@ impl Engine {
             catalog: Default::default(),
             sharing_lock: tokio::sync::Mutex::new(()),
             backfill_running: tokio::sync::Mutex::new(()),
+            recovery: crate::backup::Recovery::new(&cfg.data_dir),
         }))
     }
 
@@ -298,6 +303,7 @@ impl Engine {
             | E::Trace { peer, .. }
             | E::Directory { peer, .. }
             | E::Attachment { peer, .. }
+            | E::Reconcile { peer, .. }
             | E::PeerUp(peer)
             | E::PeerDown(peer)
             | E::PeerRtt(peer, _) => *peer,
@@ -331,6 +337,9 @@ impl Engine {
             }
             E::Attachment { peer, request, channel } => {
                 tokio::spawn(self.clone().answer_attachment(peer, request, channel));
+            }
+            E::Reconcile { peer, request, channel } => {
+                tokio::spawn(self.clone().answer_reconcile(peer, request, channel));
             }
             E::PeerUp(_) => {
                 let engine = self.clone();

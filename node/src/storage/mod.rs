@@ -7,6 +7,7 @@
 
 pub mod attachments;
 pub mod health;
+pub mod recovery;
 pub mod sharing;
 pub mod sqlite;
 
@@ -411,6 +412,8 @@ pub trait Store: Send + Sync + 'static {
     fn tokens(&self) -> BoxFuture<'_, Result<Vec<TokenRow>, StorageError>>;
     /// The reads of base-data sharing.
     fn sharing(&self) -> &dyn sharing::SharingStore;
+    /// The online copy and the reads of the reconciliation after a restore.
+    fn recovery(&self) -> &dyn recovery::RecoveryStore;
 }
 
 /// Rank of a state: tracking only ever moves forward. `failed` ranks below `delivered`, so a dead

@@ -20,6 +20,7 @@ const ROWS_PER_STATEMENT: usize = 400;
 mod integrity;
 mod mark;
 mod paging;
+pub mod recovery;
 mod sharing;
 
 use super::health::StorageHealth;
@@ -934,6 +935,10 @@ impl Store for SqliteStore {
     }
 
     fn sharing(&self) -> &dyn crate::storage::sharing::SharingStore {
+        self
+    }
+
+    fn recovery(&self) -> &dyn crate::storage::recovery::RecoveryStore {
         self
     }
 }
