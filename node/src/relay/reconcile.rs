@@ -78,22 +78,23 @@ impl Engine {
         if let Err(r) = self.admin_record("restored", detail).await {
             tracing::error!(reason = %r.message, "cannot audit the restore");
         }
-        let dir = self.dir.current();
-        let parent = dir.node(&self.here).and_then(|n| n.parent.clone());
-        let neighbours: Vec<(NodeId, PeerId)> = dir.neighbours(&self.here).into_iter().map(|n| (n.id.clone(), n.peer_id)).collect();
-        let mut report = self.new_report(&due, window, &neighbours, parent.as_ref());
-        let data_dir = self.recovery.data_dir.clone();
-        if let Err(e) = report::clear_entries(&data_dir) {
+        let mut report = self.new_report(&due, window);
+        if let Err(e) = report::clear_entries(&self.recovery.data_dir) {
             tracing::error!(error = %e, "cannot clear the entries of an earlier reconciliation");
         }
-        let mut pending: Vec<usize> = (0..neighbours.len()).collect();
         let mut delay = Duration::from_secs(1);
         loop {
-            self.save_report(&report);
-            let mut still = Vec::new();
-            for i in pending {
-                let (node, peer) = &neighbours[i];
-                match self.reconcile_with(node, *peer, window).await {
+            self.add_new_neighbours(&mut report);
+            for i in 0..report.neighbours.len() {
+                if report.neighbours[i].answered {
+                    continue;
+                }
+                let node = report.neighbours[i].node.clone();
+                let Some(peer) = self.dir.current().node(&node).map(|n| n.peer_id) else {
+                    report.neighbours[i].error = Some("no longer in the node tree: not asked".into());
+                    continue;
+                };
+                match self.reconcile_with(&node, peer, window).await {
                     Ok(t) => {
                         let n = &mut report.neighbours[i];
                         (n.answered, n.handed, n.received, n.error) = (true, t.handed, t.received, None);
@@ -104,22 +105,21 @@ impl Engine {
                     Err(e) => {
                         tracing::warn!(neighbour = %node, error = %format!("{e:#}"), "reconciliation: cannot ask a neighbour yet; asking again");
                         report.neighbours[i].error = Some(format!("{e:#}"));
-                        still.push(i);
                     }
                 }
             }
-            pending = still;
-            if pending.is_empty() {
+            self.save_report(&report);
+            let dir = self.dir.current();
+            if report.neighbours.iter().all(|n| n.answered || dir.node(&n.node).is_none()) {
                 break;
             }
-            self.save_report(&report);
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(30));
         }
         self.finish_reconciliation(report).await;
     }
 
-    fn new_report(&self, due: &Due, window: Window, neighbours: &[(NodeId, PeerId)], parent: Option<&NodeId>) -> ReconciliationReport {
+    fn new_report(&self, due: &Due, window: Window) -> ReconciliationReport {
         ReconciliationReport {
             node: self.here.clone(),
             state: ReconcileState::Running,
@@ -131,20 +131,29 @@ impl Engine {
             until_ms: Some(window.until_ms),
             started_at_ms: Some(exchange_wire::now_ms()),
             finished_at_ms: None,
-            neighbours: neighbours
-                .iter()
-                .map(|(node, _)| NeighbourReconciliation {
-                    node: node.clone(),
-                    role: if Some(node) == parent { "parent" } else { "child" }.into(),
+            neighbours: Vec::new(),
+            counts: ReconcileCounts::default(),
+            entries: 0,
+            unknowable: unknowable(&self.here, due.backup_taken_at_ms),
+        }
+    }
+
+    /// Adds the parent and children the directory lists and the report does not yet (all of them at
+    /// first; later, a child added after the backup, once the directory from the parent arrives).
+    fn add_new_neighbours(&self, report: &mut ReconciliationReport) {
+        let dir = self.dir.current();
+        let parent = dir.node(&self.here).and_then(|n| n.parent.clone());
+        for n in dir.neighbours(&self.here) {
+            if !report.neighbours.iter().any(|r| r.node == n.id) {
+                report.neighbours.push(NeighbourReconciliation {
+                    node: n.id.clone(),
+                    role: if Some(&n.id) == parent.as_ref() { "parent" } else { "child" }.into(),
                     answered: false,
                     handed: 0,
                     received: 0,
                     error: None,
-                })
-                .collect(),
-            counts: ReconcileCounts::default(),
-            entries: 0,
-            unknowable: unknowable(&self.here, due.backup_taken_at_ms),
+                });
+            }
         }
     }
 

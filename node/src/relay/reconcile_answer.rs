@@ -50,12 +50,13 @@ impl Engine {
         };
         let window = (window.0.min(i64::MAX as u64) as i64, window.1.min(i64::MAX as u64) as i64);
         match self.store.recovery().exchanged(event, asker.as_str(), window, after, limit.clamp(1, PAGE)).await {
-            Ok((rows, next)) => ReconcileResponse::Listed {
-                items: rows
+            Ok(page) => ReconcileResponse::Listed {
+                items: page
+                    .rows
                     .into_iter()
                     .map(|r| Exchanged { id: r.message_id.to_vec(), kind: r.kind.unwrap_or_default(), at_ms: r.at_ms.max(0) as u64 })
                     .collect(),
-                next,
+                next: page.next,
             },
             Err(e) => {
                 self.metrics.storage_errors.with_label_values(&["read"]).inc();

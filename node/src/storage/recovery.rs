@@ -20,6 +20,13 @@ pub struct ExchangedRow {
     pub at_ms: i64,
 }
 
+/// A page of handovers and the cursor for the next page (`None` at the end).
+#[derive(Debug, Clone, Default)]
+pub struct ExchangedPage {
+    pub rows: Vec<ExchangedRow>,
+    pub next: Option<i64>,
+}
+
 /// A message as a re-queue needs it.
 #[derive(Debug, Clone)]
 pub struct RequeueCandidate {
@@ -58,7 +65,7 @@ pub trait RecoveryStore: Send + Sync {
 
     /// Up to `limit` custody entries `event` (`forwarded` or `received`) naming neighbour `peer`,
     /// recorded in `[since_ms, until_ms)`, after audit position `after` (0: from the start of the
-    /// window), in log order. The second value is the cursor for the next page, `None` at the end.
+    /// window), in log order.
     fn exchanged<'a>(
         &'a self,
         event: &'a str,
@@ -66,7 +73,7 @@ pub trait RecoveryStore: Send + Sync {
         window: (i64, i64),
         after: i64,
         limit: u32,
-    ) -> BoxFuture<'a, Result<(Vec<ExchangedRow>, Option<i64>), StorageError>>;
+    ) -> BoxFuture<'a, Result<ExchangedPage, StorageError>>;
 
     /// Of `ids`, the messages held here, with the time each was taken into custody.
     fn held<'a>(&'a self, ids: &'a [[u8; 32]]) -> BoxFuture<'a, Result<Vec<HeldRow>, StorageError>>;

@@ -10,11 +10,15 @@ use sqlx::{ConnectOptions, Connection, QueryBuilder, Row, Sqlite, SqliteConnecti
 
 use super::{ROWS_PER_STATEMENT, SqliteStore, to_id};
 use crate::storage::StorageError;
-use crate::storage::recovery::{ExchangedRow, FileMarks, HeldRow, RecoveryStore, RequeueCandidate};
+use crate::storage::recovery::{ExchangedPage, ExchangedRow, FileMarks, HeldRow, RecoveryStore, RequeueCandidate};
 
 /// How far before the window the audit scan starts: an entry's time is taken when its job is made,
 /// and its position when it is committed, so times are in log order only up to the commit delay.
 const SCAN_SLACK_MS: i64 = 10 * 60 * 1000;
+
+/// Most audit entries one page looks at, so a page takes bounded time even when few entries in a
+/// long stretch of the log name the asker (the next page goes on from where this one stopped).
+const SCAN_ROWS: i64 = 200_000;
 
 /// Opens a database file read-only on a connection of its own.
 async fn open_read_only(path: &Path) -> Result<SqliteConnection, StorageError> {
@@ -95,14 +99,16 @@ impl RecoveryStore for SqliteStore {
         window: (i64, i64),
         after: i64,
         limit: u32,
-    ) -> BoxFuture<'a, Result<(Vec<ExchangedRow>, Option<i64>), StorageError>> {
+    ) -> BoxFuture<'a, Result<ExchangedPage, StorageError>> {
         Box::pin(async move {
             let (since, until) = window;
             let after = if after > 0 { after } else { self.audit_seq_before(since - SCAN_SLACK_MS).await? };
+            let last: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM audit_log").fetch_one(&self.readers).await?;
+            let upper = after.saturating_add(SCAN_ROWS);
             let rows = sqlx::query(
                 "SELECT a.seq, a.message_id, m.kind, a.at_ms FROM audit_log a LEFT JOIN messages m ON m.id = a.message_id \
-                 WHERE a.seq > $1 AND a.category = 'custody' AND a.event = $2 AND a.peer = $3 AND a.at_ms >= $4 AND a.at_ms < $5 \
-                 AND a.message_id IS NOT NULL ORDER BY a.seq LIMIT $6",
+                 WHERE a.seq > $1 AND a.seq <= $7 AND a.category = 'custody' AND a.event = $2 AND a.peer = $3 \
+                 AND a.at_ms >= $4 AND a.at_ms < $5 AND a.message_id IS NOT NULL ORDER BY a.seq LIMIT $6",
             )
             .bind(after)
             .bind(event)
@@ -110,6 +116,7 @@ impl RecoveryStore for SqliteStore {
             .bind(since)
             .bind(until)
             .bind(i64::from(limit))
+            .bind(upper)
             .fetch_all(&self.readers)
             .await?;
             let full = rows.len() as u32 >= limit;
@@ -117,8 +124,12 @@ impl RecoveryStore for SqliteStore {
                 .into_iter()
                 .map(|r| Ok(ExchangedRow { seq: r.get(0), message_id: to_id(r.get(1))?, kind: r.get(2), at_ms: r.get(3) }))
                 .collect::<Result<Vec<_>, StorageError>>()?;
-            let next = if full { out.last().map(|r| r.seq) } else { None };
-            Ok((out, next))
+            let next = match out.last() {
+                Some(r) if full => Some(r.seq),
+                _ if upper < last => Some(upper),
+                _ => None,
+            };
+            Ok(ExchangedPage { rows: out, next })
         })
     }
 
