@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
-use exchange_node::launcher::LocalNetwork;
+use exchange_node::launcher::{LocalNetwork, LocalNode};
 use exchange_tests::*;
 use exchange_wire::api::{BatchItemResult, RecipientState};
 use exchange_wire::backup::{BackupManifest, ReconcileState, ReconciliationPage};
@@ -100,8 +100,15 @@ impl Drop for Stream {
     }
 }
 
-fn admin(url: &str, args: &[&str]) -> Output {
-    Command::new(admin_binary()).arg("--admin").arg(url).args(args).output().expect("run exchange-admin")
+/// `exchange-admin` against a node's admin API, with its operator token file.
+fn admin(node: &LocalNode, args: &[&str]) -> Output {
+    Command::new(admin_binary())
+        .arg("--admin")
+        .arg(&node.admin_url)
+        .args(args)
+        .env("EXCHANGE_ADMIN_TOKEN_FILE", node.admin_token_file())
+        .output()
+        .expect("run exchange-admin")
 }
 
 fn restore(config: &Path, from: &Path) -> Output {
@@ -113,7 +120,7 @@ fn text(o: &Output) -> String {
 }
 
 fn backup(net: &LocalNetwork, node: &str, out: &Path) -> BackupManifest {
-    let o = admin(&net.node(node).admin_url, &["--json", "backup", "--out", out.to_str().unwrap()]);
+    let o = admin(net.node(node), &["--json", "backup", "--out", out.to_str().unwrap()]);
     assert!(o.status.success(), "backup of {node}: {}", text(&o));
     serde_json::from_slice(&o.stdout).expect("the backup's manifest as JSON")
 }
@@ -147,7 +154,6 @@ fn city_restored_from_an_online_backup_recovers_what_its_neighbours_hold() {
     let keys = Arc::new(net.unit_keys.clone());
     let receivers: Vec<(UnitAddress, Receiver)> =
         haizhu.iter().map(|u| (u.clone(), Receiver::spawn(net.client_for(u), u.clone(), keys[u].clone(), keys.clone()))).collect();
-    let city_admin = net.node("gz").admin_url.clone();
     let city_db = net.node("gz").database_path();
 
     // One document with a 3 MiB attachment, so the backup and the restore carry an attachment file.
@@ -181,7 +187,7 @@ fn city_restored_from_an_online_backup_recovers_what_its_neighbours_hold() {
     sent.extend(stream.finish());
     sent.push(with_attachment);
 
-    let o = admin(&city_admin, &["--json", "reconcile", "--wait", "120"]);
+    let o = admin(net.node("gz"), &["--json", "reconcile", "--wait", "120"]);
     assert!(o.status.success(), "reconcile: {}", text(&o));
     stage(t0, "reconciled");
     let page: ReconciliationPage = serde_json::from_slice(&o.stdout).expect("the report as JSON");
@@ -412,7 +418,7 @@ fn restore_refuses_another_nodes_backup_a_damaged_one_and_a_running_node() {
     backup(&net, "gz.yuexiu", &yuexiu_backup);
     let good = net.root.join("backup-gz");
     let manifest = backup(&net, "gz", &good);
-    let o = admin(&net.node("gz").admin_url, &["backup", "--out", good.to_str().unwrap()]);
+    let o = admin(net.node("gz"), &["backup", "--out", good.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1), "a backup into a folder that is not empty: {}", text(&o));
     assert!(String::from_utf8_lossy(&o.stderr).contains("not empty"), "{}", text(&o));
 
@@ -465,7 +471,7 @@ fn restore_refuses_another_nodes_backup_a_damaged_one_and_a_running_node() {
     let o = restore(&config, &good);
     assert!(o.status.success(), "restore from the good backup: {}", text(&o));
     net.start("gz").expect("start the restored city");
-    let o = admin(&net.node("gz").admin_url, &["--json", "reconcile", "--wait", "60"]);
+    let o = admin(net.node("gz"), &["--json", "reconcile", "--wait", "60"]);
     assert!(o.status.success(), "reconcile: {}", text(&o));
     let page: ReconciliationPage = serde_json::from_slice(&o.stdout).unwrap();
     let report = page.report.expect("a report");

@@ -4,9 +4,10 @@
 //! Nothing is touched until the backup has passed every check: it is a backup of this node (the
 //! manifest's node id), its database copy has the SHA-256 the manifest names and passes SQLite's
 //! `PRAGMA integrity_check`, and every attachment file's content has the SHA-256 that is its name.
-//! Then the data it replaces (database, WAL, attachments, an earlier reconciliation) is moved aside
+//! Then the data it replaces (database, WAL, commit mark, attachments, an earlier reconciliation) is moved aside
 //! into `data_dir/before-restore-<time>/`, never deleted; the backup is installed (the database
-//! copied, attachments hard-linked or copied); and a reconciliation is recorded as due, from the
+//! copied, its commit mark set to the commits the copy holds, attachments hard-linked or copied); and
+//! a reconciliation is recorded as due, from the
 //! backup's time: the node runs it at its next start. A marker file makes a node refuse to start on
 //! a restore that was interrupted half-way.
 
@@ -21,10 +22,11 @@ use super::report::{self, Due};
 use super::RESTORE_MARKER;
 use crate::config::NodeConfig;
 use crate::storage::StorageError;
+use crate::storage::sqlite::mark::CommitMark;
 use crate::storage::sqlite::recovery::inspect_file;
 
 /// What the restore moves aside: everything the node keeps in `data_dir` that the backup replaces.
-const REPLACED: [&str; 5] = ["node.db", "node.db-wal", "node.db-shm", "attachments", report::FOLDER];
+const REPLACED: [&str; 6] = ["node.db", "node.db-wal", "node.db-shm", "node.db.mark", "attachments", report::FOLDER];
 
 /// Runs the restore and prints what it did.
 pub fn run(config: &Path, from: &Path) -> anyhow::Result<()> {
@@ -49,12 +51,15 @@ pub fn run(config: &Path, from: &Path) -> anyhow::Result<()> {
     if checked.is_err() {
         let _ = std::fs::remove_file(&staged);
     }
-    let attachments = checked?;
+    let (attachments, commits) = checked?;
 
     let marker = data_dir.join(RESTORE_MARKER);
     files::write_json_atomic(&marker, &serde_json::json!({ "from": from.display().to_string(), "at_ms": exchange_wire::now_ms() }))?;
     let aside = move_aside(data_dir)?;
     std::fs::rename(&staged, cfg.database_path()).context("cannot install the database copy")?;
+    // The old mark counts the commits of the data moved aside; the restored database holds fewer,
+    // knowingly. From here on the mark guards the restored history.
+    CommitMark::reset(&cfg.database_path(), commits.max(0) as u64).context("cannot set the commit mark of the restored database")?;
     let (linked, copied) = install_attachments(&from.join(ATTACHMENTS), &cfg.attachments_dir(), &attachments)?;
     let restored_at_ms = exchange_wire::now_ms();
     report::write_due(
@@ -93,8 +98,9 @@ fn ensure_stopped(cfg: &NodeConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Checks the backup and stages its database at `staged`; returns the attachment file names.
-fn check_backup(from: &Path, manifest: &BackupManifest, staged: &Path) -> anyhow::Result<Vec<String>> {
+/// Checks the backup and stages its database at `staged`; returns the attachment file names and the
+/// commits the database holds.
+fn check_backup(from: &Path, manifest: &BackupManifest, staged: &Path) -> anyhow::Result<(Vec<String>, i64)> {
     let _ = std::fs::remove_file(staged);
     let db = from.join(&manifest.database.file);
     let (bytes, sha256) = files::copy_hashing(&db, staged).with_context(|| format!("cannot copy {}", db.display()))?;
@@ -108,14 +114,14 @@ fn check_backup(from: &Path, manifest: &BackupManifest, staged: &Path) -> anyhow
         );
     }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    match rt.block_on(inspect_file(staged, true)) {
-        Ok(_) => {}
+    let commits = match rt.block_on(inspect_file(staged, true)) {
+        Ok(marks) => marks.commits,
         Err(StorageError::Corrupt(findings)) => bail!(
             "{} fails SQLite's integrity check ({findings}); restore from another backup (nothing was changed)",
             db.display()
         ),
         Err(e) => bail!("{} cannot be read as a database ({e}); restore from another backup (nothing was changed)", db.display()),
-    }
+    };
     let mut names = Vec::new();
     let folder = from.join(ATTACHMENTS);
     if folder.exists() {
@@ -133,7 +139,7 @@ fn check_backup(from: &Path, manifest: &BackupManifest, staged: &Path) -> anyhow
             names.push(name);
         }
     }
-    Ok(names)
+    Ok((names, commits))
 }
 
 /// Moves what the backup replaces into a new `before-restore-<time>` folder in `data_dir`.

@@ -54,6 +54,8 @@ pub struct FileMarks {
     pub messages_last_seq: i64,
     pub inbox_last_seq: i64,
     pub outbox_last_seq: i64,
+    /// Committed write transactions the file holds (`node_state.commits`, see the commit mark).
+    pub commits: i64,
 }
 
 /// Recovery reads and the online copy.

@@ -18,7 +18,7 @@ use super::*;
 const ROWS_PER_STATEMENT: usize = 400;
 
 mod integrity;
-mod mark;
+pub(crate) mod mark;
 mod paging;
 pub mod recovery;
 mod sharing;

@@ -51,6 +51,12 @@ pub async fn inspect_file(path: &Path, check: bool) -> Result<FileMarks, Storage
     ] {
         *slot = sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_one(&mut conn).await?;
     }
+    // Absent from a database written before the commit mark existed: the migration starts it at 0.
+    marks.commits = match sqlx::query_scalar("SELECT value FROM node_state WHERE key = 'commits'").fetch_optional(&mut conn).await {
+        Ok(v) => v.unwrap_or(0),
+        Err(sqlx::Error::Database(e)) if e.message().contains("no such table") => 0,
+        Err(e) => return Err(e.into()),
+    };
     marks.audit_head_hash = sqlx::query_scalar("SELECT hash FROM audit_log ORDER BY seq DESC LIMIT 1")
         .fetch_optional(&mut conn)
         .await?
@@ -84,8 +90,7 @@ impl SqliteStore {
 impl RecoveryStore for SqliteStore {
     fn snapshot_into<'a>(&'a self, out: &'a Path) -> BoxFuture<'a, Result<(), StorageError>> {
         Box::pin(async move {
-            let file: String = sqlx::query_scalar("SELECT file FROM pragma_database_list WHERE name = 'main'").fetch_one(&self.readers).await?;
-            let mut conn = open_read_only(Path::new(&file)).await?;
+            let mut conn = open_read_only(&self.path).await?;
             sqlx::query("VACUUM INTO $1").bind(out.to_string_lossy().into_owned()).execute(&mut conn).await?;
             conn.close().await?;
             Ok(())
