@@ -171,3 +171,52 @@ pub fn reconcile(ctx: &Ctx, a: &ReconcileArgs) -> Result<Outcome> {
         Ok(Outcome::TimedOut)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use exchange_wire::backup::{NeighbourReconciliation, ReconcileCounts};
+
+    #[test]
+    fn the_report_names_the_backup_the_counts_and_each_neighbour() {
+        let report = ReconciliationReport {
+            node: "gz".parse().unwrap(),
+            state: ReconcileState::Running,
+            backup_folder: "/backup/gz/1".into(),
+            backup_taken_at_ms: 1_751_328_000_000,
+            restored_at_ms: 1_751_329_000_000,
+            previous_data: "/var/lib/exchange/gz/before-restore-20250701T001640Z".into(),
+            since_ms: 1_751_327_700_000,
+            until_ms: None,
+            started_at_ms: None,
+            finished_at_ms: None,
+            neighbours: vec![NeighbourReconciliation {
+                node: "gz.haizhu".parse().unwrap(),
+                role: "child".into(),
+                answered: false,
+                handed: 0,
+                received: 0,
+                error: Some("no answer from peer".into()),
+            }],
+            counts: ReconcileCounts { recovered: 7, passed_on: 5, held: 100, unrecoverable: 1 },
+            entries: 13,
+            unknowable: String::new(),
+        };
+        let text = report_text(&report);
+        for needle in ["running", "/backup/gz/1", "2025-07-01 00:00:00.000 UTC", "before-restore-", "first start", "gz.haizhu", "no answer from peer"] {
+            assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
+        }
+        assert!(text.lines().any(|l| l.starts_with("unrecoverable") && l.trim_end().ends_with('1')), "{text}");
+        let entry = ReconcileEntry {
+            id: "ab".repeat(32).parse().unwrap(),
+            kind: "document".into(),
+            neighbour: "gz.yuexiu".parse().unwrap(),
+            direction: "from".into(),
+            outcome: "recovered".into(),
+            at_ms: 1_751_328_000_500,
+            detail: Some("queued again at gz.yuexiu".into()),
+        };
+        let table = entries_table(&[entry]);
+        assert!(table.contains("abababababab") && table.contains("recovered") && table.contains("queued again"), "{table}");
+    }
+}
