@@ -422,6 +422,13 @@ fn restore_refuses_another_nodes_backup_a_damaged_one_and_a_running_node() {
     assert_eq!(o.status.code(), Some(1), "a backup into a folder that is not empty: {}", text(&o));
     assert!(String::from_utf8_lossy(&o.stderr).contains("not empty"), "{}", text(&o));
 
+    // Behind the operator token, like every admin route.
+    let sneaky = net.root.join("backup-without-token");
+    let body = serde_json::json!({ "out": sneaky.to_str().unwrap() }).to_string();
+    let (status, answer) = post_raw(&format!("{}/admin/v1/backup", net.node("gz").admin_url), body.as_bytes(), None);
+    assert_eq!((status, answer["error"].as_str()), (401, Some("unauthenticated")), "{answer}");
+    assert!(!sneaky.exists(), "nothing written without the operator token");
+
     let o = restore(&config, &good);
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("seems to be running"), "running node: {}", text(&o));
     net.stop("gz").expect("stop the city");
