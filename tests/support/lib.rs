@@ -16,7 +16,7 @@ mod small_fs;
 mod sqlite_file;
 mod traffic;
 pub use small_fs::{SmallFs, is_root};
-pub use sqlite_file::{flip_middle_page, flip_wal_frame, valid_wal_frames, wal_cut_after_first_commit};
+pub use sqlite_file::{flip_middle_page, flip_wal_frame, wal_cut_after_first_commit};
 pub use traffic::{Sent, Stream, http_status, reconcile, wait_ready};
 use exchange_node::launcher::LocalNetwork;
 use exchange_wire::api::{InboxItem, SignedMessage};

@@ -1,6 +1,6 @@
 //! Damaging a node's SQLite files the way a failing disk would, for corruption tests: bit flips in
-//! a database page, and damage to the write-ahead log's valid frames (found by parsing the WAL
-//! format, so the damage is certain to hit frames SQLite would replay, not stale ones).
+//! a database page, and damage to the write-ahead log's valid frames (found with `wal::frames`, so
+//! the damage is certain to hit frames SQLite would replay, not stale ones).
 
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -20,28 +20,11 @@ pub fn flip_middle_page(db: &Path, len: usize) {
     flip(&f, (pages / 2) * page_size, len);
 }
 
-/// The write-ahead log's frames that SQLite would replay: (offset of the frame header, whether it
-/// ends a transaction).
-pub fn valid_wal_frames(wal: &Path) -> Vec<(u64, bool)> {
-    let bytes = std::fs::read(wal).expect("read the WAL");
-    assert!(bytes.len() >= 32, "the WAL holds no header");
-    let page_size = u32::from_be_bytes(bytes[8..12].try_into().unwrap()) as usize;
-    let salts = &bytes[16..24];
-    let mut frames = Vec::new();
-    let mut at = 32;
-    while at + 24 + page_size <= bytes.len() && &bytes[at + 8..at + 16] == salts {
-        let commit = u32::from_be_bytes(bytes[at + 4..at + 8].try_into().unwrap()) != 0;
-        frames.push((at as u64, commit));
-        at += 24 + page_size;
-    }
-    frames
-}
-
 /// Where to damage the WAL so that every transaction after the first one it holds is lost: the
 /// offset of the first frame after its first commit frame. `None` if the WAL holds fewer than two
 /// transactions.
 pub fn wal_cut_after_first_commit(wal: &Path) -> Option<u64> {
-    let frames = valid_wal_frames(wal);
+    let frames = crate::wal::frames(wal).expect("read the WAL");
     let first_commit = frames.iter().position(|(_, commit)| *commit)?;
     let later_commits = frames[first_commit + 1..].iter().filter(|(_, c)| *c).count();
     (later_commits >= 1).then(|| frames[first_commit + 1].0)
