@@ -13,6 +13,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use exchange_wire::api::{
     InboxItem, InboxResponse, RecipientState, RecipientStatus, StatusResponse,
 };
+use exchange_wire::client::ClientError;
 use exchange_wire::directory::{UnitRecord, UnitStatus};
 use exchange_wire::document::Attachment;
 use exchange_wire::{Envelope, Kind, MessageId, PublicKey, UnitAddress, document, keys, receipt};
@@ -22,6 +23,7 @@ use crate::output::{
     Table, china_day, date_days, emit, emit_json, format_ms, sanitize, short_id, truncate,
 };
 use crate::parse::{self, IdPattern, META_FILE_NAME};
+use crate::pending::{self, PendingSends};
 use crate::{
     DocumentFields, InboxArgs, KeygenArgs, OverdueArgs, PubkeyArgs, RecallArgs, ResendArgs,
     ReturnArgs, SendArgs, SignForArgs,
@@ -170,6 +172,8 @@ fn upload_attachments(node: &Endpoint, attachments: &[(PathBuf, Attachment)]) ->
 }
 
 /// `send`: reads the file, signs a document envelope with the unit key and hands it to the node.
+/// The signed envelope is kept in the pending folder until the node answers, so that running the
+/// command again after a lost answer re-sends the same bytes (see [`crate::pending`]).
 pub fn send(ctx: &Ctx, a: &SendArgs) -> Result<()> {
     let node = ctx.agency(ActingFor::Unit(&a.from))?;
     let key = keys::read(&a.key)?;
@@ -177,9 +181,40 @@ pub fn send(ctx: &Ctx, a: &SendArgs) -> Result<()> {
         .with_context(|| format!("cannot read the document {}", a.file.display()))?;
     let attachments = describe_attachments(&a.doc.attach)?;
     let described: Vec<Attachment> = attachments.iter().map(|(_, a)| a.clone()).collect();
-    let signed = document_envelope(a, &payload, &described)?.sign(&key);
+    let pending = PendingSends::open(a.pending_dir.as_deref())?;
+    let mut prepared = pending.prepare(document_envelope(a, &payload, &described)?, |e| e.sign(&key))?;
+    if prepared.resumed {
+        eprintln!(
+            "re-sending message {} signed {} UTC, whose answer never came: the node will not deliver it twice",
+            prepared.signed.id,
+            format_ms(prepared.signed.envelope.created_at_ms)
+        );
+    }
     upload_attachments(&node, &attachments)?;
-    let answer = node.call(|c| c.submit(&signed, &payload))?;
+    let mut answer = node.call(|c| Ok(c.submit(&prepared.signed, &payload)))?;
+    if prepared.resumed && matches!(&answer, Err(e) if e.code() == Some("stale-envelope")) {
+        // The node does not hold it (it would have answered "duplicate") and it is past the replay
+        // window: signing again cannot deliver it twice.
+        eprintln!("the node never received message {}, now too old to accept; signing it again", prepared.signed.id);
+        pending.settle(&prepared)?;
+        prepared = pending.prepare(document_envelope(a, &payload, &described)?, |e| e.sign(&key))?;
+        answer = node.call(|c| Ok(c.submit(&prepared.signed, &payload)))?;
+    }
+    let answer = match answer {
+        Ok(answer) => answer,
+        Err(e) => {
+            if matches!(&e, ClientError::Refused { status, .. } if pending::refusal_is_final(*status)) {
+                pending.settle(&prepared)?;
+            } else {
+                eprintln!(
+                    "message {} is kept until the node answers: run the same command again to re-send it",
+                    prepared.signed.id
+                );
+            }
+            return node.call(|_| Err(e));
+        }
+    };
+    pending.settle(&prepared)?;
     if ctx.json {
         return emit_json(&answer);
     }
@@ -1098,6 +1133,7 @@ mod tests {
                 meta: vec!["category=notice".into()],
                 attach: vec![],
             },
+            pending_dir: None,
             file: PathBuf::from("/tmp/some/dir/通知.pdf"),
         }
     }

@@ -12,6 +12,7 @@ mod endpoint;
 mod ops;
 mod output;
 mod parse;
+mod pending;
 mod recovery;
 mod sharing;
 mod tokens;
@@ -83,6 +84,12 @@ every recipient reads them without opening the payload. Other fields go in with 
 as --meta classification=内部 (密级). The fields are checked here before anything is signed, as the
 node checks them: dates as YYYY-MM-DD, handling as action (办件) or information (阅件), and documents
 marked 秘密, 机密 or 绝密 are refused: classified documents do not travel on this network.
+
+Exactly once, also when the answer is lost: the signed document is written to --pending-dir before it
+is handed over and removed once the node has answered. Running the same command again (same file,
+recipients and fields) while it is there re-sends the very same signed bytes, so the node answers
+\"duplicate\" instead of delivering a second document. A document sent again after the node answered
+is a new document.
 
 The message id is printed on stdout; follow the message with `exchange-admin status ID`.";
 
@@ -376,6 +383,10 @@ pub struct SendArgs {
     pub cc: Vec<String>,
     #[command(flatten)]
     pub doc: DocumentFields,
+    /// Where the signed document is kept until the node answers (default
+    /// $XDG_STATE_HOME/exchange-admin/pending or ~/.local/state/exchange-admin/pending).
+    #[arg(long, value_name = "DIR", env = pending::PENDING_DIR_ENV)]
+    pub pending_dir: Option<PathBuf>,
     /// The file to send as the payload; its base name is recorded as file-name.
     #[arg(value_name = "FILE")]
     pub file: PathBuf,

@@ -265,6 +265,7 @@ fn send_with_attachment(net: &LocalNetwork, from: &UnitAddress, to: &UnitAddress
         .args(["--node", &net.node(from.node_part()).api_url, "send", "--key", key.to_str().unwrap(), "--from", from.as_str()])
         .args(["--to", to.as_str(), "--title", "关于做好防汛工作的通知", "--attach", scan.to_str().unwrap(), body.to_str().unwrap()])
         .env("EXCHANGE_TOKEN", &net.unit_tokens[from])
+        .env("EXCHANGE_PENDING_DIR", net.root.join("pending"))
         .output()
         .unwrap();
     assert!(o.status.success(), "send with an attachment: {}", text(&o));
