@@ -72,13 +72,16 @@ pub fn read(path: &Path) -> Result<SigningKey, KeyError> {
     }
     let _ = meta;
     let text = std::fs::read_to_string(path).map_err(|e| KeyError::Read { path: shown.clone(), source: e })?;
-    let line = text
-        .lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty() && !l.starts_with('#'))
-        .ok_or_else(|| KeyError::Format { path: shown.clone() })?;
+    parse(&text, &shown)
+}
+
+/// Parses the text of a key file (read from `shown`, named in errors): comment lines starting with
+/// `#`, then the 32-byte seed as 64 hex characters.
+pub fn parse(text: &str, shown: &str) -> Result<SigningKey, KeyError> {
+    let format = || KeyError::Format { path: shown.to_owned() };
+    let line = text.lines().map(str::trim).find(|l| !l.is_empty() && !l.starts_with('#')).ok_or_else(format)?;
     let mut seed = [0u8; 32];
-    hex::decode_to_slice(line, &mut seed).map_err(|_| KeyError::Format { path: shown })?;
+    hex::decode_to_slice(line, &mut seed).map_err(|_| format())?;
     Ok(SigningKey::from_bytes(&seed))
 }
 
