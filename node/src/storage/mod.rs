@@ -6,6 +6,8 @@
 //! SQLite (WAL) is the embedded default; the trait keeps room for PostgreSQL.
 
 pub mod attachments;
+#[cfg(test)]
+pub mod conformance;
 pub mod health;
 pub mod recovery;
 pub mod sharing;
