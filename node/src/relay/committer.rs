@@ -86,3 +86,64 @@ impl Committer {
         rx.await.map_err(|_| stopped())?
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{AdminOp, Custody, InboxRow, MessageRow, SqliteStore, TokenRow};
+
+    fn document(n: u8) -> WriteJob {
+        let message = MessageRow {
+            id: [n; 32],
+            header: vec![n; 40],
+            signature: [n; 64],
+            payload: vec![n; 10],
+            kind: "document".into(),
+            sender: "gz.yuexiu/liurong-street".into(),
+            priority: 2,
+            created_at_ms: 1,
+            received_at_ms: 1,
+            received_from: None,
+            hops: "[]".into(),
+        };
+        let inbox = vec![InboxRow { unit: "gz.haizhu/civil-affairs".into(), message_id: [n; 32], delivered_at_ms: 1 }];
+        WriteJob::Custody(Custody { message: Some(message), inbox, ..Custody::default() })
+    }
+
+    fn token(id: &str) -> WriteJob {
+        let row = TokenRow { id: id.into(), hash: [1; 32], unit: "gz.haizhu/civil-affairs".into(), label: String::new(), issued_at_ms: 1, revoked_at_ms: None };
+        WriteJob::Admin { op: AdminOp::IssueToken(row), events: vec![] }
+    }
+
+    /// Requests waiting together share one transaction; when it fails because of one of them, each is
+    /// committed again on its own, so only the bad one fails and the others are durable. (The test
+    /// runs on one thread: the three requests are all queued before the committer first runs, so
+    /// they are folded into one transaction.)
+    #[tokio::test]
+    async fn one_bad_request_does_not_sink_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open_standalone(&dir.path().join("node.db")).await.unwrap());
+        let metrics = Arc::new(Metrics::new("test"));
+        let committer = Committer::spawn(store.clone(), metrics.clone(), 16);
+        committer.commit(vec![token("t1")]).await.unwrap();
+
+        let (a, bad, c) = tokio::join!(
+            committer.commit(vec![document(1), document(1)]),
+            committer.commit(vec![token("t1")]),
+            committer.commit(vec![document(2)]),
+        );
+        assert_eq!(a.unwrap(), [JobOutcome::Stored, JobOutcome::Duplicate], "each request gets its own outcomes");
+        assert!(bad.is_err(), "the token issued twice fails");
+        assert_eq!(c.unwrap(), [JobOutcome::Stored]);
+        // Two group commits so far: the first token, then the three requests' four jobs together.
+        assert_eq!((metrics.commit_jobs.get_sample_count(), metrics.commit_jobs.get_sample_sum()), (2, 5.0), "folded into one");
+        for n in [1, 2] {
+            assert!(store.message(&[n; 32]).await.unwrap().is_some(), "document {n} is durable");
+        }
+
+        // Folded again, all good: one transaction, outcomes split per request.
+        let (x, y) = tokio::join!(committer.commit(vec![document(3)]), committer.commit(vec![document(2), document(4)]));
+        assert_eq!(x.unwrap(), [JobOutcome::Stored]);
+        assert_eq!(y.unwrap(), [JobOutcome::Duplicate, JobOutcome::Stored]);
+    }
+}
