@@ -2,7 +2,8 @@
 //! give it its place. The modules follow the architecture:
 //!
 //! * [`config`]: the TOML configuration and its environment overrides.
-//! * [`directory`]: nodes, units and keys; [`routing`]: where a message goes next (pure functions).
+//! * [`directory`]: nodes, units and keys; [`routing`]: where a message goes next; [`settlement`]:
+//!   签收, 退回 and 撤回 of an inbox entry, decided once (pure functions).
 //! * [`storage`]: durable custody behind one trait (SQLite by default).
 //! * [`network`]: libp2p links to parent and children, owned by one task.
 //! * [`relay`]: the engine: verification, custody, delivery, receipts, forwarders, group commit.
@@ -26,5 +27,6 @@ pub mod network;
 pub mod node;
 pub mod relay;
 pub mod routing;
+pub mod settlement;
 pub mod sharing;
 pub mod storage;

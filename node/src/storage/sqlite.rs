@@ -24,6 +24,7 @@ pub mod recovery;
 mod sharing;
 
 use super::health::StorageHealth;
+use crate::settlement::{self, Entry, Settlement};
 
 /// The embedded store.
 pub struct SqliteStore {
@@ -431,44 +432,29 @@ async fn apply_outbox_record(tx: &mut Transaction<'_, Sqlite>, r: &Record) -> Re
     Ok(())
 }
 
-/// Decides recalls: an inbox entry still `delivered` (or not there yet) becomes `recalled`; one
-/// already signed for or returned stays so. The outcome is whatever the entry holds afterwards, so it
-/// agrees with every 签收 or 退回 ordered before it by the single writer.
+/// Applies recalls as [`settlement::recall`] decides them, each with the inbox entry as this
+/// transaction holds it, so the outcome agrees with every 签收 or 退回 ordered before it by the
+/// single writer.
 async fn apply_recalls(tx: &mut Transaction<'_, Sqlite>, recalls: &[&RecallRow], reported: &[&[u8; 32]]) -> Result<(), sqlx::Error> {
     for r in recalls {
-        // Only the document's sender may withdraw it (checked at its ingress too).
         let sender: Option<String> = sqlx::query_scalar("SELECT sender FROM messages WHERE id = $1")
             .bind(r.message_id.as_slice())
             .fetch_optional(&mut **tx)
             .await?;
-        if sender.as_ref().is_some_and(|s| s != &r.original_sender) {
+        let held = inbox_entry_state(tx, &r.unit, &r.message_id).await?;
+        let decision = settlement::recall(sender.as_deref(), &r.original_sender, held.as_ref().map(|(state, receipt)| Entry { state, receipt_id: receipt.as_deref() }));
+        if decision == settlement::Recall::Withdraw {
             sqlx::query(
-                "INSERT INTO recall_outcomes (recall_id, message_id, unit, outcome, original_sender, priority) VALUES ($1, $2, $3, 'not-sender', $4, $5) \
-                 ON CONFLICT (recall_id, unit) DO NOTHING",
+                "INSERT INTO inbox (unit, message_id, delivered_at_ms, state) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (unit, message_id) DO UPDATE SET state = excluded.state",
             )
-            .bind(r.recall_id.as_slice())
-            .bind(r.message_id.as_slice())
             .bind(r.unit.as_str())
-            .bind(r.original_sender.as_str())
-            .bind(r.priority as i64)
+            .bind(r.message_id.as_slice())
+            .bind(r.at_ms)
+            .bind(settlement::RECALLED)
             .execute(&mut **tx)
             .await?;
-            continue;
         }
-        sqlx::query(
-            "INSERT INTO inbox (unit, message_id, delivered_at_ms, state) VALUES ($1, $2, $3, 'recalled') \
-             ON CONFLICT (unit, message_id) DO UPDATE SET state = 'recalled' WHERE inbox.state = 'delivered'",
-        )
-        .bind(r.unit.as_str())
-        .bind(r.message_id.as_slice())
-        .bind(r.at_ms)
-        .execute(&mut **tx)
-        .await?;
-        let outcome: String = sqlx::query_scalar("SELECT state FROM inbox WHERE unit = $1 AND message_id = $2")
-            .bind(r.unit.as_str())
-            .bind(r.message_id.as_slice())
-            .fetch_one(&mut **tx)
-            .await?;
         sqlx::query(
             "INSERT INTO recall_outcomes (recall_id, message_id, unit, outcome, original_sender, priority) VALUES ($1, $2, $3, $4, $5, $6) \
              ON CONFLICT (recall_id, unit) DO NOTHING",
@@ -476,7 +462,7 @@ async fn apply_recalls(tx: &mut Transaction<'_, Sqlite>, recalls: &[&RecallRow],
         .bind(r.recall_id.as_slice())
         .bind(r.message_id.as_slice())
         .bind(r.unit.as_str())
-        .bind(outcome)
+        .bind(decision.outcome())
         .bind(r.original_sender.as_str())
         .bind(r.priority as i64)
         .execute(&mut **tx)
@@ -486,6 +472,16 @@ async fn apply_recalls(tx: &mut Transaction<'_, Sqlite>, recalls: &[&RecallRow],
         sqlx::query("UPDATE recall_outcomes SET reported = 1 WHERE recall_id = $1").bind(id.as_slice()).execute(&mut **tx).await?;
     }
     Ok(())
+}
+
+/// An inbox entry's state and settling receipt, as this transaction holds them.
+async fn inbox_entry_state(tx: &mut Transaction<'_, Sqlite>, unit: &str, message_id: &[u8; 32]) -> Result<Option<(String, Option<Vec<u8>>)>, sqlx::Error> {
+    let row = sqlx::query("SELECT state, receipt_id FROM inbox WHERE unit = $1 AND message_id = $2")
+        .bind(unit)
+        .bind(message_id.as_slice())
+        .fetch_optional(&mut **tx)
+        .await?;
+    Ok(row.map(|r| (r.get(0), r.get(1))))
 }
 
 /// `WHERE seq IN (...)` for a selection, or nothing for all.
@@ -587,7 +583,8 @@ async fn apply_admin(tx: &mut Transaction<'_, Sqlite>, op: &AdminOp) -> Result<u
     })
 }
 
-/// The sign-for state change; `Ok(None)` when it applied, `Ok(Some(outcome))` when it did not.
+/// A 签收 or 退回 as [`settlement::settle`] decides it; `Ok(None)` when it applied, `Ok(Some(outcome))`
+/// when it did not.
 async fn sign_for(
     tx: &mut Transaction<'_, Sqlite>,
     unit: &str,
@@ -595,36 +592,22 @@ async fn sign_for(
     state: &str,
     receipt_id: &[u8; 32],
 ) -> Result<Option<JobOutcome>, sqlx::Error> {
-    let changed = sqlx::query(
-        "UPDATE inbox SET state = $1, receipt_id = $2 WHERE unit = $3 AND message_id = $4 AND state = 'delivered'",
-    )
-    .bind(state)
-    .bind(receipt_id.as_slice())
-    .bind(unit)
-    .bind(message_id.as_slice())
-    .execute(&mut **tx)
-    .await?
-    .rows_affected();
-    if changed == 1 {
-        return Ok(None);
-    }
-    let row = sqlx::query("SELECT state, receipt_id FROM inbox WHERE unit = $1 AND message_id = $2")
-        .bind(unit)
-        .bind(message_id.as_slice())
-        .fetch_optional(&mut **tx)
-        .await?;
-    Ok(Some(match row {
-        None => JobOutcome::Conflict(format!("message {} is not in the inbox of {unit}", hex::encode(message_id))),
-        Some(r) => {
-            let settled: String = r.get(0);
-            let existing: Option<Vec<u8>> = r.get(1);
-            match existing {
-                Some(e) if e == receipt_id.as_slice() => JobOutcome::Duplicate,
-                Some(e) => JobOutcome::Conflict(format!("{unit} has already settled message {} ({settled}, receipt {})", hex::encode(message_id), hex::encode(e))),
-                None => JobOutcome::Conflict(format!("message {} is {settled} for {unit}: it can no longer be settled", hex::encode(message_id))),
-            }
+    let held = inbox_entry_state(tx, unit, message_id).await?;
+    let entry = held.as_ref().map(|(state, receipt)| Entry { state, receipt_id: receipt.as_deref() });
+    Ok(match settlement::settle(entry, unit, message_id, receipt_id) {
+        Settlement::Apply => {
+            sqlx::query("UPDATE inbox SET state = $1, receipt_id = $2 WHERE unit = $3 AND message_id = $4")
+                .bind(state)
+                .bind(receipt_id.as_slice())
+                .bind(unit)
+                .bind(message_id.as_slice())
+                .execute(&mut **tx)
+                .await?;
+            None
         }
-    }))
+        Settlement::Duplicate => Some(JobOutcome::Duplicate),
+        Settlement::Conflict(why) => Some(JobOutcome::Conflict(why)),
+    })
 }
 
 fn to_id(v: Vec<u8>) -> Result<[u8; 32], StorageError> {
