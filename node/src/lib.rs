@@ -3,7 +3,8 @@
 //!
 //! * [`config`]: the TOML configuration and its environment overrides.
 //! * [`directory`]: nodes, units and keys; [`routing`]: where a message goes next; [`settlement`]:
-//!   签收, 退回 and 撤回 of an inbox entry, decided once (pure functions).
+//!   签收, 退回 and 撤回 of an inbox entry, decided once; [`retention`]: what a purge may drop
+//!   (pure functions).
 //! * [`storage`]: durable custody behind one trait (SQLite by default).
 //! * [`network`]: libp2p links to parent and children, owned by one task.
 //! * [`relay`]: the engine: verification, custody, delivery, receipts, forwarders, group commit.
@@ -26,6 +27,7 @@ pub mod metrics;
 pub mod network;
 pub mod node;
 pub mod relay;
+pub mod retention;
 pub mod routing;
 pub mod settlement;
 pub mod sharing;

@@ -17,6 +17,10 @@ pub struct Entry<'a> {
 
 /// The state of an entry not settled yet.
 pub const DELIVERED: &str = "delivered";
+/// The state of an entry its recipient signed for (签收).
+pub const SIGNED_FOR: &str = "signed-for";
+/// The state of an entry its recipient returned (退回).
+pub const RETURNED: &str = "returned";
 /// The state of an entry its sender recalled before it was settled.
 pub const RECALLED: &str = "recalled";
 

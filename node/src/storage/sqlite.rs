@@ -24,6 +24,7 @@ pub mod recovery;
 mod sharing;
 
 use super::health::StorageHealth;
+use crate::retention;
 use crate::settlement::{self, Entry, Settlement};
 
 /// The embedded store.
@@ -561,26 +562,49 @@ async fn apply_admin(tx: &mut Transaction<'_, Sqlite>, op: &AdminOp) -> Result<u
             push_selection(&mut q, seqs);
             q.build().execute(&mut **tx).await?.rows_affected()
         }
-        AdminOp::Retention { before_ms } => {
-            // Settled: signed for (or never delivered here) and not waiting in any outbox. The id row
-            // stays, so a late re-send is still recognised as a duplicate.
-            let inbox = sqlx::query("DELETE FROM inbox WHERE delivered_at_ms < $1 AND state IN ('signed-for', 'returned')")
-                .bind(*before_ms)
-                .execute(&mut **tx)
-                .await?
-                .rows_affected();
-            let payloads = sqlx::query(
-                "UPDATE messages SET payload = x'' WHERE received_at_ms < $1 AND length(payload) > 0 \
-                 AND id NOT IN (SELECT message_id FROM outbox) \
-                 AND id NOT IN (SELECT message_id FROM inbox)",
-            )
-            .bind(*before_ms)
-            .execute(&mut **tx)
-            .await?
-            .rows_affected();
-            inbox + payloads
-        }
+        AdminOp::Retention { before_ms } => apply_retention(tx, *before_ms).await?,
     })
+}
+
+/// A purge as the [`retention`] rules decide it: settled inbox entries first, then the payloads
+/// nothing needs any more. The id rows stay, so a late re-send is still recognised as a duplicate.
+async fn apply_retention(tx: &mut Transaction<'_, Sqlite>, before_ms: i64) -> Result<u64, sqlx::Error> {
+    let entries = sqlx::query("SELECT seq, state, delivered_at_ms FROM inbox WHERE delivered_at_ms < $1").bind(before_ms).fetch_all(&mut **tx).await?;
+    let retired: Vec<i64> = entries
+        .iter()
+        .filter(|r| retention::retires_entry(retention::InboxEntry { state: r.get(1), delivered_at_ms: r.get(2) }, before_ms))
+        .map(|r| r.get(0))
+        .collect();
+    delete_in_chunks(tx, "DELETE FROM inbox WHERE seq IN (", &retired).await?;
+    let held = sqlx::query(
+        // Uncorrelated `IN` subqueries: each list is built once, not scanned per message.
+        "SELECT seq, received_at_ms, id IN (SELECT message_id FROM outbox), id IN (SELECT message_id FROM inbox) \
+         FROM messages WHERE received_at_ms < $1 AND length(payload) > 0",
+    )
+    .bind(before_ms)
+    .fetch_all(&mut **tx)
+    .await?;
+    let dropped: Vec<i64> = held
+        .iter()
+        .filter(|r| retention::drops_payload(retention::HeldMessage { received_at_ms: r.get(1), in_outbox: r.get(2), in_inbox: r.get(3) }, before_ms))
+        .map(|r| r.get(0))
+        .collect();
+    delete_in_chunks(tx, "UPDATE messages SET payload = x'' WHERE seq IN (", &dropped).await?;
+    Ok((retired.len() + dropped.len()) as u64)
+}
+
+/// Runs `statement` (ending in `IN (`) for `keys`, a statement per [`ROWS_PER_STATEMENT`] keys.
+async fn delete_in_chunks(tx: &mut Transaction<'_, Sqlite>, statement: &str, keys: &[i64]) -> Result<(), sqlx::Error> {
+    for chunk in keys.chunks(ROWS_PER_STATEMENT) {
+        let mut q = QueryBuilder::<Sqlite>::new(statement);
+        let mut sep = q.separated(", ");
+        for k in chunk {
+            sep.push_bind(*k);
+        }
+        q.push(")");
+        q.build().execute(&mut **tx).await?;
+    }
+    Ok(())
 }
 
 /// A 签收 or 退回 as [`settlement::settle`] decides it; `Ok(None)` when it applied, `Ok(Some(outcome))`
