@@ -57,6 +57,13 @@ pub struct Metrics {
     pub directory_rejections: IntCounterVec,
     /// Connections refused because the peer is not a node of the directory.
     pub connections_refused: IntCounterVec,
+    /// HTTP connections closed by the node before or without an answer, by listener and reason
+    /// (`max-connections`, `max-connections-per-client`, `header-timeout`, `tls-handshake`).
+    pub http_connections_closed: IntCounterVec,
+    /// HTTP connections open, by listener (`agency`, `admin`).
+    pub http_connections_open: IntGaugeVec,
+    /// HTTP requests refused by the listener's bounds, by listener and reason (`busy`, `request-timeout`).
+    pub http_requests_refused: IntCounterVec,
     /// Webhook pushes, by outcome (`ok`, `failed`).
     pub webhook_pushes: IntCounterVec,
     /// Outcomes of queries asked from this node (`answered`, `timed-out`).
@@ -175,6 +182,17 @@ impl Metrics {
                 "exchange_connections_refused_total",
                 "Connections refused because the peer is not a node of the directory.",
                 &["direction"],
+            ),
+            http_connections_closed: counter(
+                "exchange_http_connections_closed_total",
+                "HTTP connections the node closed before or without an answer, by listener and reason.",
+                &["listener", "reason"],
+            ),
+            http_connections_open: int_gauge("exchange_http_connections_open", "HTTP connections open, by listener.", &["listener"]),
+            http_requests_refused: counter(
+                "exchange_http_requests_refused_total",
+                "HTTP requests refused by the listener's bounds, by listener and reason.",
+                &["listener", "reason"],
             ),
             build_info: int_gauge("exchange_build_info", "Build of this node (always 1).", &["version"]),
             start_time: register!(Gauge::new("exchange_start_time_seconds", "When this node process started (Unix time).")),

@@ -11,7 +11,9 @@ pub mod agency;
 pub mod asking;
 pub mod attachments;
 pub mod recovery;
+pub mod listener;
 pub mod sharing;
+pub mod tls;
 
 use std::sync::Arc;
 

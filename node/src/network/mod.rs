@@ -182,11 +182,11 @@ impl Client {
 pub struct NetworkConfig {
     pub listen: Multiaddr,
     pub idle_timeout: Duration,
-    pub request_timeout: Duration,
-    pub max_request_bytes: u64,
     /// Data a neighbour's host leaves unacknowledged this long ends the connection, and a dial with
     /// its handshake must finish within it (see [`transport`]).
     pub link_timeout: Duration,
+    /// Connection caps, request sizes and timeouts (see [`behaviour::Bounds`]).
+    pub bounds: behaviour::Bounds,
 }
 
 /// Builds the swarm and starts listening.
@@ -198,7 +198,7 @@ pub fn new(
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_other_transport(|_| tcp)?
-        .with_behaviour(|_| Behaviour::new(cfg.max_request_bytes, cfg.request_timeout))?
+        .with_behaviour(|_| Behaviour::new(&cfg.bounds))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(cfg.idle_timeout))
         // A dial stuck on a link that is down (SYNs retransmitted at 1, 3, 7 s …) would otherwise
         // hold off the next attempt long after the link is back.
