@@ -152,6 +152,9 @@ pub struct ApiConfig {
     /// Let webhooks point at loopback addresses (`localhost`, 127.0.0.0/8, ::1). Off by default: a
     /// webhook must never reach the node's own admin API or other local services.
     pub webhooks_to_loopback: bool,
+    /// Requests refused for want of a valid unit token are audited as one entry per source and
+    /// reason per this many seconds, not one synced entry each.
+    pub refusal_audit_secs: u64,
     /// Connection and request bounds of this listener (see [`HttpLimits`] for each key).
     pub header_timeout_secs: u64,
     pub request_timeout_secs: u64,
@@ -175,6 +178,7 @@ impl Default for ApiConfig {
             max_wait_ms: 60_000,
             require_auth: true,
             webhooks_to_loopback: false,
+            refusal_audit_secs: 60,
             header_timeout_secs: h.header_timeout_secs,
             request_timeout_secs: h.request_timeout_secs,
             max_connections: h.max_connections,

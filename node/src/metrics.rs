@@ -87,6 +87,9 @@ pub struct Metrics {
     /// Admin API requests refused at its doors (browser origin, foreign host, no or wrong operator
     /// token, not JSON), by reason.
     pub admin_refusals: IntCounterVec,
+    /// Agency API requests refused for want of a valid unit token (`no-token`, `bad-token`: unknown
+    /// or revoked), before any handler runs.
+    pub agency_refusals: IntCounterVec,
     /// Online backups taken, by outcome (`ok`, `failed`).
     pub backups: IntCounterVec,
     /// Messages reconciled after a restore, by outcome: `recovered`, `passed-on`, `held`,
@@ -203,6 +206,11 @@ impl Metrics {
             admin_refusals: counter(
                 "exchange_admin_refusals_total",
                 "Admin API requests refused before reaching a handler, by reason (origin, host, no-token, bad-token, content-type).",
+                &["reason"],
+            ),
+            agency_refusals: counter(
+                "exchange_agency_refusals_total",
+                "Agency API requests refused for want of a valid unit token, by reason (no-token, bad-token).",
                 &["reason"],
             ),
             backups: counter("exchange_backups_total", "Online backups taken, by outcome.", &["outcome"]),

@@ -86,6 +86,8 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     // Before any listener: whoever waits for the node to answer may then read the token file.
     let admin_doors = crate::api::admin_doors::Doors::open(&cfg, engine.clone())?;
     tokio::spawn(admin_doors.clone().audit_refusals(stop.clone()));
+    let agency_refusals = crate::api::agency::refusal_tally(&cfg, &engine);
+    tokio::spawn(agency_refusals.clone().audit(engine.clone(), stop.clone()));
 
     let agency = tokio::net::TcpListener::bind(cfg.api.listen)
         .await
@@ -99,7 +101,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let serve = |name, listener, router, limits, tls| {
         tokio::spawn(crate::api::listener::serve(name, listener, router, limits, tls, engine.metrics.clone(), stop.clone()))
     };
-    let a = serve("agency", agency, crate::api::agency::router(engine.clone()), cfg.api.http_limits(), agency_tls);
+    let a = serve("agency", agency, crate::api::agency::router(engine.clone(), agency_refusals), cfg.api.http_limits(), agency_tls);
     let b = serve("admin", admin, crate::api::admin::router(engine.clone(), admin_doors), cfg.admin.http_limits(), admin_tls);
 
     shutdown_signal().await;

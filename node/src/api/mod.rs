@@ -12,6 +12,7 @@ pub mod asking;
 pub mod attachments;
 pub mod recovery;
 pub mod listener;
+pub mod refusal_tally;
 pub mod sharing;
 pub mod tls;
 
