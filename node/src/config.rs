@@ -44,6 +44,8 @@ pub struct NodeConfig {
     pub log: LogConfig,
     #[serde(default)]
     pub policy: PolicyConfig,
+    #[serde(default)]
+    pub audit: AuditConfig,
 }
 
 /// Seeds for a new network's directory: signed by this node on its first start only, when it holds
@@ -136,6 +138,21 @@ impl Default for P2pConfig {
             max_directory_bytes: 16 * 1024 * 1024,
             link_timeout_ms: 2000,
         }
+    }
+}
+
+/// The audit log's signed checkpoints (see `relay::checkpoints`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditConfig {
+    /// How often the node signs its audit chain head and hands it to its parent (the root keeps
+    /// its own); entries newer than the last checkpoint are not yet protected against rewriting.
+    pub checkpoint_secs: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig { checkpoint_secs: 60 }
     }
 }
 
@@ -429,6 +446,9 @@ impl NodeConfig {
             if action != "allow" && action != "deny" {
                 anyhow::bail!("{what}: action must be \"allow\" or \"deny\", not {action:?}");
             }
+        }
+        if cfg.audit.checkpoint_secs == 0 {
+            anyhow::bail!("audit.checkpoint_secs must be above 0 (60 is the default)");
         }
         if cfg.p2p.link_timeout_ms == 0 {
             anyhow::bail!("p2p.link_timeout_ms must be above 0 (2000 is the default)");

@@ -90,6 +90,11 @@ pub struct Metrics {
     /// Agency API requests refused for want of a valid unit token (`no-token`, `bad-token`: unknown
     /// or revoked), before any handler runs.
     pub agency_refusals: IntCounterVec,
+    /// Audit checkpoints, by outcome: `handed` (this node's, kept by its parent or, at the root,
+    /// itself), `refused` (this node's, not kept), `unreachable` (the holder could not be asked),
+    /// `mismatch` (the log differs from the held checkpoint: signing stopped), `stored` and
+    /// `refused-from-child` (a child's, at its parent).
+    pub audit_checkpoints: IntCounterVec,
     /// Online backups taken, by outcome (`ok`, `failed`).
     pub backups: IntCounterVec,
     /// Messages reconciled after a restore, by outcome: `recovered`, `passed-on`, `held`,
@@ -213,6 +218,11 @@ impl Metrics {
                 "Agency API requests refused for want of a valid unit token, by reason (no-token, bad-token).",
                 &["reason"],
             ),
+            audit_checkpoints: counter(
+                "exchange_audit_checkpoints_total",
+                "Signed audit checkpoints, by outcome (handed, refused, unreachable, mismatch; stored, refused-from-child at a parent).",
+                &["outcome"],
+            ),
             backups: counter("exchange_backups_total", "Online backups taken, by outcome.", &["outcome"]),
             reconciliation: counter(
                 "exchange_reconciliation_messages_total",
@@ -230,6 +240,9 @@ impl Metrics {
         // Zeros from the start, so alerts and dashboards see zeros, not gaps.
         for outcome in ["ok", "failed"] {
             m.backups.with_label_values(&[outcome]).inc_by(0);
+        }
+        for outcome in ["handed", "refused", "unreachable", "mismatch", "stored", "refused-from-child"] {
+            m.audit_checkpoints.with_label_values(&[outcome]).inc_by(0);
         }
         for outcome in ["recovered", "passed-on", "held", "unrecoverable", "requeued"] {
             m.reconciliation.with_label_values(&[outcome]).inc_by(0);

@@ -88,6 +88,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     tokio::spawn(admin_doors.clone().audit_refusals(stop.clone()));
     let agency_refusals = crate::api::agency::refusal_tally(&cfg, &engine);
     tokio::spawn(agency_refusals.clone().audit(engine.clone(), stop.clone()));
+    let checkpoints = tokio::spawn(engine.clone().run_audit_checkpoints(stop.clone()));
 
     let agency = tokio::net::TcpListener::bind(cfg.api.listen)
         .await
@@ -110,6 +111,8 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let _ = tokio::time::timeout(Duration::from_secs(5), async {
         let _ = a.await;
         let _ = b.await;
+        // The last checkpoint, handed at a clean shutdown.
+        let _ = checkpoints.await;
     })
     .await;
     Ok(())

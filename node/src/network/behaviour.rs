@@ -9,6 +9,7 @@ use libp2p::{StreamProtocol, allow_block_list, connection_limits, ping, request_
 use super::protocol::{
     ATTACHMENT_PROTOCOL, AttachmentRequest, AttachmentResponse, DIRECTORY_PROTOCOL, DirectoryAck, DirectoryPush, RELAY_PROTOCOL, TRACE_PROTOCOL, TraceRequest, TraceResponse,
 };
+use super::checkpoint::{CHECKPOINT_PROTOCOL, CheckpointRequest, CheckpointResponse, MAX_MESSAGE_BYTES};
 use super::reconcile::{RECONCILE_PROTOCOL, ReconcileRequest, ReconcileResponse};
 
 /// Everything the node speaks to other nodes.
@@ -25,6 +26,7 @@ pub struct Behaviour {
     pub attachment: request_response::cbor::Behaviour<AttachmentRequest, AttachmentResponse>,
     /// Asked by a neighbour restored from a backup (see `network::reconcile`).
     pub reconcile: request_response::cbor::Behaviour<ReconcileRequest, ReconcileResponse>,
+    pub checkpoint: request_response::cbor::Behaviour<CheckpointRequest, CheckpointResponse>,
     pub ping: ping::Behaviour,
 }
 
@@ -51,6 +53,7 @@ const ATTACHMENT_STREAMS: usize = 8;
 const DIRECTORY_STREAMS: usize = 8;
 const TRACE_STREAMS: usize = 8;
 const RECONCILE_STREAMS: usize = 4;
+const CHECKPOINT_STREAMS: usize = 2;
 
 impl Behaviour {
     /// A custody batch larger than `bounds.max_batch_bytes` is answered `too_large`.
@@ -87,6 +90,12 @@ impl Behaviour {
             [(StreamProtocol::new(RECONCILE_PROTOCOL), request_response::ProtocolSupport::Full)],
             request_response::Config::default().with_request_timeout(Duration::from_secs(60)).with_max_concurrent_streams(RECONCILE_STREAMS),
         );
+        // A few hundred bytes each way; a child hands one per interval.
+        let checkpoint = request_response::Behaviour::with_codec(
+            request_response::cbor::codec::Codec::default().set_request_size_maximum(MAX_MESSAGE_BYTES).set_response_size_maximum(MAX_MESSAGE_BYTES),
+            [(StreamProtocol::new(CHECKPOINT_PROTOCOL), request_response::ProtocolSupport::Full)],
+            request_response::Config::default().with_request_timeout(Duration::from_secs(10)).with_max_concurrent_streams(CHECKPOINT_STREAMS),
+        );
         let ping = ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(5)));
         let limits = connection_limits::Behaviour::new(
             connection_limits::ConnectionLimits::default()
@@ -95,6 +104,6 @@ impl Behaviour {
                 .with_max_established(Some(bounds.max_established_connections))
                 .with_max_established_per_peer(Some(bounds.max_connections_per_peer)),
         );
-        Behaviour { allowed: allow_block_list::Behaviour::default(), limits, relay, trace, directory, attachment, reconcile, ping }
+        Behaviour { allowed: allow_block_list::Behaviour::default(), limits, relay, trace, directory, attachment, reconcile, checkpoint, ping }
     }
 }
