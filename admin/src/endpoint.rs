@@ -46,6 +46,8 @@ pub struct Ctx {
     /// The file holding the node's operator token, sent with admin calls (`--admin-token-file`,
     /// `EXCHANGE_ADMIN_TOKEN_FILE`).
     pub admin_token_file: Option<std::path::PathBuf>,
+    /// Certificate authorities to trust for `https://` node addresses (`--ca-file`, `EXCHANGE_CA_FILE`).
+    pub ca_file: Option<std::path::PathBuf>,
     /// Print JSON instead of tables.
     pub json: bool,
 }
@@ -148,7 +150,7 @@ impl Ctx {
     /// An empty token (`EXCHANGE_TOKEN=`) counts as none; a malformed one is refused here, not when
     /// the command line is parsed, so it never gets in the way of commands that do not use it.
     pub fn agency(&self, acting_for: ActingFor<'_>) -> Result<Endpoint> {
-        let mut endpoint = Endpoint::new(Api::Agency, &self.node)?;
+        let mut endpoint = Endpoint::new(Api::Agency, &self.node, self.ca_file.as_deref())?;
         let token = match self.token.as_deref().map(str::trim) {
             None | Some("") => None,
             Some(t) => {
@@ -169,7 +171,7 @@ impl Ctx {
     /// The node's admin API, with the operator token read from `--admin-token-file` if given. It
     /// never carries the unit token.
     pub fn admin(&self) -> Result<Endpoint> {
-        let mut endpoint = Endpoint::new(Api::Admin, &self.admin)?;
+        let mut endpoint = Endpoint::new(Api::Admin, &self.admin, self.ca_file.as_deref())?;
         let file = self.admin_token_file.clone().filter(|f| !f.as_os_str().is_empty());
         if let Some(path) = &file {
             let token = std::fs::read_to_string(path).map_err(|e| {
@@ -188,7 +190,7 @@ impl Ctx {
 }
 
 impl Endpoint {
-    fn new(api: Api, url: &str) -> Result<Endpoint> {
+    fn new(api: Api, url: &str, ca_file: Option<&std::path::Path>) -> Result<Endpoint> {
         if !(url.starts_with("http://") || url.starts_with("https://")) {
             bail!(
                 "{} {url:?} is not a URL: give the node's {} address ({} in its configuration), such as {}",
@@ -198,8 +200,12 @@ impl Endpoint {
                 api.example()
             );
         }
+        let client = match ca_file {
+            Some(ca) => ApiClient::with_ca_file(url, ca).map_err(|e| anyhow!("--ca-file or EXCHANGE_CA_FILE: {e}"))?,
+            None => ApiClient::new(url),
+        };
         Ok(Endpoint {
-            client: ApiClient::new(url),
+            client,
             api,
             auth: None,
             operator: None,
@@ -329,6 +335,7 @@ mod tests {
     #[test]
     fn urls_are_checked_before_any_call() {
         let ctx = Ctx {
+            ca_file: None,
             node: "127.0.0.1:8080".into(),
             admin: "localhost".into(),
             token: None,
@@ -528,6 +535,7 @@ mod tests {
     #[test]
     fn only_agency_calls_carry_the_token() {
         let ctx = Ctx {
+            ca_file: None,
             node: "http://127.0.0.1:8080".into(),
             admin: "http://127.0.0.1:9080".into(),
             token: Some("secret".into()),
@@ -543,6 +551,7 @@ mod tests {
     #[test]
     fn empty_tokens_count_as_none_and_bad_ones_are_refused_when_used() {
         let mut ctx = Ctx {
+            ca_file: None,
             node: "http://127.0.0.1:8080".into(),
             admin: "http://127.0.0.1:9080".into(),
             token: Some("  ".into()),
@@ -571,6 +580,7 @@ mod tests {
     #[test]
     fn admin_calls_say_where_the_operator_token_comes_from() {
         let mut ctx = Ctx {
+            ca_file: None,
             node: "http://127.0.0.1:8080".into(),
             admin: "http://127.0.0.1:9080".into(),
             token: None,

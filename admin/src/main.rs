@@ -249,6 +249,11 @@ struct Cli {
     /// in its configuration); only its user can read it. Without it the admin API answers 401.
     #[arg(long, global = true, env = "EXCHANGE_ADMIN_TOKEN_FILE", value_name = "PATH", help_heading = "Global options")]
     admin_token_file: Option<std::path::PathBuf>,
+    /// PEM file of the certificate authority (or the self-signed certificate) to trust for
+    /// `https://` node addresses (`--node`, `--admin`). Without it, https addresses are checked
+    /// against the public web roots.
+    #[arg(long, global = true, env = "EXCHANGE_CA_FILE", value_name = "FILE", help_heading = "Global options")]
+    ca_file: Option<std::path::PathBuf>,
 
     /// Print machine-readable JSON instead of tables.
     #[arg(long, global = true, help_heading = "Global options")]
@@ -855,6 +860,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         admin: cli.admin,
         token: cli.token,
         admin_token_file: cli.admin_token_file,
+        ca_file: cli.ca_file,
         json: cli.json,
     };
     let done = |r: anyhow::Result<()>| r.map(|()| Outcome::Done);

@@ -342,8 +342,23 @@ pub fn retention_purge(ctx: &Ctx, a: &RetentionArgs) -> Result<()> {
 
 /// The verdict on an audit verification and the line that says it. A node that reports a failure
 /// without naming the entry, or names one while saying all is well, is taken as broken.
+/// The verdict on the chain, then on the signed checkpoint its holder keeps: a log that differs from
+/// its checkpoint is broken even when its chain is intact (rewritten, or its tail deleted).
 fn verification_text(v: &AuditVerification) -> (Outcome, String) {
-    match (&v.first_break, v.ok) {
+    let (outcome, mut text) = chain_text(v);
+    match &v.checkpoint {
+        Some(c) if c.checked && !c.ok => {
+            let chain = if outcome == Outcome::Done { String::new() } else { text };
+            return (Outcome::AuditBroken, format!("{chain}audit log differs from its signed checkpoint: {}\n", sanitize(&c.detail)));
+        }
+        Some(c) => text.push_str(&format!("checkpoint: {}\n", sanitize(&c.detail))),
+        None => {}
+    }
+    (outcome, text)
+}
+
+fn chain_text(v: &AuditVerification) -> (Outcome, String) {
+    match (&v.first_break, v.ok && v.checkpoint.as_ref().is_none_or(|c| c.ok)) {
         (Some(b), _) => (
             Outcome::AuditBroken,
             format!(
@@ -638,6 +653,7 @@ mod tests {
             head_seq: 1234,
             head_hash: "ab".repeat(32),
             first_break,
+            checkpoint: None,
         }
     }
 

@@ -44,6 +44,8 @@ pub struct NodeConfig {
     pub log: LogConfig,
     #[serde(default)]
     pub policy: PolicyConfig,
+    #[serde(default)]
+    pub audit: AuditConfig,
 }
 
 /// Seeds for a new network's directory: signed by this node on its first start only, when it holds
@@ -114,11 +116,43 @@ pub struct P2pConfig {
     /// given up and re-dialled; also the limit for a dial and its handshake. After a partition heals,
     /// the backlog moves again within about this long.
     pub link_timeout_ms: u64,
+    /// Connections still in their handshake at most, each way (anyone can start one).
+    pub max_pending_connections: u32,
+    /// Established connections at most, all peers together.
+    pub max_established_connections: u32,
+    /// Established connections at most with one peer (a simultaneous dial makes two).
+    pub max_connections_per_peer: u32,
+    /// Largest directory push accepted from a neighbour, in bytes.
+    pub max_directory_bytes: u64,
 }
 
 impl Default for P2pConfig {
     fn default() -> Self {
-        P2pConfig { listen: "/ip4/0.0.0.0/tcp/7400".into(), idle_timeout_secs: 3600, request_timeout_secs: 60, link_timeout_ms: 2000 }
+        P2pConfig {
+            listen: "/ip4/0.0.0.0/tcp/7400".into(),
+            idle_timeout_secs: 3600,
+            request_timeout_secs: 60,
+            max_pending_connections: 32,
+            max_established_connections: 256,
+            max_connections_per_peer: 2,
+            max_directory_bytes: 16 * 1024 * 1024,
+            link_timeout_ms: 2000,
+        }
+    }
+}
+
+/// The audit log's signed checkpoints (see `relay::checkpoints`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditConfig {
+    /// How often the node signs its audit chain head and hands it to its parent (the root keeps
+    /// its own); entries newer than the last checkpoint are not yet protected against rewriting.
+    pub checkpoint_secs: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig { checkpoint_secs: 60 }
     }
 }
 
@@ -135,11 +169,42 @@ pub struct ApiConfig {
     /// Let webhooks point at loopback addresses (`localhost`, 127.0.0.0/8, ::1). Off by default: a
     /// webhook must never reach the node's own admin API or other local services.
     pub webhooks_to_loopback: bool,
+    /// Requests refused for want of a valid unit token are audited as one entry per source and
+    /// reason per this many seconds, not one synced entry each.
+    pub refusal_audit_secs: u64,
+    /// Connection and request bounds of this listener (see [`HttpLimits`] for each key).
+    pub header_timeout_secs: u64,
+    pub request_timeout_secs: u64,
+    pub max_connections: usize,
+    pub max_connections_per_client: usize,
+    pub max_concurrent_requests: usize,
+    /// TLS certificate chain and private key (PEM files; relative paths against the config file's
+    /// folder). Both or neither; without them the listener speaks plain HTTP.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Serve plain HTTP on an address other than loopback (bearer tokens in clear text). Off by
+    /// default: set it only when a TLS proxy in front of the node encrypts the traffic.
+    pub allow_plain_http: bool,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig { listen: "127.0.0.1:8080".parse().unwrap(), max_wait_ms: 60_000, require_auth: true, webhooks_to_loopback: false }
+        let h = HttpLimits::default();
+        ApiConfig {
+            listen: "127.0.0.1:8080".parse().unwrap(),
+            max_wait_ms: 60_000,
+            require_auth: true,
+            webhooks_to_loopback: false,
+            refusal_audit_secs: 60,
+            header_timeout_secs: h.header_timeout_secs,
+            request_timeout_secs: h.request_timeout_secs,
+            max_connections: h.max_connections,
+            max_connections_per_client: h.max_connections_per_client,
+            max_concurrent_requests: h.max_concurrent_requests,
+            tls_cert: None,
+            tls_key: None,
+            allow_plain_http: false,
+        }
     }
 }
 
@@ -157,11 +222,94 @@ pub struct AdminConfig {
     /// Refused admin requests are audited as one entry per source and reason per this many seconds,
     /// not one synced entry each.
     pub refusal_audit_secs: u64,
+    /// Connection and request bounds of this listener (see [`HttpLimits`]); the admin API serves
+    /// operators, so its caps are smaller than the agency API's.
+    pub header_timeout_secs: u64,
+    pub request_timeout_secs: u64,
+    pub max_connections: usize,
+    pub max_connections_per_client: usize,
+    pub max_concurrent_requests: usize,
+    /// TLS certificate chain and private key (PEM files; relative paths against the config file's
+    /// folder). Both or neither; without them the listener speaks plain HTTP.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Serve plain HTTP on an address other than loopback (bearer tokens in clear text). Off by
+    /// default: set it only when a TLS proxy in front of the node encrypts the traffic.
+    pub allow_plain_http: bool,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig { listen: "127.0.0.1:9080".parse().unwrap(), token_file: None, allowed_hosts: Vec::new(), refusal_audit_secs: 60 }
+        let h = HttpLimits::default();
+        AdminConfig {
+            listen: "127.0.0.1:9080".parse().unwrap(),
+            header_timeout_secs: h.header_timeout_secs,
+            request_timeout_secs: 300,
+            max_connections: 64,
+            max_connections_per_client: 32,
+            max_concurrent_requests: 32,
+            tls_cert: None,
+            tls_key: None,
+            allow_plain_http: false,
+            token_file: None,
+            allowed_hosts: Vec::new(),
+            refusal_audit_secs: 60,
+        }
+    }
+}
+
+impl ApiConfig {
+    pub fn http_limits(&self) -> HttpLimits {
+        HttpLimits {
+            header_timeout_secs: self.header_timeout_secs,
+            request_timeout_secs: self.request_timeout_secs,
+            max_connections: self.max_connections,
+            max_connections_per_client: self.max_connections_per_client,
+            max_concurrent_requests: self.max_concurrent_requests,
+        }
+    }
+}
+
+impl AdminConfig {
+    pub fn http_limits(&self) -> HttpLimits {
+        HttpLimits {
+            header_timeout_secs: self.header_timeout_secs,
+            request_timeout_secs: self.request_timeout_secs,
+            max_connections: self.max_connections,
+            max_connections_per_client: self.max_connections_per_client,
+            max_concurrent_requests: self.max_concurrent_requests,
+        }
+    }
+}
+
+/// Bounds of an HTTP listener, so that idle, slow or numerous clients cannot use up the node's file
+/// descriptors or tasks (`[api]` and `[admin]` take the same keys).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// A request's headers must arrive in full within this time of the connection opening or of the
+    /// previous answer; otherwise the connection is closed. This is also the keep-alive idle timeout.
+    pub header_timeout_secs: u64,
+    /// Longest a request may take, body included, before it is answered 408 (must exceed
+    /// `api.max_wait_ms`, the longest inbox long-poll).
+    pub request_timeout_secs: u64,
+    /// Open connections at most; further connections are closed as soon as they are accepted. Keep
+    /// well below the process's descriptor limit (`ulimit -n`).
+    pub max_connections: usize,
+    /// Open connections at most from one client IP address.
+    pub max_connections_per_client: usize,
+    /// Requests in progress at most; further requests are answered 503 with `Retry-After`.
+    pub max_concurrent_requests: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            header_timeout_secs: 10,
+            request_timeout_secs: 120,
+            max_connections: 512,
+            max_connections_per_client: 64,
+            max_concurrent_requests: 256,
+        }
     }
 }
 
@@ -286,7 +434,8 @@ impl NodeConfig {
             cfg.directory.catalog_seed.as_mut(),
             cfg.admin.token_file.as_mut(),
         ];
-        for p in [Some(&mut cfg.key_file), Some(&mut cfg.data_dir)].into_iter().chain(seeds).flatten() {
+        let tls = [cfg.api.tls_cert.as_mut(), cfg.api.tls_key.as_mut(), cfg.admin.tls_cert.as_mut(), cfg.admin.tls_key.as_mut()];
+        for p in [Some(&mut cfg.key_file), Some(&mut cfg.data_dir)].into_iter().chain(seeds).chain(tls).flatten() {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
@@ -298,8 +447,23 @@ impl NodeConfig {
                 anyhow::bail!("{what}: action must be \"allow\" or \"deny\", not {action:?}");
             }
         }
+        if cfg.audit.checkpoint_secs == 0 {
+            anyhow::bail!("audit.checkpoint_secs must be above 0 (60 is the default)");
+        }
         if cfg.p2p.link_timeout_ms == 0 {
             anyhow::bail!("p2p.link_timeout_ms must be above 0 (2000 is the default)");
+        }
+        for (section, http) in [("api", cfg.api.http_limits()), ("admin", cfg.admin.http_limits())] {
+            if http.header_timeout_secs == 0 || http.max_connections == 0 || http.max_connections_per_client == 0 || http.max_concurrent_requests == 0 {
+                anyhow::bail!("{section}: header_timeout_secs, max_connections, max_connections_per_client and max_concurrent_requests must be above 0");
+            }
+        }
+        if cfg.api.request_timeout_secs.saturating_mul(1000) <= cfg.api.max_wait_ms {
+            anyhow::bail!(
+                "api.request_timeout_secs ({}) must be longer than api.max_wait_ms ({} ms), or inbox long-polls are cut short",
+                cfg.api.request_timeout_secs,
+                cfg.api.max_wait_ms
+            );
         }
         if cfg.log.format != "human" && cfg.log.format != "json" {
             anyhow::bail!("log.format must be \"human\" or \"json\", not {:?}", cfg.log.format);

@@ -63,13 +63,18 @@ pub struct LocalNode {
     /// `ip netns exec NS`), empty for a plain process. The program must exec the node, so that
     /// [`LocalNode::pid`] is the node's own.
     pub command_prefix: Vec<String>,
+    /// The CA (PEM) to trust when `api_url` is `https://` (a node with `api.tls_cert`).
+    pub ca_file: Option<PathBuf>,
     child: Option<Child>,
 }
 
 impl LocalNode {
     /// The agency API client.
     pub fn client(&self) -> ApiClient {
-        ApiClient::new(&self.api_url)
+        match &self.ca_file {
+            Some(ca) => ApiClient::with_ca_file(&self.api_url, ca).expect("read the test CA file"),
+            None => ApiClient::new(&self.api_url),
+        }
     }
 
     /// The admin API client, with the operator token the node wrote at its first start (none before).
@@ -275,6 +280,7 @@ impl LocalNetwork {
                     admin_url: format!("http://127.0.0.1:{admin}"),
                     p2p_port: p2p,
                     command_prefix: p.place.command_prefix.clone(),
+                    ca_file: None,
                     child: None,
                 },
             );

@@ -57,6 +57,13 @@ pub struct Metrics {
     pub directory_rejections: IntCounterVec,
     /// Connections refused because the peer is not a node of the directory.
     pub connections_refused: IntCounterVec,
+    /// HTTP connections closed by the node before or without an answer, by listener and reason
+    /// (`max-connections`, `max-connections-per-client`, `header-timeout`, `tls-handshake`).
+    pub http_connections_closed: IntCounterVec,
+    /// HTTP connections open, by listener (`agency`, `admin`).
+    pub http_connections_open: IntGaugeVec,
+    /// HTTP requests refused by the listener's bounds, by listener and reason (`busy`, `request-timeout`).
+    pub http_requests_refused: IntCounterVec,
     /// Webhook pushes, by outcome (`ok`, `failed`).
     pub webhook_pushes: IntCounterVec,
     /// Outcomes of queries asked from this node (`answered`, `timed-out`).
@@ -80,6 +87,14 @@ pub struct Metrics {
     /// Admin API requests refused at its doors (browser origin, foreign host, no or wrong operator
     /// token, not JSON), by reason.
     pub admin_refusals: IntCounterVec,
+    /// Agency API requests refused for want of a valid unit token (`no-token`, `bad-token`: unknown
+    /// or revoked), before any handler runs.
+    pub agency_refusals: IntCounterVec,
+    /// Audit checkpoints, by outcome: `handed` (this node's, kept by its parent or, at the root,
+    /// itself), `refused` (this node's, not kept), `unreachable` (the holder could not be asked),
+    /// `mismatch` (the log differs from the held checkpoint: signing stopped), `stored` and
+    /// `refused-from-child` (a child's, at its parent).
+    pub audit_checkpoints: IntCounterVec,
     /// Online backups taken, by outcome (`ok`, `failed`).
     pub backups: IntCounterVec,
     /// Messages reconciled after a restore, by outcome: `recovered`, `passed-on`, `held`,
@@ -176,6 +191,17 @@ impl Metrics {
                 "Connections refused because the peer is not a node of the directory.",
                 &["direction"],
             ),
+            http_connections_closed: counter(
+                "exchange_http_connections_closed_total",
+                "HTTP connections the node closed before or without an answer, by listener and reason.",
+                &["listener", "reason"],
+            ),
+            http_connections_open: int_gauge("exchange_http_connections_open", "HTTP connections open, by listener.", &["listener"]),
+            http_requests_refused: counter(
+                "exchange_http_requests_refused_total",
+                "HTTP requests refused by the listener's bounds, by listener and reason.",
+                &["listener", "reason"],
+            ),
             build_info: int_gauge("exchange_build_info", "Build of this node (always 1).", &["version"]),
             start_time: register!(Gauge::new("exchange_start_time_seconds", "When this node process started (Unix time).")),
             data_published: counter("exchange_data_published_total", "Base-data records published here, by topic.", &["topic"]),
@@ -186,6 +212,16 @@ impl Metrics {
                 "exchange_admin_refusals_total",
                 "Admin API requests refused before reaching a handler, by reason (origin, host, no-token, bad-token, content-type).",
                 &["reason"],
+            ),
+            agency_refusals: counter(
+                "exchange_agency_refusals_total",
+                "Agency API requests refused for want of a valid unit token, by reason (no-token, bad-token).",
+                &["reason"],
+            ),
+            audit_checkpoints: counter(
+                "exchange_audit_checkpoints_total",
+                "Signed audit checkpoints, by outcome (handed, refused, unreachable, mismatch; stored, refused-from-child at a parent).",
+                &["outcome"],
             ),
             backups: counter("exchange_backups_total", "Online backups taken, by outcome.", &["outcome"]),
             reconciliation: counter(
@@ -204,6 +240,9 @@ impl Metrics {
         // Zeros from the start, so alerts and dashboards see zeros, not gaps.
         for outcome in ["ok", "failed"] {
             m.backups.with_label_values(&[outcome]).inc_by(0);
+        }
+        for outcome in ["handed", "refused", "unreachable", "mismatch", "stored", "refused-from-child"] {
+            m.audit_checkpoints.with_label_values(&[outcome]).inc_by(0);
         }
         for outcome in ["recovered", "passed-on", "held", "unrecoverable", "requeued"] {
             m.reconciliation.with_label_values(&[outcome]).inc_by(0);

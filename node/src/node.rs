@@ -25,6 +25,7 @@ pub fn init_logging(cfg: &NodeConfig) {
 
 /// Runs a node until it is told to stop.
 pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
+    let (agency_tls, admin_tls) = listener_tls(&cfg)?;
     let node_key = exchange_wire::keys::read(&cfg.key_file)?;
     let parent_hint = cfg.parent_address.as_deref().map(parse_parent_address).transpose()?;
     std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("cannot create data_dir {}", cfg.data_dir.display()))?;
@@ -47,9 +48,15 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         NetworkConfig {
             listen,
             idle_timeout: Duration::from_secs(cfg.p2p.idle_timeout_secs),
-            request_timeout: Duration::from_secs(cfg.p2p.request_timeout_secs),
             link_timeout: Duration::from_millis(cfg.p2p.link_timeout_ms),
-            max_request_bytes: cfg.max_request_bytes(),
+            bounds: network::behaviour::Bounds {
+                request_timeout: Duration::from_secs(cfg.p2p.request_timeout_secs),
+                max_batch_bytes: cfg.max_request_bytes(),
+                max_directory_bytes: cfg.p2p.max_directory_bytes,
+                max_pending_connections: cfg.p2p.max_pending_connections,
+                max_established_connections: cfg.p2p.max_established_connections,
+                max_connections_per_peer: cfg.p2p.max_connections_per_peer,
+            },
         },
     )?;
     tokio::spawn(event_loop.run());
@@ -79,6 +86,9 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     // Before any listener: whoever waits for the node to answer may then read the token file.
     let admin_doors = crate::api::admin_doors::Doors::open(&cfg, engine.clone())?;
     tokio::spawn(admin_doors.clone().audit_refusals(stop.clone()));
+    let agency_refusals = crate::api::agency::refusal_tally(&cfg, &engine);
+    tokio::spawn(agency_refusals.clone().audit(engine.clone(), stop.clone()));
+    let checkpoints = tokio::spawn(engine.clone().run_audit_checkpoints(stop.clone()));
 
     let agency = tokio::net::TcpListener::bind(cfg.api.listen)
         .await
@@ -86,33 +96,46 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let admin = tokio::net::TcpListener::bind(cfg.admin.listen)
         .await
         .with_context(|| format!("cannot listen on admin.listen {}", cfg.admin.listen))?;
-    tracing::info!(node = %cfg.node_id, peer_id = %engine.peer_id, api = %cfg.api.listen, admin = %cfg.admin.listen, "node started");
+    tracing::info!(node = %cfg.node_id, peer_id = %engine.peer_id, api = %cfg.api.listen, admin = %cfg.admin.listen,
+        api_tls = agency_tls.is_some(), admin_tls = admin_tls.is_some(), "node started");
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let serve = |listener, router: axum::Router| {
-        let mut stop = stop_rx.clone();
-        tokio::spawn(async move {
-            // The peer address: refused admin requests are audited per source.
-            axum::serve(listener, router.into_make_service_with_connect_info::<std::net::SocketAddr>())
-                .with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await
-        })
+    let serve = |name, listener, router, limits, tls| {
+        tokio::spawn(crate::api::listener::serve(name, listener, router, limits, tls, engine.metrics.clone(), stop.clone()))
     };
-    let a = serve(agency, crate::api::agency::router(engine.clone()));
-    let b = serve(admin, crate::api::admin::router(engine.clone(), admin_doors));
+    let a = serve("agency", agency, crate::api::agency::router(engine.clone(), agency_refusals), cfg.api.http_limits(), agency_tls);
+    let b = serve("admin", admin, crate::api::admin::router(engine.clone(), admin_doors), cfg.admin.http_limits(), admin_tls);
 
     shutdown_signal().await;
     tracing::info!("stopping: no new requests; what is committed stays committed");
-    let _ = stop_tx.send(true);
     stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), async {
         let _ = a.await;
         let _ = b.await;
+        // The last checkpoint, handed at a clean shutdown.
+        let _ = checkpoints.await;
     })
     .await;
     Ok(())
+}
+
+/// The listeners' TLS acceptors; refuses plain HTTP off loopback unless the configuration allows it.
+fn listener_tls(cfg: &NodeConfig) -> anyhow::Result<(Option<tokio_rustls::TlsAcceptor>, Option<tokio_rustls::TlsAcceptor>)> {
+    use crate::api::tls::{TlsFiles, acceptor};
+    let api = acceptor(&TlsFiles {
+        section: "api",
+        listen: cfg.api.listen,
+        cert: cfg.api.tls_cert.as_deref(),
+        key: cfg.api.tls_key.as_deref(),
+        allow_plain_http: cfg.api.allow_plain_http,
+    })?;
+    let admin = acceptor(&TlsFiles {
+        section: "admin",
+        listen: cfg.admin.listen,
+        cert: cfg.admin.tls_cert.as_deref(),
+        key: cfg.admin.tls_key.as_deref(),
+        allow_plain_http: cfg.admin.allow_plain_http,
+    })?;
+    Ok((api, admin))
 }
 
 async fn shutdown_signal() {

@@ -403,9 +403,11 @@ pub struct AuditBreak {
     pub reason: String,
 }
 
-/// `GET /admin/v1/audit:verify`: the result of re-computing the whole chain.
+/// `GET /admin/v1/audit:verify`: the result of re-computing the whole chain, and of comparing it
+/// with the latest signed checkpoint its holder (the parent; at the root, the node itself) keeps.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AuditVerification {
+    /// The chain is intact and, if a checkpoint was checked, matches it.
     pub ok: bool,
     /// Entries checked.
     pub entries: u64,
@@ -413,6 +415,25 @@ pub struct AuditVerification {
     pub head_seq: i64,
     pub head_hash: String,
     pub first_break: Option<AuditBreak>,
+    /// The comparison with the signed checkpoint (absent from nodes without checkpoints).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<CheckpointCheck>,
+}
+
+/// How the local audit log compares with the latest checkpoint of it that its holder keeps.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckpointCheck {
+    /// The node holding the checkpoint (the parent, or this node at the root; empty if unknown).
+    pub holder: String,
+    /// False when no checkpoint could be compared (none held yet, or the parent did not answer).
+    pub checked: bool,
+    /// False when the entry the checkpoint names is missing or has another hash.
+    pub ok: bool,
+    /// The entry the checkpoint names, and when the node signed it (ms since the epoch).
+    pub seq: Option<i64>,
+    pub at_ms: Option<u64>,
+    /// What was found, and what to do when it differs.
+    pub detail: String,
 }
 
 /// One readiness check.

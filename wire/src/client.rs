@@ -45,23 +45,60 @@ pub struct ApiClient {
     agent: ureq::Agent,
     /// The unit's API token, sent as `Authorization: Bearer …` on every request.
     token: Option<String>,
+    /// The certificate authorities trusted for `https://` (none: the public web roots), kept so that
+    /// an agent rebuilt with another timeout trusts the same ones.
+    tls: Option<ureq::tls::TlsConfig>,
+}
+
+/// A blocking HTTP agent that returns error statuses as answers (the node's error bodies are read).
+fn agent(timeout: Option<Duration>, tls: Option<ureq::tls::TlsConfig>) -> ureq::Agent {
+    let mut config = ureq::Agent::config_builder().http_status_as_error(false).timeout_global(timeout);
+    if let Some(tls) = tls {
+        config = config.tls_config(tls);
+    }
+    config.build().into()
 }
 
 impl ApiClient {
     pub fn new(base_url: &str) -> ApiClient {
-        let agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(120)))
-            .build()
-            .into();
-        ApiClient { base: base_url.trim_end_matches('/').to_owned(), agent, token: None }
+        let agent = agent(Some(Duration::from_secs(120)), None);
+        ApiClient { base: base_url.trim_end_matches('/').to_owned(), agent, token: None, tls: None }
     }
 
     /// The same client with another limit on each whole call (`None`: none), for long operations
-    /// such as a backup of a large node.
+    /// such as a backup of a large node. Keeps the certificate authorities it was made with.
     pub fn with_timeout(mut self, timeout: Option<Duration>) -> ApiClient {
-        self.agent = ureq::Agent::config_builder().http_status_as_error(false).timeout_global(timeout).build().into();
+        self.agent = agent(timeout, self.tls.clone());
         self
+    }
+
+    /// A client that trusts the certificate authorities in `ca_pem` (PEM, one or more certificates)
+    /// for `https://` addresses: the node's own CA, or its self-signed certificate. Without it,
+    /// `https://` addresses are checked against the public web roots.
+    pub fn with_ca_pem(base_url: &str, ca_pem: &[u8]) -> Result<ApiClient, ClientError> {
+        use ureq::tls::{PemItem, RootCerts, TlsConfig};
+        let bad = |reason: String| ClientError::Transport { url: base_url.to_owned(), reason };
+        let mut roots = Vec::new();
+        for item in ureq::tls::parse_pem(ca_pem) {
+            if let PemItem::Certificate(cert) = item.map_err(|e| bad(format!("the CA file is not PEM: {e}")))? {
+                roots.push(cert);
+            }
+        }
+        if roots.is_empty() {
+            return Err(bad("the CA file holds no PEM certificate".into()));
+        }
+        let tls = TlsConfig::builder().root_certs(RootCerts::new_with_certs(&roots)).build();
+        let agent = agent(Some(Duration::from_secs(120)), Some(tls.clone()));
+        Ok(ApiClient { base: base_url.trim_end_matches('/').to_owned(), agent, token: None, tls: Some(tls) })
+    }
+
+    /// [`ApiClient::with_ca_pem`] reading the PEM file at `ca_file`.
+    pub fn with_ca_file(base_url: &str, ca_file: &std::path::Path) -> Result<ApiClient, ClientError> {
+        let pem = std::fs::read(ca_file).map_err(|e| ClientError::Transport {
+            url: base_url.to_owned(),
+            reason: format!("cannot read the CA file {}: {e}", ca_file.display()),
+        })?;
+        ApiClient::with_ca_pem(base_url, &pem)
     }
 
     /// The same client, authenticating as the unit that owns `token` (issued with

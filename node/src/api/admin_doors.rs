@@ -15,14 +15,13 @@
 //!    form or `text/plain` body is what an HTML form can send without asking anyone.
 //!
 //! Refusals are counted (`exchange_admin_refusals_total{reason}`) and audited as one entry per
-//! source address and reason per `admin.refusal_audit_secs`, never one synced row per request:
-//! a flood of bad requests must not be able to queue writes ahead of custody commits.
+//! source address and reason per `admin.refusal_audit_secs` (see `refusal_tally`), never one synced
+//! row per request: a flood of bad requests must not be able to queue writes ahead of custody commits.
 
-use std::collections::HashMap;
 use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -34,9 +33,9 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use super::AppState;
+use super::refusal_tally::RefusalTally;
 use crate::config::NodeConfig;
 use crate::relay::Refusal;
-use crate::storage::{EventRow, Record, WriteJob};
 
 /// The doors, shared by every admin request.
 pub type AdminDoors = Arc<Doors>;
@@ -47,10 +46,9 @@ pub struct Doors {
     token_hash: [u8; 32],
     token_file: PathBuf,
     allowed_hosts: Vec<String>,
-    audit_every: Duration,
     engine: AppState,
-    /// Refusals not yet audited: (source address, reason) → (count, first seen, ms).
-    tally: Mutex<HashMap<(String, &'static str), (u64, i64)>>,
+    /// Refusals not yet audited.
+    refusals: Arc<RefusalTally>,
 }
 
 /// Why a request was stopped at the doors: the metric label and the answer.
@@ -69,9 +67,14 @@ impl Doors {
             token_hash: Sha256::digest(token.as_bytes()).into(),
             token_file,
             allowed_hosts: cfg.admin.allowed_hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
-            audit_every: Duration::from_secs(cfg.admin.refusal_audit_secs.max(1)),
+            refusals: RefusalTally::new(
+                "admin API",
+                "admin-refused",
+                engine.metrics.admin_refusals.clone(),
+                &["origin", "host", "no-token", "bad-token", "content-type"],
+                Duration::from_secs(cfg.admin.refusal_audit_secs),
+            ),
             engine,
-            tally: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -120,55 +123,9 @@ impl Doors {
         Ok(())
     }
 
-    /// Counts a refusal, to be audited at the end of the interval.
-    fn note(&self, source: String, reason: &'static str) {
-        self.engine.metrics.admin_refusals.with_label_values(&[reason]).inc();
-        let now = exchange_wire::now_ms() as i64;
-        let mut tally = self.tally.lock().expect("tally lock");
-        // Bounded: past this many sources, the rest are counted under one entry.
-        let source = if tally.len() >= 1024 && !tally.contains_key(&(source.clone(), reason)) { "other sources".into() } else { source };
-        tally.entry((source, reason)).or_insert((0, now)).0 += 1;
-    }
-
-    /// Writes one audit entry per source and reason for the refusals since the last call.
-    async fn flush(&self) {
-        let taken: Vec<_> = std::mem::take(&mut *self.tally.lock().expect("tally lock")).into_iter().collect();
-        if taken.is_empty() {
-            return;
-        }
-        let now = exchange_wire::now_ms() as i64;
-        let events = taken
-            .into_iter()
-            .map(|((source, reason), (count, first))| {
-                tracing::warn!(%source, reason, count, "admin API requests refused");
-                EventRow {
-                    at_ms: now,
-                    category: "refusal",
-                    message_id: None,
-                    event: "admin-refused",
-                    unit: None,
-                    peer: None,
-                    detail: Some(format!("{count} admin API request(s) from {source} refused ({reason}) in the {} ms before", now - first)),
-                }
-            })
-            .collect();
-        if let Err(e) = self.engine.committer.commit(vec![WriteJob::Record(Record { events, ..Default::default() })]).await {
-            self.engine.metrics.storage_errors.with_label_values(&["commit"]).inc();
-            tracing::error!(error = %e, "cannot write audit entries for refused admin requests");
-        }
-    }
-
-    /// Audits the tally every `admin.refusal_audit_secs` until `stop`, then once more.
+    /// Audits the refusals every `admin.refusal_audit_secs` until `stop`, then once more.
     pub async fn audit_refusals(self: AdminDoors, stop: CancellationToken) {
-        let mut every = tokio::time::interval(self.audit_every);
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = every.tick() => self.flush().await,
-                _ = stop.cancelled() => break,
-            }
-        }
-        self.flush().await;
+        self.refusals.clone().audit(self.engine.clone(), stop).await
     }
 
     pub fn token_file(&self) -> &Path {
@@ -211,7 +168,7 @@ pub async fn guard(State(doors): State<AdminDoors>, req: Request, next: Next) ->
         Err(stopped) => {
             let source = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string()).unwrap_or_else(|| "unknown".into());
             tracing::debug!(%source, reason = stopped.reason, "admin request refused");
-            doors.note(source, stopped.reason);
+            doors.refusals.note(source, stopped.reason);
             stopped.refusal.into_response()
         }
     }

@@ -1,11 +1,13 @@
 //! The agency API: documents in, inboxes out, receipts, status.
 
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
+use axum::{Extension, Router};
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
@@ -18,7 +20,9 @@ use exchange_wire::api::{
 };
 use serde::Deserialize;
 
+use super::refusal_tally::RefusalTally;
 use super::{AppState, json, parse_body, parse_id, parse_inbox_call, parse_unit, refuse, taken, with_health};
+use crate::config::NodeConfig;
 use crate::relay::Refusal;
 use crate::relay::access::Caller;
 use exchange_wire::receipt::ReceiptType;
@@ -38,17 +42,45 @@ async fn answered<T: serde::Serialize>(engine: &AppState, result: Result<T, Refu
     }
 }
 
+/// The agency API's tally of requests refused for want of a valid unit token.
+#[derive(Clone)]
+pub struct AgencyRefusals(Arc<RefusalTally>);
+
+/// The tally for [`router`], audited every `api.refusal_audit_secs` once its `audit` task runs.
+pub fn refusal_tally(cfg: &NodeConfig, engine: &AppState) -> Arc<RefusalTally> {
+    RefusalTally::new(
+        "agency API",
+        "agency-refused",
+        engine.metrics.agency_refusals.clone(),
+        &["no-token", "bad-token"],
+        Duration::from_secs(cfg.api.refusal_audit_secs),
+    )
+}
+
 /// The unit calling, from its token (`Authorization: Bearer …`); an unauthenticated call is
-/// refused, counted and audited before its body is even read.
+/// refused before its body is even read, counted, and audited in aggregate (one entry per source
+/// and reason per `api.refusal_audit_secs`): a flood of bad tokens costs no synced write each.
 impl FromRequestParts<AppState> for Caller {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, engine: &AppState) -> Result<Caller, Response> {
         let authorization = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-        match engine.authenticate(authorization) {
-            Ok(c) => Ok(c),
-            Err(r) => Err(refuse(engine, r).await.into_response()),
-        }
+        let r = match engine.authenticate(authorization) {
+            Ok(c) => return Ok(c),
+            Err(r) => r,
+        };
+        let Some(AgencyRefusals(tally)) = parts.extensions.get::<AgencyRefusals>() else {
+            return Err(refuse(engine, r).await.into_response());
+        };
+        let source = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string()).unwrap_or_else(|| "unknown".into());
+        // A header that names no bearer token at all, or one that names a token this node does not
+        // accept (unknown or revoked).
+        let named = authorization.and_then(|h| h.trim().split_once(char::is_whitespace)).is_some_and(|(_, t)| !t.trim().is_empty());
+        let reason = if named { "bad-token" } else { "no-token" };
+        engine.metrics.rejected.with_label_values(&[r.code, "unknown"]).inc();
+        tracing::debug!(%source, reason, "agency request refused before authentication");
+        tally.note(source, reason);
+        Err(r.into_response())
     }
 }
 
@@ -333,7 +365,8 @@ async fn sign_for_batch(
 }
 
 /// The agency API.
-pub fn router(engine: AppState) -> Router {
+/// The agency API's routes; refusals for want of a token are tallied in `refusals`.
+pub fn router(engine: AppState, refusals: Arc<RefusalTally>) -> Router {
     // Base64 inflates payloads by 4/3; leave room for the envelope and a batch of small messages.
     let body_limit = (engine.limits.max_payload_bytes as usize) / 3 * 4 + 1024 * 1024;
     with_health(Router::new()
@@ -354,6 +387,7 @@ pub fn router(engine: AppState) -> Router {
         .layer(DefaultBodyLimit::max(body_limit.max(16 * 1024 * 1024)))
         .merge(super::attachments::routes())
         )
+        .layer(Extension(AgencyRefusals(refusals)))
         .with_state(engine)
 }
 

@@ -11,7 +11,10 @@ pub mod agency;
 pub mod asking;
 pub mod attachments;
 pub mod recovery;
+pub mod listener;
+pub mod refusal_tally;
 pub mod sharing;
+pub mod tls;
 
 use std::sync::Arc;
 

@@ -4,6 +4,7 @@
 //! never stall the links.
 
 pub mod behaviour;
+pub mod checkpoint;
 pub mod codec;
 pub mod protocol;
 pub mod reconcile;
@@ -23,6 +24,7 @@ use behaviour::{Behaviour, BehaviourEvent};
 use protocol::{
     AttachmentRequest, AttachmentResponse, DirectoryAck, DirectoryPush, RelayRequest, TraceRequest, TraceResponse, TransferRequest, TransferResponse,
 };
+use checkpoint::{CheckpointRequest, CheckpointResponse};
 use reconcile::{ReconcileRequest, ReconcileResponse};
 
 /// A transfer that did not get an answer.
@@ -74,6 +76,8 @@ pub enum NetworkEvent {
     /// A neighbour restored from a backup asks what was exchanged with it; answer with
     /// [`Client::respond_reconcile`].
     Reconcile { peer: PeerId, request: ReconcileRequest, channel: ResponseChannel<ReconcileResponse> },
+    /// A child hands or asks for its audit checkpoint; answer with [`Client::respond_checkpoint`].
+    Checkpoint { peer: PeerId, request: CheckpointRequest, channel: ResponseChannel<CheckpointResponse> },
     PeerUp(PeerId),
     PeerDown(PeerId),
     /// A ping answered: the link works and this is its round-trip time.
@@ -91,6 +95,8 @@ enum Command {
     RespondAttachment { channel: ResponseChannel<AttachmentResponse>, response: AttachmentResponse },
     Reconcile { peer: PeerId, request: ReconcileRequest, reply: oneshot::Sender<Result<ReconcileResponse, NetError>> },
     RespondReconcile { channel: ResponseChannel<ReconcileResponse>, response: ReconcileResponse },
+    Checkpoint { peer: PeerId, request: CheckpointRequest, reply: oneshot::Sender<Result<CheckpointResponse, NetError>> },
+    RespondCheckpoint { channel: ResponseChannel<CheckpointResponse>, response: CheckpointResponse },
     SetPeers { allowed: Vec<PeerId>, neighbours: Vec<Neighbour> },
     Connected { reply: oneshot::Sender<Vec<PeerId>> },
 }
@@ -163,6 +169,18 @@ impl Client {
         let _ = self.commands.send(Command::RespondReconcile { channel, response }).await;
     }
 
+    /// Hands an audit checkpoint to, or asks one back from, the parent `peer`.
+    pub async fn checkpoint(&self, peer: PeerId, request: CheckpointRequest) -> Result<CheckpointResponse, NetError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands.send(Command::Checkpoint { peer, request, reply }).await.map_err(|_| NetError::Stopped)?;
+        rx.await.map_err(|_| NetError::Stopped)?
+    }
+
+    /// Answers a child's checkpoint request.
+    pub async fn respond_checkpoint(&self, channel: ResponseChannel<CheckpointResponse>, response: CheckpointResponse) {
+        let _ = self.commands.send(Command::RespondCheckpoint { channel, response }).await;
+    }
+
     /// Sets which peers may connect (directory nodes) and which neighbours to keep dialled.
     pub async fn set_peers(&self, allowed: Vec<PeerId>, neighbours: Vec<Neighbour>) {
         let _ = self.commands.send(Command::SetPeers { allowed, neighbours }).await;
@@ -182,11 +200,11 @@ impl Client {
 pub struct NetworkConfig {
     pub listen: Multiaddr,
     pub idle_timeout: Duration,
-    pub request_timeout: Duration,
-    pub max_request_bytes: u64,
     /// Data a neighbour's host leaves unacknowledged this long ends the connection, and a dial with
     /// its handshake must finish within it (see [`transport`]).
     pub link_timeout: Duration,
+    /// Connection caps, request sizes and timeouts (see [`behaviour::Bounds`]).
+    pub bounds: behaviour::Bounds,
 }
 
 /// Builds the swarm and starts listening.
@@ -198,7 +216,7 @@ pub fn new(
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_other_transport(|_| tcp)?
-        .with_behaviour(|_| Behaviour::new(cfg.max_request_bytes, cfg.request_timeout))?
+        .with_behaviour(|_| Behaviour::new(&cfg.bounds))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(cfg.idle_timeout))
         // A dial stuck on a link that is down (SYNs retransmitted at 1, 3, 7 s …) would otherwise
         // hold off the next attempt long after the link is back.
@@ -218,6 +236,7 @@ pub fn new(
         pending_pushes: HashMap::new(),
         pending_attachments: HashMap::new(),
         pending_reconciles: HashMap::new(),
+        pending_checkpoints: HashMap::new(),
         neighbours: Vec::new(),
         dialing: HashSet::new(),
     };
@@ -234,6 +253,7 @@ pub struct EventLoop {
     pending_pushes: HashMap<OutboundRequestId, oneshot::Sender<Result<DirectoryAck, NetError>>>,
     pending_attachments: HashMap<OutboundRequestId, oneshot::Sender<Result<AttachmentResponse, NetError>>>,
     pending_reconciles: HashMap<OutboundRequestId, oneshot::Sender<Result<ReconcileResponse, NetError>>>,
+    pending_checkpoints: HashMap<OutboundRequestId, oneshot::Sender<Result<CheckpointResponse, NetError>>>,
     neighbours: Vec<Neighbour>,
     dialing: HashSet<PeerId>,
 }
@@ -305,6 +325,13 @@ impl EventLoop {
                 let id = self.swarm.behaviour_mut().reconcile.send_request(&peer, request);
                 self.pending_reconciles.insert(id, reply);
             }
+            Command::Checkpoint { peer, request, reply } => {
+                let id = self.swarm.behaviour_mut().checkpoint.send_request(&peer, request);
+                self.pending_checkpoints.insert(id, reply);
+            }
+            Command::RespondCheckpoint { channel, response } => {
+                let _ = self.swarm.behaviour_mut().checkpoint.send_response(channel, response);
+            }
             Command::RespondReconcile { channel, response } => {
                 let _ = self.swarm.behaviour_mut().reconcile.send_response(channel, response);
             }
@@ -338,6 +365,13 @@ impl EventLoop {
             SwarmEvent::Behaviour(BehaviourEvent::Directory(e)) => self.on_directory_event(e),
             SwarmEvent::Behaviour(BehaviourEvent::Attachment(e)) => self.on_attachment_event(e),
             SwarmEvent::Behaviour(BehaviourEvent::Reconcile(e)) => self.on_reconcile_event(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Checkpoint(e)) => {
+                let events = self.events.clone();
+                answer_or_deliver(e, &mut self.pending_checkpoints, |peer, request, channel| {
+                    // Unanswered when the node is saturated: the child tries again next interval.
+                    let _ = events.try_send(NetworkEvent::Checkpoint { peer, request, channel });
+                });
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event { peer, result: Ok(rtt), .. })) => {
                 let _ = self.events.try_send(NetworkEvent::PeerRtt(peer, rtt));
             }

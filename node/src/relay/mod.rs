@@ -12,6 +12,7 @@ pub mod access;
 pub mod asking;
 pub mod attachments;
 pub mod batching;
+pub mod checkpoints;
 pub mod committer;
 pub mod custody;
 pub mod directory_sync;
@@ -89,6 +90,8 @@ pub struct Engine {
     deadlines: asking::Deadlines,
     /// Attachment files (see [`attachments`]).
     pub attachments: Arc<crate::storage::attachments::AttachmentStore>,
+    /// Audit checkpoints held here (this node's at the root, its children's) (see [`checkpoints`]).
+    pub checkpoints: checkpoints::CheckpointFiles,
     /// Which neighbours hold which attachments, and the transfers under way.
     attachment_transfers: Mutex<AttachmentTransfers>,
     /// Committed length of attachments being received from neighbours, for chunks arriving early.
@@ -168,6 +171,7 @@ impl Engine {
             peers: Mutex::new(HashMap::new()),
             inbox_changes: watch::channel(0).0,
             attachments: Arc::new(attachments),
+            checkpoints: checkpoints::CheckpointFiles::new(&cfg.data_dir, std::time::Duration::from_secs(cfg.audit.checkpoint_secs)),
             deadlines: asking::Deadlines::default(),
             attachment_transfers: Mutex::new(AttachmentTransfers::default()),
             attachment_progress: Mutex::new(HashMap::new()),
@@ -304,6 +308,7 @@ impl Engine {
             | E::Directory { peer, .. }
             | E::Attachment { peer, .. }
             | E::Reconcile { peer, .. }
+            | E::Checkpoint { peer, .. }
             | E::PeerUp(peer)
             | E::PeerDown(peer)
             | E::PeerRtt(peer, _) => *peer,
@@ -340,6 +345,9 @@ impl Engine {
             }
             E::Reconcile { peer, request, channel } => {
                 tokio::spawn(self.clone().answer_reconcile(peer, request, channel));
+            }
+            E::Checkpoint { peer, request, channel } => {
+                tokio::spawn(self.clone().answer_checkpoint(peer, request, channel));
             }
             E::PeerUp(_) => {
                 let engine = self.clone();

@@ -280,12 +280,14 @@ impl Engine {
     /// `exchange-admin audit verify`.
     pub async fn audit_verify(&self) -> Result<AuditVerification, Refusal> {
         let c = self.store.audit_verify().await?;
+        let checkpoint = self.checkpoint_check().await?;
         Ok(AuditVerification {
-            ok: c.first_break.is_none(),
+            ok: c.first_break.is_none() && checkpoint.ok,
             entries: c.entries,
             head_seq: c.head_seq,
             head_hash: hex::encode(c.head_hash),
             first_break: c.first_break.map(|(seq, reason)| AuditBreak { seq, reason }),
+            checkpoint: Some(checkpoint),
         })
     }
 

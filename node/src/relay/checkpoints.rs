@@ -1,0 +1,268 @@
+//! Signed audit checkpoints: the head of this node's audit chain, signed with the node key, handed to
+//! the parent every `audit.checkpoint_secs` (the root keeps its own), and checked back.
+//!
+//! The chain alone proves little against whoever holds the database file: an edited entry with its
+//! successors' hashes recomputed, or a deleted tail with the id counter reset, is again a valid
+//! chain. A checkpoint held on another machine is not in that file: the entry it names must still
+//! be there with the hash it names. Each round the node first asks the holder for the latest
+//! checkpoint and compares its own log with it; on a difference it stops signing (so the evidence
+//! held by the parent is never replaced by a checkpoint of the altered log) and says so in its log
+//! and `exchange_audit_checkpoints_total{outcome="mismatch"}`. The parent keeps a checkpoint only if
+//! its child signed it and it does not go back (a lower entry number, or the same one with another
+//! hash). `exchange-admin audit verify` reports the same comparison.
+//!
+//! The parent keeps one file per child under `<data_dir>/audit-checkpoints/`, replaced atomically.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ed25519_dalek::VerifyingKey;
+use exchange_wire::NodeId;
+use exchange_wire::api::CheckpointCheck;
+use libp2p::PeerId;
+use libp2p::request_response::ResponseChannel;
+use tokio_util::sync::CancellationToken;
+
+use super::Engine;
+use crate::network::checkpoint::{CheckpointRequest, CheckpointResponse, SignedCheckpoint};
+use crate::storage::StorageError;
+
+/// Where a node keeps the checkpoints it holds, and how often it signs its own.
+pub struct CheckpointFiles {
+    dir: PathBuf,
+    /// How often this node signs and hands its own checkpoint.
+    pub every: Duration,
+}
+
+impl CheckpointFiles {
+    pub fn new(data_dir: &Path, every: Duration) -> CheckpointFiles {
+        CheckpointFiles { dir: data_dir.join("audit-checkpoints"), every: every.max(Duration::from_secs(1)) }
+    }
+
+    fn path(&self, node: &NodeId) -> PathBuf {
+        self.dir.join(format!("{node}.json"))
+    }
+
+    /// The checkpoint held for `node`, if any.
+    pub fn load(&self, node: &NodeId) -> Result<Option<SignedCheckpoint>, String> {
+        let path = self.path(node);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| format!("the checkpoint file {} is not readable: {e}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(format!("cannot read the checkpoint file {}: {e}", path.display())),
+        }
+    }
+
+    /// Replaces the checkpoint held for the node `cp` names: written beside, synced, renamed.
+    fn save(&self, node: &NodeId, cp: &SignedCheckpoint) -> Result<(), String> {
+        use std::io::Write as _;
+        let path = self.path(node);
+        let write = || -> std::io::Result<()> {
+            std::fs::create_dir_all(&self.dir)?;
+            let tmp = path.with_extension("json.new");
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&serde_json::to_vec(cp).map_err(std::io::Error::other)?)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            std::fs::File::open(&self.dir)?.sync_all()
+        };
+        write().map_err(|e| format!("cannot write the checkpoint file {}: {e}", path.display()))
+    }
+
+    /// Keeps `cp` for `node` if `key` signed it and it does not go back; otherwise says why not.
+    fn keep(&self, node: &NodeId, key: &VerifyingKey, cp: &SignedCheckpoint) -> Result<(), String> {
+        if cp.node != node.as_str() {
+            return Err(format!("the checkpoint names node {:?}, but node {node} handed it", cp.node.chars().take(64).collect::<String>()));
+        }
+        if !cp.verify(key) {
+            return Err(format!("the checkpoint is not signed with node {node}'s key in the node tree"));
+        }
+        match self.load(node)? {
+            Some(held) if held.seq > cp.seq => Err(format!(
+                "it goes back: entry {} was checkpointed {}, this one names entry {}: the log lost its tail, or this is a replay",
+                held.seq,
+                age(held.at_ms),
+                cp.seq
+            )),
+            Some(held) if held.seq == cp.seq && held.hash != cp.hash => Err(format!(
+                "entry {} was checkpointed {} with another hash: the log was rewritten",
+                held.seq,
+                age(held.at_ms)
+            )),
+            Some(held) if held.seq == cp.seq => Ok(()),
+            _ => self.save(node, cp),
+        }
+    }
+}
+
+/// "N s ago" for a time in ms since the epoch.
+fn age(at_ms: u64) -> String {
+    let secs = exchange_wire::now_ms().saturating_sub(at_ms) / 1000;
+    format!("{secs} s ago (at {at_ms} ms since the epoch)")
+}
+
+/// What to do when the log and its checkpoint differ.
+const WHAT_TO_DO: &str = "Treat this node's database as tampered with: keep the file for investigation, compare the log \
+                          with the latest backup and with the custody events the neighbours hold (exchange-admin trace)";
+
+impl Engine {
+    /// The parent's id and peer id, or `None` at the root (or while the tree is not known).
+    fn checkpoint_parent(&self) -> Option<(NodeId, PeerId)> {
+        let dir = self.dir.current();
+        let parent = dir.node(&self.here)?.parent.clone()?;
+        let peer = dir.node(&parent)?.peer_id;
+        Some((parent, peer))
+    }
+
+    /// Who holds this node's checkpoint (the parent, or this node at the root) and the latest it holds.
+    async fn held_checkpoint(&self) -> Result<(String, Option<SignedCheckpoint>), String> {
+        let Some((parent, peer)) = self.checkpoint_parent() else {
+            return Ok((self.here.to_string(), self.checkpoints.load(&self.here)?));
+        };
+        let asked = tokio::time::timeout(Duration::from_secs(10), self.net.checkpoint(peer, CheckpointRequest::Latest)).await;
+        match asked {
+            Ok(Ok(CheckpointResponse::Latest(cp))) => Ok((parent.to_string(), cp)),
+            Ok(Ok(CheckpointResponse::Refused { reason })) => Err(format!("the parent {parent} refused to answer: {reason}")),
+            Ok(Ok(CheckpointResponse::Stored)) => Err(format!("the parent {parent} answered out of turn")),
+            Ok(Err(e)) => Err(format!("cannot ask the parent {parent}: {e}")),
+            Err(_) => Err(format!("the parent {parent} did not answer within 10 s")),
+        }
+    }
+
+    /// Compares the local log with `cp`: `None` when the entry it names is there with its hash,
+    /// otherwise what differs and what to do.
+    async fn differs_from(&self, cp: &SignedCheckpoint, holder: &str) -> Result<Option<String>, StorageError> {
+        if !cp.verify(&self.node_key.verifying_key()) {
+            return Ok(Some(format!("the checkpoint {holder} holds is not signed with this node's key. {WHAT_TO_DO}")));
+        }
+        let entry = self.store.audit_page(cp.seq - 1, 1).await?.into_iter().next();
+        Ok(match entry {
+            Some(e) if e.seq == cp.seq && e.hash == cp.hash => None,
+            Some(e) if e.seq == cp.seq => Some(format!(
+                "entry {} has chain hash {} here, but the checkpoint this node signed {} (held by {holder}) says {}: \
+                 an entry at or before {} was altered and the hashes after it recomputed. {WHAT_TO_DO}",
+                cp.seq,
+                hex::encode(&e.hash),
+                age(cp.at_ms),
+                hex::encode(&cp.hash),
+                cp.seq
+            )),
+            _ => Some(format!(
+                "entry {} is missing here, but the checkpoint this node signed {} (held by {holder}) covers it: \
+                 the end of the log was deleted. {WHAT_TO_DO}",
+                cp.seq,
+                age(cp.at_ms)
+            )),
+        })
+    }
+
+    /// `audit verify`'s comparison with the latest checkpoint the holder has.
+    pub(crate) async fn checkpoint_check(&self) -> Result<CheckpointCheck, StorageError> {
+        let (holder, cp) = match self.held_checkpoint().await {
+            Ok(held) => held,
+            Err(why) => {
+                let detail = format!("not checked against a checkpoint: {why}; run it again when the parent answers");
+                return Ok(CheckpointCheck { holder: String::new(), checked: false, ok: true, seq: None, at_ms: None, detail });
+            }
+        };
+        let Some(cp) = cp else {
+            let detail = format!("{holder} holds no checkpoint of this log yet (one is signed every {} s)", self.checkpoints.every.as_secs());
+            return Ok(CheckpointCheck { holder, checked: false, ok: true, seq: None, at_ms: None, detail });
+        };
+        let differs = self.differs_from(&cp, &holder).await?;
+        let detail = differs.clone().unwrap_or_else(|| format!("entry {} matches the checkpoint signed {} and held by {holder}", cp.seq, age(cp.at_ms)));
+        Ok(CheckpointCheck { holder, checked: true, ok: differs.is_none(), seq: Some(cp.seq), at_ms: Some(cp.at_ms), detail })
+    }
+
+    /// The last audit entry, reading on from `scan` (the last one seen before).
+    async fn audit_head(&self, scan: &mut Option<(i64, [u8; 32])>) -> Result<(), StorageError> {
+        loop {
+            let page = self.store.audit_page(scan.map_or(0, |s| s.0), 5000).await?;
+            let Some(last) = page.last() else { return Ok(()) };
+            *scan = Some((last.seq, <[u8; 32]>::try_from(last.hash.as_slice()).unwrap_or([0; 32])));
+        }
+    }
+
+    /// One round: compare the log with the held checkpoint, then sign and hand the head if newer.
+    async fn checkpoint_round(&self, scan: &mut Option<(i64, [u8; 32])>) -> Result<(), String> {
+        let count = |outcome: &str| self.metrics.audit_checkpoints.with_label_values(&[outcome]).inc();
+        let (holder, held) = self.held_checkpoint().await.inspect_err(|_| count("unreachable"))?;
+        if let Some(cp) = &held {
+            if let Some(why) = self.differs_from(cp, &holder).await.map_err(|e| e.to_string())? {
+                count("mismatch");
+                return Err(format!("this node's audit log differs from its checkpoint; no new checkpoint is signed: {why}"));
+            }
+        }
+        self.audit_head(scan).await.map_err(|e| e.to_string())?;
+        let Some((seq, hash)) = *scan else { return Ok(()) };
+        if held.as_ref().is_some_and(|cp| cp.seq >= seq) {
+            return Ok(());
+        }
+        let cp = SignedCheckpoint::sign(&self.node_key, self.here.as_str(), seq, hash, exchange_wire::now_ms());
+        let handed = match self.checkpoint_parent() {
+            None => self.checkpoints.keep(&self.here, &self.node_key.verifying_key(), &cp),
+            Some((parent, peer)) => match tokio::time::timeout(Duration::from_secs(10), self.net.checkpoint(peer, CheckpointRequest::Hand(cp))).await {
+                Ok(Ok(CheckpointResponse::Stored)) => Ok(()),
+                Ok(Ok(CheckpointResponse::Refused { reason })) => Err(format!("the parent {parent} refused the checkpoint: {reason}")),
+                Ok(Ok(CheckpointResponse::Latest(_))) => Err(format!("the parent {parent} answered out of turn")),
+                Ok(Err(e)) => Err(format!("cannot hand the checkpoint to the parent {parent}: {e}")),
+                Err(_) => Err(format!("the parent {parent} did not answer within 10 s")),
+            },
+        };
+        count(if handed.is_ok() { "handed" } else { "refused" });
+        handed
+    }
+
+    /// Signs and hands a checkpoint every `audit.checkpoint_secs` until `stop`, then once more.
+    pub async fn run_audit_checkpoints(self: Arc<Self>, stop: CancellationToken) {
+        let mut every = tokio::time::interval(self.checkpoints.every);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut scan = None;
+        loop {
+            tokio::select! {
+                _ = every.tick() => {}
+                _ = stop.cancelled() => break,
+            }
+            if let Err(e) = self.checkpoint_round(&mut scan).await {
+                tracing::error!(error = %e, "audit checkpoint not handed");
+            }
+        }
+        if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(3), self.checkpoint_round(&mut scan)).await {
+            tracing::warn!(error = %e, "no audit checkpoint at shutdown");
+        }
+    }
+
+    /// Answers a child that hands or asks for its checkpoint.
+    pub(crate) async fn answer_checkpoint(self: Arc<Self>, peer: PeerId, request: CheckpointRequest, channel: ResponseChannel<CheckpointResponse>) {
+        let response = self.checkpoint_answer(peer, request);
+        if let CheckpointResponse::Refused { reason } = &response {
+            tracing::warn!(%peer, %reason, "audit checkpoint refused");
+        }
+        self.net.respond_checkpoint(channel, response).await;
+    }
+
+    fn checkpoint_answer(&self, peer: PeerId, request: CheckpointRequest) -> CheckpointResponse {
+        let dir = self.dir.current();
+        let Some(child) = dir.node_by_peer(&peer).filter(|n| n.parent.as_ref() == Some(&self.here)) else {
+            return CheckpointResponse::Refused { reason: format!("only children of node {} hand it audit checkpoints", self.here) };
+        };
+        let count = |outcome: &str| self.metrics.audit_checkpoints.with_label_values(&[outcome]).inc();
+        match request {
+            CheckpointRequest::Latest => match self.checkpoints.load(&child.id) {
+                Ok(cp) => CheckpointResponse::Latest(cp),
+                Err(reason) => CheckpointResponse::Refused { reason },
+            },
+            CheckpointRequest::Hand(cp) => match self.checkpoints.keep(&child.id, &child.public_key.0, &cp) {
+                Ok(()) => {
+                    count("stored");
+                    CheckpointResponse::Stored
+                }
+                Err(reason) => {
+                    count("refused-from-child");
+                    CheckpointResponse::Refused { reason }
+                }
+            },
+        }
+    }
+}
