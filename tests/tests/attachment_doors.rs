@@ -263,5 +263,22 @@ fn long_and_control_character_attachment_names_are_refused_at_intake() {
     // A 255-byte name is fine.
     let a = Attachment { name: format!("{}.pdf", "报".repeat(83)), ..good };
     assert_eq!(a.name.len(), 253);
-    client.submit(&doc_citing(&net, &sender, &recipient, &[&a]), b"body").unwrap();
+    let long = doc_citing(&net, &sender, &recipient, &[&a]);
+    client.submit(&long, b"body").unwrap();
+
+    // The recipient saves it with the CLI: `<id>.<n>.<name>` would pass the file system's 255 bytes,
+    // so the name is shortened (extension kept) instead of stopping `inbox --save`.
+    wait_for("the document in 海珠's inbox", Duration::from_secs(60), || {
+        read_inbox(&net.client_for(&recipient), &recipient).into_iter().find(|i| i.id == long.id)
+    });
+    let save = net.root.join("saved");
+    let out = std::process::Command::new(admin_binary())
+        .args(["--node", &net.node("gz.haizhu").api_url, "inbox", "--unit", recipient.as_str(), "--save", save.to_str().unwrap()])
+        .env("EXCHANGE_TOKEN", &net.unit_tokens[&recipient])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "inbox --save failed: {}", String::from_utf8_lossy(&out.stderr));
+    let saved: Vec<String> = std::fs::read_dir(&save).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let file = saved.iter().find(|n| n.starts_with(&format!("{}.1.", long.id))).expect("the attachment is saved");
+    assert!(file.len() <= 250 && file.ends_with("报.pdf"), "{file}");
 }
