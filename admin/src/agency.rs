@@ -159,14 +159,14 @@ fn upload_attachments(node: &Endpoint, attachments: &[(PathBuf, Attachment)]) ->
             attempt += 1;
             match node.call(|c| c.upload_attachment(path, a)) {
                 Ok(s) if s.complete => break,
-                Ok(s) if attempt < 5 => eprintln!("upload of {} interrupted at byte {}; resuming", a.name, s.committed_bytes),
-                Ok(s) => bail!("upload of {} stopped at byte {} of {}; run the command again to resume", a.name, s.committed_bytes, a.size),
-                Err(e) if attempt < 5 => eprintln!("upload of {} interrupted ({e:#}); resuming", a.name),
-                Err(e) => return Err(e.context(format!("upload of {} failed; run the command again to resume", a.name))),
+                Ok(s) if attempt < 5 => eprintln!("upload of {} interrupted at byte {}; resuming", crate::names::shown(&a.name), s.committed_bytes),
+                Ok(s) => bail!("upload of {} stopped at byte {} of {}; run the command again to resume", crate::names::shown(&a.name), s.committed_bytes, a.size),
+                Err(e) if attempt < 5 => eprintln!("upload of {} interrupted ({e:#}); resuming", crate::names::shown(&a.name)),
+                Err(e) => return Err(e.context(format!("upload of {} failed; run the command again to resume", crate::names::shown(&a.name)))),
             }
             std::thread::sleep(Duration::from_millis(500 * attempt));
         }
-        eprintln!("attachment {} uploaded ({} bytes, SHA-256 {})", a.name, a.size, a.sha256);
+        eprintln!("attachment {} uploaded ({} bytes, SHA-256 {})", crate::names::shown(&a.name), a.size, a.sha256);
     }
     Ok(())
 }
@@ -394,7 +394,8 @@ fn inbox_json(
     Ok(value)
 }
 
-/// Writes each payload to `dir/<message id>` and each attachment to `dir/<message id>.<n>.<name>`.
+/// Writes each payload to `dir/<message id>` and each attachment to `dir/<message id>.<n>.<name>`
+/// (the name cleaned and shortened to one file name, see `names::saved_file_name`).
 /// Files are named by the id, never by the sender's `file-name` alone, which another unit chose and
 /// could point anywhere (attachment names are plain file names: the node refuses any other). The
 /// payload is checked against the signed envelope's digest, each attachment against its signed
@@ -402,6 +403,7 @@ fn inbox_json(
 /// complete. An interrupted attachment download resumes when the command runs again.
 fn save_payloads(node: &Endpoint, dir: &Path, items: &[InboxItem]) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut unsaved = 0;
     for item in items {
         let (signed, payload) = item
             .message
@@ -422,12 +424,19 @@ fn save_payloads(node: &Endpoint, dir: &Path, items: &[InboxItem]) -> Result<()>
         let attachments = document::attachments(&signed.envelope)
             .map_err(|e| anyhow!("the attachments of message {} were not saved: {e}", item.id))?;
         for (i, a) in attachments.iter().enumerate() {
-            let dest = dir.join(format!("{}.{}.{}", item.id, i + 1, a.name));
-            if !dest.exists() {
-                node.call(|c| c.download_attachment(&item.id, i + 1, a, &dest))
-                    .with_context(|| format!("attachment {} of message {} was not saved", a.name, item.id))?;
+            // Shortened and cleaned (see `names`): a name from an older node never stops the rest.
+            let dest = dir.join(crate::names::saved_file_name(&item.id, i + 1, &a.name));
+            if dest.exists() {
+                continue;
+            }
+            if let Err(e) = node.call(|c| c.download_attachment(&item.id, i + 1, a, &dest)) {
+                eprintln!("attachment {} of message {} was not saved: {e:#}", crate::names::shown(&a.name), item.id);
+                unsaved += 1;
             }
         }
+    }
+    if unsaved > 0 {
+        bail!("{unsaved} attachment(s) were not saved (see above); everything else was: run the command again to retry them");
     }
     Ok(())
 }

@@ -9,6 +9,7 @@ mod agency;
 mod asking;
 mod directory;
 mod endpoint;
+mod names;
 mod ops;
 mod output;
 mod parse;

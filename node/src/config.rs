@@ -41,6 +41,8 @@ pub struct NodeConfig {
     #[serde(default)]
     pub storage: StorageConfig,
     #[serde(default)]
+    pub attachments: AttachmentsConfig,
+    #[serde(default)]
     pub log: LogConfig,
     #[serde(default)]
     pub policy: PolicyConfig,
@@ -395,6 +397,36 @@ pub struct StorageConfig {
 impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig { reserve_bytes: 64 * 1024 * 1024, open_check_secs: 30 }
+    }
+}
+
+/// Agencies' attachment uploads: per-unit quotas and the lifetime of an unfinished upload.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AttachmentsConfig {
+    /// Most unfinished uploads one unit may have open at once; another is refused with 429.
+    pub max_open_uploads_per_unit: usize,
+    /// Most bytes (declared sizes) of one unit's unfinished uploads together; more is refused with 507.
+    pub max_upload_bytes_per_unit: u64,
+    /// An unfinished upload not written for this long is removed (and its quota freed).
+    pub upload_ttl_secs: u64,
+}
+
+impl Default for AttachmentsConfig {
+    fn default() -> Self {
+        let d = crate::storage::uploads::UploadLimits::default();
+        AttachmentsConfig { max_open_uploads_per_unit: d.max_open_per_unit, max_upload_bytes_per_unit: d.max_bytes_per_unit, upload_ttl_secs: d.ttl.as_secs() }
+    }
+}
+
+impl AttachmentsConfig {
+    /// The limits the attachment store applies.
+    pub fn upload_limits(&self) -> crate::storage::uploads::UploadLimits {
+        crate::storage::uploads::UploadLimits {
+            max_open_per_unit: self.max_open_uploads_per_unit,
+            max_bytes_per_unit: self.max_upload_bytes_per_unit,
+            ttl: std::time::Duration::from_secs(self.upload_ttl_secs.max(1)),
+        }
     }
 }
 

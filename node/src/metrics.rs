@@ -74,6 +74,8 @@ pub struct Metrics {
     pub attachment_bytes_received: IntCounterVec,
     /// Attachment transfers to a neighbour that resumed from its last committed chunk, by peer.
     pub attachment_resumes: IntCounterVec,
+    /// Agencies' unfinished uploads removed after `attachments.upload_ttl_secs` without a chunk.
+    pub attachment_uploads_swept: IntCounterVec,
     pub build_info: IntGaugeVec,
     pub start_time: Gauge,
     /// Base-data records published here (numbered into a topic log), by topic.
@@ -185,6 +187,11 @@ impl Metrics {
                 "exchange_attachment_resumes_total",
                 "Attachment transfers to a neighbour that resumed from its last committed chunk.",
                 &["peer"],
+            ),
+            attachment_uploads_swept: counter(
+                "exchange_attachment_uploads_swept_total",
+                "Unfinished attachment uploads removed after attachments.upload_ttl_secs without a new chunk.",
+                &[],
             ),
             connections_refused: counter(
                 "exchange_connections_refused_total",

@@ -239,9 +239,16 @@ impl ApiClient {
         self.post(&format!("/v1/units/{unit}/inbox/{query}/answer"), &SignedMessage::new(answer, payload))
     }
 
-    /// How much of attachment `sha256` the node holds.
+    /// How much of attachment `sha256` the node holds for this unit: complete if the unit uploaded
+    /// it or received it; otherwise how much of the unit's own upload is committed (0 when the node
+    /// answers 404: nothing held for this unit, whatever other units hold).
     pub fn attachment_status(&self, sha256: &crate::Digest) -> Result<AttachmentStatus, ClientError> {
-        self.get(&format!("/v1/attachments/{sha256}"), &[])
+        match self.get(&format!("/v1/attachments/{sha256}"), &[]) {
+            Err(ClientError::Refused { status: 404, body }) if body.error == "not-found" => {
+                Ok(AttachmentStatus { sha256: *sha256, committed_bytes: 0, complete: false })
+            }
+            other => other,
+        }
     }
 
     /// Uploads an attachment file, streamed, resuming from what the node already holds: after an

@@ -30,6 +30,52 @@ pub const RESEND_OF: &str = "resend.of";
 /// Bound on the attachments of one document.
 pub const MAX_ATTACHMENTS: usize = 64;
 
+/// Longest attachment name accepted at intake, in bytes of UTF-8: what common file systems take as
+/// one file name.
+pub const MAX_ATTACHMENT_NAME_BYTES: usize = 255;
+
+/// Characters an attachment name may not hold: control characters (C0, DEL, C1), which a terminal
+/// would execute, and the invisible direction marks and overrides, which make `invoice<U+202E>fdp.exe`
+/// read as `invoiceexe.pdf`.
+pub fn is_unsafe_in_name(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// An attachment name fit to print: unsafe characters (see [`is_unsafe_in_name`]) as `\u{..}`
+/// escapes, and a backslash as `\\`. Names from an older node may hold them.
+pub fn escaped(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for c in name.chars() {
+        if c == '\\' {
+            out.push_str("\\\\");
+        } else if is_unsafe_in_name(c) {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Checks an attachment name at intake: bounded, printable. Names are signed, so they are refused,
+/// not cleaned: the node cannot change what the sender signed.
+fn check_name(n: usize, name: &str) -> Result<(), DocumentError> {
+    if name.len() > MAX_ATTACHMENT_NAME_BYTES {
+        return Err(DocumentError::BadAttachment(format!(
+            "attachment {n} name is {} bytes long; names are at most {MAX_ATTACHMENT_NAME_BYTES} bytes of UTF-8: shorten it",
+            name.len()
+        )));
+    }
+    if let Some(c) = name.chars().find(|c| is_unsafe_in_name(*c)) {
+        return Err(DocumentError::BadAttachment(format!(
+            "attachment {n} name {} holds the control or direction character U+{:04X}: rename the file without it",
+            escaped(name),
+            c as u32
+        )));
+    }
+    Ok(())
+}
+
 /// An attachment (附件) of a document. Its description (`attachment.<n>.name`, `.type`, `.size`,
 /// `.sha256`, numbered from 1) is signed metadata; its bytes travel beside the envelope in chunks and
 /// are bound to the sender's signature by the SHA-256, checked at every hop and by the recipient.
@@ -156,7 +202,9 @@ pub fn check(envelope: &Envelope) -> Result<(), DocumentError> {
         && h != "action" && h != "information" {
             return Err(DocumentError::BadHandling(h.clone()));
         }
-    attachments(envelope)?;
+    for (i, a) in attachments(envelope)?.iter().enumerate() {
+        check_name(i + 1, &a.name)?;
+    }
     Ok(())
 }
 
@@ -224,6 +272,16 @@ mod tests {
         let mut bad = e.clone();
         bad.metadata.insert("attachment.1.name".into(), "../etc/passwd".into());
         assert!(matches!(check(&bad), Err(DocumentError::BadAttachment(_))));
+        for name in ["x".repeat(256), "scan\u{1b}[2J.pdf".into(), "invoice\u{202E}fdp.exe".into(), "tab\there".into()] {
+            let mut bad = e.clone();
+            bad.metadata.insert("attachment.1.name".into(), name.clone());
+            assert!(matches!(check(&bad), Err(DocumentError::BadAttachment(_))), "{name:?}");
+            assert!(attachments(&bad).is_ok(), "relayed documents from older nodes still parse");
+        }
+        let mut ok = e.clone();
+        ok.metadata.insert("attachment.1.name".into(), "报告".repeat(41) + ".pdf");
+        assert!(check(&ok).is_ok(), "255 bytes of UTF-8 are fine");
+        assert_eq!(escaped("a\u{1b}[31mb\\c"), "a\\u{1b}[31mb\\\\c");
         let mut bad = e.clone();
         bad.metadata.remove("attachment.2.sha256");
         assert!(matches!(check(&bad), Err(DocumentError::BadAttachment(m)) if m.contains("no sha256")));

@@ -2,7 +2,9 @@
 //!
 //! - `PUT /v1/attachments/{sha256}?size=N&offset=M` uploads bytes from `offset` (the node's committed
 //!   length, 0 at first); each 1 MiB chunk is durable before the next is read. An interrupted upload
-//!   is resumed from `committed_bytes`, which `GET /v1/attachments/{sha256}` tells.
+//!   is resumed from `committed_bytes`, which `GET /v1/attachments/{sha256}` tells. Each unit uploads
+//!   into its own file, within its quotas (see `storage::uploads`); a file another unit uploaded is
+//!   neither shown nor counted as this unit's until it sends the bytes itself.
 //! - `GET /v1/messages/{id}/attachments/{n}` downloads attachment `n` of a document to its sender or
 //!   a recipient here; `Range: bytes=N-` resumes an interrupted download.
 
@@ -14,7 +16,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use exchange_wire::api::AttachmentStatus;
-use exchange_wire::{Digest, Envelope};
+use exchange_wire::{Digest, Envelope, UnitAddress};
 use futures::StreamExt;
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
@@ -23,6 +25,7 @@ use super::{AppState, json, parse_id, refuse};
 use crate::relay::Refusal;
 use crate::relay::access::Caller;
 use crate::storage::attachments::{AttachmentError, CHUNK_BYTES, Held};
+use crate::storage::uploads::QuotaExceeded;
 
 /// The attachment routes; uploads are bounded by `limits.max_attachment_bytes`, not by the body
 /// limit of the other routes.
@@ -53,23 +56,53 @@ fn storage_trouble(e: impl std::fmt::Display) -> Response {
         .into_response()
 }
 
-async fn held_with_size(engine: &AppState, sha256: Digest) -> std::io::Result<AttachmentStatus> {
-    let held = engine.attachment_held(sha256).await?;
-    let size = match held {
-        Held::Complete => engine.attachments.open_complete(&sha256)?.map(|(_, len)| len),
-        Held::Partial(_) => None,
-    };
-    Ok(status_of(sha256, held, size))
+/// The size of the complete copy of `sha256`, if there is one.
+fn complete_size(engine: &AppState, sha256: &Digest) -> std::io::Result<Option<u64>> {
+    Ok(engine.attachments.open_complete(sha256)?.map(|(_, len)| len))
 }
 
-async fn status(State(engine): State<AppState>, _caller: Caller, Path(sha256): Path<String>) -> Response {
+/// What `caller` may know of `sha256`: the complete copy if it may have it (see
+/// `Engine::may_have_attachment`), else its own unfinished upload (with its declared size), else
+/// nothing (`None`) — the same whether no unit's copy is here or another unit's is.
+async fn view(engine: &AppState, caller: &Caller, sha256: Digest) -> Result<Option<(AttachmentStatus, Option<u64>)>, Response> {
+    let unit = match caller {
+        Caller::Unit(u) => u,
+        // Authentication off: one view for everyone, as a neighbour sees it.
+        Caller::Anyone => {
+            let held = engine.attachment_held(sha256).await.map_err(storage_trouble)?;
+            let size = if held == Held::Complete { complete_size(engine, &sha256).map_err(storage_trouble)? } else { None };
+            return Ok(Some((status_of(sha256, held, size), None)));
+        }
+    };
+    if let Some(size) = complete_size(engine, &sha256).map_err(storage_trouble)?
+        && engine.may_have_attachment(unit, &sha256).await.map_err(IntoResponse::into_response)?
+    {
+        return Ok(Some((status_of(sha256, Held::Complete, Some(size)), Some(size))));
+    }
+    let (store, u) = (engine.attachments.clone(), unit.to_string());
+    let own = tokio::task::spawn_blocking(move || store.upload_held(&u, &sha256)).await.map_err(storage_trouble)?.map_err(storage_trouble)?;
+    Ok(own.map(|(n, size)| (status_of(sha256, Held::Partial(n), None), Some(size))))
+}
+
+/// The answer when nothing of `sha256` is held for the caller.
+fn not_held(sha256: Digest) -> Response {
+    Refusal::new(
+        "not-found",
+        404,
+        format!("no attachment {sha256} is held for this unit: upload it with PUT /v1/attachments/{sha256}?size=<bytes>&offset=0"),
+    )
+    .into_response()
+}
+
+async fn status(State(engine): State<AppState>, caller: Caller, Path(sha256): Path<String>) -> Response {
     let sha256 = match parse_digest(&engine, &sha256).await {
         Ok(d) => d,
         Err(r) => return r.into_response(),
     };
-    match held_with_size(&engine, sha256).await {
-        Ok(s) => json(StatusCode::OK, &s),
-        Err(e) => storage_trouble(e),
+    match view(&engine, &caller, sha256).await {
+        Ok(Some((s, _))) => json(StatusCode::OK, &s),
+        Ok(None) => not_held(sha256),
+        Err(r) => r,
     }
 }
 
@@ -80,9 +113,16 @@ struct UploadQuery {
     offset: u64,
 }
 
+/// Where an upload's bytes go: the caller unit's own upload, or (authentication off) the shared
+/// partial file a neighbour would write.
+enum Writer {
+    Unit(UnitAddress),
+    Anyone,
+}
+
 async fn upload(
     State(engine): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     Path(sha256): Path<String>,
     query: Result<Query<UploadQuery>, QueryRejection>,
     body: Body,
@@ -103,17 +143,49 @@ async fn upload(
         );
         return refuse(&engine, r).await.into_response();
     }
-    let mut committed = match engine.attachment_held(sha256).await {
-        Ok(Held::Complete) => return json(StatusCode::OK, &AttachmentStatus { sha256, committed_bytes: size, complete: true }),
-        Ok(Held::Partial(n)) => n,
-        Err(e) => return storage_trouble(e),
+    let committed = match view(&engine, &caller, sha256).await {
+        Ok(Some((s, _))) if s.complete => return json(StatusCode::OK, &AttachmentStatus { sha256, committed_bytes: size, complete: true }),
+        Ok(Some((s, declared))) if declared.is_none_or(|d| d == size) => s.committed_bytes,
+        Ok(_) => 0,
+        Err(r) => return r,
     };
     if offset != committed {
         return wrong_offset(offset, committed);
     }
+    let writer = match caller {
+        Caller::Unit(u) => Writer::Unit(u),
+        Caller::Anyone => Writer::Anyone,
+    };
+    if let (Writer::Unit(u), 0) = (&writer, committed)
+        && let Err(r) = begin(&engine, u, sha256, size).await
+    {
+        return r;
+    }
+    receive(engine, writer, sha256, size, committed, body).await
+}
+
+/// Starts `unit`'s upload within its quotas (429 for too many unfinished uploads, 507 for too many
+/// bytes in them).
+async fn begin(engine: &AppState, unit: &UnitAddress, sha256: Digest, size: u64) -> Result<(), Response> {
+    let (store, u) = (engine.attachments.clone(), unit.to_string());
+    let began = tokio::task::spawn_blocking(move || store.begin_upload(&u, &sha256, size)).await.map_err(storage_trouble)?.map_err(storage_trouble)?;
+    match began {
+        Ok(()) => Ok(()),
+        Err(q) => {
+            let (code, status) = match q {
+                QuotaExceeded::TooMany { .. } => ("too-many-uploads", 429),
+                QuotaExceeded::TooManyBytes { .. } => ("upload-quota", 507),
+            };
+            Err(refuse(engine, Refusal::new(code, status, q.to_string())).await.into_response())
+        }
+    }
+}
+
+/// Streams the body into the attachment store from `committed`.
+async fn receive(engine: AppState, writer: Writer, sha256: Digest, size: u64, mut committed: u64, body: Body) -> Response {
     // Bytes are gathered into whole chunks; a chunk is written (and fsync'ed) before more is read,
     // so memory stays at one chunk whatever the attachment's size.
-    let mut pending: Vec<u8> = Vec::with_capacity(CHUNK_BYTES as usize);
+    let mut pending: Vec<u8> = Vec::with_capacity(CHUNK_BYTES.min(size) as usize);
     let mut frames = body.into_data_stream();
     let mut ended = false;
     loop {
@@ -145,7 +217,11 @@ async fn upload(
             let take = pending.len().min(CHUNK_BYTES as usize);
             let rest = pending.split_off(take);
             let chunk = std::mem::replace(&mut pending, rest);
-            match engine.store_attachment_chunk("agency", sha256, size, committed, chunk).await {
+            let appended = match &writer {
+                Writer::Unit(u) => engine.store_upload_chunk(u, sha256, size, committed, chunk).await,
+                Writer::Anyone => engine.store_attachment_chunk("agency", sha256, size, committed, chunk).await,
+            };
+            match appended {
                 Ok(Held::Complete) => {
                     return json(StatusCode::OK, &AttachmentStatus { sha256, committed_bytes: size, complete: true });
                 }

@@ -11,11 +11,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use exchange_wire::document::{self, Attachment};
-use exchange_wire::{Digest, Envelope, Kind, NodeId};
+use exchange_wire::{Digest, Envelope, Kind, NodeId, UnitAddress};
 use libp2p::PeerId;
 use libp2p::request_response::ResponseChannel;
 
 use super::forwarder::{Backoff, Signals};
+use super::access::Caller;
 use super::{Engine, Refusal, Refused};
 use crate::network::protocol::{AttachmentRequest, AttachmentResponse};
 use crate::storage::attachments::{AttachmentError, CHUNK_BYTES, Held};
@@ -40,6 +41,22 @@ impl From<String> for Interrupted {
     }
 }
 
+/// The one answer for an attachment a document may not cite: not uploaded here by its sender, nor
+/// received here by it.
+pub(crate) fn not_uploaded(sender: &UnitAddress, a: &Attachment) -> Refusal {
+    Refusal::new(
+        "attachment-missing",
+        409,
+        format!(
+            "attachment {} ({} bytes, SHA-256 {}) has not been uploaded to this node by {sender}, nor received here in a document {sender} may read: upload it with PUT /v1/attachments/{} first (exchange-admin send --attach does this), then submit the document",
+            exchange_wire::document::escaped(&a.name),
+            a.size,
+            a.sha256,
+            a.sha256
+        ),
+    )
+}
+
 impl Engine {
     /// The attachments `env` describes that are not complete here yet. Refuses malformed
     /// descriptions, oversized attachments and sizes that contradict a stored copy.
@@ -56,7 +73,7 @@ impl Engine {
                     413,
                     format!(
                         "attachment {} is {} bytes; this node accepts attachments up to {} bytes (limits.max_attachment_bytes)",
-                        a.name, a.size, self.limits.max_attachment_bytes
+                        exchange_wire::document::escaped(&a.name), a.size, self.limits.max_attachment_bytes
                     ),
                 ));
             }
@@ -73,7 +90,7 @@ impl Engine {
                 Ok(Some((_, len))) => {
                     return Err(Refusal::malformed(format!(
                         "attachment {} is described as {} bytes, but the bytes with SHA-256 {} are {len} bytes long",
-                        a.name, a.size, a.sha256
+                        exchange_wire::document::escaped(&a.name), a.size, a.sha256
                     )));
                 }
                 Ok(None) => missing.push(a),
@@ -86,7 +103,7 @@ impl Engine {
         Ok(missing)
     }
 
-    /// Appends bytes to an attachment on a blocking thread and counts them.
+    /// Appends bytes from a neighbour to an attachment on a blocking thread and counts them.
     pub(crate) async fn store_attachment_chunk(
         self: &Arc<Self>,
         from: &str,
@@ -95,13 +112,38 @@ impl Engine {
         offset: u64,
         bytes: Vec<u8>,
     ) -> Result<Held, AttachmentError> {
+        let store = self.attachments.clone();
+        self.append_counted(from, sha256, size, bytes, move |b| store.append(&sha256, size, offset, b)).await
+    }
+
+    /// Appends bytes of `unit`'s own upload (begun with [`crate::storage::attachments::AttachmentStore::begin_upload`]).
+    pub(crate) async fn store_upload_chunk(
+        self: &Arc<Self>,
+        unit: &UnitAddress,
+        sha256: Digest,
+        size: u64,
+        offset: u64,
+        bytes: Vec<u8>,
+    ) -> Result<Held, AttachmentError> {
+        let store = self.attachments.clone();
+        let unit = unit.to_string();
+        self.append_counted("agency", sha256, size, bytes, move |b| store.append_upload(&unit, &sha256, size, offset, b)).await
+    }
+
+    async fn append_counted(
+        &self,
+        from: &str,
+        sha256: Digest,
+        size: u64,
+        bytes: Vec<u8>,
+        append: impl FnOnce(&[u8]) -> Result<Held, AttachmentError> + Send + 'static,
+    ) -> Result<Held, AttachmentError> {
         if size > self.limits.max_attachment_bytes {
             return Err(AttachmentError::TooLarge { size, limit: self.limits.max_attachment_bytes });
         }
         self.health.intake().map_err(AttachmentError::IntakeClosed)?;
-        let store = self.attachments.clone();
         let len = bytes.len() as u64;
-        let held = tokio::task::spawn_blocking(move || store.append(&sha256, size, offset, &bytes))
+        let held = tokio::task::spawn_blocking(move || append(&bytes))
             .await
             .unwrap_or_else(|e| Err(AttachmentError::Io(std::io::Error::other(e))));
         match &held {
@@ -118,6 +160,70 @@ impl Engine {
             Err(_) => {}
         }
         held
+    }
+
+    /// Whether `unit` may have attachment `sha256` (see it held, cite it, read it): it uploaded the
+    /// bytes here itself, or received them with a document it may read (it sent the document, or
+    /// the document is in its inbox and was not recalled). A file that only passed through this
+    /// node, or another unit's upload, is not the unit's: knowing a SHA-256 gives nothing.
+    pub(crate) async fn may_have_attachment(&self, unit: &UnitAddress, sha256: &Digest) -> Result<bool, Refusal> {
+        let (store, u, d) = (self.attachments.clone(), unit.to_string(), *sha256);
+        if tokio::task::spawn_blocking(move || store.uploaded_by(&u, &d)).await.unwrap_or(false) {
+            return Ok(true);
+        }
+        let hex = sha256.to_hex();
+        // Bounded: decoys citing the hex in another field can only come from the unit's own mail.
+        let headers = self.store.documents_readable_by(&hex, unit.as_str(), 256).await?;
+        Ok(headers.iter().any(|h| {
+            Envelope::from_canonical_bytes(h)
+                .ok()
+                .and_then(|env| document::attachments(&env).ok())
+                .is_some_and(|all| all.iter().any(|a| a.sha256 == *sha256))
+        }))
+    }
+
+    /// A document submitted at this node may cite only attachments its sender may have (see
+    /// [`Engine::may_have_attachment`]). An attachment that is not held and one that is held but
+    /// not the sender's get the same answer, so a refusal tells nothing about other units' files.
+    /// Left to the later checks: callers that may not act for the sender, and malformed
+    /// descriptions. With authentication off (`api.require_auth = false`) there is no unit to hold
+    /// to its own files.
+    pub(crate) async fn check_citations(&self, caller: &Caller, env: &Envelope) -> Result<(), Refusal> {
+        if env.kind != Kind::Document || !matches!(caller, Caller::Unit(_)) || caller.may_act_for(&env.sender).is_err() {
+            return Ok(());
+        }
+        let Ok(described) = document::attachments(env) else { return Ok(()) };
+        for a in described {
+            let held = matches!(self.attachments.open_complete(&a.sha256), Ok(Some((_, len))) if len == a.size);
+            if !held || !self.may_have_attachment(&env.sender, &a.sha256).await? {
+                return Err(not_uploaded(&env.sender, &a));
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes agencies' unfinished uploads not written for `attachments.upload_ttl_secs`, at a
+    /// quarter of that interval (at most every minute, at least every second), for as long as the
+    /// node runs.
+    pub(crate) async fn sweep_uploads_forever(self: Arc<Self>) {
+        let ttl = self.attachments.upload_limits.ttl;
+        let every = (ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+        self.metrics.attachment_uploads_swept.with_label_values(&[] as &[&str]).inc_by(0);
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let store = self.attachments.clone();
+            match tokio::task::spawn_blocking(move || store.sweep_uploads(std::time::SystemTime::now())).await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(n)) => {
+                    self.metrics.attachment_uploads_swept.with_label_values(&[] as &[&str]).inc_by(n);
+                    tracing::info!(uploads = n, ttl_secs = ttl.as_secs(), "removed unfinished attachment uploads abandoned for longer than attachments.upload_ttl_secs");
+                }
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot sweep unfinished attachment uploads"),
+                Err(e) => tracing::warn!(error = %e, "attachment upload sweep task failed"),
+            }
+        }
     }
 
     /// Chunks of one attachment may arrive out of order (several are in flight on their own

@@ -50,7 +50,7 @@ fn directory_behind() -> Refusal {
 fn attachment_not_here(a: &exchange_wire::document::Attachment) -> Refusal {
     Refusal {
         code: "attachment-missing",
-        message: format!("attachment {} (SHA-256 {}) is not complete at this node yet; send it first", a.name, a.sha256),
+        message: format!("attachment {} (SHA-256 {}) is not complete at this node yet; send it first", exchange_wire::document::escaped(&a.name), a.sha256),
         status: 503,
         transient: true,
     }
@@ -109,12 +109,18 @@ impl Engine {
         let dir = self.dir.current();
         let ids: Vec<(Option<MessageId>, Option<Kind>)> =
             messages.iter().map(|m| (Some(m.envelope.message_id()), Some(m.envelope.kind))).collect();
+        let mut cited = Vec::with_capacity(messages.len());
+        for m in &messages {
+            cited.push(self.check_citations(caller, &m.envelope).await);
+        }
         let decoded: Vec<Result<Candidate, Refusal>> = messages
             .iter()
-            .map(|m| {
+            .zip(cited)
+            .map(|(m, cited)| {
                 if !resend && m.envelope.metadata.contains_key(exchange_wire::document::RESEND_OF) {
                     return Err(Refusal::malformed("a 补发 (metadata resend.of) is submitted to /v1/messages/{id}/resend"));
                 }
+                cited?;
                 self.decode_submission(&dir, caller, m)
             })
             .collect();
@@ -258,7 +264,7 @@ impl Engine {
                 409,
                 format!(
                     "attachment {} ({} bytes, SHA-256 {}) has not been uploaded to this node: upload it with PUT /v1/attachments/{} first (exchange-admin send --attach does this), then submit the document",
-                    a.name, a.size, a.sha256, a.sha256
+                    exchange_wire::document::escaped(&a.name), a.size, a.sha256, a.sha256
                 ),
             ));
         }

@@ -138,7 +138,7 @@ impl Engine {
         node_key: SigningKey,
         parent_hint: Option<(PeerId, Multiaddr)>,
     ) -> anyhow::Result<Arc<Engine>> {
-        let attachments = crate::storage::attachments::AttachmentStore::open(&cfg.attachments_dir()).map_err(|e| {
+        let attachments = crate::storage::attachments::AttachmentStore::open(&cfg.attachments_dir(), cfg.attachments.upload_limits()).map_err(|e| {
             anyhow::anyhow!("cannot open the attachment store {}: {e}", cfg.attachments_dir().display())
         })?;
         let committer = Committer::spawn(store.clone(), metrics.clone(), cfg.relay.commit_max_requests);
@@ -221,6 +221,7 @@ impl Engine {
         tokio::spawn(async move { engine.send_backlogs().await });
         tokio::spawn(self.clone().resynchronise_directory(Duration::from_secs(30)));
         tokio::spawn(self.clone().watch_query_deadlines());
+        tokio::spawn(self.clone().sweep_uploads_forever());
         Ok(())
     }
 

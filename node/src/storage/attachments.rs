@@ -3,9 +3,14 @@
 //!
 //! An attachment is written in chunks of [`CHUNK_BYTES`]; each append is made durable (`fsync`)
 //! before it is acknowledged, so an interrupted transfer resumes from the last committed chunk. The
-//! file is `<sha256>.part` while it grows and is renamed to `<sha256>` once every byte is there and
-//! the SHA-256 matches: a complete attachment is verified and immutable. A document is taken into
-//! custody only when all its attachments are complete here (see `relay::attachments`).
+//! file grows as a partial file and is renamed to `<sha256>` once every byte is there and the SHA-256
+//! matches: a complete attachment is verified and immutable. A document is taken into custody only
+//! when all its attachments are complete here (see `relay::attachments`).
+//!
+//! Partial files: `<sha256>.part` for bytes from a neighbour, and one file per unit for an agency's
+//! upload (see [`uploads`](super::uploads): owners, quotas and the sweep of abandoned uploads), so
+//! one unit can neither see nor disturb another's unfinished upload. No file stays open between
+//! chunks: each append opens the partial file, writes, syncs and closes it.
 //!
 //! All methods block on the file system: call them from `tokio::task::spawn_blocking`.
 
@@ -53,24 +58,26 @@ pub enum AttachmentError {
     IntakeClosed(crate::storage::health::IntakeClosed),
 }
 
-/// An attachment being written: the open file and the digest of its committed bytes so far.
+/// An attachment being written: its committed length and the digest of its committed bytes so far.
+/// The file itself is not kept open (an abandoned upload must not hold a descriptor).
 struct Growing {
-    file: File,
     committed: u64,
     hasher: Sha256,
 }
 
 /// Attachment files of one node.
 pub struct AttachmentStore {
-    dir: PathBuf,
-    /// Attachments being written. The per-attachment lock serialises appends to the same file (from
-    /// an agency and a neighbour at once, say); different attachments are written in parallel.
-    growing: Mutex<HashMap<Digest, Arc<Mutex<Option<Growing>>>>>,
+    pub(super) dir: PathBuf,
+    /// Files being written or removed, by path. The per-file lock serialises appends to the same file
+    /// (from an agency and a neighbour at once, say) and a sweep; different files go in parallel.
+    growing: Mutex<HashMap<PathBuf, Arc<Mutex<Option<Growing>>>>>,
+    /// Quotas and lifetime of agencies' unfinished uploads.
+    pub upload_limits: super::uploads::UploadLimits,
 }
 
 impl AttachmentStore {
     /// Opens (and creates) the store in `dir`.
-    pub fn open(dir: &Path) -> std::io::Result<AttachmentStore> {
+    pub fn open(dir: &Path, upload_limits: super::uploads::UploadLimits) -> std::io::Result<AttachmentStore> {
         if !dir.is_dir() {
             fs::create_dir_all(dir)?;
             // Make the new folder's name durable before anything in it is acknowledged.
@@ -78,10 +85,10 @@ impl AttachmentStore {
                 File::open(parent)?.sync_all()?;
             }
         }
-        Ok(AttachmentStore { dir: dir.to_path_buf(), growing: Mutex::new(HashMap::new()) })
+        Ok(AttachmentStore { dir: dir.to_path_buf(), growing: Mutex::new(HashMap::new()), upload_limits })
     }
 
-    fn complete_path(&self, digest: &Digest) -> PathBuf {
+    pub(super) fn complete_path(&self, digest: &Digest) -> PathBuf {
         self.dir.join(digest.to_hex())
     }
 
@@ -89,39 +96,59 @@ impl AttachmentStore {
         self.dir.join(format!("{}.part", digest.to_hex()))
     }
 
-    /// How much of `digest` is held.
+    /// How much of `digest` is held: complete, or what a neighbour has sent so far.
     pub fn held(&self, digest: &Digest) -> std::io::Result<Held> {
         if self.complete_path(digest).exists() {
             return Ok(Held::Complete);
         }
-        let slot = self.slot(digest);
+        self.partial_held(&self.part_path(digest)).map(Held::Partial)
+    }
+
+    /// The committed length of the partial file `part` (0 when there is none).
+    pub(super) fn partial_held(&self, part: &Path) -> std::io::Result<u64> {
+        let slot = self.slot(part);
         let guard = slot.lock().expect("attachment lock");
         if let Some(g) = guard.as_ref() {
-            return Ok(Held::Partial(g.committed));
+            return Ok(g.committed);
         }
-        match fs::metadata(self.part_path(digest)) {
-            Ok(m) => Ok(Held::Partial(m.len() / CHUNK_BYTES * CHUNK_BYTES)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Held::Partial(0)),
+        match fs::metadata(part) {
+            Ok(m) => Ok(m.len() / CHUNK_BYTES * CHUNK_BYTES),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
             Err(e) => Err(e),
         }
     }
 
-    fn slot(&self, digest: &Digest) -> Arc<Mutex<Option<Growing>>> {
-        self.growing.lock().expect("attachments lock").entry(*digest).or_default().clone()
+    fn slot(&self, path: &Path) -> Arc<Mutex<Option<Growing>>> {
+        self.growing.lock().expect("attachments lock").entry(path.to_path_buf()).or_default().clone()
     }
 
-    /// Appends `bytes` at `offset` to the attachment `digest` of `size` bytes, durably, and returns
-    /// what is held afterwards. `offset` must be the committed length ([`Held::Partial`]); when the
-    /// last byte arrives the digest is checked and the attachment becomes [`Held::Complete`] (on a
-    /// mismatch the partial file is discarded).
+    /// Forgets the lock of a file that is gone, so the map does not grow with every file ever seen.
+    pub(super) fn forget_slot(&self, path: &Path) {
+        let mut map = self.growing.lock().expect("attachments lock");
+        if map.get(path).is_some_and(|slot| Arc::strong_count(slot) == 1) {
+            map.remove(path);
+        }
+    }
+
+    /// Appends `bytes` from a neighbour at `offset` to the attachment `digest` of `size` bytes,
+    /// durably, and returns what is held afterwards. `offset` must be the committed length
+    /// ([`Held::Partial`]); when the last byte arrives the digest is checked and the attachment
+    /// becomes [`Held::Complete`] (on a mismatch the partial file is discarded).
     pub fn append(&self, digest: &Digest, size: u64, offset: u64, bytes: &[u8]) -> Result<Held, AttachmentError> {
         if self.complete_path(digest).exists() {
             return Ok(Held::Complete);
         }
-        let slot = self.slot(digest);
+        self.append_to(&self.part_path(digest), digest, size, offset, bytes)
+    }
+
+    /// Appends to the partial file `part` of `digest` (see [`AttachmentStore::append`]). When the
+    /// last byte arrives and the digest matches, the file becomes the complete attachment (if a
+    /// complete copy appeared meanwhile, the two are the same verified bytes and `part` is removed).
+    pub(super) fn append_to(&self, part: &Path, digest: &Digest, size: u64, offset: u64, bytes: &[u8]) -> Result<Held, AttachmentError> {
+        let slot = self.slot(part);
         let mut guard = slot.lock().expect("attachment lock");
         if guard.is_none() {
-            *guard = Some(self.resume(digest)?);
+            *guard = Some(resume(&self.dir, part)?);
         }
         let g = guard.as_mut().expect("just set");
         if offset != g.committed {
@@ -134,7 +161,12 @@ impl AttachmentStore {
         if end < size && bytes.len() as u64 != CHUNK_BYTES {
             return Err(AttachmentError::ShortChunk { len: bytes.len() as u64, end, size });
         }
-        let written = g.file.write_all(bytes).and_then(|_| g.file.sync_data());
+        // Opened for this chunk only: an upload abandoned between chunks holds no descriptor.
+        let written = OpenOptions::new().write(true).open(part).and_then(|mut f| {
+            f.seek(SeekFrom::Start(offset))?;
+            f.write_all(bytes)?;
+            f.sync_data()
+        });
         if let Err(e) = written {
             // The file may hold part of this chunk: start again from what is known to be committed.
             *guard = None;
@@ -147,44 +179,44 @@ impl AttachmentStore {
         }
         let actual = Digest(g.hasher.clone().finalize().into());
         *guard = None;
-        self.growing.lock().expect("attachments lock").remove(digest);
+        drop(guard);
+        self.forget_slot(part);
         if actual != *digest {
-            let _ = fs::remove_file(self.part_path(digest));
+            let _ = fs::remove_file(part);
             return Err(AttachmentError::DigestMismatch { digest: *digest, size });
         }
-        fs::rename(self.part_path(digest), self.complete_path(digest))?;
+        if self.complete_path(digest).exists() {
+            fs::remove_file(part)?;
+        } else {
+            fs::rename(part, self.complete_path(digest))?;
+        }
         File::open(&self.dir)?.sync_all()?;
         Ok(Held::Complete)
     }
 
-    /// Opens the partial file after a restart (or a failed write): drops any bytes past the last whole
-    /// chunk and digests what is kept, so the final check covers every byte.
-    fn resume(&self, digest: &Digest) -> std::io::Result<Growing> {
-        let path = self.part_path(digest);
-        let created = !path.exists();
-        let mut file = OpenOptions::new().create(true).read(true).write(true).truncate(false).open(&path)?;
-        if created {
-            // A chunk's fsync makes its bytes durable, not the new file's name: without this, a
-            // power cut could lose a file whose chunks were already acknowledged.
-            File::open(&self.dir)?.sync_all()?;
-        }
-        let committed = file.metadata()?.len() / CHUNK_BYTES * CHUNK_BYTES;
-        file.set_len(committed)?;
-        file.seek(SeekFrom::Start(0))?;
-        let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; 256 * 1024];
-        let mut left = committed;
-        while left > 0 {
-            let want = left.min(buf.len() as u64) as usize;
-            let n = file.read(&mut buf[..want])?;
-            if n == 0 {
-                break;
+    /// Removes the partial file `part` if it was not written since `before` (checked again under
+    /// its lock, so an append in progress finishes first). Returns whether it was removed.
+    pub(super) fn remove_partial_unused(&self, part: &Path, before: SystemTime) -> std::io::Result<bool> {
+        let slot = self.slot(part);
+        let mut guard = slot.lock().expect("attachment lock");
+        let removed = match fs::metadata(part) {
+            Ok(m) if m.modified()? < before => {
+                *guard = None;
+                fs::remove_file(part)?;
+                true
             }
-            hasher.update(&buf[..n]);
-            left -= n as u64;
+            Ok(_) => false,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                *guard = None;
+                false
+            }
+            Err(e) => return Err(e),
+        };
+        drop(guard);
+        if removed {
+            self.forget_slot(part);
         }
-        file.seek(SeekFrom::Start(committed))?;
-        Ok(Growing { file, committed, hasher })
+        Ok(removed)
     }
 
     /// Opens a complete attachment for reading, with its size; `None` if it is not complete here.
@@ -204,7 +236,7 @@ impl AttachmentStore {
     /// Fails with `NotFound` when a sweep removed the file first: the two are serialised by the
     /// attachment's lock, so a file is either marked before the sweep looks or gone after.
     pub fn touch(&self, digest: &Digest) -> std::io::Result<()> {
-        let slot = self.slot(digest);
+        let slot = self.slot(&self.complete_path(digest));
         let _guard = slot.lock().expect("attachment lock");
         File::options().write(true).open(self.complete_path(digest))?.set_modified(SystemTime::now())
     }
@@ -231,7 +263,7 @@ impl AttachmentStore {
     /// since `before`; checked again here, just before removing. Returns whether it was removed.
     pub fn remove_unused(&self, digest: &Digest, complete: bool, before: SystemTime) -> std::io::Result<bool> {
         let path = if complete { self.complete_path(digest) } else { self.part_path(digest) };
-        let slot = self.slot(digest);
+        let slot = self.slot(&path);
         let mut guard = slot.lock().expect("attachment lock");
         match fs::metadata(&path) {
             Ok(m) if m.modified()? < before => {
@@ -258,6 +290,34 @@ impl AttachmentStore {
     }
 }
 
+/// Opens a partial file after a restart (or a failed write): drops any bytes past the last whole
+/// chunk and digests what is kept, so the final check covers every byte. The file is closed again.
+fn resume(dir: &Path, path: &Path) -> std::io::Result<Growing> {
+    let created = !path.exists();
+    let mut file = OpenOptions::new().create(true).read(true).write(true).truncate(false).open(path)?;
+    if created {
+        // A chunk's fsync makes its bytes durable, not the new file's name: without this, a
+        // power cut could lose a file whose chunks were already acknowledged.
+        File::open(path.parent().unwrap_or(dir))?.sync_all()?;
+    }
+    let committed = file.metadata()?.len() / CHUNK_BYTES * CHUNK_BYTES;
+    file.set_len(committed)?;
+    file.seek(SeekFrom::Start(0))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut left = committed;
+    while left > 0 {
+        let want = left.min(buf.len() as u64) as usize;
+        let n = file.read(&mut buf[..want])?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        left -= n as u64;
+    }
+    Ok(Growing { committed, hasher })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -274,7 +334,7 @@ mod tests {
         let size = data.len() as u64;
         let c = CHUNK_BYTES as usize;
         {
-            let store = AttachmentStore::open(dir.path()).unwrap();
+            let store = AttachmentStore::open(dir.path(), Default::default()).unwrap();
             assert_eq!(store.held(&digest).unwrap(), Held::Partial(0));
             assert_eq!(store.append(&digest, size, 0, &data[..c]).unwrap(), Held::Partial(CHUNK_BYTES));
             assert!(matches!(store.append(&digest, size, 0, &data[..c]), Err(AttachmentError::WrongOffset { committed, .. }) if committed == CHUNK_BYTES));
@@ -283,7 +343,7 @@ mod tests {
         // A torn write past the last chunk (a crash mid-append) is dropped on reopening.
         let mut f = OpenOptions::new().append(true).open(dir.path().join(format!("{digest}.part"))).unwrap();
         f.write_all(&[0xFF; 777]).unwrap();
-        let store = AttachmentStore::open(dir.path()).unwrap();
+        let store = AttachmentStore::open(dir.path(), Default::default()).unwrap();
         assert_eq!(store.held(&digest).unwrap(), Held::Partial(CHUNK_BYTES));
         assert_eq!(store.append(&digest, size, CHUNK_BYTES, &data[c..2 * c]).unwrap(), Held::Partial(2 * CHUNK_BYTES));
         assert_eq!(store.append(&digest, size, 2 * CHUNK_BYTES, &data[2 * c..]).unwrap(), Held::Complete);
@@ -295,7 +355,7 @@ mod tests {
     #[test]
     fn only_files_unused_since_the_cutoff_are_removed() {
         let dir = tempfile::tempdir().unwrap();
-        let store = AttachmentStore::open(dir.path()).unwrap();
+        let store = AttachmentStore::open(dir.path(), Default::default()).unwrap();
         let digest = exchange_wire::digest_payload(b"scan");
         store.append(&digest, 4, 0, b"scan").unwrap();
         let files = store.files().unwrap();
@@ -314,7 +374,7 @@ mod tests {
     #[test]
     fn bytes_that_do_not_match_the_digest_are_discarded() {
         let dir = tempfile::tempdir().unwrap();
-        let store = AttachmentStore::open(dir.path()).unwrap();
+        let store = AttachmentStore::open(dir.path(), Default::default()).unwrap();
         let digest = exchange_wire::digest_payload(b"the real scan");
         assert!(matches!(store.append(&digest, 13, 0, b"a forged scan"), Err(AttachmentError::DigestMismatch { .. })));
         assert_eq!(store.held(&digest).unwrap(), Held::Partial(0));

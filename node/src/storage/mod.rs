@@ -12,6 +12,7 @@ pub mod health;
 pub mod recovery;
 pub mod sharing;
 pub mod sqlite;
+pub mod uploads;
 
 use exchange_wire::api::RecipientState;
 use futures::future::BoxFuture;
@@ -404,6 +405,10 @@ pub trait Store: Send + Sync + 'static {
     /// needed: received at or after `before_ms`, waiting in an outbox (dead letters included), or
     /// in an inbox.
     fn attachment_in_use<'a>(&'a self, sha256_hex: &'a str, before_ms: i64) -> BoxFuture<'a, Result<bool, StorageError>>;
+    /// Canonical headers of documents held here that `unit` may read (it sent them, or they are in
+    /// its inbox and were not recalled) and whose header holds `sha256_hex` (lower-case hex), newest
+    /// first, at most `limit`. The caller parses them: the hex may stand in any field.
+    fn documents_readable_by<'a>(&'a self, sha256_hex: &'a str, unit: &'a str, limit: u32) -> BoxFuture<'a, Result<Vec<Vec<u8>>, StorageError>>;
     /// The last inbox position of a unit (0 when its inbox is empty).
     fn inbox_last_seq<'a>(&'a self, unit: &'a str) -> BoxFuture<'a, Result<i64, StorageError>>;
     /// Every registered webhook.

@@ -882,6 +882,22 @@ impl Store for SqliteStore {
         })
     }
 
+    fn documents_readable_by<'a>(&'a self, sha256_hex: &'a str, unit: &'a str, limit: u32) -> BoxFuture<'a, Result<Vec<Vec<u8>>, StorageError>> {
+        self.watched(async move {
+            let headers = sqlx::query_scalar(
+                "SELECT m.header FROM messages m WHERE m.kind = 'document' AND instr(m.header, $1) > 0 \
+                 AND (m.sender = $2 OR EXISTS (SELECT 1 FROM inbox i WHERE i.message_id = m.id AND i.unit = $2 AND i.state != 'recalled')) \
+                 ORDER BY m.seq DESC LIMIT $3",
+            )
+            .bind(sha256_hex.as_bytes())
+            .bind(unit)
+            .bind(limit as i64)
+            .fetch_all(&self.readers)
+            .await?;
+            Ok(headers)
+        })
+    }
+
     fn open_queries(&self) -> BoxFuture<'_, Result<Vec<([u8; 32], Vec<u8>)>, StorageError>> {
         self.watched(async move {
             // Ranks 0, 1 and 3: accepted, in transit, delivered (failed and settled are outcomes).
