@@ -45,7 +45,10 @@ impl FromRequestParts<AppState> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, engine: &AppState) -> Result<Caller, Response> {
         let authorization = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-        match engine.authenticate(authorization) {
+        // A suspended unit may read (GET) but not change anything: every other method is refused
+        // here, for every route, before its body is read.
+        let changes = !matches!(parts.method, axum::http::Method::GET | axum::http::Method::HEAD);
+        match engine.authenticate(authorization).and_then(|c| if changes { engine.may_change(&c).map(|()| c) } else { Ok(c) }) {
             Ok(c) => Ok(c),
             Err(r) => Err(refuse(engine, r).await.into_response()),
         }
@@ -71,9 +74,9 @@ async fn submit(State(engine): State<AppState>, caller: Caller, body: Result<Byt
 fn refusal_status(code: &str) -> StatusCode {
     match code {
         "bad-signature" | "unknown-sender" | "wrong-node" | "wrong-signer" | "forbidden" | "policy-denied" | "key-not-valid"
-        | "unit-suspended" | "classified" => StatusCode::FORBIDDEN,
-        "unauthenticated" => StatusCode::UNAUTHORIZED,
-        "unknown-unit" | "no-route" | "recipient-unavailable" => StatusCode::UNPROCESSABLE_ENTITY,
+        | "unit-suspended" | "classified" | "webhook-target-refused" => StatusCode::FORBIDDEN,
+        "unauthenticated" | "unit-revoked" => StatusCode::UNAUTHORIZED,
+        "unknown-unit" | "no-route" | "recipient-unavailable" | "reserved-recipient" => StatusCode::UNPROCESSABLE_ENTITY,
         "payload-too-large" => StatusCode::PAYLOAD_TOO_LARGE,
         "not-found" => StatusCode::NOT_FOUND,
         "conflict" | "attachment-missing" | "deadline-passed" => StatusCode::CONFLICT,
