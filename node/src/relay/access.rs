@@ -75,9 +75,8 @@ impl Engine {
             .map(|(_, t)| t.trim())
             .filter(|t| !t.is_empty())
             .ok_or_else(|| Refusal::new("unauthenticated", 401, format!("this node requires a unit token: {hint}")))?;
-        let unit = match self.tokens.read().expect("tokens lock").get(&token_hash(token)) {
-            Some(t) if !t.revoked => t.unit.clone(),
-            Some(t) => return Err(Refusal::new("unauthenticated", 401, format!("token {} was revoked; ask the operator for a new one", t.id))),
+        let (unit, revoked_token) = match self.tokens.read().expect("tokens lock").get(&token_hash(token)) {
+            Some(t) => (t.unit.clone(), t.revoked.then(|| t.id.clone())),
             None => return Err(Refusal::new("unauthenticated", 401, format!("the token is not one this node issued: {hint}"))),
         };
         // A revoked unit's tokens die with it, whatever their own state: the directory is read on
@@ -88,6 +87,9 @@ impl Engine {
                 401,
                 format!("unit {unit} was revoked by the operator of node {}; its tokens no longer work (a dissolved or compromised unit is registered anew, with new keys and tokens)", self.here),
             ));
+        }
+        if let Some(id) = revoked_token {
+            return Err(Refusal::new("unauthenticated", 401, format!("token {id} was revoked; ask the operator for a new one")));
         }
         Ok(Caller::Unit(unit))
     }
