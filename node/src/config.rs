@@ -48,6 +48,22 @@ pub struct NodeConfig {
     pub policy: PolicyConfig,
     #[serde(default)]
     pub audit: AuditConfig,
+    #[serde(default)]
+    pub push: PushConfig,
+}
+
+/// Where webhooks may point (see `relay::webhook_target`). Public addresses always; loopback with
+/// `api.webhooks_to_loopback`; private, link-local and carrier-grade NAT ranges only as configured
+/// here, so a webhook cannot be aimed at the node's own LAN services or a cloud metadata address.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PushConfig {
+    /// Allow the private ranges: 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, fc00::/7 and
+    /// 100.64.0.0/10 (carrier-grade NAT). Link-local addresses still need `allowed_networks`.
+    pub allow_private: bool,
+    /// Networks webhooks may reach whatever their range, e.g. `["10.1.0.0/16"]` for the agencies'
+    /// segment of the government LAN.
+    pub allowed_networks: Vec<String>,
 }
 
 /// Seeds for a new network's directory: signed by this node on its first start only, when it holds

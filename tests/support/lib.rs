@@ -25,6 +25,7 @@ use exchange_wire::{Envelope, Kind, MessageId, Priority, SignedEnvelope, UnitAdd
 
 pub mod load;
 pub mod netns;
+pub mod rogue_peer;
 pub mod wal;
 
 /// The folder holding the built binaries (`target/debug`, or `target/release` under `cargo test --release`),

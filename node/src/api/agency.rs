@@ -57,6 +57,17 @@ pub fn refusal_tally(cfg: &NodeConfig, engine: &AppState) -> Arc<RefusalTally> {
     )
 }
 
+/// A suspended unit may read (GET) but not change anything: every other method is refused for an
+/// authenticated caller of a suspended unit, for every route, before its body is read (and audited:
+/// the caller is known).
+async fn may_change(engine: &AppState, parts: &Parts, caller: Caller) -> Result<Caller, Response> {
+    let changes = !matches!(parts.method, axum::http::Method::GET | axum::http::Method::HEAD);
+    match if changes { engine.may_change(&caller) } else { Ok(()) } {
+        Ok(()) => Ok(caller),
+        Err(r) => Err(refuse(engine, r).await.into_response()),
+    }
+}
+
 /// The unit calling, from its token (`Authorization: Bearer …`); an unauthenticated call is
 /// refused before its body is even read, counted, and audited in aggregate (one entry per source
 /// and reason per `api.refusal_audit_secs`): a flood of bad tokens costs no synced write each.
@@ -66,7 +77,7 @@ impl FromRequestParts<AppState> for Caller {
     async fn from_request_parts(parts: &mut Parts, engine: &AppState) -> Result<Caller, Response> {
         let authorization = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
         let r = match engine.authenticate(authorization) {
-            Ok(c) => return Ok(c),
+            Ok(c) => return may_change(engine, parts, c).await,
             Err(r) => r,
         };
         let Some(AgencyRefusals(tally)) = parts.extensions.get::<AgencyRefusals>() else {
@@ -103,9 +114,9 @@ async fn submit(State(engine): State<AppState>, caller: Caller, body: Result<Byt
 fn refusal_status(code: &str) -> StatusCode {
     match code {
         "bad-signature" | "unknown-sender" | "wrong-node" | "wrong-signer" | "forbidden" | "policy-denied" | "key-not-valid"
-        | "unit-suspended" | "classified" => StatusCode::FORBIDDEN,
-        "unauthenticated" => StatusCode::UNAUTHORIZED,
-        "unknown-unit" | "no-route" | "recipient-unavailable" => StatusCode::UNPROCESSABLE_ENTITY,
+        | "unit-suspended" | "classified" | "webhook-target-refused" => StatusCode::FORBIDDEN,
+        "unauthenticated" | "unit-revoked" => StatusCode::UNAUTHORIZED,
+        "unknown-unit" | "no-route" | "recipient-unavailable" | "reserved-recipient" => StatusCode::UNPROCESSABLE_ENTITY,
         "payload-too-large" => StatusCode::PAYLOAD_TOO_LARGE,
         "not-found" => StatusCode::NOT_FOUND,
         "conflict" | "attachment-missing" | "deadline-passed" => StatusCode::CONFLICT,

@@ -6,6 +6,7 @@
 
 use base64::Engine as _;
 use exchange_wire::api::{AdminActionResponse, IssueToken, IssuedToken, TokenInfo};
+use exchange_wire::directory::UnitStatus;
 use exchange_wire::{Kind, UnitAddress};
 use sha2::{Digest, Sha256};
 
@@ -74,17 +75,83 @@ impl Engine {
             .map(|(_, t)| t.trim())
             .filter(|t| !t.is_empty())
             .ok_or_else(|| Refusal::new("unauthenticated", 401, format!("this node requires a unit token: {hint}")))?;
-        match self.tokens.read().expect("tokens lock").get(&token_hash(token)) {
-            Some(t) if !t.revoked => Ok(Caller::Unit(t.unit.clone())),
-            Some(t) => Err(Refusal::new("unauthenticated", 401, format!("token {} was revoked; ask the operator for a new one", t.id))),
-            None => Err(Refusal::new("unauthenticated", 401, format!("the token is not one this node issued: {hint}"))),
+        let (unit, revoked_token) = match self.tokens.read().expect("tokens lock").get(&token_hash(token)) {
+            Some(t) => (t.unit.clone(), t.revoked.then(|| t.id.clone())),
+            None => return Err(Refusal::new("unauthenticated", 401, format!("the token is not one this node issued: {hint}"))),
+        };
+        // A revoked unit's tokens die with it, whatever their own state: the directory is read on
+        // every request, so the refusal holds from the moment the revocation is in force here.
+        if self.dir.current().unit(&unit).is_some_and(|u| u.status == UnitStatus::Revoked) {
+            return Err(Refusal::new(
+                "unit-revoked",
+                401,
+                format!("unit {unit} was revoked by the operator of node {}; its tokens no longer work (a dissolved or compromised unit is registered anew, with new keys and tokens)", self.here),
+            ));
         }
+        if let Some(id) = revoked_token {
+            return Err(Refusal::new("unauthenticated", 401, format!("token {id} was revoked; ask the operator for a new one")));
+        }
+        Ok(Caller::Unit(unit))
+    }
+
+    /// Refuses a request that would change something (send, sign for, upload, register a webhook…)
+    /// while the caller's unit is suspended. A suspended unit may still read (see docs/security.md).
+    pub fn may_change(&self, caller: &Caller) -> Result<(), Refusal> {
+        let Caller::Unit(unit) = caller else { return Ok(()) };
+        match self.dir.current().unit(unit) {
+            Some(u) if u.status == UnitStatus::Suspended => Err(Refusal::new(
+                "unit-suspended",
+                403,
+                format!("unit {unit} is suspended by the operator of node {}: it may read its inbox and the status of its messages, but send, sign for, upload or change nothing until it is activated again", self.here),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// After a unit's revocation: its tokens are marked revoked and its webhook removed, in one
+    /// commit with their audit entries. [`Engine::authenticate`] already refuses the tokens (it reads
+    /// the directory), so this makes the stored state say the same (`tokens list`, no pusher left).
+    pub(crate) async fn retire_unit_credentials(&self, unit: &UnitAddress) -> Result<(), Refusal> {
+        let now = exchange_wire::now_ms() as i64;
+        let ids: Vec<String> =
+            self.store.tokens().await?.into_iter().filter(|t| t.unit == unit.as_str() && t.revoked_at_ms.is_none()).map(|t| t.id).collect();
+        let mut jobs: Vec<WriteJob> = ids
+            .iter()
+            .map(|id| WriteJob::Admin {
+                op: AdminOp::RevokeToken { id: id.clone(), at_ms: now },
+                events: vec![self.admin_event("tokens-revoke", format!("token {id}: unit {unit} revoked"))],
+            })
+            .collect();
+        jobs.push(WriteJob::Admin {
+            op: AdminOp::RemoveWebhook { unit: unit.to_string() },
+            events: vec![self.admin_event("webhook-remove", format!("{unit}: unit revoked"))],
+        });
+        if let Err(e) = self.committer.commit(jobs).await {
+            self.metrics.storage_errors.with_label_values(&["commit"]).inc();
+            return Err(Refusal {
+                code: "storage",
+                message: format!("unit {unit} is revoked and its tokens are refused, but marking them revoked in storage failed ({e}); run the revoke again"),
+                status: 503,
+                transient: true,
+            });
+        }
+        for t in self.tokens.write().expect("tokens lock").values_mut().filter(|t| &t.unit == unit) {
+            t.revoked = true;
+        }
+        Ok(())
     }
 
     /// `exchange-admin tokens issue`.
     pub async fn issue_token(&self, req: IssueToken) -> Result<IssuedToken, Refusal> {
-        if self.dir.current().home_of(&req.unit).as_ref() != Some(&self.here) {
+        if req.unit.is_node() {
+            return Err(Refusal::malformed(format!("{} is the node's own address, not a unit; tokens are issued for units", req.unit)));
+        }
+        let dir = self.dir.current();
+        if dir.home_of(&req.unit).as_ref() != Some(&self.here) {
             return Err(Refusal::new("wrong-node", 403, format!("unit {} is not hosted on node {}; issue its token there", req.unit, self.here)));
+        }
+        if dir.unit(&req.unit).is_some_and(|u| u.status == UnitStatus::Revoked) {
+            return Err(Refusal::new("conflict", 409, format!("unit {} is revoked for good; register a new unit and issue its token", req.unit)));
         }
         let mut secret = [0u8; 32];
         getrandom::fill(&mut secret).map_err(|e| Refusal::new("storage", 503, format!("no randomness: {e}")))?;

@@ -97,12 +97,92 @@ fn tracking(id: [u8; 32], unit: &UnitAddress, state: RecipientState, node: &Node
     }
 }
 
+/// Refuses a recipient that is not a unit's inbox: `<node>/_node` is the address a node signs its
+/// reports and directory segments with; nothing is ever delivered to it, so a message to it would
+/// sit in an inbox nobody can read.
+pub fn check_recipients<'a>(recipients: impl IntoIterator<Item = &'a UnitAddress>) -> Result<(), Refusal> {
+    match recipients.into_iter().find(|r| r.is_node()) {
+        Some(r) => Err(Refusal::new(
+            "reserved-recipient",
+            422,
+            format!(
+                "{r} is node {}'s own address (it signs reports with it), not a unit's inbox; address the message to units (GET /v1/directory/units/... shows who is registered)",
+                r.node_part()
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The nodes on the tree path between nodes `a` and `b`, both included.
+fn path_between<'a>(dir: &'a Directory, a: &'a NodeId, b: &'a NodeId) -> Vec<&'a NodeId> {
+    let up_b: Vec<&NodeId> = dir.ancestors(b).collect();
+    let mut path = Vec::new();
+    for n in dir.ancestors(a) {
+        path.push(n);
+        if let Some(at) = up_b.iter().position(|x| *x == n) {
+            path.extend(up_b[..at].iter().copied());
+            return path;
+        }
+    }
+    path
+}
+
+/// A node's report may speak only for what that node saw: a delivery or recall report only for units
+/// it hosts (their inboxes are there), a failure report only for recipients whose route runs
+/// through it (it held their copy). Anything else is a node speaking for another node's units, so
+/// the report is refused whole and nothing of it is recorded. Units no longer listed are judged by
+/// the node part of their address, which the directory requires to be their home.
+fn check_report(dir: &Directory, env: &exchange_wire::Envelope, payload: &[u8]) -> Result<(), Refusal> {
+    let hosts = |node: &NodeId, u: &UnitAddress| dir.home_of(u).map_or(u.node_part() == node.as_str(), |h| &h == node);
+    let refuse = |node: &NodeId, u: &UnitAddress, what: &str| {
+        Err(Refusal::new(
+            "report-not-hosted",
+            403,
+            format!("node {node} sent a {what} report about {u}, {}; a node reports only on its own units' inboxes and the copies it held, so nothing of the report was recorded", if what == "failure" { "whose route does not pass through it" } else { "which it does not host" }),
+        ))
+    };
+    match env.metadata.get(META_REPORT_TYPE).map(String::as_str) {
+        Some("failed") => {
+            let r = FailureReport::from_envelope(env, payload)?;
+            // The report goes to the document's sender; its copy travelled from the sender's node.
+            let origin = env.to.first().and_then(|s| dir.home_of(s));
+            for u in &r.units {
+                let on_route = match (&origin, dir.home_of(u)) {
+                    (Some(o), Some(h)) => path_between(dir, o, &h).contains(&&r.node),
+                    _ => hosts(&r.node, u),
+                };
+                if !on_route {
+                    return refuse(&r.node, u, "failure");
+                }
+            }
+        }
+        Some("recall") => {
+            let r = RecallReport::from_envelope(env, payload)?;
+            if let Some(o) = r.outcomes.iter().find(|o| !hosts(&r.node, &o.unit)) {
+                return refuse(&r.node, &o.unit, "recall");
+            }
+        }
+        _ => {
+            let r = DeliveryReport::from_envelope(env, payload)?;
+            if let Some(d) = r.delivered.iter().find(|d| !hosts(&r.node, &d.unit)) {
+                return refuse(&r.node, &d.unit, "delivery");
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Decides everything that taking custody of `m` commits.
 pub fn take(ctx: &Context, m: Incoming) -> Result<(Custody, Summary), Refusal> {
     let env = &m.signed.envelope;
     let id = m.signed.id.0;
     let here = ctx.here;
     let now = ctx.now_ms;
+    check_recipients(&m.recipients)?;
+    if env.kind == Kind::DeliveryReport {
+        check_report(ctx.dir, env, &m.payload)?;
+    }
     let mut hops = m.hops.clone();
     hops.push(Hop { node: here.clone(), at_ms: now });
     let plan = routing::plan(ctx.dir, here, &m.recipients)?;
@@ -404,6 +484,47 @@ mod tests {
         assert_eq!(c.tracking[0].message_id, doc.id.0);
         assert_eq!(c.tracking[0].receipt_id, Some(rid.0));
         assert_eq!(s.receipts_returned, vec![ReceiptType::SignedFor]);
+    }
+
+    #[test]
+    fn a_node_reports_only_on_its_own_units_and_the_routes_it_is_on() {
+        let (dir, here, key) = (test_tree(), n("gz.yuexiu"), test_key(3));
+        let doc = document();
+        let sender = u("gz.yuexiu/liurong-street");
+        let take_report = |env: exchange_wire::Envelope, payload: Vec<u8>, signer: u8| {
+            take(&at(&dir, &here, &key), incoming(env.sign(&test_key(signer)), &payload, vec![sender.clone()], Some("gz")))
+        };
+        // 海珠 claims delivery to the city's unit: refused whole.
+        let forged = DeliveryReport { message_id: doc.id, node: n("gz.haizhu"), delivered: vec![Delivered { unit: u("gz/civil-affairs"), at_ms: 9 }], hops: vec![] };
+        let (env, payload) = forged.envelope(sender.clone(), Priority::Express);
+        assert_eq!(take_report(env, payload, 4).err().map(|r| r.code), Some("report-not-hosted"));
+        // ... and a recall of it.
+        let recall = RecallReport {
+            recall_id: doc.id,
+            message_id: doc.id,
+            node: n("gz.haizhu"),
+            outcomes: vec![exchange_wire::receipt::RecallOutcome { unit: u("gz/civil-affairs"), outcome: "recalled".into() }],
+        };
+        let (env, payload) = recall.envelope(sender.clone(), Priority::Express);
+        assert_eq!(take_report(env, payload, 4).err().map(|r| r.code), Some("report-not-hosted"));
+        // A failure on a route 海珠 is not on (越秀 → 市) is refused; the city, on the route to 海珠, may report one.
+        let failure = |node: &str, unit: &str| FailureReport { message_id: doc.id, node: n(node), units: vec![u(unit)], reason: "x".into() };
+        let (env, payload) = failure("gz.haizhu", "gz/civil-affairs").envelope(sender.clone(), Priority::Express);
+        assert_eq!(take_report(env, payload, 4).err().map(|r| r.code), Some("report-not-hosted"));
+        let (env, payload) = failure("gz", "gz.haizhu/civil-affairs").envelope(sender.clone(), Priority::Express);
+        assert!(take_report(env, payload, 2).is_ok());
+        // 海珠 on its own unit: taken.
+        let own = DeliveryReport { message_id: doc.id, node: n("gz.haizhu"), delivered: vec![Delivered { unit: u("gz.haizhu/civil-affairs"), at_ms: 9 }], hops: vec![] };
+        let (env, payload) = own.envelope(sender.clone(), Priority::Express);
+        assert!(take_report(env, payload, 4).is_ok());
+    }
+
+    #[test]
+    fn a_node_address_is_never_a_recipient() {
+        let (dir, here, key) = (test_tree(), n("gz"), test_key(2));
+        let doc = Envelope::new(Kind::Document, u("gz.yuexiu/liurong-street"), vec![u("gz.haizhu/_node")], vec![], Priority::Routine, b"x").sign(&test_key(7));
+        let err = take(&at(&dir, &here, &key), incoming(doc, b"x", vec![u("gz.haizhu/_node")], Some("gz.yuexiu")));
+        assert_eq!(err.err().map(|r| r.code), Some("reserved-recipient"));
     }
 
     #[test]

@@ -403,7 +403,7 @@ impl Engine {
             UnitStatus::Revoked => ("units-revoke", "revoked"),
         };
         let now = exchange_wire::now_ms();
-        self.change_unit(address, event, format!("unit {address} {word}"), |u| {
+        let answer = self.change_unit(address, event, format!("unit {address} {word}"), |u| {
             if u.status == UnitStatus::Revoked && status != UnitStatus::Revoked {
                 return Err(Refusal::new("conflict", 409, format!("unit {} is revoked for good; register a new unit instead", u.address)));
             }
@@ -415,7 +415,12 @@ impl Engine {
             }
             Ok(())
         })
-        .await
+        .await?;
+        // Its tokens and webhook go with it (see `access`); a suspension only pauses them.
+        if status == UnitStatus::Revoked {
+            self.retire_unit_credentials(address).await?;
+        }
+        Ok(answer)
     }
 
     /// `exchange-admin units rotate-key`.

@@ -269,8 +269,9 @@ impl Engine {
             ));
         }
         let (signed, payload) = m.decode()?;
-        // Unknown, suspended or forbidden recipients are refused here, at ingress, never dropped
-        // further on.
+        // Unknown, reserved, suspended or forbidden recipients are refused here, at ingress, never
+        // dropped further on.
+        custody::check_recipients(signed.envelope.recipients())?;
         crate::routing::plan(dir, &self.here, signed.envelope.recipients())?;
         for r in signed.envelope.recipients() {
             if !dir.is_active(r) {
@@ -370,6 +371,21 @@ impl Engine {
                 Err(_) => (None, None),
             })
             .collect();
+        // Custody moves only along the tree: a node that is in the directory but is neither this
+        // node's parent nor one of its children has no business handing anything over here (it
+        // would bypass the nodes between, and speak for routes it is not on).
+        if !dir.neighbours(&self.here).iter().any(|n| n.id == from) {
+            let r = Refusal::new(
+                "not-neighbour",
+                403,
+                format!("node {from} is not a neighbour of {} in the node tree (only the parent and the children hand over custody); nothing was taken", self.here),
+            );
+            let refused: Vec<Refused> = ids.iter().map(|(id, kind)| Refused { id: *id, kind: *kind, refusal: &r }).collect();
+            self.refused(from.as_str(), &refused).await;
+            let results = ids.iter().map(|_| ParcelResult::Refused { code: r.code.into(), reason: r.message.clone() }).collect();
+            self.net.respond(channel, TransferResponse::results(results)).await;
+            return;
+        }
         // Parcels whose sender's keys this node knows only in an older version wait for the directory.
         let behind: Vec<bool> = request
             .parcels

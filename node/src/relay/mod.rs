@@ -25,6 +25,7 @@ pub mod reconcile;
 pub mod reconcile_answer;
 pub mod refusal;
 pub mod sharing;
+pub mod webhook_target;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
@@ -82,7 +83,8 @@ pub struct Engine {
     /// Hashes of the unit tokens issued here.
     tokens: RwLock<HashMap<[u8; 32], access::TokenEntry>>,
     require_auth: bool,
-    webhooks_to_loopback: bool,
+    /// Where webhooks may point (see [`webhook_target`]).
+    webhook_targets: webhook_target::WebhookTargets,
     policy: PolicyConfig,
     node_key: SigningKey,
     forwarders: Mutex<HashMap<NodeId, Arc<Signals>>>,
@@ -162,7 +164,7 @@ impl Engine {
             segments: tokio::sync::Mutex::new(SegmentSet::default()),
             tokens: RwLock::new(HashMap::new()),
             require_auth: cfg.api.require_auth,
-            webhooks_to_loopback: cfg.api.webhooks_to_loopback,
+            webhook_targets: webhook_target::WebhookTargets::new(cfg.api.webhooks_to_loopback, &cfg.push)?,
             policy: cfg.policy.clone(),
             node_key,
             forwarders: Mutex::new(HashMap::new()),

@@ -13,65 +13,51 @@ use exchange_wire::api::{AdminActionResponse, WebhookDelivery, WebhookInfo, Webh
 
 use super::access::Caller;
 use super::forwarder::Backoff;
+use super::webhook_target::{Pinned, TargetError, WebhookTargets};
 use super::{Engine, Refusal};
 use crate::storage::{AdminOp, EventRow, WriteJob};
 
 /// Items per POST.
 const PUSH_BATCH: u32 = 100;
 
-/// A webhook URL must be http(s), and (unless allowed) must not point at this machine: a webhook may
-/// never reach the node's own admin API or other local services.
-fn check_webhook_url(url: &str, loopback_allowed: bool) -> Result<(), Refusal> {
-    let Some(host) = url_host(url).filter(|_| url.len() <= 2048) else {
+/// A webhook URL must be http(s) and name a host; its addresses are checked by
+/// [`WebhookTargets`] at registration (when the name resolves) and again before every push.
+fn check_webhook_url(url: &str, targets: &WebhookTargets) -> Result<(), Refusal> {
+    let Some((host, port)) = url_target(url).filter(|_| url.len() <= 2048) else {
         return Err(Refusal::malformed(format!("webhook url {:?} must be an http:// or https:// URL", redact_credentials(url))));
     };
     if host.is_empty() {
         return Err(Refusal::malformed("webhook url has no host"));
     }
-    if !loopback_allowed && is_this_machine(host) {
-        return Err(Refusal::new(
-            "forbidden",
-            403,
-            format!("webhook host {host} is this machine; webhooks go to the agency's own system (api.webhooks_to_loopback allows it on a test bench)"),
-        ));
-    }
-    Ok(())
-}
-
-/// Whether `host` names this machine: `localhost`, or any address it resolves to (short forms like
-/// `127.1` and IPv4-mapped IPv6 included) is loopback or unspecified. Checked at registration and
-/// again before every push, since a name can resolve differently later.
-fn is_this_machine(host: &str) -> bool {
-    use std::net::{IpAddr, ToSocketAddrs};
-    let local = |ip: IpAddr| {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
-            v4 => v4,
-        };
-        ip.is_loopback() || ip.is_unspecified()
-    };
-    if host.eq_ignore_ascii_case("localhost") || host.to_ascii_lowercase().ends_with(".localhost") {
-        return true;
-    }
-    if let Ok(ip) = host.parse::<IpAddr>() {
-        return local(ip);
-    }
-    match (host, 0u16).to_socket_addrs() {
-        Ok(addrs) => addrs.into_iter().any(|a| local(a.ip())),
-        // Unresolvable now: the push will fail and be retried; it cannot reach this machine.
-        Err(_) => false,
+    match targets.resolve(host, port) {
+        Ok(_) => Ok(()),
+        Err(e @ TargetError::Refused { .. }) => Err(Refusal::new("webhook-target-refused", 403, e.to_string())),
+        // Unresolvable now: each push resolves and checks it again, and fails until it resolves.
+        Err(TargetError::Unresolved { .. }) => Ok(()),
     }
 }
 
-/// The host part of an http(s) URL.
-fn url_host(url: &str) -> Option<&str> {
+/// The host and port of an http(s) URL (80 and 443 when none is given).
+fn url_target(url: &str) -> Option<(&str, u16)> {
+    let default = if url.starts_with("https://") { 443 } else { 80 };
     let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"))?;
     let authority = rest.split(['/', '?', '#']).next()?;
     let host_port = authority.rsplit_once('@').map(|(_, h)| h).unwrap_or(authority);
-    Some(match host_port.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or(""),
-        None => host_port.rsplit_once(':').map(|(h, _)| h).unwrap_or(host_port),
-    })
+    let (host, port) = match host_port.strip_prefix('[') {
+        Some(v6) => {
+            let (h, after) = v6.split_once(']')?;
+            (h, after.strip_prefix(':'))
+        }
+        None => match host_port.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (host_port, None),
+        },
+    };
+    let port = match port {
+        Some(p) => p.parse().ok()?,
+        None => default,
+    };
+    Some((host, port))
 }
 
 /// A URL with any `user:password@` replaced, for logs and the audit log.
@@ -82,14 +68,43 @@ fn redact_credentials(url: &str) -> String {
     }
 }
 
+/// One POST to a webhook: the host is resolved once, every address checked, and the request
+/// connects only to those addresses. Returns the HTTP status, or why nothing was sent.
+fn deliver(targets: &WebhookTargets, url: &str, node: &str, signature: &str, body: &[u8]) -> Result<u16, String> {
+    let (host, port) = url_target(url).ok_or_else(|| "the webhook url does not parse".to_string())?;
+    let addrs = targets.resolve(host, port).map_err(|e| e.to_string())?;
+    // No redirects (a webhook answers for itself and may not send the node elsewhere) and no proxy
+    // from the environment (the pinned addresses are the webhook's own).
+    let config = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .proxy(None)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build();
+    let agent = ureq::Agent::with_parts(config, ureq::unversioned::transport::DefaultConnector::new(), Pinned(addrs));
+    agent
+        .post(url)
+        .header("Content-Type", "application/json")
+        .header("X-Exchange-Node", node)
+        .header("X-Exchange-Signature", signature)
+        .send(body)
+        .map(|r| r.status().as_u16())
+        .map_err(|e| e.to_string())
+}
+
 impl Engine {
+    /// Whether `unit`'s webhook may be pushed to now: not while the unit is suspended or revoked.
+    fn may_push(&self, unit: &UnitAddress) -> bool {
+        self.dir.current().unit(unit).is_none_or(|u| u.status == exchange_wire::directory::UnitStatus::Active)
+    }
+
     /// `PUT /v1/units/{node}/{unit}/webhook`.
     pub async fn set_webhook(self: &Arc<Self>, caller: &Caller, unit: &UnitAddress, req: WebhookRequest) -> Result<WebhookInfo, Refusal> {
         caller.may_act_for(unit)?;
         if self.dir.current().home_of(unit).as_ref() != Some(&self.here) {
             return Err(Refusal::new("not-found", 404, format!("unit {unit} is not hosted on node {}", self.here)));
         }
-        check_webhook_url(&req.url, self.webhooks_to_loopback)?;
+        check_webhook_url(&req.url, &self.webhook_targets)?;
         let from_seq = if req.from_start { 0 } else { self.store.inbox_last_seq(unit.as_str()).await? };
         let op = AdminOp::SetWebhook { unit: unit.to_string(), url: req.url.clone(), from_seq, restart: req.from_start };
         self.commit_webhook_change(op, "webhook-set", format!("{unit} -> {}", redact_credentials(&req.url))).await?;
@@ -161,6 +176,12 @@ impl Engine {
                 self.pushers.lock().expect("pushers lock").remove(&unit);
                 return;
             };
+            // A suspended (or revoked) unit's webhook is not pushed to: the inbox keeps the items,
+            // and pushing resumes where it stopped when the unit is activated again.
+            if !self.may_push(&unit) {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
             changes.borrow_and_update();
             let items = match self.inbox(&Caller::Anyone, &unit, pushed, PUSH_BATCH, Duration::ZERO).await {
                 Ok(items) => items,
@@ -175,31 +196,15 @@ impl Engine {
                 let _ = tokio::time::timeout(Duration::from_secs(30), changes.changed()).await;
                 continue;
             };
+            if !self.may_push(&unit) {
+                continue;
+            }
             let body = serde_json::to_vec(&WebhookDelivery { node: self.here.clone(), unit: unit.clone(), items }).expect("serialises");
             let signature = hex::encode(self.node_key.sign(&body).to_bytes());
             let node = self.here.to_string();
             let target = url.clone();
-            let loopback_allowed = self.webhooks_to_loopback;
-            let sent = tokio::task::spawn_blocking(move || {
-                if !loopback_allowed && url_host(&target).is_none_or(is_this_machine) {
-                    return Ok(403);
-                }
-                // No redirects: a webhook answers for itself, and may not send the node elsewhere.
-                let agent: ureq::Agent = ureq::Agent::config_builder()
-                    .http_status_as_error(false)
-                    .max_redirects(0)
-                    .timeout_global(Some(Duration::from_secs(30)))
-                    .build()
-                    .into();
-                agent
-                    .post(&target)
-                    .header("Content-Type", "application/json")
-                    .header("X-Exchange-Node", &node)
-                    .header("X-Exchange-Signature", &signature)
-                    .send(&body[..])
-                    .map(|r| r.status().as_u16())
-            })
-            .await;
+            let targets = self.webhook_targets.clone();
+            let sent = tokio::task::spawn_blocking(move || deliver(&targets, &target, &node, &signature, &body)).await;
             match sent {
                 Ok(Ok(status)) if (200..300).contains(&status) => {
                     backoff.reset();
@@ -214,7 +219,7 @@ impl Engine {
                     let delay = backoff.next_delay();
                     let reason = match outcome {
                         Ok(Ok(status)) => format!("HTTP {status}"),
-                        Ok(Err(e)) => e.to_string(),
+                        Ok(Err(e)) => e,
                         Err(e) => e.to_string(),
                     };
                     if backoff.attempts() == 1 || backoff.attempts().is_multiple_of(20) {
@@ -233,7 +238,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn webhook_urls_may_not_point_at_this_machine() {
+    fn webhook_urls_may_not_point_at_this_machine_or_the_lan() {
+        let closed = WebhookTargets::default();
+        let loopback = WebhookTargets::new(true, &Default::default()).unwrap();
         for bad in [
             "http://127.0.0.1:9080/admin/v1/tokens",
             "http://localhost/x",
@@ -244,13 +251,19 @@ mod tests {
             "http://[::ffff:127.0.0.1]:9080/",
             "http://admin.localhost/",
         ] {
-            assert_eq!(check_webhook_url(bad, false).unwrap_err().code, "forbidden", "{bad}");
-            assert!(check_webhook_url(bad, true).is_ok(), "{bad} with loopback allowed");
+            assert_eq!(check_webhook_url(bad, &closed).unwrap_err().code, "webhook-target-refused", "{bad}");
+            assert!(check_webhook_url(bad, &loopback).is_ok(), "{bad} with loopback allowed");
+        }
+        for lan in ["http://10.0.0.5/hook", "http://192.168.1.10:8080/", "http://169.254.169.254/latest/meta-data/", "http://[fe80::1]/", "http://[fd00::5]/"] {
+            assert_eq!(check_webhook_url(lan, &loopback).unwrap_err().code, "webhook-target-refused", "{lan}");
         }
         for good in ["https://oa.yuexiu.gov.example/exchange/hook", "http://198.51.100.7:8443/hook"] {
-            assert!(check_webhook_url(good, false).is_ok(), "{good}");
+            assert!(check_webhook_url(good, &closed).is_ok(), "{good}");
         }
-        assert_eq!(check_webhook_url("ftp://x/", false).unwrap_err().code, "malformed");
+        assert_eq!(check_webhook_url("ftp://x/", &closed).unwrap_err().code, "malformed");
+        assert_eq!(check_webhook_url("http://x:99999/", &closed).unwrap_err().code, "malformed");
+        assert_eq!(url_target("https://u:p@[::1]:8443/p"), Some(("::1", 8443)));
+        assert_eq!(url_target("https://host/p"), Some(("host", 443)));
         assert_eq!(redact_credentials("https://user:secret@host/p"), "https://…@host/p");
     }
 }
