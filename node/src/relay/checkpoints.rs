@@ -96,6 +96,14 @@ impl CheckpointFiles {
     }
 }
 
+/// Why a checkpoint round handed nothing.
+enum Round {
+    /// The log differs from the held checkpoint: signing stops (logged as an error).
+    Mismatch(String),
+    /// The parent could not be asked or refused, or storage failed: tried again next round.
+    NotHanded(String),
+}
+
 /// "N s ago" for a time in ms since the epoch.
 fn age(at_ms: u64) -> String {
     let secs = exchange_wire::now_ms().saturating_sub(at_ms) / 1000;
@@ -185,16 +193,16 @@ impl Engine {
     }
 
     /// One round: compare the log with the held checkpoint, then sign and hand the head if newer.
-    async fn checkpoint_round(&self, scan: &mut Option<(i64, [u8; 32])>) -> Result<(), String> {
+    async fn checkpoint_round(&self, scan: &mut Option<(i64, [u8; 32])>) -> Result<(), Round> {
         let count = |outcome: &str| self.metrics.audit_checkpoints.with_label_values(&[outcome]).inc();
-        let (holder, held) = self.held_checkpoint().await.inspect_err(|_| count("unreachable"))?;
+        let (holder, held) = self.held_checkpoint().await.inspect_err(|_| count("unreachable")).map_err(Round::NotHanded)?;
         if let Some(cp) = &held {
-            if let Some(why) = self.differs_from(cp, &holder).await.map_err(|e| e.to_string())? {
+            if let Some(why) = self.differs_from(cp, &holder).await.map_err(|e| Round::NotHanded(e.to_string()))? {
                 count("mismatch");
-                return Err(format!("this node's audit log differs from its checkpoint; no new checkpoint is signed: {why}"));
+                return Err(Round::Mismatch(format!("no new checkpoint is signed: {why}")));
             }
         }
-        self.audit_head(scan).await.map_err(|e| e.to_string())?;
+        self.audit_head(scan).await.map_err(|e| Round::NotHanded(e.to_string()))?;
         let Some((seq, hash)) = *scan else { return Ok(()) };
         if held.as_ref().is_some_and(|cp| cp.seq >= seq) {
             return Ok(());
@@ -211,7 +219,7 @@ impl Engine {
             },
         };
         count(if handed.is_ok() { "handed" } else { "refused" });
-        handed
+        handed.map_err(Round::NotHanded)
     }
 
     /// Signs and hands a checkpoint every `audit.checkpoint_secs` until `stop`, then once more.
@@ -224,11 +232,13 @@ impl Engine {
                 _ = every.tick() => {}
                 _ = stop.cancelled() => break,
             }
-            if let Err(e) = self.checkpoint_round(&mut scan).await {
-                tracing::error!(error = %e, "audit checkpoint not handed");
+            match self.checkpoint_round(&mut scan).await {
+                Err(Round::Mismatch(e)) => tracing::error!(error = %e, "audit log differs from its checkpoint"),
+                Err(Round::NotHanded(e)) => tracing::warn!(error = %e, "audit checkpoint not handed"),
+                Ok(()) => {}
             }
         }
-        if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(3), self.checkpoint_round(&mut scan)).await {
+        if let Ok(Err(Round::Mismatch(e) | Round::NotHanded(e))) = tokio::time::timeout(Duration::from_secs(3), self.checkpoint_round(&mut scan)).await {
             tracing::warn!(error = %e, "no audit checkpoint at shutdown");
         }
     }
