@@ -104,7 +104,11 @@ impl Engine {
         if self.dir.current().home_of(unit).as_ref() != Some(&self.here) {
             return Err(Refusal::new("not-found", 404, format!("unit {unit} is not hosted on node {}", self.here)));
         }
-        check_webhook_url(&req.url, &self.webhook_targets)?;
+        // The check may resolve a name: off the async workers.
+        let (url, targets) = (req.url.clone(), self.webhook_targets.clone());
+        tokio::task::spawn_blocking(move || check_webhook_url(&url, &targets))
+            .await
+            .map_err(|e| Refusal::new("storage", 500, format!("the webhook check did not finish: {e}")))??;
         let from_seq = if req.from_start { 0 } else { self.store.inbox_last_seq(unit.as_str()).await? };
         let op = AdminOp::SetWebhook { unit: unit.to_string(), url: req.url.clone(), from_seq, restart: req.from_start };
         self.commit_webhook_change(op, "webhook-set", format!("{unit} -> {}", redact_credentials(&req.url))).await?;
