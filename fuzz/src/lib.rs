@@ -132,11 +132,10 @@ pub fn peer_request(data: &[u8]) {
     }
 }
 
-/// A directory segment's payload (JSON: the node tree, a node's units, the data-sharing catalog),
-/// in an envelope that matches it: the first byte picks the segment type and version, so the fuzzer
-/// reaches the JSON decoding behind the digest check.
-pub fn directory_segment(data: &[u8]) {
-    let Some((which, payload)) = data.split_first() else { return };
+/// `data` as a directory segment: its first byte picks the type (node tree, units of 越秀, catalog)
+/// and the version, the rest is the payload, in an unsigned envelope that matches it.
+pub fn segment_envelope(data: &[u8]) -> Option<(SignedEnvelope, &[u8])> {
+    let (which, payload) = data.split_first()?;
     let (kind, owner) = match which % 3 {
         0 => ("node-tree", "gz"),
         1 => ("units", "gz.yuexiu"),
@@ -146,10 +145,18 @@ pub fn directory_segment(data: &[u8]) {
     let mut e = Envelope::new(Kind::DirectorySegment, me.clone(), vec![me], vec![], Priority::Urgent, payload);
     e.metadata.insert("segment.type".into(), kind.into());
     e.metadata.insert("segment.version".into(), (u64::from(*which) / 3).to_string());
-    let signed = SignedEnvelope::from_parts(e, [0; 64]);
+    Some((SignedEnvelope::from_parts(e, [0; 64]), payload))
+}
+
+/// A directory segment's payload (JSON: the node tree, a node's units, the data-sharing catalog),
+/// in an envelope that matches it: the first byte picks the segment type and version, so the fuzzer
+/// reaches the JSON decoding behind the digest check.
+pub fn directory_segment(data: &[u8]) {
+    let Some((signed, payload)) = segment_envelope(data) else { return };
+    let owner = signed.envelope.sender.node_part().to_owned();
     if let Ok(segment) = Segment::from_envelope(&signed, payload) {
         // What was accepted must sign again into the same kind of segment.
-        let (again, bytes) = segment.envelope(&owner.parse().unwrap());
+        let (again, bytes) = segment.envelope(&owner.parse().expect("a node id"));
         let resigned = SignedEnvelope::from_parts(again, [0; 64]);
         assert_eq!(Segment::from_envelope(&resigned, &bytes).as_ref().ok(), Some(&segment));
     }

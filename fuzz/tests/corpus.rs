@@ -154,14 +154,8 @@ fn the_seeds_are_well_formed() {
                 assert_eq!(batch.parcels.len(), 1);
             }
             "directory_segment" => {
-                let kind = ["node-tree", "units", "catalog"][usize::from(seed[0] % 3)];
-                let owner: exchange_wire::NodeId = if kind == "units" { "gz.yuexiu" } else { "gz" }.parse().unwrap();
-                let me = UnitAddress::of_node(&owner);
-                let mut e = Envelope::new(Kind::DirectorySegment, me.clone(), vec![me], vec![], Priority::Urgent, &seed[1..]);
-                e.metadata.insert("segment.type".into(), kind.into());
-                e.metadata.insert("segment.version".into(), (u64::from(seed[0]) / 3).to_string());
-                let signed = exchange_wire::SignedEnvelope::from_parts(e, [0; 64]);
-                Segment::from_envelope(&signed, &seed[1..]).unwrap_or_else(|e| panic!("seed segment {kind}: {e}"));
+                let (signed, payload) = exchange_fuzz::segment_envelope(&seed).expect("a type byte");
+                Segment::from_envelope(&signed, payload).unwrap_or_else(|e| panic!("seed segment {}: {e}", seed[0]));
             }
             "key_file" if seed.starts_with(b"#") => drop(keys::parse(std::str::from_utf8(&seed).unwrap(), "seed").expect("seed key parses")),
             _ => {}

@@ -90,24 +90,12 @@ impl Committer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::{AdminOp, Custody, InboxRow, MessageRow, SqliteStore, TokenRow};
+    use crate::storage::conformance::{self, UNIT_A};
+    use crate::storage::{AdminOp, SqliteStore, TokenRow};
 
+    /// Document `n`, delivered here to one unit.
     fn document(n: u8) -> WriteJob {
-        let message = MessageRow {
-            id: [n; 32],
-            header: vec![n; 40],
-            signature: [n; 64],
-            payload: vec![n; 10],
-            kind: "document".into(),
-            sender: "gz.yuexiu/liurong-street".into(),
-            priority: 2,
-            created_at_ms: 1,
-            received_at_ms: 1,
-            received_from: None,
-            hops: "[]".into(),
-        };
-        let inbox = vec![InboxRow { unit: "gz.haizhu/civil-affairs".into(), message_id: [n; 32], delivered_at_ms: 1 }];
-        WriteJob::Custody(Custody { message: Some(message), inbox, ..Custody::default() })
+        WriteJob::Custody(conformance::document(n, 2, None, &[UNIT_A], 1))
     }
 
     fn token(id: &str) -> WriteJob {

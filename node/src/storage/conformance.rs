@@ -50,7 +50,7 @@ macro_rules! conformance_suite {
 }
 
 const SENDER: &str = "gz.yuexiu/liurong-street";
-const UNIT_A: &str = "gz.haizhu/civil-affairs";
+pub(crate) const UNIT_A: &str = "gz.haizhu/civil-affairs";
 const UNIT_B: &str = "gz.haizhu/public-security";
 
 fn id(n: u8) -> [u8; 32] {
@@ -59,7 +59,7 @@ fn id(n: u8) -> [u8; 32] {
 
 /// A document `n` with the given priority rank, as custody at a node that forwards it to `hop` and
 /// delivers it to `deliver_to` here.
-fn document(n: u8, priority: u8, hop: Option<&str>, deliver_to: &[&str], at_ms: i64) -> Custody {
+pub(crate) fn document(n: u8, priority: u8, hop: Option<&str>, deliver_to: &[&str], at_ms: i64) -> Custody {
     let message = MessageRow {
         id: id(n),
         header: format!("header of document {n}").into_bytes(),

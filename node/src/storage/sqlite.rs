@@ -414,15 +414,7 @@ async fn append_audit(tx: &mut Transaction<'_, Sqlite>, events: &[&EventRow], mu
 }
 
 async fn apply_outbox_record(tx: &mut Transaction<'_, Sqlite>, r: &Record) -> Result<(), sqlx::Error> {
-    for chunk in r.outbox_done.chunks(ROWS_PER_STATEMENT) {
-        let mut q = QueryBuilder::<Sqlite>::new("DELETE FROM outbox WHERE seq IN (");
-        let mut sep = q.separated(", ");
-        for s in chunk {
-            sep.push_bind(*s);
-        }
-        q.push(")");
-        q.build().execute(&mut **tx).await?;
-    }
+    for_keys_in_chunks(tx, "DELETE FROM outbox WHERE seq IN (", &r.outbox_done).await?;
     for (seq, reason) in &r.outbox_dead {
         sqlx::query("UPDATE outbox SET dead_reason = $1, attempts = attempts + 1 WHERE seq = $2")
             .bind(reason.as_str())
@@ -575,7 +567,7 @@ async fn apply_retention(tx: &mut Transaction<'_, Sqlite>, before_ms: i64) -> Re
         .filter(|r| retention::retires_entry(retention::InboxEntry { state: r.get(1), delivered_at_ms: r.get(2) }, before_ms))
         .map(|r| r.get(0))
         .collect();
-    delete_in_chunks(tx, "DELETE FROM inbox WHERE seq IN (", &retired).await?;
+    for_keys_in_chunks(tx, "DELETE FROM inbox WHERE seq IN (", &retired).await?;
     let held = sqlx::query(
         // Uncorrelated `IN` subqueries: each list is built once, not scanned per message.
         "SELECT seq, received_at_ms, id IN (SELECT message_id FROM outbox), id IN (SELECT message_id FROM inbox) \
@@ -589,12 +581,12 @@ async fn apply_retention(tx: &mut Transaction<'_, Sqlite>, before_ms: i64) -> Re
         .filter(|r| retention::drops_payload(retention::HeldMessage { received_at_ms: r.get(1), in_outbox: r.get(2), in_inbox: r.get(3) }, before_ms))
         .map(|r| r.get(0))
         .collect();
-    delete_in_chunks(tx, "UPDATE messages SET payload = x'' WHERE seq IN (", &dropped).await?;
+    for_keys_in_chunks(tx, "UPDATE messages SET payload = x'' WHERE seq IN (", &dropped).await?;
     Ok((retired.len() + dropped.len()) as u64)
 }
 
 /// Runs `statement` (ending in `IN (`) for `keys`, a statement per [`ROWS_PER_STATEMENT`] keys.
-async fn delete_in_chunks(tx: &mut Transaction<'_, Sqlite>, statement: &str, keys: &[i64]) -> Result<(), sqlx::Error> {
+async fn for_keys_in_chunks(tx: &mut Transaction<'_, Sqlite>, statement: &str, keys: &[i64]) -> Result<(), sqlx::Error> {
     for chunk in keys.chunks(ROWS_PER_STATEMENT) {
         let mut q = QueryBuilder::<Sqlite>::new(statement);
         let mut sep = q.separated(", ");
