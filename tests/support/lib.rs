@@ -327,30 +327,37 @@ impl Receiver {
 }
 
 /// Hands a page's receipts to the node, one request each or all in one, retrying transport errors
-/// with the same receipts (a retried receipt is recognised as a duplicate).
+/// and temporary refusals (`storage-full`: a commit met a full disk, "try again later") with the same
+/// receipts (a retried receipt is recognised as a duplicate). Any other refusal fails the test.
 fn sign_page(client: &ApiClient, unit: &UnitAddress, receipts: &[(MessageId, SignedEnvelope)], batched: bool) {
+    const TEMPORARY: &str = "storage-full";
     let retry = |e: exchange_wire::client::ClientError, what: &str| match e.code() {
-        None => std::thread::sleep(Duration::from_millis(100)),
+        None | Some(TEMPORARY) => std::thread::sleep(Duration::from_millis(100)),
         Some(_) => panic!("sign-for of {what} by {unit} refused: {e}"),
     };
     if batched {
-        if receipts.is_empty() {
-            return;
-        }
-        let envelopes: Vec<SignedEnvelope> = receipts.iter().map(|(_, r)| r.clone()).collect();
-        loop {
+        let mut left: Vec<&(MessageId, SignedEnvelope)> = receipts.iter().collect();
+        while !left.is_empty() {
+            let envelopes: Vec<SignedEnvelope> = left.iter().map(|(_, r)| r.clone()).collect();
             match client.sign_for_batch(unit, &envelopes) {
                 Ok(answer) => {
-                    for (r, (id, _)) in answer.results.iter().zip(receipts) {
-                        if let exchange_wire::api::SignForResult::Refused(e) = r {
-                            panic!("sign-for of {id} by {unit} refused: {e:?}");
+                    let mut again = Vec::new();
+                    for (r, item) in answer.results.iter().zip(&left) {
+                        match r {
+                            exchange_wire::api::SignForResult::Refused(e) if e.error == TEMPORARY => again.push(*item),
+                            exchange_wire::api::SignForResult::Refused(e) => panic!("sign-for of {} by {unit} refused: {e:?}", item.0),
+                            _ => {}
                         }
                     }
-                    return;
+                    if !again.is_empty() {
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    left = again;
                 }
-                Err(e) => retry(e, &format!("{} documents", receipts.len())),
+                Err(e) => retry(e, &format!("{} documents", left.len())),
             }
         }
+        return;
     }
     for (id, receipt) in receipts {
         loop {
