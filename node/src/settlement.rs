@@ -23,6 +23,8 @@ pub const SIGNED_FOR: &str = "signed-for";
 pub const RETURNED: &str = "returned";
 /// The state of an entry its sender recalled before it was settled.
 pub const RECALLED: &str = "recalled";
+/// The state of a query its asked unit answered (the answer settles it, section 7.7).
+pub const ANSWERED: &str = "answered";
 
 /// What to do with a 签收 or 退回.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +45,10 @@ pub fn settle(entry: Option<Entry>, unit: &str, message_id: &[u8; 32], receipt_i
         None => Settlement::Conflict(format!("message {id} is not in the inbox of {unit}")),
         Some(e) if e.state == DELIVERED => Settlement::Apply,
         Some(Entry { receipt_id: Some(r), .. }) if r == receipt_id.as_slice() => Settlement::Duplicate,
+        // A query is settled by an answer, not a receipt: name what the unit sent.
+        Some(Entry { state: ANSWERED, receipt_id: Some(r) }) => {
+            Settlement::Conflict(format!("{unit} has already answered query {id} (answer {})", hex::encode(r)))
+        }
         Some(Entry { state, receipt_id: Some(r) }) => {
             Settlement::Conflict(format!("{unit} has already settled message {id} ({state}, receipt {})", hex::encode(r)))
         }
@@ -108,6 +114,8 @@ mod tests {
         assert!(why.contains("already settled") && why.contains("returned") && why.contains(&hex::encode(other)), "{why}");
         let Settlement::Conflict(why) = settle(entry(RECALLED, None), UNIT, &m, &r) else { panic!("a conflict") };
         assert!(why.contains("recalled") && why.contains("no longer"), "{why}");
+        let Settlement::Conflict(why) = settle(entry(ANSWERED, Some(&other)), UNIT, &m, &r) else { panic!("a conflict") };
+        assert!(why.contains("already answered query") && why.contains("answer ") && !why.contains("receipt"), "{why}");
         let Settlement::Conflict(why) = settle(None, UNIT, &m, &r) else { panic!("a conflict") };
         assert!(why.contains("not in the inbox of gz.haizhu/civil-affairs"), "{why}");
     }

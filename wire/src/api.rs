@@ -16,7 +16,7 @@ pub fn b64_encode(bytes: &[u8]) -> String {
 pub fn b64_decode(s: &str) -> Result<Vec<u8>, String> {
     base64::engine::general_purpose::STANDARD
         .decode(s)
-        .map_err(|e| format!("payload is not valid base64: {e}"))
+        .map_err(|e| format!("payload is not valid base64 ({e}): encode it with the standard alphabet, with padding (RFC 4648 section 4)"))
 }
 
 /// Decodes a 128-hex-character ed25519 signature.
@@ -48,8 +48,8 @@ impl SignedMessage {
     /// Decodes signature and payload and checks the payload against the envelope. The signature itself
     /// is checked by whoever knows the sender's key.
     pub fn decode(&self) -> Result<(SignedEnvelope, Vec<u8>), EnvelopeError> {
-        let sig = signature_from_hex(&self.signature).map_err(EnvelopeError::Malformed)?;
-        let payload = b64_decode(&self.payload).map_err(EnvelopeError::Malformed)?;
+        let sig = signature_from_hex(&self.signature).map_err(EnvelopeError::Submission)?;
+        let payload = b64_decode(&self.payload).map_err(EnvelopeError::Submission)?;
         self.envelope.check_shape()?;
         self.envelope.check_payload(&payload)?;
         Ok((SignedEnvelope::from_parts(self.envelope.clone(), sig), payload))
@@ -625,4 +625,33 @@ pub struct QueryStatus {
     /// The answer exactly as the asked unit signed it, with its payload (when `answered`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub answer: Option<SignedMessage>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Envelope, Kind, Priority};
+
+    fn submission() -> SignedMessage {
+        let key = ed25519_dalek::SigningKey::from_bytes(&[1; 32]);
+        let to = "gz.haizhu/civil-affairs".parse().unwrap();
+        let e = Envelope::new(Kind::Document, "gz.yuexiu/liurong-street".parse().unwrap(), vec![to], vec![], Priority::Routine, b"hello");
+        SignedMessage::new(&e.sign(&key), b"hello")
+    }
+
+    #[test]
+    fn bad_base64_and_bad_signature_hex_are_named_as_such() {
+        let mut m = submission();
+        m.decode().unwrap();
+        m.payload = "aGVsbG8*".into();
+        let e = m.decode().unwrap_err();
+        assert!(matches!(e, EnvelopeError::Submission(_)), "{e:?}");
+        let text = e.to_string();
+        assert!(text.contains("payload is not valid base64") && !text.contains("envelope bytes"), "{text}");
+
+        let mut m = submission();
+        m.signature.pop();
+        let text = m.decode().unwrap_err().to_string();
+        assert!(text.contains("signature must be 128 hex characters") && !text.contains("envelope bytes"), "{text}");
+    }
 }

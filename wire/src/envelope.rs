@@ -48,6 +48,10 @@ pub const MAX_RECIPIENTS: usize = 4096;
 pub enum EnvelopeError {
     #[error("envelope bytes are malformed: {0}")]
     Malformed(String),
+    /// A member of the JSON submission around the envelope (signature hex, payload base64) is not
+    /// what section 6 of docs/protocol.md says; the envelope itself may be fine.
+    #[error("the submission is malformed: {0}")]
+    Submission(String),
     #[error("envelope version {0} is not supported (this node speaks version 1)")]
     Version(u16),
     #[error("the envelope has no recipients: give at least one main (to) recipient")]

@@ -141,6 +141,9 @@ const RECIPIENT: &str = "gz.haizhu/civil-affairs";
 const SENDER_SEED: [u8; 32] = [1; 32];
 const RECIPIENT_SEED: [u8; 32] = [2; 32];
 const NODE_SEED: [u8; 32] = [3; 32];
+/// The owner of the base-data topics `person.death` and `person.marriage` (configs/catalog.toml).
+const OWNER: &str = "gz.yuexiu/civil-affairs";
+const OWNER_SEED: [u8; 32] = [4; 32];
 /// 2025-07-01 09:00:00 China Standard Time.
 const T0: u64 = 1_751_331_600_000;
 
@@ -191,6 +194,28 @@ fn plain() -> (Envelope, Vec<u8>) {
     let mut e = Envelope::new(Kind::Document, addr(RECIPIENT), vec![addr(SENDER)], vec![], Priority::Urgent, &payload);
     e.created_at_ms = T0 + 60_000;
     (e, payload)
+}
+
+/// A document whose metadata keys sort differently by UTF-8 bytes (the rule) than by UTF-16 code units
+/// (JavaScript's default sort): a key starting with a character outside the Basic Multilingual Plane
+/// (𠮷, U+20BB7, written in UTF-16 as the surrogates D842 DFB7) and one starting with a fullwidth
+/// character (￥, U+FFE5). By bytes ￥ (EF BF A5) comes first; by UTF-16 code units 𠮷 (D842) does.
+fn non_ascii_keys() -> (Envelope, Vec<u8>) {
+    let payload = "拟拨付𠮷祥村道路维修经费，请审核。".as_bytes().to_vec();
+    let mut e = Envelope::new(Kind::Document, addr(SENDER), vec![addr(RECIPIENT)], vec![], Priority::Routine, &payload);
+    e.created_at_ms = T0 + 300_000;
+    e.metadata.insert("title".into(), "关于𠮷祥村道路维修经费的请示".into());
+    e.metadata.insert("附注".into(), "附预算表一份".into());
+    e.metadata.insert("￥经费".into(), "120000.00".into());
+    e.metadata.insert("𠮷祥村".into(), "白云区".into());
+    (e, payload)
+}
+
+/// Metadata keys in UTF-16 code-unit order (the wrong order, for the check that the vector shows it).
+fn utf16_sorted(keys: &[&str]) -> Vec<String> {
+    let mut k: Vec<Vec<u16>> = keys.iter().map(|k| k.encode_utf16().collect()).collect();
+    k.sort();
+    k.iter().map(|u| String::from_utf16(u).unwrap()).collect()
 }
 
 // Scalar arithmetic modulo the group order L, done with the scalar type ed25519-dalek hands out
@@ -287,6 +312,31 @@ fn generate() -> VectorFile {
     let (mut report_env, report_payload) = report.envelope(addr(SENDER), doc.priority);
     report_env.created_at_ms = T0 + 415;
 
+    let (keys_env, keys_payload) = non_ascii_keys();
+
+    let question_body = br#"{"id_number":"440104195001011234"}"#;
+    let mut question =
+        exchange_wire::query::question(addr(SENDER), addr(RECIPIENT), "person.alive", T0 + 4_200_000, question_body);
+    question.created_at_ms = T0 + 3_900_000;
+    let question_id = question.message_id();
+    let answer_body = br#"{"alive":false,"death_date":"2025-06-12"}"#;
+    let mut answer = exchange_wire::query::answer(addr(RECIPIENT), addr(SENDER), question_id, answer_body);
+    answer.created_at_ms = T0 + 3_960_000;
+
+    let record_body = r#"{"id_number":"440104195001011234","name":"陈某某","death_date":"2025-06-12"}"#.as_bytes();
+    let mut record = exchange_wire::sharing::record(addr(OWNER), "person.death", "440104195001011234", record_body);
+    record.created_at_ms = T0 + 7_200_000;
+
+    let purpose = "核对辖区婚姻登记信息，更新户籍资料";
+    let mut subscription = exchange_wire::sharing::subscription_request(
+        addr(RECIPIENT),
+        addr(OWNER),
+        "person.marriage",
+        exchange_wire::sharing::StartFrom::Beginning,
+        purpose,
+    );
+    subscription.created_at_ms = T0 + 7_260_000;
+
     let valid = vec![
         valid_vector(
             "document",
@@ -319,6 +369,53 @@ fn generate() -> VectorFile {
             NODE_SEED,
             report_env,
             &report_payload,
+        ),
+        valid_vector(
+            "document-non-ascii-metadata-keys",
+            "A document whose metadata keys sort differently by UTF-8 bytes than by UTF-16 code units: \
+             \"title\", \"附注\" (U+9644), \"￥经费\" (U+FFE5, UTF-8 EF BF A5) and \"𠮷祥村\" (U+20BB7, UTF-8 \
+             F0 A0 AE B7, UTF-16 D842 DFB7). Sorted by UTF-8 bytes, as required, ￥ comes before 𠮷; JavaScript's \
+             default sort (UTF-16 code units) puts 𠮷 first and gives other bytes, another id and a signature \
+             that does not verify.",
+            SENDER_SEED,
+            keys_env,
+            &keys_payload,
+        ),
+        valid_vector(
+            "query",
+            "A query (查询核验, kind query, section 7.7) from gz.yuexiu/liurong-street to gz.haizhu/civil-affairs: \
+             exactly one `to`, no `cc`, priority urgent, metadata query.deadline (ms since the epoch, decimal) \
+             and query.topic; the question is a JSON payload.",
+            SENDER_SEED,
+            question,
+            question_body,
+        ),
+        valid_vector(
+            "answer",
+            "The answer to vector \"query\" (kind answer): from the asked unit to the asker only, priority \
+             urgent, metadata answer.for = the query's message id; the answer is a JSON payload.",
+            RECIPIENT_SEED,
+            answer,
+            answer_body,
+        ),
+        valid_vector(
+            "data-record",
+            "A base-data record (kind data-record, section 16.2) of topic person.death, signed by its owner \
+             gz.yuexiu/civil-affairs (seed 04…04): `to` exactly [sender], no `cc`, metadata data.topic and \
+             data.subject (the citizen ID number), the record JSON as payload. Priority routine, as the \
+             reference signs it (a record never travels by itself: its node wraps it in a data-delivery).",
+            OWNER_SEED,
+            record,
+            record_body,
+        ),
+        valid_vector(
+            "subscription-request",
+            "A subscription request (kind subscription-request, section 16.4) from gz.haizhu/civil-affairs to \
+             the owner of topic person.marriage: `to` = [owner], metadata data.topic and data.from = \
+             beginning, the stated purpose as a UTF-8 payload. Priority express, as the reference signs it.",
+            RECIPIENT_SEED,
+            subscription,
+            purpose.as_bytes(),
         ),
     ];
 
@@ -545,6 +642,9 @@ fn generate() -> VectorFile {
             "Keys are derived from the fixed 32-byte seeds given (RFC 8032 secret keys); signatures are \
              deterministic Ed25519, so an implementation must reproduce every hex string exactly."
                 .into(),
+            "Seeds: 01…01 gz.yuexiu/liurong-street, 02…02 gz.haizhu/civil-affairs, 03…03 node gz.haizhu \
+             (gz.haizhu/_node), 04…04 gz.yuexiu/civil-affairs."
+                .into(),
             "valid: build the canonical bytes from `envelope`, check canonical_bytes_hex, message_id_hex = \
              SHA-256(canonical bytes) and signature_hex, and verify the signature with public_key_hex."
                 .into(),
@@ -670,6 +770,32 @@ fn valid_vectors_match_the_code_byte_for_byte() {
     assert_eq!(receipt.to, vec![doc.sender.clone()]);
     assert!(doc.to.contains(&receipt.sender));
     assert_eq!(receipt.payload_size, 0);
+
+    // The non-ASCII keys vector shows the sort-order trap: UTF-16 order is another order.
+    let (_, keyed, _) = &ids["document-non-ascii-metadata-keys"];
+    let keys: Vec<&str> = keyed.metadata.keys().map(String::as_str).collect();
+    assert_eq!(keys, ["title", "附注", "￥经费", "𠮷祥村"], "metadata keys in UTF-8 byte order");
+    assert_ne!(utf16_sorted(&keys), keys, "the vector must sort differently by UTF-16 code units");
+
+    // The query and its answer, the record and the request read back as their kinds.
+    let (query_id, query_env, _) = &ids["query"];
+    assert_eq!(query_env.kind, Kind::Query);
+    assert_eq!(query_env.priority, Priority::Urgent);
+    let (deadline, topic) = exchange_wire::query::facts(query_env).unwrap();
+    assert_eq!((deadline, topic.as_str()), (T0 + 4_200_000, "person.alive"));
+    assert!(deadline > query_env.created_at_ms);
+    let (_, answer_env, _) = &ids["answer"];
+    assert_eq!(&exchange_wire::query::answered(answer_env).unwrap().to_hex(), query_id);
+    assert_eq!(answer_env.to, vec![query_env.sender.clone()]);
+    assert_eq!(answer_env.sender, query_env.to[0]);
+    let (_, record_env, _) = &ids["data-record"];
+    let facts = exchange_wire::sharing::RecordFacts::from_envelope(record_env).unwrap();
+    assert_eq!((facts.topic.as_str(), facts.subject.as_str()), ("person.death", "440104195001011234"));
+    assert_eq!(record_env.to, vec![record_env.sender.clone()]);
+    let (_, request_env, _) = &ids["subscription-request"];
+    let request = exchange_wire::sharing::RequestFacts::from_envelope(request_env).unwrap();
+    assert_eq!(request.topic, "person.marriage");
+    assert_eq!(request_env.to, vec![addr(OWNER)]);
 
     let (_, report_env, report_payload) = &ids["delivery-report"];
     let report = DeliveryReport::from_envelope(report_env, report_payload).unwrap();

@@ -42,7 +42,7 @@ impl From<EnvelopeError> for Refusal {
             EnvelopeError::NoRecipients | EnvelopeError::DuplicateRecipient(_) | EnvelopeError::TooManyRecipients(_) => {
                 "bad-recipients"
             }
-            EnvelopeError::Malformed(_) => "malformed",
+            EnvelopeError::Malformed(_) | EnvelopeError::Submission(_) => "malformed",
         };
         let status = if code == "bad-signature" { 403 } else { 400 };
         Refusal::new(code, status, e.to_string())
