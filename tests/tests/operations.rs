@@ -80,6 +80,11 @@ fn operators_answer_where_is_it_what_is_stuck_and_was_anything_altered() {
         .iter()
         .map(|e| (e["node"].as_str().unwrap().to_string(), e["event"].as_str().unwrap().to_string()))
         .collect();
+    // Each event once: a node's events must not come back twice through two neighbours.
+    let rows: Vec<String> = trace["events"].as_array().unwrap().iter().map(|e| e.to_string()).collect();
+    let unique: std::collections::BTreeSet<&String> = rows.iter().collect();
+    assert_eq!(unique.len(), rows.len(), "the trace repeats events: {trace}");
+    assert!(!events_named(&trace, "hop"), "every node answered: their own rows stand for the reported hops: {trace}");
     for expected in [("gz.yuexiu", "accepted"), ("gz", "received"), ("gz", "forwarded"), ("gz.haizhu", "delivered"), ("gz.haizhu", "signed-for")] {
         assert!(events.contains(&(expected.0.into(), expected.1.into())), "trace lacks {expected:?}: {events:?}");
     }
@@ -163,4 +168,8 @@ fn operators_answer_where_is_it_what_is_stuck_and_was_anything_altered() {
     let verdict: Value = serde_json::from_slice(&admin(&haizhu_admin, &["--json", "audit", "verify"]).stdout).unwrap();
     assert_eq!(verdict["ok"], false);
     assert_eq!(verdict["first_break"]["seq"], 3, "{verdict}");
+}
+
+fn events_named(trace: &serde_json::Value, name: &str) -> bool {
+    trace["events"].as_array().unwrap().iter().any(|e| e["event"] == name)
 }

@@ -229,7 +229,8 @@ pub struct CustodyEvent {
     /// `peer`), `forwarded` (acknowledged by `peer`), `delivered` (into `unit`'s inbox), `signed-for`
     /// (by `unit`), `receipt` (a receipt from `unit` reached the sender's node), `delivery-reported`
     /// (node `peer` reported delivery to `unit`), `hop` (a custody hop at `peer`, from a delivery
-    /// report; one per report, so hops shared by several reports repeat), `failed` (refused for good).
+    /// report; one per report, so hops shared by several reports repeat; a trace keeps one, and only for
+    /// a node it could not ask), `failed` (refused for good).
     pub event: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unit: Option<UnitAddress>,

@@ -93,6 +93,7 @@ impl Engine {
     /// neighbour to neighbour, those of every node it crossed.
     pub async fn trace(self: &Arc<Self>, id: &MessageId) -> Result<TraceResponse, Refusal> {
         let (mut events, unreachable) = self.gather_trace(id, None).await?;
+        fold_reported_hops(&mut events);
         events.sort_by_key(|e| e.at_ms);
         let nodes: BTreeSet<NodeId> = events.iter().map(|e| e.node.clone()).collect();
         let unreachable: BTreeSet<NodeId> = unreachable.into_iter().collect();
@@ -315,8 +316,14 @@ impl Engine {
         let mut checks = Vec::new();
         checks.push(self.storage_check().await);
         let dir = self.dir.current();
-        match dir.node(&self.here).and_then(|n| n.parent.clone()) {
-            Some(parent) => {
+        match dir.node(&self.here).map(|n| n.parent.clone()) {
+            // Not listed: whether it has a parent is unknown, and it is not the root either.
+            None => checks.push(Check {
+                name: "parent".into(),
+                ok: false,
+                detail: "unknown: the directory does not list this node, so neither its parent nor its place is known".into(),
+            }),
+            Some(Some(parent)) => {
                 let up = self.peers.lock().expect("peers lock").get(&parent).is_some_and(|p| p.connected);
                 checks.push(Check {
                     name: "parent".into(),
@@ -324,7 +331,7 @@ impl Engine {
                     detail: if up { format!("link to {parent} is up") } else { format!("no link to parent {parent}; messages up the tree wait") },
                 });
             }
-            None => checks.push(Check { name: "parent".into(), ok: true, detail: "root node: no parent".into() }),
+            Some(None) => checks.push(Check { name: "parent".into(), ok: true, detail: "root node: no parent".into() }),
         }
         let listed = dir.node(&self.here).is_some();
         checks.push(Check {
@@ -337,5 +344,46 @@ impl Engine {
             },
         });
         Readiness { ready: checks.iter().all(|c| c.ok), checks }
+    }
+}
+/// The sender's node records a `hop` event for every hop a delivery report names, so a trace that
+/// also holds those nodes' own events would show each hop twice (and once more per further report).
+/// Keep a `hop` row only for a node whose own events are missing (it could not be asked), once.
+fn fold_reported_hops(events: &mut Vec<CustodyEvent>) {
+    let answered: BTreeSet<NodeId> = events.iter().filter(|e| e.event != "hop").map(|e| e.node.clone()).collect();
+    let mut seen = BTreeSet::new();
+    events.retain(|e| match (e.event.as_str(), &e.peer) {
+        ("hop", Some(hop)) => !answered.contains(hop) && seen.insert(hop.clone()),
+        _ => true,
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(node: &str, event: &str, peer: Option<&str>, at_ms: u64) -> CustodyEvent {
+        CustodyEvent { node: node.parse().unwrap(), at_ms, event: event.into(), unit: None, peer: peer.map(|p| p.parse().unwrap()), detail: None }
+    }
+
+    #[test]
+    fn a_trace_shows_each_hop_once() {
+        let mut events = vec![
+            event("gz.yuexiu", "accepted", None, 1),
+            event("gz.yuexiu", "forwarded", Some("gz"), 3),
+            event("gz", "received", Some("gz.yuexiu"), 2),
+            // Two delivery reports (recipients at gz and at gz.haizhu) both name the hops.
+            event("gz.yuexiu", "hop", Some("gz.yuexiu"), 1),
+            event("gz.yuexiu", "hop", Some("gz"), 2),
+            event("gz.yuexiu", "hop", Some("gz.yuexiu"), 1),
+            event("gz.yuexiu", "hop", Some("gz"), 2),
+            event("gz.yuexiu", "hop", Some("gz.haizhu"), 4),
+            event("gz.yuexiu", "hop", Some("gz.haizhu"), 4),
+        ];
+        fold_reported_hops(&mut events);
+        let hops: Vec<_> = events.iter().filter(|e| e.event == "hop").map(|e| e.peer.as_ref().unwrap().to_string()).collect();
+        // gz.yuexiu and gz answered with their own events; gz.haizhu could not be asked: one row for it.
+        assert_eq!(hops, ["gz.haizhu"]);
+        assert_eq!(events.len(), 4);
     }
 }
