@@ -239,6 +239,7 @@ pub fn new(
         pending_checkpoints: HashMap::new(),
         neighbours: Vec::new(),
         dialing: HashSet::new(),
+        peers_known: false,
     };
     Ok((Client { commands }, events, lp))
 }
@@ -256,6 +257,8 @@ pub struct EventLoop {
     pending_checkpoints: HashMap<OutboundRequestId, oneshot::Sender<Result<CheckpointResponse, NetError>>>,
     neighbours: Vec<Neighbour>,
     dialing: HashSet<PeerId>,
+    /// Whether the node has said who may connect ([`Command::SetPeers`]); see [`EventLoop::run`].
+    peers_known: bool,
 }
 
 impl EventLoop {
@@ -266,6 +269,22 @@ impl EventLoop {
         // the link timeout), and bounds how long a healed link waits for its next dial.
         let mut redial = tokio::time::interval(Duration::from_millis(250));
         redial.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Until the node has loaded its directory and said who its peers are, the allow list is
+        // empty and every neighbour would be refused (when a whole network restarts at once, each
+        // node refused the others for some milliseconds, with a warning each). Take commands only:
+        // incoming connections wait in the listen backlog meanwhile. Bounded, so a node that never
+        // sends its peers still runs.
+        let peers_due = tokio::time::sleep(Duration::from_secs(5));
+        tokio::pin!(peers_due);
+        while !self.peers_known {
+            tokio::select! {
+                command = self.commands.recv() => match command {
+                    Some(c) => self.on_command(c),
+                    None => return,
+                },
+                _ = &mut peers_due => break,
+            }
+        }
         loop {
             tokio::select! {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
@@ -336,6 +355,7 @@ impl EventLoop {
                 let _ = self.swarm.behaviour_mut().reconcile.send_response(channel, response);
             }
             Command::SetPeers { allowed, neighbours } => {
+                self.peers_known = true;
                 let keep: HashSet<PeerId> = allowed.iter().copied().collect();
                 let old: Vec<PeerId> = self.swarm.behaviour().allowed.allowed_peers().iter().copied().collect();
                 for p in old.into_iter().filter(|p| !keep.contains(p)) {
@@ -490,5 +510,65 @@ fn answer_or_deliver<Req, Resp>(
             tracing::debug!(%peer, %error, "an inbound request failed");
         }
         request_response::Event::ResponseSent { .. } => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(port: u16) -> NetworkConfig {
+        NetworkConfig {
+            listen: format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap(),
+            idle_timeout: Duration::from_secs(60),
+            link_timeout: Duration::from_secs(5),
+            bounds: behaviour::Bounds {
+                request_timeout: Duration::from_secs(30),
+                max_batch_bytes: 1 << 20,
+                max_directory_bytes: 1 << 20,
+                max_pending_connections: 16,
+                max_established_connections: 16,
+                max_connections_per_peer: 4,
+            },
+        }
+    }
+
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    }
+
+    /// A neighbour that dials a node before the node has said who its peers are (a node starting
+    /// while its neighbours run) is kept waiting, not refused, and gets in once the peers are set.
+    #[tokio::test]
+    async fn a_neighbour_dialing_before_the_peers_are_known_waits_instead_of_being_refused() {
+        let (node_key, neighbour_key) = (identity::Keypair::generate_ed25519(), identity::Keypair::generate_ed25519());
+        let (node_peer, neighbour_peer) = (node_key.public().to_peer_id(), neighbour_key.public().to_peer_id());
+        let port = free_port();
+        let (node, mut node_events, node_loop) = new(node_key, config(port)).unwrap();
+        tokio::spawn(node_loop.run());
+        let (neighbour, mut neighbour_events, neighbour_loop) = new(neighbour_key, config(0)).unwrap();
+        tokio::spawn(neighbour_loop.run());
+        tokio::spawn(async move { while neighbour_events.recv().await.is_some() {} });
+        let address: Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap();
+        neighbour.set_peers(vec![node_peer], vec![Neighbour { peer: node_peer, addresses: vec![address] }]).await;
+
+        // Several redials (every 250 ms) while the node does not know its peers yet.
+        let quiet = tokio::time::timeout(Duration::from_millis(800), async {
+            loop {
+                if let Some(NetworkEvent::Refused { peer, inbound }) = node_events.recv().await {
+                    return (peer, inbound);
+                }
+            }
+        })
+        .await;
+        assert!(quiet.is_err(), "the node refused its neighbour before it knew its peers: {quiet:?}");
+
+        node.set_peers(vec![neighbour_peer], vec![]).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !neighbour.connected().await.contains(&node_peer) {
+            assert!(tokio::time::Instant::now() < deadline, "the neighbour never got in");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(node.connected().await.contains(&neighbour_peer));
     }
 }
