@@ -136,6 +136,11 @@ fn a_message_resent_after_its_window_is_still_recognised_not_refused() {
         (exchange_wire::now_ms() > signed.envelope.created_at_ms + 1500).then_some(())
     });
     assert!(client.submit(&signed, b"once").unwrap().duplicate);
+    // The held message re-sent with another payload keeps the refusal it always gets: the payload
+    // does not match (signing it again, as `stale-envelope` would advise, is not the fix).
+    let err = client.submit(&signed, b"twice").unwrap_err();
+    assert_eq!(err.code(), Some("payload-mismatch"), "{err}");
+    assert!(!err.to_string().contains("sign"), "no advice to sign again: {err}");
     let mut stale = Envelope::new(Kind::Document, sender.clone(), vec![unit("gz.haizhu/civil-affairs")], vec![], Priority::Routine, b"new");
     stale.created_at_ms -= 5_000;
     assert_eq!(client.submit(&stale.sign(&net.unit_keys[&sender]), b"new").unwrap_err().code(), Some("stale-envelope"));

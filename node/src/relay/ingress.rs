@@ -131,8 +131,12 @@ impl Engine {
         // it would make a second message, so the sender must learn that the first is in custody.
         for (r, m) in results.iter_mut().zip(&messages) {
             let recheck = matches!(r, Err(e) if !matches!(e.code, "forbidden" | "malformed" | "payload-mismatch" | "storage"));
-            if recheck && self.is_held(m).await {
-                *r = Ok(JobOutcome::Duplicate);
+            if recheck {
+                match self.held(m).await {
+                    Held::Exactly => *r = Ok(JobOutcome::Duplicate),
+                    Held::WithOtherPayload(refusal) => *r = Err(refusal),
+                    Held::Not => {}
+                }
             }
         }
         drop(messages);
@@ -204,8 +208,10 @@ impl Engine {
         if env.metadata.get(exchange_wire::document::RESEND_OF) != Some(&message_id.to_hex()) {
             return refuse(Refusal::malformed(format!("a 补发 carries metadata resend.of = {message_id}"))).await;
         }
-        if self.is_held(&m).await {
-            return Ok(SubmitResponse { id: resend_id, duplicate: true, accepted_at_ms: exchange_wire::now_ms() });
+        match self.held(&m).await {
+            Held::Exactly => return Ok(SubmitResponse { id: resend_id, duplicate: true, accepted_at_ms: exchange_wire::now_ms() }),
+            Held::WithOtherPayload(r) => return refuse(r).await,
+            Held::Not => {}
         }
         let status = match self.status(caller, message_id).await {
             Ok(s) => s,
@@ -229,15 +235,20 @@ impl Engine {
         self.take_submissions(caller, vec![m], true).await.pop().expect("one result")
     }
 
-    /// Whether this node already holds exactly this submission: the same id (so the same signed
-    /// header), the same signature, and a payload that matches the header.
-    async fn is_held(&self, m: &SignedMessage) -> bool {
-        if m.envelope.kind != Kind::Document || m.decode().is_err() {
-            return false;
+    /// Whether this node already holds this submission: the same id (so the same signed header) and
+    /// the same signature; and whether the payload matches the header.
+    async fn held(&self, m: &SignedMessage) -> Held {
+        if m.envelope.kind != Kind::Document {
+            return Held::Not;
         }
-        match self.store.message(&m.envelope.message_id().0).await {
+        let same_signature = match self.store.message(&m.envelope.message_id().0).await {
             Ok(Some(held)) => hex::encode(&held.signature) == m.signature.to_ascii_lowercase(),
             _ => false,
+        };
+        match (same_signature, m.decode()) {
+            (false, _) => Held::Not,
+            (true, Ok(_)) => Held::Exactly,
+            (true, Err(e)) => Held::WithOtherPayload(e.into()),
         }
     }
 
@@ -722,4 +733,16 @@ async fn verify(dir: &Arc<Directory>, candidates: &[Candidate], at_ingress: bool
             })
         })
         .collect()
+}
+
+/// What this node holds of a document submitted again.
+enum Held {
+    /// Not this message with this signature.
+    Not,
+    /// Exactly this submission: a duplicate.
+    Exactly,
+    /// This message and signature, with a payload that does not match it: the refusal it gets
+    /// (`payload-mismatch`, or `malformed` for a payload that is not base64), whatever else has
+    /// changed since (its window, its sender's status).
+    WithOtherPayload(Refusal),
 }
