@@ -1,4 +1,4 @@
-//! `exchange-node`: runs a node, generates node keys, runs the demo and the benchmark.
+//! `exchange-node`: runs a node, generates node keys, runs the demo, the benchmark and the devnet.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -40,6 +40,10 @@ enum Command {
     Demo(exchange_devnet::demo::DemoArgs),
     /// Measure throughput and latency district → city → district with real node processes.
     Bench(exchange_devnet::bench::BenchArgs),
+    /// Start the whole Guangzhou network (city node, 12 district nodes, 209 units) on loopback, write
+    /// every unit's key and token and a Prometheus configuration to a folder, and run until Ctrl-C;
+    /// or, with --scenario SECS, drive mixed traffic and exit 0 only if everything reconciles.
+    Devnet(exchange_devnet::devnet::DevnetArgs),
 }
 
 fn main() -> ExitCode {
@@ -50,6 +54,7 @@ fn main() -> ExitCode {
         Command::Keygen { out } => keygen(out),
         Command::Demo(args) => exchange_devnet::demo::run(args),
         Command::Bench(args) => exchange_devnet::bench::run(args),
+        Command::Devnet(args) => exchange_devnet::devnet::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
