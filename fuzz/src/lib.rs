@@ -8,8 +8,8 @@
 //! exchange-fuzz`, which replays the committed corpus and a bounded number of mutations of it
 //! ([`mutate`]) on every CI run.
 
-use exchange_node::network::protocol::{AttachmentRequest, DirectoryPush, TraceRequest, TransferRequest};
-use exchange_node::network::reconcile::ReconcileRequest;
+use exchange_node_core::network::protocol::{AttachmentRequest, DirectoryPush, TraceRequest, TransferRequest};
+use exchange_node_core::network::reconcile::ReconcileRequest;
 use exchange_wire::api::{BatchSignForRequest, BatchSubmitRequest, RetentionRequest, SignedMessage, WebhookRequest};
 use exchange_wire::directory::Segment;
 use exchange_wire::sharing::{AckRequest, BatchPublishRequest, DecideRequest, RecordFacts, RequestFacts};

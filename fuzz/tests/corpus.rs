@@ -9,8 +9,8 @@
 use std::path::{Path, PathBuf};
 
 use exchange_fuzz::{TARGETS, mutate};
-use exchange_node::network::protocol::{AttachmentRequest, DirectoryPush, Parcel, SegmentParcel, TraceRequest, TransferRequest};
-use exchange_node::network::reconcile::{Direction, ReconcileRequest};
+use exchange_node_core::network::protocol::{AttachmentRequest, DirectoryPush, Parcel, SegmentParcel, TraceRequest, TransferRequest};
+use exchange_node_core::network::reconcile::{Direction, ReconcileRequest};
 use exchange_wire::api::{BatchSubmitRequest, SignedMessage, WebhookRequest};
 use exchange_wire::directory::{KeyRecord, NodeRecord, NodeTree, Segment, UnitRecord, UnitSegment, UnitStatus};
 use exchange_wire::document::Attachment;

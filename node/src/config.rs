@@ -452,7 +452,7 @@ impl AttachmentsConfig {
 pub struct LogConfig {
     /// `human` or `json`.
     pub format: String,
-    /// A tracing filter such as `info` or `exchange_node=debug,info`; `RUST_LOG` wins if set.
+    /// A tracing filter such as `info` or `exchange_node_core=debug,info`; `RUST_LOG` wins if set.
     pub level: String,
 }
 

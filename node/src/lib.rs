@@ -11,17 +11,15 @@
 //! * [`api`]: the agency and admin HTTP interfaces; [`metrics`]: Prometheus; [`memory`]: how the
 //!   process takes memory from the allocator.
 //! * [`backup`]: online backups, restores, and the reconciliation with the neighbours after one.
-//! * [`node`]: wiring it all together; [`launcher`], [`demo`], [`bench`]: local networks of real
-//!   node processes for the demo, the benchmark and the tests.
+//! * [`node`]: wiring it all together.
+//!
+//! The `exchange-node` binary, the demo, the benchmark and the local-network launcher live in the
+//! `exchange-node` package (`devnet/`), outside this library.
 
 pub mod api;
 pub mod backup;
-pub mod bench;
-pub mod bench_attachment;
 pub mod config;
-pub mod demo;
 pub mod directory;
-pub mod launcher;
 pub mod memory;
 pub mod metrics;
 pub mod network;

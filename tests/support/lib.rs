@@ -18,7 +18,7 @@ mod traffic;
 pub use small_fs::{SmallFs, is_root};
 pub use sqlite_file::{flip_middle_page, flip_wal_frame, wal_cut_after_first_commit};
 pub use traffic::{Sent, Stream, http_status, reconcile, wait_ready};
-use exchange_node::launcher::LocalNetwork;
+use exchange_devnet::launcher::LocalNetwork;
 use exchange_wire::api::{InboxItem, SignedMessage};
 use exchange_wire::client::ApiClient;
 use exchange_wire::{Envelope, Kind, MessageId, Priority, SignedEnvelope, UnitAddress};
@@ -84,7 +84,7 @@ pub struct AdminAt {
 }
 
 impl AdminAt {
-    pub fn of(node: &exchange_node::launcher::LocalNode) -> AdminAt {
+    pub fn of(node: &exchange_devnet::launcher::LocalNode) -> AdminAt {
         AdminAt { url: node.admin_url.clone(), token_file: node.admin_token_file() }
     }
 

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use exchange_node::launcher::LocalNetwork;
+use exchange_devnet::launcher::LocalNetwork;
 use exchange_wire::api::BatchItemResult;
 use exchange_wire::client::ApiClient;
 use exchange_wire::{MessageId, UnitAddress};

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
-use exchange_node::launcher::{LocalNetwork, Placement, free_port};
+use exchange_devnet::launcher::{LocalNetwork, Placement, free_port};
 
 /// The prefix of every namespace a lab creates: `exlab<pid>-<n>-…`.
 const PREFIX: &str = "exlab";

@@ -6,8 +6,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use exchange_node::network::protocol::{Parcel, TransferRequest, TransferResponse};
-use exchange_node::network::{self, Client, NetworkConfig, Neighbour};
+use exchange_node_core::network::protocol::{Parcel, TransferRequest, TransferResponse};
+use exchange_node_core::network::{self, Client, NetworkConfig, Neighbour};
 use exchange_wire::SignedEnvelope;
 use libp2p::{Multiaddr, PeerId};
 
@@ -49,7 +49,7 @@ impl RoguePeer {
     /// Connects to the node whose key file is `key_file`, listening on loopback port `port`.
     pub fn connect(&self, key_file: &Path, port: u16) -> PeerId {
         let key = exchange_wire::keys::read(key_file).expect("read the target's node key");
-        let peer = exchange_node::directory::peer_id_of(&exchange_wire::PublicKey(key.verifying_key()));
+        let peer = exchange_node_core::directory::peer_id_of(&exchange_wire::PublicKey(key.verifying_key()));
         let address: Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap();
         self.rt.block_on(async {
             self.client.set_peers(vec![peer], vec![Neighbour { peer, addresses: vec![address] }]).await;

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
-use exchange_node::launcher::LocalNetwork;
+use exchange_devnet::launcher::LocalNetwork;
 use exchange_wire::api::RecipientState;
 use exchange_wire::{MessageId, UnitAddress};
 

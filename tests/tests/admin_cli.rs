@@ -96,7 +96,7 @@ fn agency_commands_drive_the_real_api() {
     // Exit codes scripts rely on: 1 for a refusal, 2 when the node cannot be reached.
     let refused = admin_as(&haizhu, &recipient_token, &["sign-for", "--key", recipient_key.to_str().unwrap(), "--unit", recipient.as_str(), &"0".repeat(64)]);
     assert_eq!(refused.status.code(), Some(1), "{}", String::from_utf8_lossy(&refused.stderr));
-    let port = exchange_node::launcher::free_port().unwrap();
+    let port = exchange_devnet::launcher::free_port().unwrap();
     let unreachable = admin(&format!("http://127.0.0.1:{port}"), &["status", &id]);
     assert_eq!(unreachable.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&unreachable.stderr).contains("cannot reach"), "{}", String::from_utf8_lossy(&unreachable.stderr));

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use exchange_node::launcher::LocalNetwork;
+use exchange_devnet::launcher::LocalNetwork;
 use exchange_tests::*;
 
 /// The attack of issue 12 point 7: 2,000 requests with a token this node never issued.

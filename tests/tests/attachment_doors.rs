@@ -37,7 +37,7 @@ fn put_raw(url: &str, body: &[u8], token: &str) -> (u16, serde_json::Value) {
 }
 
 /// A document from `from` to `to` describing `attachments`, signed with `from`'s key.
-fn doc_citing(net: &exchange_node::launcher::LocalNetwork, from: &UnitAddress, to: &UnitAddress, attachments: &[&Attachment]) -> SignedEnvelope {
+fn doc_citing(net: &exchange_devnet::launcher::LocalNetwork, from: &UnitAddress, to: &UnitAddress, attachments: &[&Attachment]) -> SignedEnvelope {
     let mut e = Envelope::new(Kind::Document, from.clone(), vec![to.clone()], vec![], Priority::Routine, b"body");
     for (i, a) in attachments.iter().enumerate() {
         a.describe(i + 1, &mut e.metadata);
@@ -169,7 +169,7 @@ fn knowing_a_sha256_neither_reads_nor_reveals_nor_cites_an_attachment() {
 
 #[test]
 fn uploads_are_bounded_per_unit_swept_when_abandoned_and_hold_no_descriptor() {
-    let mut net = exchange_node::launcher::LocalNetwork::create(&node_binary(), None, &["gz", "gz.yuexiu", "gz.haizhu"], FAST_RETRY).unwrap();
+    let mut net = exchange_devnet::launcher::LocalNetwork::create(&node_binary(), None, &["gz", "gz.yuexiu", "gz.haizhu"], FAST_RETRY).unwrap();
     let config = net.node("gz.yuexiu").config_path.clone();
     let mut text = std::fs::read_to_string(&config).unwrap();
     text.push_str(

@@ -208,7 +208,7 @@ fn put_raw(url: &str, body: &[u8], token: &str) -> (u16, serde_json::Value) {
 
 #[test]
 fn an_attachment_over_a_transit_nodes_limit_fails_back_to_the_sender_instead_of_waiting_forever() {
-    let mut net = exchange_node::launcher::LocalNetwork::create(&node_binary(), None, &["gz", "gz.yuexiu", "gz.haizhu"], FAST_RETRY).unwrap();
+    let mut net = exchange_devnet::launcher::LocalNetwork::create(&node_binary(), None, &["gz", "gz.yuexiu", "gz.haizhu"], FAST_RETRY).unwrap();
     // The city takes attachments up to 2 MiB only; 越秀 takes the default 4 GiB.
     let city_config = net.node("gz").config_path.clone();
     let mut config = std::fs::read_to_string(&city_config).unwrap();

@@ -7,8 +7,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use exchange_node::launcher::LocalNetwork;
-use exchange_node::storage::EventRow;
+use exchange_devnet::launcher::LocalNetwork;
+use exchange_node_core::storage::EventRow;
 use exchange_tests::*;
 use serde_json::Value;
 

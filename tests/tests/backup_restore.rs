@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
-use exchange_node::launcher::{LocalNetwork, LocalNode};
+use exchange_devnet::launcher::{LocalNetwork, LocalNode};
 use exchange_tests::*;
 use exchange_wire::api::{BatchItemResult, RecipientState};
 use exchange_wire::backup::{BackupManifest, ReconcileState, ReconciliationPage};

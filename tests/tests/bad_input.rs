@@ -9,13 +9,13 @@ use exchange_wire::client::ApiClient;
 
 /// Submits a body, then checks status, error code, a phrase of the message, the metric, the audit
 /// entry and that no custody table changed.
-fn expect_refused(net: &exchange_node::launcher::LocalNetwork, body: &[u8], status: u16, code: &str, phrase: &str) {
+fn expect_refused(net: &exchange_devnet::launcher::LocalNetwork, body: &[u8], status: u16, code: &str, phrase: &str) {
     let token = net.unit_tokens[&unit("gz.yuexiu/liurong-street")].clone();
     expect_refused_as(net, Some(&token), body, status, code, phrase);
 }
 
 /// [`expect_refused`] with the given token (or none).
-fn expect_refused_as(net: &exchange_node::launcher::LocalNetwork, token: Option<&str>, body: &[u8], status: u16, code: &str, phrase: &str) {
+fn expect_refused_as(net: &exchange_devnet::launcher::LocalNetwork, token: Option<&str>, body: &[u8], status: u16, code: &str, phrase: &str) {
     let node = net.node("gz.yuexiu");
     let client: ApiClient = node.client();
     let metric_before = metric(&client, "exchange_messages_rejected_total", &[("reason", code)]);

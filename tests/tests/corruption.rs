@@ -47,7 +47,7 @@ fn copy_files(from: &Path, to: &Path, names: &[&str]) {
     }
 }
 
-fn units(net: &exchange_node::launcher::LocalNetwork, node: &str) -> Vec<UnitAddress> {
+fn units(net: &exchange_devnet::launcher::LocalNetwork, node: &str) -> Vec<UnitAddress> {
     net.unit_keys.keys().filter(|u| u.node_part() == node).take(3).cloned().collect()
 }
 

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use exchange_node::launcher::LocalNetwork;
+use exchange_devnet::launcher::LocalNetwork;
 use exchange_tests::*;
 use exchange_wire::api::{IssueToken, NewUnit};
 use exchange_wire::PublicKey;

@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use exchange_node::launcher::LocalNetwork;
+use exchange_devnet::launcher::LocalNetwork;
 use exchange_tests::load::receivers;
 use exchange_tests::*;
 use exchange_wire::UnitAddress;

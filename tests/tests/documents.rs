@@ -104,7 +104,7 @@ fn urgent_documents_overtake_a_backlog() {
 
 #[test]
 fn status_of_a_document_to_more_than_eighty_units() {
-    let net = exchange_node::launcher::LocalNetwork::create(&node_binary(), None, &["gz", "gz.yuexiu", "gz.haizhu", "gz.tianhe", "gz.baiyun"], FAST_RETRY)
+    let net = exchange_devnet::launcher::LocalNetwork::create(&node_binary(), None, &["gz", "gz.yuexiu", "gz.haizhu", "gz.tianhe", "gz.baiyun"], FAST_RETRY)
         .and_then(|mut n| n.start_all().map(|_| n))
         .unwrap();
     let sender = unit("gz/general-office");
@@ -302,7 +302,7 @@ fn a_resend_reaches_the_recipients_the_document_missed() {
 #[test]
 fn a_refusal_further_on_is_reported_to_the_sender() {
     // 海珠 takes payloads of at most 1 KiB; the city forwards a larger one and 海珠 refuses it for good.
-    let mut net = exchange_node::launcher::LocalNetwork::create(&node_binary(), None, &["gz", "gz.yuexiu", "gz.haizhu"], FAST_RETRY).unwrap();
+    let mut net = exchange_devnet::launcher::LocalNetwork::create(&node_binary(), None, &["gz", "gz.yuexiu", "gz.haizhu"], FAST_RETRY).unwrap();
     let cfg_path = net.node("gz.haizhu").config_path.clone();
     let cfg = std::fs::read_to_string(&cfg_path).unwrap();
     std::fs::write(&cfg_path, format!("{cfg}\n[limits]\nmax_payload_bytes = 1024\n")).unwrap();

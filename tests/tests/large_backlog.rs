@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use exchange_node::launcher::LocalNetwork;
+use exchange_devnet::launcher::LocalNetwork;
 use exchange_tests::*;
 use exchange_wire::api::RecipientState;
 use exchange_wire::{MessageId, SignedEnvelope, UnitAddress};

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
-use exchange_node::launcher::LocalNetwork;
+use exchange_devnet::launcher::LocalNetwork;
 use exchange_tests::*;
 use exchange_wire::api::RecipientState;
 use exchange_wire::{Envelope, Kind, MessageId, Priority, SignedEnvelope, UnitAddress};

@@ -37,7 +37,7 @@ fn tamper(db: &Path, sql: &'static str) {
 
 #[test]
 fn operators_answer_where_is_it_what_is_stuck_and_was_anything_altered() {
-    let mut net = exchange_node::launcher::LocalNetwork::create(&node_binary(), None, &["gz", "gz.yuexiu", "gz.haizhu"], FAST_RETRY).unwrap();
+    let mut net = exchange_devnet::launcher::LocalNetwork::create(&node_binary(), None, &["gz", "gz.yuexiu", "gz.haizhu"], FAST_RETRY).unwrap();
     // The city is misconfigured to take payloads of at most 1 KiB: it refuses larger ones for good.
     let missing = "gz.haizhu/chigang-street";
     let city_cfg = net.node("gz").config_path.clone();

@@ -27,7 +27,7 @@ const DRAIN_START_BOUND: Duration = Duration::from_secs(2);
 
 const NODES: [&str; 3] = ["gz", "gz.yuexiu", "gz.haizhu"];
 
-fn units(net: &exchange_node::launcher::LocalNetwork, node: &str) -> Vec<UnitAddress> {
+fn units(net: &exchange_devnet::launcher::LocalNetwork, node: &str) -> Vec<UnitAddress> {
     net.unit_keys.keys().filter(|u| u.node_part() == node).take(4).cloned().collect()
 }
 

@@ -13,7 +13,7 @@
 
 use std::time::{Duration, Instant};
 
-use exchange_node::launcher::LocalNetwork;
+use exchange_devnet::launcher::LocalNetwork;
 use exchange_tests::load::{Accepted, Load, receivers, reconcile};
 use exchange_tests::*;
 use exchange_wire::UnitAddress;

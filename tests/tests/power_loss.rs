@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use exchange_node::launcher::LocalNetwork;
+use exchange_devnet::launcher::LocalNetwork;
 use exchange_tests::lazyfs::{LazyMount, unsupported};
 use exchange_tests::*;
 use exchange_wire::api::{BatchItemResult, RecipientState, SignedMessage};

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use exchange_node::launcher::LocalNetwork;
+use exchange_devnet::launcher::LocalNetwork;
 use exchange_tests::*;
 use exchange_wire::sharing::{self, DataItem, DecideRequest, StartFrom, SubscriptionView};
 use exchange_wire::{MessageId, SignedEnvelope, UnitAddress};
@@ -26,7 +26,7 @@ const MOVE_OUT: &str = "person.move-out";
 fn network() -> LocalNetwork {
     let net = three_nodes(FAST_RETRY);
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/catalog.toml");
-    let catalog = exchange_node::sharing::catalog_from_file(&path).expect("the example catalog loads");
+    let catalog = exchange_node_core::sharing::catalog_from_file(&path).expect("the example catalog loads");
     net.node("gz").admin().publish_catalog(&catalog).expect("the root signs the catalog");
     for n in net.nodes.values() {
         wait_for(&format!("the catalog at {}", n.id), Duration::from_secs(20), || {
@@ -478,7 +478,7 @@ fn cli(node_url: &str, token: &str, args: &[&str]) -> std::process::Output {
 }
 
 /// Runs `exchange-admin` against a node's admin API.
-fn cli_admin(node: &exchange_node::launcher::LocalNode, args: &[&str]) -> std::process::Output {
+fn cli_admin(node: &exchange_devnet::launcher::LocalNode, args: &[&str]) -> std::process::Output {
     AdminAt::of(node).command().args(args).output().expect("run exchange-admin")
 }
 

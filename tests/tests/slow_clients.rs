@@ -8,7 +8,7 @@ use std::io::{Read as _, Write as _};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use exchange_node::launcher::LocalNetwork;
+use exchange_devnet::launcher::LocalNetwork;
 use exchange_tests::*;
 
 const ATTACKERS: u8 = 10;

@@ -7,7 +7,7 @@ use std::io::{Read as _, Write as _};
 use std::process::Command;
 use std::time::Duration;
 
-use exchange_node::launcher::LocalNetwork;
+use exchange_devnet::launcher::LocalNetwork;
 use exchange_tests::*;
 use exchange_wire::client::ApiClient;
 

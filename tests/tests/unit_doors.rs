@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use exchange_node::network::protocol::ParcelResult;
+use exchange_node_core::network::protocol::ParcelResult;
 use exchange_tests::rogue_peer::{RoguePeer, parcel};
 use exchange_tests::*;
 use exchange_wire::api::{RecipientState, WebhookRequest};
@@ -92,7 +92,7 @@ fn takes_no_more(hook: &Hook, count: usize, window: Duration) {
 }
 
 /// Sends one document from 越秀 六榕街道 to `to` and waits until it is in `to`'s inbox.
-fn deliver(net: &exchange_node::launcher::LocalNetwork, to: &UnitAddress, n: usize) {
+fn deliver(net: &exchange_devnet::launcher::LocalNetwork, to: &UnitAddress, n: usize) {
     let sender = unit("gz.yuexiu/liurong-street");
     let body = format!("doc {n}");
     let d = document(&net.unit_keys[&sender], sender.as_str(), &[to.as_str()], &[], body.as_bytes(), &format!("文 {n}"));

@@ -1,4 +1,4 @@
-//! `exchange-node`: runs a node, generates node keys, runs the demo and the benchmark.
+//! `exchange-node`: runs a node, generates node keys, runs the demo, the benchmark and the devnet.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -37,19 +37,24 @@ enum Command {
     },
     /// Start a city node and two district nodes on loopback, send a document across the tiers, and
     /// print the hop-by-hop timeline and the verified receipts.
-    Demo(exchange_node::demo::DemoArgs),
+    Demo(exchange_devnet::demo::DemoArgs),
     /// Measure throughput and latency district → city → district with real node processes.
-    Bench(exchange_node::bench::BenchArgs),
+    Bench(exchange_devnet::bench::BenchArgs),
+    /// Start the whole Guangzhou network (city node, 12 district nodes, 209 units) on loopback, write
+    /// every unit's key and token and a Prometheus configuration to a folder, and run until Ctrl-C;
+    /// or, with --scenario SECS, drive mixed traffic and exit 0 only if everything reconciles.
+    Devnet(exchange_devnet::devnet::DevnetArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run { config } => run(config),
-        Command::Restore { config, from } => exchange_node::backup::restore::run(&config, &from),
+        Command::Restore { config, from } => exchange_node_core::backup::restore::run(&config, &from),
         Command::Keygen { out } => keygen(out),
-        Command::Demo(args) => exchange_node::demo::run(args),
-        Command::Bench(args) => exchange_node::bench::run(args),
+        Command::Demo(args) => exchange_devnet::demo::run(args),
+        Command::Bench(args) => exchange_devnet::bench::run(args),
+        Command::Devnet(args) => exchange_devnet::devnet::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -61,11 +66,11 @@ fn main() -> ExitCode {
 }
 
 fn run(config: PathBuf) -> anyhow::Result<()> {
-    let cfg = exchange_node::config::NodeConfig::load(&config)?;
-    exchange_node::node::init_logging(&cfg);
-    exchange_node::memory::return_large_buffers_to_the_system();
+    let cfg = exchange_node_core::config::NodeConfig::load(&config)?;
+    exchange_node_core::node::init_logging(&cfg);
+    exchange_node_core::memory::return_large_buffers_to_the_system();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    rt.block_on(exchange_node::node::run(cfg))
+    rt.block_on(exchange_node_core::node::run(cfg))
 }
 
 fn keygen(out: PathBuf) -> anyhow::Result<()> {
@@ -73,6 +78,6 @@ fn keygen(out: PathBuf) -> anyhow::Result<()> {
     exchange_wire::keys::write_new(&out, &key, "node key")?;
     let public = exchange_wire::PublicKey(key.verifying_key());
     println!("public_key = \"{public}\"");
-    println!("peer_id    = \"{}\"", exchange_node::directory::peer_id_of(&public));
+    println!("peer_id    = \"{}\"", exchange_node_core::directory::peer_id_of(&public));
     Ok(())
 }

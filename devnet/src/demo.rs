@@ -19,7 +19,9 @@ use crate::launcher::LocalNetwork;
 /// Options of the demo.
 #[derive(clap::Args, Debug)]
 pub struct DemoArgs {
-    /// Folder for configs, keys, databases and logs (default: a temporary folder, removed afterwards).
+    /// Folder for configs, node keys, databases and logs, every unit's key and API token (`units/`,
+    /// mode 0600) and `network.toml` (every node's addresses and every unit's files), kept afterwards
+    /// (default: a temporary folder, removed afterwards).
     #[arg(long)]
     pub dir: Option<PathBuf>,
     /// Keep the folder after the demo.
@@ -47,7 +49,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     net.stop_all();
     if args.keep || args.dir.is_some() {
         let root = net.keep_files();
-        println!("   files kept in {}", root.display());
+        println!("   files kept in {}; start the nodes again with `exchange-node run --config {}/<node>.toml`", root.display(), root.display());
+        println!("   and act for a unit with its files: EXCHANGE_TOKEN=$(cat units/<unit>.token) exchange-admin --node <api> ... --key units/<unit>.key");
     }
     match &result {
         Ok(()) => println!("== Demo finished: the document and its attachment crossed both tiers, both signed receipts verified, the death reached both subscribers, and the query was answered."),
@@ -71,10 +74,13 @@ fn unit_name(net: &LocalNetwork, u: &UnitAddress) -> String {
 
 fn steps(net: &mut LocalNetwork) -> anyhow::Result<()> {
     net.start_all()?;
-    println!("\n   node         api                     p2p port  pid");
-    for n in net.nodes.values() {
-        println!("   {:<12} {:<23} {:<9} {}", n.id.as_str(), n.api_url, n.p2p_port, n.pid().unwrap_or(0));
+    println!();
+    for line in net.address_table().lines() {
+        println!("   {line}");
     }
+    // Every unit's key and token, so that a kept folder can be acted in afterwards.
+    let index = net.write_credentials()?;
+    println!("   units' keys and API tokens (0600): {}; index of nodes and units: {}", net.root.join("units").display(), index.display());
 
     let (sender, to, cc) = (unit(SENDER), unit(MAIN_RECIPIENT), unit(COPY_RECIPIENT));
     let payload = "各有关单位：\n为做好今年汛期防汛防风工作，确保人民群众生命财产安全，现将有关事项通知如下……\n\n越秀区六榕街道办事处\n2005年5月20日\n"
@@ -177,7 +183,7 @@ fn steps(net: &mut LocalNetwork) -> anyhow::Result<()> {
 fn share_a_death(net: &LocalNetwork) -> anyhow::Result<()> {
     use exchange_wire::sharing::{self, StartFrom};
     println!("\n== Base-data sharing (数据共享): the root signs the catalog, two bureaus subscribe to person.death");
-    let catalog = crate::sharing::catalog_from_toml(include_str!("../../configs/catalog.toml"), std::path::Path::new("."))
+    let catalog = exchange_node_core::sharing::catalog_from_toml(include_str!("../../configs/catalog.toml"), std::path::Path::new("."))
         .map_err(anyhow::Error::msg)?;
     net.node("gz").admin().publish_catalog(&catalog)?;
     let deadline = Instant::now() + Duration::from_secs(30);

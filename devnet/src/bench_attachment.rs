@@ -20,7 +20,7 @@ use serde_json::json;
 use sha2::{Digest as _, Sha256};
 
 use crate::launcher::LocalNetwork;
-use crate::storage::attachments::CHUNK_BYTES;
+use exchange_node_core::storage::attachments::CHUNK_BYTES;
 
 const MIB: u64 = 1024 * 1024;
 /// The brief's bound on each node's resident memory while relaying a large document.

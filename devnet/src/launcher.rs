@@ -158,6 +158,22 @@ pub fn free_port() -> anyhow::Result<u16> {
     anyhow::bail!("no free TCP port between {FIRST} and {}", FIRST + SPAN)
 }
 
+/// Writes a new file readable by its owner only (0600), synced: tokens are secrets like keys.
+fn write_private(path: &Path, body: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let _ = std::fs::remove_file(path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    f.write_all(body)?;
+    f.sync_all()?;
+    Ok(())
+}
+
 fn write_key(path: &Path, key: &SigningKey, label: &str) -> anyhow::Result<()> {
     exchange_wire::keys::write_new(path, key, label)?;
     Ok(())
@@ -254,7 +270,7 @@ impl LocalNetwork {
                         "parent_address = \"/ip4/{}/tcp/{}/p2p/{}\"\n",
                         p2p_host(pp),
                         pp.ports.0,
-                        crate::directory::peer_id_of(&PublicKey(pp.key.verifying_key()))
+                        exchange_node_core::directory::peer_id_of(&PublicKey(pp.key.verifying_key()))
                     )
                 }
                 None => String::new(),
@@ -361,6 +377,78 @@ impl LocalNetwork {
         Ok(path)
     }
 
+    /// Writes what an agency system of every unit needs to act for it afterwards, and an index of the
+    /// network, so that a kept folder (`demo --dir`, `devnet --dir`) can be used without this process:
+    ///
+    /// * `units/<unit>.key` and `units/<unit>.token` (`/` in the address becomes `_`), mode 0600: the
+    ///   unit's signing key and the API token its node issued (after [`LocalNetwork::converge`]);
+    /// * `network.toml`: per node its agency API, admin API, metrics address, operator token file and
+    ///   configuration; per unit its node, agency API and the two files above (paths relative to the
+    ///   folder).
+    ///
+    /// Returns the index's path. Files of an earlier run in the same folder are replaced.
+    pub fn write_credentials(&self) -> anyhow::Result<PathBuf> {
+        let dir = self.root.join("units");
+        std::fs::create_dir_all(&dir)?;
+        let mut index = String::from(
+            "# The local network's nodes and units (written by exchange-node). Paths are relative to this folder;\n\
+             # key and token files are mode 0600. Use a unit's token with exchange-admin --token or EXCHANGE_TOKEN.\n\n",
+        );
+        for n in self.nodes.values() {
+            let rel = |p: &Path| p.strip_prefix(&self.root).unwrap_or(p).display().to_string();
+            index.push_str(&format!(
+                "[[node]]\nid = \"{}\"\napi = \"{}\"\nadmin = \"{}\"\nmetrics = \"{}/metrics\"\np2p_port = {}\nadmin_token_file = \"{}\"\nconfig = \"{}\"\nlog = \"{}\"\n\n",
+                n.id,
+                n.api_url,
+                n.admin_url,
+                n.api_url,
+                n.p2p_port,
+                rel(&n.admin_token_file()),
+                rel(&n.config_path),
+                rel(&n.log_path),
+            ));
+        }
+        for (unit, key) in &self.unit_keys {
+            let Some(node) = self.nodes.values().find(|n| n.id.as_str() == unit.node_part()) else { continue };
+            let stem = unit.as_str().replace('/', "_");
+            let key_file = dir.join(format!("{stem}.key"));
+            let _ = std::fs::remove_file(&key_file);
+            write_key(&key_file, key, unit.as_str())?;
+            let token_line = match self.unit_tokens.get(unit) {
+                Some(token) => {
+                    let token_file = dir.join(format!("{stem}.token"));
+                    write_private(&token_file, format!("{token}\n").as_bytes())?;
+                    format!("token_file = \"units/{stem}.token\"\n")
+                }
+                None => String::new(),
+            };
+            index.push_str(&format!(
+                "[[unit]]\naddress = \"{unit}\"\nnode = \"{}\"\napi = \"{}\"\nkey_file = \"units/{stem}.key\"\n{token_line}\n",
+                node.id, node.api_url
+            ));
+        }
+        let path = self.root.join("network.toml");
+        std::fs::write(&path, index)?;
+        Ok(path)
+    }
+
+    /// One line per node: id, agency API, admin API, metrics address, p2p port, process id.
+    pub fn address_table(&self) -> String {
+        let mut out = format!("{:<12} {:<23} {:<23} {:<31} {:<9} {}\n", "node", "api", "admin", "metrics", "p2p port", "pid");
+        for n in self.nodes.values() {
+            out.push_str(&format!(
+                "{:<12} {:<23} {:<23} {:<31} {:<9} {}\n",
+                n.id.as_str(),
+                n.api_url,
+                n.admin_url,
+                format!("{}/metrics", n.api_url),
+                n.p2p_port,
+                n.pid().map(|p| p.to_string()).unwrap_or_else(|| "-".into())
+            ));
+        }
+        out
+    }
+
     pub fn node(&self, id: &str) -> &LocalNode {
         self.nodes.values().find(|n| n.id.as_str() == id).unwrap_or_else(|| panic!("node {id} is not in this network"))
     }
@@ -458,6 +546,19 @@ impl LocalNetwork {
         if let Some(mut child) = node.child.take() {
             child.kill()?;
             child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Fails naming the first node whose process exited by itself (a crash, a refused start).
+    pub fn check_running(&mut self) -> anyhow::Result<()> {
+        for node in self.nodes.values_mut() {
+            if let Some(child) = node.child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                node.child = None;
+                bail!("node {} exited ({status}); see {}", node.id, node.log_path.display());
+            }
         }
         Ok(())
     }

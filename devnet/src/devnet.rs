@@ -1,0 +1,129 @@
+//! `exchange-node devnet`: the whole Guangzhou network of `configs/guangzhou.toml` on one machine.
+//!
+//! The city node and the twelve district nodes run as real `exchange-node run` processes on
+//! loopback, each with its own SQLite file, and host all 209 units of the topology. Into the folder
+//! (`--dir`) go the nodes' configurations, keys, databases and logs, every unit's key and API token
+//! (`units/`, mode 0600), `network.toml` (every node's addresses, every unit's files) and a Prometheus
+//! scrape configuration for the 13 nodes with the shipped alert rules beside it. The network then
+//! runs until Ctrl-C or SIGTERM, when the nodes are stopped. With `--scenario SECS` it instead drives
+//! mixed traffic for that long (see [`crate::scenario`]) and exits 0 only if everything reconciles.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+
+use crate::launcher::{LocalNetwork, Topology};
+
+/// Options of `exchange-node devnet`.
+#[derive(clap::Args, Debug)]
+pub struct DevnetArgs {
+    /// Folder for configurations, keys, databases, logs, units' keys and tokens, `network.toml` and
+    /// `prometheus/` (kept afterwards). Default: a temporary folder, removed when the devnet stops.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Keep the temporary folder when the devnet stops.
+    #[arg(long)]
+    pub keep: bool,
+    /// Drive mixed traffic for this many seconds, reconcile, print the report and exit (0 only if
+    /// every document arrived exactly once and every receipt came back), instead of running until
+    /// stopped.
+    #[arg(long, value_name = "SECS")]
+    pub scenario: Option<u64>,
+    /// Documents per second the scenario submits, over all senders.
+    #[arg(long, default_value_t = 10.0)]
+    pub rate: f64,
+}
+
+/// Runs the devnet.
+pub fn run(args: DevnetArgs) -> anyhow::Result<()> {
+    let binary = std::env::current_exe().context("cannot find the exchange-node binary")?;
+    let topology = Topology::guangzhou();
+    let ids: Vec<&str> = topology.nodes.iter().map(|n| n.id.as_str()).collect();
+    // Quick retries: on one machine a refused first connection is a start-up race, not an outage.
+    let extra = "[relay]\nretry_initial_ms = 50\nretry_max_ms = 1000\n";
+    let mut net = LocalNetwork::create(&binary, args.dir.as_deref(), &ids, extra)?;
+    println!(
+        "== Guangzhou devnet: {} nodes, {} units, real node processes on loopback",
+        topology.nodes.len(),
+        topology.units.len()
+    );
+    println!("   folder: {}", net.root.display());
+    let started = Instant::now();
+    let result = start(&mut net, started).and_then(|()| match args.scenario {
+        Some(secs) => crate::scenario::run(&net, Duration::from_secs(secs), args.rate),
+        None => wait_for_stop(&mut net),
+    });
+    if result.is_err() {
+        for id in net.nodes.keys() {
+            eprintln!("--- last log lines of node {id} ---\n{}", net.log_tail(id.as_str(), 3));
+        }
+    }
+    println!("== stopping the nodes");
+    net.stop_all();
+    if args.keep || args.dir.is_some() {
+        println!("   files kept in {}", net.keep_files().display());
+    }
+    result
+}
+
+/// Starts every node, waits for the directory to reach all of them, writes the units' files and the
+/// Prometheus configuration, and prints where everything is.
+fn start(net: &mut LocalNetwork, started: Instant) -> anyhow::Result<()> {
+    net.start_all()?;
+    println!("   all {} nodes up, one directory on every node, after {:.1} s\n", net.nodes.len(), started.elapsed().as_secs_f64());
+    for line in net.address_table().lines() {
+        println!("   {line}");
+    }
+    let index = net.write_credentials()?;
+    let prometheus = write_prometheus(net)?;
+    println!("\n   units' keys and API tokens (0600): {}", net.root.join("units").display());
+    println!("   index of nodes and units:          {}", index.display());
+    println!("   Prometheus:                        prometheus --config.file={}", prometheus.display());
+    println!("   operator token of a node:          <folder>/<node>/admin.token (exchange-admin --admin <admin> --admin-token-file ...)");
+    Ok(())
+}
+
+/// Writes `prometheus/prometheus.yml` (one target per node, labelled `node` and `tier` as in
+/// deploy/prometheus/prometheus.yml) and the shipped `alerts.yml` beside it; returns the former.
+pub fn write_prometheus(net: &LocalNetwork) -> anyhow::Result<PathBuf> {
+    let dir = net.root.join("prometheus");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("alerts.yml"), include_str!("../../deploy/prometheus/alerts.yml"))?;
+    let mut yml = String::from(
+        "# The devnet's 13 nodes (written by exchange-node devnet), labelled as deploy/prometheus/prometheus.yml\n\
+         # labels the real network's, so the shipped alert rules and dashboard queries work on them.\n\
+         # Run: prometheus --config.file=<this file> --storage.tsdb.path=<a folder>\n\n\
+         global:\n  scrape_interval: 5s\n  scrape_timeout: 4s\n  evaluation_interval: 5s\n  external_labels:\n    network: guangzhou-devnet\n\n\
+         rule_files:\n  - alerts.yml\n\n\
+         scrape_configs:\n  - job_name: exchange-node\n    metrics_path: /metrics\n    scheme: http\n    honor_labels: true\n    static_configs:\n",
+    );
+    for n in net.nodes.values() {
+        let tier = net.topology.nodes.iter().find(|t| t.id == n.id).map(|t| t.tier.as_str()).unwrap_or("district");
+        let target = n.api_url.trim_start_matches("http://");
+        yml.push_str(&format!("      - targets: [\"{target}\"]\n        labels: {{ tier: {tier}, node: {} }}\n", n.id));
+    }
+    let path = dir.join("prometheus.yml");
+    std::fs::write(&path, yml)?;
+    Ok(path)
+}
+
+/// Blocks until SIGINT or SIGTERM, or until a node exits by itself (an error).
+fn wait_for_stop(net: &mut LocalNetwork) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    println!("\n   running; Ctrl-C (or SIGTERM) stops the network");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut terminate = signal(SignalKind::terminate())?;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = interrupt.recv() => return Ok(()),
+                _ = terminate.recv() => return Ok(()),
+                _ = tick.tick() => net.check_running()?,
+            }
+        }
+    })
+}
+

@@ -1,0 +1,19 @@
+//! Local networks of real `exchange-node run` processes on loopback, kept out of the node library
+//! (`exchange-node-core`) so that a production node carries none of it:
+//!
+//! * [`launcher`]: lays out keys, seeds and configurations from the Guangzhou topology, starts, stops
+//!   and kills node processes, waits for the directory and issues unit tokens (also used by the
+//!   end-to-end tests).
+//! * [`demo`]: `exchange-node demo`, the README's first command.
+//! * [`bench`], [`bench_attachment`]: `exchange-node bench`.
+//! * [`devnet`]: `exchange-node devnet`, the whole Guangzhou network (13 nodes, 209 units);
+//!   [`scenario`]: its `--scenario` traffic and reconciliation; [`process_stats`]: the nodes'
+//!   memory, CPU and descriptors from `/proc`.
+
+pub mod bench;
+pub mod bench_attachment;
+pub mod demo;
+pub mod devnet;
+pub mod launcher;
+pub mod process_stats;
+pub mod scenario;
