@@ -5,6 +5,7 @@
 //!   and kills node processes, waits for the directory and issues unit tokens (also used by the
 //!   end-to-end tests).
 //! * [`demo`]: `exchange-node demo`, the README's first command.
+//! * [`deploy_kit`]: `exchange-node deploy-kit`, every node's installation files for real machines.
 //! * [`bench`], [`bench_attachment`]: `exchange-node bench`.
 //! * [`devnet`]: `exchange-node devnet`, the whole Guangzhou network (13 nodes, 209 units);
 //!   [`scenario`]: its `--scenario` traffic and reconciliation; [`process_stats`]: the nodes'
@@ -13,6 +14,7 @@
 pub mod bench;
 pub mod bench_attachment;
 pub mod demo;
+pub mod deploy_kit;
 pub mod devnet;
 pub mod launcher;
 pub mod process_stats;

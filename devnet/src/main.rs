@@ -1,4 +1,5 @@
-//! `exchange-node`: runs a node, generates node keys, runs the demo, the benchmark and the devnet.
+//! `exchange-node`: runs a node, generates node keys, runs the demo, the benchmark and the devnet, and
+//! writes deployment kits.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -44,6 +45,9 @@ enum Command {
     /// every unit's key and token and a Prometheus configuration to a folder, and run until Ctrl-C;
     /// or, with --scenario SECS, drive mixed traffic and exit 0 only if everything reconciles.
     Devnet(exchange_devnet::devnet::DevnetArgs),
+    /// Write every node's installation files (configuration, node key, units seed, the root's tree
+    /// seed, the agencies' unit keys) from the topology and the hosts file, one folder per machine.
+    DeployKit(exchange_devnet::deploy_kit::DeployKitArgs),
 }
 
 fn main() -> ExitCode {
@@ -55,6 +59,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => exchange_devnet::demo::run(args),
         Command::Bench(args) => exchange_devnet::bench::run(args),
         Command::Devnet(args) => exchange_devnet::devnet::run(args),
+        Command::DeployKit(args) => exchange_devnet::deploy_kit::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
