@@ -17,6 +17,7 @@ pub mod committer;
 pub mod custody;
 pub mod directory_sync;
 pub mod forwarder;
+pub mod handover;
 pub mod ingress;
 pub mod operations;
 pub mod push;
