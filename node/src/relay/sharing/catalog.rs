@@ -30,7 +30,7 @@ impl Engine {
                 tracing::info!(version = catalog.version, topics = catalog.topics.len(), "data-sharing catalog in force");
                 // Requests that waited for the catalog can be decided now.
                 let engine = self.clone();
-                tokio::spawn(async move { engine.process_subscription_requests().await });
+                self.tasks.spawn(async move { engine.process_subscription_requests().await });
             }
             Err(e) => tracing::error!(error = %e, "the catalog held does not compile; keeping the previous one"),
         }

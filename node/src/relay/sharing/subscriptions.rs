@@ -252,7 +252,7 @@ impl Engine {
                 }
                 if backfill.is_some() {
                     let engine = self.clone();
-                    tokio::spawn(async move { engine.send_backlogs().await });
+                    self.tasks.spawn(async move { engine.send_backlogs().await });
                 }
                 let mut decided = row.clone();
                 decided.state = state.into();
