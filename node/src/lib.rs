@@ -30,3 +30,4 @@ pub mod routing;
 pub mod settlement;
 pub mod sharing;
 pub mod storage;
+pub mod tasks;

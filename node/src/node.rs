@@ -1,8 +1,14 @@
 //! Wiring: load the configuration, key and directory, open storage, start the network, the engine and
 //! the HTTP listeners, and stop cleanly on SIGTERM or Ctrl-C.
+//!
+//! Shutdown, within [`SHUTDOWN_BOUND`]: the listeners stop taking requests and answer those under
+//! way; the engine's background tasks are told to stop ([`crate::tasks`]); the group committer
+//! commits what is queued and refuses the rest; the last audit checkpoint goes to the parent. What
+//! does not finish in time is abandoned: it was never acknowledged, so a neighbour or an agency
+//! sends it again. The network's event loop runs to the end, so the checkpoint can still leave.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
@@ -14,6 +20,10 @@ use crate::storage::health::{Fault, StorageHealth};
 use crate::storage::sqlite::OpenCheck;
 use crate::storage::{SqliteStore, Store};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How long a shutdown may take before what is left is abandoned.
+pub const SHUTDOWN_BOUND: Duration = Duration::from_secs(10);
 
 /// Sets up logging as configured (`RUST_LOG` overrides the level).
 pub fn init_logging(cfg: &NodeConfig) {
@@ -39,7 +49,9 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         Err(e) => return Err(anyhow::Error::new(e).context(format!("cannot open the database {}", cfg.database_path().display()))),
     };
     let stop = CancellationToken::new();
-    tokio::spawn(health.clone().run(stop.clone()));
+    // The node's own tasks (beside the engine's): they all end when `stop` is cancelled.
+    let node_tasks = TaskTracker::new();
+    node_tasks.spawn(health.clone().run(stop.clone()));
 
     let keypair = libp2p::identity::Keypair::ed25519_from_bytes(node_key.to_bytes()).context("node key")?;
     let listen = cfg.p2p.listen.parse().with_context(|| format!("p2p.listen {:?} is not a multiaddress", cfg.p2p.listen))?;
@@ -75,19 +87,19 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         None => tracing::warn!(node = %cfg.node_id, "this node is not in the node tree yet: it waits for the tree from its parent"),
     }
     {
-        let engine = engine.clone();
-        tokio::spawn(async move {
+        let engine2 = engine.clone();
+        engine.tasks.spawn(async move {
             while let Some(event) = net_events.recv().await {
-                engine.on_network_event(event).await;
+                engine2.on_network_event(event).await;
             }
         });
     }
 
     // Before any listener: whoever waits for the node to answer may then read the token file.
     let admin_doors = crate::api::admin_doors::Doors::open(&cfg, engine.clone())?;
-    tokio::spawn(admin_doors.clone().audit_refusals(stop.clone()));
+    node_tasks.spawn(admin_doors.clone().audit_refusals(stop.clone()));
     let agency_refusals = crate::api::agency::refusal_tally(&cfg, &engine);
-    tokio::spawn(agency_refusals.clone().audit(engine.clone(), stop.clone()));
+    node_tasks.spawn(agency_refusals.clone().audit(engine.clone(), stop.clone()));
     let checkpoints = tokio::spawn(engine.clone().run_audit_checkpoints(stop.clone()));
 
     let agency = tokio::net::TcpListener::bind(cfg.api.listen)
@@ -100,22 +112,51 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         api_tls = agency_tls.is_some(), admin_tls = admin_tls.is_some(), "node started");
 
     let serve = |name, listener, router, limits, tls| {
-        tokio::spawn(crate::api::listener::serve(name, listener, router, limits, tls, engine.metrics.clone(), stop.clone()))
+        node_tasks.spawn(crate::api::listener::serve(name, listener, router, limits, tls, engine.metrics.clone(), stop.clone()))
     };
     let a = serve("agency", agency, crate::api::agency::router(engine.clone(), agency_refusals), cfg.api.http_limits(), agency_tls);
     let b = serve("admin", admin, crate::api::admin::router(engine.clone(), admin_doors), cfg.admin.http_limits(), admin_tls);
 
     shutdown_signal().await;
+    shutdown(&engine, stop, node_tasks, [a, b], checkpoints).await;
+    Ok(())
+}
+
+/// Stops the node within [`SHUTDOWN_BOUND`] (see the module's documentation for the order), and
+/// logs how it went: `stopped cleanly`, or what was abandoned.
+async fn shutdown(
+    engine: &Arc<Engine>,
+    stop: CancellationToken,
+    node_tasks: TaskTracker,
+    listeners: [tokio::task::JoinHandle<()>; 2],
+    checkpoints: tokio::task::JoinHandle<()>,
+) {
+    let began = Instant::now();
     tracing::info!("stopping: no new requests; what is committed stays committed");
     stop.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(5), async {
-        let _ = a.await;
-        let _ = b.await;
-        // The last checkpoint, handed at a clean shutdown.
+    node_tasks.close();
+    let steps = async {
+        // Requests under way are answered (after their commit) or fail unacknowledged.
+        for l in listeners {
+            let _ = l.await;
+        }
+        let left = engine.tasks.stop(Duration::from_secs(4)).await;
+        // The last checkpoint, handed at a clean shutdown (it may still commit, so before the committer).
         let _ = checkpoints.await;
-    })
-    .await;
-    Ok(())
+        let drained = engine.committer.stop(Duration::from_secs(3)).await;
+        node_tasks.wait().await;
+        (left, drained)
+    };
+    match tokio::time::timeout(SHUTDOWN_BOUND, steps).await {
+        Ok((0, true)) => tracing::info!(elapsed_ms = began.elapsed().as_millis() as u64, "stopped cleanly"),
+        Ok((left, drained)) => tracing::warn!(
+            elapsed_ms = began.elapsed().as_millis() as u64,
+            tasks_abandoned = left,
+            commit_queue_drained = drained,
+            "stopped, abandoning unacknowledged work (it is sent again)"
+        ),
+        Err(_) => tracing::warn!(bound_secs = SHUTDOWN_BOUND.as_secs(), "shutdown took too long: abandoning what is left (nothing of it was acknowledged)"),
+    }
 }
 
 /// The listeners' TLS acceptors; refuses plain HTTP off loopback unless the configuration allows it.

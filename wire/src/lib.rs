@@ -26,11 +26,4 @@ pub use envelope::{
     Digest, Envelope, EnvelopeError, Kind, MessageId, Priority, SignedEnvelope, digest_payload,
 };
 pub use keys::{KeyError, PublicKey};
-
-/// Milliseconds since the Unix epoch, the one time unit on the wire.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use time::now_ms;

@@ -3,6 +3,14 @@
 //! Document deadlines (办理时限) and dates (成文日期) are calendar dates in China Standard Time
 //! (UTC+8, no daylight saving), written `YYYY-MM-DD`.
 
+/// Milliseconds since the Unix epoch, the one time unit on the wire.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// China Standard Time's offset from UTC, in seconds.
 pub const CHINA_OFFSET_SECS: u64 = 8 * 3600;
 

@@ -315,7 +315,7 @@ impl Engine {
             }
             ready = false;
             if state.running.insert(key) {
-                tokio::spawn(self.clone().send_attachment(hop.clone(), signals.clone(), a));
+                self.tasks.spawn(self.clone().send_attachment(hop.clone(), signals.clone(), a));
             }
         }
         ready

@@ -1,11 +1,15 @@
 //! Group commit: one task owns all writes and folds every request waiting in its queue into one
 //! transaction, so a burst of submissions and transfers costs one fsync, not one each. Callers wait
 //! for their reply, which comes only after the commit: that is the custody rule.
+//!
+//! At shutdown ([`Committer::stop`]) the committer takes no new request (its callers get an error,
+//! so they acknowledge nothing), commits what is already queued, answers those waiters, and ends.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 use crate::storage::{JobOutcome, Store, StorageError, WriteJob};
@@ -21,6 +25,9 @@ struct Request {
 #[derive(Clone)]
 pub struct Committer {
     tx: mpsc::Sender<Request>,
+    stop: CancellationToken,
+    /// True once the writer has ended (its queue drained).
+    ended: watch::Receiver<bool>,
 }
 
 impl Committer {
@@ -28,9 +35,30 @@ impl Committer {
     pub fn spawn(store: Arc<dyn Store>, metrics: Arc<Metrics>, max_requests: usize) -> Committer {
         // Bounded: when storage falls behind, callers wait here instead of piling up memory.
         let (tx, mut rx) = mpsc::channel::<Request>(max_requests.max(1) * 2);
+        let stop = CancellationToken::new();
+        let (ended_tx, ended) = watch::channel(false);
+        let stopping = stop.clone();
         let writer = tokio::spawn(async move {
             let mut batch: Vec<Request> = Vec::with_capacity(max_requests);
-            while rx.recv_many(&mut batch, max_requests.max(1)).await > 0 {
+            let mut closed = false;
+            loop {
+                let n = if closed {
+                    rx.recv_many(&mut batch, max_requests.max(1)).await
+                } else {
+                    tokio::select! {
+                        biased;
+                        n = rx.recv_many(&mut batch, max_requests.max(1)) => n,
+                        _ = stopping.cancelled() => {
+                            // No new requests; what is queued is still committed and answered.
+                            rx.close();
+                            closed = true;
+                            continue;
+                        }
+                    }
+                };
+                if n == 0 {
+                    break;
+                }
                 let jobs: Vec<WriteJob> = batch.iter_mut().flat_map(|r| std::mem::take(&mut r.jobs)).collect();
                 let started = Instant::now();
                 let result = store.commit(&jobs).await;
@@ -62,6 +90,7 @@ impl Committer {
                     }
                 }
             }
+            let _ = ended_tx.send(true);
         });
         // A writer that died would leave every later write failing while the node looks alive: end
         // the process instead, so the service manager restarts it on a clean writer (nothing that was
@@ -74,7 +103,15 @@ impl Committer {
                 std::process::exit(70);
             }
         });
-        Committer { tx }
+        Committer { tx, stop, ended }
+    }
+
+    /// Stops taking requests, commits and answers those already queued, and waits up to `within`
+    /// for the writer to end. Returns whether it ended.
+    pub async fn stop(&self, within: std::time::Duration) -> bool {
+        self.stop.cancel();
+        let mut ended = self.ended.clone();
+        tokio::time::timeout(within, ended.wait_for(|e| *e)).await.is_ok_and(|r| r.is_ok())
     }
 
     /// Commits `jobs` (together with whatever else is waiting) and returns their outcomes in order.
@@ -133,5 +170,25 @@ mod tests {
         let (x, y) = tokio::join!(committer.commit(vec![document(3)]), committer.commit(vec![document(2), document(4)]));
         assert_eq!(x.unwrap(), [JobOutcome::Stored]);
         assert_eq!(y.unwrap(), [JobOutcome::Duplicate, JobOutcome::Stored]);
+    }
+
+    /// At shutdown the requests already queued are committed and answered; later ones are refused
+    /// (so nothing uncommitted is acknowledged) and leave nothing in storage.
+    #[tokio::test]
+    async fn stop_drains_the_queue_then_refuses() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open_standalone(&dir.path().join("node.db")).await.unwrap());
+        let committer = Committer::spawn(store.clone(), Arc::new(Metrics::new("test")), 16);
+        let (a, b, ended) = tokio::join!(
+            committer.commit(vec![document(1)]),
+            committer.commit(vec![document(2)]),
+            committer.stop(std::time::Duration::from_secs(5)),
+        );
+        assert_eq!((a.unwrap(), b.unwrap()), (vec![JobOutcome::Stored], vec![JobOutcome::Stored]), "queued before the stop: committed");
+        assert!(ended, "the writer ended");
+        assert!(committer.commit(vec![document(3)]).await.is_err(), "after the stop: refused");
+        for (n, held) in [(1, true), (2, true), (3, false)] {
+            assert_eq!(store.message(&[n; 32]).await.unwrap().is_some(), held, "document {n}");
+        }
     }
 }

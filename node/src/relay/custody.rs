@@ -3,87 +3,19 @@
 //! next hop, inbox deliveries, status facts and follow-up messages (delivery reports). No I/O here, so
 //! the rules are testable without storage or network.
 
-use std::collections::BTreeSet;
 
-use ed25519_dalek::SigningKey;
 use exchange_wire::api::RecipientState;
 use exchange_wire::receipt::{
     Delivered, DeliveryReport, FailureReport, Hop, META_REPORT_TYPE, NodeReport, Receipt, ReceiptType, RecallReport,
     recalled_message,
 };
-use exchange_wire::{Kind, NodeId, SignedEnvelope, UnitAddress};
+use exchange_wire::{Kind, NodeId, UnitAddress};
 
+pub use super::handover::{Context, Incoming, Summary, event};
 use super::refusal::Refusal;
 use crate::directory::Directory;
 use crate::routing::{self, NextHop};
-use crate::storage::{Custody, EventRow, InboxRow, MessageRow, OutboxRow, RecallRow, TrackingRow};
-
-/// A verified message arriving at this node.
-pub struct Incoming {
-    pub signed: SignedEnvelope,
-    pub payload: Vec<u8>,
-    /// The recipients this node becomes responsible for.
-    pub recipients: Vec<UnitAddress>,
-    /// The neighbour that handed it over, or `None` for an agency (or this node itself).
-    pub from: Option<NodeId>,
-    /// Custody hops before this node.
-    pub hops: Vec<Hop>,
-}
-
-/// What the node needs to know about its own work.
-pub struct Context<'a> {
-    pub here: &'a NodeId,
-    pub dir: &'a Directory,
-    pub node_key: &'a SigningKey,
-    pub now_ms: u64,
-}
-
-/// Facts about a custody decision, used after the commit for wake-ups and metrics.
-#[derive(Debug, Default)]
-pub struct Summary {
-    /// Neighbours that got new outbox work, with how many entries.
-    pub next_hops: BTreeSet<NodeId>,
-    /// Inbox deliveries by kind.
-    pub delivered: Vec<Kind>,
-    /// Creation-to-delivery latencies of deliveries here, in milliseconds.
-    pub latencies_ms: Vec<u64>,
-    /// Receipts that reached their original sender here, by type.
-    pub receipts_returned: Vec<ReceiptType>,
-    /// Recalls to decide here (their reports follow the commit).
-    pub recalls: usize,
-    /// Answers to queries asked here that arrived (each may still be too late to count).
-    pub answers: usize,
-    /// Subscription requests that reached their owner here (decided after the commit).
-    pub sharing_requests: usize,
-    /// Topics of base-data records delivered to subscribers here, one per subscriber.
-    pub data_delivered: Vec<String>,
-}
-
-impl Summary {
-    fn merge(&mut self, other: Summary) {
-        self.next_hops.extend(other.next_hops);
-        self.delivered.extend(other.delivered);
-        self.latencies_ms.extend(other.latencies_ms);
-        self.receipts_returned.extend(other.receipts_returned);
-        self.recalls += other.recalls;
-        self.answers += other.answers;
-        self.sharing_requests += other.sharing_requests;
-        self.data_delivered.extend(other.data_delivered);
-    }
-}
-
-/// A custody entry for the audit log.
-pub fn event(id: [u8; 32], at_ms: u64, event: &'static str, unit: Option<&UnitAddress>, peer: Option<&NodeId>, detail: Option<String>) -> EventRow {
-    EventRow {
-        at_ms: at_ms as i64,
-        category: "custody",
-        message_id: Some(id),
-        event,
-        unit: unit.map(|u| u.to_string()),
-        peer: peer.map(|p| p.to_string()),
-        detail,
-    }
-}
+use crate::storage::{Custody, InboxRow, MessageRow, OutboxRow, RecallRow, TrackingRow};
 
 fn tracking(id: [u8; 32], unit: &UnitAddress, state: RecipientState, node: &NodeId, at_ms: u64) -> TrackingRow {
     TrackingRow {
@@ -322,7 +254,7 @@ fn deliver_here(
             ));
         }
         Kind::DataDelivery | Kind::SubscriptionRequest | Kind::SubscriptionDecision => {
-            crate::relay::sharing::deliver_here(ctx, m, units, c, summary)?;
+            super::sharing::delivery::deliver(ctx, m, units, c, summary)?;
         }
         Kind::Recall => {
             // Decided in the commit, in order with any 签收 or 退回 of the same entry.
@@ -386,7 +318,8 @@ fn deliver_here(
 mod tests {
     use super::*;
     use crate::directory::{test_key, test_tree};
-    use exchange_wire::{Envelope, Priority};
+    use ed25519_dalek::SigningKey;
+    use exchange_wire::{Envelope, Priority, SignedEnvelope};
 
     fn n(s: &str) -> NodeId {
         s.parse().unwrap()

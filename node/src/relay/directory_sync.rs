@@ -212,7 +212,7 @@ impl Engine {
         let segments: Vec<SegmentParcel> = held.iter().map(parcel).collect();
         for peer in peers {
             let (net, request) = (self.net.clone(), DirectoryPush { segments: segments.clone() });
-            tokio::spawn(async move {
+            self.tasks.spawn(async move {
                 // A few quick retries for a hiccup; beyond that the link-up push and the periodic
                 // resynchronisation catch the neighbour up.
                 for delay_ms in [500, 1000, 2000, 0] {

@@ -17,6 +17,7 @@ pub mod committer;
 pub mod custody;
 pub mod directory_sync;
 pub mod forwarder;
+pub mod handover;
 pub mod ingress;
 pub mod operations;
 pub mod push;
@@ -113,6 +114,9 @@ pub struct Engine {
     backfill_running: tokio::sync::Mutex<()>,
     /// Backups and the reconciliation after a restore (see `backup`).
     pub(crate) recovery: crate::backup::Recovery,
+    /// The engine's background tasks (forwarders, pushers, answers to neighbours, periodic jobs),
+    /// stopped together at shutdown.
+    pub tasks: crate::tasks::Tasks,
 }
 
 /// Attachments known to be complete at a neighbour, and transfers running (by neighbour and SHA-256).
@@ -181,6 +185,7 @@ impl Engine {
             sharing_lock: tokio::sync::Mutex::new(()),
             backfill_running: tokio::sync::Mutex::new(()),
             recovery: crate::backup::Recovery::new(&cfg.data_dir),
+            tasks: crate::tasks::Tasks::new(),
         }))
     }
 
@@ -213,17 +218,17 @@ impl Engine {
             }
         }
         let engine = self.clone();
-        tokio::spawn(async move { engine.refresh_queue_gauges().await });
+        self.tasks.spawn(async move { engine.refresh_queue_gauges().await });
         let engine = self.clone();
-        tokio::spawn(async move { engine.report_recalls().await });
+        self.tasks.spawn(async move { engine.report_recalls().await });
         self.start_pushers().await?;
         let engine = self.clone();
-        tokio::spawn(async move { engine.process_subscription_requests().await });
+        self.tasks.spawn(async move { engine.process_subscription_requests().await });
         let engine = self.clone();
-        tokio::spawn(async move { engine.send_backlogs().await });
-        tokio::spawn(self.clone().resynchronise_directory(Duration::from_secs(30)));
-        tokio::spawn(self.clone().watch_query_deadlines());
-        tokio::spawn(self.clone().sweep_uploads_forever());
+        self.tasks.spawn(async move { engine.send_backlogs().await });
+        self.tasks.spawn(self.clone().resynchronise_directory(Duration::from_secs(30)));
+        self.tasks.spawn(self.clone().watch_query_deadlines());
+        self.tasks.spawn(self.clone().sweep_uploads_forever());
         Ok(())
     }
 
@@ -295,7 +300,7 @@ impl Engine {
         map.entry(hop.clone())
             .or_insert_with(|| {
                 let signals = Arc::new(Signals::default());
-                tokio::spawn(forwarder::run(self.clone(), hop.clone(), signals.clone()));
+                self.tasks.spawn(forwarder::run(self.clone(), hop.clone(), signals.clone()));
                 signals.work.notify_one();
                 signals
             })
@@ -333,28 +338,28 @@ impl Engine {
         match event {
             E::Inbound { peer, request, channel } => {
                 let engine = self.clone();
-                tokio::spawn(async move { engine.inbound(peer, request, channel).await });
+                self.tasks.spawn(async move { engine.inbound(peer, request, channel).await });
             }
             E::Trace { peer, request, channel } => {
                 let engine = self.clone();
-                tokio::spawn(async move { engine.answer_trace(peer, request, channel).await });
+                self.tasks.spawn(async move { engine.answer_trace(peer, request, channel).await });
             }
             E::Directory { peer, request, channel } => {
                 let engine = self.clone();
-                tokio::spawn(async move { engine.answer_directory(peer, request, channel).await });
+                self.tasks.spawn(async move { engine.answer_directory(peer, request, channel).await });
             }
             E::Attachment { peer, request, channel } => {
-                tokio::spawn(self.clone().answer_attachment(peer, request, channel));
+                self.tasks.spawn(self.clone().answer_attachment(peer, request, channel));
             }
             E::Reconcile { peer, request, channel } => {
-                tokio::spawn(self.clone().answer_reconcile(peer, request, channel));
+                self.tasks.spawn(self.clone().answer_reconcile(peer, request, channel));
             }
             E::Checkpoint { peer, request, channel } => {
-                tokio::spawn(self.clone().answer_checkpoint(peer, request, channel));
+                self.tasks.spawn(self.clone().answer_checkpoint(peer, request, channel));
             }
             E::PeerUp(_) => {
                 let engine = self.clone();
-                tokio::spawn(async move { engine.push_all_segments(peer).await });
+                self.tasks.spawn(async move { engine.push_all_segments(peer).await });
                 if let Some(node) = node {
                     self.forwarder(&node).link_up.notify_one();
                 }
@@ -450,11 +455,11 @@ impl Engine {
         }
         if summary.sharing_requests > 0 {
             let engine = self.clone();
-            tokio::spawn(async move { engine.process_subscription_requests().await });
+            self.tasks.spawn(async move { engine.process_subscription_requests().await });
         }
         if summary.recalls > 0 {
             let engine = self.clone();
-            tokio::spawn(async move { engine.report_recalls().await });
+            self.tasks.spawn(async move { engine.report_recalls().await });
         }
     }
 

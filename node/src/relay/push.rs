@@ -159,7 +159,7 @@ impl Engine {
     fn start_pusher(self: &Arc<Self>, unit: UnitAddress) {
         if self.pushers.lock().expect("pushers lock").insert(unit.clone()) {
             let engine = self.clone();
-            tokio::spawn(async move { engine.push_loop(unit).await });
+            self.tasks.spawn(async move { engine.push_loop(unit).await });
         }
     }
 

@@ -59,7 +59,7 @@ impl Engine {
             report::write_due(data_dir, &due)?;
         }
         tracing::warn!(backup = %due.backup_folder, "this node was restored from a backup: reconciling with its parent and children");
-        tokio::spawn(self.clone().reconcile(due));
+        self.tasks.spawn(self.clone().reconcile(due));
         Ok(())
     }
 

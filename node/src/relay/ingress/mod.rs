@@ -1,12 +1,20 @@
 //! Messages handed to this node: documents from agencies, batches from neighbours, and 签收 receipts.
 //! Each is decoded, checked against the directory, verified (in batches), decided by the custody
 //! rules and committed; the answer goes out only after the commit.
+//!
+//! This file is the door a document passes: [`Engine::submit`] (an agency) and [`Engine::inbound`]
+//! (a neighbour) both end in [`Engine::verify_and_take`]. Beside it: [`checks`] (what an agency's
+//! input must satisfy), [`recall`] (撤回, 补发) and [`settle`] (签收, 退回).
+
+mod checks;
+mod recall;
+mod settle;
 
 use std::sync::Arc;
 
-use exchange_wire::api::{BatchItemResult, SignForResponse, SignedMessage, SubmitResponse};
+use exchange_wire::api::{BatchItemResult, SignedMessage, SubmitResponse};
 use exchange_wire::envelope::verify_batch;
-use exchange_wire::receipt::{Hop, Receipt, ReceiptType};
+use exchange_wire::receipt::Hop;
 use exchange_wire::{Envelope, EnvelopeError, Kind, MessageId, NodeId, SignedEnvelope, UnitAddress};
 use libp2p::PeerId;
 use libp2p::request_response::ResponseChannel;
@@ -155,89 +163,9 @@ impl Engine {
             .collect()
     }
 
-    /// 撤回: the sender of document `message_id` withdraws it from recipients who have not settled it.
-    /// Each recipient's home node decides, in order with any 签收 or 退回, and reports back.
-    pub async fn recall(self: &Arc<Self>, caller: &Caller, message_id: &MessageId, recall: SignedMessage) -> Result<SubmitResponse, Refusal> {
-        let dir = self.dir.current();
-        let recall_id = recall.envelope.message_id();
-        let checked = self.check_recall(&dir, caller, message_id, &recall).await;
-        let mut results = self.verify_and_take(&dir, None, vec![checked], vec![None]).await;
-        let result = results.pop().expect("one result");
-        if let Err(r) = &result {
-            self.refused("agency", &[Refused { id: Some(recall_id), kind: Some(Kind::Recall), refusal: r }]).await;
-        }
-        result.map(|outcome| SubmitResponse { id: recall_id, duplicate: outcome == JobOutcome::Duplicate, accepted_at_ms: exchange_wire::now_ms() })
-    }
-
-    async fn check_recall(&self, dir: &Directory, caller: &Caller, message_id: &MessageId, m: &SignedMessage) -> Result<Candidate, Refusal> {
-        let env = &m.envelope;
-        caller.may_act_for(&env.sender)?;
-        let target = exchange_wire::receipt::recalled_message(env)?;
-        if &target != message_id {
-            return Err(Refusal::malformed(format!("the recall is for message {target}, not {message_id}")));
-        }
-        let not_here = || Refusal::new("not-found", 404, format!("message {message_id} was not sent from a unit of node {}", self.here));
-        let stored = self.store.message(&message_id.0).await?.ok_or_else(not_here)?;
-        let original = Envelope::from_canonical_bytes(&stored.header).map_err(|_| Refusal::new("storage", 500, "stored message is unreadable"))?;
-        if original.kind != Kind::Document || original.sender != env.sender || self.store.tracking(&message_id.0).await?.is_empty() {
-            return Err(not_here());
-        }
-        if let Some(r) = env.recipients().find(|r| !original.recipients().any(|o| o == *r)) {
-            return Err(Refusal::malformed(format!("{r} is not a recipient of message {message_id}")));
-        }
-        self.check_fresh(env.created_at_ms)?;
-        self.check_active(dir, &env.sender)?;
-        let (signed, payload) = m.decode()?;
-        let recipients = signed.envelope.recipients().cloned().collect();
-        Ok(Candidate { signed, payload, recipients, hops: vec![] })
-    }
-
-    /// 补发: re-sends document `message_id` (same body) to recipients it did not reach. The re-send is a
-    /// document of its own, signed by the same sender, with `resend.of` naming the original; the
-    /// original's status lists its recipients too.
-    pub async fn resend(self: &Arc<Self>, caller: &Caller, message_id: &MessageId, m: SignedMessage) -> Result<SubmitResponse, Refusal> {
-        let env = &m.envelope;
-        let resend_id = env.message_id();
-        let refuse = |r: Refusal| async move {
-            self.refused("agency", &[Refused { id: Some(resend_id), kind: Some(Kind::Document), refusal: &r }]).await;
-            Err(r)
-        };
-        if let Err(r) = caller.may_act_for(&env.sender) {
-            return refuse(r).await;
-        }
-        if env.metadata.get(exchange_wire::document::RESEND_OF) != Some(&message_id.to_hex()) {
-            return refuse(Refusal::malformed(format!("a 补发 carries metadata resend.of = {message_id}"))).await;
-        }
-        match self.held(&m).await {
-            Held::Exactly => return Ok(SubmitResponse { id: resend_id, duplicate: true, accepted_at_ms: exchange_wire::now_ms() }),
-            Held::WithOtherPayload(r) => return refuse(r).await,
-            Held::Not => {}
-        }
-        let status = match self.status(caller, message_id).await {
-            Ok(s) => s,
-            Err(r) => return refuse(r).await,
-        };
-        let original = match self.store.message(&message_id.0).await {
-            Ok(Some(o)) => Envelope::from_canonical_bytes(&o.header).map_err(|_| Refusal::new("storage", 500, "stored message is unreadable")),
-            Ok(None) => Err(Refusal::new("not-found", 404, format!("message {message_id} is not held here"))),
-            Err(e) => Err(e.into()),
-        };
-        let original = match original {
-            Ok(o) => o,
-            Err(r) => return refuse(r).await,
-        };
-        if original.sender != env.sender || original.payload_digest != env.payload_digest {
-            return refuse(Refusal::malformed("a 补发 comes from the original sender with the original body (same payload digest)")).await;
-        }
-        if let Some(r) = env.recipients().find(|r| status.recipients.iter().any(|s| &s.unit == *r)) {
-            return refuse(Refusal::malformed(format!("{r} already received message {message_id}; a 补发 goes only to recipients it missed"))).await;
-        }
-        self.take_submissions(caller, vec![m], true).await.pop().expect("one result")
-    }
-
     /// Whether this node already holds this submission: the same id (so the same signed header) and
     /// the same signature; and whether the payload matches the header.
-    async fn held(&self, m: &SignedMessage) -> Held {
+    pub(super) async fn held(&self, m: &SignedMessage) -> Held {
         if m.envelope.kind != Kind::Document {
             return Held::Not;
         }
@@ -292,75 +220,6 @@ impl Engine {
         }
         let recipients = signed.envelope.recipients().cloned().collect();
         Ok(Candidate { signed, payload, recipients, hops: vec![] })
-    }
-
-    /// The sender of an agency's submission: the caller's own unit, hosted here, active, and the
-    /// envelope signed close to now.
-    pub(super) fn check_sender(&self, dir: &Directory, caller: &Caller, env: &Envelope) -> Result<(), Refusal> {
-        caller.may_act_for(&env.sender)?;
-        match dir.home_of(&env.sender) {
-            Some(home) if home == self.here => {}
-            None => return Err(Refusal::new("unknown-sender", 403, format!("sender {} is not in the directory", env.sender))),
-            Some(home) => {
-                return Err(Refusal::new(
-                    "wrong-node",
-                    403,
-                    format!("sender {} belongs to node {home}; submit through that node", env.sender),
-                ));
-            }
-        }
-        self.check_fresh(env.created_at_ms)?;
-        self.check_active(dir, &env.sender)
-    }
-
-    /// Replay window: an envelope must be signed close to now when it enters the network.
-    pub(super) fn check_fresh(&self, created_at_ms: u64) -> Result<(), Refusal> {
-        let now = exchange_wire::now_ms();
-        let skew_ms = self.limits.clock_skew_secs * 1000;
-        if created_at_ms.saturating_add(skew_ms) < now {
-            return Err(Refusal::new(
-                "stale-envelope",
-                400,
-                format!(
-                    "the envelope was created {} s ago; this node accepts envelopes created within {} s (limits.clock_skew_secs): sign it again",
-                    (now - created_at_ms) / 1000,
-                    self.limits.clock_skew_secs
-                ),
-            ));
-        }
-        if created_at_ms > now.saturating_add(skew_ms) {
-            return Err(Refusal::new(
-                "future-envelope",
-                400,
-                format!("the envelope is dated {} s in the future; check the sending system's clock", (created_at_ms - now) / 1000),
-            ));
-        }
-        Ok(())
-    }
-
-    pub(super) fn check_active(&self, dir: &Directory, unit: &UnitAddress) -> Result<(), Refusal> {
-        match dir.unit(unit) {
-            Some(u) if !dir.is_active(unit) => Err(Refusal::new(
-                "unit-suspended",
-                403,
-                format!("unit {unit} is {:?} in the directory; it cannot send or sign for anything", u.status).to_lowercase(),
-            )),
-            _ => Ok(()),
-        }
-    }
-
-    pub(super) fn check_size(&self, size: u64) -> Result<(), Refusal> {
-        if size > self.limits.max_payload_bytes {
-            return Err(Refusal::new(
-                "payload-too-large",
-                413,
-                format!(
-                    "payload is {size} bytes; this node accepts at most {} bytes (limits.max_payload_bytes)",
-                    self.limits.max_payload_bytes
-                ),
-            ));
-        }
-        Ok(())
     }
 
     /// A batch handed over by a neighbour: verify each parcel, commit, answer after the commit.
@@ -448,131 +307,6 @@ impl Engine {
             return Err(Refusal::malformed("parcel names recipients that the envelope does not"));
         }
         Ok(Candidate { signed, payload: p.payload, recipients: p.recipients, hops: p.hops })
-    }
-
-    /// 签收 (`kind` signed-for) or 退回 (returned, with a signed reason): a recipient settles a
-    /// message in its inbox with a receipt signed by its own key. A message is settled once.
-    pub async fn settle(
-        self: &Arc<Self>,
-        caller: &Caller,
-        unit: &UnitAddress,
-        message_id: &MessageId,
-        receipt: SignedMessage,
-        kind: ReceiptType,
-    ) -> Result<SignForResponse, Refusal> {
-        self.settle_many(caller, unit, vec![(*message_id, receipt)], kind).await.pop().expect("one result")
-    }
-
-    /// Several 签收 by one unit, verified in one batch and committed in one transaction; one result
-    /// per receipt, in order.
-    pub async fn sign_for_many(
-        self: &Arc<Self>,
-        caller: &Caller,
-        unit: &UnitAddress,
-        receipts: Vec<(MessageId, SignedMessage)>,
-    ) -> Vec<Result<SignForResponse, Refusal>> {
-        self.settle_many(caller, unit, receipts, ReceiptType::SignedFor).await
-    }
-
-    /// Settles messages in `unit`'s inbox with receipts of type `expected`.
-    async fn settle_many(
-        self: &Arc<Self>,
-        caller: &Caller,
-        unit: &UnitAddress,
-        receipts: Vec<(MessageId, SignedMessage)>,
-        expected: ReceiptType,
-    ) -> Vec<Result<SignForResponse, Refusal>> {
-        let dir = self.dir.current();
-        let mut decoded = Vec::with_capacity(receipts.len());
-        let mut sign_fors = Vec::with_capacity(receipts.len());
-        let mut ids = Vec::with_capacity(receipts.len());
-        for (message_id, receipt) in &receipts {
-            let checked = match caller.may_act_for(unit) {
-                Ok(()) => self.check_sign_for(&dir, unit, message_id, receipt, expected).await,
-                Err(r) => Err(r),
-            };
-            decoded.push(checked);
-            sign_fors.push(Some(SignFor { unit: unit.clone(), message_id: *message_id, state: expected.as_str() }));
-            ids.push((Some(receipt.envelope.message_id()), Some(Kind::Receipt)));
-        }
-        let results: Vec<Result<SignForResponse, Refusal>> = self
-            .verify_and_take(&dir, None, decoded, sign_fors)
-            .await
-            .into_iter()
-            .zip(&receipts)
-            .zip(&ids)
-            .map(|((r, (message_id, _)), (receipt_id, _))| {
-                let receipt_id = receipt_id.expect("every receipt has an id");
-                match r {
-                    Ok(JobOutcome::Duplicate) => Ok(SignForResponse { message_id: *message_id, receipt_id, duplicate: true }),
-                    Ok(JobOutcome::Conflict(reason)) => Err(Refusal::new("conflict", 409, reason)),
-                    Ok(_) => {
-                        self.metrics.receipts.with_label_values(&[expected.as_str(), "issued"]).inc();
-                        Ok(SignForResponse { message_id: *message_id, receipt_id, duplicate: false })
-                    }
-                    Err(r) => Err(r),
-                }
-            })
-            .collect();
-        self.refused("agency", &refusals(&results, &ids)).await;
-        results
-    }
-
-    async fn check_sign_for(
-        &self,
-        dir: &Directory,
-        unit: &UnitAddress,
-        message_id: &MessageId,
-        receipt: &SignedMessage,
-        expected: ReceiptType,
-    ) -> Result<Candidate, Refusal> {
-        if dir.home_of(unit).as_ref() != Some(&self.here) {
-            return Err(Refusal::new("not-found", 404, format!("unit {unit} is not hosted on node {}", self.here)));
-        }
-        let env = &receipt.envelope;
-        let facts = Receipt::from_envelope(env)?;
-        if facts.receipt_type != expected {
-            return Err(Refusal::malformed(format!(
-                "this endpoint takes {} receipts, not {}: sign for at …/sign-for, return at …/return",
-                expected.as_str(),
-                facts.receipt_type.as_str()
-            )));
-        }
-        self.check_fresh(env.created_at_ms)?;
-        self.check_active(dir, unit)?;
-        if &env.sender != unit {
-            return Err(Refusal::new("wrong-signer", 403, format!("the receipt is from {} but the inbox is {unit}'s", env.sender)));
-        }
-        if &facts.for_message != message_id {
-            return Err(Refusal::malformed(format!("the receipt is for message {}, not {message_id}", facts.for_message)));
-        }
-        let original = self.inbox_original(unit, message_id, "message").await?;
-        if original.kind != Kind::Document {
-            return Err(Refusal::new(
-                "unsupported-kind",
-                400,
-                format!("message {message_id} is a {}; only documents are signed for", original.kind),
-            ));
-        }
-        if env.to != [original.sender.clone()] {
-            return Err(Refusal::malformed(format!("a receipt for this message goes to its sender {}", original.sender)));
-        }
-        let (signed, payload) = receipt.decode()?;
-        Ok(Candidate { signed, payload, recipients: vec![original.sender], hops: vec![] })
-    }
-
-    /// The envelope of message `id` in `unit`'s inbox (`what` names it in the refusal: "message",
-    /// "query").
-    pub(super) async fn inbox_original(&self, unit: &UnitAddress, id: &MessageId, what: &str) -> Result<Envelope, Refusal> {
-        let entry = self
-            .store
-            .inbox_entry(unit.as_str(), &id.0)
-            .await?
-            .ok_or_else(|| Refusal::new("not-found", 404, format!("{what} {id} is not in the inbox of {unit}")))?;
-        Envelope::from_canonical_bytes(&entry.header).map_err(|e| {
-            tracing::error!(error = %e, "a stored header does not parse");
-            Refusal::new("storage", 500, "stored message is unreadable")
-        })
     }
 
     /// Verifies, decides and commits decoded candidates together. One result per input, in order.
@@ -736,7 +470,7 @@ async fn verify(dir: &Arc<Directory>, candidates: &[Candidate], at_ingress: bool
 }
 
 /// What this node holds of a document submitted again.
-enum Held {
+pub(super) enum Held {
     /// Not this message with this signature.
     Not,
     /// Exactly this submission: a duplicate.

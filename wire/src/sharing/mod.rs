@@ -21,6 +21,10 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+mod catalog;
+
+pub use catalog::{Catalog, CatalogSeed, SeedTopic, Sharing, Topic, check_topic_name};
+
 use crate::address::{NodeId, UnitAddress};
 use crate::api::SignedMessage;
 use crate::envelope::{Envelope, EnvelopeError, Kind, MessageId, Priority};
@@ -37,138 +41,6 @@ pub const META_FROM: &str = "data.from";
 pub const META_DECISION: &str = "data.decision";
 /// Metadata key of a decision: the subscriber it answers (the decision is addressed to it).
 pub const META_SUBSCRIBER: &str = "data.subscriber";
-
-/// Who may subscribe to a topic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Sharing {
-    /// Any unit; granted at once.
-    Open,
-    /// Granted or refused by the owner unit or an operator of the owner's node.
-    Approval,
-    /// Never shared: requests are refused with the reason.
-    NotShared,
-}
-
-impl Sharing {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Sharing::Open => "open",
-            Sharing::Approval => "approval",
-            Sharing::NotShared => "not-shared",
-        }
-    }
-}
-
-/// One topic of the catalog.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Topic {
-    /// `person.death`, `legal-person.registered`, ...
-    pub name: String,
-    #[serde(default)]
-    pub title: String,
-    /// The one unit that may publish records of this topic (一数一源).
-    pub owner: UnitAddress,
-    pub sharing: Sharing,
-    /// The field of the record that holds the subject key; when set, it must equal `data.subject`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub subject_field: Option<String>,
-    /// The JSON Schema (draft 2020-12) every record of the topic must satisfy.
-    pub schema: serde_json::Value,
-}
-
-/// The catalog (目录), signed by the root node.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Catalog {
-    pub version: u64,
-    #[serde(default, rename = "topic")]
-    pub topics: Vec<Topic>,
-}
-
-impl Catalog {
-    pub fn topic(&self, name: &str) -> Option<&Topic> {
-        self.topics.iter().find(|t| t.name == name)
-    }
-
-    /// Checks what does not need a schema compiler: topic names well formed and unique.
-    pub fn check_shape(&self) -> Result<(), String> {
-        let mut seen = std::collections::HashSet::new();
-        for t in &self.topics {
-            check_topic_name(&t.name)?;
-            if !seen.insert(&t.name) {
-                return Err(format!("topic {} is listed twice", t.name));
-            }
-            if t.owner.is_node() {
-                return Err(format!("topic {}: the owner must be a unit, not the node address {}", t.name, t.owner));
-            }
-            if !t.schema.is_object() {
-                return Err(format!("topic {}: schema must be a JSON object (a JSON Schema)", t.name));
-            }
-        }
-        Ok(())
-    }
-}
-
-/// The catalog seed file (`configs/catalog.toml`, read with any serde format): `version`, then
-/// `[[topic]]` entries whose `schema` is a JSON Schema written as JSON text, or `schema_file`, a JSON
-/// file beside the seed. Shared by the root node (`directory.catalog_seed`) and `exchange-admin
-/// catalog publish`, so both read the file the same way.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CatalogSeed {
-    pub version: u64,
-    #[serde(rename = "topic", default)]
-    pub topics: Vec<SeedTopic>,
-}
-
-/// A topic of a catalog seed.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SeedTopic {
-    pub name: String,
-    #[serde(default)]
-    pub title: String,
-    pub owner: UnitAddress,
-    pub sharing: Sharing,
-    #[serde(default)]
-    pub subject_field: Option<String>,
-    #[serde(default)]
-    pub schema: Option<String>,
-    #[serde(default)]
-    pub schema_file: Option<String>,
-}
-
-impl CatalogSeed {
-    /// The catalog, reading `schema_file`s relative to `base` and parsing every schema as JSON.
-    /// Whether the schemas compile is the node's to check.
-    pub fn into_catalog(self, base: &std::path::Path) -> Result<Catalog, String> {
-        let mut topics = Vec::with_capacity(self.topics.len());
-        for t in self.topics {
-            let raw = match (t.schema, t.schema_file) {
-                (Some(s), None) => s,
-                (None, Some(f)) => std::fs::read_to_string(base.join(&f)).map_err(|e| format!("topic {}: cannot read schema_file {f}: {e}", t.name))?,
-                _ => return Err(format!("topic {}: give exactly one of schema (JSON text) or schema_file", t.name)),
-            };
-            let schema: serde_json::Value = serde_json::from_str(&raw).map_err(|e| format!("topic {}: the schema is not JSON: {e}", t.name))?;
-            topics.push(Topic { name: t.name, title: t.title, owner: t.owner, sharing: t.sharing, subject_field: t.subject_field, schema });
-        }
-        let catalog = Catalog { version: self.version, topics };
-        catalog.check_shape()?;
-        Ok(catalog)
-    }
-}
-
-/// A topic name: lowercase letters, digits, `-` and `.`, 1 to 64 characters, used in URLs as is.
-pub fn check_topic_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-        && !name.starts_with('.')
-        && !name.ends_with('.');
-    if ok { Ok(()) } else { Err(format!("{name:?} is not a topic name: use lowercase letters, digits, '-' and '.' (at most 64)")) }
-}
 
 /// Where a new subscription starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -497,92 +369,6 @@ pub struct RecordsResponse {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AckRequest {
     pub seq: u64,
-}
-
-#[cfg(feature = "client")]
-mod client {
-    use std::time::Duration;
-
-    use super::*;
-    use crate::api::AdminActionResponse;
-    use crate::client::{ApiClient, ClientError};
-    use crate::envelope::SignedEnvelope;
-
-    fn unit_path(u: &UnitAddress) -> String {
-        format!("/v1/units/{u}")
-    }
-
-    impl ApiClient {
-        /// `GET /v1/catalog`: the catalog this node holds.
-        pub fn catalog(&self) -> Result<Catalog, ClientError> {
-            self.get("/v1/catalog", &[])
-        }
-
-        /// `POST /v1/records`: publishes a record signed by the topic's owner.
-        pub fn publish(&self, record: &SignedEnvelope, payload: &[u8]) -> Result<PublishResponse, ClientError> {
-            self.post("/v1/records", &SignedMessage::new(record, payload))
-        }
-
-        /// `POST /v1/records:batch`: several records, numbered in order and committed together.
-        pub fn publish_batch(&self, records: Vec<SignedMessage>) -> Result<BatchPublishResponse, ClientError> {
-            self.post("/v1/records:batch", &BatchPublishRequest { records })
-        }
-
-        /// `POST /v1/subscriptions`: sends a subscription request signed by the subscriber.
-        pub fn subscribe(&self, request: &SignedEnvelope, payload: &[u8]) -> Result<SubscriptionView, ClientError> {
-            self.post("/v1/subscriptions", &SignedMessage::new(request, payload))
-        }
-
-        /// `GET /v1/units/{unit}/subscriptions`: the subscriptions `unit` holds or asked for.
-        pub fn subscriptions(&self, unit: &UnitAddress) -> Result<SubscriptionsResponse, ClientError> {
-            self.get(&format!("{}/subscriptions", unit_path(unit)), &[])
-        }
-
-        /// `GET /v1/units/{owner}/subscribers`: subscriptions to the topics `owner` owns.
-        pub fn subscribers(&self, owner: &UnitAddress) -> Result<SubscriptionsResponse, ClientError> {
-            self.get(&format!("{}/subscribers", unit_path(owner)), &[])
-        }
-
-        /// `POST /v1/units/{owner}/subscribers:decide`: the owner grants or refuses a request.
-        pub fn decide(&self, owner: &UnitAddress, request: &DecideRequest) -> Result<SubscriptionView, ClientError> {
-            self.post(&format!("{}/subscribers:decide", unit_path(owner)), request)
-        }
-
-        /// `GET /v1/units/{unit}/subscriptions/{topic}/records`: records after `after` (`None`:
-        /// after the cursor), in sequence order, waiting up to `wait` for the first.
-        pub fn records(&self, unit: &UnitAddress, topic: &str, after: Option<u64>, limit: u32, wait: Duration) -> Result<RecordsResponse, ClientError> {
-            let mut q = vec![("limit", limit.to_string()), ("wait_ms", wait.as_millis().to_string())];
-            if let Some(a) = after {
-                q.push(("after", a.to_string()));
-            }
-            self.get(&format!("{}/subscriptions/{topic}/records", unit_path(unit)), &q)
-        }
-
-        /// `POST /v1/units/{unit}/subscriptions/{topic}/ack`: moves the cursor to `seq`.
-        pub fn ack(&self, unit: &UnitAddress, topic: &str, seq: u64) -> Result<SubscriptionView, ClientError> {
-            self.post(&format!("{}/subscriptions/{topic}/ack", unit_path(unit)), &AckRequest { seq })
-        }
-
-        /// Admin API `GET /admin/v1/catalog`.
-        pub fn admin_catalog(&self) -> Result<Catalog, ClientError> {
-            self.get("/admin/v1/catalog", &[])
-        }
-
-        /// Admin API `POST /admin/v1/catalog`: the root signs and publishes a new catalog version.
-        pub fn publish_catalog(&self, catalog: &Catalog) -> Result<AdminActionResponse, ClientError> {
-            self.post("/admin/v1/catalog", catalog)
-        }
-
-        /// Admin API `GET /admin/v1/subscriptions`: subscriptions to topics owned by units of this node.
-        pub fn admin_subscriptions(&self) -> Result<SubscriptionsResponse, ClientError> {
-            self.get("/admin/v1/subscriptions", &[])
-        }
-
-        /// Admin API `POST /admin/v1/subscriptions:decide`: an operator grants or refuses a request.
-        pub fn admin_decide(&self, request: &DecideRequest) -> Result<SubscriptionView, ClientError> {
-            self.post("/admin/v1/subscriptions:decide", request)
-        }
-    }
 }
 
 #[cfg(test)]

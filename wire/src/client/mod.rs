@@ -4,6 +4,8 @@
 //! One `ApiClient` talks to one listener: make one on the node's agency address for the agency calls
 //! and one on its admin address (`admin.listen`) for the calls documented as admin API.
 
+mod sharing;
+
 use std::time::Duration;
 
 use serde::Serialize;
