@@ -252,6 +252,19 @@ pub async fn tracking_only_moves_forward(store: &dyn Store) {
     let rows = store.tracking(&id(1)).await.unwrap();
     assert_eq!(rows.len(), 1, "one row per recipient");
     assert_eq!((rows[0].state.as_str(), rows[0].at_ms), ("delivered", 3), "never back from delivered");
+
+    // Several facts about one recipient in one group commit apply as they would one by one: the
+    // highest rank wins (the first of equals), and a receipt id once known is kept.
+    let mut receipt = track(RecipientState::SignedFor, 7);
+    receipt.receipt_id = Some(id(70));
+    let mut later = track(RecipientState::Returned, 8);
+    later.receipt_id = None;
+    let facts = vec![track(RecipientState::InTransit, 6), receipt, later, track(RecipientState::Delivered, 9)];
+    commit(store, vec![WriteJob::Record(Record { tracking: facts, ..Record::default() })]).await;
+    let rows = store.tracking(&id(1)).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!((rows[0].state.as_str(), rows[0].at_ms), ("signed-for", 7), "the first settled fact of the batch");
+    assert_eq!(rows[0].receipt_id.as_deref(), Some(id(70).as_slice()));
 }
 
 pub async fn retention_drops_settled_payloads_but_remembers_ids(store: &dyn Store) {
@@ -465,6 +478,21 @@ mod sqlite {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open_standalone(&dir.path().join("node.db")).await.unwrap();
         (store, dir)
+    }
+
+    crate::conformance_suite!(open());
+}
+
+#[cfg(test)]
+mod postgres {
+    use crate::storage::PgStore;
+    use crate::storage::postgres::scratch::ScratchDatabase;
+
+    /// A fresh database per check, dropped at the end whether the check passed or not.
+    async fn open() -> (PgStore, ScratchDatabase) {
+        let db = ScratchDatabase::create().await;
+        let store = PgStore::open_standalone(&db.url).await.expect("the PostgreSQL store opens on a fresh database");
+        (store, db)
     }
 
     crate::conformance_suite!(open());

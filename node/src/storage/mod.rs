@@ -3,21 +3,24 @@
 //! Writes arrive as [`WriteJob`]s and are applied many at a time in one transaction by the group
 //! committer (`relay::committer`): that is where throughput comes from, and nothing is acknowledged
 //! before its transaction commits. Reads serve the forwarders, the inbox and the status API.
-//! SQLite (WAL) is the embedded default; the trait keeps room for PostgreSQL.
+//! SQLite (WAL) is the embedded default; PostgreSQL (`storage.url`) implements the same trait.
 
 pub mod attachments;
 pub mod citations;
+mod gather;
 #[cfg(test)]
 pub mod conformance;
 pub mod health;
 pub mod recovery;
 pub mod sharing;
+pub mod postgres;
 pub mod sqlite;
 pub mod uploads;
 
 use exchange_wire::api::RecipientState;
 use futures::future::BoxFuture;
 
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 /// A storage failure. Nothing was committed when this is returned.
@@ -36,6 +39,9 @@ pub enum StorageError {
          its write-ahead log was damaged or truncated, or an older copy of the file was put in place"
     )]
     LostCommits { marked: u64, in_database: u64, mark: std::path::PathBuf },
+    /// This storage engine does not do what was asked; the message says what to do instead.
+    #[error("{0}")]
+    Unsupported(&'static str),
 }
 
 /// A message row.

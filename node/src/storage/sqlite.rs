@@ -19,11 +19,12 @@ const ROWS_PER_STATEMENT: usize = 400;
 
 mod integrity;
 pub(crate) mod mark;
-mod paging;
+pub(crate) mod paging;
 pub mod recovery;
 mod sharing;
 
 use super::citations;
+use super::gather::{self, Rows, collect_ids};
 use super::health::StorageHealth;
 use crate::retention;
 use crate::settlement::{self, Entry, Settlement};
@@ -247,56 +248,6 @@ async fn writer_in_autocommit(conn: &mut sqlx::pool::PoolConnection<Sqlite>) -> 
     let mut handle = conn.lock_handle().await?;
     // SAFETY: the handle is a live connection, locked for the duration of this call.
     Ok(unsafe { libsqlite3_sys::sqlite3_get_autocommit(handle.as_raw_handle().as_ptr()) } != 0)
-}
-
-fn collect_ids(c: &Custody, out: &mut Vec<[u8; 32]>) {
-    if let Some(m) = &c.message {
-        out.push(m.id);
-    }
-    for f in &c.follow_ups {
-        collect_ids(f, out);
-    }
-}
-
-/// Rows gathered from all jobs of one transaction.
-#[derive(Default)]
-struct Rows<'a> {
-    messages: Vec<&'a MessageRow>,
-    outbox: Vec<&'a OutboxRow>,
-    inbox: Vec<&'a InboxRow>,
-    tracking: Vec<&'a TrackingRow>,
-    events: Vec<&'a EventRow>,
-    recalls: Vec<&'a RecallRow>,
-    recalls_reported: Vec<&'a [u8; 32]>,
-    sharing: Vec<&'a crate::storage::sharing::SharingRow>,
-}
-
-impl<'a> Rows<'a> {
-    /// Adds a custody job unless its id is held already; returns whether it was added.
-    fn add_custody(&mut self, c: &'a Custody, held: &mut HashSet<[u8; 32]>) -> bool {
-        if let Some(m) = &c.message {
-            if !held.insert(m.id) {
-                return false;
-            }
-            self.messages.push(m);
-        }
-        self.outbox.extend(&c.outbox);
-        self.inbox.extend(&c.inbox);
-        self.tracking.extend(&c.tracking);
-        self.events.extend(&c.events);
-        self.recalls.extend(&c.recalls);
-        self.recalls_reported.extend(&c.recalls_reported);
-        self.sharing.extend(&c.sharing);
-        for f in &c.follow_ups {
-            self.add_custody(f, held);
-        }
-        true
-    }
-
-    fn add_record(&mut self, r: &'a Record) {
-        self.tracking.extend(&r.tracking);
-        self.events.extend(&r.events);
-    }
 }
 
 async fn existing_ids(tx: &mut Transaction<'_, Sqlite>, ids: &[[u8; 32]]) -> Result<HashSet<[u8; 32]>, sqlx::Error> {
@@ -710,28 +661,6 @@ fn event_record(r: sqlx::sqlite::SqliteRow) -> EventRecord {
     }
 }
 
-/// Why entry `e` does not follow from the previous hash, if it does not.
-fn chain_mismatch(e: &EventRecord, prev: &[u8; 32]) -> Option<String> {
-    let message_id = match e.message_id.as_deref().map(<[u8; 32]>::try_from) {
-        None => None,
-        Some(Ok(id)) => Some(id),
-        Some(Err(_)) => return Some("its message id is not 32 bytes: the entry was altered".into()),
-    };
-    // The static strings of a live entry are owned here; leak-free by hashing through a borrowed row.
-    let row = EventRow {
-        at_ms: e.at_ms,
-        category: "",
-        message_id,
-        event: "",
-        unit: e.unit.clone(),
-        peer: e.peer.clone(),
-        detail: e.detail.clone(),
-    };
-    let expected = row.chain_hash_with(prev, &e.category, &e.event);
-    (expected.as_slice() != e.hash.as_slice())
-        .then(|| "its hash does not follow from its content and the previous entry: this entry (or the one before it) was altered, or an entry was removed".to_string())
-}
-
 const INBOX_SELECT: &str = "SELECT i.seq, i.message_id, i.delivered_at_ms, i.state, m.header, m.signature, m.payload \
      FROM inbox i JOIN messages m ON m.id = i.message_id ";
 
@@ -818,32 +747,7 @@ impl Store for SqliteStore {
     }
 
     fn audit_verify(&self) -> BoxFuture<'_, Result<ChainCheck, StorageError>> {
-        self.watched(async move {
-            let mut check = ChainCheck { entries: 0, head_seq: 0, head_hash: [0; 32], first_break: None };
-            let mut prev_seq = 0i64;
-            loop {
-                let page = self.audit_page(prev_seq, 5000).await?;
-                if page.is_empty() {
-                    return Ok(check);
-                }
-                for e in page {
-                    check.entries += 1;
-                    if check.first_break.is_none() {
-                        if e.seq != prev_seq + 1 {
-                            check.first_break = Some((
-                                e.seq,
-                                format!("entries {} to {} are missing: deleted from the log", prev_seq + 1, e.seq - 1),
-                            ));
-                        } else if let Some(why) = chain_mismatch(&e, &check.head_hash) {
-                            check.first_break = Some((e.seq, why));
-                        }
-                    }
-                    prev_seq = e.seq;
-                    check.head_seq = e.seq;
-                    check.head_hash = <[u8; 32]>::try_from(e.hash.as_slice()).unwrap_or([0; 32]);
-                }
-            }
-        })
+        self.watched(gather::verify_chain(self))
     }
 
     fn queue_stats(&self) -> BoxFuture<'_, Result<Vec<QueueStat>, StorageError>> {
