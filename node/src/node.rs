@@ -35,7 +35,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let check = OpenCheck { budget: Duration::from_secs(cfg.storage.open_check_secs) };
     let store: Arc<dyn Store> = match cfg.storage.url.as_deref() {
         Some(url) => Arc::new(
-            PgStore::open(url, health.clone()).await.context("cannot open the PostgreSQL database named by storage.url")?,
+            PgStore::open_active(url, health.clone()).await.context("cannot open the PostgreSQL database named by storage.url")?,
         ),
         None => match SqliteStore::open(&cfg.database_path(), health.clone(), check).await {
             Ok(store) => Arc::new(store),

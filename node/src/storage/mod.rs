@@ -39,6 +39,10 @@ pub enum StorageError {
          its write-ahead log was damaged or truncated, or an older copy of the file was put in place"
     )]
     LostCommits { marked: u64, in_database: u64, mark: std::path::PathBuf },
+    /// This replica no longer holds the database's lease (PostgreSQL, active/standby): another
+    /// replica may be active, so nothing was written.
+    #[error("this replica no longer holds the lease on its database: another replica may be active; nothing was written")]
+    Fenced,
     /// This storage engine does not do what was asked; the message says what to do instead.
     #[error("{0}")]
     Unsupported(&'static str),

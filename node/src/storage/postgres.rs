@@ -29,6 +29,7 @@ use sqlx::{Postgres, QueryBuilder, Row, Transaction};
 
 use super::*;
 
+pub mod lease;
 mod reads;
 mod recovery;
 pub mod scratch;
@@ -50,14 +51,26 @@ pub const WRITE_LOCK: i64 = 0x474F_5658;
 pub struct PgStore {
     pool: PgPool,
     health: Arc<StorageHealth>,
+    /// The lease of an active replica (see `lease`); `None` for tools and tests that write without one.
+    lease: Option<lease::Lease>,
 }
 
 impl PgStore {
     /// Connects to `url` and runs the PostgreSQL migrations.
+    /// Without a lease: for tools and tests (a running node uses [`PgStore::open_active`]).
     pub async fn open(url: &str, health: Arc<StorageHealth>) -> Result<PgStore, StorageError> {
         let pool = PgPoolOptions::new().max_connections(8).acquire_timeout(Duration::from_secs(30)).connect(url).await?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
-        Ok(PgStore { pool, health })
+        Ok(PgStore { pool, health, lease: None })
+    }
+
+    /// Waits until this replica holds the database's lease (returning at once when no other replica
+    /// does), then opens the store; every write is fenced by the lease from then on (see `lease`).
+    pub async fn open_active(url: &str, health: Arc<StorageHealth>) -> Result<PgStore, StorageError> {
+        let lease = lease::Lease::acquire(url, health.clone()).await?;
+        let mut store = PgStore::open(url, health).await?;
+        store.lease = Some(lease);
+        Ok(store)
     }
 
     /// Opens a database outside a running node (tools, tests): metrics registered nowhere.
@@ -91,6 +104,12 @@ impl PgStore {
     async fn commit_jobs(&self, jobs: &[WriteJob]) -> Result<Vec<JobOutcome>, StorageError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(WRITE_LOCK).execute(&mut *tx).await?;
+        if let Some(lease) = &self.lease {
+            if let Err(e) = lease.check(&mut tx).await {
+                self.health.mark_damaged("this replica lost its lease on the database: another replica is active; restart it as a standby");
+                return Err(e);
+            }
+        }
         let mut ids = Vec::new();
         for j in jobs {
             if let WriteJob::Custody(c) | WriteJob::SignFor { receipt: c, .. } = j {
@@ -617,5 +636,45 @@ mod tests {
         assert_eq!(store.inbox(UNIT_A, page[0].seq, 10, usize::MAX).await.unwrap().len(), 1);
         let check = store.audit_verify().await.unwrap();
         assert_eq!((check.entries, check.first_break), (2, None), "the audit chain has no gap");
+    }
+}
+
+#[cfg(test)]
+mod lease_tests {
+    use super::scratch::ScratchDatabase;
+    use super::*;
+    use crate::storage::conformance::{UNIT_A, document};
+    use sqlx::Connection;
+
+    /// Two replicas over one database: the second waits while the first holds the lease, takes over
+    /// when the first's lease session ends (a death, or a pause the server timed out), and the first,
+    /// still running, can no longer write: its commit fails and nothing of it is stored.
+    #[tokio::test]
+    async fn one_active_replica_and_the_old_one_is_fenced() {
+        let db = ScratchDatabase::create().await;
+        let first = PgStore::open_active(&db.url, Arc::new(StorageHealth::new(&std::env::temp_dir(), 0, super::super::health::HealthMetrics::unregistered())))
+            .await
+            .unwrap();
+        first.commit(&[WriteJob::Custody(document(1, 2, None, &[UNIT_A], 1))]).await.unwrap();
+        let standby_health = Arc::new(StorageHealth::new(&std::env::temp_dir(), 0, super::super::health::HealthMetrics::unregistered()));
+        let url = db.url.clone();
+        let mut standby = tokio::spawn(async move { PgStore::open_active(&url, standby_health).await });
+        assert!(
+            tokio::time::timeout(lease::RETRY * 4, &mut standby).await.is_err(),
+            "the standby waits while the first replica holds the lease"
+        );
+        // The first replica's lease session ends (as when the server times out a paused process).
+        let mut admin = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        let pid = first.lease.as_ref().unwrap().pid;
+        let ended: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)").bind(pid).fetch_one(&mut admin).await.unwrap();
+        assert!(ended);
+        let second = tokio::time::timeout(Duration::from_secs(10), standby).await.expect("the standby takes over within seconds").unwrap().unwrap();
+        let fenced = first.commit(&[WriteJob::Custody(document(2, 2, None, &[UNIT_A], 1))]).await;
+        assert!(matches!(fenced, Err(StorageError::Fenced)), "the old replica is fenced: {fenced:?}");
+        assert!(first.health.damaged().is_some(), "and stops taking work");
+        second.commit(&[WriteJob::Custody(document(3, 2, None, &[UNIT_A], 1))]).await.unwrap();
+        let held: Vec<u8> = second.inbox(UNIT_A, 0, 10, usize::MAX).await.unwrap().iter().map(|r| r.message_id[0]).collect();
+        assert_eq!(held, vec![1, 3], "nothing the fenced replica tried was written");
+        assert_eq!(second.audit_verify().await.unwrap().first_break, None);
     }
 }
