@@ -408,11 +408,15 @@ pub struct StorageConfig {
     /// Time budget of the database check (`PRAGMA quick_check`) when the node starts; what it had no
     /// time for is checked in the background right after start.
     pub open_check_secs: u64,
+    /// `postgres://user@host:port/database`: keep custody in that PostgreSQL database instead of the
+    /// embedded SQLite file `data_dir/node.db` (the default when unset). Attachment files stay in
+    /// `data_dir/attachments` either way (docs/operations.md, 'Running a node on PostgreSQL').
+    pub url: Option<String>,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        StorageConfig { reserve_bytes: 64 * 1024 * 1024, open_check_secs: 30 }
+        StorageConfig { reserve_bytes: 64 * 1024 * 1024, open_check_secs: 30, url: None }
     }
 }
 

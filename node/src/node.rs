@@ -18,7 +18,7 @@ use crate::network::{self, NetworkConfig};
 use crate::relay::Engine;
 use crate::storage::health::{Fault, StorageHealth};
 use crate::storage::sqlite::OpenCheck;
-use crate::storage::{SqliteStore, Store};
+use crate::storage::{PgStore, SqliteStore, Store};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -43,10 +43,15 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new(cfg.node_id.as_str()));
     let health = Arc::new(StorageHealth::new(&cfg.data_dir, cfg.storage.reserve_bytes, metrics.storage_health()));
     let check = OpenCheck { budget: Duration::from_secs(cfg.storage.open_check_secs) };
-    let store: Arc<dyn Store> = match SqliteStore::open(&cfg.database_path(), health.clone(), check).await {
-        Ok(store) => Arc::new(store),
-        Err(e) if Fault::of(&e) == Fault::Corrupt => anyhow::bail!(damaged_database(&cfg.database_path(), &e)),
-        Err(e) => return Err(anyhow::Error::new(e).context(format!("cannot open the database {}", cfg.database_path().display()))),
+    let store: Arc<dyn Store> = match cfg.storage.url.as_deref() {
+        Some(url) => Arc::new(
+            PgStore::open_active(url, health.clone()).await.context("cannot open the PostgreSQL database named by storage.url")?,
+        ),
+        None => match SqliteStore::open(&cfg.database_path(), health.clone(), check).await {
+            Ok(store) => Arc::new(store),
+            Err(e) if Fault::of(&e) == Fault::Corrupt => anyhow::bail!(damaged_database(&cfg.database_path(), &e)),
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("cannot open the database {}", cfg.database_path().display()))),
+        },
     };
     let stop = CancellationToken::new();
     // The node's own tasks (beside the engine's): they all end when `stop` is cancelled.

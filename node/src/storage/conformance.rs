@@ -35,7 +35,8 @@ macro_rules! conformance_suite {
             a_failed_transaction_commits_nothing,
             segments_only_move_to_newer_versions,
             tokens_and_webhooks_are_kept,
-            attachments_are_in_use_while_a_message_needs_them
+            attachments_are_in_use_while_a_message_needs_them,
+            documents_citing_an_attachment_are_found_for_their_readers
         );
     };
     (@tests $open:expr; $($check:ident),+) => {
@@ -251,6 +252,19 @@ pub async fn tracking_only_moves_forward(store: &dyn Store) {
     let rows = store.tracking(&id(1)).await.unwrap();
     assert_eq!(rows.len(), 1, "one row per recipient");
     assert_eq!((rows[0].state.as_str(), rows[0].at_ms), ("delivered", 3), "never back from delivered");
+
+    // Several facts about one recipient in one group commit apply as they would one by one: the
+    // highest rank wins (the first of equals), and a receipt id once known is kept.
+    let mut receipt = track(RecipientState::SignedFor, 7);
+    receipt.receipt_id = Some(id(70));
+    let mut later = track(RecipientState::Returned, 8);
+    later.receipt_id = None;
+    let facts = vec![track(RecipientState::InTransit, 6), receipt, later, track(RecipientState::Delivered, 9)];
+    commit(store, vec![WriteJob::Record(Record { tracking: facts, ..Record::default() })]).await;
+    let rows = store.tracking(&id(1)).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!((rows[0].state.as_str(), rows[0].at_ms), ("signed-for", 7), "the first settled fact of the batch");
+    assert_eq!(rows[0].receipt_id.as_deref(), Some(id(70).as_slice()));
 }
 
 pub async fn retention_drops_settled_payloads_but_remembers_ids(store: &dyn Store) {
@@ -372,24 +386,88 @@ pub async fn tokens_and_webhooks_are_kept(store: &dyn Store) {
     assert!(store.webhooks().await.unwrap().is_empty());
 }
 
+/// A canonical document header from [`SENDER`] that describes attachment `sha` (`cite`), or only
+/// mentions its hex in the subject (a decoy that cites nothing).
+fn header_with_attachment(n: u8, sha: [u8; 32], cite: bool) -> Vec<u8> {
+    use exchange_wire::document::Attachment;
+    use exchange_wire::{Digest, Envelope, Kind, Priority};
+    let mut env = Envelope::new(
+        Kind::Document,
+        SENDER.parse().expect("an address"),
+        vec![UNIT_A.parse().expect("an address")],
+        vec![],
+        Priority::Routine,
+        &[n],
+    );
+    env.created_at_ms = u64::from(n);
+    if cite {
+        let a = Attachment { name: "scan.pdf".into(), media_type: "application/pdf".into(), size: 3, sha256: Digest(sha) };
+        a.describe(1, &mut env.metadata);
+    } else {
+        env.metadata.insert("subject".into(), Digest(sha).to_hex());
+    }
+    env.canonical_bytes()
+}
+
+/// Document `n` as [`document`] makes it, with a header citing `sha` (or only naming it).
+fn citing(n: u8, sha: [u8; 32], cite: bool, hop: Option<&str>, to: &[&str], at_ms: i64) -> Custody {
+    let mut c = document(n, 2, hop, to, at_ms);
+    if let Some(m) = c.message.as_mut() {
+        m.header = header_with_attachment(n, sha, cite);
+    }
+    c
+}
+
 pub async fn attachments_are_in_use_while_a_message_needs_them(store: &dyn Store) {
-    let sha = "ab".repeat(32);
-    let citing = |n: u8, hop: Option<&str>, to: &[&str], at_ms: i64| {
-        let mut c = document(n, 2, hop, to, at_ms);
-        if let Some(m) = c.message.as_mut() {
-            m.header = format!("header citing attachment.1.sha256={sha}").into_bytes();
-        }
-        c
-    };
-    assert!(!store.attachment_in_use(&sha, 0).await.unwrap(), "nothing cites it");
-    commit(store, vec![WriteJob::Custody(citing(1, Some("gz"), &[], 10))]).await;
-    assert!(store.attachment_in_use(&sha, 100).await.unwrap(), "waiting in an outbox");
+    let sha = [0xab; 32];
+    let hex = exchange_wire::Digest(sha).to_hex();
+    assert!(!store.attachment_in_use(&hex, 0).await.unwrap(), "nothing cites it");
+    commit(store, vec![WriteJob::Custody(citing(3, sha, false, None, &[UNIT_A], 10))]).await;
+    assert!(!store.attachment_in_use(&hex, 0).await.unwrap(), "its hex in another field is no citation");
+    commit(store, vec![WriteJob::Custody(citing(1, sha, true, Some("gz"), &[], 10))]).await;
+    assert!(store.attachment_in_use(&hex, 100).await.unwrap(), "waiting in an outbox");
+    assert!(!store.attachment_in_use(&"cd".repeat(32), 0).await.unwrap(), "another digest");
+    assert!(!store.attachment_in_use("not hex", 0).await.unwrap(), "not a digest at all");
     let seq = store.outbox_batch("gz", 1, usize::MAX).await.unwrap()[0].seq;
     commit(store, vec![WriteJob::Record(Record { outbox_done: vec![seq], ..Record::default() })]).await;
-    assert!(!store.attachment_in_use(&sha, 100).await.unwrap(), "forwarded and older than the cut-off");
-    assert!(store.attachment_in_use(&sha, 5).await.unwrap(), "received after the cut-off");
-    commit(store, vec![WriteJob::Custody(citing(2, None, &[UNIT_A], 10))]).await;
-    assert!(store.attachment_in_use(&sha, 100).await.unwrap(), "in an inbox");
+    assert!(!store.attachment_in_use(&hex, 100).await.unwrap(), "forwarded and older than the cut-off");
+    assert!(store.attachment_in_use(&hex, 5).await.unwrap(), "received after the cut-off");
+    commit(store, vec![WriteJob::Custody(citing(2, sha, true, None, &[UNIT_A], 10))]).await;
+    assert!(store.attachment_in_use(&hex, 100).await.unwrap(), "in an inbox");
+    commit(store, vec![settle(UNIT_A, 2, "signed-for", 40)]).await;
+    commit(store, vec![WriteJob::Admin { op: AdminOp::Retention { before_ms: 100 }, events: vec![] }]).await;
+    assert!(!store.attachment_in_use(&hex, 100).await.unwrap(), "signed for and purged from the inbox");
+}
+
+pub async fn documents_citing_an_attachment_are_found_for_their_readers(store: &dyn Store) {
+    let sha = [0x5a; 32];
+    let hex = exchange_wire::Digest(sha).to_hex();
+    commit(store, vec![
+        WriteJob::Custody(citing(1, sha, true, None, &[UNIT_A], 1)),
+        WriteJob::Custody(citing(2, sha, true, Some("gz"), &[], 2)),
+        WriteJob::Custody(citing(3, sha, false, None, &[UNIT_A], 3)),
+        WriteJob::Custody(citing(4, [0x11; 32], true, None, &[UNIT_A], 4)),
+    ])
+    .await;
+    // A receipt whose header cites it is not a document a unit reads attachments from.
+    let mut receipt = citing(5, sha, true, None, &[UNIT_A], 5);
+    if let Some(m) = receipt.message.as_mut() {
+        m.kind = "receipt".into();
+    }
+    commit(store, vec![WriteJob::Custody(receipt)]).await;
+    let found = |unit: &'static str, limit: u32| {
+        let hex = hex.clone();
+        async move { store.documents_readable_by(&hex, unit, limit).await.unwrap() }
+    };
+    let h = |n: u8| header_with_attachment(n, sha, true);
+    assert_eq!(found(SENDER, 10).await, vec![h(2), h(1)], "its sender reads both citing documents, newest first");
+    assert_eq!(found(SENDER, 1).await, vec![h(2)], "at most `limit`");
+    assert_eq!(found(UNIT_A, 10).await, vec![h(1)], "a recipient reads what is in its inbox, not the decoy");
+    assert!(found(UNIT_B, 10).await.is_empty(), "another unit reads nothing");
+    commit(store, vec![recall(1, 9, UNIT_A, SENDER)]).await;
+    assert_eq!(inbox_state(store, UNIT_A, 1).await.as_deref(), Some("recalled"));
+    assert!(found(UNIT_A, 10).await.is_empty(), "a recalled document is no longer the recipient's");
+    assert!(store.documents_readable_by("not hex", SENDER, 10).await.unwrap().is_empty());
 }
 
 #[cfg(test)]
@@ -400,6 +478,21 @@ mod sqlite {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open_standalone(&dir.path().join("node.db")).await.unwrap();
         (store, dir)
+    }
+
+    crate::conformance_suite!(open());
+}
+
+#[cfg(test)]
+mod postgres {
+    use crate::storage::PgStore;
+    use crate::storage::postgres::scratch::ScratchDatabase;
+
+    /// A fresh database per check, dropped at the end whether the check passed or not.
+    async fn open() -> (PgStore, ScratchDatabase) {
+        let db = ScratchDatabase::create().await;
+        let store = PgStore::open_standalone(&db.url).await.expect("the PostgreSQL store opens on a fresh database");
+        (store, db)
     }
 
     crate::conformance_suite!(open());

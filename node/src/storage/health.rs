@@ -48,9 +48,18 @@ impl Fault {
         }
     }
 
-    /// Classifies a storage error by SQLite's primary result code.
+    /// Classifies a storage error by SQLite's primary result code or PostgreSQL's SQLSTATE.
     pub fn of(e: &StorageError) -> Fault {
         match e {
+            // PostgreSQL reports five-character SQLSTATEs; SQLite's codes are numbers of at most four digits.
+            StorageError::Database(sqlx::Error::Database(db)) if db.code().is_some_and(|c| c.len() == 5) => {
+                match db.code().as_deref().unwrap_or_default() {
+                    "53100" => Fault::Full,             // disk_full
+                    "XX001" | "XX002" => Fault::Corrupt, // data_corrupted, index_corrupted
+                    "58030" => Fault::Io,               // io_error
+                    _ => Fault::Other,
+                }
+            }
             StorageError::Database(sqlx::Error::Database(db)) => {
                 let code = db.code().and_then(|c| c.parse::<i32>().ok()).unwrap_or(0) & 0xff;
                 match code {

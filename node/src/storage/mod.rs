@@ -3,20 +3,24 @@
 //! Writes arrive as [`WriteJob`]s and are applied many at a time in one transaction by the group
 //! committer (`relay::committer`): that is where throughput comes from, and nothing is acknowledged
 //! before its transaction commits. Reads serve the forwarders, the inbox and the status API.
-//! SQLite (WAL) is the embedded default; the trait keeps room for PostgreSQL.
+//! SQLite (WAL) is the embedded default; PostgreSQL (`storage.url`) implements the same trait.
 
 pub mod attachments;
+pub mod citations;
+mod gather;
 #[cfg(test)]
 pub mod conformance;
 pub mod health;
 pub mod recovery;
 pub mod sharing;
+pub mod postgres;
 pub mod sqlite;
 pub mod uploads;
 
 use exchange_wire::api::RecipientState;
 use futures::future::BoxFuture;
 
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 /// A storage failure. Nothing was committed when this is returned.
@@ -35,6 +39,13 @@ pub enum StorageError {
          its write-ahead log was damaged or truncated, or an older copy of the file was put in place"
     )]
     LostCommits { marked: u64, in_database: u64, mark: std::path::PathBuf },
+    /// This replica no longer holds the database's lease (PostgreSQL, active/standby): another
+    /// replica may be active, so nothing was written.
+    #[error("this replica no longer holds the lease on its database: another replica may be active; nothing was written")]
+    Fenced,
+    /// This storage engine does not do what was asked; the message says what to do instead.
+    #[error("{0}")]
+    Unsupported(&'static str),
 }
 
 /// A message row.
@@ -401,13 +412,14 @@ pub trait Store: Send + Sync + 'static {
     /// Queries asked from units of this node with no outcome yet (id and canonical header), so their
     /// deadlines are watched again after a restart.
     fn open_queries(&self) -> BoxFuture<'_, Result<Vec<([u8; 32], Vec<u8>)>, StorageError>>;
-    /// Whether a message that describes the attachment with this SHA-256 (lower-case hex) is still
-    /// needed: received at or after `before_ms`, waiting in an outbox (dead letters included), or
-    /// in an inbox.
+    /// Whether a message that cites the attachment with this SHA-256 (lower-case hex; see
+    /// [`citations::cited`]) is still needed: received at or after `before_ms`, waiting in an outbox
+    /// (dead letters included), or in an inbox. Answered from the citations recorded with each
+    /// message, never by reading every header.
     fn attachment_in_use<'a>(&'a self, sha256_hex: &'a str, before_ms: i64) -> BoxFuture<'a, Result<bool, StorageError>>;
     /// Canonical headers of documents held here that `unit` may read (it sent them, or they are in
-    /// its inbox and were not recalled) and whose header holds `sha256_hex` (lower-case hex), newest
-    /// first, at most `limit`. The caller parses them: the hex may stand in any field.
+    /// its inbox and were not recalled) and that cite `sha256_hex` (lower-case hex; see
+    /// [`citations::cited`]), newest first, at most `limit`. The caller checks them strictly.
     fn documents_readable_by<'a>(&'a self, sha256_hex: &'a str, unit: &'a str, limit: u32) -> BoxFuture<'a, Result<Vec<Vec<u8>>, StorageError>>;
     /// The last inbox position of a unit (0 when its inbox is empty).
     fn inbox_last_seq<'a>(&'a self, unit: &'a str) -> BoxFuture<'a, Result<i64, StorageError>>;

@@ -19,10 +19,12 @@ const ROWS_PER_STATEMENT: usize = 400;
 
 mod integrity;
 pub(crate) mod mark;
-mod paging;
+pub(crate) mod paging;
 pub mod recovery;
 mod sharing;
 
+use super::citations;
+use super::gather::{self, Rows, collect_ids};
 use super::health::StorageHealth;
 use crate::retention;
 use crate::settlement::{self, Entry, Settlement};
@@ -85,6 +87,7 @@ impl SqliteStore {
             )
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
+        backfill_citations(&writer).await?;
         let readers = SqlitePoolOptions::new()
             .max_connections(4)
             .idle_timeout(None)
@@ -247,56 +250,6 @@ async fn writer_in_autocommit(conn: &mut sqlx::pool::PoolConnection<Sqlite>) -> 
     Ok(unsafe { libsqlite3_sys::sqlite3_get_autocommit(handle.as_raw_handle().as_ptr()) } != 0)
 }
 
-fn collect_ids(c: &Custody, out: &mut Vec<[u8; 32]>) {
-    if let Some(m) = &c.message {
-        out.push(m.id);
-    }
-    for f in &c.follow_ups {
-        collect_ids(f, out);
-    }
-}
-
-/// Rows gathered from all jobs of one transaction.
-#[derive(Default)]
-struct Rows<'a> {
-    messages: Vec<&'a MessageRow>,
-    outbox: Vec<&'a OutboxRow>,
-    inbox: Vec<&'a InboxRow>,
-    tracking: Vec<&'a TrackingRow>,
-    events: Vec<&'a EventRow>,
-    recalls: Vec<&'a RecallRow>,
-    recalls_reported: Vec<&'a [u8; 32]>,
-    sharing: Vec<&'a crate::storage::sharing::SharingRow>,
-}
-
-impl<'a> Rows<'a> {
-    /// Adds a custody job unless its id is held already; returns whether it was added.
-    fn add_custody(&mut self, c: &'a Custody, held: &mut HashSet<[u8; 32]>) -> bool {
-        if let Some(m) = &c.message {
-            if !held.insert(m.id) {
-                return false;
-            }
-            self.messages.push(m);
-        }
-        self.outbox.extend(&c.outbox);
-        self.inbox.extend(&c.inbox);
-        self.tracking.extend(&c.tracking);
-        self.events.extend(&c.events);
-        self.recalls.extend(&c.recalls);
-        self.recalls_reported.extend(&c.recalls_reported);
-        self.sharing.extend(&c.sharing);
-        for f in &c.follow_ups {
-            self.add_custody(f, held);
-        }
-        true
-    }
-
-    fn add_record(&mut self, r: &'a Record) {
-        self.tracking.extend(&r.tracking);
-        self.events.extend(&r.events);
-    }
-}
-
 async fn existing_ids(tx: &mut Transaction<'_, Sqlite>, ids: &[[u8; 32]]) -> Result<HashSet<[u8; 32]>, sqlx::Error> {
     let mut held = HashSet::new();
     for chunk in ids.chunks(ROWS_PER_STATEMENT) {
@@ -338,6 +291,9 @@ async fn insert_rows(tx: &mut Transaction<'_, Sqlite>, rows: &Rows<'_>) -> Resul
         .execute(&mut **tx)
         .await?;
     }
+    let cited: Vec<([u8; 32], [u8; 32])> =
+        rows.messages.iter().flat_map(|m| citations::cited(&m.header).into_iter().map(|sha| (sha, m.id))).collect();
+    insert_citations(tx, &cited).await?;
     for chunk in rows.outbox.chunks(ROWS_PER_STATEMENT / 2) {
         let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO outbox (message_id, next_hop, recipients, priority, enqueued_at_ms) ");
         q.push_values(chunk, |mut b, o| {
@@ -382,6 +338,53 @@ async fn insert_rows(tx: &mut Transaction<'_, Sqlite>, rows: &Rows<'_>) -> Resul
         q.build().execute(&mut **tx).await?;
     }
     Ok(())
+}
+
+/// Records which attachments messages cite (`(sha256, message id)` pairs); a pair held already is
+/// kept as it is.
+async fn insert_citations(tx: &mut Transaction<'_, Sqlite>, cited: &[([u8; 32], [u8; 32])]) -> Result<(), sqlx::Error> {
+    for chunk in cited.chunks(ROWS_PER_STATEMENT / 2) {
+        let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO cited_attachments (sha256, message_id) ");
+        q.push_values(chunk, |mut b, (sha, id)| {
+            b.push_bind(sha.as_slice()).push_bind(id.as_slice());
+        });
+        q.push(" ON CONFLICT (sha256, message_id) DO NOTHING");
+        q.build().execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+/// Records the citations of messages stored before `cited_attachments` existed (migration 0011), a
+/// page per transaction so a large database does not hold one huge transaction; resumes where an
+/// interrupted run stopped. Runs at open, before the node writes anything else.
+async fn backfill_citations(writer: &SqlitePool) -> Result<(), StorageError> {
+    const PAGE: i64 = 500;
+    loop {
+        let mut tx = writer.begin().await?;
+        let done: i64 = sqlx::query_scalar("SELECT value FROM node_state WHERE key = 'citations_backfill'").fetch_one(&mut *tx).await?;
+        if done < 0 {
+            return Ok(());
+        }
+        let page = sqlx::query("SELECT seq, id, header FROM messages WHERE seq > $1 ORDER BY seq LIMIT $2")
+            .bind(done)
+            .bind(PAGE)
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut cited = Vec::new();
+        let mut last = -1;
+        for r in &page {
+            last = r.get(0);
+            let id = to_id(r.get(1))?;
+            let header: Vec<u8> = r.get(2);
+            cited.extend(citations::cited(&header).into_iter().map(|sha| (sha, id)));
+        }
+        insert_citations(&mut tx, &cited).await?;
+        sqlx::query("UPDATE node_state SET value = $1 WHERE key = 'citations_backfill'").bind(last).execute(&mut *tx).await?;
+        tx.commit().await?;
+        if page.is_empty() {
+            return Ok(());
+        }
+    }
 }
 
 /// Appends audit-log entries, chaining each to the one before; returns the new head hash.
@@ -658,28 +661,6 @@ fn event_record(r: sqlx::sqlite::SqliteRow) -> EventRecord {
     }
 }
 
-/// Why entry `e` does not follow from the previous hash, if it does not.
-fn chain_mismatch(e: &EventRecord, prev: &[u8; 32]) -> Option<String> {
-    let message_id = match e.message_id.as_deref().map(<[u8; 32]>::try_from) {
-        None => None,
-        Some(Ok(id)) => Some(id),
-        Some(Err(_)) => return Some("its message id is not 32 bytes: the entry was altered".into()),
-    };
-    // The static strings of a live entry are owned here; leak-free by hashing through a borrowed row.
-    let row = EventRow {
-        at_ms: e.at_ms,
-        category: "",
-        message_id,
-        event: "",
-        unit: e.unit.clone(),
-        peer: e.peer.clone(),
-        detail: e.detail.clone(),
-    };
-    let expected = row.chain_hash_with(prev, &e.category, &e.event);
-    (expected.as_slice() != e.hash.as_slice())
-        .then(|| "its hash does not follow from its content and the previous entry: this entry (or the one before it) was altered, or an entry was removed".to_string())
-}
-
 const INBOX_SELECT: &str = "SELECT i.seq, i.message_id, i.delivered_at_ms, i.state, m.header, m.signature, m.payload \
      FROM inbox i JOIN messages m ON m.id = i.message_id ";
 
@@ -766,32 +747,7 @@ impl Store for SqliteStore {
     }
 
     fn audit_verify(&self) -> BoxFuture<'_, Result<ChainCheck, StorageError>> {
-        self.watched(async move {
-            let mut check = ChainCheck { entries: 0, head_seq: 0, head_hash: [0; 32], first_break: None };
-            let mut prev_seq = 0i64;
-            loop {
-                let page = self.audit_page(prev_seq, 5000).await?;
-                if page.is_empty() {
-                    return Ok(check);
-                }
-                for e in page {
-                    check.entries += 1;
-                    if check.first_break.is_none() {
-                        if e.seq != prev_seq + 1 {
-                            check.first_break = Some((
-                                e.seq,
-                                format!("entries {} to {} are missing: deleted from the log", prev_seq + 1, e.seq - 1),
-                            ));
-                        } else if let Some(why) = chain_mismatch(&e, &check.head_hash) {
-                            check.first_break = Some((e.seq, why));
-                        }
-                    }
-                    prev_seq = e.seq;
-                    check.head_seq = e.seq;
-                    check.head_hash = <[u8; 32]>::try_from(e.hash.as_slice()).unwrap_or([0; 32]);
-                }
-            }
-        })
+        self.watched(gather::verify_chain(self))
     }
 
     fn queue_stats(&self) -> BoxFuture<'_, Result<Vec<QueueStat>, StorageError>> {
@@ -861,12 +817,13 @@ impl Store for SqliteStore {
 
     fn attachment_in_use<'a>(&'a self, sha256_hex: &'a str, before_ms: i64) -> BoxFuture<'a, Result<bool, StorageError>> {
         self.watched(async move {
-            // The canonical header holds metadata values verbatim, so the digest's hex is in it.
+            let Some(sha) = citations::digest_of_hex(sha256_hex) else { return Ok(false) };
             let used: bool = sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM messages WHERE instr(header, $1) > 0 \
-                 AND (received_at_ms >= $2 OR id IN (SELECT message_id FROM outbox) OR id IN (SELECT message_id FROM inbox)))",
+                "SELECT EXISTS (SELECT 1 FROM cited_attachments c JOIN messages m ON m.id = c.message_id WHERE c.sha256 = $1 \
+                 AND (m.received_at_ms >= $2 OR EXISTS (SELECT 1 FROM outbox o WHERE o.message_id = c.message_id) \
+                      OR EXISTS (SELECT 1 FROM inbox i WHERE i.message_id = c.message_id)))",
             )
-            .bind(sha256_hex.as_bytes())
+            .bind(sha.as_slice())
             .bind(before_ms)
             .fetch_one(&self.readers)
             .await?;
@@ -876,12 +833,14 @@ impl Store for SqliteStore {
 
     fn documents_readable_by<'a>(&'a self, sha256_hex: &'a str, unit: &'a str, limit: u32) -> BoxFuture<'a, Result<Vec<Vec<u8>>, StorageError>> {
         self.watched(async move {
+            let Some(sha) = citations::digest_of_hex(sha256_hex) else { return Ok(Vec::new()) };
             let headers = sqlx::query_scalar(
-                "SELECT m.header FROM messages m WHERE m.kind = 'document' AND instr(m.header, $1) > 0 \
+                "SELECT m.header FROM cited_attachments c JOIN messages m ON m.id = c.message_id \
+                 WHERE c.sha256 = $1 AND m.kind = 'document' \
                  AND (m.sender = $2 OR EXISTS (SELECT 1 FROM inbox i WHERE i.message_id = m.id AND i.unit = $2 AND i.state != 'recalled')) \
                  ORDER BY m.seq DESC LIMIT $3",
             )
-            .bind(sha256_hex.as_bytes())
+            .bind(sha.as_slice())
             .bind(unit)
             .bind(limit as i64)
             .fetch_all(&self.readers)
@@ -1005,5 +964,46 @@ mod tests {
         }
         store.commit(&[probe(3)]).await.expect("the writer is reopened, not left inside the stray transaction");
         assert_eq!(durable_probe(&path).await, 3);
+    }
+}
+
+#[cfg(test)]
+mod citation_backfill {
+    use super::*;
+
+    /// A database written before `cited_attachments` existed: its messages are recorded when the node
+    /// opens it, so attachments they cite are still found (not dropped as unused).
+    #[tokio::test]
+    async fn messages_stored_before_the_table_are_recorded_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.db");
+        let sha = [0x42; 32];
+        let hex = exchange_wire::Digest(sha).to_hex();
+        {
+            let store = SqliteStore::open_standalone(&path).await.unwrap();
+            let mut doc = crate::storage::conformance::document(1, 2, None, &[crate::storage::conformance::UNIT_A], 10);
+            let mut env = exchange_wire::Envelope::new(
+                exchange_wire::Kind::Document,
+                "gz.yuexiu/liurong-street".parse().unwrap(),
+                vec![crate::storage::conformance::UNIT_A.parse().unwrap()],
+                vec![],
+                exchange_wire::Priority::Routine,
+                b"x",
+            );
+            let a = exchange_wire::document::Attachment { name: "a.pdf".into(), media_type: "application/pdf".into(), size: 1, sha256: exchange_wire::Digest(sha) };
+            a.describe(1, &mut env.metadata);
+            doc.message.as_mut().unwrap().header = env.canonical_bytes();
+            store.commit(&[WriteJob::Custody(doc)]).await.unwrap();
+            assert!(store.attachment_in_use(&hex, 100).await.unwrap());
+            // As the database was before migration 0011: no citations, the back-fill not begun.
+            sqlx::query("DELETE FROM cited_attachments").execute(&store.writer).await.unwrap();
+            sqlx::query("UPDATE node_state SET value = 0 WHERE key = 'citations_backfill'").execute(&store.writer).await.unwrap();
+            assert!(!store.attachment_in_use(&hex, 100).await.unwrap(), "nothing recorded");
+        }
+        let store = SqliteStore::open_standalone(&path).await.unwrap();
+        assert!(store.attachment_in_use(&hex, 100).await.unwrap(), "recorded at open");
+        assert_eq!(store.documents_readable_by(&hex, crate::storage::conformance::UNIT_A, 10).await.unwrap().len(), 1);
+        let done: i64 = sqlx::query_scalar("SELECT value FROM node_state WHERE key = 'citations_backfill'").fetch_one(&store.writer).await.unwrap();
+        assert_eq!(done, -1, "done, and not repeated at the next open");
     }
 }
