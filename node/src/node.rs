@@ -53,7 +53,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let node_tasks = TaskTracker::new();
     node_tasks.spawn(health.clone().run(stop.clone()));
 
-    let keypair = libp2p::identity::Keypair::ed25519_from_bytes(node_key.to_bytes()).context("node key")?;
+    let keypair = network::keypair_of(&node_key).context("node key")?;
     let listen = cfg.p2p.listen.parse().with_context(|| format!("p2p.listen {:?} is not a multiaddress", cfg.p2p.listen))?;
     let (net, mut net_events, event_loop) = network::new(
         keypair,
@@ -204,14 +204,6 @@ fn damaged_database(db: &std::path::Path, e: &crate::storage::StorageError) -> S
 }
 
 /// Splits `parent_address` into the parent's peer id and the address to dial.
-fn parse_parent_address(text: &str) -> anyhow::Result<(libp2p::PeerId, libp2p::Multiaddr)> {
-    use libp2p::multiaddr::Protocol;
-    let mut addr: libp2p::Multiaddr =
-        text.parse().with_context(|| format!("parent_address {text:?} is not a multiaddress"))?;
-    match addr.pop() {
-        Some(Protocol::P2p(peer)) => Ok((peer, addr)),
-        _ => anyhow::bail!(
-            "parent_address {text:?} must end in /p2p/<peer-id> (the parent's peer id, printed by its exchange-node keygen)"
-        ),
-    }
+fn parse_parent_address(text: &str) -> anyhow::Result<(network::PeerId, network::Multiaddr)> {
+    network::split_peer_address(text).map_err(|e| anyhow::anyhow!("parent_address {e}"))
 }

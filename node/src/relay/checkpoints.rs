@@ -20,8 +20,8 @@ use std::time::Duration;
 use ed25519_dalek::VerifyingKey;
 use exchange_wire::NodeId;
 use exchange_wire::api::CheckpointCheck;
-use libp2p::PeerId;
-use libp2p::request_response::ResponseChannel;
+use crate::network::PeerId;
+use crate::network::Reply;
 use tokio_util::sync::CancellationToken;
 
 use super::Engine;
@@ -244,7 +244,7 @@ impl Engine {
     }
 
     /// Answers a child that hands or asks for its checkpoint.
-    pub(crate) async fn answer_checkpoint(self: Arc<Self>, peer: PeerId, request: CheckpointRequest, channel: ResponseChannel<CheckpointResponse>) {
+    pub(crate) async fn answer_checkpoint(self: Arc<Self>, peer: PeerId, request: CheckpointRequest, channel: Reply<CheckpointResponse>) {
         let response = self.checkpoint_answer(peer, request);
         if let CheckpointResponse::Refused { reason } = &response {
             tracing::warn!(%peer, %reason, "audit checkpoint refused");

@@ -35,7 +35,7 @@ use std::time::Duration;
 use ed25519_dalek::SigningKey;
 use exchange_wire::receipt::NodeReport;
 use exchange_wire::{Kind, MessageId, NodeId, PublicKey};
-use libp2p::{Multiaddr, PeerId};
+use crate::network::{Multiaddr, PeerId};
 use tokio::sync::watch;
 
 use crate::config::{DirectoryConfig, Limits, NodeConfig, PolicyConfig, RelayConfig};
