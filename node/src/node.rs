@@ -100,7 +100,9 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     node_tasks.spawn(admin_doors.clone().audit_refusals(stop.clone()));
     let agency_refusals = crate::api::agency::refusal_tally(&cfg, &engine);
     node_tasks.spawn(agency_refusals.clone().audit(engine.clone(), stop.clone()));
-    let checkpoints = tokio::spawn(engine.clone().run_audit_checkpoints(stop.clone()));
+    // Its own token: the last checkpoint is signed after the refusal audits are written.
+    let checkpoint_stop = CancellationToken::new();
+    let checkpoints = tokio::spawn(engine.clone().run_audit_checkpoints(checkpoint_stop.clone()));
 
     let agency = tokio::net::TcpListener::bind(cfg.api.listen)
         .await
@@ -114,11 +116,11 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let serve = |name, listener, router, limits, tls| {
         node_tasks.spawn(crate::api::listener::serve(name, listener, router, limits, tls, engine.metrics.clone(), stop.clone()))
     };
-    let a = serve("agency", agency, crate::api::agency::router(engine.clone(), agency_refusals), cfg.api.http_limits(), agency_tls);
-    let b = serve("admin", admin, crate::api::admin::router(engine.clone(), admin_doors), cfg.admin.http_limits(), admin_tls);
+    serve("agency", agency, crate::api::agency::router(engine.clone(), agency_refusals), cfg.api.http_limits(), agency_tls);
+    serve("admin", admin, crate::api::admin::router(engine.clone(), admin_doors), cfg.admin.http_limits(), admin_tls);
 
     shutdown_signal().await;
-    shutdown(&engine, stop, node_tasks, [a, b], checkpoints).await;
+    shutdown(&engine, stop, node_tasks, (checkpoint_stop, checkpoints)).await;
     Ok(())
 }
 
@@ -128,23 +130,21 @@ async fn shutdown(
     engine: &Arc<Engine>,
     stop: CancellationToken,
     node_tasks: TaskTracker,
-    listeners: [tokio::task::JoinHandle<()>; 2],
-    checkpoints: tokio::task::JoinHandle<()>,
+    (checkpoint_stop, checkpoints): (CancellationToken, tokio::task::JoinHandle<()>),
 ) {
     let began = Instant::now();
     tracing::info!("stopping: no new requests; what is committed stays committed");
     stop.cancel();
     node_tasks.close();
     let steps = async {
-        // Requests under way are answered (after their commit) or fail unacknowledged.
-        for l in listeners {
-            let _ = l.await;
-        }
+        // Requests under way are answered (after their commit) or fail unacknowledged; the refusal
+        // tallies are written to the audit log.
+        node_tasks.wait().await;
         let left = engine.tasks.stop(Duration::from_secs(4)).await;
-        // The last checkpoint, handed at a clean shutdown (it may still commit, so before the committer).
+        // The last checkpoint, handed at a clean shutdown, covers every audit entry written.
+        checkpoint_stop.cancel();
         let _ = checkpoints.await;
         let drained = engine.committer.stop(Duration::from_secs(3)).await;
-        node_tasks.wait().await;
         (left, drained)
     };
     match tokio::time::timeout(SHUTDOWN_BOUND, steps).await {
