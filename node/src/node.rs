@@ -2,8 +2,9 @@
 //! the HTTP listeners, and stop cleanly on SIGTERM or Ctrl-C.
 //!
 //! Shutdown, within [`SHUTDOWN_BOUND`]: the listeners stop taking requests and answer those under
-//! way; the engine's background tasks are told to stop ([`crate::tasks`]); the group committer
-//! commits what is queued and refuses the rest; the last audit checkpoint goes to the parent. What
+//! way, and the refusal tallies go to the audit log; the engine's background tasks are told to stop
+//! ([`crate::tasks`]); the last audit checkpoint goes to the parent; the group committer commits
+//! what is queued and refuses the rest. What
 //! does not finish in time is abandoned: it was never acknowledged, so a neighbour or an agency
 //! sends it again. The network's event loop runs to the end, so the checkpoint can still leave.
 
