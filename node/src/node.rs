@@ -2,8 +2,9 @@
 //! the HTTP listeners, and stop cleanly on SIGTERM or Ctrl-C.
 //!
 //! Shutdown, within [`SHUTDOWN_BOUND`]: the listeners stop taking requests and answer those under
-//! way; the engine's background tasks are told to stop ([`crate::tasks`]); the group committer
-//! commits what is queued and refuses the rest; the last audit checkpoint goes to the parent. What
+//! way, and the refusal tallies go to the audit log; the engine's background tasks are told to stop
+//! ([`crate::tasks`]); the last audit checkpoint goes to the parent; the group committer commits
+//! what is queued and refuses the rest. What
 //! does not finish in time is abandoned: it was never acknowledged, so a neighbour or an agency
 //! sends it again. The network's event loop runs to the end, so the checkpoint can still leave.
 
@@ -58,7 +59,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let node_tasks = TaskTracker::new();
     node_tasks.spawn(health.clone().run(stop.clone()));
 
-    let keypair = libp2p::identity::Keypair::ed25519_from_bytes(node_key.to_bytes()).context("node key")?;
+    let keypair = network::keypair_of(&node_key).context("node key")?;
     let listen = cfg.p2p.listen.parse().with_context(|| format!("p2p.listen {:?} is not a multiaddress", cfg.p2p.listen))?;
     let (net, mut net_events, event_loop) = network::new(
         keypair,
@@ -105,7 +106,9 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     node_tasks.spawn(admin_doors.clone().audit_refusals(stop.clone()));
     let agency_refusals = crate::api::agency::refusal_tally(&cfg, &engine);
     node_tasks.spawn(agency_refusals.clone().audit(engine.clone(), stop.clone()));
-    let checkpoints = tokio::spawn(engine.clone().run_audit_checkpoints(stop.clone()));
+    // Its own token: the last checkpoint is signed after the refusal audits are written.
+    let checkpoint_stop = CancellationToken::new();
+    let checkpoints = tokio::spawn(engine.clone().run_audit_checkpoints(checkpoint_stop.clone()));
 
     let agency = tokio::net::TcpListener::bind(cfg.api.listen)
         .await
@@ -119,11 +122,11 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let serve = |name, listener, router, limits, tls| {
         node_tasks.spawn(crate::api::listener::serve(name, listener, router, limits, tls, engine.metrics.clone(), stop.clone()))
     };
-    let a = serve("agency", agency, crate::api::agency::router(engine.clone(), agency_refusals), cfg.api.http_limits(), agency_tls);
-    let b = serve("admin", admin, crate::api::admin::router(engine.clone(), admin_doors), cfg.admin.http_limits(), admin_tls);
+    serve("agency", agency, crate::api::agency::router(engine.clone(), agency_refusals), cfg.api.http_limits(), agency_tls);
+    serve("admin", admin, crate::api::admin::router(engine.clone(), admin_doors), cfg.admin.http_limits(), admin_tls);
 
     shutdown_signal().await;
-    shutdown(&engine, stop, node_tasks, [a, b], checkpoints).await;
+    shutdown(&engine, stop, node_tasks, (checkpoint_stop, checkpoints)).await;
     Ok(())
 }
 
@@ -133,23 +136,21 @@ async fn shutdown(
     engine: &Arc<Engine>,
     stop: CancellationToken,
     node_tasks: TaskTracker,
-    listeners: [tokio::task::JoinHandle<()>; 2],
-    checkpoints: tokio::task::JoinHandle<()>,
+    (checkpoint_stop, checkpoints): (CancellationToken, tokio::task::JoinHandle<()>),
 ) {
     let began = Instant::now();
     tracing::info!("stopping: no new requests; what is committed stays committed");
     stop.cancel();
     node_tasks.close();
     let steps = async {
-        // Requests under way are answered (after their commit) or fail unacknowledged.
-        for l in listeners {
-            let _ = l.await;
-        }
+        // Requests under way are answered (after their commit) or fail unacknowledged; the refusal
+        // tallies are written to the audit log.
+        node_tasks.wait().await;
         let left = engine.tasks.stop(Duration::from_secs(4)).await;
-        // The last checkpoint, handed at a clean shutdown (it may still commit, so before the committer).
+        // The last checkpoint, handed at a clean shutdown, covers every audit entry written.
+        checkpoint_stop.cancel();
         let _ = checkpoints.await;
         let drained = engine.committer.stop(Duration::from_secs(3)).await;
-        node_tasks.wait().await;
         (left, drained)
     };
     match tokio::time::timeout(SHUTDOWN_BOUND, steps).await {
@@ -209,14 +210,6 @@ fn damaged_database(db: &std::path::Path, e: &crate::storage::StorageError) -> S
 }
 
 /// Splits `parent_address` into the parent's peer id and the address to dial.
-fn parse_parent_address(text: &str) -> anyhow::Result<(libp2p::PeerId, libp2p::Multiaddr)> {
-    use libp2p::multiaddr::Protocol;
-    let mut addr: libp2p::Multiaddr =
-        text.parse().with_context(|| format!("parent_address {text:?} is not a multiaddress"))?;
-    match addr.pop() {
-        Some(Protocol::P2p(peer)) => Ok((peer, addr)),
-        _ => anyhow::bail!(
-            "parent_address {text:?} must end in /p2p/<peer-id> (the parent's peer id, printed by its exchange-node keygen)"
-        ),
-    }
+fn parse_parent_address(text: &str) -> anyhow::Result<(network::PeerId, network::Multiaddr)> {
+    network::split_peer_address(text).map_err(|e| anyhow::anyhow!("parent_address {e}"))
 }

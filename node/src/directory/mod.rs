@@ -12,7 +12,7 @@ use std::sync::{Arc, RwLock};
 
 use exchange_wire::directory::{KeyRecord, NodeTree, UnitSegment, UnitStatus};
 use exchange_wire::{NodeId, PublicKey, UnitAddress};
-use libp2p::PeerId;
+use crate::network::PeerId;
 
 /// A node as the directory lists it.
 #[derive(Debug, Clone)]
@@ -24,7 +24,7 @@ pub struct NodeEntry {
     pub public_key: PublicKey,
     pub peer_id: PeerId,
     /// libp2p multiaddresses where the node listens.
-    pub addresses: Vec<libp2p::Multiaddr>,
+    pub addresses: Vec<crate::network::Multiaddr>,
 }
 
 /// A unit (agency system) as the directory lists it.
@@ -54,8 +54,7 @@ pub struct Directory {
 
 /// The libp2p peer id that belongs to an ed25519 node key.
 pub fn peer_id_of(key: &PublicKey) -> PeerId {
-    let pk = libp2p::identity::ed25519::PublicKey::try_from_bytes(key.0.as_bytes()).expect("valid ed25519 key");
-    libp2p::identity::PublicKey::from(pk).to_peer_id()
+    crate::network::peer_id_of(key)
 }
 
 impl Directory {

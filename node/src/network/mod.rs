@@ -17,7 +17,7 @@ use futures::StreamExt;
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::SwarmEvent;
 use libp2p::swarm::dial_opts::DialOpts;
-use libp2p::{Multiaddr, PeerId, Swarm, identity, ping};
+use libp2p::{Swarm, identity, ping};
 use tokio::sync::{mpsc, oneshot};
 
 use behaviour::{Behaviour, BehaviourEvent};
@@ -62,22 +62,50 @@ pub struct Neighbour {
 }
 
 /// What the network reports to the node.
+/// Where the answer to one request from a neighbour goes. The relay holds it while it works and
+/// gives it back to [`Client`] with the answer; libp2p's response channel stays inside `network/`.
+pub struct Reply<T>(ResponseChannel<T>);
+
+/// A neighbour's identity on the links and a link address, as the rest of the node names them.
+pub use libp2p::{Multiaddr, PeerId};
+
+/// The libp2p identity of a node key.
+pub fn peer_id_of(key: &exchange_wire::PublicKey) -> PeerId {
+    let pk = libp2p::identity::ed25519::PublicKey::try_from_bytes(key.0.as_bytes()).expect("valid ed25519 key");
+    libp2p::identity::PublicKey::from(pk).to_peer_id()
+}
+
+/// The link keypair of a node key.
+pub fn keypair_of(node_key: &ed25519_dalek::SigningKey) -> Result<libp2p::identity::Keypair, libp2p::identity::DecodingError> {
+    libp2p::identity::Keypair::ed25519_from_bytes(node_key.to_bytes())
+}
+
+/// Splits a parent address (`.../p2p/<peer id>`) into the peer id and the address to dial.
+pub fn split_peer_address(text: &str) -> Result<(PeerId, Multiaddr), String> {
+    use libp2p::multiaddr::Protocol;
+    let mut addr: Multiaddr = text.parse().map_err(|e| format!("{text:?} is not a multiaddress: {e}"))?;
+    match addr.pop() {
+        Some(Protocol::P2p(peer)) => Ok((peer, addr)),
+        _ => Err(format!("{text:?} must end in /p2p/<peer-id> (the parent's peer id, printed by its exchange-node keygen)")),
+    }
+}
+
 pub enum NetworkEvent {
     /// A neighbour handed over a batch; answer it with [`Client::respond`] after committing.
-    Inbound { peer: PeerId, request: TransferRequest, channel: ResponseChannel<TransferResponse> },
+    Inbound { peer: PeerId, request: TransferRequest, channel: Reply<TransferResponse> },
     /// A neighbour pushes directory segments; answer with [`Client::respond_directory`].
-    Directory { peer: PeerId, request: DirectoryPush, channel: ResponseChannel<DirectoryAck> },
+    Directory { peer: PeerId, request: DirectoryPush, channel: Reply<DirectoryAck> },
     /// A neighbour offers or sends attachment bytes; answer with [`Client::respond_attachment`].
-    Attachment { peer: PeerId, request: AttachmentRequest, channel: ResponseChannel<AttachmentResponse> },
+    Attachment { peer: PeerId, request: AttachmentRequest, channel: Reply<AttachmentResponse> },
     /// A connection was refused because the peer is not in the directory.
     Refused { peer: Option<PeerId>, inbound: bool },
     /// A neighbour asks for this node's custody events about a message.
-    Trace { peer: PeerId, request: TraceRequest, channel: ResponseChannel<TraceResponse> },
+    Trace { peer: PeerId, request: TraceRequest, channel: Reply<TraceResponse> },
     /// A neighbour restored from a backup asks what was exchanged with it; answer with
     /// [`Client::respond_reconcile`].
-    Reconcile { peer: PeerId, request: ReconcileRequest, channel: ResponseChannel<ReconcileResponse> },
+    Reconcile { peer: PeerId, request: ReconcileRequest, channel: Reply<ReconcileResponse> },
     /// A child hands or asks for its audit checkpoint; answer with [`Client::respond_checkpoint`].
-    Checkpoint { peer: PeerId, request: CheckpointRequest, channel: ResponseChannel<CheckpointResponse> },
+    Checkpoint { peer: PeerId, request: CheckpointRequest, channel: Reply<CheckpointResponse> },
     PeerUp(PeerId),
     PeerDown(PeerId),
     /// A ping answered: the link works and this is its round-trip time.
@@ -117,8 +145,8 @@ impl Client {
     }
 
     /// Answers an inbound batch.
-    pub async fn respond(&self, channel: ResponseChannel<TransferResponse>, response: TransferResponse) {
-        let _ = self.commands.send(Command::Respond { channel, response }).await;
+    pub async fn respond(&self, channel: Reply<TransferResponse>, response: TransferResponse) {
+        let _ = self.commands.send(Command::Respond { channel: channel.0, response }).await;
     }
 
     /// Asks `peer` for its custody events about a message.
@@ -129,8 +157,8 @@ impl Client {
     }
 
     /// Answers a trace request.
-    pub async fn respond_trace(&self, channel: ResponseChannel<TraceResponse>, response: TraceResponse) {
-        let _ = self.commands.send(Command::RespondTrace { channel, response }).await;
+    pub async fn respond_trace(&self, channel: Reply<TraceResponse>, response: TraceResponse) {
+        let _ = self.commands.send(Command::RespondTrace { channel: channel.0, response }).await;
     }
 
     /// Pushes directory segments to `peer`.
@@ -141,8 +169,8 @@ impl Client {
     }
 
     /// Answers a directory push.
-    pub async fn respond_directory(&self, channel: ResponseChannel<DirectoryAck>, response: DirectoryAck) {
-        let _ = self.commands.send(Command::RespondDirectory { channel, response }).await;
+    pub async fn respond_directory(&self, channel: Reply<DirectoryAck>, response: DirectoryAck) {
+        let _ = self.commands.send(Command::RespondDirectory { channel: channel.0, response }).await;
     }
 
     /// Sends an attachment offer or chunk to `peer` and waits for its answer (after its commit).
@@ -153,8 +181,8 @@ impl Client {
     }
 
     /// Answers an attachment offer or chunk.
-    pub async fn respond_attachment(&self, channel: ResponseChannel<AttachmentResponse>, response: AttachmentResponse) {
-        let _ = self.commands.send(Command::RespondAttachment { channel, response }).await;
+    pub async fn respond_attachment(&self, channel: Reply<AttachmentResponse>, response: AttachmentResponse) {
+        let _ = self.commands.send(Command::RespondAttachment { channel: channel.0, response }).await;
     }
 
     /// Asks neighbour `peer` about what it exchanged with this node (after a restore).
@@ -165,8 +193,8 @@ impl Client {
     }
 
     /// Answers a restored neighbour's question.
-    pub async fn respond_reconcile(&self, channel: ResponseChannel<ReconcileResponse>, response: ReconcileResponse) {
-        let _ = self.commands.send(Command::RespondReconcile { channel, response }).await;
+    pub async fn respond_reconcile(&self, channel: Reply<ReconcileResponse>, response: ReconcileResponse) {
+        let _ = self.commands.send(Command::RespondReconcile { channel: channel.0, response }).await;
     }
 
     /// Hands an audit checkpoint to, or asks one back from, the parent `peer`.
@@ -177,8 +205,8 @@ impl Client {
     }
 
     /// Answers a child's checkpoint request.
-    pub async fn respond_checkpoint(&self, channel: ResponseChannel<CheckpointResponse>, response: CheckpointResponse) {
-        let _ = self.commands.send(Command::RespondCheckpoint { channel, response }).await;
+    pub async fn respond_checkpoint(&self, channel: Reply<CheckpointResponse>, response: CheckpointResponse) {
+        let _ = self.commands.send(Command::RespondCheckpoint { channel: channel.0, response }).await;
     }
 
     /// Sets which peers may connect (directory nodes) and which neighbours to keep dialled.
@@ -389,7 +417,7 @@ impl EventLoop {
                 let events = self.events.clone();
                 answer_or_deliver(e, &mut self.pending_checkpoints, |peer, request, channel| {
                     // Unanswered when the node is saturated: the child tries again next interval.
-                    let _ = events.try_send(NetworkEvent::Checkpoint { peer, request, channel });
+                    let _ = events.try_send(NetworkEvent::Checkpoint { peer, request, channel: Reply(channel) });
                 });
             }
             SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event { peer, result: Ok(rtt), .. })) => {
@@ -431,7 +459,7 @@ impl EventLoop {
     fn on_directory_event(&mut self, event: request_response::Event<DirectoryPush, DirectoryAck>) {
         let events = self.events.clone();
         answer_or_deliver(event, &mut self.pending_pushes, |peer, request, channel| {
-            let _ = events.try_send(NetworkEvent::Directory { peer, request, channel });
+            let _ = events.try_send(NetworkEvent::Directory { peer, request, channel: Reply(channel) });
         });
     }
 
@@ -439,7 +467,7 @@ impl EventLoop {
         let events = self.events.clone();
         answer_or_deliver(event, &mut self.pending_attachments, |peer, request, channel| {
             // Unanswered when the node is saturated: the sender times out and offers again.
-            let _ = events.try_send(NetworkEvent::Attachment { peer, request, channel });
+            let _ = events.try_send(NetworkEvent::Attachment { peer, request, channel: Reply(channel) });
         });
     }
 
@@ -447,14 +475,14 @@ impl EventLoop {
         let events = self.events.clone();
         answer_or_deliver(event, &mut self.pending_reconciles, |peer, request, channel| {
             // Unanswered when the node is saturated: the restored neighbour asks again.
-            let _ = events.try_send(NetworkEvent::Reconcile { peer, request, channel });
+            let _ = events.try_send(NetworkEvent::Reconcile { peer, request, channel: Reply(channel) });
         });
     }
 
     fn on_trace_event(&mut self, event: request_response::Event<TraceRequest, TraceResponse>) {
         let events = self.events.clone();
         answer_or_deliver(event, &mut self.pending_traces, |peer, request, channel| {
-            let _ = events.try_send(NetworkEvent::Trace { peer, request, channel });
+            let _ = events.try_send(NetworkEvent::Trace { peer, request, channel: Reply(channel) });
         });
     }
 
@@ -465,7 +493,7 @@ impl EventLoop {
             RelayRequest::Batch(request) => {
                 // Back-pressure: when the node is saturated the request goes unanswered and the
                 // sender retries later; nothing is lost because nothing was acknowledged.
-                if events.try_send(NetworkEvent::Inbound { peer, request, channel }).is_err() {
+                if events.try_send(NetworkEvent::Inbound { peer, request, channel: Reply(channel) }).is_err() {
                     tracing::warn!(%peer, "inbound queue full; the batch will be retried by the sender");
                 }
             }

@@ -10,18 +10,12 @@ use exchange_wire::directory::UnitStatus;
 use exchange_wire::{Kind, UnitAddress};
 use sha2::{Digest, Sha256};
 
+pub use super::tokens::TokenEntry;
 use super::{Engine, Refusal};
 use crate::config::PolicyConfig;
 use crate::directory::Directory;
 use crate::storage::{AdminOp, EventRow, TokenRow, WriteJob};
 
-/// A token known to this node.
-#[derive(Debug, Clone)]
-pub struct TokenEntry {
-    pub id: String,
-    pub unit: UnitAddress,
-    pub revoked: bool,
-}
 
 /// The caller of an agency request: the unit its token belongs to, or anyone when authentication is
 /// turned off (`api.require_auth = false`).

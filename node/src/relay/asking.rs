@@ -9,15 +9,13 @@
 //! `timed-out` unless the answer came first; an answer arriving later is kept (inbox, audit log) but
 //! does not change the outcome. The asker is never left with silence.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use exchange_wire::api::{QueryStatus, RecipientState, SignedMessage, SubmitResponse};
 use exchange_wire::{Envelope, Kind, MessageId, SignedEnvelope, UnitAddress, query};
-use tokio::sync::Notify;
 
+pub use super::deadlines::Deadlines;
 use super::access::Caller;
 use super::custody::event;
 use super::ingress::{Candidate, SignFor};
@@ -25,19 +23,6 @@ use super::{Engine, Refusal, Refused};
 use crate::directory::Directory;
 use crate::storage::{JobOutcome, Record, TrackingRow, WriteJob};
 
-/// The deadlines of the queries asked here that have no outcome yet, earliest first.
-#[derive(Default)]
-pub struct Deadlines {
-    pending: Mutex<BinaryHeap<Reverse<(u64, [u8; 32])>>>,
-    changed: Notify,
-}
-
-impl Deadlines {
-    fn watch(&self, deadline_ms: u64, id: MessageId) {
-        self.pending.lock().expect("deadlines lock").push(Reverse((deadline_ms, id.0)));
-        self.changed.notify_one();
-    }
-}
 
 fn is_outcome(state: RecipientState) -> bool {
     matches!(state, RecipientState::Answered | RecipientState::TimedOut | RecipientState::Failed)

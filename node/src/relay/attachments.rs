@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use exchange_wire::document::{self, Attachment};
 use exchange_wire::{Digest, Envelope, Kind, NodeId, UnitAddress};
-use libp2p::PeerId;
-use libp2p::request_response::ResponseChannel;
+use crate::network::PeerId;
+use crate::network::Reply;
 
 use super::forwarder::{Backoff, Signals};
 use super::access::Caller;
@@ -267,7 +267,7 @@ impl Engine {
     }
 
     /// Answers a neighbour's offer or chunk, after the chunk is durable.
-    pub(crate) async fn answer_attachment(self: Arc<Self>, peer: PeerId, request: AttachmentRequest, channel: ResponseChannel<AttachmentResponse>) {
+    pub(crate) async fn answer_attachment(self: Arc<Self>, peer: PeerId, request: AttachmentRequest, channel: Reply<AttachmentResponse>) {
         let Some(from) = self.dir.current().node_by_peer(&peer).map(|n| n.id.clone()) else {
             let reason = format!("peer {peer} is not a node in the directory");
             return self.net.respond_attachment(channel, AttachmentResponse::Refused { reason, permanent: false }).await;

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use exchange_wire::api::{AdminActionResponse, DirectoryVerification, DirectoryView, NewUnit, RotateKey, SegmentCheck, SegmentInfo};
 use exchange_wire::directory::{KeyRecord, NodeRecord, NodeTree, Segment, UnitRecord, UnitSegment, UnitStatus};
 use exchange_wire::{NodeId, SignedEnvelope, UnitAddress};
-use libp2p::PeerId;
-use libp2p::request_response::ResponseChannel;
+use crate::network::PeerId;
+use crate::network::Reply;
 
 use super::{Engine, Refusal};
 use crate::directory::segments::{self, Held, SegmentRefusal, SegmentSet, Verdict};
@@ -255,7 +255,7 @@ impl Engine {
     }
 
     /// A neighbour pushed segments.
-    pub(crate) async fn answer_directory(self: Arc<Self>, peer: PeerId, request: DirectoryPush, channel: ResponseChannel<DirectoryAck>) {
+    pub(crate) async fn answer_directory(self: Arc<Self>, peer: PeerId, request: DirectoryPush, channel: Reply<DirectoryAck>) {
         let from = self.dir.current().node_by_peer(&peer).map(|n| n.id.clone());
         let mut decoded = Vec::new();
         let mut results: Vec<Option<String>> = Vec::new();
@@ -315,7 +315,7 @@ impl Engine {
             return Err(Refusal::malformed(format!("node {} needs a parent that is in the tree", record.id)));
         }
         for a in &record.addresses {
-            a.parse::<libp2p::Multiaddr>().map_err(|e| Refusal::malformed(format!("address {a:?} is not a multiaddress: {e}")))?;
+            a.parse::<crate::network::Multiaddr>().map_err(|e| Refusal::malformed(format!("address {a:?} is not a multiaddress: {e}")))?;
         }
         let detail = format!("node {} added under {}", record.id, record.parent.as_ref().map(|p| p.as_str()).unwrap_or(""));
         tree.nodes.push(record);

@@ -7,26 +7,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use exchange_wire::api::RecipientState;
-use exchange_wire::receipt::Hop;
+use exchange_wire::receipt::{Hop, NodeReport};
 use exchange_wire::{Kind, NodeId, UnitAddress};
-use tokio::sync::Notify;
 
+pub use super::signals::Signals;
 use super::Engine;
 use super::batching::{BatchLimit, Handover, Next};
 use super::custody::event;
 use crate::network::protocol::{Parcel, ParcelResult, TransferRequest, parcel_size_bound};
 use crate::storage::{OutboxItem, Record, TrackingRow, WriteJob};
 
-/// Wake-up signals for one forwarder.
-#[derive(Default)]
-pub struct Signals {
-    /// New outbox entries were committed for this neighbour (or an attachment reached it).
-    pub work: Notify,
-    /// The link to this neighbour came up.
-    pub link_up: Notify,
-    /// Held by the attachment transfer to this neighbour that has its turn: one at a time.
-    pub attachment_turn: tokio::sync::Mutex<()>,
-}
 
 /// Capped exponential backoff with full jitter.
 pub struct Backoff {
@@ -258,4 +248,70 @@ pub fn acknowledged(here: &NodeId, hop: &NodeId, sent: &[Sent], results: &[Parce
         }
     }
     r
+}
+
+/// The engine's side of its forwarders: starting one per neighbour, reporting refusals to senders,
+/// and counting what a neighbour acknowledged.
+impl Engine {
+    /// The forwarder signals for `hop`, starting its task on first use.
+    pub(super) fn forwarder(self: &Arc<Self>, hop: &NodeId) -> Arc<Signals> {
+        let mut map = self.forwarders.lock().expect("forwarders lock");
+        map.entry(hop.clone())
+            .or_insert_with(|| {
+                let signals = Arc::new(Signals::default());
+                self.tasks.spawn(run(self.clone(), hop.clone(), signals.clone()));
+                signals.work.notify_one();
+                signals
+            })
+            .clone()
+    }
+
+    /// Signed failure reports for the documents `hop` refused for good that did not enter the network
+    /// here (where they did, the sender's status is updated directly).
+    pub(crate) fn failure_reports(
+        self: &Arc<Self>,
+        hop: &NodeId,
+        sent: &[Sent],
+        results: &[ParcelResult],
+    ) -> (Vec<crate::storage::Custody>, Vec<super::custody::Summary>) {
+        let dir = self.dir.current();
+        let ctx = self.context(&dir);
+        let mut out = (Vec::new(), Vec::new());
+        for (s, r) in sent.iter().zip(results) {
+            let ParcelResult::Refused { code, reason } = r else { continue };
+            let Ok(env) = exchange_wire::Envelope::from_canonical_bytes(&s.header) else { continue };
+            if s.origin_kind.is_some() || env.kind != Kind::Document {
+                continue;
+            }
+            let report = exchange_wire::receipt::FailureReport {
+                message_id: exchange_wire::Digest(s.message_id),
+                node: self.here.clone(),
+                units: s.recipients.clone(),
+                reason: format!("{hop} refused it ({code}): {reason}"),
+            };
+            let (envelope, payload) = report.envelope(env.sender.clone(), env.priority);
+            let signed = envelope.sign(&self.node_key);
+            match super::custody::take(&ctx, super::custody::Incoming { signed, payload, recipients: vec![env.sender.clone()], from: None, hops: vec![] }) {
+                Ok((c, summary)) => {
+                    out.0.push(c);
+                    out.1.push(summary);
+                }
+                Err(e) => tracing::warn!(reason = %e.message, "cannot route a failure report"),
+            }
+        }
+        out
+    }
+
+    /// After a neighbour's answer was recorded.
+    pub(crate) fn after_acknowledged(&self, hop: &NodeId, sent: &[Sent], record: &Record) {
+        let now = exchange_wire::now_ms() as i64;
+        let done: std::collections::HashSet<i64> = record.outbox_done.iter().copied().collect();
+        for s in sent.iter().filter(|s| done.contains(&s.seq)) {
+            self.metrics.forwarded.with_label_values(&[hop.as_str(), &s.kind]).inc();
+            self.metrics.hop_latency.with_label_values(&[hop.as_str()]).observe((now - s.enqueued_at_ms).max(0) as f64 / 1000.0);
+        }
+        if !record.outbox_dead.is_empty() {
+            self.metrics.dead_letters_total.with_label_values(&[hop.as_str()]).inc_by(record.outbox_dead.len() as u64);
+        }
+    }
 }

@@ -12,9 +12,11 @@ pub mod access;
 pub mod asking;
 pub mod attachments;
 pub mod batching;
+pub mod checkpoint_files;
 pub mod checkpoints;
 pub mod committer;
 pub mod custody;
+pub mod deadlines;
 pub mod directory_sync;
 pub mod forwarder;
 pub mod handover;
@@ -25,7 +27,9 @@ pub mod reads;
 pub mod reconcile;
 pub mod reconcile_answer;
 pub mod refusal;
+pub mod signals;
 pub mod sharing;
+pub mod tokens;
 pub mod webhook_target;
 
 use std::collections::{HashMap, HashSet};
@@ -35,7 +39,7 @@ use std::time::Duration;
 use ed25519_dalek::SigningKey;
 use exchange_wire::receipt::NodeReport;
 use exchange_wire::{Kind, MessageId, NodeId, PublicKey};
-use libp2p::{Multiaddr, PeerId};
+use crate::network::{Multiaddr, PeerId};
 use tokio::sync::watch;
 
 use crate::config::{DirectoryConfig, Limits, NodeConfig, PolicyConfig, RelayConfig};
@@ -47,7 +51,7 @@ use crate::storage::health::StorageHealth;
 use crate::storage::{EventRow, Record, Store, WriteJob};
 use committer::Committer;
 use custody::{Context, Summary};
-use forwarder::Signals;
+use signals::Signals;
 pub use refusal::Refusal;
 
 /// What the node knows about a neighbour link.
@@ -82,7 +86,7 @@ pub struct Engine {
     /// The directory segments held; changes are serialised through this lock.
     segments: tokio::sync::Mutex<SegmentSet>,
     /// Hashes of the unit tokens issued here.
-    tokens: RwLock<HashMap<[u8; 32], access::TokenEntry>>,
+    tokens: RwLock<HashMap<[u8; 32], tokens::TokenEntry>>,
     require_auth: bool,
     /// Where webhooks may point (see [`webhook_target`]).
     webhook_targets: webhook_target::WebhookTargets,
@@ -90,11 +94,11 @@ pub struct Engine {
     node_key: SigningKey,
     forwarders: Mutex<HashMap<NodeId, Arc<Signals>>>,
     /// Deadlines of the queries asked here that have no outcome yet (see [`asking`]).
-    deadlines: asking::Deadlines,
+    deadlines: deadlines::Deadlines,
     /// Attachment files (see [`attachments`]).
     pub attachments: Arc<crate::storage::attachments::AttachmentStore>,
     /// Audit checkpoints held here (this node's at the root, its children's) (see [`checkpoints`]).
-    pub checkpoints: checkpoints::CheckpointFiles,
+    pub checkpoints: checkpoint_files::CheckpointFiles,
     /// Which neighbours hold which attachments, and the transfers under way.
     attachment_transfers: Mutex<AttachmentTransfers>,
     /// Committed length of attachments being received from neighbours, for chunks arriving early.
@@ -177,8 +181,8 @@ impl Engine {
             peers: Mutex::new(HashMap::new()),
             inbox_changes: watch::channel(0).0,
             attachments: Arc::new(attachments),
-            checkpoints: checkpoints::CheckpointFiles::new(&cfg.data_dir, std::time::Duration::from_secs(cfg.audit.checkpoint_secs)),
-            deadlines: asking::Deadlines::default(),
+            checkpoints: checkpoint_files::CheckpointFiles::new(&cfg.data_dir, std::time::Duration::from_secs(cfg.audit.checkpoint_secs)),
+            deadlines: deadlines::Deadlines::default(),
             attachment_transfers: Mutex::new(AttachmentTransfers::default()),
             attachment_progress: Mutex::new(HashMap::new()),
             catalog: Default::default(),
@@ -294,18 +298,6 @@ impl Engine {
         }
     }
 
-    /// The forwarder signals for `hop`, starting its task on first use.
-    fn forwarder(self: &Arc<Self>, hop: &NodeId) -> Arc<Signals> {
-        let mut map = self.forwarders.lock().expect("forwarders lock");
-        map.entry(hop.clone())
-            .or_insert_with(|| {
-                let signals = Arc::new(Signals::default());
-                self.tasks.spawn(forwarder::run(self.clone(), hop.clone(), signals.clone()));
-                signals.work.notify_one();
-                signals
-            })
-            .clone()
-    }
 
     /// Reacts to the network: inbound batches and traces, links going up or down, pings.
     pub async fn on_network_event(self: &Arc<Self>, event: network::NetworkEvent) {
@@ -520,54 +512,7 @@ impl Engine {
         }
     }
 
-    /// Signed failure reports for the documents `hop` refused for good that did not enter the network
-    /// here (where they did, the sender's status is updated directly).
-    pub(crate) fn failure_reports(
-        self: &Arc<Self>,
-        hop: &NodeId,
-        sent: &[forwarder::Sent],
-        results: &[crate::network::protocol::ParcelResult],
-    ) -> (Vec<crate::storage::Custody>, Vec<Summary>) {
-        let dir = self.dir.current();
-        let ctx = self.context(&dir);
-        let mut out = (Vec::new(), Vec::new());
-        for (s, r) in sent.iter().zip(results) {
-            let crate::network::protocol::ParcelResult::Refused { code, reason } = r else { continue };
-            let Ok(env) = exchange_wire::Envelope::from_canonical_bytes(&s.header) else { continue };
-            if s.origin_kind.is_some() || env.kind != Kind::Document {
-                continue;
-            }
-            let report = exchange_wire::receipt::FailureReport {
-                message_id: exchange_wire::Digest(s.message_id),
-                node: self.here.clone(),
-                units: s.recipients.clone(),
-                reason: format!("{hop} refused it ({code}): {reason}"),
-            };
-            let (envelope, payload) = report.envelope(env.sender.clone(), env.priority);
-            let signed = envelope.sign(&self.node_key);
-            match custody::take(&ctx, custody::Incoming { signed, payload, recipients: vec![env.sender.clone()], from: None, hops: vec![] }) {
-                Ok((c, summary)) => {
-                    out.0.push(c);
-                    out.1.push(summary);
-                }
-                Err(e) => tracing::warn!(reason = %e.message, "cannot route a failure report"),
-            }
-        }
-        out
-    }
 
-    /// After a neighbour's answer was recorded.
-    pub(crate) fn after_acknowledged(&self, hop: &NodeId, sent: &[forwarder::Sent], record: &Record) {
-        let now = exchange_wire::now_ms() as i64;
-        let done: HashSet<i64> = record.outbox_done.iter().copied().collect();
-        for s in sent.iter().filter(|s| done.contains(&s.seq)) {
-            self.metrics.forwarded.with_label_values(&[hop.as_str(), &s.kind]).inc();
-            self.metrics.hop_latency.with_label_values(&[hop.as_str()]).observe((now - s.enqueued_at_ms).max(0) as f64 / 1000.0);
-        }
-        if !record.outbox_dead.is_empty() {
-            self.metrics.dead_letters_total.with_label_values(&[hop.as_str()]).inc_by(record.outbox_dead.len() as u64);
-        }
-    }
 }
 
 /// The priority with queue rank `rank`.

@@ -10,8 +10,8 @@ use exchange_wire::api::{
     DeadLetterSelection, NodeStatus, PeerInfo, QueueInfo, Readiness, TraceResponse,
 };
 use exchange_wire::{Digest, MessageId, NodeId};
-use libp2p::PeerId;
-use libp2p::request_response::ResponseChannel;
+use crate::network::PeerId;
+use crate::network::Reply;
 
 use super::{Engine, Refusal};
 use crate::network::protocol::{TraceRequest, TraceResponse as WireTrace};
@@ -131,7 +131,7 @@ impl Engine {
     }
 
     /// Answers a neighbour's trace request (and asks onward, away from the asker).
-    pub(crate) async fn answer_trace(self: Arc<Self>, peer: PeerId, request: TraceRequest, channel: ResponseChannel<WireTrace>) {
+    pub(crate) async fn answer_trace(self: Arc<Self>, peer: PeerId, request: TraceRequest, channel: Reply<WireTrace>) {
         let asker = self.dir.current().node_by_peer(&peer).map(|n| n.id.clone());
         let response = match <[u8; 32]>::try_from(request.message_id.as_slice()) {
             Ok(id) => match self.gather_trace(&Digest(id), asker.as_ref()).await {

@@ -23,7 +23,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use exchange_wire::backup::{NeighbourReconciliation, ReconcileCounts, ReconcileEntry, ReconcileState, ReconciliationReport};
 use exchange_wire::{Digest, NodeId};
-use libp2p::PeerId;
+use crate::network::PeerId;
 
 use super::Engine;
 use crate::backup::report::{self, Due, EntryWriter};

@@ -10,8 +10,8 @@
 use std::sync::Arc;
 
 use exchange_wire::{Envelope, NodeId};
-use libp2p::PeerId;
-use libp2p::request_response::ResponseChannel;
+use crate::network::PeerId;
+use crate::network::Reply;
 
 use super::Engine;
 use super::custody::event;
@@ -22,7 +22,7 @@ use crate::storage::{Custody, OutboxRow, WriteJob};
 
 impl Engine {
     /// Answers a restored neighbour's request (refused unless it comes from the parent or a child).
-    pub(crate) async fn answer_reconcile(self: Arc<Self>, peer: PeerId, request: ReconcileRequest, channel: ResponseChannel<ReconcileResponse>) {
+    pub(crate) async fn answer_reconcile(self: Arc<Self>, peer: PeerId, request: ReconcileRequest, channel: Reply<ReconcileResponse>) {
         let dir = self.dir.current();
         let asker = dir.node_by_peer(&peer).map(|n| n.id.clone()).filter(|id| dir.neighbours(&self.here).iter().any(|n| &n.id == id));
         let response = match asker {

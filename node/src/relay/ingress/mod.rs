@@ -16,8 +16,8 @@ use exchange_wire::api::{BatchItemResult, SignedMessage, SubmitResponse};
 use exchange_wire::envelope::verify_batch;
 use exchange_wire::receipt::Hop;
 use exchange_wire::{Envelope, EnvelopeError, Kind, MessageId, NodeId, SignedEnvelope, UnitAddress};
-use libp2p::PeerId;
-use libp2p::request_response::ResponseChannel;
+use crate::network::PeerId;
+use crate::network::Reply;
 
 use super::access::Caller;
 use super::custody::{self, Incoming};
@@ -223,7 +223,7 @@ impl Engine {
     }
 
     /// A batch handed over by a neighbour: verify each parcel, commit, answer after the commit.
-    pub(crate) async fn inbound(self: Arc<Self>, peer: PeerId, request: TransferRequest, channel: ResponseChannel<TransferResponse>) {
+    pub(crate) async fn inbound(self: Arc<Self>, peer: PeerId, request: TransferRequest, channel: Reply<TransferResponse>) {
         let dir = self.dir.current();
         let Some(from) = dir.node_by_peer(&peer).map(|n| n.id.clone()) else {
             // The allow list should have stopped it; refuse everything without storing anything.
