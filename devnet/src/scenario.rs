@@ -8,6 +8,9 @@
 //!   特急, 加急, 平件; every fifth document carries an attachment (附件) uploaded before it.
 //! * One recipient unit per node (a bureau, or a city department) long-polls its inbox, checks each
 //!   document's signature with the sender's key and signs for (签收) every page in one request.
+//! * Queries (查询核验) between districts: each district's public-security bureau asks the next
+//!   district's recipient (civil affairs) whether a person is alive; the recipient answers from its
+//!   inbox with a signed answer, and every query must end `answered`.
 //! * Meanwhile the directory changes: a street office is suspended, a unit's key is rotated, a new
 //!   street office is added; each change is timed until all 13 nodes hold it. The rotated unit and
 //!   the new unit then send a document each (the new key, and the new unit, must verify at every hop);
@@ -53,6 +56,9 @@ struct Ledger {
     strangers: Vec<String>,
     /// Submissions or receipts the nodes refused, or transport errors that did not recover.
     errors: Vec<String>,
+    /// Queries (查询核验) asked: asker and when; answered: when the asked unit's answer was accepted.
+    queries: HashMap<MessageId, (UnitAddress, Instant)>,
+    answered: HashMap<MessageId, Instant>,
     /// Clients of units added during the run (the launcher holds no token for them).
     added: HashMap<UnitAddress, exchange_wire::client::ApiClient>,
 }
@@ -142,6 +148,22 @@ pub fn run(net: &LocalNetwork, duration: Duration, rate: f64) -> anyhow::Result<
         })
         .collect();
 
+    // Queries between districts: each district's public-security bureau asks the next district's
+    // recipient (civil affairs), one query per second in all.
+    let districts: Vec<&NodeId> = nodes.iter().filter(|n| n.as_str() != "gz").collect();
+    let mut askers = Vec::new();
+    for (i, d) in districts.iter().enumerate() {
+        let asker: UnitAddress = format!("{d}/public-security").parse()?;
+        let asked = recipient_units.iter().find(|u| u.node_part() == districts[(i + 1) % districts.len()].as_str()).cloned();
+        if net.unit_keys.contains_key(&asker) && let Some(asked) = asked {
+            askers.push((actor(net, &asker)?, asked));
+        }
+    }
+    let asking = {
+        let (ledger, stop) = (ledger.clone(), stop_sending.clone());
+        std::thread::spawn(move || ask_queries(askers, ledger, stop))
+    };
+
     // Directory changes while the traffic runs.
     let changes = directory_changes(net, &suspended, &rotated, &home_of_new, &recipient_units, &ledger, &sender_keys, duration);
     let elapsed = started.elapsed();
@@ -152,6 +174,7 @@ pub fn run(net: &LocalNetwork, duration: Duration, rate: f64) -> anyhow::Result<
     for w in writers {
         w.join().map_err(|_| anyhow::anyhow!("a sender thread panicked"))?;
     }
+    asking.join().map_err(|_| anyhow::anyhow!("the asking thread panicked"))?;
     let traffic_secs = started.elapsed().as_secs_f64();
     let total = ledger.lock().expect("ledger").sent.len();
     println!("   traffic stopped after {traffic_secs:.1} s: {total} documents submitted ({} with attachments)", attachments.load(Ordering::SeqCst));
@@ -206,6 +229,29 @@ pub fn run(net: &LocalNetwork, duration: Duration, rate: f64) -> anyhow::Result<
         }
     }
     let receipts_after = started.elapsed().as_secs_f64();
+    // …and every query answered, the answer back at the asker's node.
+    let queries: Vec<(MessageId, UnitAddress, Instant)> =
+        ledger.lock().expect("ledger").queries.iter().map(|(id, (asker, at))| (*id, asker.clone(), *at)).collect();
+    let mut query_ms = Vec::new();
+    for (id, asker, at) in &queries {
+        let status = net.client_for(asker).query_status(id, Duration::from_secs(30));
+        match status {
+            Ok(q) if q.state == RecipientState::Answered => {
+                if let Some(answered) = ledger.lock().expect("ledger").answered.get(id) {
+                    query_ms.push(answered.saturating_duration_since(*at).as_secs_f64() * 1000.0);
+                }
+            }
+            Ok(q) => {
+                stop_reading.store(true, Ordering::SeqCst);
+                bail!("query {id} of {asker} ended {} instead of answered", q.state.as_str());
+            }
+            Err(e) => {
+                stop_reading.store(true, Ordering::SeqCst);
+                bail!("the status of query {id} of {asker}: {e}");
+            }
+        }
+    }
+    query_ms.sort_by(|a, b| a.total_cmp(b));
     stop_reading.store(true, Ordering::SeqCst);
     for r in readers {
         r.join().map_err(|_| anyhow::anyhow!("a recipient thread panicked"))?;
@@ -213,7 +259,10 @@ pub fn run(net: &LocalNetwork, duration: Duration, rate: f64) -> anyhow::Result<
     let after = ProcessStats::of_network(net);
 
     let l = ledger.lock().expect("ledger");
-    println!("\n== Reconciled: {total} documents delivered exactly once ({delivered_after:.1} s after the start), every receipt back ({receipts_after:.1} s)");
+    println!(
+        "\n== Reconciled: {total} documents delivered exactly once ({delivered_after:.1} s after the start), every receipt back ({receipts_after:.1} s), {} queries answered",
+        queries.len()
+    );
     println!("\n   delivery latency, submission to the recipient's inbox (documents with a 256 KiB 附件 apart):");
     println!("   {:<22} {:>6} {:>9} {:>9} {:>9}", "", "count", "p50 ms", "p95 ms", "max ms");
     let rows = PRIORITIES.iter().map(|p| (class(*p).to_string(), Some(*p), false)).chain(std::iter::once(("with 附件, any priority".to_string(), None, true)));
@@ -228,6 +277,15 @@ pub fn run(net: &LocalNetwork, duration: Duration, rate: f64) -> anyhow::Result<
         let q = |f: f64| ms.get(((ms.len() as f64 - 1.0) * f).round() as usize).copied().unwrap_or(0.0);
         println!("   {:<22} {:>6} {:>9.0} {:>9.0} {:>9.0}", name, ms.len(), q(0.5), q(0.95), q(1.0));
     }
+    let q = |f: f64| query_ms.get(((query_ms.len() as f64 - 1.0) * f).round() as usize).copied().unwrap_or(0.0);
+    println!(
+        "   {:<22} {:>6} {:>9.0} {:>9.0} {:>9.0}   (asked → answered by the asked unit)",
+        "查询 queries",
+        query_ms.len(),
+        q(0.5),
+        q(0.95),
+        q(1.0)
+    );
     let pairs: std::collections::BTreeSet<(String, String)> =
         l.sent.values().map(|s| (s.sender.node_part().to_string(), s.recipient.node_part().to_string())).collect();
     println!("   ordered pairs of nodes that carried documents: {} of {}", pairs.len(), nodes.len() * (nodes.len() - 1));
@@ -360,14 +418,27 @@ fn read_inbox(r: Actor, ledger: Arc<Mutex<Ledger>>, stop: Arc<AtomicBool>, keys:
         let seen = Instant::now();
         let mut receipts = Vec::new();
         for item in page.items {
+            let mut is_query = false;
             let problem = (|| -> anyhow::Result<()> {
                 let (got, _) = item.message.decode().context("does not decode")?;
                 let key = keys.lock().expect("keys").get(&got.envelope.sender).map(|k| k.verifying_key());
                 let key = key.with_context(|| format!("from unknown sender {}", got.envelope.sender))?;
                 got.verify(&key).context("sender's signature does not verify")?;
+                if got.envelope.kind == Kind::Query {
+                    // 查询核验: the asked unit's system answers from its inbox, signed with its key.
+                    is_query = true;
+                    let body = br#"{"alive":true}"#;
+                    let answer = exchange_wire::query::answer(r.unit.clone(), got.envelope.sender.clone(), item.id, body).sign(&r.key);
+                    retry(|| r.client.answer(&r.unit, &item.id, &answer, body))?;
+                    ledger.lock().expect("ledger").answered.insert(item.id, Instant::now());
+                    return Ok(());
+                }
                 receipts.push(signed_for(r.unit.clone(), got.envelope.sender.clone(), item.id, got.envelope.priority).sign(&r.key));
                 Ok(())
             })();
+            if is_query && problem.is_ok() {
+                continue;
+            }
             let mut l = ledger.lock().expect("ledger");
             match (problem, l.sent.get(&item.id).map(|s| s.recipient == r.unit)) {
                 (Err(e), _) => l.errors.push(format!("{} in the inbox of {}: {e:#}", item.id, r.unit)),
@@ -388,6 +459,29 @@ fn read_inbox(r: Actor, ledger: Arc<Mutex<Ledger>>, stop: Arc<AtomicBool>, keys:
                 }
             }
             Err(e) => ledger.lock().expect("ledger").errors.push(format!("sign-for at {}: {e:#}", r.unit)),
+        }
+    }
+}
+
+/// Asks one query per second, round the (asker, asked) pairs, until `stop`.
+fn ask_queries(askers: Vec<(Actor, UnitAddress)>, ledger: Arc<Mutex<Ledger>>, stop: Arc<AtomicBool>) {
+    let mut n = 0usize;
+    while !askers.is_empty() && !stop.load(Ordering::SeqCst) {
+        let (asker, asked) = &askers[n % askers.len()];
+        let body = format!(r#"{{"id_number":"4401{:014}"}}"#, n);
+        let deadline = exchange_wire::now_ms() + 60_000;
+        let query = exchange_wire::query::question(asker.unit.clone(), asked.clone(), "person.alive", deadline, body.as_bytes()).sign(&asker.key);
+        let at = Instant::now();
+        match retry(|| asker.client.ask(&query, body.as_bytes())) {
+            Ok(_) => {
+                ledger.lock().expect("ledger").queries.insert(query.id, (asker.unit.clone(), at));
+            }
+            Err(e) => ledger.lock().expect("ledger").errors.push(format!("{} asks {asked}: {e:#}", asker.unit)),
+        }
+        n += 1;
+        let next = at + Duration::from_secs(1);
+        while !stop.load(Ordering::SeqCst) && Instant::now() < next {
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 }
