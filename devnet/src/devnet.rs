@@ -41,7 +41,9 @@ pub fn run(args: DevnetArgs) -> anyhow::Result<()> {
     let topology = Topology::guangzhou();
     let ids: Vec<&str> = topology.nodes.iter().map(|n| n.id.as_str()).collect();
     // Quick retries: on one machine a refused first connection is a start-up race, not an outage.
-    let extra = "[relay]\nretry_initial_ms = 50\nretry_max_ms = 1000\n";
+    // A smaller disk-full ballast than a production node's 64 MiB: 13 of those on one disk would
+    // take 832 MiB of a developer's machine for nothing.
+    let extra = "[relay]\nretry_initial_ms = 50\nretry_max_ms = 1000\n\n[storage]\nreserve_bytes = 8388608\n";
     let mut net = LocalNetwork::create(&binary, args.dir.as_deref(), &ids, extra)?;
     println!(
         "== Guangzhou devnet: {} nodes, {} units, real node processes on loopback",

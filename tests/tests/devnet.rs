@@ -1,7 +1,7 @@
 //! `exchange-node devnet`: the whole Guangzhou network (13 node processes, 209 units) on loopback.
 //!
-//! (a) `--scenario` drives mixed traffic between every pair of nodes, queries between districts and
-//!     directory changes on the way, and exits 0 only if every document arrived exactly once, every
+//! (a) `--scenario` drives mixed traffic between every pair of nodes, queries between districts,
+//!     base data (a death, a marriage, a move-out) to subscribers and directory changes on the way, and exits 0 only if every document arrived exactly once, every
 //!     receipt came back and every query was answered; the
 //!     folder holds every unit's key and token, the index and a Prometheus configuration for the 13
 //!     nodes (checked by promtool when it is installed).
@@ -49,6 +49,10 @@ fn devnet_scenario_reconciles() {
     assert!(queries >= 5 && answered.ends_with("queries answered"), "queries between districts were answered: {answered:?}");
     for class in ["特急", "加急", "平件"] {
         assert!(stdout.contains(class), "latency of {class}: {stdout}");
+    }
+    for flow in ["person.death ", "person.marriage ", "person.move-out "] {
+        let line = stdout.lines().find(|l| l.trim_start().starts_with(flow)).unwrap_or_else(|| panic!("no line for {flow}: {stdout}"));
+        assert!(line.contains("ms to the last subscriber"), "{line}");
     }
     for change in ["suspend ", "rotate the key of ", "add "] {
         let line = stdout.lines().find(|l| l.trim_start().starts_with(change)).unwrap_or_else(|| panic!("no line for {change}: {stdout}"));

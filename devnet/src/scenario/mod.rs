@@ -11,6 +11,8 @@
 //! * Queries (查询核验) between districts: each district's public-security bureau asks the next
 //!   district's recipient (civil affairs) whether a person is alive; the recipient answers from its
 //!   inbox with a signed answer, and every query must end `answered`.
+//! * Base data (数据共享): the root signs the catalog; a death, a marriage (granted on approval) and a
+//!   move-out reach their subscribers in other districts and the city ([`base_data`]).
 //! * Meanwhile the directory changes: a street office is suspended, a unit's key is rotated, a new
 //!   street office is added; each change is timed until all 13 nodes hold it. The rotated unit and
 //!   the new unit then send a document each (the new key, and the new unit, must verify at every hop);
@@ -23,6 +25,7 @@
 //! Parts: [`traffic`] (the threads that act for units), [`changes`] (directory changes),
 //! [`reconcile`] (the checks that decide the exit code), [`report`] (what is printed).
 
+mod base_data;
 mod changes;
 mod reconcile;
 mod report;
@@ -166,6 +169,7 @@ pub fn run(net: &LocalNetwork, duration: Duration, rate: f64) -> anyhow::Result<
 
     let mut traffic = traffic::Traffic::start(cast.senders, cast.recipients, cast.askers, rate, net.root.join("scenario"), &ledger, &keys);
     let changes = changes::run(net, &cast.changes, &cast.city_recipient, &ledger, &keys, duration);
+    let shared = base_data::run(net, &ledger, &keys);
     if let Some(rest) = duration.checked_sub(started.elapsed()) {
         std::thread::sleep(rest);
     }
@@ -178,7 +182,7 @@ pub fn run(net: &LocalNetwork, duration: Duration, rate: f64) -> anyhow::Result<
     let times = reconciled?;
     let after = ProcessStats::of_network(net);
     let l = ledger.lock().expect("ledger");
-    report::print(&l, &times, &changes, net.nodes.len());
+    report::print(&l, &times, &changes, &shared, net.nodes.len());
     println!("\n   node processes at the start and at the end of the scenario:");
     print!("{}", ProcessStats::table(&before, &after, started.elapsed()));
     reconcile::no_errors(&l)

@@ -13,7 +13,7 @@ fn row(name: &str, ms: &[f64], note: &str) {
     println!("   {:<22} {:>6} {:>9.0} {:>9.0} {:>9.0}{note}", name, ms.len(), quantile(ms, 0.5), quantile(ms, 0.95), quantile(ms, 1.0));
 }
 
-pub(super) fn print(l: &Ledger, times: &Times, changes: &[String], nodes: usize) {
+pub(super) fn print(l: &Ledger, times: &Times, changes: &[String], shared: &[String], nodes: usize) {
     println!(
         "\n== Reconciled: {} documents delivered exactly once ({:.1} s after the start), every receipt back ({:.1} s), {} queries answered",
         l.sent.len(),
@@ -40,5 +40,9 @@ pub(super) fn print(l: &Ledger, times: &Times, changes: &[String], nodes: usize)
     println!("\n   directory changes (time until all {nodes} nodes held the change):");
     for c in changes {
         println!("   {c}");
+    }
+    println!("\n   base data (数据共享), publication to every subscriber, signature checked:");
+    for s in shared {
+        println!("   {s}");
     }
 }

@@ -194,15 +194,21 @@ pub(super) fn read_inbox(r: Actor, ledger: Shared, stop: Arc<AtomicBool>, keys: 
         let seen = Instant::now();
         let mut receipts = Vec::new();
         for item in page.items {
-            let mut is_query = false;
+            // Not a document (a query, answered here, or a sharing item): no receipt, not counted.
+            let mut not_a_document = false;
             let problem = (|| -> anyhow::Result<()> {
                 let (got, _) = item.message.decode().context("does not decode")?;
+                if !matches!(got.envelope.kind, Kind::Document | Kind::Query) {
+                    // Subscription requests and node-signed decisions: the base-data part's business.
+                    not_a_document = true;
+                    return Ok(());
+                }
                 let key = keys.lock().expect("keys").get(&got.envelope.sender).map(|k| k.verifying_key());
                 let key = key.with_context(|| format!("from unknown sender {}", got.envelope.sender))?;
                 got.verify(&key).context("sender's signature does not verify")?;
                 if got.envelope.kind == Kind::Query {
                     // 查询核验: the asked unit's system answers from its inbox, signed with its key.
-                    is_query = true;
+                    not_a_document = true;
                     let body = br#"{"alive":true}"#;
                     let answer = exchange_wire::query::answer(r.unit.clone(), got.envelope.sender.clone(), item.id, body).sign(&r.key);
                     retry(|| r.client.answer(&r.unit, &item.id, &answer, body))?;
@@ -212,7 +218,7 @@ pub(super) fn read_inbox(r: Actor, ledger: Shared, stop: Arc<AtomicBool>, keys: 
                 receipts.push(signed_for(r.unit.clone(), got.envelope.sender.clone(), item.id, got.envelope.priority).sign(&r.key));
                 Ok(())
             })();
-            if is_query && problem.is_ok() {
+            if not_a_document && problem.is_ok() {
                 continue;
             }
             let mut l = ledger.lock().expect("ledger");
