@@ -154,7 +154,17 @@ fn wait_for_stop(net: &mut LocalNetwork) -> anyhow::Result<()> {
             tokio::select! {
                 _ = interrupt.recv() => return Ok(()),
                 _ = terminate.recv() => return Ok(()),
-                _ = tick.tick() => net.check_running()?,
+                _ = tick.tick() => {
+                    if let Err(e) = net.check_running() {
+                        // Ctrl-C in a terminal reaches the nodes too (one process group): a node that
+                        // stopped on it is no failure if the devnet's own signal follows at once.
+                        tokio::select! {
+                            _ = interrupt.recv() => return Ok(()),
+                            _ = terminate.recv() => return Ok(()),
+                            _ = tokio::time::sleep(Duration::from_millis(500)) => return Err(e),
+                        }
+                    }
+                }
             }
         }
     })
