@@ -30,6 +30,11 @@ pub struct DevnetArgs {
     /// stopped.
     #[arg(long, value_name = "SECS")]
     pub scenario: Option<u64>,
+    /// Add units up to the network's real size: 86 city units in all and about 5,000 across the
+    /// districts (residents' committees, 居委会, below the street offices), every one with a key and
+    /// a token.
+    #[arg(long)]
+    pub full_size: bool,
     /// Documents per second the scenario submits, over all senders.
     #[arg(long, default_value_t = 10.0)]
     pub rate: f64,
@@ -38,16 +43,19 @@ pub struct DevnetArgs {
 /// Runs the devnet.
 pub fn run(args: DevnetArgs) -> anyhow::Result<()> {
     let binary = std::env::current_exe().context("cannot find the exchange-node binary")?;
-    let topology = Topology::guangzhou();
-    let ids: Vec<&str> = topology.nodes.iter().map(|n| n.id.as_str()).collect();
+    let mut topology = Topology::guangzhou();
+    if args.full_size {
+        grow_to_full_size(&mut topology)?;
+    }
+    let ids: Vec<String> = topology.nodes.iter().map(|n| n.id.to_string()).collect();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
     // Quick retries: on one machine a refused first connection is a start-up race, not an outage.
-    let extra = "[relay]\nretry_initial_ms = 50\nretry_max_ms = 1000\n";
-    let mut net = LocalNetwork::create(&binary, args.dir.as_deref(), &ids, extra)?;
-    println!(
-        "== Guangzhou devnet: {} nodes, {} units, real node processes on loopback",
-        topology.nodes.len(),
-        topology.units.len()
-    );
+    // A smaller disk-full ballast than a production node's 64 MiB: 13 of those on one disk would
+    // take 832 MiB of a developer's machine for nothing.
+    let extra = "[relay]\nretry_initial_ms = 50\nretry_max_ms = 1000\n\n[storage]\nreserve_bytes = 8388608\n";
+    let (units, nodes) = (topology.units.len(), topology.nodes.len());
+    let mut net = LocalNetwork::create_from(&binary, args.dir.as_deref(), topology, &ids, extra, |_| Default::default())?;
+    println!("== Guangzhou devnet: {nodes} nodes, {units} units, real node processes on loopback");
     println!("   folder: {}", net.root.display());
     let started = Instant::now();
     let result = start(&mut net, started).and_then(|()| match args.scenario {
@@ -65,6 +73,31 @@ pub fn run(args: DevnetArgs) -> anyhow::Result<()> {
         println!("   files kept in {}", net.keep_files().display());
     }
     result
+}
+
+/// The seed's real size: 86 units on the city node, and about 5,000 across the twelve district
+/// nodes (residents' committees added below the street offices of each district).
+const CITY_UNITS: usize = 86;
+const DISTRICT_UNITS: usize = 5_000;
+
+fn grow_to_full_size(topology: &mut Topology) -> anyhow::Result<()> {
+    use crate::launcher::TopologyUnit;
+    let city = topology.nodes.iter().find(|n| n.parent.is_none()).context("the topology has no root")?.id.clone();
+    let districts: Vec<(exchange_wire::NodeId, String)> =
+        topology.nodes.iter().filter(|n| n.parent.is_some()).map(|n| (n.id.clone(), n.name.trim_end_matches("交换平台").to_string())).collect();
+    let on = |t: &Topology, node: &exchange_wire::NodeId| t.units.iter().filter(|u| u.address.node_part() == node.as_str()).count();
+    for i in on(topology, &city)..CITY_UNITS {
+        let address = format!("{city}/city-unit-{:02}", i + 1).parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+        topology.units.push(TopologyUnit { address, name: format!("市直单位{:02}", i + 1), kind: "department".into() });
+    }
+    let per_district = DISTRICT_UNITS.div_ceil(districts.len().max(1));
+    for (id, name) in &districts {
+        for i in on(topology, id)..per_district {
+            let address = format!("{id}/juweihui-{:03}", i + 1).parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+            topology.units.push(TopologyUnit { address, name: format!("{name}第{:03}居委会", i + 1), kind: "residents-committee".into() });
+        }
+    }
+    Ok(())
 }
 
 /// Starts every node, waits for the directory to reach all of them, writes the units' files and the
@@ -121,7 +154,17 @@ fn wait_for_stop(net: &mut LocalNetwork) -> anyhow::Result<()> {
             tokio::select! {
                 _ = interrupt.recv() => return Ok(()),
                 _ = terminate.recv() => return Ok(()),
-                _ = tick.tick() => net.check_running()?,
+                _ = tick.tick() => {
+                    if let Err(e) = net.check_running() {
+                        // Ctrl-C in a terminal reaches the nodes too (one process group): a node that
+                        // stopped on it is no failure if the devnet's own signal follows at once.
+                        tokio::select! {
+                            _ = interrupt.recv() => return Ok(()),
+                            _ = terminate.recv() => return Ok(()),
+                            _ = tokio::time::sleep(Duration::from_millis(500)) => return Err(e),
+                        }
+                    }
+                }
             }
         }
     })

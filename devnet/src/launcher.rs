@@ -199,7 +199,19 @@ impl LocalNetwork {
         extra_config: &str,
         placement: impl Fn(&NodeId) -> Placement,
     ) -> anyhow::Result<LocalNetwork> {
-        let topology = Topology::guangzhou();
+        Self::create_from(binary, root, Topology::guangzhou(), node_ids, extra_config, placement)
+    }
+
+    /// [`LocalNetwork::create_placed`] from another topology than the shipped one (for example the
+    /// Guangzhou topology with units added up to the network's real size).
+    pub fn create_from(
+        binary: &Path,
+        root: Option<&Path>,
+        topology: Topology,
+        node_ids: &[&str],
+        extra_config: &str,
+        placement: impl Fn(&NodeId) -> Placement,
+    ) -> anyhow::Result<LocalNetwork> {
         let (root, tmp) = match root {
             Some(r) => {
                 std::fs::create_dir_all(r)?;

@@ -1,7 +1,8 @@
 //! `exchange-node devnet`: the whole Guangzhou network (13 node processes, 209 units) on loopback.
 //!
-//! (a) `--scenario` drives mixed traffic between every pair of nodes with directory changes on the
-//!     way and exits 0 only if every document arrived exactly once and every receipt came back; the
+//! (a) `--scenario` drives mixed traffic between every pair of nodes, queries between districts,
+//!     base data (a death, a marriage, a move-out) to subscribers and directory changes on the way, and exits 0 only if every document arrived exactly once, every
+//!     receipt came back and every query was answered; the
 //!     folder holds every unit's key and token, the index and a Prometheus configuration for the 13
 //!     nodes (checked by promtool when it is installed).
 //! (b) Without `--scenario` it runs until SIGTERM, with every node answering, then stops its nodes.
@@ -43,8 +44,15 @@ fn devnet_scenario_reconciles() {
     assert!(started.elapsed() < Duration::from_secs(180), "the scenario took {:?}", started.elapsed());
     assert!(stdout.contains("== Reconciled:") && stdout.contains("delivered exactly once") && stdout.contains("every receipt back"), "{stdout}");
     assert!(stdout.contains("ordered pairs of nodes that carried documents: 156 of 156"), "every pair of nodes: {stdout}");
+    let answered = stdout.lines().find(|l| l.starts_with("== Reconciled:")).and_then(|l| l.split(", ").last()).unwrap_or_default();
+    let queries: usize = answered.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or(0);
+    assert!(queries >= 5 && answered.ends_with("queries answered"), "queries between districts were answered: {answered:?}");
     for class in ["特急", "加急", "平件"] {
         assert!(stdout.contains(class), "latency of {class}: {stdout}");
+    }
+    for flow in ["person.death ", "person.marriage ", "person.move-out "] {
+        let line = stdout.lines().find(|l| l.trim_start().starts_with(flow)).unwrap_or_else(|| panic!("no line for {flow}: {stdout}"));
+        assert!(line.contains("ms to the last subscriber"), "{line}");
     }
     for change in ["suspend ", "rotate the key of ", "add "] {
         let line = stdout.lines().find(|l| l.trim_start().starts_with(change)).unwrap_or_else(|| panic!("no line for {change}: {stdout}"));
