@@ -82,7 +82,6 @@ fn slow_and_idle_connections_cannot_take_a_node_down() {
     // 1,200 connections at the agency API and 300 at the admin API, from ten addresses other than
     // the legitimate client's (127.0.0.1); half send an unfinished request head, half nothing.
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let attack_started = Instant::now();
     let mut held: Vec<TcpStream> = Vec::new();
     for i in 0..1500usize {
         let source = 2 + (i % ATTACKERS as usize) as u8;
@@ -90,6 +89,9 @@ fn slow_and_idle_connections_cannot_take_a_node_down() {
         held.extend(open(&rt, source, to, i % 2 == 0));
     }
     assert_eq!(held.len(), 1500, "every attacking connection was opened");
+    // The last one was opened now: from here every one is closed within the header-read timeout
+    // (2 s) plus slack, however long opening 1,500 took on this machine.
+    let all_opened = Instant::now();
 
     // While they are held: the node answers another client within 1 s, on both listeners.
     for _ in 0..3 {
@@ -100,18 +102,22 @@ fn slow_and_idle_connections_cannot_take_a_node_down() {
         let bound = baseline + ATTACKERS as usize * (PER_CLIENT + ADMIN_PER_CLIENT) + 20;
         assert!(open_now <= bound, "the node holds {open_now} descriptors (baseline {baseline}, bound {bound})");
     }
-    let per_client = metric(&public, "exchange_http_connections_closed_total", &[("reason", "max-connections-per-client")]);
     let admitted = ATTACKERS as f64 * (PER_CLIENT + ADMIN_PER_CLIENT) as f64;
-    assert!(per_client >= 1500.0 - admitted, "connections over the per-client caps are closed at once: {per_client}");
 
     // Every attacking connection is closed by the node within the header-read timeout (2 s) plus slack.
     wait_for("the node closes every attacking connection", Duration::from_secs(15), || {
         held.retain_mut(|s| !closed_by_node(s));
         held.is_empty().then_some(())
     });
-    assert!(attack_started.elapsed() < Duration::from_secs(12), "closed within the timeouts: {:?}", attack_started.elapsed());
+    assert!(all_opened.elapsed() < Duration::from_secs(10), "closed within the timeouts: {:?} after the last was opened", all_opened.elapsed());
     let timed_out = metric(&public, "exchange_http_connections_closed_total", &[("reason", "header-timeout")]);
     assert!(timed_out >= admitted, "the admitted connections were closed by the header-read timeout: {timed_out}");
+    // Every attacking connection was closed for one of the two reasons: at once, over its client's
+    // cap, or by the header-read timeout once admitted. (How many of each depends on how fast the
+    // 1,500 connects go: a place an early connection freed by timing out admits a later one.)
+    let over_cap = metric(&public, "exchange_http_connections_closed_total", &[("reason", "max-connections-per-client")]);
+    assert!(over_cap > 0.0, "the per-client caps closed connections at once");
+    assert!(over_cap + timed_out >= 1500.0, "every attacking connection was closed for a reason: {over_cap} over the caps, {timed_out} timed out");
     wait_for("descriptors back near the baseline", Duration::from_secs(10), || (descriptors(pid) <= baseline + 10).then_some(()));
     let still_open = metric(&public, "exchange_http_connections_open", &[("listener", "agency")]);
     assert!(still_open <= 3.0, "only the legitimate clients' connections are open: {still_open}");
