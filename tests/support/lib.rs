@@ -2,6 +2,7 @@
 //! node processes, waiting on conditions with deadlines, reading metrics, and looking into a node's
 //! SQLite file the way an auditor would.
 
+pub mod city_outage;
 pub mod lazyfs;
 
 use std::collections::{BTreeMap, HashMap};

@@ -3,104 +3,13 @@
 //! is in each of its recipients' inboxes exactly once, and every signed receipt is back at the
 //! sender's node.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
-use std::time::Duration;
-
+use exchange_tests::city_outage::CityOutage;
 use exchange_tests::*;
-use exchange_wire::api::{BatchItemResult, RecipientState};
-use exchange_wire::{MessageId, UnitAddress};
-
-const MESSAGES: usize = 2000;
 
 #[test]
 fn city_killed_mid_stream_loses_nothing_and_delivers_nothing_twice() {
     let mut net = three_nodes(FAST_RETRY);
-    let units = |node: &str| -> Vec<UnitAddress> {
-        net.unit_keys.keys().filter(|u| u.node_part() == node).take(6).cloned().collect()
-    };
-    let (senders, haizhu, city) = (units("gz.yuexiu"), units("gz.haizhu"), units("gz"));
-    let keys = Arc::new(net.unit_keys.clone());
-
-    // Pre-sign the stream in batches of 50, each from one 越秀 unit: message i goes to one 海珠 unit;
-    // every tenth is also copied to a city unit.
-    let mut expected: BTreeMap<UnitAddress, Vec<MessageId>> = BTreeMap::new();
-    let mut sender_of: HashMap<MessageId, UnitAddress> = HashMap::new();
-    let mut stream = Vec::with_capacity(MESSAGES);
-    for i in 0..MESSAGES {
-        let from = &senders[(i / 50) % senders.len()];
-        let to = haizhu[i % haizhu.len()].clone();
-        let cc: Vec<&str> = if i % 10 == 0 { vec![city[i % city.len()].as_str()] } else { vec![] };
-        let payload = format!("第{i}号文件：关于做好防汛工作的通知").into_bytes();
-        let doc = document(&keys[from], from.as_str(), &[to.as_str()], &cc, &payload, &format!("通知 {i}"));
-        expected.entry(to).or_default().push(doc.id);
-        sender_of.insert(doc.id, from.clone());
-        for c in &cc {
-            expected.entry(unit(c)).or_default().push(doc.id);
-        }
-        stream.push(submission(&doc, &payload));
-    }
-    let receipts_expected = expected.values().map(Vec::len).sum::<usize>();
-
-    let receivers: Vec<(UnitAddress, Receiver)> = expected
-        .keys()
-        .map(|u| {
-            (u.clone(), Receiver::spawn(net.client_for(u), u.clone(), keys[u].clone(), keys.clone()))
-        })
-        .collect();
-
-    let yuexiu = net.node("gz.yuexiu").client();
-    let mut accepted = 0;
-    for (n, batch) in stream.chunks(50).enumerate() {
-        let from = &senders[n % senders.len()];
-        let answer = net.client_for(from).submit_batch(batch.to_vec()).expect("submit a batch");
-        for r in answer.results {
-            match r {
-                BatchItemResult::Accepted(_) => accepted += 1,
-                BatchItemResult::Refused(e) => panic!("refused: {e:?}"),
-            }
-        }
-        if n == 20 {
-            // Half way: the city dies mid-stream, with batches in flight in both directions.
-            net.kill("gz").expect("kill -9 the city node");
-        }
-        if n == 30 {
-            net.start("gz").expect("restart the city node");
-        }
-    }
-    assert_eq!(accepted, MESSAGES, "the district node accepted the whole stream");
-    assert!(
-        metric(&yuexiu, "exchange_send_failures_total", &[("peer", "gz")]) > 0.0,
-        "越秀 must have felt the outage (otherwise the kill came too late to test anything)"
-    );
-
-    wait_for("every receipt back at 越秀", Duration::from_secs(180), || {
-        let returned = metric(&yuexiu, "exchange_receipts_total", &[("direction", "returned")]);
-        (returned as usize >= receipts_expected).then_some(())
-    });
-    let seen: HashMap<UnitAddress, HashMap<MessageId, usize>> = receivers.into_iter().map(|(u, r)| (u, r.finish())).collect();
-
-    // Reconcile what was sent against what arrived.
-    for (u, ids) in &expected {
-        let inbox = read_inbox(&net.client_for(u), u);
-        let mut copies: HashMap<MessageId, usize> = HashMap::new();
-        for item in &inbox {
-            *copies.entry(item.id).or_default() += 1;
-        }
-        assert_eq!(copies.len(), ids.len(), "{u}: inbox holds exactly the messages sent to it");
-        for id in ids {
-            assert_eq!(copies.get(id), Some(&1), "{u}: message {} in the inbox exactly once", short(id));
-            assert_eq!(seen[u].get(id), Some(&1), "{u}: the agency saw {} exactly once", short(id));
-        }
-        assert!(inbox.iter().all(|i| i.state == RecipientState::SignedFor));
-    }
-    let returned = metric(&yuexiu, "exchange_receipts_total", &[("direction", "returned")]) as usize;
-    assert_eq!(returned, receipts_expected, "each receipt recorded once at the sender's node");
-    for ids in expected.values() {
-        for id in ids.iter().step_by(7) {
-            let status = net.client_for(&sender_of[id]).status(id).unwrap();
-            assert!(status.recipients.iter().all(|r| r.state == RecipientState::SignedFor && r.receipt.is_some()));
-        }
-    }
+    // 2,000 documents, every tenth also copied to a city unit; the city dies half way.
+    CityOutage { messages: 2000, units_per_node: 6, cc_every: 10, kill_after_batch: 20, restart_after_batch: 30 }.run(&mut net);
     assert_eq!(stored_counts(&net.node("gz").database_path()).outbox, 0, "nothing stuck at the city");
 }
