@@ -44,6 +44,9 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new(cfg.node_id.as_str()));
     let health = Arc::new(StorageHealth::new(&cfg.data_dir, cfg.storage.reserve_bytes, metrics.storage_health()));
     let check = OpenCheck { budget: Duration::from_secs(cfg.storage.open_check_secs) };
+    if cfg.storage.url.is_none() {
+        crate::storage::move_to_postgres::refuse_moved(&cfg.database_path())?;
+    }
     let store: Arc<dyn Store> = match cfg.storage.url.as_deref() {
         Some(url) => Arc::new(
             PgStore::open_active(url, health.clone()).await.context("cannot open the PostgreSQL database named by storage.url")?,

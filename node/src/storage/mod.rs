@@ -11,6 +11,7 @@ mod gather;
 #[cfg(test)]
 pub mod conformance;
 pub mod health;
+pub mod move_to_postgres;
 pub mod recovery;
 pub mod sharing;
 pub mod postgres;
