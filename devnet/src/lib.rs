@@ -16,6 +16,7 @@ pub mod bench_attachment;
 pub mod demo;
 pub mod deploy_kit;
 pub mod devnet;
+pub mod directory_cost;
 pub mod launcher;
 pub mod process_stats;
 pub mod scenario;
