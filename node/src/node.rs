@@ -20,6 +20,7 @@ use crate::relay::Engine;
 use crate::storage::health::{Fault, StorageHealth};
 use crate::storage::sqlite::OpenCheck;
 use crate::storage::{PgStore, SqliteStore, Store};
+use crate::tasks::Tasks;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -43,7 +44,9 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     crate::backup::refuse_interrupted_restore(&cfg.data_dir)?;
     let metrics = Arc::new(Metrics::new(cfg.node_id.as_str()));
     let health = Arc::new(StorageHealth::new(&cfg.data_dir, cfg.storage.reserve_bytes, metrics.storage_health()));
-    let check = OpenCheck { budget: Duration::from_secs(cfg.storage.open_check_secs) };
+    // Storage's own task (the rest of the database check, when the check at open ran out of time).
+    let storage_tasks = Tasks::new();
+    let check = OpenCheck { budget: Duration::from_secs(cfg.storage.open_check_secs), tasks: storage_tasks.clone() };
     if cfg.storage.url.is_none() {
         crate::storage::move_to_postgres::refuse_moved(&cfg.database_path())?;
     }
@@ -129,7 +132,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     serve("admin", admin, crate::api::admin::router(engine.clone(), admin_doors), cfg.admin.http_limits(), admin_tls);
 
     shutdown_signal().await;
-    shutdown(&engine, stop, node_tasks, (checkpoint_stop, checkpoints)).await;
+    shutdown(&engine, stop, (node_tasks, storage_tasks), (checkpoint_stop, checkpoints)).await;
     Ok(())
 }
 
@@ -138,7 +141,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
 async fn shutdown(
     engine: &Arc<Engine>,
     stop: CancellationToken,
-    node_tasks: TaskTracker,
+    (node_tasks, storage_tasks): (TaskTracker, Tasks),
     (checkpoint_stop, checkpoints): (CancellationToken, tokio::task::JoinHandle<()>),
 ) {
     let began = Instant::now();
@@ -149,7 +152,7 @@ async fn shutdown(
         // Requests under way are answered (after their commit) or fail unacknowledged; the refusal
         // tallies are written to the audit log.
         node_tasks.wait().await;
-        let left = engine.tasks.stop(Duration::from_secs(4)).await;
+        let left = engine.tasks.stop(Duration::from_secs(4)).await + storage_tasks.stop(Duration::from_secs(1)).await;
         // The last checkpoint, handed at a clean shutdown, covers every audit entry written.
         checkpoint_stop.cancel();
         let _ = checkpoints.await;

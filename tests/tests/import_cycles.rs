@@ -23,7 +23,7 @@ fn no_new_import_cycles() {
 }
 
 /// Files still over the bound, each to be split; the list may only shrink.
-const LONG_FILES: &[&str] = &["node/src/storage/sqlite.rs", "node/src/storage/postgres.rs", "node/src/config.rs"];
+const LONG_FILES: &[&str] = &[];
 const MAX_LINES: usize = 620;
 
 #[test]

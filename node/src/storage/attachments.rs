@@ -72,12 +72,12 @@ pub struct AttachmentStore {
     /// (from an agency and a neighbour at once, say) and a sweep; different files go in parallel.
     growing: Mutex<HashMap<PathBuf, Arc<Mutex<Option<Growing>>>>>,
     /// Quotas and lifetime of agencies' unfinished uploads.
-    pub upload_limits: super::uploads::UploadLimits,
+    pub upload_limits: super::upload_limits::UploadLimits,
 }
 
 impl AttachmentStore {
     /// Opens (and creates) the store in `dir`.
-    pub fn open(dir: &Path, upload_limits: super::uploads::UploadLimits) -> std::io::Result<AttachmentStore> {
+    pub fn open(dir: &Path, upload_limits: super::upload_limits::UploadLimits) -> std::io::Result<AttachmentStore> {
         if !dir.is_dir() {
             fs::create_dir_all(dir)?;
             // Make the new folder's name durable before anything in it is acknowledged.

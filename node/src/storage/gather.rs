@@ -6,7 +6,10 @@ use std::collections::HashSet;
 
 use futures::future::BoxFuture;
 
-use super::*;
+use super::error::StorageError;
+use super::jobs::*;
+use super::model::*;
+use super::store::*;
 
 pub(crate) fn collect_ids(c: &Custody, out: &mut Vec<[u8; 32]>) {
     if let Some(m) = &c.message {
@@ -27,7 +30,7 @@ pub(crate) struct Rows<'a> {
     pub events: Vec<&'a EventRow>,
     pub recalls: Vec<&'a RecallRow>,
     pub recalls_reported: Vec<&'a [u8; 32]>,
-    pub sharing: Vec<&'a crate::storage::sharing::SharingRow>,
+    pub sharing: Vec<&'a SharingRow>,
 }
 
 impl<'a> Rows<'a> {

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use prometheus::{IntCounterVec, IntGauge};
 
-use super::StorageError;
+use super::error::StorageError;
 
 /// The ballast file's name in the data directory.
 pub const BALLAST_FILE: &str = "reserve.ballast";

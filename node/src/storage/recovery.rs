@@ -7,7 +7,7 @@ use std::path::Path;
 
 use futures::future::BoxFuture;
 
-use super::StorageError;
+use super::error::StorageError;
 
 /// A custody handover found in the audit log: `forwarded` to, or `received` from, a neighbour.
 #[derive(Debug, Clone)]

@@ -15,29 +15,13 @@
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use exchange_wire::Digest;
 use sha2::{Digest as _, Sha256};
 
 use super::attachments::{AttachmentError, AttachmentStore, Held};
-
-/// Per-unit bounds on unfinished uploads, and how long one is kept without a new chunk.
-#[derive(Debug, Clone)]
-pub struct UploadLimits {
-    /// Most unfinished uploads one unit may have open at once.
-    pub max_open_per_unit: usize,
-    /// Most bytes (declared sizes) of one unit's unfinished uploads together.
-    pub max_bytes_per_unit: u64,
-    /// An unfinished upload not written for this long is removed.
-    pub ttl: Duration,
-}
-
-impl Default for UploadLimits {
-    fn default() -> Self {
-        UploadLimits { max_open_per_unit: 8, max_bytes_per_unit: 16 * 1024 * 1024 * 1024, ttl: Duration::from_secs(24 * 3600) }
-    }
-}
+pub use super::upload_limits::UploadLimits;
 
 /// Why a unit may not start another upload now.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -210,6 +194,8 @@ fn subdirs(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn store(dir: &Path, limits: UploadLimits) -> AttachmentStore {

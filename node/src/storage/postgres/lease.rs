@@ -23,7 +23,7 @@ use std::time::Duration;
 use sqlx::postgres::PgConnection;
 use sqlx::{Connection, Postgres, Transaction};
 
-use crate::storage::StorageError;
+use crate::storage::error::StorageError;
 use crate::storage::health::StorageHealth;
 
 /// The advisory lock of the lease ("GOVY" in ASCII; the write lock is "GOVX").

@@ -12,7 +12,10 @@ use crate::network::protocol::PARCEL_OVERHEAD_BYTES;
 use crate::storage::citations;
 use crate::storage::gather;
 use crate::storage::sqlite::paging::fitting;
-use crate::storage::*;
+use crate::storage::error::StorageError;
+use crate::storage::jobs::*;
+use crate::storage::model::*;
+use crate::storage::store::*;
 
 const INBOX_SELECT: &str = "SELECT i.seq, i.message_id, i.delivered_at_ms, i.state, m.header, m.signature, m.payload \
      FROM inbox i JOIN messages m ON m.id = i.message_id ";

@@ -9,7 +9,7 @@ use futures::future::BoxFuture;
 use sqlx::{Row, postgres::PgRow};
 
 use super::{PgStore, to_id};
-use crate::storage::StorageError;
+use crate::storage::error::StorageError;
 use crate::storage::recovery::{ExchangedPage, ExchangedRow, HeldRow, RecoveryStore, RequeueCandidate};
 
 /// How far before the window the audit scan starts (see the SQLite store).

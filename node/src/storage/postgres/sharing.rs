@@ -6,7 +6,8 @@ use sqlx::{Postgres, Row, Transaction};
 
 use super::PgStore;
 use crate::storage::sharing::{DataInboxRow, SharingJob, SharingRow, SharingStore, SubscriptionRow, TopicLogRow};
-use crate::storage::{JobOutcome, StorageError};
+use crate::storage::jobs::JobOutcome;
+use crate::storage::error::StorageError;
 
 /// Applies sharing rows that came with new custody jobs, after the custody rows.
 pub(super) async fn apply_rows(tx: &mut Transaction<'_, Postgres>, rows: &[&SharingRow]) -> Result<(), sqlx::Error> {
@@ -401,7 +402,7 @@ impl SharingStore for PgStore {
 }
 
 /// Adds a job's follow-up rows to a transaction's rows (when the job stored).
-pub(super) fn job_parts(job: &SharingJob) -> (Vec<&crate::storage::Custody>, &[crate::storage::EventRow]) {
+pub(super) fn job_parts(job: &SharingJob) -> (Vec<&crate::storage::jobs::Custody>, &[crate::storage::model::EventRow]) {
     match job {
         SharingJob::Publish { delivery, events, .. } => (delivery.iter().map(|c| &**c).collect(), events),
         SharingJob::Decide { messages, events, .. } => (messages.iter().collect(), events),

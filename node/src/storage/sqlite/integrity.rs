@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{ConnectOptions, Connection, SqliteConnection, SqlitePool};
 
-use crate::storage::StorageError;
+use crate::storage::error::StorageError;
 use crate::storage::health::StorageHealth;
 
 /// What the inspection of an existing database found (when it found no damage).
@@ -94,22 +94,20 @@ async fn quick_check(conn: &mut SqliteConnection, budget: Duration) -> Result<bo
     }
 }
 
-/// Checks the whole file in the background; damage marks the node not ready.
-pub fn finish_in_background(readers: SqlitePool, health: Arc<StorageHealth>, path: PathBuf) {
+/// Checks the rest of the file after start, when the check at open ran out of its budget; damage
+/// found marks the node not ready. Run by the owner given in [`super::OpenCheck::tasks`].
+pub async fn finish(readers: SqlitePool, health: Arc<StorageHealth>, path: PathBuf) {
     tracing::warn!(db = %path.display(), "the database check at open ran out of time; checking the rest in the background");
-    // Owned by nobody on purpose: it ends by itself, and a node stopping meanwhile loses nothing.
-    tokio::spawn(async move {
-        let result = match sqlx::query_scalar::<_, String>("PRAGMA quick_check(20)").fetch_all(&readers).await {
-            Ok(lines) => verdict(lines),
-            Err(e) => Err(damage(&e.to_string())),
-        };
-        match result {
-            Ok(()) => tracing::info!(db = %path.display(), "background database check: no damage"),
-            Err(e) => {
-                health.failed(&e);
-            }
+    let result = match sqlx::query_scalar::<_, String>("PRAGMA quick_check(20)").fetch_all(&readers).await {
+        Ok(lines) => verdict(lines),
+        Err(e) => Err(damage(&e.to_string())),
+    };
+    match result {
+        Ok(()) => tracing::info!(db = %path.display(), "background database check: no damage"),
+        Err(e) => {
+            health.failed(&e);
         }
-    });
+    }
 }
 
 fn verdict(lines: Vec<String>) -> Result<(), StorageError> {

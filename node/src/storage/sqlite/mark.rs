@@ -14,7 +14,7 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::storage::StorageError;
+use crate::storage::error::StorageError;
 
 /// The mark file of one database.
 #[derive(Clone)]

@@ -10,7 +10,10 @@ use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::{INBOX_SELECT, inbox_record, to_id};
 use crate::network::protocol::PARCEL_OVERHEAD_BYTES;
-use crate::storage::{InboxHeader, InboxRecord, OutboxItem, StorageError};
+use crate::storage::store::InboxHeader;
+use crate::storage::store::InboxRecord;
+use crate::storage::store::OutboxItem;
+use crate::storage::error::StorageError;
 
 /// How many of the first rows fit `budget` bytes, given their sizes in order: at least one (when
 /// there is one), so a single row larger than the budget still moves, then as many as fit whole.
@@ -138,8 +141,11 @@ mod tests {
         assert_eq!(fitting([usize::MAX, 1], 10), 1, "no overflow");
     }
 
-    fn custody(n: u8, payload: usize, priority: u8) -> crate::storage::Custody {
-        use crate::storage::{Custody, InboxRow, MessageRow, OutboxRow};
+    fn custody(n: u8, payload: usize, priority: u8) -> crate::storage::jobs::Custody {
+        use crate::storage::jobs::Custody;
+        use crate::storage::model::InboxRow;
+        use crate::storage::model::MessageRow;
+        use crate::storage::model::OutboxRow;
         Custody {
             message: Some(MessageRow {
                 id: [n; 32],
@@ -169,7 +175,8 @@ mod tests {
     #[tokio::test]
     async fn batches_and_pages_are_cut_by_bytes_before_payloads_are_loaded() {
         use crate::network::protocol::parcel_size_bound;
-        use crate::storage::{Store, WriteJob};
+        use crate::storage::store::Store;
+        use crate::storage::jobs::WriteJob;
         let dir = tempfile::tempdir().unwrap();
         let store = super::super::SqliteStore::open_standalone(&dir.path().join("node.db")).await.unwrap();
         // Five routine 3 MiB messages, then an urgent small one behind them.

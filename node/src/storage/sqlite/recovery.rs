@@ -9,7 +9,7 @@ use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{ConnectOptions, Connection, QueryBuilder, Row, Sqlite, SqliteConnection};
 
 use super::{ROWS_PER_STATEMENT, SqliteStore, to_id};
-use crate::storage::StorageError;
+use crate::storage::error::StorageError;
 use crate::storage::recovery::{ExchangedPage, ExchangedRow, FileMarks, HeldRow, RecoveryStore, RequeueCandidate};
 
 /// How far before the window the audit scan starts: an entry's time is taken when its job is made,

@@ -5,7 +5,8 @@ use sqlx::{Row, Sqlite, Transaction};
 
 use super::SqliteStore;
 use crate::storage::sharing::{DataInboxRow, SharingJob, SharingRow, SharingStore, SubscriptionRow, TopicLogRow};
-use crate::storage::{JobOutcome, StorageError};
+use crate::storage::jobs::JobOutcome;
+use crate::storage::error::StorageError;
 
 /// Applies sharing rows that came with new custody jobs, after the custody rows.
 pub(super) async fn apply_rows(tx: &mut Transaction<'_, Sqlite>, rows: &[&SharingRow]) -> Result<(), sqlx::Error> {
@@ -400,7 +401,7 @@ impl SharingStore for SqliteStore {
 }
 
 /// Adds a job's follow-up rows to a transaction's rows (when the job stored).
-pub(super) fn job_parts(job: &SharingJob) -> (Vec<&crate::storage::Custody>, &[crate::storage::EventRow]) {
+pub(super) fn job_parts(job: &SharingJob) -> (Vec<&crate::storage::jobs::Custody>, &[crate::storage::model::EventRow]) {
     match job {
         SharingJob::Publish { delivery, events, .. } => (delivery.iter().map(|c| &**c).collect(), events),
         SharingJob::Decide { messages, events, .. } => (messages.iter().collect(), events),
@@ -412,7 +413,9 @@ pub(super) fn job_parts(job: &SharingJob) -> (Vec<&crate::storage::Custody>, &[c
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::{Custody, Store, WriteJob};
+    use crate::storage::jobs::Custody;
+    use crate::storage::store::Store;
+    use crate::storage::jobs::WriteJob;
 
     fn delivered(seq: i64) -> SharingRow {
         SharingRow::Delivered(DataInboxRow {
