@@ -22,8 +22,9 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// The root node's public key: the trust anchor every directory segment is checked against.
     pub root_key: PublicKey,
-    /// The parent's libp2p address, ending in `/p2p/<peer-id>` (absent on the root node). The rest of
-    /// the network is learnt from the directory.
+    /// The parent's libp2p address, ending in `/p2p/<peer-id>` (absent on the root node); several,
+    /// separated by commas, when the parent runs as replicas (active and standby, one peer id). The
+    /// rest of the network is learnt from the directory.
     #[serde(default)]
     pub parent_address: Option<String>,
     #[serde(default)]

@@ -90,6 +90,28 @@ pub fn split_peer_address(text: &str) -> Result<(PeerId, Multiaddr), String> {
     }
 }
 
+/// Splits a list of parent addresses, separated by commas, into the parent's peer id and the
+/// addresses to dial: the addresses of the replicas of one node (an active city node and its
+/// standby), which share the node's key and so its peer id. All must name the same peer id.
+pub fn split_peer_addresses(text: &str) -> Result<(PeerId, Vec<Multiaddr>), String> {
+    let mut peer = None;
+    let mut addresses = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (p, a) = split_peer_address(part)?;
+        match peer {
+            Some(first) if first != p => {
+                return Err(format!(
+                    "lists two peer ids ({first} and {p}): the addresses are the replicas of one node, which share its key and peer id"
+                ));
+            }
+            _ => peer = Some(p),
+        }
+        addresses.push(a);
+    }
+    let peer = peer.ok_or_else(|| "is empty: give the parent's address, ending in /p2p/<peer-id>".to_string())?;
+    Ok((peer, addresses))
+}
+
 pub enum NetworkEvent {
     /// A neighbour handed over a batch; answer it with [`Client::respond`] after committing.
     Inbound { peer: PeerId, request: TransferRequest, channel: Reply<TransferResponse> },
