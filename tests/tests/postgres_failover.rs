@@ -26,6 +26,7 @@ fn runtime() -> tokio::runtime::Runtime {
 
 #[test]
 fn killing_the_active_city_replica_under_load_fails_over_and_loses_nothing() {
+    let began = std::time::Instant::now();
     let db = runtime().block_on(ScratchDatabase::create());
     let mut net = exchange_devnet::launcher::LocalNetwork::create(&node_binary(), None, &["gz", "gz.yuexiu", "gz.haizhu"], FAST_RETRY)
         .expect("lay out the network");
@@ -36,6 +37,7 @@ fn killing_the_active_city_replica_under_load_fails_over_and_loses_nothing() {
     let second = net.add_replica("gz").expect("add a second city replica");
     let replicas = vec!["gz".to_string(), second.clone()];
     net.start_all().expect("start the nodes");
+    eprintln!("{:?}: network up", began.elapsed());
     // The second replica starts while the first holds the lease: a standby that monitoring sees.
     net.start(&second).expect("start the standby");
     let standby = net.node(&second).client();
@@ -48,11 +50,12 @@ fn killing_the_active_city_replica_under_load_fails_over_and_loses_nothing() {
     CityOutage { messages: MESSAGES, units_per_node: 4, cc_every: 0, kill_after_batch: 0, restart_after_batch: 0 }.run_with(&mut net, |net, n| {
         if KILL_AFTER.contains(&n) {
             let t = failover::kill_active(net, &replicas, Duration::from_secs(30)).expect("a takeover");
-            eprintln!("killed {}, {} took over and forwarded after {} ms", t.killed, t.new_active, t.failover.as_millis());
+            eprintln!("{:?}: killed {}, {} took over and forwarded after {} ms", began.elapsed(), t.killed, t.new_active, t.failover.as_millis());
             takeovers.push(t);
         }
     });
 
+    eprintln!("{:?}: reconciled", began.elapsed());
     assert_eq!(takeovers.len(), KILL_AFTER.len());
     for t in &takeovers {
         assert_ne!(t.killed, t.new_active);
