@@ -638,9 +638,9 @@ impl LocalNetwork {
         Ok(())
     }
 
-    /// Stops every node.
+    /// Stops every node (and every replica).
     pub fn stop_all(&mut self) {
-        let ids: Vec<String> = self.nodes.keys().map(|k| k.to_string()).collect();
+        let ids: Vec<String> = self.replicas.keys().cloned().chain(self.nodes.keys().map(|k| k.to_string())).collect();
         for id in ids.iter().rev() {
             let _ = self.stop(id);
         }

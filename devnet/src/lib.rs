@@ -14,6 +14,7 @@
 
 pub mod bench;
 pub mod bench_attachment;
+pub mod bench_failover;
 pub mod demo;
 pub mod deploy_kit;
 pub mod devnet;
