@@ -69,3 +69,59 @@ fn killing_the_active_city_replica_under_load_fails_over_and_loses_nothing() {
     assert_eq!(metric(&net.node(active[0]).client(), "exchange_lease_changes_total", &[("change", "acquired")]), 1.0);
     drop(net);
 }
+
+/// The replicas keep attachment files in one folder they share (`storage.attachments_dir`): a
+/// document with a 3 MiB attachment that the active city replica took into custody, while 海珠 was
+/// down, is forwarded with its attachment by the standby after the active one is killed, and the
+/// recipient downloads exactly the bytes that were sent.
+#[test]
+fn the_standby_forwards_an_attachment_the_killed_replica_acknowledged() {
+    use exchange_wire::document::Attachment;
+    use exchange_wire::{Envelope, Kind, Priority};
+
+    let db = runtime().block_on(ScratchDatabase::create());
+    let mut net = exchange_devnet::launcher::LocalNetwork::create(&node_binary(), None, &["gz", "gz.yuexiu", "gz.haizhu"], FAST_RETRY)
+        .expect("lay out the network");
+    let shared = net.root.join("gz-shared-attachments");
+    let city_config = net.node("gz").config_path.clone();
+    let mut config = std::fs::read_to_string(&city_config).unwrap();
+    config.push_str(&format!("\n[storage]\nurl = \"{}\"\nattachments_dir = \"{}\"\n", db.url, shared.display()));
+    std::fs::write(&city_config, config).unwrap();
+    let second = net.add_replica("gz").expect("add a second city replica");
+    let replicas = vec!["gz".to_string(), second.clone()];
+    net.start_all().expect("start the nodes");
+    net.start(&second).expect("start the standby");
+    let active = failover::wait_active(&net, &replicas, Duration::from_secs(10)).unwrap();
+
+    // 海珠 is down: the document waits at the city, its attachment in the shared folder.
+    net.stop("gz.haizhu").unwrap();
+    let (sender, recipient) = (unit("gz.yuexiu/liurong-street"), unit("gz.haizhu/civil-affairs"));
+    let scan = net.root.join("scan.pdf");
+    let bytes: Vec<u8> = (0..3 * 1024 * 1024 + 4321u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    std::fs::write(&scan, &bytes).unwrap();
+    let a = Attachment::of_file(&scan, "application/pdf").unwrap();
+    let yuexiu = net.client_for(&sender);
+    yuexiu.upload_attachment(&scan, &a).expect("upload the attachment at 越秀");
+    let mut e = Envelope::new(Kind::Document, sender.clone(), vec![recipient.clone()], vec![], Priority::Routine, b"body");
+    a.describe(1, &mut e.metadata);
+    let signed = e.sign(&net.unit_keys[&sender]);
+    yuexiu.submit(&signed, b"body").expect("submit the document");
+    let city = net.node(&active).client();
+    wait_for("the document held at the city for 海珠", Duration::from_secs(30), || {
+        (metric(&city, "exchange_outbox_depth", &[("peer", "gz.haizhu")]) >= 1.0).then_some(())
+    });
+    assert!(shared.join(a.sha256.to_hex()).exists(), "the city keeps the attachment in the shared folder");
+
+    net.kill(&active).unwrap();
+    net.start("gz.haizhu").unwrap();
+    let haizhu = net.client_for(&recipient);
+    wait_for("the document in 海珠's inbox, forwarded by the standby", Duration::from_secs(60), || {
+        read_inbox(&haizhu, &recipient).into_iter().find(|i| i.id == signed.id)
+    });
+    let new_active = failover::wait_active(&net, &replicas, Duration::from_secs(10)).unwrap();
+    assert_ne!(new_active, active, "the standby took over");
+    let saved = net.root.join("saved.pdf");
+    haizhu.download_attachment(&signed.id, 1, &a, &saved).expect("download the attachment at 海珠");
+    assert_eq!(std::fs::read(&saved).unwrap(), bytes, "the recipient has exactly the bytes sent");
+    drop(net);
+}
