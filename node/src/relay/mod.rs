@@ -80,8 +80,9 @@ pub struct Engine {
     pub started_at_ms: u64,
     /// The pinned root key: the trust anchor of the directory.
     pub root_key: PublicKey,
-    /// The configured parent (peer id and address), the way into the network before the tree is known.
-    parent_hint: Option<(PeerId, Multiaddr)>,
+    /// The configured parent (peer id and the addresses of its replicas), the way into the network
+    /// before the tree is known.
+    parent_hint: Option<(PeerId, Vec<Multiaddr>)>,
     directory_cfg: DirectoryConfig,
     /// The directory segments held; changes are serialised through this lock.
     segments: tokio::sync::Mutex<SegmentSet>,
@@ -138,7 +139,7 @@ pub struct Refused<'a> {
 }
 
 impl Engine {
-    /// `parent_hint` is the configured parent's peer id and address (`parent_address`).
+    /// `parent_hint` is the configured parent's peer id and addresses (`parent_address`).
     pub fn new(
         cfg: &NodeConfig,
         store: Arc<dyn Store>,
@@ -146,7 +147,7 @@ impl Engine {
         metrics: Arc<Metrics>,
         net: network::Client,
         node_key: SigningKey,
-        parent_hint: Option<(PeerId, Multiaddr)>,
+        parent_hint: Option<(PeerId, Vec<Multiaddr>)>,
     ) -> anyhow::Result<Arc<Engine>> {
         let attachments = crate::storage::attachments::AttachmentStore::open(&cfg.attachments_dir(), cfg.attachments.upload_limits()).map_err(|e| {
             anyhow::anyhow!("cannot open the attachment store {}: {e}", cfg.attachments_dir().display())
