@@ -62,6 +62,35 @@ impl RoguePeer {
         peer
     }
 
+    /// Tries to connect to `peer` on loopback port `port` for `within`: whether a link came up and
+    /// stayed up (a node that refuses the identity closes it at once).
+    pub fn try_connect(&self, peer: PeerId, port: u16, within: Duration) -> bool {
+        let address: Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap();
+        self.rt.block_on(async {
+            self.client.set_peers(vec![peer], vec![Neighbour { peer, addresses: vec![address] }]).await;
+            let deadline = Instant::now() + within;
+            while Instant::now() < deadline {
+                if self.client.connected().await.contains(&peer) {
+                    // Still up a moment later: the node took the link.
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    if self.client.connected().await.contains(&peer) {
+                        return true;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            false
+        })
+    }
+
+    /// Pushes directory segments to `peer` and returns its answer (one result per segment).
+    pub fn push_directory(&self, peer: PeerId, segments: Vec<exchange_node_core::network::protocol::SegmentParcel>) -> Vec<String> {
+        self.rt
+            .block_on(self.client.push_directory(peer, exchange_node_core::network::protocol::DirectoryPush { segments }))
+            .expect("the push got an answer")
+            .results
+    }
+
     /// Hands `parcels` to `peer` as one custody batch and returns its answer.
     pub fn hand_over(&self, peer: PeerId, parcels: Vec<Parcel>) -> TransferResponse {
         self.rt.block_on(self.client.transfer(peer, TransferRequest { parcels })).expect("the batch got an answer")

@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod codec;
 pub mod protocol;
 pub mod reconcile;
+mod rekey;
 pub mod transport;
 
 use std::collections::{HashMap, HashSet};
@@ -127,6 +128,7 @@ enum Command {
     RespondCheckpoint { channel: ResponseChannel<CheckpointResponse>, response: CheckpointResponse },
     SetPeers { allowed: Vec<PeerId>, neighbours: Vec<Neighbour> },
     Connected { reply: oneshot::Sender<Vec<PeerId>> },
+    Rekey { keypair: identity::Keypair, reply: oneshot::Sender<anyhow::Result<()>> },
 }
 
 /// Cloneable handle to the network task.
@@ -214,6 +216,15 @@ impl Client {
         let _ = self.commands.send(Command::SetPeers { allowed, neighbours }).await;
     }
 
+    /// Restarts the links with a new identity (the node took a new key): the swarm is rebuilt with
+    /// `keypair` on the same listen addresses, with the same allowed peers and neighbours. Requests
+    /// under way fail as unreachable and are retried by their senders; the neighbours re-dial.
+    pub async fn rekey(&self, keypair: identity::Keypair) -> anyhow::Result<()> {
+        let (reply, rx) = oneshot::channel();
+        self.commands.send(Command::Rekey { keypair, reply }).await.map_err(|_| anyhow::anyhow!("the network task has stopped"))?;
+        rx.await.map_err(|_| anyhow::anyhow!("the network task has stopped"))?
+    }
+
     /// Peers connected now.
     pub async fn connected(&self) -> Vec<PeerId> {
         let (reply, rx) = oneshot::channel();
@@ -225,6 +236,7 @@ impl Client {
 }
 
 /// Network settings.
+#[derive(Clone)]
 pub struct NetworkConfig {
     pub listen: Multiaddr,
     pub idle_timeout: Duration,
@@ -240,19 +252,7 @@ pub fn new(
     keypair: identity::Keypair,
     cfg: NetworkConfig,
 ) -> anyhow::Result<(Client, mpsc::Receiver<NetworkEvent>, EventLoop)> {
-    let tcp = transport::build(&keypair, cfg.link_timeout)?;
-    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
-        .with_tokio()
-        .with_other_transport(|_| tcp)?
-        .with_behaviour(|_| Behaviour::new(&cfg.bounds))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(cfg.idle_timeout))
-        // A dial stuck on a link that is down (SYNs retransmitted at 1, 3, 7 s …) would otherwise
-        // hold off the next attempt long after the link is back.
-        .with_connection_timeout(cfg.link_timeout)
-        .build();
-    swarm
-        .listen_on(cfg.listen.clone())
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen))?;
+    let swarm = rekey::build_swarm(keypair, &cfg, std::slice::from_ref(&cfg.listen))?;
     let (commands, command_rx) = mpsc::channel(256);
     let (event_tx, events) = mpsc::channel(1024);
     let lp = EventLoop {
@@ -268,6 +268,7 @@ pub fn new(
         neighbours: Vec::new(),
         dialing: HashSet::new(),
         peers_known: false,
+        cfg,
     };
     Ok((Client { commands }, events, lp))
 }
@@ -287,6 +288,8 @@ pub struct EventLoop {
     dialing: HashSet<PeerId>,
     /// Whether the node has said who may connect ([`Command::SetPeers`]); see [`EventLoop::run`].
     peers_known: bool,
+    /// What the swarm was built with, to build it again with a new identity ([`Command::Rekey`]).
+    cfg: NetworkConfig,
 }
 
 impl EventLoop {
@@ -402,6 +405,9 @@ impl EventLoop {
             }
             Command::Connected { reply } => {
                 let _ = reply.send(self.swarm.connected_peers().copied().collect());
+            }
+            Command::Rekey { keypair, reply } => {
+                let _ = reply.send(self.rekey(keypair));
             }
         }
     }

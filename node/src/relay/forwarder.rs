@@ -290,7 +290,7 @@ impl Engine {
                 reason: format!("{hop} refused it ({code}): {reason}"),
             };
             let (envelope, payload) = report.envelope(env.sender.clone(), env.priority);
-            let signed = envelope.sign(&self.node_key);
+            let signed = envelope.sign(&self.node_key());
             match super::custody::take(&ctx, super::custody::Incoming { signed, payload, recipients: vec![env.sender.clone()], from: None, hops: vec![] }) {
                 Ok((c, summary)) => {
                     out.0.push(c);
