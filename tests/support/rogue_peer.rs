@@ -62,22 +62,20 @@ impl RoguePeer {
         peer
     }
 
-    /// Tries to connect to `peer` on loopback port `port` for `within`: whether a link came up and
-    /// stayed up (a node that refuses the identity closes it at once).
+    /// Tries for `within` to reach `peer` on loopback port `port`: whether it answered a request (an
+    /// empty directory push). A node that refuses the identity closes every connection at once, so
+    /// no request gets through.
     pub fn try_connect(&self, peer: PeerId, port: u16, within: Duration) -> bool {
         let address: Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap();
         self.rt.block_on(async {
             self.client.set_peers(vec![peer], vec![Neighbour { peer, addresses: vec![address] }]).await;
             let deadline = Instant::now() + within;
             while Instant::now() < deadline {
-                if self.client.connected().await.contains(&peer) {
-                    // Still up a moment later: the node took the link.
-                    tokio::time::sleep(Duration::from_millis(300)).await;
-                    if self.client.connected().await.contains(&peer) {
-                        return true;
-                    }
+                let push = exchange_node_core::network::protocol::DirectoryPush { segments: vec![] };
+                if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(2), self.client.push_directory(peer, push)).await {
+                    return true;
                 }
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
             false
         })

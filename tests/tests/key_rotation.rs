@@ -60,7 +60,6 @@ fn audit_has(net: &LocalNetwork, id: &str, event: &str, peer: &str) -> bool {
 }
 
 #[test]
-#[ignore = "work in progress: the push of the new tree goes to the new identity before the node took it"]
 fn a_node_key_rotates_while_documents_flow_and_the_old_key_is_refused_after_the_overlap() {
     let net = three_nodes(FAST_RETRY);
     let old_key_file = net.root.join("gz.yuexiu.key.old");
@@ -120,7 +119,6 @@ fn a_node_key_rotates_while_documents_flow_and_the_old_key_is_refused_after_the_
 }
 
 #[test]
-#[ignore = "work in progress: the city still admitted the revoked identity"]
 fn a_revoked_node_key_is_refused_by_every_node() {
     let net = three_nodes(FAST_RETRY);
     let stolen = net.root.join("gz.haizhu.key.stolen");

@@ -236,7 +236,6 @@ impl Client {
 }
 
 /// Network settings.
-#[derive(Clone)]
 pub struct NetworkConfig {
     pub listen: Multiaddr,
     pub idle_timeout: Duration,
@@ -252,7 +251,8 @@ pub fn new(
     keypair: identity::Keypair,
     cfg: NetworkConfig,
 ) -> anyhow::Result<(Client, mpsc::Receiver<NetworkEvent>, EventLoop)> {
-    let swarm = rekey::build_swarm(keypair, &cfg, std::slice::from_ref(&cfg.listen))?;
+    let settings = rekey::SwarmSettings { idle_timeout: cfg.idle_timeout, link_timeout: cfg.link_timeout, bounds: cfg.bounds.clone() };
+    let swarm = rekey::build_swarm(keypair, &settings, std::slice::from_ref(&cfg.listen))?;
     let (commands, command_rx) = mpsc::channel(256);
     let (event_tx, events) = mpsc::channel(1024);
     let lp = EventLoop {
@@ -268,7 +268,7 @@ pub fn new(
         neighbours: Vec::new(),
         dialing: HashSet::new(),
         peers_known: false,
-        cfg,
+        settings,
     };
     Ok((Client { commands }, events, lp))
 }
@@ -289,7 +289,7 @@ pub struct EventLoop {
     /// Whether the node has said who may connect ([`Command::SetPeers`]); see [`EventLoop::run`].
     peers_known: bool,
     /// What the swarm was built with, to build it again with a new identity ([`Command::Rekey`]).
-    cfg: NetworkConfig,
+    settings: rekey::SwarmSettings,
 }
 
 impl EventLoop {
@@ -407,7 +407,16 @@ impl EventLoop {
                 let _ = reply.send(self.swarm.connected_peers().copied().collect());
             }
             Command::Rekey { keypair, reply } => {
-                let _ = reply.send(self.rekey(keypair));
+                // Whoever waits for an answer from the old swarm sees the network as unreachable.
+                (self.pending.clear(), self.pending_traces.clear(), self.pending_pushes.clear(), self.dialing.clear());
+                (self.pending_attachments.clear(), self.pending_reconciles.clear(), self.pending_checkpoints.clear());
+                let neighbours: Vec<_> = self.neighbours.iter().map(|n| (n.peer, n.addresses.clone())).collect();
+                let rebuilt = rekey::rebuild(&mut self.swarm, keypair, &self.settings, &neighbours);
+                for peer in rebuilt.as_ref().map(|p| p.as_slice()).unwrap_or_default() {
+                    let _ = self.events.try_send(NetworkEvent::PeerDown(*peer));
+                }
+                self.dial_neighbours();
+                let _ = reply.send(rebuilt.map(|_| ()));
             }
         }
     }

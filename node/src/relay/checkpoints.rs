@@ -47,7 +47,7 @@ impl Engine {
     fn checkpoint_parent(&self) -> Option<(NodeId, PeerId)> {
         let dir = self.dir.current();
         let parent = dir.node(&self.here)?.parent.clone()?;
-        let peer = dir.node(&parent)?.peer_id;
+        let peer = self.peer_for(&parent)?;
         Some((parent, peer))
     }
 

@@ -219,7 +219,7 @@ impl Engine {
     /// segments when its link comes up again.
     fn push_segments(self: &Arc<Self>, held: Vec<Held>, except: Option<&NodeId>) {
         let dir = self.dir.current();
-        let mut peers: Vec<PeerId> = dir.neighbours(&self.here).into_iter().filter(|n| Some(&n.id) != except).map(|n| n.peer_id).collect();
+        let mut peers: Vec<PeerId> = dir.neighbours(&self.here).into_iter().filter(|n| Some(&n.id) != except).filter_map(|n| self.peer_for(&n.id)).collect();
         if let Some((peer, _)) = &self.parent_hint
             && !peers.contains(peer) && dir.node_by_peer(peer).map(|n| &n.id) != except {
                 peers.push(*peer);
@@ -251,7 +251,7 @@ impl Engine {
         tick.tick().await;
         loop {
             tick.tick().await;
-            let peers: Vec<PeerId> = self.dir.current().neighbours(&self.here).into_iter().map(|n| n.peer_id).collect();
+            let peers: Vec<PeerId> = self.dir.current().neighbours(&self.here).into_iter().filter_map(|n| self.peer_for(&n.id)).collect();
             for peer in peers {
                 self.push_all_segments(peer).await;
             }

@@ -59,6 +59,9 @@ pub use refusal::Refusal;
 #[derive(Debug, Clone, Default)]
 pub struct PeerState {
     pub connected: bool,
+    /// The libp2p identity the neighbour's link came up with: during a key rotation's overlap, its old
+    /// or its new one (see [`Engine::peer_for`]).
+    pub link_peer: Option<PeerId>,
     pub last_seen_ms: Option<u64>,
     pub rtt: Option<Duration>,
 }
@@ -104,6 +107,8 @@ pub struct Engine {
     key_change: tokio::sync::Mutex<()>,
     /// Wakes the node-key watcher after a new tree (see `node_keys`).
     key_check: tokio::sync::Notify,
+    /// When a link from each earlier node key was last audited (see `node_keys`).
+    earlier_key_audits: Mutex<HashMap<PeerId, u64>>,
     forwarders: Mutex<HashMap<NodeId, Arc<Signals>>>,
     /// Deadlines of the queries asked here that have no outcome yet (see [`asking`]).
     deadlines: deadlines::Deadlines,
@@ -191,6 +196,7 @@ impl Engine {
             node_key: RwLock::new(node_key),
             key_change: tokio::sync::Mutex::new(()),
             key_check: tokio::sync::Notify::new(),
+            earlier_key_audits: Mutex::new(HashMap::new()),
             forwarders: Mutex::new(HashMap::new()),
             recall_reports: tokio::sync::Mutex::new(()),
             pushers: Mutex::new(HashSet::new()),
@@ -344,8 +350,15 @@ impl Engine {
                 self.peers.lock().expect("peers lock").entry(node.clone()).or_default().rtt = Some(*rtt);
                 self.metrics.peer_rtt.with_label_values(&[node.as_str()]).set(rtt.as_secs_f64());
             }
-            // Anything heard from a peer means its link is up.
+            // Anything heard from a peer means its link is up, with that identity.
             self.mark_link(node, !matches!(event, E::PeerDown(_)));
+            let mut peers = self.peers.lock().expect("peers lock");
+            let state = peers.entry(node.clone()).or_default();
+            match &event {
+                E::PeerDown(_) if state.link_peer == Some(peer) => state.link_peer = None,
+                E::PeerDown(_) => {}
+                _ => state.link_peer = Some(peer),
+            }
         }
         match event {
             E::Inbound { peer, request, channel } => {
@@ -390,6 +403,16 @@ impl Engine {
             state.last_seen_ms = Some(exchange_wire::now_ms());
         }
         self.metrics.peer_up.with_label_values(&[node.as_str()]).set(up as i64);
+    }
+
+    /// The libp2p identity to reach neighbour `id` by: the one its link is up with, while the
+    /// directory still admits it (during a key rotation's overlap the neighbour may not have taken its
+    /// new key yet), else the identity of its current key.
+    pub(crate) fn peer_for(&self, id: &NodeId) -> Option<PeerId> {
+        let dir = self.dir.current();
+        let node = dir.node(id)?;
+        let linked = self.peers.lock().expect("peers lock").get(id).filter(|s| s.connected).and_then(|s| s.link_peer);
+        Some(linked.filter(|p| node.peer_ids_at(exchange_wire::now_ms()).contains(p)).unwrap_or(node.peer_id))
     }
 
     fn context<'a>(&'a self, dir: &'a Directory) -> Context<'a> {

@@ -139,6 +139,14 @@ impl Engine {
                 let _ = d.sync_all();
             }
         let keypair = crate::network::keypair_of(&next).map_err(|e| format!("the new key is not a libp2p key: {e}"))?;
+        // Every neighbour must hold the tree that lists the new key before the links restart with
+        // it, or it would refuse the new identity (and a child could learn the tree only from here).
+        let neighbours: Vec<NodeId> = self.dir.current().neighbours(&self.here).into_iter().map(|n| n.id.clone()).collect();
+        for id in neighbours {
+            if let Some(peer) = self.peer_for(&id) {
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.push_all_segments(peer)).await;
+            }
+        }
         *self.node_key.write().expect("node key lock") = next;
         *self.peer_id.write().expect("peer id lock") = crate::directory::peer_id_of(&new);
         self.net.rekey(keypair).await.map_err(|e| format!("cannot restart the links with the new key: {e}"))?;
@@ -173,10 +181,19 @@ impl Engine {
         }
     }
 
-    /// Audits and counts a link refused because the peer is a node's revoked or expired key.
+    /// Audits and counts a link refused because the peer is a node's revoked or expired key: once per
+    /// identity every 10 seconds, however often it re-dials (the connection metric counts each).
     pub(crate) async fn refused_earlier_key(&self, peer: &PeerId) {
         let dir = self.dir.current();
         let Some(node) = dir.node_by_earlier_key(peer) else { return };
+        let now = exchange_wire::now_ms();
+        {
+            let mut last = self.earlier_key_audits.lock().expect("audit lock");
+            if last.get(peer).is_some_and(|t| now < t + 10_000) {
+                return;
+            }
+            last.insert(*peer, now);
+        }
         let revoked = dir.node(&node).is_some_and(|n| {
             n.previous_keys.iter().any(|k| k.revoked_at_ms.is_some() && crate::directory::peer_id_of(&k.public_key) == *peer)
         });

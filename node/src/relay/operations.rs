@@ -110,9 +110,9 @@ impl Engine {
             .filter(|p| Some(p) != asker && p != &self.here)
             .collect();
         let mut unreachable = Vec::new();
-        let dir = self.dir.current();
+
         for node in onward {
-            let Some(peer) = dir.node(&node).map(|n| n.peer_id) else {
+            let Some(peer) = self.peer_for(&node) else {
                 unreachable.push(node);
                 continue;
             };
