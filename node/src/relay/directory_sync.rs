@@ -321,7 +321,9 @@ impl Engine {
     }
 
     /// `exchange-admin nodes add` (root only).
-    pub async fn add_node(self: &Arc<Self>, record: NodeRecord) -> Result<AdminActionResponse, Refusal> {
+    pub async fn add_node(self: &Arc<Self>, mut record: NodeRecord) -> Result<AdminActionResponse, Refusal> {
+        // A new node has no earlier keys: they come only from rotations.
+        record.previous_keys.clear();
         let mut tree = self.current_tree(&*self.segments.lock().await)?;
         if tree.nodes.iter().any(|n| n.id == record.id) {
             return Err(Refusal::new("conflict", 409, format!("node {} is already in the tree", record.id)));
