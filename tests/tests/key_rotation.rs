@@ -1,6 +1,7 @@
 //! Keys that change, across real node processes: a node's key rotated while documents flow (every
 //! document arrives once, every receipt comes back, the old key is refused after the overlap); a
-//! compromised node key revoked by the root (every node refuses its identity, counted and audited);
+//! compromised node key revoked by the root (every node refuses its identity, and the city refuses a
+//! unit segment and a delivery report signed with it, each counted and audited);
 //! the root key handed over (every node pins the new key, keeps it across a restart, and refuses a
 //! tree signed with the old one).
 
@@ -185,6 +186,27 @@ fn a_revoked_node_key_is_refused_by_every_node() {
         let s = net.client_for(&from).status(&doc.id).ok()?;
         s.recipients.iter().all(|r| r.receipt.is_some()).then_some(())
     });
+
+    // A delivery report for that document signed with the stolen key, handed over on 海珠's admitted
+    // link, is refused as key-revoked (backdated, too), counted and audited.
+    let mut report_env = exchange_wire::receipt::DeliveryReport {
+        message_id: doc.id,
+        node: haizhu.clone(),
+        delivered: vec![exchange_wire::receipt::Delivered { unit: to.clone(), at_ms: 1 }],
+        hops: vec![],
+    }
+    .envelope(from.clone(), exchange_wire::Priority::Routine);
+    report_env.0.created_at_ms = 1;
+    let forged = exchange_tests::rogue_peer::parcel(&report_env.0.sign(&stolen_key), &report_env.1, vec![from.clone()]);
+    let answer = pusher.hand_over(city, vec![forged]);
+    assert!(
+        matches!(&answer.results[..], [exchange_node_core::network::protocol::ParcelResult::Refused { code, .. }] if code == "key-revoked"),
+        "{:?}",
+        answer.results
+    );
+    assert_eq!(metric(&net.node("gz").client(), "exchange_messages_rejected_total", &[("reason", "key-revoked"), ("kind", "delivery-report")]), 1.0);
+    let audit = net.node("gz").admin().audit_page(0, 100_000).unwrap();
+    assert!(audit.entries.iter().any(|e| e.category == "refusal" && e.event == "key-revoked" && e.message_id.is_some()), "the refused report is audited");
 }
 
 #[test]
