@@ -172,6 +172,7 @@ fn node_record(a: &NodeAddArgs) -> Result<NodeRecord> {
         parent: Some(a.parent.clone()),
         public_key: a.public_key,
         addresses: a.addresses.clone(),
+        previous_keys: vec![],
     })
 }
 
@@ -652,6 +653,7 @@ mod tests {
             parent: Some("gz".parse().unwrap()),
             public_key: key(3),
             addresses: vec!["/ip4/198.51.100.11/tcp/7401".into()],
+            previous_keys: vec![],
         };
         let root = NodeRecord {
             id: "gz".parse().unwrap(),

@@ -10,6 +10,7 @@ mod asking;
 mod directory;
 mod endpoint;
 mod names;
+mod node_keys;
 mod ops;
 mod output;
 mod parse;
@@ -662,6 +663,39 @@ pub enum DirectoryCommand {
     Show,
     /// Re-verify every stored segment against the root key on the node; exit code 4 when one fails.
     Verify,
+    /// Hand the root key over (on the root node) to the key staged in its `<key_file>.next`: the old
+    /// root key signs the handover, every node pins the new key.
+    HandOverRoot(HandOverRootArgs),
+    /// Make this node take the key staged in its `<key_file>.next` now, before the tree lists it: for
+    /// a node whose old key the root revoked, which no neighbour admits any more.
+    TakeKey,
+}
+
+#[derive(Args)]
+pub struct HandOverRootArgs {
+    /// The new root key (64 hex characters), as `exchange-node keygen` printed it for the staged file.
+    #[arg(long, value_name = "HEX")]
+    pub public_key: PublicKey,
+    /// Keep the old root key as the root node's key this many seconds beside the new one (default 600).
+    #[arg(long, value_name = "N", default_value_t = 600)]
+    pub overlap_secs: u64,
+}
+
+#[derive(Args)]
+pub struct NodeRotateKeyArgs {
+    /// The node whose key changes, such as gz.yuexiu.
+    #[arg(value_name = "NODE")]
+    pub id: NodeId,
+    /// The node's new public key (64 hex characters), as `exchange-node keygen` printed it on that node.
+    #[arg(long, value_name = "HEX")]
+    pub public_key: PublicKey,
+    /// Keep the old key valid this many seconds beside the new one (default 600).
+    #[arg(long, value_name = "N")]
+    pub overlap_secs: Option<u64>,
+    /// Revoke the old key (and any earlier one) now: it was stolen. Nothing signed with it verifies
+    /// any more and no node accepts its libp2p identity.
+    #[arg(long, conflicts_with = "overlap_secs")]
+    pub revoke_old: bool,
 }
 
 #[derive(Subcommand)]
@@ -673,6 +707,9 @@ pub enum NodesCommand {
     Add(Box<NodeAddArgs>),
     /// Remove a node from the tree (on the root node). Needs --yes.
     Remove(NodeRemoveArgs),
+    /// Give a node a new key (on the root node), after its operator staged it in the node's
+    /// `<key_file>.next`; the node takes it as soon as the tree reaches it.
+    RotateKey(NodeRotateKeyArgs),
 }
 
 #[derive(Args)]
@@ -901,6 +938,9 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Nodes(NodesCommand::List) => done(directory::nodes_list(&ctx)),
         Command::Nodes(NodesCommand::Add(a)) => done(directory::nodes_add(&ctx, a)),
         Command::Nodes(NodesCommand::Remove(a)) => done(directory::nodes_remove(&ctx, a)),
+        Command::Nodes(NodesCommand::RotateKey(a)) => done(node_keys::nodes_rotate_key(&ctx, a)),
+        Command::Directory(DirectoryCommand::HandOverRoot(a)) => done(node_keys::hand_over_root(&ctx, a)),
+        Command::Directory(DirectoryCommand::TakeKey) => done(node_keys::take_key(&ctx)),
         Command::Units(UnitsCommand::List(a)) => done(directory::units_list(&ctx, a)),
         Command::Units(UnitsCommand::Show(a)) => done(directory::units_show(&ctx, &a.address)),
         Command::Units(UnitsCommand::Add(a)) => done(directory::units_add(&ctx, a)),

@@ -46,8 +46,8 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     let tree = NodeTree {
         version: 3,
         nodes: vec![
-            NodeRecord { id: "gz".parse().unwrap(), name: "广州".into(), tier: "city".into(), parent: None, public_key: public, addresses: vec!["/ip4/127.0.0.1/tcp/7000".into()] },
-            NodeRecord { id: "gz.yuexiu".parse().unwrap(), name: "越秀".into(), tier: "district".into(), parent: Some("gz".parse().unwrap()), public_key: public, addresses: vec![] },
+            NodeRecord { id: "gz".parse().unwrap(), name: "广州".into(), tier: "city".into(), parent: None, public_key: public, addresses: vec!["/ip4/127.0.0.1/tcp/7000".into()], previous_keys: vec![] },
+            NodeRecord { id: "gz.yuexiu".parse().unwrap(), name: "越秀".into(), tier: "district".into(), parent: Some("gz".parse().unwrap()), public_key: public, addresses: vec![], previous_keys: vec![] },
         ],
     };
     let units = UnitSegment {

@@ -119,12 +119,28 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     engine.start().await?;
     engine.start_reconciliation_if_due()?;
     match engine.dir.current().node(&cfg.node_id) {
-        Some(me) if me.public_key.0 != exchange_wire::keys::read(&cfg.key_file)?.verifying_key() => anyhow::bail!(
-            "the key in {} is not the key the node tree lists for node {} (expected public key {})",
-            cfg.key_file.display(),
-            cfg.node_id,
-            me.public_key
-        ),
+        Some(me) if me.public_key.0 != engine.node_key().verifying_key() => {
+            // The root rotated this node's key while it was down: take the staged key, or keep
+            // going with the old one while its overlap lasts.
+            let mine = exchange_wire::PublicKey(engine.node_key().verifying_key());
+            let staged = exchange_wire::keys::read(&engine.next_key_file()).is_ok_and(|k| k.verifying_key() == me.public_key.0);
+            let in_overlap = me.previous_keys.iter().any(|k| k.public_key == mine && k.revoked_at_ms.is_none() && k.valid_at(exchange_wire::now_ms()));
+            if staged {
+                tracing::info!(node = %cfg.node_id, key = %me.public_key, "the node tree lists the staged key for this node: taking it");
+            } else if in_overlap {
+                tracing::warn!(node = %cfg.node_id, key = %me.public_key, staged = %engine.next_key_file().display(),
+                    "the node tree lists a new key for this node and the overlap of the old one is running out: stage the new key");
+            } else {
+                anyhow::bail!(
+                    "the key in {} is not the key the node tree lists for node {} (expected public key {}); \
+                     if the root rotated this node's key, put the new key in {}",
+                    cfg.key_file.display(),
+                    cfg.node_id,
+                    me.public_key,
+                    engine.next_key_file().display()
+                )
+            }
+        }
         Some(_) => {}
         None => tracing::warn!(node = %cfg.node_id, "this node is not in the node tree yet: it waits for the tree from its parent"),
     }
@@ -146,7 +162,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let checkpoint_stop = CancellationToken::new();
     let checkpoints = tokio::spawn(engine.clone().run_audit_checkpoints(checkpoint_stop.clone()));
 
-    tracing::info!(node = %cfg.node_id, peer_id = %engine.peer_id, api = %cfg.api.listen, admin = %cfg.admin.listen,
+    tracing::info!(node = %cfg.node_id, peer_id = %engine.peer_id(), api = %cfg.api.listen, admin = %cfg.admin.listen,
         api_tls = agency_tls.is_some(), admin_tls = admin_tls.is_some(), "node started");
 
     agency_switch.activate(crate::api::agency::router(engine.clone(), agency_refusals));

@@ -62,6 +62,33 @@ impl RoguePeer {
         peer
     }
 
+    /// Tries for `within` to reach `peer` on loopback port `port`: whether it answered a request (an
+    /// empty directory push). A node that refuses the identity closes every connection at once, so
+    /// no request gets through.
+    pub fn try_connect(&self, peer: PeerId, port: u16, within: Duration) -> bool {
+        let address: Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap();
+        self.rt.block_on(async {
+            self.client.set_peers(vec![peer], vec![Neighbour { peer, addresses: vec![address] }]).await;
+            let deadline = Instant::now() + within;
+            while Instant::now() < deadline {
+                let push = exchange_node_core::network::protocol::DirectoryPush { segments: vec![] };
+                if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(2), self.client.push_directory(peer, push)).await {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            false
+        })
+    }
+
+    /// Pushes directory segments to `peer` and returns its answer (one result per segment).
+    pub fn push_directory(&self, peer: PeerId, segments: Vec<exchange_node_core::network::protocol::SegmentParcel>) -> Vec<String> {
+        self.rt
+            .block_on(self.client.push_directory(peer, exchange_node_core::network::protocol::DirectoryPush { segments }))
+            .expect("the push got an answer")
+            .results
+    }
+
     /// Hands `parcels` to `peer` as one custody batch and returns its answer.
     pub fn hand_over(&self, peer: PeerId, parcels: Vec<Parcel>) -> TransferResponse {
         self.rt.block_on(self.client.transfer(peer, TransferRequest { parcels })).expect("the batch got an answer")

@@ -532,6 +532,17 @@ pub struct RotateKey {
     pub revoke_old: bool,
 }
 
+/// Body of `POST /admin/v1/directory:hand-over-root`, at the root node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RootHandoverRequest {
+    /// The new root key: the public key of the key staged in `<key_file>.next` on the root node.
+    pub public_key: crate::keys::PublicKey,
+    /// How long the old root key stays the root node's key beside the new one (its libp2p identity
+    /// accepted, what it signed before verifying).
+    #[serde(default)]
+    pub overlap_secs: u64,
+}
+
 /// Body of `POST /admin/v1/tokens`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct IssueToken {

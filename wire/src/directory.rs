@@ -31,10 +31,41 @@ pub struct NodeRecord {
     pub tier: String,
     #[serde(default)]
     pub parent: Option<NodeId>,
+    /// The node's current key: it signs as `<node>/_node`, signs the node's unit segment, and is its
+    /// libp2p identity.
     pub public_key: PublicKey,
     /// libp2p multiaddresses where the node listens.
     #[serde(default)]
     pub addresses: Vec<String>,
+    /// Keys the node had before `public_key`, newest last. During a rotation's overlap (until
+    /// `not_after_ms`) an earlier key still verifies and is still accepted as the node's libp2p
+    /// identity, so nothing the node signed or sent just before the change is lost; after it only
+    /// what was signed before the window closed verifies. A key with `revoked_at_ms` (compromised)
+    /// verifies nothing signed at or after that time and is refused on the links at once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previous_keys: Vec<KeyRecord>,
+}
+
+impl NodeRecord {
+    /// The keys that may have signed as this node at every one of the times `at_ms`: the current key,
+    /// and each previous key whose window covers them. A revoked node key verifies nothing at all,
+    /// whatever time it claims (a compromised key can claim any time); a compromised key is never the
+    /// current one, since the root revokes it by rotating the node to a new key.
+    pub fn keys_valid_at(&self, at_ms: &[u64]) -> Vec<PublicKey> {
+        let mut keys = vec![self.public_key];
+        keys.extend(
+            self.previous_keys
+                .iter()
+                .filter(|k| k.public_key != self.public_key && k.revoked_at_ms.is_none() && at_ms.iter().all(|t| k.valid_at(*t)))
+                .map(|k| k.public_key),
+        );
+        keys
+    }
+
+    /// Every key the node ever had, current first.
+    pub fn all_keys(&self) -> impl Iterator<Item = &PublicKey> {
+        std::iter::once(&self.public_key).chain(self.previous_keys.iter().map(|k| &k.public_key))
+    }
 }
 
 /// The node tree, signed by the root.
@@ -102,6 +133,18 @@ pub struct UnitSegment {
     pub units: Vec<UnitRecord>,
 }
 
+/// The root key handed over: the statement, signed by the old root key, that the network's trust
+/// anchor is now `new_key`. A node that pins `old_key` checks the signature against it, then pins
+/// `new_key` (persistently) and from then on takes node trees and catalogs signed by the new key
+/// only. Handovers chain: the `version` of the n-th handover of a network is n, so a node that was
+/// away follows every step from the key it pins.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RootHandover {
+    pub version: u64,
+    pub old_key: PublicKey,
+    pub new_key: PublicKey,
+}
+
 /// Any kind of segment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Segment {
@@ -109,6 +152,8 @@ pub enum Segment {
     Units(UnitSegment),
     /// The data-sharing catalog, signed by the root like the tree (`segment.type = catalog`).
     Catalog(crate::sharing::Catalog),
+    /// A root key handover, signed by the old root key (`segment.type = root-handover`).
+    RootHandover(RootHandover),
 }
 
 impl Segment {
@@ -117,6 +162,7 @@ impl Segment {
             Segment::Tree(t) => t.version,
             Segment::Units(u) => u.version,
             Segment::Catalog(c) => c.version,
+            Segment::RootHandover(h) => h.version,
         }
     }
 
@@ -126,6 +172,7 @@ impl Segment {
             Segment::Tree(_) => "tree".into(),
             Segment::Units(u) => u.node.to_string(),
             Segment::Catalog(_) => "catalog".into(),
+            Segment::RootHandover(h) => format!("root-handover-{}", h.version),
         }
     }
 
@@ -134,6 +181,7 @@ impl Segment {
             Segment::Tree(_) => "node-tree",
             Segment::Units(_) => "units",
             Segment::Catalog(_) => "catalog",
+            Segment::RootHandover(_) => "root-handover",
         }
     }
 
@@ -143,6 +191,7 @@ impl Segment {
             Segment::Tree(t) => serde_json::to_vec(t),
             Segment::Units(u) => serde_json::to_vec(u),
             Segment::Catalog(c) => serde_json::to_vec(c),
+            Segment::RootHandover(h) => serde_json::to_vec(h),
         }
         .expect("segments serialise");
         let me = UnitAddress::of_node(signer);
@@ -165,6 +214,7 @@ impl Segment {
             Some("node-tree") => Segment::Tree(serde_json::from_slice(payload).map_err(|x| bad(x.to_string()))?),
             Some("units") => Segment::Units(serde_json::from_slice(payload).map_err(|x| bad(x.to_string()))?),
             Some("catalog") => Segment::Catalog(serde_json::from_slice(payload).map_err(|x| bad(x.to_string()))?),
+            Some("root-handover") => Segment::RootHandover(serde_json::from_slice(payload).map_err(|x| bad(x.to_string()))?),
             other => return Err(bad(format!("unknown segment.type {other:?}"))),
         };
         if e.metadata.get(META_SEGMENT_VERSION) != Some(&segment.version().to_string()) {

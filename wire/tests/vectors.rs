@@ -337,6 +337,16 @@ fn generate() -> VectorFile {
     );
     subscription.created_at_ms = T0 + 7_260_000;
 
+    // The first root key handover of a network whose root gz signs with seed 04…04, to seed 05…05.
+    let root: NodeId = "gz".parse().unwrap();
+    let handover = exchange_wire::directory::Segment::RootHandover(exchange_wire::directory::RootHandover {
+        version: 1,
+        old_key: PublicKey(SigningKey::from_bytes(&OWNER_SEED).verifying_key()),
+        new_key: PublicKey(SigningKey::from_bytes(&[5; 32]).verifying_key()),
+    });
+    let (mut handover_env, handover_payload) = handover.envelope(&root);
+    handover_env.created_at_ms = T0 + 86_400_000;
+
     let valid = vec![
         valid_vector(
             "document",
@@ -416,6 +426,16 @@ fn generate() -> VectorFile {
             RECIPIENT_SEED,
             subscription,
             purpose.as_bytes(),
+        ),
+        valid_vector(
+            "root-handover",
+            "A root key handover (kind directory-segment, segment.type root-handover, section 12.8): the root \
+             node gz hands the root key (seed 04…04) over to the key of seed 05…05, signing with the old key as \
+             gz/_node; `to` exactly [sender], priority urgent, the JSON {version, old_key, new_key} as payload. \
+             A node that pins the old key takes it and pins the new one.",
+            OWNER_SEED,
+            handover_env,
+            &handover_payload,
         ),
     ];
 
@@ -796,6 +816,19 @@ fn valid_vectors_match_the_code_byte_for_byte() {
     let request = exchange_wire::sharing::RequestFacts::from_envelope(request_env).unwrap();
     assert_eq!(request.topic, "person.marriage");
     assert_eq!(request_env.to, vec![addr(OWNER)]);
+
+    // The root handover reads back as a segment naming the signer's key as the old one.
+    let (_, handover_env, handover_payload) = &ids["root-handover"];
+    let v = file.valid.iter().find(|v| v.name == "root-handover").unwrap();
+    let signed = SignedEnvelope::from_canonical(handover_env.canonical_bytes(), signature_from_hex(&v.signature_hex).unwrap()).unwrap();
+    match exchange_wire::directory::Segment::from_envelope(&signed, handover_payload).unwrap() {
+        exchange_wire::directory::Segment::RootHandover(h) => {
+            assert_eq!(h.old_key.to_hex(), v.public_key_hex, "signed by the key it hands over");
+            assert_eq!(h.new_key, PublicKey(SigningKey::from_bytes(&[5; 32]).verifying_key()));
+            assert!(signed.verify(&h.old_key.0).is_ok());
+        }
+        other => panic!("root-handover reads back as {other:?}"),
+    }
 
     let (_, report_env, report_payload) = &ids["delivery-report"];
     let report = DeliveryReport::from_envelope(report_env, report_payload).unwrap();

@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use exchange_wire::api::{
     DeadLetterSelection, DeadLettersResponse, EventsResponse, IssueToken, NewUnit, NodesResponse, PeersResponse, QueuesResponse,
-    RetentionRequest, RotateKey, TokensResponse, UnitsResponse,
+    RetentionRequest, RootHandoverRequest, RotateKey, TokensResponse, UnitsResponse,
 };
 use exchange_wire::directory::{NodeRecord, UnitStatus};
 use exchange_wire::{NodeId, UnitAddress};
@@ -128,15 +128,37 @@ async fn add_node(State(engine): State<AppState>, body: Result<Bytes, BytesRejec
     }
 }
 
-/// `POST /admin/v1/nodes/{id}:remove` (axum takes one parameter per path segment, so the action
-/// is split off here).
-async fn remove_node(State(engine): State<AppState>, Path(id_action): Path<String>) -> Response {
-    let Some(id) = id_action.strip_suffix(":remove") else {
-        return refuse(&engine, Refusal::new("not-found", 404, "use POST /admin/v1/nodes/{id}:remove")).await.into_response();
+/// `POST /admin/v1/nodes/{id}:remove` and `POST /admin/v1/nodes/{id}:rotate-key` (axum takes one
+/// parameter per path segment, so the action is split off here).
+async fn node_action(State(engine): State<AppState>, Path(id_action): Path<String>, body: Result<Bytes, BytesRejection>) -> Response {
+    let Some((id, action)) = id_action.split_once(':') else {
+        return refuse(&engine, Refusal::new("not-found", 404, "use POST /admin/v1/nodes/{id}:remove or :rotate-key")).await.into_response();
     };
-    match id.parse::<NodeId>() {
-        Ok(id) => answer(&engine, engine.remove_node(&id).await).await,
-        Err(e) => refuse(&engine, Refusal::malformed(e.to_string())).await.into_response(),
+    let id = match id.parse::<NodeId>() {
+        Ok(id) => id,
+        Err(e) => return refuse(&engine, Refusal::malformed(e.to_string())).await.into_response(),
+    };
+    let result = match action {
+        "remove" => engine.remove_node(&id).await,
+        "rotate-key" => match parse_body::<RotateKey>(&engine, body).await {
+            Ok(r) => engine.rotate_node_key(&id, r).await,
+            Err(r) => return r.into_response(),
+        },
+        other => Err(Refusal::new("not-found", 404, format!("unknown node action {other:?}: use remove or rotate-key"))),
+    };
+    answer(&engine, result).await
+}
+
+/// `POST /admin/v1/directory:take-key`: this node takes its staged key now.
+async fn take_key(State(engine): State<AppState>) -> Response {
+    answer(&engine, engine.take_staged_key().await).await
+}
+
+/// `POST /admin/v1/directory:hand-over-root`, at the root node.
+async fn hand_over_root(State(engine): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
+    match parse_body::<RootHandoverRequest>(&engine, body).await {
+        Ok(h) => answer(&engine, engine.hand_over_root(h).await).await,
+        Err(r) => r.into_response(),
     }
 }
 
@@ -246,7 +268,9 @@ pub fn router(engine: AppState, doors: super::admin_doors::AdminDoors) -> Router
             .route("/admin/v1/directory", get(directory))
             .route("/admin/v1/directory:verify", get(directory_verify))
             .route("/admin/v1/nodes", get(nodes).post(add_node))
-            .route("/admin/v1/nodes/{id}", post(remove_node))
+            .route("/admin/v1/nodes/{id}", post(node_action))
+            .route("/admin/v1/directory:hand-over-root", post(hand_over_root))
+            .route("/admin/v1/directory:take-key", post(take_key))
             .route("/admin/v1/units", get(units).post(add_unit))
             .route("/admin/v1/units/{node}/{unit}", get(unit).post(unit_action))
             .route("/admin/v1/tokens", get(tokens).post(issue_token))

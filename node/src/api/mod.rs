@@ -142,7 +142,7 @@ pub(crate) async fn refuse(engine: &Engine, r: Refusal) -> Refusal {
 }
 
 async fn livez(State(engine): State<AppState>) -> Response {
-    json(StatusCode::OK, &Health { node: engine.here.clone(), status: "ok".into(), peer_id: engine.peer_id.to_string() })
+    json(StatusCode::OK, &Health { node: engine.here.clone(), status: "ok".into(), peer_id: engine.peer_id().to_string() })
 }
 
 async fn readyz(State(engine): State<AppState>) -> Response {

@@ -10,7 +10,7 @@ pub mod segments;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use exchange_wire::directory::{KeyRecord, NodeTree, UnitSegment, UnitStatus};
+use exchange_wire::directory::{KeyRecord, NodeRecord, NodeTree, UnitSegment, UnitStatus};
 use exchange_wire::{NodeId, PublicKey, UnitAddress};
 use crate::network::PeerId;
 
@@ -25,6 +25,18 @@ pub struct NodeEntry {
     pub peer_id: PeerId,
     /// libp2p multiaddresses where the node listens.
     pub addresses: Vec<crate::network::Multiaddr>,
+    /// Keys the node had before `public_key` (see [`NodeRecord::previous_keys`]).
+    pub previous_keys: Vec<KeyRecord>,
+}
+
+impl NodeEntry {
+    /// The libp2p identities the node may use at `now_ms`: its current key's, and those of earlier
+    /// keys still in their overlap and not revoked.
+    pub fn peer_ids_at(&self, now_ms: u64) -> Vec<PeerId> {
+        let mut ids = vec![self.peer_id];
+        ids.extend(self.previous_keys.iter().filter(|k| k.revoked_at_ms.is_none() && k.valid_at(now_ms)).map(|k| peer_id_of(&k.public_key)));
+        ids
+    }
 }
 
 /// A unit (agency system) as the directory lists it.
@@ -50,6 +62,11 @@ pub struct Directory {
     nodes: HashMap<NodeId, NodeEntry>,
     units: HashMap<UnitAddress, UnitEntry>,
     by_peer: HashMap<PeerId, NodeId>,
+    /// The libp2p identities of nodes' earlier keys, which identify the node only within their
+    /// overlap (see [`Directory::node_by_peer`]).
+    by_retired_peer: HashMap<PeerId, NodeId>,
+    /// The node records as the tree lists them.
+    records: HashMap<NodeId, NodeRecord>,
 }
 
 /// The libp2p peer id that belongs to an ed25519 node key.
@@ -77,6 +94,13 @@ impl Directory {
             if dir.by_peer.insert(peer_id, n.id.clone()).is_some() {
                 return Err(format!("node {}: its key is also another node's key", n.id));
             }
+            for k in n.previous_keys.iter().filter(|k| k.public_key != n.public_key) {
+                let earlier = peer_id_of(&k.public_key);
+                if dir.by_peer.contains_key(&earlier) || dir.by_retired_peer.insert(earlier, n.id.clone()).is_some() {
+                    return Err(format!("node {}: its earlier key {} is also another node's key", n.id, k.public_key));
+                }
+            }
+            dir.records.insert(n.id.clone(), n.clone());
             let entry = NodeEntry {
                 id: n.id.clone(),
                 name: n.name.clone(),
@@ -85,6 +109,7 @@ impl Directory {
                 public_key: n.public_key,
                 peer_id,
                 addresses,
+                previous_keys: n.previous_keys.clone(),
             };
             if dir.nodes.insert(n.id.clone(), entry).is_some() {
                 return Err(format!("node {} is listed twice", n.id));
@@ -98,6 +123,9 @@ impl Directory {
             if dir.ancestors(&n.id).count() > 64 {
                 return Err(format!("node {} has a parent cycle or a tree deeper than 64", n.id));
             }
+        }
+        if let Some((peer, id)) = dir.by_retired_peer.iter().find(|(p, _)| dir.by_peer.contains_key(p)) {
+            return Err(format!("node {id}: its earlier key {peer} is also another node's key"));
         }
         if dir.nodes.values().filter(|n| n.parent.is_none()).count() != 1 {
             return Err("the tree must have exactly one root (one node without a parent)".into());
@@ -166,8 +194,51 @@ impl Directory {
         self.units.values()
     }
 
+    /// The node a libp2p peer is: by its current key, or by an earlier key while that key is in its
+    /// overlap and not revoked (a neighbour that has not yet restarted its links with the new key).
     pub fn node_by_peer(&self, peer: &PeerId) -> Option<&NodeEntry> {
-        self.by_peer.get(peer).and_then(|id| self.nodes.get(id))
+        self.node_by_peer_at(peer, exchange_wire::now_ms())
+    }
+
+    /// [`Self::node_by_peer`] at time `now_ms`.
+    pub fn node_by_peer_at(&self, peer: &PeerId, now_ms: u64) -> Option<&NodeEntry> {
+        if let Some(n) = self.by_peer.get(peer).and_then(|id| self.nodes.get(id)) {
+            return Some(n);
+        }
+        let n = self.by_retired_peer.get(peer).and_then(|id| self.nodes.get(id))?;
+        n.peer_ids_at(now_ms).contains(peer).then_some(n)
+    }
+
+    /// The node whose earlier key (rotated away, maybe revoked) has the libp2p identity `peer`.
+    pub fn node_by_earlier_key(&self, peer: &PeerId) -> Option<NodeId> {
+        self.by_retired_peer.get(peer).cloned()
+    }
+
+    /// The earliest time after `now_ms` at which an earlier node key's overlap ends: the allow list
+    /// must be rebuilt then.
+    pub fn next_key_expiry(&self, now_ms: u64) -> Option<u64> {
+        self.nodes
+            .values()
+            .flat_map(|n| n.previous_keys.iter())
+            .filter(|k| k.revoked_at_ms.is_none())
+            .filter_map(|k| k.not_after_ms)
+            .filter(|t| *t > now_ms)
+            .min()
+    }
+
+    /// Whether `signed` comes from a node (`<node>/_node`) and verifies with a key of that node the
+    /// root revoked: refused as `key-revoked`, whatever time it claims.
+    pub fn signed_with_revoked_node_key(&self, signed: &exchange_wire::SignedEnvelope) -> bool {
+        let sender = &signed.envelope.sender;
+        let Some(n) = sender.is_node().then(|| sender.node_part().parse::<NodeId>().ok()).flatten().and_then(|id| self.records.get(&id)) else {
+            return false;
+        };
+        n.previous_keys.iter().any(|k| k.revoked_at_ms.is_some() && signed.verify(&k.public_key.0).is_ok())
+    }
+
+    /// The node record `id` as the tree lists it.
+    pub fn node_record(&self, id: &NodeId) -> Option<&NodeRecord> {
+        self.records.get(id)
     }
 
     pub fn nodes(&self) -> impl Iterator<Item = &NodeEntry> {
@@ -190,12 +261,13 @@ impl Directory {
     }
 
     /// The keys that may have signed as `address` at every one of the times `at_ms`: a unit's keys
-    /// whose validity window covers those times (and that were not revoked before them), or the
-    /// node's key for `<node>/_node`. With no times, every key the unit ever had.
+    /// whose validity window covers those times (and that were not revoked before them), or for
+    /// `<node>/_node` the node's current key and its earlier keys still in their window (never a
+    /// revoked one). With no times, every key the unit ever had (every unrevoked one of a node).
     pub fn signing_keys(&self, address: &UnitAddress, at_ms: &[u64]) -> Vec<PublicKey> {
         if address.is_node() {
             let id: Option<NodeId> = address.node_part().parse().ok();
-            return id.and_then(|id| self.nodes.get(&id)).map(|n| vec![n.public_key]).unwrap_or_default();
+            return id.and_then(|id| self.records.get(&id)).map(|n| n.keys_valid_at(at_ms)).unwrap_or_default();
         }
         self.units
             .get(address)
@@ -266,6 +338,7 @@ pub(crate) fn test_segments() -> (NodeTree, Vec<UnitSegment>) {
         parent: parent.map(|p| p.parse().unwrap()),
         public_key: key(seed),
         addresses: vec![],
+        previous_keys: vec![],
     };
     let tree = NodeTree {
         version: 1,

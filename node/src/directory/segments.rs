@@ -4,8 +4,10 @@
 //!
 //! * The node tree must verify against the pinned root key, and the tree must make that key's node
 //!   its root.
-//! * A unit segment must be signed by the key the tree lists for its node, and list only that node's
-//!   units.
+//! * A root handover must be signed by the pinned root key; once taken, the key it names is pinned
+//!   (see [`SegmentSet::root_key`]).
+//! * A unit segment must be signed by a key the tree lists for its node that was valid when the
+//!   segment was signed: the current key, or an earlier one within its overlap, never a revoked one.
 //! * A segment replaces the one held only if its version is higher. The same version with other
 //!   content is a conflict: both were signed by the same key, so the signer is misbehaving.
 
@@ -54,6 +56,8 @@ pub struct SegmentSet {
     pub units: BTreeMap<NodeId, Held>,
     /// The data-sharing catalog, signed by the root.
     pub catalog: Option<Held>,
+    /// Root key handovers, by version.
+    pub handovers: BTreeMap<u64, Held>,
 }
 
 impl SegmentSet {
@@ -75,7 +79,7 @@ impl SegmentSet {
     pub fn directory(&self) -> Result<Directory, String> {
         Directory::build(self.tree(), self.units.values().filter_map(|h| match &h.segment {
             Segment::Units(u) => Some(u),
-            Segment::Tree(_) | Segment::Catalog(_) => None,
+            Segment::Tree(_) | Segment::Catalog(_) | Segment::RootHandover(_) => None,
         }))
     }
 
@@ -86,9 +90,23 @@ impl SegmentSet {
         }
     }
 
-    /// Every held segment, tree first, the catalog last.
+    /// Every held segment in the order a node that knows nothing can take them: root handovers
+    /// first (in order), then the tree, the unit segments, the catalog last.
     pub fn all(&self) -> impl Iterator<Item = &Held> {
-        self.tree.iter().chain(self.units.values()).chain(self.catalog.iter())
+        self.handovers.values().chain(self.tree.iter()).chain(self.units.values()).chain(self.catalog.iter())
+    }
+
+    /// The root key in force: the `configured` one (the trust anchor in the node's configuration),
+    /// followed through every held handover that starts from it, in order.
+    pub fn root_key(&self, configured: &PublicKey) -> PublicKey {
+        let mut key = *configured;
+        for h in self.handovers.values() {
+            if let Segment::RootHandover(r) = &h.segment
+                && r.old_key == key {
+                    key = r.new_key;
+                }
+        }
+        key
     }
 
     fn held(&self, segment: &Segment) -> Option<&Held> {
@@ -96,6 +114,7 @@ impl SegmentSet {
             Segment::Tree(_) => self.tree.as_ref(),
             Segment::Units(u) => self.units.get(&u.node),
             Segment::Catalog(_) => self.catalog.as_ref(),
+            Segment::RootHandover(h) => self.handovers.get(&h.version),
         }
     }
 
@@ -120,9 +139,15 @@ impl SegmentSet {
                     .iter()
                     .find(|n| n.id == units.node)
                     .ok_or_else(|| refuse("unknown-node", format!("node {} is not in the node tree", units.node)))?;
-                signed
-                    .verify(&node.public_key.0)
-                    .map_err(|_| refuse("segment-signature", format!("the units of {} are not signed by that node's key", units.node)))?;
+                let keys = node.keys_valid_at(&[signed.envelope.created_at_ms]);
+                if !keys.iter().any(|k| signed.verify(&k.0).is_ok()) {
+                    let revoked = node.previous_keys.iter().any(|k| k.revoked_at_ms.is_some() && signed.verify(&k.public_key.0).is_ok());
+                    return Err(if revoked {
+                        refuse("key-revoked", format!("the units of {} are signed with a node key the root revoked", units.node))
+                    } else {
+                        refuse("segment-signature", format!("the units of {} are not signed by a key of that node valid when they were signed", units.node))
+                    });
+                }
                 if let Some(u) = units.units.iter().find(|u| u.address.node_part() != units.node.as_str() || u.address.is_node()) {
                     return Err(refuse("foreign-unit", format!("node {} lists unit {}, which is not its own", units.node, u.address)));
                 }
@@ -137,6 +162,27 @@ impl SegmentSet {
                     .map_err(|_| refuse("segment-signature", "the catalog is not signed by the root key this node pins"))?;
                 // Every schema must compile here too, so no node holds a topic it cannot validate.
                 crate::sharing::CompiledCatalog::compile(catalog).map_err(|e| refuse("malformed-segment", format!("catalog: {e}")))?;
+            }
+            Segment::RootHandover(h) => {
+                // One already held is judged below (known or conflicting), whatever key it came from.
+                if self.handovers.get(&h.version).is_none() {
+                    if h.old_key != *root_key {
+                        return Err(refuse(
+                            "segment-signature",
+                            format!("root handover {} starts from key {}, not from the root key {} this node pins", h.version, h.old_key, root_key),
+                        ));
+                    }
+                    signed
+                        .verify(&root_key.0)
+                        .map_err(|_| refuse("segment-signature", "the root handover is not signed by the root key this node pins"))?;
+                    if h.new_key == h.old_key {
+                        return Err(refuse("malformed-segment", "the root handover names the same key twice"));
+                    }
+                    if let Some(last) = self.handovers.keys().next_back()
+                        && h.version <= *last {
+                            return Err(refuse("stale-segment", format!("root handover {} is older than handover {last} held", h.version)));
+                        }
+                }
             }
         }
         match self.held(&segment) {
@@ -163,6 +209,9 @@ impl SegmentSet {
                 self.units.insert(u.node.clone(), held);
             }
             Segment::Catalog(_) => self.catalog = Some(held),
+            Segment::RootHandover(h) => {
+                self.handovers.insert(h.version, held);
+            }
         }
     }
 }
@@ -300,5 +349,104 @@ mod tests {
         let good = sign(Segment::Units(haizhu), &"gz.haizhu".parse().unwrap(), &test_key(4));
         assert_eq!(set.check(&root_key, &good.signed, &good.payload).unwrap().1, Verdict::Newer);
         assert_eq!(set.directory().unwrap().version(), 1 + 4);
+    }
+
+    /// The tree of `set` with `gz.haizhu` rotated to the key of seed 40, the old key (seed 4) kept
+    /// until `not_after_ms` or revoked at `revoked_at_ms`.
+    fn rotated(set: &SegmentSet, not_after_ms: Option<u64>, revoked_at_ms: Option<u64>) -> SegmentSet {
+        let mut tree = set.tree().unwrap().clone();
+        tree.version += 1;
+        let n = tree.nodes.iter_mut().find(|n| n.id.as_str() == "gz.haizhu").unwrap();
+        n.previous_keys.push(KeyRecord { public_key: n.public_key, not_before_ms: 0, not_after_ms, revoked_at_ms });
+        n.public_key = PublicKey(test_key(40).verifying_key());
+        let mut set = set.clone();
+        set.insert(sign(Segment::Tree(tree), &root(), &test_key(1)));
+        set
+    }
+
+    fn haizhu_units_signed_at(set: &SegmentSet, at_ms: u64, seed: u8) -> Held {
+        let mut units = set.unit_segment(&"gz.haizhu".parse().unwrap()).unwrap().clone();
+        units.version += 1;
+        let (mut envelope, payload) = Segment::Units(units.clone()).envelope(&"gz.haizhu".parse().unwrap());
+        envelope.created_at_ms = at_ms;
+        Held { segment: Segment::Units(units), signed: envelope.sign(&test_key(seed)), payload }
+    }
+
+    #[test]
+    fn after_a_rotation_the_old_node_key_verifies_what_it_signed_before_the_overlap_ended() {
+        let (set, root_key) = signed_set();
+        let end = exchange_wire::now_ms() + 60_000;
+        let set = rotated(&set, Some(end), None);
+        for (at, seed, ok) in [(end - 1, 4, true), (end, 4, false), (end + 5, 40, true), (0, 40, true)] {
+            let h = haizhu_units_signed_at(&set, at, seed);
+            let result = set.check(&root_key, &h.signed, &h.payload);
+            assert_eq!(result.is_ok(), ok, "signed at {at} with seed {seed}: {result:?}");
+            if !ok {
+                assert_eq!(result.unwrap_err().code, "segment-signature");
+            }
+        }
+        let dir = set.directory().unwrap();
+        let haizhu: UnitAddress = "gz.haizhu/_node".parse().unwrap();
+        assert_eq!(dir.signing_keys(&haizhu, &[end - 1]).len(), 2, "both keys during the overlap");
+        assert_eq!(dir.signing_keys(&haizhu, &[end]), vec![PublicKey(test_key(40).verifying_key())]);
+        let old_peer = crate::directory::peer_id_of(&PublicKey(test_key(4).verifying_key()));
+        assert_eq!(dir.node_by_peer_at(&old_peer, end - 1).map(|n| n.id.as_str()), Some("gz.haizhu"));
+        assert!(dir.node_by_peer_at(&old_peer, end).is_none(), "the old identity is refused after the overlap");
+        assert_eq!(dir.next_key_expiry(0), Some(end));
+    }
+
+    #[test]
+    fn a_revoked_node_key_verifies_nothing_whatever_time_it_claims() {
+        let (set, root_key) = signed_set();
+        let now = exchange_wire::now_ms();
+        let set = rotated(&set, Some(now), Some(now));
+        let backdated = haizhu_units_signed_at(&set, 1, 4);
+        assert_eq!(set.check(&root_key, &backdated.signed, &backdated.payload).unwrap_err().code, "key-revoked");
+        let dir = set.directory().unwrap();
+        assert!(dir.signing_keys(&"gz.haizhu/_node".parse().unwrap(), &[1]).iter().all(|k| k.0 != test_key(4).verifying_key()));
+        assert!(dir.signed_with_revoked_node_key(&backdated.signed));
+        let old_peer = crate::directory::peer_id_of(&PublicKey(test_key(4).verifying_key()));
+        assert!(dir.node_by_peer_at(&old_peer, 0).is_none());
+        assert_eq!(dir.node_by_earlier_key(&old_peer).map(|n| n.to_string()), Some("gz.haizhu".into()));
+    }
+
+    #[test]
+    fn a_root_handover_moves_the_pinned_key_and_only_the_pinned_key_can_sign_one() {
+        let (mut set, root_key) = signed_set();
+        let new_root = PublicKey(test_key(50).verifying_key());
+        let handover = |version, old: PublicKey, new: PublicKey, seed| {
+            sign(Segment::RootHandover(exchange_wire::directory::RootHandover { version, old_key: old, new_key: new }), &root(), &test_key(seed))
+        };
+        // Signed by another key than the pinned one, or naming another old key: refused.
+        let forged = handover(1, root_key, new_root, 2);
+        assert_eq!(set.check(&root_key, &forged.signed, &forged.payload).unwrap_err().code, "segment-signature");
+        let elsewhere = handover(1, PublicKey(test_key(2).verifying_key()), new_root, 2);
+        assert_eq!(set.check(&root_key, &elsewhere.signed, &elsewhere.payload).unwrap_err().code, "segment-signature");
+
+        let good = handover(1, root_key, new_root, 1);
+        assert_eq!(set.check(&root_key, &good.signed, &good.payload).unwrap().1, Verdict::Newer);
+        set.insert(good.clone());
+        let pinned = set.root_key(&root_key);
+        assert_eq!(pinned, new_root);
+        assert_eq!(set.check(&pinned, &good.signed, &good.payload).unwrap().1, Verdict::Known, "held: known, whoever pins what");
+        // A second handover with the same version from the old key again: conflicting.
+        let again = handover(1, root_key, PublicKey(test_key(51).verifying_key()), 1);
+        assert_eq!(set.check(&pinned, &again.signed, &again.payload).unwrap_err().code, "conflicting-segment");
+
+        // The tree: now only the new key signs it, and it must make the new key's node the root.
+        let mut tree = set.tree().unwrap().clone();
+        tree.version += 1;
+        tree.nodes[0].previous_keys.push(KeyRecord { public_key: root_key, not_before_ms: 0, not_after_ms: Some(1), revoked_at_ms: None });
+        tree.nodes[0].public_key = new_root;
+        let by_old = sign(Segment::Tree(tree.clone()), &root(), &test_key(1));
+        assert_eq!(set.check(&pinned, &by_old.signed, &by_old.payload).unwrap_err().code, "segment-signature");
+        let by_new = sign(Segment::Tree(tree), &root(), &test_key(50));
+        assert_eq!(set.check(&pinned, &by_new.signed, &by_new.payload).unwrap().1, Verdict::Newer);
+        // A chain: the next handover starts from the new key.
+        let second = handover(2, new_root, PublicKey(test_key(52).verifying_key()), 50);
+        assert_eq!(set.check(&pinned, &second.signed, &second.payload).unwrap().1, Verdict::Newer);
+        set.insert(second);
+        assert_eq!(set.root_key(&root_key), PublicKey(test_key(52).verifying_key()));
+        assert_eq!(set.all().next().unwrap().segment.owner(), "root-handover-1", "handovers go first");
     }
 }

@@ -9,6 +9,7 @@ pub mod codec;
 pub mod identity_and_addresses;
 pub mod protocol;
 pub mod reconcile;
+mod rekey;
 pub mod transport;
 
 use std::collections::{HashMap, HashSet};
@@ -109,6 +110,7 @@ enum Command {
     RespondCheckpoint { channel: ResponseChannel<CheckpointResponse>, response: CheckpointResponse },
     SetPeers { allowed: Vec<PeerId>, neighbours: Vec<Neighbour> },
     Connected { reply: oneshot::Sender<Vec<PeerId>> },
+    Rekey { keypair: identity::Keypair, reply: oneshot::Sender<anyhow::Result<()>> },
 }
 
 /// Cloneable handle to the network task.
@@ -196,6 +198,15 @@ impl Client {
         let _ = self.commands.send(Command::SetPeers { allowed, neighbours }).await;
     }
 
+    /// Restarts the links with a new identity (the node took a new key): the swarm is rebuilt with
+    /// `keypair` on the same listen addresses, with the same allowed peers and neighbours. Requests
+    /// under way fail as unreachable and are retried by their senders; the neighbours re-dial.
+    pub async fn rekey(&self, keypair: identity::Keypair) -> anyhow::Result<()> {
+        let (reply, rx) = oneshot::channel();
+        self.commands.send(Command::Rekey { keypair, reply }).await.map_err(|_| anyhow::anyhow!("the network task has stopped"))?;
+        rx.await.map_err(|_| anyhow::anyhow!("the network task has stopped"))?
+    }
+
     /// Peers connected now.
     pub async fn connected(&self) -> Vec<PeerId> {
         let (reply, rx) = oneshot::channel();
@@ -222,19 +233,8 @@ pub fn new(
     keypair: identity::Keypair,
     cfg: NetworkConfig,
 ) -> anyhow::Result<(Client, mpsc::Receiver<NetworkEvent>, EventLoop)> {
-    let tcp = transport::build(&keypair, cfg.link_timeout)?;
-    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
-        .with_tokio()
-        .with_other_transport(|_| tcp)?
-        .with_behaviour(|_| Behaviour::new(&cfg.bounds))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(cfg.idle_timeout))
-        // A dial stuck on a link that is down (SYNs retransmitted at 1, 3, 7 s …) would otherwise
-        // hold off the next attempt long after the link is back.
-        .with_connection_timeout(cfg.link_timeout)
-        .build();
-    swarm
-        .listen_on(cfg.listen.clone())
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen))?;
+    let settings = rekey::SwarmSettings { idle_timeout: cfg.idle_timeout, link_timeout: cfg.link_timeout, bounds: cfg.bounds.clone() };
+    let swarm = rekey::build_swarm(keypair, &settings, std::slice::from_ref(&cfg.listen))?;
     let (commands, command_rx) = mpsc::channel(256);
     let (event_tx, events) = mpsc::channel(1024);
     let lp = EventLoop {
@@ -250,6 +250,7 @@ pub fn new(
         neighbours: Vec::new(),
         dialing: HashSet::new(),
         peers_known: false,
+        settings,
     };
     Ok((Client { commands }, events, lp))
 }
@@ -269,6 +270,8 @@ pub struct EventLoop {
     dialing: HashSet<PeerId>,
     /// Whether the node has said who may connect ([`Command::SetPeers`]); see [`EventLoop::run`].
     peers_known: bool,
+    /// What the swarm was built with, to build it again with a new identity ([`Command::Rekey`]).
+    settings: rekey::SwarmSettings,
 }
 
 impl EventLoop {
@@ -384,6 +387,18 @@ impl EventLoop {
             }
             Command::Connected { reply } => {
                 let _ = reply.send(self.swarm.connected_peers().copied().collect());
+            }
+            Command::Rekey { keypair, reply } => {
+                // Whoever waits for an answer from the old swarm sees the network as unreachable.
+                (self.pending.clear(), self.pending_traces.clear(), self.pending_pushes.clear(), self.dialing.clear());
+                (self.pending_attachments.clear(), self.pending_reconciles.clear(), self.pending_checkpoints.clear());
+                let neighbours: Vec<_> = self.neighbours.iter().map(|n| (n.peer, n.addresses.clone())).collect();
+                let rebuilt = rekey::rebuild(&mut self.swarm, keypair, &self.settings, &neighbours);
+                for peer in rebuilt.as_ref().map(|p| p.as_slice()).unwrap_or_default() {
+                    let _ = self.events.try_send(NetworkEvent::PeerDown(*peer));
+                }
+                self.dial_neighbours();
+                let _ = reply.send(rebuilt.map(|_| ()));
             }
         }
     }

@@ -394,7 +394,7 @@ impl Engine {
 
     async fn try_send_attachment(&self, hop: &NodeId, a: &Attachment) -> Result<(), Interrupted> {
         use futures::StreamExt;
-        let peer = self.dir.current().node(hop).map(|n| n.peer_id).ok_or_else(|| Interrupted::from(format!("{hop} is not in the directory")))?;
+        let peer = self.peer_for(hop).ok_or_else(|| Interrupted::from(format!("{hop} is not in the directory")))?;
         let ask = |request| async move {
             match self.net.attachment(peer, request).await.map_err(|e| Interrupted::from(e.to_string()))? {
                 AttachmentResponse::Held { complete: true, .. } => Ok(None),

@@ -47,7 +47,7 @@ impl Engine {
     fn checkpoint_parent(&self) -> Option<(NodeId, PeerId)> {
         let dir = self.dir.current();
         let parent = dir.node(&self.here)?.parent.clone()?;
-        let peer = dir.node(&parent)?.peer_id;
+        let peer = self.peer_for(&parent)?;
         Some((parent, peer))
     }
 
@@ -69,7 +69,10 @@ impl Engine {
     /// Compares the local log with `cp`: `None` when the entry it names is there with its hash,
     /// otherwise what differs and what to do.
     async fn differs_from(&self, cp: &SignedCheckpoint, holder: &str) -> Result<Option<String>, StorageError> {
-        if !cp.verify(&self.node_key.verifying_key()) {
+        // Signed with this node's key, or an earlier one it had (not revoked): a rotation does not
+        // make the checkpoints signed before it look forged.
+        let keys = self.dir.current().signing_keys(&exchange_wire::UnitAddress::of_node(&self.here), &[]);
+        if !cp.verify(&self.node_key().verifying_key()) && !keys.iter().any(|k| cp.verify(&k.0)) {
             return Ok(Some(format!("the checkpoint {holder} holds is not signed with this node's key. {WHAT_TO_DO}")));
         }
         let entry = self.store.audit_page(cp.seq - 1, 1).await?.into_iter().next();
@@ -135,9 +138,9 @@ impl Engine {
         if held.as_ref().is_some_and(|cp| cp.seq >= seq) {
             return Ok(());
         }
-        let cp = SignedCheckpoint::sign(&self.node_key, self.here.as_str(), seq, hash, exchange_wire::now_ms());
+        let cp = SignedCheckpoint::sign(&self.node_key(), self.here.as_str(), seq, hash, exchange_wire::now_ms());
         let handed = match self.checkpoint_parent() {
-            None => self.checkpoints.keep(&self.here, &self.node_key.verifying_key(), &cp),
+            None => self.checkpoints.keep(&self.here, &self.node_key().verifying_key(), &cp),
             Some((parent, peer)) => match tokio::time::timeout(Duration::from_secs(10), self.net.checkpoint(peer, CheckpointRequest::Hand(cp))).await {
                 Ok(Ok(CheckpointResponse::Stored)) => Ok(()),
                 Ok(Ok(CheckpointResponse::Refused { reason })) => Err(format!("the parent {parent} refused the checkpoint: {reason}")),
@@ -191,7 +194,7 @@ impl Engine {
                 Ok(cp) => CheckpointResponse::Latest(cp),
                 Err(reason) => CheckpointResponse::Refused { reason },
             },
-            CheckpointRequest::Hand(cp) => match self.checkpoints.keep(&child.id, &child.public_key.0, &cp) {
+            CheckpointRequest::Hand(cp) => match self.checkpoints.keep(&child.id, &child_key(&dir, &child.id, &cp).unwrap_or(child.public_key).0, &cp) {
                 Ok(()) => {
                     count("stored");
                     CheckpointResponse::Stored
@@ -203,4 +206,9 @@ impl Engine {
             },
         }
     }
+}
+
+/// The key of `child` valid now that signed `cp` (its current key, or an earlier one in its overlap).
+fn child_key(dir: &crate::directory::Directory, child: &NodeId, cp: &SignedCheckpoint) -> Option<exchange_wire::PublicKey> {
+    dir.signing_keys(&exchange_wire::UnitAddress::of_node(child), &[exchange_wire::now_ms()]).into_iter().find(|k| cp.verify(&k.0))
 }

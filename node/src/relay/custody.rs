@@ -198,7 +198,7 @@ fn deliver_here(
                     hops: hops.to_vec(),
                 };
                 let (envelope, payload) = report.envelope(env.sender.clone(), env.priority);
-                let signed = envelope.sign(ctx.node_key);
+                let signed = envelope.sign(&ctx.node_key);
                 let follow = Incoming { signed, payload, recipients: vec![env.sender.clone()], from: None, hops: vec![] };
                 match take(ctx, follow) {
                     Ok((f, s)) => {
@@ -342,7 +342,7 @@ mod tests {
     }
 
     fn at<'a>(dir: &'a crate::directory::Directory, here: &'a NodeId, key: &'a SigningKey) -> Context<'a> {
-        Context { here, dir, node_key: key, now_ms: 1_000 }
+        Context { here, dir, node_key: key.clone(), now_ms: 1_000 }
     }
 
     fn incoming(signed: SignedEnvelope, payload: &[u8], recipients: Vec<UnitAddress>, from: Option<&str>) -> Incoming {

@@ -32,17 +32,20 @@ impl Engine {
     /// segment of its own yet, and builds the directory.
     pub(crate) async fn load_directory(self: &Arc<Self>) -> anyhow::Result<()> {
         let mut rows = self.store.segments().await?;
-        // The tree first: unit segments are checked against it.
-        rows.sort_by_key(|r| r.owner != "tree");
+        // Root handovers first, in order (they say which root key signs the tree), then the tree:
+        // unit segments are checked against it.
+        rows.sort_by_key(|r| (!r.owner.starts_with("root-handover-"), r.owner != "tree", r.owner.starts_with("root-handover-").then_some(r.version)));
         let mut set = SegmentSet::default();
         for r in rows {
-            let checked = unparcel(SegmentParcel { header: r.header, signature: r.signature, payload: r.payload })
-                .and_then(|(signed, payload)| set.check(&self.root_key, &signed, &payload).map(|(segment, _)| Held { segment, signed, payload }));
+            let checked = unparcel(SegmentParcel { header: r.header, signature: r.signature, payload: r.payload }).and_then(|(signed, payload)| {
+                set.check(&set.root_key(&self.configured_root_key), &signed, &payload).map(|(segment, _)| Held { segment, signed, payload })
+            });
             match checked {
                 Ok(held) => set.insert(held),
                 Err(e) => tracing::error!(owner = %r.owner, code = e.code, reason = %e.reason, "a stored directory segment does not verify; ignored"),
             }
         }
+        self.pin_root_key(&set);
         self.apply_directory(&set).await;
         *self.segments.lock().await = set;
 
@@ -79,12 +82,12 @@ impl Engine {
     }
 
     pub(crate) fn is_root(&self) -> bool {
-        self.root_key.0 == self.node_key.verifying_key()
+        self.root_key().0 == self.node_key().verifying_key()
     }
 
     /// Signs a segment made here and takes it like any other.
     pub(super) async fn publish(self: &Arc<Self>, segment: Segment) -> Vec<Result<Verdict, SegmentRefusal>> {
-        let held = segments::sign(segment, &self.here, &self.node_key);
+        let held = segments::sign(segment, &self.here, &self.node_key());
         self.accept_segments(None, vec![(held.signed, held.payload)]).await
     }
 
@@ -100,7 +103,7 @@ impl Engine {
         let mut taken = Vec::new();
         let source = from.as_ref().map(|f| f.to_string());
         for (signed, payload) in incoming {
-            match set.check(&self.root_key, &signed, &payload) {
+            match set.check(&self.root_key(), &signed, &payload) {
                 Ok((segment, Verdict::Newer)) => {
                     let row = SegmentRow {
                         owner: segment.owner(),
@@ -124,8 +127,13 @@ impl Engine {
                         continue;
                     }
                     tracing::info!(owner = %segment.owner(), version = segment.version(), from = ?source, "directory segment accepted");
+                    let handover = matches!(segment, Segment::RootHandover(_));
                     let held = Held { segment, signed, payload };
                     set.insert(held.clone());
+                    if handover {
+                        // What follows in this batch (the tree the new key signed) is checked against it.
+                        self.pin_root_key(&set);
+                    }
                     taken.push(held);
                     results.push(Ok(Verdict::Newer));
                 }
@@ -145,17 +153,20 @@ impl Engine {
             let tree_came = taken.iter().any(|h| matches!(h.segment, Segment::Tree(_)));
             drop(set);
             self.push_segments(taken, from.as_ref());
-            if tree_came
-                && let Err(e) = Box::pin(self.publish_units_seed()).await {
+            if tree_came {
+                if let Err(e) = Box::pin(self.publish_units_seed()).await {
                     tracing::error!(error = %e, "cannot publish this node's units");
                 }
+                // The tree may list a new key for this node (a rotation): take it if it is staged.
+                self.check_node_keys();
+            }
         }
         results
     }
 
     /// Rebuilds the directory snapshot from `set`, then the allow list, the links to keep and the
     /// forwarders that follow from it.
-    async fn apply_directory(self: &Arc<Self>, set: &SegmentSet) {
+    pub(super) async fn apply_directory(self: &Arc<Self>, set: &SegmentSet) {
         let dir = match set.directory() {
             Ok(d) => d,
             Err(e) => {
@@ -164,17 +175,21 @@ impl Engine {
             }
         };
         if let Some(me) = dir.node(&self.here)
-            && me.public_key.0 != self.node_key.verifying_key() {
-                tracing::error!(node = %self.here, "the node tree lists another key for this node; check key_file");
+            && me.public_key.0 != self.node_key().verifying_key() {
+                tracing::warn!(node = %self.here, key = %me.public_key, staged = %self.next_key_file().display(),
+                    "the node tree lists another key for this node: it takes the key staged for it, else check key_file");
             }
         self.metrics.directory_version.set(dir.version() as i64);
-        let mut allowed: Vec<PeerId> = dir.nodes().filter(|n| n.id != self.here).map(|n| n.peer_id).collect();
+        let now = exchange_wire::now_ms();
+        // Every node's current identity, and an earlier one while its overlap lasts.
+        let mut allowed: Vec<PeerId> = dir.nodes().filter(|n| n.id != self.here).flat_map(|n| n.peer_ids_at(now)).collect();
         let mut neighbours: Vec<(Option<NodeId>, Neighbour)> = dir
             .neighbours(&self.here)
             .into_iter()
             .map(|n| (Some(n.id.clone()), Neighbour { peer: n.peer_id, addresses: n.addresses.clone() }))
             .collect();
-        if let Some((peer, addresses)) = &self.parent_hint {
+        // A configured parent whose key the tree has since rotated (or revoked) is not the way in.
+        if let Some((peer, addresses)) = self.parent_hint.as_ref().filter(|(p, _)| dir.node_by_earlier_key(p).is_none()) {
             // Until the tree says otherwise, the configured parent is the way into the network.
             if !allowed.contains(peer) {
                 allowed.push(*peer);
@@ -210,7 +225,7 @@ impl Engine {
     /// segments when its link comes up again.
     fn push_segments(self: &Arc<Self>, held: Vec<Held>, except: Option<&NodeId>) {
         let dir = self.dir.current();
-        let mut peers: Vec<PeerId> = dir.neighbours(&self.here).into_iter().filter(|n| Some(&n.id) != except).map(|n| n.peer_id).collect();
+        let mut peers: Vec<PeerId> = dir.neighbours(&self.here).into_iter().filter(|n| Some(&n.id) != except).filter_map(|n| self.peer_for(&n.id)).collect();
         if let Some((peer, _)) = &self.parent_hint
             && !peers.contains(peer) && dir.node_by_peer(peer).map(|n| &n.id) != except {
                 peers.push(*peer);
@@ -242,7 +257,7 @@ impl Engine {
         tick.tick().await;
         loop {
             tick.tick().await;
-            let peers: Vec<PeerId> = self.dir.current().neighbours(&self.here).into_iter().map(|n| n.peer_id).collect();
+            let peers: Vec<PeerId> = self.dir.current().neighbours(&self.here).into_iter().filter_map(|n| self.peer_for(&n.id)).collect();
             for peer in peers {
                 self.push_all_segments(peer).await;
             }
@@ -291,7 +306,7 @@ impl Engine {
 
     // ---- Operators' changes ----
 
-    async fn admin_segment_change(self: &Arc<Self>, segment: Segment, event: &'static str, detail: String) -> Result<AdminActionResponse, Refusal> {
+    pub(super) async fn admin_segment_change(self: &Arc<Self>, segment: Segment, event: &'static str, detail: String) -> Result<AdminActionResponse, Refusal> {
         let version = segment.version();
         let owner = segment.owner();
         match self.publish(segment).await.pop() {
@@ -312,7 +327,9 @@ impl Engine {
     }
 
     /// `exchange-admin nodes add` (root only).
-    pub async fn add_node(self: &Arc<Self>, record: NodeRecord) -> Result<AdminActionResponse, Refusal> {
+    pub async fn add_node(self: &Arc<Self>, mut record: NodeRecord) -> Result<AdminActionResponse, Refusal> {
+        // A new node has no earlier keys: they come only from rotations.
+        record.previous_keys.clear();
         let mut tree = self.current_tree(&*self.segments.lock().await)?;
         if tree.nodes.iter().any(|n| n.id == record.id) {
             return Err(Refusal::new("conflict", 409, format!("node {} is already in the tree", record.id)));
@@ -491,10 +508,11 @@ impl Engine {
                     Segment::Tree(t) => t.nodes.len() as u64,
                     Segment::Units(u) => u.units.len() as u64,
                     Segment::Catalog(c) => c.topics.len() as u64,
+                    Segment::RootHandover(_) => 1,
                 },
             })
             .collect();
-        DirectoryView { version: self.dir.current().version(), root_key: self.root_key.to_hex(), segments }
+        DirectoryView { version: self.dir.current().version(), root_key: self.root_key().to_hex(), segments }
     }
 
     /// `exchange-admin directory verify`: every segment held, re-checked from scratch.
@@ -503,7 +521,7 @@ impl Engine {
         let mut fresh = SegmentSet::default();
         let mut checks = Vec::new();
         for h in set.all() {
-            let result = fresh.check(&self.root_key, &h.signed, &h.payload);
+            let result = fresh.check(&fresh.root_key(&self.configured_root_key), &h.signed, &h.payload);
             checks.push(SegmentCheck {
                 owner: h.segment.owner(),
                 version: h.segment.version(),

@@ -53,7 +53,7 @@ pub async fn run(engine: Arc<Engine>, hop: NodeId, signals: Arc<Signals>) {
     let mut backoff = Backoff::new(Duration::from_millis(cfg.retry_initial_ms), Duration::from_millis(cfg.retry_max_ms));
     let mut limit = BatchLimit::new(cfg.batch_max_messages, cfg.batch_max_bytes);
     loop {
-        let Some(peer) = engine.dir.current().node(&hop).map(|n| n.peer_id) else {
+        let Some(peer) = engine.peer_for(&hop) else {
             tracing::warn!(%hop, "next hop is not in the directory; its outbox waits");
             tokio::select! { _ = signals.work.notified() => {}, _ = tokio::time::sleep(Duration::from_secs(5)) => {} }
             continue;
@@ -290,7 +290,7 @@ impl Engine {
                 reason: format!("{hop} refused it ({code}): {reason}"),
             };
             let (envelope, payload) = report.envelope(env.sender.clone(), env.priority);
-            let signed = envelope.sign(&self.node_key);
+            let signed = envelope.sign(&self.node_key());
             match super::custody::take(&ctx, super::custody::Incoming { signed, payload, recipients: vec![env.sender.clone()], from: None, hops: vec![] }) {
                 Ok((c, summary)) => {
                     out.0.push(c);

@@ -29,7 +29,7 @@ pub struct Incoming {
 pub struct Context<'a> {
     pub here: &'a NodeId,
     pub dir: &'a Directory,
-    pub node_key: &'a SigningKey,
+    pub node_key: SigningKey,
     pub now_ms: u64,
 }
 

@@ -20,6 +20,7 @@ pub mod deadlines;
 pub mod directory_sync;
 pub mod forwarder;
 pub mod handover;
+pub mod node_keys;
 pub mod ingress;
 pub mod operations;
 pub mod push;
@@ -58,6 +59,9 @@ pub use refusal::Refusal;
 #[derive(Debug, Clone, Default)]
 pub struct PeerState {
     pub connected: bool,
+    /// The libp2p identity the neighbour's link came up with: during a key rotation's overlap, its old
+    /// or its new one (see [`Engine::peer_for`]).
+    pub link_peer: Option<PeerId>,
     pub last_seen_ms: Option<u64>,
     pub rtt: Option<Duration>,
 }
@@ -76,10 +80,16 @@ pub struct Engine {
     pub relay_cfg: RelayConfig,
     /// Upper bound on an inbox long-poll.
     pub api_max_wait_ms: u64,
-    pub peer_id: PeerId,
+    /// This node's libp2p identity (its node key's), replaced when the node takes a new key.
+    peer_id: RwLock<PeerId>,
     pub started_at_ms: u64,
-    /// The pinned root key: the trust anchor of the directory.
-    pub root_key: PublicKey,
+    /// The root key in the configuration: the trust anchor the node started from.
+    pub configured_root_key: PublicKey,
+    /// The root key pinned now: the configured one, followed through the root handovers held (see
+    /// `directory::segments::SegmentSet::root_key`).
+    pinned_root_key: RwLock<PublicKey>,
+    /// The node's key file; `<key_file>.next` is a key staged for a rotation (see `node_keys`).
+    key_file: std::path::PathBuf,
     /// The configured parent (peer id and the addresses of its replicas), the way into the network
     /// before the tree is known.
     parent_hint: Option<(PeerId, Vec<Multiaddr>)>,
@@ -92,7 +102,14 @@ pub struct Engine {
     /// Where webhooks may point (see [`webhook_target`]).
     webhook_targets: webhook_target::WebhookTargets,
     policy: PolicyConfig,
-    node_key: SigningKey,
+    /// The node's signing key, replaced when the node takes a new key (see `node_keys`).
+    node_key: RwLock<SigningKey>,
+    /// Serialises changes of this node's key.
+    key_change: tokio::sync::Mutex<()>,
+    /// Wakes the node-key watcher after a new tree (see `node_keys`).
+    key_check: tokio::sync::Notify,
+    /// When a link from each earlier node key was last audited (see `node_keys`).
+    earlier_key_audits: Mutex<HashMap<PeerId, u64>>,
     forwarders: Mutex<HashMap<NodeId, Arc<Signals>>>,
     /// Deadlines of the queries asked here that have no outcome yet (see [`asking`]).
     deadlines: deadlines::Deadlines,
@@ -165,9 +182,11 @@ impl Engine {
             limits: cfg.limits.clone(),
             relay_cfg: cfg.relay.clone(),
             api_max_wait_ms: cfg.api.max_wait_ms,
-            peer_id,
+            peer_id: RwLock::new(peer_id),
             started_at_ms: exchange_wire::now_ms(),
-            root_key: cfg.root_key,
+            configured_root_key: cfg.root_key,
+            pinned_root_key: RwLock::new(cfg.root_key),
+            key_file: cfg.key_file.clone(),
             parent_hint,
             directory_cfg: cfg.directory.clone(),
             segments: tokio::sync::Mutex::new(SegmentSet::default()),
@@ -175,7 +194,10 @@ impl Engine {
             require_auth: cfg.api.require_auth,
             webhook_targets: webhook_target::WebhookTargets::new(cfg.api.webhooks_to_loopback, &cfg.push)?,
             policy: cfg.policy.clone(),
-            node_key,
+            node_key: RwLock::new(node_key),
+            key_change: tokio::sync::Mutex::new(()),
+            key_check: tokio::sync::Notify::new(),
+            earlier_key_audits: Mutex::new(HashMap::new()),
             forwarders: Mutex::new(HashMap::new()),
             recall_reports: tokio::sync::Mutex::new(()),
             pushers: Mutex::new(HashSet::new()),
@@ -232,6 +254,7 @@ impl Engine {
         let engine = self.clone();
         self.tasks.spawn(async move { engine.send_backlogs().await });
         self.tasks.spawn(self.clone().resynchronise_directory(Duration::from_secs(30)));
+        self.tasks.spawn(self.clone().watch_node_keys(Duration::from_secs(1)));
         self.tasks.spawn(self.clone().watch_query_deadlines());
         self.tasks.spawn(self.clone().sweep_uploads_forever());
         Ok(())
@@ -316,6 +339,9 @@ impl Engine {
             E::Refused { peer, inbound } => {
                 self.metrics.connections_refused.with_label_values(&[if *inbound { "inbound" } else { "outbound" }]).inc();
                 tracing::warn!(peer = ?peer, inbound, "connection refused: the peer is not a node of the directory");
+                if let Some(peer) = peer {
+                    self.refused_earlier_key(peer).await;
+                }
                 return;
             }
         };
@@ -325,8 +351,15 @@ impl Engine {
                 self.peers.lock().expect("peers lock").entry(node.clone()).or_default().rtt = Some(*rtt);
                 self.metrics.peer_rtt.with_label_values(&[node.as_str()]).set(rtt.as_secs_f64());
             }
-            // Anything heard from a peer means its link is up.
+            // Anything heard from a peer means its link is up, with that identity.
             self.mark_link(node, !matches!(event, E::PeerDown(_)));
+            let mut peers = self.peers.lock().expect("peers lock");
+            let state = peers.entry(node.clone()).or_default();
+            match &event {
+                E::PeerDown(_) if state.link_peer == Some(peer) => state.link_peer = None,
+                E::PeerDown(_) => {}
+                _ => state.link_peer = Some(peer),
+            }
         }
         match event {
             E::Inbound { peer, request, channel } => {
@@ -373,8 +406,18 @@ impl Engine {
         self.metrics.peer_up.with_label_values(&[node.as_str()]).set(up as i64);
     }
 
+    /// The libp2p identity to reach neighbour `id` by: the one its link is up with, while the
+    /// directory still admits it (during a key rotation's overlap the neighbour may not have taken its
+    /// new key yet), else the identity of its current key.
+    pub(crate) fn peer_for(&self, id: &NodeId) -> Option<PeerId> {
+        let dir = self.dir.current();
+        let node = dir.node(id)?;
+        let linked = self.peers.lock().expect("peers lock").get(id).filter(|s| s.connected).and_then(|s| s.link_peer);
+        Some(linked.filter(|p| node.peer_ids_at(exchange_wire::now_ms()).contains(p)).unwrap_or(node.peer_id))
+    }
+
     fn context<'a>(&'a self, dir: &'a Directory) -> Context<'a> {
-        Context { here: &self.here, dir, node_key: &self.node_key, now_ms: exchange_wire::now_ms() }
+        Context { here: &self.here, dir, node_key: self.node_key(), now_ms: exchange_wire::now_ms() }
     }
 
     /// Records refusals: a metric, a log line and an audit entry for each. `source` is `agency` or the
@@ -489,7 +532,7 @@ impl Engine {
                     .collect(),
             };
             let (envelope, payload) = report.envelope(sender, priority);
-            let signed = envelope.sign(&self.node_key);
+            let signed = envelope.sign(&self.node_key());
             let recipients = vec![signed.envelope.to[0].clone()];
             match custody::take(&ctx, custody::Incoming { signed, payload, recipients, from: None, hops: vec![] }) {
                 Ok((mut c, s)) => {

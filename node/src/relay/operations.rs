@@ -29,7 +29,7 @@ impl Engine {
             tier: me.map(|n| n.tier.clone()).unwrap_or_default(),
             parent: me.and_then(|n| n.parent.clone()),
             children: dir.children(&self.here).into_iter().map(|n| n.id.clone()).collect(),
-            peer_id: self.peer_id.to_string(),
+            peer_id: self.peer_id().to_string(),
             directory_version: dir.version(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             started_at_ms: self.started_at_ms,
@@ -110,9 +110,9 @@ impl Engine {
             .filter(|p| Some(p) != asker && p != &self.here)
             .collect();
         let mut unreachable = Vec::new();
-        let dir = self.dir.current();
+
         for node in onward {
-            let Some(peer) = dir.node(&node).map(|n| n.peer_id) else {
+            let Some(peer) = self.peer_for(&node) else {
                 unreachable.push(node);
                 continue;
             };

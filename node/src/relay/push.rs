@@ -204,7 +204,7 @@ impl Engine {
                 continue;
             }
             let body = serde_json::to_vec(&WebhookDelivery { node: self.here.clone(), unit: unit.clone(), items }).expect("serialises");
-            let signature = hex::encode(self.node_key.sign(&body).to_bytes());
+            let signature = hex::encode(self.node_key().sign(&body).to_bytes());
             let node = self.here.to_string();
             let target = url.clone();
             let targets = self.webhook_targets.clone();

@@ -90,7 +90,7 @@ impl Engine {
                     continue;
                 }
                 let node = report.neighbours[i].node.clone();
-                let Some(peer) = self.dir.current().node(&node).map(|n| n.peer_id) else {
+                let Some(peer) = self.peer_for(&node) else {
                     report.neighbours[i].error = Some("no longer in the node tree: not asked".into());
                     continue;
                 };

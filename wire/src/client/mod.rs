@@ -508,6 +508,22 @@ impl ApiClient {
         self.post(&format!("/admin/v1/nodes/{node}:remove"), &serde_json::Map::new())
     }
 
+    /// Gives a node a new key in the tree, the old one kept for an overlap or revoked (admin API of
+    /// the root node).
+    pub fn rotate_node_key(&self, node: &NodeId, rotate: &RotateKey) -> Result<AdminActionResponse, ClientError> {
+        self.post(&format!("/admin/v1/nodes/{node}:rotate-key"), rotate)
+    }
+
+    /// Hands the root key over to the key staged on the root node (admin API of the root node).
+    pub fn hand_over_root(&self, request: &crate::api::RootHandoverRequest) -> Result<AdminActionResponse, ClientError> {
+        self.post("/admin/v1/directory:hand-over-root", request)
+    }
+
+    /// Makes the node take the key staged in its `<key_file>.next` now (admin API).
+    pub fn take_staged_key(&self) -> Result<AdminActionResponse, ClientError> {
+        self.post("/admin/v1/directory:take-key", &serde_json::Map::new())
+    }
+
     /// The units in the directory, or only those of `node` (admin API).
     pub fn units(&self, node: Option<&NodeId>) -> Result<UnitsResponse, ClientError> {
         let query: Vec<(&str, String)> = node.map(|n| ("node", n.to_string())).into_iter().collect();

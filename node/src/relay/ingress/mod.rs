@@ -455,7 +455,9 @@ async fn verify(dir: &Arc<Directory>, candidates: &[Candidate], at_ingress: bool
             r.map_err(|e| {
                 // Signed with a key the unit had, but not one valid for this envelope: say so.
                 let sender = &c.signed.envelope.sender;
-                if dir.signing_keys(sender, &[]).iter().any(|k| c.signed.verify(&k.0).is_ok()) {
+                if dir.signed_with_revoked_node_key(&c.signed) {
+                    Refusal::new("key-revoked", 403, format!("the envelope is signed with a key of {sender} that the root revoked"))
+                } else if dir.signing_keys(sender, &[]).iter().any(|k| c.signed.verify(&k.0).is_ok()) {
                     Refusal::new(
                         "key-not-valid",
                         403,

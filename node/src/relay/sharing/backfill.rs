@@ -40,7 +40,7 @@ impl Engine {
                 record,
             };
             let (envelope, payload) = d.envelope(&self.here, vec![subscriber.clone()]);
-            let signed = envelope.sign(&self.node_key);
+            let signed = envelope.sign(&self.node_key());
             let (c, s) = custody::take(ctx, Incoming { signed, payload, recipients: vec![subscriber.clone()], from: None, hops: vec![] })?;
             messages.push(c);
             summaries.push(s);

@@ -161,7 +161,7 @@ mod tests {
 
     fn take_at_haizhu(m: Incoming) -> Result<(Custody, Summary), Refusal> {
         let (dir, here, key) = (test_tree(), "gz.haizhu".parse().unwrap(), test_key(4));
-        let ctx = Context { here: &here, dir: &dir, node_key: &key, now_ms: 1_000 };
+        let ctx = Context { here: &here, dir: &dir, node_key: key.clone(), now_ms: 1_000 };
         custody::take(&ctx, m)
     }
 

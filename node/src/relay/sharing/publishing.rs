@@ -192,7 +192,7 @@ impl Engine {
                     record: SignedMessage::new(&r.signed, &r.payload),
                 };
                 let (envelope, dpayload) = d.envelope(&self.here, recipients.clone());
-                let dsigned = envelope.sign(&self.node_key);
+                let dsigned = envelope.sign(&self.node_key());
                 match custody::take(&ctx, Incoming { signed: dsigned, payload: dpayload, recipients: recipients.clone(), from: None, hops: vec![] }) {
                     Ok((c, s)) => (Some(Box::new(c)), s),
                     Err(refusal) => {

@@ -215,7 +215,7 @@ impl Engine {
             request_id: Digest(row.request_id),
         };
         let (envelope, payload) = decision.envelope(&self.here);
-        let signed = envelope.sign(&self.node_key);
+        let signed = envelope.sign(&self.node_key());
         let (c, s) = custody::take(&ctx, Incoming { signed, payload, recipients: vec![subscriber.clone()], from: None, hops: vec![] })?;
         messages.push(c);
         summaries.push(s);
