@@ -86,6 +86,9 @@ pub struct BenchArgs {
     /// every node's peak resident memory.
     #[arg(long, value_name = "MIB")]
     pub attachment_mib: Option<u64>,
+    /// The peer in the same run (`--peer nats`), `--sweep` and the plots: see [`crate::bench_compare`].
+    #[command(flatten)]
+    pub compare: crate::bench_compare::CompareArgs,
 }
 
 impl BenchArgs {
@@ -103,6 +106,15 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if let Some(mib) = args.attachment_mib {
         return crate::bench_attachment::run(&args, mib);
     }
+    if !args.compare.sweep.is_empty() {
+        return crate::bench_compare::sweep(&args);
+    }
+    run_one(&args).map(|_| ())
+}
+
+/// One run of the nodes (and of the peer, with `--peer`): prints it, writes the JSON and the latency
+/// plot, and returns the JSON.
+pub(crate) fn run_one(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
     if args.messages == 0 {
         bail!("--messages must be at least 1");
     }
@@ -138,6 +150,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         if args.sign_for() { ", every one signed for" } else { ", no receipts" }
     );
 
+    let nats = crate::bench_compare::find_peer(args)?;
+
     // 1. The peer: the protocol's own floor, measured here before any node runs.
     let floor = Floor::measure(args.size);
     let counts = FloorCounts::new(args.sign_for());
@@ -160,10 +174,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let binary = std::env::current_exe().context("cannot find the exchange-node binary")?;
     let mut net = LocalNetwork::create(&binary, args.dir.as_deref(), &NODES, &args.node_config)?;
     let outcome = match net.start_all() {
-        Ok(()) => run_on(&net, &args, &floor, &counts),
+        Ok(()) => run_on(&net, args, &floor, &counts),
         Err(e) => Err(e),
     };
-    let outcome = match outcome {
+    let mut outcome = match outcome {
         Ok(r) => r,
         Err(e) => {
             for id in NODES {
@@ -186,6 +200,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         let root = net.keep_files();
         println!("   files kept in {}", root.display());
     }
+    if outcome.errors.is_empty() {
+        crate::bench_compare::after_nodes(args, nats.as_ref(), &mut outcome.json, &outcome.latencies)?;
+    }
     std::fs::write(&args.json, serde_json::to_vec_pretty(&outcome.json)?)
         .with_context(|| format!("cannot write {}", args.json.display()))?;
     println!("   result written to {}", args.json.display());
@@ -197,13 +214,15 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         bail!("{} problem(s); the numbers above are not valid", outcome.errors.len());
     }
     println!("== Benchmark finished: every document delivered exactly once{}", if args.sign_for() { ", every receipt returned" } else { "" });
-    Ok(())
+    Ok(outcome.json)
 }
 
 /// The result of a run that got as far as measuring.
 struct Outcome {
     json: serde_json::Value,
     errors: Vec<String>,
+    /// Submit → delivered latency of every delivered message, ms, sorted (for the plot).
+    latencies: Vec<f64>,
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -314,7 +333,7 @@ impl Floor {
 // Payloads and pre-signing.
 
 /// `size` bytes of deterministic pseudo-random text for message `i` (letters, digits, spaces, newlines).
-fn make_payload(i: usize, size: usize) -> Vec<u8> {
+pub(crate) fn make_payload(i: usize, size: usize) -> Vec<u8> {
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789      ,.\n";
     let mut state = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
     let mut out = Vec::with_capacity(size);
@@ -360,7 +379,7 @@ fn units_of(net: &LocalNetwork, node: &str) -> Vec<UnitAddress> {
 // ---------------------------------------------------------------------------------------------------
 // Process CPU time and metrics.
 
-fn clock_ticks_per_second() -> f64 {
+pub(crate) fn clock_ticks_per_second() -> f64 {
     std::process::Command::new("getconf")
         .arg("CLK_TCK")
         .output()
@@ -372,7 +391,7 @@ fn clock_ticks_per_second() -> f64 {
 }
 
 /// utime + stime of a process, in clock ticks (fields 14 and 15 of `/proc/<pid>/stat`).
-fn cpu_ticks(pid: &str) -> anyhow::Result<u64> {
+pub(crate) fn cpu_ticks(pid: &str) -> anyhow::Result<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("cannot read /proc/{pid}/stat"))?;
     // The command name (field 2) is in parentheses and may contain spaces: count from after it.
     let rest = &stat[stat.rfind(')').context("unexpected /proc stat format")? + 1..];
@@ -621,7 +640,7 @@ fn sign_page(shared: &Shared, plan: &Plan, client: &ApiClient, r: usize, indices
 }
 
 /// Percentile (nearest rank) of sorted values.
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -962,7 +981,7 @@ fn run_on(net: &LocalNetwork, args: &BenchArgs, floor: &Floor, counts: &FloorCou
             "target_ratio": 2.5,
         },
     });
-    Ok(Outcome { json, errors })
+    Ok(Outcome { json, errors, latencies })
 }
 
 #[cfg(test)]
