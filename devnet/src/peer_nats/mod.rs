@@ -22,6 +22,7 @@ pub mod client;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
+use std::os::unix::process::CommandExt as _;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -198,7 +199,17 @@ pub fn run(server: &NatsServer, args: &NatsArgs, dir: &Path, work: &Workload) ->
         let conf_path = dir.join(format!("{name}.conf"));
         std::fs::write(&conf_path, conf).with_context(|| format!("cannot write {}", conf_path.display()))?;
         let log = dir.join(format!("{name}.log"));
-        let child = Command::new(&server.path)
+        let mut command = Command::new(&server.path);
+        // If the benchmark itself dies (Ctrl-C, kill), the kernel kills the servers with it; otherwise
+        // `Servers` kills them when the run ends, also on error.
+        // SAFETY: prctl is async-signal-safe and touches nothing of the parent's state.
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = command
             .arg("-c")
             .arg(&conf_path)
             .arg("-l")
@@ -300,12 +311,14 @@ async fn measure(hub: SocketAddr, leaf_a: SocketAddr, leaf_b: SocketAddr, pids: 
     });
     let ticks = crate::bench::clock_ticks_per_second();
     let cpu_before: Vec<u64> = pids.iter().map(|p| crate::bench::cpu_ticks(&p.to_string())).collect::<anyhow::Result<_>>()?;
+    let self_before = crate::bench::cpu_ticks("self")?;
     let deadline = Duration::from_secs(120 + n as u64 / 1000);
 
     let consumer = consume(b.clone(), shared.clone(), work, deadline);
     let publisher = publish(a.clone(), shared.clone(), work, window, deadline);
     let (consumed, published) = tokio::join!(consumer, publisher);
     let cpu_after: Vec<u64> = pids.iter().map(|p| crate::bench::cpu_ticks(&p.to_string())).collect::<anyhow::Result<_>>()?;
+    let client_cpu_s = crate::bench::cpu_ticks("self")?.saturating_sub(self_before) as f64 / ticks;
     published?;
     consumed?;
 
@@ -354,7 +367,7 @@ async fn measure(hub: SocketAddr, leaf_a: SocketAddr, leaf_b: SocketAddr, pids: 
             "max": latencies.last().copied(),
         },
         "servers": names.iter().zip(&cpu_s).map(|(s, c)| json!({"server": s, "cpu_seconds": c, "cpu_us_per_message": c * 1e6 / n as f64})).collect::<Vec<_>>(),
-        "cpu": { "all_servers_seconds": total_cpu, "all_servers_us_per_message": cpu_us },
+        "cpu": { "all_servers_seconds": total_cpu, "all_servers_us_per_message": cpu_us, "benchmark_process_seconds": client_cpu_s },
         "stored": { "DOCS_A": stored[0], "DOCS_HUB": stored[1], "DOCS_B": stored[2] },
         "publish_acks": shared.acked.load(Ordering::SeqCst),
         "duplicates": duplicates,
