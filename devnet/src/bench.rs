@@ -21,6 +21,9 @@
 //!    counts N receipts returned.
 //! 5. CPU time of each node process (from `/proc/<pid>/stat`) over the timed phase, group-commit sizes
 //!    from each node's `/metrics`, latency percentiles from the benchmark's own clocks.
+//! 6. With `--peer nats`, NATS JetStream runs the same messages in the same topology right after the
+//!    nodes ([`crate::bench_compare`], [`crate::peer_nats`]); the latency distribution is drawn next to
+//!    the JSON, and `--sweep` repeats everything per offered rate.
 //!
 //! It prints a summary and writes everything as JSON. It exits non-zero if anything did not arrive
 //! exactly once within the deadline, or a node refused anything.
@@ -200,12 +203,12 @@ pub(crate) fn run_one(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
         let root = net.keep_files();
         println!("   files kept in {}", root.display());
     }
-    if outcome.errors.is_empty() {
-        crate::bench_compare::after_nodes(args, nats.as_ref(), &mut outcome.json, &outcome.latencies)?;
-    }
+    // The peer and the plot; if they fail, the nodes' numbers are still written.
+    let compared = if outcome.errors.is_empty() { crate::bench_compare::after_nodes(args, nats.as_ref(), &mut outcome.json, &outcome.latencies) } else { Ok(()) };
     std::fs::write(&args.json, serde_json::to_vec_pretty(&outcome.json)?)
         .with_context(|| format!("cannot write {}", args.json.display()))?;
     println!("   result written to {}", args.json.display());
+    compared?;
     if !outcome.errors.is_empty() {
         eprintln!("== Benchmark FAILED:");
         for e in &outcome.errors {
