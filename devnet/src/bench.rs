@@ -21,6 +21,9 @@
 //!    counts N receipts returned.
 //! 5. CPU time of each node process (from `/proc/<pid>/stat`) over the timed phase, group-commit sizes
 //!    from each node's `/metrics`, latency percentiles from the benchmark's own clocks.
+//! 6. With `--peer nats`, NATS JetStream runs the same messages in the same topology right after the
+//!    nodes ([`crate::bench_compare`], [`crate::peer_nats`]); the latency distribution is drawn next to
+//!    the JSON, and `--sweep` repeats everything per offered rate.
 //!
 //! It prints a summary and writes everything as JSON. It exits non-zero if anything did not arrive
 //! exactly once within the deadline, or a node refused anything.
@@ -98,6 +101,9 @@ pub struct BenchArgs {
     /// takes over, the killed one is started again as the standby. The JSON gets `failover_ms`.
     #[arg(long, value_name = "SECS")]
     pub kill_active_every: Option<u64>,
+    /// The peer in the same run (`--peer nats`), `--sweep` and the plots: see [`crate::bench_compare`].
+    #[command(flatten)]
+    pub compare: crate::bench_compare::CompareArgs,
 }
 
 impl BenchArgs {
@@ -115,6 +121,15 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if let Some(mib) = args.attachment_mib {
         return crate::bench_attachment::run(&args, mib);
     }
+    if !args.compare.sweep.is_empty() {
+        return crate::bench_compare::sweep(&args);
+    }
+    run_one(&args).map(|_| ())
+}
+
+/// One run of the nodes (and of the peer, with `--peer`): prints it, writes the JSON and the latency
+/// plot, and returns the JSON.
+pub(crate) fn run_one(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
     if args.messages == 0 {
         bail!("--messages must be at least 1");
     }
@@ -156,6 +171,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         if args.sign_for() { ", every one signed for" } else { ", no receipts" }
     );
 
+    let nats = crate::bench_compare::find_peer(args)?;
+
     // 1. The peer: the protocol's own floor, measured here before any node runs.
     let floor = Floor::measure(args.size);
     let counts = FloorCounts::new(args.sign_for());
@@ -178,12 +195,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let binary = std::env::current_exe().context("cannot find the exchange-node binary")?;
     let mut net = LocalNetwork::create(&binary, args.dir.as_deref(), &NODES, &args.node_config)?;
     // The city's database (with --database-url) is dropped once its nodes are stopped.
-    let (database, replicas) = crate::bench_failover::prepare(&mut net, &args)?;
+    let (database, replicas) = crate::bench_failover::prepare(&mut net, args)?;
     let outcome = match net.start_all().and_then(|()| crate::bench_failover::start_standbys(&mut net, &replicas)) {
-        Ok(()) => run_on(&mut net, &args, &floor, &counts, &replicas),
+        Ok(()) => run_on(&mut net, args, &floor, &counts, &replicas),
         Err(e) => Err(e),
     };
-    let outcome = match outcome {
+    let mut outcome = match outcome {
         Ok(r) => r,
         Err(e) => {
             for id in NODES {
@@ -206,9 +223,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         let root = net.keep_files();
         println!("   files kept in {}", root.display());
     }
+    // The peer and the plot; if they fail, the nodes' numbers are still written.
+    let compared = if outcome.errors.is_empty() { crate::bench_compare::after_nodes(args, nats.as_ref(), &mut outcome.json, &outcome.latencies) } else { Ok(()) };
     std::fs::write(&args.json, serde_json::to_vec_pretty(&outcome.json)?)
         .with_context(|| format!("cannot write {}", args.json.display()))?;
     println!("   result written to {}", args.json.display());
+    compared?;
     if !outcome.errors.is_empty() {
         eprintln!("== Benchmark FAILED:");
         for e in &outcome.errors {
@@ -219,13 +239,15 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     println!("== Benchmark finished: every document delivered exactly once{}", if args.sign_for() { ", every receipt returned" } else { "" });
     drop(net);
     drop(database);
-    Ok(())
+    Ok(outcome.json)
 }
 
 /// The result of a run that got as far as measuring.
 struct Outcome {
     json: serde_json::Value,
     errors: Vec<String>,
+    /// Submit → delivered latency of every delivered message, ms, sorted (for the plot).
+    latencies: Vec<f64>,
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -336,7 +358,7 @@ impl Floor {
 // Payloads and pre-signing.
 
 /// `size` bytes of deterministic pseudo-random text for message `i` (letters, digits, spaces, newlines).
-fn make_payload(i: usize, size: usize) -> Vec<u8> {
+pub(crate) fn make_payload(i: usize, size: usize) -> Vec<u8> {
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789      ,.\n";
     let mut state = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
     let mut out = Vec::with_capacity(size);
@@ -382,7 +404,7 @@ fn units_of(net: &LocalNetwork, node: &str) -> Vec<UnitAddress> {
 // ---------------------------------------------------------------------------------------------------
 // Process CPU time and metrics.
 
-fn clock_ticks_per_second() -> f64 {
+pub(crate) fn clock_ticks_per_second() -> f64 {
     std::process::Command::new("getconf")
         .arg("CLK_TCK")
         .output()
@@ -394,7 +416,7 @@ fn clock_ticks_per_second() -> f64 {
 }
 
 /// utime + stime of a process, in clock ticks (fields 14 and 15 of `/proc/<pid>/stat`).
-fn cpu_ticks(pid: &str) -> anyhow::Result<u64> {
+pub(crate) fn cpu_ticks(pid: &str) -> anyhow::Result<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("cannot read /proc/{pid}/stat"))?;
     // The command name (field 2) is in parentheses and may contain spaces: count from after it.
     let rest = &stat[stat.rfind(')').context("unexpected /proc stat format")? + 1..];
@@ -642,13 +664,13 @@ fn sign_page(shared: &Shared, plan: &Plan, client: &ApiClient, r: usize, indices
     }
 }
 
-/// Percentile (nearest rank) of sorted values.
 /// Documents not delivered (duplicates are counted apart, not here).
 fn plan_lost(n: usize, delivered: usize) -> usize {
     n.saturating_sub(delivered)
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+/// Percentile (nearest rank) of sorted values.
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -1002,7 +1024,7 @@ fn run_on(net: &mut LocalNetwork, args: &BenchArgs, floor: &Floor, counts: &Floo
             "target_ratio": 2.5,
         },
     });
-    Ok(Outcome { json, errors })
+    Ok(Outcome { json, errors, latencies })
 }
 
 #[cfg(test)]
