@@ -3,6 +3,8 @@
 //! here awaits storage or verifies signatures: the event loop only moves bytes, so a slow disk can
 //! never stall the links.
 
+mod addresses;
+pub use addresses::{split_peer_address, split_peer_addresses};
 pub mod behaviour;
 pub mod checkpoint;
 pub mod codec;
@@ -78,38 +80,6 @@ pub fn peer_id_of(key: &exchange_wire::PublicKey) -> PeerId {
 /// The link keypair of a node key.
 pub fn keypair_of(node_key: &ed25519_dalek::SigningKey) -> Result<libp2p::identity::Keypair, libp2p::identity::DecodingError> {
     libp2p::identity::Keypair::ed25519_from_bytes(node_key.to_bytes())
-}
-
-/// Splits a parent address (`.../p2p/<peer id>`) into the peer id and the address to dial.
-pub fn split_peer_address(text: &str) -> Result<(PeerId, Multiaddr), String> {
-    use libp2p::multiaddr::Protocol;
-    let mut addr: Multiaddr = text.parse().map_err(|e| format!("{text:?} is not a multiaddress: {e}"))?;
-    match addr.pop() {
-        Some(Protocol::P2p(peer)) => Ok((peer, addr)),
-        _ => Err(format!("{text:?} must end in /p2p/<peer-id> (the parent's peer id, printed by its exchange-node keygen)")),
-    }
-}
-
-/// Splits a list of parent addresses, separated by commas, into the parent's peer id and the
-/// addresses to dial: the addresses of the replicas of one node (an active city node and its
-/// standby), which share the node's key and so its peer id. All must name the same peer id.
-pub fn split_peer_addresses(text: &str) -> Result<(PeerId, Vec<Multiaddr>), String> {
-    let mut peer = None;
-    let mut addresses = Vec::new();
-    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (p, a) = split_peer_address(part)?;
-        match peer {
-            Some(first) if first != p => {
-                return Err(format!(
-                    "lists two peer ids ({first} and {p}): the addresses are the replicas of one node, which share its key and peer id"
-                ));
-            }
-            _ => peer = Some(p),
-        }
-        addresses.push(a);
-    }
-    let peer = peer.ok_or_else(|| "is empty: give the parent's address, ending in /p2p/<peer-id>".to_string())?;
-    Ok((peer, addresses))
 }
 
 pub enum NetworkEvent {
