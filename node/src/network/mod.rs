@@ -3,10 +3,11 @@
 //! here awaits storage or verifies signatures: the event loop only moves bytes, so a slow disk can
 //! never stall the links.
 
+mod addresses;
+pub use addresses::{split_peer_address, split_peer_addresses};
 pub mod behaviour;
 pub mod checkpoint;
 pub mod codec;
-pub mod identity_and_addresses;
 pub mod protocol;
 pub mod reconcile;
 mod rekey;
@@ -70,7 +71,16 @@ pub struct Reply<T>(ResponseChannel<T>);
 /// A neighbour's identity on the links and a link address, as the rest of the node names them.
 pub use libp2p::{Multiaddr, PeerId};
 
-pub use identity_and_addresses::{keypair_of, peer_id_of, split_peer_address, split_peer_addresses};
+/// The libp2p identity of a node key.
+pub fn peer_id_of(key: &exchange_wire::PublicKey) -> PeerId {
+    let pk = libp2p::identity::ed25519::PublicKey::try_from_bytes(key.0.as_bytes()).expect("valid ed25519 key");
+    libp2p::identity::PublicKey::from(pk).to_peer_id()
+}
+
+/// The link keypair of a node key.
+pub fn keypair_of(node_key: &ed25519_dalek::SigningKey) -> Result<libp2p::identity::Keypair, libp2p::identity::DecodingError> {
+    libp2p::identity::Keypair::ed25519_from_bytes(node_key.to_bytes())
+}
 
 /// What the network reports to the node.
 pub enum NetworkEvent {

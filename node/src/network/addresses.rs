@@ -1,18 +1,7 @@
-//! A node's libp2p identity (derived from its node key, so the directory's key names the peer) and
-//! the parent addresses an operator writes (`.../p2p/<peer id>`, one per replica of the parent).
+//! A parent's address from the configuration (`parent_address`): its peer id and the addresses to
+//! dial, several when the parent runs as replicas (an active city node and its standby, one peer id).
 
 use libp2p::{Multiaddr, PeerId};
-
-/// The libp2p identity of a node key.
-pub fn peer_id_of(key: &exchange_wire::PublicKey) -> PeerId {
-    let pk = libp2p::identity::ed25519::PublicKey::try_from_bytes(key.0.as_bytes()).expect("valid ed25519 key");
-    libp2p::identity::PublicKey::from(pk).to_peer_id()
-}
-
-/// The link keypair of a node key.
-pub fn keypair_of(node_key: &ed25519_dalek::SigningKey) -> Result<libp2p::identity::Keypair, libp2p::identity::DecodingError> {
-    libp2p::identity::Keypair::ed25519_from_bytes(node_key.to_bytes())
-}
 
 /// Splits a parent address (`.../p2p/<peer id>`) into the peer id and the address to dial.
 pub fn split_peer_address(text: &str) -> Result<(PeerId, Multiaddr), String> {
@@ -44,4 +33,29 @@ pub fn split_peer_addresses(text: &str) -> Result<(PeerId, Vec<Multiaddr>), Stri
     }
     let peer = peer.ok_or_else(|| "is empty: give the parent's address, ending in /p2p/<peer-id>".to_string())?;
     Ok((peer, addresses))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer() -> PeerId {
+        let mut seed = [0u8; 32];
+        getrandom::fill(&mut seed).expect("random bytes");
+        libp2p::identity::Keypair::ed25519_from_bytes(seed).expect("an ed25519 key").public().to_peer_id()
+    }
+
+    #[test]
+    fn the_replicas_of_one_parent_share_its_peer_id() {
+        let (p, q) = (peer(), peer());
+        let (got, addresses) = split_peer_addresses(&format!("/ip4/10.0.0.5/tcp/7000/p2p/{p}, /ip4/10.0.0.6/tcp/7000/p2p/{p}")).unwrap();
+        assert_eq!(got, p);
+        assert_eq!(addresses, vec!["/ip4/10.0.0.5/tcp/7000".parse::<Multiaddr>().unwrap(), "/ip4/10.0.0.6/tcp/7000".parse().unwrap()]);
+        let one = split_peer_addresses(&format!("/ip4/10.0.0.5/tcp/7000/p2p/{p}")).unwrap();
+        assert_eq!(one.1.len(), 1);
+        let e = split_peer_addresses(&format!("/ip4/10.0.0.5/tcp/7000/p2p/{p},/ip4/10.0.0.6/tcp/7000/p2p/{q}")).unwrap_err();
+        assert!(e.contains("two peer ids"), "{e}");
+        assert!(split_peer_addresses(" , ").unwrap_err().contains("is empty"));
+        assert!(split_peer_addresses("/ip4/10.0.0.5/tcp/7000").unwrap_err().contains("/p2p/"));
+    }
 }
