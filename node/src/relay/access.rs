@@ -10,7 +10,7 @@ use exchange_wire::directory::UnitStatus;
 use exchange_wire::{Kind, UnitAddress};
 use sha2::{Digest, Sha256};
 
-pub use super::tokens::TokenEntry;
+pub use super::tokens::{Access, TokenEntry};
 use super::{Engine, Refusal};
 use crate::config::PolicyConfig;
 use crate::directory::Directory;
@@ -44,22 +44,22 @@ fn token_hash(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
+
 impl Engine {
+    /// Refuses a message the access policy does not allow (see [`check_policy`]).
+    pub(crate) fn check_access(&self, dir: &Directory, sender: &UnitAddress, recipient: &UnitAddress, kind: Kind) -> Result<(), Refusal> {
+        check_policy(self.access.policy(), dir, sender, recipient, kind)
+    }
+
     /// Loads the token hashes into memory (every agency request is checked against them).
     pub(crate) async fn load_tokens(&self) -> anyhow::Result<()> {
-        let rows = self.store.tokens().await?;
-        let mut map = self.tokens.write().expect("tokens lock");
-        for t in rows {
-            if let Ok(unit) = t.unit.parse() {
-                map.insert(t.hash, TokenEntry { id: t.id, unit, revoked: t.revoked_at_ms.is_some() });
-            }
-        }
+        self.access.load(self.store.tokens().await?);
         Ok(())
     }
 
     /// Who is calling, from the `Authorization` header.
     pub fn authenticate(&self, authorization: Option<&str>) -> Result<Caller, Refusal> {
-        if !self.require_auth {
+        if !self.access.requires_auth() {
             return Ok(Caller::Anyone);
         }
         let hint = "send Authorization: Bearer <token>, with a token issued for your unit by this node's operator (exchange-admin tokens issue); in the CLI, --token or EXCHANGE_TOKEN";
@@ -69,8 +69,8 @@ impl Engine {
             .map(|(_, t)| t.trim())
             .filter(|t| !t.is_empty())
             .ok_or_else(|| Refusal::new("unauthenticated", 401, format!("this node requires a unit token: {hint}")))?;
-        let (unit, revoked_token) = match self.tokens.read().expect("tokens lock").get(&token_hash(token)) {
-            Some(t) => (t.unit.clone(), t.revoked.then(|| t.id.clone())),
+        let (unit, revoked_token) = match self.access.lookup(&token_hash(token)) {
+            Some(found) => found,
             None => return Err(Refusal::new("unauthenticated", 401, format!("the token is not one this node issued: {hint}"))),
         };
         // A revoked unit's tokens die with it, whatever their own state: the directory is read on
@@ -129,9 +129,7 @@ impl Engine {
                 transient: true,
             });
         }
-        for t in self.tokens.write().expect("tokens lock").values_mut().filter(|t| &t.unit == unit) {
-            t.revoked = true;
-        }
+        self.access.mark_revoked(|t| &t.unit == unit);
         Ok(())
     }
 
@@ -162,7 +160,7 @@ impl Engine {
         };
         let event = self.admin_event("tokens-issue", format!("token {id} for {} ({})", req.unit, req.label));
         self.commit_admin(AdminOp::IssueToken(row), event).await?;
-        self.tokens.write().expect("tokens lock").insert(hash, TokenEntry { id: id.clone(), unit: req.unit.clone(), revoked: false });
+        self.access.insert(hash, TokenEntry { id: id.clone(), unit: req.unit.clone(), revoked: false });
         Ok(IssuedToken { id, unit: req.unit, token })
     }
 
@@ -173,9 +171,7 @@ impl Engine {
         if n == 0 {
             return Err(Refusal::new("not-found", 404, format!("no live token with id {id} on this node")));
         }
-        for t in self.tokens.write().expect("tokens lock").values_mut().filter(|t| t.id == id) {
-            t.revoked = true;
-        }
+        self.access.mark_revoked(|t| t.id == id);
         Ok(AdminActionResponse { affected: n, message: format!("token {id} revoked; requests with it are refused from now on") })
     }
 
@@ -253,14 +249,6 @@ pub fn check_policy(policy: &PolicyConfig, dir: &Directory, sender: &UnitAddress
     }
     Ok(())
 }
-
-impl Engine {
-    /// The access policy in force.
-    pub(crate) fn policy_check(&self, dir: &Directory, sender: &UnitAddress, recipient: &UnitAddress, kind: Kind) -> Result<(), Refusal> {
-        check_policy(&self.policy, dir, sender, recipient, kind)
-    }
-}
-
 
 #[cfg(test)]
 mod tests {

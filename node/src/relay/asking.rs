@@ -77,7 +77,7 @@ impl Engine {
         if !dir.is_active(&asked) {
             return Err(Refusal::new("recipient-unavailable", 422, format!("unit {asked} is suspended or revoked; it cannot be asked")));
         }
-        self.policy_check(dir, &signed.envelope.sender, &asked, Kind::Query)?;
+        self.check_access(dir, &signed.envelope.sender, &asked, Kind::Query)?;
         Ok((Candidate { signed, payload, recipients: vec![asked], hops: vec![] }, deadline))
     }
 

@@ -10,6 +10,7 @@
 
 pub mod access;
 pub mod asking;
+pub mod attachment_state;
 pub mod attachments;
 pub mod batching;
 pub mod checkpoint_files;
@@ -33,7 +34,7 @@ pub mod tokens;
 pub mod webhook_target;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
@@ -42,7 +43,7 @@ use exchange_wire::{Kind, MessageId, NodeId, PublicKey};
 use crate::network::{Multiaddr, PeerId};
 use tokio::sync::watch;
 
-use crate::config::{DirectoryConfig, Limits, NodeConfig, PolicyConfig, RelayConfig};
+use crate::config::{DirectoryConfig, Limits, NodeConfig, RelayConfig};
 use crate::directory::segments::SegmentSet;
 use crate::directory::{Directory, DirectoryHandle};
 use crate::metrics::Metrics;
@@ -85,26 +86,18 @@ pub struct Engine {
     directory_cfg: DirectoryConfig,
     /// The directory segments held; changes are serialised through this lock.
     segments: tokio::sync::Mutex<SegmentSet>,
-    /// Hashes of the unit tokens issued here.
-    tokens: RwLock<HashMap<[u8; 32], tokens::TokenEntry>>,
-    require_auth: bool,
-    /// Where webhooks may point (see [`webhook_target`]).
-    webhook_targets: webhook_target::WebhookTargets,
-    policy: PolicyConfig,
+    /// Unit tokens and the access policy (see [`access`]).
+    pub access: tokens::Access,
+    /// Webhooks: where they may point, the pushers running (see [`push`]).
+    pub webhooks: webhook_target::Webhooks,
     node_key: SigningKey,
     forwarders: Mutex<HashMap<NodeId, Arc<Signals>>>,
     /// Deadlines of the queries asked here that have no outcome yet (see [`asking`]).
     deadlines: deadlines::Deadlines,
-    /// Attachment files (see [`attachments`]).
-    pub attachments: Arc<crate::storage::attachments::AttachmentStore>,
+    /// Attachment files and their transfers (see [`attachments`]).
+    pub attachments: attachment_state::Attachments,
     /// Audit checkpoints held here (this node's at the root, its children's) (see [`checkpoints`]).
     pub checkpoints: checkpoint_files::CheckpointFiles,
-    /// Which neighbours hold which attachments, and the transfers under way.
-    attachment_transfers: Mutex<AttachmentTransfers>,
-    /// Committed length of attachments being received from neighbours, for chunks arriving early.
-    attachment_progress: Mutex<HashMap<exchange_wire::Digest, watch::Sender<u64>>>,
-    /// Units whose webhook pusher runs.
-    pushers: Mutex<HashSet<exchange_wire::UnitAddress>>,
     /// Serialises recall reporting, so each decided recall is reported once.
     recall_reports: tokio::sync::Mutex<()>,
     peers: Mutex<HashMap<NodeId, PeerState>>,
@@ -121,13 +114,6 @@ pub struct Engine {
     /// The engine's background tasks (forwarders, pushers, answers to neighbours, periodic jobs),
     /// stopped together at shutdown.
     pub tasks: crate::tasks::Tasks,
-}
-
-/// Attachments known to be complete at a neighbour, and transfers running (by neighbour and SHA-256).
-#[derive(Default)]
-struct AttachmentTransfers {
-    done: HashSet<(NodeId, exchange_wire::Digest)>,
-    running: HashSet<(NodeId, exchange_wire::Digest)>,
 }
 
 /// A refused input, for the metric, the log and the audit entry.
@@ -170,21 +156,16 @@ impl Engine {
             parent_hint,
             directory_cfg: cfg.directory.clone(),
             segments: tokio::sync::Mutex::new(SegmentSet::default()),
-            tokens: RwLock::new(HashMap::new()),
-            require_auth: cfg.api.require_auth,
-            webhook_targets: webhook_target::WebhookTargets::new(cfg.api.webhooks_to_loopback, &cfg.push)?,
-            policy: cfg.policy.clone(),
+            access: tokens::Access::new(cfg.api.require_auth, cfg.policy.clone()),
+            webhooks: webhook_target::Webhooks::new(webhook_target::WebhookTargets::new(cfg.api.webhooks_to_loopback, &cfg.push)?),
             node_key,
             forwarders: Mutex::new(HashMap::new()),
             recall_reports: tokio::sync::Mutex::new(()),
-            pushers: Mutex::new(HashSet::new()),
             peers: Mutex::new(HashMap::new()),
             inbox_changes: watch::channel(0).0,
-            attachments: Arc::new(attachments),
+            attachments: attachment_state::Attachments::new(attachments),
             checkpoints: checkpoint_files::CheckpointFiles::new(&cfg.data_dir, std::time::Duration::from_secs(cfg.audit.checkpoint_secs)),
             deadlines: deadlines::Deadlines::default(),
-            attachment_transfers: Mutex::new(AttachmentTransfers::default()),
-            attachment_progress: Mutex::new(HashMap::new()),
             catalog: Default::default(),
             sharing_lock: tokio::sync::Mutex::new(()),
             backfill_running: tokio::sync::Mutex::new(()),
