@@ -18,6 +18,7 @@ pub mod checkpoints;
 pub mod committer;
 pub mod custody;
 pub mod deadlines;
+pub mod directory_state;
 pub mod directory_sync;
 pub mod forwarder;
 pub mod handover;
@@ -43,8 +44,7 @@ use exchange_wire::{Kind, MessageId, NodeId, PublicKey};
 use crate::network::{Multiaddr, PeerId};
 use tokio::sync::watch;
 
-use crate::config::{DirectoryConfig, Limits, NodeConfig, RelayConfig};
-use crate::directory::segments::SegmentSet;
+use crate::config::{Limits, NodeConfig, RelayConfig};
 use crate::directory::{Directory, DirectoryHandle};
 use crate::metrics::Metrics;
 use crate::network;
@@ -81,11 +81,8 @@ pub struct Engine {
     pub started_at_ms: u64,
     /// The pinned root key: the trust anchor of the directory.
     pub root_key: PublicKey,
-    /// The configured parent (peer id and address), the way into the network before the tree is known.
-    parent_hint: Option<(PeerId, Multiaddr)>,
-    directory_cfg: DirectoryConfig,
-    /// The directory segments held; changes are serialised through this lock.
-    segments: tokio::sync::Mutex<SegmentSet>,
+    /// The directory segments held, the configured parent, the seeds (see [`directory_sync`]).
+    pub directory_sync: directory_state::DirectorySync,
     /// Unit tokens and the access policy (see [`access`]).
     pub access: tokens::Access,
     /// Webhooks: where they may point, the pushers running (see [`push`]).
@@ -103,12 +100,8 @@ pub struct Engine {
     peers: Mutex<HashMap<NodeId, PeerState>>,
     /// Bumped after every commit that put something into an inbox (long-poll wake-up).
     inbox_changes: watch::Sender<u64>,
-    /// The data-sharing catalog in force, its schemas compiled.
-    catalog: crate::sharing::CatalogHandle,
-    /// Serialises the numbering of published records and subscription decisions at this node.
-    sharing_lock: tokio::sync::Mutex<()>,
-    /// One task sends granted backlogs at a time.
-    backfill_running: tokio::sync::Mutex<()>,
+    /// Data sharing: the catalog in force, the numbering lock (see [`sharing`]).
+    pub sharing: sharing::Sharing,
     /// Backups and the reconciliation after a restore (see `backup`).
     pub(crate) recovery: crate::backup::Recovery,
     /// The engine's background tasks (forwarders, pushers, answers to neighbours, periodic jobs),
@@ -153,9 +146,7 @@ impl Engine {
             peer_id,
             started_at_ms: exchange_wire::now_ms(),
             root_key: cfg.root_key,
-            parent_hint,
-            directory_cfg: cfg.directory.clone(),
-            segments: tokio::sync::Mutex::new(SegmentSet::default()),
+            directory_sync: directory_state::DirectorySync::new(cfg.directory.clone(), parent_hint),
             access: tokens::Access::new(cfg.api.require_auth, cfg.policy.clone()),
             webhooks: webhook_target::Webhooks::new(webhook_target::WebhookTargets::new(cfg.api.webhooks_to_loopback, &cfg.push)?),
             node_key,
@@ -166,9 +157,7 @@ impl Engine {
             attachments: attachment_state::Attachments::new(attachments),
             checkpoints: checkpoint_files::CheckpointFiles::new(&cfg.data_dir, std::time::Duration::from_secs(cfg.audit.checkpoint_secs)),
             deadlines: deadlines::Deadlines::default(),
-            catalog: Default::default(),
-            sharing_lock: tokio::sync::Mutex::new(()),
-            backfill_running: tokio::sync::Mutex::new(()),
+            sharing: sharing::Sharing::default(),
             recovery: crate::backup::Recovery::new(&cfg.data_dir),
             tasks: crate::tasks::Tasks::new(),
         }))

@@ -122,7 +122,7 @@ impl Engine {
         let storage = |e: crate::storage::StorageError| -> Refusal { e.into() };
         // The sequence numbers and the subscriber lists must not change between reading them and
         // committing.
-        let _numbering = self.sharing_lock.lock().await;
+        let _numbering = self.sharing.numbering().await;
         let shared = self.store.sharing();
         let ctx = self.context(dir);
         let now = exchange_wire::now_ms();
