@@ -213,11 +213,11 @@ impl Engine {
             Err(e) => tracing::error!(error = %e, "cannot load the pending queries; their timeouts will not be recorded until a restart"),
         }
         loop {
-            let next = self.deadlines.pending.lock().expect("deadlines lock").peek().map(|r| r.0);
+            let next = self.deadlines.next();
             let now = exchange_wire::now_ms();
             match next {
                 Some((due, id)) if due <= now => {
-                    self.deadlines.pending.lock().expect("deadlines lock").pop();
+                    self.deadlines.pop();
                     while let Err(e) = self.time_out(id, due).await {
                         tracing::error!(error = %e, "cannot record a query timeout; retrying");
                         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -226,10 +226,10 @@ impl Engine {
                 Some((due, _)) => {
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_millis(due - now)) => {}
-                        _ = self.deadlines.changed.notified() => {}
+                        _ = self.deadlines.changed() => {}
                     }
                 }
-                None => self.deadlines.changed.notified().await,
+                None => self.deadlines.changed().await,
             }
         }
     }

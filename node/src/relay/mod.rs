@@ -34,8 +34,8 @@ pub mod sharing;
 pub mod tokens;
 pub mod webhook_target;
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
@@ -52,16 +52,9 @@ use crate::storage::health::StorageHealth;
 use crate::storage::{EventRow, Record, Store, WriteJob};
 use committer::Committer;
 use custody::{Context, Summary};
-use signals::Signals;
 pub use refusal::Refusal;
+pub use signals::PeerState;
 
-/// What the node knows about a neighbour link.
-#[derive(Debug, Clone, Default)]
-pub struct PeerState {
-    pub connected: bool,
-    pub last_seen_ms: Option<u64>,
-    pub rtt: Option<Duration>,
-}
 
 /// Everything the node's tasks share.
 pub struct Engine {
@@ -88,7 +81,8 @@ pub struct Engine {
     /// Webhooks: where they may point, the pushers running (see [`push`]).
     pub webhooks: webhook_target::Webhooks,
     node_key: SigningKey,
-    forwarders: Mutex<HashMap<NodeId, Arc<Signals>>>,
+    /// The forwarders (one per neighbour) and the state of each link (see [`forwarder`]).
+    pub links: signals::Links,
     /// Deadlines of the queries asked here that have no outcome yet (see [`asking`]).
     deadlines: deadlines::Deadlines,
     /// Attachment files and their transfers (see [`attachments`]).
@@ -97,7 +91,6 @@ pub struct Engine {
     pub checkpoints: checkpoint_files::CheckpointFiles,
     /// Serialises recall reporting, so each decided recall is reported once.
     recall_reports: tokio::sync::Mutex<()>,
-    peers: Mutex<HashMap<NodeId, PeerState>>,
     /// Bumped after every commit that put something into an inbox (long-poll wake-up).
     inbox_changes: watch::Sender<u64>,
     /// Data sharing: the catalog in force, the numbering lock (see [`sharing`]).
@@ -150,9 +143,8 @@ impl Engine {
             access: tokens::Access::new(cfg.api.require_auth, cfg.policy.clone()),
             webhooks: webhook_target::Webhooks::new(webhook_target::WebhookTargets::new(cfg.api.webhooks_to_loopback, &cfg.push)?),
             node_key,
-            forwarders: Mutex::new(HashMap::new()),
+            links: signals::Links::default(),
             recall_reports: tokio::sync::Mutex::new(()),
-            peers: Mutex::new(HashMap::new()),
             inbox_changes: watch::channel(0).0,
             attachments: attachment_state::Attachments::new(attachments),
             checkpoints: checkpoint_files::CheckpointFiles::new(&cfg.data_dir, std::time::Duration::from_secs(cfg.audit.checkpoint_secs)),
@@ -209,12 +201,7 @@ impl Engine {
     /// Keeps a link with neighbour `id`: its forwarder, its peer state and its metric series (zeros
     /// from the start, so dashboards and alerts see zeros, not gaps).
     fn watch_neighbour(self: &Arc<Self>, id: &NodeId) {
-        let new = {
-            let mut peers = self.peers.lock().expect("peers lock");
-            let new = !peers.contains_key(id);
-            peers.entry(id.clone()).or_default();
-            new
-        };
+        let new = self.links.watch(id);
         self.forwarder(id);
         if new {
             let peer = [id.as_str()];
@@ -291,7 +278,7 @@ impl Engine {
         let node = self.dir.current().node_by_peer(&peer).map(|n| n.id.clone());
         if let Some(node) = &node {
             if let E::PeerRtt(_, rtt) = &event {
-                self.peers.lock().expect("peers lock").entry(node.clone()).or_default().rtt = Some(*rtt);
+                self.links.set_rtt(node, *rtt);
                 self.metrics.peer_rtt.with_label_values(&[node.as_str()]).set(rtt.as_secs_f64());
             }
             // Anything heard from a peer means its link is up.
@@ -333,12 +320,7 @@ impl Engine {
 
     /// Records that the link to neighbour `node` is up (or down): peer state and `exchange_peer_up`.
     pub(crate) fn mark_link(&self, node: &NodeId, up: bool) {
-        let mut peers = self.peers.lock().expect("peers lock");
-        let state = peers.entry(node.clone()).or_default();
-        state.connected = up;
-        if up {
-            state.last_seen_ms = Some(exchange_wire::now_ms());
-        }
+        self.links.mark(node, up);
         self.metrics.peer_up.with_label_values(&[node.as_str()]).set(up as i64);
     }
 
