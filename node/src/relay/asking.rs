@@ -19,7 +19,8 @@ pub use super::deadlines::Deadlines;
 use super::access::Caller;
 use super::custody::event;
 use super::ingress::{Candidate, SignFor};
-use super::{Engine, Refusal, Refused};
+use super::refused::Refused;
+use super::{Engine, Refusal};
 use crate::directory::Directory;
 use crate::storage::{JobOutcome, Record, TrackingRow, WriteJob};
 

@@ -17,7 +17,8 @@ use crate::network::Reply;
 
 use super::forwarder::{Backoff, Signals};
 use super::access::Caller;
-use super::{Engine, Refusal, Refused};
+use super::refused::Refused;
+use super::{Engine, Refusal};
 use crate::network::protocol::{AttachmentRequest, AttachmentResponse};
 pub use super::attachment_state::Attachments;
 use super::attachment_state::AtNeighbour;

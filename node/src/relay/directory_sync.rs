@@ -134,7 +134,7 @@ impl Engine {
                     self.metrics.directory_rejections.with_label_values(&[refusal.code]).inc();
                     tracing::warn!(from = ?source, code = refusal.code, reason = %refusal.reason, "directory segment refused");
                     let r = Refusal::new(refusal.code, 403, refusal.reason.clone());
-                    self.refused(source.as_deref().unwrap_or("this node"), &[super::Refused { id: Some(signed.id), kind: Some(signed.envelope.kind), refusal: &r }])
+                    self.refused(source.as_deref().unwrap_or("this node"), &[super::refused::Refused { id: Some(signed.id), kind: Some(signed.envelope.kind), refusal: &r }])
                         .await;
                     results.push(Err(refusal));
                 }

@@ -21,7 +21,8 @@ use crate::network::Reply;
 
 use super::access::Caller;
 use super::custody::{self, Incoming};
-use super::{Engine, Refusal, Refused};
+use super::refused::Refused;
+use super::{Engine, Refusal};
 use crate::directory::Directory;
 use crate::network::protocol::{Parcel, ParcelResult, TransferRequest, TransferResponse};
 use crate::storage::{JobOutcome, WriteJob};

@@ -13,7 +13,8 @@ use exchange_wire::{Kind, SignedEnvelope, UnitAddress};
 
 use crate::relay::access::Caller;
 use crate::relay::custody::{self, Incoming, Summary};
-use crate::relay::{Engine, Refusal, Refused};
+use crate::relay::refused::Refused;
+use crate::relay::{Engine, Refusal};
 use crate::directory::Directory;
 use crate::storage::sharing::{SharingJob, TopicLogRow};
 use crate::storage::{JobOutcome, WriteJob};

@@ -13,7 +13,8 @@ use exchange_wire::{Digest, Kind, UnitAddress};
 
 use crate::relay::access::Caller;
 use crate::relay::custody::{self, Incoming};
-use crate::relay::{Engine, Refusal, Refused};
+use crate::relay::refused::Refused;
+use crate::relay::{Engine, Refusal};
 use crate::directory::Directory;
 use crate::storage::sharing::{SharingJob, SharingRow, SubscriptionRow};
 use crate::storage::{JobOutcome, WriteJob};
