@@ -86,6 +86,18 @@ pub struct BenchArgs {
     /// every node's peak resident memory.
     #[arg(long, value_name = "MIB")]
     pub attachment_mib: Option<u64>,
+    /// The city node keeps custody in PostgreSQL: a fresh database created on this server (whose
+    /// user may CREATE DATABASE) for the run and dropped afterwards. The districts stay on SQLite.
+    #[arg(long, value_name = "URL")]
+    pub database_url: Option<String>,
+    /// Run the city node as this many replicas over that database (one active, the others
+    /// standbys; needs --database-url).
+    #[arg(long, default_value_t = 1)]
+    pub city_replicas: usize,
+    /// Kill -9 the active city replica every this many seconds of the timed phase; the standby
+    /// takes over, the killed one is started again as the standby. The JSON gets `failover_ms`.
+    #[arg(long, value_name = "SECS")]
+    pub kill_active_every: Option<u64>,
 }
 
 impl BenchArgs {
@@ -123,6 +135,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     {
         bail!("--dir {} is not empty; give a new or empty folder", dir.display());
     }
+    if args.city_replicas == 0 || (args.city_replicas > 1 && args.database_url.is_none()) {
+        bail!("--city-replicas must be at least 1, and more than 1 needs --database-url (the replicas share the database)");
+    }
+    if args.kill_active_every.is_some_and(|s| s == 0) || (args.kill_active_every.is_some() && args.city_replicas < 2) {
+        bail!("--kill-active-every needs a number of seconds above 0 and --city-replicas 2 or more");
+    }
     let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
     println!("== Exchange network benchmark ({profile} build)");
     println!(
@@ -159,8 +177,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     // 2. The network.
     let binary = std::env::current_exe().context("cannot find the exchange-node binary")?;
     let mut net = LocalNetwork::create(&binary, args.dir.as_deref(), &NODES, &args.node_config)?;
-    let outcome = match net.start_all() {
-        Ok(()) => run_on(&net, &args, &floor, &counts),
+    // The city's database (with --database-url) is dropped once its nodes are stopped.
+    let (database, replicas) = crate::bench_failover::prepare(&mut net, &args)?;
+    let outcome = match net.start_all().and_then(|()| crate::bench_failover::start_standbys(&mut net, &replicas)) {
+        Ok(()) => run_on(&mut net, &args, &floor, &counts, &replicas),
         Err(e) => Err(e),
     };
     let outcome = match outcome {
@@ -197,6 +217,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         bail!("{} problem(s); the numbers above are not valid", outcome.errors.len());
     }
     println!("== Benchmark finished: every document delivered exactly once{}", if args.sign_for() { ", every receipt returned" } else { "" });
+    drop(net);
+    drop(database);
     Ok(())
 }
 
@@ -621,6 +643,11 @@ fn sign_page(shared: &Shared, plan: &Plan, client: &ApiClient, r: usize, indices
 }
 
 /// Percentile (nearest rank) of sorted values.
+/// Documents not delivered (duplicates are counted apart, not here).
+fn plan_lost(n: usize, delivered: usize) -> usize {
+    n.saturating_sub(delivered)
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -629,7 +656,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-fn run_on(net: &LocalNetwork, args: &BenchArgs, floor: &Floor, counts: &FloorCounts) -> anyhow::Result<Outcome> {
+fn run_on(net: &mut LocalNetwork, args: &BenchArgs, floor: &Floor, counts: &FloorCounts, replicas: &[String]) -> anyhow::Result<Outcome> {
     let n = args.messages;
     let sign_for = args.sign_for();
     wait_links(net)?;
@@ -718,8 +745,12 @@ fn run_on(net: &LocalNetwork, args: &BenchArgs, floor: &Floor, counts: &FloorCou
     let mut returned = 0.0;
     let mut done_ns: Option<u64> = None;
     let mut timed_out = false;
+    let mut killer = crate::bench_failover::Killer::new(args.kill_active_every, replicas);
     while !shared.stopped() {
         std::thread::sleep(poll);
+        if let Err(e) = killer.tick(net) {
+            shared.errors.lock().expect("errors lock").push(format!("failover: {e:#}"));
+        }
         let delivered = shared.delivered.load(Ordering::SeqCst);
         if sign_for {
             if delivered > 0 {
@@ -740,7 +771,9 @@ fn run_on(net: &LocalNetwork, args: &BenchArgs, floor: &Floor, counts: &FloorCou
         }
     }
     // The end of the timed phase: read CPU and metrics now, before the threads wind down.
-    let cpu_after: Vec<u64> = pids.iter().map(|(_, p)| cpu_ticks(p)).collect::<anyhow::Result<_>>()?;
+    // A killed city replica has no CPU to read: its share counts as 0 then.
+    let cpu_after: Vec<u64> =
+        pids.iter().map(|(_, p)| if replicas.is_empty() { cpu_ticks(p) } else { Ok(cpu_ticks(p).unwrap_or(0)) }).collect::<anyhow::Result<_>>()?;
     let self_after = cpu_ticks("self")?;
     let end_ns = shared.now_ns();
     let metrics_after: Vec<String> = NODES.iter().map(|id| net.node(id).client().metrics_text().unwrap_or_default()).collect();
@@ -897,8 +930,15 @@ fn run_on(net: &LocalNetwork, args: &BenchArgs, floor: &Floor, counts: &FloorCou
         );
     }
 
+    let (failover_json, failover_ms, failover_errors) = killer.finish();
+    errors.extend(failover_errors);
     let json = json!({
         "ok": errors.is_empty(),
+        "lost": plan_lost(n, delivered),
+        "duplicated": duplicates,
+        "storage": { "city": if args.database_url.is_some() { "postgresql" } else { "sqlite" }, "districts": "sqlite", "city_replicas": args.city_replicas },
+        "failover_ms": failover_ms,
+        "failover": failover_json,
         "errors": errors,
         "build": if cfg!(debug_assertions) { "debug" } else { "release" },
         "machine": { "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), "clock_ticks_per_second": ticks },

@@ -105,6 +105,7 @@ fn grow_to_full_size(topology: &mut Topology) -> anyhow::Result<()> {
 fn start(net: &mut LocalNetwork, started: Instant) -> anyhow::Result<()> {
     net.start_all()?;
     println!("   all {} nodes up, one directory on every node, after {:.1} s\n", net.nodes.len(), started.elapsed().as_secs_f64());
+    println!("   {}\n", crate::directory_cost::measure(net)?);
     for line in net.address_table().lines() {
         println!("   {line}");
     }

@@ -132,6 +132,8 @@ pub struct LocalNetwork {
     pub unit_keys: BTreeMap<UnitAddress, SigningKey>,
     /// API tokens issued by [`LocalNetwork::converge`].
     pub unit_tokens: BTreeMap<UnitAddress, String>,
+    /// Further replicas of nodes ([`LocalNetwork::add_replica`]), by label (`gz~2`).
+    pub replicas: BTreeMap<String, LocalNode>,
     pub topology: Topology,
     binary: PathBuf,
     _tmp: Option<tempfile::TempDir>,
@@ -318,6 +320,7 @@ impl LocalNetwork {
             nodes,
             unit_keys,
             unit_tokens: BTreeMap::new(),
+            replicas: BTreeMap::new(),
             topology,
             binary: binary.to_path_buf(),
             _tmp: tmp,
@@ -461,12 +464,72 @@ impl LocalNetwork {
         out
     }
 
+    /// A node (its first replica), or a further replica by its label (`gz~2`).
     pub fn node(&self, id: &str) -> &LocalNode {
-        self.nodes.values().find(|n| n.id.as_str() == id).unwrap_or_else(|| panic!("node {id} is not in this network"))
+        self.replicas
+            .get(id)
+            .or_else(|| self.nodes.values().find(|n| n.id.as_str() == id))
+            .unwrap_or_else(|| panic!("node {id} is not in this network"))
     }
 
     fn node_mut(&mut self, id: &str) -> anyhow::Result<&mut LocalNode> {
+        if let Some(r) = self.replicas.get_mut(id) {
+            return Ok(r);
+        }
         self.nodes.values_mut().find(|n| n.id.as_str() == id).with_context(|| format!("node {id} is not in this network"))
+    }
+
+    /// Adds a replica of node `id` (before the network's first start) and returns its label
+    /// (`<id>~2`, `<id>~3` …) for [`LocalNetwork::start`], [`LocalNetwork::kill`] and
+    /// [`LocalNetwork::node`]. The replica shares the node's key file (so its peer id) and
+    /// configuration, with its own data folder and ports; the node tree lists its p2p address
+    /// beside the node's, and the node's children list it in their `parent_address`. The replicas
+    /// must share a PostgreSQL database (`[storage] url`, before this call), whose lease makes one
+    /// of them active (see `exchange_node_core::replica`).
+    pub fn add_replica(&mut self, id: &str) -> anyhow::Result<String> {
+        let first = self.nodes.values().find(|n| n.id.as_str() == id).with_context(|| format!("node {id} is not in this network"))?;
+        let label = format!("{id}~{}", 2 + self.replicas.keys().filter(|k| k.starts_with(&format!("{id}~"))).count());
+        let (p2p, api, admin) = (free_port()?, free_port()?, free_port()?);
+        let port_of = |url: &str| url.rsplit(':').next().unwrap_or_default().to_string();
+        let config = std::fs::read_to_string(&first.config_path)?;
+        let (old_api, old_admin) = (port_of(&first.api_url), port_of(&first.admin_url));
+        let config = config
+            .replace(&format!("data_dir = \"{id}\""), &format!("data_dir = \"{label}\""))
+            .replace(&format!("/tcp/{}\"", first.p2p_port), &format!("/tcp/{p2p}\""))
+            .replace(&format!("127.0.0.1:{old_api}\""), &format!("127.0.0.1:{api}\""))
+            .replace(&format!("127.0.0.1:{old_admin}\""), &format!("127.0.0.1:{admin}\""));
+        let config_path = self.root.join(format!("{label}.toml"));
+        std::fs::write(&config_path, config)?;
+        // The tree lists the replica's address beside the node's …
+        let seed_path = self.root.join("tree-seed.toml");
+        let seed = std::fs::read_to_string(&seed_path)?;
+        let (old_addr, new_addr) = (format!("/tcp/{}\"", first.p2p_port), format!("/tcp/{}\", \"/ip4/127.0.0.1/tcp/{p2p}\"", first.p2p_port));
+        anyhow::ensure!(seed.contains(&old_addr), "tree-seed.toml does not list node {id} at port {}", first.p2p_port);
+        std::fs::write(&seed_path, seed.replace(&old_addr, &new_addr))?;
+        // … and the children dial both.
+        let peer = format!("/tcp/{}/p2p/", first.p2p_port);
+        for child in self.nodes.values() {
+            let text = std::fs::read_to_string(&child.config_path)?;
+            let Some(line) = text.lines().find(|l| l.starts_with("parent_address = ") && l.contains(&peer)) else { continue };
+            let address = line.trim_start_matches("parent_address = ").trim_matches('"');
+            let replica_address = address.replace(&peer, &format!("/tcp/{p2p}/p2p/"));
+            let new_line = format!("parent_address = \"{address},{replica_address}\"");
+            std::fs::write(&child.config_path, text.replace(line, &new_line))?;
+        }
+        let replica = LocalNode {
+            id: first.id.clone(),
+            config_path,
+            data_dir: self.root.join(&label),
+            log_path: self.root.join(format!("{label}.log")),
+            api_url: format!("http://127.0.0.1:{api}"),
+            admin_url: format!("http://127.0.0.1:{admin}"),
+            p2p_port: p2p,
+            command_prefix: first.command_prefix.clone(),
+            ca_file: first.ca_file.clone(),
+            child: None,
+        };
+        self.replicas.insert(label.clone(), replica);
+        Ok(label)
     }
 
     /// Starts a node process (its output goes to its log file) and waits until it answers `/healthz`.
@@ -575,9 +638,9 @@ impl LocalNetwork {
         Ok(())
     }
 
-    /// Stops every node.
+    /// Stops every node (and every replica).
     pub fn stop_all(&mut self) {
-        let ids: Vec<String> = self.nodes.keys().map(|k| k.to_string()).collect();
+        let ids: Vec<String> = self.replicas.keys().cloned().chain(self.nodes.keys().map(|k| k.to_string())).collect();
         for id in ids.iter().rev() {
             let _ = self.stop(id);
         }
@@ -601,7 +664,7 @@ impl LocalNetwork {
 
 impl Drop for LocalNetwork {
     fn drop(&mut self) {
-        for node in self.nodes.values_mut() {
+        for node in self.nodes.values_mut().chain(self.replicas.values_mut()) {
             if let Some(mut c) = node.child.take() {
                 let _ = c.kill();
                 let _ = c.wait();

@@ -7,15 +7,19 @@
 //! * [`demo`]: `exchange-node demo`, the README's first command.
 //! * [`deploy_kit`]: `exchange-node deploy-kit`, every node's installation files for real machines.
 //! * [`bench`], [`bench_attachment`]: `exchange-node bench`.
+//! * [`failover`]: killing the active replica of a node and timing the takeover.
 //! * [`devnet`]: `exchange-node devnet`, the whole Guangzhou network (13 nodes, 209 units);
 //!   [`scenario`]: its `--scenario` traffic and reconciliation; [`process_stats`]: the nodes'
 //!   memory, CPU and descriptors from `/proc`.
 
 pub mod bench;
 pub mod bench_attachment;
+pub mod bench_failover;
 pub mod demo;
 pub mod deploy_kit;
 pub mod devnet;
+pub mod directory_cost;
+pub mod failover;
 pub mod launcher;
 pub mod process_stats;
 pub mod scenario;

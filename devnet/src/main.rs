@@ -31,6 +31,15 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         from: PathBuf,
     },
+    /// Move a stopped node's custody from its SQLite file into a new, empty PostgreSQL database
+    /// (verified table by table before it is committed); then set `storage.url` and start the node.
+    MoveToPostgres {
+        #[arg(long, short, env = "EXCHANGE_CONFIG")]
+        config: PathBuf,
+        /// The PostgreSQL database to move into, e.g. postgres://exchange@db:5432/exchange_gz.
+        #[arg(long, value_name = "URL")]
+        to: String,
+    },
     /// Generate a node key file (mode 0600) and print its public key and libp2p peer id.
     Keygen {
         #[arg(long)]
@@ -55,6 +64,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { config } => run(config),
         Command::Restore { config, from } => exchange_node_core::backup::restore::run(&config, &from),
+        Command::MoveToPostgres { config, to } => exchange_node_core::storage::move_to_postgres::run(&config, &to),
         Command::Keygen { out } => keygen(out),
         Command::Demo(args) => exchange_devnet::demo::run(args),
         Command::Bench(args) => exchange_devnet::bench::run(args),

@@ -33,8 +33,9 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// The root node's public key: the trust anchor every directory segment is checked against.
     pub root_key: PublicKey,
-    /// The parent's libp2p address, ending in `/p2p/<peer-id>` (absent on the root node). The rest of
-    /// the network is learnt from the directory.
+    /// The parent's libp2p address, ending in `/p2p/<peer-id>` (absent on the root node); several,
+    /// separated by commas, when the parent runs as replicas (active and standby, one peer id). The
+    /// rest of the network is learnt from the directory.
     #[serde(default)]
     pub parent_address: Option<String>,
     #[serde(default)]
@@ -76,14 +77,17 @@ pub struct StorageConfig {
     /// time for is checked in the background right after start.
     pub open_check_secs: u64,
     /// `postgres://user@host:port/database`: keep custody in that PostgreSQL database instead of the
-    /// embedded SQLite file `data_dir/node.db` (the default when unset). Attachment files stay in
-    /// `data_dir/attachments` either way (docs/operations.md, 'Running a node on PostgreSQL').
+    /// embedded SQLite file `data_dir/node.db` (the default when unset).
     pub url: Option<String>,
+    /// Where attachment files are kept (default `data_dir/attachments`). On PostgreSQL only: replicas
+    /// of a node point it at one folder on storage they share, so the standby has every attachment
+    /// the active one acknowledged (docs/operations.md, 'Attachments').
+    pub attachments_dir: Option<PathBuf>,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        StorageConfig { reserve_bytes: 64 * 1024 * 1024, open_check_secs: 30, url: None }
+        StorageConfig { reserve_bytes: 64 * 1024 * 1024, open_check_secs: 30, url: None, attachments_dir: None }
     }
 }
 
@@ -136,6 +140,7 @@ impl NodeConfig {
             cfg.directory.units_seed.as_mut(),
             cfg.directory.catalog_seed.as_mut(),
             cfg.admin.token_file.as_mut(),
+            cfg.storage.attachments_dir.as_mut(),
         ];
         let tls = [cfg.api.tls_cert.as_mut(), cfg.api.tls_key.as_mut(), cfg.admin.tls_cert.as_mut(), cfg.admin.tls_key.as_mut()];
         for p in [Some(&mut cfg.key_file), Some(&mut cfg.data_dir)].into_iter().chain(seeds).chain(tls).flatten() {
@@ -155,6 +160,11 @@ impl NodeConfig {
         }
         if cfg.p2p.link_timeout_ms == 0 {
             anyhow::bail!("p2p.link_timeout_ms must be above 0 (2000 is the default)");
+        }
+        if cfg.storage.attachments_dir.is_some() && cfg.storage.url.is_none() {
+            anyhow::bail!(
+                "storage.attachments_dir is for replicas over PostgreSQL (storage.url); on SQLite, remove it: attachments stay in data_dir/attachments, where the online backup copies them"
+            );
         }
         for (section, http) in [("api", cfg.api.http_limits()), ("admin", cfg.admin.http_limits())] {
             if http.header_timeout_secs == 0 || http.max_connections == 0 || http.max_connections_per_client == 0 || http.max_concurrent_requests == 0 {
@@ -193,9 +203,9 @@ impl NodeConfig {
         self.data_dir.join("node.db")
     }
 
-    /// Where attachment files are kept.
+    /// Where attachment files are kept: `storage.attachments_dir`, else `data_dir/attachments`.
     pub fn attachments_dir(&self) -> PathBuf {
-        self.data_dir.join("attachments")
+        self.storage.attachments_dir.clone().unwrap_or_else(|| self.data_dir.join("attachments"))
     }
 }
 

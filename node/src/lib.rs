@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod network;
 pub mod node;
 pub mod relay;
+pub mod replica;
 pub mod retention;
 pub mod routing;
 pub mod settlement;

@@ -102,6 +102,11 @@ pub struct Metrics {
     /// Messages reconciled after a restore, by outcome: `recovered`, `passed-on`, `held`,
     /// `unrecoverable` at the restored node; `requeued` at a neighbour that queued them again.
     pub reconciliation: IntCounterVec,
+    /// 1 while this process is the active replica of its node (always, on SQLite), 0 while it waits
+    /// as a standby for the lease on the shared PostgreSQL database, or after it lost the lease.
+    pub replica_active: IntGauge,
+    /// Lease changes seen by this replica, by change (`acquired`, `lost`).
+    pub lease_changes: IntCounterVec,
 }
 
 impl Metrics {
@@ -236,6 +241,11 @@ impl Metrics {
                 "Messages reconciled after a restore from a backup, by outcome.",
                 &["outcome"],
             ),
+            replica_active: register!(IntGauge::new(
+                "exchange_replica_active",
+                "1 while this process is the active replica of its node, 0 while it waits as a standby or after it lost the lease."
+            )),
+            lease_changes: counter("exchange_lease_changes_total", "Lease changes seen by this replica, by change (acquired, lost).", &["change"]),
             registry,
         };
         m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
@@ -253,6 +263,9 @@ impl Metrics {
         }
         for outcome in ["recovered", "passed-on", "held", "unrecoverable", "requeued"] {
             m.reconciliation.with_label_values(&[outcome]).inc_by(0);
+        }
+        for change in ["acquired", "lost"] {
+            m.lease_changes.with_label_values(&[change]).inc_by(0);
         }
         m
     }

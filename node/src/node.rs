@@ -17,6 +17,7 @@ use crate::config::NodeConfig;
 use crate::metrics::Metrics;
 use crate::network::{self, NetworkConfig};
 use crate::relay::Engine;
+use crate::replica;
 use crate::storage::health::{Fault, StorageHealth};
 use crate::storage::sqlite::OpenCheck;
 use crate::storage::{PgStore, SqliteStore, Store};
@@ -43,23 +44,55 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("cannot create data_dir {}", cfg.data_dir.display()))?;
     crate::backup::refuse_interrupted_restore(&cfg.data_dir)?;
     let metrics = Arc::new(Metrics::new(cfg.node_id.as_str()));
+    metrics.replica_active.set(1);
     let health = Arc::new(StorageHealth::new(&cfg.data_dir, cfg.storage.reserve_bytes, metrics.storage_health()));
     // Storage's own task (the rest of the database check, when the check at open ran out of time).
     let storage_tasks = Tasks::new();
     let check = OpenCheck { budget: Duration::from_secs(cfg.storage.open_check_secs), tasks: storage_tasks.clone() };
+    if cfg.storage.url.is_none() {
+        crate::storage::move_to_postgres::refuse_moved(&cfg.database_path())?;
+    }
+    let stop = CancellationToken::new();
+    // The node's own tasks (beside the engine's): they all end when `stop` is cancelled.
+    let node_tasks = TaskTracker::new();
+    // Bound now, served from the start by a standby (see `replica`), else once the engine runs.
+    let agency = tokio::net::TcpListener::bind(cfg.api.listen)
+        .await
+        .with_context(|| format!("cannot listen on api.listen {}", cfg.api.listen))?;
+    let admin = tokio::net::TcpListener::bind(cfg.admin.listen)
+        .await
+        .with_context(|| format!("cannot listen on admin.listen {}", cfg.admin.listen))?;
+    let (agency_switch, admin_switch) = (replica::Switch::new(), replica::Switch::new());
+    let mut listeners = Some((agency, admin));
+    let peer_id = crate::directory::peer_id_of(&exchange_wire::PublicKey(node_key.verifying_key())).to_string();
+    let standby = replica::standby_router(cfg.node_id.clone(), peer_id, metrics.clone());
+    let serve = |name, listener, router, limits, tls| {
+        node_tasks.spawn(crate::api::listener::serve(name, listener, router, limits, tls, metrics.clone(), stop.clone()))
+    };
     let store: Arc<dyn Store> = match cfg.storage.url.as_deref() {
-        Some(url) => Arc::new(
-            PgStore::open_active(url, health.clone()).await.context("cannot open the PostgreSQL database named by storage.url")?,
-        ),
+        Some(url) => {
+            let waiting = || {
+                if let Some((agency, admin)) = listeners.take() {
+                    serve("agency", agency, agency_switch.router(standby.clone()), cfg.api.http_limits(), agency_tls.clone());
+                    serve("admin", admin, admin_switch.router(standby.clone()), cfg.admin.http_limits(), admin_tls.clone());
+                }
+            };
+            let lease = tokio::select! {
+                lease = replica::take_lease(url, health.clone(), metrics.clone(), waiting) => lease.context("cannot take the lease on the PostgreSQL database named by storage.url")?,
+                _ = shutdown_signal() => {
+                    tracing::info!("stopped while waiting as a standby");
+                    stop.cancel();
+                    return Ok(());
+                }
+            };
+            Arc::new(PgStore::open_leased(url, health.clone(), lease).await.context("cannot open the PostgreSQL database named by storage.url")?)
+        }
         None => match SqliteStore::open(&cfg.database_path(), health.clone(), check).await {
             Ok(store) => Arc::new(store),
             Err(e) if Fault::of(&e) == Fault::Corrupt => anyhow::bail!(damaged_database(&cfg.database_path(), &e)),
             Err(e) => return Err(anyhow::Error::new(e).context(format!("cannot open the database {}", cfg.database_path().display()))),
         },
     };
-    let stop = CancellationToken::new();
-    // The node's own tasks (beside the engine's): they all end when `stop` is cancelled.
-    let node_tasks = TaskTracker::new();
     node_tasks.spawn(health.clone().run(stop.clone()));
 
     let keypair = network::keypair_of(&node_key).context("node key")?;
@@ -82,7 +115,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     )?;
     tokio::spawn(event_loop.run());
 
-    let engine = Engine::new(&cfg, store, health, metrics, net, node_key, parent_hint)?;
+    let engine = Engine::new(&cfg, store, health, metrics.clone(), net, node_key, parent_hint)?;
     engine.start().await?;
     engine.start_reconciliation_if_due()?;
     match engine.dir.current().node(&cfg.node_id) {
@@ -113,20 +146,15 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let checkpoint_stop = CancellationToken::new();
     let checkpoints = tokio::spawn(engine.clone().run_audit_checkpoints(checkpoint_stop.clone()));
 
-    let agency = tokio::net::TcpListener::bind(cfg.api.listen)
-        .await
-        .with_context(|| format!("cannot listen on api.listen {}", cfg.api.listen))?;
-    let admin = tokio::net::TcpListener::bind(cfg.admin.listen)
-        .await
-        .with_context(|| format!("cannot listen on admin.listen {}", cfg.admin.listen))?;
     tracing::info!(node = %cfg.node_id, peer_id = %engine.peer_id, api = %cfg.api.listen, admin = %cfg.admin.listen,
         api_tls = agency_tls.is_some(), admin_tls = admin_tls.is_some(), "node started");
 
-    let serve = |name, listener, router, limits, tls| {
-        node_tasks.spawn(crate::api::listener::serve(name, listener, router, limits, tls, engine.metrics.clone(), stop.clone()))
-    };
-    serve("agency", agency, crate::api::agency::router(engine.clone(), agency_refusals), cfg.api.http_limits(), agency_tls);
-    serve("admin", admin, crate::api::admin::router(engine.clone(), admin_doors), cfg.admin.http_limits(), admin_tls);
+    agency_switch.activate(crate::api::agency::router(engine.clone(), agency_refusals));
+    admin_switch.activate(crate::api::admin::router(engine.clone(), admin_doors));
+    if let Some((agency, admin)) = listeners.take() {
+        serve("agency", agency, agency_switch.router(standby.clone()), cfg.api.http_limits(), agency_tls);
+        serve("admin", admin, admin_switch.router(standby), cfg.admin.http_limits(), admin_tls);
+    }
 
     shutdown_signal().await;
     shutdown(&engine, stop, (node_tasks, storage_tasks), (checkpoint_stop, checkpoints)).await;
@@ -212,7 +240,7 @@ fn damaged_database(db: &std::path::Path, e: &crate::storage::StorageError) -> S
     )
 }
 
-/// Splits `parent_address` into the parent's peer id and the address to dial.
-fn parse_parent_address(text: &str) -> anyhow::Result<(network::PeerId, network::Multiaddr)> {
-    network::split_peer_address(text).map_err(|e| anyhow::anyhow!("parent_address {e}"))
+/// Splits `parent_address` into the parent's peer id and the addresses of its replicas to dial.
+fn parse_parent_address(text: &str) -> anyhow::Result<(network::PeerId, Vec<network::Multiaddr>)> {
+    network::split_peer_addresses(text).map_err(|e| anyhow::anyhow!("parent_address {e}"))
 }

@@ -30,6 +30,21 @@ impl CityOutage {
     /// accepted document in each recipient's inbox exactly once, seen once by its agency and signed
     /// for, each receipt recorded once back at the sender's node.
     pub fn run(&self, net: &mut LocalNetwork) {
+        let (kill, restart) = (self.kill_after_batch, self.restart_after_batch);
+        self.run_with(net, |net, n| {
+            if n == kill {
+                // The city dies mid-stream, with batches in flight in both directions.
+                net.kill("gz").expect("kill -9 the city node");
+            }
+            if n == restart {
+                net.start("gz").expect("restart the city node");
+            }
+        });
+    }
+
+    /// [`CityOutage::run`] with another outage: `after_batch(net, n)` runs after batch `n` was
+    /// accepted by 越秀 (the fields `kill_after_batch` and `restart_after_batch` are not used).
+    pub fn run_with(&self, net: &mut LocalNetwork, mut after_batch: impl FnMut(&mut LocalNetwork, usize)) {
         let units = |node: &str| -> Vec<UnitAddress> {
             net.unit_keys.keys().filter(|u| u.node_part() == node).take(self.units_per_node).cloned().collect()
         };
@@ -71,13 +86,7 @@ impl CityOutage {
                     BatchItemResult::Refused(e) => panic!("refused: {e:?}"),
                 }
             }
-            if n == self.kill_after_batch {
-                // The city dies mid-stream, with batches in flight in both directions.
-                net.kill("gz").expect("kill -9 the city node");
-            }
-            if n == self.restart_after_batch {
-                net.start("gz").expect("restart the city node");
-            }
+            after_batch(net, n);
         }
         assert_eq!(accepted, self.messages, "the district node accepted the whole stream");
         assert!(

@@ -47,6 +47,8 @@ fn devnet_scenario_reconciles() {
     let answered = stdout.lines().find(|l| l.starts_with("== Reconciled:")).and_then(|l| l.split(", ").last()).unwrap_or_default();
     let queries: usize = answered.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or(0);
     assert!(queries >= 5 && answered.ends_with("queries answered"), "queries between districts were answered: {answered:?}");
+    let directory = stdout.lines().find(|l| l.trim_start().starts_with("directory: 13 nodes, 209 units;")).unwrap_or_else(|| panic!("no directory cost: {stdout}"));
+    assert!(directory.contains("MiB of memory in every node") && directory.contains("µs per recipient"), "{directory}");
     for class in ["特急", "加急", "平件"] {
         assert!(stdout.contains(class), "latency of {class}: {stdout}");
     }

@@ -87,7 +87,8 @@ pub fn run(config: &Path, from: &Path) -> anyhow::Result<()> {
 }
 
 /// A restore replaces files a running node has open: refuse while its listeners are bound.
-fn ensure_stopped(cfg: &NodeConfig) -> anyhow::Result<()> {
+/// Refuses unless the node's API and admin ports are free (the node is stopped).
+pub fn ensure_stopped(cfg: &NodeConfig) -> anyhow::Result<()> {
     for (what, addr) in [("admin.listen", cfg.admin.listen), ("api.listen", cfg.api.listen)] {
         if let Err(e) = std::net::TcpListener::bind(addr)
             && e.kind() == std::io::ErrorKind::AddrInUse

@@ -6,6 +6,7 @@
 pub mod behaviour;
 pub mod checkpoint;
 pub mod codec;
+pub mod identity_and_addresses;
 pub mod protocol;
 pub mod reconcile;
 pub mod transport;
@@ -61,7 +62,6 @@ pub struct Neighbour {
     pub addresses: Vec<Multiaddr>,
 }
 
-/// What the network reports to the node.
 /// Where the answer to one request from a neighbour goes. The relay holds it while it works and
 /// gives it back to [`Client`] with the answer; libp2p's response channel stays inside `network/`.
 pub struct Reply<T>(ResponseChannel<T>);
@@ -69,27 +69,9 @@ pub struct Reply<T>(ResponseChannel<T>);
 /// A neighbour's identity on the links and a link address, as the rest of the node names them.
 pub use libp2p::{Multiaddr, PeerId};
 
-/// The libp2p identity of a node key.
-pub fn peer_id_of(key: &exchange_wire::PublicKey) -> PeerId {
-    let pk = libp2p::identity::ed25519::PublicKey::try_from_bytes(key.0.as_bytes()).expect("valid ed25519 key");
-    libp2p::identity::PublicKey::from(pk).to_peer_id()
-}
+pub use identity_and_addresses::{keypair_of, peer_id_of, split_peer_address, split_peer_addresses};
 
-/// The link keypair of a node key.
-pub fn keypair_of(node_key: &ed25519_dalek::SigningKey) -> Result<libp2p::identity::Keypair, libp2p::identity::DecodingError> {
-    libp2p::identity::Keypair::ed25519_from_bytes(node_key.to_bytes())
-}
-
-/// Splits a parent address (`.../p2p/<peer id>`) into the peer id and the address to dial.
-pub fn split_peer_address(text: &str) -> Result<(PeerId, Multiaddr), String> {
-    use libp2p::multiaddr::Protocol;
-    let mut addr: Multiaddr = text.parse().map_err(|e| format!("{text:?} is not a multiaddress: {e}"))?;
-    match addr.pop() {
-        Some(Protocol::P2p(peer)) => Ok((peer, addr)),
-        _ => Err(format!("{text:?} must end in /p2p/<peer-id> (the parent's peer id, printed by its exchange-node keygen)")),
-    }
-}
-
+/// What the network reports to the node.
 pub enum NetworkEvent {
     /// A neighbour handed over a batch; answer it with [`Client::respond`] after committing.
     Inbound { peer: PeerId, request: TransferRequest, channel: Reply<TransferResponse> },

@@ -12,12 +12,12 @@ use crate::network::{Multiaddr, PeerId};
 /// See the module documentation.
 pub struct DirectorySync {
     segments: Mutex<SegmentSet>,
-    parent_hint: Option<(PeerId, Multiaddr)>,
+    parent_hint: Option<(PeerId, Vec<Multiaddr>)>,
     seeds: DirectoryConfig,
 }
 
 impl DirectorySync {
-    pub fn new(seeds: DirectoryConfig, parent_hint: Option<(PeerId, Multiaddr)>) -> DirectorySync {
+    pub fn new(seeds: DirectoryConfig, parent_hint: Option<(PeerId, Vec<Multiaddr>)>) -> DirectorySync {
         DirectorySync { segments: Mutex::new(SegmentSet::default()), parent_hint, seeds }
     }
 
@@ -27,8 +27,9 @@ impl DirectorySync {
         self.segments.lock().await
     }
 
-    /// The configured parent's peer id and address (`parent_address`), absent on the root.
-    pub fn parent_hint(&self) -> Option<&(PeerId, Multiaddr)> {
+    /// The configured parent's peer id and the addresses of its replicas (`parent_address`),
+    /// absent on the root.
+    pub fn parent_hint(&self) -> Option<&(PeerId, Vec<Multiaddr>)> {
         self.parent_hint.as_ref()
     }
 

@@ -174,14 +174,20 @@ impl Engine {
             .into_iter()
             .map(|n| (Some(n.id.clone()), Neighbour { peer: n.peer_id, addresses: n.addresses.clone() }))
             .collect();
-        if let Some((peer, address)) = self.directory_sync.parent_hint() {
+        if let Some((peer, addresses)) = self.directory_sync.parent_hint() {
             // Until the tree says otherwise, the configured parent is the way into the network.
             if !allowed.contains(peer) {
                 allowed.push(*peer);
             }
             match neighbours.iter_mut().find(|(_, n)| n.peer == *peer) {
-                Some((_, n)) => n.addresses.push(address.clone()),
-                None => neighbours.push((None, Neighbour { peer: *peer, addresses: vec![address.clone()] })),
+                Some((_, n)) => {
+                    for a in addresses {
+                        if !n.addresses.contains(a) {
+                            n.addresses.push(a.clone());
+                        }
+                    }
+                }
+                None => neighbours.push((None, Neighbour { peer: *peer, addresses: addresses.clone() })),
             }
         }
         self.dir.replace(dir);

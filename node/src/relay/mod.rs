@@ -111,7 +111,7 @@ pub struct Engine {
 
 
 impl Engine {
-    /// `parent_hint` is the configured parent's peer id and address (`parent_address`).
+    /// `parent_hint` is the configured parent's peer id and addresses (`parent_address`).
     pub fn new(
         cfg: &NodeConfig,
         store: Arc<dyn Store>,
@@ -119,7 +119,7 @@ impl Engine {
         metrics: Arc<Metrics>,
         net: network::Client,
         node_key: SigningKey,
-        parent_hint: Option<(PeerId, Multiaddr)>,
+        parent_hint: Option<(PeerId, Vec<Multiaddr>)>,
     ) -> anyhow::Result<Arc<Engine>> {
         let attachments = crate::storage::attachments::AttachmentStore::open(&cfg.attachments_dir(), cfg.attachments.upload_limits()).map_err(|e| {
             anyhow::anyhow!("cannot open the attachment store {}: {e}", cfg.attachments_dir().display())

@@ -19,6 +19,7 @@ mod gather;
 pub mod health;
 pub mod jobs;
 pub mod model;
+pub mod move_to_postgres;
 pub mod postgres;
 pub mod recovery;
 pub mod sharing;

@@ -64,6 +64,11 @@ impl PgStore {
     /// does), then opens the store; every write is fenced by the lease from then on (see `lease`).
     pub async fn open_active(url: &str, health: Arc<StorageHealth>) -> Result<PgStore, StorageError> {
         let lease = lease::Lease::acquire(url, health.clone()).await?;
+        PgStore::open_leased(url, health, lease).await
+    }
+
+    /// Opens the store for the replica holding `lease` (see [`crate::replica`]).
+    pub async fn open_leased(url: &str, health: Arc<StorageHealth>, lease: lease::Lease) -> Result<PgStore, StorageError> {
         let mut store = PgStore::open(url, health).await?;
         store.lease = Some(lease);
         Ok(store)

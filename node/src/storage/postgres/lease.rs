@@ -38,6 +38,8 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The lease, held: the backend pid of the session holding it.
 pub struct Lease {
     pub(crate) pid: i32,
+    /// Cancelled when the lease session is lost (the replica is fenced from then on).
+    pub lost: tokio_util::sync::CancellationToken,
 }
 
 impl Lease {
@@ -45,6 +47,13 @@ impl Lease {
     /// When the session is lost, `health` is marked damaged: the replica stops taking work (its
     /// writes are fenced anyway) and should be restarted, as a standby.
     pub async fn acquire(url: &str, health: Arc<StorageHealth>) -> Result<Lease, StorageError> {
+        Lease::acquire_or_wait(url, health, || {}).await
+    }
+
+    /// [`Lease::acquire`], calling `waiting` once when another replica holds the lease (the node
+    /// then serves its health checks and metrics as a standby while it waits).
+    pub async fn acquire_or_wait(url: &str, health: Arc<StorageHealth>, waiting: impl FnOnce()) -> Result<Lease, StorageError> {
+        let mut waiting = Some(waiting);
         let mut conn = PgConnection::connect(url).await?;
         let timeout = format!("SET idle_session_timeout = {}", IDLE_TIMEOUT.as_millis());
         sqlx::query(sqlx::AssertSqlSafe(timeout)).execute(&mut conn).await?;
@@ -57,12 +66,17 @@ impl Lease {
             if !waited {
                 tracing::info!("standby: another replica holds the lease on this database; waiting to take over");
                 waited = true;
+                if let Some(w) = waiting.take() {
+                    w();
+                }
             }
             // Keep our own session from idling out while we wait.
             tokio::time::sleep(RETRY).await;
         }
         let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut conn).await?;
         tracing::info!(pid, "active: this replica holds the lease");
+        let lost = tokio_util::sync::CancellationToken::new();
+        let lost_tx = lost.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(PING);
             loop {
@@ -70,11 +84,12 @@ impl Lease {
                 if let Err(e) = sqlx::query("SELECT 1").execute(&mut conn).await {
                     tracing::error!(error = %e, "lost the lease session: another replica may be active; refusing work, restart this one as a standby");
                     health.mark_damaged("this replica lost its lease on the database (another replica may be active); restart it");
+                    lost_tx.cancel();
                     return;
                 }
             }
         });
-        Ok(Lease { pid })
+        Ok(Lease { pid, lost })
     }
 
     /// Fails with [`StorageError::Fenced`] unless this replica's lease session still holds the lease.

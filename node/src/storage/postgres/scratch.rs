@@ -44,7 +44,7 @@ impl ScratchDatabase {
     /// cannot be reached: a missing PostgreSQL is a failed test, not a skipped one.
     pub async fn create() -> ScratchDatabase {
         let server = server_url();
-        let mut conn = match PgConnection::connect(&server).await {
+        let conn = match PgConnection::connect(&server).await {
             Ok(c) => c,
             Err(e) => panic!(
                 "PostgreSQL is not reachable at {server}: {e}. The PostgreSQL tests need a server: start the local one with \
@@ -52,16 +52,24 @@ impl ScratchDatabase {
                  to a server whose user may CREATE DATABASE (see README, 'Testing on PostgreSQL')"
             ),
         };
+        let _ = conn.close().await;
+        ScratchDatabase::create_on(&server, "exchange_t").await.unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Creates `<prefix>_<random>` on the server at `server` (whose user may CREATE DATABASE), for
+    /// a test or a benchmark run; dropped with the returned value.
+    pub async fn create_on(server: &str, prefix: &str) -> Result<ScratchDatabase, String> {
+        let mut conn = PgConnection::connect(server).await.map_err(|e| format!("PostgreSQL is not reachable at {server}: {e}"))?;
         let mut bytes = [0u8; 8];
         getrandom::fill(&mut bytes).expect("random bytes");
-        let name = format!("exchange_t_{}", hex::encode(bytes));
+        let name = format!("{prefix}_{}", hex::encode(bytes));
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
             .execute(&mut conn)
             .await
-            .unwrap_or_else(|e| panic!("cannot create the test database {name} on {server}: {e}"));
+            .map_err(|e| format!("cannot create the database {name} on {server} (the user must be allowed to CREATE DATABASE): {e}"))?;
         let _ = conn.close().await;
-        let url = with_database(&server, &name);
-        ScratchDatabase { server, name, url }
+        let url = with_database(server, &name);
+        Ok(ScratchDatabase { server: server.to_string(), name, url })
     }
 }
 
