@@ -58,7 +58,7 @@ fn storage_trouble(e: impl std::fmt::Display) -> Response {
 
 /// The size of the complete copy of `sha256`, if there is one.
 fn complete_size(engine: &AppState, sha256: &Digest) -> std::io::Result<Option<u64>> {
-    Ok(engine.attachments.open_complete(sha256)?.map(|(_, len)| len))
+    Ok(engine.attachments.files.open_complete(sha256)?.map(|(_, len)| len))
 }
 
 /// What `caller` may know of `sha256`: the complete copy if it may have it (see
@@ -79,7 +79,7 @@ async fn view(engine: &AppState, caller: &Caller, sha256: Digest) -> Result<Opti
     {
         return Ok(Some((status_of(sha256, Held::Complete, Some(size)), Some(size))));
     }
-    let (store, u) = (engine.attachments.clone(), unit.to_string());
+    let (store, u) = (engine.attachments.files.clone(), unit.to_string());
     let own = tokio::task::spawn_blocking(move || store.upload_held(&u, &sha256)).await.map_err(storage_trouble)?.map_err(storage_trouble)?;
     Ok(own.map(|(n, size)| (status_of(sha256, Held::Partial(n), None), Some(size))))
 }
@@ -167,7 +167,7 @@ async fn upload(
 /// Starts `unit`'s upload within its quotas (429 for too many unfinished uploads, 507 for too many
 /// bytes in them).
 async fn begin(engine: &AppState, unit: &UnitAddress, sha256: Digest, size: u64) -> Result<(), Response> {
-    let (store, u) = (engine.attachments.clone(), unit.to_string());
+    let (store, u) = (engine.attachments.files.clone(), unit.to_string());
     let began = tokio::task::spawn_blocking(move || store.begin_upload(&u, &sha256, size)).await.map_err(storage_trouble)?.map_err(storage_trouble)?;
     match began {
         Ok(()) => Ok(()),
@@ -284,7 +284,7 @@ async fn download(State(engine): State<AppState>, caller: Caller, Path((id, n)):
         Ok(f) => f.unwrap_or(0),
         Err(r) => return r.into_response(),
     };
-    let file = match engine.attachments.open_complete(&a.sha256) {
+    let file = match engine.attachments.files.open_complete(&a.sha256) {
         Ok(Some((f, len))) if len == a.size => f,
         Ok(_) => return not_here().into_response(),
         Err(e) => return storage_trouble(e),

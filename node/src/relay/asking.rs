@@ -19,7 +19,8 @@ pub use super::deadlines::Deadlines;
 use super::access::Caller;
 use super::custody::event;
 use super::ingress::{Candidate, SignFor};
-use super::{Engine, Refusal, Refused};
+use super::refused::Refused;
+use super::{Engine, Refusal};
 use crate::directory::Directory;
 use crate::storage::{JobOutcome, Record, TrackingRow, WriteJob};
 
@@ -77,7 +78,7 @@ impl Engine {
         if !dir.is_active(&asked) {
             return Err(Refusal::new("recipient-unavailable", 422, format!("unit {asked} is suspended or revoked; it cannot be asked")));
         }
-        self.policy_check(dir, &signed.envelope.sender, &asked, Kind::Query)?;
+        self.check_access(dir, &signed.envelope.sender, &asked, Kind::Query)?;
         Ok((Candidate { signed, payload, recipients: vec![asked], hops: vec![] }, deadline))
     }
 
@@ -213,11 +214,11 @@ impl Engine {
             Err(e) => tracing::error!(error = %e, "cannot load the pending queries; their timeouts will not be recorded until a restart"),
         }
         loop {
-            let next = self.deadlines.pending.lock().expect("deadlines lock").peek().map(|r| r.0);
+            let next = self.deadlines.next();
             let now = exchange_wire::now_ms();
             match next {
                 Some((due, id)) if due <= now => {
-                    self.deadlines.pending.lock().expect("deadlines lock").pop();
+                    self.deadlines.pop();
                     while let Err(e) = self.time_out(id, due).await {
                         tracing::error!(error = %e, "cannot record a query timeout; retrying");
                         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -226,10 +227,10 @@ impl Engine {
                 Some((due, _)) => {
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_millis(due - now)) => {}
-                        _ = self.deadlines.changed.notified() => {}
+                        _ = self.deadlines.changed() => {}
                     }
                 }
-                None => self.deadlines.changed.notified().await,
+                None => self.deadlines.changed().await,
             }
         }
     }

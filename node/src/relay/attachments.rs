@@ -17,8 +17,11 @@ use crate::network::Reply;
 
 use super::forwarder::{Backoff, Signals};
 use super::access::Caller;
-use super::{Engine, Refusal, Refused};
+use super::refused::Refused;
+use super::{Engine, Refusal};
 use crate::network::protocol::{AttachmentRequest, AttachmentResponse};
+pub use super::attachment_state::Attachments;
+use super::attachment_state::AtNeighbour;
 use crate::storage::attachments::{AttachmentError, CHUNK_BYTES, Held};
 
 /// Every attachment description has this metadata key (canonical bytes hold keys verbatim).
@@ -57,6 +60,7 @@ pub(crate) fn not_uploaded(sender: &UnitAddress, a: &Attachment) -> Refusal {
     )
 }
 
+
 impl Engine {
     /// The attachments `env` describes that are not complete here yet. Refuses malformed
     /// descriptions, oversized attachments and sizes that contradict a stored copy.
@@ -77,11 +81,11 @@ impl Engine {
                     ),
                 ));
             }
-            match self.attachments.open_complete(&a.sha256) {
+            match self.attachments.files.open_complete(&a.sha256) {
                 Ok(Some((_, len))) if len == a.size => {
                     // In use again: a retention sweep must not take it for an old file now. If a
                     // sweep removed it in the meantime, it is missing after all.
-                    match self.attachments.touch(&a.sha256) {
+                    match self.attachments.files.touch(&a.sha256) {
                         Ok(()) => {}
                         Err(e) if e.kind() == std::io::ErrorKind::NotFound => missing.push(a),
                         Err(e) => tracing::warn!(error = %e, attachment = %a.sha256, "cannot mark an attachment as used"),
@@ -112,7 +116,7 @@ impl Engine {
         offset: u64,
         bytes: Vec<u8>,
     ) -> Result<Held, AttachmentError> {
-        let store = self.attachments.clone();
+        let store = self.attachments.files.clone();
         self.append_counted(from, sha256, size, bytes, move |b| store.append(&sha256, size, offset, b)).await
     }
 
@@ -125,7 +129,7 @@ impl Engine {
         offset: u64,
         bytes: Vec<u8>,
     ) -> Result<Held, AttachmentError> {
-        let store = self.attachments.clone();
+        let store = self.attachments.files.clone();
         let unit = unit.to_string();
         self.append_counted("agency", sha256, size, bytes, move |b| store.append_upload(&unit, &sha256, size, offset, b)).await
     }
@@ -167,7 +171,7 @@ impl Engine {
     /// the document is in its inbox and was not recalled). A file that only passed through this
     /// node, or another unit's upload, is not the unit's: knowing a SHA-256 gives nothing.
     pub(crate) async fn may_have_attachment(&self, unit: &UnitAddress, sha256: &Digest) -> Result<bool, Refusal> {
-        let (store, u, d) = (self.attachments.clone(), unit.to_string(), *sha256);
+        let (store, u, d) = (self.attachments.files.clone(), unit.to_string(), *sha256);
         if tokio::task::spawn_blocking(move || store.uploaded_by(&u, &d)).await.unwrap_or(false) {
             return Ok(true);
         }
@@ -194,7 +198,7 @@ impl Engine {
         }
         let Ok(described) = document::attachments(env) else { return Ok(()) };
         for a in described {
-            let held = matches!(self.attachments.open_complete(&a.sha256), Ok(Some((_, len))) if len == a.size);
+            let held = matches!(self.attachments.files.open_complete(&a.sha256), Ok(Some((_, len))) if len == a.size);
             if !held || !self.may_have_attachment(&env.sender, &a.sha256).await? {
                 return Err(not_uploaded(&env.sender, &a));
             }
@@ -206,14 +210,14 @@ impl Engine {
     /// quarter of that interval (at most every minute, at least every second), for as long as the
     /// node runs.
     pub(crate) async fn sweep_uploads_forever(self: Arc<Self>) {
-        let ttl = self.attachments.upload_limits.ttl;
+        let ttl = self.attachments.files.upload_limits.ttl;
         let every = (ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
         self.metrics.attachment_uploads_swept.with_label_values(&[] as &[&str]).inc_by(0);
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let store = self.attachments.clone();
+            let store = self.attachments.files.clone();
             match tokio::task::spawn_blocking(move || store.sweep_uploads(std::time::SystemTime::now())).await {
                 Ok(Ok(0)) => {}
                 Ok(Ok(n)) => {
@@ -229,10 +233,7 @@ impl Engine {
     /// Chunks of one attachment may arrive out of order (several are in flight on their own
     /// streams): one that starts past the committed length waits, briefly, for the chunks before it.
     async fn wait_for_predecessor(&self, sha256: Digest, offset: u64) {
-        let mut progress = {
-            let mut map = self.attachment_progress.lock().expect("attachment progress lock");
-            map.entry(sha256).or_insert_with(|| tokio::sync::watch::channel(0).0).subscribe()
-        };
+        let mut progress = self.attachments.progress(sha256);
         if *progress.borrow() == offset || offset < CHUNK_BYTES {
             return;
         }
@@ -244,25 +245,9 @@ impl Engine {
         let _ = tokio::time::timeout(REORDER_WAIT, progress.wait_for(|&c| c >= offset)).await;
     }
 
-    /// Publishes an attachment's new committed length to chunks waiting for it.
-    fn chunk_committed(&self, sha256: Digest, held: &Result<Held, AttachmentError>) {
-        let mut map = self.attachment_progress.lock().expect("attachment progress lock");
-        match held {
-            Ok(Held::Partial(n)) => {
-                map.entry(sha256).or_insert_with(|| tokio::sync::watch::channel(0).0).send_replace(*n);
-            }
-            // Complete (nothing more to wait for) or refused (the sender offers again).
-            _ => {
-                if let Some(tx) = map.remove(&sha256) {
-                    tx.send_replace(u64::MAX);
-                }
-            }
-        }
-    }
-
     /// How much of `sha256` is held here.
     pub(crate) async fn attachment_held(&self, sha256: Digest) -> std::io::Result<Held> {
-        let store = self.attachments.clone();
+        let store = self.attachments.files.clone();
         tokio::task::spawn_blocking(move || store.held(&sha256)).await.map_err(std::io::Error::other)?
     }
 
@@ -277,7 +262,7 @@ impl Engine {
             AttachmentRequest::Chunk { sha256, size, offset, bytes } => {
                 self.wait_for_predecessor(sha256, offset).await;
                 let held = self.store_attachment_chunk(from.as_str(), sha256, size, offset, bytes).await;
-                self.chunk_committed(sha256, &held);
+                self.attachments.committed(sha256, &held);
                 held
             }
         };
@@ -307,15 +292,14 @@ impl Engine {
         }
         let Ok(described) = document::attachments(&env) else { return true };
         let mut ready = true;
-        let mut state = self.attachment_transfers.lock().expect("attachment transfers lock");
         for a in described {
-            let key = (hop.clone(), a.sha256);
-            if state.done.contains(&key) {
-                continue;
-            }
-            ready = false;
-            if state.running.insert(key) {
-                self.tasks.spawn(self.clone().send_attachment(hop.clone(), signals.clone(), a));
+            match self.attachments.at_neighbour(hop, a.sha256) {
+                AtNeighbour::Held => {}
+                AtNeighbour::Running => ready = false,
+                AtNeighbour::Started => {
+                    ready = false;
+                    self.tasks.spawn(self.clone().send_attachment(hop.clone(), signals.clone(), a));
+                }
             }
         }
         ready
@@ -326,7 +310,7 @@ impl Engine {
     /// as old. Returns how many files were removed.
     pub(crate) async fn sweep_attachments(&self, before_ms: i64) -> Result<u64, crate::storage::StorageError> {
         let before = std::time::UNIX_EPOCH + Duration::from_millis(before_ms.max(0) as u64);
-        let store = self.attachments.clone();
+        let store = self.attachments.files.clone();
         let files = tokio::task::spawn_blocking(move || store.files())
             .await
             .map_err(|e| std::io::Error::other(e.to_string()))
@@ -337,7 +321,7 @@ impl Engine {
             if modified >= before || (complete && self.store.attachment_in_use(&digest.to_hex(), before_ms).await?) {
                 continue;
             }
-            let store = self.attachments.clone();
+            let store = self.attachments.files.clone();
             match tokio::task::spawn_blocking(move || store.remove_unused(&digest, complete, before)).await {
                 Ok(Ok(true)) => removed += 1,
                 Ok(Ok(false)) => {}
@@ -352,9 +336,8 @@ impl Engine {
     pub(crate) fn forget_attachments_at(&self, hop: &NodeId, header: &[u8]) {
         let Ok(env) = Envelope::from_canonical_bytes(header) else { return };
         let Ok(described) = document::attachments(&env) else { return };
-        let mut state = self.attachment_transfers.lock().expect("attachment transfers lock");
         for a in described {
-            state.done.remove(&(hop.clone(), a.sha256));
+            self.attachments.forget(hop, a.sha256);
         }
     }
 
@@ -383,12 +366,7 @@ impl Engine {
                 }
             }
         }
-        {
-            let mut state = self.attachment_transfers.lock().expect("attachment transfers lock");
-            let key = (hop.clone(), a.sha256);
-            state.running.remove(&key);
-            state.done.insert(key);
-        }
+        self.attachments.transfer_ended(&hop, a.sha256);
         signals.work.notify_one();
     }
 
@@ -413,7 +391,7 @@ impl Engine {
         let mut next = offset;
         loop {
             while in_flight.len() < CHUNKS_IN_FLIGHT && next < a.size {
-                let store = self.attachments.clone();
+                let store = self.attachments.files.clone();
                 let (sha256, at) = (a.sha256, next);
                 let bytes = tokio::task::spawn_blocking(move || store.read_chunk(&sha256, at))
                     .await

@@ -47,10 +47,10 @@ impl Engine {
         }
         self.pin_root_key(&set);
         self.apply_directory(&set).await;
-        *self.segments.lock().await = set;
+        *self.directory_sync.segments().await = set;
 
-        if let Some(path) = &self.directory_cfg.tree_seed
-            && self.segments.lock().await.tree.is_none() {
+        if let Some(path) = &self.directory_sync.seeds().tree_seed
+            && self.directory_sync.segments().await.tree.is_none() {
                 if !self.is_root() {
                     anyhow::bail!("directory.tree_seed is for the root node only: this node's key is not the pinned root_key");
                 }
@@ -67,9 +67,9 @@ impl Engine {
 
     /// Signs this node's units seed as version 1 once the tree is known and no own segment exists.
     async fn publish_units_seed(self: &Arc<Self>) -> anyhow::Result<()> {
-        let Some(path) = &self.directory_cfg.units_seed else { return Ok(()) };
+        let Some(path) = &self.directory_sync.seeds().units_seed else { return Ok(()) };
         {
-            let set = self.segments.lock().await;
+            let set = self.directory_sync.segments().await;
             if set.tree.is_none() || set.units.contains_key(&self.here) {
                 return Ok(());
             }
@@ -98,7 +98,7 @@ impl Engine {
         from: Option<NodeId>,
         incoming: Vec<(SignedEnvelope, Vec<u8>)>,
     ) -> Vec<Result<Verdict, SegmentRefusal>> {
-        let mut set = self.segments.lock().await;
+        let mut set = self.directory_sync.segments().await;
         let mut results = Vec::with_capacity(incoming.len());
         let mut taken = Vec::new();
         let source = from.as_ref().map(|f| f.to_string());
@@ -142,7 +142,7 @@ impl Engine {
                     self.metrics.directory_rejections.with_label_values(&[refusal.code]).inc();
                     tracing::warn!(from = ?source, code = refusal.code, reason = %refusal.reason, "directory segment refused");
                     let r = Refusal::new(refusal.code, 403, refusal.reason.clone());
-                    self.refused(source.as_deref().unwrap_or("this node"), &[super::Refused { id: Some(signed.id), kind: Some(signed.envelope.kind), refusal: &r }])
+                    self.refused(source.as_deref().unwrap_or("this node"), &[super::refused::Refused { id: Some(signed.id), kind: Some(signed.envelope.kind), refusal: &r }])
                         .await;
                     results.push(Err(refusal));
                 }
@@ -189,7 +189,7 @@ impl Engine {
             .map(|n| (Some(n.id.clone()), Neighbour { peer: n.peer_id, addresses: n.addresses.clone() }))
             .collect();
         // A configured parent whose key the tree has since rotated (or revoked) is not the way in.
-        if let Some((peer, addresses)) = self.parent_hint.as_ref().filter(|(p, _)| dir.node_by_earlier_key(p).is_none()) {
+        if let Some((peer, addresses)) = self.directory_sync.parent_hint().filter(|(p, _)| dir.node_by_earlier_key(p).is_none()) {
             // Until the tree says otherwise, the configured parent is the way into the network.
             if !allowed.contains(peer) {
                 allowed.push(*peer);
@@ -226,7 +226,7 @@ impl Engine {
     fn push_segments(self: &Arc<Self>, held: Vec<Held>, except: Option<&NodeId>) {
         let dir = self.dir.current();
         let mut peers: Vec<PeerId> = dir.neighbours(&self.here).into_iter().filter(|n| Some(&n.id) != except).filter_map(|n| self.peer_for(&n.id)).collect();
-        if let Some((peer, _)) = &self.parent_hint
+        if let Some((peer, _)) = self.directory_sync.parent_hint()
             && !peers.contains(peer) && dir.node_by_peer(peer).map(|n| &n.id) != except {
                 peers.push(*peer);
             }
@@ -266,7 +266,7 @@ impl Engine {
 
     /// A link came up: give the neighbour everything held.
     pub(crate) async fn push_all_segments(self: &Arc<Self>, peer: PeerId) {
-        let segments: Vec<SegmentParcel> = self.segments.lock().await.all().map(parcel).collect();
+        let segments: Vec<SegmentParcel> = self.directory_sync.segments().await.all().map(parcel).collect();
         if segments.is_empty() {
             return;
         }
@@ -330,7 +330,7 @@ impl Engine {
     pub async fn add_node(self: &Arc<Self>, mut record: NodeRecord) -> Result<AdminActionResponse, Refusal> {
         // A new node has no earlier keys: they come only from rotations.
         record.previous_keys.clear();
-        let mut tree = self.current_tree(&*self.segments.lock().await)?;
+        let mut tree = self.current_tree(&*self.directory_sync.segments().await)?;
         if tree.nodes.iter().any(|n| n.id == record.id) {
             return Err(Refusal::new("conflict", 409, format!("node {} is already in the tree", record.id)));
         }
@@ -348,7 +348,7 @@ impl Engine {
 
     /// `exchange-admin nodes remove` (root only; a node with children stays).
     pub async fn remove_node(self: &Arc<Self>, id: &NodeId) -> Result<AdminActionResponse, Refusal> {
-        let mut tree = self.current_tree(&*self.segments.lock().await)?;
+        let mut tree = self.current_tree(&*self.directory_sync.segments().await)?;
         if tree.nodes.iter().any(|n| n.parent.as_ref() == Some(id)) {
             return Err(Refusal::new("conflict", 409, format!("node {id} still has children; remove or move them first")));
         }
@@ -374,7 +374,7 @@ impl Engine {
                     format!("unit {a} is hosted by node {}; change it there", a.node_part()),
                 ));
             }
-        let set = self.segments.lock().await;
+        let set = self.directory_sync.segments().await;
         if set.tree().is_none_or(|t| !t.nodes.iter().any(|n| n.id == self.here)) {
             return Err(Refusal::new("not-ready", 503, "this node is not in the node tree yet; it cannot sign units"));
         }
@@ -474,12 +474,12 @@ impl Engine {
 
     /// `exchange-admin nodes list`.
     pub async fn node_records(&self) -> Vec<NodeRecord> {
-        self.segments.lock().await.tree().map(|t| t.nodes.clone()).unwrap_or_default()
+        self.directory_sync.segments().await.tree().map(|t| t.nodes.clone()).unwrap_or_default()
     }
 
     /// `exchange-admin units list|show`.
     pub async fn unit_records(&self, node: Option<&NodeId>) -> Vec<UnitRecord> {
-        let set = self.segments.lock().await;
+        let set = self.directory_sync.segments().await;
         let mut out: Vec<UnitRecord> = set
             .units
             .values()
@@ -495,7 +495,7 @@ impl Engine {
 
     /// `exchange-admin directory show`.
     pub async fn directory_view(&self) -> DirectoryView {
-        let set = self.segments.lock().await;
+        let set = self.directory_sync.segments().await;
         let segments = set
             .all()
             .map(|h| SegmentInfo {
@@ -517,7 +517,7 @@ impl Engine {
 
     /// `exchange-admin directory verify`: every segment held, re-checked from scratch.
     pub async fn directory_verify(&self) -> DirectoryVerification {
-        let set = self.segments.lock().await;
+        let set = self.directory_sync.segments().await;
         let mut fresh = SegmentSet::default();
         let mut checks = Vec::new();
         for h in set.all() {

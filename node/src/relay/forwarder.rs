@@ -255,15 +255,10 @@ pub fn acknowledged(here: &NodeId, hop: &NodeId, sent: &[Sent], results: &[Parce
 impl Engine {
     /// The forwarder signals for `hop`, starting its task on first use.
     pub(super) fn forwarder(self: &Arc<Self>, hop: &NodeId) -> Arc<Signals> {
-        let mut map = self.forwarders.lock().expect("forwarders lock");
-        map.entry(hop.clone())
-            .or_insert_with(|| {
-                let signals = Arc::new(Signals::default());
-                self.tasks.spawn(run(self.clone(), hop.clone(), signals.clone()));
-                signals.work.notify_one();
-                signals
-            })
-            .clone()
+        self.links.forwarder(hop, |signals| {
+            self.tasks.spawn(run(self.clone(), hop.clone(), signals.clone()));
+            signals.work.notify_one();
+        })
     }
 
     /// Signed failure reports for the documents `hop` refused for good that did not enter the network

@@ -116,7 +116,7 @@ impl Engine {
     async fn sign_units_again_if_needed(self: &Arc<Self>) {
         let key = self.node_key().verifying_key();
         let own = {
-            let set = self.segments.lock().await;
+            let set = self.directory_sync.segments().await;
             set.units.get(&self.here).filter(|h| h.signed.verify(&key).is_err()).and_then(|_| set.unit_segment(&self.here).cloned())
         };
         if let Some(mut units) = own {
@@ -174,7 +174,7 @@ impl Engine {
             self.clone().adopt_listed_key().await;
             let now = exchange_wire::now_ms();
             if self.dir.current().next_key_expiry(last).is_some_and(|t| t <= now) {
-                let set = self.segments.lock().await;
+                let set = self.directory_sync.segments().await;
                 self.apply_directory(&set).await;
             }
             last = now;
@@ -199,7 +199,7 @@ impl Engine {
         });
         let (code, what) = if revoked { ("key-revoked", "revoked") } else { ("key-expired", "whose overlap has ended") };
         let r = Refusal::new(code, 403, format!("a link from {peer}: the libp2p identity of a key of node {node} {what}"));
-        self.refused(node.as_str(), &[super::Refused { id: None, kind: None, refusal: &r }]).await;
+        self.refused(node.as_str(), &[super::refused::Refused { id: None, kind: None, refusal: &r }]).await;
     }
 
     // ---- Operators' changes (root only) ----
@@ -240,7 +240,7 @@ impl Engine {
             return Err(Refusal::new("conflict", 409, format!("key {} is already a key of a node; generate a fresh one", h.public_key)));
         }
         let old_key = self.root_key();
-        let version = self.segments.lock().await.handovers.keys().next_back().copied().unwrap_or(0) + 1;
+        let version = self.directory_sync.segments().await.handovers.keys().next_back().copied().unwrap_or(0) + 1;
         let handover = segments::sign(Segment::RootHandover(RootHandover { version, old_key, new_key: h.public_key }), &self.here, &self.node_key());
         let now = exchange_wire::now_ms();
         let rotation = RotateKey { public_key: h.public_key, overlap_secs: h.overlap_secs, revoke_old: false };
@@ -264,7 +264,7 @@ impl Engine {
         if !self.is_root() {
             return Err(Refusal::new("not-root", 403, "only the root node signs the node tree; run this on the root node"));
         }
-        self.segments.lock().await.tree().cloned().ok_or_else(|| Refusal::new("not-ready", 409, "no node tree yet"))
+        self.directory_sync.segments().await.tree().cloned().ok_or_else(|| Refusal::new("not-ready", 409, "no node tree yet"))
     }
 }
 

@@ -40,13 +40,12 @@ impl Engine {
     /// `exchange-admin peers`: parent and children with their link state.
     pub fn peer_infos(&self) -> Vec<PeerInfo> {
         let dir = self.dir.current();
-        let peers = self.peers.lock().expect("peers lock");
         let parent = dir.node(&self.here).and_then(|n| n.parent.clone());
         let mut out: Vec<PeerInfo> = dir
             .neighbours(&self.here)
             .into_iter()
             .map(|n| {
-                let state = peers.get(&n.id).cloned().unwrap_or_default();
+                let state = self.links.peer(&n.id);
                 PeerInfo {
                     node: n.id.clone(),
                     role: if Some(&n.id) == parent.as_ref() { "parent" } else { "child" }.into(),
@@ -224,19 +223,14 @@ impl Engine {
 
     /// `exchange-admin retry`: every forwarder retries now, whatever its backoff.
     pub async fn retry_now(self: &Arc<Self>) -> Result<AdminActionResponse, Refusal> {
-        let n = self.forwarders.lock().expect("forwarders lock").len();
+        let n = self.links.forwarders();
         self.admin_action(None, "retry", format!("{n} forwarders woken")).await?;
         self.wake_all_forwarders();
         Ok(AdminActionResponse { affected: n as u64, message: format!("{n} forwarders retrying now") })
     }
 
     fn wake_all_forwarders(&self) -> usize {
-        let map = self.forwarders.lock().expect("forwarders lock");
-        for s in map.values() {
-            s.link_up.notify_one();
-            s.work.notify_one();
-        }
-        map.len()
+        self.links.wake_all()
     }
 
     /// `exchange-admin purge --older-than DAYS`.
@@ -324,7 +318,7 @@ impl Engine {
                 detail: "unknown: the directory does not list this node, so neither its parent nor its place is known".into(),
             }),
             Some(Some(parent)) => {
-                let up = self.peers.lock().expect("peers lock").get(&parent).is_some_and(|p| p.connected);
+                let up = self.links.peer(&parent).connected;
                 checks.push(Check {
                     name: "parent".into(),
                     ok: up,

@@ -13,12 +13,14 @@ use exchange_wire::api::{AdminActionResponse, WebhookDelivery, WebhookInfo, Webh
 
 use super::access::Caller;
 use super::forwarder::Backoff;
+pub use super::webhook_target::Webhooks;
 use super::webhook_target::{Pinned, TargetError, WebhookTargets};
 use super::{Engine, Refusal};
 use crate::storage::{AdminOp, EventRow, WriteJob};
 
 /// Items per POST.
 const PUSH_BATCH: u32 = 100;
+
 
 /// A webhook URL must be http(s) and name a host; its addresses are checked by
 /// [`WebhookTargets`] at registration (when the name resolves) and again before every push.
@@ -105,7 +107,7 @@ impl Engine {
             return Err(Refusal::new("not-found", 404, format!("unit {unit} is not hosted on node {}", self.here)));
         }
         // The check may resolve a name: off the async workers.
-        let (url, targets) = (req.url.clone(), self.webhook_targets.clone());
+        let (url, targets) = (req.url.clone(), self.webhooks.targets());
         tokio::task::spawn_blocking(move || check_webhook_url(&url, &targets))
             .await
             .map_err(|e| Refusal::new("storage", 500, format!("the webhook check did not finish: {e}")))??;
@@ -157,7 +159,7 @@ impl Engine {
     }
 
     fn start_pusher(self: &Arc<Self>, unit: UnitAddress) {
-        if self.pushers.lock().expect("pushers lock").insert(unit.clone()) {
+        if self.webhooks.claim(&unit) {
             let engine = self.clone();
             self.tasks.spawn(async move { engine.push_loop(unit).await });
         }
@@ -177,7 +179,7 @@ impl Engine {
                 }
             };
             let Some(crate::storage::WebhookRow { url, pushed_seq: pushed, .. }) = hook else {
-                self.pushers.lock().expect("pushers lock").remove(&unit);
+                self.webhooks.release(&unit);
                 return;
             };
             // A suspended (or revoked) unit's webhook is not pushed to: the inbox keeps the items,
@@ -207,7 +209,7 @@ impl Engine {
             let signature = hex::encode(self.node_key().sign(&body).to_bytes());
             let node = self.here.to_string();
             let target = url.clone();
-            let targets = self.webhook_targets.clone();
+            let targets = self.webhooks.targets();
             let sent = tokio::task::spawn_blocking(move || deliver(&targets, &target, &node, &signature, &body)).await;
             match sent {
                 Ok(Ok(status)) if (200..300).contains(&status) => {

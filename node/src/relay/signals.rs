@@ -1,6 +1,14 @@
-//! The wake-ups of one forwarder: new work, the link coming back, and the turn of attachment
-//! transfers. The engine holds one per neighbour; the forwarder waits on it.
+//! The forwarding part's state: the wake-ups of each forwarder (new work, the link coming back, the
+//! turn of attachment transfers), one per neighbour, and what the node knows about each link. The
+//! forwarder (`forwarder`) waits on its signals; the engine wakes them after a commit.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use exchange_wire::NodeId;
+
+use crate::network::PeerId;
 use tokio::sync::Notify;
 
 /// Wake-up signals for one forwarder.
@@ -12,4 +20,91 @@ pub struct Signals {
     pub link_up: Notify,
     /// Held by the attachment transfer to this neighbour that has its turn: one at a time.
     pub attachment_turn: tokio::sync::Mutex<()>,
+}
+
+/// What the node knows about a neighbour link.
+#[derive(Debug, Clone, Default)]
+pub struct PeerState {
+    pub connected: bool,
+    /// The libp2p identity the neighbour's link came up with: during a key rotation's overlap, its old
+    /// or its new one (see `Engine::peer_for`).
+    pub link_peer: Option<PeerId>,
+    pub last_seen_ms: Option<u64>,
+    pub rtt: Option<Duration>,
+}
+
+/// The forwarders (their signals, by neighbour) and the state of each neighbour link.
+#[derive(Default)]
+pub struct Links {
+    forwarders: Mutex<HashMap<NodeId, Arc<Signals>>>,
+    peers: Mutex<HashMap<NodeId, PeerState>>,
+}
+
+impl Links {
+    /// The signals of `hop`'s forwarder; on first use, `start` starts the forwarder with them.
+    pub fn forwarder(&self, hop: &NodeId, start: impl FnOnce(Arc<Signals>)) -> Arc<Signals> {
+        let mut map = self.forwarders.lock().expect("forwarders lock");
+        map.entry(hop.clone())
+            .or_insert_with(|| {
+                let signals = Arc::new(Signals::default());
+                start(signals.clone());
+                signals
+            })
+            .clone()
+    }
+
+    /// Forwarders running.
+    pub fn forwarders(&self) -> usize {
+        self.forwarders.lock().expect("forwarders lock").len()
+    }
+
+    /// Every forwarder retries now, whatever its backoff. Returns how many were woken.
+    pub fn wake_all(&self) -> usize {
+        let map = self.forwarders.lock().expect("forwarders lock");
+        for s in map.values() {
+            s.link_up.notify_one();
+            s.work.notify_one();
+        }
+        map.len()
+    }
+
+    /// Starts keeping the state of the link to `id`; returns whether it is new.
+    pub fn watch(&self, id: &NodeId) -> bool {
+        let mut peers = self.peers.lock().expect("peers lock");
+        let new = !peers.contains_key(id);
+        peers.entry(id.clone()).or_default();
+        new
+    }
+
+    /// Records the link to `id` up (or down).
+    pub fn mark(&self, id: &NodeId, up: bool) {
+        let mut peers = self.peers.lock().expect("peers lock");
+        let state = peers.entry(id.clone()).or_default();
+        state.connected = up;
+        if up {
+            state.last_seen_ms = Some(exchange_wire::now_ms());
+        }
+    }
+
+    /// Records which identity the link to `id` is up with (`up`), or that the link with `peer` went
+    /// down (a link with another identity of the same neighbour may still be up).
+    pub fn set_link_peer(&self, id: &NodeId, peer: PeerId, up: bool) {
+        let mut peers = self.peers.lock().expect("peers lock");
+        let state = peers.entry(id.clone()).or_default();
+        match up {
+            true => state.link_peer = Some(peer),
+            false if state.link_peer == Some(peer) => state.link_peer = None,
+            false => {}
+        }
+    }
+
+    /// Records the round-trip time of the link to `id`.
+    pub fn set_rtt(&self, id: &NodeId, rtt: Duration) {
+        self.peers.lock().expect("peers lock").entry(id.clone()).or_default().rtt = Some(rtt);
+    }
+
+    /// The state of the link to `id` (not connected, never seen, when unknown).
+    pub fn peer(&self, id: &NodeId) -> PeerState {
+        self.peers.lock().expect("peers lock").get(id).cloned().unwrap_or_default()
+    }
 }

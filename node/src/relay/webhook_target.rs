@@ -12,10 +12,14 @@
 //! those addresses ([`Pinned`]): a DNS answer that changes between the check and the connection
 //! (DNS rebinding) cannot redirect it.
 
+use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
+use std::sync::Mutex;
 
 use ipnet::IpNet;
 use ureq::unversioned::resolver::{ResolvedSocketAddrs, Resolver};
+
+use exchange_wire::UnitAddress;
 
 use crate::config::PushConfig;
 
@@ -194,6 +198,33 @@ impl Resolver for Pinned {
             out.push(*a);
         }
         if out.is_empty() { Err(ureq::Error::HostNotFound) } else { Ok(out) }
+    }
+}
+
+/// The webhook part: where webhooks may point, and the units whose pusher runs (one each).
+pub struct Webhooks {
+    targets: WebhookTargets,
+    pushers: Mutex<HashSet<UnitAddress>>,
+}
+
+impl Webhooks {
+    pub fn new(targets: WebhookTargets) -> Webhooks {
+        Webhooks { targets, pushers: Mutex::new(HashSet::new()) }
+    }
+
+    /// Where webhooks may point (checked at registration and before every push).
+    pub fn targets(&self) -> WebhookTargets {
+        self.targets.clone()
+    }
+
+    /// Claims the pusher of `unit`; false when one runs already.
+    pub(super) fn claim(&self, unit: &UnitAddress) -> bool {
+        self.pushers.lock().expect("pushers lock").insert(unit.clone())
+    }
+
+    /// The pusher of `unit` ends (its webhook was removed).
+    pub(super) fn release(&self, unit: &UnitAddress) {
+        self.pushers.lock().expect("pushers lock").remove(unit);
     }
 }
 

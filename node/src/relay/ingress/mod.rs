@@ -21,7 +21,8 @@ use crate::network::Reply;
 
 use super::access::Caller;
 use super::custody::{self, Incoming};
-use super::{Engine, Refusal, Refused};
+use super::refused::Refused;
+use super::{Engine, Refusal};
 use crate::directory::Directory;
 use crate::network::protocol::{Parcel, ParcelResult, TransferRequest, TransferResponse};
 use crate::storage::{JobOutcome, WriteJob};
@@ -216,7 +217,7 @@ impl Engine {
             if !dir.is_active(r) {
                 return Err(Refusal::new("recipient-unavailable", 422, format!("recipient {r} is suspended or revoked; it cannot receive")));
             }
-            self.policy_check(dir, &env.sender, r, env.kind)?;
+            self.check_access(dir, &env.sender, r, env.kind)?;
         }
         let recipients = signed.envelope.recipients().cloned().collect();
         Ok(Candidate { signed, payload, recipients, hops: vec![] })

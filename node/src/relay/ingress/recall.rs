@@ -8,7 +8,8 @@ use exchange_wire::api::{SignedMessage, SubmitResponse};
 use exchange_wire::{Envelope, Kind, MessageId};
 
 use crate::relay::access::Caller;
-use crate::relay::{Engine, Refusal, Refused};
+use crate::relay::refused::Refused;
+use crate::relay::{Engine, Refusal};
 use crate::directory::Directory;
 use crate::storage::JobOutcome;
 

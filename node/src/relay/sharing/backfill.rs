@@ -51,9 +51,9 @@ impl Engine {
     /// Sends what is left of granted backlogs, a page per commit, taking the numbering lock for each
     /// page only (publishing goes on in between). Runs after a grant with a long backlog and at start.
     pub(crate) async fn send_backlogs(self: &Arc<Self>) {
-        let _one_sender = self.backfill_running.lock().await;
+        let _one_sender = self.sharing.backfill_turn().await;
         loop {
-            let _numbering = self.sharing_lock.lock().await;
+            let _numbering = self.sharing.numbering().await;
             let rows = match self.store.sharing().owner_subscriptions(None).await {
                 Ok(r) => r,
                 Err(e) => {

@@ -16,7 +16,7 @@ impl Engine {
     /// directory changes).
     pub(crate) fn apply_catalog(self: &Arc<Self>, set: &SegmentSet) {
         let Some(catalog) = set.catalog() else { return };
-        if self.catalog.current().is_some_and(|c| c.catalog.version >= catalog.version) {
+        if self.sharing.catalog().is_some_and(|c| c.catalog.version >= catalog.version) {
             return;
         }
         match CompiledCatalog::compile(catalog) {
@@ -26,7 +26,7 @@ impl Engine {
                     self.metrics.data_delivered.with_label_values(&[t.name.as_str()]).inc_by(0);
                 }
                 self.metrics.catalog_version.set(catalog.version as i64);
-                self.catalog.replace(Arc::new(compiled));
+                self.sharing.put_in_force(Arc::new(compiled));
                 tracing::info!(version = catalog.version, topics = catalog.topics.len(), "data-sharing catalog in force");
                 // Requests that waited for the catalog can be decided now.
                 let engine = self.clone();
@@ -38,12 +38,12 @@ impl Engine {
 
     /// Root only: signs the catalog seed file if no catalog, or an older one, is held.
     pub(crate) async fn publish_catalog_seed(self: &Arc<Self>) -> anyhow::Result<()> {
-        let Some(path) = &self.directory_cfg.catalog_seed else { return Ok(()) };
+        let Some(path) = &self.directory_sync.seeds().catalog_seed else { return Ok(()) };
         if !self.is_root() {
             anyhow::bail!("directory.catalog_seed is for the root node only: this node's key is not the pinned root_key");
         }
         let catalog = crate::sharing::catalog_from_file(path).map_err(anyhow::Error::msg)?;
-        if self.segments.lock().await.catalog().is_some_and(|c| c.version >= catalog.version) {
+        if self.directory_sync.segments().await.catalog().is_some_and(|c| c.version >= catalog.version) {
             return Ok(());
         }
         if let Some(Err(e)) = self.publish(exchange_wire::directory::Segment::Catalog(catalog)).await.first() {
@@ -54,8 +54,8 @@ impl Engine {
 
     /// The catalog in force, if any.
     pub fn catalog_view(&self) -> Result<Catalog, Refusal> {
-        self.catalog
-            .current()
+        self.sharing
+            .catalog()
             .map(|c| c.catalog.clone())
             .ok_or_else(|| Refusal::new("not-found", 404, "this node holds no data-sharing catalog yet; the root publishes it (exchange-admin catalog publish)"))
     }
@@ -66,7 +66,7 @@ impl Engine {
             return Err(Refusal::new("conflict", 409, "only the root node signs the catalog: run this against the root node's admin API"));
         }
         CompiledCatalog::compile(&catalog).map_err(|e| Refusal::malformed(format!("the catalog is refused: {e}")))?;
-        if let Some(held) = self.segments.lock().await.catalog()
+        if let Some(held) = self.directory_sync.segments().await.catalog()
             && held.version >= catalog.version
         {
             return Err(Refusal::new(
@@ -87,7 +87,7 @@ impl Engine {
     }
 
     pub(super) fn compiled_catalog(&self) -> Result<Arc<CompiledCatalog>, Refusal> {
-        self.catalog.current().ok_or_else(|| {
+        self.sharing.catalog().ok_or_else(|| {
             Refusal::new("unknown-topic", 422, "this node holds no data-sharing catalog yet; try again once the root has published it")
         })
     }

@@ -26,14 +26,50 @@ mod publishing;
 mod reads;
 mod subscriptions;
 
+use std::sync::Arc;
+
 use exchange_wire::api::SignedMessage;
 use exchange_wire::sharing::{DataItem, SubscriptionView};
 use exchange_wire::{Digest, SignedEnvelope};
 
 use crate::relay::Refusal;
+use crate::sharing::{CatalogHandle, CompiledCatalog};
 use crate::storage::EventRow;
 use crate::storage::sharing::{DataInboxRow, SubscriptionRow};
 use delivery::verify_unit;
+
+/// The data-sharing part's state: the catalog in force (its schemas compiled), the lock under which
+/// this node numbers published records and decides subscriptions, and the turn of the one task that
+/// sends granted backlogs. The engine's sharing code (the files of this folder) reaches it only
+/// through these methods.
+#[derive(Default)]
+pub struct Sharing {
+    catalog: CatalogHandle,
+    numbering: tokio::sync::Mutex<()>,
+    backfill: tokio::sync::Mutex<()>,
+}
+
+impl Sharing {
+    /// The catalog in force, if any.
+    pub fn catalog(&self) -> Option<Arc<CompiledCatalog>> {
+        self.catalog.current()
+    }
+
+    fn put_in_force(&self, catalog: Arc<CompiledCatalog>) {
+        self.catalog.replace(catalog);
+    }
+
+    /// Held while records are numbered or subscriptions decided: the sequence numbers and the
+    /// subscriber lists must not change between reading them and committing.
+    async fn numbering(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.numbering.lock().await
+    }
+
+    /// Held by the one task that sends granted backlogs.
+    async fn backfill_turn(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.backfill.lock().await
+    }
+}
 
 fn sharing_event(id: Option<[u8; 32]>, event: &'static str, unit: Option<String>, detail: String) -> EventRow {
     EventRow { at_ms: exchange_wire::now_ms() as i64, category: "sharing", message_id: id, event, unit, peer: None, detail: Some(detail) }

@@ -13,7 +13,8 @@ use exchange_wire::{Kind, SignedEnvelope, UnitAddress};
 
 use crate::relay::access::Caller;
 use crate::relay::custody::{self, Incoming, Summary};
-use crate::relay::{Engine, Refusal, Refused};
+use crate::relay::refused::Refused;
+use crate::relay::{Engine, Refusal};
 use crate::directory::Directory;
 use crate::storage::sharing::{SharingJob, TopicLogRow};
 use crate::storage::{JobOutcome, WriteJob};
@@ -122,7 +123,7 @@ impl Engine {
         let storage = |e: crate::storage::StorageError| -> Refusal { e.into() };
         // The sequence numbers and the subscriber lists must not change between reading them and
         // committing.
-        let _numbering = self.sharing_lock.lock().await;
+        let _numbering = self.sharing.numbering().await;
         let shared = self.store.sharing();
         let ctx = self.context(dir);
         let now = exchange_wire::now_ms();

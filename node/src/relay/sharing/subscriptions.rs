@@ -13,7 +13,8 @@ use exchange_wire::{Digest, Kind, UnitAddress};
 
 use crate::relay::access::Caller;
 use crate::relay::custody::{self, Incoming};
-use crate::relay::{Engine, Refusal, Refused};
+use crate::relay::refused::Refused;
+use crate::relay::{Engine, Refusal};
 use crate::directory::Directory;
 use crate::storage::sharing::{SharingJob, SharingRow, SubscriptionRow};
 use crate::storage::{JobOutcome, WriteJob};
@@ -117,8 +118,8 @@ impl Engine {
     /// not-shared, unknown topic or another owner: refused). Runs after a request arrives, when a
     /// catalog comes into force, and at start.
     pub(crate) async fn process_subscription_requests(self: &Arc<Self>) {
-        let Some(catalog) = self.catalog.current() else { return };
-        let _numbering = self.sharing_lock.lock().await;
+        let Some(catalog) = self.sharing.catalog() else { return };
+        let _numbering = self.sharing.numbering().await;
         let rows = match self.store.sharing().owner_subscriptions(None).await {
             Ok(r) => r,
             Err(e) => {
@@ -160,7 +161,7 @@ impl Engine {
     }
 
     pub(super) async fn decide_pending(self: &Arc<Self>, owner: Option<&UnitAddress>, req: DecideRequest, decided_by: &str) -> Result<SubscriptionView, Refusal> {
-        let _numbering = self.sharing_lock.lock().await;
+        let _numbering = self.sharing.numbering().await;
         let rows = self.store.sharing().owner_subscriptions(owner.map(|o| o.as_str())).await?;
         let row = rows.into_iter().find(|r| r.topic == req.topic && r.subscriber == req.subscriber.as_str()).ok_or_else(|| {
             Refusal::new("not-found", 404, format!("no subscription request of {} to {} is held at node {}", req.subscriber, req.topic, self.here))

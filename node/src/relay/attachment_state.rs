@@ -1,0 +1,91 @@
+//! The attachments part's state (see `attachments`, which holds what the engine does with it; kept
+//! apart so the engine can hold this without importing `attachments`).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use exchange_wire::{Digest, NodeId};
+use tokio::sync::watch;
+
+use crate::storage::attachments::{AttachmentError, AttachmentStore, Held};
+
+/// The attachments part: the attachment files, which neighbours hold which attachments and the
+/// transfers under way, and the committed length of attachments being received (for chunks that
+/// arrive ahead of their predecessor).
+pub struct Attachments {
+    /// The attachment files (see `storage::attachments`).
+    pub files: Arc<AttachmentStore>,
+    transfers: Mutex<Transfers>,
+    progress: Mutex<HashMap<Digest, watch::Sender<u64>>>,
+}
+
+/// Attachments known to be complete at a neighbour, and transfers running (by neighbour and SHA-256).
+#[derive(Default)]
+struct Transfers {
+    done: HashSet<(NodeId, Digest)>,
+    running: HashSet<(NodeId, Digest)>,
+}
+
+/// Where an attachment stands with a neighbour, for the forwarder.
+pub(super) enum AtNeighbour {
+    /// The neighbour holds it all.
+    Held,
+    /// A transfer was started for it now (the caller spawns it).
+    Started,
+    /// A transfer runs already.
+    Running,
+}
+
+impl Attachments {
+    pub fn new(files: AttachmentStore) -> Attachments {
+        Attachments { files: Arc::new(files), transfers: Mutex::default(), progress: Mutex::default() }
+    }
+
+    /// Where `sha256` stands with `hop`; claims the transfer when none runs.
+    pub(super) fn at_neighbour(&self, hop: &NodeId, sha256: Digest) -> AtNeighbour {
+        let mut state = self.transfers.lock().expect("attachment transfers lock");
+        let key = (hop.clone(), sha256);
+        if state.done.contains(&key) {
+            AtNeighbour::Held
+        } else if state.running.insert(key) {
+            AtNeighbour::Started
+        } else {
+            AtNeighbour::Running
+        }
+    }
+
+    /// The transfer of `sha256` to `hop` ended: the neighbour holds it (or refused it for good).
+    pub(super) fn transfer_ended(&self, hop: &NodeId, sha256: Digest) {
+        let mut state = self.transfers.lock().expect("attachment transfers lock");
+        let key = (hop.clone(), sha256);
+        state.running.remove(&key);
+        state.done.insert(key);
+    }
+
+    /// Forgets that `hop` holds `sha256`.
+    pub(super) fn forget(&self, hop: &NodeId, sha256: Digest) {
+        self.transfers.lock().expect("attachment transfers lock").done.remove(&(hop.clone(), sha256));
+    }
+
+    /// Watches the committed length of an attachment being received.
+    pub(super) fn progress(&self, sha256: Digest) -> watch::Receiver<u64> {
+        let mut map = self.progress.lock().expect("attachment progress lock");
+        map.entry(sha256).or_insert_with(|| watch::channel(0).0).subscribe()
+    }
+
+    /// Publishes an attachment's new committed length to chunks waiting for it.
+    pub(super) fn committed(&self, sha256: Digest, held: &Result<Held, AttachmentError>) {
+        let mut map = self.progress.lock().expect("attachment progress lock");
+        match held {
+            Ok(Held::Partial(n)) => {
+                map.entry(sha256).or_insert_with(|| watch::channel(0).0).send_replace(*n);
+            }
+            // Complete (nothing more to wait for) or refused (the sender offers again).
+            _ => {
+                if let Some(tx) = map.remove(&sha256) {
+                    tx.send_replace(u64::MAX);
+                }
+            }
+        }
+    }
+}

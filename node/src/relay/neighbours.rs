@@ -1,0 +1,155 @@
+//! The engine's side of the neighbour links: what the network reports (batches, traces, segments,
+//! attachments, reconciliation and checkpoint requests, links going up or down, round-trip times),
+//! each handed to the part that answers it; and the per-neighbour state and gauges.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use exchange_wire::NodeId;
+
+use super::Engine;
+use crate::network::{self, PeerId};
+
+impl Engine {
+    /// Keeps a link with neighbour `id`: its forwarder, its peer state and its metric series (zeros
+    /// from the start, so dashboards and alerts see zeros, not gaps).
+    pub(super) fn watch_neighbour(self: &Arc<Self>, id: &NodeId) {
+        let new = self.links.watch(id);
+        self.forwarder(id);
+        if new {
+            let peer = [id.as_str()];
+            self.metrics.peer_up.with_label_values(&peer).set(0);
+            self.metrics.send_failures.with_label_values(&peer).inc_by(0);
+            self.metrics.batch_splits.with_label_values(&peer).inc_by(0);
+            self.metrics.attachment_bytes_sent.with_label_values(&peer).inc_by(0);
+            self.metrics.attachment_bytes_received.with_label_values(&peer).inc_by(0);
+            self.metrics.attachment_resumes.with_label_values(&peer).inc_by(0);
+            self.metrics.dead_letters_total.with_label_values(&peer).inc_by(0);
+            self.metrics.hop_latency.with_label_values(&peer);
+            for g in [&self.metrics.outbox_depth, &self.metrics.outbox_bytes, &self.metrics.dead_letters] {
+                g.with_label_values(&peer).set(0);
+            }
+            self.metrics.outbox_oldest_age.with_label_values(&peer).set(0.0);
+        }
+    }
+
+    /// Keeps the outbox gauges true to storage (once a second).
+    pub(super) async fn refresh_queue_gauges(self: Arc<Self>) {
+        let mut known: HashSet<String> = HashSet::new();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let stats = match self.store.queue_stats().await {
+                Ok(s) => s,
+                Err(e) => {
+                    self.metrics.storage_errors.with_label_values(&["read"]).inc();
+                    tracing::error!(error = %e, "cannot read outbox statistics");
+                    continue;
+                }
+            };
+            let now = exchange_wire::now_ms() as i64;
+            let mut seen = HashSet::new();
+            for q in &stats {
+                let hop = q.hop.as_str();
+                self.metrics.outbox_depth.with_label_values(&[hop]).set(q.depth);
+                self.metrics.outbox_bytes.with_label_values(&[hop]).set(q.bytes);
+                let age = q.oldest_enqueued_ms.map(|t| (now - t).max(0) as f64 / 1000.0).unwrap_or(0.0);
+                self.metrics.outbox_oldest_age.with_label_values(&[hop]).set(age);
+                self.metrics.dead_letters.with_label_values(&[hop]).set(q.dead);
+                seen.insert(q.hop.clone());
+            }
+            for gone in known.difference(&seen) {
+                for g in [&self.metrics.outbox_depth, &self.metrics.outbox_bytes, &self.metrics.dead_letters] {
+                    g.with_label_values(&[gone.as_str()]).set(0);
+                }
+                self.metrics.outbox_oldest_age.with_label_values(&[gone.as_str()]).set(0.0);
+            }
+            known = seen;
+        }
+    }
+
+    /// Reacts to the network: inbound batches and traces, links going up or down, pings.
+    pub async fn on_network_event(self: &Arc<Self>, event: network::NetworkEvent) {
+        use network::NetworkEvent as E;
+        let peer = match &event {
+            E::Inbound { peer, .. }
+            | E::Trace { peer, .. }
+            | E::Directory { peer, .. }
+            | E::Attachment { peer, .. }
+            | E::Reconcile { peer, .. }
+            | E::Checkpoint { peer, .. }
+            | E::PeerUp(peer)
+            | E::PeerDown(peer)
+            | E::PeerRtt(peer, _) => *peer,
+            E::Refused { peer, inbound } => {
+                self.metrics.connections_refused.with_label_values(&[if *inbound { "inbound" } else { "outbound" }]).inc();
+                tracing::warn!(peer = ?peer, inbound, "connection refused: the peer is not a node of the directory");
+                if let Some(peer) = peer {
+                    self.refused_earlier_key(peer).await;
+                }
+                return;
+            }
+        };
+        let node = self.dir.current().node_by_peer(&peer).map(|n| n.id.clone());
+        if let Some(node) = &node {
+            if let E::PeerRtt(_, rtt) = &event {
+                self.links.set_rtt(node, *rtt);
+                self.metrics.peer_rtt.with_label_values(&[node.as_str()]).set(rtt.as_secs_f64());
+            }
+            // Anything heard from a peer means its link is up, with that identity.
+            let up = !matches!(event, E::PeerDown(_));
+            self.mark_link(node, up);
+            self.links.set_link_peer(node, peer, up);
+        }
+        match event {
+            E::Inbound { peer, request, channel } => {
+                let engine = self.clone();
+                self.tasks.spawn(async move { engine.inbound(peer, request, channel).await });
+            }
+            E::Trace { peer, request, channel } => {
+                let engine = self.clone();
+                self.tasks.spawn(async move { engine.answer_trace(peer, request, channel).await });
+            }
+            E::Directory { peer, request, channel } => {
+                let engine = self.clone();
+                self.tasks.spawn(async move { engine.answer_directory(peer, request, channel).await });
+            }
+            E::Attachment { peer, request, channel } => {
+                self.tasks.spawn(self.clone().answer_attachment(peer, request, channel));
+            }
+            E::Reconcile { peer, request, channel } => {
+                self.tasks.spawn(self.clone().answer_reconcile(peer, request, channel));
+            }
+            E::Checkpoint { peer, request, channel } => {
+                self.tasks.spawn(self.clone().answer_checkpoint(peer, request, channel));
+            }
+            E::PeerUp(_) => {
+                let engine = self.clone();
+                self.tasks.spawn(async move { engine.push_all_segments(peer).await });
+                if let Some(node) = node {
+                    self.forwarder(&node).link_up.notify_one();
+                }
+            }
+            E::PeerDown(_) => {}
+            E::PeerRtt(..) | E::Refused { .. } => {}
+        }
+    }
+
+    /// Records that the link to neighbour `node` is up (or down): peer state and `exchange_peer_up`.
+    pub(crate) fn mark_link(&self, node: &NodeId, up: bool) {
+        self.links.mark(node, up);
+        self.metrics.peer_up.with_label_values(&[node.as_str()]).set(up as i64);
+    }
+
+    /// The libp2p identity to reach neighbour `id` by: the one its link is up with, while the
+    /// directory still admits it (during a key rotation's overlap the neighbour may not have taken its
+    /// new key yet), else the identity of its current key.
+    pub(crate) fn peer_for(&self, id: &NodeId) -> Option<PeerId> {
+        let dir = self.dir.current();
+        let node = dir.node(id)?;
+        let state = self.links.peer(id);
+        let linked = state.link_peer.filter(|_| state.connected);
+        Some(linked.filter(|p| node.peer_ids_at(exchange_wire::now_ms()).contains(p)).unwrap_or(node.peer_id))
+    }
+}
