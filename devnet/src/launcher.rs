@@ -135,6 +135,9 @@ pub struct LocalNetwork {
     /// Further replicas of nodes ([`LocalNetwork::add_replica`]), by label (`gz~2`).
     pub replicas: BTreeMap<String, LocalNode>,
     pub topology: Topology,
+    /// What must live as long as the network and go after its nodes stopped (a test's scratch
+    /// PostgreSQL databases).
+    pub keep_alive: Vec<Box<dyn std::any::Any + Send + Sync>>,
     binary: PathBuf,
     _tmp: Option<tempfile::TempDir>,
 }
@@ -323,6 +326,7 @@ impl LocalNetwork {
             replicas: BTreeMap::new(),
             topology,
             binary: binary.to_path_buf(),
+            keep_alive: Vec::new(),
             _tmp: tmp,
         })
     }

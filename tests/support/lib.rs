@@ -101,12 +101,41 @@ impl AdminAt {
 /// Relay settings that make retries quick in tests (backoff capped at one second).
 pub const FAST_RETRY: &str = "[relay]\nretry_initial_ms = 50\nretry_max_ms = 1000\n";
 
-/// A started network of the city node and two district nodes (越秀, 海珠).
+/// A started network of the city node and two district nodes (越秀, 海珠), on the store
+/// [`on_postgres`] chooses.
 pub fn three_nodes(extra_config: &str) -> LocalNetwork {
     let mut net = LocalNetwork::create(&node_binary(), None, &["gz", "gz.yuexiu", "gz.haizhu"], extra_config)
         .expect("lay out the network");
+    if on_postgres() {
+        put_on_postgres(&mut net);
+    }
     net.start_all().expect("start the nodes");
     net
+}
+
+/// Whether the end-to-end tests built on [`three_nodes`] run their nodes on PostgreSQL
+/// (`EXCHANGE_TEST_STORE=postgres`: the same tests on the other store; `.ci/run` runs a set of them
+/// so) instead of the embedded SQLite default.
+pub fn on_postgres() -> bool {
+    std::env::var("EXCHANGE_TEST_STORE").is_ok_and(|v| v == "postgres")
+}
+
+/// Gives every node of `net` (not started yet) a fresh PostgreSQL database of its own, dropped with
+/// the network after its nodes stopped.
+pub fn put_on_postgres(net: &mut LocalNetwork) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+    let configs: Vec<PathBuf> = net.nodes.values().map(|n| n.config_path.clone()).collect();
+    for config in configs {
+        let db = rt.block_on(exchange_node_core::storage::postgres::scratch::ScratchDatabase::create());
+        let text = std::fs::read_to_string(&config).expect("read a node's configuration");
+        let url = format!("url = \"{}\"\n", db.url);
+        let text = match text.find("\n[storage]\n") {
+            Some(i) => format!("{}{url}{}", &text[..i + "\n[storage]\n".len()], &text[i + "\n[storage]\n".len()..]),
+            None => format!("{text}\n[storage]\n{url}"),
+        };
+        std::fs::write(&config, text).expect("write a node's configuration");
+        net.keep_alive.push(Box::new(db));
+    }
 }
 
 pub fn unit(s: &str) -> UnitAddress {

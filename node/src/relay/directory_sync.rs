@@ -38,7 +38,7 @@ impl Engine {
         let mut set = SegmentSet::default();
         for r in rows {
             let checked = unparcel(SegmentParcel { header: r.header, signature: r.signature, payload: r.payload }).and_then(|(signed, payload)| {
-                set.check(&set.root_key(&self.configured_root_key), &signed, &payload).map(|(segment, _)| Held { segment, signed, payload })
+                set.check(&set.root_key(self.keys.configured_root_key()), &signed, &payload).map(|(segment, _)| Held { segment, signed, payload })
             });
             match checked {
                 Ok(held) => set.insert(held),
@@ -521,7 +521,7 @@ impl Engine {
         let mut fresh = SegmentSet::default();
         let mut checks = Vec::new();
         for h in set.all() {
-            let result = fresh.check(&fresh.root_key(&self.configured_root_key), &h.signed, &h.payload);
+            let result = fresh.check(&fresh.root_key(self.keys.configured_root_key()), &h.signed, &h.payload);
             checks.push(SegmentCheck {
                 owner: h.segment.owner(),
                 version: h.segment.version(),

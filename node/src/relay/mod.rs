@@ -30,6 +30,7 @@ pub mod directory_state;
 pub mod directory_sync;
 pub mod forwarder;
 pub mod handover;
+pub mod node_key_state;
 pub mod node_keys;
 pub mod ingress;
 mod neighbours;
@@ -45,12 +46,11 @@ pub mod sharing;
 pub mod tokens;
 pub mod webhook_target;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
-use exchange_wire::{NodeId, PublicKey};
+use exchange_wire::NodeId;
 use crate::network::{Multiaddr, PeerId};
 use tokio::sync::watch;
 
@@ -79,30 +79,15 @@ pub struct Engine {
     pub relay_cfg: RelayConfig,
     /// Upper bound on an inbox long-poll.
     pub api_max_wait_ms: u64,
-    /// This node's libp2p identity (its node key's), replaced when the node takes a new key.
-    peer_id: RwLock<PeerId>,
     pub started_at_ms: u64,
-    /// The root key in the configuration: the trust anchor the node started from.
-    pub configured_root_key: PublicKey,
-    /// The root key pinned now: the configured one, followed through the root handovers held (see
-    /// `directory::segments::SegmentSet::root_key`).
-    pinned_root_key: RwLock<PublicKey>,
-    /// The node's key file; `<key_file>.next` is a key staged for a rotation (see `node_keys`).
-    key_file: std::path::PathBuf,
     /// The directory segments held, the configured parent, the seeds (see [`directory_sync`]).
     pub directory_sync: directory_state::DirectorySync,
     /// Unit tokens and the access policy (see [`access`]).
     pub access: tokens::Access,
     /// Webhooks: where they may point, the pushers running (see [`push`]).
     pub webhooks: webhook_target::Webhooks,
-    /// The node's signing key, replaced when the node takes a new key (see `node_keys`).
-    node_key: RwLock<SigningKey>,
-    /// Serialises changes of this node's key.
-    key_change: tokio::sync::Mutex<()>,
-    /// Wakes the node-key watcher after a new tree (see `node_keys`).
-    key_check: tokio::sync::Notify,
-    /// When a link from each earlier node key was last audited (see `node_keys`).
-    earlier_key_audits: Mutex<HashMap<PeerId, u64>>,
+    /// The node's key, its libp2p identity and the root key it trusts (see [`node_keys`]).
+    pub keys: node_key_state::NodeKeys,
     /// The forwarders (one per neighbour) and the state of each link (see [`forwarder`]).
     pub links: signals::Links,
     /// Deadlines of the queries asked here that have no outcome yet (see [`asking`]).
@@ -140,7 +125,6 @@ impl Engine {
             anyhow::anyhow!("cannot open the attachment store {}: {e}", cfg.attachments_dir().display())
         })?;
         let committer = Committer::spawn(store.clone(), metrics.clone(), cfg.relay.commit_max_requests);
-        let peer_id = crate::directory::peer_id_of(&exchange_wire::PublicKey(node_key.verifying_key()));
         Ok(Arc::new(Engine {
             here: cfg.node_id.clone(),
             dir: DirectoryHandle::new(Directory::default()),
@@ -152,18 +136,11 @@ impl Engine {
             limits: cfg.limits.clone(),
             relay_cfg: cfg.relay.clone(),
             api_max_wait_ms: cfg.api.max_wait_ms,
-            peer_id: RwLock::new(peer_id),
             started_at_ms: exchange_wire::now_ms(),
-            configured_root_key: cfg.root_key,
-            pinned_root_key: RwLock::new(cfg.root_key),
-            key_file: cfg.key_file.clone(),
             directory_sync: directory_state::DirectorySync::new(cfg.directory.clone(), parent_hint),
             access: tokens::Access::new(cfg.api.require_auth, cfg.policy.clone()),
             webhooks: webhook_target::Webhooks::new(webhook_target::WebhookTargets::new(cfg.api.webhooks_to_loopback, &cfg.push)?),
-            node_key: RwLock::new(node_key),
-            key_change: tokio::sync::Mutex::new(()),
-            key_check: tokio::sync::Notify::new(),
-            earlier_key_audits: Mutex::new(HashMap::new()),
+            keys: node_key_state::NodeKeys::new(node_key, cfg.root_key, cfg.key_file.clone()),
             links: signals::Links::default(),
             recall_reports: tokio::sync::Mutex::new(()),
             inbox_changes: watch::channel(0).0,

@@ -28,23 +28,23 @@ use crate::network::PeerId;
 impl Engine {
     /// The key this node signs with now.
     pub fn node_key(&self) -> SigningKey {
-        self.node_key.read().expect("node key lock").clone()
+        self.keys.node_key.read().expect("node key lock").clone()
     }
 
     /// This node's libp2p identity now.
     pub fn peer_id(&self) -> PeerId {
-        *self.peer_id.read().expect("peer id lock")
+        *self.keys.peer_id.read().expect("peer id lock")
     }
 
     /// The root key pinned now (the trust anchor after every handover taken).
     pub fn root_key(&self) -> PublicKey {
-        *self.pinned_root_key.read().expect("root key lock")
+        *self.keys.pinned_root_key.read().expect("root key lock")
     }
 
     /// Pins the root key `set` leads to from the configured one.
     pub(crate) fn pin_root_key(&self, set: &SegmentSet) {
-        let key = set.root_key(&self.configured_root_key);
-        let mut pinned = self.pinned_root_key.write().expect("root key lock");
+        let key = set.root_key(&self.keys.configured_root_key);
+        let mut pinned = self.keys.pinned_root_key.write().expect("root key lock");
         if *pinned != key {
             tracing::info!(old = %*pinned, new = %key, "root key handed over: the new key is pinned");
             *pinned = key;
@@ -53,7 +53,7 @@ impl Engine {
 
     /// Where a key staged for the next rotation waits: `<key_file>.next`.
     pub fn next_key_file(&self) -> PathBuf {
-        let mut name = self.key_file.clone().into_os_string();
+        let mut name = self.keys.key_file.clone().into_os_string();
         name.push(".next");
         PathBuf::from(name)
     }
@@ -70,14 +70,14 @@ impl Engine {
     /// A new tree came: look at once whether it lists a new key for this node (see
     /// [`Self::watch_node_keys`], which does the work, so that taking a tree never waits on it).
     pub(crate) fn check_node_keys(&self) {
-        self.key_check.notify_one();
+        self.keys.key_check.notify_one();
     }
 
     /// Takes the staged key if the node tree lists it for this node (and this node still signs with
     /// another); signs this node's units again if they are signed with another key than its own.
     /// Called after every new tree and every second.
     pub(crate) async fn adopt_listed_key(self: Arc<Self>) {
-        let _one = self.key_change.lock().await;
+        let _one = self.keys.key_change.lock().await;
         let Some(listed) = self.dir.current().node(&self.here).map(|n| n.public_key) else { return };
         if listed.0 == self.node_key().verifying_key() {
             self.sign_units_again_if_needed().await;
@@ -99,7 +99,7 @@ impl Engine {
     /// holds lists it yet. For a node the root revoked: its old identity is refused everywhere, so the
     /// tree that lists its new key cannot reach it until it presents the new identity.
     pub async fn take_staged_key(self: &Arc<Self>) -> Result<AdminActionResponse, Refusal> {
-        let _one = self.key_change.lock().await;
+        let _one = self.keys.key_change.lock().await;
         let next = self
             .staged_key()
             .map_err(|e| Refusal::new("bad-key", 400, e))?
@@ -132,9 +132,9 @@ impl Engine {
         let old = PublicKey(self.node_key().verifying_key());
         let new = PublicKey(next.verifying_key());
         // The file first: a node that restarts from here on starts with the new key.
-        std::fs::rename(self.next_key_file(), &self.key_file)
-            .map_err(|e| format!("cannot move {} to {}: {e}", self.next_key_file().display(), self.key_file.display()))?;
-        if let Some(dir) = self.key_file.parent()
+        std::fs::rename(self.next_key_file(), &self.keys.key_file)
+            .map_err(|e| format!("cannot move {} to {}: {e}", self.next_key_file().display(), self.keys.key_file.display()))?;
+        if let Some(dir) = self.keys.key_file.parent()
             && let Ok(d) = std::fs::File::open(if dir.as_os_str().is_empty() { std::path::Path::new(".") } else { dir }) {
                 let _ = d.sync_all();
             }
@@ -147,8 +147,8 @@ impl Engine {
                 let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.push_all_segments(peer)).await;
             }
         }
-        *self.node_key.write().expect("node key lock") = next;
-        *self.peer_id.write().expect("peer id lock") = crate::directory::peer_id_of(&new);
+        *self.keys.node_key.write().expect("node key lock") = next;
+        *self.keys.peer_id.write().expect("peer id lock") = crate::directory::peer_id_of(&new);
         self.net.rekey(keypair).await.map_err(|e| format!("cannot restart the links with the new key: {e}"))?;
         tracing::info!(%old, %new, peer_id = %self.peer_id(), "this node now signs with its new key");
         let _ = self.admin_record("node-key-taken", format!("node {}: key {old} replaced by {new}", self.here)).await;
@@ -169,7 +169,7 @@ impl Engine {
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
-                _ = self.key_check.notified() => {}
+                _ = self.keys.key_check.notified() => {}
             }
             self.clone().adopt_listed_key().await;
             let now = exchange_wire::now_ms();
@@ -188,7 +188,7 @@ impl Engine {
         let Some(node) = dir.node_by_earlier_key(peer) else { return };
         let now = exchange_wire::now_ms();
         {
-            let mut last = self.earlier_key_audits.lock().expect("audit lock");
+            let mut last = self.keys.earlier_key_audits.lock().expect("audit lock");
             if last.get(peer).is_some_and(|t| now < t + 10_000) {
                 return;
             }
@@ -227,7 +227,7 @@ impl Engine {
     /// to the key staged in `<key_file>.next` (which must be `h.public_key`), signs the tree that
     /// lists that key for the root with the new key, publishes both together, then takes the key.
     pub async fn hand_over_root(self: &Arc<Self>, h: RootHandoverRequest) -> Result<AdminActionResponse, Refusal> {
-        let _one = self.key_change.lock().await;
+        let _one = self.keys.key_change.lock().await;
         let mut tree = self.root_tree().await?;
         let next = self
             .staged_key()
