@@ -24,11 +24,8 @@ pub fn prepare(net: &mut LocalNetwork, args: &BenchArgs) -> anyhow::Result<(Opti
     let Some(server) = &args.database_url else { return Ok((None, Vec::new())) };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let database = runtime.block_on(ScratchDatabase::create_on(server, "exchange_bench")).map_err(anyhow::Error::msg)?;
-    let config_path = net.node(CITY).config_path.clone();
-    let mut config = std::fs::read_to_string(&config_path)?;
-    config.push_str(&format!("\n[storage]\nurl = \"{}\"\n", database.url));
-    std::fs::write(&config_path, config)?;
-    println!("   the city node keeps custody in PostgreSQL (a fresh database on {}, dropped afterwards)", redact(server));
+    net.set_storage(CITY, &format!("url = \"{}\"", database.url))?;
+    println!("   the city node keeps custody in PostgreSQL (a fresh database on {}, dropped afterwards)", exchange_node_core::storage::postgres::url::redacted(server));
     let mut replicas = Vec::new();
     if args.city_replicas > 1 {
         replicas.push(CITY.to_string());
@@ -49,17 +46,6 @@ pub fn start_standbys(net: &mut LocalNetwork, replicas: &[String]) -> anyhow::Re
         failover::wait_active(net, replicas, TAKEOVER_BOUND)?;
     }
     Ok(())
-}
-
-/// A URL without its password, for printing.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.find('@')) {
-        (Some(s), Some(at)) if url[s + 3..at].contains(':') => {
-            let user_end = s + 3 + url[s + 3..at].find(':').expect("checked");
-            format!("{}:***{}", &url[..user_end], &url[at..])
-        }
-        _ => url.to_string(),
-    }
 }
 
 /// Kills the active city replica every `every` during the timed phase.

@@ -483,6 +483,22 @@ impl LocalNetwork {
         self.nodes.values_mut().find(|n| n.id.as_str() == id).with_context(|| format!("node {id} is not in this network"))
     }
 
+    /// Adds `settings` (TOML `key = value` lines, e.g. a PostgreSQL `url`) to the `[storage]` section
+    /// of node `id`'s configuration, creating the section if there is none; before the node starts
+    /// (and before [`LocalNetwork::add_replica`], which copies the configuration).
+    pub fn set_storage(&self, id: &str, settings: &str) -> anyhow::Result<()> {
+        const SECTION: &str = "\n[storage]\n";
+        let path = &self.node(id).config_path;
+        let text = std::fs::read_to_string(path)?;
+        let settings = format!("{}\n", settings.trim_end());
+        let text = match text.find(SECTION) {
+            Some(i) => format!("{}{settings}{}", &text[..i + SECTION.len()], &text[i + SECTION.len()..]),
+            None => format!("{text}{SECTION}{settings}"),
+        };
+        std::fs::write(path, text)?;
+        Ok(())
+    }
+
     /// Adds a replica of node `id` (before the network's first start) and returns its label
     /// (`<id>~2`, `<id>~3` …) for [`LocalNetwork::start`], [`LocalNetwork::kill`] and
     /// [`LocalNetwork::node`]. The replica shares the node's key file (so its peer id) and

@@ -124,16 +124,10 @@ pub fn on_postgres() -> bool {
 /// the network after its nodes stopped.
 pub fn put_on_postgres(net: &mut LocalNetwork) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
-    let configs: Vec<PathBuf> = net.nodes.values().map(|n| n.config_path.clone()).collect();
-    for config in configs {
+    let ids: Vec<String> = net.nodes.keys().map(|id| id.to_string()).collect();
+    for id in ids {
         let db = rt.block_on(exchange_node_core::storage::postgres::scratch::ScratchDatabase::create());
-        let text = std::fs::read_to_string(&config).expect("read a node's configuration");
-        let url = format!("url = \"{}\"\n", db.url);
-        let text = match text.find("\n[storage]\n") {
-            Some(i) => format!("{}{url}{}", &text[..i + "\n[storage]\n".len()], &text[i + "\n[storage]\n".len()..]),
-            None => format!("{text}\n[storage]\n{url}"),
-        };
-        std::fs::write(&config, text).expect("write a node's configuration");
+        net.set_storage(&id, &format!("url = \"{}\"", db.url)).expect("point a node at its database");
         net.keep_alive.push(Box::new(db));
     }
 }

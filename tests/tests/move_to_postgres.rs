@@ -86,9 +86,7 @@ fn a_city_node_moves_from_sqlite_to_postgres_with_everything_it_holds() {
     );
 
     // The city on PostgreSQL; 海珠 comes back.
-    let mut text = std::fs::read_to_string(&config).unwrap();
-    text.push_str(&format!("\n[storage]\nurl = \"{}\"\n", db.url));
-    std::fs::write(&config, text).unwrap();
+    net.set_storage("gz", &format!("url = \"{}\"", db.url)).unwrap();
     net.start("gz").expect("start the city on PostgreSQL");
     net.start("gz.haizhu").expect("restart 海珠");
 

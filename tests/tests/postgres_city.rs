@@ -31,10 +31,7 @@ fn city_on_postgres_killed_mid_stream_loses_nothing_and_delivers_nothing_twice()
     let mut net = exchange_devnet::launcher::LocalNetwork::create(&node_binary(), None, &["gz", "gz.yuexiu", "gz.haizhu"], FAST_RETRY)
         .expect("lay out the network");
     // Only the city node keeps custody in PostgreSQL.
-    let city_config = net.node("gz").config_path.clone();
-    let mut config = std::fs::read_to_string(&city_config).unwrap();
-    config.push_str(&format!("\n[storage]\nurl = \"{}\"\n", db.url));
-    std::fs::write(&city_config, config).unwrap();
+    net.set_storage("gz", &format!("url = \"{}\"", db.url)).unwrap();
     net.start_all().expect("start the nodes");
 
     CityOutage { messages: MESSAGES, units_per_node: 4, cc_every: 0, kill_after_batch: 4, restart_after_batch: 8 }.run(&mut net);

@@ -30,10 +30,7 @@ fn killing_the_active_city_replica_under_load_fails_over_and_loses_nothing() {
     let db = runtime().block_on(ScratchDatabase::create());
     let mut net = exchange_devnet::launcher::LocalNetwork::create(&node_binary(), None, &["gz", "gz.yuexiu", "gz.haizhu"], FAST_RETRY)
         .expect("lay out the network");
-    let city_config = net.node("gz").config_path.clone();
-    let mut config = std::fs::read_to_string(&city_config).unwrap();
-    config.push_str(&format!("\n[storage]\nurl = \"{}\"\n", db.url));
-    std::fs::write(&city_config, config).unwrap();
+    net.set_storage("gz", &format!("url = \"{}\"", db.url)).unwrap();
     let second = net.add_replica("gz").expect("add a second city replica");
     let replicas = vec!["gz".to_string(), second.clone()];
     net.start_all().expect("start the nodes");
@@ -83,10 +80,7 @@ fn the_standby_forwards_an_attachment_the_killed_replica_acknowledged() {
     let mut net = exchange_devnet::launcher::LocalNetwork::create(&node_binary(), None, &["gz", "gz.yuexiu", "gz.haizhu"], FAST_RETRY)
         .expect("lay out the network");
     let shared = net.root.join("gz-shared-attachments");
-    let city_config = net.node("gz").config_path.clone();
-    let mut config = std::fs::read_to_string(&city_config).unwrap();
-    config.push_str(&format!("\n[storage]\nurl = \"{}\"\nattachments_dir = \"{}\"\n", db.url, shared.display()));
-    std::fs::write(&city_config, config).unwrap();
+    net.set_storage("gz", &format!("url = \"{}\"\nattachments_dir = \"{}\"", db.url, shared.display())).unwrap();
     let second = net.add_replica("gz").expect("add a second city replica");
     let replicas = vec!["gz".to_string(), second.clone()];
     net.start_all().expect("start the nodes");

@@ -23,11 +23,12 @@ use anyhow::{Context as _, bail};
 use futures::TryStreamExt as _;
 use sha2::{Digest as _, Sha256};
 use sqlx::postgres::PgConnection;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteRow};
-use sqlx::{ConnectOptions as _, Connection as _, Postgres, QueryBuilder, Row as _};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
+use sqlx::{ConnectOptions as _, Connection as _, Postgres, QueryBuilder, Row};
 
 use super::postgres::WRITE_LOCK;
 use super::postgres::lease::LEASE_LOCK;
+use super::postgres::url::redacted;
 use super::{PgStore, SqliteStore};
 use crate::config::NodeConfig;
 
@@ -276,15 +277,19 @@ impl RowsDigest {
     fn add(&mut self, row: &[Value]) {
         let mut h = Sha256::new();
         for v in row {
-            let (tag, bytes): (u8, Vec<u8>) = match v {
-                Value::Integer(Some(i)) => (1, i.to_be_bytes().to_vec()),
-                Value::Bytes(Some(b)) => (2, b.clone()),
-                Value::Text(Some(t)) => (3, t.as_bytes().to_vec()),
-                Value::Integer(None) | Value::Bytes(None) | Value::Text(None) => (0, Vec::new()),
+            let integer;
+            let (tag, bytes): (u8, &[u8]) = match v {
+                Value::Integer(Some(i)) => {
+                    integer = i.to_be_bytes();
+                    (1, &integer)
+                }
+                Value::Bytes(Some(b)) => (2, b),
+                Value::Text(Some(t)) => (3, t.as_bytes()),
+                Value::Integer(None) | Value::Bytes(None) | Value::Text(None) => (0, &[]),
             };
             h.update([tag]);
             h.update((bytes.len() as u64).to_be_bytes());
-            h.update(&bytes);
+            h.update(bytes);
         }
         let d = h.finalize();
         for (lane, chunk) in self.0.iter_mut().zip(d.chunks(8)) {
@@ -293,12 +298,27 @@ impl RowsDigest {
     }
 }
 
-fn sqlite_value(row: &SqliteRow, i: usize, ty: ColumnType) -> Result<Value, sqlx::Error> {
-    Ok(match ty {
-        ColumnType::Integer => Value::Integer(row.try_get(i)?),
-        ColumnType::Bytes => Value::Bytes(row.try_get(i)?),
-        ColumnType::Text => Value::Text(row.try_get(i)?),
-    })
+/// One row's values, decoded by the column types PostgreSQL gives (the same for both stores' rows).
+fn row_values<'r, R>(row: &'r R, table: &Table) -> Result<Vec<Value>, sqlx::Error>
+where
+    R: Row,
+    usize: sqlx::ColumnIndex<R>,
+    i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Vec<u8>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    table
+        .columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            Ok(match c.ty {
+                ColumnType::Integer => Value::Integer(row.try_get(i)?),
+                ColumnType::Bytes => Value::Bytes(row.try_get(i)?),
+                ColumnType::Text => Value::Text(row.try_get(i)?),
+            })
+        })
+        .collect()
 }
 
 /// Streams one table out of SQLite into multi-row INSERTs; returns the rows and their digest.
@@ -309,13 +329,7 @@ async fn copy_table(source: &mut SqliteConnection, target: &mut PgConnection, ta
     let mut pending: Vec<Vec<Value>> = Vec::new();
     let mut pending_bytes = 0;
     while let Some(row) = rows.try_next().await? {
-        let values = table
-            .columns
-            .iter()
-            .enumerate()
-            .map(|(i, c)| sqlite_value(&row, i, c.ty))
-            .collect::<Result<Vec<_>, _>>()
-            .with_context(|| format!("table {}: a value in the SQLite file does not have its column's type", table.name))?;
+        let values = row_values(&row, table).with_context(|| format!("table {}: a value in the SQLite file does not have its column's type", table.name))?;
         digest.add(&values);
         count += 1;
         pending_bytes += values.iter().map(Value::size).sum::<usize>();
@@ -357,57 +371,16 @@ async fn digest_postgres(target: &mut PgConnection, table: &Table) -> anyhow::Re
     let mut rows = sqlx::query(sqlx::AssertSqlSafe(select)).fetch(&mut *target);
     let (mut count, mut digest) = (0u64, RowsDigest::default());
     while let Some(row) = rows.try_next().await? {
-        let values = table
-            .columns
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                Ok(match c.ty {
-                    ColumnType::Integer => Value::Integer(row.try_get(i)?),
-                    ColumnType::Bytes => Value::Bytes(row.try_get(i)?),
-                    ColumnType::Text => Value::Text(row.try_get(i)?),
-                })
-            })
-            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        let values = row_values(&row, table)?;
         digest.add(&values);
         count += 1;
     }
     Ok((count, digest))
 }
 
-/// `url` with any password replaced, for messages and the marker (secrets never appear in output).
-pub fn redacted(url: &str) -> String {
-    let url = &redact_query_password(url);
-    let Some(scheme_end) = url.find("://").map(|i| i + 3) else { return url.to_string() };
-    let rest = &url[scheme_end..];
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => match rest[..at].find(':') {
-            Some(colon) => format!("{}{}:***{}", &url[..scheme_end], &rest[..colon], &rest[at..]),
-            None => url.to_string(),
-        },
-        None => url.to_string(),
-    }
-}
-
-/// Replaces the value of a `password=` query parameter.
-fn redact_query_password(url: &str) -> String {
-    let Some((base, query)) = url.split_once('?') else { return url.to_string() };
-    let params: Vec<String> =
-        query.split('&').map(|p| if p.starts_with("password=") { "password=***".to_string() } else { p.to_string() }).collect();
-    format!("{base}?{}", params.join("&"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn passwords_never_appear() {
-        assert_eq!(redacted("postgres://exchange:s3cret@db:5432/gz"), "postgres://exchange:***@db:5432/gz");
-        assert_eq!(redacted("postgres://root@127.0.0.1/test"), "postgres://root@127.0.0.1/test");
-        assert_eq!(redacted("postgres://db/gz?sslmode=require&password=x"), "postgres://db/gz?sslmode=require&password=***");
-    }
 
     #[test]
     fn the_digest_ignores_row_order_but_not_content() {

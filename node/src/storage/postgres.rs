@@ -34,6 +34,7 @@ mod reads;
 mod recovery;
 pub mod scratch;
 mod sharing;
+pub mod url;
 
 use super::health::StorageHealth;
 
