@@ -155,6 +155,10 @@ impl NodeConfig {
                 anyhow::bail!("{what}: action must be \"allow\" or \"deny\", not {action:?}");
             }
         }
+        let window = crate::network::behaviour::MAX_WINDOW_BATCHES;
+        if !(1..=window).contains(&cfg.relay.window_batches) {
+            anyhow::bail!("relay.window_batches must be between 1 and {window} ({window} is the default), not {}", cfg.relay.window_batches);
+        }
         if cfg.audit.checkpoint_secs == 0 {
             anyhow::bail!("audit.checkpoint_secs must be above 0 (60 is the default)");
         }

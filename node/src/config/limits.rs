@@ -53,6 +53,9 @@ pub struct RelayConfig {
     pub retry_max_ms: u64,
     /// Most write requests folded into one storage transaction (group commit).
     pub commit_max_requests: usize,
+    /// Batches a forwarder keeps in flight to one neighbour (1 to 4): the next goes out while the
+    /// neighbour commits the one before, and acknowledgements are recorded beside the sending.
+    pub window_batches: usize,
 }
 
 impl Default for RelayConfig {
@@ -63,6 +66,7 @@ impl Default for RelayConfig {
             retry_initial_ms: 200,
             retry_max_ms: 10_000,
             commit_max_requests: 256,
+            window_batches: 4,
         }
     }
 }

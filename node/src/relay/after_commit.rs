@@ -14,7 +14,11 @@ impl Engine {
     /// After a commit: wake forwarders, wake inbox long-polls, count.
     pub(crate) fn after_commit(self: &Arc<Self>, summary: &Summary) {
         for hop in &summary.next_hops {
-            self.forwarder(hop).work.notify_one();
+            let signals = self.forwarder(hop);
+            signals.work.notify_one();
+            if summary.urgent_hops.contains(hop) {
+                signals.urgent.notify_one();
+            }
         }
         if !summary.delivered.is_empty() {
             self.inbox_changes.send_modify(|v| *v += 1);

@@ -22,6 +22,14 @@ pub enum Handover {
     Unreachable,
 }
 
+impl Handover {
+    /// Whether a batch of `messages` that ended this way is refused for good: a single message the
+    /// neighbour cannot read, so no batch can block the link.
+    pub fn gives_up(self, messages: usize) -> bool {
+        matches!(self, Handover::TooLarge { .. }) && messages <= 1
+    }
+}
+
 /// What the forwarder does next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Next {
@@ -75,7 +83,7 @@ impl BatchLimit {
             Handover::TooLarge { limit } => {
                 let framing = crate::network::protocol::REQUEST_OVERHEAD_BYTES;
                 self.neighbour_bytes = Some(usize::try_from(limit).unwrap_or(usize::MAX).saturating_sub(framing).max(1));
-                if messages <= 1 {
+                if how.gives_up(messages) {
                     return Next::GiveUp;
                 }
                 self.halve(messages, bytes);

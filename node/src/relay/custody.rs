@@ -158,6 +158,9 @@ pub fn take(ctx: &Context, m: Incoming) -> Result<(Custody, Summary), Refusal> {
                     priority: env.priority.rank(),
                     enqueued_at_ms: now as i64,
                 });
+                if env.priority != exchange_wire::Priority::Routine {
+                    summary.urgent_hops.insert(next.clone());
+                }
                 summary.next_hops.insert(next);
             }
             NextHop::Local => deliver_here(ctx, &m, &units, &hops, &mut c, &mut summary)?,

@@ -13,6 +13,7 @@ use exchange_wire::{Kind, NodeId, UnitAddress};
 pub use super::signals::Signals;
 use super::Engine;
 use super::batching::{BatchLimit, Handover, Next};
+use super::window::Window;
 use super::custody::event;
 use crate::network::protocol::{Parcel, ParcelResult, TransferRequest, parcel_size_bound};
 use crate::storage::{OutboxItem, Record, TrackingRow, WriteJob};
@@ -48,18 +49,46 @@ impl Backoff {
 }
 
 /// Runs the forwarder for `hop` until the process ends.
+///
+/// Up to `relay.window_batches` batches are on the link at once (a [`Window`]): the next batch is read
+/// and sent while the neighbour verifies and commits the ones before it, and each answer is recorded
+/// by the batch's own task, beside the sending. An entry stays in the window from the moment it is
+/// read until its acknowledgement is committed (or its handover failed), so no read of the outbox
+/// hands it out twice. Custody is unchanged: an entry leaves the outbox only in the commit that
+/// records the neighbour's answer, which the neighbour sent after its own commit.
 pub async fn run(engine: Arc<Engine>, hop: NodeId, signals: Arc<Signals>) {
     let cfg = &engine.relay_cfg;
     let mut backoff = Backoff::new(Duration::from_millis(cfg.retry_initial_ms), Duration::from_millis(cfg.retry_max_ms));
     let mut limit = BatchLimit::new(cfg.batch_max_messages, cfg.batch_max_bytes);
+    let mut window = Window::new(cfg.window_batches);
     loop {
+        while let Some(end) = window.finished() {
+            after_flight(&engine, &hop, &signals, end, &mut limit, &mut backoff).await;
+        }
+        // With the window full, only a more urgent entry than routine (特急, 加急) may open one batch
+        // beyond it: it must not wait behind routine batches already on the link.
+        let mut urgent_only = false;
+        if window.is_full() {
+            tokio::select! {
+                end = window.next_finished() => {
+                    if let Some(end) = end {
+                        after_flight(&engine, &hop, &signals, end, &mut limit, &mut backoff).await;
+                    }
+                    continue;
+                }
+                _ = signals.urgent.notified(), if window.may_overtake() => urgent_only = true,
+            }
+        }
         let Some(peer) = engine.peer_for(&hop) else {
             tracing::warn!(%hop, "next hop is not in the directory; its outbox waits");
-            tokio::select! { _ = signals.work.notified() => {}, _ = tokio::time::sleep(Duration::from_secs(5)) => {} }
+            if let Some(end) = window.wait_for_work(&signals, Duration::from_secs(5)).await {
+                after_flight(&engine, &hop, &signals, end, &mut limit, &mut backoff).await;
+            }
             continue;
         };
         let (max_messages, max_bytes) = limit.current();
-        let items = match engine.store.outbox_batch(hop.as_str(), max_messages, max_bytes).await {
+        let on_the_link = window.entries();
+        let items = match engine.store.outbox_batch_skipping(hop.as_str(), max_messages, max_bytes, &on_the_link).await {
             Ok(items) => items,
             Err(e) => {
                 tracing::error!(%hop, error = %e, "cannot read the outbox");
@@ -67,73 +96,110 @@ pub async fn run(engine: Arc<Engine>, hop: NodeId, signals: Arc<Signals>) {
                 continue;
             }
         };
-        if items.is_empty() {
-            // The periodic look is a safety net; wake-ups normally come from the committer.
-            tokio::select! { _ = signals.work.notified() => {}, _ = tokio::time::sleep(Duration::from_secs(5)) => {} }
-            continue;
-        }
+        let items: Vec<OutboxItem> = match urgent_only {
+            true => items.into_iter().take_while(|i| i.priority < exchange_wire::Priority::Routine.rank()).collect(),
+            false => items,
+        };
         // Documents whose attachments the neighbour does not hold yet wait; their transfer runs
         // beside this loop.
+        let had_items = !items.is_empty();
         let items: Vec<OutboxItem> = items.into_iter().filter(|i| engine.attachments_at(&hop, &signals, &i.header)).collect();
         if items.is_empty() {
-            tokio::select! { _ = signals.work.notified() => {}, _ = tokio::time::sleep(Duration::from_secs(1)) => {} }
+            // The periodic look is a safety net; wake-ups normally come from the committer.
+            if !urgent_only
+                && let Some(end) = window.wait_for_work(&signals, Duration::from_secs(if had_items { 1 } else { 5 })).await
+            {
+                after_flight(&engine, &hop, &signals, end, &mut limit, &mut backoff).await;
+            }
             continue;
         }
         let (request, sent, bytes) = to_request(&engine.dir.current(), items);
-        let outcome = engine.net.transfer(peer, request).await;
-        let how = match &outcome {
-            Ok(resp) => match resp.too_large {
-                Some(limit) => Handover::TooLarge { limit },
-                None if resp.results.len() == sent.len() => Handover::Answered,
-                None => Handover::BrokenOff,
-            },
-            Err(e) if e.broke_off() => Handover::BrokenOff,
-            Err(_) => Handover::Unreachable,
-        };
-        let next = limit.after(sent.len(), bytes, how);
-        if matches!(how, Handover::TooLarge { .. } | Handover::BrokenOff) && sent.len() > 1 {
-            engine.metrics.batch_splits.with_label_values(&[hop.as_str()]).inc();
+        let seqs: Vec<i64> = sent.iter().map(|s| s.seq).collect();
+        window.open(seqs, hand_over(engine.clone(), hop.clone(), peer, request, sent, bytes));
+    }
+}
+
+/// What the loop learns from one batch's handover (its answer, if any, is already recorded).
+struct FlightEnd {
+    how: Handover,
+    messages: usize,
+    bytes: usize,
+    /// The neighbour asked to retry some of it (it is catching up with the directory).
+    retry: bool,
+    /// Why the handover failed, when it did.
+    failure: Option<String>,
+}
+
+/// The handover of one batch: sends it, waits for the neighbour's answer (given after its commit)
+/// and records the answer. Runs in the window beside the next batches.
+async fn hand_over(engine: Arc<Engine>, hop: NodeId, peer: crate::network::PeerId, request: TransferRequest, sent: Vec<Sent>, bytes: usize) -> FlightEnd {
+    let outcome = engine.net.transfer(peer, request).await;
+    let how = match &outcome {
+        Ok(resp) => match resp.too_large {
+            Some(limit) => Handover::TooLarge { limit },
+            None if resp.results.len() == sent.len() => Handover::Answered,
+            None => Handover::BrokenOff,
+        },
+        Err(e) if e.broke_off() => Handover::BrokenOff,
+        Err(_) => Handover::Unreachable,
+    };
+    let mut end = FlightEnd { how, messages: sent.len(), bytes, retry: false, failure: None };
+    match (how, outcome) {
+        (Handover::Answered, Ok(resp)) => end.retry = answered(&engine, &hop, &sent, &resp.results).await,
+        (Handover::TooLarge { limit }, _) if how.gives_up(sent.len()) => {
+            let reason = format!(
+                "{hop} reads at most {limit} bytes in one handover and this message alone takes about {bytes}: it can never pass this link"
+            );
+            answered(&engine, &hop, &sent, &[ParcelResult::Refused { code: "too-large".into(), reason }]).await;
         }
-        match (how, next, outcome) {
-            (Handover::Answered, _, Ok(resp)) => answered(&engine, &hop, &sent, &resp.results, &mut backoff).await,
-            (Handover::TooLarge { limit }, Next::GiveUp, _) => {
-                let reason = format!(
-                    "{hop} reads at most {limit} bytes in one handover and this message alone takes about {bytes}: it can never pass this link"
-                );
-                answered(&engine, &hop, &sent, &[ParcelResult::Refused { code: "too-large".into(), reason }], &mut backoff).await;
-            }
-            (Handover::TooLarge { limit }, _, _) => {
-                tracing::info!(%hop, limit, messages = sent.len(), bytes, "the neighbour refused a batch as too large; splitting it");
-            }
-            (_, _, outcome) => {
-                engine.metrics.send_failures.with_label_values(&[hop.as_str()]).inc();
-                let delay = backoff.next_delay();
-                let reason = match outcome {
-                    Ok(resp) => format!("answer has {} results for {} parcels", resp.results.len(), sent.len()),
-                    Err(e) => e.to_string(),
-                };
-                if backoff.attempts() == 1 || backoff.attempts().is_multiple_of(20) {
-                    tracing::warn!(%hop, attempts = backoff.attempts(), %reason, retry_in_ms = delay.as_millis() as u64, "handover failed; will retry");
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = signals.link_up.notified() => {
-                        backoff.reset();
-                        limit.link_up();
-                    }
-                }
+        (Handover::TooLarge { .. }, _) => {}
+        (_, outcome) => {
+            end.failure = Some(match outcome {
+                Ok(resp) => format!("answer has {} results for {} parcels", resp.results.len(), sent.len()),
+                Err(e) => e.to_string(),
+            })
+        }
+    }
+    end
+}
+
+/// Takes note of a finished handover: the batch size for the link, the backoff, and the wait before
+/// the next batch when the handover failed or the neighbour asked to retry.
+async fn after_flight(engine: &Engine, hop: &NodeId, signals: &Signals, end: FlightEnd, limit: &mut BatchLimit, backoff: &mut Backoff) {
+    let next = limit.after(end.messages, end.bytes, end.how);
+    if matches!(end.how, Handover::TooLarge { .. } | Handover::BrokenOff) && end.messages > 1 {
+        engine.metrics.batch_splits.with_label_values(&[hop.as_str()]).inc();
+    }
+    if let (Handover::TooLarge { limit }, Next::Split) = (end.how, next) {
+        tracing::info!(%hop, limit, messages = end.messages, bytes = end.bytes, "the neighbour refused a batch as too large; splitting it");
+    }
+    if let Some(reason) = end.failure {
+        engine.metrics.send_failures.with_label_values(&[hop.as_str()]).inc();
+        let delay = backoff.next_delay();
+        if backoff.attempts() == 1 || backoff.attempts().is_multiple_of(20) {
+            tracing::warn!(%hop, attempts = backoff.attempts(), %reason, retry_in_ms = delay.as_millis() as u64, "handover failed; will retry");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = signals.link_up.notified() => {
+                backoff.reset();
+                limit.link_up();
             }
         }
+    } else if end.retry {
+        // The neighbour is catching up with the directory (pushed on link-up): usually within
+        // moments, but back off in case it stays behind.
+        tokio::time::sleep(backoff.next_delay()).await;
+    } else if end.how == Handover::Answered {
+        backoff.reset();
     }
 }
 
 /// Records a neighbour's answer to a batch: entries handed over leave the outbox, refused ones become
-/// dead letters (reported to their senders), those it asked to retry stay.
-async fn answered(engine: &Arc<Engine>, hop: &NodeId, sent: &[Sent], results: &[ParcelResult], backoff: &mut Backoff) {
+/// dead letters (reported to their senders), those it asked to retry stay. Returns whether it asked
+/// to retry any.
+async fn answered(engine: &Arc<Engine>, hop: &NodeId, sent: &[Sent], results: &[ParcelResult]) -> bool {
     let retry = results.iter().any(|r| matches!(r, ParcelResult::Retry { .. }));
-    if !retry {
-        backoff.reset();
-    }
     // Loop until the acknowledgement is recorded: resending before that would only make duplicates
     // (harmless, but wasted work).
     let record = acknowledged(&engine.here, hop, sent, results);
@@ -142,6 +208,7 @@ async fn answered(engine: &Arc<Engine>, hop: &NodeId, sent: &[Sent], results: &[
     let (reports, summaries) = engine.failure_reports(hop, sent, results);
     let mut jobs = vec![WriteJob::Record(record.clone())];
     jobs.extend(reports.into_iter().map(WriteJob::Custody));
+    let mut backoff = Backoff::new(Duration::from_millis(engine.relay_cfg.retry_initial_ms), Duration::from_millis(engine.relay_cfg.retry_max_ms));
     loop {
         match engine.committer.commit(jobs.clone()).await {
             Ok(_) => {
@@ -163,11 +230,7 @@ async fn answered(engine: &Arc<Engine>, hop: &NodeId, sent: &[Sent], results: &[
             engine.forget_attachments_at(hop, &s.header);
         }
     }
-    if retry {
-        // The neighbour is catching up with the directory (pushed on link-up): usually within
-        // moments, but back off in case it stays behind.
-        tokio::time::sleep(backoff.next_delay()).await;
-    }
+    retry
 }
 
 /// What was sent in a batch, to match against the answer.

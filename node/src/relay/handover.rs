@@ -38,6 +38,8 @@ pub struct Context<'a> {
 pub struct Summary {
     /// Neighbours that got new outbox work, with how many entries.
     pub next_hops: BTreeSet<NodeId>,
+    /// Of those, the neighbours that got an entry more urgent than routine (特急, 加急).
+    pub urgent_hops: BTreeSet<NodeId>,
     /// Inbox deliveries by kind.
     pub delivered: Vec<Kind>,
     /// Creation-to-delivery latencies of deliveries here, in milliseconds.
@@ -57,6 +59,7 @@ pub struct Summary {
 impl Summary {
     pub(crate) fn merge(&mut self, other: Summary) {
         self.next_hops.extend(other.next_hops);
+        self.urgent_hops.extend(other.urgent_hops);
         self.delivered.extend(other.delivered);
         self.latencies_ms.extend(other.latencies_ms);
         self.receipts_returned.extend(other.receipts_returned);

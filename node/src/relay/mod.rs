@@ -45,6 +45,7 @@ pub mod signals;
 pub mod sharing;
 pub mod tokens;
 pub mod webhook_target;
+pub mod window;
 
 use std::sync::Arc;
 use std::time::Duration;

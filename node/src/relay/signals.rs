@@ -16,6 +16,9 @@ use tokio::sync::Notify;
 pub struct Signals {
     /// New outbox entries were committed for this neighbour (or an attachment reached it).
     pub work: Notify,
+    /// An entry more urgent than routine (特急, 加急) was committed for this neighbour: it may go
+    /// beyond a full window.
+    pub urgent: Notify,
     /// The link to this neighbour came up.
     pub link_up: Notify,
     /// Held by the attachment transfer to this neighbour that has its turn: one at a time.

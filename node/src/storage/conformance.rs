@@ -138,6 +138,15 @@ pub async fn outbox_serves_urgent_first_and_forgets_what_was_acknowledged(store:
     assert_eq!(order, [4, 3, 1, 2, 5], "urgent, express, then routine in arrival order");
     let first_two: Vec<u8> = store.outbox_batch("gz", 2, usize::MAX).await.unwrap().iter().map(|b| b.message_id[0]).collect();
     assert_eq!(first_two, [4, 3]);
+    // A window of batches: what is already on the link is skipped, and the count still holds.
+    let on_the_link = batch.iter().take(2).map(|b| b.seq).collect();
+    let next: Vec<u8> = store.outbox_batch_skipping("gz", 2, usize::MAX, &on_the_link).await.unwrap().iter().map(|b| b.message_id[0]).collect();
+    assert_eq!(next, [1, 2], "the next batch of the window");
+    // An urgent entry that arrives while those are in flight still comes first.
+    commit(store, vec![WriteJob::Custody(document(6, 0, Some("gz"), &[], 6))]).await;
+    let next = store.outbox_batch_skipping("gz", 2, usize::MAX, &on_the_link).await.unwrap();
+    assert_eq!(next.iter().map(|b| b.message_id[0]).collect::<Vec<_>>(), [6, 1], "urgent first, even behind batches in flight");
+    commit(store, vec![WriteJob::Record(Record { outbox_done: vec![next[0].seq], ..Record::default() })]).await;
     assert_eq!(batch[0].payload, vec![4; 100]);
     let done = batch.iter().take(2).map(|b| b.seq).collect();
     commit(store, vec![WriteJob::Record(Record { outbox_done: done, ..Record::default() })]).await;

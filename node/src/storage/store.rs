@@ -1,12 +1,17 @@
 //! The storage interface every engine implements (SQLite, PostgreSQL), and the records its reads
 //! return. The conformance suite (`storage::conformance`) holds every engine to it.
 
+use std::collections::BTreeSet;
+
 use futures::future::BoxFuture;
 
 use super::error::StorageError;
 use super::jobs::{JobOutcome, WriteJob};
 use super::model::{RecallOutcomeRow, SegmentRow, TokenRow};
 use super::{recovery, sharing};
+
+/// Nothing to skip (see [`Store::outbox_batch_skipping`]).
+static EMPTY_SKIP: BTreeSet<i64> = BTreeSet::new();
 
 /// The storage interface. Every method is a single transaction.
 pub trait Store: Send + Sync + 'static {
@@ -17,6 +22,13 @@ pub trait Store: Send + Sync + 'static {
     /// of parcels as encoded on the wire (`network::protocol::parcel_size_bound`), except that the
     /// first entry goes whatever its size. Cut to size before any payload is loaded.
     fn outbox_batch<'a>(&'a self, hop: &'a str, max_messages: usize, max_bytes: usize)
+        -> BoxFuture<'a, Result<Vec<OutboxItem>, StorageError>> {
+        self.outbox_batch_skipping(hop, max_messages, max_bytes, &EMPTY_SKIP)
+    }
+    /// As [`Store::outbox_batch`], leaving out the entries whose positions are in `skip`: a
+    /// forwarder's batches already on the link, not yet acknowledged. The entries skipped cost only
+    /// their keys; no payload of theirs is loaded.
+    fn outbox_batch_skipping<'a>(&'a self, hop: &'a str, max_messages: usize, max_bytes: usize, skip: &'a BTreeSet<i64>)
         -> BoxFuture<'a, Result<Vec<OutboxItem>, StorageError>>;
     /// A unit's inbox after `after`: at most `limit` entries and `max_bytes` of stored messages
     /// (header, signature, payload), the first entry whatever its size. Cut to size before any
@@ -72,6 +84,8 @@ pub trait Store: Send + Sync + 'static {
 pub struct OutboxItem {
     pub seq: i64,
     pub message_id: [u8; 32],
+    /// Priority rank (`Priority::rank`: 0 特急, 1 加急, 2 平件).
+    pub priority: u8,
     pub kind: String,
     pub sender: String,
     pub enqueued_at_ms: i64,

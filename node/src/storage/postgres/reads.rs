@@ -3,6 +3,8 @@
 //! their parts (`octet_length` of an EXTERNAL value reads its TOAST pointer only), then the bodies of
 //! the chosen rows, both in one REPEATABLE READ snapshot.
 
+use std::collections::BTreeSet;
+
 use futures::future::BoxFuture;
 use sqlx::postgres::PgRow;
 use sqlx::{Postgres, Row};
@@ -11,7 +13,7 @@ use super::{PgStore, to_id};
 use crate::network::protocol::PARCEL_OVERHEAD_BYTES;
 use crate::storage::citations;
 use crate::storage::gather;
-use crate::storage::sqlite::paging::fitting;
+use crate::storage::sqlite::paging::{fitting, not_skipped};
 use crate::storage::error::StorageError;
 use crate::storage::jobs::*;
 use crate::storage::model::*;
@@ -60,21 +62,22 @@ impl PgStore {
         Ok(tx)
     }
 
-    async fn outbox_batch_read(&self, hop: &str, max_messages: usize, max_bytes: usize) -> Result<Vec<OutboxItem>, StorageError> {
+    async fn outbox_batch_read(&self, hop: &str, max_messages: usize, max_bytes: usize, skip: &BTreeSet<i64>) -> Result<Vec<OutboxItem>, StorageError> {
         let mut tx = self.snapshot().await?;
         let candidates = sqlx::query(
-            "SELECT o.seq, o.recipients, o.enqueued_at_ms, \
+            "SELECT o.seq, o.recipients, o.enqueued_at_ms, o.priority, \
                     (octet_length(m.header) + octet_length(m.signature) + octet_length(m.payload) + octet_length(o.recipients) \
                      + octet_length(m.hops))::BIGINT + $3 \
              FROM outbox o JOIN messages m ON m.id = o.message_id \
              WHERE o.next_hop = $1 AND o.dead_reason IS NULL ORDER BY o.priority, o.seq LIMIT $2",
         )
         .bind(hop)
-        .bind(max_messages as i64)
+        .bind(max_messages.saturating_add(skip.len()) as i64)
         .bind(PARCEL_OVERHEAD_BYTES as i64)
         .fetch_all(&mut *tx)
         .await?;
-        let chosen = &candidates[..fitting(candidates.iter().map(|r| size(r, 3)), max_bytes)];
+        let candidates = not_skipped(candidates, |r| r.get(0), skip, max_messages);
+        let chosen = &candidates[..fitting(candidates.iter().map(|r| size(r, 4)), max_bytes)];
         if chosen.is_empty() {
             return Ok(Vec::new());
         }
@@ -97,6 +100,7 @@ impl PgStore {
             out.push(OutboxItem {
                 seq,
                 message_id: to_id(b.get(1))?,
+                priority: u8::try_from(c.get::<i64, _>(3)).unwrap_or(u8::MAX),
                 recipients: c.get(1),
                 header: b.get(2),
                 signature: b.get(3),
@@ -139,9 +143,9 @@ impl Store for PgStore {
         self.watched(self.commit_jobs(jobs))
     }
 
-    fn outbox_batch<'a>(&'a self, hop: &'a str, max_messages: usize, max_bytes: usize)
+    fn outbox_batch_skipping<'a>(&'a self, hop: &'a str, max_messages: usize, max_bytes: usize, skip: &'a BTreeSet<i64>)
         -> BoxFuture<'a, Result<Vec<OutboxItem>, StorageError>> {
-        self.watched(self.outbox_batch_read(hop, max_messages, max_bytes))
+        self.watched(self.outbox_batch_read(hop, max_messages, max_bytes, skip))
     }
 
     fn inbox<'a>(&'a self, unit: &'a str, after: i64, limit: u32, max_bytes: usize) -> BoxFuture<'a, Result<Vec<InboxRecord>, StorageError>> {

@@ -5,6 +5,8 @@
 //! A backlog of gigabytes for a neighbour that is down, or an inbox of 8 MiB documents, costs a node
 //! one budget of memory per read, whatever the row counts asked for.
 
+use std::collections::BTreeSet;
+
 use sqlx::sqlite::SqlitePool;
 use sqlx::{QueryBuilder, Row, Sqlite};
 
@@ -30,26 +32,43 @@ pub(crate) fn fitting(sizes: impl IntoIterator<Item = usize>, budget: usize) -> 
     n
 }
 
+/// The first `max` of `rows` (in order) whose position, read by `seq`, is not in `skip`. The
+/// read asked for `max + skip.len()` rows, so `max` are found whenever the outbox holds them.
+pub(crate) fn not_skipped<R>(rows: Vec<R>, seq: impl Fn(&R) -> i64, skip: &BTreeSet<i64>, max: usize) -> Vec<R> {
+    if skip.is_empty() {
+        return rows;
+    }
+    rows.into_iter().filter(|r| !skip.contains(&seq(r))).take(max).collect()
+}
+
 fn size(r: &sqlx::sqlite::SqliteRow, column: usize) -> usize {
     usize::try_from(r.get::<i64, _>(column)).unwrap_or(0)
 }
 
 /// Live outbox entries for `hop`, urgent first, at most `max_messages` and `max_bytes` of encoded
 /// parcels (the bound of `network::protocol::parcel_size_bound`, computed here in SQL).
-pub(super) async fn outbox_batch(pool: &SqlitePool, hop: &str, max_messages: usize, max_bytes: usize) -> Result<Vec<OutboxItem>, StorageError> {
+/// Entries in `skip` (batches already on the link) are left out before the cut.
+pub(super) async fn outbox_batch(
+    pool: &SqlitePool,
+    hop: &str,
+    max_messages: usize,
+    max_bytes: usize,
+    skip: &BTreeSet<i64>,
+) -> Result<Vec<OutboxItem>, StorageError> {
     let mut tx = pool.begin().await?;
     let candidates = sqlx::query(
-        "SELECT o.seq, o.recipients, o.enqueued_at_ms, \
+        "SELECT o.seq, o.recipients, o.enqueued_at_ms, o.priority, \
                 length(m.header) + length(m.signature) + length(m.payload) + octet_length(o.recipients) + octet_length(m.hops) + $3 \
          FROM outbox o JOIN messages m ON m.id = o.message_id \
          WHERE o.next_hop = $1 AND o.dead_reason IS NULL ORDER BY o.priority, o.seq LIMIT $2",
     )
     .bind(hop)
-    .bind(max_messages as i64)
+    .bind(max_messages.saturating_add(skip.len()) as i64)
     .bind(PARCEL_OVERHEAD_BYTES as i64)
     .fetch_all(&mut *tx)
     .await?;
-    let chosen = &candidates[..fitting(candidates.iter().map(|r| size(r, 3)), max_bytes)];
+    let candidates = not_skipped(candidates, |r| r.get(0), skip, max_messages);
+    let chosen = &candidates[..fitting(candidates.iter().map(|r| size(r, 4)), max_bytes)];
     if chosen.is_empty() {
         return Ok(Vec::new());
     }
@@ -72,6 +91,7 @@ pub(super) async fn outbox_batch(pool: &SqlitePool, hop: &str, max_messages: usi
         out.push(OutboxItem {
             seq,
             message_id: to_id(b.get(1))?,
+            priority: u8::try_from(c.get::<i64, _>(3)).unwrap_or(u8::MAX),
             recipients: c.get(1),
             header: b.get(2),
             signature: b.get(3),

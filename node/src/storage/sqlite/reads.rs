@@ -1,5 +1,7 @@
 //! The reads of the SQLite store (the [`Store`] trait apart from `commit`), on the reader pool.
 
+use std::collections::BTreeSet;
+
 use futures::future::BoxFuture;
 use sqlx::Row;
 
@@ -16,9 +18,9 @@ impl Store for SqliteStore {
         self.watched(self.commit_jobs(jobs))
     }
 
-    fn outbox_batch<'a>(&'a self, hop: &'a str, max_messages: usize, max_bytes: usize)
+    fn outbox_batch_skipping<'a>(&'a self, hop: &'a str, max_messages: usize, max_bytes: usize, skip: &'a BTreeSet<i64>)
         -> BoxFuture<'a, Result<Vec<OutboxItem>, StorageError>> {
-        self.watched(paging::outbox_batch(&self.readers, hop, max_messages, max_bytes))
+        self.watched(paging::outbox_batch(&self.readers, hop, max_messages, max_bytes, skip))
     }
 
     fn inbox<'a>(&'a self, unit: &'a str, after: i64, limit: u32, max_bytes: usize) -> BoxFuture<'a, Result<Vec<InboxRecord>, StorageError>> {

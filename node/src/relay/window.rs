@@ -1,0 +1,144 @@
+//! A forwarder's window: the batches it has on the link to one neighbour, not yet answered and
+//! recorded. Each batch's handover runs as a task of the window; the outbox entries of the batches in
+//! the window are left out of the next read (`Store::outbox_batch_skipping`), so an entry is on the
+//! link at most once at a time. An entry leaves the window when its handover task ends, whatever the
+//! way (answered and recorded, failed, panicked or aborted at shutdown): then it is either out of the
+//! outbox (recorded) or read again (not recorded).
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+
+use super::signals::Signals;
+
+/// The batches on the link to one neighbour; `T` is what a handover reports when it ends.
+pub struct Window<T> {
+    size: usize,
+    flights: JoinSet<T>,
+    entries: Arc<Mutex<BTreeSet<i64>>>,
+}
+
+/// Takes a batch's entries out of the window when its task ends, even by a panic or an abort.
+struct Release {
+    entries: Arc<Mutex<BTreeSet<i64>>>,
+    seqs: Vec<i64>,
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        for s in &self.seqs {
+            entries.remove(s);
+        }
+    }
+}
+
+impl<T: Send + 'static> Window<T> {
+    /// A window of `size` batches (at least one).
+    pub fn new(size: usize) -> Window<T> {
+        Window { size: size.max(1), flights: JoinSet::new(), entries: Arc::default() }
+    }
+
+    /// Whether `size` batches are on the link.
+    pub fn is_full(&self) -> bool {
+        self.flights.len() >= self.size
+    }
+
+    /// Whether one more batch may go beyond a full window: one, for entries more urgent than
+    /// what is on the link.
+    pub fn may_overtake(&self) -> bool {
+        self.flights.len() <= self.size
+    }
+
+    /// Batches on the link.
+    pub fn len(&self) -> usize {
+        self.flights.len()
+    }
+
+    /// Whether no batch is on the link.
+    pub fn is_empty(&self) -> bool {
+        self.flights.is_empty()
+    }
+
+    /// The outbox positions of the entries on the link, for the next read to leave out.
+    pub fn entries(&self) -> BTreeSet<i64> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Puts the batch of entries `seqs` on the link: `handover` sends it and records the answer.
+    pub fn open(&mut self, seqs: impl IntoIterator<Item = i64>, handover: impl Future<Output = T> + Send + 'static) {
+        let seqs: Vec<i64> = seqs.into_iter().collect();
+        self.entries.lock().unwrap_or_else(|p| p.into_inner()).extend(&seqs);
+        let release = Release { entries: self.entries.clone(), seqs };
+        self.flights.spawn(async move {
+            let _release = release;
+            handover.await
+        });
+    }
+
+    /// A handover that has ended, if one has.
+    pub fn finished(&mut self) -> Option<T> {
+        loop {
+            match self.flights.try_join_next()? {
+                Ok(end) => return Some(end),
+                Err(e) => tracing::error!(error = %e, "a handover task failed; its entries will be sent again"),
+            }
+        }
+    }
+
+    /// Waits for the next handover to end (`None` at once when none is on the link).
+    pub async fn next_finished(&mut self) -> Option<T> {
+        loop {
+            match self.flights.join_next().await? {
+                Ok(end) => return Some(end),
+                Err(e) => tracing::error!(error = %e, "a handover task failed; its entries will be sent again"),
+            }
+        }
+    }
+
+    /// Waits for new outbox work, for a handover to end (returned, to be taken note of), or for
+    /// `at_most`, whichever comes first.
+    pub async fn wait_for_work(&mut self, signals: &Signals, at_most: Duration) -> Option<T> {
+        tokio::select! {
+            _ = signals.work.notified() => None,
+            _ = tokio::time::sleep(at_most) => None,
+            end = self.next_finished(), if !self.flights.is_empty() => end,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Entries stay out of the next read while their batch is on the link, and come back when its
+    /// handover ends, whether it ended normally or by a panic.
+    #[tokio::test]
+    async fn entries_leave_the_window_when_their_handover_ends_even_by_a_panic() {
+        let mut w: Window<&'static str> = Window::new(2);
+        let (go, wait) = tokio::sync::oneshot::channel::<()>();
+        w.open([1, 2], async move {
+            let _ = wait.await;
+            "answered"
+        });
+        assert!(!w.is_full());
+        w.open([3], async { panic!("a handover that panics") });
+        assert!(w.is_full() && w.may_overtake(), "full, but one urgent batch may still go");
+        assert_eq!(w.entries().into_iter().collect::<Vec<_>>(), [1, 2, 3]);
+        // The panicked one ends first (the other waits for `go`); its entry is free again.
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while w.entries().contains(&3) {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the panicked batch's entry is released");
+        go.send(()).unwrap();
+        assert_eq!(w.next_finished().await, Some("answered"), "the panic is logged, not returned");
+        assert!(w.entries().is_empty() && w.is_empty());
+        assert_eq!(w.next_finished().await, None);
+    }
+}
