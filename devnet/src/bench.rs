@@ -25,6 +25,9 @@
 //!    nodes ([`crate::bench_compare`], [`crate::peer_nats`]); the latency distribution is drawn next to
 //!    the JSON, and `--sweep` repeats everything per offered rate.
 //!
+//! `--attachment-mib` ([`crate::bench_attachment`]) and `--urgent-behind` ([`crate::bench_urgent`]:
+//! 特急 documents behind a routine backlog) are modes of their own.
+//!
 //! It prints a summary and writes everything as JSON. It exits non-zero if anything did not arrive
 //! exactly once within the deadline, or a node refused anything.
 
@@ -104,20 +107,26 @@ pub struct BenchArgs {
     /// The peer in the same run (`--peer nats`), `--sweep` and the plots: see [`crate::bench_compare`].
     #[command(flatten)]
     pub compare: crate::bench_compare::CompareArgs,
+    /// Urgent documents behind a routine backlog (`--urgent-behind N`): see [`crate::bench_urgent`].
+    #[command(flatten)]
+    pub urgent: crate::bench_urgent::UrgentArgs,
 }
 
 impl BenchArgs {
-    fn sign_for(&self) -> bool {
+    pub(crate) fn sign_for(&self) -> bool {
         !self.no_sign_for
     }
 }
 
 pub(crate) const NODES: [&str; 3] = ["gz", "gz.yuexiu", "gz.haizhu"];
-const INGRESS: &str = "gz.yuexiu";
-const EGRESS: &str = "gz.haizhu";
+pub(crate) const INGRESS: &str = "gz.yuexiu";
+pub(crate) const EGRESS: &str = "gz.haizhu";
 
 /// Runs the benchmark.
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if let Some(backlog) = args.urgent.urgent_behind {
+        return crate::bench_urgent::run(&args, backlog);
+    }
     if let Some(mib) = args.attachment_mib {
         return crate::bench_attachment::run(&args, mib);
     }
@@ -397,7 +406,7 @@ impl Plan {
     }
 }
 
-fn units_of(net: &LocalNetwork, node: &str) -> Vec<UnitAddress> {
+pub(crate) fn units_of(net: &LocalNetwork, node: &str) -> Vec<UnitAddress> {
     net.unit_keys.keys().filter(|u| u.node_part() == node).cloned().collect()
 }
 

@@ -70,7 +70,7 @@ pub fn run(args: &super::bench::BenchArgs, mib: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn write_file(path: &Path, size: u64) -> anyhow::Result<()> {
+pub(crate) fn write_file(path: &Path, size: u64) -> anyhow::Result<()> {
     let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
     let mut block: Vec<u8> = (0..MIB as usize).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
     let mut written = 0u64;

@@ -6,7 +6,7 @@
 //!   end-to-end tests).
 //! * [`demo`]: `exchange-node demo`, the README's first command.
 //! * [`deploy_kit`]: `exchange-node deploy-kit`, every node's installation files for real machines.
-//! * [`bench`], [`bench_attachment`]: `exchange-node bench`; [`bench_compare`]: its `--peer`
+//! * [`bench`], [`bench_attachment`]: `exchange-node bench`; [`bench_urgent`]: its `--urgent-behind`; [`bench_compare`]: its `--peer`
 //!   ([`peer_nats`]: NATS JetStream in the same run) and `--sweep`; [`bench_plots`]: its SVG plots.
 //! * [`failover`]: killing the active replica of a node and timing the takeover.
 //! * [`devnet`]: `exchange-node devnet`, the whole Guangzhou network (13 nodes, 209 units);
@@ -18,6 +18,7 @@ pub mod bench_attachment;
 pub mod bench_failover;
 pub mod bench_compare;
 pub mod bench_plots;
+pub mod bench_urgent;
 pub mod demo;
 pub mod deploy_kit;
 pub mod devnet;
