@@ -13,7 +13,7 @@ use super::{PgStore, to_id};
 use crate::network::protocol::PARCEL_OVERHEAD_BYTES;
 use crate::storage::citations;
 use crate::storage::gather;
-use crate::storage::sqlite::paging::{fitting, not_skipped};
+use crate::storage::sqlite::paging::fitting;
 use crate::storage::error::StorageError;
 use crate::storage::jobs::*;
 use crate::storage::model::*;
@@ -69,14 +69,14 @@ impl PgStore {
                     (octet_length(m.header) + octet_length(m.signature) + octet_length(m.payload) + octet_length(o.recipients) \
                      + octet_length(m.hops))::BIGINT + $3 \
              FROM outbox o JOIN messages m ON m.id = o.message_id \
-             WHERE o.next_hop = $1 AND o.dead_reason IS NULL ORDER BY o.priority, o.seq LIMIT $2",
+             WHERE o.next_hop = $1 AND o.dead_reason IS NULL AND o.seq <> ALL($4) ORDER BY o.priority, o.seq LIMIT $2",
         )
         .bind(hop)
-        .bind(max_messages.saturating_add(skip.len()) as i64)
+        .bind(max_messages as i64)
         .bind(PARCEL_OVERHEAD_BYTES as i64)
+        .bind(skip.iter().copied().collect::<Vec<i64>>())
         .fetch_all(&mut *tx)
         .await?;
-        let candidates = not_skipped(candidates, |r| r.get(0), skip, max_messages);
         let chosen = &candidates[..fitting(candidates.iter().map(|r| size(r, 4)), max_bytes)];
         if chosen.is_empty() {
             return Ok(Vec::new());
