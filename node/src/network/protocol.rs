@@ -144,7 +144,16 @@ pub struct DirectoryAck {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum AttachmentRequest {
     /// How much of this attachment do you hold?
-    Offer { sha256: exchange_wire::Digest, size: u64 },
+    Offer {
+        sha256: exchange_wire::Digest,
+        size: u64,
+        /// The signed document the attachment belongs to, so the receiver can pass the chunks on
+        /// toward the document's recipients as they become durable there (cut-through), before the
+        /// document itself arrives. Absent from older senders: the receiver then waits for the
+        /// document, as before.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        document: Option<OfferedFor>,
+    },
     /// The bytes from `offset` (one chunk; the receiver's committed length).
     Chunk {
         sha256: exchange_wire::Digest,
@@ -153,6 +162,15 @@ pub enum AttachmentRequest {
         #[serde(with = "serde_bytes")]
         bytes: Vec<u8>,
     },
+}
+
+/// A document exactly as its sender signed it (canonical header bytes and signature; no payload).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OfferedFor {
+    #[serde(with = "serde_bytes")]
+    pub header: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub signature: Vec<u8>,
 }
 
 /// The receiver's answer, sent after the chunk is durable.

@@ -62,6 +62,12 @@ impl Attachments {
         state.done.insert(key);
     }
 
+    /// The transfer of `sha256` to `hop` stopped before the neighbour held it all (the bytes stopped
+    /// arriving here): the next one that is needed starts afresh and resumes.
+    pub(super) fn transfer_abandoned(&self, hop: &NodeId, sha256: Digest) {
+        self.transfers.lock().expect("attachment transfers lock").running.remove(&(hop.clone(), sha256));
+    }
+
     /// Forgets that `hop` holds `sha256`.
     pub(super) fn forget(&self, hop: &NodeId, sha256: Digest) {
         self.transfers.lock().expect("attachment transfers lock").done.remove(&(hop.clone(), sha256));
