@@ -187,3 +187,30 @@ pub enum AttachmentResponse {
         permanent: bool,
     },
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use exchange_wire::Digest;
+
+    /// The offer as nodes before cut-through wrote and read it.
+    #[derive(Debug, Serialize, Deserialize, PartialEq)]
+    enum OldAttachmentRequest {
+        Offer { sha256: Digest, size: u64 },
+    }
+
+    #[test]
+    fn offers_with_and_without_their_document_read_on_old_and_new_nodes() {
+        let sha256 = exchange_wire::digest_payload(b"scan");
+        let old = cbor4ii::serde::to_vec(Vec::new(), &OldAttachmentRequest::Offer { sha256, size: 4 }).unwrap();
+        let read: AttachmentRequest = cbor4ii::serde::from_slice(&old).unwrap();
+        assert!(matches!(read, AttachmentRequest::Offer { size: 4, document: None, .. }));
+
+        let document = Some(OfferedFor { header: b"header".to_vec(), signature: vec![7; 64] });
+        let new = cbor4ii::serde::to_vec(Vec::new(), &AttachmentRequest::Offer { sha256, size: 4, document }).unwrap();
+        let read: AttachmentRequest = cbor4ii::serde::from_slice(&new).unwrap();
+        assert!(matches!(read, AttachmentRequest::Offer { document: Some(OfferedFor { ref header, .. }), .. } if header == b"header"));
+        let by_an_old_node: OldAttachmentRequest = cbor4ii::serde::from_slice(&new).unwrap();
+        assert_eq!(by_an_old_node, OldAttachmentRequest::Offer { sha256, size: 4 });
+    }
+}

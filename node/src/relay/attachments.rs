@@ -380,6 +380,9 @@ impl Engine {
                 Err(Interrupted { reason, stalled: true, .. }) => {
                     tracing::warn!(%hop, attachment = %a.sha256, %reason, "stopped passing an attachment on; it resumes when it arrives again");
                     self.attachments.transfer_abandoned(&hop, a.sha256);
+                    // A document waiting for it (there should be none: custody needs the whole
+                    // file here) starts a new transfer.
+                    signals.work.notify_one();
                     return;
                 }
                 Err(Interrupted { reason, permanent: true, .. }) => {
