@@ -79,6 +79,15 @@ impl Attachments {
         map.entry(sha256).or_insert_with(|| watch::channel(0).0).subscribe()
     }
 
+    /// Forgets the watch of an attachment that is complete here once nobody waits on it (one made by a
+    /// subscriber that came after the completion), so the map holds only attachments still arriving.
+    pub(super) fn forget_progress(&self, sha256: Digest) {
+        let mut map = self.progress.lock().expect("attachment progress lock");
+        if map.get(&sha256).is_some_and(|tx| tx.receiver_count() == 0) {
+            map.remove(&sha256);
+        }
+    }
+
     /// Publishes an attachment's new committed length to chunks waiting for it.
     pub(super) fn committed(&self, sha256: Digest, held: &Result<Held, AttachmentError>) {
         let mut map = self.progress.lock().expect("attachment progress lock");

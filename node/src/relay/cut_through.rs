@@ -109,7 +109,11 @@ impl Engine {
             // Subscribed before looking, so a commit in between is not missed.
             let mut progress = self.attachments.progress(a.sha256);
             match self.attachment_held(a.sha256).await {
-                Ok(Held::Complete) => return Ok(()),
+                Ok(Held::Complete) => {
+                    drop(progress);
+                    self.attachments.forget_progress(a.sha256);
+                    return Ok(());
+                }
                 // The last chunk is read from the complete file only (see `read_held_chunk`).
                 Ok(Held::Partial(n)) if n >= end && end < a.size => return Ok(()),
                 Ok(Held::Partial(_)) => {}
