@@ -74,6 +74,9 @@ pub struct Metrics {
     pub attachment_bytes_received: IntCounterVec,
     /// Attachment transfers to a neighbour that resumed from its last committed chunk, by peer.
     pub attachment_resumes: IntCounterVec,
+    /// Attachment transfers to a neighbour started before this node held the document they belong
+    /// to (cut-through: passed on while the file still arrives), by peer.
+    pub attachment_cut_through: IntCounterVec,
     /// Agencies' unfinished uploads removed after `attachments.upload_ttl_secs` without a chunk.
     pub attachment_uploads_swept: IntCounterVec,
     pub build_info: IntGaugeVec,
@@ -191,6 +194,11 @@ impl Metrics {
             attachment_resumes: counter(
                 "exchange_attachment_resumes_total",
                 "Attachment transfers to a neighbour that resumed from its last committed chunk.",
+                &["peer"],
+            ),
+            attachment_cut_through: counter(
+                "exchange_attachment_cut_through_total",
+                "Attachment transfers to a neighbour started before this node held their document, passing chunks on as they arrive.",
                 &["peer"],
             ),
             attachment_uploads_swept: counter(

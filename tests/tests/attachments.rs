@@ -307,3 +307,63 @@ fn retention_removes_an_attachment_only_when_nothing_needs_it() {
     let saved = net.root.join("c-saved.pdf");
     haizhu.download_attachment(&doc_c.id, 1, &c, &saved).expect("C's attachment can still be downloaded");
 }
+
+/// Cut-through: the city passes the attachment on to 海珠 while it still arrives from 越秀, so 海珠
+/// holds part of the file before the city holds all of it. 越秀 is killed mid-transfer: 海珠 keeps an
+/// incomplete file and no document; once 越秀 is back, every hop resumes from its committed length,
+/// the document is delivered once, and the file at the recipient verifies.
+#[test]
+fn the_city_passes_an_attachment_on_while_it_arrives_and_a_sender_killed_mid_transfer_resumes() {
+    const SIZE: u64 = 128 * MIB;
+    let mut net = three_nodes(FAST_RETRY);
+    let sender = unit("gz.yuexiu/liurong-street");
+    let recipient = unit("gz.haizhu/civil-affairs");
+    let scan = net.root.join("scan.pdf");
+    write_scan(&scan, SIZE);
+    let a = Attachment::of_file(&scan, "application/pdf").unwrap();
+    let yuexiu = net.client_for(&sender);
+    yuexiu.upload_attachment(&scan, &a).unwrap();
+    let mut e = Envelope::new(Kind::Document, sender.clone(), vec![recipient.clone()], vec![], Priority::Routine, b"body");
+    a.describe(1, &mut e.metadata);
+    let signed = e.sign(&net.unit_keys[&sender]);
+    yuexiu.submit(&signed, b"body").unwrap();
+    let started = Instant::now();
+
+    let (city, haizhu) = (net.node("gz").client(), net.node("gz.haizhu").client());
+    let city_holds = |city: &exchange_wire::client::ApiClient| metric(city, "exchange_attachment_bytes_received_total", &[("source", "gz.yuexiu")]) as u64;
+    let haizhu_holds = |haizhu: &exchange_wire::client::ApiClient| metric(haizhu, "exchange_attachment_bytes_received_total", &[("source", "gz")]) as u64;
+    wait_for("the city holds a few chunks", Duration::from_secs(120), || (city_holds(&city) >= 4 * MIB).then_some(()));
+    net.kill("gz.yuexiu").expect("kill -9 the sending node");
+
+    // 海珠 receives chunks the city holds, although the city cannot get the rest now.
+    wait_for("海珠 holds part of the file", Duration::from_secs(60), || (haizhu_holds(&haizhu) > 0).then_some(()));
+    let at_haizhu = haizhu_holds(&haizhu);
+    let at_city = city_holds(&city);
+    assert!(at_city < SIZE, "the whole file reached the city before 越秀 was killed: make it larger");
+    assert!(at_haizhu <= at_city, "海珠 holds {at_haizhu} bytes, more than the city's {at_city}");
+    assert!(metric(&city, "exchange_attachment_cut_through_total", &[("peer", "gz.haizhu")]) >= 1.0);
+    let far_file = net.node("gz.haizhu").data_dir.join("attachments").join(a.sha256.to_hex());
+    assert!(!far_file.exists(), "海珠 cannot hold the complete file");
+    assert!(read_inbox(&net.client_for(&recipient), &recipient).is_empty(), "no document is delivered without its whole file");
+    eprintln!("{:>6.1} s  越秀 killed: the city held {} MiB, 海珠 already {} MiB", started.elapsed().as_secs_f64(), at_city / MIB, at_haizhu / MIB);
+
+    net.start("gz.yuexiu").expect("restart 越秀");
+    let item = wait_for("the document in 海珠's inbox", Duration::from_secs(300), || {
+        read_inbox(&net.client_for(&recipient), &recipient).into_iter().find(|i| i.id == signed.id)
+    });
+    assert_eq!(read_inbox(&net.client_for(&recipient), &recipient).iter().filter(|i| i.id == signed.id).count(), 1);
+    eprintln!("{:>6.1} s  delivered into 海珠's inbox", started.elapsed().as_secs_f64());
+    // Resumed at both hops rather than sent again from the start (a window of chunks may repeat).
+    assert!(city_holds(&city) <= SIZE, "the city received {} bytes of a {SIZE}-byte file", city_holds(&city));
+    assert!(haizhu_holds(&haizhu) <= SIZE, "海珠 received {} bytes of a {SIZE}-byte file", haizhu_holds(&haizhu));
+
+    let save = net.root.join("saved");
+    let out = admin_as(
+        &net.node("gz.haizhu").api_url,
+        &net.unit_tokens[&recipient],
+        &["inbox", "--unit", recipient.as_str(), "--verify", "--save", save.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "inbox --save failed: {}", String::from_utf8_lossy(&out.stderr));
+    let saved = save.join(format!("{}.1.scan.pdf", item.id));
+    assert_eq!(sha256_of(&saved), sha256_of(&scan), "the saved attachment is the one sent");
+}

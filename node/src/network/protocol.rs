@@ -144,7 +144,16 @@ pub struct DirectoryAck {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum AttachmentRequest {
     /// How much of this attachment do you hold?
-    Offer { sha256: exchange_wire::Digest, size: u64 },
+    Offer {
+        sha256: exchange_wire::Digest,
+        size: u64,
+        /// The signed document the attachment belongs to, so the receiver can pass the chunks on
+        /// toward the document's recipients as they become durable there (cut-through), before the
+        /// document itself arrives. Absent from older senders: the receiver then waits for the
+        /// document, as before.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        document: Option<OfferedFor>,
+    },
     /// The bytes from `offset` (one chunk; the receiver's committed length).
     Chunk {
         sha256: exchange_wire::Digest,
@@ -153,6 +162,15 @@ pub enum AttachmentRequest {
         #[serde(with = "serde_bytes")]
         bytes: Vec<u8>,
     },
+}
+
+/// A document exactly as its sender signed it (canonical header bytes and signature; no payload).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OfferedFor {
+    #[serde(with = "serde_bytes")]
+    pub header: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub signature: Vec<u8>,
 }
 
 /// The receiver's answer, sent after the chunk is durable.
@@ -168,4 +186,31 @@ pub enum AttachmentResponse {
         #[serde(default)]
         permanent: bool,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use exchange_wire::Digest;
+
+    /// The offer as nodes before cut-through wrote and read it.
+    #[derive(Debug, Serialize, Deserialize, PartialEq)]
+    enum OldAttachmentRequest {
+        Offer { sha256: Digest, size: u64 },
+    }
+
+    #[test]
+    fn offers_with_and_without_their_document_read_on_old_and_new_nodes() {
+        let sha256 = exchange_wire::digest_payload(b"scan");
+        let old = cbor4ii::serde::to_vec(Vec::new(), &OldAttachmentRequest::Offer { sha256, size: 4 }).unwrap();
+        let read: AttachmentRequest = cbor4ii::serde::from_slice(&old).unwrap();
+        assert!(matches!(read, AttachmentRequest::Offer { size: 4, document: None, .. }));
+
+        let document = Some(OfferedFor { header: b"header".to_vec(), signature: vec![7; 64] });
+        let new = cbor4ii::serde::to_vec(Vec::new(), &AttachmentRequest::Offer { sha256, size: 4, document }).unwrap();
+        let read: AttachmentRequest = cbor4ii::serde::from_slice(&new).unwrap();
+        assert!(matches!(read, AttachmentRequest::Offer { document: Some(OfferedFor { ref header, .. }), .. } if header == b"header"));
+        let by_an_old_node: OldAttachmentRequest = cbor4ii::serde::from_slice(&new).unwrap();
+        assert_eq!(by_an_old_node, OldAttachmentRequest::Offer { sha256, size: 4 });
+    }
 }

@@ -62,6 +62,12 @@ impl Attachments {
         state.done.insert(key);
     }
 
+    /// The transfer of `sha256` to `hop` stopped before the neighbour held it all (the bytes stopped
+    /// arriving here): the next one that is needed starts afresh and resumes.
+    pub(super) fn transfer_abandoned(&self, hop: &NodeId, sha256: Digest) {
+        self.transfers.lock().expect("attachment transfers lock").running.remove(&(hop.clone(), sha256));
+    }
+
     /// Forgets that `hop` holds `sha256`.
     pub(super) fn forget(&self, hop: &NodeId, sha256: Digest) {
         self.transfers.lock().expect("attachment transfers lock").done.remove(&(hop.clone(), sha256));
@@ -71,6 +77,15 @@ impl Attachments {
     pub(super) fn progress(&self, sha256: Digest) -> watch::Receiver<u64> {
         let mut map = self.progress.lock().expect("attachment progress lock");
         map.entry(sha256).or_insert_with(|| watch::channel(0).0).subscribe()
+    }
+
+    /// Forgets the watch of an attachment that is complete here once nobody waits on it (one made by a
+    /// subscriber that came after the completion), so the map holds only attachments still arriving.
+    pub(super) fn forget_progress(&self, sha256: Digest) {
+        let mut map = self.progress.lock().expect("attachment progress lock");
+        if map.get(&sha256).is_some_and(|tx| tx.receiver_count() == 0) {
+            map.remove(&sha256);
+        }
     }
 
     /// Publishes an attachment's new committed length to chunks waiting for it.

@@ -5,7 +5,8 @@
 //! on their own protocol and in their own task per neighbour: the task asks how much the neighbour
 //! holds and sends the rest chunk by chunk, each chunk acknowledged after the neighbour's `fsync`.
 //! An interrupted link resumes from the last committed chunk. Meanwhile the forwarder keeps handing
-//! over everything else, so a 1 GiB scan never holds up an urgent notice.
+//! over everything else, so a 1 GiB scan never holds up an urgent notice. The offer names the
+//! document, so a receiver that relays it can pass the chunks on as they arrive (`cut_through`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,10 +20,11 @@ use super::forwarder::{Backoff, Signals};
 use super::access::Caller;
 use super::refused::Refused;
 use super::{Engine, Refusal};
-use crate::network::protocol::{AttachmentRequest, AttachmentResponse};
+use crate::network::protocol::{AttachmentRequest, AttachmentResponse, OfferedFor};
 pub use super::attachment_state::Attachments;
 use super::attachment_state::AtNeighbour;
 use crate::storage::attachments::{AttachmentError, CHUNK_BYTES, Held};
+use crate::storage::StoredMessage;
 
 /// Every attachment description has this metadata key (canonical bytes hold keys verbatim).
 const ATTACHMENT_KEY: &[u8] = b"attachment.1.sha256";
@@ -32,16 +34,34 @@ const CHUNKS_IN_FLIGHT: usize = 4;
 const REORDER_WAIT: Duration = Duration::from_secs(30);
 
 /// Why an attachment transfer stopped before the neighbour held it all.
-struct Interrupted {
+pub(super) struct Interrupted {
     reason: String,
     /// The neighbour refused it for good: retrying cannot help.
     permanent: bool,
+    /// The bytes stopped arriving here (a cut-through transfer whose sender stopped): the transfer
+    /// ends without the neighbour holding the file, and a later one resumes it.
+    stalled: bool,
 }
 
 impl From<String> for Interrupted {
     fn from(reason: String) -> Interrupted {
-        Interrupted { reason, permanent: false }
+        Interrupted { reason, permanent: false, stalled: false }
     }
+}
+
+impl Interrupted {
+    pub(super) fn stalled(reason: String) -> Interrupted {
+        Interrupted { reason, permanent: false, stalled: true }
+    }
+}
+
+/// The document an attachment is sent for, named in the offer so the neighbour can pass the
+/// attachment on before the document arrives.
+pub(super) enum ForDocument {
+    /// A document in custody here, by its canonical header (its signature is read from the store).
+    Stored(Vec<u8>),
+    /// A document a neighbour named in its own offer (cut-through).
+    Offered(OfferedFor),
 }
 
 /// The one answer for an attachment a document may not cite: not uploaded here by its sender, nor
@@ -258,7 +278,12 @@ impl Engine {
             return self.net.respond_attachment(channel, AttachmentResponse::Refused { reason, permanent: false }).await;
         };
         let held = match request {
-            AttachmentRequest::Offer { sha256, .. } => self.attachment_held(sha256).await.map_err(AttachmentError::Io),
+            AttachmentRequest::Offer { sha256, size, document } => {
+                if let Some(offered) = document {
+                    self.pass_on_early(&from, sha256, size, offered);
+                }
+                self.attachment_held(sha256).await.map_err(AttachmentError::Io)
+            }
             AttachmentRequest::Chunk { sha256, size, offset, bytes } => {
                 self.wait_for_predecessor(sha256, offset).await;
                 let held = self.store_attachment_chunk(from.as_str(), sha256, size, offset, bytes).await;
@@ -298,7 +323,8 @@ impl Engine {
                 AtNeighbour::Running => ready = false,
                 AtNeighbour::Started => {
                     ready = false;
-                    self.tasks.spawn(self.clone().send_attachment(hop.clone(), signals.clone(), a));
+                    let doc = ForDocument::Stored(header.to_vec());
+                    self.tasks.spawn(self.clone().send_attachment(hop.clone(), signals.clone(), a, doc));
                 }
             }
         }
@@ -343,14 +369,23 @@ impl Engine {
 
     /// Sends one attachment to `hop` until the neighbour holds all of it, resuming after failures
     /// from what the neighbour has committed. One attachment at a time per neighbour.
-    async fn send_attachment(self: Arc<Self>, hop: NodeId, signals: Arc<Signals>, a: Attachment) {
+    pub(super) async fn send_attachment(self: Arc<Self>, hop: NodeId, signals: Arc<Signals>, a: Attachment, doc: ForDocument) {
         let _turn = signals.attachment_turn.lock().await;
+        let offered = self.offered_for(doc).await;
         let cfg = &self.relay_cfg;
         let mut backoff = Backoff::new(Duration::from_millis(cfg.retry_initial_ms), Duration::from_millis(cfg.retry_max_ms));
         loop {
-            match self.try_send_attachment(&hop, &a).await {
+            match self.try_send_attachment(&hop, &a, offered.clone()).await {
                 Ok(()) => break,
-                Err(Interrupted { reason, permanent: true }) => {
+                Err(Interrupted { reason, stalled: true, .. }) => {
+                    tracing::warn!(%hop, attachment = %a.sha256, %reason, "stopped passing an attachment on; it resumes when it arrives again");
+                    self.attachments.transfer_abandoned(&hop, a.sha256);
+                    // A document waiting for it (there should be none: custody needs the whole
+                    // file here) starts a new transfer.
+                    signals.work.notify_one();
+                    return;
+                }
+                Err(Interrupted { reason, permanent: true, .. }) => {
                     // The document goes on all the same: the neighbour refuses it for good, so it
                     // becomes a dead letter here and its sender is told, instead of waiting forever.
                     tracing::error!(%hop, attachment = %a.sha256, %reason, "neighbour refused an attachment for good; handing over its document to be refused");
@@ -370,37 +405,54 @@ impl Engine {
         signals.work.notify_one();
     }
 
-    async fn try_send_attachment(&self, hop: &NodeId, a: &Attachment) -> Result<(), Interrupted> {
+    /// The signed document to name in the offer (without it the neighbour only waits for the document).
+    async fn offered_for(&self, doc: ForDocument) -> Option<OfferedFor> {
+        let header = match doc {
+            ForDocument::Offered(offered) => return Some(offered),
+            ForDocument::Stored(header) => header,
+        };
+        let id: [u8; 32] = exchange_wire::digest_payload(&header).0;
+        match self.store.message(&id).await {
+            Ok(Some(StoredMessage { signature, .. })) => Some(OfferedFor { header, signature }),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read a document to name in an attachment offer");
+                None
+            }
+        }
+    }
+
+    async fn try_send_attachment(&self, hop: &NodeId, a: &Attachment, document: Option<OfferedFor>) -> Result<(), Interrupted> {
         use futures::StreamExt;
         let peer = self.peer_for(hop).ok_or_else(|| Interrupted::from(format!("{hop} is not in the directory")))?;
         let ask = |request| async move {
             match self.net.attachment(peer, request).await.map_err(|e| Interrupted::from(e.to_string()))? {
                 AttachmentResponse::Held { complete: true, .. } => Ok(None),
                 AttachmentResponse::Held { committed, .. } => Ok(Some(committed)),
-                AttachmentResponse::Refused { reason, permanent } => Err(Interrupted { reason: format!("{hop} refused: {reason}"), permanent }),
+                AttachmentResponse::Refused { reason, permanent } => Err(Interrupted { reason: format!("{hop} refused: {reason}"), permanent, stalled: false }),
             }
         };
-        let Some(offset) = ask(AttachmentRequest::Offer { sha256: a.sha256, size: a.size }).await? else { return Ok(()) };
+        let Some(offset) = ask(AttachmentRequest::Offer { sha256: a.sha256, size: a.size, document }).await? else { return Ok(()) };
         if offset > 0 {
             self.metrics.attachment_resumes.with_label_values(&[hop.as_str()]).inc();
             tracing::info!(%hop, attachment = %a.sha256, offset, size = a.size, "resuming an attachment transfer from the neighbour's last committed chunk");
         }
         // A window of chunks in flight, so the link carries the next chunks while the neighbour
-        // writes one to disk; the neighbour appends them in order (see `answer_attachment`).
+        // writes one to disk; the neighbour appends them in order (see `answer_attachment`). Chunks
+        // still arriving here (cut-through) join the window as they become durable.
         let mut in_flight = futures::stream::FuturesOrdered::new();
         let mut next = offset;
         loop {
             while in_flight.len() < CHUNKS_IN_FLIGHT && next < a.size {
-                let store = self.attachments.files.clone();
-                let (sha256, at) = (a.sha256, next);
-                let bytes = tokio::task::spawn_blocking(move || store.read_chunk(&sha256, at))
-                    .await
-                    .map_err(|e| Interrupted::from(e.to_string()))?
-                    .map_err(|e| Interrupted::from(format!("cannot read attachment {sha256} here: {e}")))?;
-                let len = bytes.len() as u64;
+                let Some(bytes) = self.chunk_if_held(a, next).await? else { break };
+                let (len, at) = (bytes.len() as u64, next);
                 next += len;
-                in_flight.push_back(ask(AttachmentRequest::Chunk { sha256, size: a.size, offset: at, bytes }));
+                in_flight.push_back(ask(AttachmentRequest::Chunk { sha256: a.sha256, size: a.size, offset: at, bytes }));
                 self.metrics.attachment_bytes_sent.with_label_values(&[hop.as_str()]).inc_by(len);
+            }
+            if in_flight.is_empty() && next < a.size {
+                self.wait_for_chunk(a, next).await?;
+                continue;
             }
             match in_flight.next().await {
                 None => return Err(Interrupted::from(format!("{hop} did not report the attachment complete after its last chunk"))),

@@ -25,6 +25,7 @@ pub mod checkpoint_files;
 pub mod checkpoints;
 pub mod committer;
 pub mod custody;
+mod cut_through;
 pub mod deadlines;
 pub mod directory_state;
 pub mod directory_sync;

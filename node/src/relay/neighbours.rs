@@ -25,6 +25,7 @@ impl Engine {
             self.metrics.attachment_bytes_sent.with_label_values(&peer).inc_by(0);
             self.metrics.attachment_bytes_received.with_label_values(&peer).inc_by(0);
             self.metrics.attachment_resumes.with_label_values(&peer).inc_by(0);
+            self.metrics.attachment_cut_through.with_label_values(&peer).inc_by(0);
             self.metrics.dead_letters_total.with_label_values(&peer).inc_by(0);
             self.metrics.hop_latency.with_label_values(&peer);
             for g in [&self.metrics.outbox_depth, &self.metrics.outbox_bytes, &self.metrics.dead_letters] {

@@ -288,6 +288,37 @@ impl AttachmentStore {
         f.read_exact(&mut buf)?;
         Ok(buf)
     }
+    /// Reads the chunk of `digest` (`size` bytes in all) that starts at `offset`, from the complete
+    /// file, or from the partial file being received when its committed bytes cover the chunk: cut-
+    /// through passes chunks on while the rest still arrives. The last chunk is read only from the
+    /// complete file, so it leaves this node only after the whole file verified here. `Ok(None)`:
+    /// not held that far yet.
+    pub fn read_held_chunk(&self, digest: &Digest, size: u64, offset: u64) -> std::io::Result<Option<Vec<u8>>> {
+        let want = size.saturating_sub(offset).min(CHUNK_BYTES);
+        let complete = || match self.read_chunk(digest, offset) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        };
+        if let Some(bytes) = complete()? {
+            return Ok(Some(bytes));
+        }
+        let part = self.part_path(digest);
+        if offset + want >= size || self.partial_held(&part)? < offset + want {
+            return Ok(None);
+        }
+        // Committed bytes are never rewritten: a later append, a resume or a failed write only
+        // touches what lies past them. The file may have become complete (renamed) meanwhile.
+        let mut f = match File::open(&part) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return complete(),
+            Err(e) => return Err(e),
+        };
+        let mut buf = vec![0u8; want as usize];
+        f.seek(SeekFrom::Start(offset))?;
+        f.read_exact(&mut buf)?;
+        Ok(Some(buf))
+    }
 }
 
 /// Opens a partial file after a restart (or a failed write): drops any bytes past the last whole
@@ -350,6 +381,28 @@ mod tests {
         assert_eq!(store.held(&digest).unwrap(), Held::Complete);
         assert_eq!(store.read_chunk(&digest, 2 * CHUNK_BYTES).unwrap(), &data[2 * c..]);
         assert_eq!(store.open_complete(&digest).unwrap().unwrap().1, size);
+    }
+
+    #[test]
+    fn chunks_are_read_while_the_file_arrives_but_the_last_only_once_it_verified() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = AttachmentStore::open(dir.path(), Default::default()).unwrap();
+        let data = bytes(2 * CHUNK_BYTES as usize + 10);
+        let (digest, size, c) = (exchange_wire::digest_payload(&data), data.len() as u64, CHUNK_BYTES as usize);
+        assert_eq!(store.read_held_chunk(&digest, size, 0).unwrap(), None, "nothing held yet");
+        store.append(&digest, size, 0, &data[..c]).unwrap();
+        assert_eq!(store.read_held_chunk(&digest, size, 0).unwrap().as_deref(), Some(&data[..c]));
+        assert_eq!(store.read_held_chunk(&digest, size, CHUNK_BYTES).unwrap(), None, "not committed yet");
+        store.append(&digest, size, CHUNK_BYTES, &data[c..2 * c]).unwrap();
+        assert_eq!(store.read_held_chunk(&digest, size, CHUNK_BYTES).unwrap().as_deref(), Some(&data[c..2 * c]));
+        // A torn tail past the committed chunks (as after a crash) is not passed on.
+        let mut f = OpenOptions::new().append(true).open(dir.path().join(format!("{digest}.part"))).unwrap();
+        f.write_all(&data[2 * c..]).unwrap();
+        assert_eq!(store.read_held_chunk(&digest, size, 2 * CHUNK_BYTES).unwrap(), None, "the last chunk waits for the verified file");
+        let store = AttachmentStore::open(dir.path(), Default::default()).unwrap();
+        assert_eq!(store.append(&digest, size, 2 * CHUNK_BYTES, &data[2 * c..]).unwrap(), Held::Complete);
+        assert_eq!(store.read_held_chunk(&digest, size, 2 * CHUNK_BYTES).unwrap().as_deref(), Some(&data[2 * c..]));
+        assert_eq!(store.read_held_chunk(&digest, size, 0).unwrap().as_deref(), Some(&data[..c]));
     }
 
     #[test]
