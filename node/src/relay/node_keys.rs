@@ -26,21 +26,6 @@ use crate::directory::segments::{self, SegmentSet};
 use crate::network::PeerId;
 
 impl Engine {
-    /// The key this node signs with now.
-    pub fn node_key(&self) -> SigningKey {
-        self.keys.node_key.read().expect("node key lock").clone()
-    }
-
-    /// This node's libp2p identity now.
-    pub fn peer_id(&self) -> PeerId {
-        *self.keys.peer_id.read().expect("peer id lock")
-    }
-
-    /// The root key pinned now (the trust anchor after every handover taken).
-    pub fn root_key(&self) -> PublicKey {
-        *self.keys.pinned_root_key.read().expect("root key lock")
-    }
-
     /// Pins the root key `set` leads to from the configured one.
     pub(crate) fn pin_root_key(&self, set: &SegmentSet) {
         let key = set.root_key(&self.keys.configured_root_key);
