@@ -22,11 +22,7 @@ use super::*;
 
 impl Engine {
     pub(super) fn check_home(&self, dir: &Directory, unit: &UnitAddress) -> Result<(), Refusal> {
-        match dir.home_of(unit) {
-            Some(home) if home == self.here => Ok(()),
-            None => Err(Refusal::new("unknown-sender", 403, format!("unit {unit} is not in the directory"))),
-            Some(home) => Err(Refusal::new("wrong-node", 403, format!("unit {unit} belongs to node {home}; use that node"))),
-        }
+        check_home(&self.here, dir, unit)
     }
 
     // ---- Subscriptions ----
