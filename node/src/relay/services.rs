@@ -77,6 +77,12 @@ impl Services {
         *self.keys.pinned_root_key.read().expect("root key lock")
     }
 
+    /// Whether this node is the root: its key is the root key pinned now. Only the root signs the
+    /// node tree and the catalog.
+    pub fn is_root(&self) -> bool {
+        self.root_key().0 == self.node_key().verifying_key()
+    }
+
     /// Wakes everyone waiting on an inbox or a query's outcome.
     pub fn inbox_changed(&self) {
         self.inbox_changes.send_modify(|v| *v += 1);
