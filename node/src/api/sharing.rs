@@ -36,7 +36,7 @@ async fn topic_name(engine: &AppState, topic: &str) -> Result<(), Refusal> {
 }
 
 async fn catalog(State(engine): State<AppState>, _caller: Caller) -> Response {
-    match engine.catalog_view() {
+    match engine.sharing.catalog_view() {
         Ok(c) => json(StatusCode::OK, &c),
         Err(r) => r.into_response(),
     }
@@ -184,7 +184,7 @@ pub fn agency_routes() -> Router<AppState> {
 }
 
 async fn admin_catalog(State(engine): State<AppState>) -> Response {
-    match engine.catalog_view() {
+    match engine.sharing.catalog_view() {
         Ok(c) => json(StatusCode::OK, &c),
         Err(r) => r.into_response(),
     }

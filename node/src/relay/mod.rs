@@ -11,7 +11,8 @@
 //! This file holds the engine itself: the parts (each part's state is a handle type in a file that
 //! does not name `Engine`: [`tokens::Access`], [`attachment_state::Attachments`],
 //! [`webhook_target::Webhooks`], [`directory_state::DirectorySync`], [`sharing::Sharing`],
-//! [`signals::Links`], [`deadlines::Queries`]), the services they share ([`services::Services`]), and start-up. What the
+//! [`signals::Links`], [`deadlines::Queries`]), the services they share ([`services::Services`],
+//! which a part that needs nothing else takes instead of the engine), and start-up. What the
 //! network reports is handled in `neighbours.rs`, what follows a commit in `after_commit.rs`, and
 //! refused input is recorded by [`refused`].
 

@@ -51,7 +51,7 @@ impl Engine {
         self.check_fresh(env.created_at_ms)?;
         self.check_active(&dir, &env.sender)?;
         let facts = RequestFacts::from_envelope(env)?;
-        let catalog = self.compiled_catalog()?;
+        let catalog = self.sharing.compiled_catalog()?;
         let topic = catalog
             .topic(&facts.topic)
             .ok_or_else(|| Refusal::new("unknown-topic", 422, format!("topic {} is not in the catalog: see GET /v1/catalog", facts.topic)))?;
