@@ -232,7 +232,7 @@ async fn set_webhook(State(engine): State<AppState>, caller: Caller, Path((node,
         Ok(m) => m,
         Err(r) => return r.into_response(),
     };
-    answered(&engine, engine.set_webhook(&caller, &unit, req).await).await
+    answered(&engine, engine.webhooks.set(&caller, &unit, req).await).await
 }
 
 async fn get_webhook(State(engine): State<AppState>, caller: Caller, Path((node, unit)): Path<(String, String)>) -> Response {
@@ -240,7 +240,7 @@ async fn get_webhook(State(engine): State<AppState>, caller: Caller, Path((node,
         Ok(u) => u,
         Err(r) => return r.into_response(),
     };
-    answered(&engine, engine.webhook(&caller, &unit).await).await
+    answered(&engine, engine.webhooks.get(&caller, &unit).await).await
 }
 
 async fn remove_webhook(State(engine): State<AppState>, caller: Caller, Path((node, unit)): Path<(String, String)>) -> Response {
@@ -248,7 +248,7 @@ async fn remove_webhook(State(engine): State<AppState>, caller: Caller, Path((no
         Ok(u) => u,
         Err(r) => return r.into_response(),
     };
-    answered(&engine, engine.remove_webhook(&caller, &unit).await).await
+    answered(&engine, engine.webhooks.remove(&caller, &unit).await).await
 }
 
 /// `POST /v1/messages/{id}/recall`: 撤回, signed by the document's sender.

@@ -59,7 +59,7 @@ async fn status(
     let Ok(Query(q)) = query else {
         return refuse(&engine, Refusal::malformed("use wait_ms=<milliseconds> to wait for the outcome")).await.into_response();
     };
-    match engine.query_status(&caller, &id, Duration::from_millis(q.wait_ms)).await {
+    match engine.queries.query_status(&caller, &id, Duration::from_millis(q.wait_ms)).await {
         Ok(s) => json(StatusCode::OK, &s),
         Err(r) => r.into_response(),
     }

@@ -36,7 +36,7 @@ async fn topic_name(engine: &AppState, topic: &str) -> Result<(), Refusal> {
 }
 
 async fn catalog(State(engine): State<AppState>, _caller: Caller) -> Response {
-    match engine.catalog_view() {
+    match engine.sharing.catalog_view() {
         Ok(c) => json(StatusCode::OK, &c),
         Err(r) => r.into_response(),
     }
@@ -88,7 +88,7 @@ async fn subscriptions(State(engine): State<AppState>, caller: Caller, Path((nod
         Ok(u) => u,
         Err(r) => return r.into_response(),
     };
-    let r = engine.subscriptions(&caller, &unit).await;
+    let r = engine.sharing.subscriptions(&engine.services, &caller, &unit).await;
     answer(&engine, r, StatusCode::OK, false).await
 }
 
@@ -97,7 +97,7 @@ async fn subscribers(State(engine): State<AppState>, caller: Caller, Path((node,
         Ok(u) => u,
         Err(r) => return r.into_response(),
     };
-    let r = engine.subscribers(Some(&caller), Some(&unit)).await;
+    let r = engine.sharing.subscribers(&engine.services, Some(&caller), Some(&unit)).await;
     answer(&engine, r, StatusCode::OK, false).await
 }
 
@@ -144,7 +144,7 @@ async fn records(
         }
     };
     let wait = Duration::from_millis(q.wait_ms.min(engine.api_max_wait_ms));
-    let r = engine.records(&caller, &unit, &topic, q.after, q.limit, wait).await;
+    let r = engine.sharing.records(&engine.services, &caller, &unit, &topic, q.after, q.limit, wait).await;
     answer(&engine, r, StatusCode::OK, false).await
 }
 
@@ -165,7 +165,7 @@ async fn ack(
         Ok(m) => m,
         Err(r) => return r.into_response(),
     };
-    let r = engine.ack(&caller, &unit, &topic, req.seq).await;
+    let r = engine.sharing.ack(&engine.services, &caller, &unit, &topic, req.seq).await;
     answer(&engine, r, StatusCode::OK, false).await
 }
 
@@ -184,7 +184,7 @@ pub fn agency_routes() -> Router<AppState> {
 }
 
 async fn admin_catalog(State(engine): State<AppState>) -> Response {
-    match engine.catalog_view() {
+    match engine.sharing.catalog_view() {
         Ok(c) => json(StatusCode::OK, &c),
         Err(r) => r.into_response(),
     }
@@ -200,7 +200,7 @@ async fn admin_publish_catalog(State(engine): State<AppState>, body: Result<Byte
 }
 
 async fn admin_subscriptions(State(engine): State<AppState>) -> Response {
-    let r = engine.subscribers(None, None).await;
+    let r = engine.sharing.subscribers(&engine.services, None, None).await;
     answer(&engine, r, StatusCode::OK, false).await
 }
 

@@ -21,7 +21,7 @@ impl Engine {
             }
         }
         if !summary.delivered.is_empty() {
-            self.inbox_changes.send_modify(|v| *v += 1);
+            self.inbox_changed();
         }
         for k in &summary.delivered {
             self.metrics.delivered.with_label_values(&[k.as_str()]).inc();

@@ -15,7 +15,7 @@ use std::time::Duration;
 use exchange_wire::api::{QueryStatus, RecipientState, SignedMessage, SubmitResponse};
 use exchange_wire::{Envelope, Kind, MessageId, SignedEnvelope, UnitAddress, query};
 
-pub use super::deadlines::Deadlines;
+pub use super::deadlines::Queries;
 use super::access::Caller;
 use super::custody::event;
 use super::ingress::{Candidate, SignFor};
@@ -40,7 +40,7 @@ impl Engine {
         match result {
             Ok(outcome) => {
                 if let (JobOutcome::Stored, Some(d)) = (&outcome, deadline) {
-                    self.deadlines.watch(d, id);
+                    self.queries.watch(d, id);
                 }
                 Ok(SubmitResponse { id, duplicate: outcome == JobOutcome::Duplicate, accepted_at_ms: exchange_wire::now_ms() })
             }
@@ -150,10 +150,15 @@ impl Engine {
         Ok(Candidate { signed, payload, recipients: vec![original.sender], hops: vec![] })
     }
 
+}
+
+/// The queries part's own work: it reads, commits and counts through the shared services it holds,
+/// and needs nothing else of the engine.
+impl Queries {
     /// The state of a query asked from this node, waiting up to `wait` for its outcome.
     pub async fn query_status(&self, caller: &Caller, id: &MessageId, wait: Duration) -> Result<QueryStatus, Refusal> {
-        let mut changes = self.inbox_changes.subscribe();
-        let until = tokio::time::Instant::now() + wait.min(Duration::from_millis(self.api_max_wait_ms));
+        let mut changes = self.services.inbox_changes.subscribe();
+        let until = tokio::time::Instant::now() + wait.min(Duration::from_millis(self.services.api_max_wait_ms));
         loop {
             let status = self.query_status_now(caller, id).await?;
             if is_outcome(status.state) {
@@ -167,18 +172,19 @@ impl Engine {
     }
 
     async fn query_status_now(&self, caller: &Caller, id: &MessageId) -> Result<QueryStatus, Refusal> {
-        let not_here = || Refusal::new("not-found", 404, format!("query {id} was not asked from a unit of node {}", self.here));
-        let stored = self.store.message(&id.0).await?.ok_or_else(not_here)?;
+        let services = &self.services;
+        let not_here = || Refusal::new("not-found", 404, format!("query {id} was not asked from a unit of node {}", services.here));
+        let stored = services.store.message(&id.0).await?.ok_or_else(not_here)?;
         let env = Envelope::from_canonical_bytes(&stored.header).map_err(|_| not_here())?;
         if env.kind != Kind::Query {
             return Err(not_here());
         }
         caller.may_act_for(&env.sender).map_err(|_| not_here())?;
-        let t = self.store.tracking(&id.0).await?.into_iter().next().ok_or_else(not_here)?;
+        let t = services.store.tracking(&id.0).await?.into_iter().next().ok_or_else(not_here)?;
         let (deadline_ms, topic) = query::facts(&env).map_err(|_| not_here())?;
         let state = super::reads::parse_state(&t.state);
         let answer = match (state, t.receipt_id) {
-            (RecipientState::Answered, Some(answer_id)) => match self.store.message(&answer_id.as_slice().try_into().map_err(|_| not_here())?).await? {
+            (RecipientState::Answered, Some(answer_id)) => match services.store.message(&answer_id.as_slice().try_into().map_err(|_| not_here())?).await? {
                 Some(a) => {
                     let signature: [u8; 64] = a.signature.as_slice().try_into().map_err(|_| not_here())?;
                     let signed = SignedEnvelope::from_canonical(a.header, signature).map_err(|_| not_here())?;
@@ -194,7 +200,7 @@ impl Engine {
             topic,
             deadline_ms,
             state,
-            node: t.node.parse().unwrap_or_else(|_| self.here.clone()),
+            node: t.node.parse().unwrap_or_else(|_| services.here.clone()),
             at_ms: t.at_ms.max(0) as u64,
             detail: t.detail,
             answer,
@@ -202,23 +208,23 @@ impl Engine {
     }
 
     /// Loads the pending queries' deadlines and records `timed-out` as each passes without answer.
-    pub(crate) async fn watch_query_deadlines(self: Arc<Self>) {
-        match self.store.open_queries().await {
+    pub(crate) async fn watch_deadlines(self) {
+        match self.services.store.open_queries().await {
             Ok(open) => {
                 for (id, header) in open {
                     if let Ok((deadline, _)) = Envelope::from_canonical_bytes(&header).map_err(|_| ()).and_then(|e| query::facts(&e).map_err(|_| ())) {
-                        self.deadlines.watch(deadline, exchange_wire::Digest(id));
+                        self.watch(deadline, exchange_wire::Digest(id));
                     }
                 }
             }
             Err(e) => tracing::error!(error = %e, "cannot load the pending queries; their timeouts will not be recorded until a restart"),
         }
         loop {
-            let next = self.deadlines.next();
+            let next = self.next();
             let now = exchange_wire::now_ms();
             match next {
                 Some((due, id)) if due <= now => {
-                    self.deadlines.pop();
+                    self.pop();
                     while let Err(e) = self.time_out(id, due).await {
                         tracing::error!(error = %e, "cannot record a query timeout; retrying");
                         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -227,17 +233,18 @@ impl Engine {
                 Some((due, _)) => {
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_millis(due - now)) => {}
-                        _ = self.deadlines.changed() => {}
+                        _ = self.changed() => {}
                     }
                 }
-                None => self.deadlines.changed().await,
+                None => self.changed().await,
             }
         }
     }
 
     /// Records that query `id` timed out at `due`, unless it has an outcome already.
     async fn time_out(&self, id: [u8; 32], due: u64) -> Result<(), String> {
-        let open: Vec<_> = self.store.tracking(&id).await.map_err(|e| e.to_string())?.into_iter().filter(|t| !is_outcome(super::reads::parse_state(&t.state))).collect();
+        let services = &self.services;
+        let open: Vec<_> = services.store.tracking(&id).await.map_err(|e| e.to_string())?.into_iter().filter(|t| !is_outcome(super::reads::parse_state(&t.state))).collect();
         if open.is_empty() {
             return Ok(());
         }
@@ -251,15 +258,15 @@ impl Engine {
                 message_id: id,
                 recipient: t.recipient,
                 state: RecipientState::TimedOut,
-                node: self.here.to_string(),
+                node: services.here.to_string(),
                 at_ms: now as i64,
                 detail: Some(detail),
                 receipt_id: None,
             });
         }
-        self.committer.commit(vec![WriteJob::Record(r)]).await.map_err(|e| e.to_string())?;
-        self.metrics.queries.with_label_values(&["timed-out"]).inc();
-        self.inbox_changes.send_modify(|v| *v += 1);
+        services.committer.commit(vec![WriteJob::Record(r)]).await.map_err(|e| e.to_string())?;
+        services.metrics.queries.with_label_values(&["timed-out"]).inc();
+        services.inbox_changed();
         Ok(())
     }
 }

@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 pub use super::checkpoint_files::CheckpointFiles;
 use super::checkpoint_files::age;
 use super::Engine;
+use super::services::Services;
 use crate::network::checkpoint::{CheckpointRequest, CheckpointResponse, SignedCheckpoint};
 use crate::storage::StorageError;
 
@@ -42,6 +43,8 @@ enum Round {
 const WHAT_TO_DO: &str = "Treat this node's database as tampered with: keep the file for investigation, compare the log \
                           with the latest backup and with the custody events the neighbours hold (exchange-admin trace)";
 
+/// What stays the engine's: finding the parent's link (the links are not this part's), the
+/// schedule, and routing a child's request. The part is given exactly the parent it needs.
 impl Engine {
     /// The parent's id and peer id, or `None` at the root (or while the tree is not known).
     fn checkpoint_parent(&self) -> Option<(NodeId, PeerId)> {
@@ -51,12 +54,53 @@ impl Engine {
         Some((parent, peer))
     }
 
+    /// `audit verify`'s comparison with the latest checkpoint the holder has.
+    pub(crate) async fn checkpoint_check(&self) -> Result<CheckpointCheck, StorageError> {
+        self.checkpoints.check(&self.services, self.checkpoint_parent()).await
+    }
+
+    /// Signs and hands a checkpoint every `audit.checkpoint_secs` until `stop`, then once more.
+    pub async fn run_audit_checkpoints(self: Arc<Self>, stop: CancellationToken) {
+        let mut every = tokio::time::interval(self.checkpoints.every);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut scan = None;
+        loop {
+            tokio::select! {
+                _ = every.tick() => {}
+                _ = stop.cancelled() => break,
+            }
+            match self.checkpoints.round(&self.services, self.checkpoint_parent(), &mut scan).await {
+                Err(Round::Mismatch(e)) => tracing::error!(error = %e, "audit log differs from its checkpoint"),
+                Err(Round::NotHanded(e)) => tracing::warn!(error = %e, "audit checkpoint not handed"),
+                Ok(()) => {}
+            }
+        }
+        let last = self.checkpoints.round(&self.services, self.checkpoint_parent(), &mut scan);
+        if let Ok(Err(Round::Mismatch(e) | Round::NotHanded(e))) = tokio::time::timeout(Duration::from_secs(3), last).await {
+            tracing::warn!(error = %e, "no audit checkpoint at shutdown");
+        }
+    }
+
+    /// Answers a child that hands or asks for its checkpoint.
+    pub(crate) async fn answer_checkpoint(self: Arc<Self>, peer: PeerId, request: CheckpointRequest, channel: Reply<CheckpointResponse>) {
+        let response = self.checkpoints.answer(&self.services, peer, request);
+        if let CheckpointResponse::Refused { reason } = &response {
+            tracing::warn!(%peer, %reason, "audit checkpoint refused");
+        }
+        self.net.respond_checkpoint(channel, response).await;
+    }
+}
+
+/// The checkpoint part's work: it reads the log, signs and asks the parent through the shared
+/// services, and keeps files in its own state. `parent` is the parent's id and the peer id to
+/// reach it by (`None` at the root), resolved by the engine from the links.
+impl CheckpointFiles {
     /// Who holds this node's checkpoint (the parent, or this node at the root) and the latest it holds.
-    async fn held_checkpoint(&self) -> Result<(String, Option<SignedCheckpoint>), String> {
-        let Some((parent, peer)) = self.checkpoint_parent() else {
-            return Ok((self.here.to_string(), self.checkpoints.load(&self.here)?));
+    async fn held(&self, s: &Services, parent: Option<(NodeId, PeerId)>) -> Result<(String, Option<SignedCheckpoint>), String> {
+        let Some((parent, peer)) = parent else {
+            return Ok((s.here.to_string(), self.load(&s.here)?));
         };
-        let asked = tokio::time::timeout(Duration::from_secs(10), self.net.checkpoint(peer, CheckpointRequest::Latest)).await;
+        let asked = tokio::time::timeout(Duration::from_secs(10), s.net.checkpoint(peer, CheckpointRequest::Latest)).await;
         match asked {
             Ok(Ok(CheckpointResponse::Latest(cp))) => Ok((parent.to_string(), cp)),
             Ok(Ok(CheckpointResponse::Refused { reason })) => Err(format!("the parent {parent} refused to answer: {reason}")),
@@ -68,14 +112,14 @@ impl Engine {
 
     /// Compares the local log with `cp`: `None` when the entry it names is there with its hash,
     /// otherwise what differs and what to do.
-    async fn differs_from(&self, cp: &SignedCheckpoint, holder: &str) -> Result<Option<String>, StorageError> {
+    async fn differs_from(s: &Services, cp: &SignedCheckpoint, holder: &str) -> Result<Option<String>, StorageError> {
         // Signed with this node's key, or an earlier one it had (not revoked): a rotation does not
         // make the checkpoints signed before it look forged.
-        let keys = self.dir.current().signing_keys(&exchange_wire::UnitAddress::of_node(&self.here), &[]);
-        if !cp.verify(&self.node_key().verifying_key()) && !keys.iter().any(|k| cp.verify(&k.0)) {
+        let keys = s.dir.current().signing_keys(&exchange_wire::UnitAddress::of_node(&s.here), &[]);
+        if !cp.verify(&s.node_key().verifying_key()) && !keys.iter().any(|k| cp.verify(&k.0)) {
             return Ok(Some(format!("the checkpoint {holder} holds is not signed with this node's key. {WHAT_TO_DO}")));
         }
-        let entry = self.store.audit_page(cp.seq - 1, 1).await?.into_iter().next();
+        let entry = s.store.audit_page(cp.seq - 1, 1).await?.into_iter().next();
         Ok(match entry {
             Some(e) if e.seq == cp.seq && e.hash == cp.hash => None,
             Some(e) if e.seq == cp.seq => Some(format!(
@@ -97,8 +141,8 @@ impl Engine {
     }
 
     /// `audit verify`'s comparison with the latest checkpoint the holder has.
-    pub(crate) async fn checkpoint_check(&self) -> Result<CheckpointCheck, StorageError> {
-        let (holder, cp) = match self.held_checkpoint().await {
+    pub(super) async fn check(&self, s: &Services, parent: Option<(NodeId, PeerId)>) -> Result<CheckpointCheck, StorageError> {
+        let (holder, cp) = match self.held(s, parent).await {
             Ok(held) => held,
             Err(why) => {
                 let detail = format!("not checked against a checkpoint: {why}; run it again when the parent answers");
@@ -106,42 +150,42 @@ impl Engine {
             }
         };
         let Some(cp) = cp else {
-            let detail = format!("{holder} holds no checkpoint of this log yet (one is signed every {} s)", self.checkpoints.every.as_secs());
+            let detail = format!("{holder} holds no checkpoint of this log yet (one is signed every {} s)", self.every.as_secs());
             return Ok(CheckpointCheck { holder, checked: false, ok: true, seq: None, at_ms: None, detail });
         };
-        let differs = self.differs_from(&cp, &holder).await?;
+        let differs = Self::differs_from(s, &cp, &holder).await?;
         let detail = differs.clone().unwrap_or_else(|| format!("entry {} matches the checkpoint signed {} and held by {holder}", cp.seq, age(cp.at_ms)));
         Ok(CheckpointCheck { holder, checked: true, ok: differs.is_none(), seq: Some(cp.seq), at_ms: Some(cp.at_ms), detail })
     }
 
     /// The last audit entry, reading on from `scan` (the last one seen before).
-    async fn audit_head(&self, scan: &mut Option<(i64, [u8; 32])>) -> Result<(), StorageError> {
+    async fn audit_head(s: &Services, scan: &mut Option<(i64, [u8; 32])>) -> Result<(), StorageError> {
         loop {
-            let page = self.store.audit_page(scan.map_or(0, |s| s.0), 5000).await?;
+            let page = s.store.audit_page(scan.map_or(0, |s| s.0), 5000).await?;
             let Some(last) = page.last() else { return Ok(()) };
             *scan = Some((last.seq, <[u8; 32]>::try_from(last.hash.as_slice()).unwrap_or([0; 32])));
         }
     }
 
     /// One round: compare the log with the held checkpoint, then sign and hand the head if newer.
-    async fn checkpoint_round(&self, scan: &mut Option<(i64, [u8; 32])>) -> Result<(), Round> {
-        let count = |outcome: &str| self.metrics.audit_checkpoints.with_label_values(&[outcome]).inc();
-        let (holder, held) = self.held_checkpoint().await.inspect_err(|_| count("unreachable")).map_err(Round::NotHanded)?;
+    async fn round(&self, s: &Services, parent: Option<(NodeId, PeerId)>, scan: &mut Option<(i64, [u8; 32])>) -> Result<(), Round> {
+        let count = |outcome: &str| s.metrics.audit_checkpoints.with_label_values(&[outcome]).inc();
+        let (holder, held) = self.held(s, parent.clone()).await.inspect_err(|_| count("unreachable")).map_err(Round::NotHanded)?;
         if let Some(cp) = &held {
-            if let Some(why) = self.differs_from(cp, &holder).await.map_err(|e| Round::NotHanded(e.to_string()))? {
+            if let Some(why) = Self::differs_from(s, cp, &holder).await.map_err(|e| Round::NotHanded(e.to_string()))? {
                 count("mismatch");
                 return Err(Round::Mismatch(format!("no new checkpoint is signed: {why}")));
             }
         }
-        self.audit_head(scan).await.map_err(|e| Round::NotHanded(e.to_string()))?;
+        Self::audit_head(s, scan).await.map_err(|e| Round::NotHanded(e.to_string()))?;
         let Some((seq, hash)) = *scan else { return Ok(()) };
         if held.as_ref().is_some_and(|cp| cp.seq >= seq) {
             return Ok(());
         }
-        let cp = SignedCheckpoint::sign(&self.node_key(), self.here.as_str(), seq, hash, exchange_wire::now_ms());
-        let handed = match self.checkpoint_parent() {
-            None => self.checkpoints.keep(&self.here, &self.node_key().verifying_key(), &cp),
-            Some((parent, peer)) => match tokio::time::timeout(Duration::from_secs(10), self.net.checkpoint(peer, CheckpointRequest::Hand(cp))).await {
+        let cp = SignedCheckpoint::sign(&s.node_key(), s.here.as_str(), seq, hash, exchange_wire::now_ms());
+        let handed = match parent {
+            None => self.keep(&s.here, &s.node_key().verifying_key(), &cp),
+            Some((parent, peer)) => match tokio::time::timeout(Duration::from_secs(10), s.net.checkpoint(peer, CheckpointRequest::Hand(cp))).await {
                 Ok(Ok(CheckpointResponse::Stored)) => Ok(()),
                 Ok(Ok(CheckpointResponse::Refused { reason })) => Err(format!("the parent {parent} refused the checkpoint: {reason}")),
                 Ok(Ok(CheckpointResponse::Latest(_))) => Err(format!("the parent {parent} answered out of turn")),
@@ -153,48 +197,18 @@ impl Engine {
         handed.map_err(Round::NotHanded)
     }
 
-    /// Signs and hands a checkpoint every `audit.checkpoint_secs` until `stop`, then once more.
-    pub async fn run_audit_checkpoints(self: Arc<Self>, stop: CancellationToken) {
-        let mut every = tokio::time::interval(self.checkpoints.every);
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut scan = None;
-        loop {
-            tokio::select! {
-                _ = every.tick() => {}
-                _ = stop.cancelled() => break,
-            }
-            match self.checkpoint_round(&mut scan).await {
-                Err(Round::Mismatch(e)) => tracing::error!(error = %e, "audit log differs from its checkpoint"),
-                Err(Round::NotHanded(e)) => tracing::warn!(error = %e, "audit checkpoint not handed"),
-                Ok(()) => {}
-            }
-        }
-        if let Ok(Err(Round::Mismatch(e) | Round::NotHanded(e))) = tokio::time::timeout(Duration::from_secs(3), self.checkpoint_round(&mut scan)).await {
-            tracing::warn!(error = %e, "no audit checkpoint at shutdown");
-        }
-    }
-
-    /// Answers a child that hands or asks for its checkpoint.
-    pub(crate) async fn answer_checkpoint(self: Arc<Self>, peer: PeerId, request: CheckpointRequest, channel: Reply<CheckpointResponse>) {
-        let response = self.checkpoint_answer(peer, request);
-        if let CheckpointResponse::Refused { reason } = &response {
-            tracing::warn!(%peer, %reason, "audit checkpoint refused");
-        }
-        self.net.respond_checkpoint(channel, response).await;
-    }
-
-    fn checkpoint_answer(&self, peer: PeerId, request: CheckpointRequest) -> CheckpointResponse {
-        let dir = self.dir.current();
-        let Some(child) = dir.node_by_peer(&peer).filter(|n| n.parent.as_ref() == Some(&self.here)) else {
-            return CheckpointResponse::Refused { reason: format!("only children of node {} hand it audit checkpoints", self.here) };
+    pub(super) fn answer(&self, s: &Services, peer: PeerId, request: CheckpointRequest) -> CheckpointResponse {
+        let dir = s.dir.current();
+        let Some(child) = dir.node_by_peer(&peer).filter(|n| n.parent.as_ref() == Some(&s.here)) else {
+            return CheckpointResponse::Refused { reason: format!("only children of node {} hand it audit checkpoints", s.here) };
         };
-        let count = |outcome: &str| self.metrics.audit_checkpoints.with_label_values(&[outcome]).inc();
+        let count = |outcome: &str| s.metrics.audit_checkpoints.with_label_values(&[outcome]).inc();
         match request {
-            CheckpointRequest::Latest => match self.checkpoints.load(&child.id) {
+            CheckpointRequest::Latest => match self.load(&child.id) {
                 Ok(cp) => CheckpointResponse::Latest(cp),
                 Err(reason) => CheckpointResponse::Refused { reason },
             },
-            CheckpointRequest::Hand(cp) => match self.checkpoints.keep(&child.id, &child_key(&dir, &child.id, &cp).unwrap_or(child.public_key).0, &cp) {
+            CheckpointRequest::Hand(cp) => match self.keep(&child.id, &child_key(&dir, &child.id, &cp).unwrap_or(child.public_key).0, &cp) {
                 Ok(()) => {
                     count("stored");
                     CheckpointResponse::Stored

@@ -10,7 +10,10 @@ use exchange_wire::{NodeId, SignedEnvelope, UnitAddress};
 use crate::network::PeerId;
 use crate::network::Reply;
 
+use super::directory_state::DirectorySync;
+use super::services::Services;
 use super::{Engine, Refusal};
+use tokio::sync::MutexGuard;
 use crate::directory::segments::{self, Held, SegmentRefusal, SegmentSet, Verdict};
 use crate::network::Neighbour;
 use crate::network::protocol::{DirectoryAck, DirectoryPush, SegmentParcel};
@@ -31,21 +34,8 @@ impl Engine {
     /// Loads the segments held in storage (re-checking each), signs this node's seeds if it holds no
     /// segment of its own yet, and builds the directory.
     pub(crate) async fn load_directory(self: &Arc<Self>) -> anyhow::Result<()> {
-        let mut rows = self.store.segments().await?;
-        // Root handovers first, in order (they say which root key signs the tree), then the tree:
-        // unit segments are checked against it.
-        rows.sort_by_key(|r| (!r.owner.starts_with("root-handover-"), r.owner != "tree", r.owner.starts_with("root-handover-").then_some(r.version)));
-        let mut set = SegmentSet::default();
-        for r in rows {
-            let checked = unparcel(SegmentParcel { header: r.header, signature: r.signature, payload: r.payload }).and_then(|(signed, payload)| {
-                set.check(&set.root_key(self.keys.configured_root_key()), &signed, &payload).map(|(segment, _)| Held { segment, signed, payload })
-            });
-            match checked {
-                Ok(held) => set.insert(held),
-                Err(e) => tracing::error!(owner = %r.owner, code = e.code, reason = %e.reason, "a stored directory segment does not verify; ignored"),
-            }
-        }
-        self.pin_root_key(&set);
+        let set = self.directory_sync.load(&self.services).await?;
+        self.keys.pin_root(&set);
         self.apply_directory(&set).await;
         *self.directory_sync.segments().await = set;
 
@@ -81,10 +71,6 @@ impl Engine {
         Ok(())
     }
 
-    pub(crate) fn is_root(&self) -> bool {
-        self.root_key().0 == self.node_key().verifying_key()
-    }
-
     /// Signs a segment made here and takes it like any other.
     pub(super) async fn publish(self: &Arc<Self>, segment: Segment) -> Vec<Result<Verdict, SegmentRefusal>> {
         let held = segments::sign(segment, &self.here, &self.node_key());
@@ -98,56 +84,7 @@ impl Engine {
         from: Option<NodeId>,
         incoming: Vec<(SignedEnvelope, Vec<u8>)>,
     ) -> Vec<Result<Verdict, SegmentRefusal>> {
-        let mut set = self.directory_sync.segments().await;
-        let mut results = Vec::with_capacity(incoming.len());
-        let mut taken = Vec::new();
-        let source = from.as_ref().map(|f| f.to_string());
-        for (signed, payload) in incoming {
-            match set.check(&self.root_key(), &signed, &payload) {
-                Ok((segment, Verdict::Newer)) => {
-                    let row = SegmentRow {
-                        owner: segment.owner(),
-                        version: segment.version() as i64,
-                        header: signed.bytes.clone(),
-                        signature: signed.signature.to_vec(),
-                        payload: payload.clone(),
-                    };
-                    let event = EventRow {
-                        at_ms: exchange_wire::now_ms() as i64,
-                        category: "directory",
-                        message_id: Some(signed.id.0),
-                        event: "segment-accepted",
-                        unit: None,
-                        peer: source.clone(),
-                        detail: Some(format!("{} version {}", segment.owner(), segment.version())),
-                    };
-                    if let Err(e) = self.committer.commit(vec![WriteJob::Admin { op: AdminOp::PutSegment(row), events: vec![event] }]).await {
-                        self.metrics.storage_errors.with_label_values(&["commit"]).inc();
-                        results.push(Err(SegmentRefusal { code: "storage", reason: format!("cannot store the segment: {e}") }));
-                        continue;
-                    }
-                    tracing::info!(owner = %segment.owner(), version = segment.version(), from = ?source, "directory segment accepted");
-                    let handover = matches!(segment, Segment::RootHandover(_));
-                    let held = Held { segment, signed, payload };
-                    set.insert(held.clone());
-                    if handover {
-                        // What follows in this batch (the tree the new key signed) is checked against it.
-                        self.pin_root_key(&set);
-                    }
-                    taken.push(held);
-                    results.push(Ok(Verdict::Newer));
-                }
-                Ok((_, Verdict::Known)) => results.push(Ok(Verdict::Known)),
-                Err(refusal) => {
-                    self.metrics.directory_rejections.with_label_values(&[refusal.code]).inc();
-                    tracing::warn!(from = ?source, code = refusal.code, reason = %refusal.reason, "directory segment refused");
-                    let r = Refusal::new(refusal.code, 403, refusal.reason.clone());
-                    self.refused(source.as_deref().unwrap_or("this node"), &[super::refused::Refused { id: Some(signed.id), kind: Some(signed.envelope.kind), refusal: &r }])
-                        .await;
-                    results.push(Err(refusal));
-                }
-            }
-        }
+        let (set, results, taken) = self.directory_sync.take(&self.services, from.as_ref(), incoming).await;
         if !taken.is_empty() {
             self.apply_directory(&set).await;
             let tree_came = taken.iter().any(|h| matches!(h.segment, Segment::Tree(_)));
@@ -536,5 +473,91 @@ impl Engine {
             }
         }
         DirectoryVerification { ok: checks.iter().all(|c| c.ok), checks }
+    }
+}
+
+/// The directory part's own work: reading, checking and storing segments, with the shared services
+/// only. What a change sets off (the snapshot and the links rebuilt, the catalog, passing segments
+/// on, a staged key taken) touches other parts, so the engine does it with what `take` returns.
+impl DirectorySync {
+    /// The segments held in storage, each checked again; one that does not verify is left out.
+    async fn load(&self, s: &Services) -> anyhow::Result<SegmentSet> {
+        let mut rows = s.store.segments().await?;
+        // Root handovers first, in order (they say which root key signs the tree), then the tree:
+        // unit segments are checked against it.
+        rows.sort_by_key(|r| (!r.owner.starts_with("root-handover-"), r.owner != "tree", r.owner.starts_with("root-handover-").then_some(r.version)));
+        let mut set = SegmentSet::default();
+        for r in rows {
+            let checked = unparcel(SegmentParcel { header: r.header, signature: r.signature, payload: r.payload }).and_then(|(signed, payload)| {
+                set.check(&set.root_key(s.keys.configured_root_key()), &signed, &payload).map(|(segment, _)| Held { segment, signed, payload })
+            });
+            match checked {
+                Ok(held) => set.insert(held),
+                Err(e) => tracing::error!(owner = %r.owner, code = e.code, reason = %e.reason, "a stored directory segment does not verify; ignored"),
+            }
+        }
+        Ok(set)
+    }
+
+    /// Checks segments (from neighbour `from`, or made here) and stores the newer ones, under the
+    /// segment lock. Returns the lock still held (the engine applies the change before anyone else
+    /// changes the set), one result per segment, and the segments taken.
+    async fn take(
+        &self,
+        s: &Services,
+        from: Option<&NodeId>,
+        incoming: Vec<(SignedEnvelope, Vec<u8>)>,
+    ) -> (MutexGuard<'_, SegmentSet>, Vec<Result<Verdict, SegmentRefusal>>, Vec<Held>) {
+        let mut set = self.segments().await;
+        let mut results = Vec::with_capacity(incoming.len());
+        let mut taken = Vec::new();
+        let source = from.map(|f| f.to_string());
+        for (signed, payload) in incoming {
+            match set.check(&s.root_key(), &signed, &payload) {
+                Ok((segment, Verdict::Newer)) => {
+                    let row = SegmentRow {
+                        owner: segment.owner(),
+                        version: segment.version() as i64,
+                        header: signed.bytes.clone(),
+                        signature: signed.signature.to_vec(),
+                        payload: payload.clone(),
+                    };
+                    let event = EventRow {
+                        at_ms: exchange_wire::now_ms() as i64,
+                        category: "directory",
+                        message_id: Some(signed.id.0),
+                        event: "segment-accepted",
+                        unit: None,
+                        peer: source.clone(),
+                        detail: Some(format!("{} version {}", segment.owner(), segment.version())),
+                    };
+                    if let Err(e) = s.committer.commit(vec![WriteJob::Admin { op: AdminOp::PutSegment(row), events: vec![event] }]).await {
+                        s.metrics.storage_errors.with_label_values(&["commit"]).inc();
+                        results.push(Err(SegmentRefusal { code: "storage", reason: format!("cannot store the segment: {e}") }));
+                        continue;
+                    }
+                    tracing::info!(owner = %segment.owner(), version = segment.version(), from = ?source, "directory segment accepted");
+                    let handover = matches!(segment, Segment::RootHandover(_));
+                    let held = Held { segment, signed, payload };
+                    set.insert(held.clone());
+                    if handover {
+                        // What follows in this batch (the tree the new key signed) is checked against it.
+                        s.keys.pin_root(&set);
+                    }
+                    taken.push(held);
+                    results.push(Ok(Verdict::Newer));
+                }
+                Ok((_, Verdict::Known)) => results.push(Ok(Verdict::Known)),
+                Err(refusal) => {
+                    s.metrics.directory_rejections.with_label_values(&[refusal.code]).inc();
+                    tracing::warn!(from = ?source, code = refusal.code, reason = %refusal.reason, "directory segment refused");
+                    let r = Refusal::new(refusal.code, 403, refusal.reason.clone());
+                    s.refused(source.as_deref().unwrap_or("this node"), &[super::refused::Refused { id: Some(signed.id), kind: Some(signed.envelope.kind), refusal: &r }])
+                        .await;
+                    results.push(Err(refusal));
+                }
+            }
+        }
+        (set, results, taken)
     }
 }

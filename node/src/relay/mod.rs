@@ -11,7 +11,8 @@
 //! This file holds the engine itself: the parts (each part's state is a handle type in a file that
 //! does not name `Engine`: [`tokens::Access`], [`attachment_state::Attachments`],
 //! [`webhook_target::Webhooks`], [`directory_state::DirectorySync`], [`sharing::Sharing`],
-//! [`signals::Links`], [`deadlines::Deadlines`]), the services they share, and start-up. What the
+//! [`signals::Links`], [`deadlines::Queries`]), the services they share ([`services::Services`],
+//! which a part that needs nothing else takes instead of the engine), and start-up. What the
 //! network reports is handled in `neighbours.rs`, what follows a commit in `after_commit.rs`, and
 //! refused input is recorded by [`refused`].
 
@@ -40,6 +41,7 @@ pub mod push;
 pub mod reads;
 pub mod reconcile;
 pub mod reconcile_answer;
+pub mod services;
 pub mod refusal;
 pub mod refused;
 pub mod signals;
@@ -52,65 +54,61 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
-use exchange_wire::NodeId;
 use crate::network::{Multiaddr, PeerId};
 use tokio::sync::watch;
 
-use crate::config::{Limits, NodeConfig, RelayConfig};
+use crate::config::NodeConfig;
 use crate::directory::{Directory, DirectoryHandle};
 use crate::metrics::Metrics;
 use crate::network;
 use crate::storage::health::StorageHealth;
 use crate::storage::Store;
 use committer::Committer;
-use custody::Context;
+use services::Services;
 pub use refusal::Refusal;
 pub use signals::PeerState;
 
-/// Everything the node's tasks share.
+/// The engine: the shared services and the parts. It routes what the API and the network hand it
+/// to the part whose work it is (orchestration); the parts do the work.
 pub struct Engine {
-    pub here: NodeId,
-    pub dir: DirectoryHandle,
-    pub store: Arc<dyn Store>,
+    /// What every part shares (see [`services`]). The engine derefs to it, so `engine.store`,
+    /// `engine.node_key()` read as before; parts that do not need the engine take `&Services` or
+    /// hold the `Arc`.
+    pub services: Arc<Services>,
     /// Free space, intake and damage of the storage (see `storage::health`).
     pub health: Arc<StorageHealth>,
-    pub committer: Committer,
-    pub metrics: Arc<Metrics>,
-    pub net: network::Client,
-    pub limits: Limits,
-    pub relay_cfg: RelayConfig,
-    /// Upper bound on an inbox long-poll.
-    pub api_max_wait_ms: u64,
     pub started_at_ms: u64,
     /// The directory segments held, the configured parent, the seeds (see [`directory_sync`]).
     pub directory_sync: directory_state::DirectorySync,
     /// Unit tokens and the access policy (see [`access`]).
     pub access: tokens::Access,
-    /// Webhooks: where they may point, the pushers running (see [`push`]).
+    /// Webhooks: where they may point, the pushers running, and their work (see [`push`]).
     pub webhooks: webhook_target::Webhooks,
-    /// The node's key, its libp2p identity and the root key it trusts (see [`node_keys`]).
-    pub keys: node_key_state::NodeKeys,
     /// The forwarders (one per neighbour) and the state of each link (see [`forwarder`]).
     pub links: signals::Links,
-    /// Deadlines of the queries asked here that have no outcome yet (see [`asking`]).
-    deadlines: deadlines::Deadlines,
+    /// Queries asked here: the deadlines without an outcome, and the work (see [`asking`]).
+    pub queries: deadlines::Queries,
     /// Attachment files and their transfers (see [`attachments`]).
     pub attachments: attachment_state::Attachments,
     /// Audit checkpoints held here (this node's at the root, its children's) (see [`checkpoints`]).
     pub checkpoints: checkpoint_files::CheckpointFiles,
     /// Serialises recall reporting, so each decided recall is reported once.
     recall_reports: tokio::sync::Mutex<()>,
-    /// Bumped after every commit that put something into an inbox (long-poll wake-up).
-    inbox_changes: watch::Sender<u64>,
     /// Data sharing: the catalog in force, the numbering lock (see [`sharing`]).
     pub sharing: sharing::Sharing,
     /// Backups and the reconciliation after a restore (see `backup`).
     pub(crate) recovery: crate::backup::Recovery,
-    /// The engine's background tasks (forwarders, pushers, answers to neighbours, periodic jobs),
-    /// stopped together at shutdown.
-    pub tasks: crate::tasks::Tasks,
 }
 
+/// `engine.store`, `engine.node_key()`, ... are the services'. A deref, not a field path at every
+/// use: the custody pipeline's files (ingress, forwarder, committer, attachments) are being reshaped
+/// separately, and this keeps them unchanged while the parts move to `&Services`.
+impl std::ops::Deref for Engine {
+    type Target = Services;
+    fn deref(&self) -> &Services {
+        &self.services
+    }
+}
 
 impl Engine {
     /// `parent_hint` is the configured parent's peer id and addresses (`parent_address`).
@@ -127,31 +125,35 @@ impl Engine {
             anyhow::anyhow!("cannot open the attachment store {}: {e}", cfg.attachments_dir().display())
         })?;
         let committer = Committer::spawn(store.clone(), metrics.clone(), cfg.relay.commit_max_requests);
-        Ok(Arc::new(Engine {
+        let services = Arc::new(Services {
             here: cfg.node_id.clone(),
             dir: DirectoryHandle::new(Directory::default()),
             store,
-            health,
             committer,
             metrics,
             net,
+            keys: node_key_state::NodeKeys::new(node_key, cfg.root_key, cfg.key_file.clone()),
+            tasks: crate::tasks::Tasks::new(),
             limits: cfg.limits.clone(),
             relay_cfg: cfg.relay.clone(),
             api_max_wait_ms: cfg.api.max_wait_ms,
+            inbox_changes: watch::channel(0).0,
+        });
+        let targets = webhook_target::WebhookTargets::new(cfg.api.webhooks_to_loopback, &cfg.push)?;
+        Ok(Arc::new(Engine {
+            health,
             started_at_ms: exchange_wire::now_ms(),
             directory_sync: directory_state::DirectorySync::new(cfg.directory.clone(), parent_hint),
             access: tokens::Access::new(cfg.api.require_auth, cfg.policy.clone()),
-            webhooks: webhook_target::Webhooks::new(webhook_target::WebhookTargets::new(cfg.api.webhooks_to_loopback, &cfg.push)?),
-            keys: node_key_state::NodeKeys::new(node_key, cfg.root_key, cfg.key_file.clone()),
+            webhooks: webhook_target::Webhooks::new(services.clone(), targets),
             links: signals::Links::default(),
             recall_reports: tokio::sync::Mutex::new(()),
-            inbox_changes: watch::channel(0).0,
             attachments: attachment_state::Attachments::new(attachments),
             checkpoints: checkpoint_files::CheckpointFiles::new(&cfg.data_dir, std::time::Duration::from_secs(cfg.audit.checkpoint_secs)),
-            deadlines: deadlines::Deadlines::default(),
+            queries: deadlines::Queries::new(services.clone()),
             sharing: sharing::Sharing::default(),
             recovery: crate::backup::Recovery::new(&cfg.data_dir),
-            tasks: crate::tasks::Tasks::new(),
+            services,
         }))
     }
 
@@ -187,19 +189,15 @@ impl Engine {
         self.tasks.spawn(async move { engine.refresh_queue_gauges().await });
         let engine = self.clone();
         self.tasks.spawn(async move { engine.report_recalls().await });
-        self.start_pushers().await?;
+        self.webhooks.start_pushers().await?;
         let engine = self.clone();
         self.tasks.spawn(async move { engine.process_subscription_requests().await });
         let engine = self.clone();
         self.tasks.spawn(async move { engine.send_backlogs().await });
         self.tasks.spawn(self.clone().resynchronise_directory(Duration::from_secs(30)));
         self.tasks.spawn(self.clone().watch_node_keys(Duration::from_secs(1)));
-        self.tasks.spawn(self.clone().watch_query_deadlines());
+        self.tasks.spawn(self.queries.clone().watch_deadlines());
         self.tasks.spawn(self.clone().sweep_uploads_forever());
         Ok(())
-    }
-
-    fn context<'a>(&'a self, dir: &'a Directory) -> Context<'a> {
-        Context { here: &self.here, dir, node_key: self.node_key(), now_ms: exchange_wire::now_ms() }
     }
 }

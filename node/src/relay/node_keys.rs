@@ -26,31 +26,6 @@ use crate::directory::segments::{self, SegmentSet};
 use crate::network::PeerId;
 
 impl Engine {
-    /// The key this node signs with now.
-    pub fn node_key(&self) -> SigningKey {
-        self.keys.node_key.read().expect("node key lock").clone()
-    }
-
-    /// This node's libp2p identity now.
-    pub fn peer_id(&self) -> PeerId {
-        *self.keys.peer_id.read().expect("peer id lock")
-    }
-
-    /// The root key pinned now (the trust anchor after every handover taken).
-    pub fn root_key(&self) -> PublicKey {
-        *self.keys.pinned_root_key.read().expect("root key lock")
-    }
-
-    /// Pins the root key `set` leads to from the configured one.
-    pub(crate) fn pin_root_key(&self, set: &SegmentSet) {
-        let key = set.root_key(&self.keys.configured_root_key);
-        let mut pinned = self.keys.pinned_root_key.write().expect("root key lock");
-        if *pinned != key {
-            tracing::info!(old = %*pinned, new = %key, "root key handed over: the new key is pinned");
-            *pinned = key;
-        }
-    }
-
     /// Where a key staged for the next rotation waits: `<key_file>.next`.
     pub fn next_key_file(&self) -> PathBuf {
         let mut name = self.keys.key_file.clone().into_os_string();
@@ -286,4 +261,17 @@ fn retire(previous: &mut Vec<KeyRecord>, current: PublicKey, now: u64, r: &Rotat
 
 fn old_key_note(r: &RotateKey) -> String {
     if r.revoke_old { ", the old key revoked".into() } else { format!(", the old key valid {} s more", r.overlap_secs) }
+}
+
+/// The node-keys part's own work on its state.
+impl super::node_key_state::NodeKeys {
+    /// Pins the root key `set` leads to from the configured one.
+    pub(crate) fn pin_root(&self, set: &SegmentSet) {
+        let key = set.root_key(&self.configured_root_key);
+        let mut pinned = self.pinned_root_key.write().expect("root key lock");
+        if *pinned != key {
+            tracing::info!(old = %*pinned, new = %key, "root key handed over: the new key is pinned");
+            *pinned = key;
+        }
+    }
 }

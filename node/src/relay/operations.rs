@@ -13,6 +13,7 @@ use exchange_wire::{Digest, MessageId, NodeId};
 use crate::network::PeerId;
 use crate::network::Reply;
 
+use super::services::Services;
 use super::{Engine, Refusal};
 use crate::network::protocol::{TraceRequest, TraceResponse as WireTrace};
 use crate::storage::{AdminOp, EventRow, JobOutcome, Record, WriteJob};
@@ -161,40 +162,6 @@ impl Engine {
                 })
             })
             .collect())
-    }
-
-    /// Runs an admin action on stored state (if any) and records it in the audit log, in one
-    /// transaction.
-    async fn admin_action(&self, op: Option<AdminOp>, event: &'static str, detail: String) -> Result<u64, Refusal> {
-        let row = EventRow {
-            at_ms: exchange_wire::now_ms() as i64,
-            category: "admin",
-            message_id: None,
-            event,
-            unit: None,
-            peer: None,
-            detail: Some(detail),
-        };
-        let job = match op {
-            Some(op) => WriteJob::Admin { op, events: vec![row] },
-            None => WriteJob::Record(Record { events: vec![row], ..Default::default() }),
-        };
-        match self.committer.commit(vec![job]).await {
-            Ok(outcomes) => match outcomes.first() {
-                Some(JobOutcome::Affected(n)) => Ok(*n),
-                _ => Ok(0),
-            },
-            Err(e) => {
-                self.metrics.storage_errors.with_label_values(&["commit"]).inc();
-                tracing::error!(error = %e, "admin action failed");
-                Err(Refusal { code: "storage", message: "the node could not apply the change; nothing changed".into(), status: 503, transient: true })
-            }
-        }
-    }
-
-    /// Records an operator's action that changed nothing else in storage.
-    pub(crate) async fn admin_record(&self, event: &'static str, detail: String) -> Result<(), Refusal> {
-        self.admin_action(None, event, detail).await.map(|_| ())
     }
 
     fn selection(sel: &DeadLetterSelection) -> Result<(Option<Vec<i64>>, String), Refusal> {
@@ -350,6 +317,45 @@ fn fold_reported_hops(events: &mut Vec<CustodyEvent>) {
         ("hop", Some(hop)) => !answered.contains(hop) && seen.insert(hop.clone()),
         _ => true,
     });
+}
+
+/// Recording an operator's change is shared work: besides the operations here, directory changes,
+/// the catalog and the reconciliation record through it, and it needs only the committer and the
+/// metrics.
+impl Services {
+    /// Runs an admin action on stored state (if any) and records it in the audit log, in one
+    /// transaction.
+    async fn admin_action(&self, op: Option<AdminOp>, event: &'static str, detail: String) -> Result<u64, Refusal> {
+        let row = EventRow {
+            at_ms: exchange_wire::now_ms() as i64,
+            category: "admin",
+            message_id: None,
+            event,
+            unit: None,
+            peer: None,
+            detail: Some(detail),
+        };
+        let job = match op {
+            Some(op) => WriteJob::Admin { op, events: vec![row] },
+            None => WriteJob::Record(Record { events: vec![row], ..Default::default() }),
+        };
+        match self.committer.commit(vec![job]).await {
+            Ok(outcomes) => match outcomes.first() {
+                Some(JobOutcome::Affected(n)) => Ok(*n),
+                _ => Ok(0),
+            },
+            Err(e) => {
+                self.metrics.storage_errors.with_label_values(&["commit"]).inc();
+                tracing::error!(error = %e, "admin action failed");
+                Err(Refusal { code: "storage", message: "the node could not apply the change; nothing changed".into(), status: 503, transient: true })
+            }
+        }
+    }
+
+    /// Records an operator's action that changed nothing else in storage.
+    pub(crate) async fn admin_record(&self, event: &'static str, detail: String) -> Result<(), Refusal> {
+        self.admin_action(None, event, detail).await.map(|_| ())
+    }
 }
 
 #[cfg(test)]

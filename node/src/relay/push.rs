@@ -4,7 +4,6 @@
 //! keeps everything meanwhile, so the agency can always fall back to reading it. Delivery to the
 //! webhook is at least once; items carry their ids.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use ed25519_dalek::Signer;
@@ -13,9 +12,10 @@ use exchange_wire::api::{AdminActionResponse, WebhookDelivery, WebhookInfo, Webh
 
 use super::access::Caller;
 use super::forwarder::Backoff;
+use super::reads::inbox_page;
+use super::refusal::Refusal;
 pub use super::webhook_target::Webhooks;
 use super::webhook_target::{Pinned, TargetError, WebhookTargets};
-use super::{Engine, Refusal};
 use crate::storage::{AdminOp, EventRow, WriteJob};
 
 /// Items per POST.
@@ -94,41 +94,51 @@ fn deliver(targets: &WebhookTargets, url: &str, node: &str, signature: &str, bod
         .map_err(|e| e.to_string())
 }
 
-impl Engine {
+/// The webhook part's work: it reads, commits and signs through the shared services it holds
+/// (`self.services`), and wakes on the inbox wake-up; it needs nothing else of the engine.
+impl Webhooks {
     /// Whether `unit`'s webhook may be pushed to now: not while the unit is suspended or revoked.
     fn may_push(&self, unit: &UnitAddress) -> bool {
-        self.dir.current().unit(unit).is_none_or(|u| u.status == exchange_wire::directory::UnitStatus::Active)
+        self.services.dir.current().unit(unit).is_none_or(|u| u.status == exchange_wire::directory::UnitStatus::Active)
     }
 
     /// `PUT /v1/units/{node}/{unit}/webhook`.
-    pub async fn set_webhook(self: &Arc<Self>, caller: &Caller, unit: &UnitAddress, req: WebhookRequest) -> Result<WebhookInfo, Refusal> {
+    pub async fn set(&self, caller: &Caller, unit: &UnitAddress, req: WebhookRequest) -> Result<WebhookInfo, Refusal> {
         caller.may_act_for(unit)?;
-        if self.dir.current().home_of(unit).as_ref() != Some(&self.here) {
-            return Err(Refusal::new("not-found", 404, format!("unit {unit} is not hosted on node {}", self.here)));
-        }
+        self.check_hosted(unit)?;
         // The check may resolve a name: off the async workers.
-        let (url, targets) = (req.url.clone(), self.webhooks.targets());
+        let (url, targets) = (req.url.clone(), self.targets());
         tokio::task::spawn_blocking(move || check_webhook_url(&url, &targets))
             .await
             .map_err(|e| Refusal::new("storage", 500, format!("the webhook check did not finish: {e}")))??;
-        let from_seq = if req.from_start { 0 } else { self.store.inbox_last_seq(unit.as_str()).await? };
+        let from_seq = if req.from_start { 0 } else { self.services.store.inbox_last_seq(unit.as_str()).await? };
         let op = AdminOp::SetWebhook { unit: unit.to_string(), url: req.url.clone(), from_seq, restart: req.from_start };
         self.commit_webhook_change(op, "webhook-set", format!("{unit} -> {}", redact_credentials(&req.url))).await?;
         self.start_pusher(unit.clone());
-        self.webhook(&Caller::Anyone, unit).await
+        self.get(&Caller::Anyone, unit).await
+    }
+
+    /// A unit hosted elsewhere has no inbox here, so no webhook.
+    fn check_hosted(&self, unit: &UnitAddress) -> Result<(), Refusal> {
+        let here = &self.services.here;
+        if self.services.dir.current().home_of(unit).as_ref() != Some(here) {
+            return Err(Refusal::new("not-found", 404, format!("unit {unit} is not hosted on node {here}")));
+        }
+        Ok(())
     }
 
     /// `DELETE /v1/units/{node}/{unit}/webhook`.
-    pub async fn remove_webhook(self: &Arc<Self>, caller: &Caller, unit: &UnitAddress) -> Result<AdminActionResponse, Refusal> {
+    pub async fn remove(&self, caller: &Caller, unit: &UnitAddress) -> Result<AdminActionResponse, Refusal> {
         caller.may_act_for(unit)?;
         let n = self.commit_webhook_change(AdminOp::RemoveWebhook { unit: unit.to_string() }, "webhook-remove", unit.to_string()).await?;
         Ok(AdminActionResponse { affected: n, message: format!("webhook of {unit} removed; its inbox keeps everything") })
     }
 
     /// `GET /v1/units/{node}/{unit}/webhook`.
-    pub async fn webhook(&self, caller: &Caller, unit: &UnitAddress) -> Result<WebhookInfo, Refusal> {
+    pub async fn get(&self, caller: &Caller, unit: &UnitAddress) -> Result<WebhookInfo, Refusal> {
         caller.may_act_for(unit)?;
-        self.store
+        self.services
+            .store
             .webhooks()
             .await?
             .into_iter()
@@ -139,7 +149,7 @@ impl Engine {
 
     async fn commit_webhook_change(&self, op: AdminOp, event: &'static str, detail: String) -> Result<u64, Refusal> {
         let row = EventRow { at_ms: exchange_wire::now_ms() as i64, category: "admin", message_id: None, event, unit: None, peer: None, detail: Some(detail) };
-        match self.committer.commit(vec![WriteJob::Admin { op, events: vec![row] }]).await {
+        match self.services.committer.commit(vec![WriteJob::Admin { op, events: vec![row] }]).await {
             Ok(o) => Ok(match o.first() {
                 Some(crate::storage::JobOutcome::Affected(n)) => *n,
                 _ => 0,
@@ -149,8 +159,8 @@ impl Engine {
     }
 
     /// Starts the pushers of every registered webhook (at start-up).
-    pub(crate) async fn start_pushers(self: &Arc<Self>) -> anyhow::Result<()> {
-        for w in self.store.webhooks().await? {
+    pub(crate) async fn start_pushers(&self) -> anyhow::Result<()> {
+        for w in self.services.store.webhooks().await? {
             if let Ok(u) = w.unit.parse() {
                 self.start_pusher(u);
             }
@@ -158,19 +168,20 @@ impl Engine {
         Ok(())
     }
 
-    fn start_pusher(self: &Arc<Self>, unit: UnitAddress) {
-        if self.webhooks.claim(&unit) {
-            let engine = self.clone();
-            self.tasks.spawn(async move { engine.push_loop(unit).await });
+    fn start_pusher(&self, unit: UnitAddress) {
+        if self.claim(&unit) {
+            let part = self.clone();
+            self.services.tasks.spawn(async move { part.push_loop(unit).await });
         }
     }
 
     /// Pushes `unit`'s inbox to its webhook until the webhook is removed.
-    async fn push_loop(self: Arc<Self>, unit: UnitAddress) {
-        let mut backoff = Backoff::new(Duration::from_millis(self.relay_cfg.retry_initial_ms), Duration::from_secs(60));
-        let mut changes = self.inbox_changes.subscribe();
+    async fn push_loop(self, unit: UnitAddress) {
+        let services = self.services.clone();
+        let mut backoff = Backoff::new(Duration::from_millis(services.relay_cfg.retry_initial_ms), Duration::from_secs(60));
+        let mut changes = services.inbox_changes.subscribe();
         loop {
-            let hook = match self.store.webhooks().await {
+            let hook = match services.store.webhooks().await {
                 Ok(all) => all.into_iter().find(|w| w.unit == unit.as_str()),
                 Err(e) => {
                     tracing::error!(error = %e, "cannot read webhooks");
@@ -179,7 +190,7 @@ impl Engine {
                 }
             };
             let Some(crate::storage::WebhookRow { url, pushed_seq: pushed, .. }) = hook else {
-                self.webhooks.release(&unit);
+                self.release(&unit);
                 return;
             };
             // A suspended (or revoked) unit's webhook is not pushed to: the inbox keeps the items,
@@ -189,7 +200,11 @@ impl Engine {
                 continue;
             }
             changes.borrow_and_update();
-            let items = match self.inbox(&Caller::Anyone, &unit, pushed, PUSH_BATCH, Duration::ZERO).await {
+            let page = match self.check_hosted(&unit) {
+                Ok(()) => inbox_page(&services, &unit, pushed, PUSH_BATCH).await,
+                Err(r) => Err(r),
+            };
+            let items = match page {
                 Ok(items) => items,
                 Err(e) => {
                     tracing::error!(%unit, reason = %e.message, "cannot read an inbox to push");
@@ -205,23 +220,23 @@ impl Engine {
             if !self.may_push(&unit) {
                 continue;
             }
-            let body = serde_json::to_vec(&WebhookDelivery { node: self.here.clone(), unit: unit.clone(), items }).expect("serialises");
-            let signature = hex::encode(self.node_key().sign(&body).to_bytes());
-            let node = self.here.to_string();
+            let body = serde_json::to_vec(&WebhookDelivery { node: services.here.clone(), unit: unit.clone(), items }).expect("serialises");
+            let signature = hex::encode(services.node_key().sign(&body).to_bytes());
+            let node = services.here.to_string();
             let target = url.clone();
-            let targets = self.webhooks.targets();
+            let targets = self.targets();
             let sent = tokio::task::spawn_blocking(move || deliver(&targets, &target, &node, &signature, &body)).await;
             match sent {
                 Ok(Ok(status)) if (200..300).contains(&status) => {
                     backoff.reset();
-                    self.metrics.webhook_pushes.with_label_values(&["ok"]).inc();
+                    services.metrics.webhook_pushes.with_label_values(&["ok"]).inc();
                     let op = AdminOp::AdvanceWebhook { unit: unit.to_string(), seq: last };
-                    if let Err(e) = self.committer.commit(vec![WriteJob::Admin { op, events: vec![] }]).await {
+                    if let Err(e) = services.committer.commit(vec![WriteJob::Admin { op, events: vec![] }]).await {
                         tracing::error!(error = %e, "cannot record a webhook acknowledgement; the items will be pushed again");
                     }
                 }
                 outcome => {
-                    self.metrics.webhook_pushes.with_label_values(&["failed"]).inc();
+                    services.metrics.webhook_pushes.with_label_values(&["failed"]).inc();
                     let delay = backoff.next_delay();
                     let reason = match outcome {
                         Ok(Ok(status)) => format!("HTTP {status}"),

@@ -6,6 +6,7 @@ use exchange_wire::receipt::Hop;
 use exchange_wire::{Digest, Envelope, MessageId, SignedEnvelope, UnitAddress, document};
 
 use super::access::Caller;
+use super::services::Services;
 use super::{Engine, Refusal};
 use crate::storage::{EventRecord, InboxRecord};
 
@@ -95,9 +96,9 @@ impl Engine {
         let mut changes = self.inbox_changes.subscribe();
         loop {
             changes.borrow_and_update();
-            let records = self.store.inbox(unit.as_str(), after, limit.clamp(1, 1000), self.limits.page_max_bytes as usize).await?;
-            if !records.is_empty() || tokio::time::Instant::now() >= deadline {
-                return records.into_iter().map(inbox_item).collect();
+            let items = inbox_page(&self.services, unit, after, limit).await?;
+            if !items.is_empty() || tokio::time::Instant::now() >= deadline {
+                return Ok(items);
             }
             if tokio::time::timeout_at(deadline, changes.changed()).await.is_err() {
                 return Ok(Vec::new());
@@ -158,6 +159,13 @@ impl Engine {
             detail: e.detail,
         }
     }
+}
+
+/// One page of `unit`'s inbox after `after`, as it is now: the long-poll above and the webhook
+/// pusher (`push.rs`) read through it, so both page alike.
+pub(super) async fn inbox_page(services: &Services, unit: &UnitAddress, after: i64, limit: u32) -> Result<Vec<InboxItem>, Refusal> {
+    let records = services.store.inbox(unit.as_str(), after, limit.clamp(1, 1000), services.limits.page_max_bytes as usize).await?;
+    records.into_iter().map(inbox_item).collect()
 }
 
 fn inbox_item(r: InboxRecord) -> Result<InboxItem, Refusal> {

@@ -1,9 +1,11 @@
 //! Refused input, recorded: a metric, a log line and an audit entry for each refusal (a transient
-//! refusal, the node's own trouble, is counted only). Every door of the engine reports here.
+//! refusal, the node's own trouble, is counted only). Every door of the engine reports here; it needs
+//! only the metrics and the committer, so it is the shared services' work and any part may record.
 
 use exchange_wire::{Kind, MessageId};
 
-use super::{Engine, Refusal};
+use super::refusal::Refusal;
+use super::services::Services;
 use crate::storage::{EventRow, Record, WriteJob};
 
 /// A refused input, for the metric, the log and the audit entry.
@@ -13,7 +15,7 @@ pub struct Refused<'a> {
     pub refusal: &'a Refusal,
 }
 
-impl Engine {
+impl Services {
     /// Records refusals: a metric, a log line and an audit entry for each. `source` is `agency` or the
     /// neighbour's node id (or peer id when it is not in the directory).
     pub(crate) async fn refused(&self, source: &str, refusals: &[Refused<'_>]) {

@@ -14,13 +14,14 @@
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use ipnet::IpNet;
 use ureq::unversioned::resolver::{ResolvedSocketAddrs, Resolver};
 
 use exchange_wire::UnitAddress;
 
+use super::services::Services;
 use crate::config::PushConfig;
 
 /// Which kind of address a webhook host resolved to, when it is not simply public.
@@ -201,15 +202,19 @@ impl Resolver for Pinned {
     }
 }
 
-/// The webhook part: where webhooks may point, and the units whose pusher runs (one each).
+/// The webhook part: where webhooks may point, and the units whose pusher runs (one each). Its
+/// work (registration, the pushers) is in `push.rs`; it needs the shared services only, so it holds
+/// them, and a clone of it is what each pusher task owns.
+#[derive(Clone)]
 pub struct Webhooks {
+    pub(super) services: Arc<Services>,
     targets: WebhookTargets,
-    pushers: Mutex<HashSet<UnitAddress>>,
+    pushers: Arc<Mutex<HashSet<UnitAddress>>>,
 }
 
 impl Webhooks {
-    pub fn new(targets: WebhookTargets) -> Webhooks {
-        Webhooks { targets, pushers: Mutex::new(HashSet::new()) }
+    pub fn new(services: Arc<Services>, targets: WebhookTargets) -> Webhooks {
+        Webhooks { services, targets, pushers: Arc::new(Mutex::new(HashSet::new())) }
     }
 
     /// Where webhooks may point (checked at registration and before every push).

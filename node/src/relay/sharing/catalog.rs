@@ -6,33 +6,21 @@ use std::sync::Arc;
 use exchange_wire::api::AdminActionResponse;
 use exchange_wire::sharing::Catalog;
 
+use crate::relay::services::Services;
 use crate::relay::{Engine, Refusal};
+use super::Sharing;
 use crate::directory::segments::SegmentSet;
 use crate::sharing::CompiledCatalog;
 
 impl Engine {
 
     /// Puts the catalog of `set` in force if it is newer than the one in force (called whenever the
-    /// directory changes).
+    /// directory changes). Requests that waited for the catalog can be decided then: deciding takes
+    /// custody, so the engine starts it.
     pub(crate) fn apply_catalog(self: &Arc<Self>, set: &SegmentSet) {
-        let Some(catalog) = set.catalog() else { return };
-        if self.sharing.catalog().is_some_and(|c| c.catalog.version >= catalog.version) {
-            return;
-        }
-        match CompiledCatalog::compile(catalog) {
-            Ok(compiled) => {
-                for t in &catalog.topics {
-                    self.metrics.data_published.with_label_values(&[t.name.as_str()]).inc_by(0);
-                    self.metrics.data_delivered.with_label_values(&[t.name.as_str()]).inc_by(0);
-                }
-                self.metrics.catalog_version.set(catalog.version as i64);
-                self.sharing.put_in_force(Arc::new(compiled));
-                tracing::info!(version = catalog.version, topics = catalog.topics.len(), "data-sharing catalog in force");
-                // Requests that waited for the catalog can be decided now.
-                let engine = self.clone();
-                self.tasks.spawn(async move { engine.process_subscription_requests().await });
-            }
-            Err(e) => tracing::error!(error = %e, "the catalog held does not compile; keeping the previous one"),
+        if self.sharing.apply_catalog(&self.services, set) {
+            let engine = self.clone();
+            self.tasks.spawn(async move { engine.process_subscription_requests().await });
         }
     }
 
@@ -50,14 +38,6 @@ impl Engine {
             anyhow::bail!("cannot sign the catalog seed {}: {}", path.display(), e.reason);
         }
         Ok(())
-    }
-
-    /// The catalog in force, if any.
-    pub fn catalog_view(&self) -> Result<Catalog, Refusal> {
-        self.sharing
-            .catalog()
-            .map(|c| c.catalog.clone())
-            .ok_or_else(|| Refusal::new("not-found", 404, "this node holds no data-sharing catalog yet; the root publishes it (exchange-admin catalog publish)"))
     }
 
     /// `exchange-admin catalog publish`: the root signs a new version of the catalog.
@@ -85,9 +65,43 @@ impl Engine {
             None => Err(Refusal::new("storage", 503, "nothing was signed")),
         }
     }
+}
+
+/// The sharing part's own catalog work: only its own state and the metrics.
+impl Sharing {
+    /// Puts the catalog of `set` in force if it is newer than the one in force; true when it did.
+    fn apply_catalog(&self, s: &Services, set: &SegmentSet) -> bool {
+        let Some(catalog) = set.catalog() else { return false };
+        if self.catalog().is_some_and(|c| c.catalog.version >= catalog.version) {
+            return false;
+        }
+        match CompiledCatalog::compile(catalog) {
+            Ok(compiled) => {
+                for t in &catalog.topics {
+                    s.metrics.data_published.with_label_values(&[t.name.as_str()]).inc_by(0);
+                    s.metrics.data_delivered.with_label_values(&[t.name.as_str()]).inc_by(0);
+                }
+                s.metrics.catalog_version.set(catalog.version as i64);
+                self.put_in_force(Arc::new(compiled));
+                tracing::info!(version = catalog.version, topics = catalog.topics.len(), "data-sharing catalog in force");
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the catalog held does not compile; keeping the previous one");
+                false
+            }
+        }
+    }
+
+    /// The catalog in force, if any.
+    pub fn catalog_view(&self) -> Result<Catalog, Refusal> {
+        self.catalog()
+            .map(|c| c.catalog.clone())
+            .ok_or_else(|| Refusal::new("not-found", 404, "this node holds no data-sharing catalog yet; the root publishes it (exchange-admin catalog publish)"))
+    }
 
     pub(super) fn compiled_catalog(&self) -> Result<Arc<CompiledCatalog>, Refusal> {
-        self.sharing.catalog().ok_or_else(|| {
+        self.catalog().ok_or_else(|| {
             Refusal::new("unknown-topic", 422, "this node holds no data-sharing catalog yet; try again once the root has published it")
         })
     }

@@ -71,6 +71,15 @@ impl Sharing {
     }
 }
 
+/// Sharing with `unit` is done at its home node only: this one.
+fn check_home(here: &exchange_wire::NodeId, dir: &crate::directory::Directory, unit: &exchange_wire::UnitAddress) -> Result<(), Refusal> {
+    match dir.home_of(unit) {
+        Some(home) if &home == here => Ok(()),
+        None => Err(Refusal::new("unknown-sender", 403, format!("unit {unit} is not in the directory"))),
+        Some(home) => Err(Refusal::new("wrong-node", 403, format!("unit {unit} belongs to node {home}; use that node"))),
+    }
+}
+
 fn sharing_event(id: Option<[u8; 32]>, event: &'static str, unit: Option<String>, detail: String) -> EventRow {
     EventRow { at_ms: exchange_wire::now_ms() as i64, category: "sharing", message_id: id, event, unit, peer: None, detail: Some(detail) }
 }

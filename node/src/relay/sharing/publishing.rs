@@ -77,7 +77,7 @@ impl Engine {
         self.check_fresh(env.created_at_ms).map_err(plain)?;
         self.check_active(dir, &env.sender).map_err(plain)?;
         let facts = RecordFacts::from_envelope(env).map_err(|e| plain(e.into()))?;
-        let catalog = self.compiled_catalog().map_err(plain)?;
+        let catalog = self.sharing.compiled_catalog().map_err(plain)?;
         let topic = catalog.topic(&facts.topic).ok_or_else(|| {
             plain(Refusal::new(
                 "unknown-topic",

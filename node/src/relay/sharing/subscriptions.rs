@@ -22,11 +22,7 @@ use super::*;
 
 impl Engine {
     pub(super) fn check_home(&self, dir: &Directory, unit: &UnitAddress) -> Result<(), Refusal> {
-        match dir.home_of(unit) {
-            Some(home) if home == self.here => Ok(()),
-            None => Err(Refusal::new("unknown-sender", 403, format!("unit {unit} is not in the directory"))),
-            Some(home) => Err(Refusal::new("wrong-node", 403, format!("unit {unit} belongs to node {home}; use that node"))),
-        }
+        check_home(&self.here, dir, unit)
     }
 
     // ---- Subscriptions ----
@@ -55,7 +51,7 @@ impl Engine {
         self.check_fresh(env.created_at_ms)?;
         self.check_active(&dir, &env.sender)?;
         let facts = RequestFacts::from_envelope(env)?;
-        let catalog = self.compiled_catalog()?;
+        let catalog = self.sharing.compiled_catalog()?;
         let topic = catalog
             .topic(&facts.topic)
             .ok_or_else(|| Refusal::new("unknown-topic", 422, format!("topic {} is not in the catalog: see GET /v1/catalog", facts.topic)))?;
