@@ -436,6 +436,14 @@ pub(crate) fn cpu_ticks(pid: &str) -> anyhow::Result<u64> {
     Ok(utime + stime)
 }
 
+/// Bytes process `pid` has caused to be written to the storage layer (`write_bytes` of
+/// `/proc/<pid>/io`: the database, its WAL and checkpoints, attachment files), or 0 where the kernel
+/// does not count them. What bounds the nodes is the storage work per document, so the bench shows it.
+pub(crate) fn storage_write_bytes(pid: &str) -> u64 {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
+    io.lines().find_map(|l| l.strip_prefix("write_bytes:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+}
+
 /// Sum of the samples of metric `name` whose label text contains every string in `labels`.
 pub(crate) fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
     text.lines()
@@ -740,6 +748,7 @@ fn run_on(net: &mut LocalNetwork, args: &BenchArgs, floor: &Floor, counts: &Floo
     let metrics_before: Vec<String> = NODES.iter().map(|id| net.node(id).client().metrics_text()).collect::<Result<_, _>>()?;
     let returned_before = metric_sum(&metrics_before[1], "exchange_receipts_total", &["direction=\"returned\""]);
     let cpu_before: Vec<u64> = pids.iter().map(|(_, p)| cpu_ticks(p)).collect::<anyhow::Result<_>>()?;
+    let written_before: Vec<u64> = pids.iter().map(|(_, p)| storage_write_bytes(p)).collect();
     let self_before = cpu_ticks("self")?;
     let shared = Arc::new(Shared {
         t0: Instant::now(),
@@ -806,6 +815,7 @@ fn run_on(net: &mut LocalNetwork, args: &BenchArgs, floor: &Floor, counts: &Floo
     let cpu_after: Vec<u64> =
         pids.iter().map(|(_, p)| if replicas.is_empty() { cpu_ticks(p) } else { Ok(cpu_ticks(p).unwrap_or(0)) }).collect::<anyhow::Result<_>>()?;
     let self_after = cpu_ticks("self")?;
+    let written_after: Vec<u64> = pids.iter().map(|(_, p)| storage_write_bytes(p)).collect();
     let end_ns = shared.now_ns();
     let metrics_after: Vec<String> = NODES.iter().map(|id| net.node(id).client().metrics_text().unwrap_or_default()).collect();
     for t in sender_threads {
@@ -877,7 +887,8 @@ fn run_on(net: &mut LocalNetwork, args: &BenchArgs, floor: &Floor, counts: &Floo
         let mean_commit_ms = if jobs_count > 0.0 { commit_s * 1e3 / jobs_count } else { 0.0 };
         let send_failures = d("exchange_send_failures_total", &[]);
         let forwarded = d("exchange_messages_forwarded_total", &[]);
-        node_rows.push((id.clone(), cpu_s, mean_jobs, jobs_count, mean_commit_ms, send_failures));
+        let written = written_after[k].saturating_sub(written_before[k]) as f64;
+        node_rows.push((id.clone(), cpu_s, mean_jobs, jobs_count, mean_commit_ms, send_failures, written / n as f64 / 1024.0));
         node_json.push(json!({
             "node": id,
             "pid": pid,
@@ -890,6 +901,7 @@ fn run_on(net: &mut LocalNetwork, args: &BenchArgs, floor: &Floor, counts: &Floo
             "commit_seconds_total": commit_s,
             "messages_forwarded": forwarded,
             "send_failures": send_failures,
+            "storage_written_bytes": written,
         }));
     }
     let total_us = total_cpu_s * 1e6 / n as f64;
@@ -924,10 +936,10 @@ fn run_on(net: &mut LocalNetwork, args: &BenchArgs, floor: &Floor, counts: &Floo
         latencies.len(),
         if args.rate.is_some() { ", from scheduled send times" } else { "" }
     );
-    println!("\n   node        CPU s   µs/msg  cores busy  commits  mean jobs/commit  mean commit ms  send failures");
-    for (id, cpu_s, mean_jobs, commits, commit_ms, fails) in &node_rows {
+    println!("\n   node        CPU s   µs/msg  cores busy  commits  mean jobs/commit  mean commit ms  send failures  written KiB/msg");
+    for (id, cpu_s, mean_jobs, commits, commit_ms, fails, written_kib) in &node_rows {
         println!(
-            "   {:<10} {:>6.2} {:>8.1} {:>11.2} {:>8} {:>17.1} {:>15.2} {:>14}",
+            "   {:<10} {:>6.2} {:>8.1} {:>11.2} {:>8} {:>17.1} {:>15.2} {:>14} {:>16.1}",
             id,
             cpu_s,
             cpu_s * 1e6 / n as f64,
@@ -935,7 +947,8 @@ fn run_on(net: &mut LocalNetwork, args: &BenchArgs, floor: &Floor, counts: &Floo
             commits,
             mean_jobs,
             commit_ms,
-            fails
+            fails,
+            written_kib
         );
     }
     println!("   {:<10} {:>6.2} {:>8.1} {:>11.2}", "all nodes", total_cpu_s, total_us, total_cpu_s / elapsed_s);
