@@ -85,7 +85,7 @@ pub struct Engine {
     /// Webhooks: where they may point, the pushers running, and their work (see [`push`]).
     pub webhooks: webhook_target::Webhooks,
     /// The forwarders (one per neighbour) and the state of each link (see [`forwarder`]).
-    pub links: signals::Links,
+    pub links: Arc<signals::Links>,
     /// Queries asked here: the deadlines without an outcome, and the work (see [`asking`]).
     pub queries: deadlines::Queries,
     /// Attachment files and their transfers (see [`attachments`]).
@@ -146,7 +146,7 @@ impl Engine {
             directory_sync: directory_state::DirectorySync::new(cfg.directory.clone(), parent_hint),
             access: tokens::Access::new(cfg.api.require_auth, cfg.policy.clone()),
             webhooks: webhook_target::Webhooks::new(services.clone(), targets),
-            links: signals::Links::default(),
+            links: Arc::new(signals::Links::default()),
             recall_reports: tokio::sync::Mutex::new(()),
             attachments: attachment_state::Attachments::new(attachments),
             checkpoints: checkpoint_files::CheckpointFiles::new(&cfg.data_dir, std::time::Duration::from_secs(cfg.audit.checkpoint_secs)),
