@@ -29,15 +29,15 @@ async fn answer<T: serde::Serialize>(engine: &AppState, r: Result<T, Refusal>) -
 }
 
 async fn status(State(engine): State<AppState>) -> Response {
-    json(StatusCode::OK, &engine.node_status())
+    json(StatusCode::OK, &engine.operations().node_status())
 }
 
 async fn peers(State(engine): State<AppState>) -> Response {
-    json(StatusCode::OK, &PeersResponse { peers: engine.peer_infos() })
+    json(StatusCode::OK, &PeersResponse { peers: engine.operations().peer_infos() })
 }
 
 async fn queues(State(engine): State<AppState>) -> Response {
-    answer(&engine, engine.queues().await.map(|queues| QueuesResponse { queues })).await
+    answer(&engine, engine.operations().queues().await.map(|queues| QueuesResponse { queues })).await
 }
 
 async fn events(State(engine): State<AppState>, Path(id): Path<String>) -> Response {
@@ -50,31 +50,31 @@ async fn events(State(engine): State<AppState>, Path(id): Path<String>) -> Respo
 
 async fn trace(State(engine): State<AppState>, Path(id): Path<String>) -> Response {
     match parse_id(&engine, &id).await {
-        Ok(id) => answer(&engine, engine.trace(&id).await).await,
+        Ok(id) => answer(&engine, engine.operations().trace(&id).await).await,
         Err(r) => r.into_response(),
     }
 }
 
 async fn dead_letters(State(engine): State<AppState>) -> Response {
-    answer(&engine, engine.dead_letters().await.map(|dead_letters| DeadLettersResponse { dead_letters })).await
+    answer(&engine, engine.operations().dead_letters().await.map(|dead_letters| DeadLettersResponse { dead_letters })).await
 }
 
 async fn resend(State(engine): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
     match parse_body::<DeadLetterSelection>(&engine, body).await {
-        Ok(sel) => answer(&engine, engine.resend_dead_letters(&sel).await).await,
+        Ok(sel) => answer(&engine, engine.operations().resend_dead_letters(&sel).await).await,
         Err(r) => r.into_response(),
     }
 }
 
 async fn purge(State(engine): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
     match parse_body::<DeadLetterSelection>(&engine, body).await {
-        Ok(sel) => answer(&engine, engine.purge_dead_letters(&sel).await).await,
+        Ok(sel) => answer(&engine, engine.operations().purge_dead_letters(&sel).await).await,
         Err(r) => r.into_response(),
     }
 }
 
 async fn retry(State(engine): State<AppState>) -> Response {
-    answer(&engine, engine.retry_now().await).await
+    answer(&engine, engine.operations().retry_now().await).await
 }
 
 async fn retention(State(engine): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
@@ -98,7 +98,7 @@ fn default_page() -> u32 {
 
 async fn audit(State(engine): State<AppState>, query: Result<Query<AuditQuery>, QueryRejection>) -> Response {
     match query {
-        Ok(Query(q)) => answer(&engine, engine.audit_page(q.after, q.limit).await).await,
+        Ok(Query(q)) => answer(&engine, engine.operations().audit_page(q.after, q.limit).await).await,
         Err(e) => refuse(&engine, Refusal::malformed(format!("query parameters are invalid ({}): use after=<seq>, limit=<n>", e.body_text())))
             .await
             .into_response(),

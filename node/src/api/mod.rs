@@ -146,7 +146,7 @@ async fn livez(State(engine): State<AppState>) -> Response {
 }
 
 async fn readyz(State(engine): State<AppState>) -> Response {
-    let r = engine.readiness().await;
+    let r = engine.operations().readiness().await;
     json(if r.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, &r)
 }
 

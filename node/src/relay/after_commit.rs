@@ -7,8 +7,16 @@ use std::sync::Arc;
 use exchange_wire::receipt::NodeReport;
 
 use super::Engine;
+use super::commit_done::CommitDone;
 use super::custody::{self, Summary};
 use crate::storage::WriteJob;
+
+/// The sink the parts that commit outside the custody pipeline are given (see `commit_done`).
+impl CommitDone for Arc<Engine> {
+    fn committed(&self, summary: &Summary) {
+        self.after_commit(summary);
+    }
+}
 
 impl Engine {
     /// After a commit: wake forwarders, wake inbox long-polls, count.

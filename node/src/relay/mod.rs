@@ -13,7 +13,8 @@
 //! [`webhook_target::Webhooks`], [`directory_state::DirectorySync`], [`sharing::Sharing`],
 //! [`signals::Links`], [`deadlines::Queries`]), the services they share ([`services::Services`],
 //! which a part that needs nothing else takes instead of the engine), and start-up. What the
-//! network reports is handled in `neighbours.rs`, what follows a commit in `after_commit.rs`, and
+//! network reports is handled in `neighbours.rs`, what follows a commit in `after_commit.rs` (a part
+//! that commits outside the custody pipeline is given it as a [`commit_done::CommitDone`]), and
 //! refused input is recorded by [`refused`].
 
 pub mod access;
@@ -24,6 +25,7 @@ pub mod attachments;
 pub mod batching;
 pub mod checkpoint_files;
 pub mod checkpoints;
+pub mod commit_done;
 pub mod committer;
 pub mod custody;
 mod cut_through;
@@ -85,7 +87,7 @@ pub struct Engine {
     /// Webhooks: where they may point, the pushers running, and their work (see [`push`]).
     pub webhooks: webhook_target::Webhooks,
     /// The forwarders (one per neighbour) and the state of each link (see [`forwarder`]).
-    pub links: signals::Links,
+    pub links: Arc<signals::Links>,
     /// Queries asked here: the deadlines without an outcome, and the work (see [`asking`]).
     pub queries: deadlines::Queries,
     /// Attachment files and their transfers (see [`attachments`]).
@@ -146,7 +148,7 @@ impl Engine {
             directory_sync: directory_state::DirectorySync::new(cfg.directory.clone(), parent_hint),
             access: tokens::Access::new(cfg.api.require_auth, cfg.policy.clone()),
             webhooks: webhook_target::Webhooks::new(services.clone(), targets),
-            links: signals::Links::default(),
+            links: Arc::new(signals::Links::default()),
             recall_reports: tokio::sync::Mutex::new(()),
             attachments: attachment_state::Attachments::new(attachments),
             checkpoints: checkpoint_files::CheckpointFiles::new(&cfg.data_dir, std::time::Duration::from_secs(cfg.audit.checkpoint_secs)),
@@ -193,7 +195,7 @@ impl Engine {
         let engine = self.clone();
         self.tasks.spawn(async move { engine.process_subscription_requests().await });
         let engine = self.clone();
-        self.tasks.spawn(async move { engine.send_backlogs().await });
+        self.tasks.spawn(async move { sharing::backfill::send_backlogs(&engine.services, &engine.sharing, &engine).await });
         self.tasks.spawn(self.clone().resynchronise_directory(Duration::from_secs(30)));
         self.tasks.spawn(self.clone().watch_node_keys(Duration::from_secs(1)));
         self.tasks.spawn(self.queries.clone().watch_deadlines());

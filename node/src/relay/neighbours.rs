@@ -9,6 +9,8 @@ use std::time::Duration;
 use exchange_wire::NodeId;
 
 use super::Engine;
+use super::signals::Links;
+use crate::directory::Directory;
 use crate::network::{self, PeerId};
 
 impl Engine {
@@ -110,7 +112,7 @@ impl Engine {
             }
             E::Trace { peer, request, channel } => {
                 let engine = self.clone();
-                self.tasks.spawn(async move { engine.answer_trace(peer, request, channel).await });
+                self.tasks.spawn(async move { engine.operations().answer_trace(peer, request, channel).await });
             }
             E::Directory { peer, request, channel } => {
                 let engine = self.clone();
@@ -147,10 +149,15 @@ impl Engine {
     /// directory still admits it (during a key rotation's overlap the neighbour may not have taken its
     /// new key yet), else the identity of its current key.
     pub(crate) fn peer_for(&self, id: &NodeId) -> Option<PeerId> {
-        let dir = self.dir.current();
-        let node = dir.node(id)?;
-        let state = self.links.peer(id);
-        let linked = state.link_peer.filter(|_| state.connected);
-        Some(linked.filter(|p| node.peer_ids_at(exchange_wire::now_ms()).contains(p)).unwrap_or(node.peer_id))
+        peer_for(&self.dir.current(), &self.links, id)
     }
+}
+
+/// [`Engine::peer_for`] for a part that holds the directory and the links but not the engine
+/// (the operators' trace, reconciliation).
+pub(crate) fn peer_for(dir: &Directory, links: &Links, id: &NodeId) -> Option<PeerId> {
+    let node = dir.node(id)?;
+    let state = links.peer(id);
+    let linked = state.link_peer.filter(|_| state.connected);
+    Some(linked.filter(|p| node.peer_ids_at(exchange_wire::now_ms()).contains(p)).unwrap_or(node.peer_id))
 }

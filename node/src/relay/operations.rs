@@ -1,36 +1,77 @@
 //! What operators ask of a node: its status, links, queues, a message's trace across the network,
 //! dead letters, retries, retention, the audit chain and readiness. Every change is recorded in the
 //! audit log in the same transaction as the change itself.
+//!
+//! The operations part ([`Operations`]) is given the services and exactly the other handles it
+//! reads: the links (peer state, waking the forwarders), the storage health and the start time.
+//! It holds no state of its own, so it is a view the engine lends for one request
+//! ([`Engine::operations`]). The two actions that also need another part's work (retention sweeps
+//! the attachments part's files; audit verify asks the checkpoints part) stay on the engine, which
+//! hands that work in.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::future::Future;
 
 use exchange_wire::api::{
-    AdminActionResponse, AuditBreak, AuditEntry, AuditPage, AuditVerification, Check, CustodyEvent, DeadLetter,
+    AdminActionResponse, AuditBreak, AuditEntry, AuditPage, AuditVerification, Check, CheckpointCheck, CustodyEvent, DeadLetter,
     DeadLetterSelection, NodeStatus, PeerInfo, QueueInfo, Readiness, TraceResponse,
 };
 use exchange_wire::{Digest, MessageId, NodeId};
 use crate::network::PeerId;
 use crate::network::Reply;
 
+use super::neighbours::peer_for;
+use super::reads::events;
 use super::services::Services;
+use super::signals::Links;
 use super::{Engine, Refusal};
 use crate::network::protocol::{TraceRequest, TraceResponse as WireTrace};
-use crate::storage::{AdminOp, EventRow, JobOutcome, Record, WriteJob};
+use crate::storage::health::StorageHealth;
+use crate::storage::{AdminOp, EventRow, JobOutcome, Record, StorageError, WriteJob};
 
+/// The operations part: the services and exactly the handles operators' actions read beyond them.
+pub struct Operations<'a> {
+    pub services: &'a Services,
+    /// Link state (peers, readiness, trace routing) and the forwarders to wake (retry, resend).
+    pub links: &'a Links,
+    /// Intake and free space, for readiness.
+    pub health: &'a StorageHealth,
+    /// For status's uptime.
+    pub started_at_ms: u64,
+}
+
+/// What stays the engine's: lending the view, and the two actions that need another part's work.
 impl Engine {
+    /// The operations part, over this engine's services, links and storage health.
+    pub fn operations(&self) -> Operations<'_> {
+        Operations { services: &self.services, links: &self.links, health: &self.health, started_at_ms: self.started_at_ms }
+    }
+
+    /// `exchange-admin purge --older-than DAYS`: the operations part purges and records; the
+    /// attachments part sweeps the files no longer needed.
+    pub async fn retention_purge(&self, days: u32) -> Result<AdminActionResponse, Refusal> {
+        self.operations().retention_purge(days, |before_ms| self.sweep_attachments(before_ms)).await
+    }
+
+    /// `exchange-admin audit verify`: the chain here, and the checkpoints part's comparison.
+    pub async fn audit_verify(&self) -> Result<AuditVerification, Refusal> {
+        self.operations().audit_verify(self.checkpoint_check()).await
+    }
+}
+
+impl Operations<'_> {
     /// `exchange-admin status`.
     pub fn node_status(&self) -> NodeStatus {
-        let dir = self.dir.current();
-        let me = dir.node(&self.here);
+        let dir = self.services.dir.current();
+        let me = dir.node(&self.services.here);
         let now = exchange_wire::now_ms();
         NodeStatus {
-            node: self.here.clone(),
+            node: self.services.here.clone(),
             name: me.map(|n| n.name.clone()).unwrap_or_default(),
             tier: me.map(|n| n.tier.clone()).unwrap_or_default(),
             parent: me.and_then(|n| n.parent.clone()),
-            children: dir.children(&self.here).into_iter().map(|n| n.id.clone()).collect(),
-            peer_id: self.peer_id().to_string(),
+            children: dir.children(&self.services.here).into_iter().map(|n| n.id.clone()).collect(),
+            peer_id: self.services.peer_id().to_string(),
             directory_version: dir.version(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             started_at_ms: self.started_at_ms,
@@ -40,10 +81,10 @@ impl Engine {
 
     /// `exchange-admin peers`: parent and children with their link state.
     pub fn peer_infos(&self) -> Vec<PeerInfo> {
-        let dir = self.dir.current();
-        let parent = dir.node(&self.here).and_then(|n| n.parent.clone());
+        let dir = self.services.dir.current();
+        let parent = dir.node(&self.services.here).and_then(|n| n.parent.clone());
         let mut out: Vec<PeerInfo> = dir
-            .neighbours(&self.here)
+            .neighbours(&self.services.here)
             .into_iter()
             .map(|n| {
                 let state = self.links.peer(&n.id);
@@ -66,7 +107,7 @@ impl Engine {
     pub async fn queues(&self) -> Result<Vec<QueueInfo>, Refusal> {
         let now = exchange_wire::now_ms() as i64;
         let mut out: Vec<QueueInfo> = self
-            .store
+            .services.store
             .queue_stats()
             .await?
             .into_iter()
@@ -80,7 +121,7 @@ impl Engine {
                 })
             })
             .collect();
-        for n in self.dir.current().neighbours(&self.here) {
+        for n in self.services.dir.current().neighbours(&self.services.here) {
             if !out.iter().any(|q| q.peer == n.id) {
                 out.push(QueueInfo { peer: n.id.clone(), depth: 0, bytes: 0, oldest_age_ms: None, dead_letters: 0 });
             }
@@ -91,7 +132,7 @@ impl Engine {
 
     /// `exchange-admin trace`: this node's events for a message and, following the message from
     /// neighbour to neighbour, those of every node it crossed.
-    pub async fn trace(self: &Arc<Self>, id: &MessageId) -> Result<TraceResponse, Refusal> {
+    pub async fn trace(&self, id: &MessageId) -> Result<TraceResponse, Refusal> {
         let (mut events, unreachable) = self.gather_trace(id, None).await?;
         fold_reported_hops(&mut events);
         events.sort_by_key(|e| e.at_ms);
@@ -101,22 +142,22 @@ impl Engine {
     }
 
     /// Local events plus those of the neighbours the message came from or went to (except `asker`).
-    async fn gather_trace(self: &Arc<Self>, id: &MessageId, asker: Option<&NodeId>) -> Result<(Vec<CustodyEvent>, Vec<NodeId>), Refusal> {
-        let mut events = self.events(id).await?;
+    async fn gather_trace(&self, id: &MessageId, asker: Option<&NodeId>) -> Result<(Vec<CustodyEvent>, Vec<NodeId>), Refusal> {
+        let mut events = events(self.services, id).await?;
         let onward: BTreeSet<NodeId> = events
             .iter()
             .filter(|e| matches!(e.event.as_str(), "received" | "forwarded" | "failed"))
             .filter_map(|e| e.peer.clone())
-            .filter(|p| Some(p) != asker && p != &self.here)
+            .filter(|p| Some(p) != asker && p != &self.services.here)
             .collect();
         let mut unreachable = Vec::new();
 
         for node in onward {
-            let Some(peer) = self.peer_for(&node) else {
+            let Some(peer) = peer_for(&self.services.dir.current(), self.links, &node) else {
                 unreachable.push(node);
                 continue;
             };
-            match self.net.trace(peer, TraceRequest { message_id: id.0.to_vec() }).await {
+            match self.services.net.trace(peer, TraceRequest { message_id: id.0.to_vec() }).await {
                 Ok(r) => {
                     events.extend(r.events);
                     unreachable.extend(r.unreachable);
@@ -131,22 +172,22 @@ impl Engine {
     }
 
     /// Answers a neighbour's trace request (and asks onward, away from the asker).
-    pub(crate) async fn answer_trace(self: Arc<Self>, peer: PeerId, request: TraceRequest, channel: Reply<WireTrace>) {
-        let asker = self.dir.current().node_by_peer(&peer).map(|n| n.id.clone());
+    pub(crate) async fn answer_trace(self, peer: PeerId, request: TraceRequest, channel: Reply<WireTrace>) {
+        let asker = self.services.dir.current().node_by_peer(&peer).map(|n| n.id.clone());
         let response = match <[u8; 32]>::try_from(request.message_id.as_slice()) {
             Ok(id) => match self.gather_trace(&Digest(id), asker.as_ref()).await {
                 Ok((events, unreachable)) => WireTrace { events, unreachable },
-                Err(_) => WireTrace { events: vec![], unreachable: vec![self.here.clone()] },
+                Err(_) => WireTrace { events: vec![], unreachable: vec![self.services.here.clone()] },
             },
             Err(_) => WireTrace { events: vec![], unreachable: vec![] },
         };
-        self.net.respond_trace(channel, response).await;
+        self.services.net.respond_trace(channel, response).await;
     }
 
     /// `exchange-admin dead-letters list`.
     pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>, Refusal> {
         Ok(self
-            .store
+            .services.store
             .dead_letters()
             .await?
             .into_iter()
@@ -164,51 +205,43 @@ impl Engine {
             .collect())
     }
 
-    fn selection(sel: &DeadLetterSelection) -> Result<(Option<Vec<i64>>, String), Refusal> {
-        match (sel.all, sel.seqs.is_empty()) {
-            (true, true) => Ok((None, "all".into())),
-            (false, false) => Ok((Some(sel.seqs.clone()), format!("seqs {:?}", sel.seqs))),
-            (true, false) => Err(Refusal::malformed("give either all or a list of seqs, not both")),
-            (false, true) => Err(Refusal::malformed("give the dead letters to act on (seqs), or all: true")),
-        }
-    }
-
     /// `exchange-admin dead-letters resend`: back into their queues, retried at once.
-    pub async fn resend_dead_letters(self: &Arc<Self>, sel: &DeadLetterSelection) -> Result<AdminActionResponse, Refusal> {
-        let (seqs, what) = Self::selection(sel)?;
-        let n = self.admin_action(Some(AdminOp::ResendDead(seqs)), "dead-letters-resend", what).await?;
-        self.wake_all_forwarders();
+    pub async fn resend_dead_letters(&self, sel: &DeadLetterSelection) -> Result<AdminActionResponse, Refusal> {
+        let (seqs, what) = selection(sel)?;
+        let n = self.services.admin_action(Some(AdminOp::ResendDead(seqs)), "dead-letters-resend", what).await?;
+        self.links.wake_all();
         Ok(AdminActionResponse { affected: n, message: format!("{n} dead letters queued again") })
     }
 
     /// `exchange-admin dead-letters purge`: deleted for good.
     pub async fn purge_dead_letters(&self, sel: &DeadLetterSelection) -> Result<AdminActionResponse, Refusal> {
-        let (seqs, what) = Self::selection(sel)?;
-        let n = self.admin_action(Some(AdminOp::PurgeDead(seqs)), "dead-letters-purge", what).await?;
+        let (seqs, what) = selection(sel)?;
+        let n = self.services.admin_action(Some(AdminOp::PurgeDead(seqs)), "dead-letters-purge", what).await?;
         Ok(AdminActionResponse { affected: n, message: format!("{n} dead letters purged") })
     }
 
     /// `exchange-admin retry`: every forwarder retries now, whatever its backoff.
-    pub async fn retry_now(self: &Arc<Self>) -> Result<AdminActionResponse, Refusal> {
+    pub async fn retry_now(&self) -> Result<AdminActionResponse, Refusal> {
         let n = self.links.forwarders();
-        self.admin_action(None, "retry", format!("{n} forwarders woken")).await?;
-        self.wake_all_forwarders();
+        self.services.admin_action(None, "retry", format!("{n} forwarders woken")).await?;
+        self.links.wake_all();
         Ok(AdminActionResponse { affected: n as u64, message: format!("{n} forwarders retrying now") })
     }
 
-    fn wake_all_forwarders(&self) -> usize {
-        self.links.wake_all()
-    }
-
-    /// `exchange-admin purge --older-than DAYS`.
-    pub async fn retention_purge(&self, days: u32) -> Result<AdminActionResponse, Refusal> {
+    /// `exchange-admin purge --older-than DAYS`: settled entries and payloads, then (`sweep`, given
+    /// the cut-off) the attachment files no longer needed.
+    pub async fn retention_purge<F, Fut>(&self, days: u32, sweep: F) -> Result<AdminActionResponse, Refusal>
+    where
+        F: FnOnce(i64) -> Fut,
+        Fut: Future<Output = Result<u64, StorageError>>,
+    {
         if days == 0 {
             return Err(Refusal::malformed("older_than_days must be at least 1"));
         }
         let before_ms = exchange_wire::now_ms() as i64 - i64::from(days) * 86_400_000;
-        let n = self.admin_action(Some(AdminOp::Retention { before_ms }), "retention-purge", format!("older than {days} days")).await?;
+        let n = self.services.admin_action(Some(AdminOp::Retention { before_ms }), "retention-purge", format!("older than {days} days")).await?;
         // After the payloads: attachments of what was just purged are no longer needed either.
-        let files = self.sweep_attachments(before_ms).await?;
+        let files = sweep(before_ms).await?;
         tracing::info!(entries = n, attachment_files = files, days, "retention purge done");
         Ok(AdminActionResponse {
             affected: n + files,
@@ -220,7 +253,7 @@ impl Engine {
 
     /// `exchange-admin audit export`: a page of the audit log.
     pub async fn audit_page(&self, after: i64, limit: u32) -> Result<AuditPage, Refusal> {
-        let rows = self.store.audit_page(after, limit.clamp(1, 10_000)).await?;
+        let rows = self.services.store.audit_page(after, limit.clamp(1, 10_000)).await?;
         let next_after = rows.last().map(|r| r.seq).unwrap_or(after);
         let entries = rows
             .into_iter()
@@ -239,10 +272,11 @@ impl Engine {
         Ok(AuditPage { entries, next_after })
     }
 
-    /// `exchange-admin audit verify`.
-    pub async fn audit_verify(&self) -> Result<AuditVerification, Refusal> {
-        let c = self.store.audit_verify().await?;
-        let checkpoint = self.checkpoint_check().await?;
+    /// `exchange-admin audit verify`: the chain, then (`checkpoint`) its comparison with the latest
+    /// checkpoint held.
+    pub async fn audit_verify(&self, checkpoint: impl Future<Output = Result<CheckpointCheck, StorageError>>) -> Result<AuditVerification, Refusal> {
+        let c = self.services.store.audit_verify().await?;
+        let checkpoint = checkpoint.await?;
         Ok(AuditVerification {
             ok: c.first_break.is_none() && checkpoint.ok,
             entries: c.entries,
@@ -257,7 +291,7 @@ impl Engine {
     /// custody write takes, so a stuck or dead writer shows), the database undamaged, and room for
     /// new work.
     async fn storage_check(&self) -> Check {
-        let probe = self.committer.commit(vec![WriteJob::Probe { at_ms: exchange_wire::now_ms() as i64 }]);
+        let probe = self.services.committer.commit(vec![WriteJob::Probe { at_ms: exchange_wire::now_ms() as i64 }]);
         let written = match tokio::time::timeout(std::time::Duration::from_secs(5), probe).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(format!("the database does not take writes: {e}")),
@@ -276,8 +310,8 @@ impl Engine {
     pub async fn readiness(&self) -> Readiness {
         let mut checks = Vec::new();
         checks.push(self.storage_check().await);
-        let dir = self.dir.current();
-        match dir.node(&self.here).map(|n| n.parent.clone()) {
+        let dir = self.services.dir.current();
+        match dir.node(&self.services.here).map(|n| n.parent.clone()) {
             // Not listed: whether it has a parent is unknown, and it is not the root either.
             None => checks.push(Check {
                 name: "parent".into(),
@@ -294,7 +328,7 @@ impl Engine {
             }
             Some(None) => checks.push(Check { name: "parent".into(), ok: true, detail: "root node: no parent".into() }),
         }
-        let listed = dir.node(&self.here).is_some();
+        let listed = dir.node(&self.services.here).is_some();
         checks.push(Check {
             name: "directory".into(),
             ok: listed,
@@ -307,6 +341,16 @@ impl Engine {
         Readiness { ready: checks.iter().all(|c| c.ok), checks }
     }
 }
+/// Which dead letters an operator's selection names, and how the audit log says so.
+fn selection(sel: &DeadLetterSelection) -> Result<(Option<Vec<i64>>, String), Refusal> {
+    match (sel.all, sel.seqs.is_empty()) {
+        (true, true) => Ok((None, "all".into())),
+        (false, false) => Ok((Some(sel.seqs.clone()), format!("seqs {:?}", sel.seqs))),
+        (true, false) => Err(Refusal::malformed("give either all or a list of seqs, not both")),
+        (false, true) => Err(Refusal::malformed("give the dead letters to act on (seqs), or all: true")),
+    }
+}
+
 /// The sender's node records a `hop` event for every hop a delivery report names, so a trace that
 /// also holds those nodes' own events would show each hop twice (and once more per further report).
 /// Keep a `hop` row only for a node whose own events are missing (it could not be asked), once.

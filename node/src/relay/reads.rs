@@ -3,7 +3,7 @@
 
 use exchange_wire::api::{CustodyEvent, InboxItem, ReceiptView, RecipientState, RecipientStatus, SignedMessage, StatusResponse};
 use exchange_wire::receipt::Hop;
-use exchange_wire::{Digest, Envelope, MessageId, SignedEnvelope, UnitAddress, document};
+use exchange_wire::{Digest, Envelope, MessageId, NodeId, SignedEnvelope, UnitAddress, document};
 
 use super::access::Caller;
 use super::services::Services;
@@ -146,18 +146,24 @@ impl Engine {
 
     /// Custody events this node recorded for a message.
     pub async fn events(&self, id: &MessageId) -> Result<Vec<CustodyEvent>, Refusal> {
-        Ok(self.store.events(&id.0).await?.into_iter().map(|e| self.custody_event(e)).collect())
+        events(&self.services, id).await
     }
+}
 
-    pub(crate) fn custody_event(&self, e: EventRecord) -> CustodyEvent {
-        CustodyEvent {
-            node: self.here.clone(),
-            at_ms: e.at_ms as u64,
-            event: e.event,
-            unit: e.unit.and_then(|u| u.parse().ok()),
-            peer: e.peer.and_then(|p| p.parse().ok()),
-            detail: e.detail,
-        }
+/// Custody events this node recorded for a message: the reads (`events`) and the operators' trace
+/// (`operations`) both list them, and need only the store.
+pub(crate) async fn events(services: &Services, id: &MessageId) -> Result<Vec<CustodyEvent>, Refusal> {
+    Ok(services.store.events(&id.0).await?.into_iter().map(|e| custody_event(&services.here, e)).collect())
+}
+
+fn custody_event(here: &NodeId, e: EventRecord) -> CustodyEvent {
+    CustodyEvent {
+        node: here.clone(),
+        at_ms: e.at_ms as u64,
+        event: e.event,
+        unit: e.unit.and_then(|u| u.parse().ok()),
+        peer: e.peer.and_then(|p| p.parse().ok()),
+        detail: e.detail,
     }
 }
 

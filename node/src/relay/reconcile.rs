@@ -17,6 +17,7 @@
 //! `exchange_reconciliation_messages_total` and audited.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +27,9 @@ use exchange_wire::{Digest, NodeId};
 use crate::network::PeerId;
 
 use super::Engine;
+use super::neighbours::peer_for;
+use super::services::Services;
+use super::signals::Links;
 use crate::backup::report::{self, Due, EntryWriter};
 use crate::network::reconcile::{Direction, Exchanged, PAGE, ReconcileRequest, ReconcileResponse, ResendOutcome};
 
@@ -46,6 +50,17 @@ struct Window {
     restored_at_ms: u64,
 }
 
+/// The reconciliation part: the services and exactly what it reads beyond them (the links, to find
+/// each neighbour's peer; the data_dir, where the report is written; the start time, the end of the
+/// window). It runs once, in the background, after a restore.
+struct Reconciliation {
+    services: Arc<Services>,
+    links: Arc<Links>,
+    data_dir: PathBuf,
+    started_at_ms: u64,
+}
+
+/// What stays the engine's: handing the part what it needs.
 impl Engine {
     /// At start: runs in the background the reconciliation a restore left due, if any.
     pub fn start_reconciliation_if_due(self: &Arc<Self>) -> anyhow::Result<()> {
@@ -59,13 +74,21 @@ impl Engine {
             report::write_due(data_dir, &due)?;
         }
         tracing::warn!(backup = %due.backup_folder, "this node was restored from a backup: reconciling with its parent and children");
-        self.tasks.spawn(self.clone().reconcile(due));
+        let part = Reconciliation {
+            services: self.services.clone(),
+            links: self.links.clone(),
+            data_dir: data_dir.clone(),
+            started_at_ms: self.started_at_ms,
+        };
+        self.tasks.spawn(part.reconcile(due));
         Ok(())
     }
+}
 
-    async fn reconcile(self: Arc<Self>, due: Due) {
+impl Reconciliation {
+    async fn reconcile(self, due: Due) {
         let window = Window {
-            since_ms: due.backup_taken_at_ms.saturating_sub(self.limits.clock_skew_secs.saturating_mul(1000)),
+            since_ms: due.backup_taken_at_ms.saturating_sub(self.services.limits.clock_skew_secs.saturating_mul(1000)),
             until_ms: due.first_start_ms.unwrap_or(self.started_at_ms),
             restored_at_ms: due.restored_at_ms,
         };
@@ -75,11 +98,11 @@ impl Engine {
             exchange_wire::time::format_utc_ms(due.backup_taken_at_ms),
             due.previous_data
         );
-        if let Err(r) = self.admin_record("restored", detail).await {
+        if let Err(r) = self.services.admin_record("restored", detail).await {
             tracing::error!(reason = %r.message, "cannot audit the restore");
         }
         let mut report = self.new_report(&due, window);
-        if let Err(e) = report::clear_entries(&self.recovery.data_dir) {
+        if let Err(e) = report::clear_entries(&self.data_dir) {
             tracing::error!(error = %e, "cannot clear the entries of an earlier reconciliation");
         }
         let mut delay = Duration::from_secs(1);
@@ -90,7 +113,7 @@ impl Engine {
                     continue;
                 }
                 let node = report.neighbours[i].node.clone();
-                let Some(peer) = self.peer_for(&node) else {
+                let Some(peer) = peer_for(&self.services.dir.current(), &self.links, &node) else {
                     report.neighbours[i].error = Some("no longer in the node tree: not asked".into());
                     continue;
                 };
@@ -109,7 +132,7 @@ impl Engine {
                 }
             }
             self.save_report(&report);
-            let dir = self.dir.current();
+            let dir = self.services.dir.current();
             if report.neighbours.iter().all(|n| n.answered || dir.node(&n.node).is_none()) {
                 break;
             }
@@ -121,7 +144,7 @@ impl Engine {
 
     fn new_report(&self, due: &Due, window: Window) -> ReconciliationReport {
         ReconciliationReport {
-            node: self.here.clone(),
+            node: self.services.here.clone(),
             state: ReconcileState::Running,
             backup_folder: due.backup_folder.clone(),
             backup_taken_at_ms: due.backup_taken_at_ms,
@@ -134,16 +157,16 @@ impl Engine {
             neighbours: Vec::new(),
             counts: ReconcileCounts::default(),
             entries: 0,
-            unknowable: unknowable(&self.here, due.backup_taken_at_ms),
+            unknowable: unknowable(&self.services.here, due.backup_taken_at_ms),
         }
     }
 
     /// Adds the parent and children the directory lists and the report does not yet (all of them at
     /// first; later, a child added after the backup, once the directory from the parent arrives).
     fn add_new_neighbours(&self, report: &mut ReconciliationReport) {
-        let dir = self.dir.current();
-        let parent = dir.node(&self.here).and_then(|n| n.parent.clone());
-        for n in dir.neighbours(&self.here) {
+        let dir = self.services.dir.current();
+        let parent = dir.node(&self.services.here).and_then(|n| n.parent.clone());
+        for n in dir.neighbours(&self.services.here) {
             if !report.neighbours.iter().any(|r| r.node == n.id) {
                 report.neighbours.push(NeighbourReconciliation {
                     node: n.id.clone(),
@@ -158,14 +181,14 @@ impl Engine {
     }
 
     fn save_report(&self, report: &ReconciliationReport) {
-        if let Err(e) = report::write_report(&self.recovery.data_dir, report) {
+        if let Err(e) = report::write_report(&self.data_dir, report) {
             tracing::error!(error = %e, "cannot write the reconciliation report");
         }
     }
 
     fn count_reconciled(&self, c: &ReconcileCounts) {
         for (outcome, n) in [("recovered", c.recovered), ("passed-on", c.passed_on), ("held", c.held), ("unrecoverable", c.unrecoverable)] {
-            self.metrics.reconciliation.with_label_values(&[outcome]).inc_by(n);
+            self.services.metrics.reconciliation.with_label_values(&[outcome]).inc_by(n);
         }
     }
 
@@ -183,10 +206,10 @@ impl Engine {
             report.neighbours.len()
         );
         tracing::warn!(%detail, "reconciliation after the restore done; see exchange-admin reconcile");
-        if let Err(r) = self.admin_record("reconciled", detail).await {
+        if let Err(r) = self.services.admin_record("reconciled", detail).await {
             tracing::error!(reason = %r.message, "cannot audit the reconciliation");
         }
-        if let Err(e) = report::clear_due(&self.recovery.data_dir) {
+        if let Err(e) = report::clear_due(&self.data_dir) {
             tracing::error!(error = %e, "cannot clear the reconciliation due; it runs again at the next start");
         }
     }
@@ -194,7 +217,7 @@ impl Engine {
     /// Both lists of one neighbour, and the re-queueing of what it handed over and this node lost.
     async fn reconcile_with(&self, node: &NodeId, peer: PeerId, w: Window) -> anyhow::Result<Tally> {
         let mut tally = Tally::default();
-        let data_dir = self.recovery.data_dir.clone();
+        let data_dir = self.data_dir.clone();
         let mut writer = EntryWriter::create(&data_dir, node)?;
         for direction in [Direction::FromAsker, Direction::ToAsker] {
             let mut after = 0;
@@ -218,7 +241,7 @@ impl Engine {
     }
 
     async fn ask_neighbour(&self, peer: PeerId, request: ReconcileRequest) -> anyhow::Result<ReconcileResponse> {
-        match self.net.reconcile(peer, request).await? {
+        match self.services.net.reconcile(peer, request).await? {
             ReconcileResponse::Refused { reason } => bail!("refused: {reason}"),
             other => Ok(other),
         }
@@ -238,7 +261,7 @@ impl Engine {
         let items: Vec<([u8; 32], Exchanged)> = items.into_iter().filter_map(|e| Some((<[u8; 32]>::try_from(e.id.as_slice()).ok()?, e))).collect();
         let ids: Vec<[u8; 32]> = items.iter().map(|(id, _)| *id).collect();
         let held: HashMap<[u8; 32], i64> =
-            self.store.recovery().held(&ids).await.context("cannot read the database")?.into_iter().map(|h| (h.id, h.received_at_ms)).collect();
+            self.services.store.recovery().held(&ids).await.context("cannot read the database")?.into_iter().map(|h| (h.id, h.received_at_ms)).collect();
         let entry = |id: &[u8; 32], e: &Exchanged, outcome: &str, detail: Option<String>| ReconcileEntry {
             id: Digest(*id),
             kind: e.kind.clone(),

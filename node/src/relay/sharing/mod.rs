@@ -19,7 +19,7 @@
 //! decisions), [`backfill`] (granted backlogs), [`reads`] (streams and acknowledgements), and
 //! [`delivery`], the custody rules for sharing envelopes (pure functions, called by `custody`).
 
-mod backfill;
+pub(crate) mod backfill;
 mod catalog;
 pub(crate) mod delivery;
 mod publishing;

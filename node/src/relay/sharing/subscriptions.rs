@@ -191,7 +191,7 @@ impl Engine {
             // (`send_backlogs`), so a long history never holds the numbering lock for long.
             if first <= head {
                 let last = head.min(first + BACKFILL_PAGE - 1);
-                let (m, ss, last) = self.backlog_page(&ctx, &row.topic, &subscriber, first, first, last).await?;
+                let (m, ss, last) = backfill::backlog_page(&self.services, &ctx, &row.topic, &subscriber, first, first, last).await?;
                 messages.extend(m);
                 summaries.extend(ss);
                 backfill = (last < head).then_some((last + 1, head));
@@ -249,7 +249,7 @@ impl Engine {
                 }
                 if backfill.is_some() {
                     let engine = self.clone();
-                    self.tasks.spawn(async move { engine.send_backlogs().await });
+                    self.tasks.spawn(async move { backfill::send_backlogs(&engine.services, &engine.sharing, &engine).await });
                 }
                 let mut decided = row.clone();
                 decided.state = state.into();
