@@ -61,14 +61,20 @@ pub async fn run(engine: Arc<Engine>, hop: NodeId, signals: Arc<Signals>) {
     let mut backoff = Backoff::new(Duration::from_millis(cfg.retry_initial_ms), Duration::from_millis(cfg.retry_max_ms));
     let mut limit = BatchLimit::new(cfg.batch_max_messages, cfg.batch_max_bytes);
     let mut window = Window::new(cfg.window_batches);
+    // Whether the last read filled a batch: there is a backlog to pipeline.
+    let mut backlog = false;
     loop {
         while let Some(end) = window.finished() {
             after_flight(&engine, &hop, &signals, end, &mut limit, &mut backoff).await;
         }
-        // With the window full, only a more urgent entry than routine (特急, 加急) may open one batch
-        // beyond it: it must not wait behind routine batches already on the link.
+        // The next batch waits for an answer when the window is full, and also, like Nagle's rule,
+        // when batches are on the link and the last read did not fill one: a part-filled batch goes
+        // at once only onto an empty link. Under load batches stay full (each group commit
+        // carries many documents: fewer pages written per document), and at light load nothing waits.
+        // Either way, a more urgent entry than routine (特急, 加急) may open one batch beyond the
+        // window: it must not wait behind routine batches already on the link.
         let mut urgent_only = false;
-        if window.is_full() {
+        if window.is_full() || (!window.is_empty() && !backlog) {
             tokio::select! {
                 end = window.next_finished() => {
                     if let Some(end) = end {
@@ -105,6 +111,7 @@ pub async fn run(engine: Arc<Engine>, hop: NodeId, signals: Arc<Signals>) {
         let had_items = !items.is_empty();
         let items: Vec<OutboxItem> = items.into_iter().filter(|i| engine.attachments_at(&hop, &signals, &i.header)).collect();
         if items.is_empty() {
+            backlog &= urgent_only;
             // The periodic look is a safety net; wake-ups normally come from the committer.
             if !urgent_only
                 && let Some(end) = window.wait_for_work(&signals, Duration::from_secs(if had_items { 1 } else { 5 })).await
@@ -114,6 +121,9 @@ pub async fn run(engine: Arc<Engine>, hop: NodeId, signals: Arc<Signals>) {
             continue;
         }
         let (request, sent, bytes) = to_request(&engine.dir.current(), items);
+        if !urgent_only {
+            backlog = sent.len() >= max_messages || bytes.saturating_mul(2) >= max_bytes;
+        }
         let seqs: Vec<i64> = sent.iter().map(|s| s.seq).collect();
         window.open(seqs, hand_over(engine.clone(), hop.clone(), peer, request, sent, bytes));
     }
