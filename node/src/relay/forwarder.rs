@@ -71,8 +71,9 @@ pub async fn run(engine: Arc<Engine>, hop: NodeId, signals: Arc<Signals>) {
         // when batches are on the link and the last read did not fill one: a part-filled batch goes
         // at once only onto an empty link. Under load batches stay full (each group commit
         // carries many documents: fewer pages written per document), and at light load nothing waits.
-        // Either way, a more urgent entry than routine (特急, 加急) may open one batch beyond the
-        // window: it must not wait behind routine batches already on the link.
+        // Either way, an entry more urgent than routine (特急, 加急) and than every batch on the link may
+        // open one batch beyond the window: it must not wait behind less urgent batches already sent.
+        // (Overtaking its own class would only reorder it.)
         let mut urgent_only = false;
         if window.is_full() || (!window.is_empty() && !backlog) {
             tokio::select! {
@@ -103,7 +104,10 @@ pub async fn run(engine: Arc<Engine>, hop: NodeId, signals: Arc<Signals>) {
             }
         };
         let items: Vec<OutboxItem> = match urgent_only {
-            true => items.into_iter().take_while(|i| i.priority < exchange_wire::Priority::Routine.rank()).collect(),
+            true => {
+                let beyond = window.most_urgent().unwrap_or(u8::MAX).min(exchange_wire::Priority::Routine.rank());
+                items.into_iter().take_while(|i| i.priority < beyond).collect()
+            }
             false => items,
         };
         // Documents whose attachments the neighbour does not hold yet wait; their transfer runs
@@ -125,7 +129,8 @@ pub async fn run(engine: Arc<Engine>, hop: NodeId, signals: Arc<Signals>) {
             backlog = sent.len() >= max_messages || bytes.saturating_mul(2) >= max_bytes;
         }
         let seqs: Vec<i64> = sent.iter().map(|s| s.seq).collect();
-        window.open(seqs, hand_over(engine.clone(), hop.clone(), peer, request, sent, bytes));
+        let rank = sent.iter().map(|s| s.priority).min().unwrap_or(u8::MAX);
+        window.open(seqs, rank, hand_over(engine.clone(), hop.clone(), peer, request, sent, bytes));
     }
 }
 
@@ -246,6 +251,8 @@ async fn answered(engine: &Arc<Engine>, hop: &NodeId, sent: &[Sent], results: &[
 /// What was sent in a batch, to match against the answer.
 pub struct Sent {
     pub seq: i64,
+    /// Priority rank (0 特急, 1 加急, 2 平件).
+    pub priority: u8,
     pub message_id: [u8; 32],
     pub kind: String,
     pub enqueued_at_ms: i64,
@@ -269,6 +276,7 @@ fn to_request(dir: &crate::directory::Directory, items: Vec<OutboxItem>) -> (Tra
         let origin_kind = if hops.len() == 1 { i.kind.parse().ok() } else { None };
         sent.push(Sent {
             seq: i.seq,
+            priority: i.priority,
             message_id: i.message_id,
             kind: i.kind,
             enqueued_at_ms: i.enqueued_at_ms,

@@ -5,7 +5,7 @@
 //! way (answered and recorded, failed, panicked or aborted at shutdown): then it is either out of the
 //! outbox (recorded) or read again (not recorded).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,20 +18,36 @@ use super::signals::Signals;
 pub struct Window<T> {
     size: usize,
     flights: JoinSet<T>,
-    entries: Arc<Mutex<BTreeSet<i64>>>,
+    on_the_link: Arc<Mutex<OnTheLink>>,
 }
 
-/// Takes a batch's entries out of the window when its task ends, even by a panic or an abort.
+/// What the batches in the window hold.
+#[derive(Default)]
+struct OnTheLink {
+    /// Outbox positions of their entries.
+    entries: BTreeSet<i64>,
+    /// The most urgent priority rank of each batch, counted: rank → batches.
+    ranks: BTreeMap<u8, usize>,
+}
+
+/// Takes a batch out of the window when its task ends, even by a panic or an abort.
 struct Release {
-    entries: Arc<Mutex<BTreeSet<i64>>>,
+    on_the_link: Arc<Mutex<OnTheLink>>,
     seqs: Vec<i64>,
+    rank: u8,
 }
 
 impl Drop for Release {
     fn drop(&mut self) {
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let mut held = self.on_the_link.lock().unwrap_or_else(|p| p.into_inner());
         for s in &self.seqs {
-            entries.remove(s);
+            held.entries.remove(s);
+        }
+        if let Some(n) = held.ranks.get_mut(&self.rank) {
+            *n -= 1;
+            if *n == 0 {
+                held.ranks.remove(&self.rank);
+            }
         }
     }
 }
@@ -39,7 +55,7 @@ impl Drop for Release {
 impl<T: Send + 'static> Window<T> {
     /// A window of `size` batches (at least one).
     pub fn new(size: usize) -> Window<T> {
-        Window { size: size.max(1), flights: JoinSet::new(), entries: Arc::default() }
+        Window { size: size.max(1), flights: JoinSet::new(), on_the_link: Arc::default() }
     }
 
     /// Whether `size` batches are on the link.
@@ -65,14 +81,25 @@ impl<T: Send + 'static> Window<T> {
 
     /// The outbox positions of the entries on the link, for the next read to leave out.
     pub fn entries(&self) -> BTreeSet<i64> {
-        self.entries.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.on_the_link.lock().unwrap_or_else(|p| p.into_inner()).entries.clone()
     }
 
-    /// Puts the batch of entries `seqs` on the link: `handover` sends it and records the answer.
-    pub fn open(&mut self, seqs: impl IntoIterator<Item = i64>, handover: impl Future<Output = T> + Send + 'static) {
+    /// The most urgent priority rank on the link (`None`: nothing on it). Only entries more urgent
+    /// than this may go beyond the window: overtaking one's own class would only reorder it.
+    pub fn most_urgent(&self) -> Option<u8> {
+        self.on_the_link.lock().unwrap_or_else(|p| p.into_inner()).ranks.keys().next().copied()
+    }
+
+    /// Puts the batch of entries `seqs`, the most urgent of rank `rank`, on the link: `handover`
+    /// sends it and records the answer.
+    pub fn open(&mut self, seqs: impl IntoIterator<Item = i64>, rank: u8, handover: impl Future<Output = T> + Send + 'static) {
         let seqs: Vec<i64> = seqs.into_iter().collect();
-        self.entries.lock().unwrap_or_else(|p| p.into_inner()).extend(&seqs);
-        let release = Release { entries: self.entries.clone(), seqs };
+        {
+            let mut held = self.on_the_link.lock().unwrap_or_else(|p| p.into_inner());
+            held.entries.extend(&seqs);
+            *held.ranks.entry(rank).or_default() += 1;
+        }
+        let release = Release { on_the_link: self.on_the_link.clone(), seqs, rank };
         self.flights.spawn(async move {
             let _release = release;
             handover.await
@@ -120,14 +147,15 @@ mod tests {
     async fn entries_leave_the_window_when_their_handover_ends_even_by_a_panic() {
         let mut w: Window<&'static str> = Window::new(2);
         let (go, wait) = tokio::sync::oneshot::channel::<()>();
-        w.open([1, 2], async move {
+        w.open([1, 2], 2, async move {
             let _ = wait.await;
             "answered"
         });
         assert!(!w.is_full());
-        w.open([3], async { panic!("a handover that panics") });
+        w.open([3], 0, async { panic!("a handover that panics") });
         assert!(w.is_full() && w.may_overtake(), "full, but one urgent batch may still go");
         assert_eq!(w.entries().into_iter().collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!(w.most_urgent(), Some(0));
         // The panicked one ends first (the other waits for `go`); its entry is free again.
         tokio::time::timeout(Duration::from_secs(5), async {
             while w.entries().contains(&3) {
@@ -136,9 +164,10 @@ mod tests {
         })
         .await
         .expect("the panicked batch's entry is released");
+        assert_eq!(w.most_urgent(), Some(2), "the urgent batch's rank left with it");
         go.send(()).unwrap();
         assert_eq!(w.next_finished().await, Some("answered"), "the panic is logged, not returned");
-        assert!(w.entries().is_empty() && w.is_empty());
+        assert!(w.entries().is_empty() && w.is_empty() && w.most_urgent().is_none());
         assert_eq!(w.next_finished().await, None);
     }
 }
