@@ -487,7 +487,7 @@ pub(crate) fn wait_links(net: &LocalNetwork) -> anyhow::Result<()> {
 
 /// State shared by the benchmark's threads. Times are nanoseconds after `t0`, plus one (0 = not yet).
 struct Shared {
-    t0: Instant,
+    run: Run,
     submit_ns: Vec<AtomicU64>,
     recv_ns: Vec<AtomicU64>,
     recv_count: Vec<AtomicU32>,
@@ -499,23 +499,39 @@ struct Shared {
     poll_retries: AtomicU64,
     sign_for_retries: AtomicU64,
     senders_done_ns: AtomicU64,
-    stop: AtomicBool,
-    errors: Mutex<Vec<String>>,
 }
 
-impl Shared {
-    fn now_ns(&self) -> u64 {
+/// The clock and the stop flag every mode's threads share: the first failure stops the run and is
+/// kept (up to 20) for the report. Times are nanoseconds after `t0`, plus one (0 = not yet).
+pub(crate) struct Run {
+    pub t0: Instant,
+    pub stop: AtomicBool,
+    pub errors: Mutex<Vec<String>>,
+}
+
+impl Run {
+    pub fn new() -> Run {
+        Run { t0: Instant::now(), stop: AtomicBool::new(false), errors: Mutex::new(Vec::new()) }
+    }
+    pub fn now_ns(&self) -> u64 {
         self.t0.elapsed().as_nanos() as u64 + 1
     }
-    fn fail(&self, e: String) {
+    pub fn fail(&self, e: String) {
         let mut errors = self.errors.lock().expect("errors lock");
         if errors.len() < 20 {
             errors.push(e);
         }
         self.stop.store(true, Ordering::SeqCst);
     }
-    fn stopped(&self) -> bool {
+    pub fn stopped(&self) -> bool {
         self.stop.load(Ordering::SeqCst)
+    }
+}
+
+impl std::ops::Deref for Shared {
+    type Target = Run;
+    fn deref(&self) -> &Run {
+        &self.run
     }
 }
 
@@ -751,7 +767,7 @@ fn run_on(net: &mut LocalNetwork, args: &BenchArgs, floor: &Floor, counts: &Floo
     let written_before: Vec<u64> = pids.iter().map(|(_, p)| storage_write_bytes(p)).collect();
     let self_before = cpu_ticks("self")?;
     let shared = Arc::new(Shared {
-        t0: Instant::now(),
+        run: Run::new(),
         submit_ns: (0..n).map(|_| AtomicU64::new(0)).collect(),
         recv_ns: (0..n).map(|_| AtomicU64::new(0)).collect(),
         recv_count: (0..n).map(|_| AtomicU32::new(0)).collect(),
@@ -763,8 +779,6 @@ fn run_on(net: &mut LocalNetwork, args: &BenchArgs, floor: &Floor, counts: &Floo
         poll_retries: AtomicU64::new(0),
         sign_for_retries: AtomicU64::new(0),
         senders_done_ns: AtomicU64::new(0),
-        stop: AtomicBool::new(false),
-        errors: Mutex::new(Vec::new()),
     });
     let ingress = net.node(INGRESS).client();
     let egress = net.node(EGRESS).client();

@@ -27,7 +27,7 @@
 //! A target not met is a result, not a failure; a document lost or duplicated fails the run.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -40,7 +40,7 @@ use exchange_wire::receipt::signed_for;
 use exchange_wire::{Envelope, Kind, MessageId, Priority, SignedEnvelope, UnitAddress};
 use serde_json::{Value, json};
 
-use crate::bench::{BenchArgs, EGRESS, INGRESS, NODES, make_payload, metric_sum, percentile, units_of, wait_links};
+use crate::bench::{BenchArgs, EGRESS, Run, INGRESS, NODES, make_payload, metric_sum, percentile, units_of, wait_links};
 use crate::launcher::LocalNetwork;
 
 /// Issue 13's latency target (its p99 submit → delivered), which a 特急 document should meet even
@@ -196,7 +196,7 @@ struct Seen {
 
 /// What the benchmark's threads share.
 struct Watch {
-    t0: Instant,
+    run: Run,
     /// Index of each routine document by id.
     routine: HashMap<MessageId, usize>,
     /// The first sighting of every document in a 海珠 inbox.
@@ -205,23 +205,12 @@ struct Watch {
     delivered: AtomicUsize,
     routine_delivered: AtomicUsize,
     receipts_posted: AtomicUsize,
-    stop: AtomicBool,
-    errors: Mutex<Vec<String>>,
 }
 
-impl Watch {
-    fn now_ns(&self) -> u64 {
-        self.t0.elapsed().as_nanos() as u64 + 1
-    }
-    fn fail(&self, e: String) {
-        let mut errors = self.errors.lock().expect("errors lock");
-        if errors.len() < 20 {
-            errors.push(e);
-        }
-        self.stop.store(true, Ordering::SeqCst);
-    }
-    fn stopped(&self) -> bool {
-        self.stop.load(Ordering::SeqCst)
+impl std::ops::Deref for Watch {
+    type Target = Run;
+    fn deref(&self) -> &Run {
+        &self.run
     }
 }
 
@@ -347,15 +336,13 @@ fn measure(net: &LocalNetwork, args: &BenchArgs, n: usize) -> anyhow::Result<(Va
     }
     let returned_before = returned(net);
     let watch = Watch {
-        t0: Instant::now(),
+        run: Run::new(),
         routine,
         seen: Mutex::new(HashMap::new()),
         duplicates: AtomicU64::new(0),
         delivered: AtomicUsize::new(0),
         routine_delivered: AtomicUsize::new(0),
         receipts_posted: AtomicUsize::new(0),
-        stop: AtomicBool::new(false),
-        errors: Mutex::new(Vec::new()),
     };
     let timeline = std::thread::scope(|s| {
         for unit in cast.routine_to.iter().chain([&cast.urgent_to]) {

@@ -398,3 +398,21 @@ impl Drop for Receiver {
         self.stop.store(true, Ordering::Relaxed);
     }
 }
+
+/// Processes whose command line mentions `needle` (a benchmark's node and peer processes, to check
+/// that a run left none behind).
+pub fn processes_mentioning(needle: &str) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().chars().all(|c| c.is_ascii_digit()))
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok().map(|c| (e.file_name(), c)))
+        .map(|(pid, c)| format!("{} {}", pid.to_string_lossy(), String::from_utf8_lossy(&c).replace('\0', " ")))
+        .filter(|c| c.contains(needle))
+        .collect()
+}
+
+/// A JSON file a run wrote.
+pub fn read_json(path: &std::path::Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
+}

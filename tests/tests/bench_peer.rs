@@ -18,10 +18,6 @@ fn nats_server() -> Option<PathBuf> {
     on_path.or_else(|| Some(PathBuf::from("/usr/sbin/nats-server")).filter(|p| p.is_file()))
 }
 
-fn read_json(path: &Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
-}
-
 /// A well-formed SVG document with at least one drawn curve and the given legend texts.
 fn check_svg(path: &Path, legends: &[&str]) {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -32,18 +28,6 @@ fn check_svg(path: &Path, legends: &[&str]) {
     for l in legends {
         assert!(text.contains(l), "{}: no legend {l:?}", path.display());
     }
-}
-
-/// Processes whose command line mentions `needle`.
-fn processes_mentioning(needle: &str) -> Vec<String> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().chars().all(|c| c.is_ascii_digit()))
-        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok().map(|c| (e.file_name(), c)))
-        .map(|(pid, c)| format!("{} {}", pid.to_string_lossy(), String::from_utf8_lossy(&c).replace('\0', " ")))
-        .filter(|c| c.contains(needle))
-        .collect()
 }
 
 #[test]

@@ -9,29 +9,12 @@
 //! with it (128 instead of 512 messages): a 特急 document may wait for the batch in flight on each
 //! hop, and with 512-message batches two of those would be most of a 2,000-document backlog.
 
-use std::path::Path;
 use std::process::Command;
 
 use exchange_tests::*;
 
 const BACKLOG: u64 = 2_000;
 const URGENT: u64 = 5;
-
-/// Processes whose command line mentions `needle`.
-fn processes_mentioning(needle: &str) -> Vec<String> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().chars().all(|c| c.is_ascii_digit()))
-        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok().map(|c| (e.file_name(), c)))
-        .map(|(pid, c)| format!("{} {}", pid.to_string_lossy(), String::from_utf8_lossy(&c).replace('\0', " ")))
-        .filter(|c| c.contains(needle))
-        .collect()
-}
-
-fn read_json(path: &Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
-}
 
 #[test]
 fn urgent_documents_behind_a_backlog_are_delivered_and_measured() {
