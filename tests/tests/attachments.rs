@@ -367,3 +367,42 @@ fn the_city_passes_an_attachment_on_while_it_arrives_and_a_sender_killed_mid_tra
     let saved = save.join(format!("{}.1.scan.pdf", item.id));
     assert_eq!(sha256_of(&saved), sha256_of(&scan), "the saved attachment is the one sent");
 }
+
+/// An urgent document's attachment does not wait behind a routine transfer on the same link: a 特急
+/// document with a small attachment, sent while a routine 512 MiB scan is crossing 越秀 → 广州, reaches
+/// 海珠 first, and the routine one still arrives, once.
+#[test]
+fn an_urgent_attachment_passes_a_routine_transfer_under_way() {
+    let net = three_nodes(FAST_RETRY);
+    let sender = unit("gz.yuexiu/liurong-street");
+    let recipient = unit("gz.haizhu/civil-affairs");
+    let yuexiu = net.client_for(&sender);
+    let prepared = |name: &str, size: u64| {
+        let path = net.root.join(name);
+        write_scan(&path, size);
+        (path.clone(), Attachment::of_file(&path, "application/pdf").unwrap())
+    };
+    let (routine_scan, urgent_scan) = (prepared("平件-图纸.pdf", 512 * MIB), prepared("特急-汛情.pdf", 2 * MIB));
+    let send = |(path, a): &(std::path::PathBuf, Attachment), priority: Priority| {
+        yuexiu.upload_attachment(path, a).unwrap();
+        let mut e = Envelope::new(Kind::Document, sender.clone(), vec![recipient.clone()], vec![], priority, b"body");
+        a.describe(1, &mut e.metadata);
+        let signed = e.sign(&net.unit_keys[&sender]);
+        yuexiu.submit(&signed, b"body").unwrap();
+        signed.id
+    };
+    let routine = send(&routine_scan, Priority::Routine);
+    let city = net.node("gz").client();
+    wait_for("the routine scan on its way to the city", Duration::from_secs(120), || {
+        (metric(&city, "exchange_attachment_bytes_received_total", &[("source", "gz.yuexiu")]) >= (4 * MIB) as f64).then_some(())
+    });
+    let urgent = send(&urgent_scan, Priority::Urgent);
+    let to = net.client_for(&recipient);
+    let first = wait_for("a document at 海珠", Duration::from_secs(300), || read_inbox(&to, &recipient).first().map(|i| i.id));
+    assert_eq!(first, urgent, "the urgent document (and its attachment) arrived first");
+    let inbox = wait_for("both at 海珠", Duration::from_secs(300), || {
+        let items = read_inbox(&to, &recipient);
+        (items.len() >= 2).then_some(items)
+    });
+    assert_eq!(inbox.iter().map(|i| i.id).collect::<Vec<_>>(), [urgent, routine], "each once, the urgent one first");
+}

@@ -48,7 +48,7 @@ pub struct Bounds {
 /// connection, per protocol. On a link each side's forwarder keeps up to
 /// [`MAX_WINDOW_BATCHES`] batches in flight, so the custody protocol needs twice that, and two more
 /// for a batch whose answer was lost while its retry goes out; an attachment transfer keeps 4 chunks
-/// in flight (`relay::attachments`) and directory changes are pushed as they come (a burst makes
+/// in flight (`relay::attachments`; a routine and an urgent transfer may run at once) and directory changes are pushed as they come (a burst makes
 /// several pushes). These leave room for retries while bounding what a misbehaving neighbour can
 /// make the node buffer.
 const RELAY_STREAMS: usize = 2 * MAX_WINDOW_BATCHES + 2;
@@ -56,7 +56,8 @@ const RELAY_STREAMS: usize = 2 * MAX_WINDOW_BATCHES + 2;
 /// Most custody batches a forwarder keeps in flight on one link (`relay.window_batches` is
 /// checked against it).
 pub const MAX_WINDOW_BATCHES: usize = 4;
-const ATTACHMENT_STREAMS: usize = 8;
+/// Attachments: 4 chunks in flight per transfer, a routine and an urgent transfer per direction.
+const ATTACHMENT_STREAMS: usize = 2 * 2 * 4 + 2;
 const DIRECTORY_STREAMS: usize = 8;
 const TRACE_STREAMS: usize = 8;
 const RECONCILE_STREAMS: usize = 4;

@@ -64,6 +64,17 @@ pub(super) enum ForDocument {
     Offered(OfferedFor),
 }
 
+impl ForDocument {
+    /// The document's priority, if its header reads.
+    fn priority(&self) -> Option<exchange_wire::Priority> {
+        let header = match self {
+            ForDocument::Stored(header) => header,
+            ForDocument::Offered(offered) => &offered.header,
+        };
+        Envelope::from_canonical_bytes(header).ok().map(|e| e.priority)
+    }
+}
+
 /// The one answer for an attachment a document may not cite: not uploaded here by its sender, nor
 /// received here by it.
 pub(crate) fn not_uploaded(sender: &UnitAddress, a: &Attachment) -> Refusal {
@@ -370,7 +381,8 @@ impl Engine {
     /// Sends one attachment to `hop` until the neighbour holds all of it, resuming after failures
     /// from what the neighbour has committed. One attachment at a time per neighbour.
     pub(super) async fn send_attachment(self: Arc<Self>, hop: NodeId, signals: Arc<Signals>, a: Attachment, doc: ForDocument) {
-        let _turn = signals.attachment_turn.lock().await;
+        let urgent = doc.priority().is_some_and(|p| p != exchange_wire::Priority::Routine);
+        let _turn = if urgent { signals.urgent_attachment_turn.lock().await } else { signals.attachment_turn.lock().await };
         let offered = self.offered_for(doc).await;
         let cfg = &self.relay_cfg;
         let mut backoff = Backoff::new(Duration::from_millis(cfg.retry_initial_ms), Duration::from_millis(cfg.retry_max_ms));

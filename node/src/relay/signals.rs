@@ -21,8 +21,12 @@ pub struct Signals {
     pub urgent: Notify,
     /// The link to this neighbour came up.
     pub link_up: Notify,
-    /// Held by the attachment transfer to this neighbour that has its turn: one at a time.
+    /// Held by the routine (平件) attachment transfer to this neighbour that has its turn: one at a
+    /// time.
     pub attachment_turn: tokio::sync::Mutex<()>,
+    /// The same for attachments of 特急 and 加急 documents: they never wait behind a routine transfer
+    /// (a 1 GiB scan takes minutes), they share the link with it.
+    pub urgent_attachment_turn: tokio::sync::Mutex<()>,
 }
 
 /// What the node knows about a neighbour link.
