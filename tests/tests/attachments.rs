@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use exchange_tests::*;
 use exchange_wire::document::Attachment;
-use exchange_wire::{Envelope, Kind, Priority};
+use exchange_wire::{Envelope, Kind, Priority, SignedEnvelope, UnitAddress};
 use sha2::{Digest as _, Sha256};
 
 const MIB: u64 = 1024 * 1024;
@@ -46,6 +46,24 @@ fn sha256_of(path: &Path) -> String {
         }
         h.update(&buf[..n]);
     }
+}
+
+/// Uploads `scan` (described by `a`) to the sender's node, then submits a document of `priority`
+/// with `body` from `sender` to `recipient` that cites it.
+fn send_with_scan(
+    net: &exchange_devnet::launcher::LocalNetwork,
+    (sender, recipient): (&UnitAddress, &UnitAddress),
+    (scan, a): (&Path, &Attachment),
+    priority: Priority,
+    body: &[u8],
+) -> SignedEnvelope {
+    let client = net.client_for(sender);
+    client.upload_attachment(scan, a).unwrap();
+    let mut e = Envelope::new(Kind::Document, sender.clone(), vec![recipient.clone()], vec![], priority, body);
+    a.describe(1, &mut e.metadata);
+    let signed = e.sign(&net.unit_keys[sender]);
+    client.submit(&signed, body).unwrap();
+    signed
 }
 
 #[test]
@@ -222,11 +240,7 @@ fn an_attachment_over_a_transit_nodes_limit_fails_back_to_the_sender_instead_of_
     write_scan(&scan, 3 * MIB);
     let a = Attachment::of_file(&scan, "application/pdf").unwrap();
     let yuexiu = net.client_for(&sender);
-    yuexiu.upload_attachment(&scan, &a).unwrap();
-    let mut e = Envelope::new(Kind::Document, sender.clone(), vec![recipient.clone()], vec![], Priority::Routine, b"body");
-    a.describe(1, &mut e.metadata);
-    let signed = e.sign(&net.unit_keys[&sender]);
-    yuexiu.submit(&signed, b"body").unwrap();
+    let signed = send_with_scan(&net, (&sender, &recipient), (&scan, &a), Priority::Routine, b"body");
 
     // The city refuses the attachment for good; the document is refused at the city in turn, kept
     // as a dead letter at 越秀, and its sender sees why.
@@ -264,18 +278,13 @@ fn retention_removes_an_attachment_only_when_nothing_needs_it() {
     let mut net = three_nodes(FAST_RETRY);
     let sender = unit("gz.yuexiu/liurong-street");
     let recipient = unit("gz.haizhu/civil-affairs");
-    let (yuexiu, haizhu) = (net.client_for(&sender), net.client_for(&recipient));
+    let haizhu = net.client_for(&recipient);
     let send = |name: &str, size: u64| {
         let path = net.root.join(name);
         write_scan(&path, size);
         std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(name.as_bytes()).unwrap();
         let a = Attachment::of_file(&path, "application/pdf").unwrap();
-        yuexiu.upload_attachment(&path, &a).unwrap();
-        let mut e = Envelope::new(Kind::Document, sender.clone(), vec![recipient.clone()], vec![], Priority::Routine, name.as_bytes());
-        a.describe(1, &mut e.metadata);
-        let signed = e.sign(&net.unit_keys[&sender]);
-        yuexiu.submit(&signed, name.as_bytes()).unwrap();
-        (signed, a)
+        (send_with_scan(&net, (&sender, &recipient), (&path, &a), Priority::Routine, name.as_bytes()), a)
     };
     // A: signed for by the recipient. C: delivered, not settled yet.
     let (doc_a, a) = send("a.pdf", 2 * MIB);
@@ -321,12 +330,7 @@ fn the_city_passes_an_attachment_on_while_it_arrives_and_a_sender_killed_mid_tra
     let scan = net.root.join("scan.pdf");
     write_scan(&scan, SIZE);
     let a = Attachment::of_file(&scan, "application/pdf").unwrap();
-    let yuexiu = net.client_for(&sender);
-    yuexiu.upload_attachment(&scan, &a).unwrap();
-    let mut e = Envelope::new(Kind::Document, sender.clone(), vec![recipient.clone()], vec![], Priority::Routine, b"body");
-    a.describe(1, &mut e.metadata);
-    let signed = e.sign(&net.unit_keys[&sender]);
-    yuexiu.submit(&signed, b"body").unwrap();
+    let signed = send_with_scan(&net, (&sender, &recipient), (&scan, &a), Priority::Routine, b"body");
     let started = Instant::now();
 
     let (city, haizhu) = (net.node("gz").client(), net.node("gz.haizhu").client());
@@ -376,7 +380,6 @@ fn an_urgent_attachment_passes_a_routine_transfer_under_way() {
     let net = three_nodes(FAST_RETRY);
     let sender = unit("gz.yuexiu/liurong-street");
     let recipient = unit("gz.haizhu/civil-affairs");
-    let yuexiu = net.client_for(&sender);
     let prepared = |name: &str, size: u64| {
         let path = net.root.join(name);
         write_scan(&path, size);
@@ -384,12 +387,7 @@ fn an_urgent_attachment_passes_a_routine_transfer_under_way() {
     };
     let (routine_scan, urgent_scan) = (prepared("平件-图纸.pdf", 512 * MIB), prepared("特急-汛情.pdf", 2 * MIB));
     let send = |(path, a): &(std::path::PathBuf, Attachment), priority: Priority| {
-        yuexiu.upload_attachment(path, a).unwrap();
-        let mut e = Envelope::new(Kind::Document, sender.clone(), vec![recipient.clone()], vec![], priority, b"body");
-        a.describe(1, &mut e.metadata);
-        let signed = e.sign(&net.unit_keys[&sender]);
-        yuexiu.submit(&signed, b"body").unwrap();
-        signed.id
+        send_with_scan(&net, (&sender, &recipient), (path, a), priority, b"body").id
     };
     let routine = send(&routine_scan, Priority::Routine);
     let city = net.node("gz").client();
