@@ -69,11 +69,6 @@ impl<T: Send + 'static> Window<T> {
         self.flights.len() <= self.size
     }
 
-    /// Batches on the link.
-    pub fn len(&self) -> usize {
-        self.flights.len()
-    }
-
     /// Whether no batch is on the link.
     pub fn is_empty(&self) -> bool {
         self.flights.is_empty()
