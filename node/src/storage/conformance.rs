@@ -32,6 +32,8 @@ macro_rules! conformance_suite {
             retention_drops_settled_payloads_but_remembers_ids,
             topic_numbers_are_unique,
             the_audit_chain_covers_every_event,
+            a_message_s_events_are_found_whether_held_or_not,
+            nothing_is_queued_for_a_message_not_held,
             a_failed_transaction_commits_nothing,
             segments_only_move_to_newer_versions,
             tokens_and_webhooks_are_kept,
@@ -342,6 +344,35 @@ pub async fn the_audit_chain_covers_every_event(store: &dyn Store) {
     assert_eq!(store.events(&id(1)).await.unwrap().iter().map(|e| e.event.as_str()).collect::<Vec<_>>(), ["accepted", "delivered"]);
     let after = store.audit_page(page[1].seq, 1).await.unwrap();
     assert_eq!(after.iter().map(|e| e.seq).collect::<Vec<_>>(), [page[2].seq]);
+}
+
+/// A message's trace finds every entry about it: written before it arrived (a refusal of the same
+/// id), in the commit that took it, after it, and about an id never held at all.
+pub async fn a_message_s_events_are_found_whether_held_or_not(store: &dyn Store) {
+    let record = |e: EventRow| WriteJob::Record(Record { events: vec![e], ..Record::default() });
+    commit(store, vec![record(event(1, Some(id(9)), "refused"))]).await;
+    commit(store, vec![WriteJob::Custody(document(9, 2, Some("gz"), &[], 2))]).await;
+    commit(store, vec![record(event(3, Some(id(9)), "handed-over")), record(event(4, Some(id(8)), "refused"))]).await;
+    let of = |events: Vec<EventRecord>| events.into_iter().map(|e| (e.at_ms, e.event)).collect::<Vec<_>>();
+    assert_eq!(of(store.events(&id(9)).await.unwrap()), [(1, "refused".into()), (2, "accepted".into()), (3, "handed-over".into())]);
+    assert_eq!(of(store.events(&id(8)).await.unwrap()), [(4, "refused".into())], "an id never held");
+    assert!(store.events(&id(7)).await.unwrap().is_empty());
+}
+
+/// An outbox entry names a message held here: one that is not could never be sent, and the
+/// transaction that would queue it is refused whole.
+pub async fn nothing_is_queued_for_a_message_not_held(store: &dyn Store) {
+    let orphan = Custody {
+        outbox: vec![OutboxRow { message_id: id(5), next_hop: "gz".into(), recipients: format!("[\"{UNIT_A}\"]"), priority: 2, enqueued_at_ms: 1 }],
+        ..Custody::default()
+    };
+    assert!(store.commit(&[WriteJob::Custody(document(4, 2, Some("gz"), &[], 1)), WriteJob::Custody(orphan)]).await.is_err());
+    assert!(store.outbox_batch("gz", 10, usize::MAX).await.unwrap().is_empty(), "nothing of the refused transaction");
+    // Queued again for a message held (a second hop), it is taken.
+    commit(store, vec![WriteJob::Custody(document(5, 2, Some("gz"), &[], 2))]).await;
+    let again = Custody { outbox: vec![OutboxRow { next_hop: "gz.tianhe".into(), ..document(5, 2, Some("gz"), &[], 3).outbox[0].clone() }], ..Custody::default() };
+    commit(store, vec![WriteJob::Custody(again)]).await;
+    assert_eq!(store.outbox_batch("gz.tianhe", 10, usize::MAX).await.unwrap().len(), 1);
 }
 
 pub async fn a_failed_transaction_commits_nothing(store: &dyn Store) {

@@ -26,6 +26,8 @@ pub(crate) mod mark;
 pub(crate) mod paging;
 mod reads;
 pub mod recovery;
+#[cfg(test)]
+mod schema_upgrade;
 mod sharing;
 
 use super::health::StorageHealth;

@@ -96,7 +96,7 @@ async fn apply_retention(tx: &mut Transaction<'_, Postgres>, before_ms: i64) -> 
         sqlx::query("DELETE FROM inbox WHERE seq = ANY($1)").bind(&retired).execute(&mut **tx).await?;
     }
     let held = sqlx::query(
-        "SELECT m.seq, m.received_at_ms, EXISTS (SELECT 1 FROM outbox o WHERE o.message_id = m.id), \
+        "SELECT m.seq, m.received_at_ms, EXISTS (SELECT 1 FROM outbox o WHERE o.message_seq = m.seq), \
          EXISTS (SELECT 1 FROM inbox i WHERE i.message_id = m.id) \
          FROM messages m WHERE m.received_at_ms < $1 AND octet_length(m.payload) > 0",
     )

@@ -68,7 +68,7 @@ impl PgStore {
             "SELECT o.seq, o.recipients, o.enqueued_at_ms, o.priority, \
                     (octet_length(m.header) + octet_length(m.signature) + octet_length(m.payload) + octet_length(o.recipients) \
                      + octet_length(m.hops))::BIGINT + $3 \
-             FROM outbox o JOIN messages m ON m.id = o.message_id \
+             FROM outbox o JOIN messages m ON m.seq = o.message_seq \
              WHERE o.next_hop = $1 AND o.dead_reason IS NULL AND o.seq <> ALL($4) ORDER BY o.priority, o.seq LIMIT $2",
         )
         .bind(hop)
@@ -84,7 +84,7 @@ impl PgStore {
         let seqs: Vec<i64> = chosen.iter().map(|r| r.get::<i64, _>(0)).collect();
         let mut bodies: std::collections::HashMap<i64, PgRow> = sqlx::query(
             "SELECT o.seq, o.message_id, m.header, m.signature, m.payload, m.hops, m.kind, m.sender \
-             FROM outbox o JOIN messages m ON m.id = o.message_id WHERE o.seq = ANY($1)",
+             FROM outbox o JOIN messages m ON m.seq = o.message_seq WHERE o.seq = ANY($1)",
         )
         .bind(&seqs)
         .fetch_all(&mut *tx)
@@ -205,7 +205,12 @@ impl Store for PgStore {
 
     fn events<'a>(&'a self, id: &'a [u8; 32]) -> BoxFuture<'a, Result<Vec<EventRecord>, StorageError>> {
         self.watched(async move {
-            let rows = sqlx::query(sqlx::AssertSqlSafe(format!("{AUDIT_SELECT} WHERE message_id = $1 ORDER BY seq")))
+            let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                // As in the SQLite store: entries written while the message was held carry its
+                // position, the others only its id; each half has its own index.
+                "{AUDIT_SELECT} WHERE message_seq = (SELECT seq FROM messages WHERE id = $1) \
+                 UNION ALL {AUDIT_SELECT} WHERE message_seq IS NULL AND message_id = $1 ORDER BY seq"
+            )))
                 .bind(id.as_slice())
                 .fetch_all(&self.pool)
                 .await?;
@@ -234,7 +239,7 @@ impl Store for PgStore {
                 "SELECT o.next_hop, COUNT(*) FILTER (WHERE o.dead_reason IS NULL), \
                         COALESCE(SUM(octet_length(m.payload)) FILTER (WHERE o.dead_reason IS NULL), 0)::BIGINT, \
                         MIN(o.enqueued_at_ms) FILTER (WHERE o.dead_reason IS NULL), COUNT(*) FILTER (WHERE o.dead_reason IS NOT NULL) \
-                 FROM outbox o JOIN messages m ON m.id = o.message_id GROUP BY o.next_hop",
+                 FROM outbox o JOIN messages m ON m.seq = o.message_seq GROUP BY o.next_hop",
             )
             .fetch_all(&self.pool)
             .await?;
@@ -307,7 +312,7 @@ impl Store for PgStore {
             let Some(sha) = citations::digest_of_hex(sha256_hex) else { return Ok(false) };
             let used: bool = sqlx::query_scalar(
                 "SELECT EXISTS (SELECT 1 FROM cited_attachments c JOIN messages m ON m.id = c.message_id WHERE c.sha256 = $1 \
-                 AND (m.received_at_ms >= $2 OR EXISTS (SELECT 1 FROM outbox o WHERE o.message_id = c.message_id) \
+                 AND (m.received_at_ms >= $2 OR EXISTS (SELECT 1 FROM outbox o WHERE o.message_seq = m.seq) \
                       OR EXISTS (SELECT 1 FROM inbox i WHERE i.message_id = c.message_id)))",
             )
             .bind(sha.as_slice())

@@ -104,7 +104,7 @@ impl RecoveryStore for PgStore {
             let list: Vec<Vec<u8>> = ids.iter().map(|id| id.to_vec()).collect();
             let rows: Vec<PgRow> = sqlx::query(
                 "SELECT m.id, m.header, octet_length(m.payload)::BIGINT, \
-                 EXISTS (SELECT 1 FROM outbox o WHERE o.message_id = m.id AND o.next_hop = $2) FROM messages m WHERE m.id = ANY($1)",
+                 EXISTS (SELECT 1 FROM outbox o WHERE o.message_seq = m.seq AND o.next_hop = $2) FROM messages m WHERE m.id = ANY($1)",
             )
             .bind(list)
             .bind(hop)

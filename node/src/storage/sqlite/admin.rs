@@ -100,7 +100,7 @@ async fn apply_retention(tx: &mut Transaction<'_, Sqlite>, before_ms: i64) -> Re
     for_keys_in_chunks(tx, "DELETE FROM inbox WHERE seq IN (", &retired).await?;
     let held = sqlx::query(
         // Uncorrelated `IN` subqueries: each list is built once, not scanned per message.
-        "SELECT seq, received_at_ms, id IN (SELECT message_id FROM outbox), id IN (SELECT message_id FROM inbox) \
+        "SELECT seq, received_at_ms, seq IN (SELECT message_seq FROM outbox), id IN (SELECT message_id FROM inbox) \
          FROM messages WHERE received_at_ms < $1 AND length(payload) > 0",
     )
     .bind(before_ms)

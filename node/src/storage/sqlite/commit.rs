@@ -11,7 +11,7 @@ use super::{ROWS_PER_STATEMENT, SqliteStore, sharing};
 use crate::settlement::{self, Entry, Settlement};
 use crate::storage::citations;
 use crate::storage::error::StorageError;
-use crate::storage::gather::{Rows, collect_ids};
+use crate::storage::gather::{Rows, SEQ_OF_MESSAGE, collect_ids};
 use crate::storage::jobs::*;
 use crate::storage::model::*;
 
@@ -174,15 +174,20 @@ async fn insert_rows(tx: &mut Transaction<'_, Sqlite>, rows: &Rows<'_>) -> Resul
         rows.messages.iter().flat_map(|m| citations::cited(&m.header).into_iter().map(|sha| (sha, m.id))).collect();
     insert_citations(tx, &cited).await?;
     for chunk in rows.outbox.chunks(ROWS_PER_STATEMENT / 2) {
-        let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO outbox (message_id, next_hop, recipients, priority, enqueued_at_ms) ");
+        let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO outbox (message_seq, message_id, next_hop, recipients, priority, enqueued_at_ms) ");
         q.push_values(chunk, |mut b, o| {
-            b.push_bind(o.message_id.as_slice())
+            // A message not held makes the entry NULL and the commit fail: nothing is queued that
+            // could not be sent.
+            b.push(SEQ_OF_MESSAGE)
+                .push_bind_unseparated(o.message_id.as_slice())
+                .push_unseparated(")")
+                .push_bind(o.message_id.as_slice())
                 .push_bind(o.next_hop.as_str())
                 .push_bind(o.recipients.as_str())
                 .push_bind(o.priority as i64)
                 .push_bind(o.enqueued_at_ms);
         });
-        q.push(" ON CONFLICT (message_id, next_hop) DO NOTHING");
+        q.push(" ON CONFLICT (message_seq, next_hop) DO NOTHING");
         q.build().execute(&mut **tx).await?;
     }
     for chunk in rows.inbox.chunks(ROWS_PER_STATEMENT / 2) {
@@ -230,11 +235,15 @@ async fn append_audit(tx: &mut Transaction<'_, Sqlite>, events: &[&EventRow], mu
         .collect();
     let rows: Vec<(&&EventRow, &[u8; 32])> = events.iter().zip(&hashes).collect();
     for chunk in rows.chunks(ROWS_PER_STATEMENT / 2) {
-        QueryBuilder::<Sqlite>::new("INSERT INTO audit_log (at_ms, category, message_id, event, unit, peer, detail, hash) ")
+        QueryBuilder::<Sqlite>::new("INSERT INTO audit_log (at_ms, category, message_id, message_seq, event, unit, peer, detail, hash) ")
             .push_values(chunk, |mut b, (e, hash)| {
+                let message_id = e.message_id.as_ref().map(|m| m.as_slice());
                 b.push_bind(e.at_ms)
                     .push_bind(e.category)
-                    .push_bind(e.message_id.as_ref().map(|m| m.as_slice()))
+                    .push_bind(message_id)
+                    .push(SEQ_OF_MESSAGE)
+                    .push_bind_unseparated(message_id)
+                    .push_unseparated(")")
                     .push_bind(e.event)
                     .push_bind(e.unit.as_deref())
                     .push_bind(e.peer.as_deref())

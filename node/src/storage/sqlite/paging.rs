@@ -50,7 +50,7 @@ pub(super) async fn outbox_batch(
     let candidates = sqlx::query(
         "SELECT o.seq, o.recipients, o.enqueued_at_ms, o.priority, \
                 length(m.header) + length(m.signature) + length(m.payload) + octet_length(o.recipients) + octet_length(m.hops) + $3 \
-         FROM outbox o JOIN messages m ON m.id = o.message_id \
+         FROM outbox o JOIN messages m ON m.seq = o.message_seq \
          WHERE o.next_hop = $1 AND o.dead_reason IS NULL AND o.seq NOT IN (SELECT value FROM json_each($4)) \
          ORDER BY o.priority, o.seq LIMIT $2",
     )
@@ -67,7 +67,7 @@ pub(super) async fn outbox_batch(
     }
     let mut q = QueryBuilder::<Sqlite>::new(
         "SELECT o.seq, o.message_id, m.header, m.signature, m.payload, m.hops, m.kind, m.sender \
-         FROM outbox o JOIN messages m ON m.id = o.message_id WHERE o.seq IN (",
+         FROM outbox o JOIN messages m ON m.seq = o.message_seq WHERE o.seq IN (",
     );
     let mut list = q.separated(", ");
     for r in chosen {

@@ -76,7 +76,12 @@ impl Store for SqliteStore {
 
     fn events<'a>(&'a self, id: &'a [u8; 32]) -> BoxFuture<'a, Result<Vec<EventRecord>, StorageError>> {
         self.watched(async move {
-            let rows = sqlx::query(sqlx::AssertSqlSafe(format!("{AUDIT_SELECT} WHERE message_id = $1 ORDER BY seq")))
+            let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                // Entries written while the message was held carry its position; the others (before
+                // it arrived, or about one never held) only its id. Each half has its own index.
+                "{AUDIT_SELECT} WHERE message_seq = (SELECT seq FROM messages WHERE id = $1) \
+                 UNION ALL {AUDIT_SELECT} WHERE message_seq IS NULL AND message_id = $1 ORDER BY seq"
+            )))
                 .bind(id.as_slice())
                 .fetch_all(&self.readers)
                 .await?;
@@ -105,7 +110,7 @@ impl Store for SqliteStore {
             // every payload into its GROUP BY sorter to take its length there (gigabytes, each second).
             let rows = sqlx::query(
                 "WITH r AS MATERIALIZED (SELECT o.next_hop AS hop, o.dead_reason IS NULL AS live, length(m.payload) AS bytes, \
-                        o.enqueued_at_ms AS at FROM outbox o JOIN messages m ON m.id = o.message_id) \
+                        o.enqueued_at_ms AS at FROM outbox o JOIN messages m ON m.seq = o.message_seq) \
                  SELECT hop, SUM(live), COALESCE(SUM(CASE WHEN live THEN bytes ELSE 0 END), 0), MIN(CASE WHEN live THEN at END), \
                         SUM(NOT live) \
                  FROM r GROUP BY hop",
@@ -169,7 +174,7 @@ impl Store for SqliteStore {
             let Some(sha) = citations::digest_of_hex(sha256_hex) else { return Ok(false) };
             let used: bool = sqlx::query_scalar(
                 "SELECT EXISTS (SELECT 1 FROM cited_attachments c JOIN messages m ON m.id = c.message_id WHERE c.sha256 = $1 \
-                 AND (m.received_at_ms >= $2 OR EXISTS (SELECT 1 FROM outbox o WHERE o.message_id = c.message_id) \
+                 AND (m.received_at_ms >= $2 OR EXISTS (SELECT 1 FROM outbox o WHERE o.message_seq = m.seq) \
                       OR EXISTS (SELECT 1 FROM inbox i WHERE i.message_id = c.message_id)))",
             )
             .bind(sha.as_slice())

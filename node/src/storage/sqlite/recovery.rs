@@ -162,7 +162,7 @@ impl RecoveryStore for SqliteStore {
             let mut out = Vec::new();
             for chunk in ids.chunks(ROWS_PER_STATEMENT) {
                 let mut q = QueryBuilder::<Sqlite>::new(
-                    "SELECT m.id, m.header, length(m.payload), EXISTS (SELECT 1 FROM outbox o WHERE o.message_id = m.id AND o.next_hop = ",
+                    "SELECT m.id, m.header, length(m.payload), EXISTS (SELECT 1 FROM outbox o WHERE o.message_seq = m.seq AND o.next_hop = ",
                 );
                 q.push_bind(hop);
                 q.push(") FROM messages m WHERE m.id IN (");
