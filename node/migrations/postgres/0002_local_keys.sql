@@ -16,3 +16,12 @@ DELETE FROM outbox WHERE message_seq IS NULL;
 ALTER TABLE outbox ALTER COLUMN message_seq SET NOT NULL;
 ALTER TABLE outbox DROP CONSTRAINT outbox_message_id_next_hop_key;
 ALTER TABLE outbox ADD CONSTRAINT outbox_message_seq_next_hop_key UNIQUE (message_seq, next_hop);
+
+-- Per-recipient status, kept at the sender's node for what its units sent: keyed by (message_seq,
+-- recipient). A row about a message not held here has no status to show and is not kept.
+ALTER TABLE tracking ADD COLUMN message_seq BIGINT;
+UPDATE tracking t SET message_seq = m.seq FROM messages m WHERE m.id = t.message_id;
+DELETE FROM tracking WHERE message_seq IS NULL;
+ALTER TABLE tracking ALTER COLUMN message_seq SET NOT NULL;
+ALTER TABLE tracking DROP CONSTRAINT tracking_pkey;
+ALTER TABLE tracking ADD PRIMARY KEY (message_seq, recipient);

@@ -1,4 +1,5 @@
--- Indexes keyed by the local position of a message (messages.seq), not by its id.
+-- Indexes keyed by the local position of a message (messages.seq), not by its id: the audit log,
+-- the outbox and the per-recipient status.
 --
 -- A message id is a SHA-256: an index keyed by it takes each new entry on a random page, so every
 -- document rewrote one more random page of each such index at every commit (about 4 KiB of WAL per
@@ -38,3 +39,23 @@ INSERT INTO sqlite_sequence (name, seq) SELECT 'outbox_new', seq FROM sqlite_seq
 DROP TABLE outbox;
 ALTER TABLE outbox_new RENAME TO outbox;
 CREATE INDEX outbox_by_hop ON outbox (next_hop, priority, seq) WHERE dead_reason IS NULL;
+
+-- Per-recipient status, kept at the sender's node for what its units sent: keyed by (message_seq,
+-- recipient) now. A row about a message not held here has no status to show and is not carried over.
+CREATE TABLE tracking_new (
+    message_seq INTEGER NOT NULL,         -- messages.seq of the message sent
+    recipient   TEXT NOT NULL,
+    message_id  BLOB NOT NULL,
+    state_rank  INTEGER NOT NULL,         -- accepted 0, in-transit 1, failed 2, delivered 3, settled 4
+    state       TEXT NOT NULL,
+    node        TEXT NOT NULL,
+    at_ms       INTEGER NOT NULL,
+    detail      TEXT,
+    receipt_id  BLOB,
+    PRIMARY KEY (message_seq, recipient)
+) WITHOUT ROWID;
+INSERT INTO tracking_new (message_seq, recipient, message_id, state_rank, state, node, at_ms, detail, receipt_id)
+    SELECT m.seq, t.recipient, t.message_id, t.state_rank, t.state, t.node, t.at_ms, t.detail, t.receipt_id
+    FROM tracking t JOIN messages m ON m.id = t.message_id;
+DROP TABLE tracking;
+ALTER TABLE tracking_new RENAME TO tracking;

@@ -276,6 +276,14 @@ pub async fn tracking_only_moves_forward(store: &dyn Store) {
     assert_eq!(rows.len(), 1);
     assert_eq!((rows[0].state.as_str(), rows[0].at_ms), ("signed-for", 7), "the first settled fact of the batch");
     assert_eq!(rows[0].receipt_id.as_deref(), Some(id(70).as_slice()));
+
+    // A status fact about a message not held here (a report reaching a node restored from an older
+    // backup) is left out; the rest of its transaction commits.
+    let stray = TrackingRow { message_id: id(2), ..track(RecipientState::Delivered, 10) };
+    let outcomes = commit(store, vec![WriteJob::Record(Record { tracking: vec![stray], ..Record::default() }), WriteJob::Custody(document(3, 2, Some("gz"), &[], 10))]).await;
+    assert_eq!(outcomes, [JobOutcome::Stored, JobOutcome::Stored]);
+    assert!(store.tracking(&id(2)).await.unwrap().is_empty());
+    assert!(store.message(&id(3)).await.unwrap().is_some());
 }
 
 pub async fn retention_drops_settled_payloads_but_remembers_ids(store: &dyn Store) {

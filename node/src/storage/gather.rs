@@ -2,7 +2,7 @@
 //! jobs, and re-computing the audit chain. Kept out of the engines so that SQLite and PostgreSQL
 //! cannot drift apart on these rules.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use futures::future::BoxFuture;
 
@@ -67,6 +67,31 @@ impl<'a> Rows<'a> {
 }
 
 
+/// Status facts of one transaction about messages held here, each with its message's position
+/// (`positions`: id → `messages.seq`, read inside the transaction after its messages were written).
+/// Status is kept at the sender's node for what its units sent, so the message is held; a fact
+/// about any other (a report reaching a node restored from an older backup, a neighbour in error)
+/// has no status to move and is left out, with a warning, rather than failing the whole commit.
+pub(crate) fn tracking_of_held<'a>(rows: &[&'a TrackingRow], positions: &HashMap<[u8; 32], i64>) -> Vec<(i64, &'a TrackingRow)> {
+    rows.iter()
+        .filter_map(|t| match positions.get(&t.message_id) {
+            Some(&seq) => Some((seq, *t)),
+            None => {
+                tracing::warn!(message = %hex::encode(t.message_id), recipient = %t.recipient, state = t.state.as_str(), "status of a message not held here: not recorded");
+                None
+            }
+        })
+        .collect()
+}
+
+/// The distinct message ids of `rows`, to look their positions up.
+pub(crate) fn tracked_ids(rows: &[&TrackingRow]) -> Vec<[u8; 32]> {
+    let mut ids: Vec<[u8; 32]> = rows.iter().map(|t| t.message_id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
 /// Re-computes the whole audit chain of `store`, a page at a time. Positions must follow each other
 /// without gaps (both stores number entries so): a gap is reported as deleted entries.
 pub(crate) fn verify_chain(store: &dyn Store) -> BoxFuture<'_, Result<ChainCheck, StorageError>> {
@@ -118,3 +143,32 @@ fn chain_mismatch(e: &EventRecord, prev: &[u8; 32]) -> Option<String> {
         .then(|| "its hash does not follow from its content and the previous entry: this entry (or the one before it) was altered, or an entry was removed".to_string())
 }
 
+
+#[cfg(test)]
+mod tests {
+    use exchange_wire::api::RecipientState;
+
+    use super::*;
+
+    fn fact(id: u8, recipient: &str) -> TrackingRow {
+        TrackingRow {
+            message_id: [id; 32],
+            recipient: recipient.into(),
+            state: RecipientState::Delivered,
+            node: "gz.haizhu".into(),
+            at_ms: 1,
+            detail: None,
+            receipt_id: None,
+        }
+    }
+
+    #[test]
+    fn status_is_kept_only_for_messages_held_here() {
+        let (a, b, c) = (fact(1, "gz.haizhu/civil-affairs"), fact(2, "gz.haizhu/civil-affairs"), fact(1, "gz.tianhe/x"));
+        let rows = [&a, &b, &c];
+        let positions = HashMap::from([([1u8; 32], 41i64)]);
+        let kept: Vec<(i64, &str)> = tracking_of_held(&rows, &positions).into_iter().map(|(seq, t)| (seq, t.recipient.as_str())).collect();
+        assert_eq!(kept, [(41, "gz.haizhu/civil-affairs"), (41, "gz.tianhe/x")]);
+        assert_eq!(tracked_ids(&rows), [[1u8; 32], [2u8; 32]]);
+    }
+}

@@ -1,7 +1,7 @@
 //! The write transaction of the PostgreSQL store: the write lock, the lease check, dedupe against
 //! held ids, every job's rows as multi-row statements, the recalls, the audit chain, the commit.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use sqlx::{Postgres, QueryBuilder, Row, Transaction};
 
@@ -10,7 +10,7 @@ use super::{PgStore, ROWS_PER_STATEMENT, WRITE_LOCK, sharing};
 use crate::settlement::{self, Entry, Settlement};
 use crate::storage::citations;
 use crate::storage::error::StorageError;
-use crate::storage::gather::{Rows, SEQ_OF_MESSAGE, collect_ids};
+use crate::storage::gather::{Rows, SEQ_OF_MESSAGE, collect_ids, tracked_ids, tracking_of_held};
 use crate::storage::jobs::*;
 use crate::storage::model::*;
 
@@ -91,11 +91,16 @@ impl PgStore {
 }
 
 async fn existing_ids(tx: &mut Transaction<'_, Postgres>, ids: &[[u8; 32]]) -> Result<HashSet<[u8; 32]>, sqlx::Error> {
-    let mut held = HashSet::new();
+    Ok(positions(tx, ids).await?.into_keys().collect())
+}
+
+/// The position (`messages.seq`) of each of `ids` held, as this transaction sees them.
+async fn positions(tx: &mut Transaction<'_, Postgres>, ids: &[[u8; 32]]) -> Result<HashMap<[u8; 32], i64>, sqlx::Error> {
+    let mut held = HashMap::new();
     for chunk in ids.chunks(ROWS_PER_STATEMENT * 10) {
         let list: Vec<Vec<u8>> = chunk.iter().map(|id| id.to_vec()).collect();
-        let found: Vec<Vec<u8>> = sqlx::query_scalar("SELECT id FROM messages WHERE id = ANY($1)").bind(list).fetch_all(&mut **tx).await?;
-        held.extend(found.iter().filter_map(|id| <[u8; 32]>::try_from(id.as_slice()).ok()));
+        let found: Vec<(Vec<u8>, i64)> = sqlx::query_as("SELECT id, seq FROM messages WHERE id = ANY($1)").bind(list).fetch_all(&mut **tx).await?;
+        held.extend(found.into_iter().filter_map(|(id, seq)| Some((<[u8; 32]>::try_from(id.as_slice()).ok()?, seq))));
     }
     Ok(held)
 }
@@ -105,22 +110,22 @@ async fn existing_ids(tx: &mut Transaction<'_, Postgres>, ids: &[[u8; 32]]) -> R
 /// earlier receipt id when it has none. PostgreSQL refuses an upsert that meets the same row twice in
 /// one statement, so the batch is folded first; the upsert then applies the same rule against the
 /// stored row.
-fn fold_tracking<'a>(rows: &[&'a TrackingRow]) -> Vec<(TrackingRow, i64)> {
-    let mut out: Vec<(TrackingRow, i64)> = Vec::new();
-    let mut at: std::collections::HashMap<(&'a [u8; 32], &'a str), usize> = std::collections::HashMap::new();
-    for t in rows {
+fn fold_tracking<'a>(rows: &[(i64, &'a TrackingRow)]) -> Vec<(i64, TrackingRow, i64)> {
+    let mut out: Vec<(i64, TrackingRow, i64)> = Vec::new();
+    let mut at: HashMap<(i64, &'a str), usize> = HashMap::new();
+    for &(seq, t) in rows {
         let rank = state_rank(t.state);
-        match at.get(&(&t.message_id, t.recipient.as_str())) {
+        match at.get(&(seq, t.recipient.as_str())) {
             Some(&i) => {
-                if rank > out[i].1 {
-                    let receipt = t.receipt_id.or(out[i].0.receipt_id);
-                    out[i] = ((*t).clone(), rank);
-                    out[i].0.receipt_id = receipt;
+                if rank > out[i].2 {
+                    let receipt = t.receipt_id.or(out[i].1.receipt_id);
+                    out[i] = (seq, t.clone(), rank);
+                    out[i].1.receipt_id = receipt;
                 }
             }
             None => {
-                at.insert((&t.message_id, t.recipient.as_str()), out.len());
-                out.push(((*t).clone(), rank));
+                at.insert((seq, t.recipient.as_str()), out.len());
+                out.push((seq, t.clone(), rank));
             }
         }
     }
@@ -184,13 +189,15 @@ async fn insert_rows(tx: &mut Transaction<'_, Postgres>, rows: &Rows<'_>) -> Res
         q.push(" ON CONFLICT (unit, message_id) DO NOTHING");
         q.build().execute(&mut **tx).await?;
     }
-    let tracking = fold_tracking(&rows.tracking);
+    // After the messages: a status may be about a message taken in this same transaction.
+    let tracking = fold_tracking(&tracking_of_held(&rows.tracking, &positions(tx, &tracked_ids(&rows.tracking)).await?));
     for chunk in tracking.chunks(ROWS_PER_STATEMENT / 2) {
         let mut q = QueryBuilder::<Postgres>::new(
-            "INSERT INTO tracking (message_id, recipient, state_rank, state, node, at_ms, detail, receipt_id) ",
+            "INSERT INTO tracking (message_seq, message_id, recipient, state_rank, state, node, at_ms, detail, receipt_id) ",
         );
-        q.push_values(chunk, |mut b, (t, rank)| {
-            b.push_bind(t.message_id.as_slice())
+        q.push_values(chunk, |mut b, (seq, t, rank)| {
+            b.push_bind(*seq)
+                .push_bind(t.message_id.as_slice())
                 .push_bind(t.recipient.as_str())
                 .push_bind(*rank)
                 .push_bind(t.state.as_str())
@@ -200,7 +207,7 @@ async fn insert_rows(tx: &mut Transaction<'_, Postgres>, rows: &Rows<'_>) -> Res
                 .push_bind(t.receipt_id.as_ref().map(|r| r.as_slice()));
         });
         q.push(
-            " ON CONFLICT (message_id, recipient) DO UPDATE SET state_rank = excluded.state_rank, \
+            " ON CONFLICT (message_seq, recipient) DO UPDATE SET state_rank = excluded.state_rank, \
              state = excluded.state, node = excluded.node, at_ms = excluded.at_ms, detail = excluded.detail, \
              receipt_id = COALESCE(excluded.receipt_id, tracking.receipt_id) \
              WHERE excluded.state_rank > tracking.state_rank",

@@ -191,7 +191,8 @@ impl Store for PgStore {
     fn tracking<'a>(&'a self, id: &'a [u8; 32]) -> BoxFuture<'a, Result<Vec<TrackingRecord>, StorageError>> {
         self.watched(async move {
             let rows = sqlx::query(
-                "SELECT recipient, state, node, at_ms, detail, receipt_id FROM tracking WHERE message_id = $1 ORDER BY recipient",
+                "SELECT recipient, state, node, at_ms, detail, receipt_id FROM tracking \
+                 WHERE message_seq = (SELECT seq FROM messages WHERE id = $1) ORDER BY recipient",
             )
             .bind(id.as_slice())
             .fetch_all(&self.pool)
@@ -298,7 +299,7 @@ impl Store for PgStore {
     fn open_queries(&self) -> BoxFuture<'_, Result<Vec<([u8; 32], Vec<u8>)>, StorageError>> {
         self.watched(async move {
             let rows = sqlx::query(
-                "SELECT DISTINCT m.id, m.header FROM tracking t JOIN messages m ON m.id = t.message_id \
+                "SELECT DISTINCT m.id, m.header FROM tracking t JOIN messages m ON m.seq = t.message_seq \
                  WHERE t.state_rank IN (0, 1, 3) AND m.kind = 'query'",
             )
             .fetch_all(&self.pool)

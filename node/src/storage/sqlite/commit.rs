@@ -1,7 +1,7 @@
 //! The write transaction of the SQLite store: one writer connection, dedupe against held ids,
 //! every job's rows as multi-row statements, the recalls, the audit chain, the commit mark.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 
@@ -11,7 +11,7 @@ use super::{ROWS_PER_STATEMENT, SqliteStore, sharing};
 use crate::settlement::{self, Entry, Settlement};
 use crate::storage::citations;
 use crate::storage::error::StorageError;
-use crate::storage::gather::{Rows, SEQ_OF_MESSAGE, collect_ids};
+use crate::storage::gather::{Rows, SEQ_OF_MESSAGE, collect_ids, tracked_ids, tracking_of_held};
 use crate::storage::jobs::*;
 use crate::storage::model::*;
 
@@ -130,9 +130,14 @@ async fn writer_in_autocommit(conn: &mut sqlx::pool::PoolConnection<Sqlite>) -> 
 }
 
 async fn existing_ids(tx: &mut Transaction<'_, Sqlite>, ids: &[[u8; 32]]) -> Result<HashSet<[u8; 32]>, sqlx::Error> {
-    let mut held = HashSet::new();
+    Ok(positions(tx, ids).await?.into_keys().collect())
+}
+
+/// The position (`messages.seq`) of each of `ids` held, as this transaction sees them.
+async fn positions(tx: &mut Transaction<'_, Sqlite>, ids: &[[u8; 32]]) -> Result<HashMap<[u8; 32], i64>, sqlx::Error> {
+    let mut held = HashMap::new();
     for chunk in ids.chunks(ROWS_PER_STATEMENT) {
-        let mut q = QueryBuilder::<Sqlite>::new("SELECT id FROM messages WHERE id IN (");
+        let mut q = QueryBuilder::<Sqlite>::new("SELECT id, seq FROM messages WHERE id IN (");
         let mut sep = q.separated(", ");
         for id in chunk {
             sep.push_bind(id.as_slice());
@@ -141,7 +146,7 @@ async fn existing_ids(tx: &mut Transaction<'_, Sqlite>, ids: &[[u8; 32]]) -> Res
         for row in q.build().fetch_all(&mut **tx).await? {
             let id: Vec<u8> = row.get(0);
             if let Ok(id) = <[u8; 32]>::try_from(id.as_slice()) {
-                held.insert(id);
+                held.insert(id, row.get(1));
             }
         }
     }
@@ -198,12 +203,15 @@ async fn insert_rows(tx: &mut Transaction<'_, Sqlite>, rows: &Rows<'_>) -> Resul
         q.push(" ON CONFLICT (unit, message_id) DO NOTHING");
         q.build().execute(&mut **tx).await?;
     }
-    for chunk in rows.tracking.chunks(ROWS_PER_STATEMENT / 2) {
+    // After the messages: a status may be about a message taken in this same transaction.
+    let tracking = tracking_of_held(&rows.tracking, &positions(tx, &tracked_ids(&rows.tracking)).await?);
+    for chunk in tracking.chunks(ROWS_PER_STATEMENT / 2) {
         let mut q = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO tracking (message_id, recipient, state_rank, state, node, at_ms, detail, receipt_id) ",
+            "INSERT INTO tracking (message_seq, message_id, recipient, state_rank, state, node, at_ms, detail, receipt_id) ",
         );
-        q.push_values(chunk, |mut b, t| {
-            b.push_bind(t.message_id.as_slice())
+        q.push_values(chunk, |mut b, (seq, t)| {
+            b.push_bind(*seq)
+                .push_bind(t.message_id.as_slice())
                 .push_bind(t.recipient.as_str())
                 .push_bind(state_rank(t.state))
                 .push_bind(t.state.as_str())
@@ -214,7 +222,7 @@ async fn insert_rows(tx: &mut Transaction<'_, Sqlite>, rows: &Rows<'_>) -> Resul
         });
         // `WHERE true` keeps SQLite's parser from reading ON CONFLICT as a join constraint.
         q.push(
-            " ON CONFLICT (message_id, recipient) DO UPDATE SET state_rank = excluded.state_rank, \
+            " ON CONFLICT (message_seq, recipient) DO UPDATE SET state_rank = excluded.state_rank, \
              state = excluded.state, node = excluded.node, at_ms = excluded.at_ms, detail = excluded.detail, \
              receipt_id = COALESCE(excluded.receipt_id, tracking.receipt_id) \
              WHERE excluded.state_rank > tracking.state_rank",

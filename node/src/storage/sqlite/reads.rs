@@ -55,7 +55,8 @@ impl Store for SqliteStore {
     fn tracking<'a>(&'a self, id: &'a [u8; 32]) -> BoxFuture<'a, Result<Vec<TrackingRecord>, StorageError>> {
         self.watched(async move {
             let rows = sqlx::query(
-                "SELECT recipient, state, node, at_ms, detail, receipt_id FROM tracking WHERE message_id = $1 ORDER BY recipient",
+                "SELECT recipient, state, node, at_ms, detail, receipt_id FROM tracking \
+                 WHERE message_seq = (SELECT seq FROM messages WHERE id = $1) ORDER BY recipient",
             )
             .bind(id.as_slice())
             .fetch_all(&self.readers)
@@ -207,7 +208,7 @@ impl Store for SqliteStore {
         self.watched(async move {
             // Ranks 0, 1 and 3: accepted, in transit, delivered (failed and settled are outcomes).
             let rows = sqlx::query(
-                "SELECT DISTINCT m.id, m.header FROM tracking t JOIN messages m ON m.id = t.message_id \
+                "SELECT DISTINCT m.id, m.header FROM tracking t JOIN messages m ON m.seq = t.message_seq \
                  WHERE t.state_rank IN (0, 1, 3) AND m.kind = 'query'",
             )
             .fetch_all(&self.readers)

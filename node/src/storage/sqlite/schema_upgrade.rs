@@ -1,5 +1,6 @@
 //! A database written by an earlier version is brought up to the current schema when the node opens
-//! it, without losing or renumbering anything (migration 0012: indexes keyed by local position).
+//! it, without losing or renumbering anything (migration 0012: the outbox, the audit log and the
+//! per-recipient status keyed by the message's local position).
 
 use std::borrow::Cow;
 
@@ -20,7 +21,7 @@ async fn at_version(path: &std::path::Path, last: i64) -> SqliteConnection {
 }
 
 #[tokio::test]
-async fn outbox_and_audit_entries_survive_the_move_to_local_keys() {
+async fn outbox_audit_and_status_survive_the_move_to_local_keys() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("node.db");
     let mut old = at_version(&path, 11).await;
@@ -47,9 +48,16 @@ async fn outbox_and_audit_entries_survive_the_move_to_local_keys() {
     }
     sqlx::query("DELETE FROM outbox WHERE seq = 7").execute(&mut old).await.unwrap();
     for (at, id) in [(1i64, Some(held)), (2, Some(never_held)), (3, None)] {
-        sqlx::query("INSERT INTO audit_log (at_ms, category, message_id, event, hash) VALUES ($1, 'custody', $2, 'taken', x'00')")
+        sqlx::query("INSERT INTO audit_log (at_ms, category, message_id, event, hash) VALUES ($1, 'custody', $2, 'taken', zeroblob(32))")
             .bind(at)
             .bind(id.as_ref().map(|i| i.as_slice()))
+            .execute(&mut old)
+            .await
+            .unwrap();
+    }
+    for id in [held, never_held] {
+        sqlx::query("INSERT INTO tracking (message_id, recipient, state_rank, state, node, at_ms) VALUES ($1, 'gz.haizhu/civil-affairs', 3, 'delivered', 'gz.haizhu', 4)")
+            .bind(id.as_slice())
             .execute(&mut old)
             .await
             .unwrap();
@@ -61,6 +69,9 @@ async fn outbox_and_audit_entries_survive_the_move_to_local_keys() {
     assert_eq!(queued.iter().map(|o| (o.seq, o.message_id)).collect::<Vec<_>>(), [(5, held)], "kept with its position; the entry without a message is gone");
     assert_eq!(store.events(&held).await.unwrap().iter().map(|e| e.at_ms).collect::<Vec<_>>(), [1]);
     assert_eq!(store.events(&never_held).await.unwrap().iter().map(|e| e.at_ms).collect::<Vec<_>>(), [2]);
+    let status = store.tracking(&held).await.unwrap();
+    assert_eq!(status.iter().map(|t| (t.recipient.as_str(), t.state.as_str())).collect::<Vec<_>>(), [("gz.haizhu/civil-affairs", "delivered")]);
+    assert!(store.tracking(&never_held).await.unwrap().is_empty(), "a status without its message is not carried over");
     // New entries go on above every position ever used, and are found by their new keys.
     store.commit(&[WriteJob::Custody(document(3, 2, Some("gz"), &[], 5))]).await.unwrap();
     let queued = store.outbox_batch("gz", 10, usize::MAX).await.unwrap();
