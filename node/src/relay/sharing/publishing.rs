@@ -19,6 +19,7 @@ use crate::directory::Directory;
 use crate::storage::sharing::{SharingJob, TopicLogRow};
 use crate::storage::{JobOutcome, WriteJob};
 use super::*;
+use crate::relay::ingress::checks;
 
 impl Engine {
 
@@ -72,10 +73,10 @@ impl Engine {
         if env.kind != Kind::DataRecord {
             return Err(plain(Refusal::new("unsupported-kind", 400, format!("POST /v1/records takes data-record envelopes, not {}", env.kind))));
         }
-        self.check_size(env.payload_size).map_err(plain)?;
+        checks::check_size(&self.limits, env.payload_size).map_err(plain)?;
         self.check_home(dir, &env.sender).map_err(plain)?;
-        self.check_fresh(env.created_at_ms).map_err(plain)?;
-        self.check_active(dir, &env.sender).map_err(plain)?;
+        checks::check_fresh(&self.limits, exchange_wire::now_ms(), env.created_at_ms).map_err(plain)?;
+        checks::check_active(dir, &env.sender).map_err(plain)?;
         let facts = RecordFacts::from_envelope(env).map_err(|e| plain(e.into()))?;
         let catalog = self.sharing.compiled_catalog().map_err(plain)?;
         let topic = catalog.topic(&facts.topic).ok_or_else(|| {

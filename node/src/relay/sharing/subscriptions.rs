@@ -19,6 +19,7 @@ use crate::directory::Directory;
 use crate::storage::sharing::{SharingJob, SharingRow, SubscriptionRow};
 use crate::storage::{JobOutcome, WriteJob};
 use super::*;
+use crate::relay::ingress::checks;
 
 impl Engine {
     pub(super) fn check_home(&self, dir: &Directory, unit: &UnitAddress) -> Result<(), Refusal> {
@@ -46,10 +47,10 @@ impl Engine {
             return Err(Refusal::new("unsupported-kind", 400, format!("POST /v1/subscriptions takes subscription-request envelopes, not {}", env.kind)));
         }
         let dir = self.dir.current();
-        self.check_size(env.payload_size)?;
+        checks::check_size(&self.limits, env.payload_size)?;
         self.check_home(&dir, &env.sender)?;
-        self.check_fresh(env.created_at_ms)?;
-        self.check_active(&dir, &env.sender)?;
+        checks::check_fresh(&self.limits, exchange_wire::now_ms(), env.created_at_ms)?;
+        checks::check_active(&dir, &env.sender)?;
         let facts = RequestFacts::from_envelope(env)?;
         let catalog = self.sharing.compiled_catalog()?;
         let topic = catalog
