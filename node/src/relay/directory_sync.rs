@@ -10,6 +10,8 @@ use crate::network::PeerId;
 use crate::network::Reply;
 
 use super::directory_state::DirectorySync;
+use super::neighbours::peer_for;
+use super::signals::Links;
 use super::services::Services;
 use super::{Engine, Refusal};
 use tokio::sync::MutexGuard;
@@ -88,7 +90,7 @@ impl Engine {
             self.apply_directory(&set).await;
             let tree_came = taken.iter().any(|h| matches!(h.segment, Segment::Tree(_)));
             drop(set);
-            self.push_segments(taken, from.as_ref());
+            self.directory_sync.push_segments(&self.services, &self.links, taken, from.as_ref());
             if tree_came {
                 if let Err(e) = Box::pin(self.publish_units_seed()).await {
                     tracing::error!(error = %e, "cannot publish this node's units");
@@ -100,55 +102,23 @@ impl Engine {
         results
     }
 
-    /// Rebuilds the directory snapshot from `set`, then the allow list, the links to keep and the
-    /// forwarders that follow from it.
+    /// Puts the directory of `set` in force, then what follows from it in the other parts: the
+    /// catalog, and the links (the allow list, the links to keep, their forwarders).
     pub(super) async fn apply_directory(self: &Arc<Self>, set: &SegmentSet) {
-        let dir = match set.directory() {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::error!(error = %e, "the directory segments held do not form a directory; keeping the previous one");
-                return;
-            }
-        };
-        if let Some(me) = dir.node(&self.here)
-            && me.public_key.0 != self.node_key().verifying_key() {
-                tracing::warn!(node = %self.here, key = %me.public_key, staged = %self.next_key_file().display(),
-                    "the node tree lists another key for this node: it takes the key staged for it, else check key_file");
-            }
-        self.metrics.directory_version.set(dir.version() as i64);
-        let now = exchange_wire::now_ms();
-        // Every node's current identity, and an earlier one while its overlap lasts.
-        let mut allowed: Vec<PeerId> = dir.nodes().filter(|n| n.id != self.here).flat_map(|n| n.peer_ids_at(now)).collect();
-        let mut neighbours: Vec<(Option<NodeId>, Neighbour)> = dir
-            .neighbours(&self.here)
-            .into_iter()
-            .map(|n| (Some(n.id.clone()), Neighbour { peer: n.peer_id, addresses: n.addresses.clone() }))
-            .collect();
-        // A configured parent whose key the tree has since rotated (or revoked) is not the way in.
-        if let Some((peer, addresses)) = self.directory_sync.parent_hint().filter(|(p, _)| dir.node_by_earlier_key(p).is_none()) {
-            // Until the tree says otherwise, the configured parent is the way into the network.
-            if !allowed.contains(peer) {
-                allowed.push(*peer);
-            }
-            match neighbours.iter_mut().find(|(_, n)| n.peer == *peer) {
-                Some((_, n)) => {
-                    for a in addresses {
-                        if !n.addresses.contains(a) {
-                            n.addresses.push(a.clone());
-                        }
-                    }
-                }
-                None => neighbours.push((None, Neighbour { peer: *peer, addresses: addresses.clone() })),
-            }
-        }
-        self.dir.replace(dir);
+        let Some(links) = self.directory_sync.rebuild(&self.services, set) else { return };
         // A newer catalog in force: requests that waited for it can be decided now.
         if self.sharing.apply_catalog(&self.services, set) {
             self.start_deciding_requests();
         }
+        self.update_links(links).await;
+    }
+
+    /// Keeps a link and a forwarder to every neighbour the directory names, and gives the network
+    /// the identities it admits and the neighbours to dial.
+    async fn update_links(self: &Arc<Self>, links: LinkPlan) {
         // A link may have come up before the tree said whose it is (the parent, at start-up).
         let connected = self.net.connected().await;
-        for (id, n) in &neighbours {
+        for (id, n) in &links.neighbours {
             if let Some(id) = id {
                 self.watch_neighbour(id);
                 if connected.contains(&n.peer) {
@@ -157,61 +127,12 @@ impl Engine {
                 }
             }
         }
-        self.net.set_peers(allowed, neighbours.into_iter().map(|(_, n)| n).collect()).await;
-    }
-
-    /// Sends segments to every neighbour except `except`; a neighbour that misses them gets all
-    /// segments when its link comes up again.
-    fn push_segments(self: &Arc<Self>, held: Vec<Held>, except: Option<&NodeId>) {
-        let dir = self.dir.current();
-        let mut peers: Vec<PeerId> = dir.neighbours(&self.here).into_iter().filter(|n| Some(&n.id) != except).filter_map(|n| self.peer_for(&n.id)).collect();
-        if let Some((peer, _)) = self.directory_sync.parent_hint()
-            && !peers.contains(peer) && dir.node_by_peer(peer).map(|n| &n.id) != except {
-                peers.push(*peer);
-            }
-        let segments: Vec<SegmentParcel> = held.iter().map(parcel).collect();
-        for peer in peers {
-            let (net, request) = (self.net.clone(), DirectoryPush { segments: segments.clone() });
-            self.tasks.spawn(async move {
-                // A few quick retries for a hiccup; beyond that the link-up push and the periodic
-                // resynchronisation catch the neighbour up.
-                for delay_ms in [500, 1000, 2000, 0] {
-                    match net.push_directory(peer, request.clone()).await {
-                        Ok(_) => return,
-                        Err(e) if delay_ms > 0 => {
-                            tracing::debug!(%peer, error = %e, "directory push not delivered; retrying");
-                            tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
-                        }
-                        Err(e) => tracing::debug!(%peer, error = %e, "directory push not delivered; the next resynchronisation carries it"),
-                    }
-                }
-            });
-        }
-    }
-
-    /// Anti-entropy: every `every`, give each neighbour everything held (it answers `known` for
-    /// what it has), so no change can stay behind for long, whatever was lost on the way.
-    pub(crate) async fn resynchronise_directory(self: Arc<Self>, every: std::time::Duration) {
-        let mut tick = tokio::time::interval(every);
-        tick.tick().await;
-        loop {
-            tick.tick().await;
-            let peers: Vec<PeerId> = self.dir.current().neighbours(&self.here).into_iter().filter_map(|n| self.peer_for(&n.id)).collect();
-            for peer in peers {
-                self.push_all_segments(peer).await;
-            }
-        }
+        self.net.set_peers(links.allowed, links.neighbours.into_iter().map(|(_, n)| n).collect()).await;
     }
 
     /// A link came up: give the neighbour everything held.
     pub(crate) async fn push_all_segments(self: &Arc<Self>, peer: PeerId) {
-        let segments: Vec<SegmentParcel> = self.directory_sync.segments().await.all().map(parcel).collect();
-        if segments.is_empty() {
-            return;
-        }
-        if let Err(e) = self.net.push_directory(peer, DirectoryPush { segments }).await {
-            tracing::debug!(%peer, error = %e, "directory push on link-up failed");
-        }
+        self.directory_sync.push_all(&self.services, peer).await;
     }
 
     /// A neighbour pushed segments.
@@ -241,6 +162,121 @@ impl Engine {
             })
             .collect();
         self.net.respond_directory(channel, DirectoryAck { results }).await;
+    }
+}
+
+/// What a new directory asks of the links: the libp2p identities admitted (every node's current
+/// one, an earlier one while its overlap lasts, the configured parent's until the tree names it),
+/// and the neighbours to keep a link with (with their id once the tree names them).
+pub(super) struct LinkPlan {
+    allowed: Vec<PeerId>,
+    neighbours: Vec<(Option<NodeId>, Neighbour)>,
+}
+
+/// The directory part's work on the snapshot and with the neighbours: building the directory from
+/// the segments held, passing segments on and resynchronising, with the shared services and the
+/// links (to find a neighbour's identity) only.
+impl DirectorySync {
+    /// Builds the directory of `set` and puts it in force (the snapshot every part reads); returns
+    /// what it asks of the links, or nothing when `set` does not form a directory (the previous one
+    /// stays).
+    pub(super) fn rebuild(&self, s: &Services, set: &SegmentSet) -> Option<LinkPlan> {
+        let dir = match set.directory() {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(error = %e, "the directory segments held do not form a directory; keeping the previous one");
+                return None;
+            }
+        };
+        if let Some(me) = dir.node(&s.here)
+            && me.public_key.0 != s.node_key().verifying_key() {
+                tracing::warn!(node = %s.here, key = %me.public_key, staged = %s.keys.next_key_file().display(),
+                    "the node tree lists another key for this node: it takes the key staged for it, else check key_file");
+            }
+        s.metrics.directory_version.set(dir.version() as i64);
+        let now = exchange_wire::now_ms();
+        // Every node's current identity, and an earlier one while its overlap lasts.
+        let mut allowed: Vec<PeerId> = dir.nodes().filter(|n| n.id != s.here).flat_map(|n| n.peer_ids_at(now)).collect();
+        let mut neighbours: Vec<(Option<NodeId>, Neighbour)> = dir
+            .neighbours(&s.here)
+            .into_iter()
+            .map(|n| (Some(n.id.clone()), Neighbour { peer: n.peer_id, addresses: n.addresses.clone() }))
+            .collect();
+        // A configured parent whose key the tree has since rotated (or revoked) is not the way in.
+        if let Some((peer, addresses)) = self.parent_hint().filter(|(p, _)| dir.node_by_earlier_key(p).is_none()) {
+            // Until the tree says otherwise, the configured parent is the way into the network.
+            if !allowed.contains(peer) {
+                allowed.push(*peer);
+            }
+            match neighbours.iter_mut().find(|(_, n)| n.peer == *peer) {
+                Some((_, n)) => {
+                    for a in addresses {
+                        if !n.addresses.contains(a) {
+                            n.addresses.push(a.clone());
+                        }
+                    }
+                }
+                None => neighbours.push((None, Neighbour { peer: *peer, addresses: addresses.clone() })),
+            }
+        }
+        s.dir.replace(dir);
+        Some(LinkPlan { allowed, neighbours })
+    }
+
+    /// Sends segments to every neighbour except `except`; a neighbour that misses them gets all
+    /// segments when its link comes up again.
+    pub(super) fn push_segments(&self, s: &Services, links: &Links, held: Vec<Held>, except: Option<&NodeId>) {
+        let dir = s.dir.current();
+        let mut peers: Vec<PeerId> =
+            dir.neighbours(&s.here).into_iter().filter(|n| Some(&n.id) != except).filter_map(|n| peer_for(&dir, links, &n.id)).collect();
+        if let Some((peer, _)) = self.parent_hint()
+            && !peers.contains(peer) && dir.node_by_peer(peer).map(|n| &n.id) != except {
+                peers.push(*peer);
+            }
+        let segments: Vec<SegmentParcel> = held.iter().map(parcel).collect();
+        for peer in peers {
+            let (net, request) = (s.net.clone(), DirectoryPush { segments: segments.clone() });
+            s.tasks.spawn(async move {
+                // A few quick retries for a hiccup; beyond that the link-up push and the periodic
+                // resynchronisation catch the neighbour up.
+                for delay_ms in [500, 1000, 2000, 0] {
+                    match net.push_directory(peer, request.clone()).await {
+                        Ok(_) => return,
+                        Err(e) if delay_ms > 0 => {
+                            tracing::debug!(%peer, error = %e, "directory push not delivered; retrying");
+                            tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
+                        }
+                        Err(e) => tracing::debug!(%peer, error = %e, "directory push not delivered; the next resynchronisation carries it"),
+                    }
+                }
+            });
+        }
+    }
+
+    /// Anti-entropy: every `every`, give each neighbour everything held (it answers `known` for
+    /// what it has), so no change can stay behind for long, whatever was lost on the way.
+    pub(crate) async fn resynchronise(&self, s: &Services, links: &Links, every: std::time::Duration) {
+        let mut tick = tokio::time::interval(every);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let dir = s.dir.current();
+            let peers: Vec<PeerId> = dir.neighbours(&s.here).into_iter().filter_map(|n| peer_for(&dir, links, &n.id)).collect();
+            for peer in peers {
+                self.push_all(s, peer).await;
+            }
+        }
+    }
+
+    /// Gives neighbour `peer` everything held (a link came up, or the resynchronisation's turn).
+    pub(crate) async fn push_all(&self, s: &Services, peer: PeerId) {
+        let segments: Vec<SegmentParcel> = self.segments().await.all().map(parcel).collect();
+        if segments.is_empty() {
+            return;
+        }
+        if let Err(e) = s.net.push_directory(peer, DirectoryPush { segments }).await {
+            tracing::debug!(%peer, error = %e, "directory push on link-up failed");
+        }
     }
 }
 

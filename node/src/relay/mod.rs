@@ -195,7 +195,8 @@ impl Engine {
         self.webhooks.start_pushers().await?;
         self.start_deciding_requests();
         self.start_backlogs();
-        self.tasks.spawn(self.clone().resynchronise_directory(Duration::from_secs(30)));
+        let engine = self.clone();
+        self.tasks.spawn(async move { engine.directory_sync.resynchronise(&engine.services, &engine.links, Duration::from_secs(30)).await });
         self.tasks.spawn(self.clone().watch_node_keys(Duration::from_secs(1)));
         self.tasks.spawn(self.queries.clone().watch_deadlines());
         self.tasks.spawn(self.clone().sweep_uploads_forever());

@@ -28,9 +28,7 @@ use crate::network::PeerId;
 impl Engine {
     /// Where a key staged for the next rotation waits: `<key_file>.next`.
     pub fn next_key_file(&self) -> PathBuf {
-        let mut name = self.keys.key_file.clone().into_os_string();
-        name.push(".next");
-        PathBuf::from(name)
+        self.keys.next_key_file()
     }
 
     /// The staged key, if there is one that reads.
