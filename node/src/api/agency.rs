@@ -338,7 +338,7 @@ async fn directory_unit(State(engine): State<AppState>, _caller: Caller, Path((n
         Ok(a) => a,
         Err(r) => return r.into_response(),
     };
-    match engine.unit_records(None).await.into_iter().find(|u| u.address == address) {
+    match engine.directory_sync.unit_records(None).await.into_iter().find(|u| u.address == address) {
         Some(record) => json(StatusCode::OK, &record),
         None => Refusal::new("not-found", 404, format!("unit {address} is not in the directory")).into_response(),
     }

@@ -10,6 +10,8 @@ use exchange_wire::directory::{KeyRecord, NodeRecord, NodeTree, Segment, UnitRec
 use exchange_wire::sharing::Catalog;
 use exchange_wire::{NodeId, UnitAddress};
 
+use super::directory_state::DirectorySync;
+use super::services::Services;
 use super::sharing::catalog;
 use super::{Engine, Refusal};
 use crate::directory::segments::SegmentSet;
@@ -44,6 +46,8 @@ impl Engine {
         }
     }
 
+    /// Signs an operator's change of a segment, takes it like any other (the directory, links and
+    /// catalog follow; it is passed on) and records it in the audit log.
     pub(super) async fn admin_segment_change(self: &Arc<Self>, segment: Segment, event: &'static str, detail: String) -> Result<AdminActionResponse, Refusal> {
         let version = segment.version();
         let owner = segment.owner();
@@ -57,84 +61,23 @@ impl Engine {
         }
     }
 
-    fn current_tree(&self, set: &SegmentSet) -> Result<NodeTree, Refusal> {
-        if !self.is_root() {
-            return Err(Refusal::new("not-root", 403, "only the root node signs the node tree; run this on the root node"));
-        }
-        Ok(set.tree().cloned().unwrap_or(NodeTree { version: 0, nodes: vec![] }))
-    }
-
     /// `exchange-admin nodes add` (root only).
-    pub async fn add_node(self: &Arc<Self>, mut record: NodeRecord) -> Result<AdminActionResponse, Refusal> {
-        // A new node has no earlier keys: they come only from rotations.
-        record.previous_keys.clear();
-        let mut tree = self.current_tree(&*self.directory_sync.segments().await)?;
-        if tree.nodes.iter().any(|n| n.id == record.id) {
-            return Err(Refusal::new("conflict", 409, format!("node {} is already in the tree", record.id)));
-        }
-        if record.parent.as_ref().is_none_or(|p| !tree.nodes.iter().any(|n| &n.id == p)) {
-            return Err(Refusal::malformed(format!("node {} needs a parent that is in the tree", record.id)));
-        }
-        for a in &record.addresses {
-            a.parse::<crate::network::Multiaddr>().map_err(|e| Refusal::malformed(format!("address {a:?} is not a multiaddress: {e}")))?;
-        }
-        let detail = format!("node {} added under {}", record.id, record.parent.as_ref().map(|p| p.as_str()).unwrap_or(""));
-        tree.nodes.push(record);
-        tree.version += 1;
-        self.admin_segment_change(Segment::Tree(tree), "nodes-add", detail).await
+    pub async fn add_node(self: &Arc<Self>, record: NodeRecord) -> Result<AdminActionResponse, Refusal> {
+        let (tree, detail) = self.directory_sync.node_added(&self.services, record).await?;
+        self.admin_segment_change(tree, "nodes-add", detail).await
     }
 
     /// `exchange-admin nodes remove` (root only; a node with children stays).
     pub async fn remove_node(self: &Arc<Self>, id: &NodeId) -> Result<AdminActionResponse, Refusal> {
-        let mut tree = self.current_tree(&*self.directory_sync.segments().await)?;
-        if tree.nodes.iter().any(|n| n.parent.as_ref() == Some(id)) {
-            return Err(Refusal::new("conflict", 409, format!("node {id} still has children; remove or move them first")));
-        }
-        if tree.nodes.iter().any(|n| &n.id == id && n.parent.is_none()) {
-            return Err(Refusal::new("conflict", 409, "the root node cannot be removed"));
-        }
-        let before = tree.nodes.len();
-        tree.nodes.retain(|n| &n.id != id);
-        if tree.nodes.len() == before {
-            return Err(Refusal::new("not-found", 404, format!("node {id} is not in the tree")));
-        }
-        tree.version += 1;
-        self.admin_segment_change(Segment::Tree(tree), "nodes-remove", format!("node {id} removed")).await
-    }
-
-    /// This node's unit segment, to change; refuses units of other nodes.
-    async fn own_units(&self, address: Option<&UnitAddress>) -> Result<UnitSegment, Refusal> {
-        if let Some(a) = address
-            && a.node_part() != self.here.as_str() {
-                return Err(Refusal::new(
-                    "wrong-node",
-                    403,
-                    format!("unit {a} is hosted by node {}; change it there", a.node_part()),
-                ));
-            }
-        let set = self.directory_sync.segments().await;
-        if set.tree().is_none_or(|t| !t.nodes.iter().any(|n| n.id == self.here)) {
-            return Err(Refusal::new("not-ready", 503, "this node is not in the node tree yet; it cannot sign units"));
-        }
-        Ok(set.unit_segment(&self.here).cloned().unwrap_or(UnitSegment { node: self.here.clone(), version: 0, units: vec![] }))
+        let tree = self.directory_sync.node_removed(&self.services, id).await?;
+        self.admin_segment_change(tree, "nodes-remove", format!("node {id} removed")).await
     }
 
     /// `exchange-admin units add`.
     pub async fn add_unit(self: &Arc<Self>, u: NewUnit) -> Result<AdminActionResponse, Refusal> {
-        let mut seg = self.own_units(Some(&u.address)).await?;
-        if seg.units.iter().any(|x| x.address == u.address) {
-            return Err(Refusal::new("conflict", 409, format!("unit {} is already registered", u.address)));
-        }
-        seg.units.push(UnitRecord {
-            address: u.address.clone(),
-            name: u.name,
-            kind: u.kind,
-            uscc: u.uscc,
-            status: UnitStatus::Active,
-            keys: vec![KeyRecord { public_key: u.public_key, not_before_ms: 0, not_after_ms: None, revoked_at_ms: None }],
-        });
-        seg.version += 1;
-        self.admin_segment_change(Segment::Units(seg), "units-add", format!("unit {} added", u.address)).await
+        let detail = format!("unit {} added", u.address);
+        let units = self.directory_sync.unit_added(&self.services, u).await?;
+        self.admin_segment_change(units, "units-add", detail).await
     }
 
     /// Changes one unit of this node with `change`.
@@ -145,15 +88,8 @@ impl Engine {
         detail: String,
         change: impl FnOnce(&mut UnitRecord) -> Result<(), Refusal>,
     ) -> Result<AdminActionResponse, Refusal> {
-        let mut seg = self.own_units(Some(address)).await?;
-        let unit = seg
-            .units
-            .iter_mut()
-            .find(|x| &x.address == address)
-            .ok_or_else(|| Refusal::new("not-found", 404, format!("unit {address} is not registered on node {}", self.here)))?;
-        change(unit)?;
-        seg.version += 1;
-        self.admin_segment_change(Segment::Units(seg), event, detail).await
+        let seg = self.directory_sync.unit_changed(&self.services, address, change).await?;
+        self.admin_segment_change(seg, event, detail).await
     }
 
     /// `exchange-admin units suspend|activate|revoke`.
@@ -209,15 +145,120 @@ impl Engine {
         })
         .await
     }
+}
+
+/// The directory part's side of the operators' changes: each change is read from the segments held
+/// and checked with the shared services; signing and taking it is the engine's (it sets off other
+/// parts). Also the operators' reads of the segments held.
+impl DirectorySync {
+    /// The node tree to change: the root's alone.
+    fn current_tree(s: &Services, set: &SegmentSet) -> Result<NodeTree, Refusal> {
+        if !s.is_root() {
+            return Err(Refusal::new("not-root", 403, "only the root node signs the node tree; run this on the root node"));
+        }
+        Ok(set.tree().cloned().unwrap_or(NodeTree { version: 0, nodes: vec![] }))
+    }
+
+    /// The tree with node `record` added (`exchange-admin nodes add`, root only), and what to audit.
+    async fn node_added(&self, s: &Services, mut record: NodeRecord) -> Result<(Segment, String), Refusal> {
+        // A new node has no earlier keys: they come only from rotations.
+        record.previous_keys.clear();
+        let mut tree = Self::current_tree(s, &*self.segments().await)?;
+        if tree.nodes.iter().any(|n| n.id == record.id) {
+            return Err(Refusal::new("conflict", 409, format!("node {} is already in the tree", record.id)));
+        }
+        if record.parent.as_ref().is_none_or(|p| !tree.nodes.iter().any(|n| &n.id == p)) {
+            return Err(Refusal::malformed(format!("node {} needs a parent that is in the tree", record.id)));
+        }
+        for a in &record.addresses {
+            a.parse::<crate::network::Multiaddr>().map_err(|e| Refusal::malformed(format!("address {a:?} is not a multiaddress: {e}")))?;
+        }
+        let detail = format!("node {} added under {}", record.id, record.parent.as_ref().map(|p| p.as_str()).unwrap_or(""));
+        tree.nodes.push(record);
+        tree.version += 1;
+        Ok((Segment::Tree(tree), detail))
+    }
+
+    /// The tree without node `id` (`exchange-admin nodes remove`, root only; a node with children
+    /// stays).
+    async fn node_removed(&self, s: &Services, id: &NodeId) -> Result<Segment, Refusal> {
+        let mut tree = Self::current_tree(s, &*self.segments().await)?;
+        if tree.nodes.iter().any(|n| n.parent.as_ref() == Some(id)) {
+            return Err(Refusal::new("conflict", 409, format!("node {id} still has children; remove or move them first")));
+        }
+        if tree.nodes.iter().any(|n| &n.id == id && n.parent.is_none()) {
+            return Err(Refusal::new("conflict", 409, "the root node cannot be removed"));
+        }
+        let before = tree.nodes.len();
+        tree.nodes.retain(|n| &n.id != id);
+        if tree.nodes.len() == before {
+            return Err(Refusal::new("not-found", 404, format!("node {id} is not in the tree")));
+        }
+        tree.version += 1;
+        Ok(Segment::Tree(tree))
+    }
+
+    /// This node's unit segment, to change; refuses units of other nodes.
+    async fn own_units(&self, s: &Services, address: Option<&UnitAddress>) -> Result<UnitSegment, Refusal> {
+        if let Some(a) = address
+            && a.node_part() != s.here.as_str() {
+                return Err(Refusal::new(
+                    "wrong-node",
+                    403,
+                    format!("unit {a} is hosted by node {}; change it there", a.node_part()),
+                ));
+            }
+        let set = self.segments().await;
+        if set.tree().is_none_or(|t| !t.nodes.iter().any(|n| n.id == s.here)) {
+            return Err(Refusal::new("not-ready", 503, "this node is not in the node tree yet; it cannot sign units"));
+        }
+        Ok(set.unit_segment(&s.here).cloned().unwrap_or(UnitSegment { node: s.here.clone(), version: 0, units: vec![] }))
+    }
+
+    /// This node's units with `u` added (`exchange-admin units add`).
+    async fn unit_added(&self, s: &Services, u: NewUnit) -> Result<Segment, Refusal> {
+        let mut seg = self.own_units(s, Some(&u.address)).await?;
+        if seg.units.iter().any(|x| x.address == u.address) {
+            return Err(Refusal::new("conflict", 409, format!("unit {} is already registered", u.address)));
+        }
+        seg.units.push(UnitRecord {
+            address: u.address.clone(),
+            name: u.name,
+            kind: u.kind,
+            uscc: u.uscc,
+            status: UnitStatus::Active,
+            keys: vec![KeyRecord { public_key: u.public_key, not_before_ms: 0, not_after_ms: None, revoked_at_ms: None }],
+        });
+        seg.version += 1;
+        Ok(Segment::Units(seg))
+    }
+
+    /// This node's units with unit `address` changed by `change`.
+    async fn unit_changed(
+        &self,
+        s: &Services,
+        address: &UnitAddress,
+        change: impl FnOnce(&mut UnitRecord) -> Result<(), Refusal>,
+    ) -> Result<Segment, Refusal> {
+        let mut seg = self.own_units(s, Some(address)).await?;
+        let unit = seg
+            .units
+            .iter_mut()
+            .find(|x| &x.address == address)
+            .ok_or_else(|| Refusal::new("not-found", 404, format!("unit {address} is not registered on node {}", s.here)))?;
+        change(unit)?;
+        seg.version += 1;
+        Ok(Segment::Units(seg))
+    }
 
     /// `exchange-admin nodes list`.
     pub async fn node_records(&self) -> Vec<NodeRecord> {
-        self.directory_sync.segments().await.tree().map(|t| t.nodes.clone()).unwrap_or_default()
+        self.segments().await.tree().map(|t| t.nodes.clone()).unwrap_or_default()
     }
 
     /// `exchange-admin units list|show`.
     pub async fn unit_records(&self, node: Option<&NodeId>) -> Vec<UnitRecord> {
-        let set = self.directory_sync.segments().await;
+        let set = self.segments().await;
         let mut out: Vec<UnitRecord> = set
             .units
             .values()
@@ -232,15 +273,15 @@ impl Engine {
     }
 
     /// `exchange-admin directory show`.
-    pub async fn directory_view(&self) -> DirectoryView {
-        let set = self.directory_sync.segments().await;
+    pub async fn view(&self, s: &Services) -> DirectoryView {
+        let set = self.segments().await;
         let segments = set
             .all()
             .map(|h| SegmentInfo {
                 owner: h.segment.owner(),
                 kind: h.signed.envelope.metadata.get(exchange_wire::directory::META_SEGMENT_TYPE).cloned().unwrap_or_default(),
                 version: h.segment.version(),
-                signer: h.signed.envelope.sender.node_part().parse().unwrap_or_else(|_| self.here.clone()),
+                signer: h.signed.envelope.sender.node_part().parse().unwrap_or_else(|_| s.here.clone()),
                 signed_at_ms: h.signed.envelope.created_at_ms,
                 entries: match &h.segment {
                     Segment::Tree(t) => t.nodes.len() as u64,
@@ -250,16 +291,16 @@ impl Engine {
                 },
             })
             .collect();
-        DirectoryView { version: self.dir.current().version(), root_key: self.root_key().to_hex(), segments }
+        DirectoryView { version: s.dir.current().version(), root_key: s.root_key().to_hex(), segments }
     }
 
     /// `exchange-admin directory verify`: every segment held, re-checked from scratch.
-    pub async fn directory_verify(&self) -> DirectoryVerification {
-        let set = self.directory_sync.segments().await;
+    pub async fn verify(&self, s: &Services) -> DirectoryVerification {
+        let set = self.segments().await;
         let mut fresh = SegmentSet::default();
         let mut checks = Vec::new();
         for h in set.all() {
-            let result = fresh.check(&fresh.root_key(self.keys.configured_root_key()), &h.signed, &h.payload);
+            let result = fresh.check(&fresh.root_key(s.keys.configured_root_key()), &h.signed, &h.payload);
             checks.push(SegmentCheck {
                 owner: h.segment.owner(),
                 version: h.segment.version(),
