@@ -222,7 +222,7 @@ async fn unit_action(
 
 async fn issue_token(State(engine): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
     match parse_body::<IssueToken>(&engine, body).await {
-        Ok(req) => answer(&engine, engine.issue_token(req).await).await,
+        Ok(req) => answer(&engine, engine.access.issue_token(&engine.services, req).await).await,
         Err(r) => r.into_response(),
     }
 }
@@ -234,7 +234,7 @@ struct TokensQuery {
 
 async fn tokens(State(engine): State<AppState>, query: Result<Query<TokensQuery>, QueryRejection>) -> Response {
     match query {
-        Ok(Query(q)) => answer(&engine, engine.token_infos(q.unit.as_ref()).await.map(|tokens| TokensResponse { tokens })).await,
+        Ok(Query(q)) => answer(&engine, engine.access.token_infos(&engine.services, q.unit.as_ref()).await.map(|tokens| TokensResponse { tokens })).await,
         Err(e) => refuse(&engine, Refusal::malformed(format!("query parameters are invalid ({}): use unit=<address>", e.body_text())))
             .await
             .into_response(),
@@ -243,7 +243,7 @@ async fn tokens(State(engine): State<AppState>, query: Result<Query<TokensQuery>
 
 async fn revoke_token(State(engine): State<AppState>, Path(id_action): Path<String>) -> Response {
     match id_action.strip_suffix(":revoke") {
-        Some(id) => answer(&engine, engine.revoke_token(id).await).await,
+        Some(id) => answer(&engine, engine.access.revoke_token(&engine.services, id).await).await,
         None => refuse(&engine, Refusal::new("not-found", 404, "use POST /admin/v1/tokens/{id}:revoke")).await.into_response(),
     }
 }

@@ -79,7 +79,7 @@ impl Engine {
         if !dir.is_active(&asked) {
             return Err(Refusal::new("recipient-unavailable", 422, format!("unit {asked} is suspended or revoked; it cannot be asked")));
         }
-        self.check_access(dir, &signed.envelope.sender, &asked, Kind::Query)?;
+        self.access.check(dir, &signed.envelope.sender, &asked, Kind::Query)?;
         Ok((Candidate { signed, payload, recipients: vec![asked], hops: vec![] }, deadline))
     }
 

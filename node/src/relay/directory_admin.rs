@@ -115,7 +115,7 @@ impl Engine {
         .await?;
         // Its tokens and webhook go with it (see `access`); a suspension only pauses them.
         if status == UnitStatus::Revoked {
-            self.retire_unit_credentials(address).await?;
+            self.access.retire_unit_credentials(&self.services, address).await?;
         }
         Ok(answer)
     }

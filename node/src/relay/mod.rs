@@ -181,7 +181,7 @@ impl Engine {
         for decision in ["granted", "refused"] {
             self.metrics.subscription_decisions.with_label_values(&[decision]).inc_by(0);
         }
-        self.load_tokens().await?;
+        self.access.load_tokens(&self.services).await?;
         self.load_directory().await?;
         for q in self.store.queue_stats().await? {
             if let Ok(id) = q.hop.parse() {

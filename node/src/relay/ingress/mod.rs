@@ -217,7 +217,7 @@ impl Engine {
             if !dir.is_active(r) {
                 return Err(Refusal::new("recipient-unavailable", 422, format!("recipient {r} is suspended or revoked; it cannot receive")));
             }
-            self.check_access(dir, &env.sender, r, env.kind)?;
+            self.access.check(dir, &env.sender, r, env.kind)?;
         }
         let recipients = signed.envelope.recipients().cloned().collect();
         Ok(Candidate { signed, payload, recipients, hops: vec![] })
