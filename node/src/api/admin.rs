@@ -110,15 +110,15 @@ async fn audit_verify(State(engine): State<AppState>) -> Response {
 }
 
 async fn directory(State(engine): State<AppState>) -> Response {
-    json(StatusCode::OK, &engine.directory_view().await)
+    json(StatusCode::OK, &engine.directory_sync.view(&engine.services).await)
 }
 
 async fn directory_verify(State(engine): State<AppState>) -> Response {
-    json(StatusCode::OK, &engine.directory_verify().await)
+    json(StatusCode::OK, &engine.directory_sync.verify(&engine.services).await)
 }
 
 async fn nodes(State(engine): State<AppState>) -> Response {
-    json(StatusCode::OK, &NodesResponse { nodes: engine.node_records().await })
+    json(StatusCode::OK, &NodesResponse { nodes: engine.directory_sync.node_records().await })
 }
 
 async fn add_node(State(engine): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
@@ -169,7 +169,7 @@ struct UnitsQuery {
 
 async fn units(State(engine): State<AppState>, query: Result<Query<UnitsQuery>, QueryRejection>) -> Response {
     match query {
-        Ok(Query(q)) => json(StatusCode::OK, &UnitsResponse { units: engine.unit_records(q.node.as_ref()).await }),
+        Ok(Query(q)) => json(StatusCode::OK, &UnitsResponse { units: engine.directory_sync.unit_records(q.node.as_ref()).await }),
         Err(e) => refuse(&engine, Refusal::malformed(format!("query parameters are invalid ({}): use node=<node-id>", e.body_text())))
             .await
             .into_response(),
@@ -181,7 +181,7 @@ async fn unit(State(engine): State<AppState>, Path((node, unit)): Path<(String, 
         Ok(a) => a,
         Err(r) => return r.into_response(),
     };
-    let found = engine.unit_records(None).await.into_iter().find(|u| u.address == address);
+    let found = engine.directory_sync.unit_records(None).await.into_iter().find(|u| u.address == address);
     answer(&engine, found.ok_or_else(|| Refusal::new("not-found", 404, format!("unit {address} is not in the directory")))).await
 }
 
@@ -222,7 +222,7 @@ async fn unit_action(
 
 async fn issue_token(State(engine): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
     match parse_body::<IssueToken>(&engine, body).await {
-        Ok(req) => answer(&engine, engine.issue_token(req).await).await,
+        Ok(req) => answer(&engine, engine.access.issue_token(&engine.services, req).await).await,
         Err(r) => r.into_response(),
     }
 }
@@ -234,7 +234,7 @@ struct TokensQuery {
 
 async fn tokens(State(engine): State<AppState>, query: Result<Query<TokensQuery>, QueryRejection>) -> Response {
     match query {
-        Ok(Query(q)) => answer(&engine, engine.token_infos(q.unit.as_ref()).await.map(|tokens| TokensResponse { tokens })).await,
+        Ok(Query(q)) => answer(&engine, engine.access.token_infos(&engine.services, q.unit.as_ref()).await.map(|tokens| TokensResponse { tokens })).await,
         Err(e) => refuse(&engine, Refusal::malformed(format!("query parameters are invalid ({}): use unit=<address>", e.body_text())))
             .await
             .into_response(),
@@ -243,7 +243,7 @@ async fn tokens(State(engine): State<AppState>, query: Result<Query<TokensQuery>
 
 async fn revoke_token(State(engine): State<AppState>, Path(id_action): Path<String>) -> Response {
     match id_action.strip_suffix(":revoke") {
-        Some(id) => answer(&engine, engine.revoke_token(id).await).await,
+        Some(id) => answer(&engine, engine.access.revoke_token(&engine.services, id).await).await,
         None => refuse(&engine, Refusal::new("not-found", 404, "use POST /admin/v1/tokens/{id}:revoke")).await.into_response(),
     }
 }

@@ -62,7 +62,7 @@ pub fn refusal_tally(cfg: &NodeConfig, engine: &AppState) -> Arc<RefusalTally> {
 /// the caller is known).
 async fn may_change(engine: &AppState, parts: &Parts, caller: Caller) -> Result<Caller, Response> {
     let changes = !matches!(parts.method, axum::http::Method::GET | axum::http::Method::HEAD);
-    match if changes { engine.may_change(&caller) } else { Ok(()) } {
+    match if changes { engine.access.may_change(&engine.dir.current(), &engine.here, &caller) } else { Ok(()) } {
         Ok(()) => Ok(caller),
         Err(r) => Err(refuse(engine, r).await.into_response()),
     }
@@ -76,7 +76,7 @@ impl FromRequestParts<AppState> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, engine: &AppState) -> Result<Caller, Response> {
         let authorization = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-        let r = match engine.authenticate(authorization) {
+        let r = match engine.access.authenticate(&engine.dir.current(), &engine.here, authorization) {
             Ok(c) => return may_change(engine, parts, c).await,
             Err(r) => r,
         };
@@ -338,7 +338,7 @@ async fn directory_unit(State(engine): State<AppState>, _caller: Caller, Path((n
         Ok(a) => a,
         Err(r) => return r.into_response(),
     };
-    match engine.unit_records(None).await.into_iter().find(|u| u.address == address) {
+    match engine.directory_sync.unit_records(None).await.into_iter().find(|u| u.address == address) {
         Some(record) => json(StatusCode::OK, &record),
         None => Refusal::new("not-found", 404, format!("unit {address} is not in the directory")).into_response(),
     }

@@ -47,7 +47,7 @@ async fn publish(State(engine): State<AppState>, caller: Caller, body: Result<By
         Ok(m) => m,
         Err(r) => return r.into_response(),
     };
-    match engine.publish_record(&caller, m).await {
+    match engine.sharing.publish_record(&engine.services, &engine.health, &engine, &caller, m).await {
         Ok(ok) => super::taken(ok.duplicate, &ok),
         Err(r) => r.into_response(),
     }
@@ -63,7 +63,8 @@ async fn publish_batch(State(engine): State<AppState>, caller: Caller, body: Res
         return refuse(&engine, r).await.into_response();
     }
     let results = engine
-        .publish_records(&caller, req.records)
+        .sharing
+        .publish_records(&engine.services, &engine.health, &engine, &caller, req.records)
         .await
         .into_iter()
         .map(|r| match r {
@@ -79,7 +80,7 @@ async fn subscribe(State(engine): State<AppState>, caller: Caller, body: Result<
         Ok(m) => m,
         Err(r) => return r.into_response(),
     };
-    let r = engine.request_subscription(&caller, m).await;
+    let r = engine.sharing.request_subscription(&engine.services, &engine, &caller, m).await;
     answer(&engine, r, StatusCode::ACCEPTED, true).await
 }
 
@@ -110,7 +111,7 @@ async fn decide(State(engine): State<AppState>, caller: Caller, Path((node, unit
         Ok(m) => m,
         Err(r) => return r.into_response(),
     };
-    let r = engine.decide_subscription(&caller, &unit, req).await;
+    let r = engine.sharing.decide_subscription(&engine.services, &engine, &caller, &unit, req).await;
     answer(&engine, r, StatusCode::OK, false).await
 }
 
@@ -209,7 +210,7 @@ async fn admin_decide(State(engine): State<AppState>, body: Result<Bytes, BytesR
         Ok(m) => m,
         Err(r) => return r.into_response(),
     };
-    let r = engine.admin_decide_subscription(req).await;
+    let r = engine.sharing.admin_decide_subscription(&engine.services, &engine, req).await;
     answer(&engine, r, StatusCode::OK, false).await
 }
 

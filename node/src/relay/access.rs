@@ -8,43 +8,30 @@
 use base64::Engine as _;
 use exchange_wire::api::{AdminActionResponse, IssueToken, IssuedToken, TokenInfo};
 use exchange_wire::directory::UnitStatus;
-use exchange_wire::{Kind, UnitAddress};
+use exchange_wire::UnitAddress;
 
 pub use super::tokens::{Access, Caller, TokenEntry, check_policy, glob};
 use super::tokens::token_hash;
-use super::{Engine, Refusal};
-use crate::directory::Directory;
+use super::services::Services;
+use super::Refusal;
 use crate::storage::{AdminOp, EventRow, TokenRow, WriteJob};
 
-impl Engine {
-    /// Refuses a message the access policy does not allow (see [`check_policy`]).
-    pub(crate) fn check_access(&self, dir: &Directory, sender: &UnitAddress, recipient: &UnitAddress, kind: Kind) -> Result<(), Refusal> {
-        self.access.check(dir, sender, recipient, kind)
-    }
-
-    /// Who is calling, from the `Authorization` header (see [`Access::authenticate`]).
-    pub fn authenticate(&self, authorization: Option<&str>) -> Result<Caller, Refusal> {
-        self.access.authenticate(&self.dir.current(), &self.here, authorization)
-    }
-
-    /// Refuses a change while the caller's unit is suspended (see [`Access::may_change`]).
-    pub fn may_change(&self, caller: &Caller) -> Result<(), Refusal> {
-        self.access.may_change(&self.dir.current(), &self.here, caller)
-    }
-
+/// What changes the tokens: the access part's work with the shared services (it reads and
+/// commits through them; the directory says who is hosted here and who is revoked).
+impl Access {
     /// Loads the token hashes into memory (every agency request is checked against them).
-    pub(crate) async fn load_tokens(&self) -> anyhow::Result<()> {
-        self.access.load(self.store.tokens().await?);
+    pub(crate) async fn load_tokens(&self, s: &Services) -> anyhow::Result<()> {
+        self.load(s.store.tokens().await?);
         Ok(())
     }
 
     /// After a unit's revocation: its tokens are marked revoked and its webhook removed, in one
-    /// commit with their audit entries. [`Engine::authenticate`] already refuses the tokens (it reads
+    /// commit with their audit entries. [`Access::authenticate`] already refuses the tokens (it reads
     /// the directory), so this makes the stored state say the same (`tokens list`, no pusher left).
-    pub(crate) async fn retire_unit_credentials(&self, unit: &UnitAddress) -> Result<(), Refusal> {
+    pub(crate) async fn retire_unit_credentials(&self, s: &Services, unit: &UnitAddress) -> Result<(), Refusal> {
         let now = exchange_wire::now_ms() as i64;
         let ids: Vec<String> =
-            self.store.tokens().await?.into_iter().filter(|t| t.unit == unit.as_str() && t.revoked_at_ms.is_none()).map(|t| t.id).collect();
+            s.store.tokens().await?.into_iter().filter(|t| t.unit == unit.as_str() && t.revoked_at_ms.is_none()).map(|t| t.id).collect();
         let mut jobs: Vec<WriteJob> = ids
             .iter()
             .map(|id| WriteJob::Admin {
@@ -56,8 +43,8 @@ impl Engine {
             op: AdminOp::RemoveWebhook { unit: unit.to_string() },
             events: vec![self.admin_event("webhook-remove", format!("{unit}: unit revoked"))],
         });
-        if let Err(e) = self.committer.commit(jobs).await {
-            self.metrics.storage_errors.with_label_values(&["commit"]).inc();
+        if let Err(e) = s.committer.commit(jobs).await {
+            s.metrics.storage_errors.with_label_values(&["commit"]).inc();
             return Err(Refusal {
                 code: "storage",
                 message: format!("unit {unit} is revoked and its tokens are refused, but marking them revoked in storage failed ({e}); run the revoke again"),
@@ -65,18 +52,18 @@ impl Engine {
                 transient: true,
             });
         }
-        self.access.mark_revoked(|t| &t.unit == unit);
+        self.mark_revoked(|t| &t.unit == unit);
         Ok(())
     }
 
     /// `exchange-admin tokens issue`.
-    pub async fn issue_token(&self, req: IssueToken) -> Result<IssuedToken, Refusal> {
+    pub async fn issue_token(&self, s: &Services, req: IssueToken) -> Result<IssuedToken, Refusal> {
         if req.unit.is_node() {
             return Err(Refusal::malformed(format!("{} is the node's own address, not a unit; tokens are issued for units", req.unit)));
         }
-        let dir = self.dir.current();
-        if dir.home_of(&req.unit).as_ref() != Some(&self.here) {
-            return Err(Refusal::new("wrong-node", 403, format!("unit {} is not hosted on node {}; issue its token there", req.unit, self.here)));
+        let dir = s.dir.current();
+        if dir.home_of(&req.unit).as_ref() != Some(&s.here) {
+            return Err(Refusal::new("wrong-node", 403, format!("unit {} is not hosted on node {}; issue its token there", req.unit, s.here)));
         }
         if dir.unit(&req.unit).is_some_and(|u| u.status == UnitStatus::Revoked) {
             return Err(Refusal::new("conflict", 409, format!("unit {} is revoked for good; register a new unit and issue its token", req.unit)));
@@ -95,25 +82,25 @@ impl Engine {
             revoked_at_ms: None,
         };
         let event = self.admin_event("tokens-issue", format!("token {id} for {} ({})", req.unit, req.label));
-        self.commit_admin(AdminOp::IssueToken(row), event).await?;
-        self.access.insert(hash, TokenEntry { id: id.clone(), unit: req.unit.clone(), revoked: false });
+        self.commit_admin(s, AdminOp::IssueToken(row), event).await?;
+        self.insert(hash, TokenEntry { id: id.clone(), unit: req.unit.clone(), revoked: false });
         Ok(IssuedToken { id, unit: req.unit, token })
     }
 
     /// `exchange-admin tokens revoke`.
-    pub async fn revoke_token(&self, id: &str) -> Result<AdminActionResponse, Refusal> {
+    pub async fn revoke_token(&self, s: &Services, id: &str) -> Result<AdminActionResponse, Refusal> {
         let event = self.admin_event("tokens-revoke", format!("token {id}"));
-        let n = self.commit_admin(AdminOp::RevokeToken { id: id.to_string(), at_ms: exchange_wire::now_ms() as i64 }, event).await?;
+        let n = self.commit_admin(s, AdminOp::RevokeToken { id: id.to_string(), at_ms: exchange_wire::now_ms() as i64 }, event).await?;
         if n == 0 {
             return Err(Refusal::new("not-found", 404, format!("no live token with id {id} on this node")));
         }
-        self.access.mark_revoked(|t| t.id == id);
+        self.mark_revoked(|t| t.id == id);
         Ok(AdminActionResponse { affected: n, message: format!("token {id} revoked; requests with it are refused from now on") })
     }
 
     /// `exchange-admin tokens list`.
-    pub async fn token_infos(&self, unit: Option<&UnitAddress>) -> Result<Vec<TokenInfo>, Refusal> {
-        Ok(self
+    pub async fn token_infos(&self, s: &Services, unit: Option<&UnitAddress>) -> Result<Vec<TokenInfo>, Refusal> {
+        Ok(s
             .store
             .tokens()
             .await?
@@ -135,14 +122,14 @@ impl Engine {
         EventRow { at_ms: exchange_wire::now_ms() as i64, category: "admin", message_id: None, event, unit: None, peer: None, detail: Some(detail) }
     }
 
-    async fn commit_admin(&self, op: AdminOp, event: EventRow) -> Result<u64, Refusal> {
-        match self.committer.commit(vec![WriteJob::Admin { op, events: vec![event] }]).await {
+    async fn commit_admin(&self, s: &Services, op: AdminOp, event: EventRow) -> Result<u64, Refusal> {
+        match s.committer.commit(vec![WriteJob::Admin { op, events: vec![event] }]).await {
             Ok(o) => Ok(match o.first() {
                 Some(crate::storage::JobOutcome::Affected(n)) => *n,
                 _ => 0,
             }),
             Err(e) => {
-                self.metrics.storage_errors.with_label_values(&["commit"]).inc();
+                s.metrics.storage_errors.with_label_values(&["commit"]).inc();
                 Err(Refusal { code: "storage", message: format!("the change could not be stored ({e}); nothing changed"), status: 503, transient: true })
             }
         }

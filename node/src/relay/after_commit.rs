@@ -9,12 +9,17 @@ use exchange_wire::receipt::NodeReport;
 use super::Engine;
 use super::commit_done::CommitDone;
 use super::custody::{self, Summary};
+use super::sharing;
 use crate::storage::WriteJob;
 
 /// The sink the parts that commit outside the custody pipeline are given (see `commit_done`).
 impl CommitDone for Arc<Engine> {
     fn committed(&self, summary: &Summary) {
         self.after_commit(summary);
+    }
+
+    fn backlog_left(&self) {
+        self.start_backlogs();
     }
 }
 
@@ -47,13 +52,25 @@ impl Engine {
             self.metrics.data_delivered.with_label_values(&[topic.as_str()]).inc();
         }
         if summary.sharing_requests > 0 {
-            let engine = self.clone();
-            self.tasks.spawn(async move { engine.process_subscription_requests().await });
+            self.start_deciding_requests();
         }
         if summary.recalls > 0 {
             let engine = self.clone();
             self.tasks.spawn(async move { engine.report_recalls().await });
         }
+    }
+
+    /// Starts deciding the subscription requests that wait and that the catalog decides alone (the
+    /// sharing part's work, in a task: it takes custody, and each commit comes back here).
+    pub(crate) fn start_deciding_requests(self: &Arc<Self>) {
+        let engine = self.clone();
+        self.tasks.spawn(async move { engine.sharing.process_subscription_requests(&engine.services, &engine).await });
+    }
+
+    /// Starts sending what is left of granted backlogs (the sharing part's work, in a task).
+    pub(crate) fn start_backlogs(self: &Arc<Self>) {
+        let engine = self.clone();
+        self.tasks.spawn(async move { sharing::backfill::send_backlogs(&engine.services, &engine.sharing, &engine).await });
     }
 
     /// Sends the senders of recalled documents this node's signed report on every recall decided

@@ -23,6 +23,7 @@ use super::refused::Refused;
 use super::{Engine, Refusal};
 use crate::directory::Directory;
 use crate::storage::{JobOutcome, Record, TrackingRow, WriteJob};
+use crate::relay::ingress::checks;
 
 
 fn is_outcome(state: RecipientState) -> bool {
@@ -57,8 +58,8 @@ impl Engine {
         if env.kind != Kind::Query {
             return Err(Refusal::new("unsupported-kind", 400, format!("this endpoint takes queries, not a {}", env.kind)));
         }
-        self.check_sender(dir, caller, env)?;
-        self.check_size(env.payload_size)?;
+        checks::check_sender(&self.here, &self.limits, exchange_wire::now_ms(), dir, caller, env)?;
+        checks::check_size(&self.limits, env.payload_size)?;
         let (deadline, _topic) = query::facts(env).map_err(|e| Refusal::malformed(e.to_string()))?;
         let now = exchange_wire::now_ms();
         if deadline <= now {
@@ -78,7 +79,7 @@ impl Engine {
         if !dir.is_active(&asked) {
             return Err(Refusal::new("recipient-unavailable", 422, format!("unit {asked} is suspended or revoked; it cannot be asked")));
         }
-        self.check_access(dir, &signed.envelope.sender, &asked, Kind::Query)?;
+        self.access.check(dir, &signed.envelope.sender, &asked, Kind::Query)?;
         Ok((Candidate { signed, payload, recipients: vec![asked], hops: vec![] }, deadline))
     }
 
@@ -125,9 +126,9 @@ impl Engine {
         if &answered != query_id {
             return Err(Refusal::malformed(format!("the answer is for query {answered}, not {query_id}")));
         }
-        self.check_fresh(env.created_at_ms)?;
-        self.check_active(dir, unit)?;
-        self.check_size(env.payload_size)?;
+        checks::check_fresh(&self.limits, exchange_wire::now_ms(), env.created_at_ms)?;
+        checks::check_active(dir, unit)?;
+        checks::check_size(&self.limits, env.payload_size)?;
         let original = self.inbox_original(unit, query_id, "query").await?;
         if original.kind != Kind::Query {
             return Err(Refusal::new("unsupported-kind", 400, format!("message {query_id} is a {}; only queries are answered", original.kind)));

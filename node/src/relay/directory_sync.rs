@@ -4,13 +4,14 @@
 
 use std::sync::Arc;
 
-use exchange_wire::api::{AdminActionResponse, DirectoryVerification, DirectoryView, NewUnit, RotateKey, SegmentCheck, SegmentInfo};
-use exchange_wire::directory::{KeyRecord, NodeRecord, NodeTree, Segment, UnitRecord, UnitSegment, UnitStatus};
-use exchange_wire::{NodeId, SignedEnvelope, UnitAddress};
+use exchange_wire::directory::Segment;
+use exchange_wire::{NodeId, SignedEnvelope};
 use crate::network::PeerId;
 use crate::network::Reply;
 
 use super::directory_state::DirectorySync;
+use super::neighbours::peer_for;
+use super::signals::Links;
 use super::services::Services;
 use super::{Engine, Refusal};
 use tokio::sync::MutexGuard;
@@ -89,7 +90,7 @@ impl Engine {
             self.apply_directory(&set).await;
             let tree_came = taken.iter().any(|h| matches!(h.segment, Segment::Tree(_)));
             drop(set);
-            self.push_segments(taken, from.as_ref());
+            self.directory_sync.push_segments(&self.services, &self.links, taken, from.as_ref());
             if tree_came {
                 if let Err(e) = Box::pin(self.publish_units_seed()).await {
                     tracing::error!(error = %e, "cannot publish this node's units");
@@ -101,52 +102,23 @@ impl Engine {
         results
     }
 
-    /// Rebuilds the directory snapshot from `set`, then the allow list, the links to keep and the
-    /// forwarders that follow from it.
+    /// Puts the directory of `set` in force, then what follows from it in the other parts: the
+    /// catalog, and the links (the allow list, the links to keep, their forwarders).
     pub(super) async fn apply_directory(self: &Arc<Self>, set: &SegmentSet) {
-        let dir = match set.directory() {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::error!(error = %e, "the directory segments held do not form a directory; keeping the previous one");
-                return;
-            }
-        };
-        if let Some(me) = dir.node(&self.here)
-            && me.public_key.0 != self.node_key().verifying_key() {
-                tracing::warn!(node = %self.here, key = %me.public_key, staged = %self.next_key_file().display(),
-                    "the node tree lists another key for this node: it takes the key staged for it, else check key_file");
-            }
-        self.metrics.directory_version.set(dir.version() as i64);
-        let now = exchange_wire::now_ms();
-        // Every node's current identity, and an earlier one while its overlap lasts.
-        let mut allowed: Vec<PeerId> = dir.nodes().filter(|n| n.id != self.here).flat_map(|n| n.peer_ids_at(now)).collect();
-        let mut neighbours: Vec<(Option<NodeId>, Neighbour)> = dir
-            .neighbours(&self.here)
-            .into_iter()
-            .map(|n| (Some(n.id.clone()), Neighbour { peer: n.peer_id, addresses: n.addresses.clone() }))
-            .collect();
-        // A configured parent whose key the tree has since rotated (or revoked) is not the way in.
-        if let Some((peer, addresses)) = self.directory_sync.parent_hint().filter(|(p, _)| dir.node_by_earlier_key(p).is_none()) {
-            // Until the tree says otherwise, the configured parent is the way into the network.
-            if !allowed.contains(peer) {
-                allowed.push(*peer);
-            }
-            match neighbours.iter_mut().find(|(_, n)| n.peer == *peer) {
-                Some((_, n)) => {
-                    for a in addresses {
-                        if !n.addresses.contains(a) {
-                            n.addresses.push(a.clone());
-                        }
-                    }
-                }
-                None => neighbours.push((None, Neighbour { peer: *peer, addresses: addresses.clone() })),
-            }
+        let Some(links) = self.directory_sync.rebuild(&self.services, set) else { return };
+        // A newer catalog in force: requests that waited for it can be decided now.
+        if self.sharing.apply_catalog(&self.services, set) {
+            self.start_deciding_requests();
         }
-        self.dir.replace(dir);
-        self.apply_catalog(set);
+        self.update_links(links).await;
+    }
+
+    /// Keeps a link and a forwarder to every neighbour the directory names, and gives the network
+    /// the identities it admits and the neighbours to dial.
+    async fn update_links(self: &Arc<Self>, links: LinkPlan) {
         // A link may have come up before the tree said whose it is (the parent, at start-up).
         let connected = self.net.connected().await;
-        for (id, n) in &neighbours {
+        for (id, n) in &links.neighbours {
             if let Some(id) = id {
                 self.watch_neighbour(id);
                 if connected.contains(&n.peer) {
@@ -155,61 +127,12 @@ impl Engine {
                 }
             }
         }
-        self.net.set_peers(allowed, neighbours.into_iter().map(|(_, n)| n).collect()).await;
-    }
-
-    /// Sends segments to every neighbour except `except`; a neighbour that misses them gets all
-    /// segments when its link comes up again.
-    fn push_segments(self: &Arc<Self>, held: Vec<Held>, except: Option<&NodeId>) {
-        let dir = self.dir.current();
-        let mut peers: Vec<PeerId> = dir.neighbours(&self.here).into_iter().filter(|n| Some(&n.id) != except).filter_map(|n| self.peer_for(&n.id)).collect();
-        if let Some((peer, _)) = self.directory_sync.parent_hint()
-            && !peers.contains(peer) && dir.node_by_peer(peer).map(|n| &n.id) != except {
-                peers.push(*peer);
-            }
-        let segments: Vec<SegmentParcel> = held.iter().map(parcel).collect();
-        for peer in peers {
-            let (net, request) = (self.net.clone(), DirectoryPush { segments: segments.clone() });
-            self.tasks.spawn(async move {
-                // A few quick retries for a hiccup; beyond that the link-up push and the periodic
-                // resynchronisation catch the neighbour up.
-                for delay_ms in [500, 1000, 2000, 0] {
-                    match net.push_directory(peer, request.clone()).await {
-                        Ok(_) => return,
-                        Err(e) if delay_ms > 0 => {
-                            tracing::debug!(%peer, error = %e, "directory push not delivered; retrying");
-                            tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
-                        }
-                        Err(e) => tracing::debug!(%peer, error = %e, "directory push not delivered; the next resynchronisation carries it"),
-                    }
-                }
-            });
-        }
-    }
-
-    /// Anti-entropy: every `every`, give each neighbour everything held (it answers `known` for
-    /// what it has), so no change can stay behind for long, whatever was lost on the way.
-    pub(crate) async fn resynchronise_directory(self: Arc<Self>, every: std::time::Duration) {
-        let mut tick = tokio::time::interval(every);
-        tick.tick().await;
-        loop {
-            tick.tick().await;
-            let peers: Vec<PeerId> = self.dir.current().neighbours(&self.here).into_iter().filter_map(|n| self.peer_for(&n.id)).collect();
-            for peer in peers {
-                self.push_all_segments(peer).await;
-            }
-        }
+        self.net.set_peers(links.allowed, links.neighbours.into_iter().map(|(_, n)| n).collect()).await;
     }
 
     /// A link came up: give the neighbour everything held.
     pub(crate) async fn push_all_segments(self: &Arc<Self>, peer: PeerId) {
-        let segments: Vec<SegmentParcel> = self.directory_sync.segments().await.all().map(parcel).collect();
-        if segments.is_empty() {
-            return;
-        }
-        if let Err(e) = self.net.push_directory(peer, DirectoryPush { segments }).await {
-            tracing::debug!(%peer, error = %e, "directory push on link-up failed");
-        }
+        self.directory_sync.push_all(&self.services, peer).await;
     }
 
     /// A neighbour pushed segments.
@@ -240,239 +163,120 @@ impl Engine {
             .collect();
         self.net.respond_directory(channel, DirectoryAck { results }).await;
     }
+}
 
-    // ---- Operators' changes ----
+/// What a new directory asks of the links: the libp2p identities admitted (every node's current
+/// one, an earlier one while its overlap lasts, the configured parent's until the tree names it),
+/// and the neighbours to keep a link with (with their id once the tree names them).
+pub(super) struct LinkPlan {
+    allowed: Vec<PeerId>,
+    neighbours: Vec<(Option<NodeId>, Neighbour)>,
+}
 
-    pub(super) async fn admin_segment_change(self: &Arc<Self>, segment: Segment, event: &'static str, detail: String) -> Result<AdminActionResponse, Refusal> {
-        let version = segment.version();
-        let owner = segment.owner();
-        match self.publish(segment).await.pop() {
-            Some(Ok(_)) => {
-                self.admin_record(event, detail.clone()).await?;
-                Ok(AdminActionResponse { affected: 1, message: format!("{detail}: {owner} is now at version {version}, passed on to the network") })
+/// The directory part's work on the snapshot and with the neighbours: building the directory from
+/// the segments held, passing segments on and resynchronising, with the shared services and the
+/// links (to find a neighbour's identity) only.
+impl DirectorySync {
+    /// Builds the directory of `set` and puts it in force (the snapshot every part reads); returns
+    /// what it asks of the links, or nothing when `set` does not form a directory (the previous one
+    /// stays).
+    pub(super) fn rebuild(&self, s: &Services, set: &SegmentSet) -> Option<LinkPlan> {
+        let dir = match set.directory() {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(error = %e, "the directory segments held do not form a directory; keeping the previous one");
+                return None;
             }
-            Some(Err(e)) => Err(Refusal::new(if e.code == "storage" { "storage" } else { "conflict" }, 409, e.reason)),
-            None => Err(Refusal::new("storage", 503, "nothing was signed")),
-        }
-    }
-
-    fn current_tree(&self, set: &SegmentSet) -> Result<NodeTree, Refusal> {
-        if !self.is_root() {
-            return Err(Refusal::new("not-root", 403, "only the root node signs the node tree; run this on the root node"));
-        }
-        Ok(set.tree().cloned().unwrap_or(NodeTree { version: 0, nodes: vec![] }))
-    }
-
-    /// `exchange-admin nodes add` (root only).
-    pub async fn add_node(self: &Arc<Self>, mut record: NodeRecord) -> Result<AdminActionResponse, Refusal> {
-        // A new node has no earlier keys: they come only from rotations.
-        record.previous_keys.clear();
-        let mut tree = self.current_tree(&*self.directory_sync.segments().await)?;
-        if tree.nodes.iter().any(|n| n.id == record.id) {
-            return Err(Refusal::new("conflict", 409, format!("node {} is already in the tree", record.id)));
-        }
-        if record.parent.as_ref().is_none_or(|p| !tree.nodes.iter().any(|n| &n.id == p)) {
-            return Err(Refusal::malformed(format!("node {} needs a parent that is in the tree", record.id)));
-        }
-        for a in &record.addresses {
-            a.parse::<crate::network::Multiaddr>().map_err(|e| Refusal::malformed(format!("address {a:?} is not a multiaddress: {e}")))?;
-        }
-        let detail = format!("node {} added under {}", record.id, record.parent.as_ref().map(|p| p.as_str()).unwrap_or(""));
-        tree.nodes.push(record);
-        tree.version += 1;
-        self.admin_segment_change(Segment::Tree(tree), "nodes-add", detail).await
-    }
-
-    /// `exchange-admin nodes remove` (root only; a node with children stays).
-    pub async fn remove_node(self: &Arc<Self>, id: &NodeId) -> Result<AdminActionResponse, Refusal> {
-        let mut tree = self.current_tree(&*self.directory_sync.segments().await)?;
-        if tree.nodes.iter().any(|n| n.parent.as_ref() == Some(id)) {
-            return Err(Refusal::new("conflict", 409, format!("node {id} still has children; remove or move them first")));
-        }
-        if tree.nodes.iter().any(|n| &n.id == id && n.parent.is_none()) {
-            return Err(Refusal::new("conflict", 409, "the root node cannot be removed"));
-        }
-        let before = tree.nodes.len();
-        tree.nodes.retain(|n| &n.id != id);
-        if tree.nodes.len() == before {
-            return Err(Refusal::new("not-found", 404, format!("node {id} is not in the tree")));
-        }
-        tree.version += 1;
-        self.admin_segment_change(Segment::Tree(tree), "nodes-remove", format!("node {id} removed")).await
-    }
-
-    /// This node's unit segment, to change; refuses units of other nodes.
-    async fn own_units(&self, address: Option<&UnitAddress>) -> Result<UnitSegment, Refusal> {
-        if let Some(a) = address
-            && a.node_part() != self.here.as_str() {
-                return Err(Refusal::new(
-                    "wrong-node",
-                    403,
-                    format!("unit {a} is hosted by node {}; change it there", a.node_part()),
-                ));
-            }
-        let set = self.directory_sync.segments().await;
-        if set.tree().is_none_or(|t| !t.nodes.iter().any(|n| n.id == self.here)) {
-            return Err(Refusal::new("not-ready", 503, "this node is not in the node tree yet; it cannot sign units"));
-        }
-        Ok(set.unit_segment(&self.here).cloned().unwrap_or(UnitSegment { node: self.here.clone(), version: 0, units: vec![] }))
-    }
-
-    /// `exchange-admin units add`.
-    pub async fn add_unit(self: &Arc<Self>, u: NewUnit) -> Result<AdminActionResponse, Refusal> {
-        let mut seg = self.own_units(Some(&u.address)).await?;
-        if seg.units.iter().any(|x| x.address == u.address) {
-            return Err(Refusal::new("conflict", 409, format!("unit {} is already registered", u.address)));
-        }
-        seg.units.push(UnitRecord {
-            address: u.address.clone(),
-            name: u.name,
-            kind: u.kind,
-            uscc: u.uscc,
-            status: UnitStatus::Active,
-            keys: vec![KeyRecord { public_key: u.public_key, not_before_ms: 0, not_after_ms: None, revoked_at_ms: None }],
-        });
-        seg.version += 1;
-        self.admin_segment_change(Segment::Units(seg), "units-add", format!("unit {} added", u.address)).await
-    }
-
-    /// Changes one unit of this node with `change`.
-    async fn change_unit(
-        self: &Arc<Self>,
-        address: &UnitAddress,
-        event: &'static str,
-        detail: String,
-        change: impl FnOnce(&mut UnitRecord) -> Result<(), Refusal>,
-    ) -> Result<AdminActionResponse, Refusal> {
-        let mut seg = self.own_units(Some(address)).await?;
-        let unit = seg
-            .units
-            .iter_mut()
-            .find(|x| &x.address == address)
-            .ok_or_else(|| Refusal::new("not-found", 404, format!("unit {address} is not registered on node {}", self.here)))?;
-        change(unit)?;
-        seg.version += 1;
-        self.admin_segment_change(Segment::Units(seg), event, detail).await
-    }
-
-    /// `exchange-admin units suspend|activate|revoke`.
-    pub async fn set_unit_status(self: &Arc<Self>, address: &UnitAddress, status: UnitStatus) -> Result<AdminActionResponse, Refusal> {
-        let (event, word) = match status {
-            UnitStatus::Active => ("units-activate", "activated"),
-            UnitStatus::Suspended => ("units-suspend", "suspended"),
-            UnitStatus::Revoked => ("units-revoke", "revoked"),
         };
+        if let Some(me) = dir.node(&s.here)
+            && me.public_key.0 != s.node_key().verifying_key() {
+                tracing::warn!(node = %s.here, key = %me.public_key, staged = %s.keys.next_key_file().display(),
+                    "the node tree lists another key for this node: it takes the key staged for it, else check key_file");
+            }
+        s.metrics.directory_version.set(dir.version() as i64);
         let now = exchange_wire::now_ms();
-        let answer = self.change_unit(address, event, format!("unit {address} {word}"), |u| {
-            if u.status == UnitStatus::Revoked && status != UnitStatus::Revoked {
-                return Err(Refusal::new("conflict", 409, format!("unit {} is revoked for good; register a new unit instead", u.address)));
+        // Every node's current identity, and an earlier one while its overlap lasts.
+        let mut allowed: Vec<PeerId> = dir.nodes().filter(|n| n.id != s.here).flat_map(|n| n.peer_ids_at(now)).collect();
+        let mut neighbours: Vec<(Option<NodeId>, Neighbour)> = dir
+            .neighbours(&s.here)
+            .into_iter()
+            .map(|n| (Some(n.id.clone()), Neighbour { peer: n.peer_id, addresses: n.addresses.clone() }))
+            .collect();
+        // A configured parent whose key the tree has since rotated (or revoked) is not the way in.
+        if let Some((peer, addresses)) = self.parent_hint().filter(|(p, _)| dir.node_by_earlier_key(p).is_none()) {
+            // Until the tree says otherwise, the configured parent is the way into the network.
+            if !allowed.contains(peer) {
+                allowed.push(*peer);
             }
-            u.status = status;
-            if status == UnitStatus::Revoked {
-                for k in u.keys.iter_mut().filter(|k| k.revoked_at_ms.is_none()) {
-                    k.revoked_at_ms = Some(now);
+            match neighbours.iter_mut().find(|(_, n)| n.peer == *peer) {
+                Some((_, n)) => {
+                    for a in addresses {
+                        if !n.addresses.contains(a) {
+                            n.addresses.push(a.clone());
+                        }
+                    }
                 }
+                None => neighbours.push((None, Neighbour { peer: *peer, addresses: addresses.clone() })),
             }
-            Ok(())
-        })
-        .await?;
-        // Its tokens and webhook go with it (see `access`); a suspension only pauses them.
-        if status == UnitStatus::Revoked {
-            self.retire_unit_credentials(address).await?;
         }
-        Ok(answer)
+        s.dir.replace(dir);
+        Some(LinkPlan { allowed, neighbours })
     }
 
-    /// `exchange-admin units rotate-key`.
-    pub async fn rotate_key(self: &Arc<Self>, address: &UnitAddress, r: RotateKey) -> Result<AdminActionResponse, Refusal> {
-        let now = exchange_wire::now_ms();
-        let detail = format!(
-            "unit {address}: new key {}{}",
-            r.public_key,
-            if r.revoke_old { ", old keys revoked".to_string() } else { format!(", old keys valid {} s more", r.overlap_secs) }
-        );
-        self.change_unit(address, "units-rotate-key", detail, |u| {
-            if u.keys.iter().any(|k| k.public_key == r.public_key) {
-                return Err(Refusal::new("conflict", 409, "that key is already one of the unit's keys"));
+    /// Sends segments to every neighbour except `except`; a neighbour that misses them gets all
+    /// segments when its link comes up again.
+    pub(super) fn push_segments(&self, s: &Services, links: &Links, held: Vec<Held>, except: Option<&NodeId>) {
+        let dir = s.dir.current();
+        let mut peers: Vec<PeerId> =
+            dir.neighbours(&s.here).into_iter().filter(|n| Some(&n.id) != except).filter_map(|n| peer_for(&dir, links, &n.id)).collect();
+        if let Some((peer, _)) = self.parent_hint()
+            && !peers.contains(peer) && dir.node_by_peer(peer).map(|n| &n.id) != except {
+                peers.push(*peer);
             }
-            for k in u.keys.iter_mut().filter(|k| k.valid_at(now)) {
-                if r.revoke_old {
-                    k.revoked_at_ms = Some(now);
-                } else {
-                    let end = now + r.overlap_secs * 1000;
-                    k.not_after_ms = Some(k.not_after_ms.map_or(end, |e| e.min(end)));
+        let segments: Vec<SegmentParcel> = held.iter().map(parcel).collect();
+        for peer in peers {
+            let (net, request) = (s.net.clone(), DirectoryPush { segments: segments.clone() });
+            s.tasks.spawn(async move {
+                // A few quick retries for a hiccup; beyond that the link-up push and the periodic
+                // resynchronisation catch the neighbour up.
+                for delay_ms in [500, 1000, 2000, 0] {
+                    match net.push_directory(peer, request.clone()).await {
+                        Ok(_) => return,
+                        Err(e) if delay_ms > 0 => {
+                            tracing::debug!(%peer, error = %e, "directory push not delivered; retrying");
+                            tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
+                        }
+                        Err(e) => tracing::debug!(%peer, error = %e, "directory push not delivered; the next resynchronisation carries it"),
+                    }
                 }
-            }
-            u.keys.push(KeyRecord { public_key: r.public_key, not_before_ms: now, not_after_ms: None, revoked_at_ms: None });
-            Ok(())
-        })
-        .await
-    }
-
-    /// `exchange-admin nodes list`.
-    pub async fn node_records(&self) -> Vec<NodeRecord> {
-        self.directory_sync.segments().await.tree().map(|t| t.nodes.clone()).unwrap_or_default()
-    }
-
-    /// `exchange-admin units list|show`.
-    pub async fn unit_records(&self, node: Option<&NodeId>) -> Vec<UnitRecord> {
-        let set = self.directory_sync.segments().await;
-        let mut out: Vec<UnitRecord> = set
-            .units
-            .values()
-            .filter_map(|h| match &h.segment {
-                Segment::Units(u) if node.is_none_or(|n| n == &u.node) => Some(u.units.clone()),
-                _ => None,
-            })
-            .flatten()
-            .collect();
-        out.sort_by(|a, b| a.address.cmp(&b.address));
-        out
-    }
-
-    /// `exchange-admin directory show`.
-    pub async fn directory_view(&self) -> DirectoryView {
-        let set = self.directory_sync.segments().await;
-        let segments = set
-            .all()
-            .map(|h| SegmentInfo {
-                owner: h.segment.owner(),
-                kind: h.signed.envelope.metadata.get(exchange_wire::directory::META_SEGMENT_TYPE).cloned().unwrap_or_default(),
-                version: h.segment.version(),
-                signer: h.signed.envelope.sender.node_part().parse().unwrap_or_else(|_| self.here.clone()),
-                signed_at_ms: h.signed.envelope.created_at_ms,
-                entries: match &h.segment {
-                    Segment::Tree(t) => t.nodes.len() as u64,
-                    Segment::Units(u) => u.units.len() as u64,
-                    Segment::Catalog(c) => c.topics.len() as u64,
-                    Segment::RootHandover(_) => 1,
-                },
-            })
-            .collect();
-        DirectoryView { version: self.dir.current().version(), root_key: self.root_key().to_hex(), segments }
-    }
-
-    /// `exchange-admin directory verify`: every segment held, re-checked from scratch.
-    pub async fn directory_verify(&self) -> DirectoryVerification {
-        let set = self.directory_sync.segments().await;
-        let mut fresh = SegmentSet::default();
-        let mut checks = Vec::new();
-        for h in set.all() {
-            let result = fresh.check(&fresh.root_key(self.keys.configured_root_key()), &h.signed, &h.payload);
-            checks.push(SegmentCheck {
-                owner: h.segment.owner(),
-                version: h.segment.version(),
-                ok: result.is_ok(),
-                detail: match &result {
-                    Ok(_) => format!("signed by {}; signature verifies", h.signed.envelope.sender.node_part()),
-                    Err(e) => format!("{}: {}", e.code, e.reason),
-                },
             });
-            if result.is_ok() {
-                fresh.insert(h.clone());
+        }
+    }
+
+    /// Anti-entropy: every `every`, give each neighbour everything held (it answers `known` for
+    /// what it has), so no change can stay behind for long, whatever was lost on the way.
+    pub(crate) async fn resynchronise(&self, s: &Services, links: &Links, every: std::time::Duration) {
+        let mut tick = tokio::time::interval(every);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let dir = s.dir.current();
+            let peers: Vec<PeerId> = dir.neighbours(&s.here).into_iter().filter_map(|n| peer_for(&dir, links, &n.id)).collect();
+            for peer in peers {
+                self.push_all(s, peer).await;
             }
         }
-        DirectoryVerification { ok: checks.iter().all(|c| c.ok), checks }
+    }
+
+    /// Gives neighbour `peer` everything held (a link came up, or the resynchronisation's turn).
+    pub(crate) async fn push_all(&self, s: &Services, peer: PeerId) {
+        let segments: Vec<SegmentParcel> = self.segments().await.all().map(parcel).collect();
+        if segments.is_empty() {
+            return;
+        }
+        if let Err(e) = s.net.push_directory(peer, DirectoryPush { segments }).await {
+            tracing::debug!(%peer, error = %e, "directory push on link-up failed");
+        }
     }
 }
 

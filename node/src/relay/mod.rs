@@ -30,6 +30,7 @@ pub mod committer;
 pub mod custody;
 mod cut_through;
 pub mod deadlines;
+pub mod directory_admin;
 pub mod directory_state;
 pub mod directory_sync;
 pub mod forwarder;
@@ -180,7 +181,7 @@ impl Engine {
         for decision in ["granted", "refused"] {
             self.metrics.subscription_decisions.with_label_values(&[decision]).inc_by(0);
         }
-        self.load_tokens().await?;
+        self.access.load_tokens(&self.services).await?;
         self.load_directory().await?;
         for q in self.store.queue_stats().await? {
             if let Ok(id) = q.hop.parse() {
@@ -192,11 +193,10 @@ impl Engine {
         let engine = self.clone();
         self.tasks.spawn(async move { engine.report_recalls().await });
         self.webhooks.start_pushers().await?;
+        self.start_deciding_requests();
+        self.start_backlogs();
         let engine = self.clone();
-        self.tasks.spawn(async move { engine.process_subscription_requests().await });
-        let engine = self.clone();
-        self.tasks.spawn(async move { sharing::backfill::send_backlogs(&engine.services, &engine.sharing, &engine).await });
-        self.tasks.spawn(self.clone().resynchronise_directory(Duration::from_secs(30)));
+        self.tasks.spawn(async move { engine.directory_sync.resynchronise(&engine.services, &engine.links, Duration::from_secs(30)).await });
         self.tasks.spawn(self.clone().watch_node_keys(Duration::from_secs(1)));
         self.tasks.spawn(self.queries.clone().watch_deadlines());
         self.tasks.spawn(self.clone().sweep_uploads_forever());

@@ -89,7 +89,7 @@ impl Engine {
                 self.metrics.connections_refused.with_label_values(&[if *inbound { "inbound" } else { "outbound" }]).inc();
                 tracing::warn!(peer = ?peer, inbound, "connection refused: the peer is not a node of the directory");
                 if let Some(peer) = peer {
-                    self.refused_earlier_key(peer).await;
+                    self.keys.refused_earlier_key(&self.services, peer).await;
                 }
                 return;
             }

@@ -48,6 +48,13 @@ impl NodeKeys {
         }
     }
 
+    /// Where a key staged for the next rotation waits: `<key_file>.next`.
+    pub fn next_key_file(&self) -> PathBuf {
+        let mut name = self.key_file.clone().into_os_string();
+        name.push(".next");
+        PathBuf::from(name)
+    }
+
     /// The root key in the configuration.
     pub fn configured_root_key(&self) -> &PublicKey {
         &self.configured_root_key

@@ -21,6 +21,8 @@ use exchange_wire::api::{AdminActionResponse, RootHandoverRequest, RotateKey};
 use exchange_wire::directory::{KeyRecord, NodeTree, RootHandover, Segment};
 use exchange_wire::{NodeId, PublicKey};
 
+use super::node_key_state::NodeKeys;
+use super::services::Services;
 use super::{Engine, Refusal};
 use crate::directory::segments::{self, SegmentSet};
 use crate::network::PeerId;
@@ -28,18 +30,7 @@ use crate::network::PeerId;
 impl Engine {
     /// Where a key staged for the next rotation waits: `<key_file>.next`.
     pub fn next_key_file(&self) -> PathBuf {
-        let mut name = self.keys.key_file.clone().into_os_string();
-        name.push(".next");
-        PathBuf::from(name)
-    }
-
-    /// The staged key, if there is one that reads.
-    fn staged_key(&self) -> Result<Option<SigningKey>, String> {
-        let path = self.next_key_file();
-        if !path.exists() {
-            return Ok(None);
-        }
-        exchange_wire::keys::read(&path).map(Some).map_err(|e| e.to_string())
+        self.keys.next_key_file()
     }
 
     /// A new tree came: look at once whether it lists a new key for this node (see
@@ -58,7 +49,7 @@ impl Engine {
             self.sign_units_again_if_needed().await;
             return;
         }
-        match self.staged_key() {
+        match self.keys.staged_key() {
             Ok(Some(next)) if next.verifying_key() == listed.0 => {
                 if let Err(e) = self.take_key(next).await {
                     tracing::error!(error = %e, "cannot take the new node key");
@@ -76,6 +67,7 @@ impl Engine {
     pub async fn take_staged_key(self: &Arc<Self>) -> Result<AdminActionResponse, Refusal> {
         let _one = self.keys.key_change.lock().await;
         let next = self
+            .keys
             .staged_key()
             .map_err(|e| Refusal::new("bad-key", 400, e))?
             .ok_or_else(|| Refusal::new("not-ready", 409, format!("no key is staged in {}; write one there with exchange-node keygen --out", self.next_key_file().display())))?;
@@ -107,12 +99,7 @@ impl Engine {
         let old = PublicKey(self.node_key().verifying_key());
         let new = PublicKey(next.verifying_key());
         // The file first: a node that restarts from here on starts with the new key.
-        std::fs::rename(self.next_key_file(), &self.keys.key_file)
-            .map_err(|e| format!("cannot move {} to {}: {e}", self.next_key_file().display(), self.keys.key_file.display()))?;
-        if let Some(dir) = self.keys.key_file.parent()
-            && let Ok(d) = std::fs::File::open(if dir.as_os_str().is_empty() { std::path::Path::new(".") } else { dir }) {
-                let _ = d.sync_all();
-            }
+        self.keys.put_staged_in_place()?;
         let keypair = crate::network::keypair_of(&next).map_err(|e| format!("the new key is not a libp2p key: {e}"))?;
         // Every neighbour must hold the tree that lists the new key before the links restart with
         // it, or it would refuse the new identity (and a child could learn the tree only from here).
@@ -122,8 +109,7 @@ impl Engine {
                 let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.push_all_segments(peer)).await;
             }
         }
-        *self.keys.node_key.write().expect("node key lock") = next;
-        *self.keys.peer_id.write().expect("peer id lock") = crate::directory::peer_id_of(&new);
+        self.keys.sign_with(next);
         self.net.rekey(keypair).await.map_err(|e| format!("cannot restart the links with the new key: {e}"))?;
         tracing::info!(%old, %new, peer_id = %self.peer_id(), "this node now signs with its new key");
         let _ = self.admin_record("node-key-taken", format!("node {}: key {old} replaced by {new}", self.here)).await;
@@ -156,27 +142,6 @@ impl Engine {
         }
     }
 
-    /// Audits and counts a link refused because the peer is a node's revoked or expired key: once per
-    /// identity every 10 seconds, however often it re-dials (the connection metric counts each).
-    pub(crate) async fn refused_earlier_key(&self, peer: &PeerId) {
-        let dir = self.dir.current();
-        let Some(node) = dir.node_by_earlier_key(peer) else { return };
-        let now = exchange_wire::now_ms();
-        {
-            let mut last = self.keys.earlier_key_audits.lock().expect("audit lock");
-            if last.get(peer).is_some_and(|t| now < t + 10_000) {
-                return;
-            }
-            last.insert(*peer, now);
-        }
-        let revoked = dir.node(&node).is_some_and(|n| {
-            n.previous_keys.iter().any(|k| k.revoked_at_ms.is_some() && crate::directory::peer_id_of(&k.public_key) == *peer)
-        });
-        let (code, what) = if revoked { ("key-revoked", "revoked") } else { ("key-expired", "whose overlap has ended") };
-        let r = Refusal::new(code, 403, format!("a link from {peer}: the libp2p identity of a key of node {node} {what}"));
-        self.refused(node.as_str(), &[super::refused::Refused { id: None, kind: None, refusal: &r }]).await;
-    }
-
     // ---- Operators' changes (root only) ----
 
     /// `exchange-admin nodes rotate-key ID`: the tree lists `r.public_key` as the node's key and keeps
@@ -205,6 +170,7 @@ impl Engine {
         let _one = self.keys.key_change.lock().await;
         let mut tree = self.root_tree().await?;
         let next = self
+            .keys
             .staged_key()
             .map_err(|e| Refusal::new("bad-key", 400, e))?
             .ok_or_else(|| Refusal::new("not-ready", 409, format!("no key is staged in {}; write one there with exchange-node keygen --out", self.next_key_file().display())))?;
@@ -263,8 +229,57 @@ fn old_key_note(r: &RotateKey) -> String {
     if r.revoke_old { ", the old key revoked".into() } else { format!(", the old key valid {} s more", r.overlap_secs) }
 }
 
-/// The node-keys part's own work on its state.
-impl super::node_key_state::NodeKeys {
+/// The node-keys part's own work on its state (and, to audit a refused link, the services).
+impl NodeKeys {
+    /// The staged key, if there is one that reads.
+    fn staged_key(&self) -> Result<Option<SigningKey>, String> {
+        let path = self.next_key_file();
+        if !path.exists() {
+            return Ok(None);
+        }
+        exchange_wire::keys::read(&path).map(Some).map_err(|e| e.to_string())
+    }
+
+    /// Moves the staged key over the key file (and syncs the folder): a node that restarts from
+    /// then on starts with the new key.
+    fn put_staged_in_place(&self) -> Result<(), String> {
+        std::fs::rename(self.next_key_file(), &self.key_file)
+            .map_err(|e| format!("cannot move {} to {}: {e}", self.next_key_file().display(), self.key_file.display()))?;
+        if let Some(dir) = self.key_file.parent()
+            && let Ok(d) = std::fs::File::open(if dir.as_os_str().is_empty() { std::path::Path::new(".") } else { dir }) {
+                let _ = d.sync_all();
+            }
+        Ok(())
+    }
+
+    /// Signs with `next` from now on, and gives its libp2p identity.
+    fn sign_with(&self, next: SigningKey) {
+        let peer_id = crate::directory::peer_id_of(&PublicKey(next.verifying_key()));
+        *self.node_key.write().expect("node key lock") = next;
+        *self.peer_id.write().expect("peer id lock") = peer_id;
+    }
+
+    /// Audits and counts a link refused because the peer is a node's revoked or expired key: once per
+    /// identity every 10 seconds, however often it re-dials (the connection metric counts each).
+    pub(crate) async fn refused_earlier_key(&self, s: &Services, peer: &PeerId) {
+        let dir = s.dir.current();
+        let Some(node) = dir.node_by_earlier_key(peer) else { return };
+        let now = exchange_wire::now_ms();
+        {
+            let mut last = self.earlier_key_audits.lock().expect("audit lock");
+            if last.get(peer).is_some_and(|t| now < t + 10_000) {
+                return;
+            }
+            last.insert(*peer, now);
+        }
+        let revoked = dir.node(&node).is_some_and(|n| {
+            n.previous_keys.iter().any(|k| k.revoked_at_ms.is_some() && crate::directory::peer_id_of(&k.public_key) == *peer)
+        });
+        let (code, what) = if revoked { ("key-revoked", "revoked") } else { ("key-expired", "whose overlap has ended") };
+        let r = Refusal::new(code, 403, format!("a link from {peer}: the libp2p identity of a key of node {node} {what}"));
+        s.refused(node.as_str(), &[super::refused::Refused { id: None, kind: None, refusal: &r }]).await;
+    }
+
     /// Pins the root key `set` leads to from the configured one.
     pub(crate) fn pin_root(&self, set: &SegmentSet) {
         let key = set.root_key(&self.configured_root_key);

@@ -53,7 +53,7 @@ pub struct TokenEntry {
 
 /// The access part: the unit tokens this node issued (by hash), whether the agency API requires
 /// one, and the access policy. The engine asks it who a token speaks for and whether a message may
-/// go from one unit to another; changes to tokens are committed first (by the engine, with their
+/// go from one unit to another; changes to tokens are committed first (by `access`, with their
 /// audit entries) and then applied here.
 pub struct Access {
     tokens: RwLock<HashMap<[u8; 32], TokenEntry>>,

@@ -6,7 +6,7 @@
 //! (a neighbour) both end in [`Engine::verify_and_take`]. Beside it: [`checks`] (what an agency's
 //! input must satisfy), [`recall`] (撤回, 补发) and [`settle`] (签收, 退回).
 
-mod checks;
+pub(in crate::relay) mod checks;
 mod recall;
 mod settle;
 
@@ -192,8 +192,8 @@ impl Engine {
                 format!("agencies submit documents here; a {} is sent through its own endpoint", env.kind),
             ));
         }
-        self.check_size(env.payload_size)?;
-        self.check_sender(dir, caller, env)?;
+        checks::check_size(&self.limits, env.payload_size)?;
+        checks::check_sender(&self.here, &self.limits, exchange_wire::now_ms(), dir, caller, env)?;
         exchange_wire::document::check(env).map_err(|e| {
             let code = if matches!(e, exchange_wire::document::DocumentError::Classified(_)) { "classified" } else { "malformed" };
             Refusal::new(code, if code == "classified" { 403 } else { 400 }, e.to_string())
@@ -217,7 +217,7 @@ impl Engine {
             if !dir.is_active(r) {
                 return Err(Refusal::new("recipient-unavailable", 422, format!("recipient {r} is suspended or revoked; it cannot receive")));
             }
-            self.check_access(dir, &env.sender, r, env.kind)?;
+            self.access.check(dir, &env.sender, r, env.kind)?;
         }
         let recipients = signed.envelope.recipients().cloned().collect();
         Ok(Candidate { signed, payload, recipients, hops: vec![] })
@@ -299,7 +299,7 @@ impl Engine {
         let signed = SignedEnvelope::from_canonical(p.header, sig)?;
         let env = &signed.envelope;
         env.check_shape()?;
-        self.check_size(env.payload_size)?;
+        checks::check_size(&self.limits, env.payload_size)?;
         env.check_payload(&p.payload)?;
         if let Some(a) = self.missing_attachments(env)?.first() {
             return Err(attachment_not_here(a));

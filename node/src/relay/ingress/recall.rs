@@ -46,8 +46,8 @@ impl Engine {
         if let Some(r) = env.recipients().find(|r| !original.recipients().any(|o| o == *r)) {
             return Err(Refusal::malformed(format!("{r} is not a recipient of message {message_id}")));
         }
-        self.check_fresh(env.created_at_ms)?;
-        self.check_active(dir, &env.sender)?;
+        checks::check_fresh(&self.limits, exchange_wire::now_ms(), env.created_at_ms)?;
+        checks::check_active(dir, &env.sender)?;
         let (signed, payload) = m.decode()?;
         let recipients = signed.envelope.recipients().cloned().collect();
         Ok(Candidate { signed, payload, recipients, hops: vec![] })

@@ -103,8 +103,8 @@ impl Engine {
                 facts.receipt_type.as_str()
             )));
         }
-        self.check_fresh(env.created_at_ms)?;
-        self.check_active(dir, unit)?;
+        checks::check_fresh(&self.limits, exchange_wire::now_ms(), env.created_at_ms)?;
+        checks::check_active(dir, unit)?;
         if &env.sender != unit {
             return Err(Refusal::new("wrong-signer", 403, format!("the receipt is from {} but the inbox is {unit}'s", env.sender)));
         }

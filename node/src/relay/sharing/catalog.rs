@@ -3,74 +3,46 @@
 
 use std::sync::Arc;
 
-use exchange_wire::api::AdminActionResponse;
 use exchange_wire::sharing::Catalog;
 
+use crate::config::DirectoryConfig;
 use crate::relay::services::Services;
-use crate::relay::{Engine, Refusal};
+use crate::relay::Refusal;
 use super::Sharing;
 use crate::directory::segments::SegmentSet;
 use crate::sharing::CompiledCatalog;
 
-impl Engine {
-
-    /// Puts the catalog of `set` in force if it is newer than the one in force (called whenever the
-    /// directory changes). Requests that waited for the catalog can be decided then: deciding takes
-    /// custody, so the engine starts it.
-    pub(crate) fn apply_catalog(self: &Arc<Self>, set: &SegmentSet) {
-        if self.sharing.apply_catalog(&self.services, set) {
-            let engine = self.clone();
-            self.tasks.spawn(async move { engine.process_subscription_requests().await });
-        }
+/// The catalog seed the root signs at start, if it has one and holds no catalog, or an older one
+/// (`held`): an error when a node other than the root is given one. Signing it is the directory's.
+pub(crate) fn seed_to_sign(s: &Services, seeds: &DirectoryConfig, held: &SegmentSet) -> anyhow::Result<Option<Catalog>> {
+    let Some(path) = &seeds.catalog_seed else { return Ok(None) };
+    if !s.is_root() {
+        anyhow::bail!("directory.catalog_seed is for the root node only: this node's key is not the pinned root_key");
     }
-
-    /// Root only: signs the catalog seed file if no catalog, or an older one, is held.
-    pub(crate) async fn publish_catalog_seed(self: &Arc<Self>) -> anyhow::Result<()> {
-        let Some(path) = &self.directory_sync.seeds().catalog_seed else { return Ok(()) };
-        if !self.is_root() {
-            anyhow::bail!("directory.catalog_seed is for the root node only: this node's key is not the pinned root_key");
-        }
-        let catalog = crate::sharing::catalog_from_file(path).map_err(anyhow::Error::msg)?;
-        if self.directory_sync.segments().await.catalog().is_some_and(|c| c.version >= catalog.version) {
-            return Ok(());
-        }
-        if let Some(Err(e)) = self.publish(exchange_wire::directory::Segment::Catalog(catalog)).await.first() {
-            anyhow::bail!("cannot sign the catalog seed {}: {}", path.display(), e.reason);
-        }
-        Ok(())
-    }
-
-    /// `exchange-admin catalog publish`: the root signs a new version of the catalog.
-    pub async fn admin_publish_catalog(self: &Arc<Self>, catalog: Catalog) -> Result<AdminActionResponse, Refusal> {
-        if !self.is_root() {
-            return Err(Refusal::new("conflict", 409, "only the root node signs the catalog: run this against the root node's admin API"));
-        }
-        CompiledCatalog::compile(&catalog).map_err(|e| Refusal::malformed(format!("the catalog is refused: {e}")))?;
-        if let Some(held) = self.directory_sync.segments().await.catalog()
-            && held.version >= catalog.version
-        {
-            return Err(Refusal::new(
-                "conflict",
-                409,
-                format!("the catalog held is at version {}; publish version {} or higher", held.version, held.version + 1),
-            ));
-        }
-        let (version, topics) = (catalog.version, catalog.topics.len());
-        match self.publish(exchange_wire::directory::Segment::Catalog(catalog)).await.pop() {
-            Some(Ok(_)) => {
-                self.admin_record("catalog-publish", format!("catalog version {version} with {topics} topics")).await?;
-                Ok(AdminActionResponse { affected: topics as u64, message: format!("catalog version {version} signed and passed on to the network") })
-            }
-            Some(Err(e)) => Err(Refusal::new(if e.code == "storage" { "storage" } else { "conflict" }, 409, e.reason)),
-            None => Err(Refusal::new("storage", 503, "nothing was signed")),
-        }
-    }
+    let catalog = crate::sharing::catalog_from_file(path).map_err(anyhow::Error::msg)?;
+    Ok((!held.catalog().is_some_and(|c| c.version >= catalog.version)).then_some(catalog))
 }
+
+/// Whether an operator's `catalog` may be signed here: this node is the root, the catalog compiles
+/// and it is newer than the version `held`. Signing it is the directory's.
+pub(crate) fn check_to_sign(s: &Services, held: Option<u64>, catalog: &Catalog) -> Result<(), Refusal> {
+    if !s.is_root() {
+        return Err(Refusal::new("conflict", 409, "only the root node signs the catalog: run this against the root node's admin API"));
+    }
+    CompiledCatalog::compile(catalog).map_err(|e| Refusal::malformed(format!("the catalog is refused: {e}")))?;
+    if let Some(held) = held
+        && held >= catalog.version
+    {
+        return Err(Refusal::new("conflict", 409, format!("the catalog held is at version {held}; publish version {} or higher", held + 1)));
+    }
+    Ok(())
+}
+
 
 /// The sharing part's own catalog work: only its own state and the metrics.
 impl Sharing {
     /// Puts the catalog of `set` in force if it is newer than the one in force; true when it did.
-    fn apply_catalog(&self, s: &Services, set: &SegmentSet) -> bool {
+    pub(crate) fn apply_catalog(&self, s: &Services, set: &SegmentSet) -> bool {
         let Some(catalog) = set.catalog() else { return false };
         if self.catalog().is_some_and(|c| c.catalog.version >= catalog.version) {
             return false;

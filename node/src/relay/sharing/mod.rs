@@ -20,7 +20,7 @@
 //! [`delivery`], the custody rules for sharing envelopes (pure functions, called by `custody`).
 
 pub(crate) mod backfill;
-mod catalog;
+pub(crate) mod catalog;
 pub(crate) mod delivery;
 mod publishing;
 mod reads;

@@ -3,8 +3,6 @@
 //! to every granted subscriber in the same transaction.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-
 use exchange_wire::api::SignedMessage;
 use exchange_wire::sharing::{
     Delivery, PublishResponse, RecordFacts,
@@ -14,29 +12,48 @@ use exchange_wire::{Kind, SignedEnvelope, UnitAddress};
 use crate::relay::access::Caller;
 use crate::relay::custody::{self, Incoming, Summary};
 use crate::relay::refused::Refused;
-use crate::relay::{Engine, Refusal};
+use crate::relay::commit_done::CommitDone;
+use crate::relay::services::Services;
+use crate::relay::Refusal;
+use crate::storage::health::StorageHealth;
 use crate::directory::Directory;
 use crate::storage::sharing::{SharingJob, TopicLogRow};
 use crate::storage::{JobOutcome, WriteJob};
 use super::*;
+use crate::relay::ingress::checks;
 
-impl Engine {
-
+/// Publishing is the sharing part's work with the shared services: `health` says whether storage
+/// still takes writes, and `done` is told of each commit (it wakes the forwarders of the deliveries).
+impl Sharing {
     /// `POST /v1/records`: the owner unit publishes a signed record.
-    pub async fn publish_record(self: &Arc<Self>, caller: &Caller, m: SignedMessage) -> Result<PublishResponse, Refusal> {
-        self.publish_records(caller, vec![m]).await.pop().expect("one result")
+    pub async fn publish_record(
+        &self,
+        s: &Services,
+        health: &StorageHealth,
+        done: &impl CommitDone,
+        caller: &Caller,
+        m: SignedMessage,
+    ) -> Result<PublishResponse, Refusal> {
+        self.publish_records(s, health, done, caller, vec![m]).await.pop().expect("one result")
     }
 
     /// `POST /v1/records:batch`: several records, each checked on its own, the accepted ones numbered
     /// in order and committed together (one transaction instead of one per record). One result per
     /// record, in order.
-    pub async fn publish_records(self: &Arc<Self>, caller: &Caller, messages: Vec<SignedMessage>) -> Vec<Result<PublishResponse, Refusal>> {
-        let dir = self.dir.current();
+    pub async fn publish_records(
+        &self,
+        s: &Services,
+        health: &StorageHealth,
+        done: &impl CommitDone,
+        caller: &Caller,
+        messages: Vec<SignedMessage>,
+    ) -> Vec<Result<PublishResponse, Refusal>> {
+        let dir = s.dir.current();
         let mut results: Vec<Option<Result<PublishResponse, Refusal>>> = Vec::with_capacity(messages.len());
         let mut checked = Vec::new();
         let mut refused = Vec::new();
         for (i, m) in messages.iter().enumerate() {
-            match self.check_record(&dir, caller, m) {
+            match self.check_record(s, &dir, caller, m) {
                 Ok(c) => {
                     checked.push((i, c));
                     results.push(None);
@@ -52,10 +69,10 @@ impl Engine {
         }
         if !refused.is_empty() {
             let list: Vec<Refused> = refused.iter().map(|(id, r)| Refused { id: Some(*id), kind: Some(Kind::DataRecord), refusal: r }).collect();
-            self.refused("agency", &list).await;
+            s.refused("agency", &list).await;
         }
         let positions: Vec<usize> = checked.iter().map(|(i, _)| *i).collect();
-        let numbered = self.number_and_commit(&dir, checked.into_iter().map(|(_, c)| c).collect()).await;
+        let numbered = self.number_and_commit(s, health, done, &dir, checked.into_iter().map(|(_, c)| c).collect()).await;
         for (i, r) in positions.into_iter().zip(numbered) {
             results[i] = Some(r);
         }
@@ -65,19 +82,19 @@ impl Engine {
     /// Every check of a record that needs no lock: token, kind, size, home node, freshness, status,
     /// topic, ownership, schema, subject and signature. A refusal comes with its masked message
     /// when it quotes record values.
-    fn check_record(&self, dir: &Directory, caller: &Caller, m: &SignedMessage) -> Result<CheckedRecord, (Refusal, Option<String>)> {
+    fn check_record(&self, s: &Services, dir: &Directory, caller: &Caller, m: &SignedMessage) -> Result<CheckedRecord, (Refusal, Option<String>)> {
         let plain = |r: Refusal| (r, None);
         let env = &m.envelope;
         caller.may_act_for(&env.sender).map_err(plain)?;
         if env.kind != Kind::DataRecord {
             return Err(plain(Refusal::new("unsupported-kind", 400, format!("POST /v1/records takes data-record envelopes, not {}", env.kind))));
         }
-        self.check_size(env.payload_size).map_err(plain)?;
-        self.check_home(dir, &env.sender).map_err(plain)?;
-        self.check_fresh(env.created_at_ms).map_err(plain)?;
-        self.check_active(dir, &env.sender).map_err(plain)?;
+        checks::check_size(&s.limits, env.payload_size).map_err(plain)?;
+        check_home(&s.here, dir, &env.sender).map_err(plain)?;
+        checks::check_fresh(&s.limits, exchange_wire::now_ms(), env.created_at_ms).map_err(plain)?;
+        checks::check_active(dir, &env.sender).map_err(plain)?;
         let facts = RecordFacts::from_envelope(env).map_err(|e| plain(e.into()))?;
-        let catalog = self.sharing.compiled_catalog().map_err(plain)?;
+        let catalog = self.compiled_catalog().map_err(plain)?;
         let topic = catalog.topic(&facts.topic).ok_or_else(|| {
             plain(Refusal::new(
                 "unknown-topic",
@@ -113,19 +130,26 @@ impl Engine {
     /// Numbers checked records within their topics, in the order given, and commits them with their
     /// deliveries in one transaction. Records already published (or twice in the list) are answered
     /// as duplicates and take no number.
-    async fn number_and_commit(self: &Arc<Self>, dir: &Directory, records: Vec<CheckedRecord>) -> Vec<Result<PublishResponse, Refusal>> {
+    async fn number_and_commit(
+        &self,
+        s: &Services,
+        health: &StorageHealth,
+        done: &impl CommitDone,
+        dir: &Directory,
+        records: Vec<CheckedRecord>,
+    ) -> Vec<Result<PublishResponse, Refusal>> {
         if records.is_empty() {
             return Vec::new();
         }
-        if let Err(closed) = self.health.intake() {
+        if let Err(closed) = health.intake() {
             return records.iter().map(|_| Err(Refusal::storage_full(&closed))).collect();
         }
         let storage = |e: crate::storage::StorageError| -> Refusal { e.into() };
         // The sequence numbers and the subscriber lists must not change between reading them and
         // committing.
-        let _numbering = self.sharing.numbering().await;
-        let shared = self.store.sharing();
-        let ctx = self.context(dir);
+        let _numbering = self.numbering().await;
+        let shared = s.store.sharing();
+        let ctx = s.context(dir);
         let now = exchange_wire::now_ms();
         let mut heads: BTreeMap<String, i64> = BTreeMap::new();
         let mut subscribers: BTreeMap<String, BTreeMap<UnitAddress, u64>> = BTreeMap::new();
@@ -166,13 +190,13 @@ impl Engine {
                     }
                 };
                 let mut first_seq = BTreeMap::new();
-                for s in &subs {
-                    match (s.subscriber.parse::<UnitAddress>(), s.first_seq) {
+                for sub in &subs {
+                    match (sub.subscriber.parse::<UnitAddress>(), sub.first_seq) {
                         // A subscriber that has left the directory is skipped; the others still get it.
                         (Ok(u), Some(f)) if dir.home_of(&u).is_some() => {
                             first_seq.insert(u, f as u64);
                         }
-                        _ => tracing::warn!(subscriber = %s.subscriber, topic = %r.topic, "a granted subscriber is not in the directory; skipped"),
+                        _ => tracing::warn!(subscriber = %sub.subscriber, topic = %r.topic, "a granted subscriber is not in the directory; skipped"),
                     }
                 }
                 heads.insert(r.topic.clone(), head);
@@ -192,8 +216,8 @@ impl Engine {
                     first_seq,
                     record: SignedMessage::new(&r.signed, &r.payload),
                 };
-                let (envelope, dpayload) = d.envelope(&self.here, recipients.clone());
-                let dsigned = envelope.sign(&self.node_key());
+                let (envelope, dpayload) = d.envelope(&s.here, recipients.clone());
+                let dsigned = envelope.sign(&s.node_key());
                 match custody::take(&ctx, Incoming { signed: dsigned, payload: dpayload, recipients: recipients.clone(), from: None, hops: vec![] }) {
                     Ok((c, s)) => (Some(Box::new(c)), s),
                     Err(refusal) => {
@@ -226,13 +250,13 @@ impl Engine {
             answers.push(None);
         }
         if !jobs.is_empty() {
-            match self.committer.commit(jobs).await {
+            match s.committer.commit(jobs).await {
                 Ok(outcomes) => {
                     for ((i, answer, summary), outcome) in pending.into_iter().zip(outcomes) {
                         if outcome == JobOutcome::Stored {
-                            self.metrics.data_published.with_label_values(&[answer.topic.as_str()]).inc();
-                            self.metrics.accepted.with_label_values(&[Kind::DataRecord.as_str(), "agency"]).inc();
-                            self.after_commit(&summary);
+                            s.metrics.data_published.with_label_values(&[answer.topic.as_str()]).inc();
+                            s.metrics.accepted.with_label_values(&[Kind::DataRecord.as_str(), "agency"]).inc();
+                            done.committed(&summary);
                             answers[i] = Some(Ok(answer));
                         } else {
                             // Not reachable under the lock; answered as what the store says it is.
@@ -241,7 +265,7 @@ impl Engine {
                     }
                 }
                 Err(e) => {
-                    self.metrics.storage_errors.with_label_values(&["commit"]).inc();
+                    s.metrics.storage_errors.with_label_values(&["commit"]).inc();
                     tracing::error!(error = %e, "cannot store published records");
                     for (i, _, _) in pending {
                         answers[i] = Some(Err(Refusal {
