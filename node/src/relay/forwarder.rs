@@ -10,6 +10,7 @@ use exchange_wire::api::RecipientState;
 use exchange_wire::receipt::{Hop, NodeReport};
 use exchange_wire::{Kind, NodeId, UnitAddress};
 
+pub use super::backoff::Backoff;
 pub use super::signals::Signals;
 use super::Engine;
 use super::batching::{BatchLimit, Handover, Next};
@@ -18,35 +19,6 @@ use super::custody::event;
 use crate::network::protocol::{Parcel, ParcelResult, TransferRequest, parcel_size_bound};
 use crate::storage::{OutboxItem, Record, TrackingRow, WriteJob};
 
-
-/// Capped exponential backoff with full jitter.
-pub struct Backoff {
-    initial: Duration,
-    max: Duration,
-    attempt: u32,
-}
-
-impl Backoff {
-    pub fn new(initial: Duration, max: Duration) -> Backoff {
-        Backoff { initial, max, attempt: 0 }
-    }
-
-    /// The next delay: uniformly random in [0, min(max, initial * 2^attempt)].
-    pub fn next_delay(&mut self) -> Duration {
-        let ceiling = self.initial.saturating_mul(1u32 << self.attempt.min(20)).min(self.max);
-        self.attempt = self.attempt.saturating_add(1);
-        let r = getrandom::u64().unwrap_or(u64::MAX / 2);
-        ceiling.mul_f64((r as f64) / (u64::MAX as f64)).max(Duration::from_millis(10))
-    }
-
-    pub fn reset(&mut self) {
-        self.attempt = 0;
-    }
-
-    pub fn attempts(&self) -> u32 {
-        self.attempt
-    }
-}
 
 /// Runs the forwarder for `hop` until the process ends.
 ///
@@ -113,7 +85,7 @@ pub async fn run(engine: Arc<Engine>, hop: NodeId, signals: Arc<Signals>) {
         // Documents whose attachments the neighbour does not hold yet wait; their transfer runs
         // beside this loop.
         let had_items = !items.is_empty();
-        let items: Vec<OutboxItem> = items.into_iter().filter(|i| engine.attachments_at(&hop, &signals, &i.header)).collect();
+        let items: Vec<OutboxItem> = items.into_iter().filter(|i| engine.attachments.attachments_at(&hop, &signals, &i.header)).collect();
         if items.is_empty() {
             backlog &= urgent_only;
             // The periodic look is a safety net; wake-ups normally come from the committer.
@@ -242,7 +214,7 @@ async fn answered(engine: &Arc<Engine>, hop: &NodeId, sent: &[Sent], results: &[
     for (s, r) in sent.iter().zip(results) {
         if matches!(r, ParcelResult::Retry { .. }) {
             // Perhaps the neighbour lost an attachment we thought it held: offer again.
-            engine.forget_attachments_at(hop, &s.header);
+            engine.attachments.forget_attachments_at(hop, &s.header);
         }
     }
     retry

@@ -22,6 +22,7 @@ mod after_commit;
 pub mod asking;
 pub mod attachment_state;
 pub mod attachments;
+pub mod backoff;
 pub mod batching;
 pub mod checkpoint_files;
 pub mod checkpoints;
@@ -91,7 +92,7 @@ pub struct Engine {
     /// Queries asked here: the deadlines without an outcome, and the work (see [`asking`]).
     pub queries: deadlines::Queries,
     /// Attachment files and their transfers (see [`attachments`]).
-    pub attachments: attachment_state::Attachments,
+    pub attachments: Arc<attachment_state::Attachments>,
     /// Audit checkpoints held here (this node's at the root, its children's) (see [`checkpoints`]).
     pub checkpoints: checkpoint_files::CheckpointFiles,
     /// Serialises recall reporting, so each decided recall is reported once.
@@ -142,15 +143,17 @@ impl Engine {
             inbox_changes: watch::channel(0).0,
         });
         let targets = webhook_target::WebhookTargets::new(cfg.api.webhooks_to_loopback, &cfg.push)?;
+        let links = Arc::new(signals::Links::default());
+        let attachments = Arc::new(attachment_state::Attachments::new(attachments, services.clone(), health.clone(), links.clone()));
         Ok(Arc::new(Engine {
             health,
             started_at_ms: exchange_wire::now_ms(),
             directory_sync: directory_state::DirectorySync::new(cfg.directory.clone(), parent_hint),
             access: tokens::Access::new(cfg.api.require_auth, cfg.policy.clone()),
             webhooks: webhook_target::Webhooks::new(services.clone(), targets),
-            links: Arc::new(signals::Links::default()),
+            links,
             recall_reports: tokio::sync::Mutex::new(()),
-            attachments: attachment_state::Attachments::new(attachments),
+            attachments,
             checkpoints: checkpoint_files::CheckpointFiles::new(&cfg.data_dir, std::time::Duration::from_secs(cfg.audit.checkpoint_secs)),
             queries: deadlines::Queries::new(services.clone()),
             sharing: sharing::Sharing::default(),
@@ -199,7 +202,7 @@ impl Engine {
         self.tasks.spawn(self.clone().resynchronise_directory(Duration::from_secs(30)));
         self.tasks.spawn(self.clone().watch_node_keys(Duration::from_secs(1)));
         self.tasks.spawn(self.queries.clone().watch_deadlines());
-        self.tasks.spawn(self.clone().sweep_uploads_forever());
+        self.tasks.spawn(self.attachments.clone().sweep_uploads_forever());
         Ok(())
     }
 }

@@ -120,7 +120,7 @@ impl Engine {
             messages.iter().map(|m| (Some(m.envelope.message_id()), Some(m.envelope.kind))).collect();
         let mut cited = Vec::with_capacity(messages.len());
         for m in &messages {
-            cited.push(self.check_citations(caller, &m.envelope).await);
+            cited.push(self.attachments.check_citations(caller, &m.envelope).await);
         }
         let decoded: Vec<Result<Candidate, Refusal>> = messages
             .iter()
@@ -198,7 +198,7 @@ impl Engine {
             let code = if matches!(e, exchange_wire::document::DocumentError::Classified(_)) { "classified" } else { "malformed" };
             Refusal::new(code, if code == "classified" { 403 } else { 400 }, e.to_string())
         })?;
-        if let Some(a) = self.missing_attachments(env)?.first() {
+        if let Some(a) = self.attachments.missing_attachments(env)?.first() {
             return Err(Refusal::new(
                 "attachment-missing",
                 409,
@@ -301,7 +301,7 @@ impl Engine {
         env.check_shape()?;
         self.check_size(env.payload_size)?;
         env.check_payload(&p.payload)?;
-        if let Some(a) = self.missing_attachments(env)?.first() {
+        if let Some(a) = self.attachments.missing_attachments(env)?.first() {
             return Err(attachment_not_here(a));
         }
         if p.recipients.is_empty() || !p.recipients.iter().all(|r| env.recipients().any(|e| e == r)) {
