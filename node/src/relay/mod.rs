@@ -95,6 +95,9 @@ pub struct Engine {
     pub attachments: Arc<attachment_state::Attachments>,
     /// Audit checkpoints held here (this node's at the root, its children's) (see [`checkpoints`]).
     pub checkpoints: checkpoint_files::CheckpointFiles,
+    /// The forwarders, one per neighbour, and what follows every commit (see [`forwarder`],
+    /// `after_commit.rs`).
+    pub forwarders: Arc<forwarder::Forwarders>,
     /// Serialises recall reporting, so each decided recall is reported once.
     recall_reports: tokio::sync::Mutex<()>,
     /// Data sharing: the catalog in force, the numbering lock (see [`sharing`]).
@@ -145,6 +148,7 @@ impl Engine {
         let targets = webhook_target::WebhookTargets::new(cfg.api.webhooks_to_loopback, &cfg.push)?;
         let links = Arc::new(signals::Links::default());
         let attachments = Arc::new(attachment_state::Attachments::new(attachments, services.clone(), health.clone(), links.clone()));
+        let forwarders = Arc::new(forwarder::Forwarders::new(services.clone(), links.clone(), attachments.clone()));
         Ok(Arc::new(Engine {
             health,
             started_at_ms: exchange_wire::now_ms(),
@@ -152,6 +156,7 @@ impl Engine {
             access: tokens::Access::new(cfg.api.require_auth, cfg.policy.clone()),
             webhooks: webhook_target::Webhooks::new(services.clone(), targets),
             links,
+            forwarders,
             recall_reports: tokio::sync::Mutex::new(()),
             attachments,
             checkpoints: checkpoint_files::CheckpointFiles::new(&cfg.data_dir, std::time::Duration::from_secs(cfg.audit.checkpoint_secs)),
@@ -187,18 +192,19 @@ impl Engine {
         self.load_directory().await?;
         for q in self.store.queue_stats().await? {
             if let Ok(id) = q.hop.parse() {
-                self.forwarder(&id).work.notify_one();
+                self.forwarders.forwarder(&id).work.notify_one();
             }
         }
         let engine = self.clone();
         self.tasks.spawn(async move { engine.refresh_queue_gauges().await });
+        self.tasks.spawn(self.clone().run_follow_ups());
         let engine = self.clone();
         self.tasks.spawn(async move { engine.report_recalls().await });
         self.webhooks.start_pushers().await?;
         let engine = self.clone();
         self.tasks.spawn(async move { engine.process_subscription_requests().await });
         let engine = self.clone();
-        self.tasks.spawn(async move { sharing::backfill::send_backlogs(&engine.services, &engine.sharing, &engine).await });
+        self.tasks.spawn(async move { sharing::backfill::send_backlogs(&engine.services, &engine.sharing, &engine.forwarders).await });
         self.tasks.spawn(self.clone().resynchronise_directory(Duration::from_secs(30)));
         self.tasks.spawn(self.clone().watch_node_keys(Duration::from_secs(1)));
         self.tasks.spawn(self.queries.clone().watch_deadlines());

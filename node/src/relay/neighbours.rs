@@ -146,6 +146,12 @@ impl Engine {
         self.metrics.peer_up.with_label_values(&[node.as_str()]).set(up as i64);
     }
 
+    /// The signals of neighbour `hop`'s forwarder, starting it on first use (see
+    /// [`Forwarders::forwarder`](super::forwarder::Forwarders::forwarder)).
+    pub(crate) fn forwarder(&self, hop: &NodeId) -> Arc<super::signals::Signals> {
+        self.forwarders.forwarder(hop)
+    }
+
     /// The libp2p identity to reach neighbour `id` by: the one its link is up with, while the
     /// directory still admits it (during a key rotation's overlap the neighbour may not have taken its
     /// new key yet), else the identity of its current key.

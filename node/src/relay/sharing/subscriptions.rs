@@ -249,7 +249,7 @@ impl Engine {
                 }
                 if backfill.is_some() {
                     let engine = self.clone();
-                    self.tasks.spawn(async move { backfill::send_backlogs(&engine.services, &engine.sharing, &engine).await });
+                    self.tasks.spawn(async move { backfill::send_backlogs(&engine.services, &engine.sharing, &engine.forwarders).await });
                 }
                 let mut decided = row.clone();
                 decided.state = state.into();
