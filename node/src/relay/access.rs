@@ -8,20 +8,14 @@
 use base64::Engine as _;
 use exchange_wire::api::{AdminActionResponse, IssueToken, IssuedToken, TokenInfo};
 use exchange_wire::directory::UnitStatus;
-use exchange_wire::{Kind, UnitAddress};
+use exchange_wire::UnitAddress;
 
 pub use super::tokens::{Access, Caller, TokenEntry, check_policy, glob};
 use super::tokens::token_hash;
 use super::{Engine, Refusal};
-use crate::directory::Directory;
 use crate::storage::{AdminOp, EventRow, TokenRow, WriteJob};
 
 impl Engine {
-    /// Refuses a message the access policy does not allow (see [`check_policy`]).
-    pub(crate) fn check_access(&self, dir: &Directory, sender: &UnitAddress, recipient: &UnitAddress, kind: Kind) -> Result<(), Refusal> {
-        self.access.check(dir, sender, recipient, kind)
-    }
-
     /// Who is calling, from the `Authorization` header (see [`Access::authenticate`]).
     pub fn authenticate(&self, authorization: Option<&str>) -> Result<Caller, Refusal> {
         self.access.authenticate(&self.dir.current(), &self.here, authorization)

@@ -107,7 +107,7 @@ impl Engine {
         match event {
             E::Inbound { peer, request, channel } => {
                 let engine = self.clone();
-                self.tasks.spawn(async move { engine.inbound(peer, request, channel).await });
+                self.tasks.spawn(async move { engine.ingress().inbound(peer, request, channel).await });
             }
             E::Trace { peer, request, channel } => {
                 let engine = self.clone();
