@@ -150,3 +150,51 @@ fn priority_of(rank: u8) -> Result<Priority, ()> {
         _ => Err(()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::directory::{test_key, test_tree};
+    use exchange_wire::{Envelope, Kind, NodeId};
+
+    fn row(recall: u8, unit: &str, outcome: &str, priority: u8) -> RecallOutcomeRow {
+        RecallOutcomeRow {
+            recall_id: [recall; 32],
+            message_id: [recall + 100; 32],
+            unit: unit.into(),
+            outcome: outcome.into(),
+            original_sender: "gz.yuexiu/liurong-street".into(),
+            priority,
+        }
+    }
+
+    /// At 海珠, two recalls decided: one report each, signed by this node, naming every outcome of
+    /// its recall, on its way to the sender's node and marking its recall reported in the same
+    /// commit. A row with a priority no queue has is left alone.
+    #[test]
+    fn one_signed_report_per_recall_goes_toward_the_sender_and_marks_it_reported() {
+        let (dir, here, key) = (test_tree(), "gz.haizhu".parse::<NodeId>().unwrap(), test_key(4));
+        let ctx = Context { here: &here, dir: &dir, node_key: key.clone(), now_ms: 1_000 };
+        let rows = vec![
+            row(1, "gz.haizhu/civil-affairs", "recalled", 1),
+            row(2, "gz.haizhu/civil-affairs", "already-signed-for", 0),
+            row(1, "gz.haizhu/chigang-street", "recalled", 1),
+            row(3, "gz.haizhu/chigang-street", "recalled", 9),
+        ];
+        let (jobs, summaries) = recall_reports(&ctx, rows);
+        assert_eq!((jobs.len(), summaries.len()), (2, 2));
+        for (job, (recall, outcomes)) in jobs.iter().zip([(1u8, 2usize), (2, 1)]) {
+            let WriteJob::Custody(c) = job else { panic!("a recall report is taken into custody") };
+            assert_eq!(c.recalls_reported, vec![[recall; 32]]);
+            assert_eq!(c.outbox.len(), 1);
+            assert_eq!(c.outbox[0].next_hop, "gz", "toward the sender's node");
+            let m = c.message.as_ref().expect("the report itself");
+            let env = Envelope::from_canonical_bytes(&m.header).unwrap();
+            assert_eq!(env.kind, Kind::DeliveryReport);
+            assert_eq!(env.to, vec!["gz.yuexiu/liurong-street".parse().unwrap()]);
+            let report = RecallReport::from_envelope(&env, &m.payload).unwrap();
+            assert_eq!((report.recall_id, report.node.clone(), report.outcomes.len()), (Digest([recall; 32]), here.clone(), outcomes));
+        }
+        assert!(summaries.iter().all(|s| s.next_hops.iter().map(|h| h.as_str()).eq(["gz"])));
+    }
+}

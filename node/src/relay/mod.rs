@@ -11,11 +11,13 @@
 //! This file holds the engine itself: the parts (each part's state is a handle type in a file that
 //! does not name `Engine`: [`tokens::Access`], [`attachment_state::Attachments`],
 //! [`webhook_target::Webhooks`], [`directory_state::DirectorySync`], [`sharing::Sharing`],
-//! [`signals::Links`], [`deadlines::Queries`]), the services they share ([`services::Services`],
-//! which a part that needs nothing else takes instead of the engine), and start-up. What the
-//! network reports is handled in `neighbours.rs`, what follows a commit in `after_commit.rs` (a part
-//! that commits outside the custody pipeline is given it as a [`commit_done::CommitDone`]), and
-//! refused input is recorded by [`refused`].
+//! [`signals::Links`], [`deadlines::Queries`], [`forwarder::Forwarders`]), the services they share
+//! ([`services::Services`], which a part that needs nothing else takes instead of the engine), and
+//! start-up. What the network reports is handled in `neighbours.rs`; what follows a commit is the
+//! forwarders' (`after_commit.rs`: every part that commits is given them as its
+//! [`commit_done::CommitDone`]), and the engine runs the follow-ups a commit leaves for other parts;
+//! the door of the custody pipeline is [`ingress::Ingress`], lent by `Engine::ingress()`; refused
+//! input is recorded by [`refused`].
 
 pub mod access;
 mod after_commit;
@@ -107,8 +109,8 @@ pub struct Engine {
 }
 
 /// `engine.store`, `engine.node_key()`, ... are the services'. A deref, not a field path at every
-/// use: the custody pipeline's files (ingress, forwarder, committer, attachments) are being reshaped
-/// separately, and this keeps them unchanged while the parts move to `&Services`.
+/// use: the files still written as `impl Engine` (the directory's apply, data sharing's publishing,
+/// node keys, the agency input checks) read the services through it until they take `&Services`.
 impl std::ops::Deref for Engine {
     type Target = Services;
     fn deref(&self) -> &Services {
