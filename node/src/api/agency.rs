@@ -100,7 +100,7 @@ async fn submit(State(engine): State<AppState>, caller: Caller, body: Result<Byt
         Ok(m) => m,
         Err(r) => return r.into_response(),
     };
-    match engine.submit(&caller, vec![msg]).await.pop() {
+    match engine.ingress().submit(&caller, vec![msg]).await.pop() {
         Some(BatchItemResult::Accepted(ok)) => taken(ok.duplicate, &ok),
         Some(BatchItemResult::Refused(body)) => {
             let status = refusal_status(&body.error);
@@ -135,7 +135,7 @@ async fn submit_batch(State(engine): State<AppState>, caller: Caller, body: Resu
         engine.refused_input(&r).await;
         return r.into_response();
     }
-    let results = engine.submit(&caller, req.messages).await;
+    let results = engine.ingress().submit(&caller, req.messages).await;
     json(StatusCode::OK, &BatchSubmitResponse { results })
 }
 
@@ -217,7 +217,7 @@ async fn settle(
         Ok(parts) => parts,
         Err(r) => return r.into_response(),
     };
-    match engine.settle(&caller, &unit, &id, receipt, kind).await {
+    match engine.ingress().settle(&caller, &unit, &id, receipt, kind).await {
         Ok(ok) => taken(ok.duplicate, &ok),
         Err(r) => r.into_response(),
     }
@@ -277,7 +277,7 @@ async fn sender_action(
         Ok(m) => m,
         Err(r) => return r.into_response(),
     };
-    let result = if resend { engine.resend(&caller, &id, msg).await } else { engine.recall(&caller, &id, msg).await };
+    let result = if resend { engine.ingress().resend(&caller, &id, msg).await } else { engine.ingress().recall(&caller, &id, msg).await };
     match result {
         Ok(ok) => taken(ok.duplicate, &ok),
         Err(r) => r.into_response(),
@@ -364,6 +364,7 @@ async fn sign_for_batch(
     }
     let items = req.receipts.into_iter().map(|i| (i.message_id, i.receipt)).collect();
     let results = engine
+        .ingress()
         .sign_for_many(&caller, &unit, items)
         .await
         .into_iter()

@@ -35,7 +35,7 @@ fn accepted(r: Result<exchange_wire::api::SubmitResponse, Refusal>) -> Response 
 
 async fn ask(State(engine): State<AppState>, caller: Caller, body: Result<Bytes, BytesRejection>) -> Response {
     match parse_body::<SignedMessage>(&engine, body).await {
-        Ok(m) => accepted(engine.ask(&caller, m).await),
+        Ok(m) => accepted(engine.ingress().ask(&caller, m).await),
         Err(r) => r.into_response(),
     }
 }
@@ -72,7 +72,7 @@ async fn answer(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     match parse_inbox_call(&engine, &node, &unit, &id, body).await {
-        Ok((unit, id, m)) => accepted(engine.answer(&caller, &unit, &id, m).await),
+        Ok((unit, id, m)) => accepted(engine.ingress().answer(&caller, &unit, &id, m).await),
         Err(r) => r.into_response(),
     }
 }

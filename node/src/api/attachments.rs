@@ -69,13 +69,13 @@ async fn view(engine: &AppState, caller: &Caller, sha256: Digest) -> Result<Opti
         Caller::Unit(u) => u,
         // Authentication off: one view for everyone, as a neighbour sees it.
         Caller::Anyone => {
-            let held = engine.attachment_held(sha256).await.map_err(storage_trouble)?;
+            let held = engine.attachments.attachment_held(sha256).await.map_err(storage_trouble)?;
             let size = if held == Held::Complete { complete_size(engine, &sha256).map_err(storage_trouble)? } else { None };
             return Ok(Some((status_of(sha256, held, size), None)));
         }
     };
     if let Some(size) = complete_size(engine, &sha256).map_err(storage_trouble)?
-        && engine.may_have_attachment(unit, &sha256).await.map_err(IntoResponse::into_response)?
+        && engine.attachments.may_have_attachment(unit, &sha256).await.map_err(IntoResponse::into_response)?
     {
         return Ok(Some((status_of(sha256, Held::Complete, Some(size)), Some(size))));
     }
@@ -218,8 +218,8 @@ async fn receive(engine: AppState, writer: Writer, sha256: Digest, size: u64, mu
             let rest = pending.split_off(take);
             let chunk = std::mem::replace(&mut pending, rest);
             let appended = match &writer {
-                Writer::Unit(u) => engine.store_upload_chunk(u, sha256, size, committed, chunk).await,
-                Writer::Anyone => engine.store_attachment_chunk("agency", sha256, size, committed, chunk).await,
+                Writer::Unit(u) => engine.attachments.store_upload_chunk(u, sha256, size, committed, chunk).await,
+                Writer::Anyone => engine.attachments.store_attachment_chunk("agency", sha256, size, committed, chunk).await,
             };
             match appended {
                 Ok(Held::Complete) => {

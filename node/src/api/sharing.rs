@@ -47,7 +47,7 @@ async fn publish(State(engine): State<AppState>, caller: Caller, body: Result<By
         Ok(m) => m,
         Err(r) => return r.into_response(),
     };
-    match engine.sharing.publish_record(&engine.services, &engine.health, &engine, &caller, m).await {
+    match engine.sharing.publish_record(&engine.services, &engine.health, &engine.forwarders, &caller, m).await {
         Ok(ok) => super::taken(ok.duplicate, &ok),
         Err(r) => r.into_response(),
     }
@@ -64,7 +64,7 @@ async fn publish_batch(State(engine): State<AppState>, caller: Caller, body: Res
     }
     let results = engine
         .sharing
-        .publish_records(&engine.services, &engine.health, &engine, &caller, req.records)
+        .publish_records(&engine.services, &engine.health, &engine.forwarders, &caller, req.records)
         .await
         .into_iter()
         .map(|r| match r {
@@ -80,7 +80,7 @@ async fn subscribe(State(engine): State<AppState>, caller: Caller, body: Result<
         Ok(m) => m,
         Err(r) => return r.into_response(),
     };
-    let r = engine.sharing.request_subscription(&engine.services, &engine, &caller, m).await;
+    let r = engine.sharing.request_subscription(&engine.services, &engine.forwarders, &caller, m).await;
     answer(&engine, r, StatusCode::ACCEPTED, true).await
 }
 
@@ -111,7 +111,7 @@ async fn decide(State(engine): State<AppState>, caller: Caller, Path((node, unit
         Ok(m) => m,
         Err(r) => return r.into_response(),
     };
-    let r = engine.sharing.decide_subscription(&engine.services, &engine, &caller, &unit, req).await;
+    let r = engine.sharing.decide_subscription(&engine.services, &engine.forwarders, &caller, &unit, req).await;
     answer(&engine, r, StatusCode::OK, false).await
 }
 
@@ -210,7 +210,7 @@ async fn admin_decide(State(engine): State<AppState>, body: Result<Bytes, BytesR
         Ok(m) => m,
         Err(r) => return r.into_response(),
     };
-    let r = engine.sharing.admin_decide_subscription(&engine.services, &engine, req).await;
+    let r = engine.sharing.admin_decide_subscription(&engine.services, &engine.forwarders, req).await;
     answer(&engine, r, StatusCode::OK, false).await
 }
 

@@ -9,7 +9,6 @@
 //! `timed-out` unless the answer came first; an answer arriving later is kept (inbox, audit log) but
 //! does not change the outcome. The asker is never left with silence.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use exchange_wire::api::{QueryStatus, RecipientState, SignedMessage, SubmitResponse};
@@ -18,9 +17,9 @@ use exchange_wire::{Envelope, Kind, MessageId, SignedEnvelope, UnitAddress, quer
 pub use super::deadlines::Queries;
 use super::access::Caller;
 use super::custody::event;
-use super::ingress::{Candidate, SignFor};
+use super::ingress::{Candidate, Ingress, SignFor};
 use super::refused::Refused;
-use super::{Engine, Refusal};
+use super::refusal::Refusal;
 use crate::directory::Directory;
 use crate::storage::{JobOutcome, Record, TrackingRow, WriteJob};
 use crate::relay::ingress::checks;
@@ -30,10 +29,10 @@ fn is_outcome(state: RecipientState) -> bool {
     matches!(state, RecipientState::Answered | RecipientState::TimedOut | RecipientState::Failed)
 }
 
-impl Engine {
+impl Ingress<'_> {
     /// A query from an agency: checked, verified, committed; its deadline is watched from then on.
-    pub async fn ask(self: &Arc<Self>, caller: &Caller, m: SignedMessage) -> Result<SubmitResponse, Refusal> {
-        let dir = self.dir.current();
+    pub async fn ask(&self, caller: &Caller, m: SignedMessage) -> Result<SubmitResponse, Refusal> {
+        let dir = self.services.dir.current();
         let id = m.envelope.message_id();
         let decoded = self.decode_query(&dir, caller, &m);
         let deadline = decoded.as_ref().ok().map(|(_, d)| *d);
@@ -46,7 +45,7 @@ impl Engine {
                 Ok(SubmitResponse { id, duplicate: outcome == JobOutcome::Duplicate, accepted_at_ms: exchange_wire::now_ms() })
             }
             Err(r) => {
-                self.refused("agency", &[Refused { id: Some(id), kind: Some(Kind::Query), refusal: &r }]).await;
+                self.services.refused("agency", &[Refused { id: Some(id), kind: Some(Kind::Query), refusal: &r }]).await;
                 Err(r)
             }
         }
@@ -58,24 +57,24 @@ impl Engine {
         if env.kind != Kind::Query {
             return Err(Refusal::new("unsupported-kind", 400, format!("this endpoint takes queries, not a {}", env.kind)));
         }
-        checks::check_sender(&self.here, &self.limits, exchange_wire::now_ms(), dir, caller, env)?;
-        checks::check_size(&self.limits, env.payload_size)?;
+        checks::check_sender(&self.services.here, &self.services.limits, exchange_wire::now_ms(), dir, caller, env)?;
+        checks::check_size(&self.services.limits, env.payload_size)?;
         let (deadline, _topic) = query::facts(env).map_err(|e| Refusal::malformed(e.to_string()))?;
         let now = exchange_wire::now_ms();
         if deadline <= now {
             return Err(Refusal::malformed("the query's deadline (query.deadline) has already passed: give a time in the future"));
         }
-        let longest = self.limits.max_query_secs * 1000;
+        let longest = self.services.limits.max_query_secs * 1000;
         if deadline - now > longest {
             return Err(Refusal::malformed(format!(
                 "the query's deadline is {} s away; this node takes queries due within {} s (limits.max_query_secs): send a document for questions that can wait",
                 (deadline - now) / 1000,
-                self.limits.max_query_secs
+                self.services.limits.max_query_secs
             )));
         }
         let (signed, payload) = m.decode()?;
         let asked = signed.envelope.to[0].clone();
-        crate::routing::plan(dir, &self.here, std::slice::from_ref(&asked))?;
+        crate::routing::plan(dir, &self.services.here, std::slice::from_ref(&asked))?;
         if !dir.is_active(&asked) {
             return Err(Refusal::new("recipient-unavailable", 422, format!("unit {asked} is suspended or revoked; it cannot be asked")));
         }
@@ -86,13 +85,13 @@ impl Engine {
     /// The asked unit's answer to query `query_id` in its inbox, signed by the unit: taken only up
     /// to the query's deadline, and only once.
     pub async fn answer(
-        self: &Arc<Self>,
+        &self,
         caller: &Caller,
         unit: &UnitAddress,
         query_id: &MessageId,
         m: SignedMessage,
     ) -> Result<SubmitResponse, Refusal> {
-        let dir = self.dir.current();
+        let dir = self.services.dir.current();
         let id = m.envelope.message_id();
         let checked = match caller.may_act_for(unit) {
             Ok(()) => self.check_answer(&dir, unit, query_id, &m).await,
@@ -106,14 +105,14 @@ impl Engine {
             Err(r) => Err(r),
         };
         if let Err(r) = &result {
-            self.refused("agency", &[Refused { id: Some(id), kind: Some(Kind::Answer), refusal: r }]).await;
+            self.services.refused("agency", &[Refused { id: Some(id), kind: Some(Kind::Answer), refusal: r }]).await;
         }
         result
     }
 
     async fn check_answer(&self, dir: &Directory, unit: &UnitAddress, query_id: &MessageId, m: &SignedMessage) -> Result<Candidate, Refusal> {
-        if dir.home_of(unit).as_ref() != Some(&self.here) {
-            return Err(Refusal::new("not-found", 404, format!("unit {unit} is not hosted on node {}", self.here)));
+        if dir.home_of(unit).as_ref() != Some(&self.services.here) {
+            return Err(Refusal::new("not-found", 404, format!("unit {unit} is not hosted on node {}", self.services.here)));
         }
         let env = &m.envelope;
         if env.kind != Kind::Answer {
@@ -126,9 +125,9 @@ impl Engine {
         if &answered != query_id {
             return Err(Refusal::malformed(format!("the answer is for query {answered}, not {query_id}")));
         }
-        checks::check_fresh(&self.limits, exchange_wire::now_ms(), env.created_at_ms)?;
+        checks::check_fresh(&self.services.limits, exchange_wire::now_ms(), env.created_at_ms)?;
         checks::check_active(dir, unit)?;
-        checks::check_size(&self.limits, env.payload_size)?;
+        checks::check_size(&self.services.limits, env.payload_size)?;
         let original = self.inbox_original(unit, query_id, "query").await?;
         if original.kind != Kind::Query {
             return Err(Refusal::new("unsupported-kind", 400, format!("message {query_id} is a {}; only queries are answered", original.kind)));

@@ -1,5 +1,6 @@
-//! The attachments part's state (see `attachments`, which holds what the engine does with it; kept
-//! apart so the engine can hold this without importing `attachments`).
+//! The attachments part: its state here, its work in `attachments` (checks at ingress, receiving
+//! chunks, sending to neighbours, retention) and `cut_through` (passing chunks on as they arrive).
+//! Kept apart so the engine can hold the part without importing its work.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -7,14 +8,22 @@ use std::sync::{Arc, Mutex};
 use exchange_wire::{Digest, NodeId};
 use tokio::sync::watch;
 
+use super::services::Services;
+use super::signals::Links;
 use crate::storage::attachments::{AttachmentError, AttachmentStore, Held};
+use crate::storage::health::StorageHealth;
 
 /// The attachments part: the attachment files, which neighbours hold which attachments and the
 /// transfers under way, and the committed length of attachments being received (for chunks that
-/// arrive ahead of their predecessor).
+/// arrive ahead of their predecessor). Its work needs, beyond that, the shared services, the storage
+/// health (chunks are refused while intake is closed) and the links (the peer to send a neighbour
+/// its attachments by); the forwarders it sends for are handed in where a transfer starts.
 pub struct Attachments {
     /// The attachment files (see `storage::attachments`).
     pub files: Arc<AttachmentStore>,
+    pub(super) services: Arc<Services>,
+    pub(super) health: Arc<StorageHealth>,
+    pub(super) links: Arc<Links>,
     transfers: Mutex<Transfers>,
     progress: Mutex<HashMap<Digest, watch::Sender<u64>>>,
 }
@@ -37,8 +46,8 @@ pub(super) enum AtNeighbour {
 }
 
 impl Attachments {
-    pub fn new(files: AttachmentStore) -> Attachments {
-        Attachments { files: Arc::new(files), transfers: Mutex::default(), progress: Mutex::default() }
+    pub fn new(files: AttachmentStore, services: Arc<Services>, health: Arc<StorageHealth>, links: Arc<Links>) -> Attachments {
+        Attachments { files: Arc::new(files), services, health, links, transfers: Mutex::default(), progress: Mutex::default() }
     }
 
     /// Where `sha256` stands with `hop`; claims the transfer when none runs.

@@ -16,10 +16,11 @@ use exchange_wire::{Digest, Envelope, Kind, NodeId, UnitAddress};
 use crate::network::PeerId;
 use crate::network::Reply;
 
-use super::forwarder::{Backoff, Signals};
+use super::backoff::Backoff;
+use super::signals::{Signals, peer_for};
 use super::access::Caller;
 use super::refused::Refused;
-use super::{Engine, Refusal};
+use super::refusal::Refusal;
 use crate::network::protocol::{AttachmentRequest, AttachmentResponse, OfferedFor};
 pub use super::attachment_state::Attachments;
 use super::attachment_state::AtNeighbour;
@@ -92,7 +93,7 @@ pub(crate) fn not_uploaded(sender: &UnitAddress, a: &Attachment) -> Refusal {
 }
 
 
-impl Engine {
+impl Attachments {
     /// The attachments `env` describes that are not complete here yet. Refuses malformed
     /// descriptions, oversized attachments and sizes that contradict a stored copy.
     pub(crate) fn missing_attachments(&self, env: &Envelope) -> Result<Vec<Attachment>, Refusal> {
@@ -102,21 +103,21 @@ impl Engine {
         let described = document::attachments(env).map_err(|e| Refusal::malformed(e.to_string()))?;
         let mut missing = Vec::new();
         for a in described {
-            if a.size > self.limits.max_attachment_bytes {
+            if a.size > self.services.limits.max_attachment_bytes {
                 return Err(Refusal::new(
                     "payload-too-large",
                     413,
                     format!(
                         "attachment {} is {} bytes; this node accepts attachments up to {} bytes (limits.max_attachment_bytes)",
-                        exchange_wire::document::escaped(&a.name), a.size, self.limits.max_attachment_bytes
+                        exchange_wire::document::escaped(&a.name), a.size, self.services.limits.max_attachment_bytes
                     ),
                 ));
             }
-            match self.attachments.files.open_complete(&a.sha256) {
+            match self.files.open_complete(&a.sha256) {
                 Ok(Some((_, len))) if len == a.size => {
                     // In use again: a retention sweep must not take it for an old file now. If a
                     // sweep removed it in the meantime, it is missing after all.
-                    match self.attachments.files.touch(&a.sha256) {
+                    match self.files.touch(&a.sha256) {
                         Ok(()) => {}
                         Err(e) if e.kind() == std::io::ErrorKind::NotFound => missing.push(a),
                         Err(e) => tracing::warn!(error = %e, attachment = %a.sha256, "cannot mark an attachment as used"),
@@ -147,7 +148,7 @@ impl Engine {
         offset: u64,
         bytes: Vec<u8>,
     ) -> Result<Held, AttachmentError> {
-        let store = self.attachments.files.clone();
+        let store = self.files.clone();
         self.append_counted(from, sha256, size, bytes, move |b| store.append(&sha256, size, offset, b)).await
     }
 
@@ -160,7 +161,7 @@ impl Engine {
         offset: u64,
         bytes: Vec<u8>,
     ) -> Result<Held, AttachmentError> {
-        let store = self.attachments.files.clone();
+        let store = self.files.clone();
         let unit = unit.to_string();
         self.append_counted("agency", sha256, size, bytes, move |b| store.append_upload(&unit, &sha256, size, offset, b)).await
     }
@@ -173,8 +174,8 @@ impl Engine {
         bytes: Vec<u8>,
         append: impl FnOnce(&[u8]) -> Result<Held, AttachmentError> + Send + 'static,
     ) -> Result<Held, AttachmentError> {
-        if size > self.limits.max_attachment_bytes {
-            return Err(AttachmentError::TooLarge { size, limit: self.limits.max_attachment_bytes });
+        if size > self.services.limits.max_attachment_bytes {
+            return Err(AttachmentError::TooLarge { size, limit: self.services.limits.max_attachment_bytes });
         }
         self.health.intake().map_err(AttachmentError::IntakeClosed)?;
         let len = bytes.len() as u64;
@@ -183,13 +184,13 @@ impl Engine {
             .unwrap_or_else(|e| Err(AttachmentError::Io(std::io::Error::other(e))));
         match &held {
             Ok(h) => {
-                self.metrics.attachment_bytes_received.with_label_values(&[from]).inc_by(len);
+                self.services.metrics.attachment_bytes_received.with_label_values(&[from]).inc_by(len);
                 if *h == Held::Complete {
                     tracing::info!(%sha256, size, %from, "attachment complete and verified");
                 }
             }
             Err(AttachmentError::Io(e)) => {
-                self.metrics.storage_errors.with_label_values(&["commit"]).inc();
+                self.services.metrics.storage_errors.with_label_values(&["commit"]).inc();
                 tracing::error!(error = %e, %sha256, "cannot write an attachment chunk");
             }
             Err(_) => {}
@@ -202,13 +203,13 @@ impl Engine {
     /// the document is in its inbox and was not recalled). A file that only passed through this
     /// node, or another unit's upload, is not the unit's: knowing a SHA-256 gives nothing.
     pub(crate) async fn may_have_attachment(&self, unit: &UnitAddress, sha256: &Digest) -> Result<bool, Refusal> {
-        let (store, u, d) = (self.attachments.files.clone(), unit.to_string(), *sha256);
+        let (store, u, d) = (self.files.clone(), unit.to_string(), *sha256);
         if tokio::task::spawn_blocking(move || store.uploaded_by(&u, &d)).await.unwrap_or(false) {
             return Ok(true);
         }
         let hex = sha256.to_hex();
         // Bounded: decoys citing the hex in another field can only come from the unit's own mail.
-        let headers = self.store.documents_readable_by(&hex, unit.as_str(), 256).await?;
+        let headers = self.services.store.documents_readable_by(&hex, unit.as_str(), 256).await?;
         Ok(headers.iter().any(|h| {
             Envelope::from_canonical_bytes(h)
                 .ok()
@@ -218,7 +219,7 @@ impl Engine {
     }
 
     /// A document submitted at this node may cite only attachments its sender may have (see
-    /// [`Engine::may_have_attachment`]). An attachment that is not held and one that is held but
+    /// [`Attachments::may_have_attachment`]). An attachment that is not held and one that is held but
     /// not the sender's get the same answer, so a refusal tells nothing about other units' files.
     /// Left to the later checks: callers that may not act for the sender, and malformed
     /// descriptions. With authentication off (`api.require_auth = false`) there is no unit to hold
@@ -229,7 +230,7 @@ impl Engine {
         }
         let Ok(described) = document::attachments(env) else { return Ok(()) };
         for a in described {
-            let held = matches!(self.attachments.files.open_complete(&a.sha256), Ok(Some((_, len))) if len == a.size);
+            let held = matches!(self.files.open_complete(&a.sha256), Ok(Some((_, len))) if len == a.size);
             if !held || !self.may_have_attachment(&env.sender, &a.sha256).await? {
                 return Err(not_uploaded(&env.sender, &a));
             }
@@ -241,18 +242,18 @@ impl Engine {
     /// quarter of that interval (at most every minute, at least every second), for as long as the
     /// node runs.
     pub(crate) async fn sweep_uploads_forever(self: Arc<Self>) {
-        let ttl = self.attachments.files.upload_limits.ttl;
+        let ttl = self.files.upload_limits.ttl;
         let every = (ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
-        self.metrics.attachment_uploads_swept.with_label_values(&[] as &[&str]).inc_by(0);
+        self.services.metrics.attachment_uploads_swept.with_label_values(&[] as &[&str]).inc_by(0);
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let store = self.attachments.files.clone();
+            let store = self.files.clone();
             match tokio::task::spawn_blocking(move || store.sweep_uploads(std::time::SystemTime::now())).await {
                 Ok(Ok(0)) => {}
                 Ok(Ok(n)) => {
-                    self.metrics.attachment_uploads_swept.with_label_values(&[] as &[&str]).inc_by(n);
+                    self.services.metrics.attachment_uploads_swept.with_label_values(&[] as &[&str]).inc_by(n);
                     tracing::info!(uploads = n, ttl_secs = ttl.as_secs(), "removed unfinished attachment uploads abandoned for longer than attachments.upload_ttl_secs");
                 }
                 Ok(Err(e)) => tracing::warn!(error = %e, "cannot sweep unfinished attachment uploads"),
@@ -264,7 +265,7 @@ impl Engine {
     /// Chunks of one attachment may arrive out of order (several are in flight on their own
     /// streams): one that starts past the committed length waits, briefly, for the chunks before it.
     async fn wait_for_predecessor(&self, sha256: Digest, offset: u64) {
-        let mut progress = self.attachments.progress(sha256);
+        let mut progress = self.progress(sha256);
         if *progress.borrow() == offset || offset < CHUNK_BYTES {
             return;
         }
@@ -278,41 +279,49 @@ impl Engine {
 
     /// How much of `sha256` is held here.
     pub(crate) async fn attachment_held(&self, sha256: Digest) -> std::io::Result<Held> {
-        let store = self.attachments.files.clone();
+        let store = self.files.clone();
         tokio::task::spawn_blocking(move || store.held(&sha256)).await.map_err(std::io::Error::other)?
     }
 
-    /// Answers a neighbour's offer or chunk, after the chunk is durable.
-    pub(crate) async fn answer_attachment(self: Arc<Self>, peer: PeerId, request: AttachmentRequest, channel: Reply<AttachmentResponse>) {
-        let Some(from) = self.dir.current().node_by_peer(&peer).map(|n| n.id.clone()) else {
+    /// Answers a neighbour's offer or chunk, after the chunk is durable. An offer naming its
+    /// document starts passing the attachment on at once (cut-through): `forwarder` gives the
+    /// signals of a neighbour's forwarder, starting it if need be.
+    pub(crate) async fn answer_attachment(
+        self: Arc<Self>,
+        peer: PeerId,
+        request: AttachmentRequest,
+        channel: Reply<AttachmentResponse>,
+        forwarder: impl Fn(&NodeId) -> Arc<Signals>,
+    ) {
+        let Some(from) = self.services.dir.current().node_by_peer(&peer).map(|n| n.id.clone()) else {
             let reason = format!("peer {peer} is not a node in the directory");
-            return self.net.respond_attachment(channel, AttachmentResponse::Refused { reason, permanent: false }).await;
+            return self.services.net.respond_attachment(channel, AttachmentResponse::Refused { reason, permanent: false }).await;
         };
         let held = match request {
             AttachmentRequest::Offer { sha256, size, document } => {
                 if let Some(offered) = document {
-                    self.pass_on_early(&from, sha256, size, offered);
+                    self.pass_on_early(&from, sha256, size, offered, forwarder);
                 }
                 self.attachment_held(sha256).await.map_err(AttachmentError::Io)
             }
             AttachmentRequest::Chunk { sha256, size, offset, bytes } => {
                 self.wait_for_predecessor(sha256, offset).await;
                 let held = self.store_attachment_chunk(from.as_str(), sha256, size, offset, bytes).await;
-                self.attachments.committed(sha256, &held);
+                self.committed(sha256, &held);
                 held
             }
         };
         if let Err(e @ AttachmentError::DigestMismatch { .. }) = &held {
             // A neighbour's bytes that do not match the signed digest: corrupt storage or worse.
             let r = Refusal::new("attachment-mismatch", 422, e.to_string());
-            self.refused(from.as_str(), &[Refused { id: None, kind: Some(Kind::Document), refusal: &r }]).await;
+            self.services.refused(from.as_str(), &[Refused { id: None, kind: Some(Kind::Document), refusal: &r }]).await;
         }
         let response = match held {
             Ok(Held::Complete) => AttachmentResponse::Held { committed: 0, complete: true },
             Ok(Held::Partial(committed)) => AttachmentResponse::Held { committed, complete: false },
             Err(e) => AttachmentResponse::Refused { permanent: matches!(e, AttachmentError::TooLarge { .. }), reason: e.to_string() },
         };
-        self.net.respond_attachment(channel, response).await;
+        self.services.net.respond_attachment(channel, response).await;
     }
 
     /// Whether neighbour `hop` holds every attachment of the document with canonical `header`. Starts
@@ -329,13 +338,13 @@ impl Engine {
         let Ok(described) = document::attachments(&env) else { return true };
         let mut ready = true;
         for a in described {
-            match self.attachments.at_neighbour(hop, a.sha256) {
+            match self.at_neighbour(hop, a.sha256) {
                 AtNeighbour::Held => {}
                 AtNeighbour::Running => ready = false,
                 AtNeighbour::Started => {
                     ready = false;
                     let doc = ForDocument::Stored(header.to_vec());
-                    self.tasks.spawn(self.clone().send_attachment(hop.clone(), signals.clone(), a, doc));
+                    self.services.tasks.spawn(self.clone().send_attachment(hop.clone(), signals.clone(), a, doc));
                 }
             }
         }
@@ -347,7 +356,7 @@ impl Engine {
     /// as old. Returns how many files were removed.
     pub(crate) async fn sweep_attachments(&self, before_ms: i64) -> Result<u64, crate::storage::StorageError> {
         let before = std::time::UNIX_EPOCH + Duration::from_millis(before_ms.max(0) as u64);
-        let store = self.attachments.files.clone();
+        let store = self.files.clone();
         let files = tokio::task::spawn_blocking(move || store.files())
             .await
             .map_err(|e| std::io::Error::other(e.to_string()))
@@ -355,10 +364,10 @@ impl Engine {
             .map_err(|e| crate::storage::StorageError::Corrupt(format!("cannot list the attachment store: {e}")))?;
         let mut removed = 0;
         for (digest, complete, modified) in files {
-            if modified >= before || (complete && self.store.attachment_in_use(&digest.to_hex(), before_ms).await?) {
+            if modified >= before || (complete && self.services.store.attachment_in_use(&digest.to_hex(), before_ms).await?) {
                 continue;
             }
-            let store = self.attachments.files.clone();
+            let store = self.files.clone();
             match tokio::task::spawn_blocking(move || store.remove_unused(&digest, complete, before)).await {
                 Ok(Ok(true)) => removed += 1,
                 Ok(Ok(false)) => {}
@@ -374,7 +383,7 @@ impl Engine {
         let Ok(env) = Envelope::from_canonical_bytes(header) else { return };
         let Ok(described) = document::attachments(&env) else { return };
         for a in described {
-            self.attachments.forget(hop, a.sha256);
+            self.forget(hop, a.sha256);
         }
     }
 
@@ -384,14 +393,14 @@ impl Engine {
         let urgent = doc.priority().is_some_and(|p| p != exchange_wire::Priority::Routine);
         let _turn = if urgent { signals.urgent_attachment_turn.lock().await } else { signals.attachment_turn.lock().await };
         let offered = self.offered_for(doc).await;
-        let cfg = &self.relay_cfg;
+        let cfg = &self.services.relay_cfg;
         let mut backoff = Backoff::new(Duration::from_millis(cfg.retry_initial_ms), Duration::from_millis(cfg.retry_max_ms));
         loop {
             match self.try_send_attachment(&hop, &a, offered.clone()).await {
                 Ok(()) => break,
                 Err(Interrupted { reason, stalled: true, .. }) => {
                     tracing::warn!(%hop, attachment = %a.sha256, %reason, "stopped passing an attachment on; it resumes when it arrives again");
-                    self.attachments.transfer_abandoned(&hop, a.sha256);
+                    self.transfer_abandoned(&hop, a.sha256);
                     // A document waiting for it (there should be none: custody needs the whole
                     // file here) starts a new transfer.
                     signals.work.notify_one();
@@ -413,7 +422,7 @@ impl Engine {
                 }
             }
         }
-        self.attachments.transfer_ended(&hop, a.sha256);
+        self.transfer_ended(&hop, a.sha256);
         signals.work.notify_one();
     }
 
@@ -424,7 +433,7 @@ impl Engine {
             ForDocument::Stored(header) => header,
         };
         let id: [u8; 32] = exchange_wire::digest_payload(&header).0;
-        match self.store.message(&id).await {
+        match self.services.store.message(&id).await {
             Ok(Some(StoredMessage { signature, .. })) => Some(OfferedFor { header, signature }),
             Ok(None) => None,
             Err(e) => {
@@ -436,9 +445,9 @@ impl Engine {
 
     async fn try_send_attachment(&self, hop: &NodeId, a: &Attachment, document: Option<OfferedFor>) -> Result<(), Interrupted> {
         use futures::StreamExt;
-        let peer = self.peer_for(hop).ok_or_else(|| Interrupted::from(format!("{hop} is not in the directory")))?;
+        let peer = peer_for(&self.services.dir.current(), &self.links, hop).ok_or_else(|| Interrupted::from(format!("{hop} is not in the directory")))?;
         let ask = |request| async move {
-            match self.net.attachment(peer, request).await.map_err(|e| Interrupted::from(e.to_string()))? {
+            match self.services.net.attachment(peer, request).await.map_err(|e| Interrupted::from(e.to_string()))? {
                 AttachmentResponse::Held { complete: true, .. } => Ok(None),
                 AttachmentResponse::Held { committed, .. } => Ok(Some(committed)),
                 AttachmentResponse::Refused { reason, permanent } => Err(Interrupted { reason: format!("{hop} refused: {reason}"), permanent, stalled: false }),
@@ -446,7 +455,7 @@ impl Engine {
         };
         let Some(offset) = ask(AttachmentRequest::Offer { sha256: a.sha256, size: a.size, document }).await? else { return Ok(()) };
         if offset > 0 {
-            self.metrics.attachment_resumes.with_label_values(&[hop.as_str()]).inc();
+            self.services.metrics.attachment_resumes.with_label_values(&[hop.as_str()]).inc();
             tracing::info!(%hop, attachment = %a.sha256, offset, size = a.size, "resuming an attachment transfer from the neighbour's last committed chunk");
         }
         // A window of chunks in flight, so the link carries the next chunks while the neighbour
@@ -460,7 +469,7 @@ impl Engine {
                 let (len, at) = (bytes.len() as u64, next);
                 next += len;
                 in_flight.push_back(ask(AttachmentRequest::Chunk { sha256: a.sha256, size: a.size, offset: at, bytes }));
-                self.metrics.attachment_bytes_sent.with_label_values(&[hop.as_str()]).inc_by(len);
+                self.services.metrics.attachment_bytes_sent.with_label_values(&[hop.as_str()]).inc_by(len);
             }
             if in_flight.is_empty() && next < a.size {
                 self.wait_for_chunk(a, next).await?;

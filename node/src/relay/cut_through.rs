@@ -24,8 +24,8 @@ use std::time::Duration;
 use exchange_wire::document::{self, Attachment};
 use exchange_wire::{Digest, Kind, NodeId, SignedEnvelope};
 
-use super::Engine;
-use super::attachment_state::AtNeighbour;
+use super::attachment_state::{AtNeighbour, Attachments};
+use super::signals::Signals;
 use super::attachments::{ForDocument, Interrupted};
 use crate::network::protocol::OfferedFor;
 use crate::routing::{self, NextHop};
@@ -35,11 +35,12 @@ use crate::storage::attachments::Held;
 /// sending it to us stopped or lost its link; its retry offers again and starts a new transfer).
 const UPSTREAM_STALL: Duration = Duration::from_secs(30);
 
-impl Engine {
+impl Attachments {
     /// A neighbour offers attachment `sha256` of the document `offered`: starts passing it on to the
     /// next hops of the document's recipients (except `from`) now. A document that does not verify
     /// or route here starts nothing: its attachment then waits for the document, as without cut-through.
-    pub(crate) fn pass_on_early(self: &Arc<Self>, from: &NodeId, sha256: Digest, size: u64, offered: OfferedFor) {
+    /// `forwarder` gives the signals of a neighbour's forwarder (starting it if need be).
+    pub(crate) fn pass_on_early(self: &Arc<Self>, from: &NodeId, sha256: Digest, size: u64, offered: OfferedFor, forwarder: impl Fn(&NodeId) -> Arc<Signals>) {
         let (a, hops) = match self.early_hops(from, sha256, size, &offered) {
             Ok(found) => found,
             Err(reason) => {
@@ -48,19 +49,19 @@ impl Engine {
             }
         };
         for hop in hops {
-            if let AtNeighbour::Started = self.attachments.at_neighbour(&hop, sha256) {
-                self.metrics.attachment_cut_through.with_label_values(&[hop.as_str()]).inc();
+            if let AtNeighbour::Started = self.at_neighbour(&hop, sha256) {
+                self.services.metrics.attachment_cut_through.with_label_values(&[hop.as_str()]).inc();
                 tracing::info!(%from, %hop, attachment = %sha256, "passing an attachment on as it arrives (cut-through)");
-                let signals = self.forwarder(&hop);
+                let signals = forwarder(&hop);
                 let doc = ForDocument::Offered(offered.clone());
-                self.tasks.spawn(self.clone().send_attachment(hop, signals, a.clone(), doc));
+                self.services.tasks.spawn(self.clone().send_attachment(hop, signals, a.clone(), doc));
             }
         }
     }
 
     /// The attachment as the verified document describes it, and the neighbours it goes on to.
     fn early_hops(&self, from: &NodeId, sha256: Digest, size: u64, offered: &OfferedFor) -> Result<(Attachment, Vec<NodeId>), String> {
-        if size > self.limits.max_attachment_bytes {
+        if size > self.services.limits.max_attachment_bytes {
             return Err("over this node's limits.max_attachment_bytes".into());
         }
         let signature: [u8; 64] = offered.signature.as_slice().try_into().map_err(|_| "the signature is not 64 bytes".to_string())?;
@@ -74,7 +75,7 @@ impl Engine {
             .into_iter()
             .find(|a| a.sha256 == sha256 && a.size == size)
             .ok_or("the document does not describe this attachment")?;
-        let dir = self.dir.current();
+        let dir = self.services.dir.current();
         if !dir.signing_keys(&env.sender, &[env.created_at_ms]).iter().any(|k| signed.verify(&k.0).is_ok()) {
             return Err("the document's signature does not verify against the directory here".into());
         }
@@ -82,7 +83,7 @@ impl Engine {
         // next hop from here is not the neighbour it comes from.
         let hops: BTreeSet<NodeId> = env
             .recipients()
-            .filter_map(|r| match routing::next_hop(&dir, &self.here, &dir.home_of(r)?) {
+            .filter_map(|r| match routing::next_hop(&dir, &self.services.here, &dir.home_of(r)?) {
                 Ok(NextHop::Node(hop)) if hop != *from => Some(hop),
                 _ => None,
             })
@@ -93,7 +94,7 @@ impl Engine {
     /// The chunk of `a` at `offset` if it is held here (complete, or committed so far by a transfer
     /// still arriving); `None` if not yet.
     pub(super) async fn chunk_if_held(&self, a: &Attachment, offset: u64) -> Result<Option<Vec<u8>>, Interrupted> {
-        let store = self.attachments.files.clone();
+        let store = self.files.clone();
         let (sha256, size) = (a.sha256, a.size);
         tokio::task::spawn_blocking(move || store.read_held_chunk(&sha256, size, offset))
             .await
@@ -107,11 +108,11 @@ impl Engine {
         let end = (offset + crate::storage::attachments::CHUNK_BYTES).min(a.size);
         loop {
             // Subscribed before looking, so a commit in between is not missed.
-            let mut progress = self.attachments.progress(a.sha256);
+            let mut progress = self.progress(a.sha256);
             match self.attachment_held(a.sha256).await {
                 Ok(Held::Complete) => {
                     drop(progress);
-                    self.attachments.forget_progress(a.sha256);
+                    self.forget_progress(a.sha256);
                     return Ok(());
                 }
                 // The last chunk is read from the complete file only (see `read_held_chunk`).

@@ -10,7 +10,7 @@ use crate::network::PeerId;
 use crate::network::Reply;
 
 use super::directory_state::DirectorySync;
-use super::neighbours::peer_for;
+use super::signals::peer_for;
 use super::signals::Links;
 use super::services::Services;
 use super::{Engine, Refusal};

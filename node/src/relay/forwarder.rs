@@ -10,43 +10,54 @@ use exchange_wire::api::RecipientState;
 use exchange_wire::receipt::{Hop, NodeReport};
 use exchange_wire::{Kind, NodeId, UnitAddress};
 
+pub use super::backoff::Backoff;
 pub use super::signals::Signals;
-use super::Engine;
+use super::attachment_state::Attachments;
 use super::batching::{BatchLimit, Handover, Next};
+use super::commit_done::{CommitDone, FollowUps};
+use super::custody::{self, Context, Summary, event};
+use super::services::Services;
+use super::signals::{Links, peer_for};
 use super::window::Window;
-use super::custody::event;
+use crate::metrics::Metrics;
+use crate::network::PeerId;
 use crate::network::protocol::{Parcel, ParcelResult, TransferRequest, parcel_size_bound};
-use crate::storage::{OutboxItem, Record, TrackingRow, WriteJob};
+use crate::storage::{Custody, OutboxItem, Record, TrackingRow, WriteJob};
 
-
-/// Capped exponential backoff with full jitter.
-pub struct Backoff {
-    initial: Duration,
-    max: Duration,
-    attempt: u32,
+/// The forwarding part: one forwarder per neighbour, started on first use, each carrying the outbox
+/// of its neighbour over the link. It holds what the forwarders use and nothing more: the shared
+/// services, the links (each forwarder's signals, the peer a neighbour is reached by), the
+/// attachments part (a document goes only once the neighbour holds its attachments) and the
+/// follow-ups a commit leaves for other parts. It is also the custody pipeline's
+/// [`CommitDone`] (`after_commit.rs`): after a commit it wakes the forwarders of the next hops.
+pub struct Forwarders {
+    pub(super) services: Arc<Services>,
+    links: Arc<Links>,
+    attachments: Arc<Attachments>,
+    /// What commits leave for other parts (subscription requests to decide, recalls to report):
+    /// the engine takes the receiving end at start-up and runs them.
+    pub(super) follow_ups: FollowUps,
 }
 
-impl Backoff {
-    pub fn new(initial: Duration, max: Duration) -> Backoff {
-        Backoff { initial, max, attempt: 0 }
+impl Forwarders {
+    pub fn new(services: Arc<Services>, links: Arc<Links>, attachments: Arc<Attachments>) -> Forwarders {
+        Forwarders { services, links, attachments, follow_ups: FollowUps::default() }
     }
 
-    /// The next delay: uniformly random in [0, min(max, initial * 2^attempt)].
-    pub fn next_delay(&mut self) -> Duration {
-        let ceiling = self.initial.saturating_mul(1u32 << self.attempt.min(20)).min(self.max);
-        self.attempt = self.attempt.saturating_add(1);
-        let r = getrandom::u64().unwrap_or(u64::MAX / 2);
-        ceiling.mul_f64((r as f64) / (u64::MAX as f64)).max(Duration::from_millis(10))
+    /// The forwarder signals for `hop`, starting its task on first use.
+    pub fn forwarder(self: &Arc<Self>, hop: &NodeId) -> Arc<Signals> {
+        self.links.forwarder(hop, |signals| {
+            self.services.tasks.spawn(run(self.clone(), hop.clone(), signals.clone()));
+            signals.work.notify_one();
+        })
     }
 
-    pub fn reset(&mut self) {
-        self.attempt = 0;
-    }
-
-    pub fn attempts(&self) -> u32 {
-        self.attempt
+    /// The peer to reach `hop` by (see [`peer_for`]).
+    fn peer_for(&self, hop: &NodeId) -> Option<PeerId> {
+        peer_for(&self.services.dir.current(), &self.links, hop)
     }
 }
+
 
 /// Runs the forwarder for `hop` until the process ends.
 ///
@@ -56,8 +67,8 @@ impl Backoff {
 /// read until its acknowledgement is committed (or its handover failed), so no read of the outbox
 /// hands it out twice. Custody is unchanged: an entry leaves the outbox only in the commit that
 /// records the neighbour's answer, which the neighbour sent after its own commit.
-pub async fn run(engine: Arc<Engine>, hop: NodeId, signals: Arc<Signals>) {
-    let cfg = &engine.relay_cfg;
+pub async fn run(forwarders: Arc<Forwarders>, hop: NodeId, signals: Arc<Signals>) {
+    let cfg = &forwarders.services.relay_cfg;
     let mut backoff = Backoff::new(Duration::from_millis(cfg.retry_initial_ms), Duration::from_millis(cfg.retry_max_ms));
     let mut limit = BatchLimit::new(cfg.batch_max_messages, cfg.batch_max_bytes);
     let mut window = Window::new(cfg.window_batches);
@@ -65,7 +76,7 @@ pub async fn run(engine: Arc<Engine>, hop: NodeId, signals: Arc<Signals>) {
     let mut backlog = false;
     loop {
         while let Some(end) = window.finished() {
-            after_flight(&engine, &hop, &signals, end, &mut limit, &mut backoff).await;
+            after_flight(&forwarders.services.metrics, &hop, &signals, end, &mut limit, &mut backoff).await;
         }
         // The next batch waits for an answer when the window is full, and also, like Nagle's rule,
         // when batches are on the link and the last read did not fill one: a part-filled batch goes
@@ -79,23 +90,23 @@ pub async fn run(engine: Arc<Engine>, hop: NodeId, signals: Arc<Signals>) {
             tokio::select! {
                 end = window.next_finished() => {
                     if let Some(end) = end {
-                        after_flight(&engine, &hop, &signals, end, &mut limit, &mut backoff).await;
+                        after_flight(&forwarders.services.metrics, &hop, &signals, end, &mut limit, &mut backoff).await;
                     }
                     continue;
                 }
                 _ = signals.urgent.notified(), if window.may_overtake() => urgent_only = true,
             }
         }
-        let Some(peer) = engine.peer_for(&hop) else {
+        let Some(peer) = forwarders.peer_for(&hop) else {
             tracing::warn!(%hop, "next hop is not in the directory; its outbox waits");
             if let Some(end) = window.wait_for_work(&signals, Duration::from_secs(5)).await {
-                after_flight(&engine, &hop, &signals, end, &mut limit, &mut backoff).await;
+                after_flight(&forwarders.services.metrics, &hop, &signals, end, &mut limit, &mut backoff).await;
             }
             continue;
         };
         let (max_messages, max_bytes) = limit.current();
         let on_the_link = window.entries();
-        let items = match engine.store.outbox_batch_skipping(hop.as_str(), max_messages, max_bytes, &on_the_link).await {
+        let items = match forwarders.services.store.outbox_batch_skipping(hop.as_str(), max_messages, max_bytes, &on_the_link).await {
             Ok(items) => items,
             Err(e) => {
                 tracing::error!(%hop, error = %e, "cannot read the outbox");
@@ -113,24 +124,24 @@ pub async fn run(engine: Arc<Engine>, hop: NodeId, signals: Arc<Signals>) {
         // Documents whose attachments the neighbour does not hold yet wait; their transfer runs
         // beside this loop.
         let had_items = !items.is_empty();
-        let items: Vec<OutboxItem> = items.into_iter().filter(|i| engine.attachments_at(&hop, &signals, &i.header)).collect();
+        let items: Vec<OutboxItem> = items.into_iter().filter(|i| forwarders.attachments.attachments_at(&hop, &signals, &i.header)).collect();
         if items.is_empty() {
             backlog &= urgent_only;
             // The periodic look is a safety net; wake-ups normally come from the committer.
             if !urgent_only
                 && let Some(end) = window.wait_for_work(&signals, Duration::from_secs(if had_items { 1 } else { 5 })).await
             {
-                after_flight(&engine, &hop, &signals, end, &mut limit, &mut backoff).await;
+                after_flight(&forwarders.services.metrics, &hop, &signals, end, &mut limit, &mut backoff).await;
             }
             continue;
         }
-        let (request, sent, bytes) = to_request(&engine.dir.current(), items);
+        let (request, sent, bytes) = to_request(&forwarders.services.dir.current(), items);
         if !urgent_only {
             backlog = sent.len() >= max_messages || bytes.saturating_mul(2) >= max_bytes;
         }
         let seqs: Vec<i64> = sent.iter().map(|s| s.seq).collect();
         let rank = sent.iter().map(|s| s.priority).min().unwrap_or(u8::MAX);
-        window.open(seqs, rank, hand_over(engine.clone(), hop.clone(), peer, request, sent, bytes));
+        window.open(seqs, rank, hand_over(forwarders.clone(), hop.clone(), peer, request, sent, bytes));
     }
 }
 
@@ -147,8 +158,8 @@ struct FlightEnd {
 
 /// The handover of one batch: sends it, waits for the neighbour's answer (given after its commit)
 /// and records the answer. Runs in the window beside the next batches.
-async fn hand_over(engine: Arc<Engine>, hop: NodeId, peer: crate::network::PeerId, request: TransferRequest, sent: Vec<Sent>, bytes: usize) -> FlightEnd {
-    let outcome = engine.net.transfer(peer, request).await;
+async fn hand_over(forwarders: Arc<Forwarders>, hop: NodeId, peer: PeerId, request: TransferRequest, sent: Vec<Sent>, bytes: usize) -> FlightEnd {
+    let outcome = forwarders.services.net.transfer(peer, request).await;
     let how = match &outcome {
         Ok(resp) => match resp.too_large {
             Some(limit) => Handover::TooLarge { limit },
@@ -160,12 +171,12 @@ async fn hand_over(engine: Arc<Engine>, hop: NodeId, peer: crate::network::PeerI
     };
     let mut end = FlightEnd { how, messages: sent.len(), bytes, retry: false, failure: None };
     match (how, outcome) {
-        (Handover::Answered, Ok(resp)) => end.retry = answered(&engine, &hop, &sent, &resp.results).await,
+        (Handover::Answered, Ok(resp)) => end.retry = answered(&forwarders, &hop, &sent, &resp.results).await,
         (Handover::TooLarge { limit }, _) if how.gives_up(sent.len()) => {
             let reason = format!(
                 "{hop} reads at most {limit} bytes in one handover and this message alone takes about {bytes}: it can never pass this link"
             );
-            answered(&engine, &hop, &sent, &[ParcelResult::Refused { code: "too-large".into(), reason }]).await;
+            answered(&forwarders, &hop, &sent, &[ParcelResult::Refused { code: "too-large".into(), reason }]).await;
         }
         (Handover::TooLarge { .. }, _) => {}
         (_, outcome) => {
@@ -180,16 +191,16 @@ async fn hand_over(engine: Arc<Engine>, hop: NodeId, peer: crate::network::PeerI
 
 /// Takes note of a finished handover: the batch size for the link, the backoff, and the wait before
 /// the next batch when the handover failed or the neighbour asked to retry.
-async fn after_flight(engine: &Engine, hop: &NodeId, signals: &Signals, end: FlightEnd, limit: &mut BatchLimit, backoff: &mut Backoff) {
+async fn after_flight(metrics: &Metrics, hop: &NodeId, signals: &Signals, end: FlightEnd, limit: &mut BatchLimit, backoff: &mut Backoff) {
     let next = limit.after(end.messages, end.bytes, end.how);
     if matches!(end.how, Handover::TooLarge { .. } | Handover::BrokenOff) && end.messages > 1 {
-        engine.metrics.batch_splits.with_label_values(&[hop.as_str()]).inc();
+        metrics.batch_splits.with_label_values(&[hop.as_str()]).inc();
     }
     if let (Handover::TooLarge { limit }, Next::Split) = (end.how, next) {
         tracing::info!(%hop, limit, messages = end.messages, bytes = end.bytes, "the neighbour refused a batch as too large; splitting it");
     }
     if let Some(reason) = end.failure {
-        engine.metrics.send_failures.with_label_values(&[hop.as_str()]).inc();
+        metrics.send_failures.with_label_values(&[hop.as_str()]).inc();
         let delay = backoff.next_delay();
         if backoff.attempts() == 1 || backoff.attempts().is_multiple_of(20) {
             tracing::warn!(%hop, attempts = backoff.attempts(), %reason, retry_in_ms = delay.as_millis() as u64, "handover failed; will retry");
@@ -213,22 +224,23 @@ async fn after_flight(engine: &Engine, hop: &NodeId, signals: &Signals, end: Fli
 /// Records a neighbour's answer to a batch: entries handed over leave the outbox, refused ones become
 /// dead letters (reported to their senders), those it asked to retry stay. Returns whether it asked
 /// to retry any.
-async fn answered(engine: &Arc<Engine>, hop: &NodeId, sent: &[Sent], results: &[ParcelResult]) -> bool {
+async fn answered(forwarders: &Arc<Forwarders>, hop: &NodeId, sent: &[Sent], results: &[ParcelResult]) -> bool {
     let retry = results.iter().any(|r| matches!(r, ParcelResult::Retry { .. }));
     // Loop until the acknowledgement is recorded: resending before that would only make duplicates
     // (harmless, but wasted work).
-    let record = acknowledged(&engine.here, hop, sent, results);
+    let services = &forwarders.services;
+    let record = acknowledged(&services.here, hop, sent, results);
     // Documents refused for good further on are reported to their senders, in the same commit as
     // the dead letters: never a silent drop.
-    let (reports, summaries) = engine.failure_reports(hop, sent, results);
+    let (reports, summaries) = failure_reports(&services.context(&services.dir.current()), hop, sent, results);
     let mut jobs = vec![WriteJob::Record(record.clone())];
     jobs.extend(reports.into_iter().map(WriteJob::Custody));
-    let mut backoff = Backoff::new(Duration::from_millis(engine.relay_cfg.retry_initial_ms), Duration::from_millis(engine.relay_cfg.retry_max_ms));
+    let mut backoff = Backoff::new(Duration::from_millis(services.relay_cfg.retry_initial_ms), Duration::from_millis(services.relay_cfg.retry_max_ms));
     loop {
-        match engine.committer.commit(jobs.clone()).await {
+        match services.committer.commit(jobs.clone()).await {
             Ok(_) => {
                 for s in &summaries {
-                    engine.after_commit(s);
+                    forwarders.committed(s);
                 }
                 break;
             }
@@ -238,11 +250,11 @@ async fn answered(engine: &Arc<Engine>, hop: &NodeId, sent: &[Sent], results: &[
             }
         }
     }
-    engine.after_acknowledged(hop, sent, &record);
+    after_acknowledged(&services.metrics, hop, sent, &record);
     for (s, r) in sent.iter().zip(results) {
         if matches!(r, ParcelResult::Retry { .. }) {
             // Perhaps the neighbour lost an attachment we thought it held: offer again.
-            engine.forget_attachments_at(hop, &s.header);
+            forwarders.attachments.forget_attachments_at(hop, &s.header);
         }
     }
     retry
@@ -331,63 +343,45 @@ pub fn acknowledged(here: &NodeId, hop: &NodeId, sent: &[Sent], results: &[Parce
     r
 }
 
-/// The engine's side of its forwarders: starting one per neighbour, reporting refusals to senders,
-/// and counting what a neighbour acknowledged.
-impl Engine {
-    /// The forwarder signals for `hop`, starting its task on first use.
-    pub(super) fn forwarder(self: &Arc<Self>, hop: &NodeId) -> Arc<Signals> {
-        self.links.forwarder(hop, |signals| {
-            self.tasks.spawn(run(self.clone(), hop.clone(), signals.clone()));
-            signals.work.notify_one();
-        })
-    }
-
-    /// Signed failure reports for the documents `hop` refused for good that did not enter the network
-    /// here (where they did, the sender's status is updated directly).
-    pub(crate) fn failure_reports(
-        self: &Arc<Self>,
-        hop: &NodeId,
-        sent: &[Sent],
-        results: &[ParcelResult],
-    ) -> (Vec<crate::storage::Custody>, Vec<super::custody::Summary>) {
-        let dir = self.dir.current();
-        let ctx = self.context(&dir);
-        let mut out = (Vec::new(), Vec::new());
-        for (s, r) in sent.iter().zip(results) {
-            let ParcelResult::Refused { code, reason } = r else { continue };
-            let Ok(env) = exchange_wire::Envelope::from_canonical_bytes(&s.header) else { continue };
-            if s.origin_kind.is_some() || env.kind != Kind::Document {
-                continue;
+/// Signed failure reports for the documents `hop` refused for good that did not enter the network
+/// here (where they did, the sender's status is updated directly), with what their commit sets off.
+/// A rule: what to report and where is decided from the answer alone.
+fn failure_reports(ctx: &Context, hop: &NodeId, sent: &[Sent], results: &[ParcelResult]) -> (Vec<Custody>, Vec<Summary>) {
+    let mut out = (Vec::new(), Vec::new());
+    for (s, r) in sent.iter().zip(results) {
+        let ParcelResult::Refused { code, reason } = r else { continue };
+        let Ok(env) = exchange_wire::Envelope::from_canonical_bytes(&s.header) else { continue };
+        if s.origin_kind.is_some() || env.kind != Kind::Document {
+            continue;
+        }
+        let report = exchange_wire::receipt::FailureReport {
+            message_id: exchange_wire::Digest(s.message_id),
+            node: ctx.here.clone(),
+            units: s.recipients.clone(),
+            reason: format!("{hop} refused it ({code}): {reason}"),
+        };
+        let (envelope, payload) = report.envelope(env.sender.clone(), env.priority);
+        let signed = envelope.sign(&ctx.node_key);
+        match custody::take(ctx, custody::Incoming { signed, payload, recipients: vec![env.sender.clone()], from: None, hops: vec![] }) {
+            Ok((c, summary)) => {
+                out.0.push(c);
+                out.1.push(summary);
             }
-            let report = exchange_wire::receipt::FailureReport {
-                message_id: exchange_wire::Digest(s.message_id),
-                node: self.here.clone(),
-                units: s.recipients.clone(),
-                reason: format!("{hop} refused it ({code}): {reason}"),
-            };
-            let (envelope, payload) = report.envelope(env.sender.clone(), env.priority);
-            let signed = envelope.sign(&self.node_key());
-            match super::custody::take(&ctx, super::custody::Incoming { signed, payload, recipients: vec![env.sender.clone()], from: None, hops: vec![] }) {
-                Ok((c, summary)) => {
-                    out.0.push(c);
-                    out.1.push(summary);
-                }
-                Err(e) => tracing::warn!(reason = %e.message, "cannot route a failure report"),
-            }
+            Err(e) => tracing::warn!(reason = %e.message, "cannot route a failure report"),
         }
-        out
     }
+    out
+}
 
-    /// After a neighbour's answer was recorded.
-    pub(crate) fn after_acknowledged(&self, hop: &NodeId, sent: &[Sent], record: &Record) {
-        let now = exchange_wire::now_ms() as i64;
-        let done: std::collections::HashSet<i64> = record.outbox_done.iter().copied().collect();
-        for s in sent.iter().filter(|s| done.contains(&s.seq)) {
-            self.metrics.forwarded.with_label_values(&[hop.as_str(), &s.kind]).inc();
-            self.metrics.hop_latency.with_label_values(&[hop.as_str()]).observe((now - s.enqueued_at_ms).max(0) as f64 / 1000.0);
-        }
-        if !record.outbox_dead.is_empty() {
-            self.metrics.dead_letters_total.with_label_values(&[hop.as_str()]).inc_by(record.outbox_dead.len() as u64);
-        }
+/// Counts what a neighbour's answer, now recorded, handed over and refused.
+fn after_acknowledged(metrics: &Metrics, hop: &NodeId, sent: &[Sent], record: &Record) {
+    let now = exchange_wire::now_ms() as i64;
+    let done: std::collections::HashSet<i64> = record.outbox_done.iter().copied().collect();
+    for s in sent.iter().filter(|s| done.contains(&s.seq)) {
+        metrics.forwarded.with_label_values(&[hop.as_str(), &s.kind]).inc();
+        metrics.hop_latency.with_label_values(&[hop.as_str()]).observe((now - s.enqueued_at_ms).max(0) as f64 / 1000.0);
+    }
+    if !record.outbox_dead.is_empty() {
+        metrics.dead_letters_total.with_label_values(&[hop.as_str()]).inc_by(record.outbox_dead.len() as u64);
     }
 }

@@ -11,17 +11,20 @@
 //! This file holds the engine itself: the parts (each part's state is a handle type in a file that
 //! does not name `Engine`: [`tokens::Access`], [`attachment_state::Attachments`],
 //! [`webhook_target::Webhooks`], [`directory_state::DirectorySync`], [`sharing::Sharing`],
-//! [`signals::Links`], [`deadlines::Queries`]), the services they share ([`services::Services`],
-//! which a part that needs nothing else takes instead of the engine), and start-up. What the
-//! network reports is handled in `neighbours.rs`, what follows a commit in `after_commit.rs` (a part
-//! that commits outside the custody pipeline is given it as a [`commit_done::CommitDone`]), and
-//! refused input is recorded by [`refused`].
+//! [`signals::Links`], [`deadlines::Queries`], [`forwarder::Forwarders`]), the services they share
+//! ([`services::Services`], which a part that needs nothing else takes instead of the engine), and
+//! start-up. What the network reports is handled in `neighbours.rs`; what follows a commit is the
+//! forwarders' (`after_commit.rs`: every part that commits is given them as its
+//! [`commit_done::CommitDone`]), and the engine runs the follow-ups a commit leaves for other parts;
+//! the door of the custody pipeline is [`ingress::Ingress`], lent by `Engine::ingress()`; refused
+//! input is recorded by [`refused`].
 
 pub mod access;
 mod after_commit;
 pub mod asking;
 pub mod attachment_state;
 pub mod attachments;
+pub mod backoff;
 pub mod batching;
 pub mod checkpoint_files;
 pub mod checkpoints;
@@ -92,9 +95,12 @@ pub struct Engine {
     /// Queries asked here: the deadlines without an outcome, and the work (see [`asking`]).
     pub queries: deadlines::Queries,
     /// Attachment files and their transfers (see [`attachments`]).
-    pub attachments: attachment_state::Attachments,
+    pub attachments: Arc<attachment_state::Attachments>,
     /// Audit checkpoints held here (this node's at the root, its children's) (see [`checkpoints`]).
     pub checkpoints: checkpoint_files::CheckpointFiles,
+    /// The forwarders, one per neighbour, and what follows every commit (see [`forwarder`],
+    /// `after_commit.rs`).
+    pub forwarders: Arc<forwarder::Forwarders>,
     /// Serialises recall reporting, so each decided recall is reported once.
     recall_reports: tokio::sync::Mutex<()>,
     /// Data sharing: the catalog in force, the numbering lock (see [`sharing`]).
@@ -104,8 +110,8 @@ pub struct Engine {
 }
 
 /// `engine.store`, `engine.node_key()`, ... are the services'. A deref, not a field path at every
-/// use: the custody pipeline's files (ingress, forwarder, committer, attachments) are being reshaped
-/// separately, and this keeps them unchanged while the parts move to `&Services`.
+/// use: the files still written as `impl Engine` (the directory's apply, data sharing's publishing,
+/// node keys, the agency input checks) read the services through it until they take `&Services`.
 impl std::ops::Deref for Engine {
     type Target = Services;
     fn deref(&self) -> &Services {
@@ -143,15 +149,19 @@ impl Engine {
             inbox_changes: watch::channel(0).0,
         });
         let targets = webhook_target::WebhookTargets::new(cfg.api.webhooks_to_loopback, &cfg.push)?;
+        let links = Arc::new(signals::Links::default());
+        let attachments = Arc::new(attachment_state::Attachments::new(attachments, services.clone(), health.clone(), links.clone()));
+        let forwarders = Arc::new(forwarder::Forwarders::new(services.clone(), links.clone(), attachments.clone()));
         Ok(Arc::new(Engine {
             health,
             started_at_ms: exchange_wire::now_ms(),
             directory_sync: directory_state::DirectorySync::new(cfg.directory.clone(), parent_hint),
             access: tokens::Access::new(cfg.api.require_auth, cfg.policy.clone()),
             webhooks: webhook_target::Webhooks::new(services.clone(), targets),
-            links: Arc::new(signals::Links::default()),
+            links,
+            forwarders,
             recall_reports: tokio::sync::Mutex::new(()),
-            attachments: attachment_state::Attachments::new(attachments),
+            attachments,
             checkpoints: checkpoint_files::CheckpointFiles::new(&cfg.data_dir, std::time::Duration::from_secs(cfg.audit.checkpoint_secs)),
             queries: deadlines::Queries::new(services.clone()),
             sharing: sharing::Sharing::default(),
@@ -185,11 +195,12 @@ impl Engine {
         self.load_directory().await?;
         for q in self.store.queue_stats().await? {
             if let Ok(id) = q.hop.parse() {
-                self.forwarder(&id).work.notify_one();
+                self.forwarders.forwarder(&id).work.notify_one();
             }
         }
         let engine = self.clone();
         self.tasks.spawn(async move { engine.refresh_queue_gauges().await });
+        self.tasks.spawn(self.clone().run_follow_ups());
         let engine = self.clone();
         self.tasks.spawn(async move { engine.report_recalls().await });
         self.webhooks.start_pushers().await?;
@@ -199,7 +210,7 @@ impl Engine {
         self.tasks.spawn(async move { engine.directory_sync.resynchronise(&engine.services, &engine.links, Duration::from_secs(30)).await });
         self.tasks.spawn(self.clone().watch_node_keys(Duration::from_secs(1)));
         self.tasks.spawn(self.queries.clone().watch_deadlines());
-        self.tasks.spawn(self.clone().sweep_uploads_forever());
+        self.tasks.spawn(self.attachments.clone().sweep_uploads_forever());
         Ok(())
     }
 }

@@ -9,8 +9,7 @@ use std::time::Duration;
 use exchange_wire::NodeId;
 
 use super::Engine;
-use super::signals::Links;
-use crate::directory::Directory;
+use super::signals::peer_for;
 use crate::network::{self, PeerId};
 
 impl Engine {
@@ -108,7 +107,7 @@ impl Engine {
         match event {
             E::Inbound { peer, request, channel } => {
                 let engine = self.clone();
-                self.tasks.spawn(async move { engine.inbound(peer, request, channel).await });
+                self.tasks.spawn(async move { engine.ingress().inbound(peer, request, channel).await });
             }
             E::Trace { peer, request, channel } => {
                 let engine = self.clone();
@@ -119,7 +118,9 @@ impl Engine {
                 self.tasks.spawn(async move { engine.answer_directory(peer, request, channel).await });
             }
             E::Attachment { peer, request, channel } => {
-                self.tasks.spawn(self.clone().answer_attachment(peer, request, channel));
+                let engine = self.clone();
+                let forwarder = move |hop: &NodeId| engine.forwarder(hop);
+                self.tasks.spawn(self.attachments.clone().answer_attachment(peer, request, channel, forwarder));
             }
             E::Reconcile { peer, request, channel } => {
                 self.tasks.spawn(self.clone().answer_reconcile(peer, request, channel));
@@ -145,19 +146,16 @@ impl Engine {
         self.metrics.peer_up.with_label_values(&[node.as_str()]).set(up as i64);
     }
 
+    /// The signals of neighbour `hop`'s forwarder, starting it on first use (see
+    /// [`Forwarders::forwarder`](super::forwarder::Forwarders::forwarder)).
+    pub(crate) fn forwarder(&self, hop: &NodeId) -> Arc<super::signals::Signals> {
+        self.forwarders.forwarder(hop)
+    }
+
     /// The libp2p identity to reach neighbour `id` by: the one its link is up with, while the
     /// directory still admits it (during a key rotation's overlap the neighbour may not have taken its
     /// new key yet), else the identity of its current key.
     pub(crate) fn peer_for(&self, id: &NodeId) -> Option<PeerId> {
         peer_for(&self.dir.current(), &self.links, id)
     }
-}
-
-/// [`Engine::peer_for`] for a part that holds the directory and the links but not the engine
-/// (the operators' trace, reconciliation).
-pub(crate) fn peer_for(dir: &Directory, links: &Links, id: &NodeId) -> Option<PeerId> {
-    let node = dir.node(id)?;
-    let state = links.peer(id);
-    let linked = state.link_peer.filter(|_| state.connected);
-    Some(linked.filter(|p| node.peer_ids_at(exchange_wire::now_ms()).contains(p)).unwrap_or(node.peer_id))
 }

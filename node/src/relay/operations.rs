@@ -20,7 +20,7 @@ use exchange_wire::{Digest, MessageId, NodeId};
 use crate::network::PeerId;
 use crate::network::Reply;
 
-use super::neighbours::peer_for;
+use super::signals::peer_for;
 use super::reads::events;
 use super::services::Services;
 use super::signals::Links;
@@ -50,7 +50,7 @@ impl Engine {
     /// `exchange-admin purge --older-than DAYS`: the operations part purges and records; the
     /// attachments part sweeps the files no longer needed.
     pub async fn retention_purge(&self, days: u32) -> Result<AdminActionResponse, Refusal> {
-        self.operations().retention_purge(days, |before_ms| self.sweep_attachments(before_ms)).await
+        self.operations().retention_purge(days, |before_ms| self.attachments.sweep_attachments(before_ms)).await
     }
 
     /// `exchange-admin audit verify`: the chain here, and the checkpoints part's comparison.

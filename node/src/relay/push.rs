@@ -11,7 +11,7 @@ use exchange_wire::UnitAddress;
 use exchange_wire::api::{AdminActionResponse, WebhookDelivery, WebhookInfo, WebhookRequest};
 
 use super::access::Caller;
-use super::forwarder::Backoff;
+use super::backoff::Backoff;
 use super::reads::inbox_page;
 use super::refusal::Refusal;
 pub use super::webhook_target::Webhooks;

@@ -7,14 +7,14 @@ use exchange_wire::{Digest, Envelope, MessageId, NodeId, SignedEnvelope, UnitAdd
 
 use super::access::Caller;
 use super::services::Services;
-use super::{Engine, Refusal};
+use super::refusal::Refusal;
 use crate::storage::{EventRecord, InboxRecord};
 
 fn unreadable() -> Refusal {
     Refusal::new("storage", 500, "a stored message is unreadable")
 }
 
-impl Engine {
+impl Services {
     /// Per-recipient status of a message sent from a unit of this node.
     pub async fn status(&self, caller: &Caller, id: &MessageId) -> Result<StatusResponse, Refusal> {
         let not_here = || {
@@ -96,7 +96,7 @@ impl Engine {
         let mut changes = self.inbox_changes.subscribe();
         loop {
             changes.borrow_and_update();
-            let items = inbox_page(&self.services, unit, after, limit).await?;
+            let items = inbox_page(self, unit, after, limit).await?;
             if !items.is_empty() || tokio::time::Instant::now() >= deadline {
                 return Ok(items);
             }
@@ -109,7 +109,7 @@ impl Engine {
     /// A unit's 办件 whose 办理时限 (deadline) has passed and that it has neither signed for nor
     /// returned, earliest deadline first: their ids. Deadlines are dates in China Standard Time.
     /// Only headers are read, a page at a time; the answer loads the items one by one as it is
-    /// written ([`Engine::overdue_item`]), so a long list of large documents never sits in memory.
+    /// written ([`Services::overdue_item`]), so a long list of large documents never sits in memory.
     pub async fn overdue(&self, caller: &Caller, unit: &UnitAddress) -> Result<Vec<MessageId>, Refusal> {
         caller.may_act_for(unit)?;
         if self.dir.current().home_of(unit).as_ref() != Some(&self.here) {
@@ -146,7 +146,7 @@ impl Engine {
 
     /// Custody events this node recorded for a message.
     pub async fn events(&self, id: &MessageId) -> Result<Vec<CustodyEvent>, Refusal> {
-        events(&self.services, id).await
+        events(self, id).await
     }
 }
 

@@ -27,7 +27,7 @@ use exchange_wire::{Digest, NodeId};
 use crate::network::PeerId;
 
 use super::Engine;
-use super::neighbours::peer_for;
+use super::signals::peer_for;
 use super::services::Services;
 use super::signals::Links;
 use crate::backup::report::{self, Due, EntryWriter};

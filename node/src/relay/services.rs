@@ -9,9 +9,9 @@
 //! without the whole engine, so it can be read, and tested, alone.
 //!
 //! What is *not* here, on purpose: another part's state (a part that needs one asks for exactly
-//! that), what follows a commit beyond the inbox wake-up (forwarders are woken by the engine's
-//! `after_commit`, which knows the links), and the storage health and start time (only the API
-//! and the admin status read them).
+//! that), what follows a commit beyond the inbox wake-up (forwarders are woken by the forwarders
+//! part, the pipeline's `CommitDone`, which knows the links), and the storage health and start
+//! time (the API, the admin status and the door, which is lent them).
 //!
 //! This file names no part's work and not `Engine`, so every part's file may import it.
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use exchange_wire::NodeId;
 
+use crate::directory::Directory;
 use crate::network::PeerId;
 use tokio::sync::Notify;
 
@@ -114,4 +115,16 @@ impl Links {
     pub fn peer(&self, id: &NodeId) -> PeerState {
         self.peers.lock().expect("peers lock").get(id).cloned().unwrap_or_default()
     }
+}
+
+/// The libp2p identity to reach neighbour `id` by: the one its link is up with, while the
+/// directory still admits it (during a key rotation's overlap the neighbour may not have taken its
+/// new key yet), else the identity of its current key. A function of the directory and the links,
+/// so every part that reaches neighbours (forwarders, attachment transfers, the operators' trace,
+/// reconciliation) finds the same peer.
+pub(crate) fn peer_for(dir: &Directory, links: &Links, id: &NodeId) -> Option<PeerId> {
+    let node = dir.node(id)?;
+    let state = links.peer(id);
+    let linked = state.link_peer.filter(|_| state.connected);
+    Some(linked.filter(|p| node.peer_ids_at(exchange_wire::now_ms()).contains(p)).unwrap_or(node.peer_id))
 }

@@ -2,9 +2,10 @@
 //! Each is decoded, checked against the directory, verified (in batches), decided by the custody
 //! rules and committed; the answer goes out only after the commit.
 //!
-//! This file is the door a document passes: [`Engine::submit`] (an agency) and [`Engine::inbound`]
-//! (a neighbour) both end in [`Engine::verify_and_take`]. Beside it: [`checks`] (what an agency's
-//! input must satisfy), [`recall`] (撤回, 补发) and [`settle`] (签收, 退回).
+//! This file is the door a document passes: [`Ingress::submit`] (an agency) and [`Ingress::inbound`]
+//! (a neighbour) both end in [`Ingress::verify_and_take`]. Beside it: [`checks`] (what an agency's
+//! input must satisfy), [`recall`] (撤回, 补发), [`settle`] (签收, 退回) and, in `relay/asking.rs`,
+//! queries and their answers ([`Ingress::ask`], [`Ingress::answer`]).
 
 pub(in crate::relay) mod checks;
 mod recall;
@@ -19,13 +20,52 @@ use exchange_wire::{Envelope, EnvelopeError, Kind, MessageId, NodeId, SignedEnve
 use crate::network::PeerId;
 use crate::network::Reply;
 
-use super::access::Caller;
+use super::Engine;
+use super::access::{Access, Caller};
+use super::attachment_state::Attachments;
+use super::commit_done::CommitDone;
 use super::custody::{self, Incoming};
+use super::deadlines::Queries;
+use super::forwarder::Forwarders;
+use super::refusal::Refusal;
 use super::refused::Refused;
-use super::{Engine, Refusal};
+use super::services::Services;
+use crate::storage::health::StorageHealth;
 use crate::directory::Directory;
 use crate::network::protocol::{Parcel, ParcelResult, TransferRequest, TransferResponse};
 use crate::storage::{JobOutcome, WriteJob};
+
+/// The door of the custody pipeline: verifies what agencies and neighbours hand this node, lets the
+/// custody rules decide, commits, and answers only after the commit. It owns nothing: it is lent
+/// for one request ([`Engine::ingress`]) the parts it uses, and tells the forwarders
+/// ([`CommitDone`]) of each commit.
+pub struct Ingress<'a> {
+    pub(super) services: &'a Services,
+    /// Intake closes while storage is short of space (see `storage::health`).
+    pub(super) health: &'a StorageHealth,
+    /// The access policy, checked for every recipient.
+    pub(super) access: &'a Access,
+    /// A document is taken only with all its attachments held here.
+    pub(super) attachments: &'a Attachments,
+    /// Told of every commit: it wakes the next hops' forwarders (see `after_commit`).
+    pub(super) forwarders: &'a Arc<Forwarders>,
+    /// A query taken is watched to its deadline.
+    pub(super) queries: &'a Queries,
+}
+
+impl Engine {
+    /// The door, lent for one request (see [`Ingress`]).
+    pub fn ingress(&self) -> Ingress<'_> {
+        Ingress {
+            services: &self.services,
+            health: &self.health,
+            access: &self.access,
+            attachments: &self.attachments,
+            forwarders: &self.forwarders,
+            queries: &self.queries,
+        }
+    }
+}
 
 /// A decoded message, not yet verified.
 pub(crate) struct Candidate {
@@ -86,7 +126,7 @@ fn storage_refusal() -> Refusal {
     }
 }
 
-/// Collects the refusals among `results` for [`Engine::refused`].
+/// Collects the refusals among `results` for [`Services::refused`].
 fn refusals<'a, T>(results: &'a [Result<T, Refusal>], ids: &[(Option<MessageId>, Option<Kind>)]) -> Vec<Refused<'a>> {
     results
         .iter()
@@ -95,9 +135,9 @@ fn refusals<'a, T>(results: &'a [Result<T, Refusal>], ids: &[(Option<MessageId>,
         .collect()
 }
 
-impl Engine {
+impl Ingress<'_> {
     /// Submissions from agencies: verify, take custody, answer after the commit.
-    pub async fn submit(self: &Arc<Self>, caller: &Caller, messages: Vec<SignedMessage>) -> Vec<BatchItemResult> {
+    pub async fn submit(&self, caller: &Caller, messages: Vec<SignedMessage>) -> Vec<BatchItemResult> {
         self.take_submissions(caller, messages, false)
             .await
             .into_iter()
@@ -108,19 +148,19 @@ impl Engine {
             .collect()
     }
 
-    /// [`Engine::submit`] with the refusals themselves (already counted and audited).
+    /// [`Ingress::submit`] with the refusals themselves (already counted and audited).
     async fn take_submissions(
-        self: &Arc<Self>,
+        &self,
         caller: &Caller,
         messages: Vec<SignedMessage>,
         resend: bool,
     ) -> Vec<Result<SubmitResponse, Refusal>> {
-        let dir = self.dir.current();
+        let dir = self.services.dir.current();
         let ids: Vec<(Option<MessageId>, Option<Kind>)> =
             messages.iter().map(|m| (Some(m.envelope.message_id()), Some(m.envelope.kind))).collect();
         let mut cited = Vec::with_capacity(messages.len());
         for m in &messages {
-            cited.push(self.check_citations(caller, &m.envelope).await);
+            cited.push(self.attachments.check_citations(caller, &m.envelope).await);
         }
         let decoded: Vec<Result<Candidate, Refusal>> = messages
             .iter()
@@ -149,7 +189,7 @@ impl Engine {
             }
         }
         drop(messages);
-        self.refused("agency", &refusals(&results, &ids)).await;
+        self.services.refused("agency", &refusals(&results, &ids)).await;
         let now = exchange_wire::now_ms();
         results
             .into_iter()
@@ -170,7 +210,7 @@ impl Engine {
         if m.envelope.kind != Kind::Document {
             return Held::Not;
         }
-        let same_signature = match self.store.message(&m.envelope.message_id().0).await {
+        let same_signature = match self.services.store.message(&m.envelope.message_id().0).await {
             Ok(Some(held)) => hex::encode(&held.signature) == m.signature.to_ascii_lowercase(),
             _ => false,
         };
@@ -192,13 +232,13 @@ impl Engine {
                 format!("agencies submit documents here; a {} is sent through its own endpoint", env.kind),
             ));
         }
-        checks::check_size(&self.limits, env.payload_size)?;
-        checks::check_sender(&self.here, &self.limits, exchange_wire::now_ms(), dir, caller, env)?;
+        checks::check_size(&self.services.limits, env.payload_size)?;
+        checks::check_sender(&self.services.here, &self.services.limits, exchange_wire::now_ms(), dir, caller, env)?;
         exchange_wire::document::check(env).map_err(|e| {
             let code = if matches!(e, exchange_wire::document::DocumentError::Classified(_)) { "classified" } else { "malformed" };
             Refusal::new(code, if code == "classified" { 403 } else { 400 }, e.to_string())
         })?;
-        if let Some(a) = self.missing_attachments(env)?.first() {
+        if let Some(a) = self.attachments.missing_attachments(env)?.first() {
             return Err(Refusal::new(
                 "attachment-missing",
                 409,
@@ -212,7 +252,7 @@ impl Engine {
         // Unknown, reserved, suspended or forbidden recipients are refused here, at ingress, never
         // dropped further on.
         custody::check_recipients(signed.envelope.recipients())?;
-        crate::routing::plan(dir, &self.here, signed.envelope.recipients())?;
+        crate::routing::plan(dir, &self.services.here, signed.envelope.recipients())?;
         for r in signed.envelope.recipients() {
             if !dir.is_active(r) {
                 return Err(Refusal::new("recipient-unavailable", 422, format!("recipient {r} is suspended or revoked; it cannot receive")));
@@ -224,14 +264,14 @@ impl Engine {
     }
 
     /// A batch handed over by a neighbour: verify each parcel, commit, answer after the commit.
-    pub(crate) async fn inbound(self: Arc<Self>, peer: PeerId, request: TransferRequest, channel: Reply<TransferResponse>) {
-        let dir = self.dir.current();
+    pub(crate) async fn inbound(&self, peer: PeerId, request: TransferRequest, channel: Reply<TransferResponse>) {
+        let dir = self.services.dir.current();
         let Some(from) = dir.node_by_peer(&peer).map(|n| n.id.clone()) else {
             // The allow list should have stopped it; refuse everything without storing anything.
             let r = Refusal::new("unknown-peer", 403, format!("peer {peer} is not a node in the directory"));
-            self.refused(&peer.to_string(), &[Refused { id: None, kind: None, refusal: &r }]).await;
+            self.services.refused(&peer.to_string(), &[Refused { id: None, kind: None, refusal: &r }]).await;
             let results = request.parcels.iter().map(|_| ParcelResult::Refused { code: r.code.into(), reason: r.message.clone() }).collect();
-            self.net.respond(channel, TransferResponse::results(results)).await;
+            self.services.net.respond(channel, TransferResponse::results(results)).await;
             return;
         };
         let ids: Vec<(Option<MessageId>, Option<Kind>)> = request
@@ -245,16 +285,16 @@ impl Engine {
         // Custody moves only along the tree: a node that is in the directory but is neither this
         // node's parent nor one of its children has no business handing anything over here (it
         // would bypass the nodes between, and speak for routes it is not on).
-        if !dir.neighbours(&self.here).iter().any(|n| n.id == from) {
+        if !dir.neighbours(&self.services.here).iter().any(|n| n.id == from) {
             let r = Refusal::new(
                 "not-neighbour",
                 403,
-                format!("node {from} is not a neighbour of {} in the node tree (only the parent and the children hand over custody); nothing was taken", self.here),
+                format!("node {from} is not a neighbour of {} in the node tree (only the parent and the children hand over custody); nothing was taken", self.services.here),
             );
             let refused: Vec<Refused> = ids.iter().map(|(id, kind)| Refused { id: *id, kind: *kind, refusal: &r }).collect();
-            self.refused(from.as_str(), &refused).await;
+            self.services.refused(from.as_str(), &refused).await;
             let results = ids.iter().map(|_| ParcelResult::Refused { code: r.code.into(), reason: r.message.clone() }).collect();
-            self.net.respond(channel, TransferResponse::results(results)).await;
+            self.services.net.respond(channel, TransferResponse::results(results)).await;
             return;
         }
         // Parcels whose sender's keys this node knows only in an older version wait for the directory.
@@ -278,7 +318,7 @@ impl Engine {
         // Waiting for the directory is not bad input: it is neither counted nor audited.
         let mut refused = refusals(&results, &ids);
         refused.retain(|r| !waits(r.refusal) && !r.refusal.transient);
-        self.refused(from.as_str(), &refused).await;
+        self.services.refused(from.as_str(), &refused).await;
         // Storage trouble is answered at once, parcel by parcel: the neighbour keeps custody of what
         // was not stored and hands it over again after its backoff (a silent answer would hold it
         // until its request timed out).
@@ -291,7 +331,7 @@ impl Engine {
                 Err(e) => ParcelResult::Refused { code: e.code.into(), reason: e.message },
             })
             .collect();
-        self.net.respond(channel, TransferResponse::results(results)).await;
+        self.services.net.respond(channel, TransferResponse::results(results)).await;
     }
 
     fn decode_parcel(&self, p: Parcel) -> Result<Candidate, Refusal> {
@@ -299,9 +339,9 @@ impl Engine {
         let signed = SignedEnvelope::from_canonical(p.header, sig)?;
         let env = &signed.envelope;
         env.check_shape()?;
-        checks::check_size(&self.limits, env.payload_size)?;
+        checks::check_size(&self.services.limits, env.payload_size)?;
         env.check_payload(&p.payload)?;
-        if let Some(a) = self.missing_attachments(env)?.first() {
+        if let Some(a) = self.attachments.missing_attachments(env)?.first() {
             return Err(attachment_not_here(a));
         }
         if p.recipients.is_empty() || !p.recipients.iter().all(|r| env.recipients().any(|e| e == r)) {
@@ -313,7 +353,7 @@ impl Engine {
     /// Verifies, decides and commits decoded candidates together. One result per input, in order.
     /// `sign_fors[i]` makes input `i` a 签收 receipt that flips its inbox entry in the same commit.
     pub(super) async fn verify_and_take(
-        self: &Arc<Self>,
+        &self,
         dir: &Arc<Directory>,
         from: Option<&NodeId>,
         decoded: Vec<Result<Candidate, Refusal>>,
@@ -334,7 +374,7 @@ impl Engine {
         }
         let verdicts = verify(dir, &candidates, from.is_none()).await;
 
-        let ctx = self.context(dir);
+        let ctx = self.services.context(dir);
         let intake = self.health.intake();
         let mut jobs = Vec::new();
         let mut job_positions = Vec::new();
@@ -370,19 +410,19 @@ impl Engine {
             }
         }
         if !jobs.is_empty() {
-            match self.committer.commit(jobs).await {
+            match self.services.committer.commit(jobs).await {
                 Ok(outcomes) => {
                     let source = if from.is_some() { "peer" } else { "agency" };
                     for ((outcome, i), (summary, kind)) in outcomes.into_iter().zip(job_positions).zip(summaries) {
                         if outcome == JobOutcome::Stored {
-                            self.metrics.accepted.with_label_values(&[kind.as_str(), source]).inc();
-                            self.after_commit(&summary);
+                            self.services.metrics.accepted.with_label_values(&[kind.as_str(), source]).inc();
+                            self.forwarders.committed(&summary);
                         }
                         results[i] = Some(Ok(outcome));
                     }
                 }
                 Err(e) => {
-                    self.metrics.storage_errors.with_label_values(&["commit"]).inc();
+                    self.services.metrics.storage_errors.with_label_values(&["commit"]).inc();
                     tracing::error!(error = %e, "commit failed; nothing was accepted");
                     // A commit that met a full disk closed intake (see `storage::health`): say so.
                     let refusal = self.health.intake().err().map(|c| Refusal::storage_full(&c)).unwrap_or_else(storage_refusal);

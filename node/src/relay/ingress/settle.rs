@@ -1,24 +1,22 @@
 //! 签收 and 退回 handed over by a recipient: checked against the inbox entry they settle, decided once
 //! by the settlement rules in the same transaction, and sent back to the sender as a signed receipt.
 
-use std::sync::Arc;
-
 use exchange_wire::api::{SignForResponse, SignedMessage};
 use exchange_wire::receipt::{Receipt, ReceiptType};
 use exchange_wire::{Envelope, Kind, MessageId, UnitAddress};
 
 use crate::relay::access::Caller;
-use crate::relay::{Engine, Refusal};
+use crate::relay::refusal::Refusal;
 use crate::directory::Directory;
 use crate::storage::JobOutcome;
 
 use super::*;
 
-impl Engine {
+impl Ingress<'_> {
     /// 签收 (`kind` signed-for) or 退回 (returned, with a signed reason): a recipient settles a
     /// message in its inbox with a receipt signed by its own key. A message is settled once.
     pub async fn settle(
-        self: &Arc<Self>,
+        &self,
         caller: &Caller,
         unit: &UnitAddress,
         message_id: &MessageId,
@@ -31,7 +29,7 @@ impl Engine {
     /// Several 签收 by one unit, verified in one batch and committed in one transaction; one result
     /// per receipt, in order.
     pub async fn sign_for_many(
-        self: &Arc<Self>,
+        &self,
         caller: &Caller,
         unit: &UnitAddress,
         receipts: Vec<(MessageId, SignedMessage)>,
@@ -41,13 +39,13 @@ impl Engine {
 
     /// Settles messages in `unit`'s inbox with receipts of type `expected`.
     pub(in crate::relay) async fn settle_many(
-        self: &Arc<Self>,
+        &self,
         caller: &Caller,
         unit: &UnitAddress,
         receipts: Vec<(MessageId, SignedMessage)>,
         expected: ReceiptType,
     ) -> Vec<Result<SignForResponse, Refusal>> {
-        let dir = self.dir.current();
+        let dir = self.services.dir.current();
         let mut decoded = Vec::with_capacity(receipts.len());
         let mut sign_fors = Vec::with_capacity(receipts.len());
         let mut ids = Vec::with_capacity(receipts.len());
@@ -72,14 +70,14 @@ impl Engine {
                     Ok(JobOutcome::Duplicate) => Ok(SignForResponse { message_id: *message_id, receipt_id, duplicate: true }),
                     Ok(JobOutcome::Conflict(reason)) => Err(Refusal::new("conflict", 409, reason)),
                     Ok(_) => {
-                        self.metrics.receipts.with_label_values(&[expected.as_str(), "issued"]).inc();
+                        self.services.metrics.receipts.with_label_values(&[expected.as_str(), "issued"]).inc();
                         Ok(SignForResponse { message_id: *message_id, receipt_id, duplicate: false })
                     }
                     Err(r) => Err(r),
                 }
             })
             .collect();
-        self.refused("agency", &refusals(&results, &ids)).await;
+        self.services.refused("agency", &refusals(&results, &ids)).await;
         results
     }
 
@@ -91,8 +89,8 @@ impl Engine {
         receipt: &SignedMessage,
         expected: ReceiptType,
     ) -> Result<Candidate, Refusal> {
-        if dir.home_of(unit).as_ref() != Some(&self.here) {
-            return Err(Refusal::new("not-found", 404, format!("unit {unit} is not hosted on node {}", self.here)));
+        if dir.home_of(unit).as_ref() != Some(&self.services.here) {
+            return Err(Refusal::new("not-found", 404, format!("unit {unit} is not hosted on node {}", self.services.here)));
         }
         let env = &receipt.envelope;
         let facts = Receipt::from_envelope(env)?;
@@ -103,7 +101,7 @@ impl Engine {
                 facts.receipt_type.as_str()
             )));
         }
-        checks::check_fresh(&self.limits, exchange_wire::now_ms(), env.created_at_ms)?;
+        checks::check_fresh(&self.services.limits, exchange_wire::now_ms(), env.created_at_ms)?;
         checks::check_active(dir, unit)?;
         if &env.sender != unit {
             return Err(Refusal::new("wrong-signer", 403, format!("the receipt is from {} but the inbox is {unit}'s", env.sender)));
@@ -130,6 +128,7 @@ impl Engine {
     /// "query").
     pub(in crate::relay) async fn inbox_original(&self, unit: &UnitAddress, id: &MessageId, what: &str) -> Result<Envelope, Refusal> {
         let entry = self
+            .services
             .store
             .inbox_entry(unit.as_str(), &id.0)
             .await?
