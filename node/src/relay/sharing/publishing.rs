@@ -144,19 +144,16 @@ impl Sharing {
         if let Err(closed) = health.intake() {
             return records.iter().map(|_| Err(Refusal::storage_full(&closed))).collect();
         }
-        let storage = |e: crate::storage::StorageError| -> Refusal { e.into() };
         // The sequence numbers and the subscriber lists must not change between reading them and
         // committing.
         let _numbering = self.numbering().await;
         let shared = s.store.sharing();
         let ctx = s.context(dir);
         let now = exchange_wire::now_ms();
-        let mut heads: BTreeMap<String, i64> = BTreeMap::new();
-        let mut subscribers: BTreeMap<String, BTreeMap<UnitAddress, u64>> = BTreeMap::new();
+        let mut topics: BTreeMap<String, TopicState> = BTreeMap::new();
         let mut seen = std::collections::HashMap::new();
         let mut answers: Vec<Option<Result<PublishResponse, Refusal>>> = Vec::with_capacity(records.len());
-        let mut jobs = Vec::new();
-        let mut pending = Vec::new();
+        let mut numbered = Vec::new();
         for (i, r) in records.into_iter().enumerate() {
             let id = r.signed.id;
             if let Some(&(seq, ref topic)) = seen.get(&id) {
@@ -170,115 +167,150 @@ impl Sharing {
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    answers.push(Some(Err(storage(e))));
+                    answers.push(Some(Err(e.into())));
                     continue;
                 }
             }
-            if !heads.contains_key(&r.topic) {
-                let head = match shared.topic_head(&r.topic).await {
-                    Ok(h) => h,
-                    Err(e) => {
-                        answers.push(Some(Err(storage(e))));
-                        continue;
-                    }
-                };
-                let subs = match shared.granted_subscriptions(&r.topic).await {
-                    Ok(s) => s,
-                    Err(e) => {
-                        answers.push(Some(Err(storage(e))));
-                        continue;
-                    }
-                };
-                let mut first_seq = BTreeMap::new();
-                for sub in &subs {
-                    match (sub.subscriber.parse::<UnitAddress>(), sub.first_seq) {
-                        // A subscriber that has left the directory is skipped; the others still get it.
-                        (Ok(u), Some(f)) if dir.home_of(&u).is_some() => {
-                            first_seq.insert(u, f as u64);
-                        }
-                        _ => tracing::warn!(subscriber = %sub.subscriber, topic = %r.topic, "a granted subscriber is not in the directory; skipped"),
-                    }
-                }
-                heads.insert(r.topic.clone(), head);
-                subscribers.insert(r.topic.clone(), first_seq);
-            }
-            let first_seq = subscribers[&r.topic].clone();
-            let recipients: Vec<UnitAddress> = first_seq.keys().cloned().collect();
-            let seq = heads[&r.topic] + 1;
-            let (delivery, summary) = if recipients.is_empty() {
-                (None, Summary::default())
-            } else {
-                let d = Delivery {
-                    topic: r.topic.clone(),
-                    seq: seq as u64,
-                    subject: r.subject.clone(),
-                    published_at_ms: now,
-                    first_seq,
-                    record: SignedMessage::new(&r.signed, &r.payload),
-                };
-                let (envelope, dpayload) = d.envelope(&s.here, recipients.clone());
-                let dsigned = envelope.sign(&s.node_key());
-                match custody::take(&ctx, Incoming { signed: dsigned, payload: dpayload, recipients: recipients.clone(), from: None, hops: vec![] }) {
-                    Ok((c, s)) => (Some(Box::new(c)), s),
+            if !topics.contains_key(&r.topic) {
+                match TopicState::read(shared, dir, &r.topic).await {
+                    Ok(t) => topics.insert(r.topic.clone(), t),
                     Err(refusal) => {
                         answers.push(Some(Err(refusal)));
                         continue;
                     }
+                };
+            }
+            let topic = topics.get_mut(&r.topic).expect("read above");
+            match numbered_record(s, &ctx, topic, r, now) {
+                Ok(n) => {
+                    seen.insert(id, (n.answer.seq, n.answer.topic.clone()));
+                    numbered.push((i, n));
+                    answers.push(None);
                 }
-            };
-            heads.insert(r.topic.clone(), seq);
-            seen.insert(id, (seq as u64, r.topic.clone()));
-            let events = vec![sharing_event(
-                Some(id.0),
-                "published",
-                Some(r.signed.envelope.sender.to_string()),
-                format!("{} #{seq} to {} subscribers", r.topic, recipients.len()),
-            )];
-            let log = TopicLogRow {
-                topic: r.topic.clone(),
-                seq,
-                record_id: id.0,
-                subject: r.subject.clone(),
-                publisher: r.signed.envelope.sender.to_string(),
-                published_at_ms: now as i64,
-                header: r.signed.bytes.clone(),
-                signature: r.signed.signature.to_vec(),
-                payload: r.payload,
-            };
-            jobs.push(WriteJob::Sharing(SharingJob::Publish { log, delivery, events }));
-            pending.push((i, PublishResponse { id, topic: r.topic, seq: seq as u64, duplicate: false, subscribers: recipients.len() as u64 }, summary));
-            answers.push(None);
-        }
-        if !jobs.is_empty() {
-            match s.committer.commit(jobs).await {
-                Ok(outcomes) => {
-                    for ((i, answer, summary), outcome) in pending.into_iter().zip(outcomes) {
-                        if outcome == JobOutcome::Stored {
-                            s.metrics.data_published.with_label_values(&[answer.topic.as_str()]).inc();
-                            s.metrics.accepted.with_label_values(&[Kind::DataRecord.as_str(), "agency"]).inc();
-                            done.committed(&summary);
-                            answers[i] = Some(Ok(answer));
-                        } else {
-                            // Not reachable under the lock; answered as what the store says it is.
-                            answers[i] = Some(Ok(PublishResponse { duplicate: true, subscribers: 0, ..answer }));
-                        }
-                    }
-                }
-                Err(e) => {
-                    s.metrics.storage_errors.with_label_values(&["commit"]).inc();
-                    tracing::error!(error = %e, "cannot store published records");
-                    for (i, _, _) in pending {
-                        answers[i] = Some(Err(Refusal {
-                            code: "storage",
-                            message: "the node could not store the record; nothing was published, try again later".into(),
-                            status: 503,
-                            transient: true,
-                        }));
-                    }
-                }
+                Err(refusal) => answers.push(Some(Err(refusal))),
             }
         }
+        for (i, answer) in commit_numbered(s, done, numbered).await {
+            answers[i] = Some(answer);
+        }
         answers.into_iter().map(|a| a.expect("every record has an answer")).collect()
+    }
+}
+
+/// A topic as numbering sees it under the lock: its last number and its granted subscribers (with
+/// the first number each takes).
+struct TopicState {
+    head: i64,
+    subscribers: BTreeMap<UnitAddress, u64>,
+}
+
+impl TopicState {
+    async fn read(shared: &dyn crate::storage::sharing::SharingStore, dir: &Directory, topic: &str) -> Result<TopicState, Refusal> {
+        let head = shared.topic_head(topic).await?;
+        let mut subscribers = BTreeMap::new();
+        for sub in shared.granted_subscriptions(topic).await? {
+            match (sub.subscriber.parse::<UnitAddress>(), sub.first_seq) {
+                // A subscriber that has left the directory is skipped; the others still get it.
+                (Ok(u), Some(f)) if dir.home_of(&u).is_some() => {
+                    subscribers.insert(u, f as u64);
+                }
+                _ => tracing::warn!(subscriber = %sub.subscriber, topic, "a granted subscriber is not in the directory; skipped"),
+            }
+        }
+        Ok(TopicState { head, subscribers })
+    }
+}
+
+/// A record given its number, with what committing it writes and what the commit sets off.
+struct Numbered {
+    job: WriteJob,
+    answer: PublishResponse,
+    summary: Summary,
+}
+
+/// Gives `r` the next number of `topic` and builds its log row, its signed delivery to every
+/// subscriber (taken into custody here) and its audit entry. The number is taken only if this
+/// succeeds.
+fn numbered_record(s: &Services, ctx: &custody::Context, topic: &mut TopicState, r: CheckedRecord, now: u64) -> Result<Numbered, Refusal> {
+    let id = r.signed.id;
+    let recipients: Vec<UnitAddress> = topic.subscribers.keys().cloned().collect();
+    let seq = topic.head + 1;
+    let (delivery, summary) = if recipients.is_empty() {
+        (None, Summary::default())
+    } else {
+        let d = Delivery {
+            topic: r.topic.clone(),
+            seq: seq as u64,
+            subject: r.subject.clone(),
+            published_at_ms: now,
+            first_seq: topic.subscribers.clone(),
+            record: SignedMessage::new(&r.signed, &r.payload),
+        };
+        let (envelope, payload) = d.envelope(&s.here, recipients.clone());
+        let signed = envelope.sign(&s.node_key());
+        let (c, summary) = custody::take(ctx, Incoming { signed, payload, recipients: recipients.clone(), from: None, hops: vec![] })?;
+        (Some(Box::new(c)), summary)
+    };
+    topic.head = seq;
+    let events = vec![sharing_event(
+        Some(id.0),
+        "published",
+        Some(r.signed.envelope.sender.to_string()),
+        format!("{} #{seq} to {} subscribers", r.topic, recipients.len()),
+    )];
+    let log = TopicLogRow {
+        topic: r.topic.clone(),
+        seq,
+        record_id: id.0,
+        subject: r.subject.clone(),
+        publisher: r.signed.envelope.sender.to_string(),
+        published_at_ms: now as i64,
+        header: r.signed.bytes.clone(),
+        signature: r.signed.signature.to_vec(),
+        payload: r.payload,
+    };
+    Ok(Numbered {
+        job: WriteJob::Sharing(SharingJob::Publish { log, delivery, events }),
+        answer: PublishResponse { id, topic: r.topic, seq: seq as u64, duplicate: false, subscribers: recipients.len() as u64 },
+        summary,
+    })
+}
+
+/// Commits the numbered records (each at its position `i` among the answers) in one transaction and
+/// answers each: published, or, when the commit failed, nothing published.
+async fn commit_numbered(s: &Services, done: &impl CommitDone, numbered: Vec<(usize, Numbered)>) -> Vec<(usize, Result<PublishResponse, Refusal>)> {
+    if numbered.is_empty() {
+        return Vec::new();
+    }
+    let (jobs, pending): (Vec<WriteJob>, Vec<(usize, PublishResponse, Summary)>) =
+        numbered.into_iter().map(|(i, n)| (n.job, (i, n.answer, n.summary))).unzip();
+    match s.committer.commit(jobs).await {
+        Ok(outcomes) => pending
+            .into_iter()
+            .zip(outcomes)
+            .map(|((i, answer, summary), outcome)| {
+                if outcome == JobOutcome::Stored {
+                    s.metrics.data_published.with_label_values(&[answer.topic.as_str()]).inc();
+                    s.metrics.accepted.with_label_values(&[Kind::DataRecord.as_str(), "agency"]).inc();
+                    done.committed(&summary);
+                    (i, Ok(answer))
+                } else {
+                    // Not reachable under the lock; answered as what the store says it is.
+                    (i, Ok(PublishResponse { duplicate: true, subscribers: 0, ..answer }))
+                }
+            })
+            .collect(),
+        Err(e) => {
+            s.metrics.storage_errors.with_label_values(&["commit"]).inc();
+            tracing::error!(error = %e, "cannot store published records");
+            let refusal = || Refusal {
+                code: "storage",
+                message: "the node could not store the record; nothing was published, try again later".into(),
+                status: 503,
+                transient: true,
+            };
+            pending.into_iter().map(|(i, _, _)| (i, Err(refusal()))).collect()
+        }
     }
 }
 

@@ -10,7 +10,8 @@ use exchange_wire::sharing::{
 use exchange_wire::{Digest, Kind, UnitAddress};
 
 use crate::relay::access::Caller;
-use crate::relay::custody::{self, Incoming};
+use crate::relay::custody::{self, Context, Incoming, Summary};
+use crate::storage::Custody;
 use crate::relay::refused::Refused;
 use crate::relay::commit_done::CommitDone;
 use crate::relay::services::Services;
@@ -194,30 +195,11 @@ impl Sharing {
         let owner: UnitAddress = row.owner.parse().map_err(|_| corrupt("owner address"))?;
         let dir = s.dir.current();
         let ctx = s.context(&dir);
-        let shared = s.store.sharing();
-        let mut messages = Vec::new();
-        let mut summaries = Vec::new();
-        let mut backfill = None;
-        let first_seq = if grant {
-            let head = shared.topic_head(&row.topic).await?;
-            let first = match row.start.parse::<StartFrom>().unwrap_or_default() {
-                StartFrom::Beginning => 1,
-                StartFrom::Seq(n) => (n as i64).max(1),
-                StartFrom::Time(t) => shared.topic_seq_at(&row.topic, t as i64).await?.unwrap_or(head + 1),
-                StartFrom::Now => head + 1,
-            };
-            // The first page of the backlog goes with the grant; the rest follows a page per commit
-            // (`send_backlogs`), so a long history never holds the numbering lock for long.
-            if first <= head {
-                let last = head.min(first + BACKFILL_PAGE - 1);
-                let (m, ss, last) = backfill::backlog_page(s, &ctx, &row.topic, &subscriber, first, first, last).await?;
-                messages.extend(m);
-                summaries.extend(ss);
-                backfill = (last < head).then_some((last + 1, head));
-            }
-            Some(first)
+        let (first_seq, mut messages, mut summaries, backfill) = if grant {
+            let g = grant_start(s, &ctx, row, &subscriber).await?;
+            (Some(g.first), g.messages, g.summaries, g.backfill)
         } else {
-            None
+            (None, Vec::new(), Vec::new(), None)
         };
         let state = if grant { "granted" } else { "refused" };
         let decision = Decision {
@@ -281,4 +263,34 @@ impl Sharing {
             _ => Err(Refusal::new("storage", 500, "unexpected outcome of a decision")),
         }
     }
+}
+
+/// Where a granted subscription starts, and the first page of its backlog.
+struct GrantStart {
+    first: i64,
+    /// The first page's deliveries, taken into custody with the grant.
+    messages: Vec<Custody>,
+    summaries: Vec<Summary>,
+    /// The rest of the backlog, if any: the next record and the last one.
+    backfill: Option<(i64, i64)>,
+}
+
+/// Where `row`'s grant starts (its `start`, against the topic's numbers), with the first page of the
+/// backlog, which goes with the grant; the rest follows a page per commit (`send_backlogs`), so a
+/// long history never holds the numbering lock for long.
+async fn grant_start(s: &Services, ctx: &Context<'_>, row: &SubscriptionRow, subscriber: &UnitAddress) -> Result<GrantStart, Refusal> {
+    let shared = s.store.sharing();
+    let head = shared.topic_head(&row.topic).await?;
+    let first = match row.start.parse::<StartFrom>().unwrap_or_default() {
+        StartFrom::Beginning => 1,
+        StartFrom::Seq(n) => (n as i64).max(1),
+        StartFrom::Time(t) => shared.topic_seq_at(&row.topic, t as i64).await?.unwrap_or(head + 1),
+        StartFrom::Now => head + 1,
+    };
+    if first > head {
+        return Ok(GrantStart { first, messages: Vec::new(), summaries: Vec::new(), backfill: None });
+    }
+    let last = head.min(first + BACKFILL_PAGE - 1);
+    let (messages, summaries, last) = backfill::backlog_page(s, ctx, &row.topic, subscriber, first, first, last).await?;
+    Ok(GrantStart { first, messages, summaries, backfill: (last < head).then_some((last + 1, head)) })
 }
