@@ -22,7 +22,7 @@ pub(crate) fn collect_ids(c: &Custody, out: &mut Vec<[u8; 32]>) {
 
 /// The local position (`messages.seq`) of the message whose id is bound next, to be closed by `)`;
 /// NULL when it is not held. Indexes are keyed by this position, which grows with arrival, rather
-/// than by the random id (see node/migrations/sqlite/0012_local_keys.sql). Both engines write it so..
+/// than by the random id (see node/migrations/sqlite/0012_local_keys.sql). Both engines write it so.
 pub(crate) const SEQ_OF_MESSAGE: &str = "(SELECT seq FROM messages WHERE id = ";
 
 /// Rows gathered from all jobs of one transaction.
