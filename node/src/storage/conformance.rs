@@ -220,6 +220,12 @@ pub async fn an_entry_is_settled_once(store: &dyn Store) {
     assert_eq!(both[0], JobOutcome::Stored);
     assert!(matches!(both[1], JobOutcome::Conflict(_)));
     assert_eq!(inbox_state(store, UNIT_B, 1).await.as_deref(), Some("returned"));
+    // Settlements of several entries in one transaction are each written.
+    commit(store, vec![WriteJob::Custody(document(3, 2, None, &[UNIT_A, UNIT_B], 3))]).await;
+    let several = commit(store, vec![settle(UNIT_A, 3, "signed-for", 131), settle(UNIT_B, 3, "returned", 132)]).await;
+    assert_eq!(several, [JobOutcome::Stored, JobOutcome::Stored]);
+    assert_eq!(inbox_state(store, UNIT_A, 3).await.as_deref(), Some("signed-for"));
+    assert_eq!(inbox_state(store, UNIT_B, 3).await.as_deref(), Some("returned"));
 }
 
 pub async fn a_recall_is_decided_in_order_with_sign_for(store: &dyn Store) {

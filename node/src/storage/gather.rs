@@ -10,6 +10,7 @@ use super::error::StorageError;
 use super::jobs::*;
 use super::model::*;
 use super::store::*;
+use crate::settlement::{self, Entry, Settlement};
 
 pub(crate) fn collect_ids(c: &Custody, out: &mut Vec<[u8; 32]>) {
     if let Some(m) = &c.message {
@@ -92,6 +93,60 @@ pub(crate) fn tracked_ids(rows: &[&TrackingRow]) -> Vec<[u8; 32]> {
     ids
 }
 
+/// The 签收 and 退回 of one transaction, decided by [`settlement::settle`] against the inbox entries
+/// as the transaction holds them. The entries they name are read in one statement before the jobs
+/// are taken in order (`settling_ids`, then [`Settlements::new`]); each decision updates the entry
+/// held here, so a second settlement of one entry in the same transaction sees the first, as the
+/// single writer orders them. The engine then writes [`Settlements::applied`] as one statement: a
+/// statement per 签收 cost a round trip to the database each, which made the recipient's node the
+/// slowest writer of the network (docs/performance.md).
+pub(crate) struct Settlements {
+    /// (unit, message id) → (state, settling receipt id).
+    entries: HashMap<(String, [u8; 32]), (String, Option<Vec<u8>>)>,
+    /// The entries settled by this transaction, in order: (unit, message id, new state, receipt id).
+    pub applied: Vec<(String, [u8; 32], &'static str, [u8; 32])>,
+}
+
+/// The distinct message ids the 签收 and 退回 among `jobs` name, to read their inbox entries.
+pub(crate) fn settling_ids(jobs: &[WriteJob]) -> Vec<[u8; 32]> {
+    let mut ids: Vec<[u8; 32]> = jobs
+        .iter()
+        .filter_map(|j| match j {
+            WriteJob::SignFor { message_id, .. } => Some(*message_id),
+            _ => None,
+        })
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+impl Settlements {
+    /// `held`: every inbox entry of the ids from [`settling_ids`], as (unit, message id, state,
+    /// receipt id); entries of other units of the same message may be among them.
+    pub fn new(held: impl IntoIterator<Item = (String, [u8; 32], String, Option<Vec<u8>>)>) -> Settlements {
+        let entries = held.into_iter().map(|(unit, id, state, receipt)| ((unit, id), (state, receipt))).collect();
+        Settlements { entries, applied: Vec::new() }
+    }
+
+    /// Decides a 签收 or 退回 (`state`) of `message_id` in `unit`'s inbox with `receipt_id`: `None`
+    /// when it applies (and is recorded in `applied`), otherwise the outcome to answer.
+    pub fn settle(&mut self, unit: &str, message_id: &[u8; 32], state: &'static str, receipt_id: &[u8; 32]) -> Option<JobOutcome> {
+        let key = (unit.to_string(), *message_id);
+        let held = self.entries.get(&key);
+        let entry = held.map(|(state, receipt)| Entry { state, receipt_id: receipt.as_deref() });
+        match settlement::settle(entry, unit, message_id, receipt_id) {
+            Settlement::Apply => {
+                self.entries.insert(key, (state.to_string(), Some(receipt_id.to_vec())));
+                self.applied.push((unit.to_string(), *message_id, state, *receipt_id));
+                None
+            }
+            Settlement::Duplicate => Some(JobOutcome::Duplicate),
+            Settlement::Conflict(why) => Some(JobOutcome::Conflict(why)),
+        }
+    }
+}
+
 /// Re-computes the whole audit chain of `store`, a page at a time. Positions must follow each other
 /// without gaps (both stores number entries so): a gap is reported as deleted entries.
 pub(crate) fn verify_chain(store: &dyn Store) -> BoxFuture<'_, Result<ChainCheck, StorageError>> {
@@ -170,5 +225,28 @@ mod tests {
         let kept: Vec<(i64, &str)> = tracking_of_held(&rows, &positions).into_iter().map(|(seq, t)| (seq, t.recipient.as_str())).collect();
         assert_eq!(kept, [(41, "gz.haizhu/civil-affairs"), (41, "gz.tianhe/x")]);
         assert_eq!(tracked_ids(&rows), [[1u8; 32], [2u8; 32]]);
+    }
+
+    #[test]
+    fn settlements_of_one_transaction_see_each_other_in_order() {
+        let unit = "gz.haizhu/civil-affairs";
+        let held = [
+            (unit.to_string(), [1u8; 32], settlement::DELIVERED.to_string(), None),
+            ("gz.haizhu/finance".to_string(), [1u8; 32], settlement::DELIVERED.to_string(), None),
+            (unit.to_string(), [2u8; 32], settlement::SIGNED_FOR.to_string(), Some(vec![9u8; 32])),
+        ];
+        let mut s = Settlements::new(held);
+        // The first 签收 of an entry applies; a 退回 of it later in the same transaction meets it.
+        assert_eq!(s.settle(unit, &[1; 32], settlement::SIGNED_FOR, &[7; 32]), None);
+        assert!(matches!(s.settle(unit, &[1; 32], settlement::RETURNED, &[8; 32]), Some(JobOutcome::Conflict(_))));
+        // The same receipt again is a duplicate, not a conflict.
+        assert_eq!(s.settle(unit, &[1; 32], settlement::SIGNED_FOR, &[7; 32]), Some(JobOutcome::Duplicate));
+        // Another unit's entry of the same message is its own.
+        assert_eq!(s.settle("gz.haizhu/finance", &[1; 32], settlement::RETURNED, &[6; 32]), None);
+        // Settled before this transaction; and not in the inbox at all.
+        assert_eq!(s.settle(unit, &[2; 32], settlement::SIGNED_FOR, &[9; 32]), Some(JobOutcome::Duplicate));
+        assert!(matches!(s.settle(unit, &[3; 32], settlement::SIGNED_FOR, &[5; 32]), Some(JobOutcome::Conflict(_))));
+        let applied: Vec<(&str, u8, &str)> = s.applied.iter().map(|(u, id, state, _)| (u.as_str(), id[0], *state)).collect();
+        assert_eq!(applied, [(unit, 1, settlement::SIGNED_FOR), ("gz.haizhu/finance", 1, settlement::RETURNED)]);
     }
 }

@@ -8,10 +8,10 @@ use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 use super::admin::{apply_admin, for_keys_in_chunks};
 use super::citations::insert_citations;
 use super::{ROWS_PER_STATEMENT, SqliteStore, sharing};
-use crate::settlement::{self, Entry, Settlement};
+use crate::settlement::{self, Entry};
 use crate::storage::citations;
 use crate::storage::error::StorageError;
-use crate::storage::gather::{Rows, SEQ_OF_MESSAGE, collect_ids, tracked_ids, tracking_of_held};
+use crate::storage::gather::{Rows, SEQ_OF_MESSAGE, Settlements, collect_ids, settling_ids, tracked_ids, tracking_of_held};
 use crate::storage::jobs::*;
 use crate::storage::model::*;
 
@@ -62,6 +62,7 @@ impl SqliteStore {
             }
         }
         let mut held = existing_ids(&mut tx, &ids).await?;
+        let mut settlements = Settlements::new(inbox_entries(&mut tx, &settling_ids(jobs)).await?);
         let mut rows = Rows::default();
         let mut outcomes = Vec::with_capacity(jobs.len());
         for j in jobs {
@@ -71,7 +72,7 @@ impl SqliteStore {
                 }
                 WriteJob::SignFor { unit, message_id, state, receipt } => {
                     let receipt_id = receipt.message.as_ref().map(|m| m.id).unwrap_or([0; 32]);
-                    match sign_for(&mut tx, unit, message_id, state, &receipt_id).await? {
+                    match settlements.settle(unit, message_id, state, &receipt_id) {
                         None => {
                             rows.add_custody(receipt, &mut held);
                             JobOutcome::Stored
@@ -107,6 +108,7 @@ impl SqliteStore {
             };
             outcomes.push(outcome);
         }
+        write_settlements(&mut tx, &settlements.applied).await?;
         insert_rows(&mut tx, &rows).await?;
         // After the inbox rows: a recall may arrive in the same batch as its document.
         apply_recalls(&mut tx, &rows.recalls, &rows.recalls_reported).await?;
@@ -329,31 +331,41 @@ async fn inbox_entry_state(tx: &mut Transaction<'_, Sqlite>, unit: &str, message
     Ok(row.map(|r| (r.get(0), r.get(1))))
 }
 
-/// A 签收 or 退回 as [`settlement::settle`] decides it; `Ok(None)` when it applied, `Ok(Some(outcome))`
-/// when it did not.
-async fn sign_for(
-    tx: &mut Transaction<'_, Sqlite>,
-    unit: &str,
-    message_id: &[u8; 32],
-    state: &str,
-    receipt_id: &[u8; 32],
-) -> Result<Option<JobOutcome>, sqlx::Error> {
-    let held = inbox_entry_state(tx, unit, message_id).await?;
-    let entry = held.as_ref().map(|(state, receipt)| Entry { state, receipt_id: receipt.as_deref() });
-    Ok(match settlement::settle(entry, unit, message_id, receipt_id) {
-        Settlement::Apply => {
-            sqlx::query("UPDATE inbox SET state = $1, receipt_id = $2 WHERE unit = $3 AND message_id = $4")
-                .bind(state)
-                .bind(receipt_id.as_slice())
-                .bind(unit)
-                .bind(message_id.as_slice())
-                .execute(&mut **tx)
-                .await?;
-            None
+/// Every inbox entry of `ids` (all units), as this transaction holds them: (unit, message id, state,
+/// settling receipt id), for [`Settlements`].
+async fn inbox_entries(tx: &mut Transaction<'_, Sqlite>, ids: &[[u8; 32]]) -> Result<Vec<(String, [u8; 32], String, Option<Vec<u8>>)>, sqlx::Error> {
+    let mut entries = Vec::new();
+    for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+        let mut q = QueryBuilder::<Sqlite>::new("SELECT unit, message_id, state, receipt_id FROM inbox WHERE message_id IN (");
+        let mut sep = q.separated(", ");
+        for id in chunk {
+            sep.push_bind(id.as_slice());
         }
-        Settlement::Duplicate => Some(JobOutcome::Duplicate),
-        Settlement::Conflict(why) => Some(JobOutcome::Conflict(why)),
-    })
+        q.push(")");
+        for row in q.build().fetch_all(&mut **tx).await? {
+            let id: Vec<u8> = row.get(1);
+            if let Ok(id) = <[u8; 32]>::try_from(id.as_slice()) {
+                entries.push((row.get(0), id, row.get(2), row.get(3)));
+            }
+        }
+    }
+    Ok(entries)
+}
+
+/// Writes the settlements [`Settlements`] applied: each entry's new state and its receipt.
+async fn write_settlements(tx: &mut Transaction<'_, Sqlite>, applied: &[(String, [u8; 32], &'static str, [u8; 32])]) -> Result<(), sqlx::Error> {
+    for chunk in applied.chunks(ROWS_PER_STATEMENT / 4) {
+        let mut q = QueryBuilder::<Sqlite>::new("WITH settled (unit, message_id, state, receipt_id) AS (");
+        q.push_values(chunk, |mut b, (unit, id, state, receipt)| {
+            b.push_bind(unit.as_str()).push_bind(id.as_slice()).push_bind(*state).push_bind(receipt.as_slice());
+        });
+        q.push(
+            ") UPDATE inbox SET state = settled.state, receipt_id = settled.receipt_id FROM settled \
+             WHERE inbox.unit = settled.unit AND inbox.message_id = settled.message_id",
+        );
+        q.build().execute(&mut **tx).await?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
