@@ -126,6 +126,15 @@ fn storage_refusal() -> Refusal {
     }
 }
 
+fn verification_unfinished() -> Refusal {
+    Refusal {
+        code: "unavailable",
+        message: "the node could not finish checking signatures (it may be stopping); nothing was accepted, try again later".into(),
+        status: 503,
+        transient: true,
+    }
+}
+
 /// Collects the refusals among `results` for [`Services::refused`].
 fn refusals<'a, T>(results: &'a [Result<T, Refusal>], ids: &[(Option<MessageId>, Option<Kind>)]) -> Vec<Refused<'a>> {
     results
@@ -476,7 +485,19 @@ async fn verify(dir: &Arc<Directory>, candidates: &[Candidate], at_ingress: bool
             .collect()
     };
     // Signature checks are CPU work: keep them off the async workers when there are many.
-    let results = if candidates.len() > 8 { tokio::task::spawn_blocking(check).await.expect("verify task") } else { check() };
+    let results = if candidates.len() > 8 {
+        match tokio::task::spawn_blocking(check).await {
+            Ok(results) => results,
+            // The check did not run to its end (the runtime is stopping): nothing was verified, so
+            // nothing is taken; the sender may try again.
+            Err(e) => {
+                tracing::error!(error = %e, "signature checks did not finish; refusing the batch for now");
+                return candidates.iter().map(|_| Err(verification_unfinished())).collect();
+            }
+        }
+    } else {
+        check()
+    };
     results
         .into_iter()
         .zip(candidates.iter().zip(&keys))
