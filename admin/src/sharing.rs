@@ -245,44 +245,8 @@ fn show_subscription(ctx: &Ctx, v: &SubscriptionView) -> Result<()> {
 
 pub fn data(ctx: &Ctx, c: &DataCommand) -> Result<()> {
     match c {
-        DataCommand::Publish(a) => {
-            let key = keys::read(&a.key)?;
-            let payload = std::fs::read(&a.file).with_context(|| format!("cannot read {}", a.file.display()))?;
-            if serde_json::from_slice::<serde_json::Value>(&payload).is_err() {
-                bail!("{} is not JSON: a record is a JSON object matching its topic's schema", a.file.display());
-            }
-            let signed = sharing::record(a.from.clone(), &a.topic, &a.subject, &payload).sign(&key);
-            let node = ctx.agency(ActingFor::Unit(&a.from))?;
-            let answer = node.call(|c| c.publish(&signed, &payload))?;
-            if ctx.json {
-                return emit_json(&answer);
-            }
-            if answer.duplicate {
-                eprintln!("already published as {} #{}: nothing new was sent", answer.topic, answer.seq);
-            } else {
-                eprintln!("published as {} #{} to {} subscribers", answer.topic, answer.seq, answer.subscribers);
-            }
-            emit(&format!("{}\n", answer.id))
-        }
-        DataCommand::Subscribe(a) => {
-            let key = keys::read(&a.key)?;
-            let node = ctx.agency(ActingFor::Unit(&a.unit))?;
-            let catalog: Catalog = node.call(|c| c.catalog())?;
-            let Some(topic) = catalog.topic(&a.topic) else {
-                bail!("topic {} is not in the node's catalog (version {}): see `exchange-admin catalog show`", a.topic, catalog.version);
-            };
-            let request = sharing::subscription_request(a.unit.clone(), topic.owner.clone(), &a.topic, a.from, &a.purpose).sign(&key);
-            let view = node.call(|c| c.subscribe(&request, a.purpose.as_bytes()))?;
-            if !ctx.json {
-                eprintln!(
-                    "request sent to {} (sharing {}); follow it with `exchange-admin data subscriptions --unit {}`",
-                    topic.owner,
-                    topic.sharing.as_str(),
-                    a.unit
-                );
-            }
-            show_subscription(ctx, &view)
-        }
+        DataCommand::Publish(a) => publish(ctx, a),
+        DataCommand::Subscribe(a) => subscribe(ctx, a),
         DataCommand::Subscriptions(a) => {
             let node = ctx.agency(ActingFor::Unit(&a.unit))?;
             let list = node.call(|c| c.subscriptions(&a.unit))?;
@@ -304,30 +268,75 @@ pub fn data(ctx: &Ctx, c: &DataCommand) -> Result<()> {
         }
         DataCommand::Grant(a) => decide(ctx, a, true),
         DataCommand::Refuse(a) => decide(ctx, a, false),
-        DataCommand::Records(a) => {
-            let node = ctx.agency(ActingFor::Unit(&a.unit))?;
-            let wait = Duration::from_secs(a.wait.min(MAX_WAIT_SECS));
-            let page = node.call(|c| c.records(&a.unit, &a.topic, a.after, a.limit, wait))?;
-            if ctx.json {
-                return emit_json(&page);
-            }
-            let mut t = Table::new(&["SEQ", "SUBJECT", "PUBLISHED", "PUBLISHER", "RECORD"]);
-            for i in &page.items {
-                let id = i.record.envelope.message_id().to_hex();
-                t.push(vec![i.seq.to_string(), i.subject.clone(), format_ms(i.published_at_ms), i.record.envelope.sender.to_string(), short_id(&id).into()]);
-            }
-            if page.held_back > 0 {
-                eprintln!("{} later records are held back until an earlier one arrives", page.held_back);
-            }
-            eprintln!("cursor {}; next page: --after {}", page.cursor, page.next_after);
-            emit(&t.render())
-        }
+        DataCommand::Records(a) => records(ctx, a),
         DataCommand::Ack(a) => {
             let node = ctx.agency(ActingFor::Unit(&a.unit))?;
             let view = node.call(|c| c.ack(&a.unit, &a.topic, a.seq))?;
             show_subscription(ctx, &view)
         }
     }
+}
+
+/// `data publish`: signs a record of a topic with the publishing unit's key and publishes it.
+fn publish(ctx: &Ctx, a: &PublishArgs) -> Result<()> {
+    let key = keys::read(&a.key)?;
+    let payload = std::fs::read(&a.file).with_context(|| format!("cannot read {}", a.file.display()))?;
+    if serde_json::from_slice::<serde_json::Value>(&payload).is_err() {
+        bail!("{} is not JSON: a record is a JSON object matching its topic's schema", a.file.display());
+    }
+    let signed = sharing::record(a.from.clone(), &a.topic, &a.subject, &payload).sign(&key);
+    let node = ctx.agency(ActingFor::Unit(&a.from))?;
+    let answer = node.call(|c| c.publish(&signed, &payload))?;
+    if ctx.json {
+        return emit_json(&answer);
+    }
+    if answer.duplicate {
+        eprintln!("already published as {} #{}: nothing new was sent", answer.topic, answer.seq);
+    } else {
+        eprintln!("published as {} #{} to {} subscribers", answer.topic, answer.seq, answer.subscribers);
+    }
+    emit(&format!("{}\n", answer.id))
+}
+
+/// `data subscribe`: asks the topic's owner for a subscription, signed with the subscriber's key.
+fn subscribe(ctx: &Ctx, a: &SubscribeArgs) -> Result<()> {
+    let key = keys::read(&a.key)?;
+    let node = ctx.agency(ActingFor::Unit(&a.unit))?;
+    let catalog: Catalog = node.call(|c| c.catalog())?;
+    let Some(topic) = catalog.topic(&a.topic) else {
+        bail!("topic {} is not in the node's catalog (version {}): see `exchange-admin catalog show`", a.topic, catalog.version);
+    };
+    let request = sharing::subscription_request(a.unit.clone(), topic.owner.clone(), &a.topic, a.from, &a.purpose).sign(&key);
+    let view = node.call(|c| c.subscribe(&request, a.purpose.as_bytes()))?;
+    if !ctx.json {
+        eprintln!(
+            "request sent to {} (sharing {}); follow it with `exchange-admin data subscriptions --unit {}`",
+            topic.owner,
+            topic.sharing.as_str(),
+            a.unit
+        );
+    }
+    show_subscription(ctx, &view)
+}
+
+/// `data records`: a page of the records a subscription received.
+fn records(ctx: &Ctx, a: &RecordsArgs) -> Result<()> {
+    let node = ctx.agency(ActingFor::Unit(&a.unit))?;
+    let wait = Duration::from_secs(a.wait.min(MAX_WAIT_SECS));
+    let page = node.call(|c| c.records(&a.unit, &a.topic, a.after, a.limit, wait))?;
+    if ctx.json {
+        return emit_json(&page);
+    }
+    let mut t = Table::new(&["SEQ", "SUBJECT", "PUBLISHED", "PUBLISHER", "RECORD"]);
+    for i in &page.items {
+        let id = i.record.envelope.message_id().to_hex();
+        t.push(vec![i.seq.to_string(), i.subject.clone(), format_ms(i.published_at_ms), i.record.envelope.sender.to_string(), short_id(&id).into()]);
+    }
+    if page.held_back > 0 {
+        eprintln!("{} later records are held back until an earlier one arrives", page.held_back);
+    }
+    eprintln!("cursor {}; next page: --after {}", page.cursor, page.next_after);
+    emit(&t.render())
 }
 
 fn decide(ctx: &Ctx, a: &DecideArgs, grant: bool) -> Result<()> {

@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use exchange_wire::document::Attachment;
-use exchange_wire::{Envelope, Kind, Priority};
+use exchange_wire::client::ApiClient;
+use exchange_wire::{Envelope, Kind, MessageId, Priority, UnitAddress};
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
 
@@ -118,10 +119,48 @@ fn received(net: &LocalNetwork, node: &str) -> f64 {
 
 fn relay(net: &LocalNetwork, file: &Path, a: &Attachment, size: u64, floor: f64) -> anyhow::Result<(serde_json::Value, Vec<String>)> {
     super::bench::wait_links(net)?;
+    let t = time_relay(net, file, a, size)?;
+    let mb = size as f64 / 1e6;
+    print_relay(&t, mb, floor);
+    let (rss, errors) = peak_memory(net)?;
+    let json = json!({
+        "attachment_bytes": size,
+        "peer_floor_mb_s": floor,
+        "upload_s": t.upload,
+        "at_city_s": t.city,
+        "first_at_haizhu_s": t.first_far,
+        "at_haizhu_s": t.haizhu,
+        "delivered_s": t.delivered,
+        "download_s": t.download,
+        "end_to_end_mb_s": mb / t.delivered,
+        "per_hop_mb_s": mb / t.city,
+        "end_to_end_over_first_hop": t.delivered / t.city,
+        "peak_rss_mib": rss,
+    });
+    Ok((json, errors))
+}
+
+/// The relay's times in seconds: upload and download on their own, the rest counted from the
+/// document's submission.
+#[derive(Clone, Copy)]
+struct RelayTimes {
+    upload: f64,
+    /// The city holds the whole attachment.
+    city: f64,
+    /// 海珠 holds its first chunk, then the whole attachment.
+    first_far: f64,
+    haizhu: f64,
+    /// The document is in the recipient's inbox.
+    delivered: f64,
+    download: f64,
+}
+
+/// Uploads the attachment to 越秀, submits the document naming it, follows it to 海珠's inbox and
+/// downloads the attachment there.
+fn time_relay(net: &LocalNetwork, file: &Path, a: &Attachment, size: u64) -> anyhow::Result<RelayTimes> {
     let from: exchange_wire::UnitAddress = "gz.yuexiu/liurong-street".parse()?;
     let to: exchange_wire::UnitAddress = "gz.haizhu/civil-affairs".parse()?;
     let sender = net.client_for(&from);
-    let mb = size as f64 / 1e6;
 
     let started = Instant::now();
     sender.upload_attachment(file, a).map_err(|e| anyhow::anyhow!("upload: {e}"))?;
@@ -133,11 +172,30 @@ fn relay(net: &LocalNetwork, file: &Path, a: &Attachment, size: u64, floor: f64)
     let signed = e.sign(&net.unit_keys[&from]);
     let relay_start = Instant::now();
     sender.submit(&signed, "附件见扫描件".as_bytes()).map_err(|e| anyhow::anyhow!("submit: {e}"))?;
+    let recipient = net.client_for(&to);
+    let (city, first_far, haizhu, delivered) = follow(net, &recipient, &to, &signed.id, size, relay_start)?;
 
-    // Each node holds the whole attachment when its received counter reaches the size.
+    let dest = file.with_file_name("downloaded.bin");
+    let started = Instant::now();
+    recipient.download_attachment(&signed.id, 1, a, &dest).map_err(|e| anyhow::anyhow!("download: {e}"))?;
+    let download = started.elapsed().as_secs_f64();
+    std::fs::remove_file(&dest)?;
+    Ok(RelayTimes { upload, city, first_far, haizhu, delivered, download })
+}
+
+/// Polls every 20 ms until the document is in `to`'s inbox: each node holds the whole attachment
+/// when its received counter reaches the size. Returns, in seconds after `relay_start`, when the
+/// city held it all, when 海珠 held its first chunk and all of it, and when the document arrived.
+fn follow(
+    net: &LocalNetwork,
+    recipient: &ApiClient,
+    to: &UnitAddress,
+    id: &MessageId,
+    size: u64,
+    relay_start: Instant,
+) -> anyhow::Result<(f64, f64, f64, f64)> {
     let (mut at_city, mut at_haizhu, mut first_at_haizhu) = (None, None, None);
     let deadline = Instant::now() + Duration::from_secs(600);
-    let recipient = net.client_for(&to);
     let delivered = loop {
         if at_city.is_none() && received(net, "gz") >= size as f64 {
             at_city = Some(relay_start.elapsed().as_secs_f64());
@@ -149,8 +207,8 @@ fn relay(net: &LocalNetwork, file: &Path, a: &Attachment, size: u64, floor: f64)
         if at_haizhu.is_none() && at_far >= size as f64 {
             at_haizhu = Some(relay_start.elapsed().as_secs_f64());
         }
-        let inbox = recipient.inbox(&to, 0, 10, Duration::ZERO).map_err(|e| anyhow::anyhow!("inbox: {e}"))?;
-        if inbox.items.iter().any(|i| i.id == signed.id) {
+        let inbox = recipient.inbox(to, 0, 10, Duration::ZERO).map_err(|e| anyhow::anyhow!("inbox: {e}"))?;
+        if inbox.items.iter().any(|i| i.id == *id) {
             break relay_start.elapsed().as_secs_f64();
         }
         if Instant::now() > deadline {
@@ -159,14 +217,11 @@ fn relay(net: &LocalNetwork, file: &Path, a: &Attachment, size: u64, floor: f64)
         std::thread::sleep(Duration::from_millis(20));
     };
     let (city, haizhu) = (at_city.unwrap_or(delivered), at_haizhu.unwrap_or(delivered));
-    let first_far = first_at_haizhu.unwrap_or(haizhu);
+    Ok((city, first_at_haizhu.unwrap_or(haizhu), haizhu, delivered))
+}
 
-    let dest = file.with_file_name("downloaded.bin");
-    let started = Instant::now();
-    recipient.download_attachment(&signed.id, 1, a, &dest).map_err(|e| anyhow::anyhow!("download: {e}"))?;
-    let download = started.elapsed().as_secs_f64();
-    std::fs::remove_file(&dest)?;
-
+fn print_relay(t: &RelayTimes, mb: f64, floor: f64) {
+    let RelayTimes { upload, city, first_far, haizhu, delivered, download } = *t;
     println!("\n== Relay of {mb:.0} MB");
     println!("   upload to 越秀 (HTTP, streamed)        {upload:>7.2} s  {:>6.0} MB/s", mb / upload);
     println!("   越秀 → 广州 (whole attachment at gz)   {city:>7.2} s  {:>6.0} MB/s", mb / city);
@@ -179,7 +234,11 @@ fn relay(net: &LocalNetwork, file: &Path, a: &Attachment, size: u64, floor: f64)
     let per_hop = mb / city;
     println!("   per hop {per_hop:.0} MB/s = {:.0}% of the peer's {floor:.0} MB/s", 100.0 * per_hop / floor);
     println!("   end to end / first hop = {:.2} (1.0: the hops fully overlap; 2.0: store and forward)", delivered / city);
+}
 
+/// Every node's peak resident memory (VmHWM) in MiB, printed against the bound; a node over it is
+/// an error.
+fn peak_memory(net: &LocalNetwork) -> anyhow::Result<(serde_json::Map<String, serde_json::Value>, Vec<String>)> {
     let mut errors = Vec::new();
     let mut rss = serde_json::Map::new();
     println!("\n== Peak resident memory (VmHWM)");
@@ -191,19 +250,5 @@ fn relay(net: &LocalNetwork, file: &Path, a: &Attachment, size: u64, floor: f64)
         }
         rss.insert(id.to_string(), json!(peak));
     }
-    let json = json!({
-        "attachment_bytes": size,
-        "peer_floor_mb_s": floor,
-        "upload_s": upload,
-        "at_city_s": city,
-        "first_at_haizhu_s": first_far,
-        "at_haizhu_s": haizhu,
-        "delivered_s": delivered,
-        "download_s": download,
-        "end_to_end_mb_s": mb / delivered,
-        "per_hop_mb_s": per_hop,
-        "end_to_end_over_first_hop": delivered / city,
-        "peak_rss_mib": rss,
-    });
-    Ok((json, errors))
+    Ok((rss, errors))
 }

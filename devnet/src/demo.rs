@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use exchange_wire::api::RecipientState;
+use exchange_wire::api::{RecipientState, StatusResponse};
 use exchange_wire::receipt::{Receipt, signed_for};
 use exchange_wire::{Envelope, Kind, MessageId, Priority, SignedEnvelope, UnitAddress};
 use exchange_wire::document::Attachment;
@@ -82,6 +82,32 @@ fn steps(net: &mut LocalNetwork) -> anyhow::Result<()> {
     let index = net.write_credentials()?;
     println!("   units' keys and API tokens (0600): {}; index of nodes and units: {}", net.root.join("units").display(), index.display());
 
+    let sent = send_notice(net)?;
+    for (recipient, node) in [(&sent.to, "gz.haizhu"), (&sent.cc, "gz")] {
+        receive(net, &sent, recipient, node)?;
+    }
+    let status = wait_signed_for(net, &sent.id)?;
+    print_timeline(net, &status, &sent.id, sent.t0)?;
+    check_receipts(net, &status, &sent.id)?;
+    share_a_death(net)?;
+    ask_a_question(net)
+}
+
+/// The notice as sent: who sent it to whom, its payload and attachment, its id and when it left.
+struct Sent {
+    sender: UnitAddress,
+    to: UnitAddress,
+    cc: UnitAddress,
+    payload: Vec<u8>,
+    scan: Attachment,
+    id: MessageId,
+    /// ms since the epoch, just before the upload.
+    t0: u64,
+}
+
+/// 越秀's street office signs a flood-season notice with a scanned map attached, uploads the map and
+/// submits the notice to 海珠 (主送) and the city (抄送).
+fn send_notice(net: &LocalNetwork) -> anyhow::Result<Sent> {
     let (sender, to, cc) = (unit(SENDER), unit(MAIN_RECIPIENT), unit(COPY_RECIPIENT));
     let payload = "各有关单位：\n为做好今年汛期防汛防风工作，确保人民群众生命财产安全，现将有关事项通知如下……\n\n越秀区六榕街道办事处\n2005年5月20日\n"
         .as_bytes()
@@ -110,29 +136,36 @@ fn steps(net: &mut LocalNetwork) -> anyhow::Result<()> {
     println!("   主送 {} ({}), 抄送 {} ({})", to, unit_name(net, &to), cc, unit_name(net, &cc));
     println!("   附件 {} ({} bytes, SHA-256 {}…), uploaded in 1 MiB chunks", scan.name, scan.size, &scan.sha256.to_hex()[..16]);
     println!("   message id {}  accepted by gz.yuexiu", accepted.id);
+    Ok(Sent { sender, to, cc, payload, scan, id, t0 })
+}
 
-    for (recipient, node) in [(&to, "gz.haizhu"), (&cc, "gz")] {
-        let item = wait_in_inbox(net, node, recipient, &id)?;
-        // What a recipient's system does: check the sender's signature itself, offline.
-        let (got, got_payload) = item.message.decode().context("inbox item does not decode")?;
-        got.verify(&net.unit_keys[&sender].verifying_key()).context("sender signature does not verify")?;
-        if got_payload != payload {
-            bail!("payload delivered to {recipient} differs from what was sent");
-        }
-        println!("<- delivered to {recipient} at node {node}; sender's signature verified offline");
-        let saved = net.root.join(format!("{}.{}", recipient.as_str().replace('/', "_"), scan.name));
-        net.client_for(recipient).download_attachment(&id, 1, &scan, &saved)?;
-        println!("   {recipient} downloads the 附件: SHA-256 matches the signed description");
-        let receipt = signed_for(recipient.clone(), sender.clone(), id, got.envelope.priority).sign(&net.unit_keys[recipient]);
-        let r = net.client_for(recipient).sign_for(recipient, &id, &receipt)?;
-        println!("   {recipient} signs for it (签收): receipt {}", r.receipt_id);
+/// What a recipient's system does: waits for the notice in its inbox at `node`, checks the sender's
+/// signature itself (offline), downloads the attachment and signs for the notice (签收).
+fn receive(net: &LocalNetwork, sent: &Sent, recipient: &UnitAddress, node: &str) -> anyhow::Result<()> {
+    let (sender, id, scan) = (&sent.sender, sent.id, &sent.scan);
+    let item = wait_in_inbox(net, node, recipient, &id)?;
+    let (got, got_payload) = item.message.decode().context("inbox item does not decode")?;
+    got.verify(&net.unit_keys[sender].verifying_key()).context("sender signature does not verify")?;
+    if got_payload != sent.payload {
+        bail!("payload delivered to {recipient} differs from what was sent");
     }
+    println!("<- delivered to {recipient} at node {node}; sender's signature verified offline");
+    let saved = net.root.join(format!("{}.{}", recipient.as_str().replace('/', "_"), scan.name));
+    net.client_for(recipient).download_attachment(&id, 1, scan, &saved)?;
+    println!("   {recipient} downloads the 附件: SHA-256 matches the signed description");
+    let receipt = signed_for(recipient.clone(), sender.clone(), id, got.envelope.priority).sign(&net.unit_keys[recipient]);
+    let r = net.client_for(recipient).sign_for(recipient, &id, &receipt)?;
+    println!("   {recipient} signs for it (签收): receipt {}", r.receipt_id);
+    Ok(())
+}
 
-    let status = wait_signed_for(net, &id)?;
+/// Every node's custody events for the notice and its receipts, in time order (ms after `t0`), and
+/// the path it took.
+fn print_timeline(net: &LocalNetwork, status: &StatusResponse, id: &MessageId, t0: u64) -> anyhow::Result<()> {
     println!("\n== Hop-by-hop timeline (ms after submission)");
     let mut events = Vec::new();
     for n in net.nodes.values() {
-        events.extend(n.admin().events(&id)?.events);
+        events.extend(n.admin().events(id)?.events);
     }
     for n in net.nodes.values() {
         for r in status.recipients.iter().filter_map(|r| r.receipt.as_ref()) {
@@ -154,7 +187,12 @@ fn steps(net: &mut LocalNetwork) -> anyhow::Result<()> {
         println!("   +{:>5} ms  {:<10} {:<20} {}", e.at_ms.saturating_sub(t0), e.node.as_str(), e.event, who);
     }
     println!("\n   path: {}", status.hops.iter().map(|h| h.node.to_string()).collect::<Vec<_>>().join(" -> "));
+    Ok(())
+}
 
+/// Each recipient's signed receipt as the sender's node holds it, verified offline with the
+/// recipient's public key and checked against the notice.
+fn check_receipts(net: &LocalNetwork, status: &StatusResponse, id: &MessageId) -> anyhow::Result<()> {
     println!("\n== Signed receipts at the sender's node (verified offline with each recipient's public key)");
     for r in &status.recipients {
         let view = r.receipt.as_ref().with_context(|| format!("no receipt for {}", r.unit))?;
@@ -162,7 +200,7 @@ fn steps(net: &mut LocalNetwork) -> anyhow::Result<()> {
         let receipt = SignedEnvelope::from_parts(view.envelope.clone(), sig);
         receipt.verify(&net.unit_keys[&r.unit].verifying_key()).with_context(|| format!("receipt from {} does not verify", r.unit))?;
         let facts = Receipt::from_envelope(&receipt.envelope)?;
-        if facts.for_message != id || receipt.envelope.sender != r.unit || receipt.id != view.id {
+        if facts.for_message != *id || receipt.envelope.sender != r.unit || receipt.id != view.id {
             bail!("receipt from {} does not match the message", r.unit);
         }
         println!(
@@ -173,8 +211,7 @@ fn steps(net: &mut LocalNetwork) -> anyhow::Result<()> {
             &view.id.to_hex()[..16]
         );
     }
-    share_a_death(net)?;
-    ask_a_question(net)
+    Ok(())
 }
 
 /// Base-data sharing: the root signs the example catalog; the city social-security bureau and 海珠's

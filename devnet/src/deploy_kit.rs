@@ -27,7 +27,7 @@ use exchange_node_core::directory::peer_id_of;
 use exchange_wire::{NodeId, PublicKey};
 use serde::Deserialize;
 
-use crate::launcher::Topology;
+use crate::launcher::{Topology, TopologyNode};
 
 /// `exchange-node deploy-kit` arguments.
 #[derive(clap::Args, Debug)]
@@ -102,6 +102,40 @@ pub fn run(args: DeployKitArgs) -> anyhow::Result<()> {
 
 /// Writes every node's files under `out` (which must not exist).
 pub fn write(topology: &Topology, hosts: &BTreeMap<NodeId, Host>, out: &Path, in_place: bool) -> anyhow::Result<Kit> {
+    let root_id = check(topology, hosts, out)?;
+    let layout = Layout {
+        keys: topology.nodes.iter().map(|n| (n.id.clone(), exchange_wire::keys::generate())).collect(),
+        hosts,
+        absolute_out: std::path::absolute(out)?,
+        in_place,
+    };
+    let tree_seed = layout.tree_seed(topology);
+    let mut kit = Kit { nodes: BTreeMap::new() };
+    for n in &topology.nodes {
+        let id = &n.id;
+        let folder = out.join(id.as_str());
+        let etc = folder.join("etc/exchange");
+        std::fs::create_dir_all(etc.join("keys"))?;
+        std::fs::create_dir_all(folder.join("agency-keys"))?;
+        let etc_at = layout.install_root(id).join("etc/exchange");
+        exchange_wire::keys::write_new(&etc.join(format!("keys/{id}.key")), &layout.keys[id], &format!("node {id}"))?;
+        write_units(topology, id, &folder, &etc)?;
+        let tree_line = if id == root_id {
+            std::fs::write(etc.join("tree-seed.toml"), &tree_seed)?;
+            format!("tree_seed = \"{}\"\n", etc_at.join("tree-seed.toml").display())
+        } else {
+            String::new()
+        };
+        let config_path = etc.join(format!("{id}.toml"));
+        std::fs::write(&config_path, layout.config(n, root_id, &tree_line))?;
+        kit.nodes.insert(id.clone(), (folder, config_path));
+    }
+    Ok(kit)
+}
+
+/// Refuses an existing `out` and a hosts file that does not match the topology's nodes; returns
+/// the topology's root.
+fn check<'t>(topology: &'t Topology, hosts: &BTreeMap<NodeId, Host>, out: &Path) -> anyhow::Result<&'t NodeId> {
     if out.exists() {
         bail!("{} exists: the kit never overwrites keys that may have been handed out; choose a new folder", out.display());
     }
@@ -114,65 +148,59 @@ pub fn write(topology: &Topology, hosts: &BTreeMap<NodeId, Host>, out: &Path, in
     }
     let roots: Vec<&NodeId> = topology.nodes.iter().filter(|n| n.parent.is_none()).map(|n| &n.id).collect();
     let [root_id] = roots.as_slice() else { bail!("the topology must have exactly one root node (it has {roots:?})") };
+    Ok(*root_id)
+}
 
-    let keys: BTreeMap<NodeId, ed25519_dalek::SigningKey> =
-        topology.nodes.iter().map(|n| (n.id.clone(), exchange_wire::keys::generate())).collect();
-    let public = |id: &NodeId| PublicKey(keys[id].verifying_key());
-    let p2p = |id: &NodeId| format!("/ip4/{}/tcp/{}", hosts[id].address, hosts[id].p2p_port);
-    let absolute_out = std::path::absolute(out)?;
-    // Where a node's files live once installed: `/`, or its own folder of the kit.
-    let install_root = |id: &NodeId| if in_place { absolute_out.join(id.as_str()) } else { PathBuf::from("/") };
+/// Every node's key, and where each node is reached and installed.
+struct Layout<'h> {
+    keys: BTreeMap<NodeId, ed25519_dalek::SigningKey>,
+    hosts: &'h BTreeMap<NodeId, Host>,
+    absolute_out: PathBuf,
+    in_place: bool,
+}
 
-    let mut tree_seed = String::from("# The node tree the root signs as version 1 on its first start (exchange-node deploy-kit).\n\n");
-    for n in &topology.nodes {
-        tree_seed.push_str(&format!(
-            "[[node]]\nid = \"{}\"\nname = \"{}\"\ntier = \"{}\"\n{}public_key = \"{}\"\naddresses = [\"{}\"]\n\n",
-            n.id,
-            n.name,
-            n.tier,
-            n.parent.as_ref().map(|p| format!("parent = \"{p}\"\n")).unwrap_or_default(),
-            public(&n.id),
-            p2p(&n.id),
-        ));
+impl Layout<'_> {
+    fn public(&self, id: &NodeId) -> PublicKey {
+        PublicKey(self.keys[id].verifying_key())
     }
 
-    let mut kit = Kit { nodes: BTreeMap::new() };
-    for n in &topology.nodes {
-        let id = &n.id;
-        let folder = out.join(id.as_str());
-        let etc = folder.join("etc/exchange");
-        std::fs::create_dir_all(etc.join("keys"))?;
-        std::fs::create_dir_all(folder.join("agency-keys"))?;
-        let installed = install_root(id);
-        let etc_at = installed.join("etc/exchange");
-        exchange_wire::keys::write_new(&etc.join(format!("keys/{id}.key")), &keys[id], &format!("node {id}"))?;
+    /// The libp2p address its neighbours dial.
+    fn p2p(&self, id: &NodeId) -> String {
+        format!("/ip4/{}/tcp/{}", self.hosts[id].address, self.hosts[id].p2p_port)
+    }
 
-        let mut units_seed = format!("# The units node {id} signs on its first start (exchange-node deploy-kit).\n\n");
-        for u in topology.units.iter().filter(|u| u.address.node_part() == id.as_str()) {
-            let key = exchange_wire::keys::generate();
-            let unit_id = u.address.as_str().rsplit('/').next().expect("a unit address has a unit id");
-            exchange_wire::keys::write_new(&folder.join(format!("agency-keys/{unit_id}.key")), &key, &format!("unit {}", u.address))?;
-            units_seed.push_str(&format!(
-                "[[unit]]\naddress = \"{}\"\nname = \"{}\"\nkind = \"{}\"\npublic_key = \"{}\"\n\n",
-                u.address,
-                u.name,
-                u.kind,
-                PublicKey(key.verifying_key())
+    /// Where a node's files live once installed: `/`, or its own folder of the kit.
+    fn install_root(&self, id: &NodeId) -> PathBuf {
+        if self.in_place { self.absolute_out.join(id.as_str()) } else { PathBuf::from("/") }
+    }
+
+    /// The node tree the root signs as version 1 on its first start.
+    fn tree_seed(&self, topology: &Topology) -> String {
+        let mut tree_seed = String::from("# The node tree the root signs as version 1 on its first start (exchange-node deploy-kit).\n\n");
+        for n in &topology.nodes {
+            tree_seed.push_str(&format!(
+                "[[node]]\nid = \"{}\"\nname = \"{}\"\ntier = \"{}\"\n{}public_key = \"{}\"\naddresses = [\"{}\"]\n\n",
+                n.id,
+                n.name,
+                n.tier,
+                n.parent.as_ref().map(|p| format!("parent = \"{p}\"\n")).unwrap_or_default(),
+                self.public(&n.id),
+                self.p2p(&n.id),
             ));
         }
-        std::fs::write(etc.join(format!("{id}.units.toml")), units_seed)?;
+        tree_seed
+    }
 
-        let tree_line = if id == *root_id {
-            std::fs::write(etc.join("tree-seed.toml"), &tree_seed)?;
-            format!("tree_seed = \"{}\"\n", etc_at.join("tree-seed.toml").display())
-        } else {
-            String::new()
-        };
+    /// Node `n`'s configuration, with paths as installed (`tree_line` names the tree seed at the root).
+    fn config(&self, n: &TopologyNode, root_id: &NodeId, tree_line: &str) -> String {
+        let id = &n.id;
+        let installed = self.install_root(id);
+        let etc_at = installed.join("etc/exchange");
         let parent_line = match &n.parent {
-            Some(parent) => format!("parent_address = \"{}/p2p/{}\"\n", p2p(parent), peer_id_of(&public(parent))),
+            Some(parent) => format!("parent_address = \"{}/p2p/{}\"\n", self.p2p(parent), peer_id_of(&self.public(parent))),
             None => String::new(),
         };
-        let host = &hosts[id];
+        let host = &self.hosts[id];
         let loopback_api = host.api_listen.parse::<std::net::SocketAddr>().is_ok_and(|a| a.ip().is_loopback());
         let tls = if loopback_api {
             String::new()
@@ -183,7 +211,7 @@ pub fn write(topology: &Topology, hosts: &BTreeMap<NodeId, Host>, out: &Path, in
                 etc_at.join(format!("tls/{id}-api.key")).display()
             )
         };
-        let config = format!(
+        format!(
             "# Node {id} ({}), written by exchange-node deploy-kit. configs/city.toml lists every key.\n\
              node_id = \"{id}\"\nkey_file = \"{}\"\ndata_dir = \"{}\"\nroot_key = \"{}\"\n{parent_line}\n\
              [directory]\n{tree_line}units_seed = \"{}\"\n\n\
@@ -193,15 +221,31 @@ pub fn write(topology: &Topology, hosts: &BTreeMap<NodeId, Host>, out: &Path, in
             n.name,
             etc_at.join(format!("keys/{id}.key")).display(),
             installed.join(format!("var/lib/exchange/{id}")).display(),
-            public(root_id),
+            self.public(root_id),
             etc_at.join(format!("{id}.units.toml")).display(),
             host.p2p_port,
             host.api_listen,
             host.admin_listen,
-        );
-        let config_path = etc.join(format!("{id}.toml"));
-        std::fs::write(&config_path, config)?;
-        kit.nodes.insert(id.clone(), (folder, config_path));
+        )
     }
-    Ok(kit)
+}
+
+/// Node `id`'s units seed (in `etc`), each unit with a new key written for its agency (in
+/// `folder/agency-keys`).
+fn write_units(topology: &Topology, id: &NodeId, folder: &Path, etc: &Path) -> anyhow::Result<()> {
+    let mut units_seed = format!("# The units node {id} signs on its first start (exchange-node deploy-kit).\n\n");
+    for u in topology.units.iter().filter(|u| u.address.node_part() == id.as_str()) {
+        let key = exchange_wire::keys::generate();
+        let unit_id = u.address.as_str().rsplit('/').next().expect("a unit address has a unit id");
+        exchange_wire::keys::write_new(&folder.join(format!("agency-keys/{unit_id}.key")), &key, &format!("unit {}", u.address))?;
+        units_seed.push_str(&format!(
+            "[[unit]]\naddress = \"{}\"\nname = \"{}\"\nkind = \"{}\"\npublic_key = \"{}\"\n\n",
+            u.address,
+            u.name,
+            u.kind,
+            PublicKey(key.verifying_key())
+        ));
+    }
+    std::fs::write(etc.join(format!("{id}.units.toml")), units_seed)?;
+    Ok(())
 }

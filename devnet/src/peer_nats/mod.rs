@@ -289,14 +289,7 @@ async fn measure(hub: SocketAddr, leaf_a: SocketAddr, leaf_b: SocketAddr, pids: 
     let hub_c = Client::connect(hub, "hub").await?;
     let a = Arc::new(Client::connect(leaf_a, "pub").await?);
     let b = Arc::new(Client::connect(leaf_b, "sub").await?);
-    // Every domain reachable from where it is used: the hub sources from A, leaf B from the hub.
-    js_api(&hub_c, "$JS.A.API.INFO", &json!({})).await?;
-    js_api(&b, "$JS.HUB.API.INFO", &json!({})).await?;
-    js_api(&a, "$JS.A.API.STREAM.CREATE.DOCS_A", &json!({"name":"DOCS_A","subjects":["doc.>"],"retention":"limits","storage":"file","num_replicas":1,"discard":"old"})).await?;
-    js_api(&hub_c, "$JS.HUB.API.STREAM.CREATE.DOCS_HUB", &json!({"name":"DOCS_HUB","retention":"limits","storage":"file","num_replicas":1,"discard":"old","sources":[{"name":"DOCS_A","external":{"api":"$JS.A.API"}}]})).await?;
-    js_api(&b, "$JS.B.API.STREAM.CREATE.DOCS_B", &json!({"name":"DOCS_B","retention":"limits","storage":"file","num_replicas":1,"discard":"old","sources":[{"name":"DOCS_HUB","external":{"api":"$JS.HUB.API"}}]})).await?;
-    js_api(&b, "$JS.B.API.CONSUMER.DURABLE.CREATE.DOCS_B.READER", &json!({"stream_name":"DOCS_B","config":{"durable_name":"READER","deliver_policy":"all","ack_policy":"explicit","max_ack_pending":1000}})).await?;
-
+    create_streams(&hub_c, &a, &b).await?;
     warm_up(&a, &b).await?;
 
     let shared = Arc::new(Timing {
@@ -322,9 +315,29 @@ async fn measure(hub: SocketAddr, leaf_a: SocketAddr, leaf_b: SocketAddr, pids: 
     published?;
     consumed?;
 
-    // What each stream holds: every message stored once at every hop.
+    let stored = check_stored(&hub_c, &a, &b, &shared, n).await?;
+    let cpu_s: Vec<f64> = cpu_before.iter().zip(&cpu_after).map(|(b, a)| a.saturating_sub(*b) as f64 / ticks).collect();
+    Ok(result(work, &shared, &stored, &cpu_s, client_cpu_s))
+}
+
+/// Leaf A's stream, the hub's sourcing from it, leaf B's sourcing from the hub, and B's durable
+/// consumer.
+async fn create_streams(hub_c: &Client, a: &Client, b: &Client) -> anyhow::Result<()> {
+    // Every domain reachable from where it is used: the hub sources from A, leaf B from the hub.
+    js_api(hub_c, "$JS.A.API.INFO", &json!({})).await?;
+    js_api(b, "$JS.HUB.API.INFO", &json!({})).await?;
+    js_api(a, "$JS.A.API.STREAM.CREATE.DOCS_A", &json!({"name":"DOCS_A","subjects":["doc.>"],"retention":"limits","storage":"file","num_replicas":1,"discard":"old"})).await?;
+    js_api(hub_c, "$JS.HUB.API.STREAM.CREATE.DOCS_HUB", &json!({"name":"DOCS_HUB","retention":"limits","storage":"file","num_replicas":1,"discard":"old","sources":[{"name":"DOCS_A","external":{"api":"$JS.A.API"}}]})).await?;
+    js_api(b, "$JS.B.API.STREAM.CREATE.DOCS_B", &json!({"name":"DOCS_B","retention":"limits","storage":"file","num_replicas":1,"discard":"old","sources":[{"name":"DOCS_HUB","external":{"api":"$JS.HUB.API"}}]})).await?;
+    js_api(b, "$JS.B.API.CONSUMER.DURABLE.CREATE.DOCS_B.READER", &json!({"stream_name":"DOCS_B","config":{"durable_name":"READER","deliver_policy":"all","ack_policy":"explicit","max_ack_pending":1000}})).await?;
+    Ok(())
+}
+
+/// What each stream holds, checked: every message stored once at every hop, none delivered twice
+/// or altered. Returns the counts of DOCS_A, DOCS_HUB and DOCS_B.
+async fn check_stored(hub_c: &Client, a: &Client, b: &Client, shared: &Timing, n: usize) -> anyhow::Result<Vec<u64>> {
     let mut stored = Vec::new();
-    for (c, subject) in [(&*a, "$JS.A.API.STREAM.INFO.DOCS_A"), (&hub_c, "$JS.HUB.API.STREAM.INFO.DOCS_HUB"), (&*b, "$JS.B.API.STREAM.INFO.DOCS_B")] {
+    for (c, subject) in [(a, "$JS.A.API.STREAM.INFO.DOCS_A"), (hub_c, "$JS.HUB.API.STREAM.INFO.DOCS_HUB"), (b, "$JS.B.API.STREAM.INFO.DOCS_B")] {
         let info = js_api(c, subject, &json!({})).await?;
         stored.push(info["state"]["messages"].as_u64().unwrap_or(0));
     }
@@ -341,7 +354,13 @@ async fn measure(hub: SocketAddr, leaf_a: SocketAddr, leaf_b: SocketAddr, pids: 
     if !errors.is_empty() {
         bail!("the NATS peer did not deliver every message exactly once: {}", errors.join("; "));
     }
+    Ok(stored)
+}
 
+/// The peer's numbers from a checked run: throughput, latency, each server's CPU (`cpu_s`: hub,
+/// leaf A, leaf B) and the benchmark process's own.
+fn result(work: &Workload<'_>, shared: &Timing, stored: &[u64], cpu_s: &[f64], client_cpu_s: f64) -> PeerResult {
+    let n = work.messages;
     let mut latencies: Vec<f64> = (0..n)
         .map(|i| shared.recv_ns[i].load(Ordering::Relaxed).saturating_sub(shared.submit_ns[i].load(Ordering::Relaxed)) as f64 / 1e6)
         .collect();
@@ -349,7 +368,6 @@ async fn measure(hub: SocketAddr, leaf_a: SocketAddr, leaf_b: SocketAddr, pids: 
     let last_s = (0..n).map(|i| shared.recv_ns[i].load(Ordering::Relaxed)).max().unwrap_or(0) as f64 / 1e9;
     let rate = n as f64 / last_s.max(1e-9);
     let names = ["hub", "leafA", "leafB"];
-    let cpu_s: Vec<f64> = cpu_before.iter().zip(&cpu_after).map(|(b, a)| a.saturating_sub(*b) as f64 / ticks).collect();
     let total_cpu: f64 = cpu_s.iter().sum();
     let cpu_us = total_cpu * 1e6 / n as f64;
     let p = |q| crate::bench::percentile(&latencies, q);
@@ -366,13 +384,14 @@ async fn measure(hub: SocketAddr, leaf_a: SocketAddr, leaf_b: SocketAddr, pids: 
             "p50": p(50.0), "p90": p(90.0), "p99": p(99.0), "p999": p(99.9),
             "max": latencies.last().copied(),
         },
-        "servers": names.iter().zip(&cpu_s).map(|(s, c)| json!({"server": s, "cpu_seconds": c, "cpu_us_per_message": c * 1e6 / n as f64})).collect::<Vec<_>>(),
+        "servers": names.iter().zip(cpu_s).map(|(s, c)| json!({"server": s, "cpu_seconds": c, "cpu_us_per_message": c * 1e6 / n as f64})).collect::<Vec<_>>(),
         "cpu": { "all_servers_seconds": total_cpu, "all_servers_us_per_message": cpu_us, "benchmark_process_seconds": client_cpu_s },
         "stored": { "DOCS_A": stored[0], "DOCS_HUB": stored[1], "DOCS_B": stored[2] },
         "publish_acks": shared.acked.load(Ordering::SeqCst),
-        "duplicates": duplicates,
+        "duplicates": shared.duplicates.load(Ordering::SeqCst),
     });
-    Ok(PeerResult { json, messages_per_s: rate, p50_ms: p(50.0), p99_ms: p(99.0), cpu_us_per_message: cpu_us, sync: "default", latencies_ms: latencies })
+    let (p50_ms, p99_ms) = (p(50.0), p(99.0));
+    PeerResult { json, messages_per_s: rate, p50_ms, p99_ms, cpu_us_per_message: cpu_us, sync: "default", latencies_ms: latencies }
 }
 
 /// Sends one message through the whole chain and consumes it before the clock starts, as the node

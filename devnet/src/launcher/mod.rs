@@ -5,6 +5,8 @@
 //! configuration, probes free ports, starts, stops or kills `exchange-node run` processes, waits for
 //! the signed directory to reach every node and issues unit API tokens. Dropping it kills every
 //! process it started.
+//!
+//! `layout.rs` lays a network out (keys, ports, seeds, configurations); this file runs it.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -14,11 +16,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use ed25519_dalek::SigningKey;
 use exchange_wire::client::ApiClient;
-use exchange_wire::{NodeId, PublicKey, UnitAddress};
+use exchange_wire::{NodeId, UnitAddress};
 use serde::Deserialize;
 
+mod layout;
+
 /// The real topology of Guangzhou's exchange network, shipped with the project.
-pub const GUANGZHOU: &str = include_str!("../../configs/guangzhou.toml");
+pub const GUANGZHOU: &str = include_str!("../../../configs/guangzhou.toml");
 
 /// A topology file: nodes of the tree and the units they host.
 #[derive(Debug, Clone, Deserialize)]
@@ -205,130 +209,6 @@ impl LocalNetwork {
         placement: impl Fn(&NodeId) -> Placement,
     ) -> anyhow::Result<LocalNetwork> {
         Self::create_from(binary, root, Topology::guangzhou(), node_ids, extra_config, placement)
-    }
-
-    /// [`LocalNetwork::create_placed`] from another topology than the shipped one (for example the
-    /// Guangzhou topology with units added up to the network's real size).
-    pub fn create_from(
-        binary: &Path,
-        root: Option<&Path>,
-        topology: Topology,
-        node_ids: &[&str],
-        extra_config: &str,
-        placement: impl Fn(&NodeId) -> Placement,
-    ) -> anyhow::Result<LocalNetwork> {
-        let (root, tmp) = match root {
-            Some(r) => {
-                std::fs::create_dir_all(r)?;
-                (r.to_path_buf(), None)
-            }
-            None => {
-                let t = tempfile::Builder::new().prefix("exchange-net-").tempdir()?;
-                (t.path().to_path_buf(), Some(t))
-            }
-        };
-        let wanted: Vec<NodeId> = node_ids.iter().map(|s| s.parse()).collect::<Result<_, _>>()?;
-        struct Planned {
-            key: SigningKey,
-            parent: Option<NodeId>,
-            ports: (u16, u16, u16),
-            place: Placement,
-        }
-        let mut planned = BTreeMap::new();
-        for id in &wanted {
-            let t = topology.nodes.iter().find(|n| &n.id == id).with_context(|| format!("node {id} is not in the topology"))?;
-            // Keep the tree connected within the chosen nodes.
-            let parent = t.parent.clone().filter(|p| wanted.contains(p));
-            planned.insert(id.clone(), Planned { key: exchange_wire::keys::generate(), parent, ports: (free_port()?, free_port()?, free_port()?), place: placement(id) });
-        }
-        let roots: Vec<&NodeId> = planned.iter().filter(|(_, p)| p.parent.is_none()).map(|(id, _)| id).collect();
-        let [root_id] = roots.as_slice() else { bail!("the chosen nodes must form one tree (roots: {roots:?})") };
-        let root_id = (*root_id).clone();
-        let root_key = PublicKey(planned[&root_id].key.verifying_key());
-
-        let p2p_host = |p: &Planned| p.place.p2p_host.unwrap_or(std::net::Ipv4Addr::LOCALHOST);
-        let mut tree_seed = String::from("# The node tree the root signs on its first start (written by the launcher).\n\n");
-        for (id, p) in &planned {
-            let t = topology.nodes.iter().find(|n| &n.id == id).expect("checked");
-            tree_seed.push_str(&format!(
-                "[[node]]\nid = \"{id}\"\nname = \"{}\"\ntier = \"{}\"\n{}public_key = \"{}\"\naddresses = [\"/ip4/{}/tcp/{}\"]\n\n",
-                t.name,
-                t.tier,
-                p.parent.as_ref().map(|p| format!("parent = \"{p}\"\n")).unwrap_or_default(),
-                PublicKey(p.key.verifying_key()),
-                p2p_host(p),
-                p.ports.0,
-            ));
-        }
-        std::fs::write(root.join("tree-seed.toml"), tree_seed)?;
-
-        let mut unit_keys = BTreeMap::new();
-        let mut nodes = BTreeMap::new();
-        for (id, p) in &planned {
-            write_key(&root.join(format!("{id}.key")), &p.key, &format!("node {id}"))?;
-            let mut units_seed = format!("# The units node {id} signs on its first start (written by the launcher).\n\n");
-            for u in topology.units.iter().filter(|u| u.address.node_part() == id.as_str()) {
-                let key = exchange_wire::keys::generate();
-                units_seed.push_str(&format!(
-                    "[[unit]]\naddress = \"{}\"\nname = \"{}\"\nkind = \"{}\"\npublic_key = \"{}\"\n\n",
-                    u.address,
-                    u.name,
-                    u.kind,
-                    PublicKey(key.verifying_key())
-                ));
-                unit_keys.insert(u.address.clone(), key);
-            }
-            std::fs::write(root.join(format!("{id}.units.toml")), units_seed)?;
-            let (p2p, api, admin) = p.ports;
-            let parent_address = match &p.parent {
-                Some(parent) => {
-                    let pp = &planned[parent];
-                    format!(
-                        "parent_address = \"/ip4/{}/tcp/{}/p2p/{}\"\n",
-                        p2p_host(pp),
-                        pp.ports.0,
-                        exchange_node_core::directory::peer_id_of(&PublicKey(pp.key.verifying_key()))
-                    )
-                }
-                None => String::new(),
-            };
-            let listen_host = p2p_host(p);
-            let tree_line = if *id == root_id { "tree_seed = \"tree-seed.toml\"\n" } else { "" };
-            let config = format!(
-                "node_id = \"{id}\"\nkey_file = \"{id}.key\"\ndata_dir = \"{id}\"\nroot_key = \"{root_key}\"\n{parent_address}\n\
-                 [directory]\n{tree_line}units_seed = \"{id}.units.toml\"\n\n\
-                 [p2p]\nlisten = \"/ip4/{listen_host}/tcp/{p2p}\"\nidle_timeout_secs = 3600\nrequest_timeout_secs = 30\n\n\
-                 [api]\nlisten = \"127.0.0.1:{api}\"\nmax_wait_ms = 60000\nwebhooks_to_loopback = true\n\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\n{extra_config}\n"
-            );
-            let config_path = root.join(format!("{id}.toml"));
-            std::fs::write(&config_path, config)?;
-            nodes.insert(
-                id.clone(),
-                LocalNode {
-                    id: id.clone(),
-                    config_path,
-                    data_dir: root.join(id.as_str()),
-                    log_path: root.join(format!("{id}.log")),
-                    api_url: format!("http://127.0.0.1:{api}"),
-                    admin_url: format!("http://127.0.0.1:{admin}"),
-                    p2p_port: p2p,
-                    command_prefix: p.place.command_prefix.clone(),
-                    ca_file: None,
-                    child: None,
-                },
-            );
-        }
-        Ok(LocalNetwork {
-            root,
-            nodes,
-            unit_keys,
-            unit_tokens: BTreeMap::new(),
-            replicas: BTreeMap::new(),
-            topology,
-            binary: binary.to_path_buf(),
-            keep_alive: Vec::new(),
-            _tmp: tmp,
-        })
     }
 
     /// The agency API client of `unit`'s home node, authenticated with the unit's token.
