@@ -161,54 +161,63 @@ pub(super) fn recall_targets(st: &StatusResponse, only: &[UnitAddress]) -> Resul
             st.kind
         );
     }
-    let resent: Vec<(&RecipientStatus, MessageId)> = st
+    if !only.is_empty() {
+        return named_targets(st, only);
+    }
+    let open: Vec<UnitAddress> = st
         .recipients
         .iter()
-        .filter_map(|r| resent_as(r).map(|m| (r, m)))
+        .filter(|r| resent_as(r).is_none() && !is_final(r.state))
+        .map(|r| r.unit.clone())
         .collect();
-    if only.is_empty() {
-        let open: Vec<UnitAddress> = st
-            .recipients
-            .iter()
-            .filter(|r| resent_as(r).is_none() && !is_final(r.state))
-            .map(|r| r.unit.clone())
-            .collect();
-        if !open.is_empty() {
-            return Ok(open);
-        }
-        let mut counts: std::collections::BTreeMap<RecipientState, usize> = Default::default();
-        for r in st.recipients.iter().filter(|r| resent_as(r).is_none()) {
-            *counts.entry(r.state).or_default() += 1;
-        }
-        let counts: Vec<String> = counts
-            .iter()
-            .map(|(state, n)| format!("{n} {}", state.as_str()))
-            .collect();
-        let mut why = format!(
-            "nobody left to recall message {} from: every recipient has settled it or cannot get it ({}); a recall \
-             only withdraws a document not yet signed for or returned",
-            st.id,
-            if counts.is_empty() {
-                "none listed".to_owned()
-            } else {
-                counts.join(", ")
-            }
-        );
-        let mut open_resends: Vec<String> = resent
-            .iter()
-            .filter(|(r, _)| !is_final(r.state))
-            .map(|(_, m)| m.to_hex())
-            .collect();
-        open_resends.sort_unstable();
-        open_resends.dedup();
-        if !open_resends.is_empty() {
-            why.push_str(&format!(
-                "; recipients reached by a 补发 are recalled by the 补发's own id: {}",
-                open_resends.join(", ")
-            ));
-        }
-        bail!(why);
+    if open.is_empty() {
+        return Err(nobody_left_to_recall(st));
     }
+    Ok(open)
+}
+
+/// Why a recall of every open recipient of `st` has nobody to go to: the recipients' states counted,
+/// and the 补发 whose own ids would recall the recipients they reached.
+fn nobody_left_to_recall(st: &StatusResponse) -> anyhow::Error {
+    let mut counts: std::collections::BTreeMap<RecipientState, usize> = Default::default();
+    for r in st.recipients.iter().filter(|r| resent_as(r).is_none()) {
+        *counts.entry(r.state).or_default() += 1;
+    }
+    let counts: Vec<String> = counts
+        .iter()
+        .map(|(state, n)| format!("{n} {}", state.as_str()))
+        .collect();
+    let mut why = format!(
+        "nobody left to recall message {} from: every recipient has settled it or cannot get it ({}); a recall \
+         only withdraws a document not yet signed for or returned",
+        st.id,
+        if counts.is_empty() {
+            "none listed".to_owned()
+        } else {
+            counts.join(", ")
+        }
+    );
+    let mut open_resends: Vec<String> = st
+        .recipients
+        .iter()
+        .filter(|r| !is_final(r.state))
+        .filter_map(resent_as)
+        .map(|m| m.to_hex())
+        .collect();
+    open_resends.sort_unstable();
+    open_resends.dedup();
+    if !open_resends.is_empty() {
+        why.push_str(&format!(
+            "; recipients reached by a 补发 are recalled by the 补发's own id: {}",
+            open_resends.join(", ")
+        ));
+    }
+    anyhow::anyhow!(why)
+}
+
+/// The recipients of `st` named in `only`, each of which must still be open and reached by this
+/// message itself (not by a 补发).
+fn named_targets(st: &StatusResponse, only: &[UnitAddress]) -> Result<Vec<UnitAddress>> {
     let mut out = Vec::new();
     for unit in only {
         let Some(r) = st.recipients.iter().find(|r| &r.unit == unit) else {
