@@ -118,17 +118,17 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let engine = Engine::new(&cfg, store, health, metrics.clone(), net, node_key, parent_hint)?;
     engine.start().await?;
     engine.start_reconciliation_if_due()?;
-    match engine.dir.current().node(&cfg.node_id) {
-        Some(me) if me.public_key.0 != engine.node_key().verifying_key() => {
+    match engine.services.dir.current().node(&cfg.node_id) {
+        Some(me) if me.public_key.0 != engine.services.node_key().verifying_key() => {
             // The root rotated this node's key while it was down: take the staged key, or keep
             // going with the old one while its overlap lasts.
-            let mine = exchange_wire::PublicKey(engine.node_key().verifying_key());
-            let staged = exchange_wire::keys::read(&engine.next_key_file()).is_ok_and(|k| k.verifying_key() == me.public_key.0);
+            let mine = exchange_wire::PublicKey(engine.services.node_key().verifying_key());
+            let staged = exchange_wire::keys::read(&engine.services.keys.next_key_file()).is_ok_and(|k| k.verifying_key() == me.public_key.0);
             let in_overlap = me.previous_keys.iter().any(|k| k.public_key == mine && k.revoked_at_ms.is_none() && k.valid_at(exchange_wire::now_ms()));
             if staged {
                 tracing::info!(node = %cfg.node_id, key = %me.public_key, "the node tree lists the staged key for this node: taking it");
             } else if in_overlap {
-                tracing::warn!(node = %cfg.node_id, key = %me.public_key, staged = %engine.next_key_file().display(),
+                tracing::warn!(node = %cfg.node_id, key = %me.public_key, staged = %engine.services.keys.next_key_file().display(),
                     "the node tree lists a new key for this node and the overlap of the old one is running out: stage the new key");
             } else {
                 anyhow::bail!(
@@ -137,7 +137,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
                     cfg.key_file.display(),
                     cfg.node_id,
                     me.public_key,
-                    engine.next_key_file().display()
+                    engine.services.keys.next_key_file().display()
                 )
             }
         }
@@ -146,7 +146,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     }
     {
         let engine2 = engine.clone();
-        engine.tasks.spawn(async move {
+        engine.services.tasks.spawn(async move {
             while let Some(event) = net_events.recv().await {
                 engine2.on_network_event(event).await;
             }
@@ -162,7 +162,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let checkpoint_stop = CancellationToken::new();
     let checkpoints = tokio::spawn(engine.clone().run_audit_checkpoints(checkpoint_stop.clone()));
 
-    tracing::info!(node = %cfg.node_id, peer_id = %engine.peer_id(), api = %cfg.api.listen, admin = %cfg.admin.listen,
+    tracing::info!(node = %cfg.node_id, peer_id = %engine.services.peer_id(), api = %cfg.api.listen, admin = %cfg.admin.listen,
         api_tls = agency_tls.is_some(), admin_tls = admin_tls.is_some(), "node started");
 
     agency_switch.activate(crate::api::agency::router(engine.clone(), agency_refusals));
@@ -193,11 +193,11 @@ async fn shutdown(
         // Requests under way are answered (after their commit) or fail unacknowledged; the refusal
         // tallies are written to the audit log.
         node_tasks.wait().await;
-        let left = engine.tasks.stop(Duration::from_secs(4)).await + storage_tasks.stop(Duration::from_secs(1)).await;
+        let left = engine.services.tasks.stop(Duration::from_secs(4)).await + storage_tasks.stop(Duration::from_secs(1)).await;
         // The last checkpoint, handed at a clean shutdown, covers every audit entry written.
         checkpoint_stop.cancel();
         let _ = checkpoints.await;
-        let drained = engine.committer.stop(Duration::from_secs(3)).await;
+        let drained = engine.services.committer.stop(Duration::from_secs(3)).await;
         (left, drained)
     };
     match tokio::time::timeout(SHUTDOWN_BOUND, steps).await {
