@@ -56,97 +56,37 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     // The node's own tasks (beside the engine's): they all end when `stop` is cancelled.
     let node_tasks = TaskTracker::new();
     // Bound now, served from the start by a standby (see `replica`), else once the engine runs.
-    let agency = tokio::net::TcpListener::bind(cfg.api.listen)
-        .await
-        .with_context(|| format!("cannot listen on api.listen {}", cfg.api.listen))?;
-    let admin = tokio::net::TcpListener::bind(cfg.admin.listen)
-        .await
-        .with_context(|| format!("cannot listen on admin.listen {}", cfg.admin.listen))?;
+    let mut listeners = Some(bind_listeners(&cfg).await?);
     let (agency_switch, admin_switch) = (replica::Switch::new(), replica::Switch::new());
-    let mut listeners = Some((agency, admin));
     let peer_id = crate::directory::peer_id_of(&exchange_wire::PublicKey(node_key.verifying_key())).to_string();
     let standby = replica::standby_router(cfg.node_id.clone(), peer_id, metrics.clone());
     let serve = |name, listener, router, limits, tls| {
         node_tasks.spawn(crate::api::listener::serve(name, listener, router, limits, tls, metrics.clone(), stop.clone()))
     };
-    let store: Arc<dyn Store> = match cfg.storage.url.as_deref() {
-        Some(url) => {
-            let waiting = || {
-                if let Some((agency, admin)) = listeners.take() {
-                    serve("agency", agency, agency_switch.router(standby.clone()), cfg.api.http_limits(), agency_tls.clone());
-                    serve("admin", admin, admin_switch.router(standby.clone()), cfg.admin.http_limits(), admin_tls.clone());
-                }
-            };
-            let lease = tokio::select! {
-                lease = replica::take_lease(url, health.clone(), metrics.clone(), waiting) => lease.context("cannot take the lease on the PostgreSQL database named by storage.url")?,
-                _ = shutdown_signal() => {
-                    tracing::info!("stopped while waiting as a standby");
-                    stop.cancel();
-                    return Ok(());
-                }
-            };
-            Arc::new(PgStore::open_leased(url, health.clone(), lease).await.context("cannot open the PostgreSQL database named by storage.url")?)
+    let waiting = || {
+        if let Some((agency, admin)) = listeners.take() {
+            serve("agency", agency, agency_switch.router(standby.clone()), cfg.api.http_limits(), agency_tls.clone());
+            serve("admin", admin, admin_switch.router(standby.clone()), cfg.admin.http_limits(), admin_tls.clone());
         }
-        None => match SqliteStore::open(&cfg.database_path(), health.clone(), check).await {
-            Ok(store) => Arc::new(store),
-            Err(e) if Fault::of(&e) == Fault::Corrupt => anyhow::bail!(damaged_database(&cfg.database_path(), &e)),
-            Err(e) => return Err(anyhow::Error::new(e).context(format!("cannot open the database {}", cfg.database_path().display()))),
-        },
+    };
+    let Some(store) = open_store(&cfg, &health, &metrics, check, waiting).await? else {
+        tracing::info!("stopped while waiting as a standby");
+        stop.cancel();
+        return Ok(());
     };
     node_tasks.spawn(health.clone().run(stop.clone()));
 
     let keypair = network::keypair_of(&node_key).context("node key")?;
-    let listen = cfg.p2p.listen.parse().with_context(|| format!("p2p.listen {:?} is not a multiaddress", cfg.p2p.listen))?;
-    let (net, mut net_events, event_loop) = network::new(
-        keypair,
-        NetworkConfig {
-            listen,
-            idle_timeout: Duration::from_secs(cfg.p2p.idle_timeout_secs),
-            link_timeout: Duration::from_millis(cfg.p2p.link_timeout_ms),
-            bounds: network::behaviour::Bounds {
-                request_timeout: Duration::from_secs(cfg.p2p.request_timeout_secs),
-                max_batch_bytes: cfg.max_request_bytes(),
-                max_directory_bytes: cfg.p2p.max_directory_bytes,
-                max_pending_connections: cfg.p2p.max_pending_connections,
-                max_established_connections: cfg.p2p.max_established_connections,
-                max_connections_per_peer: cfg.p2p.max_connections_per_peer,
-            },
-        },
-    )?;
+    let (net, mut net_events, event_loop) = network::new(keypair, network_config(&cfg)?)?;
     tokio::spawn(event_loop.run());
 
     let engine = Engine::new(&cfg, store, health, metrics.clone(), net, node_key, parent_hint)?;
     engine.start().await?;
     engine.start_reconciliation_if_due()?;
-    match engine.dir.current().node(&cfg.node_id) {
-        Some(me) if me.public_key.0 != engine.node_key().verifying_key() => {
-            // The root rotated this node's key while it was down: take the staged key, or keep
-            // going with the old one while its overlap lasts.
-            let mine = exchange_wire::PublicKey(engine.node_key().verifying_key());
-            let staged = exchange_wire::keys::read(&engine.next_key_file()).is_ok_and(|k| k.verifying_key() == me.public_key.0);
-            let in_overlap = me.previous_keys.iter().any(|k| k.public_key == mine && k.revoked_at_ms.is_none() && k.valid_at(exchange_wire::now_ms()));
-            if staged {
-                tracing::info!(node = %cfg.node_id, key = %me.public_key, "the node tree lists the staged key for this node: taking it");
-            } else if in_overlap {
-                tracing::warn!(node = %cfg.node_id, key = %me.public_key, staged = %engine.next_key_file().display(),
-                    "the node tree lists a new key for this node and the overlap of the old one is running out: stage the new key");
-            } else {
-                anyhow::bail!(
-                    "the key in {} is not the key the node tree lists for node {} (expected public key {}); \
-                     if the root rotated this node's key, put the new key in {}",
-                    cfg.key_file.display(),
-                    cfg.node_id,
-                    me.public_key,
-                    engine.next_key_file().display()
-                )
-            }
-        }
-        Some(_) => {}
-        None => tracing::warn!(node = %cfg.node_id, "this node is not in the node tree yet: it waits for the tree from its parent"),
-    }
+    check_listed_key(&cfg, &engine)?;
     {
         let engine2 = engine.clone();
-        engine.tasks.spawn(async move {
+        engine.services.tasks.spawn(async move {
             while let Some(event) = net_events.recv().await {
                 engine2.on_network_event(event).await;
             }
@@ -162,7 +102,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let checkpoint_stop = CancellationToken::new();
     let checkpoints = tokio::spawn(engine.clone().run_audit_checkpoints(checkpoint_stop.clone()));
 
-    tracing::info!(node = %cfg.node_id, peer_id = %engine.peer_id(), api = %cfg.api.listen, admin = %cfg.admin.listen,
+    tracing::info!(node = %cfg.node_id, peer_id = %engine.services.peer_id(), api = %cfg.api.listen, admin = %cfg.admin.listen,
         api_tls = agency_tls.is_some(), admin_tls = admin_tls.is_some(), "node started");
 
     agency_switch.activate(crate::api::agency::router(engine.clone(), agency_refusals));
@@ -174,6 +114,94 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
 
     shutdown_signal().await;
     shutdown(&engine, stop, (node_tasks, storage_tasks), (checkpoint_stop, checkpoints)).await;
+    Ok(())
+}
+
+/// The agency and admin listeners, bound.
+async fn bind_listeners(cfg: &NodeConfig) -> anyhow::Result<(tokio::net::TcpListener, tokio::net::TcpListener)> {
+    let agency = tokio::net::TcpListener::bind(cfg.api.listen)
+        .await
+        .with_context(|| format!("cannot listen on api.listen {}", cfg.api.listen))?;
+    let admin = tokio::net::TcpListener::bind(cfg.admin.listen)
+        .await
+        .with_context(|| format!("cannot listen on admin.listen {}", cfg.admin.listen))?;
+    Ok((agency, admin))
+}
+
+/// Opens the storage: the PostgreSQL database named by `storage.url` once this replica holds its
+/// lease (`waiting` runs if it must wait as a standby), else the SQLite file. `None`: told to stop
+/// while waiting.
+async fn open_store(
+    cfg: &NodeConfig,
+    health: &Arc<StorageHealth>,
+    metrics: &Arc<Metrics>,
+    check: OpenCheck,
+    waiting: impl FnOnce(),
+) -> anyhow::Result<Option<Arc<dyn Store>>> {
+    let store: Arc<dyn Store> = match cfg.storage.url.as_deref() {
+        Some(url) => {
+            let lease = tokio::select! {
+                lease = replica::take_lease(url, health.clone(), metrics.clone(), waiting) => lease.context("cannot take the lease on the PostgreSQL database named by storage.url")?,
+                _ = shutdown_signal() => return Ok(None),
+            };
+            Arc::new(PgStore::open_leased(url, health.clone(), lease).await.context("cannot open the PostgreSQL database named by storage.url")?)
+        }
+        None => match SqliteStore::open(&cfg.database_path(), health.clone(), check).await {
+            Ok(store) => Arc::new(store),
+            Err(e) if Fault::of(&e) == Fault::Corrupt => anyhow::bail!(damaged_database(&cfg.database_path(), &e)),
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("cannot open the database {}", cfg.database_path().display()))),
+        },
+    };
+    Ok(Some(store))
+}
+
+/// The network's settings from the `p2p` section.
+fn network_config(cfg: &NodeConfig) -> anyhow::Result<NetworkConfig> {
+    let listen = cfg.p2p.listen.parse().with_context(|| format!("p2p.listen {:?} is not a multiaddress", cfg.p2p.listen))?;
+    Ok(NetworkConfig {
+        listen,
+        idle_timeout: Duration::from_secs(cfg.p2p.idle_timeout_secs),
+        link_timeout: Duration::from_millis(cfg.p2p.link_timeout_ms),
+        bounds: network::behaviour::Bounds {
+            request_timeout: Duration::from_secs(cfg.p2p.request_timeout_secs),
+            max_batch_bytes: cfg.max_request_bytes(),
+            max_directory_bytes: cfg.p2p.max_directory_bytes,
+            max_pending_connections: cfg.p2p.max_pending_connections,
+            max_established_connections: cfg.p2p.max_established_connections,
+            max_connections_per_peer: cfg.p2p.max_connections_per_peer,
+        },
+    })
+}
+
+/// At start: whether this node signs with the key the node tree lists for it; if not, whether it
+/// may go on (the staged key is the one listed, or the old key's overlap still runs).
+fn check_listed_key(cfg: &NodeConfig, engine: &Engine) -> anyhow::Result<()> {
+    match engine.services.dir.current().node(&cfg.node_id) {
+        Some(me) if me.public_key.0 != engine.services.node_key().verifying_key() => {
+            // The root rotated this node's key while it was down: take the staged key, or keep
+            // going with the old one while its overlap lasts.
+            let mine = exchange_wire::PublicKey(engine.services.node_key().verifying_key());
+            let staged = exchange_wire::keys::read(&engine.services.keys.next_key_file()).is_ok_and(|k| k.verifying_key() == me.public_key.0);
+            let in_overlap = me.previous_keys.iter().any(|k| k.public_key == mine && k.revoked_at_ms.is_none() && k.valid_at(exchange_wire::now_ms()));
+            if staged {
+                tracing::info!(node = %cfg.node_id, key = %me.public_key, "the node tree lists the staged key for this node: taking it");
+            } else if in_overlap {
+                tracing::warn!(node = %cfg.node_id, key = %me.public_key, staged = %engine.services.keys.next_key_file().display(),
+                    "the node tree lists a new key for this node and the overlap of the old one is running out: stage the new key");
+            } else {
+                anyhow::bail!(
+                    "the key in {} is not the key the node tree lists for node {} (expected public key {}); \
+                     if the root rotated this node's key, put the new key in {}",
+                    cfg.key_file.display(),
+                    cfg.node_id,
+                    me.public_key,
+                    engine.services.keys.next_key_file().display()
+                )
+            }
+        }
+        Some(_) => {}
+        None => tracing::warn!(node = %cfg.node_id, "this node is not in the node tree yet: it waits for the tree from its parent"),
+    }
     Ok(())
 }
 
@@ -193,11 +221,11 @@ async fn shutdown(
         // Requests under way are answered (after their commit) or fail unacknowledged; the refusal
         // tallies are written to the audit log.
         node_tasks.wait().await;
-        let left = engine.tasks.stop(Duration::from_secs(4)).await + storage_tasks.stop(Duration::from_secs(1)).await;
+        let left = engine.services.tasks.stop(Duration::from_secs(4)).await + storage_tasks.stop(Duration::from_secs(1)).await;
         // The last checkpoint, handed at a clean shutdown, covers every audit entry written.
         checkpoint_stop.cancel();
         let _ = checkpoints.await;
-        let drained = engine.committer.stop(Duration::from_secs(3)).await;
+        let drained = engine.services.committer.stop(Duration::from_secs(3)).await;
         (left, drained)
     };
     match tokio::time::timeout(SHUTDOWN_BOUND, steps).await {

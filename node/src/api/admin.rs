@@ -45,7 +45,7 @@ async fn events(State(engine): State<AppState>, Path(id): Path<String>) -> Respo
         Ok(i) => i,
         Err(r) => return r.into_response(),
     };
-    answer(&engine, engine.events(&id).await.map(|events| EventsResponse { id, events })).await
+    answer(&engine, engine.services.events(&id).await.map(|events| EventsResponse { id, events })).await
 }
 
 async fn trace(State(engine): State<AppState>, Path(id): Path<String>) -> Response {

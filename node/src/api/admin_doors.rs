@@ -70,7 +70,7 @@ impl Doors {
             refusals: RefusalTally::new(
                 "admin API",
                 "admin-refused",
-                engine.metrics.admin_refusals.clone(),
+                engine.services.metrics.admin_refusals.clone(),
                 &["origin", "host", "no-token", "bad-token", "content-type"],
                 Duration::from_secs(cfg.admin.refusal_audit_secs),
             ),

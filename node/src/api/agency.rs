@@ -51,7 +51,7 @@ pub fn refusal_tally(cfg: &NodeConfig, engine: &AppState) -> Arc<RefusalTally> {
     RefusalTally::new(
         "agency API",
         "agency-refused",
-        engine.metrics.agency_refusals.clone(),
+        engine.services.metrics.agency_refusals.clone(),
         &["no-token", "bad-token"],
         Duration::from_secs(cfg.api.refusal_audit_secs),
     )
@@ -62,7 +62,7 @@ pub fn refusal_tally(cfg: &NodeConfig, engine: &AppState) -> Arc<RefusalTally> {
 /// the caller is known).
 async fn may_change(engine: &AppState, parts: &Parts, caller: Caller) -> Result<Caller, Response> {
     let changes = !matches!(parts.method, axum::http::Method::GET | axum::http::Method::HEAD);
-    match if changes { engine.access.may_change(&engine.dir.current(), &engine.here, &caller) } else { Ok(()) } {
+    match if changes { engine.access.may_change(&engine.services.dir.current(), &engine.services.here, &caller) } else { Ok(()) } {
         Ok(()) => Ok(caller),
         Err(r) => Err(refuse(engine, r).await.into_response()),
     }
@@ -76,7 +76,7 @@ impl FromRequestParts<AppState> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, engine: &AppState) -> Result<Caller, Response> {
         let authorization = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-        let r = match engine.access.authenticate(&engine.dir.current(), &engine.here, authorization) {
+        let r = match engine.access.authenticate(&engine.services.dir.current(), &engine.services.here, authorization) {
             Ok(c) => return may_change(engine, parts, c).await,
             Err(r) => r,
         };
@@ -88,7 +88,7 @@ impl FromRequestParts<AppState> for Caller {
         // accept (unknown or revoked).
         let named = authorization.and_then(|h| h.trim().split_once(char::is_whitespace)).is_some_and(|(_, t)| !t.trim().is_empty());
         let reason = if named { "bad-token" } else { "no-token" };
-        engine.metrics.rejected.with_label_values(&[r.code, "unknown"]).inc();
+        engine.services.metrics.rejected.with_label_values(&[r.code, "unknown"]).inc();
         tracing::debug!(%source, reason, "agency request refused before authentication");
         tally.note(source, reason);
         Err(r.into_response())
@@ -132,7 +132,7 @@ async fn submit_batch(State(engine): State<AppState>, caller: Caller, body: Resu
     };
     if req.messages.len() > 1000 {
         let r = Refusal::malformed(format!("a batch holds at most 1000 messages, not {}", req.messages.len()));
-        engine.refused_input(&r).await;
+        engine.services.refused_input(&r).await;
         return r.into_response();
     }
     let results = engine.ingress().submit(&caller, req.messages).await;
@@ -141,7 +141,7 @@ async fn submit_batch(State(engine): State<AppState>, caller: Caller, body: Resu
 
 async fn status(State(engine): State<AppState>, caller: Caller, Path(id): Path<String>) -> Response {
     match parse_id(&engine, &id).await {
-        Ok(id) => match engine.status(&caller, &id).await {
+        Ok(id) => match engine.services.status(&caller, &id).await {
             Ok(s) => json(StatusCode::OK, &s),
             Err(r) => audited(&engine, r).await,
         },
@@ -181,8 +181,8 @@ async fn inbox(
             return refuse(&engine, r).await.into_response();
         }
     };
-    let wait = Duration::from_millis(q.wait_ms.min(engine.api_max_wait_ms));
-    let result = engine.inbox(&caller, &unit, q.after, q.limit, wait).await;
+    let wait = Duration::from_millis(q.wait_ms.min(engine.services.api_max_wait_ms));
+    let result = engine.services.inbox(&caller, &unit, q.after, q.limit, wait).await;
     match result {
         Ok(items) => {
             let next_after = items.last().map(|i| i.seq).unwrap_or(q.after);
@@ -290,7 +290,7 @@ async fn overdue(State(engine): State<AppState>, caller: Caller, Path((node, uni
         Ok(u) => u,
         Err(r) => return r.into_response(),
     };
-    match engine.overdue(&caller, &unit).await {
+    match engine.services.overdue(&caller, &unit).await {
         Ok(ids) => streamed_overdue(engine, unit, ids),
         Err(r) => audited(&engine, r).await,
     }
@@ -308,7 +308,7 @@ fn streamed_overdue(engine: AppState, unit: exchange_wire::UnitAddress, ids: Vec
     let items = futures::stream::iter(ids)
         .then(move |id| {
             let (engine, unit) = (engine.clone(), unit.clone());
-            async move { (id, engine.overdue_item(&unit, &id).await) }
+            async move { (id, engine.services.overdue_item(&unit, &id).await) }
         })
         .filter_map(move |(id, item)| {
             let chunk = match item {
@@ -380,7 +380,7 @@ async fn sign_for_batch(
 /// The agency API's routes; refusals for want of a token are tallied in `refusals`.
 pub fn router(engine: AppState, refusals: Arc<RefusalTally>) -> Router {
     // Base64 inflates payloads by 4/3; leave room for the envelope and a batch of small messages.
-    let body_limit = (engine.limits.max_payload_bytes as usize) / 3 * 4 + 1024 * 1024;
+    let body_limit = (engine.services.limits.max_payload_bytes as usize) / 3 * 4 + 1024 * 1024;
     with_health(Router::new()
         .route("/v1/messages", post(submit))
         .route("/v1/messages:batch", post(submit_batch))

@@ -135,11 +135,11 @@ async fn upload(
         let r = Refusal::malformed("give the attachment's size in bytes and where this upload starts: ?size=<bytes>&offset=<committed bytes, 0 at first>");
         return refuse(&engine, r).await.into_response();
     };
-    if size > engine.limits.max_attachment_bytes {
+    if size > engine.services.limits.max_attachment_bytes {
         let r = Refusal::new(
             "payload-too-large",
             413,
-            format!("the attachment is {size} bytes; this node accepts attachments up to {} bytes (limits.max_attachment_bytes)", engine.limits.max_attachment_bytes),
+            format!("the attachment is {size} bytes; this node accepts attachments up to {} bytes (limits.max_attachment_bytes)", engine.services.limits.max_attachment_bytes),
         );
         return refuse(&engine, r).await.into_response();
     }
@@ -258,8 +258,8 @@ async fn download(State(engine): State<AppState>, caller: Caller, Path((id, n)):
         Ok(id) => id,
         Err(r) => return r.into_response(),
     };
-    let not_here = || Refusal::new("not-found", 404, format!("no attachment {n} of message {id} for this unit on node {}", engine.here));
-    let stored = match engine.store.message(&id.0).await {
+    let not_here = || Refusal::new("not-found", 404, format!("no attachment {n} of message {id} for this unit on node {}", engine.services.here));
+    let stored = match engine.services.store.message(&id.0).await {
         Ok(Some(m)) => m,
         Ok(None) => return not_here().into_response(),
         Err(e) => return storage_trouble(e),
@@ -268,9 +268,9 @@ async fn download(State(engine): State<AppState>, caller: Caller, Path((id, n)):
     // The sender, or a recipient whose inbox holds the document (and was not recalled from it).
     let allowed = match &caller {
         Caller::Anyone => true,
-        Caller::Unit(u) if *u == env.sender => engine.dir.current().home_of(u).as_ref() == Some(&engine.here),
+        Caller::Unit(u) if *u == env.sender => engine.services.dir.current().home_of(u).as_ref() == Some(&engine.services.here),
         Caller::Unit(u) => matches!(
-            engine.store.inbox_entry(&u.to_string(), &id.0).await,
+            engine.services.store.inbox_entry(&u.to_string(), &id.0).await,
             Ok(Some(entry)) if entry.state != "recalled"
         ),
     };

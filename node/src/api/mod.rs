@@ -107,7 +107,7 @@ pub(crate) async fn parse_body<T: DeserializeOwned>(engine: &Engine, body: Resul
             413,
             format!(
                 "request body is larger than this node accepts (payloads up to {} bytes, base64-encoded); see limits.max_payload_bytes",
-                engine.limits.max_payload_bytes
+                engine.services.limits.max_payload_bytes
             ),
         ),
         Err(e) => Refusal::malformed(format!("cannot read the request body: {e}")),
@@ -116,7 +116,7 @@ pub(crate) async fn parse_body<T: DeserializeOwned>(engine: &Engine, body: Resul
             Err(e) => Refusal::malformed(format!("request body is not the expected JSON: {}", redact_values(&e.to_string()))),
         },
     };
-    engine.refused_input(&refusal).await;
+    engine.services.refused_input(&refusal).await;
     Err(refusal)
 }
 
@@ -137,12 +137,12 @@ pub(crate) async fn parse_unit(engine: &Engine, node: &str, unit: &str) -> Resul
 }
 
 pub(crate) async fn refuse(engine: &Engine, r: Refusal) -> Refusal {
-    engine.refused_input(&r).await;
+    engine.services.refused_input(&r).await;
     r
 }
 
 async fn livez(State(engine): State<AppState>) -> Response {
-    json(StatusCode::OK, &Health { node: engine.here.clone(), status: "ok".into(), peer_id: engine.peer_id().to_string() })
+    json(StatusCode::OK, &Health { node: engine.services.here.clone(), status: "ok".into(), peer_id: engine.services.peer_id().to_string() })
 }
 
 async fn readyz(State(engine): State<AppState>) -> Response {
@@ -151,7 +151,7 @@ async fn readyz(State(engine): State<AppState>) -> Response {
 }
 
 async fn metrics(State(engine): State<AppState>) -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], engine.metrics.render()).into_response()
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], engine.services.metrics.render()).into_response()
 }
 
 async fn not_found() -> Response {

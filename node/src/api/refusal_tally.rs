@@ -76,8 +76,8 @@ impl RefusalTally {
                 }
             })
             .collect();
-        if let Err(e) = engine.committer.commit(vec![WriteJob::Record(Record { events, ..Default::default() })]).await {
-            engine.metrics.storage_errors.with_label_values(&["commit"]).inc();
+        if let Err(e) = engine.services.committer.commit(vec![WriteJob::Record(Record { events, ..Default::default() })]).await {
+            engine.services.metrics.storage_errors.with_label_values(&["commit"]).inc();
             tracing::error!(api = self.api, error = %e, "cannot write audit entries for refused requests");
         }
     }

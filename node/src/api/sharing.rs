@@ -144,7 +144,7 @@ async fn records(
             return refuse(&engine, r).await.into_response();
         }
     };
-    let wait = Duration::from_millis(q.wait_ms.min(engine.api_max_wait_ms));
+    let wait = Duration::from_millis(q.wait_ms.min(engine.services.api_max_wait_ms));
     let r = engine.sharing.records(&engine.services, &caller, &unit, &topic, q.after, q.limit, wait).await;
     answer(&engine, r, StatusCode::OK, false).await
 }

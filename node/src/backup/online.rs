@@ -17,6 +17,7 @@ use exchange_wire::backup::{AttachmentsCopy, BACKUP_FORMAT, BackupManifest, Data
 
 use super::files::{self, Placed};
 use super::manifest::{self, ATTACHMENTS, DATABASE};
+use crate::relay::services::Services;
 use crate::relay::{Engine, Refusal};
 use crate::storage::sqlite::recovery::inspect_file;
 
@@ -94,7 +95,7 @@ impl Engine {
         let task = tokio::spawn(async move {
             let _one_at_a_time = guard;
             let result = engine.write_backup(folder.clone()).await;
-            engine.record_backup(&folder, &result).await;
+            record_backup(&engine.services, &folder, &result).await;
             result
         });
         match task.await {
@@ -111,7 +112,7 @@ impl Engine {
             blocking(move || files::create_private(&db).map(drop).with_context(|| format!("cannot create {}", db.display()))).await?;
         }
         let taken_at_ms = exchange_wire::now_ms();
-        self.store.recovery().snapshot_into(&db).await.context("the copy of the database failed")?;
+        self.services.store.recovery().snapshot_into(&db).await.context("the copy of the database failed")?;
         let (bytes, sha256) = {
             let db = db.clone();
             blocking(move || {
@@ -127,7 +128,7 @@ impl Engine {
         let attachments = blocking(move || Ok(copy_attachments(&from, &to)?)).await.context("cannot copy the attachment files")?;
         let manifest = BackupManifest {
             format: BACKUP_FORMAT,
-            node: self.here.clone(),
+            node: self.services.here.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             taken_at_ms,
             finished_at_ms: exchange_wire::now_ms(),
@@ -158,33 +159,33 @@ impl Engine {
         .context("cannot write the manifest")?;
         Ok(manifest)
     }
+}
 
-    /// The backup's metric, log line and audit entry.
-    async fn record_backup(&self, folder: &Path, result: &anyhow::Result<BackupManifest>) {
-        let (outcome, event, detail) = match result {
-            Ok(m) => (
-                "ok",
-                "backup",
-                format!(
-                    "to {}: database {} bytes (SHA-256 {}, audit seq {}), {} attachment files ({} linked, {} copied)",
-                    folder.display(),
-                    m.database.bytes,
-                    m.database.sha256,
-                    m.database.audit_last_seq,
-                    m.attachments.files,
-                    m.attachments.linked,
-                    m.attachments.copied
-                ),
+/// The backup's metric, log line and audit entry.
+async fn record_backup(services: &Services, folder: &Path, result: &anyhow::Result<BackupManifest>) {
+    let (outcome, event, detail) = match result {
+        Ok(m) => (
+            "ok",
+            "backup",
+            format!(
+                "to {}: database {} bytes (SHA-256 {}, audit seq {}), {} attachment files ({} linked, {} copied)",
+                folder.display(),
+                m.database.bytes,
+                m.database.sha256,
+                m.database.audit_last_seq,
+                m.attachments.files,
+                m.attachments.linked,
+                m.attachments.copied
             ),
-            Err(e) => ("failed", "backup-failed", format!("to {}: {e:#}", folder.display())),
-        };
-        self.metrics.backups.with_label_values(&[outcome]).inc();
-        match result {
-            Ok(_) => tracing::info!(folder = %folder.display(), "backup written"),
-            Err(e) => tracing::error!(folder = %folder.display(), error = %format!("{e:#}"), "backup failed"),
-        }
-        if let Err(r) = self.admin_record(event, detail).await {
-            tracing::error!(reason = %r.message, "cannot write the backup's audit entry");
-        }
+        ),
+        Err(e) => ("failed", "backup-failed", format!("to {}: {e:#}", folder.display())),
+    };
+    services.metrics.backups.with_label_values(&[outcome]).inc();
+    match result {
+        Ok(_) => tracing::info!(folder = %folder.display(), "backup written"),
+        Err(e) => tracing::error!(folder = %folder.display(), error = %format!("{e:#}"), "backup failed"),
+    }
+    if let Err(r) = services.admin_record(event, detail).await {
+        tracing::error!(reason = %r.message, "cannot write the backup's audit entry");
     }
 }

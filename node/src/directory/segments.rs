@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use ed25519_dalek::SigningKey;
-use exchange_wire::directory::{KeyRecord, NodeRecord, NodeTree, Segment, UnitRecord, UnitSegment, UnitStatus};
+use exchange_wire::directory::{KeyRecord, NodeRecord, NodeTree, RootHandover, Segment, UnitRecord, UnitSegment, UnitStatus};
 use exchange_wire::{NodeId, PublicKey, SignedEnvelope, UnitAddress};
 use serde::Deserialize;
 
@@ -34,6 +34,29 @@ pub struct Held {
 pub struct SegmentRefusal {
     pub code: &'static str,
     pub reason: String,
+}
+
+/// The node tree: signed by the pinned root key, rooted at that key's node, and a tree.
+fn check_tree(root_key: &PublicKey, signed: &SignedEnvelope, tree: &NodeTree) -> Result<(), SegmentRefusal> {
+    signed
+        .verify(&root_key.0)
+        .map_err(|_| refuse("segment-signature", "the node tree is not signed by the root key this node pins"))?;
+    let root = tree.nodes.iter().find(|n| n.parent.is_none());
+    if root.map(|r| r.public_key) != Some(*root_key) {
+        return Err(refuse("malformed-segment", "the node tree's root is not the node of the pinned root key"));
+    }
+    Directory::build(Some(tree), std::iter::empty()).map_err(|e| refuse("malformed-segment", format!("node tree: {e}")))?;
+    Ok(())
+}
+
+/// The catalog: signed by the pinned root key, every schema compiling.
+fn check_catalog(root_key: &PublicKey, signed: &SignedEnvelope, catalog: &exchange_wire::sharing::Catalog) -> Result<(), SegmentRefusal> {
+    signed
+        .verify(&root_key.0)
+        .map_err(|_| refuse("segment-signature", "the catalog is not signed by the root key this node pins"))?;
+    // Every schema must compile here too, so no node holds a topic it cannot validate.
+    crate::sharing::CompiledCatalog::compile(catalog).map_err(|e| refuse("malformed-segment", format!("catalog: {e}")))?;
+    Ok(())
 }
 
 fn refuse(code: &'static str, reason: impl Into<String>) -> SegmentRefusal {
@@ -122,73 +145,74 @@ impl SegmentSet {
     pub fn check(&self, root_key: &PublicKey, signed: &SignedEnvelope, payload: &[u8]) -> Result<(Segment, Verdict), SegmentRefusal> {
         let segment = Segment::from_envelope(signed, payload).map_err(|e| refuse("malformed-segment", e.to_string()))?;
         match &segment {
-            Segment::Tree(tree) => {
-                signed
-                    .verify(&root_key.0)
-                    .map_err(|_| refuse("segment-signature", "the node tree is not signed by the root key this node pins"))?;
-                let root = tree.nodes.iter().find(|n| n.parent.is_none());
-                if root.map(|r| r.public_key) != Some(*root_key) {
-                    return Err(refuse("malformed-segment", "the node tree's root is not the node of the pinned root key"));
-                }
-                Directory::build(Some(tree), std::iter::empty()).map_err(|e| refuse("malformed-segment", format!("node tree: {e}")))?;
-            }
-            Segment::Units(units) => {
-                let tree = self.tree().ok_or_else(|| refuse("unknown-node", "no node tree yet to check unit segments against"))?;
-                let node = tree
-                    .nodes
-                    .iter()
-                    .find(|n| n.id == units.node)
-                    .ok_or_else(|| refuse("unknown-node", format!("node {} is not in the node tree", units.node)))?;
-                let keys = node.keys_valid_at(&[signed.envelope.created_at_ms]);
-                if !keys.iter().any(|k| signed.verify(&k.0).is_ok()) {
-                    let revoked = node.previous_keys.iter().any(|k| k.revoked_at_ms.is_some() && signed.verify(&k.public_key.0).is_ok());
-                    return Err(if revoked {
-                        refuse("key-revoked", format!("the units of {} are signed with a node key the root revoked", units.node))
-                    } else {
-                        refuse("segment-signature", format!("the units of {} are not signed by a key of that node valid when they were signed", units.node))
-                    });
-                }
-                if let Some(u) = units.units.iter().find(|u| u.address.node_part() != units.node.as_str() || u.address.is_node()) {
-                    return Err(refuse("foreign-unit", format!("node {} lists unit {}, which is not its own", units.node, u.address)));
-                }
-                let mut seen = std::collections::HashSet::new();
-                if let Some(u) = units.units.iter().find(|u| !seen.insert(&u.address)) {
-                    return Err(refuse("malformed-segment", format!("node {} lists unit {} twice", units.node, u.address)));
-                }
-            }
-            Segment::Catalog(catalog) => {
-                signed
-                    .verify(&root_key.0)
-                    .map_err(|_| refuse("segment-signature", "the catalog is not signed by the root key this node pins"))?;
-                // Every schema must compile here too, so no node holds a topic it cannot validate.
-                crate::sharing::CompiledCatalog::compile(catalog).map_err(|e| refuse("malformed-segment", format!("catalog: {e}")))?;
-            }
-            Segment::RootHandover(h) => {
-                // One already held is judged below (known or conflicting), whatever key it came from.
-                if self.handovers.get(&h.version).is_none() {
-                    if h.old_key != *root_key {
-                        return Err(refuse(
-                            "segment-signature",
-                            format!("root handover {} starts from key {}, not from the root key {} this node pins", h.version, h.old_key, root_key),
-                        ));
-                    }
-                    signed
-                        .verify(&root_key.0)
-                        .map_err(|_| refuse("segment-signature", "the root handover is not signed by the root key this node pins"))?;
-                    if h.new_key == h.old_key {
-                        return Err(refuse("malformed-segment", "the root handover names the same key twice"));
-                    }
-                    if let Some(last) = self.handovers.keys().next_back()
-                        && h.version <= *last {
-                            return Err(refuse("stale-segment", format!("root handover {} is older than handover {last} held", h.version)));
-                        }
-                }
-            }
+            Segment::Tree(tree) => check_tree(root_key, signed, tree)?,
+            Segment::Units(units) => self.check_units(signed, units)?,
+            Segment::Catalog(catalog) => check_catalog(root_key, signed, catalog)?,
+            Segment::RootHandover(h) => self.check_handover(root_key, signed, h)?,
         }
-        match self.held(&segment) {
+        let verdict = self.against_held(signed, &segment)?;
+        Ok((segment, verdict))
+    }
+
+    /// A node's units: signed by a key of that node (in the tree held) valid when they were
+    /// signed, and only its own units, each once.
+    fn check_units(&self, signed: &SignedEnvelope, units: &UnitSegment) -> Result<(), SegmentRefusal> {
+        let tree = self.tree().ok_or_else(|| refuse("unknown-node", "no node tree yet to check unit segments against"))?;
+        let node = tree
+            .nodes
+            .iter()
+            .find(|n| n.id == units.node)
+            .ok_or_else(|| refuse("unknown-node", format!("node {} is not in the node tree", units.node)))?;
+        let keys = node.keys_valid_at(&[signed.envelope.created_at_ms]);
+        if !keys.iter().any(|k| signed.verify(&k.0).is_ok()) {
+            let revoked = node.previous_keys.iter().any(|k| k.revoked_at_ms.is_some() && signed.verify(&k.public_key.0).is_ok());
+            return Err(if revoked {
+                refuse("key-revoked", format!("the units of {} are signed with a node key the root revoked", units.node))
+            } else {
+                refuse("segment-signature", format!("the units of {} are not signed by a key of that node valid when they were signed", units.node))
+            });
+        }
+        if let Some(u) = units.units.iter().find(|u| u.address.node_part() != units.node.as_str() || u.address.is_node()) {
+            return Err(refuse("foreign-unit", format!("node {} lists unit {}, which is not its own", units.node, u.address)));
+        }
+        let mut seen = std::collections::HashSet::new();
+        if let Some(u) = units.units.iter().find(|u| !seen.insert(&u.address)) {
+            return Err(refuse("malformed-segment", format!("node {} lists unit {} twice", units.node, u.address)));
+        }
+        Ok(())
+    }
+
+    /// A root handover not held yet: from the pinned root key, signed by it, to another key, and
+    /// newer than every handover held.
+    fn check_handover(&self, root_key: &PublicKey, signed: &SignedEnvelope, h: &RootHandover) -> Result<(), SegmentRefusal> {
+        // One already held is judged against it (known or conflicting), whatever key it came from.
+        if self.handovers.get(&h.version).is_none() {
+            if h.old_key != *root_key {
+                return Err(refuse(
+                    "segment-signature",
+                    format!("root handover {} starts from key {}, not from the root key {} this node pins", h.version, h.old_key, root_key),
+                ));
+            }
+            signed
+                .verify(&root_key.0)
+                .map_err(|_| refuse("segment-signature", "the root handover is not signed by the root key this node pins"))?;
+            if h.new_key == h.old_key {
+                return Err(refuse("malformed-segment", "the root handover names the same key twice"));
+            }
+            if let Some(last) = self.handovers.keys().next_back()
+                && h.version <= *last {
+                    return Err(refuse("stale-segment", format!("root handover {} is older than handover {last} held", h.version)));
+                }
+        }
+        Ok(())
+    }
+
+    /// Whether a segment that passed its checks is one held already, or newer than the one held.
+    fn against_held(&self, signed: &SignedEnvelope, segment: &Segment) -> Result<Verdict, SegmentRefusal> {
+        match self.held(segment) {
             // The same content signed again (a node that lost its database re-signs its seed) is
             // the same segment.
-            Some(h) if h.signed.id == signed.id || h.segment == segment => Ok((segment, Verdict::Known)),
+            Some(h) if h.signed.id == signed.id || h.segment == *segment => Ok(Verdict::Known),
             Some(h) if h.segment.version() > segment.version() => Err(refuse(
                 "stale-segment",
                 format!("version {} of {} is older than the version {} held", segment.version(), segment.owner(), h.segment.version()),
@@ -197,7 +221,7 @@ impl SegmentSet {
                 "conflicting-segment",
                 format!("a different version {} of {} is already held: its signer issued two", segment.version(), segment.owner()),
             )),
-            _ => Ok((segment, Verdict::Newer)),
+            _ => Ok(Verdict::Newer),
         }
     }
 

@@ -81,7 +81,7 @@ impl Engine {
                 FollowUp::Backlogs => self.start_backlogs(),
                 FollowUp::Recalls => {
                     let engine = self.clone();
-                    self.tasks.spawn(async move { engine.report_recalls().await })
+                    self.services.tasks.spawn(async move { engine.report_recalls().await })
                 }
             }
         }
@@ -91,13 +91,13 @@ impl Engine {
     /// sharing part's work, in a task: it takes custody, and each commit goes to the forwarders).
     pub(crate) fn start_deciding_requests(self: &Arc<Self>) {
         let engine = self.clone();
-        self.tasks.spawn(async move { engine.sharing.process_subscription_requests(&engine.services, &engine.forwarders).await });
+        self.services.tasks.spawn(async move { engine.sharing.process_subscription_requests(&engine.services, &engine.forwarders).await });
     }
 
     /// Starts sending what is left of granted backlogs (the sharing part's work, in a task).
     pub(crate) fn start_backlogs(self: &Arc<Self>) {
         let engine = self.clone();
-        self.tasks.spawn(async move { sharing::backfill::send_backlogs(&engine.services, &engine.sharing, &engine.forwarders).await });
+        self.services.tasks.spawn(async move { sharing::backfill::send_backlogs(&engine.services, &engine.sharing, &engine.forwarders).await });
     }
 
     /// Sends the senders of recalled documents this node's signed report on every recall decided
@@ -105,19 +105,19 @@ impl Engine {
     /// crash between the decision and its report loses nothing).
     pub(crate) async fn report_recalls(&self) {
         let _one_at_a_time = self.recall_reports.lock().await;
-        let rows = match self.store.unreported_recalls().await {
+        let rows = match self.services.store.unreported_recalls().await {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read decided recalls");
                 return;
             }
         };
-        let dir = self.dir.current();
-        let (jobs, summaries) = recall_reports(&self.context(&dir), rows);
+        let dir = self.services.dir.current();
+        let (jobs, summaries) = recall_reports(&self.services.context(&dir), rows);
         if jobs.is_empty() {
             return;
         }
-        match self.committer.commit(jobs).await {
+        match self.services.committer.commit(jobs).await {
             Ok(_) => {
                 for s in &summaries {
                     self.after_commit(s);

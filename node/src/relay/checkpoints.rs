@@ -48,8 +48,8 @@ const WHAT_TO_DO: &str = "Treat this node's database as tampered with: keep the 
 impl Engine {
     /// The parent's id and peer id, or `None` at the root (or while the tree is not known).
     fn checkpoint_parent(&self) -> Option<(NodeId, PeerId)> {
-        let dir = self.dir.current();
-        let parent = dir.node(&self.here)?.parent.clone()?;
+        let dir = self.services.dir.current();
+        let parent = dir.node(&self.services.here)?.parent.clone()?;
         let peer = self.peer_for(&parent)?;
         Some((parent, peer))
     }
@@ -87,7 +87,7 @@ impl Engine {
         if let CheckpointResponse::Refused { reason } = &response {
             tracing::warn!(%peer, %reason, "audit checkpoint refused");
         }
-        self.net.respond_checkpoint(channel, response).await;
+        self.services.net.respond_checkpoint(channel, response).await;
     }
 }
 

@@ -179,140 +179,192 @@ fn deliver_here(
     summary: &mut Summary,
 ) -> Result<(), Refusal> {
     let env = &m.signed.envelope;
-    let id = m.signed.id.0;
-    let (here, now) = (ctx.here, ctx.now_ms);
     match env.kind {
         // A query is delivered like a document; its asker's node learns of it from the report.
-        Kind::Document | Kind::Query => {
-            for u in units {
-                c.inbox.push(InboxRow { unit: u.to_string(), message_id: id, delivered_at_ms: now as i64 });
-                c.events.push(event(id, now, "delivered", Some(u), None, None));
-                summary.delivered.push(env.kind);
-                summary.latencies_ms.push(now.saturating_sub(env.created_at_ms));
-            }
-            if m.from.is_none() {
-                // Sender and recipients share this node: the status is known right here.
-                c.tracking.extend(units.iter().map(|u| tracking(id, u, RecipientState::Delivered, here, now)));
-            } else {
-                let report = DeliveryReport {
-                    message_id: m.signed.id,
-                    node: here.clone(),
-                    delivered: units.iter().map(|u| Delivered { unit: u.clone(), at_ms: now }).collect(),
-                    hops: hops.to_vec(),
-                };
-                let (envelope, payload) = report.envelope(env.sender.clone(), env.priority);
-                let signed = envelope.sign(&ctx.node_key);
-                let follow = Incoming { signed, payload, recipients: vec![env.sender.clone()], from: None, hops: vec![] };
-                match take(ctx, follow) {
-                    Ok((f, s)) => {
-                        c.follow_ups.push(f);
-                        summary.merge(s);
-                    }
-                    // The sender left the directory meanwhile: deliver anyway, say so in the log.
-                    Err(r) => tracing::warn!(message = %m.signed.id, reason = %r.message, "cannot route a delivery report"),
-                }
-            }
-        }
-        Kind::Receipt => {
-            let receipt = Receipt::from_envelope(env)?;
-            let signer_home = ctx.dir.home_of(&env.sender).unwrap_or_else(|| here.clone());
-            for u in units {
-                c.inbox.push(InboxRow { unit: u.to_string(), message_id: id, delivered_at_ms: now as i64 });
-                summary.delivered.push(Kind::Receipt);
-            }
-            let state = match receipt.receipt_type {
-                ReceiptType::SignedFor => RecipientState::SignedFor,
-                ReceiptType::Returned => RecipientState::Returned,
-            };
-            let mut t = tracking(receipt.for_message.0, &env.sender, state, &signer_home, env.created_at_ms);
-            t.receipt_id = Some(id);
-            t.detail = receipt.reason.clone();
-            c.tracking.push(t);
-            c.events.push(event(receipt.for_message.0, now, "receipt", Some(&env.sender), None, Some(m.signed.id.to_hex())));
-            summary.receipts_returned.push(receipt.receipt_type);
-        }
-        Kind::Answer => {
-            // The asker's node: the answer settles the query unless its deadline was recorded first
-            // (the tracking row moves forward only); either way the asker can read it.
-            let query = exchange_wire::query::answered(env).map_err(|e| Refusal::malformed(e.to_string()))?;
-            let signer_home = ctx.dir.home_of(&env.sender).unwrap_or_else(|| here.clone());
-            for u in units {
-                c.inbox.push(InboxRow { unit: u.to_string(), message_id: id, delivered_at_ms: now as i64 });
-                summary.delivered.push(Kind::Answer);
-            }
-            let mut t = tracking(query.0, &env.sender, RecipientState::Answered, &signer_home, now);
-            t.receipt_id = Some(id);
-            c.tracking.push(t);
-            c.events.push(event(query.0, now, "answer", Some(&env.sender), None, Some(m.signed.id.to_hex())));
-            summary.answers += 1;
-        }
+        Kind::Document | Kind::Query => deliver_document(ctx, m, units, hops, c, summary),
+        Kind::Receipt => deliver_receipt(ctx, m, units, c, summary),
+        Kind::Answer => deliver_answer(ctx, m, units, c, summary),
         Kind::DirectorySegment => {
-            return Err(Refusal::new("unsupported-kind", 400, "directory segments travel on the directory protocol, not as messages"));
+            Err(Refusal::new("unsupported-kind", 400, "directory segments travel on the directory protocol, not as messages"))
         }
-        Kind::DataRecord => {
-            return Err(Refusal::new(
-                "unsupported-kind",
-                400,
-                "a data-record travels inside its owner node's data-delivery; publish it at POST /v1/records",
-            ));
+        Kind::DataRecord => Err(Refusal::new(
+            "unsupported-kind",
+            400,
+            "a data-record travels inside its owner node's data-delivery; publish it at POST /v1/records",
+        )),
+        Kind::DataDelivery | Kind::SubscriptionRequest | Kind::SubscriptionDecision => super::sharing::delivery::deliver(ctx, m, units, c, summary),
+        Kind::Recall => take_recall(ctx, m, units, c, summary),
+        Kind::DeliveryReport => match env.metadata.get(META_REPORT_TYPE).map(String::as_str) {
+            Some("failed") => record_failure_report(ctx, m, c),
+            Some("recall") => record_recall_report(ctx, m, c),
+            _ => record_delivery_report(ctx, m, c),
+        },
+    }
+}
+
+/// A document or query for units here: into their inboxes, and the sender's status learns of it
+/// (here at once, or by a delivery report sent back in the same commit).
+fn deliver_document(
+    ctx: &Context,
+    m: &Incoming,
+    units: &[UnitAddress],
+    hops: &[Hop],
+    c: &mut Custody,
+    summary: &mut Summary,
+) -> Result<(), Refusal> {
+    let env = &m.signed.envelope;
+    let id = m.signed.id.0;
+    let (here, now) = (ctx.here, ctx.now_ms);
+    for u in units {
+        c.inbox.push(InboxRow { unit: u.to_string(), message_id: id, delivered_at_ms: now as i64 });
+        c.events.push(event(id, now, "delivered", Some(u), None, None));
+        summary.delivered.push(env.kind);
+        summary.latencies_ms.push(now.saturating_sub(env.created_at_ms));
+    }
+    if m.from.is_none() {
+        // Sender and recipients share this node: the status is known right here.
+        c.tracking.extend(units.iter().map(|u| tracking(id, u, RecipientState::Delivered, here, now)));
+    } else {
+        report_delivery(ctx, m, units, hops, c, summary);
+    }
+    Ok(())
+}
+
+/// The delivery report to the sender, taken into custody as a follow-up of the same commit.
+fn report_delivery(ctx: &Context, m: &Incoming, units: &[UnitAddress], hops: &[Hop], c: &mut Custody, summary: &mut Summary) {
+    let env = &m.signed.envelope;
+    let now = ctx.now_ms;
+    let report = DeliveryReport {
+        message_id: m.signed.id,
+        node: ctx.here.clone(),
+        delivered: units.iter().map(|u| Delivered { unit: u.clone(), at_ms: now }).collect(),
+        hops: hops.to_vec(),
+    };
+    let (envelope, payload) = report.envelope(env.sender.clone(), env.priority);
+    let signed = envelope.sign(&ctx.node_key);
+    let follow = Incoming { signed, payload, recipients: vec![env.sender.clone()], from: None, hops: vec![] };
+    match take(ctx, follow) {
+        Ok((f, s)) => {
+            c.follow_ups.push(f);
+            summary.merge(s);
         }
-        Kind::DataDelivery | Kind::SubscriptionRequest | Kind::SubscriptionDecision => {
-            super::sharing::delivery::deliver(ctx, m, units, c, summary)?;
+        // The sender left the directory meanwhile: deliver anyway, say so in the log.
+        Err(r) => tracing::warn!(message = %m.signed.id, reason = %r.message, "cannot route a delivery report"),
+    }
+}
+
+/// A 签收 or 退回 receipt for a sender here: into the inbox, and the document's status moves on.
+fn deliver_receipt(ctx: &Context, m: &Incoming, units: &[UnitAddress], c: &mut Custody, summary: &mut Summary) -> Result<(), Refusal> {
+    let env = &m.signed.envelope;
+    let id = m.signed.id.0;
+    let now = ctx.now_ms;
+    let receipt = Receipt::from_envelope(env)?;
+    let signer_home = ctx.dir.home_of(&env.sender).unwrap_or_else(|| ctx.here.clone());
+    for u in units {
+        c.inbox.push(InboxRow { unit: u.to_string(), message_id: id, delivered_at_ms: now as i64 });
+        summary.delivered.push(Kind::Receipt);
+    }
+    let state = match receipt.receipt_type {
+        ReceiptType::SignedFor => RecipientState::SignedFor,
+        ReceiptType::Returned => RecipientState::Returned,
+    };
+    let mut t = tracking(receipt.for_message.0, &env.sender, state, &signer_home, env.created_at_ms);
+    t.receipt_id = Some(id);
+    t.detail = receipt.reason.clone();
+    c.tracking.push(t);
+    c.events.push(event(receipt.for_message.0, now, "receipt", Some(&env.sender), None, Some(m.signed.id.to_hex())));
+    summary.receipts_returned.push(receipt.receipt_type);
+    Ok(())
+}
+
+/// The asker's node: the answer settles the query unless its deadline was recorded first (the
+/// tracking row moves forward only); either way the asker can read it.
+fn deliver_answer(ctx: &Context, m: &Incoming, units: &[UnitAddress], c: &mut Custody, summary: &mut Summary) -> Result<(), Refusal> {
+    let env = &m.signed.envelope;
+    let id = m.signed.id.0;
+    let now = ctx.now_ms;
+    let query = exchange_wire::query::answered(env).map_err(|e| Refusal::malformed(e.to_string()))?;
+    let signer_home = ctx.dir.home_of(&env.sender).unwrap_or_else(|| ctx.here.clone());
+    for u in units {
+        c.inbox.push(InboxRow { unit: u.to_string(), message_id: id, delivered_at_ms: now as i64 });
+        summary.delivered.push(Kind::Answer);
+    }
+    let mut t = tracking(query.0, &env.sender, RecipientState::Answered, &signer_home, now);
+    t.receipt_id = Some(id);
+    c.tracking.push(t);
+    c.events.push(event(query.0, now, "answer", Some(&env.sender), None, Some(m.signed.id.to_hex())));
+    summary.answers += 1;
+    Ok(())
+}
+
+/// A recall for units here: decided in the commit, in order with any 签收 or 退回 of the same entry.
+fn take_recall(ctx: &Context, m: &Incoming, units: &[UnitAddress], c: &mut Custody, summary: &mut Summary) -> Result<(), Refusal> {
+    let env = &m.signed.envelope;
+    let id = m.signed.id.0;
+    let now = ctx.now_ms;
+    let recalled = recalled_message(env)?;
+    for u in units {
+        c.recalls.push(RecallRow {
+            recall_id: id,
+            message_id: recalled.0,
+            unit: u.to_string(),
+            original_sender: env.sender.to_string(),
+            priority: env.priority.rank(),
+            at_ms: now as i64,
+        });
+        c.events.push(event(recalled.0, now, "recall", Some(u), None, Some(m.signed.id.to_hex())));
+    }
+    summary.recalls += units.len();
+    Ok(())
+}
+
+/// A failure report for a sender here: the recipients it names failed.
+fn record_failure_report(ctx: &Context, m: &Incoming, c: &mut Custody) -> Result<(), Refusal> {
+    let now = ctx.now_ms;
+    let report = FailureReport::from_envelope(&m.signed.envelope, &m.payload)?;
+    let orig = report.message_id.0;
+    for u in &report.units {
+        let mut t = tracking(orig, u, RecipientState::Failed, &report.node, now);
+        t.detail = Some(report.reason.clone());
+        c.tracking.push(t);
+        c.events.push(event(orig, now, "failure-reported", Some(u), Some(&report.node), Some(report.reason.clone())));
+    }
+    Ok(())
+}
+
+/// A recall report for a sender here: recalled, refused, or settled first, per unit.
+fn record_recall_report(ctx: &Context, m: &Incoming, c: &mut Custody) -> Result<(), Refusal> {
+    let now = ctx.now_ms;
+    let report = RecallReport::from_envelope(&m.signed.envelope, &m.payload)?;
+    let orig = report.message_id.0;
+    for o in &report.outcomes {
+        if o.outcome == "recalled" {
+            let mut t = tracking(orig, &o.unit, RecipientState::Recalled, &report.node, now);
+            t.detail = Some("recalled before it was settled".into());
+            c.tracking.push(t);
+            c.events.push(event(orig, now, "recalled", Some(&o.unit), Some(&report.node), None));
+        } else if o.outcome == "not-sender" {
+            c.events.push(event(orig, now, "recall-refused", Some(&o.unit), Some(&report.node), Some("only the document's sender may recall it".into())));
+        } else {
+            // Settled first: the 签收 or 退回 receipt tells the rest.
+            c.events.push(event(orig, now, "recall-too-late", Some(&o.unit), Some(&report.node), Some(o.outcome.clone())));
         }
-        Kind::Recall => {
-            // Decided in the commit, in order with any 签收 or 退回 of the same entry.
-            let recalled = recalled_message(env)?;
-            for u in units {
-                c.recalls.push(RecallRow {
-                    recall_id: id,
-                    message_id: recalled.0,
-                    unit: u.to_string(),
-                    original_sender: env.sender.to_string(),
-                    priority: env.priority.rank(),
-                    at_ms: now as i64,
-                });
-                c.events.push(event(recalled.0, now, "recall", Some(u), None, Some(m.signed.id.to_hex())));
-            }
-            summary.recalls += units.len();
-        }
-        Kind::DeliveryReport if env.metadata.get(META_REPORT_TYPE).map(String::as_str) == Some("failed") => {
-            let report = FailureReport::from_envelope(env, &m.payload)?;
-            let orig = report.message_id.0;
-            for u in &report.units {
-                let mut t = tracking(orig, u, RecipientState::Failed, &report.node, now);
-                t.detail = Some(report.reason.clone());
-                c.tracking.push(t);
-                c.events.push(event(orig, now, "failure-reported", Some(u), Some(&report.node), Some(report.reason.clone())));
-            }
-        }
-        Kind::DeliveryReport if env.metadata.get(META_REPORT_TYPE).map(String::as_str) == Some("recall") => {
-            let report = RecallReport::from_envelope(env, &m.payload)?;
-            let orig = report.message_id.0;
-            for o in &report.outcomes {
-                if o.outcome == "recalled" {
-                    let mut t = tracking(orig, &o.unit, RecipientState::Recalled, &report.node, now);
-                    t.detail = Some("recalled before it was settled".into());
-                    c.tracking.push(t);
-                    c.events.push(event(orig, now, "recalled", Some(&o.unit), Some(&report.node), None));
-                } else if o.outcome == "not-sender" {
-                    c.events.push(event(orig, now, "recall-refused", Some(&o.unit), Some(&report.node), Some("only the document's sender may recall it".into())));
-                } else {
-                    // Settled first: the 签收 or 退回 receipt tells the rest.
-                    c.events.push(event(orig, now, "recall-too-late", Some(&o.unit), Some(&report.node), Some(o.outcome.clone())));
-                }
-            }
-        }
-        Kind::DeliveryReport => {
-            let report = DeliveryReport::from_envelope(env, &m.payload)?;
-            let orig = report.message_id.0;
-            for d in &report.delivered {
-                c.tracking.push(tracking(orig, &d.unit, RecipientState::Delivered, &report.node, d.at_ms));
-                c.events.push(event(orig, now, "delivery-reported", Some(&d.unit), Some(&report.node), None));
-            }
-            for h in &report.hops {
-                c.events.push(event(orig, h.at_ms, "hop", None, Some(&h.node), None));
-            }
-        }
+    }
+    Ok(())
+}
+
+/// A delivery report for a sender here: the recipients it names were delivered, and the hops the
+/// document took.
+fn record_delivery_report(ctx: &Context, m: &Incoming, c: &mut Custody) -> Result<(), Refusal> {
+    let now = ctx.now_ms;
+    let report = DeliveryReport::from_envelope(&m.signed.envelope, &m.payload)?;
+    let orig = report.message_id.0;
+    for d in &report.delivered {
+        c.tracking.push(tracking(orig, &d.unit, RecipientState::Delivered, &report.node, d.at_ms));
+        c.events.push(event(orig, now, "delivery-reported", Some(&d.unit), Some(&report.node), None));
+    }
+    for h in &report.hops {
+        c.events.push(event(orig, h.at_ms, "hop", None, Some(&h.node), None));
     }
     Ok(())
 }

@@ -38,7 +38,7 @@ impl Engine {
         let (version, topics) = (catalog.version, catalog.topics.len());
         match self.publish(Segment::Catalog(catalog)).await.pop() {
             Some(Ok(_)) => {
-                self.admin_record("catalog-publish", format!("catalog version {version} with {topics} topics")).await?;
+                self.services.admin_record("catalog-publish", format!("catalog version {version} with {topics} topics")).await?;
                 Ok(AdminActionResponse { affected: topics as u64, message: format!("catalog version {version} signed and passed on to the network") })
             }
             Some(Err(e)) => Err(Refusal::new(if e.code == "storage" { "storage" } else { "conflict" }, 409, e.reason)),
@@ -53,7 +53,7 @@ impl Engine {
         let owner = segment.owner();
         match self.publish(segment).await.pop() {
             Some(Ok(_)) => {
-                self.admin_record(event, detail.clone()).await?;
+                self.services.admin_record(event, detail.clone()).await?;
                 Ok(AdminActionResponse { affected: 1, message: format!("{detail}: {owner} is now at version {version}, passed on to the network") })
             }
             Some(Err(e)) => Err(Refusal::new(if e.code == "storage" { "storage" } else { "conflict" }, 409, e.reason)),

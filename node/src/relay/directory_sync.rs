@@ -36,13 +36,13 @@ impl Engine {
     /// segment of its own yet, and builds the directory.
     pub(crate) async fn load_directory(self: &Arc<Self>) -> anyhow::Result<()> {
         let set = self.directory_sync.load(&self.services).await?;
-        self.keys.pin_root(&set);
+        self.services.keys.pin_root(&set);
         self.apply_directory(&set).await;
         *self.directory_sync.segments().await = set;
 
         if let Some(path) = &self.directory_sync.seeds().tree_seed
             && self.directory_sync.segments().await.tree.is_none() {
-                if !self.is_root() {
+                if !self.services.is_root() {
                     anyhow::bail!("directory.tree_seed is for the root node only: this node's key is not the pinned root_key");
                 }
                 let tree = segments::tree_from_seed(path).map_err(anyhow::Error::msg)?;
@@ -61,11 +61,11 @@ impl Engine {
         let Some(path) = &self.directory_sync.seeds().units_seed else { return Ok(()) };
         {
             let set = self.directory_sync.segments().await;
-            if set.tree.is_none() || set.units.contains_key(&self.here) {
+            if set.tree.is_none() || set.units.contains_key(&self.services.here) {
                 return Ok(());
             }
         }
-        let units = segments::units_from_seed(path, &self.here).map_err(anyhow::Error::msg)?;
+        let units = segments::units_from_seed(path, &self.services.here).map_err(anyhow::Error::msg)?;
         if let Some(Err(e)) = self.publish(Segment::Units(units)).await.first() {
             anyhow::bail!("cannot sign the units seed {}: {}", path.display(), e.reason);
         }
@@ -74,7 +74,7 @@ impl Engine {
 
     /// Signs a segment made here and takes it like any other.
     pub(super) async fn publish(self: &Arc<Self>, segment: Segment) -> Vec<Result<Verdict, SegmentRefusal>> {
-        let held = segments::sign(segment, &self.here, &self.node_key());
+        let held = segments::sign(segment, &self.services.here, &self.services.node_key());
         self.accept_segments(None, vec![(held.signed, held.payload)]).await
     }
 
@@ -96,7 +96,7 @@ impl Engine {
                     tracing::error!(error = %e, "cannot publish this node's units");
                 }
                 // The tree may list a new key for this node (a rotation): take it if it is staged.
-                self.check_node_keys();
+                self.services.keys.check_now();
             }
         }
         results
@@ -117,7 +117,7 @@ impl Engine {
     /// the identities it admits and the neighbours to dial.
     async fn update_links(self: &Arc<Self>, links: LinkPlan) {
         // A link may have come up before the tree said whose it is (the parent, at start-up).
-        let connected = self.net.connected().await;
+        let connected = self.services.net.connected().await;
         for (id, n) in &links.neighbours {
             if let Some(id) = id {
                 self.watch_neighbour(id);
@@ -127,7 +127,7 @@ impl Engine {
                 }
             }
         }
-        self.net.set_peers(links.allowed, links.neighbours.into_iter().map(|(_, n)| n).collect()).await;
+        self.services.net.set_peers(links.allowed, links.neighbours.into_iter().map(|(_, n)| n).collect()).await;
     }
 
     /// A link came up: give the neighbour everything held.
@@ -137,7 +137,7 @@ impl Engine {
 
     /// A neighbour pushed segments.
     pub(crate) async fn answer_directory(self: Arc<Self>, peer: PeerId, request: DirectoryPush, channel: Reply<DirectoryAck>) {
-        let from = self.dir.current().node_by_peer(&peer).map(|n| n.id.clone());
+        let from = self.services.dir.current().node_by_peer(&peer).map(|n| n.id.clone());
         let mut decoded = Vec::new();
         let mut results: Vec<Option<String>> = Vec::new();
         for p in request.segments {
@@ -161,7 +161,7 @@ impl Engine {
                 })
             })
             .collect();
-        self.net.respond_directory(channel, DirectoryAck { results }).await;
+        self.services.net.respond_directory(channel, DirectoryAck { results }).await;
     }
 }
 

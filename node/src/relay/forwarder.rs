@@ -3,6 +3,7 @@
 //! While the neighbour is down it retries with capped exponential backoff and full jitter, and starts
 //! again at once when the link comes back.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -383,5 +384,41 @@ fn after_acknowledged(metrics: &Metrics, hop: &NodeId, sent: &[Sent], record: &R
     }
     if !record.outbox_dead.is_empty() {
         metrics.dead_letters_total.with_label_values(&[hop.as_str()]).inc_by(record.outbox_dead.len() as u64);
+    }
+}
+
+/// Keeps the outbox gauges true to storage (once a second).
+pub(super) async fn refresh_queue_gauges(services: Arc<Services>) {
+    let m = &services.metrics;
+    let mut known: HashSet<String> = HashSet::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let stats = match services.store.queue_stats().await {
+            Ok(s) => s,
+            Err(e) => {
+                m.storage_errors.with_label_values(&["read"]).inc();
+                tracing::error!(error = %e, "cannot read outbox statistics");
+                continue;
+            }
+        };
+        let now = exchange_wire::now_ms() as i64;
+        let mut seen = HashSet::new();
+        for q in &stats {
+            let hop = q.hop.as_str();
+            m.outbox_depth.with_label_values(&[hop]).set(q.depth);
+            m.outbox_bytes.with_label_values(&[hop]).set(q.bytes);
+            let age = q.oldest_enqueued_ms.map(|t| (now - t).max(0) as f64 / 1000.0).unwrap_or(0.0);
+            m.outbox_oldest_age.with_label_values(&[hop]).set(age);
+            m.dead_letters.with_label_values(&[hop]).set(q.dead);
+            seen.insert(q.hop.clone());
+        }
+        for gone in known.difference(&seen) {
+            for g in [&m.outbox_depth, &m.outbox_bytes, &m.dead_letters] {
+                g.with_label_values(&[gone.as_str()]).set(0);
+            }
+            m.outbox_oldest_age.with_label_values(&[gone.as_str()]).set(0.0);
+        }
+        known = seen;
     }
 }

@@ -77,9 +77,8 @@ pub use signals::PeerState;
 /// The engine: the shared services and the parts. It routes what the API and the network hand it
 /// to the part whose work it is (orchestration); the parts do the work.
 pub struct Engine {
-    /// What every part shares (see [`services`]). The engine derefs to it, so `engine.store`,
-    /// `engine.node_key()` read as before; parts that do not need the engine take `&Services` or
-    /// hold the `Arc`.
+    /// What every part shares (see [`services`]): `engine.services.store`, ...; parts that do not
+    /// need the engine take `&Services` or hold the `Arc`.
     pub services: Arc<Services>,
     /// Free space, intake and damage of the storage (see `storage::health`).
     pub health: Arc<StorageHealth>,
@@ -107,16 +106,6 @@ pub struct Engine {
     pub sharing: sharing::Sharing,
     /// Backups and the reconciliation after a restore (see `backup`).
     pub(crate) recovery: crate::backup::Recovery,
-}
-
-/// `engine.store`, `engine.node_key()`, ... are the services'. A deref, not a field path at every
-/// use: the files still written as `impl Engine` (the directory's apply, data sharing's publishing,
-/// node keys, the agency input checks) read the services through it until they take `&Services`.
-impl std::ops::Deref for Engine {
-    type Target = Services;
-    fn deref(&self) -> &Services {
-        &self.services
-    }
 }
 
 impl Engine {
@@ -173,44 +162,44 @@ impl Engine {
     /// Loads the directory and tokens, starts forwarders for every neighbour and every hop with
     /// queued work, and starts refreshing the queue gauges.
     pub async fn start(self: &Arc<Self>) -> anyhow::Result<()> {
+        let m = &self.services.metrics;
         for op in ["commit", "read"] {
-            self.metrics.storage_errors.with_label_values(&[op]).inc_by(0);
+            m.storage_errors.with_label_values(&[op]).inc_by(0);
         }
         for source in ["agency", "peer"] {
-            self.metrics.signature_failures.with_label_values(&[source]).inc_by(0);
+            m.signature_failures.with_label_values(&[source]).inc_by(0);
         }
         for outcome in ["ok", "failed"] {
-            self.metrics.webhook_pushes.with_label_values(&[outcome]).inc_by(0);
+            m.webhook_pushes.with_label_values(&[outcome]).inc_by(0);
         }
         for outcome in ["answered", "timed-out"] {
-            self.metrics.queries.with_label_values(&[outcome]).inc_by(0);
+            m.queries.with_label_values(&[outcome]).inc_by(0);
         }
         for direction in ["inbound", "outbound"] {
-            self.metrics.connections_refused.with_label_values(&[direction]).inc_by(0);
+            m.connections_refused.with_label_values(&[direction]).inc_by(0);
         }
         for decision in ["granted", "refused"] {
-            self.metrics.subscription_decisions.with_label_values(&[decision]).inc_by(0);
+            m.subscription_decisions.with_label_values(&[decision]).inc_by(0);
         }
         self.access.load_tokens(&self.services).await?;
         self.load_directory().await?;
-        for q in self.store.queue_stats().await? {
+        for q in self.services.store.queue_stats().await? {
             if let Ok(id) = q.hop.parse() {
                 self.forwarders.forwarder(&id).work.notify_one();
             }
         }
+        self.services.tasks.spawn(forwarder::refresh_queue_gauges(self.services.clone()));
+        self.services.tasks.spawn(self.clone().run_follow_ups());
         let engine = self.clone();
-        self.tasks.spawn(async move { engine.refresh_queue_gauges().await });
-        self.tasks.spawn(self.clone().run_follow_ups());
-        let engine = self.clone();
-        self.tasks.spawn(async move { engine.report_recalls().await });
+        self.services.tasks.spawn(async move { engine.report_recalls().await });
         self.webhooks.start_pushers().await?;
         self.start_deciding_requests();
         self.start_backlogs();
         let engine = self.clone();
-        self.tasks.spawn(async move { engine.directory_sync.resynchronise(&engine.services, &engine.links, Duration::from_secs(30)).await });
-        self.tasks.spawn(self.clone().watch_node_keys(Duration::from_secs(1)));
-        self.tasks.spawn(self.queries.clone().watch_deadlines());
-        self.tasks.spawn(self.attachments.clone().sweep_uploads_forever());
+        self.services.tasks.spawn(async move { engine.directory_sync.resynchronise(&engine.services, &engine.links, Duration::from_secs(30)).await });
+        self.services.tasks.spawn(self.clone().watch_node_keys(Duration::from_secs(1)));
+        self.services.tasks.spawn(self.queries.clone().watch_deadlines());
+        self.services.tasks.spawn(self.attachments.clone().sweep_uploads_forever());
         Ok(())
     }
 }

@@ -2,9 +2,7 @@
 //! attachments, reconciliation and checkpoint requests, links going up or down, round-trip times),
 //! each handed to the part that answers it; and the per-neighbour state and gauges.
 
-use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
 
 use exchange_wire::NodeId;
 
@@ -20,54 +18,20 @@ impl Engine {
         self.forwarder(id);
         if new {
             let peer = [id.as_str()];
-            self.metrics.peer_up.with_label_values(&peer).set(0);
-            self.metrics.send_failures.with_label_values(&peer).inc_by(0);
-            self.metrics.batch_splits.with_label_values(&peer).inc_by(0);
-            self.metrics.attachment_bytes_sent.with_label_values(&peer).inc_by(0);
-            self.metrics.attachment_bytes_received.with_label_values(&peer).inc_by(0);
-            self.metrics.attachment_resumes.with_label_values(&peer).inc_by(0);
-            self.metrics.attachment_cut_through.with_label_values(&peer).inc_by(0);
-            self.metrics.dead_letters_total.with_label_values(&peer).inc_by(0);
-            self.metrics.hop_latency.with_label_values(&peer);
-            for g in [&self.metrics.outbox_depth, &self.metrics.outbox_bytes, &self.metrics.dead_letters] {
+            let m = &self.services.metrics;
+            m.peer_up.with_label_values(&peer).set(0);
+            m.send_failures.with_label_values(&peer).inc_by(0);
+            m.batch_splits.with_label_values(&peer).inc_by(0);
+            m.attachment_bytes_sent.with_label_values(&peer).inc_by(0);
+            m.attachment_bytes_received.with_label_values(&peer).inc_by(0);
+            m.attachment_resumes.with_label_values(&peer).inc_by(0);
+            m.attachment_cut_through.with_label_values(&peer).inc_by(0);
+            m.dead_letters_total.with_label_values(&peer).inc_by(0);
+            m.hop_latency.with_label_values(&peer);
+            for g in [&m.outbox_depth, &m.outbox_bytes, &m.dead_letters] {
                 g.with_label_values(&peer).set(0);
             }
-            self.metrics.outbox_oldest_age.with_label_values(&peer).set(0.0);
-        }
-    }
-
-    /// Keeps the outbox gauges true to storage (once a second).
-    pub(super) async fn refresh_queue_gauges(self: Arc<Self>) {
-        let mut known: HashSet<String> = HashSet::new();
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            tick.tick().await;
-            let stats = match self.store.queue_stats().await {
-                Ok(s) => s,
-                Err(e) => {
-                    self.metrics.storage_errors.with_label_values(&["read"]).inc();
-                    tracing::error!(error = %e, "cannot read outbox statistics");
-                    continue;
-                }
-            };
-            let now = exchange_wire::now_ms() as i64;
-            let mut seen = HashSet::new();
-            for q in &stats {
-                let hop = q.hop.as_str();
-                self.metrics.outbox_depth.with_label_values(&[hop]).set(q.depth);
-                self.metrics.outbox_bytes.with_label_values(&[hop]).set(q.bytes);
-                let age = q.oldest_enqueued_ms.map(|t| (now - t).max(0) as f64 / 1000.0).unwrap_or(0.0);
-                self.metrics.outbox_oldest_age.with_label_values(&[hop]).set(age);
-                self.metrics.dead_letters.with_label_values(&[hop]).set(q.dead);
-                seen.insert(q.hop.clone());
-            }
-            for gone in known.difference(&seen) {
-                for g in [&self.metrics.outbox_depth, &self.metrics.outbox_bytes, &self.metrics.dead_letters] {
-                    g.with_label_values(&[gone.as_str()]).set(0);
-                }
-                self.metrics.outbox_oldest_age.with_label_values(&[gone.as_str()]).set(0.0);
-            }
-            known = seen;
+            m.outbox_oldest_age.with_label_values(&peer).set(0.0);
         }
     }
 
@@ -85,19 +49,19 @@ impl Engine {
             | E::PeerDown(peer)
             | E::PeerRtt(peer, _) => *peer,
             E::Refused { peer, inbound } => {
-                self.metrics.connections_refused.with_label_values(&[if *inbound { "inbound" } else { "outbound" }]).inc();
+                self.services.metrics.connections_refused.with_label_values(&[if *inbound { "inbound" } else { "outbound" }]).inc();
                 tracing::warn!(peer = ?peer, inbound, "connection refused: the peer is not a node of the directory");
                 if let Some(peer) = peer {
-                    self.keys.refused_earlier_key(&self.services, peer).await;
+                    self.services.keys.refused_earlier_key(&self.services, peer).await;
                 }
                 return;
             }
         };
-        let node = self.dir.current().node_by_peer(&peer).map(|n| n.id.clone());
+        let node = self.services.dir.current().node_by_peer(&peer).map(|n| n.id.clone());
         if let Some(node) = &node {
             if let E::PeerRtt(_, rtt) = &event {
                 self.links.set_rtt(node, *rtt);
-                self.metrics.peer_rtt.with_label_values(&[node.as_str()]).set(rtt.as_secs_f64());
+                self.services.metrics.peer_rtt.with_label_values(&[node.as_str()]).set(rtt.as_secs_f64());
             }
             // Anything heard from a peer means its link is up, with that identity.
             let up = !matches!(event, E::PeerDown(_));
@@ -107,30 +71,30 @@ impl Engine {
         match event {
             E::Inbound { peer, request, channel } => {
                 let engine = self.clone();
-                self.tasks.spawn(async move { engine.ingress().inbound(peer, request, channel).await });
+                self.services.tasks.spawn(async move { engine.ingress().inbound(peer, request, channel).await });
             }
             E::Trace { peer, request, channel } => {
                 let engine = self.clone();
-                self.tasks.spawn(async move { engine.operations().answer_trace(peer, request, channel).await });
+                self.services.tasks.spawn(async move { engine.operations().answer_trace(peer, request, channel).await });
             }
             E::Directory { peer, request, channel } => {
                 let engine = self.clone();
-                self.tasks.spawn(async move { engine.answer_directory(peer, request, channel).await });
+                self.services.tasks.spawn(async move { engine.answer_directory(peer, request, channel).await });
             }
             E::Attachment { peer, request, channel } => {
                 let engine = self.clone();
                 let forwarder = move |hop: &NodeId| engine.forwarder(hop);
-                self.tasks.spawn(self.attachments.clone().answer_attachment(peer, request, channel, forwarder));
+                self.services.tasks.spawn(self.attachments.clone().answer_attachment(peer, request, channel, forwarder));
             }
             E::Reconcile { peer, request, channel } => {
-                self.tasks.spawn(self.clone().answer_reconcile(peer, request, channel));
+                self.services.tasks.spawn(self.clone().answer_reconcile(peer, request, channel));
             }
             E::Checkpoint { peer, request, channel } => {
-                self.tasks.spawn(self.clone().answer_checkpoint(peer, request, channel));
+                self.services.tasks.spawn(self.clone().answer_checkpoint(peer, request, channel));
             }
             E::PeerUp(_) => {
                 let engine = self.clone();
-                self.tasks.spawn(async move { engine.push_all_segments(peer).await });
+                self.services.tasks.spawn(async move { engine.push_all_segments(peer).await });
                 if let Some(node) = node {
                     self.forwarder(&node).link_up.notify_one();
                 }
@@ -143,7 +107,7 @@ impl Engine {
     /// Records that the link to neighbour `node` is up (or down): peer state and `exchange_peer_up`.
     pub(crate) fn mark_link(&self, node: &NodeId, up: bool) {
         self.links.mark(node, up);
-        self.metrics.peer_up.with_label_values(&[node.as_str()]).set(up as i64);
+        self.services.metrics.peer_up.with_label_values(&[node.as_str()]).set(up as i64);
     }
 
     /// The signals of neighbour `hop`'s forwarder, starting it on first use (see
@@ -156,6 +120,6 @@ impl Engine {
     /// directory still admits it (during a key rotation's overlap the neighbour may not have taken its
     /// new key yet), else the identity of its current key.
     pub(crate) fn peer_for(&self, id: &NodeId) -> Option<PeerId> {
-        peer_for(&self.dir.current(), &self.links, id)
+        peer_for(&self.services.dir.current(), &self.links, id)
     }
 }

@@ -55,6 +55,12 @@ impl NodeKeys {
         PathBuf::from(name)
     }
 
+    /// A new tree came: look at once whether it lists a new key for this node (the engine's
+    /// `watch_node_keys` does the work, so that taking a tree never waits on it).
+    pub(crate) fn check_now(&self) {
+        self.key_check.notify_one();
+    }
+
     /// The root key in the configuration.
     pub fn configured_root_key(&self) -> &PublicKey {
         &self.configured_root_key

@@ -13,7 +13,6 @@
 //!   segment); every node checks it against the key it pins and pins the new one. The root signs it
 //!   and the tree with its new key in one step, so they travel together.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use ed25519_dalek::SigningKey;
@@ -28,34 +27,23 @@ use crate::directory::segments::{self, SegmentSet};
 use crate::network::PeerId;
 
 impl Engine {
-    /// Where a key staged for the next rotation waits: `<key_file>.next`.
-    pub fn next_key_file(&self) -> PathBuf {
-        self.keys.next_key_file()
-    }
-
-    /// A new tree came: look at once whether it lists a new key for this node (see
-    /// [`Self::watch_node_keys`], which does the work, so that taking a tree never waits on it).
-    pub(crate) fn check_node_keys(&self) {
-        self.keys.key_check.notify_one();
-    }
-
     /// Takes the staged key if the node tree lists it for this node (and this node still signs with
     /// another); signs this node's units again if they are signed with another key than its own.
     /// Called after every new tree and every second.
     pub(crate) async fn adopt_listed_key(self: Arc<Self>) {
-        let _one = self.keys.key_change.lock().await;
-        let Some(listed) = self.dir.current().node(&self.here).map(|n| n.public_key) else { return };
-        if listed.0 == self.node_key().verifying_key() {
+        let _one = self.services.keys.key_change.lock().await;
+        let Some(listed) = self.services.dir.current().node(&self.services.here).map(|n| n.public_key) else { return };
+        if listed.0 == self.services.node_key().verifying_key() {
             self.sign_units_again_if_needed().await;
             return;
         }
-        match self.keys.staged_key() {
+        match self.services.keys.staged_key() {
             Ok(Some(next)) if next.verifying_key() == listed.0 => {
                 if let Err(e) = self.take_key(next).await {
                     tracing::error!(error = %e, "cannot take the new node key");
                 }
             }
-            Ok(_) => tracing::debug!(key = %listed, file = %self.next_key_file().display(),
+            Ok(_) => tracing::debug!(key = %listed, file = %self.services.keys.next_key_file().display(),
                 "the node tree lists a new key for this node; stage it there (exchange-node keygen --out) and the node takes it"),
             Err(e) => tracing::error!(error = %e, "the staged node key cannot be read"),
         }
@@ -65,26 +53,27 @@ impl Engine {
     /// holds lists it yet. For a node the root revoked: its old identity is refused everywhere, so the
     /// tree that lists its new key cannot reach it until it presents the new identity.
     pub async fn take_staged_key(self: &Arc<Self>) -> Result<AdminActionResponse, Refusal> {
-        let _one = self.keys.key_change.lock().await;
+        let _one = self.services.keys.key_change.lock().await;
         let next = self
+            .services
             .keys
             .staged_key()
             .map_err(|e| Refusal::new("bad-key", 400, e))?
-            .ok_or_else(|| Refusal::new("not-ready", 409, format!("no key is staged in {}; write one there with exchange-node keygen --out", self.next_key_file().display())))?;
+            .ok_or_else(|| Refusal::new("not-ready", 409, format!("no key is staged in {}; write one there with exchange-node keygen --out", self.services.keys.next_key_file().display())))?;
         let new = PublicKey(next.verifying_key());
-        let listed = self.dir.current().node(&self.here).is_some_and(|n| n.public_key == new);
+        let listed = self.services.dir.current().node(&self.services.here).is_some_and(|n| n.public_key == new);
         self.take_key(next).await.map_err(|e| Refusal::new("storage", 503, e))?;
         let note = if listed { "the node tree lists it" } else { "the node tree held here does not list it yet: neighbours admit it once the root's rotation reaches them" };
-        Ok(AdminActionResponse { affected: 1, message: format!("node {} now signs with key {new}; {note}", self.here) })
+        Ok(AdminActionResponse { affected: 1, message: format!("node {} now signs with key {new}; {note}", self.services.here) })
     }
 
     /// Signs this node's unit segment again (next version) if the one held is not signed with the
     /// node's key now (it took a key before the tree listed it, say).
     async fn sign_units_again_if_needed(self: &Arc<Self>) {
-        let key = self.node_key().verifying_key();
+        let key = self.services.node_key().verifying_key();
         let own = {
             let set = self.directory_sync.segments().await;
-            set.units.get(&self.here).filter(|h| h.signed.verify(&key).is_err()).and_then(|_| set.unit_segment(&self.here).cloned())
+            set.units.get(&self.services.here).filter(|h| h.signed.verify(&key).is_err()).and_then(|_| set.unit_segment(&self.services.here).cloned())
         };
         if let Some(mut units) = own {
             units.version += 1;
@@ -96,32 +85,32 @@ impl Engine {
 
     /// Makes `next` this node's key: the key file, the signing key, the links, the unit segment.
     async fn take_key(self: &Arc<Self>, next: SigningKey) -> Result<(), String> {
-        let old = PublicKey(self.node_key().verifying_key());
+        let old = PublicKey(self.services.node_key().verifying_key());
         let new = PublicKey(next.verifying_key());
         // The file first: a node that restarts from here on starts with the new key.
-        self.keys.put_staged_in_place()?;
+        self.services.keys.put_staged_in_place()?;
         let keypair = crate::network::keypair_of(&next).map_err(|e| format!("the new key is not a libp2p key: {e}"))?;
         // Every neighbour must hold the tree that lists the new key before the links restart with
         // it, or it would refuse the new identity (and a child could learn the tree only from here).
-        let neighbours: Vec<NodeId> = self.dir.current().neighbours(&self.here).into_iter().map(|n| n.id.clone()).collect();
+        let neighbours: Vec<NodeId> = self.services.dir.current().neighbours(&self.services.here).into_iter().map(|n| n.id.clone()).collect();
         for id in neighbours {
             if let Some(peer) = self.peer_for(&id) {
                 let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.push_all_segments(peer)).await;
             }
         }
-        self.keys.sign_with(next);
-        self.net.rekey(keypair).await.map_err(|e| format!("cannot restart the links with the new key: {e}"))?;
-        tracing::info!(%old, %new, peer_id = %self.peer_id(), "this node now signs with its new key");
-        let _ = self.admin_record("node-key-taken", format!("node {}: key {old} replaced by {new}", self.here)).await;
+        self.services.keys.sign_with(next);
+        self.services.net.rekey(keypair).await.map_err(|e| format!("cannot restart the links with the new key: {e}"))?;
+        tracing::info!(%old, %new, peer_id = %self.services.peer_id(), "this node now signs with its new key");
+        let _ = self.services.admin_record("node-key-taken", format!("node {}: key {old} replaced by {new}", self.services.here)).await;
         // The unit segment signed again with the new key, so it never depends on the old one (once
         // the tree lists the new key: until then the signature would not verify).
-        if self.dir.current().node(&self.here).is_some_and(|n| n.public_key == new) {
+        if self.services.dir.current().node(&self.services.here).is_some_and(|n| n.public_key == new) {
             self.sign_units_again_if_needed().await;
         }
         Ok(())
     }
 
-    /// After every new tree ([`Self::check_node_keys`]) and every `every`: take a staged key the tree
+    /// After every new tree ([`NodeKeys::check_now`]) and every `every`: take a staged key the tree
     /// lists, and rebuild the allow list when an earlier node key's overlap has ended (its libp2p
     /// identity is then refused).
     pub(crate) async fn watch_node_keys(self: Arc<Self>, every: std::time::Duration) {
@@ -130,11 +119,11 @@ impl Engine {
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
-                _ = self.keys.key_check.notified() => {}
+                _ = self.services.keys.key_check.notified() => {}
             }
             self.clone().adopt_listed_key().await;
             let now = exchange_wire::now_ms();
-            if self.dir.current().next_key_expiry(last).is_some_and(|t| t <= now) {
+            if self.services.dir.current().next_key_expiry(last).is_some_and(|t| t <= now) {
                 let set = self.directory_sync.segments().await;
                 self.apply_directory(&set).await;
             }
@@ -167,42 +156,43 @@ impl Engine {
     /// to the key staged in `<key_file>.next` (which must be `h.public_key`), signs the tree that
     /// lists that key for the root with the new key, publishes both together, then takes the key.
     pub async fn hand_over_root(self: &Arc<Self>, h: RootHandoverRequest) -> Result<AdminActionResponse, Refusal> {
-        let _one = self.keys.key_change.lock().await;
+        let _one = self.services.keys.key_change.lock().await;
         let mut tree = self.root_tree().await?;
         let next = self
+            .services
             .keys
             .staged_key()
             .map_err(|e| Refusal::new("bad-key", 400, e))?
-            .ok_or_else(|| Refusal::new("not-ready", 409, format!("no key is staged in {}; write one there with exchange-node keygen --out", self.next_key_file().display())))?;
+            .ok_or_else(|| Refusal::new("not-ready", 409, format!("no key is staged in {}; write one there with exchange-node keygen --out", self.services.keys.next_key_file().display())))?;
         if next.verifying_key() != h.public_key.0 {
-            return Err(Refusal::new("conflict", 409, format!("the key staged in {} is not {}", self.next_key_file().display(), h.public_key)));
+            return Err(Refusal::new("conflict", 409, format!("the key staged in {} is not {}", self.services.keys.next_key_file().display(), h.public_key)));
         }
         if tree.nodes.iter().any(|n| n.all_keys().any(|k| *k == h.public_key)) {
             return Err(Refusal::new("conflict", 409, format!("key {} is already a key of a node; generate a fresh one", h.public_key)));
         }
-        let old_key = self.root_key();
+        let old_key = self.services.root_key();
         let version = self.directory_sync.segments().await.handovers.keys().next_back().copied().unwrap_or(0) + 1;
-        let handover = segments::sign(Segment::RootHandover(RootHandover { version, old_key, new_key: h.public_key }), &self.here, &self.node_key());
+        let handover = segments::sign(Segment::RootHandover(RootHandover { version, old_key, new_key: h.public_key }), &self.services.here, &self.services.node_key());
         let now = exchange_wire::now_ms();
         let rotation = RotateKey { public_key: h.public_key, overlap_secs: h.overlap_secs, revoke_old: false };
         let root = tree.nodes.iter_mut().find(|n| n.parent.is_none()).ok_or_else(|| Refusal::new("not-ready", 409, "the tree has no root"))?;
         retire(&mut root.previous_keys, root.public_key, now, &rotation);
         root.public_key = h.public_key;
         tree.version += 1;
-        let signed_tree = segments::sign(Segment::Tree(tree), &self.here, &next);
+        let signed_tree = segments::sign(Segment::Tree(tree), &self.services.here, &next);
         let results = self.accept_segments(None, vec![(handover.signed, handover.payload), (signed_tree.signed, signed_tree.payload)]).await;
         if let Some(Err(e)) = results.into_iter().find(|r| r.is_err()) {
             return Err(Refusal::new(if e.code == "storage" { "storage" } else { "conflict" }, 409, e.reason));
         }
         self.take_key(next).await.map_err(|e| Refusal::new("storage", 503, e))?;
         let detail = format!("root key {old_key} handed over to {} (handover {version}){}", h.public_key, old_key_note(&rotation));
-        self.admin_record("root-handover", detail.clone()).await?;
+        self.services.admin_record("root-handover", detail.clone()).await?;
         Ok(AdminActionResponse { affected: 1, message: format!("{detail}: passed on to the network") })
     }
 
     /// The tree to change, here at the root.
     async fn root_tree(&self) -> Result<NodeTree, Refusal> {
-        if !self.is_root() {
+        if !self.services.is_root() {
             return Err(Refusal::new("not-root", 403, "only the root node signs the node tree; run this on the root node"));
         }
         self.directory_sync.segments().await.tree().cloned().ok_or_else(|| Refusal::new("not-ready", 409, "no node tree yet"))

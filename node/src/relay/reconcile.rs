@@ -66,8 +66,8 @@ impl Engine {
     pub fn start_reconciliation_if_due(self: &Arc<Self>) -> anyhow::Result<()> {
         let data_dir = &self.recovery.data_dir;
         let Some(mut due) = report::due(data_dir).context("cannot read the reconciliation due after a restore")? else { return Ok(()) };
-        if due.node != self.here {
-            bail!("{} records a restore of node {}, not {}: remove it if this data_dir is really node {}'s", data_dir.display(), due.node, self.here, self.here);
+        if due.node != self.services.here {
+            bail!("{} records a restore of node {}, not {}: remove it if this data_dir is really node {}'s", data_dir.display(), due.node, self.services.here, self.services.here);
         }
         if due.first_start_ms.is_none() {
             due.first_start_ms = Some(self.started_at_ms);
@@ -80,7 +80,7 @@ impl Engine {
             data_dir: data_dir.clone(),
             started_at_ms: self.started_at_ms,
         };
-        self.tasks.spawn(part.reconcile(due));
+        self.services.tasks.spawn(part.reconcile(due));
         Ok(())
     }
 }

@@ -31,7 +31,7 @@ impl Engine {
         if let Some(asker) = requeued_for {
             self.forwarder(&asker).work.notify_one();
         }
-        self.net.respond_reconcile(channel, response).await;
+        self.services.net.respond_reconcile(channel, response).await;
     }
 }
 

@@ -366,7 +366,7 @@ impl Ingress<'_> {
         dir: &Arc<Directory>,
         from: Option<&NodeId>,
         decoded: Vec<Result<Candidate, Refusal>>,
-        mut sign_fors: Vec<Option<SignFor>>,
+        sign_fors: Vec<Option<SignFor>>,
     ) -> Vec<Result<JobOutcome, Refusal>> {
         let mut results: Vec<Option<Result<JobOutcome, Refusal>>> = Vec::with_capacity(decoded.len());
         let mut candidates = Vec::new();
@@ -382,13 +382,27 @@ impl Ingress<'_> {
             }
         }
         let verdicts = verify(dir, &candidates, from.is_none()).await;
+        let taken = self.take_verified(dir, from, candidates.into_iter().zip(verdicts).zip(positions), sign_fors, &mut results);
+        if !taken.jobs.is_empty() {
+            self.commit_taken(from, taken, &mut results).await;
+        }
+        results.into_iter().map(|r| r.expect("every input has a result")).collect()
+    }
 
+    /// Decides custody (`custody::take`) of each verified candidate, `(candidate, verdict), input`;
+    /// a refusal is its input's result.
+    fn take_verified(
+        &self,
+        dir: &Directory,
+        from: Option<&NodeId>,
+        verified: impl Iterator<Item = ((Candidate, Result<(), Refusal>), usize)>,
+        mut sign_fors: Vec<Option<SignFor>>,
+        results: &mut [Option<Result<JobOutcome, Refusal>>],
+    ) -> Taken {
         let ctx = self.services.context(dir);
         let intake = self.health.intake();
-        let mut jobs = Vec::new();
-        let mut job_positions = Vec::new();
-        let mut summaries = Vec::new();
-        for ((cand, verdict), i) in candidates.into_iter().zip(verdicts).zip(positions) {
+        let mut taken = Taken::default();
+        for ((cand, verdict), i) in verified {
             if let Err(r) = verdict {
                 results[i] = Some(Err(r));
                 continue;
@@ -411,38 +425,51 @@ impl Ingress<'_> {
                         }
                         None => WriteJob::Custody(c),
                     };
-                    jobs.push(job);
-                    job_positions.push(i);
-                    summaries.push((summary, kind));
+                    taken.jobs.push(job);
+                    taken.positions.push(i);
+                    taken.summaries.push((summary, kind));
                 }
                 Err(r) => results[i] = Some(Err(r)),
             }
         }
-        if !jobs.is_empty() {
-            match self.services.committer.commit(jobs).await {
-                Ok(outcomes) => {
-                    let source = if from.is_some() { "peer" } else { "agency" };
-                    for ((outcome, i), (summary, kind)) in outcomes.into_iter().zip(job_positions).zip(summaries) {
-                        if outcome == JobOutcome::Stored {
-                            self.services.metrics.accepted.with_label_values(&[kind.as_str(), source]).inc();
-                            self.forwarders.committed(&summary);
-                        }
-                        results[i] = Some(Ok(outcome));
+        taken
+    }
+
+    /// Commits what was taken, in one group commit; counts and wakes the forwarders for what was
+    /// stored, and refuses every job if the commit failed.
+    async fn commit_taken(&self, from: Option<&NodeId>, taken: Taken, results: &mut [Option<Result<JobOutcome, Refusal>>]) {
+        let Taken { jobs, positions, summaries } = taken;
+        match self.services.committer.commit(jobs).await {
+            Ok(outcomes) => {
+                let source = if from.is_some() { "peer" } else { "agency" };
+                for ((outcome, i), (summary, kind)) in outcomes.into_iter().zip(positions).zip(summaries) {
+                    if outcome == JobOutcome::Stored {
+                        self.services.metrics.accepted.with_label_values(&[kind.as_str(), source]).inc();
+                        self.forwarders.committed(&summary);
                     }
+                    results[i] = Some(Ok(outcome));
                 }
-                Err(e) => {
-                    self.services.metrics.storage_errors.with_label_values(&["commit"]).inc();
-                    tracing::error!(error = %e, "commit failed; nothing was accepted");
-                    // A commit that met a full disk closed intake (see `storage::health`): say so.
-                    let refusal = self.health.intake().err().map(|c| Refusal::storage_full(&c)).unwrap_or_else(storage_refusal);
-                    for i in job_positions {
-                        results[i] = Some(Err(refusal.clone()));
-                    }
+            }
+            Err(e) => {
+                self.services.metrics.storage_errors.with_label_values(&["commit"]).inc();
+                tracing::error!(error = %e, "commit failed; nothing was accepted");
+                // A commit that met a full disk closed intake (see `storage::health`): say so.
+                let refusal = self.health.intake().err().map(|c| Refusal::storage_full(&c)).unwrap_or_else(storage_refusal);
+                for i in positions {
+                    results[i] = Some(Err(refusal.clone()));
                 }
             }
         }
-        results.into_iter().map(|r| r.expect("every input has a result")).collect()
     }
+}
+
+/// The custody jobs decided for one commit, with the input each came from and what to count once
+/// it is stored.
+#[derive(Default)]
+struct Taken {
+    jobs: Vec<WriteJob>,
+    positions: Vec<usize>,
+    summaries: Vec<(custody::Summary, Kind)>,
 }
 
 /// Verifies candidates' signatures against the directory, in one batch where possible.

@@ -12,6 +12,7 @@ use crate::relay::refusal::Refusal;
 use crate::storage::Custody;
 use crate::storage::sharing::{DataInboxRow, SharingRow, SubscriptionRow};
 
+/// Strict verification of a unit's signature against the keys the directory lists for it, valid
 /// at every time in `at_ms`.
 pub(crate) fn verify_unit(dir: &Directory, signed: &SignedEnvelope, at_ms: &[u64]) -> Result<(), Refusal> {
     let sender = &signed.envelope.sender;
@@ -33,93 +34,108 @@ pub(crate) fn verify_unit(dir: &Directory, signed: &SignedEnvelope, at_ms: &[u64
 }
 
 /// The custody rules for sharing envelopes reaching the home node of their recipients (called by
-
 /// `custody::deliver_here`). Plain checks and rows, no I/O.
 pub(crate) fn deliver(ctx: &Context, m: &Incoming, units: &[UnitAddress], c: &mut Custody, summary: &mut Summary) -> Result<(), Refusal> {
+    match m.signed.envelope.kind {
+        Kind::DataDelivery => deliver_record(ctx, m, units, c, summary),
+        Kind::SubscriptionRequest => take_request(ctx, m, units, c, summary),
+        Kind::SubscriptionDecision => deliver_decision(ctx, m, units, c, summary),
+        other => Err(Refusal::new("unsupported-kind", 400, format!("{other} is not a data-sharing envelope"))),
+    }
+}
+
+/// A data-delivery: the record it carries, once checked, into each unit's data inbox.
+fn deliver_record(ctx: &Context, m: &Incoming, units: &[UnitAddress], c: &mut Custody, summary: &mut Summary) -> Result<(), Refusal> {
     let env = &m.signed.envelope;
     let id = m.signed.id.0;
     let now = ctx.now_ms;
-    match env.kind {
-        Kind::DataDelivery => {
-            let d = Delivery::from_envelope(env, &m.payload)?;
-            let (record, payload) = d.record.decode()?;
-            let publisher = &record.envelope.sender;
-            // A node vouches only for records of its own units: the delivery must come from the
-            // publisher's home node, and the record must carry the publisher's own signature.
-            if ctx.dir.home_of(publisher).as_ref().map(|h| h.as_str()) != Some(env.sender.node_part()) {
-                return Err(Refusal::new(
-                    "forged-delivery",
-                    403,
-                    format!("a record of {publisher} delivered by {}, which is not its home node", env.sender),
-                ));
-            }
-            verify_unit(ctx.dir, &record, &[record.envelope.created_at_ms]).map_err(|r| {
-                Refusal::new("bad-signature", 403, format!("the record inside data-delivery {} does not verify: {}", m.signed.id, r.message))
-            })?;
-            for u in units {
-                c.sharing.push(SharingRow::Delivered(DataInboxRow {
-                    unit: u.to_string(),
-                    topic: d.topic.clone(),
-                    seq: d.seq as i64,
-                    first_seq: d.first_seq[u] as i64,
-                    delivery_id: id,
-                    record_id: record.id.0,
-                    subject: d.subject.clone(),
-                    published_at_ms: d.published_at_ms as i64,
-                    delivered_at_ms: now as i64,
-                    header: record.bytes.clone(),
-                    signature: record.signature.to_vec(),
-                    payload: payload.clone(),
-                }));
-                c.events.push(handover::event(id, now, "delivered", Some(u), None, Some(format!("{} #{}", d.topic, d.seq))));
-                summary.delivered.push(Kind::DataDelivery);
-                summary.data_delivered.push(d.topic.clone());
-                summary.latencies_ms.push(now.saturating_sub(record.envelope.created_at_ms));
-            }
-        }
-        Kind::SubscriptionRequest => {
-            let facts = RequestFacts::from_envelope(env)?;
-            for u in units {
-                c.sharing.push(SharingRow::Requested(SubscriptionRow {
-                    topic: facts.topic.clone(),
-                    subscriber: env.sender.to_string(),
-                    owner: u.to_string(),
-                    state: "pending".into(),
-                    start: facts.from.to_string(),
-                    first_seq: None,
-                    cursor: 0,
-                    request_id: id,
-                    requested_at_ms: now as i64,
-                    decided_at_ms: None,
-                    decided_by: None,
-                    reason: None,
-                    backfill: None,
-                }));
-                c.events.push(handover::event(id, now, "subscription-requested", Some(u), None, Some(format!("{} by {}", facts.topic, env.sender))));
-            }
-            summary.sharing_requests += 1;
-        }
-        Kind::SubscriptionDecision => {
-            let d = Decision::from_envelope(env, &m.payload)?;
-            for u in units {
-                c.sharing.push(SharingRow::Decided {
-                    unit: u.to_string(),
-                    topic: d.topic.clone(),
-                    request_id: d.request_id.0,
-                    state: d.decision.clone(),
-                    first_seq: d.first_seq.map(|s| s as i64),
-                    reason: d.reason.clone(),
-                    decided_by: d.decided_by.clone(),
-                    at_ms: now as i64,
-                });
-                // The decision lands in the unit's inbox too, so an agency long-polling its inbox
-                // learns of it.
-                c.inbox.push(crate::storage::InboxRow { unit: u.to_string(), message_id: id, delivered_at_ms: now as i64 });
-                c.events.push(handover::event(id, now, "delivered", Some(u), None, Some(format!("{} {}", d.topic, d.decision))));
-                summary.delivered.push(Kind::SubscriptionDecision);
-            }
-        }
-        other => return Err(Refusal::new("unsupported-kind", 400, format!("{other} is not a data-sharing envelope"))),
+    let d = Delivery::from_envelope(env, &m.payload)?;
+    let (record, payload) = d.record.decode()?;
+    let publisher = &record.envelope.sender;
+    // A node vouches only for records of its own units: the delivery must come from the
+    // publisher's home node, and the record must carry the publisher's own signature.
+    if ctx.dir.home_of(publisher).as_ref().map(|h| h.as_str()) != Some(env.sender.node_part()) {
+        return Err(Refusal::new(
+            "forged-delivery",
+            403,
+            format!("a record of {publisher} delivered by {}, which is not its home node", env.sender),
+        ));
+    }
+    verify_unit(ctx.dir, &record, &[record.envelope.created_at_ms]).map_err(|r| {
+        Refusal::new("bad-signature", 403, format!("the record inside data-delivery {} does not verify: {}", m.signed.id, r.message))
+    })?;
+    for u in units {
+        c.sharing.push(SharingRow::Delivered(DataInboxRow {
+            unit: u.to_string(),
+            topic: d.topic.clone(),
+            seq: d.seq as i64,
+            first_seq: d.first_seq[u] as i64,
+            delivery_id: id,
+            record_id: record.id.0,
+            subject: d.subject.clone(),
+            published_at_ms: d.published_at_ms as i64,
+            delivered_at_ms: now as i64,
+            header: record.bytes.clone(),
+            signature: record.signature.to_vec(),
+            payload: payload.clone(),
+        }));
+        c.events.push(handover::event(id, now, "delivered", Some(u), None, Some(format!("{} #{}", d.topic, d.seq))));
+        summary.delivered.push(Kind::DataDelivery);
+        summary.data_delivered.push(d.topic.clone());
+        summary.latencies_ms.push(now.saturating_sub(record.envelope.created_at_ms));
+    }
+    Ok(())
+}
+
+/// A subscription request for an owner unit here: pending, until the owner decides.
+fn take_request(ctx: &Context, m: &Incoming, units: &[UnitAddress], c: &mut Custody, summary: &mut Summary) -> Result<(), Refusal> {
+    let env = &m.signed.envelope;
+    let id = m.signed.id.0;
+    let now = ctx.now_ms;
+    let facts = RequestFacts::from_envelope(env)?;
+    for u in units {
+        c.sharing.push(SharingRow::Requested(SubscriptionRow {
+            topic: facts.topic.clone(),
+            subscriber: env.sender.to_string(),
+            owner: u.to_string(),
+            state: "pending".into(),
+            start: facts.from.to_string(),
+            first_seq: None,
+            cursor: 0,
+            request_id: id,
+            requested_at_ms: now as i64,
+            decided_at_ms: None,
+            decided_by: None,
+            reason: None,
+            backfill: None,
+        }));
+        c.events.push(handover::event(id, now, "subscription-requested", Some(u), None, Some(format!("{} by {}", facts.topic, env.sender))));
+    }
+    summary.sharing_requests += 1;
+    Ok(())
+}
+
+/// An owner's decision for a subscriber unit here: recorded, and into its inbox.
+fn deliver_decision(ctx: &Context, m: &Incoming, units: &[UnitAddress], c: &mut Custody, summary: &mut Summary) -> Result<(), Refusal> {
+    let id = m.signed.id.0;
+    let now = ctx.now_ms;
+    let d = Decision::from_envelope(&m.signed.envelope, &m.payload)?;
+    for u in units {
+        c.sharing.push(SharingRow::Decided {
+            unit: u.to_string(),
+            topic: d.topic.clone(),
+            request_id: d.request_id.0,
+            state: d.decision.clone(),
+            first_seq: d.first_seq.map(|s| s as i64),
+            reason: d.reason.clone(),
+            decided_by: d.decided_by.clone(),
+            at_ms: now as i64,
+        });
+        // The decision lands in the unit's inbox too, so an agency long-polling its inbox
+        // learns of it.
+        c.inbox.push(crate::storage::InboxRow { unit: u.to_string(), message_id: id, delivered_at_ms: now as i64 });
+        c.events.push(handover::event(id, now, "delivered", Some(u), None, Some(format!("{} {}", d.topic, d.decision))));
+        summary.delivered.push(Kind::SubscriptionDecision);
     }
     Ok(())
 }

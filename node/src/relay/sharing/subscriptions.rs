@@ -212,9 +212,7 @@ impl Sharing {
             decided_by: decided_by.into(),
             request_id: Digest(row.request_id),
         };
-        let (envelope, payload) = decision.envelope(&s.here);
-        let signed = envelope.sign(&s.node_key());
-        let (c, summary) = custody::take(&ctx, Incoming { signed, payload, recipients: vec![subscriber.clone()], from: None, hops: vec![] })?;
+        let (c, summary) = take_decision(s, &ctx, &decision)?;
         messages.push(c);
         summaries.push(summary);
         let now = exchange_wire::now_ms() as i64;
@@ -237,31 +235,52 @@ impl Sharing {
             messages,
             events,
         };
-        let outcome = s.committer.commit(vec![WriteJob::Sharing(job)]).await.map_err(|e| {
-            s.metrics.storage_errors.with_label_values(&["commit"]).inc();
-            tracing::error!(error = %e, "cannot store a subscription decision");
-            Refusal { code: "storage", message: "the node could not store the decision; try again later".into(), status: 503, transient: true }
-        })?;
-        match outcome.into_iter().next() {
-            Some(JobOutcome::Stored) => {
-                s.metrics.subscription_decisions.with_label_values(&[state]).inc();
-                for summary in &summaries {
-                    done.committed(summary);
-                }
-                if backfill.is_some() {
-                    done.backlog_left();
-                }
-                let mut decided = row.clone();
-                decided.state = state.into();
-                decided.first_seq = first_seq;
-                decided.decided_at_ms = Some(now);
-                decided.decided_by = Some(decided_by.into());
-                decided.reason = reason;
-                view(&decided, None)
+        commit_decision(s, done, job, state, &summaries, backfill.is_some()).await?;
+        let mut decided = row.clone();
+        decided.state = state.into();
+        decided.first_seq = first_seq;
+        decided.decided_at_ms = Some(now);
+        decided.decided_by = Some(decided_by.into());
+        decided.reason = reason;
+        view(&decided, None)
+    }
+}
+
+/// The decision, signed by this node and taken into custody for the subscriber.
+fn take_decision(s: &Services, ctx: &Context<'_>, decision: &Decision) -> Result<(Custody, Summary), Refusal> {
+    let (envelope, payload) = decision.envelope(&s.here);
+    let signed = envelope.sign(&s.node_key());
+    custody::take(ctx, Incoming { signed, payload, recipients: vec![decision.subscriber.clone()], from: None, hops: vec![] })
+}
+
+/// Commits a decision; once it is stored, counts it and hands its deliveries (and the backlog
+/// left, if any) on.
+async fn commit_decision(
+    s: &Services,
+    done: &impl CommitDone,
+    job: SharingJob,
+    state: &str,
+    summaries: &[Summary],
+    backlog_left: bool,
+) -> Result<(), Refusal> {
+    let outcome = s.committer.commit(vec![WriteJob::Sharing(job)]).await.map_err(|e| {
+        s.metrics.storage_errors.with_label_values(&["commit"]).inc();
+        tracing::error!(error = %e, "cannot store a subscription decision");
+        Refusal { code: "storage", message: "the node could not store the decision; try again later".into(), status: 503, transient: true }
+    })?;
+    match outcome.into_iter().next() {
+        Some(JobOutcome::Stored) => {
+            s.metrics.subscription_decisions.with_label_values(&[state]).inc();
+            for summary in summaries {
+                done.committed(summary);
             }
-            Some(JobOutcome::Conflict(reason)) => Err(Refusal::new("conflict", 409, reason)),
-            _ => Err(Refusal::new("storage", 500, "unexpected outcome of a decision")),
+            if backlog_left {
+                done.backlog_left();
+            }
+            Ok(())
         }
+        Some(JobOutcome::Conflict(reason)) => Err(Refusal::new("conflict", 409, reason)),
+        _ => Err(Refusal::new("storage", 500, "unexpected outcome of a decision")),
     }
 }
 

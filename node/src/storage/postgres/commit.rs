@@ -134,8 +134,19 @@ fn fold_tracking<'a>(rows: &[(i64, &'a TrackingRow)]) -> Vec<(i64, TrackingRow, 
     out
 }
 
+/// The custody rows of one transaction, each table in statements of up to `ROWS_PER_STATEMENT`
+/// values.
 async fn insert_rows(tx: &mut Transaction<'_, Postgres>, rows: &Rows<'_>) -> Result<(), sqlx::Error> {
-    for chunk in rows.messages.chunks(ROWS_PER_STATEMENT / 4) {
+    insert_messages(tx, &rows.messages).await?;
+    insert_citations(tx, &rows.messages).await?;
+    insert_outbox(tx, &rows.outbox).await?;
+    insert_inbox(tx, &rows.inbox).await?;
+    // After the messages: a status may be about a message taken in this same transaction.
+    upsert_tracking(tx, &rows.tracking).await
+}
+
+async fn insert_messages(tx: &mut Transaction<'_, Postgres>, messages: &[&MessageRow]) -> Result<(), sqlx::Error> {
+    for chunk in messages.chunks(ROWS_PER_STATEMENT / 4) {
         let mut q = QueryBuilder::<Postgres>::new(
             "INSERT INTO messages (id, header, signature, payload, kind, sender, priority, created_at_ms, received_at_ms, received_from, hops) ",
         );
@@ -152,12 +163,17 @@ async fn insert_rows(tx: &mut Transaction<'_, Postgres>, rows: &Rows<'_>) -> Res
                 .push_bind(m.received_from.as_deref())
                 .push_bind(m.hops.as_str());
         });
-        // The id check above already left out held ids; this is the database enforcing it.
+        // The id check before the insert already left out held ids; this is the database enforcing it.
         q.push(" ON CONFLICT (id) DO NOTHING");
         q.build().execute(&mut **tx).await?;
     }
+    Ok(())
+}
+
+/// The attachments each new message cites.
+async fn insert_citations(tx: &mut Transaction<'_, Postgres>, messages: &[&MessageRow]) -> Result<(), sqlx::Error> {
     let cited: Vec<([u8; 32], [u8; 32])> =
-        rows.messages.iter().flat_map(|m| citations::cited(&m.header).into_iter().map(|sha| (sha, m.id))).collect();
+        messages.iter().flat_map(|m| citations::cited(&m.header).into_iter().map(|sha| (sha, m.id))).collect();
     for chunk in cited.chunks(ROWS_PER_STATEMENT) {
         let mut q = QueryBuilder::<Postgres>::new("INSERT INTO cited_attachments (sha256, message_id) ");
         q.push_values(chunk, |mut b, (sha, id)| {
@@ -166,7 +182,11 @@ async fn insert_rows(tx: &mut Transaction<'_, Postgres>, rows: &Rows<'_>) -> Res
         q.push(" ON CONFLICT (sha256, message_id) DO NOTHING");
         q.build().execute(&mut **tx).await?;
     }
-    for chunk in rows.outbox.chunks(ROWS_PER_STATEMENT / 2) {
+    Ok(())
+}
+
+async fn insert_outbox(tx: &mut Transaction<'_, Postgres>, outbox: &[&OutboxRow]) -> Result<(), sqlx::Error> {
+    for chunk in outbox.chunks(ROWS_PER_STATEMENT / 2) {
         let mut q = QueryBuilder::<Postgres>::new("INSERT INTO outbox (message_seq, message_id, next_hop, recipients, priority, enqueued_at_ms) ");
         q.push_values(chunk, |mut b, o| {
             // A message not held makes the entry NULL and the commit fail: nothing is queued that
@@ -183,7 +203,11 @@ async fn insert_rows(tx: &mut Transaction<'_, Postgres>, rows: &Rows<'_>) -> Res
         q.push(" ON CONFLICT (message_seq, next_hop) DO NOTHING");
         q.build().execute(&mut **tx).await?;
     }
-    for chunk in rows.inbox.chunks(ROWS_PER_STATEMENT / 2) {
+    Ok(())
+}
+
+async fn insert_inbox(tx: &mut Transaction<'_, Postgres>, inbox: &[&InboxRow]) -> Result<(), sqlx::Error> {
+    for chunk in inbox.chunks(ROWS_PER_STATEMENT / 2) {
         let mut q = QueryBuilder::<Postgres>::new("INSERT INTO inbox (unit, message_id, delivered_at_ms, state) ");
         q.push_values(chunk, |mut b, i| {
             b.push_bind(i.unit.as_str()).push_bind(i.message_id.as_slice()).push_bind(i.delivered_at_ms).push_bind("delivered");
@@ -191,8 +215,12 @@ async fn insert_rows(tx: &mut Transaction<'_, Postgres>, rows: &Rows<'_>) -> Res
         q.push(" ON CONFLICT (unit, message_id) DO NOTHING");
         q.build().execute(&mut **tx).await?;
     }
-    // After the messages: a status may be about a message taken in this same transaction.
-    let tracking = fold_tracking(&tracking_of_held(&rows.tracking, &positions(tx, &tracked_ids(&rows.tracking)).await?));
+    Ok(())
+}
+
+/// Statuses move forward only: a row is replaced by one of a higher state rank.
+async fn upsert_tracking(tx: &mut Transaction<'_, Postgres>, tracking: &[&TrackingRow]) -> Result<(), sqlx::Error> {
+    let tracking = fold_tracking(&tracking_of_held(tracking, &positions(tx, &tracked_ids(tracking)).await?));
     for chunk in tracking.chunks(ROWS_PER_STATEMENT / 2) {
         let mut q = QueryBuilder::<Postgres>::new(
             "INSERT INTO tracking (message_seq, message_id, recipient, state_rank, state, node, at_ms, detail, receipt_id) ",

@@ -12,44 +12,8 @@ use crate::storage::error::StorageError;
 pub(super) async fn apply_rows(tx: &mut Transaction<'_, Sqlite>, rows: &[&SharingRow]) -> Result<(), sqlx::Error> {
     for r in rows {
         match r {
-            SharingRow::Requested(s) => {
-                // A second request while one is pending or granted changes nothing; one after a
-                // refusal asks again.
-                sqlx::query(
-                    "INSERT INTO sharing_subscriptions (topic, subscriber, owner, state, start, request_id, requested_at_ms) \
-                     VALUES ($1, $2, $3, 'pending', $4, $5, $6) \
-                     ON CONFLICT (topic, subscriber) DO UPDATE SET state = 'pending', start = excluded.start, owner = excluded.owner, \
-                     request_id = excluded.request_id, requested_at_ms = excluded.requested_at_ms, first_seq = NULL, \
-                     decided_at_ms = NULL, decided_by = NULL, reason = NULL \
-                     WHERE sharing_subscriptions.state = 'refused'",
-                )
-                .bind(&s.topic)
-                .bind(&s.subscriber)
-                .bind(&s.owner)
-                .bind(&s.start)
-                .bind(s.request_id.as_slice())
-                .bind(s.requested_at_ms)
-                .execute(&mut **tx)
-                .await?;
-            }
-            SharingRow::LocalRequested(s) => {
-                sqlx::query(
-                    "INSERT INTO data_subscriptions (unit, topic, owner, state, start, cursor, request_id, requested_at_ms) \
-                     VALUES ($1, $2, $3, 'requested', $4, 0, $5, $6) \
-                     ON CONFLICT (unit, topic) DO UPDATE SET state = 'requested', start = excluded.start, owner = excluded.owner, \
-                     request_id = excluded.request_id, requested_at_ms = excluded.requested_at_ms, first_seq = NULL, cursor = 0, \
-                     decided_at_ms = NULL, decided_by = NULL, reason = NULL \
-                     WHERE data_subscriptions.state = 'refused'",
-                )
-                .bind(&s.subscriber)
-                .bind(&s.topic)
-                .bind(&s.owner)
-                .bind(&s.start)
-                .bind(s.request_id.as_slice())
-                .bind(s.requested_at_ms)
-                .execute(&mut **tx)
-                .await?;
-            }
+            SharingRow::Requested(s) => insert_request(tx, s).await?,
+            SharingRow::LocalRequested(s) => insert_local_request(tx, s).await?,
             SharingRow::Decided { unit, topic, request_id, state, first_seq, reason, decided_by, at_ms } => {
                 // The cursor starts just before the first record, so nothing before it is awaited.
                 sqlx::query(
@@ -68,38 +32,86 @@ pub(super) async fn apply_rows(tx: &mut Transaction<'_, Sqlite>, rows: &[&Sharin
                 .execute(&mut **tx)
                 .await?;
             }
-            SharingRow::Delivered(d) => {
-                sqlx::query(
-                    "INSERT INTO data_inbox (unit, topic, seq, delivery_id, record_id, subject, published_at_ms, delivered_at_ms, header, signature, payload) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (unit, topic, seq) DO NOTHING",
-                )
-                .bind(&d.unit)
-                .bind(&d.topic)
-                .bind(d.seq)
-                .bind(d.delivery_id.as_slice())
-                .bind(d.record_id.as_slice())
-                .bind(&d.subject)
-                .bind(d.published_at_ms)
-                .bind(d.delivered_at_ms)
-                .bind(d.header.as_slice())
-                .bind(d.signature.as_slice())
-                .bind(d.payload.as_slice())
-                .execute(&mut **tx)
-                .await?;
-                // A delivery proves the grant, whichever of the two arrived first.
-                sqlx::query(
-                    "UPDATE data_subscriptions SET first_seq = COALESCE(first_seq, $3), cursor = MAX(cursor, $3 - 1), \
-                     state = CASE WHEN state IN ('requested', 'pending') THEN 'granted' ELSE state END \
-                     WHERE unit = $1 AND topic = $2 AND first_seq IS NULL",
-                )
-                .bind(&d.unit)
-                .bind(&d.topic)
-                .bind(d.first_seq)
-                .execute(&mut **tx)
-                .await?;
-            }
+            SharingRow::Delivered(d) => insert_delivery(tx, d).await?,
         }
     }
+    Ok(())
+}
+
+/// Owner side: a subscription request, pending.
+async fn insert_request(tx: &mut Transaction<'_, Sqlite>, s: &SubscriptionRow) -> Result<(), sqlx::Error> {
+    // A second request while one is pending or granted changes nothing; one after a
+    // refusal asks again.
+    sqlx::query(
+        "INSERT INTO sharing_subscriptions (topic, subscriber, owner, state, start, request_id, requested_at_ms) \
+         VALUES ($1, $2, $3, 'pending', $4, $5, $6) \
+         ON CONFLICT (topic, subscriber) DO UPDATE SET state = 'pending', start = excluded.start, owner = excluded.owner, \
+         request_id = excluded.request_id, requested_at_ms = excluded.requested_at_ms, first_seq = NULL, \
+         decided_at_ms = NULL, decided_by = NULL, reason = NULL \
+         WHERE sharing_subscriptions.state = 'refused'",
+    )
+    .bind(&s.topic)
+    .bind(&s.subscriber)
+    .bind(&s.owner)
+    .bind(&s.start)
+    .bind(s.request_id.as_slice())
+    .bind(s.requested_at_ms)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Subscriber side: the unit's own request.
+async fn insert_local_request(tx: &mut Transaction<'_, Sqlite>, s: &SubscriptionRow) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO data_subscriptions (unit, topic, owner, state, start, cursor, request_id, requested_at_ms) \
+         VALUES ($1, $2, $3, 'requested', $4, 0, $5, $6) \
+         ON CONFLICT (unit, topic) DO UPDATE SET state = 'requested', start = excluded.start, owner = excluded.owner, \
+         request_id = excluded.request_id, requested_at_ms = excluded.requested_at_ms, first_seq = NULL, cursor = 0, \
+         decided_at_ms = NULL, decided_by = NULL, reason = NULL \
+         WHERE data_subscriptions.state = 'refused'",
+    )
+    .bind(&s.subscriber)
+    .bind(&s.topic)
+    .bind(&s.owner)
+    .bind(&s.start)
+    .bind(s.request_id.as_slice())
+    .bind(s.requested_at_ms)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Subscriber side: a record into the unit's data inbox.
+async fn insert_delivery(tx: &mut Transaction<'_, Sqlite>, d: &DataInboxRow) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO data_inbox (unit, topic, seq, delivery_id, record_id, subject, published_at_ms, delivered_at_ms, header, signature, payload) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (unit, topic, seq) DO NOTHING",
+    )
+    .bind(&d.unit)
+    .bind(&d.topic)
+    .bind(d.seq)
+    .bind(d.delivery_id.as_slice())
+    .bind(d.record_id.as_slice())
+    .bind(&d.subject)
+    .bind(d.published_at_ms)
+    .bind(d.delivered_at_ms)
+    .bind(d.header.as_slice())
+    .bind(d.signature.as_slice())
+    .bind(d.payload.as_slice())
+    .execute(&mut **tx)
+    .await?;
+    // A delivery proves the grant, whichever of the two arrived first.
+    sqlx::query(
+        "UPDATE data_subscriptions SET first_seq = COALESCE(first_seq, $3), cursor = MAX(cursor, $3 - 1), \
+         state = CASE WHEN state IN ('requested', 'pending') THEN 'granted' ELSE state END \
+         WHERE unit = $1 AND topic = $2 AND first_seq IS NULL",
+    )
+    .bind(&d.unit)
+    .bind(&d.topic)
+    .bind(d.first_seq)
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 
