@@ -120,22 +120,21 @@ pub fn take(ctx: &Context, m: Incoming) -> Result<(Custody, Summary), Refusal> {
     let plan = routing::plan(ctx.dir, here, &m.recipients)?;
     let origin = m.from.is_none();
 
-    let mut c = Custody {
-        message: Some(MessageRow {
-            id,
-            header: m.signed.bytes.clone(),
-            signature: m.signed.signature,
-            payload: m.payload.clone(),
-            kind: env.kind.as_str().to_string(),
-            sender: env.sender.to_string(),
-            priority: env.priority.rank(),
-            created_at_ms: env.created_at_ms as i64,
-            received_at_ms: now as i64,
-            received_from: m.from.as_ref().map(|f| f.to_string()),
-            hops: serde_json::to_string(&hops).expect("hops serialise"),
-        }),
-        ..Default::default()
+    // The header and payload are moved into the row once the rules below have read them.
+    let mut row = MessageRow {
+        id,
+        header: Vec::new(),
+        signature: m.signed.signature,
+        payload: Vec::new(),
+        kind: env.kind.as_str().to_string(),
+        sender: env.sender.to_string(),
+        priority: env.priority.rank(),
+        created_at_ms: env.created_at_ms as i64,
+        received_at_ms: now as i64,
+        received_from: m.from.as_ref().map(|f| f.to_string()),
+        hops: serde_json::to_string(&hops).expect("hops serialise"),
     };
+    let mut c = Custody::default();
     let mut summary = Summary::default();
     c.events.push(event(id, now, if origin { "accepted" } else { "received" }, None, m.from.as_ref(), None));
     // 补发: link the re-send to its original in the same commit, for the original's status.
@@ -166,6 +165,9 @@ pub fn take(ctx: &Context, m: Incoming) -> Result<(Custody, Summary), Refusal> {
             NextHop::Local => deliver_here(ctx, &m, &units, &hops, &mut c, &mut summary)?,
         }
     }
+    row.header = m.signed.bytes;
+    row.payload = m.payload;
+    c.message = Some(row);
     Ok((c, summary))
 }
 

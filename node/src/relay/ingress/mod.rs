@@ -381,7 +381,15 @@ impl Ingress<'_> {
                 Err(r) => results.push(Some(Err(r))),
             }
         }
-        let verdicts = verify(dir, &candidates, from.is_none()).await;
+        let (candidates, verdicts) = match verify(dir, candidates, from.is_none()).await {
+            Ok(verified) => verified,
+            Err(unfinished) => {
+                for i in positions {
+                    results[i] = Some(Err(unfinished.clone()));
+                }
+                return results.into_iter().map(|r| r.expect("every input has a result")).collect();
+            }
+        };
         let taken = self.take_verified(dir, from, candidates.into_iter().zip(verdicts).zip(positions), sign_fors, &mut results);
         if !taken.jobs.is_empty() {
             self.commit_taken(from, taken, &mut results).await;
@@ -481,7 +489,11 @@ struct Taken {
 /// Receipts, and senders with more than one valid key (a rotation in progress), are checked one by one
 /// with strict verification: a receipt must verify offline exactly as it did here, and batch
 /// verification is not bit-for-bit the same check (see docs/protocol.md).
-async fn verify(dir: &Arc<Directory>, candidates: &[Candidate], at_ingress: bool) -> Vec<Result<(), Refusal>> {
+///
+/// The candidates come back with their verdicts, in order; they travel to the blocking pool and back
+/// rather than being copied for it. `Err` when the checks could not finish (the runtime stopping):
+/// nothing was verified, so every candidate is refused, for now.
+async fn verify(dir: &Arc<Directory>, candidates: Vec<Candidate>, at_ingress: bool) -> Result<(Vec<Candidate>, Vec<Result<(), Refusal>>), Refusal> {
     let now = exchange_wire::now_ms();
     let keys: Vec<Vec<ed25519_dalek::VerifyingKey>> = candidates
         .iter()
@@ -491,41 +503,32 @@ async fn verify(dir: &Arc<Directory>, candidates: &[Candidate], at_ingress: bool
             dir.signing_keys(&c.signed.envelope.sender, times).into_iter().map(|k| k.0).collect()
         })
         .collect();
-    let work: Vec<(SignedEnvelope, Vec<ed25519_dalek::VerifyingKey>)> =
-        candidates.iter().zip(&keys).map(|(c, k)| (c.signed.clone(), k.clone())).collect();
-    let check = move || -> Vec<Result<(), EnvelopeError>> {
+    let many = candidates.len() > 8;
+    let check = move || {
         let batchable: Vec<usize> =
-            (0..work.len()).filter(|&i| work[i].1.len() == 1 && work[i].0.envelope.kind != Kind::Receipt).collect();
-        let refs: Vec<(&SignedEnvelope, &ed25519_dalek::VerifyingKey)> = batchable.iter().map(|&i| (&work[i].0, &work[i].1[0])).collect();
-        let mut out: Vec<Option<Result<(), EnvelopeError>>> = vec![None; work.len()];
+            (0..candidates.len()).filter(|&i| keys[i].len() == 1 && candidates[i].signed.envelope.kind != Kind::Receipt).collect();
+        let refs: Vec<(&SignedEnvelope, &ed25519_dalek::VerifyingKey)> = batchable.iter().map(|&i| (&candidates[i].signed, &keys[i][0])).collect();
+        let mut out: Vec<Option<Result<(), EnvelopeError>>> = vec![None; candidates.len()];
         for (&i, r) in batchable.iter().zip(verify_batch(&refs)) {
             out[i] = Some(r);
         }
-        out.into_iter()
+        let results: Vec<Result<(), EnvelopeError>> = out
+            .into_iter()
             .enumerate()
-            .map(|(i, r)| {
-                r.unwrap_or_else(|| {
-                    let (signed, keys) = &work[i];
-                    keys.iter().find_map(|k| signed.verify(k).ok()).ok_or(EnvelopeError::BadSignature)
-                })
-            })
-            .collect()
+            .map(|(i, r)| r.unwrap_or_else(|| keys[i].iter().find_map(|k| candidates[i].signed.verify(k).ok()).ok_or(EnvelopeError::BadSignature)))
+            .collect();
+        (candidates, keys, results)
     };
     // Signature checks are CPU work: keep them off the async workers when there are many.
-    let results = if candidates.len() > 8 {
-        match tokio::task::spawn_blocking(check).await {
-            Ok(results) => results,
-            // The check did not run to its end (the runtime is stopping): nothing was verified, so
-            // nothing is taken; the sender may try again.
-            Err(e) => {
-                tracing::error!(error = %e, "signature checks did not finish; refusing the batch for now");
-                return candidates.iter().map(|_| Err(verification_unfinished())).collect();
-            }
-        }
+    let (candidates, keys, results) = if many {
+        tokio::task::spawn_blocking(check).await.map_err(|e| {
+            tracing::error!(error = %e, "signature checks did not finish; refusing the batch for now");
+            verification_unfinished()
+        })?
     } else {
         check()
     };
-    results
+    let verdicts = results
         .into_iter()
         .zip(candidates.iter().zip(&keys))
         .map(|(r, (c, k))| {
@@ -557,7 +560,8 @@ async fn verify(dir: &Arc<Directory>, candidates: &[Candidate], at_ingress: bool
                 }
             })
         })
-        .collect()
+        .collect();
+    Ok((candidates, verdicts))
 }
 
 /// What this node holds of a document submitted again.
