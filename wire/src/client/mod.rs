@@ -4,6 +4,7 @@
 //! One `ApiClient` talks to one listener: make one on the node's agency address for the agency calls
 //! and one on its admin address (`admin.listen`) for the calls documented as admin API.
 
+mod http;
 mod sharing;
 
 use std::time::Duration;
@@ -15,6 +16,7 @@ use crate::api::*;
 use crate::address::{NodeId, UnitAddress};
 use crate::directory::{NodeRecord, UnitRecord};
 use crate::envelope::{MessageId, SignedEnvelope};
+use http::{agent, call_again_if_reset};
 
 /// Why a call failed: the node's own error answer, an answer that could not be decoded, or no answer
 /// at all.
@@ -50,15 +52,6 @@ pub struct ApiClient {
     /// The certificate authorities trusted for `https://` (none: the public web roots), kept so that
     /// an agent rebuilt with another timeout trusts the same ones.
     tls: Option<ureq::tls::TlsConfig>,
-}
-
-/// A blocking HTTP agent that returns error statuses as answers (the node's error bodies are read).
-fn agent(timeout: Option<Duration>, tls: Option<ureq::tls::TlsConfig>) -> ureq::Agent {
-    let mut config = ureq::Agent::config_builder().http_status_as_error(false).timeout_global(timeout);
-    if let Some(tls) = tls {
-        config = config.tls_config(tls);
-    }
-    config.build().into()
 }
 
 impl ApiClient {
@@ -161,11 +154,13 @@ impl ApiClient {
     /// GET with query parameters.
     pub fn get<T: DeserializeOwned>(&self, path: &str, query: &[(&str, String)]) -> Result<T, ClientError> {
         let url = format!("{}{}", self.base, path);
-        let mut req = self.authorised(self.agent.get(&url));
-        for (k, v) in query {
-            req = req.query(*k, v);
-        }
-        let r = req.call();
+        let r = call_again_if_reset(|| {
+            let mut req = self.authorised(self.agent.get(&url));
+            for (k, v) in query {
+                req = req.query(*k, v);
+            }
+            req
+        });
         self.finish(&url, r)
     }
 
@@ -412,7 +407,7 @@ impl ApiClient {
     /// The Prometheus text exposition.
     pub fn metrics_text(&self) -> Result<String, ClientError> {
         let url = format!("{}/metrics", self.base);
-        let mut resp = self.agent.get(&url).call().map_err(|e| ClientError::Transport { url: url.clone(), reason: e.to_string() })?;
+        let mut resp = call_again_if_reset(|| self.agent.get(&url)).map_err(|e| ClientError::Transport { url: url.clone(), reason: e.to_string() })?;
         resp.body_mut().read_to_string().map_err(|e| ClientError::Transport { url, reason: e.to_string() })
     }
 
@@ -593,5 +588,45 @@ impl ApiClient {
     /// The node's liveness answer (admin listener).
     pub fn liveness(&self) -> Result<Health, ClientError> {
         self.get("/livez", &[])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+
+    use super::*;
+
+    /// Reads one request head from `s` and answers it, keeping the connection open.
+    fn answer(s: &mut std::net::TcpStream, body: &str) {
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            s.read_exact(&mut byte).unwrap();
+            head.push(byte[0]);
+        }
+        write!(s, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: text/plain\r\n\r\n{body}", body.len()).unwrap();
+    }
+
+    #[test]
+    fn a_get_meeting_a_reset_kept_alive_connection_is_sent_again() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let server = std::thread::spawn(move || {
+            let (mut kept, _) = listener.accept().unwrap();
+            answer(&mut kept, "first 1\n");
+            // The next request arrives on the kept-alive connection; closing it unread resets it, as a
+            // node does that closes an idle connection just as a request is written on it.
+            let mut peek = [0u8; 1];
+            kept.peek(&mut peek).unwrap();
+            drop(kept);
+            let (mut fresh, _) = listener.accept().unwrap();
+            answer(&mut fresh, "second 2\n");
+        });
+        let client = ApiClient::new(&base);
+        assert_eq!(client.metrics_text().unwrap(), "first 1\n");
+        assert_eq!(client.metrics_text().unwrap(), "second 2\n", "sent again on a fresh connection");
+        server.join().unwrap();
     }
 }
