@@ -238,13 +238,7 @@ fn write_units(topology: &Topology, id: &NodeId, folder: &Path, etc: &Path) -> a
         let key = exchange_wire::keys::generate();
         let unit_id = u.address.as_str().rsplit('/').next().expect("a unit address has a unit id");
         exchange_wire::keys::write_new(&folder.join(format!("agency-keys/{unit_id}.key")), &key, &format!("unit {}", u.address))?;
-        units_seed.push_str(&format!(
-            "[[unit]]\naddress = \"{}\"\nname = \"{}\"\nkind = \"{}\"\npublic_key = \"{}\"\n\n",
-            u.address,
-            u.name,
-            u.kind,
-            PublicKey(key.verifying_key())
-        ));
+        units_seed.push_str(&u.seed_entry(&key));
     }
     std::fs::write(etc.join(format!("{id}.units.toml")), units_seed)?;
     Ok(())

@@ -130,13 +130,7 @@ fn units_seed(topology: &Topology, id: &NodeId, unit_keys: &mut BTreeMap<UnitAdd
     let mut units_seed = format!("# The units node {id} signs on its first start (written by the launcher).\n\n");
     for u in topology.units.iter().filter(|u| u.address.node_part() == id.as_str()) {
         let key = exchange_wire::keys::generate();
-        units_seed.push_str(&format!(
-            "[[unit]]\naddress = \"{}\"\nname = \"{}\"\nkind = \"{}\"\npublic_key = \"{}\"\n\n",
-            u.address,
-            u.name,
-            u.kind,
-            PublicKey(key.verifying_key())
-        ));
+        units_seed.push_str(&u.seed_entry(&key));
         unit_keys.insert(u.address.clone(), key);
     }
     units_seed

@@ -48,6 +48,20 @@ pub struct TopologyUnit {
     pub kind: String,
 }
 
+impl TopologyUnit {
+    /// This unit's `[[unit]]` entry in a node's units seed (`<node>.units.toml`), with `key` its
+    /// public key; the launcher and the deployment kit write the same file.
+    pub fn seed_entry(&self, key: &SigningKey) -> String {
+        format!(
+            "[[unit]]\naddress = \"{}\"\nname = \"{}\"\nkind = \"{}\"\npublic_key = \"{}\"\n\n",
+            self.address,
+            self.name,
+            self.kind,
+            exchange_wire::PublicKey(key.verifying_key())
+        )
+    }
+}
+
 impl Topology {
     pub fn guangzhou() -> Topology {
         toml::from_str(GUANGZHOU).expect("configs/guangzhou.toml parses")
