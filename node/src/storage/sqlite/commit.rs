@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 
 use super::admin::{apply_admin, for_keys_in_chunks};
@@ -138,21 +139,28 @@ async fn existing_ids(tx: &mut Transaction<'_, Sqlite>, ids: &[[u8; 32]]) -> Res
 /// The position (`messages.seq`) of each of `ids` held, as this transaction sees them.
 async fn positions(tx: &mut Transaction<'_, Sqlite>, ids: &[[u8; 32]]) -> Result<HashMap<[u8; 32], i64>, sqlx::Error> {
     let mut held = HashMap::new();
+    for row in rows_with_ids(tx, "SELECT id, seq FROM messages WHERE id IN (", ids).await? {
+        let id: Vec<u8> = row.get(0);
+        if let Ok(id) = <[u8; 32]>::try_from(id.as_slice()) {
+            held.insert(id, row.get(1));
+        }
+    }
+    Ok(held)
+}
+
+/// The rows `select` (a query ending in `IN (`) finds for `ids`, a statement per chunk of them.
+async fn rows_with_ids(tx: &mut Transaction<'_, Sqlite>, select: &str, ids: &[[u8; 32]]) -> Result<Vec<SqliteRow>, sqlx::Error> {
+    let mut rows = Vec::new();
     for chunk in ids.chunks(ROWS_PER_STATEMENT) {
-        let mut q = QueryBuilder::<Sqlite>::new("SELECT id, seq FROM messages WHERE id IN (");
+        let mut q = QueryBuilder::<Sqlite>::new(select);
         let mut sep = q.separated(", ");
         for id in chunk {
             sep.push_bind(id.as_slice());
         }
         q.push(")");
-        for row in q.build().fetch_all(&mut **tx).await? {
-            let id: Vec<u8> = row.get(0);
-            if let Ok(id) = <[u8; 32]>::try_from(id.as_slice()) {
-                held.insert(id, row.get(1));
-            }
-        }
+        rows.extend(q.build().fetch_all(&mut **tx).await?);
     }
-    Ok(held)
+    Ok(rows)
 }
 
 async fn insert_rows(tx: &mut Transaction<'_, Sqlite>, rows: &Rows<'_>) -> Result<(), sqlx::Error> {
@@ -334,22 +342,14 @@ async fn inbox_entry_state(tx: &mut Transaction<'_, Sqlite>, unit: &str, message
 /// Every inbox entry of `ids` (all units), as this transaction holds them: (unit, message id, state,
 /// settling receipt id), for [`Settlements`].
 async fn inbox_entries(tx: &mut Transaction<'_, Sqlite>, ids: &[[u8; 32]]) -> Result<Vec<(String, [u8; 32], String, Option<Vec<u8>>)>, sqlx::Error> {
-    let mut entries = Vec::new();
-    for chunk in ids.chunks(ROWS_PER_STATEMENT) {
-        let mut q = QueryBuilder::<Sqlite>::new("SELECT unit, message_id, state, receipt_id FROM inbox WHERE message_id IN (");
-        let mut sep = q.separated(", ");
-        for id in chunk {
-            sep.push_bind(id.as_slice());
-        }
-        q.push(")");
-        for row in q.build().fetch_all(&mut **tx).await? {
+    let rows = rows_with_ids(tx, "SELECT unit, message_id, state, receipt_id FROM inbox WHERE message_id IN (", ids).await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|row| {
             let id: Vec<u8> = row.get(1);
-            if let Ok(id) = <[u8; 32]>::try_from(id.as_slice()) {
-                entries.push((row.get(0), id, row.get(2), row.get(3)));
-            }
-        }
-    }
-    Ok(entries)
+            Some((row.get(0), <[u8; 32]>::try_from(id.as_slice()).ok()?, row.get(2), row.get(3)))
+        })
+        .collect())
 }
 
 /// Writes the settlements [`Settlements`] applied: each entry's new state and its receipt.
