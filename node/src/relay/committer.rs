@@ -2,6 +2,12 @@
 //! transaction, so a burst of submissions and transfers costs one fsync, not one each. Callers wait
 //! for their reply, which comes only after the commit: that is the custody rule.
 //!
+//! Two queues, like a priority inbox: requests that take custody of 特急 or 加急 messages
+//! ([`WriteJob::is_urgent`]) wait in their own, and whenever the writer is free it commits those
+//! first, in a transaction of their own. A commit under way is never interrupted (there is one
+//! writer), but an urgent document waits at most for it, not also for the hundreds of routine jobs
+//! that queued up meanwhile and would otherwise share its transaction.
+//!
 //! At shutdown ([`Committer::stop`]) the committer takes no new request (its callers get an error,
 //! so they acknowledge nothing), commits what is already queued, answers those waiters, and ends.
 
@@ -25,6 +31,7 @@ struct Request {
 #[derive(Clone)]
 pub struct Committer {
     tx: mpsc::Sender<Request>,
+    urgent_tx: mpsc::Sender<Request>,
     stop: CancellationToken,
     /// True once the writer has ended (its queue drained).
     ended: watch::Receiver<bool>,
@@ -35,26 +42,37 @@ impl Committer {
     pub fn spawn(store: Arc<dyn Store>, metrics: Arc<Metrics>, max_requests: usize) -> Committer {
         // Bounded: when storage falls behind, callers wait here instead of piling up memory.
         let (tx, mut rx) = mpsc::channel::<Request>(max_requests.max(1) * 2);
+        let (urgent_tx, mut urgent_rx) = mpsc::channel::<Request>(max_requests.max(1) * 2);
         let stop = CancellationToken::new();
         let (ended_tx, ended) = watch::channel(false);
         let stopping = stop.clone();
         let writer = tokio::spawn(async move {
             let mut batch: Vec<Request> = Vec::with_capacity(max_requests);
+            let mut urgent: Vec<Request> = Vec::new();
             let mut closed = false;
             loop {
+                let max = max_requests.max(1);
                 let n = if closed {
-                    rx.recv_many(&mut batch, max_requests.max(1)).await
+                    match urgent_rx.recv_many(&mut batch, max).await {
+                        0 => rx.recv_many(&mut batch, max).await,
+                        n => n,
+                    }
                 } else {
-                    tokio::select! {
+                    // Biased: what is urgent is taken first, and alone.
+                    let n = tokio::select! {
                         biased;
-                        n = rx.recv_many(&mut batch, max_requests.max(1)) => n,
+                        n = urgent_rx.recv_many(&mut urgent, max) => n,
+                        n = rx.recv_many(&mut batch, max) => n,
                         _ = stopping.cancelled() => {
                             // No new requests; what is queued is still committed and answered.
+                            urgent_rx.close();
                             rx.close();
                             closed = true;
                             continue;
                         }
-                    }
+                    };
+                    batch.append(&mut urgent);
+                    n
                 };
                 if n == 0 {
                     break;
@@ -103,7 +121,7 @@ impl Committer {
                 std::process::exit(70);
             }
         });
-        Committer { tx, stop, ended }
+        Committer { tx, urgent_tx, stop, ended }
     }
 
     /// Stops taking requests, commits and answers those already queued, and waits up to `within`
@@ -115,11 +133,13 @@ impl Committer {
     }
 
     /// Commits `jobs` (together with whatever else is waiting) and returns their outcomes in order.
+    /// Jobs of which any is urgent go through the urgent queue, ahead of routine ones.
     pub async fn commit(&self, jobs: Vec<WriteJob>) -> Result<Vec<JobOutcome>, Arc<StorageError>> {
         let n = jobs.len();
         let (reply, rx) = oneshot::channel();
         let stopped = || Arc::new(StorageError::Corrupt("the storage writer has stopped".into()));
-        self.tx.send(Request { jobs, n, reply }).await.map_err(|_| stopped())?;
+        let queue = if jobs.iter().any(WriteJob::is_urgent) { &self.urgent_tx } else { &self.tx };
+        queue.send(Request { jobs, n, reply }).await.map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())?
     }
 }
@@ -170,6 +190,32 @@ mod tests {
         let (x, y) = tokio::join!(committer.commit(vec![document(3)]), committer.commit(vec![document(2), document(4)]));
         assert_eq!(x.unwrap(), [JobOutcome::Stored]);
         assert_eq!(y.unwrap(), [JobOutcome::Duplicate, JobOutcome::Stored]);
+    }
+
+    /// An urgent document queued behind routine ones is committed first, in a transaction of its
+    /// own; the routine ones follow together. (One thread: all three are queued before the writer
+    /// first runs.)
+    #[tokio::test]
+    async fn urgent_jobs_go_first_in_a_commit_of_their_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open_standalone(&dir.path().join("node.db")).await.unwrap());
+        let metrics = Arc::new(Metrics::new("test"));
+        let committer = Committer::spawn(store.clone(), metrics.clone(), 16);
+        let urgent = || WriteJob::Custody(conformance::document(3, exchange_wire::Priority::Urgent.rank(), None, &[UNIT_A], 1));
+        assert!(urgent().is_urgent() && !document(1).is_urgent());
+        let order = std::sync::Mutex::new(Vec::new());
+        let commit = |name: &'static str, jobs: Vec<WriteJob>| {
+            let (committer, order) = (&committer, &order);
+            async move {
+                let outcome = committer.commit(jobs).await.unwrap();
+                order.lock().unwrap().push(name);
+                outcome
+            }
+        };
+        let (a, b, u) = tokio::join!(commit("routine 1", vec![document(1)]), commit("routine 2", vec![document(2)]), commit("urgent", vec![urgent()]));
+        assert_eq!((a, b, u), (vec![JobOutcome::Stored], vec![JobOutcome::Stored], vec![JobOutcome::Stored]));
+        assert_eq!(order.into_inner().unwrap()[0], "urgent", "the urgent document was committed first");
+        assert_eq!((metrics.commit_jobs.get_sample_count(), metrics.commit_jobs.get_sample_sum()), (2, 3.0), "alone, then the two routine ones together");
     }
 
     /// At shutdown the requests already queued are committed and answered; later ones are refused

@@ -74,6 +74,19 @@ pub enum WriteJob {
     Probe { at_ms: i64 },
 }
 
+impl WriteJob {
+    /// Whether this job takes custody of a 特急 or 加急 message (a document, or a receipt signed for
+    /// one): the committer lets such jobs go ahead of routine ones.
+    pub fn is_urgent(&self) -> bool {
+        let custody = match self {
+            WriteJob::Custody(c) => c,
+            WriteJob::SignFor { receipt, .. } => receipt,
+            _ => return false,
+        };
+        custody.message.as_ref().is_some_and(|m| m.priority < exchange_wire::Priority::Routine.rank())
+    }
+}
+
 /// What became of one job.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JobOutcome {
