@@ -49,10 +49,12 @@ use crate::launcher::LocalNetwork;
 use crate::peer_nats::NatsServer;
 
 mod floor;
+mod storage_floor;
 mod load;
 mod report;
 
 use floor::{Floor, FloorCounts};
+use storage_floor::StorageFloor;
 use load::{Load, Plan, Shared};
 
 /// Options of the benchmark.
@@ -154,6 +156,8 @@ pub(crate) fn run_one(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
     let floor = Floor::measure(args.size);
     let counts = FloorCounts::new(args.sign_for());
     floor.print(&counts, args.size);
+    let storage = StorageFloor::measure(&std::env::temp_dir(), args.size)?;
+    storage.print(counts.envelope_hops);
 
     // 2. The network.
     let binary = std::env::current_exe().context("cannot find the exchange-node binary")?;
@@ -161,7 +165,7 @@ pub(crate) fn run_one(args: &BenchArgs) -> anyhow::Result<serde_json::Value> {
     // The city's database (with --database-url) is dropped once its nodes are stopped.
     let (database, replicas) = crate::bench_failover::prepare(&mut net, args)?;
     let outcome = match net.start_all().and_then(|()| crate::bench_failover::start_standbys(&mut net, &replicas)) {
-        Ok(()) => run_on(&mut net, args, &floor, &counts, &replicas),
+        Ok(()) => run_on(&mut net, args, (&floor, &storage), &counts, &replicas),
         Err(e) => Err(e),
     };
     let outcome = stop_nodes(&mut net, args, outcome)?;
@@ -269,7 +273,7 @@ struct Outcome {
 const POLL: Duration = Duration::from_millis(20);
 
 /// Steps 3 to 5 on running nodes.
-fn run_on(net: &mut LocalNetwork, args: &BenchArgs, floor: &Floor, counts: &FloorCounts, replicas: &[String]) -> anyhow::Result<Outcome> {
+fn run_on(net: &mut LocalNetwork, args: &BenchArgs, floors: (&Floor, &StorageFloor), counts: &FloorCounts, replicas: &[String]) -> anyhow::Result<Outcome> {
     wait_links(net)?;
     let pids = node_pids(net)?;
     // 3. Pre-sign.
@@ -277,7 +281,7 @@ fn run_on(net: &mut LocalNetwork, args: &BenchArgs, floor: &Floor, counts: &Floo
     // 4. Timed phase.
     let timed = timed_phase(net, args, &plan, &pids, replicas)?;
     // 5. Numbers.
-    Ok(report::report(args, floor, counts, &plan, &pids, timed))
+    Ok(report::report(args, floors, counts, &plan, &pids, timed))
 }
 
 /// Each node's process id, printed as the table of nodes.

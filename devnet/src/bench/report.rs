@@ -6,11 +6,12 @@ use std::sync::atomic::Ordering;
 use serde_json::{Value, json};
 
 use super::floor::{Floor, FloorCounts};
+use super::storage_floor::StorageFloor;
 use super::load::{Plan, Shared};
 use super::{BenchArgs, INGRESS, NODES, Outcome, POLL, Timed, metric_sum, percentile};
 
 /// Checks, prints and gathers one run of the nodes.
-pub(super) fn report(args: &BenchArgs, floor: &Floor, counts: &FloorCounts, plan: &Plan, pids: &[(String, String)], timed: Timed) -> Outcome {
+pub(super) fn report(args: &BenchArgs, (floor, storage): (&Floor, &StorageFloor), counts: &FloorCounts, plan: &Plan, pids: &[(String, String)], timed: Timed) -> Outcome {
     let n = args.messages;
     let mut errors = problems(args, &timed);
     let latencies = latencies(&timed.shared, n);
@@ -21,7 +22,7 @@ pub(super) fn report(args: &BenchArgs, floor: &Floor, counts: &FloorCounts, plan
     let bench_cpu_s = timed.after.self_cpu.saturating_sub(timed.before.self_cpu) as f64 / timed.ticks;
 
     print_timed(args, &errors, &times, &latencies, &nodes, total_cpu_s, bench_cpu_s);
-    floor.print_against(counts, total_us);
+    floor.print_against(counts, total_us, storage.per_message_us(counts.envelope_hops));
     print_retries(&timed.shared);
 
     let Timed { shared, killer, ticks, returned_final, .. } = timed;
@@ -56,7 +57,7 @@ pub(super) fn report(args: &BenchArgs, floor: &Floor, counts: &FloorCounts, plan
             "all_nodes_us_per_message": total_us,
             "benchmark_process_seconds": bench_cpu_s,
         },
-        "peer": floor.json(counts, total_us),
+        "peer": floor.json(counts, total_us, storage.json(counts.envelope_hops)),
     });
     Outcome { json, errors, latencies }
 }
