@@ -53,6 +53,7 @@ pub mod refused;
 pub mod signals;
 pub mod sharing;
 pub mod tokens;
+pub mod verifier;
 pub mod webhook_target;
 pub mod window;
 
@@ -123,15 +124,18 @@ impl Engine {
             anyhow::anyhow!("cannot open the attachment store {}: {e}", cfg.attachments_dir().display())
         })?;
         let committer = Committer::spawn(store.clone(), metrics.clone(), cfg.relay.commit_max_requests);
+        let tasks = crate::tasks::Tasks::new();
+        let verifier = verifier::Verifier::spawn(&tasks, verifier::MAX_SIGNATURES, verifier::in_flight());
         let services = Arc::new(Services {
             here: cfg.node_id.clone(),
             dir: DirectoryHandle::new(Directory::default()),
             store,
             committer,
+            verifier,
             metrics,
             net,
             keys: node_key_state::NodeKeys::new(node_key, cfg.root_key, cfg.key_file.clone()),
-            tasks: crate::tasks::Tasks::new(),
+            tasks,
             limits: cfg.limits.clone(),
             relay_cfg: cfg.relay.clone(),
             api_max_wait_ms: cfg.api.max_wait_ms,

@@ -2,11 +2,12 @@
 //!
 //! A part (webhooks, queries, directory sync, data sharing, ...) owns its state in a handle type of
 //! its own; what it needs beyond that is here: where to read ([`Services::store`]), the one way to
-//! write ([`Services::committer`]), whom to tell ([`Services::metrics`], [`Services::inbox_changes`]),
-//! how to reach a neighbour ([`Services::net`]), what the network looks like
-//! ([`Services::dir`]), how to sign ([`Services::keys`]) and where background work runs
-//! ([`Services::tasks`]). A part given `&Services` (or holding an `Arc<Services>`) can do its work
-//! without the whole engine, so it can be read, and tested, alone.
+//! write ([`Services::committer`]), where signatures are checked ([`Services::verifier`]), whom to
+//! tell ([`Services::metrics`], [`Services::inbox_changes`]), how to reach a neighbour
+//! ([`Services::net`]), what the network looks like ([`Services::dir`]), how to sign
+//! ([`Services::keys`]) and where background work runs ([`Services::tasks`]). A part given
+//! `&Services` (or holding an `Arc<Services>`) can do its work without the whole engine, so it can
+//! be read, and tested, alone.
 //!
 //! What is *not* here, on purpose: another part's state (a part that needs one asks for exactly
 //! that), what follows a commit beyond the inbox wake-up (forwarders are woken by the forwarders
@@ -24,6 +25,7 @@ use tokio::sync::watch;
 use super::committer::Committer;
 use super::handover::Context;
 use super::node_key_state::NodeKeys;
+use super::verifier::Verifier;
 use crate::config::{Limits, RelayConfig};
 use crate::directory::{Directory, DirectoryHandle};
 use crate::metrics::Metrics;
@@ -41,6 +43,9 @@ pub struct Services {
     pub store: Arc<dyn Store>,
     /// The one write path (group commit): a part's change is durable when its commit returns.
     pub committer: Committer,
+    /// Group verification: signature checks batched across requests, on a bounded share of the
+    /// blocking pool. Its task runs on [`Services::tasks`] and stops with them.
+    pub verifier: Verifier,
     pub metrics: Arc<Metrics>,
     /// The network client: asks and answers of neighbours.
     pub net: network::Client,

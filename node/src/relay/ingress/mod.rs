@@ -4,19 +4,21 @@
 //!
 //! This file is the door a document passes: [`Ingress::submit`] (an agency) and [`Ingress::inbound`]
 //! (a neighbour) both end in [`Ingress::verify_and_take`]. Beside it: [`checks`] (what an agency's
-//! input must satisfy), [`recall`] (撤回, 补发), [`settle`] (签收, 退回) and, in `relay/asking.rs`,
-//! queries and their answers ([`Ingress::ask`], [`Ingress::answer`]).
+//! input must satisfy), [`signatures`] (the keys each signature is checked against, and the refusal a
+//! failed check gets; the checks themselves run in `relay/verifier.rs`, batched across requests),
+//! [`recall`] (撤回, 补发), [`settle`] (签收, 退回) and, in `relay/asking.rs`, queries and their answers
+//! ([`Ingress::ask`], [`Ingress::answer`]).
 
 pub(in crate::relay) mod checks;
 mod recall;
 mod settle;
+mod signatures;
 
 use std::sync::Arc;
 
 use exchange_wire::api::{BatchItemResult, SignedMessage, SubmitResponse};
-use exchange_wire::envelope::verify_batch;
 use exchange_wire::receipt::Hop;
-use exchange_wire::{Envelope, EnvelopeError, Kind, MessageId, NodeId, SignedEnvelope, UnitAddress};
+use exchange_wire::{Envelope, Kind, MessageId, NodeId, SignedEnvelope, UnitAddress};
 use crate::network::PeerId;
 use crate::network::Reply;
 
@@ -121,15 +123,6 @@ fn storage_refusal() -> Refusal {
     Refusal {
         code: "storage",
         message: "the node could not store the message; nothing was accepted, try again later".into(),
-        status: 503,
-        transient: true,
-    }
-}
-
-fn verification_unfinished() -> Refusal {
-    Refusal {
-        code: "unavailable",
-        message: "the node could not finish checking signatures (it may be stopping); nothing was accepted, try again later".into(),
         status: 503,
         transient: true,
     }
@@ -381,7 +374,7 @@ impl Ingress<'_> {
                 Err(r) => results.push(Some(Err(r))),
             }
         }
-        let (candidates, verdicts) = match verify(dir, candidates, from.is_none()).await {
+        let (candidates, verdicts) = match self.verify(dir, candidates, from.is_none()).await {
             Ok(verified) => verified,
             Err(unfinished) => {
                 for i in positions {
@@ -478,90 +471,6 @@ struct Taken {
     jobs: Vec<WriteJob>,
     positions: Vec<usize>,
     summaries: Vec<(custody::Summary, Kind)>,
-}
-
-/// Verifies candidates' signatures against the directory, in one batch where possible.
-///
-/// The key must have been valid when the envelope was created; at ingress (`at_ingress`) it must
-/// also be valid now, so a revoked or expired key is refused at once, while what was accepted before
-/// a revocation still travels and delivers (see docs/protocol.md).
-///
-/// Receipts, and senders with more than one valid key (a rotation in progress), are checked one by one
-/// with strict verification: a receipt must verify offline exactly as it did here, and batch
-/// verification is not bit-for-bit the same check (see docs/protocol.md).
-///
-/// The candidates come back with their verdicts, in order; they travel to the blocking pool and back
-/// rather than being copied for it. `Err` when the checks could not finish (the runtime stopping):
-/// nothing was verified, so every candidate is refused, for now.
-async fn verify(dir: &Arc<Directory>, candidates: Vec<Candidate>, at_ingress: bool) -> Result<(Vec<Candidate>, Vec<Result<(), Refusal>>), Refusal> {
-    let now = exchange_wire::now_ms();
-    let keys: Vec<Vec<ed25519_dalek::VerifyingKey>> = candidates
-        .iter()
-        .map(|c| {
-            let created = c.signed.envelope.created_at_ms;
-            let times: &[u64] = if at_ingress { &[created, now] } else { &[created] };
-            dir.signing_keys(&c.signed.envelope.sender, times).into_iter().map(|k| k.0).collect()
-        })
-        .collect();
-    let many = candidates.len() > 8;
-    let check = move || {
-        let batchable: Vec<usize> =
-            (0..candidates.len()).filter(|&i| keys[i].len() == 1 && candidates[i].signed.envelope.kind != Kind::Receipt).collect();
-        let refs: Vec<(&SignedEnvelope, &ed25519_dalek::VerifyingKey)> = batchable.iter().map(|&i| (&candidates[i].signed, &keys[i][0])).collect();
-        let mut out: Vec<Option<Result<(), EnvelopeError>>> = vec![None; candidates.len()];
-        for (&i, r) in batchable.iter().zip(verify_batch(&refs)) {
-            out[i] = Some(r);
-        }
-        let results: Vec<Result<(), EnvelopeError>> = out
-            .into_iter()
-            .enumerate()
-            .map(|(i, r)| r.unwrap_or_else(|| keys[i].iter().find_map(|k| candidates[i].signed.verify(k).ok()).ok_or(EnvelopeError::BadSignature)))
-            .collect();
-        (candidates, keys, results)
-    };
-    // Signature checks are CPU work: keep them off the async workers when there are many.
-    let (candidates, keys, results) = if many {
-        tokio::task::spawn_blocking(check).await.map_err(|e| {
-            tracing::error!(error = %e, "signature checks did not finish; refusing the batch for now");
-            verification_unfinished()
-        })?
-    } else {
-        check()
-    };
-    let verdicts = results
-        .into_iter()
-        .zip(candidates.iter().zip(&keys))
-        .map(|(r, (c, k))| {
-            if k.is_empty() {
-                let sender = &c.signed.envelope.sender;
-                return Err(if dir.home_of(sender).is_none() {
-                    Refusal::new("unknown-sender", 403, format!("sender {sender} is not in the directory, so its signature cannot be checked"))
-                } else {
-                    Refusal::new(
-                        "key-not-valid",
-                        403,
-                        format!("no key of {sender} is valid for this envelope: the key was revoked or has expired; sign with the unit's current key"),
-                    )
-                });
-            }
-            r.map_err(|e| {
-                // Signed with a key the unit had, but not one valid for this envelope: say so.
-                let sender = &c.signed.envelope.sender;
-                if dir.signed_with_revoked_node_key(&c.signed) {
-                    Refusal::new("key-revoked", 403, format!("the envelope is signed with a key of {sender} that the root revoked"))
-                } else if dir.signing_keys(sender, &[]).iter().any(|k| c.signed.verify(&k.0).is_ok()) {
-                    Refusal::new(
-                        "key-not-valid",
-                        403,
-                        format!("the envelope is signed with a key of {sender} that was revoked or has expired; sign with the unit's current key"),
-                    )
-                } else {
-                    Refusal::from(e)
-                }
-            })
-        })
-        .collect();
-    Ok((candidates, verdicts))
 }
 
 /// What this node holds of a document submitted again.
