@@ -274,7 +274,10 @@ impl Attachments {
         {
             return;
         }
-        let _ = tokio::time::timeout(REORDER_WAIT, progress.wait_for(|&c| c >= offset)).await;
+        if tokio::time::timeout(REORDER_WAIT, progress.wait_for(|&c| c >= offset)).await.is_err() {
+            let committed = *progress.borrow();
+            tracing::warn!(attachment = %sha256, offset, committed, wait_s = REORDER_WAIT.as_secs(), "a chunk waited for the chunks before it and they did not come; trying it anyway");
+        }
     }
 
     /// How much of `sha256` is held here.

@@ -121,6 +121,7 @@ impl Attachments {
                 Err(e) => return Err(Interrupted::from(format!("cannot read attachment {} here: {e}", a.sha256))),
             }
             if tokio::time::timeout(UPSTREAM_STALL, progress.changed()).await.is_err() {
+                tracing::warn!(attachment = %a.sha256, offset, seen = *progress.borrow(), "waited for the next chunk to become durable here, and it did not");
                 return Err(Interrupted::stalled(format!(
                     "no new chunk of the attachment arrived here for {} s (the node sending it stopped)",
                     UPSTREAM_STALL.as_secs()
