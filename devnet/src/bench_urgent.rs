@@ -40,7 +40,7 @@ use exchange_wire::receipt::signed_for;
 use exchange_wire::{Envelope, Kind, MessageId, Priority, SignedEnvelope, UnitAddress};
 use serde_json::{Value, json};
 
-use crate::bench::{BenchArgs, EGRESS, Run, INGRESS, NODES, make_payload, metric_sum, percentile, units_of, wait_links};
+use crate::bench::{BenchArgs, EGRESS, Run, INGRESS, NODES, benchmark_document, make_payload, metric_sum, percentile, units_of, wait_links};
 use crate::launcher::LocalNetwork;
 
 /// Issue 13's latency target (its p99 submit → delivered), which a 特急 document should meet even
@@ -170,10 +170,7 @@ fn presign(net: &LocalNetwork, cast: &Cast, n: usize, args: &BenchArgs) -> Vec<S
     let signed: Vec<SignedEnvelope> = (0..n)
         .map(|i| {
             let (from, to) = (cast.sender_of(i, args.batch), &cast.routine_to[i % cast.routine_to.len()]);
-            let payload = make_payload(i, args.size);
-            let mut e = Envelope::new(Kind::Document, from.clone(), vec![to.clone()], vec![], Priority::Routine, &payload);
-            e.metadata.insert("title".into(), format!("benchmark document {i}"));
-            e.sign(&net.unit_keys[from])
+            benchmark_document(i, from, to, &make_payload(i, args.size)).sign(&net.unit_keys[from])
         })
         .collect();
     println!("\n== Agencies pre-signed {n} routine documents in {:.2} s (not timed below)", started.elapsed().as_secs_f64());

@@ -6,10 +6,10 @@ use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
 use exchange_wire::envelope::verify_batch;
-use exchange_wire::{Envelope, Kind, Priority, SignedEnvelope, UnitAddress, digest_payload};
+use exchange_wire::{SignedEnvelope, UnitAddress, digest_payload};
 use serde_json::{Value, json};
 
-use super::make_payload;
+use super::{benchmark_document, make_payload};
 
 /// How many protocol operations all nodes together must perform for one document, counted from the
 /// custody rules (`relay::custody` and `relay::Engine`):
@@ -75,11 +75,7 @@ impl Floor {
         let envelopes: Vec<SignedEnvelope> = keys
             .iter()
             .enumerate()
-            .map(|(i, k)| {
-                let mut e = Envelope::new(Kind::Document, from.clone(), vec![to.clone()], vec![], Priority::Routine, &payload);
-                e.metadata.insert("title".into(), format!("benchmark document {i}"));
-                e.sign(k)
-            })
+            .map(|(i, k)| benchmark_document(i, &from, &to, &payload).sign(k))
             .collect();
         let vk: Vec<_> = keys.iter().map(|k| k.verifying_key()).collect();
         let min = Duration::from_millis(300);

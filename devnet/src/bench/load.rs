@@ -13,9 +13,9 @@ use ed25519_dalek::SigningKey;
 use exchange_wire::api::{BatchItemResult, SignForResult, SignedMessage};
 use exchange_wire::client::{ApiClient, ClientError};
 use exchange_wire::receipt::signed_for;
-use exchange_wire::{Envelope, Kind, MessageId, Priority, SignedEnvelope, UnitAddress};
+use exchange_wire::{MessageId, SignedEnvelope, UnitAddress};
 
-use super::{BenchArgs, EGRESS, INGRESS, Run, make_payload, units_of};
+use super::{BenchArgs, EGRESS, INGRESS, Run, benchmark_document, make_payload, units_of};
 use crate::launcher::LocalNetwork;
 
 /// Who sends and who receives what.
@@ -51,8 +51,7 @@ impl Plan {
         for i in 0..n {
             let (s, r) = (&senders[(i / args.batch) % senders.len()], &recipients[i % recipients.len()]);
             let payload = make_payload(i, args.size);
-            let mut e = Envelope::new(Kind::Document, s.clone(), vec![r.clone()], vec![], Priority::Routine, &payload);
-            e.metadata.insert("title".into(), format!("benchmark document {i}"));
+            let mut e = benchmark_document(i, s, r, &payload);
             e.metadata.insert("doc-number".into(), format!("bench〔{}〕{i}号", e.created_at_ms));
             signed.push(e.sign(&net.unit_keys[s]));
         }

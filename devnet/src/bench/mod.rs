@@ -419,6 +419,14 @@ fn wait_for_end(
 // ---------------------------------------------------------------------------------------------------
 // Payloads and units.
 
+/// Routine document `i` of a benchmark from `from` to `to`, unsigned; its title makes it differ from
+/// every other one with the same payload.
+pub(crate) fn benchmark_document(i: usize, from: &UnitAddress, to: &UnitAddress, payload: &[u8]) -> exchange_wire::Envelope {
+    let mut e = exchange_wire::Envelope::new(exchange_wire::Kind::Document, from.clone(), vec![to.clone()], vec![], exchange_wire::Priority::Routine, payload);
+    e.metadata.insert("title".into(), format!("benchmark document {i}"));
+    e
+}
+
 /// `size` bytes of deterministic pseudo-random text for message `i` (letters, digits, spaces, newlines).
 pub(crate) fn make_payload(i: usize, size: usize) -> Vec<u8> {
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789      ,.\n";

@@ -16,14 +16,13 @@
 use std::time::Instant;
 
 use anyhow::Context;
+use ed25519_dalek::SigningKey;
 use exchange_node_core::relay::handover::event;
-use exchange_node_core::storage::{
-    Custody, MessageRow, OutboxRow, Record, SqliteStore, Store, WriteJob,
-};
-use exchange_wire::{Envelope, Kind, NodeId, Priority, UnitAddress};
+use exchange_node_core::storage::{Custody, MessageRow, OutboxRow, Record, SqliteStore, Store, WriteJob};
+use exchange_wire::{Kind, NodeId, Priority, UnitAddress};
 use serde_json::{Value, json};
 
-use super::make_payload;
+use super::{benchmark_document, make_payload};
 
 /// Envelopes per group commit: about what the nodes commit together at full load (the bench's
 /// `mean jobs/commit` column shows 370-520 there).
@@ -35,8 +34,8 @@ const COMMITS: usize = 20;
 /// worker threads included) and in wall-clock µs.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct StorageFloor {
-    pub(super) cpu_us: f64,
-    pub(super) wall_us: f64,
+    cpu_us: f64,
+    wall_us: f64,
 }
 
 /// CPU time of this process so far (user and system, all threads), in µs.
@@ -48,106 +47,81 @@ fn process_cpu_us() -> f64 {
     us(usage.ru_utime) + us(usage.ru_stime)
 }
 
-/// The rows a relay writes when it takes custody of envelope `i` (of `size` payload bytes) from
-/// `from`, for `next`.
-fn custody_of(
-    i: usize,
-    size: usize,
-    from: &NodeId,
-    next: &NodeId,
-    now_ms: u64,
-) -> (Custody, [u8; 32]) {
-    let sender: UnitAddress = "gz.yuexiu/liurong-street".parse().expect("valid address");
-    let recipient: UnitAddress = "gz.haizhu/civil-affairs".parse().expect("valid address");
-    let payload = make_payload(i, size);
-    let mut envelope = Envelope::new(
-        Kind::Document,
-        sender.clone(),
-        vec![recipient.clone()],
-        vec![],
-        Priority::Routine,
-        &payload,
-    );
-    envelope
-        .metadata
-        .insert("title".into(), format!("benchmark document {i}"));
-    let signed = envelope.sign(&exchange_wire::keys::generate());
-    let id = signed.id.0;
-    let hops =
-        json!([{ "node": from.as_str(), "at_ms": now_ms }, { "node": "gz", "at_ms": now_ms }])
-            .to_string();
-    let custody = Custody {
-        message: Some(MessageRow {
+/// Where the measured envelopes come from and go: the benchmark's own route, 越秀 → 广州 → 海珠.
+struct Route {
+    sender: UnitAddress,
+    recipient: UnitAddress,
+    from: NodeId,
+    next: NodeId,
+    key: SigningKey,
+}
+
+impl Route {
+    fn new() -> anyhow::Result<Route> {
+        Ok(Route {
+            sender: "gz.yuexiu/liurong-street".parse()?,
+            recipient: "gz.haizhu/civil-affairs".parse()?,
+            from: "gz.yuexiu".parse()?,
+            next: "gz.haizhu".parse()?,
+            key: exchange_wire::keys::generate(),
+        })
+    }
+
+    /// The rows a relay (广州) writes when it takes custody of envelope `i` of `size` payload bytes,
+    /// and its id.
+    fn custody_of(&self, i: usize, size: usize, now_ms: u64) -> (Custody, [u8; 32]) {
+        let payload = make_payload(i, size);
+        let signed = benchmark_document(i, &self.sender, &self.recipient, &payload).sign(&self.key);
+        let id = signed.id.0;
+        let hops = json!([{ "node": self.from.as_str(), "at_ms": now_ms }, { "node": "gz", "at_ms": now_ms }]).to_string();
+        let message = MessageRow {
             id,
             header: signed.bytes,
             signature: signed.signature,
             payload,
             kind: Kind::Document.as_str().to_string(),
-            sender: sender.to_string(),
+            sender: self.sender.to_string(),
             priority: Priority::Routine.rank(),
             created_at_ms: now_ms as i64,
             received_at_ms: now_ms as i64,
-            received_from: Some(from.to_string()),
+            received_from: Some(self.from.to_string()),
             hops,
-        }),
-        outbox: vec![OutboxRow {
+        };
+        let outbox = OutboxRow {
             message_id: id,
-            next_hop: next.to_string(),
-            recipients: json!([recipient.to_string()]).to_string(),
+            next_hop: self.next.to_string(),
+            recipients: json!([self.recipient.to_string()]).to_string(),
             priority: Priority::Routine.rank(),
             enqueued_at_ms: now_ms as i64,
-        }],
-        events: vec![event(id, now_ms, "received", None, Some(from), None)],
-        ..Custody::default()
-    };
-    (custody, id)
+        };
+        let events = vec![event(id, now_ms, "received", None, Some(&self.from), None)];
+        (Custody { message: Some(message), outbox: vec![outbox], events, ..Custody::default() }, id)
+    }
 }
 
 impl StorageFloor {
     /// Passes `(COMMITS + 1) × PER_COMMIT` envelopes of `size` bytes through a fresh store in
     /// `folder` (removed afterwards) and returns the cost of one, the first commit left out.
     pub(super) fn measure(folder: &std::path::Path, size: usize) -> anyhow::Result<StorageFloor> {
-        let dir = tempfile::tempdir_in(folder)
-            .context("cannot make a folder for the storage measurement")?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()?;
+        let dir = tempfile::tempdir_in(folder).context("cannot make a folder for the storage measurement")?;
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+        let route = Route::new()?;
         runtime.block_on(async {
             let store = SqliteStore::open_standalone(&dir.path().join("node.db")).await?;
-            let (from, next): (NodeId, NodeId) = ("gz.yuexiu".parse()?, "gz.haizhu".parse()?);
             let now = exchange_wire::now_ms();
             // Rows are made before the clock starts: signing belongs to the other floor.
-            let rounds: Vec<Vec<(Custody, [u8; 32])>> = (0..=COMMITS)
-                .map(|c| {
-                    (0..PER_COMMIT)
-                        .map(|i| custody_of(c * PER_COMMIT + i, size, &from, &next, now))
-                        .collect()
-                })
-                .collect();
+            let rounds: Vec<Vec<(Custody, [u8; 32])>> =
+                (0..=COMMITS).map(|c| (0..PER_COMMIT).map(|i| route.custody_of(c * PER_COMMIT + i, size, now)).collect()).collect();
             let (mut cpu_us, mut wall_us) = (0.0, 0.0);
             for (round, jobs) in rounds.into_iter().enumerate() {
                 let (cpu, wall) = (process_cpu_us(), Instant::now());
-                let ids: Vec<[u8; 32]> = jobs.iter().map(|(_, id)| *id).collect();
-                let custody: Vec<WriteJob> = jobs
-                    .into_iter()
-                    .map(|(c, _)| WriteJob::Custody(c))
-                    .collect();
+                let (custody, ids): (Vec<WriteJob>, Vec<[u8; 32]>) = jobs.into_iter().map(|(c, id)| (WriteJob::Custody(c), id)).unzip();
                 store.commit(&custody).await?;
-                let batch = store
-                    .outbox_batch(next.as_str(), PER_COMMIT, 64 << 20)
-                    .await?;
-                anyhow::ensure!(
-                    batch.len() == PER_COMMIT,
-                    "the outbox gave {} of {PER_COMMIT} entries",
-                    batch.len()
-                );
+                let batch = store.outbox_batch(route.next.as_str(), PER_COMMIT, 64 << 20).await?;
+                anyhow::ensure!(batch.len() == PER_COMMIT, "the outbox gave {} of {PER_COMMIT} entries", batch.len());
                 let record = Record {
                     outbox_done: batch.iter().map(|o| o.seq).collect(),
-                    events: ids
-                        .iter()
-                        .map(|id| event(*id, now, "forwarded", None, Some(&next), None))
-                        .collect(),
+                    events: ids.iter().map(|id| event(*id, now, "forwarded", None, Some(&route.next), None)).collect(),
                     ..Record::default()
                 };
                 store.commit(&[WriteJob::Record(record)]).await?;
@@ -157,10 +131,7 @@ impl StorageFloor {
                 }
             }
             let n = (COMMITS * PER_COMMIT) as f64;
-            Ok(StorageFloor {
-                cpu_us: cpu_us / n,
-                wall_us: wall_us / n,
-            })
+            Ok(StorageFloor { cpu_us: cpu_us / n, wall_us: wall_us / n })
         })
     }
 
