@@ -150,9 +150,24 @@ mod tests {
     use crate::storage::conformance::{self, UNIT_A};
     use crate::storage::{AdminOp, SqliteStore, TokenRow};
 
-    /// Document `n`, delivered here to one unit.
+    /// A committer on a fresh SQLite store (which lives as long as the folder), folding up to 16
+    /// requests a transaction.
+    async fn started() -> (tempfile::TempDir, Arc<dyn Store>, Arc<Metrics>, Committer) {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open_standalone(&dir.path().join("node.db")).await.unwrap());
+        let metrics = Arc::new(Metrics::new("test"));
+        let committer = Committer::spawn(store.clone(), metrics.clone(), 16);
+        (dir, store, metrics, committer)
+    }
+
+    /// Document `n` of `priority`, delivered here to one unit.
+    fn document_of(n: u8, priority: exchange_wire::Priority) -> WriteJob {
+        WriteJob::Custody(conformance::document(n, priority.rank(), None, &[UNIT_A], 1))
+    }
+
+    /// Routine document `n`, delivered here to one unit.
     fn document(n: u8) -> WriteJob {
-        WriteJob::Custody(conformance::document(n, 2, None, &[UNIT_A], 1))
+        document_of(n, exchange_wire::Priority::Routine)
     }
 
     fn token(id: &str) -> WriteJob {
@@ -166,10 +181,7 @@ mod tests {
     /// they are folded into one transaction.)
     #[tokio::test]
     async fn one_bad_request_does_not_sink_the_others() {
-        let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open_standalone(&dir.path().join("node.db")).await.unwrap());
-        let metrics = Arc::new(Metrics::new("test"));
-        let committer = Committer::spawn(store.clone(), metrics.clone(), 16);
+        let (_dir, store, metrics, committer) = started().await;
         committer.commit(vec![token("t1")]).await.unwrap();
 
         let (a, bad, c) = tokio::join!(
@@ -197,12 +209,9 @@ mod tests {
     /// first runs.)
     #[tokio::test]
     async fn urgent_jobs_go_first_in_a_commit_of_their_own() {
-        let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open_standalone(&dir.path().join("node.db")).await.unwrap());
-        let metrics = Arc::new(Metrics::new("test"));
-        let committer = Committer::spawn(store.clone(), metrics.clone(), 16);
-        let urgent = || WriteJob::Custody(conformance::document(3, exchange_wire::Priority::Urgent.rank(), None, &[UNIT_A], 1));
-        assert!(urgent().is_urgent() && !document(1).is_urgent());
+        let (_dir, _, metrics, committer) = started().await;
+        let urgent = || document_of(3, exchange_wire::Priority::Urgent);
+        assert!(urgent().is_urgent() && document_of(4, exchange_wire::Priority::Express).is_urgent() && !document(1).is_urgent());
         let order = std::sync::Mutex::new(Vec::new());
         let commit = |name: &'static str, jobs: Vec<WriteJob>| {
             let (committer, order) = (&committer, &order);
@@ -222,9 +231,7 @@ mod tests {
     /// (so nothing uncommitted is acknowledged) and leave nothing in storage.
     #[tokio::test]
     async fn stop_drains_the_queue_then_refuses() {
-        let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open_standalone(&dir.path().join("node.db")).await.unwrap());
-        let committer = Committer::spawn(store.clone(), Arc::new(Metrics::new("test")), 16);
+        let (_dir, store, _, committer) = started().await;
         let (a, b, ended) = tokio::join!(
             committer.commit(vec![document(1)]),
             committer.commit(vec![document(2)]),
