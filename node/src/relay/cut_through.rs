@@ -121,10 +121,11 @@ impl Attachments {
                 Err(e) => return Err(Interrupted::from(format!("cannot read attachment {} here: {e}", a.sha256))),
             }
             if tokio::time::timeout(UPSTREAM_STALL, progress.changed()).await.is_err() {
-                tracing::warn!(attachment = %a.sha256, offset, seen = *progress.borrow(), "waited for the next chunk to become durable here, and it did not");
+                // The sender logs this reason (`send_attachment`): with where it stopped.
                 return Err(Interrupted::stalled(format!(
-                    "no new chunk of the attachment arrived here for {} s (the node sending it stopped)",
-                    UPSTREAM_STALL.as_secs()
+                    "no new chunk of the attachment arrived here for {} s (the node sending it stopped): waiting for offset {offset}, last seen committed {}",
+                    UPSTREAM_STALL.as_secs(),
+                    *progress.borrow()
                 )));
             }
         }
