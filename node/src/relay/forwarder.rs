@@ -72,7 +72,7 @@ pub async fn run(forwarders: Arc<Forwarders>, hop: NodeId, signals: Arc<Signals>
     let cfg = &forwarders.services.relay_cfg;
     let mut backoff = Backoff::new(Duration::from_millis(cfg.retry_initial_ms), Duration::from_millis(cfg.retry_max_ms));
     let mut limit = BatchLimit::new(cfg.batch_max_messages, cfg.batch_max_bytes);
-    let mut window = Window::new(cfg.window_batches);
+    let mut window = Window::new(cfg.window_batches, cfg.batch_max_bytes);
     // Whether the last read filled a batch: there is a backlog to pipeline.
     let mut backlog = false;
     loop {
@@ -106,6 +106,7 @@ pub async fn run(forwarders: Arc<Forwarders>, hop: NodeId, signals: Arc<Signals>
             continue;
         };
         let (max_messages, max_bytes) = limit.current();
+        let max_bytes = max_bytes.min(window.bytes_left()).max(1);
         let on_the_link = window.entries();
         let items = match forwarders.services.store.outbox_batch_skipping(hop.as_str(), max_messages, max_bytes, &on_the_link).await {
             Ok(items) => items,
@@ -142,7 +143,7 @@ pub async fn run(forwarders: Arc<Forwarders>, hop: NodeId, signals: Arc<Signals>
         }
         let seqs: Vec<i64> = sent.iter().map(|s| s.seq).collect();
         let rank = sent.iter().map(|s| s.priority).min().unwrap_or(u8::MAX);
-        window.open(seqs, rank, hand_over(forwarders.clone(), hop.clone(), peer, request, sent, bytes));
+        window.open(seqs, rank, bytes, hand_over(forwarders.clone(), hop.clone(), peer, request, sent, bytes));
     }
 }
 

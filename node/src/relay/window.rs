@@ -4,6 +4,11 @@
 //! link at most once at a time. An entry leaves the window when its handover task ends, whatever the
 //! way (answered and recorded, failed, panicked or aborted at shutdown): then it is either out of the
 //! outbox (recorded) or read again (not recorded).
+//!
+//! The window is bounded in bytes as well as in batches: with large documents a full window of full
+//! batches (4 × 8 MiB) held, at both ends, several copies of each payload at once (read, encoded, on
+//! the connection, decoded, bound for the commit), and a node moving 8 MiB documents passed 256 MiB
+//! resident. Small documents never reach the byte bound and keep the whole window.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -17,6 +22,7 @@ use super::signals::Signals;
 /// The batches on the link to one neighbour; `T` is what a handover reports when it ends.
 pub struct Window<T> {
     size: usize,
+    max_bytes: usize,
     flights: JoinSet<T>,
     on_the_link: Arc<Mutex<OnTheLink>>,
 }
@@ -28,6 +34,8 @@ struct OnTheLink {
     entries: BTreeSet<i64>,
     /// The most urgent priority rank of each batch, counted: rank → batches.
     ranks: BTreeMap<u8, usize>,
+    /// Their size on the wire, together.
+    bytes: usize,
 }
 
 /// Takes a batch out of the window when its task ends, even by a panic or an abort.
@@ -35,6 +43,7 @@ struct Release {
     on_the_link: Arc<Mutex<OnTheLink>>,
     seqs: Vec<i64>,
     rank: u8,
+    bytes: usize,
 }
 
 impl Drop for Release {
@@ -43,6 +52,7 @@ impl Drop for Release {
         for s in &self.seqs {
             held.entries.remove(s);
         }
+        held.bytes -= self.bytes;
         if let Some(n) = held.ranks.get_mut(&self.rank) {
             *n -= 1;
             if *n == 0 {
@@ -53,14 +63,21 @@ impl Drop for Release {
 }
 
 impl<T: Send + 'static> Window<T> {
-    /// A window of `size` batches (at least one).
-    pub fn new(size: usize) -> Window<T> {
-        Window { size: size.max(1), flights: JoinSet::new(), on_the_link: Arc::default() }
+    /// A window of `size` batches (at least one) and `max_bytes` on the wire: a batch is opened
+    /// while fewer bytes are on the link, and reads at most what is left (see [`Window::bytes_left`]).
+    pub fn new(size: usize, max_bytes: usize) -> Window<T> {
+        Window { size: size.max(1), max_bytes, flights: JoinSet::new(), on_the_link: Arc::default() }
     }
 
-    /// Whether `size` batches are on the link.
+    /// Whether `size` batches, or `max_bytes`, are on the link.
     pub fn is_full(&self) -> bool {
-        self.flights.len() >= self.size
+        self.flights.len() >= self.size || self.bytes_left() == 0
+    }
+
+    /// How many more bytes the next batch may hold (a single message goes whatever its size, so the
+    /// window holds at most `max_bytes` and one message more).
+    pub fn bytes_left(&self) -> usize {
+        self.max_bytes.saturating_sub(self.on_the_link.lock().unwrap_or_else(|p| p.into_inner()).bytes)
     }
 
     /// Whether one more batch may go beyond a full window: one, for entries more urgent than
@@ -85,16 +102,17 @@ impl<T: Send + 'static> Window<T> {
         self.on_the_link.lock().unwrap_or_else(|p| p.into_inner()).ranks.keys().next().copied()
     }
 
-    /// Puts the batch of entries `seqs`, the most urgent of rank `rank`, on the link: `handover`
-    /// sends it and records the answer.
-    pub fn open(&mut self, seqs: impl IntoIterator<Item = i64>, rank: u8, handover: impl Future<Output = T> + Send + 'static) {
+    /// Puts the batch of entries `seqs`, `bytes` on the wire, the most urgent of rank `rank`, on the
+    /// link: `handover` sends it and records the answer.
+    pub fn open(&mut self, seqs: impl IntoIterator<Item = i64>, rank: u8, bytes: usize, handover: impl Future<Output = T> + Send + 'static) {
         let seqs: Vec<i64> = seqs.into_iter().collect();
         {
             let mut held = self.on_the_link.lock().unwrap_or_else(|p| p.into_inner());
             held.entries.extend(&seqs);
             *held.ranks.entry(rank).or_default() += 1;
+            held.bytes += bytes;
         }
-        let release = Release { on_the_link: self.on_the_link.clone(), seqs, rank };
+        let release = Release { on_the_link: self.on_the_link.clone(), seqs, rank, bytes };
         self.flights.spawn(async move {
             let _release = release;
             handover.await
@@ -140,14 +158,14 @@ mod tests {
     /// handover ends, whether it ended normally or by a panic.
     #[tokio::test]
     async fn entries_leave_the_window_when_their_handover_ends_even_by_a_panic() {
-        let mut w: Window<&'static str> = Window::new(2);
+        let mut w: Window<&'static str> = Window::new(2, 1 << 20);
         let (go, wait) = tokio::sync::oneshot::channel::<()>();
-        w.open([1, 2], 2, async move {
+        w.open([1, 2], 2, 1000, async move {
             let _ = wait.await;
             "answered"
         });
         assert!(!w.is_full());
-        w.open([3], 0, async { panic!("a handover that panics") });
+        w.open([3], 0, 1000, async { panic!("a handover that panics") });
         assert!(w.is_full() && w.may_overtake(), "full, but one urgent batch may still go");
         assert_eq!(w.entries().into_iter().collect::<Vec<_>>(), [1, 2, 3]);
         assert_eq!(w.most_urgent(), Some(0));
@@ -164,5 +182,26 @@ mod tests {
         assert_eq!(w.next_finished().await, Some("answered"), "the panic is logged, not returned");
         assert!(w.entries().is_empty() && w.is_empty() && w.most_urgent().is_none());
         assert_eq!(w.next_finished().await, None);
+    }
+
+    /// Large batches fill the window by their bytes before its batch count: the next batch may hold
+    /// only what is left, and the bytes come back when a handover ends.
+    #[tokio::test]
+    async fn large_batches_fill_the_window_by_their_bytes() {
+        let mut w: Window<()> = Window::new(4, 8 << 20);
+        assert_eq!(w.bytes_left(), 8 << 20);
+        let (go, wait) = tokio::sync::oneshot::channel::<()>();
+        w.open([1], 2, 5 << 20, async move {
+            let _ = wait.await;
+        });
+        assert!(!w.is_full());
+        assert_eq!(w.bytes_left(), 3 << 20, "the next batch reads at most what is left");
+        w.open([2], 2, 5 << 20, std::future::pending());
+        assert!(w.is_full(), "two batches of a window of four, but its bytes are on the link");
+        assert!(w.may_overtake(), "an urgent batch may still go beyond it");
+        go.send(()).unwrap();
+        assert_eq!(w.next_finished().await, Some(()));
+        assert_eq!(w.bytes_left(), 3 << 20, "the first batch's bytes came back");
+        assert!(!w.is_full());
     }
 }
