@@ -116,13 +116,7 @@ pub async fn run(forwarders: Arc<Forwarders>, hop: NodeId, signals: Arc<Signals>
                 continue;
             }
         };
-        let items: Vec<OutboxItem> = match urgent_only {
-            true => {
-                let beyond = window.most_urgent().unwrap_or(u8::MAX).min(exchange_wire::Priority::Routine.rank());
-                items.into_iter().take_while(|i| i.priority < beyond).collect()
-            }
-            false => items,
-        };
+        let (items, left_behind) = urgent_apart(items, urgent_only.then(|| window.most_urgent().unwrap_or(u8::MAX)));
         // Documents whose attachments the neighbour does not hold yet wait; their transfer runs
         // beside this loop.
         let had_items = !items.is_empty();
@@ -139,12 +133,30 @@ pub async fn run(forwarders: Arc<Forwarders>, hop: NodeId, signals: Arc<Signals>
         }
         let (request, sent, bytes) = to_request(&forwarders.services.dir.current(), items);
         if !urgent_only {
-            backlog = sent.len() >= max_messages || bytes.saturating_mul(2) >= max_bytes;
+            backlog = left_behind || sent.len() >= max_messages || bytes.saturating_mul(2) >= max_bytes;
         }
         let seqs: Vec<i64> = sent.iter().map(|s| s.seq).collect();
         let rank = sent.iter().map(|s| s.priority).min().unwrap_or(u8::MAX);
         window.open(seqs, rank, bytes, hand_over(forwarders.clone(), hop.clone(), peer, request, sent, bytes));
     }
+}
+
+/// Which of the entries read (most urgent first) go in the next batch, and whether some were left
+/// for a later one. Entries more urgent than routine (特急, 加急) go in a batch of their own: routine
+/// entries sharing it would have the next hop verify and commit them all before the urgent ones are
+/// held there (its priority lanes take a request with any urgent entry whole). A batch beyond a full
+/// window (`beyond`: the most urgent rank on the link) takes only entries more urgent than that.
+fn urgent_apart(items: Vec<OutboxItem>, beyond: Option<u8>) -> (Vec<OutboxItem>, bool) {
+    let routine = exchange_wire::Priority::Routine.rank();
+    let cut = match beyond {
+        Some(on_the_link) => on_the_link.min(routine),
+        None if items.first().is_some_and(|i| i.priority < routine) => routine,
+        None => return (items, false),
+    };
+    let read = items.len();
+    let items: Vec<OutboxItem> = items.into_iter().take_while(|i| i.priority < cut).collect();
+    let left_behind = items.len() < read;
+    (items, left_behind)
 }
 
 /// What the loop learns from one batch's handover (its answer, if any, is already recorded).
@@ -421,5 +433,50 @@ pub(super) async fn refresh_queue_gauges(services: Arc<Services>) {
             m.outbox_oldest_age.with_label_values(&[gone.as_str()]).set(0.0);
         }
         known = seen;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(ranks: &[u8]) -> Vec<OutboxItem> {
+        ranks
+            .iter()
+            .enumerate()
+            .map(|(seq, &priority)| OutboxItem {
+                seq: seq as i64,
+                message_id: [seq as u8; 32],
+                priority,
+                kind: "document".into(),
+                sender: String::new(),
+                enqueued_at_ms: 0,
+                recipients: String::new(),
+                header: vec![],
+                signature: vec![],
+                payload: vec![],
+                hops: String::new(),
+            })
+            .collect()
+    }
+
+    fn ranks(items: &[OutboxItem]) -> Vec<u8> {
+        items.iter().map(|i| i.priority).collect()
+    }
+
+    /// Urgent entries never share a batch with routine ones; routine entries alone go whole; beyond
+    /// a full window only what is more urgent than the link goes.
+    #[test]
+    fn urgent_entries_go_in_a_batch_of_their_own() {
+        let (batch, left) = urgent_apart(entries(&[0, 1, 2, 2]), None);
+        assert_eq!((ranks(&batch), left), (vec![0, 1], true), "特急 and 加急 apart from the routine entries read with them");
+        let (batch, left) = urgent_apart(entries(&[2, 2, 2]), None);
+        assert_eq!((ranks(&batch), left), (vec![2, 2, 2], false), "routine entries alone go whole");
+        let (batch, left) = urgent_apart(entries(&[0, 1, 2]), Some(1));
+        assert_eq!((ranks(&batch), left), (vec![0], true), "beyond a window holding 加急, only 特急");
+        let (batch, left) = urgent_apart(entries(&[1, 2]), Some(1));
+        assert_eq!((ranks(&batch), left), (vec![], true), "nothing more urgent than the link");
+        let (batch, left) = urgent_apart(entries(&[]), None);
+        assert_eq!((ranks(&batch), left), (vec![], false));
     }
 }
