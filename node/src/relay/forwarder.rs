@@ -106,7 +106,9 @@ pub async fn run(forwarders: Arc<Forwarders>, hop: NodeId, signals: Arc<Signals>
             continue;
         };
         let (max_messages, max_bytes) = limit.current();
-        let max_bytes = max_bytes.min(window.bytes_left()).max(1);
+        // Within the window a batch takes what is left of its bytes; the one urgent batch that may
+        // go beyond it is bounded on its own.
+        let max_bytes = if urgent_only { max_bytes } else { max_bytes.min(window.bytes_left()).max(1) };
         let on_the_link = window.entries();
         let items = match forwarders.services.store.outbox_batch_skipping(hop.as_str(), max_messages, max_bytes, &on_the_link).await {
             Ok(items) => items,
