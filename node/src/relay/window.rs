@@ -69,9 +69,10 @@ impl<T: Send + 'static> Window<T> {
         Window { size: size.max(1), max_bytes, flights: JoinSet::new(), on_the_link: Arc::default() }
     }
 
-    /// Whether `size` batches, or `max_bytes`, are on the link.
+    /// Whether `size` batches, or `max_bytes`, are on the link. An empty window is never full,
+    /// whatever its byte bound: one batch always goes (as one message always does, whatever its size).
     pub fn is_full(&self) -> bool {
-        self.flights.len() >= self.size || self.bytes_left() == 0
+        self.flights.len() >= self.size || (!self.flights.is_empty() && self.bytes_left() == 0)
     }
 
     /// How many more bytes the next batch may hold (a single message goes whatever its size, so the
@@ -203,5 +204,12 @@ mod tests {
         assert_eq!(w.next_finished().await, Some(()));
         assert_eq!(w.bytes_left(), 3 << 20, "the first batch's bytes came back");
         assert!(!w.is_full());
+
+        // A byte bound of nothing (`relay.batch_max_bytes = 0`: one message a batch) still lets one
+        // batch onto an empty link, rather than leaving the forwarder waiting for an answer to none.
+        let mut w: Window<()> = Window::new(4, 0);
+        assert!(!w.is_full(), "an empty window takes a batch");
+        w.open([1], 2, 1000, std::future::pending());
+        assert!(w.is_full());
     }
 }
