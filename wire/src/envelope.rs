@@ -153,6 +153,17 @@ impl Priority {
             Priority::Routine => 2,
         }
     }
+
+    /// Whether this is urgent (特急 or 加急): nodes verify, commit and send such messages ahead of
+    /// routine ones, in batches and commits of their own.
+    pub fn is_urgent(&self) -> bool {
+        Priority::is_urgent_rank(self.rank())
+    }
+
+    /// [`Priority::is_urgent`] of the priority with queue rank `rank` (as stored).
+    pub fn is_urgent_rank(rank: u8) -> bool {
+        rank < Priority::Routine.rank()
+    }
 }
 
 /// A 32-byte SHA-256 digest, written as 64 lowercase hex characters.

@@ -393,7 +393,7 @@ impl Attachments {
     /// Sends one attachment to `hop` until the neighbour holds all of it, resuming after failures
     /// from what the neighbour has committed. One attachment at a time per neighbour.
     pub(super) async fn send_attachment(self: Arc<Self>, hop: NodeId, signals: Arc<Signals>, a: Attachment, doc: ForDocument) {
-        let urgent = doc.priority().is_some_and(|p| p != exchange_wire::Priority::Routine);
+        let urgent = doc.priority().is_some_and(|p| p.is_urgent());
         let _turn = if urgent { signals.urgent_attachment_turn.lock().await } else { signals.attachment_turn.lock().await };
         let offered = self.offered_for(doc).await;
         let cfg = &self.services.relay_cfg;

@@ -157,7 +157,7 @@ pub fn take(ctx: &Context, m: Incoming) -> Result<(Custody, Summary), Refusal> {
                     priority: env.priority.rank(),
                     enqueued_at_ms: now as i64,
                 });
-                if env.priority != exchange_wire::Priority::Routine {
+                if env.priority.is_urgent() {
                     summary.urgent_hops.insert(next.clone());
                 }
                 summary.next_hops.insert(next);

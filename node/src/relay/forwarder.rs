@@ -152,7 +152,7 @@ fn urgent_apart(items: Vec<OutboxItem>, beyond: Option<u8>) -> (Vec<OutboxItem>,
     let routine = exchange_wire::Priority::Routine.rank();
     let cut = match beyond {
         Some(on_the_link) => on_the_link.min(routine),
-        None if items.first().is_some_and(|i| i.priority < routine) => routine,
+        None if items.first().is_some_and(|i| exchange_wire::Priority::is_urgent_rank(i.priority)) => routine,
         None => return (items, false),
     };
     let read = items.len();

@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use ed25519_dalek::VerifyingKey;
 use exchange_wire::envelope::verify_batch;
-use exchange_wire::{EnvelopeError, Priority, SignedEnvelope};
+use exchange_wire::{EnvelopeError, SignedEnvelope};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -63,7 +63,7 @@ pub struct Check {
 impl Check {
     /// Whether it is the signature of a 特急 or 加急 envelope, checked ahead of routine ones.
     pub fn is_urgent(&self) -> bool {
-        self.signed.envelope.priority != Priority::Routine
+        self.signed.envelope.priority.is_urgent()
     }
 }
 

@@ -83,7 +83,7 @@ impl WriteJob {
             WriteJob::SignFor { receipt, .. } => receipt,
             _ => return false,
         };
-        custody.message.as_ref().is_some_and(|m| m.priority < exchange_wire::Priority::Routine.rank())
+        custody.message.as_ref().is_some_and(|m| exchange_wire::Priority::is_urgent_rank(m.priority))
     }
 }
 
