@@ -356,8 +356,10 @@ mod tests {
     async fn a_stopped_verifier_answers_unfinished() {
         let tasks = Tasks::new();
         let verifier = Verifier::spawn(&tasks, MAX_SIGNATURES, 1);
-        let (queued, ()) = tokio::join!(verifier.verify(vec![check(1, true)]), async { verifier.stop() });
+        let urgent = Check { signed: signed_as(7, 9, Priority::Urgent), keys: vec![test_key(7).verifying_key()], strict: false };
+        let (queued, urgent_queued, ()) = tokio::join!(verifier.verify(vec![check(1, true)]), verifier.verify(vec![urgent]), async { verifier.stop() });
         assert_eq!(queued.err(), Some(Unfinished), "queued before the stop");
+        assert_eq!(urgent_queued.err(), Some(Unfinished), "queued in the urgent queue before the stop");
         assert_eq!(verifier.verify(vec![check(2, true)]).await.err(), Some(Unfinished), "sent after it");
 
         let verifier = Verifier::spawn(&tasks, MAX_SIGNATURES, 1);
