@@ -83,9 +83,8 @@ pub async fn run(forwarders: Arc<Forwarders>, hop: NodeId, signals: Arc<Signals>
         // when batches are on the link and the last read did not fill one: a part-filled batch goes
         // at once only onto an empty link. Under load batches stay full (each group commit
         // carries many documents: fewer pages written per document), and at light load nothing waits.
-        // Either way, an entry more urgent than routine (特急, 加急) and than every batch on the link may
-        // open one batch beyond the window: it must not wait behind less urgent batches already sent.
-        // (Overtaking its own class would only reorder it.)
+        // Either way, urgent entries (特急, 加急) may open a batch beyond the window, in a window of
+        // their own (`Window::may_overtake`): they must not wait behind routine batches already sent.
         let mut urgent_only = false;
         if window.is_full() || (!window.is_empty() && !backlog) {
             tokio::select! {
@@ -106,11 +105,12 @@ pub async fn run(forwarders: Arc<Forwarders>, hop: NodeId, signals: Arc<Signals>
             continue;
         };
         let (max_messages, max_bytes) = limit.current();
-        // Within the window a batch takes what is left of its bytes; the one urgent batch that may
-        // go beyond it is bounded on its own.
-        let max_bytes = if urgent_only { max_bytes } else { max_bytes.min(window.bytes_left()).max(1) };
+        // A batch takes what is left of the bytes of its window (urgent batches have their own).
+        let max_bytes = max_bytes.min(if urgent_only { window.urgent_bytes_left() } else { window.bytes_left() }).max(1);
         let on_the_link = window.entries();
-        let items = match forwarders.services.store.outbox_batch_skipping(hop.as_str(), max_messages, max_bytes, &on_the_link).await {
+        // The batch beyond the window reads only the urgent entries, which alone may go in it.
+        let more_urgent_than = if urgent_only { exchange_wire::Priority::Routine.rank() } else { u8::MAX };
+        let items = match forwarders.services.store.outbox_batch_skipping(hop.as_str(), max_messages, max_bytes, &on_the_link, more_urgent_than).await {
             Ok(items) => items,
             Err(e) => {
                 tracing::error!(%hop, error = %e, "cannot read the outbox");
@@ -118,7 +118,7 @@ pub async fn run(forwarders: Arc<Forwarders>, hop: NodeId, signals: Arc<Signals>
                 continue;
             }
         };
-        let (items, left_behind) = urgent_apart(items, urgent_only.then(|| window.most_urgent().unwrap_or(u8::MAX)));
+        let (items, left_behind) = urgent_apart(items, urgent_only);
         // Documents whose attachments the neighbour does not hold yet wait; their transfer runs
         // beside this loop.
         let had_items = !items.is_empty();
@@ -134,8 +134,12 @@ pub async fn run(forwarders: Arc<Forwarders>, hop: NodeId, signals: Arc<Signals>
             continue;
         }
         let (request, sent, bytes) = to_request(&forwarders.services.dir.current(), items);
+        let filled = left_behind || sent.len() >= max_messages || bytes.saturating_mul(2) >= max_bytes;
         if !urgent_only {
-            backlog = left_behind || sent.len() >= max_messages || bytes.saturating_mul(2) >= max_bytes;
+            backlog = filled;
+        } else if filled {
+            // More urgent entries may wait: look again, beyond the window if it is still full.
+            signals.urgent.notify_one();
         }
         let seqs: Vec<i64> = sent.iter().map(|s| s.seq).collect();
         let rank = sent.iter().map(|s| s.priority).min().unwrap_or(u8::MAX);
@@ -147,16 +151,14 @@ pub async fn run(forwarders: Arc<Forwarders>, hop: NodeId, signals: Arc<Signals>
 /// for a later one. Entries more urgent than routine (特急, 加急) go in a batch of their own: routine
 /// entries sharing it would have the next hop verify and commit them all before the urgent ones are
 /// held there (its priority lanes take a request with any urgent entry whole). A batch beyond a full
-/// window (`beyond`: the most urgent rank on the link) takes only entries more urgent than that.
-fn urgent_apart(items: Vec<OutboxItem>, beyond: Option<u8>) -> (Vec<OutboxItem>, bool) {
-    let routine = exchange_wire::Priority::Routine.rank();
-    let cut = match beyond {
-        Some(on_the_link) => on_the_link.min(routine),
-        None if items.first().is_some_and(|i| exchange_wire::Priority::is_urgent_rank(i.priority)) => routine,
-        None => return (items, false),
-    };
+/// window (`beyond`) takes only urgent entries.
+fn urgent_apart(items: Vec<OutboxItem>, beyond: bool) -> (Vec<OutboxItem>, bool) {
+    let urgent_first = items.first().is_some_and(|i| exchange_wire::Priority::is_urgent_rank(i.priority));
+    if !beyond && !urgent_first {
+        return (items, false);
+    }
     let read = items.len();
-    let items: Vec<OutboxItem> = items.into_iter().take_while(|i| i.priority < cut).collect();
+    let items: Vec<OutboxItem> = items.into_iter().take_while(|i| exchange_wire::Priority::is_urgent_rank(i.priority)).collect();
     let left_behind = items.len() < read;
     (items, left_behind)
 }
@@ -467,18 +469,18 @@ mod tests {
     }
 
     /// Urgent entries never share a batch with routine ones; routine entries alone go whole; beyond
-    /// a full window only what is more urgent than the link goes.
+    /// a full window only urgent entries go.
     #[test]
     fn urgent_entries_go_in_a_batch_of_their_own() {
-        let (batch, left) = urgent_apart(entries(&[0, 1, 2, 2]), None);
+        let (batch, left) = urgent_apart(entries(&[0, 1, 2, 2]), false);
         assert_eq!((ranks(&batch), left), (vec![0, 1], true), "特急 and 加急 apart from the routine entries read with them");
-        let (batch, left) = urgent_apart(entries(&[2, 2, 2]), None);
+        let (batch, left) = urgent_apart(entries(&[2, 2, 2]), false);
         assert_eq!((ranks(&batch), left), (vec![2, 2, 2], false), "routine entries alone go whole");
-        let (batch, left) = urgent_apart(entries(&[0, 1, 2]), Some(1));
-        assert_eq!((ranks(&batch), left), (vec![0], true), "beyond a window holding 加急, only 特急");
-        let (batch, left) = urgent_apart(entries(&[1, 2]), Some(1));
-        assert_eq!((ranks(&batch), left), (vec![], true), "nothing more urgent than the link");
-        let (batch, left) = urgent_apart(entries(&[]), None);
+        let (batch, left) = urgent_apart(entries(&[0, 1, 2]), true);
+        assert_eq!((ranks(&batch), left), (vec![0, 1], true), "beyond a full window, 特急 and 加急");
+        let (batch, left) = urgent_apart(entries(&[2, 2]), true);
+        assert_eq!((ranks(&batch), left), (vec![], true), "but no routine entry");
+        let (batch, left) = urgent_apart(entries(&[]), false);
         assert_eq!((ranks(&batch), left), (vec![], false));
     }
 }

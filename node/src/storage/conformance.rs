@@ -142,12 +142,21 @@ pub async fn outbox_serves_urgent_first_and_forgets_what_was_acknowledged(store:
     assert_eq!(first_two, [4, 3]);
     // A window of batches: what is already on the link is skipped, and the count still holds.
     let on_the_link = batch.iter().take(2).map(|b| b.seq).collect();
-    let next: Vec<u8> = store.outbox_batch_skipping("gz", 2, usize::MAX, &on_the_link).await.unwrap().iter().map(|b| b.message_id[0]).collect();
+    let next: Vec<u8> = store.outbox_batch_skipping("gz", 2, usize::MAX, &on_the_link, u8::MAX).await.unwrap().iter().map(|b| b.message_id[0]).collect();
     assert_eq!(next, [1, 2], "the next batch of the window");
     // An urgent entry that arrives while those are in flight still comes first.
     commit(store, vec![WriteJob::Custody(document(6, 0, Some("gz"), &[], 6))]).await;
-    let next = store.outbox_batch_skipping("gz", 2, usize::MAX, &on_the_link).await.unwrap();
+    let next = store.outbox_batch_skipping("gz", 2, usize::MAX, &on_the_link, u8::MAX).await.unwrap();
     assert_eq!(next.iter().map(|b| b.message_id[0]).collect::<Vec<_>>(), [6, 1], "urgent first, even behind batches in flight");
+    // The one batch that may overtake a full window reads only what is more urgent than the link.
+    for (more_urgent_than, expected, why) in [
+        (1, vec![6], "特急 only"),
+        (2, vec![6], "特急 and 加急: the 加急 entry is on the link, the routine ones are not read"),
+        (0, vec![], "nothing is more urgent than 特急"),
+    ] {
+        let read = store.outbox_batch_skipping("gz", 10, usize::MAX, &on_the_link, more_urgent_than).await.unwrap();
+        assert_eq!(read.iter().map(|b| b.message_id[0]).collect::<Vec<u8>>(), expected, "{why}");
+    }
     commit(store, vec![WriteJob::Record(Record { outbox_done: vec![next[0].seq], ..Record::default() })]).await;
     assert_eq!(batch[0].payload, vec![4; 100]);
     let done = batch.iter().take(2).map(|b| b.seq).collect();

@@ -62,19 +62,20 @@ impl PgStore {
         Ok(tx)
     }
 
-    async fn outbox_batch_read(&self, hop: &str, max_messages: usize, max_bytes: usize, skip: &BTreeSet<i64>) -> Result<Vec<OutboxItem>, StorageError> {
+    async fn outbox_batch_read(&self, hop: &str, max_messages: usize, max_bytes: usize, skip: &BTreeSet<i64>, more_urgent_than: u8) -> Result<Vec<OutboxItem>, StorageError> {
         let mut tx = self.snapshot().await?;
         let candidates = sqlx::query(
             "SELECT o.seq, o.recipients, o.enqueued_at_ms, o.priority, \
                     (octet_length(m.header) + octet_length(m.signature) + octet_length(m.payload) + octet_length(o.recipients) \
                      + octet_length(m.hops))::BIGINT + $3 \
              FROM outbox o JOIN messages m ON m.seq = o.message_seq \
-             WHERE o.next_hop = $1 AND o.dead_reason IS NULL AND o.seq <> ALL($4) ORDER BY o.priority, o.seq LIMIT $2",
+             WHERE o.next_hop = $1 AND o.dead_reason IS NULL AND o.priority < $5 AND o.seq <> ALL($4) ORDER BY o.priority, o.seq LIMIT $2",
         )
         .bind(hop)
         .bind(max_messages as i64)
         .bind(PARCEL_OVERHEAD_BYTES as i64)
         .bind(skip.iter().copied().collect::<Vec<i64>>())
+        .bind(i64::from(more_urgent_than))
         .fetch_all(&mut *tx)
         .await?;
         let chosen = &candidates[..fitting(candidates.iter().map(|r| size(r, 4)), max_bytes)];
@@ -143,9 +144,9 @@ impl Store for PgStore {
         self.watched(self.commit_jobs(jobs))
     }
 
-    fn outbox_batch_skipping<'a>(&'a self, hop: &'a str, max_messages: usize, max_bytes: usize, skip: &'a BTreeSet<i64>)
+    fn outbox_batch_skipping<'a>(&'a self, hop: &'a str, max_messages: usize, max_bytes: usize, skip: &'a BTreeSet<i64>, more_urgent_than: u8)
         -> BoxFuture<'a, Result<Vec<OutboxItem>, StorageError>> {
-        self.watched(self.outbox_batch_read(hop, max_messages, max_bytes, skip))
+        self.watched(self.outbox_batch_read(hop, max_messages, max_bytes, skip, more_urgent_than))
     }
 
     fn inbox<'a>(&'a self, unit: &'a str, after: i64, limit: u32, max_bytes: usize) -> BoxFuture<'a, Result<Vec<InboxRecord>, StorageError>> {

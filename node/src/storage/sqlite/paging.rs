@@ -45,13 +45,14 @@ pub(super) async fn outbox_batch(
     max_messages: usize,
     max_bytes: usize,
     skip: &BTreeSet<i64>,
+    more_urgent_than: u8,
 ) -> Result<Vec<OutboxItem>, StorageError> {
     let mut tx = pool.begin().await?;
     let candidates = sqlx::query(
         "SELECT o.seq, o.recipients, o.enqueued_at_ms, o.priority, \
                 length(m.header) + length(m.signature) + length(m.payload) + octet_length(o.recipients) + octet_length(m.hops) + $3 \
          FROM outbox o JOIN messages m ON m.seq = o.message_seq \
-         WHERE o.next_hop = $1 AND o.dead_reason IS NULL AND o.seq NOT IN (SELECT value FROM json_each($4)) \
+         WHERE o.next_hop = $1 AND o.dead_reason IS NULL AND o.priority < $5 AND o.seq NOT IN (SELECT value FROM json_each($4)) \
          ORDER BY o.priority, o.seq LIMIT $2",
     )
     .bind(hop)
@@ -59,6 +60,7 @@ pub(super) async fn outbox_batch(
     .bind(PARCEL_OVERHEAD_BYTES as i64)
     // The filter on the outbox runs before the join, so a skipped entry costs an index step only.
     .bind(serde_json::to_string(skip).expect("positions serialise"))
+    .bind(i64::from(more_urgent_than))
     .fetch_all(&mut *tx)
     .await?;
     let chosen = &candidates[..fitting(candidates.iter().map(|r| size(r, 4)), max_bytes)];

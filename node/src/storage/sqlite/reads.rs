@@ -18,9 +18,9 @@ impl Store for SqliteStore {
         self.watched(self.commit_jobs(jobs))
     }
 
-    fn outbox_batch_skipping<'a>(&'a self, hop: &'a str, max_messages: usize, max_bytes: usize, skip: &'a BTreeSet<i64>)
+    fn outbox_batch_skipping<'a>(&'a self, hop: &'a str, max_messages: usize, max_bytes: usize, skip: &'a BTreeSet<i64>, more_urgent_than: u8)
         -> BoxFuture<'a, Result<Vec<OutboxItem>, StorageError>> {
-        self.watched(paging::outbox_batch(&self.readers, hop, max_messages, max_bytes, skip))
+        self.watched(paging::outbox_batch(&self.readers, hop, max_messages, max_bytes, skip, more_urgent_than))
     }
 
     fn inbox<'a>(&'a self, unit: &'a str, after: i64, limit: u32, max_bytes: usize) -> BoxFuture<'a, Result<Vec<InboxRecord>, StorageError>> {
