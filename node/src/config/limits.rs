@@ -53,6 +53,11 @@ pub struct RelayConfig {
     pub retry_max_ms: u64,
     /// Most write requests folded into one storage transaction (group commit).
     pub commit_max_requests: usize,
+    /// When set, a storage transaction takes no more write requests once it holds this many jobs (a
+    /// request always goes whole). Bounds how long an urgent commit waits for the routine one under
+    /// way, at a cost in throughput (smaller commits write more pages per document); unset by
+    /// default (docs/performance.md).
+    pub commit_max_jobs: Option<usize>,
     /// Batches a forwarder keeps in flight to one neighbour (1 to 4): the next goes out while the
     /// neighbour commits the one before, and acknowledgements are recorded beside the sending.
     pub window_batches: usize,
@@ -66,6 +71,7 @@ impl Default for RelayConfig {
             retry_initial_ms: 200,
             retry_max_ms: 10_000,
             commit_max_requests: 256,
+            commit_max_jobs: None,
             window_batches: 4,
         }
     }

@@ -46,16 +46,21 @@ pub struct Bounds {
 
 /// Concurrent requests (inbound and outbound together: libp2p counts both against one limit) per
 /// connection, per protocol. On a link each side's forwarder keeps up to
-/// [`MAX_WINDOW_BATCHES`] batches in flight, so the custody protocol needs twice that, and two more
-/// for a batch whose answer was lost while its retry goes out; an attachment transfer keeps 4 chunks
+/// [`MAX_WINDOW_BATCHES`] batches in flight and beside them up to [`URGENT_WINDOW_BATCHES`] of urgent
+/// entries, so the custody protocol needs twice their sum, and two more for a batch whose answer was
+/// lost while its retry goes out (a request over the limit is dropped, and its handover fails and
+/// backs off); an attachment transfer keeps 4 chunks
 /// in flight (`relay::attachments`; a routine and an urgent transfer may run at once) and directory changes are pushed as they come (a burst makes
 /// several pushes). These leave room for retries while bounding what a misbehaving neighbour can
 /// make the node buffer.
-const RELAY_STREAMS: usize = 2 * MAX_WINDOW_BATCHES + 2;
+const RELAY_STREAMS: usize = 2 * (MAX_WINDOW_BATCHES + URGENT_WINDOW_BATCHES) + 2;
 
 /// Most custody batches a forwarder keeps in flight on one link (`relay.window_batches` is
 /// checked against it).
 pub const MAX_WINDOW_BATCHES: usize = 4;
+/// Most batches of urgent entries (特急, 加急) a forwarder keeps in flight on one link beside its
+/// window (`relay::window`): they never wait behind the routine batches on the link.
+pub const URGENT_WINDOW_BATCHES: usize = 2;
 /// Attachments: 4 chunks in flight per transfer, a routine and an urgent transfer per direction.
 const ATTACHMENT_STREAMS: usize = 2 * 2 * 4 + 2;
 const DIRECTORY_STREAMS: usize = 8;

@@ -6,7 +6,13 @@
 //! ([`WriteJob::is_urgent`]) wait in their own, and whenever the writer is free it commits those
 //! first, in a transaction of their own. A commit under way is never interrupted (there is one
 //! writer), but an urgent document waits at most for it, not also for the hundreds of routine jobs
-//! that queued up meanwhile and would otherwise share its transaction.
+//! that queued up meanwhile and would otherwise share its transaction. That wait is the length of
+//! a routine transaction: at most `relay.commit_max_requests` requests, and, when
+//! `relay.commit_max_jobs` is set, no more requests once it holds that many jobs. Under a backlog a
+//! recipient's node folds requests of up to a thousand 签收 each into commits of 1,000-3,000 jobs
+//! and 350-890 ms; a bound of 512 jobs about halved the 特急 wait, but cost 6% of the throughput at
+//! full speed and more while a backlog drains (smaller commits write more pages per document), so it
+//! is the operator's choice, unset by default (docs/performance.md).
 //!
 //! At shutdown ([`Committer::stop`]) the committer takes no new request (its callers get an error,
 //! so they acknowledge nothing), commits what is already queued, answers those waiters, and ends.
@@ -38,8 +44,9 @@ pub struct Committer {
 }
 
 impl Committer {
-    /// Starts the task. `max_requests` bounds how many requests one transaction folds together.
-    pub fn spawn(store: Arc<dyn Store>, metrics: Arc<Metrics>, max_requests: usize) -> Committer {
+    /// Starts the task. One transaction folds at most `max_requests` requests, and takes no more
+    /// once it holds `max_jobs` jobs (a request always goes whole).
+    pub fn spawn(store: Arc<dyn Store>, metrics: Arc<Metrics>, max_requests: usize, max_jobs: usize) -> Committer {
         // Bounded: when storage falls behind, callers wait here instead of piling up memory.
         let (tx, mut rx) = mpsc::channel::<Request>(max_requests.max(1) * 2);
         let (urgent_tx, mut urgent_rx) = mpsc::channel::<Request>(max_requests.max(1) * 2);
@@ -54,7 +61,7 @@ impl Committer {
                 let max = max_requests.max(1);
                 let n = if closed {
                     match urgent_rx.recv_many(&mut batch, max).await {
-                        0 => rx.recv_many(&mut batch, max).await,
+                        0 => routine(&mut rx, &mut batch, max, max_jobs).await,
                         n => n,
                     }
                 } else {
@@ -62,7 +69,7 @@ impl Committer {
                     let n = tokio::select! {
                         biased;
                         n = urgent_rx.recv_many(&mut urgent, max) => n,
-                        n = rx.recv_many(&mut batch, max) => n,
+                        n = routine(&mut rx, &mut batch, max, max_jobs) => n,
                         _ = stopping.cancelled() => {
                             // No new requests; what is queued is still committed and answered.
                             urgent_rx.close();
@@ -144,6 +151,26 @@ impl Committer {
     }
 }
 
+/// Waits for the next routine request, then takes those queued behind it without waiting, while the
+/// transaction holds fewer than `max_requests` requests and `max_jobs` jobs. Returns how many it took
+/// (0: the queue is closed and empty). Cancel-safe: a request is taken from the queue only when it
+/// is kept.
+async fn routine(rx: &mut mpsc::Receiver<Request>, batch: &mut Vec<Request>, max_requests: usize, max_jobs: usize) -> usize {
+    let Some(first) = rx.recv().await else { return 0 };
+    let mut jobs = first.n;
+    batch.push(first);
+    while batch.len() < max_requests && jobs < max_jobs {
+        match rx.try_recv() {
+            Ok(r) => {
+                jobs += r.n;
+                batch.push(r);
+            }
+            Err(_) => break,
+        }
+    }
+    batch.len()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,7 +183,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open_standalone(&dir.path().join("node.db")).await.unwrap());
         let metrics = Arc::new(Metrics::new("test"));
-        let committer = Committer::spawn(store.clone(), metrics.clone(), 16);
+        let committer = Committer::spawn(store.clone(), metrics.clone(), 16, 8);
         (dir, store, metrics, committer)
     }
 
@@ -225,6 +252,26 @@ mod tests {
         assert_eq!((a, b, u), (vec![JobOutcome::Stored], vec![JobOutcome::Stored], vec![JobOutcome::Stored]));
         assert_eq!(order.into_inner().unwrap()[0], "urgent", "the urgent document was committed first");
         assert_eq!((metrics.commit_jobs.get_sample_count(), metrics.commit_jobs.get_sample_sum()), (2, 3.0), "alone, then the two routine ones together");
+    }
+
+    /// A transaction takes no more requests once it holds `max_jobs` jobs (8 here), though a request
+    /// always goes whole: the wait of an urgent request behind a routine commit stays bounded. (One
+    /// thread: all requests are queued before the writer first runs.)
+    #[tokio::test]
+    async fn a_transaction_takes_no_more_requests_once_it_holds_max_jobs() {
+        let (_dir, store, metrics, committer) = started().await;
+        let (a, b, c, d) = tokio::join!(
+            committer.commit((1..=5).map(document).collect()),
+            committer.commit((6..=9).map(document).collect()),
+            committer.commit((10..=11).map(document).collect()),
+            committer.commit((12..=20).map(document).collect()),
+        );
+        assert!([a, b, c, d].iter().all(|r| r.as_ref().is_ok_and(|o| o.iter().all(|o| *o == JobOutcome::Stored))));
+        // 5 + 4 reach the bound; then 2 + 9 (the last request whole, beyond the bound).
+        assert_eq!((metrics.commit_jobs.get_sample_count(), metrics.commit_jobs.get_sample_sum()), (2, 20.0), "two transactions, not one");
+        for n in 1..=20 {
+            assert!(store.message(&[n; 32]).await.unwrap().is_some(), "document {n} is durable");
+        }
     }
 
     /// At shutdown the requests already queued are committed and answered; later ones are refused

@@ -85,8 +85,10 @@ pub async fn run(forwarders: Arc<Forwarders>, hop: NodeId, signals: Arc<Signals>
         // carries many documents: fewer pages written per document), and at light load nothing waits.
         // Either way, urgent entries (特急, 加急) may open a batch beyond the window, in a window of
         // their own (`Window::may_overtake`): they must not wait behind routine batches already sent.
+        // And no routine batch goes while urgent ones are on the link: sent together, the two would
+        // race at the next hop, and the routine one could be committed first there.
         let mut urgent_only = false;
-        if window.is_full() || (!window.is_empty() && !backlog) {
+        if window.is_full() || (!window.is_empty() && !backlog) || window.urgent_on_the_link() {
             tokio::select! {
                 end = window.next_finished() => {
                     if let Some(end) = end {
@@ -324,7 +326,7 @@ fn to_request(dir: &crate::directory::Directory, items: Vec<OutboxItem>) -> (Tra
 /// documents that entered here, the recipients' new state.
 pub fn acknowledged(here: &NodeId, hop: &NodeId, sent: &[Sent], results: &[ParcelResult]) -> Record {
     let now = exchange_wire::now_ms();
-    let mut r = Record::default();
+    let mut r = Record { urgent: sent.iter().any(|s| exchange_wire::Priority::is_urgent_rank(s.priority)), ..Record::default() };
     for (s, res) in sent.iter().zip(results) {
         let (state, detail) = match res {
             ParcelResult::Stored | ParcelResult::Duplicate => {
@@ -482,5 +484,27 @@ mod tests {
         assert_eq!((ranks(&batch), left), (vec![], true), "but no routine entry");
         let (batch, left) = urgent_apart(entries(&[]), false);
         assert_eq!((ranks(&batch), left), (vec![], false));
+    }
+
+    /// The answer for a batch of urgent entries is recorded ahead of routine commits, so the link's
+    /// few urgent batches are free again at once; a routine batch's answer waits its turn.
+    #[test]
+    fn the_answer_for_urgent_entries_is_recorded_as_urgent() {
+        let sent = |rank: u8| Sent {
+            seq: 1,
+            priority: rank,
+            message_id: [1; 32],
+            kind: "document".into(),
+            enqueued_at_ms: 0,
+            recipients: vec![],
+            origin_kind: None,
+            header: vec![],
+        };
+        let (here, hop): (NodeId, NodeId) = ("gz".parse().unwrap(), "gz.haizhu".parse().unwrap());
+        for (rank, urgent) in [(0, true), (1, true), (2, false)] {
+            let record = acknowledged(&here, &hop, &[sent(rank)], &[ParcelResult::Stored]);
+            assert_eq!(record.outbox_done, [1]);
+            assert_eq!(WriteJob::Record(record).is_urgent(), urgent, "rank {rank}");
+        }
     }
 }

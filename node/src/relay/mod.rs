@@ -123,7 +123,7 @@ impl Engine {
         let attachments = crate::storage::attachments::AttachmentStore::open(&cfg.attachments_dir(), cfg.attachments.upload_limits()).map_err(|e| {
             anyhow::anyhow!("cannot open the attachment store {}: {e}", cfg.attachments_dir().display())
         })?;
-        let committer = Committer::spawn(store.clone(), metrics.clone(), cfg.relay.commit_max_requests);
+        let committer = Committer::spawn(store.clone(), metrics.clone(), cfg.relay.commit_max_requests, cfg.relay.commit_max_jobs.unwrap_or(usize::MAX));
         let tasks = crate::tasks::Tasks::new();
         let verifier = verifier::Verifier::spawn(&tasks, verifier::MAX_SIGNATURES, verifier::in_flight());
         let services = Arc::new(Services {

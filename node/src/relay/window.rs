@@ -18,10 +18,13 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 
 use super::signals::Signals;
+use crate::network::behaviour::URGENT_WINDOW_BATCHES;
 
 /// The batches on the link to one neighbour; `T` is what a handover reports when it ends.
 pub struct Window<T> {
     size: usize,
+    /// Urgent batches beside the window: `size`, at most [`URGENT_WINDOW_BATCHES`].
+    urgent_size: usize,
     max_bytes: usize,
     flights: JoinSet<T>,
     on_the_link: Arc<Mutex<OnTheLink>>,
@@ -65,7 +68,7 @@ impl<T: Send + 'static> Window<T> {
     /// A window of `size` batches (at least one) and `max_bytes` on the wire: a batch is opened
     /// while fewer bytes are on the link, and reads at most what is left (see [`Window::bytes_left`]).
     pub fn new(size: usize, max_bytes: usize) -> Window<T> {
-        Window { size: size.max(1), max_bytes, flights: JoinSet::new(), on_the_link: Arc::default() }
+        Window { size: size.max(1), urgent_size: size.clamp(1, URGENT_WINDOW_BATCHES), max_bytes, flights: JoinSet::new(), on_the_link: Arc::default() }
     }
 
     /// Whether `size` batches, or `max_bytes`, are on the link. An empty window is never full,
@@ -81,12 +84,18 @@ impl<T: Send + 'static> Window<T> {
     }
 
     /// Whether a batch of urgent entries (特急, 加急) may go, full window or not: urgent batches have
-    /// a window of their own beside the routine one, of the same bounds (`size` batches, `max_bytes`
-    /// and one message more). With a single batch beyond the window, the second urgent document of
-    /// a burst waited for a routine batch's round trip at every hop (about half a second under load).
+    /// a window of their own beside the routine one (up to [`URGENT_WINDOW_BATCHES`] batches, and
+    /// `max_bytes` and one message more). With a single batch beyond the window, and only for
+    /// entries more urgent than the link, the second urgent document of a burst waited for a routine
+    /// batch's round trip at every hop (about half a second under load).
     pub fn may_overtake(&self) -> bool {
         let held = self.on_the_link.lock().unwrap_or_else(|p| p.into_inner());
-        held.urgent_batches < self.size && (held.urgent_batches == 0 || held.urgent_bytes < self.max_bytes)
+        held.urgent_batches < self.urgent_size && (held.urgent_batches == 0 || held.urgent_bytes < self.max_bytes)
+    }
+
+    /// Whether a batch of urgent entries is on the link.
+    pub fn urgent_on_the_link(&self) -> bool {
+        self.on_the_link.lock().unwrap_or_else(|p| p.into_inner()).urgent_batches > 0
     }
 
     /// How many more bytes the next urgent batch may hold (it goes whatever its size when no urgent
@@ -219,25 +228,30 @@ mod tests {
         assert!(w.is_full());
     }
 
-    /// Urgent batches (特急, 加急) have a window of their own beside the routine one, of the same
-    /// bounds in batches and bytes: they go beyond a full window of routine batches, never beyond
-    /// their own.
+    /// Urgent batches (特急, 加急) have a window of their own beside the routine one, bounded in
+    /// batches and bytes: they go beyond a full window of routine batches, never beyond their own.
     #[tokio::test]
     async fn urgent_batches_have_a_window_of_their_own() {
-        let mut w: Window<()> = Window::new(2, 8 << 20);
-        w.open([1], 2, 1000, std::future::pending());
-        w.open([2], 2, 1000, std::future::pending());
+        assert_eq!(URGENT_WINDOW_BATCHES, 2, "the counts below");
+        let mut w: Window<()> = Window::new(4, 8 << 20);
+        for seq in 1..=4 {
+            w.open([seq], 2, 1000, std::future::pending());
+        }
         assert!(w.is_full() && w.may_overtake(), "routine batches fill the window, not the urgent one");
-        w.open([3], 0, 1000, std::future::pending());
+        w.open([5], 0, 1000, std::future::pending());
         assert!(w.may_overtake(), "a second urgent batch may follow the first beyond the window");
         assert_eq!(w.urgent_bytes_left(), (8 << 20) - 1000);
-        w.open([4], 1, 1000, std::future::pending());
+        w.open([6], 1, 1000, std::future::pending());
         assert!(!w.may_overtake(), "two urgent batches: their window is full");
-        assert_eq!(w.entries().len(), 4);
+        assert_eq!(w.entries().len(), 6);
+
+        let mut w: Window<()> = Window::new(1, 8 << 20);
+        w.open([1], 0, 1000, std::future::pending());
+        assert!(!w.may_overtake(), "a window of one batch has one urgent batch beside it");
 
         let mut w: Window<()> = Window::new(4, 8 << 20);
         w.open([1], 0, 8 << 20, std::future::pending());
-        assert!(!w.may_overtake(), "one urgent batch of four, but its bytes are on the link");
+        assert!(!w.may_overtake(), "one urgent batch, but its bytes are on the link");
         assert_eq!(w.urgent_bytes_left(), 0);
     }
 }

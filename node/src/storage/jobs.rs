@@ -32,6 +32,10 @@ pub struct Record {
     pub outbox_dead: Vec<(i64, String)>,
     pub tracking: Vec<TrackingRow>,
     pub events: Vec<EventRow>,
+    /// It records the handover of 特急 or 加急 entries: committed ahead of routine work (see
+    /// [`WriteJob::is_urgent`]), so that the link's few urgent batches are free again without
+    /// waiting for a routine commit. Not stored.
+    pub urgent: bool,
 }
 
 /// A change to node state outside custody (operators' actions, directory segments, tokens); always
@@ -76,11 +80,13 @@ pub enum WriteJob {
 
 impl WriteJob {
     /// Whether this job takes custody of a 特急 or 加急 message (a document, or a receipt signed for
-    /// one): the committer lets such jobs go ahead of routine ones.
+    /// one) or records a neighbour's answer for such messages: the committer lets such jobs go ahead
+    /// of routine ones.
     pub fn is_urgent(&self) -> bool {
         let custody = match self {
             WriteJob::Custody(c) => c,
             WriteJob::SignFor { receipt, .. } => receipt,
+            WriteJob::Record(r) => return r.urgent,
             _ => return false,
         };
         custody.message.as_ref().is_some_and(|m| exchange_wire::Priority::is_urgent_rank(m.priority))
