@@ -9,6 +9,11 @@
 //! batches (4 × 8 MiB) held, at both ends, several copies of each payload at once (read, encoded, on
 //! the connection, decoded, bound for the commit), and a node moving 8 MiB documents passed 256 MiB
 //! resident. Small documents never reach the byte bound and keep the whole window.
+//!
+//! Batches of urgent entries (特急, 加急) may go beyond a full window, up to
+//! [`URGENT_WINDOW_BATCHES`] of them and `max_bytes` together ([`Window::may_overtake`]); every batch
+//! on the link, urgent or not, counts towards the window itself. So a link holds at most
+//! `size + URGENT_WINDOW_BATCHES` batches, which `network::behaviour` allows for.
 
 use std::collections::BTreeSet;
 use std::future::Future;

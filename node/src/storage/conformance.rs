@@ -148,7 +148,8 @@ pub async fn outbox_serves_urgent_first_and_forgets_what_was_acknowledged(store:
     commit(store, vec![WriteJob::Custody(document(6, 0, Some("gz"), &[], 6))]).await;
     let next = store.outbox_batch_skipping("gz", 2, usize::MAX, &on_the_link, u8::MAX).await.unwrap();
     assert_eq!(next.iter().map(|b| b.message_id[0]).collect::<Vec<_>>(), [6, 1], "urgent first, even behind batches in flight");
-    // The one batch that may overtake a full window reads only what is more urgent than the link.
+    // A batch beyond a full window reads only entries more urgent than a rank (the forwarder's
+    // urgent batches: more urgent than routine).
     for (more_urgent_than, expected, why) in [
         (1, vec![6], "特急 only"),
         (2, vec![6], "特急 and 加急: the 加急 entry is on the link, the routine ones are not read"),

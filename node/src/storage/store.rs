@@ -28,9 +28,9 @@ pub trait Store: Send + Sync + 'static {
     /// As [`Store::outbox_batch`], leaving out the entries whose positions are in `skip` (a
     /// forwarder's batches already on the link, not yet acknowledged) and those whose priority rank
     /// is not below `more_urgent_than` (`u8::MAX`: none). The entries skipped cost only their keys;
-    /// no payload of theirs is loaded. The rank bound is the one urgent batch that may overtake a full
-    /// window: reading a whole routine batch only to keep its urgent entries loaded hundreds of
-    /// payloads for nothing while the urgent ones waited.
+    /// no payload of theirs is loaded. The rank bound is for the batches of urgent entries that go
+    /// beyond a full window: reading a whole routine batch only to keep its urgent entries loaded
+    /// hundreds of payloads for nothing while the urgent ones waited.
     fn outbox_batch_skipping<'a>(&'a self, hop: &'a str, max_messages: usize, max_bytes: usize, skip: &'a BTreeSet<i64>, more_urgent_than: u8)
         -> BoxFuture<'a, Result<Vec<OutboxItem>, StorageError>>;
     /// A unit's inbox after `after`: at most `limit` entries and `max_bytes` of stored messages
