@@ -2,7 +2,7 @@
 //! rendered at `/metrics`. `docs/metrics.md` documents every series; `deploy/` builds on them.
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
 };
 
@@ -36,6 +36,8 @@ pub struct Metrics {
     /// Group-commit transactions: duration and jobs per transaction; storage failures.
     pub commit_seconds: Histogram,
     pub commit_jobs: Histogram,
+    /// Routine transactions that ended early for urgent work (see `relay::committer`).
+    pub commits_ended_early: IntCounter,
     pub storage_errors: IntCounterVec,
     /// Free space under the data directory, the reserve kept back, whether new work is taken, whether
     /// the database is undamaged, and storage faults by kind (see `storage::health`).
@@ -160,6 +162,10 @@ impl Metrics {
             commit_jobs: register!(Histogram::with_opts(
                 HistogramOpts::new("exchange_storage_commit_jobs", "Write jobs folded into one group commit.")
                     .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0])
+            )),
+            commits_ended_early: register!(IntCounter::new(
+                "exchange_storage_commits_ended_early_total",
+                "Routine group commits that ended after a part, before all their jobs, because urgent (特急, 加急) work was waiting."
             )),
             storage_errors: counter("exchange_storage_errors_total", "Storage operations that failed.", &["operation"]),
             storage_free_bytes: register!(IntGauge::new(

@@ -54,9 +54,9 @@ pub struct RelayConfig {
     /// Most write requests folded into one storage transaction (group commit).
     pub commit_max_requests: usize,
     /// When set, a storage transaction takes no more write requests once it holds this many jobs (a
-    /// request always goes whole). Bounds how long an urgent commit waits for the routine one under
-    /// way, at a cost in throughput (smaller commits write more pages per document); unset by
-    /// default (docs/performance.md).
+    /// request always goes whole), at a cost in throughput (smaller commits write more pages per
+    /// document); unset by default. A routine transaction already ends early when urgent work
+    /// arrives (`relay::committer`), so this shortens that wait little (docs/performance.md).
     pub commit_max_jobs: Option<usize>,
     /// Batches a forwarder keeps in flight to one neighbour (1 to 4): the next goes out while the
     /// neighbour commits the one before, and acknowledgements are recorded beside the sending.

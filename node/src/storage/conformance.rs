@@ -35,6 +35,7 @@ macro_rules! conformance_suite {
             a_message_s_events_are_found_whether_held_or_not,
             nothing_is_queued_for_a_message_not_held,
             a_failed_transaction_commits_nothing,
+            a_transaction_in_parts_ends_early_when_asked,
             segments_only_move_to_newer_versions,
             tokens_and_webhooks_are_kept,
             attachments_are_in_use_while_a_message_needs_them,
@@ -416,6 +417,27 @@ pub async fn a_failed_transaction_commits_nothing(store: &dyn Store) {
     // And the store goes on: the same document commits now, and its event chains onto the old head.
     assert_eq!(commit(store, vec![WriteJob::Custody(document(1, 2, Some("gz"), &[UNIT_A], 1))]).await, [JobOutcome::Stored]);
     assert_eq!(store.audit_verify().await.unwrap().first_break, None);
+}
+
+/// A transaction in parts ends early when asked, and only between parts: what was applied is
+/// committed and its outcomes returned, nothing after it is. Parts see each other as transactions
+/// in sequence would (a duplicate across parts, a 签收 of a document from an earlier part), and the
+/// audit chain stays whole.
+pub async fn a_transaction_in_parts_ends_early_when_asked(store: &dyn Store) {
+    let doc = |n| WriteJob::Custody(document(n, 2, None, &[UNIT_A], n as i64));
+    let jobs = vec![doc(1), doc(2), doc(1), settle(UNIT_A, 1, "signed-for", 101), doc(3)];
+    let asked = std::sync::atomic::AtomicUsize::new(0);
+    let second_time = || asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= 1;
+    let outcomes = store.commit_parts(&jobs, &[2, 4], &second_time).await.expect("the commit succeeds");
+    assert_eq!(outcomes, [JobOutcome::Stored, JobOutcome::Stored, JobOutcome::Duplicate, JobOutcome::Stored], "two parts of three");
+    assert_eq!(asked.into_inner(), 2, "asked after each part but the last");
+    assert!(store.message(&id(3)).await.unwrap().is_none(), "the part after the end is not applied");
+    assert_eq!(inbox_state(store, UNIT_A, 1).await.as_deref(), Some("signed-for"), "the 签收 met the document of the part before");
+    // One part (cuts out of range are passed over): never asked, committed whole.
+    let rest = store.commit_parts(&jobs[4..], &[0, 7], &|| panic!("asked to end a transaction of one part")).await.unwrap();
+    assert_eq!(rest, [JobOutcome::Stored]);
+    let check = store.audit_verify().await.unwrap();
+    assert_eq!((check.entries, check.first_break), (4, None), "documents 1, 2, 3 and the receipt, chained");
 }
 
 pub async fn segments_only_move_to_newer_versions(store: &dyn Store) {

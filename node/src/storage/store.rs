@@ -13,11 +13,40 @@ use super::{recovery, sharing};
 /// Nothing to skip (see [`Store::outbox_batch_skipping`]).
 static EMPTY_SKIP: BTreeSet<i64> = BTreeSet::new();
 
+/// A transaction that never ends early (see [`Store::commit_parts`]).
+fn never() -> bool {
+    false
+}
+
+/// The parts of `jobs` that `cuts` mark (see [`Store::commit_parts`]): the end of each, the last
+/// one `jobs.len()`; cuts out of order or out of range are passed over.
+pub(crate) fn part_ends(len: usize, cuts: &[usize]) -> Vec<usize> {
+    let mut ends: Vec<usize> = Vec::with_capacity(cuts.len() + 1);
+    for &c in cuts {
+        if c > ends.last().copied().unwrap_or(0) && c < len {
+            ends.push(c);
+        }
+    }
+    ends.push(len);
+    ends
+}
+
 /// The storage interface. Every method is a single transaction.
 pub trait Store: Send + Sync + 'static {
     /// Applies jobs in one transaction, in order; returns one outcome per job. Returns an error (and
     /// commits nothing) if the transaction fails.
-    fn commit<'a>(&'a self, jobs: &'a [WriteJob]) -> BoxFuture<'a, Result<Vec<JobOutcome>, StorageError>>;
+    fn commit<'a>(&'a self, jobs: &'a [WriteJob]) -> BoxFuture<'a, Result<Vec<JobOutcome>, StorageError>> {
+        self.commit_parts(jobs, &[], &never)
+    }
+    /// As [`Store::commit`], but the transaction may end early: `cuts` are positions in `jobs`
+    /// (ascending) where one part ends and the next begins. After each part but the last the store
+    /// asks `end_early`; if it says so, the parts applied so far are committed and only their
+    /// outcomes returned (a prefix of `jobs`: the caller commits the rest later). Applying parts in
+    /// one transaction is the same as committing them one after another, only with one fsync. The
+    /// group committer ends a routine transaction so when 特急 work arrives: a recipient's node can
+    /// take a thousand 签收 in one transaction, and the urgent document would wait for all of them.
+    fn commit_parts<'a>(&'a self, jobs: &'a [WriteJob], cuts: &'a [usize], end_early: &'a (dyn Fn() -> bool + Send + Sync))
+        -> BoxFuture<'a, Result<Vec<JobOutcome>, StorageError>>;
     /// Live outbox entries for `hop`, urgent first: at most `max_messages`, and at most `max_bytes`
     /// of parcels as encoded on the wire (`network::protocol::parcel_size_bound`), except that the
     /// first entry goes whatever its size. Cut to size before any payload is loaded.

@@ -13,12 +13,13 @@ use crate::storage::error::StorageError;
 use crate::storage::gather::{Rows, SEQ_OF_MESSAGE, Settlements, collect_ids, settling_ids, tracked_ids, tracking_of_held};
 use crate::storage::jobs::*;
 use crate::storage::model::*;
+use crate::storage::store::part_ends;
 
 impl PgStore {
-    /// The transaction itself: take the write lock, dedupe against held ids, gather every job's rows,
-    /// write them as multi-row statements, append the audit chain, count the commit, commit. A
-    /// failure anywhere drops the transaction (rolled back) and is returned.
-    pub(super) async fn commit_jobs(&self, jobs: &[WriteJob]) -> Result<Vec<JobOutcome>, StorageError> {
+    /// The transaction itself: take the write lock, apply its parts one after another (ending
+    /// early when `end_early` says so between two), count the commit, commit. Returns the outcomes
+    /// of the jobs committed. A failure anywhere drops the transaction (rolled back) and is returned.
+    pub(super) async fn commit_jobs(&self, jobs: &[WriteJob], cuts: &[usize], end_early: &(dyn Fn() -> bool + Send + Sync)) -> Result<Vec<JobOutcome>, StorageError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(WRITE_LOCK).execute(&mut *tx).await?;
         if let Some(lease) = &self.lease {
@@ -27,69 +28,84 @@ impl PgStore {
                 return Err(e);
             }
         }
-        let mut ids = Vec::new();
-        for j in jobs {
-            if let WriteJob::Custody(c) | WriteJob::SignFor { receipt: c, .. } = j {
-                collect_ids(c, &mut ids);
-            }
-        }
-        let mut held = existing_ids(&mut tx, &ids).await?;
-        let mut settlements = Settlements::new(inbox_entries(&mut tx, &settling_ids(jobs)).await?);
-        let mut rows = Rows::default();
         let mut outcomes = Vec::with_capacity(jobs.len());
-        for j in jobs {
-            let outcome = match j {
-                WriteJob::Custody(c) => {
-                    if rows.add_custody(c, &mut held) { JobOutcome::Stored } else { JobOutcome::Duplicate }
-                }
-                WriteJob::SignFor { unit, message_id, state, receipt } => {
-                    let receipt_id = receipt.message.as_ref().map(|m| m.id).unwrap_or([0; 32]);
-                    match settlements.settle(unit, message_id, state, &receipt_id) {
-                        None => {
-                            rows.add_custody(receipt, &mut held);
-                            JobOutcome::Stored
-                        }
-                        Some(o) => o,
-                    }
-                }
-                WriteJob::Record(r) => {
-                    apply_outbox_record(&mut tx, r).await?;
-                    rows.add_record(r);
-                    JobOutcome::Stored
-                }
-                WriteJob::Admin { op, events } => {
-                    let n = apply_admin(&mut tx, op).await?;
-                    rows.events.extend(events);
-                    JobOutcome::Affected(n)
-                }
-                WriteJob::Sharing(job) => {
-                    let outcome = sharing::apply_job(&mut tx, job).await?;
-                    if matches!(outcome, JobOutcome::Stored | JobOutcome::Affected(_)) {
-                        let (messages, events) = sharing::job_parts(job);
-                        for c in messages {
-                            rows.add_custody(c, &mut held);
-                        }
-                        rows.events.extend(events);
-                    }
-                    outcome
-                }
-                WriteJob::Probe { at_ms } => {
-                    sqlx::query("UPDATE node_state SET value = $1 WHERE key = 'probe'").bind(at_ms).execute(&mut *tx).await?;
-                    JobOutcome::Stored
-                }
-            };
-            outcomes.push(outcome);
+        let mut start = 0;
+        for end in part_ends(jobs.len(), cuts) {
+            if start > 0 && end_early() {
+                break;
+            }
+            outcomes.extend(apply_part(&mut tx, &jobs[start..end]).await?);
+            start = end;
         }
-        write_settlements(&mut tx, &settlements.applied).await?;
-        insert_rows(&mut tx, &rows).await?;
-        // After the inbox rows: a recall may arrive in the same batch as its document.
-        apply_recalls(&mut tx, &rows.recalls, &rows.recalls_reported).await?;
-        sharing::apply_rows(&mut tx, &rows.sharing).await?;
-        append_audit(&mut tx, &rows.events).await?;
         sqlx::query("UPDATE node_state SET value = value + 1 WHERE key = 'commits'").execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(outcomes)
     }
+}
+
+/// One part of a transaction: dedupe against the ids held (earlier parts included), gather every
+/// job's rows, write them as multi-row statements, append them to the audit chain.
+async fn apply_part(tx: &mut Transaction<'_, Postgres>, jobs: &[WriteJob]) -> Result<Vec<JobOutcome>, StorageError> {
+    let mut ids = Vec::new();
+    for j in jobs {
+        if let WriteJob::Custody(c) | WriteJob::SignFor { receipt: c, .. } = j {
+            collect_ids(c, &mut ids);
+        }
+    }
+    let mut held = existing_ids(tx, &ids).await?;
+    let mut settlements = Settlements::new(inbox_entries(tx, &settling_ids(jobs)).await?);
+    let mut rows = Rows::default();
+    let mut outcomes = Vec::with_capacity(jobs.len());
+    for j in jobs {
+        let outcome = match j {
+            WriteJob::Custody(c) => {
+                if rows.add_custody(c, &mut held) { JobOutcome::Stored } else { JobOutcome::Duplicate }
+            }
+            WriteJob::SignFor { unit, message_id, state, receipt } => {
+                let receipt_id = receipt.message.as_ref().map(|m| m.id).unwrap_or([0; 32]);
+                match settlements.settle(unit, message_id, state, &receipt_id) {
+                    None => {
+                        rows.add_custody(receipt, &mut held);
+                        JobOutcome::Stored
+                    }
+                    Some(o) => o,
+                }
+            }
+            WriteJob::Record(r) => {
+                apply_outbox_record(tx, r).await?;
+                rows.add_record(r);
+                JobOutcome::Stored
+            }
+            WriteJob::Admin { op, events } => {
+                let n = apply_admin(tx, op).await?;
+                rows.events.extend(events);
+                JobOutcome::Affected(n)
+            }
+            WriteJob::Sharing(job) => {
+                let outcome = sharing::apply_job(tx, job).await?;
+                if matches!(outcome, JobOutcome::Stored | JobOutcome::Affected(_)) {
+                    let (messages, events) = sharing::job_parts(job);
+                    for c in messages {
+                        rows.add_custody(c, &mut held);
+                    }
+                    rows.events.extend(events);
+                }
+                outcome
+            }
+            WriteJob::Probe { at_ms } => {
+                sqlx::query("UPDATE node_state SET value = $1 WHERE key = 'probe'").bind(at_ms).execute(&mut **tx).await?;
+                JobOutcome::Stored
+            }
+        };
+        outcomes.push(outcome);
+    }
+    write_settlements(tx, &settlements.applied).await?;
+    insert_rows(tx, &rows).await?;
+    // After the inbox rows: a recall may arrive in the same batch as its document.
+    apply_recalls(tx, &rows.recalls, &rows.recalls_reported).await?;
+    sharing::apply_rows(tx, &rows.sharing).await?;
+    append_audit(tx, &rows.events).await?;
+    Ok(outcomes)
 }
 
 async fn existing_ids(tx: &mut Transaction<'_, Postgres>, ids: &[[u8; 32]]) -> Result<HashSet<[u8; 32]>, sqlx::Error> {

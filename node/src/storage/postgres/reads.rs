@@ -140,8 +140,9 @@ impl PgStore {
 }
 
 impl Store for PgStore {
-    fn commit<'a>(&'a self, jobs: &'a [WriteJob]) -> BoxFuture<'a, Result<Vec<JobOutcome>, StorageError>> {
-        self.watched(self.commit_jobs(jobs))
+    fn commit_parts<'a>(&'a self, jobs: &'a [WriteJob], cuts: &'a [usize], end_early: &'a (dyn Fn() -> bool + Send + Sync))
+        -> BoxFuture<'a, Result<Vec<JobOutcome>, StorageError>> {
+        self.watched(self.commit_jobs(jobs, cuts, end_early))
     }
 
     fn outbox_batch_skipping<'a>(&'a self, hop: &'a str, max_messages: usize, max_bytes: usize, skip: &'a BTreeSet<i64>, more_urgent_than: u8)

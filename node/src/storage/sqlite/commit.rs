@@ -15,13 +15,14 @@ use crate::storage::error::StorageError;
 use crate::storage::gather::{Rows, SEQ_OF_MESSAGE, Settlements, collect_ids, settling_ids, tracked_ids, tracking_of_held};
 use crate::storage::jobs::*;
 use crate::storage::model::*;
+use crate::storage::store::part_ends;
 
 impl SqliteStore {
     /// Applies `jobs` in one transaction on the writer connection. After any failure the connection
     /// is closed (SQLite rolls back whatever it still had open) and a fresh one is opened for the next
     /// transaction: a failed `COMMIT` can leave a transaction open, and later transactions on that
     /// connection would only nest inside it as savepoints and never become durable.
-    pub(super) async fn commit_jobs(&self, jobs: &[WriteJob]) -> Result<Vec<JobOutcome>, StorageError> {
+    pub(super) async fn commit_jobs(&self, jobs: &[WriteJob], cuts: &[usize], end_early: &(dyn Fn() -> bool + Send + Sync)) -> Result<Vec<JobOutcome>, StorageError> {
         let mut conn = self.writer.acquire().await?;
         if !writer_in_autocommit(&mut conn).await? {
             tracing::error!("the storage writer was left inside a transaction; reopening it");
@@ -31,7 +32,7 @@ impl SqliteStore {
                 return Err(StorageError::Corrupt("a fresh writer connection is inside a transaction".into()));
             }
         }
-        match self.apply_jobs(&mut conn, jobs).await {
+        match self.apply_jobs(&mut conn, jobs, cuts, end_early).await {
             Ok((outcomes, commits)) => {
                 // The mark may lag the database (a crash right here), never lead it: it is written
                 // only after the commit is durable.
@@ -50,79 +51,95 @@ impl SqliteStore {
         }
     }
 
-    /// The transaction itself: dedupe against held ids, gather every job's rows, write them as
-    /// multi-row statements, append the audit chain, count the commit. Returns the outcomes and the
-    /// new commit count.
-    async fn apply_jobs(&self, conn: &mut sqlx::pool::PoolConnection<Sqlite>, jobs: &[WriteJob]) -> Result<(Vec<JobOutcome>, u64), StorageError> {
+    /// The transaction itself: its parts one after another (ending early when `end_early` says so
+    /// between two), then the commit count, then the commit. Returns the outcomes of the jobs
+    /// committed and the new commit count.
+    async fn apply_jobs(&self, conn: &mut sqlx::pool::PoolConnection<Sqlite>, jobs: &[WriteJob], cuts: &[usize], end_early: &(dyn Fn() -> bool + Send + Sync))
+        -> Result<(Vec<JobOutcome>, u64), StorageError> {
         let mut tx = sqlx::Connection::begin(&mut **conn).await?;
-        let mut ids = Vec::new();
-        for j in jobs {
-            match j {
-                WriteJob::Custody(c) | WriteJob::SignFor { receipt: c, .. } => collect_ids(c, &mut ids),
-                WriteJob::Record(_) | WriteJob::Admin { .. } | WriteJob::Sharing(_) | WriteJob::Probe { .. } => {}
-            }
-        }
-        let mut held = existing_ids(&mut tx, &ids).await?;
-        let mut settlements = Settlements::new(inbox_entries(&mut tx, &settling_ids(jobs)).await?);
-        let mut rows = Rows::default();
+        let mut head = *self.chain_head.lock().expect("chain head lock");
         let mut outcomes = Vec::with_capacity(jobs.len());
-        for j in jobs {
-            let outcome = match j {
-                WriteJob::Custody(c) => {
-                    if rows.add_custody(c, &mut held) { JobOutcome::Stored } else { JobOutcome::Duplicate }
-                }
-                WriteJob::SignFor { unit, message_id, state, receipt } => {
-                    let receipt_id = receipt.message.as_ref().map(|m| m.id).unwrap_or([0; 32]);
-                    match settlements.settle(unit, message_id, state, &receipt_id) {
-                        None => {
-                            rows.add_custody(receipt, &mut held);
-                            JobOutcome::Stored
-                        }
-                        Some(o) => o,
-                    }
-                }
-                WriteJob::Record(r) => {
-                    apply_outbox_record(&mut tx, r).await?;
-                    rows.add_record(r);
-                    JobOutcome::Stored
-                }
-                WriteJob::Admin { op, events } => {
-                    let n = apply_admin(&mut tx, op).await?;
-                    rows.events.extend(events);
-                    JobOutcome::Affected(n)
-                }
-                WriteJob::Sharing(job) => {
-                    let outcome = sharing::apply_job(&mut tx, job).await?;
-                    if matches!(outcome, JobOutcome::Stored | JobOutcome::Affected(_)) {
-                        let (messages, events) = sharing::job_parts(job);
-                        for c in messages {
-                            rows.add_custody(c, &mut held);
-                        }
-                        rows.events.extend(events);
-                    }
-                    outcome
-                }
-                WriteJob::Probe { at_ms } => {
-                    sqlx::query("UPDATE node_state SET value = $1 WHERE key = 'probe'").bind(at_ms).execute(&mut *tx).await?;
-                    JobOutcome::Stored
-                }
-            };
-            outcomes.push(outcome);
+        let mut start = 0;
+        for end in part_ends(jobs.len(), cuts) {
+            if start > 0 && end_early() {
+                break;
+            }
+            outcomes.extend(apply_part(&mut tx, &jobs[start..end], &mut head).await?);
+            start = end;
         }
-        write_settlements(&mut tx, &settlements.applied).await?;
-        insert_rows(&mut tx, &rows).await?;
-        // After the inbox rows: a recall may arrive in the same batch as its document.
-        apply_recalls(&mut tx, &rows.recalls, &rows.recalls_reported).await?;
-        sharing::apply_rows(&mut tx, &rows.sharing).await?;
-        let head = *self.chain_head.lock().expect("chain head lock");
-        let new_head = append_audit(&mut tx, &rows.events, head).await?;
         let commits: i64 = sqlx::query_scalar("UPDATE node_state SET value = value + 1 WHERE key = 'commits' RETURNING value")
             .fetch_one(&mut *tx)
             .await?;
         tx.commit().await?;
-        *self.chain_head.lock().expect("chain head lock") = new_head;
+        *self.chain_head.lock().expect("chain head lock") = head;
         Ok((outcomes, commits as u64))
     }
+}
+
+/// One part of a transaction: dedupe against the ids held (earlier parts included), gather every
+/// job's rows, write them as multi-row statements, append them to the audit chain at `head`.
+async fn apply_part(tx: &mut Transaction<'_, Sqlite>, jobs: &[WriteJob], head: &mut [u8; 32]) -> Result<Vec<JobOutcome>, StorageError> {
+    let mut ids = Vec::new();
+    for j in jobs {
+        match j {
+            WriteJob::Custody(c) | WriteJob::SignFor { receipt: c, .. } => collect_ids(c, &mut ids),
+            WriteJob::Record(_) | WriteJob::Admin { .. } | WriteJob::Sharing(_) | WriteJob::Probe { .. } => {}
+        }
+    }
+    let mut held = existing_ids(tx, &ids).await?;
+    let mut settlements = Settlements::new(inbox_entries(tx, &settling_ids(jobs)).await?);
+    let mut rows = Rows::default();
+    let mut outcomes = Vec::with_capacity(jobs.len());
+    for j in jobs {
+        let outcome = match j {
+            WriteJob::Custody(c) => {
+                if rows.add_custody(c, &mut held) { JobOutcome::Stored } else { JobOutcome::Duplicate }
+            }
+            WriteJob::SignFor { unit, message_id, state, receipt } => {
+                let receipt_id = receipt.message.as_ref().map(|m| m.id).unwrap_or([0; 32]);
+                match settlements.settle(unit, message_id, state, &receipt_id) {
+                    None => {
+                        rows.add_custody(receipt, &mut held);
+                        JobOutcome::Stored
+                    }
+                    Some(o) => o,
+                }
+            }
+            WriteJob::Record(r) => {
+                apply_outbox_record(tx, r).await?;
+                rows.add_record(r);
+                JobOutcome::Stored
+            }
+            WriteJob::Admin { op, events } => {
+                let n = apply_admin(tx, op).await?;
+                rows.events.extend(events);
+                JobOutcome::Affected(n)
+            }
+            WriteJob::Sharing(job) => {
+                let outcome = sharing::apply_job(tx, job).await?;
+                if matches!(outcome, JobOutcome::Stored | JobOutcome::Affected(_)) {
+                    let (messages, events) = sharing::job_parts(job);
+                    for c in messages {
+                        rows.add_custody(c, &mut held);
+                    }
+                    rows.events.extend(events);
+                }
+                outcome
+            }
+            WriteJob::Probe { at_ms } => {
+                sqlx::query("UPDATE node_state SET value = $1 WHERE key = 'probe'").bind(at_ms).execute(&mut **tx).await?;
+                JobOutcome::Stored
+            }
+        };
+        outcomes.push(outcome);
+    }
+    write_settlements(tx, &settlements.applied).await?;
+    insert_rows(tx, &rows).await?;
+    // After the inbox rows: a recall may arrive in the same batch as its document.
+    apply_recalls(tx, &rows.recalls, &rows.recalls_reported).await?;
+    sharing::apply_rows(tx, &rows.sharing).await?;
+    *head = append_audit(tx, &rows.events, *head).await?;
+    Ok(outcomes)
 }
 
 /// Whether the writer connection is outside any transaction (SQLite's autocommit mode).
