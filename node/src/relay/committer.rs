@@ -260,7 +260,6 @@ fn part_cuts(batch: &[Request]) -> Vec<usize> {
     cuts
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,13 +12,25 @@ use super::model::*;
 use super::store::*;
 use crate::settlement::{self, Entry, Settlement};
 
-pub(crate) fn collect_ids(c: &Custody, out: &mut Vec<[u8; 32]>) {
+fn collect_ids(c: &Custody, out: &mut Vec<[u8; 32]>) {
     if let Some(m) = &c.message {
         out.push(m.id);
     }
     for f in &c.follow_ups {
         collect_ids(f, out);
     }
+}
+
+/// The ids of the messages `jobs` take custody of (documents, 签收 receipts, their follow-ups), to
+/// dedupe them against those held.
+pub(crate) fn custody_ids(jobs: &[WriteJob]) -> Vec<[u8; 32]> {
+    let mut ids = Vec::new();
+    for j in jobs {
+        if let WriteJob::Custody(c) | WriteJob::SignFor { receipt: c, .. } = j {
+            collect_ids(c, &mut ids);
+        }
+    }
+    ids
 }
 
 /// The local position (`messages.seq`) of the message whose id is bound next, to be closed by `)`;
@@ -59,6 +71,47 @@ impl<'a> Rows<'a> {
             self.add_custody(f, held);
         }
         true
+    }
+
+    /// A custody job's outcome: stored, or a duplicate of an id held.
+    pub fn take_custody(&mut self, c: &'a Custody, held: &mut HashSet<[u8; 32]>) -> JobOutcome {
+        if self.add_custody(c, held) { JobOutcome::Stored } else { JobOutcome::Duplicate }
+    }
+
+    /// A 签收 or 退回 job's outcome: decided by `settlements`; when it applies, its receipt is taken
+    /// into custody.
+    pub fn take_settlement(
+        &mut self,
+        settlements: &mut Settlements,
+        unit: &str,
+        message_id: &[u8; 32],
+        state: &'static str,
+        receipt: &'a Custody,
+        held: &mut HashSet<[u8; 32]>,
+    ) -> JobOutcome {
+        let receipt_id = receipt.message.as_ref().map(|m| m.id).unwrap_or([0; 32]);
+        match settlements.settle(unit, message_id, state, &receipt_id) {
+            None => {
+                self.add_custody(receipt, held);
+                JobOutcome::Stored
+            }
+            Some(o) => o,
+        }
+    }
+
+    /// Adds the follow-up rows of a base-data sharing job that was stored: the messages it delivers
+    /// and its audit entries.
+    pub fn add_shared(&mut self, job: &'a SharingJob, held: &mut HashSet<[u8; 32]>) {
+        let (messages, events): (Vec<&'a Custody>, &'a [EventRow]) = match job {
+            SharingJob::Publish { delivery, events, .. } => (delivery.iter().map(|c| &**c).collect(), events),
+            SharingJob::Decide { messages, events, .. } => (messages.iter().collect(), events),
+            SharingJob::Backfill { messages, .. } => (messages.iter().collect(), &[]),
+            SharingJob::Ack { events, .. } => (Vec::new(), events),
+        };
+        for c in messages {
+            self.add_custody(c, held);
+        }
+        self.events.extend(events);
     }
 
     pub fn add_record(&mut self, r: &'a Record) {

@@ -18,17 +18,19 @@ fn never() -> bool {
     false
 }
 
-/// The parts of `jobs` that `cuts` mark (see [`Store::commit_parts`]): the end of each, the last
-/// one `jobs.len()`; cuts out of order or out of range are passed over.
-pub(crate) fn part_ends(len: usize, cuts: &[usize]) -> Vec<usize> {
-    let mut ends: Vec<usize> = Vec::with_capacity(cuts.len() + 1);
-    for &c in cuts {
-        if c > ends.last().copied().unwrap_or(0) && c < len {
-            ends.push(c);
+/// The parts of `jobs` that `cuts` mark (see [`Store::commit_parts`]), in order; cuts out of order
+/// or out of range are passed over, so there is always at least one part.
+pub(crate) fn parts<'a>(jobs: &'a [WriteJob], cuts: &[usize]) -> Vec<&'a [WriteJob]> {
+    let mut parts = Vec::with_capacity(cuts.len() + 1);
+    let mut start = 0;
+    for &end in cuts {
+        if end > start && end < jobs.len() {
+            parts.push(&jobs[start..end]);
+            start = end;
         }
     }
-    ends.push(len);
-    ends
+    parts.push(&jobs[start..]);
+    parts
 }
 
 /// The storage interface. Every method is a single transaction.

@@ -10,10 +10,10 @@ use super::{PgStore, ROWS_PER_STATEMENT, WRITE_LOCK, sharing};
 use crate::settlement::{self, Entry};
 use crate::storage::citations;
 use crate::storage::error::StorageError;
-use crate::storage::gather::{Rows, SEQ_OF_MESSAGE, Settlements, collect_ids, settling_ids, tracked_ids, tracking_of_held};
+use crate::storage::gather::{Rows, SEQ_OF_MESSAGE, Settlements, custody_ids, settling_ids, tracked_ids, tracking_of_held};
 use crate::storage::jobs::*;
 use crate::storage::model::*;
-use crate::storage::store::part_ends;
+use crate::storage::store::parts;
 
 impl PgStore {
     /// The transaction itself: take the write lock, apply its parts one after another (ending
@@ -29,13 +29,11 @@ impl PgStore {
             }
         }
         let mut outcomes = Vec::with_capacity(jobs.len());
-        let mut start = 0;
-        for end in part_ends(jobs.len(), cuts) {
-            if start > 0 && end_early() {
+        for (i, part) in parts(jobs, cuts).into_iter().enumerate() {
+            if i > 0 && end_early() {
                 break;
             }
-            outcomes.extend(apply_part(&mut tx, &jobs[start..end]).await?);
-            start = end;
+            outcomes.extend(apply_part(&mut tx, part).await?);
         }
         sqlx::query("UPDATE node_state SET value = value + 1 WHERE key = 'commits'").execute(&mut *tx).await?;
         tx.commit().await?;
@@ -46,31 +44,14 @@ impl PgStore {
 /// One part of a transaction: dedupe against the ids held (earlier parts included), gather every
 /// job's rows, write them as multi-row statements, append them to the audit chain.
 async fn apply_part(tx: &mut Transaction<'_, Postgres>, jobs: &[WriteJob]) -> Result<Vec<JobOutcome>, StorageError> {
-    let mut ids = Vec::new();
-    for j in jobs {
-        if let WriteJob::Custody(c) | WriteJob::SignFor { receipt: c, .. } = j {
-            collect_ids(c, &mut ids);
-        }
-    }
-    let mut held = existing_ids(tx, &ids).await?;
+    let mut held = existing_ids(tx, &custody_ids(jobs)).await?;
     let mut settlements = Settlements::new(inbox_entries(tx, &settling_ids(jobs)).await?);
     let mut rows = Rows::default();
     let mut outcomes = Vec::with_capacity(jobs.len());
     for j in jobs {
         let outcome = match j {
-            WriteJob::Custody(c) => {
-                if rows.add_custody(c, &mut held) { JobOutcome::Stored } else { JobOutcome::Duplicate }
-            }
-            WriteJob::SignFor { unit, message_id, state, receipt } => {
-                let receipt_id = receipt.message.as_ref().map(|m| m.id).unwrap_or([0; 32]);
-                match settlements.settle(unit, message_id, state, &receipt_id) {
-                    None => {
-                        rows.add_custody(receipt, &mut held);
-                        JobOutcome::Stored
-                    }
-                    Some(o) => o,
-                }
-            }
+            WriteJob::Custody(c) => rows.take_custody(c, &mut held),
+            WriteJob::SignFor { unit, message_id, state, receipt } => rows.take_settlement(&mut settlements, unit, message_id, state, receipt, &mut held),
             WriteJob::Record(r) => {
                 apply_outbox_record(tx, r).await?;
                 rows.add_record(r);
@@ -84,11 +65,7 @@ async fn apply_part(tx: &mut Transaction<'_, Postgres>, jobs: &[WriteJob]) -> Re
             WriteJob::Sharing(job) => {
                 let outcome = sharing::apply_job(tx, job).await?;
                 if matches!(outcome, JobOutcome::Stored | JobOutcome::Affected(_)) {
-                    let (messages, events) = sharing::job_parts(job);
-                    for c in messages {
-                        rows.add_custody(c, &mut held);
-                    }
-                    rows.events.extend(events);
+                    rows.add_shared(job, &mut held);
                 }
                 outcome
             }

@@ -12,10 +12,10 @@ use super::{ROWS_PER_STATEMENT, SqliteStore, sharing};
 use crate::settlement::{self, Entry};
 use crate::storage::citations;
 use crate::storage::error::StorageError;
-use crate::storage::gather::{Rows, SEQ_OF_MESSAGE, Settlements, collect_ids, settling_ids, tracked_ids, tracking_of_held};
+use crate::storage::gather::{Rows, SEQ_OF_MESSAGE, Settlements, custody_ids, settling_ids, tracked_ids, tracking_of_held};
 use crate::storage::jobs::*;
 use crate::storage::model::*;
-use crate::storage::store::part_ends;
+use crate::storage::store::parts;
 
 impl SqliteStore {
     /// Applies `jobs` in one transaction on the writer connection. After any failure the connection
@@ -59,13 +59,11 @@ impl SqliteStore {
         let mut tx = sqlx::Connection::begin(&mut **conn).await?;
         let mut head = *self.chain_head.lock().expect("chain head lock");
         let mut outcomes = Vec::with_capacity(jobs.len());
-        let mut start = 0;
-        for end in part_ends(jobs.len(), cuts) {
-            if start > 0 && end_early() {
+        for (i, part) in parts(jobs, cuts).into_iter().enumerate() {
+            if i > 0 && end_early() {
                 break;
             }
-            outcomes.extend(apply_part(&mut tx, &jobs[start..end], &mut head).await?);
-            start = end;
+            outcomes.extend(apply_part(&mut tx, part, &mut head).await?);
         }
         let commits: i64 = sqlx::query_scalar("UPDATE node_state SET value = value + 1 WHERE key = 'commits' RETURNING value")
             .fetch_one(&mut *tx)
@@ -79,32 +77,14 @@ impl SqliteStore {
 /// One part of a transaction: dedupe against the ids held (earlier parts included), gather every
 /// job's rows, write them as multi-row statements, append them to the audit chain at `head`.
 async fn apply_part(tx: &mut Transaction<'_, Sqlite>, jobs: &[WriteJob], head: &mut [u8; 32]) -> Result<Vec<JobOutcome>, StorageError> {
-    let mut ids = Vec::new();
-    for j in jobs {
-        match j {
-            WriteJob::Custody(c) | WriteJob::SignFor { receipt: c, .. } => collect_ids(c, &mut ids),
-            WriteJob::Record(_) | WriteJob::Admin { .. } | WriteJob::Sharing(_) | WriteJob::Probe { .. } => {}
-        }
-    }
-    let mut held = existing_ids(tx, &ids).await?;
+    let mut held = existing_ids(tx, &custody_ids(jobs)).await?;
     let mut settlements = Settlements::new(inbox_entries(tx, &settling_ids(jobs)).await?);
     let mut rows = Rows::default();
     let mut outcomes = Vec::with_capacity(jobs.len());
     for j in jobs {
         let outcome = match j {
-            WriteJob::Custody(c) => {
-                if rows.add_custody(c, &mut held) { JobOutcome::Stored } else { JobOutcome::Duplicate }
-            }
-            WriteJob::SignFor { unit, message_id, state, receipt } => {
-                let receipt_id = receipt.message.as_ref().map(|m| m.id).unwrap_or([0; 32]);
-                match settlements.settle(unit, message_id, state, &receipt_id) {
-                    None => {
-                        rows.add_custody(receipt, &mut held);
-                        JobOutcome::Stored
-                    }
-                    Some(o) => o,
-                }
-            }
+            WriteJob::Custody(c) => rows.take_custody(c, &mut held),
+            WriteJob::SignFor { unit, message_id, state, receipt } => rows.take_settlement(&mut settlements, unit, message_id, state, receipt, &mut held),
             WriteJob::Record(r) => {
                 apply_outbox_record(tx, r).await?;
                 rows.add_record(r);
@@ -118,11 +98,7 @@ async fn apply_part(tx: &mut Transaction<'_, Sqlite>, jobs: &[WriteJob], head: &
             WriteJob::Sharing(job) => {
                 let outcome = sharing::apply_job(tx, job).await?;
                 if matches!(outcome, JobOutcome::Stored | JobOutcome::Affected(_)) {
-                    let (messages, events) = sharing::job_parts(job);
-                    for c in messages {
-                        rows.add_custody(c, &mut held);
-                    }
-                    rows.events.extend(events);
+                    rows.add_shared(job, &mut held);
                 }
                 outcome
             }

@@ -412,15 +412,6 @@ impl SharingStore for SqliteStore {
     }
 }
 
-/// Adds a job's follow-up rows to a transaction's rows (when the job stored).
-pub(super) fn job_parts(job: &SharingJob) -> (Vec<&crate::storage::jobs::Custody>, &[crate::storage::model::EventRow]) {
-    match job {
-        SharingJob::Publish { delivery, events, .. } => (delivery.iter().map(|c| &**c).collect(), events),
-        SharingJob::Decide { messages, events, .. } => (messages.iter().collect(), events),
-        SharingJob::Backfill { messages, .. } => (messages.iter().collect(), &[]),
-        SharingJob::Ack { events, .. } => (Vec::new(), events),
-    }
-}
 
 #[cfg(test)]
 mod tests {
